@@ -1,0 +1,4 @@
+//! `DaskTaskRunner` for flowrun.
+#![deny(missing_docs)]
+
+pub mod protocol;
