@@ -1,0 +1,74 @@
+//! What code is running inside: the flow run and the task run of the current
+//! thread (or of the current poll, for async code).
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use crate::flow::FlowShared;
+use crate::run::RunRef;
+
+/// The run context of the current thread.
+#[derive(Clone, Default)]
+pub(crate) struct Context {
+    pub(crate) flow: Option<Arc<FlowShared>>,
+    pub(crate) task_run: Option<RunRef>,
+    pub(crate) span: Option<tracing::Span>,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Context> = RefCell::new(Context::default());
+}
+
+pub(crate) fn current() -> Context {
+    CURRENT.with(|c| c.borrow().clone())
+}
+
+pub(crate) fn current_flow() -> Option<Arc<FlowShared>> {
+    CURRENT.with(|c| c.borrow().flow.clone())
+}
+
+pub(crate) fn current_span() -> Option<tracing::Span> {
+    CURRENT.with(|c| c.borrow().span.clone())
+}
+
+/// Restores the previous context when dropped.
+pub(crate) struct Entered {
+    previous: Option<Context>,
+}
+
+pub(crate) fn enter(ctx: Context) -> Entered {
+    let previous = CURRENT.with(|c| std::mem::replace(&mut *c.borrow_mut(), ctx));
+    Entered {
+        previous: Some(previous),
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        if let Some(prev) = self.previous.take() {
+            CURRENT.with(|c| *c.borrow_mut() = prev);
+        }
+    }
+}
+
+/// A future that runs each poll of `inner` inside `ctx` (and its span).
+pub(crate) struct WithContext<F> {
+    pub(crate) ctx: Context,
+    pub(crate) inner: F,
+}
+
+impl<F: Future> Future for WithContext<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
+        // SAFETY: `inner` is structurally pinned; `ctx` is never moved out.
+        let this = unsafe { self.get_unchecked_mut() };
+        let _entered = enter(this.ctx.clone());
+        let _span = this.ctx.span.as_ref().map(|s| s.enter());
+        let inner = unsafe { Pin::new_unchecked(&mut this.inner) };
+        inner.poll(cx)
+    }
+}

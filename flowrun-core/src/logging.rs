@@ -1,0 +1,203 @@
+//! Logging through `tracing`, with the run name attached, and the default
+//! console output Prefect users know:
+//!
+//! ```text
+//! 19:30:01.123 | INFO    | Flow run 'brave-otter' - Beginning flow run 'brave-otter' for flow 'count-to'
+//! 19:30:01.631 | INFO    | Task run 'shout-3' - Finished in state Completed()
+//! ```
+//!
+//! The console output is installed when the first flow run starts, unless
+//! the program already installed a global `tracing` subscriber (then that
+//! subscriber receives the same events and spans) or `FLOWRUN_LOG=off`.
+//! `FLOWRUN_LOG` takes `tracing-subscriber` filter directives
+//! (default `info`), for example `FLOWRUN_LOG=warn` or
+//! `FLOWRUN_LOG=info,my_crate=debug`.
+
+use std::fmt::{self, Write as _};
+use std::io::{IsTerminal, Write as _};
+use std::sync::OnceLock;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context as LayerContext, Layer};
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::EnvFilter;
+
+use crate::context;
+
+/// The environment variable holding the console log filter.
+pub const LOG_ENV: &str = "FLOWRUN_LOG";
+
+/// Installs flowrun's console output as the global `tracing` subscriber,
+/// unless one is already installed or `FLOWRUN_LOG=off`. Flow runs call it;
+/// calling it earlier makes task logs outside flows visible too.
+pub fn init() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        if tracing::dispatcher::has_been_set() {
+            return;
+        }
+        let directives = std::env::var(LOG_ENV).unwrap_or_else(|_| "info".to_owned());
+        if directives.trim().eq_ignore_ascii_case("off") {
+            return;
+        }
+        let filter = EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+            eprintln!("flowrun: ignoring {LOG_ENV}={directives:?}: {e}");
+            EnvFilter::new("info")
+        });
+        let layer = ConsoleLayer {
+            color: std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        };
+        let _ = tracing_subscriber::registry()
+            .with(layer.with_filter(filter))
+            .try_init();
+    });
+}
+
+/// The field name that carries a run label on events emitted by a
+/// [`RunLogger`] (so the label survives threads without run context).
+const RUN_FIELD: &str = "flowrun.run";
+
+/// Writes one line per event to stderr, in Prefect's format.
+pub struct ConsoleLayer {
+    color: bool,
+}
+
+impl ConsoleLayer {
+    /// A console layer; `color` adds ANSI colours to the level.
+    pub fn new(color: bool) -> ConsoleLayer {
+        ConsoleLayer { color }
+    }
+}
+
+#[derive(Default)]
+struct Fields {
+    message: String,
+    run: Option<String>,
+    extra: String,
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            "message" => self.message.push_str(value),
+            RUN_FIELD => self.run = Some(value.to_owned()),
+            name => {
+                let _ = write!(self.extra, " {name}={value}");
+            }
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        match field.name() {
+            "message" => {
+                let _ = write!(self.message, "{value:?}");
+            }
+            RUN_FIELD => self.run = Some(format!("{value:?}")),
+            name if name.starts_with("log.") => {}
+            name => {
+                let _ = write!(self.extra, " {name}={value:?}");
+            }
+        }
+    }
+}
+
+impl<S: Subscriber> Layer<S> for ConsoleLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: LayerContext<'_, S>) {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let who = fields.run.clone().unwrap_or_else(|| match run_label() {
+            Some(label) => label,
+            None => event.metadata().target().to_owned(),
+        });
+        let line = format_line(*event.metadata().level(), &who, &fields, self.color);
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+}
+
+fn format_line(level: Level, who: &str, fields: &Fields, color: bool) -> String {
+    let (name, code) = match level {
+        Level::ERROR => ("ERROR", "31"),
+        Level::WARN => ("WARNING", "33"),
+        Level::INFO => ("INFO", "36"),
+        Level::DEBUG => ("DEBUG", "34"),
+        Level::TRACE => ("TRACE", "2"),
+    };
+    let time = chrono::Local::now().format("%H:%M:%S%.3f");
+    let level = if color {
+        format!("\x1b[{code}m{name:<7}\x1b[0m")
+    } else {
+        format!("{name:<7}")
+    };
+    format!("{time} | {level} | {who} - {}{}\n", fields.message, fields.extra)
+}
+
+/// "Task run 'x'" or "Flow run 'y'" for the code running on this thread.
+pub(crate) fn run_label() -> Option<String> {
+    let ctx = context::current();
+    if let Some(run) = &ctx.task_run {
+        return Some(format!("Task run '{}'", run.name()));
+    }
+    ctx.flow.map(|f| format!("Flow run '{}'", f.name))
+}
+
+/// A logger bound to the current task or flow run: every line it writes
+/// carries the run's name, even from threads the run started.
+///
+/// ```
+/// let logger = flowrun_core::get_run_logger();
+/// logger.info("loaded 12 rows");
+/// ```
+#[derive(Clone, Debug)]
+pub struct RunLogger {
+    label: String,
+    span: tracing::Span,
+}
+
+/// The logger of the run executing on this thread (a task run inside a task,
+/// else the flow run). Outside any run its lines carry the target `flowrun`.
+pub fn get_run_logger() -> RunLogger {
+    RunLogger {
+        label: run_label().unwrap_or_else(|| "flowrun".to_owned()),
+        span: context::current_span().unwrap_or_else(tracing::Span::current),
+    }
+}
+
+impl RunLogger {
+    /// The run label, such as `Task run 'shout-3'`.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Logs `message` at `level`.
+    pub fn log(&self, level: Level, message: impl fmt::Display) {
+        let run = self.label.as_str();
+        match level {
+            Level::ERROR => tracing::error!(parent: &self.span, flowrun.run = run, "{message}"),
+            Level::WARN => tracing::warn!(parent: &self.span, flowrun.run = run, "{message}"),
+            Level::INFO => tracing::info!(parent: &self.span, flowrun.run = run, "{message}"),
+            Level::DEBUG => tracing::debug!(parent: &self.span, flowrun.run = run, "{message}"),
+            Level::TRACE => tracing::trace!(parent: &self.span, flowrun.run = run, "{message}"),
+        }
+    }
+
+    /// Logs at INFO.
+    pub fn info(&self, message: impl fmt::Display) {
+        self.log(Level::INFO, message)
+    }
+
+    /// Logs at WARN.
+    pub fn warn(&self, message: impl fmt::Display) {
+        self.log(Level::WARN, message)
+    }
+
+    /// Logs at ERROR.
+    pub fn error(&self, message: impl fmt::Display) {
+        self.log(Level::ERROR, message)
+    }
+
+    /// Logs at DEBUG.
+    pub fn debug(&self, message: impl fmt::Display) {
+        self.log(Level::DEBUG, message)
+    }
+}

@@ -1,0 +1,380 @@
+//! Options of tasks and flows: retries, retry delays, timeouts, tags,
+//! priority and resources, as set by the macros and overridden per call.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+/// How long to wait before each retry.
+///
+/// ```
+/// use std::time::Duration;
+/// use flowrun_core::RetryDelay;
+/// let backoff = RetryDelay::exponential(Duration::from_secs(1));
+/// assert_eq!(backoff.delay_before(1), Duration::from_secs(1));
+/// assert_eq!(backoff.delay_before(3), Duration::from_secs(4));
+/// let listed = RetryDelay::sequence([1.0, 5.0]);
+/// assert_eq!(listed.delay_before(4), Duration::from_secs(5)); // the last one repeats
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub enum RetryDelay {
+    /// The same delay before every retry.
+    Fixed(Duration),
+    /// One delay per retry; the last one repeats when there are more retries.
+    Sequence(Vec<Duration>),
+    /// `base`, then `base * factor`, `base * factor^2`, ..., capped at `max`.
+    Exponential {
+        /// The first delay.
+        base: Duration,
+        /// The growth factor (at least 1).
+        factor: f64,
+        /// The largest delay.
+        max: Option<Duration>,
+    },
+}
+
+impl RetryDelay {
+    /// No delay.
+    pub const NONE: RetryDelay = RetryDelay::Fixed(Duration::ZERO);
+
+    /// The same delay of `seconds` before every retry.
+    pub fn seconds(seconds: f64) -> RetryDelay {
+        RetryDelay::Fixed(secs(seconds))
+    }
+
+    /// One delay per retry, in seconds.
+    pub fn sequence(seconds: impl IntoIterator<Item = f64>) -> RetryDelay {
+        RetryDelay::Sequence(seconds.into_iter().map(secs).collect())
+    }
+
+    /// Delays that double from `base`: `base`, `2 base`, `4 base`, ...
+    pub fn exponential(base: Duration) -> RetryDelay {
+        RetryDelay::Exponential {
+            base,
+            factor: 2.0,
+            max: None,
+        }
+    }
+
+    /// The delay before retry number `retry` (1 for the first retry).
+    pub fn delay_before(&self, retry: u32) -> Duration {
+        let index = retry.saturating_sub(1);
+        match self {
+            RetryDelay::Fixed(d) => *d,
+            RetryDelay::Sequence(list) => list
+                .get(index as usize)
+                .or(list.last())
+                .copied()
+                .unwrap_or_default(),
+            RetryDelay::Exponential { base, factor, max } => {
+                let grown = base.as_secs_f64() * factor.max(1.0).powi(index.min(1000) as i32);
+                let d = Duration::try_from_secs_f64(grown).unwrap_or(Duration::MAX);
+                match max {
+                    Some(m) => d.min(*m),
+                    None => d,
+                }
+            }
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if let RetryDelay::Exponential { factor, .. } = self {
+            if !(factor.is_finite() && *factor >= 1.0) {
+                return Err(format!(
+                    "retry_delay: the exponential factor must be a finite number >= 1, got {factor}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for RetryDelay {
+    fn default() -> Self {
+        RetryDelay::NONE
+    }
+}
+
+fn secs(seconds: f64) -> Duration {
+    Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or(Duration::MAX)
+}
+
+/// Everything that decides whether and when a failed attempt is retried.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RetryPolicy {
+    /// How many times a failed run is retried (0: never).
+    pub retries: u32,
+    /// The delay before each retry.
+    pub delay: RetryDelay,
+    /// Spreads retries out: each delay is drawn uniformly from
+    /// `[delay, delay * (1 + jitter_factor)]`.
+    pub jitter_factor: Option<f64>,
+}
+
+impl RetryPolicy {
+    /// The delay before retry number `retry` (1-based), jitter included.
+    pub fn delay_before(&self, retry: u32) -> Duration {
+        let base = self.delay.delay_before(retry);
+        match self.jitter_factor {
+            Some(j) if j > 0.0 && !base.is_zero() => {
+                let spread = 1.0 + fastrand::f64() * j;
+                Duration::try_from_secs_f64(base.as_secs_f64() * spread).unwrap_or(base)
+            }
+            _ => base,
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        self.delay.validate()?;
+        if let Some(j) = self.jitter_factor {
+            if !(j.is_finite() && j >= 0.0) {
+                return Err(format!(
+                    "retry_jitter_factor must be a finite number >= 0, got {j}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Abstract resources a task needs while it runs, or a worker offers, such
+/// as `{"GPU": 1}`. Amounts are not checked against the real machine: they
+/// are counters the scheduler keeps.
+///
+/// ```
+/// use flowrun_core::Resources;
+/// let needs = Resources::new().with("GPU", 1.0);
+/// let offers = Resources::from([("GPU", 2.0), ("MEMORY", 8e9)]);
+/// assert!(offers.covers(&needs));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resources(BTreeMap<String, f64>);
+
+impl Resources {
+    /// No resources.
+    pub fn new() -> Resources {
+        Resources::default()
+    }
+
+    /// The same set with `amount` of `name`.
+    pub fn with(mut self, name: impl Into<String>, amount: f64) -> Resources {
+        self.0.insert(name.into(), amount);
+        self
+    }
+
+    /// Adds or replaces `amount` of `name`.
+    pub fn insert(&mut self, name: impl Into<String>, amount: f64) {
+        self.0.insert(name.into(), amount);
+    }
+
+    /// The amount of `name`, if present.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.0.get(name).copied()
+    }
+
+    /// There are no resources in the set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The resources, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, f64)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), *v))
+    }
+
+    /// Every amount in `needs` is available here.
+    pub fn covers(&self, needs: &Resources) -> bool {
+        needs
+            .iter()
+            .all(|(name, amount)| self.get(name).is_some_and(|have| have + 1e-9 >= amount))
+    }
+
+    /// Checks that every amount is a finite number >= 0.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, amount) in self.iter() {
+            if name.is_empty() {
+                return Err("a resource name must not be empty".into());
+            }
+            if !(amount.is_finite() && amount >= 0.0) {
+                return Err(format!(
+                    "resource '{name}' must be a finite amount >= 0, got {amount}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<K: Into<String>, const N: usize> From<[(K, f64); N]> for Resources {
+    fn from(items: [(K, f64); N]) -> Self {
+        Resources(items.into_iter().map(|(k, v)| (k.into(), v)).collect())
+    }
+}
+
+impl<K: Into<String>> FromIterator<(K, f64)> for Resources {
+    fn from_iter<I: IntoIterator<Item = (K, f64)>>(iter: I) -> Self {
+        Resources(iter.into_iter().map(|(k, v)| (k.into(), v)).collect())
+    }
+}
+
+impl fmt::Display for Resources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("{")?;
+        for (i, (k, v)) in self.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "\"{k}\": {v}")?;
+        }
+        f.write_str("}")
+    }
+}
+
+/// Options for one call of a task, given with `.with_options(...)`.
+/// Only the options set here override the task's own options and any
+/// enclosing annotation scope.
+///
+/// ```
+/// use std::time::Duration;
+/// use flowrun_core::TaskOptions;
+/// let options = TaskOptions::new()
+///     .name("shout-loudly")
+///     .retries(2)
+///     .timeout(Duration::from_secs(5))
+///     .priority(10);
+/// assert_eq!(options.get_priority(), Some(10));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct TaskOptions {
+    pub(crate) name: Option<Cow<'static, str>>,
+    pub(crate) retries: Option<u32>,
+    pub(crate) retry_delay: Option<RetryDelay>,
+    pub(crate) retry_jitter_factor: Option<f64>,
+    pub(crate) timeout: Option<Option<Duration>>,
+    pub(crate) tags: Option<Vec<Cow<'static, str>>>,
+    pub(crate) priority: Option<i64>,
+    pub(crate) resources: Option<Resources>,
+}
+
+impl TaskOptions {
+    /// No overrides.
+    pub fn new() -> TaskOptions {
+        TaskOptions::default()
+    }
+
+    /// The task name shown for these runs (runs are named `<name>-<n>`).
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// How many times a failed run is retried.
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = Some(retries);
+        self
+    }
+
+    /// The delay before each retry.
+    pub fn retry_delay(mut self, delay: RetryDelay) -> Self {
+        self.retry_delay = Some(delay);
+        self
+    }
+
+    /// Random spread of retry delays (see [`RetryPolicy::jitter_factor`]).
+    pub fn retry_jitter_factor(mut self, factor: f64) -> Self {
+        self.retry_jitter_factor = Some(factor);
+        self
+    }
+
+    /// Each attempt fails as timed out after `timeout`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(Some(timeout));
+        self
+    }
+
+    /// Removes the task's timeout for these runs.
+    pub fn no_timeout(mut self) -> Self {
+        self.timeout = Some(None);
+        self
+    }
+
+    /// Tags of these runs.
+    pub fn tags<I, S>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<Cow<'static, str>>,
+    {
+        self.tags = Some(tags.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Scheduling priority: higher runs first on runners that order work.
+    pub fn priority(mut self, priority: i64) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// Abstract resources each run holds while it runs (see [`Resources`]).
+    pub fn resources(mut self, resources: impl Into<Resources>) -> Self {
+        self.resources = Some(resources.into());
+        self
+    }
+
+    /// The priority set here, if any.
+    pub fn get_priority(&self) -> Option<i64> {
+        self.priority
+    }
+
+    /// The resources set here, if any.
+    pub fn get_resources(&self) -> Option<&Resources> {
+        self.resources.as_ref()
+    }
+}
+
+/// Options for one call of a flow, given with `.with_options(...)`.
+#[derive(Debug, Clone, Default)]
+pub struct FlowOptions {
+    pub(crate) name: Option<Cow<'static, str>>,
+    pub(crate) run_name: Option<String>,
+    pub(crate) retries: Option<u32>,
+    pub(crate) retry_delay: Option<RetryDelay>,
+    pub(crate) timeout: Option<Option<Duration>>,
+}
+
+impl FlowOptions {
+    /// No overrides.
+    pub fn new() -> FlowOptions {
+        FlowOptions::default()
+    }
+
+    /// The flow name shown in logs.
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The name of this flow run (by default a random `adjective-animal`).
+    pub fn run_name(mut self, name: impl Into<String>) -> Self {
+        self.run_name = Some(name.into());
+        self
+    }
+
+    /// How many times the whole flow is retried when it fails.
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = Some(retries);
+        self
+    }
+
+    /// The delay before each flow retry.
+    pub fn retry_delay(mut self, delay: RetryDelay) -> Self {
+        self.retry_delay = Some(delay);
+        self
+    }
+
+    /// The flow run fails as timed out after `timeout`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(Some(timeout));
+        self
+    }
+}

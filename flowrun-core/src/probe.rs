@@ -1,0 +1,119 @@
+//! Compile-time probes used by the generated code of `#[task]`: for a
+//! concrete type they answer "is it `Clone`?", "can it cross processes?"
+//! without requiring either (autoref specialization). Each question is a
+//! pair of traits with the same method; the first applies when the bound
+//! holds, the second (one reference deeper) otherwise.
+//!
+//! ```
+//! use flowrun_core::probe::*;
+//! struct Opaque;
+//! assert!((&Probe::<u32>::new()).cloner().is_some());
+//! assert!((&Probe::<Opaque>::new()).cloner().is_none());
+//! assert!((&Probe::<String>::new()).serde_ok());
+//! assert!(!(&Probe::<Opaque>::new()).serde_ok());
+//! ```
+
+use std::marker::PhantomData;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::args::{decode_value, encode_value, RemoteArgs};
+use crate::task::{Decoder, Encoder, RemoteFns, Task};
+
+/// A zero-sized question about `T`.
+pub struct Probe<T: ?Sized>(PhantomData<fn() -> Box<T>>);
+
+impl<T: ?Sized> Probe<T> {
+    /// A probe of `T`.
+    pub const fn new() -> Self {
+        Probe(PhantomData)
+    }
+}
+
+impl<T: ?Sized> Default for Probe<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `T: Clone`: its clone function.
+pub trait CloneYes<T> {
+    /// `Some(T::clone)`.
+    fn cloner(&self) -> Option<fn(&T) -> T>;
+}
+impl<T: Clone> CloneYes<T> for Probe<T> {
+    fn cloner(&self) -> Option<fn(&T) -> T> {
+        Some(T::clone)
+    }
+}
+
+/// `T` is not `Clone`.
+pub trait CloneNo<T> {
+    /// `None`.
+    fn cloner(&self) -> Option<fn(&T) -> T>;
+}
+impl<T> CloneNo<T> for &Probe<T> {
+    fn cloner(&self) -> Option<fn(&T) -> T> {
+        None
+    }
+}
+
+/// `T` can cross processes: its encoder and decoder.
+pub trait CodecYes<T> {
+    /// `Some((encode, decode))`.
+    fn codec(&self) -> Option<(Encoder<T>, Decoder<T>)>;
+    /// `true`.
+    fn serde_ok(&self) -> bool;
+}
+impl<T: Serialize + DeserializeOwned> CodecYes<T> for Probe<T> {
+    fn codec(&self) -> Option<(Encoder<T>, Decoder<T>)> {
+        Some((encode_value::<T>, decode_value::<T>))
+    }
+    fn serde_ok(&self) -> bool {
+        true
+    }
+}
+
+/// `T` cannot cross processes.
+pub trait CodecNo<T> {
+    /// `None`.
+    fn codec(&self) -> Option<(Encoder<T>, Decoder<T>)>;
+    /// `false`.
+    fn serde_ok(&self) -> bool;
+}
+impl<T> CodecNo<T> for &Probe<T> {
+    fn codec(&self) -> Option<(Encoder<T>, Decoder<T>)> {
+        None
+    }
+    fn serde_ok(&self) -> bool {
+        false
+    }
+}
+
+/// Task `T` can run in another process: its remote functions.
+pub trait RemoteYes<T: Task> {
+    /// `Some(functions)`.
+    fn remote(&self) -> Option<RemoteFns<T>>;
+}
+impl<T> RemoteYes<T> for Probe<T>
+where
+    T: Task,
+    T::Args: RemoteArgs,
+    T::Output: Serialize + DeserializeOwned,
+{
+    fn remote(&self) -> Option<RemoteFns<T>> {
+        Some(RemoteFns::new())
+    }
+}
+
+/// Task `T` cannot run in another process.
+pub trait RemoteNo<T: Task> {
+    /// `None`.
+    fn remote(&self) -> Option<RemoteFns<T>>;
+}
+impl<T: Task> RemoteNo<T> for &Probe<T> {
+    fn remote(&self) -> Option<RemoteFns<T>> {
+        None
+    }
+}

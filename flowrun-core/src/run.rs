@@ -1,0 +1,604 @@
+//! The shared record of one task run: its identity, state, result slot and
+//! everyone waiting for it. Futures, dependency gates, flows and runners all
+//! hold the same record.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::Waker;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+
+use crate::error::{TaskError, TaskErrorKind};
+use crate::flow::FlowShared;
+use crate::state::{State, StateKind};
+
+/// The id of a task run, unique within this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RunId(NonZeroU64);
+
+impl RunId {
+    pub(crate) fn next() -> RunId {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        RunId(NonZeroU64::new(n).expect("run ids start at 1"))
+    }
+
+    /// The id as a number.
+    pub fn get(self) -> u64 {
+        self.0.get()
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+type Callback = Box<dyn FnOnce() + Send>;
+
+/// Mutable part of a run, behind one lock.
+pub(crate) struct Status<T> {
+    pub(crate) kind: StateKind,
+    pub(crate) state_name: Option<&'static str>,
+    pub(crate) message: Option<Arc<str>>,
+    pub(crate) entered: SystemTime,
+    pub(crate) attempt: u32,
+    pub(crate) started: Option<Instant>,
+    pub(crate) ended: Option<Instant>,
+    pub(crate) location: Option<Arc<str>>,
+    value: Slot<T>,
+    error: Option<TaskError>,
+    blocked_waiters: usize,
+    callbacks: Vec<Callback>,
+    wakers: Vec<Waker>,
+}
+
+enum Slot<T> {
+    Empty,
+    Value(T),
+    Encoded(Bytes),
+    Taken(String),
+}
+
+/// Type-specific functions a run needs to share its result: cloning it for
+/// several consumers, encoding it for another process, decoding it.
+pub(crate) struct ValueFns<T> {
+    pub(crate) clone: Option<fn(&T) -> T>,
+    pub(crate) encode: Option<fn(&T) -> Result<Vec<u8>, String>>,
+    pub(crate) decode: Option<fn(&[u8]) -> Result<T, String>>,
+    pub(crate) type_name: &'static str,
+}
+
+impl<T> Clone for ValueFns<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for ValueFns<T> {}
+
+/// The record of one task run, typed by its result.
+pub(crate) struct RunCell<T> {
+    pub(crate) id: RunId,
+    pub(crate) task_name: Cow<'static, str>,
+    pub(crate) task_key: &'static str,
+    pub(crate) index: u64,
+    pub(crate) flow: Arc<FlowShared>,
+    pub(crate) fns: ValueFns<T>,
+    status: Mutex<Status<T>>,
+    cond: Condvar,
+    observed: AtomicBool,
+    handles: AtomicUsize,
+}
+
+impl<T: Send + 'static> RunCell<T> {
+    pub(crate) fn new(
+        task_name: Cow<'static, str>,
+        task_key: &'static str,
+        index: u64,
+        flow: Arc<FlowShared>,
+        fns: ValueFns<T>,
+    ) -> RunCell<T> {
+        RunCell {
+            id: RunId::next(),
+            task_name,
+            task_key,
+            index,
+            flow,
+            fns,
+            status: Mutex::new(Status {
+                kind: StateKind::Pending,
+                state_name: None,
+                message: None,
+                entered: SystemTime::now(),
+                attempt: 0,
+                started: None,
+                ended: None,
+                location: None,
+                value: Slot::Empty,
+                error: None,
+                blocked_waiters: 0,
+                callbacks: Vec::new(),
+                wakers: Vec::new(),
+            }),
+            cond: Condvar::new(),
+            observed: AtomicBool::new(false),
+            handles: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Status<T>> {
+        // A panic while holding this lock would be a bug in flowrun; the data
+        // stays consistent because every update is a single assignment.
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn name(&self) -> String {
+        format!("{}-{}", self.task_name, self.index)
+    }
+
+    pub(crate) fn is_final(&self) -> bool {
+        self.lock().kind.is_final()
+    }
+
+    /// Moves a not-yet-final run to `kind` (Running, Retrying, AwaitingRetry,
+    /// Pending). Returns false when the run is already final.
+    pub(crate) fn transition(&self, kind: StateKind, message: Option<Arc<str>>, attempt: u32) -> bool {
+        let wakers;
+        {
+            let mut s = self.lock();
+            if s.kind.is_final() {
+                return false;
+            }
+            s.kind = kind;
+            s.state_name = None;
+            s.message = message;
+            s.entered = SystemTime::now();
+            s.attempt = attempt;
+            if matches!(kind, StateKind::Running | StateKind::Retrying) && s.started.is_none() {
+                s.started = Some(Instant::now());
+            }
+            wakers = std::mem::take(&mut s.wakers);
+        }
+        // Async waiters poll again and re-register; they only care about final
+        // states, but waking keeps `state()` observers in async code current.
+        for w in wakers {
+            w.wake();
+        }
+        true
+    }
+
+    pub(crate) fn set_location(&self, location: Arc<str>) {
+        self.lock().location = Some(location);
+    }
+
+    /// Completes the run with a value. Returns false if it was already final.
+    pub(crate) fn complete_value(self: &Arc<Self>, value: T) -> bool {
+        self.finish(Slot::Value(value), None)
+    }
+
+    /// Completes the run with an encoded value (from another process).
+    pub(crate) fn complete_encoded(self: &Arc<Self>, bytes: Bytes) -> bool {
+        self.finish(Slot::Encoded(bytes), None)
+    }
+
+    /// Completes a direct call, whose value went straight to its caller.
+    pub(crate) fn complete_returned(self: &Arc<Self>) -> bool {
+        self.finish(
+            Slot::Taken("its value was returned to the caller of the direct call".to_owned()),
+            None,
+        )
+    }
+
+    /// Ends the run with `error`. Returns false if it was already final.
+    pub(crate) fn fail(self: &Arc<Self>, error: TaskError) -> bool {
+        self.finish(Slot::Empty, Some(error))
+    }
+
+    fn finish(self: &Arc<Self>, value: Slot<T>, error: Option<TaskError>) -> bool {
+        let (callbacks, wakers, notify, state) = {
+            let mut s = self.lock();
+            if s.kind.is_final() {
+                return false;
+            }
+            s.ended = Some(Instant::now());
+            s.entered = SystemTime::now();
+            match error {
+                None => {
+                    s.kind = StateKind::Completed;
+                    s.state_name = None;
+                    s.message = None;
+                    s.value = value;
+                }
+                Some(error) => {
+                    let state = error.state();
+                    s.kind = state.kind();
+                    s.state_name = match state.name() {
+                        n if n == state.kind().as_str() => None,
+                        "TimedOut" => Some("TimedOut"),
+                        "NotReady" => Some("NotReady"),
+                        _ => None,
+                    };
+                    s.message = Some(Arc::from(error.message()));
+                    s.error = Some(error.in_run(self.name()));
+                }
+            }
+            let state = snapshot(&s);
+            (
+                std::mem::take(&mut s.callbacks),
+                std::mem::take(&mut s.wakers),
+                s.blocked_waiters > 0,
+                state,
+            )
+        };
+        if notify {
+            self.cond.notify_all();
+        }
+        for w in wakers {
+            w.wake();
+        }
+        for cb in callbacks {
+            cb();
+        }
+        self.flow.run_finished(self.clone(), &state);
+        true
+    }
+
+    /// Runs `callback` once the run is final (at once if it already is).
+    pub(crate) fn on_final(&self, callback: Callback) {
+        let mut s = self.lock();
+        if s.kind.is_final() {
+            drop(s);
+            callback();
+        } else {
+            s.callbacks.push(callback);
+        }
+    }
+
+    /// Blocks until the run is final, or until `deadline`. Returns whether it is final.
+    pub(crate) fn block_until_final(&self, deadline: Option<Instant>) -> bool {
+        let s = self.lock();
+        if s.kind.is_final() {
+            return true;
+        }
+        drop(s);
+        crate::pool::blocking(|| {
+            let mut s = self.lock();
+            s.blocked_waiters += 1;
+            while !s.kind.is_final() {
+                match deadline {
+                    None => s = self.cond.wait(s).unwrap_or_else(|p| p.into_inner()),
+                    Some(d) => {
+                        let now = Instant::now();
+                        if now >= d {
+                            break;
+                        }
+                        s = self
+                            .cond
+                            .wait_timeout(s, d - now)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0;
+                    }
+                }
+            }
+            s.blocked_waiters -= 1;
+            s.kind.is_final()
+        })
+    }
+
+    /// Registers `waker` unless the run is already final. Returns whether it is final.
+    pub(crate) fn poll_final(&self, waker: &Waker) -> bool {
+        let mut s = self.lock();
+        if s.kind.is_final() {
+            return true;
+        }
+        if !s.wakers.iter().any(|w| w.will_wake(waker)) {
+            s.wakers.push(waker.clone());
+        }
+        false
+    }
+
+    pub(crate) fn mark_observed(&self) {
+        self.observed.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn observed(&self) -> bool {
+        self.observed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add_handle(&self) {
+        self.handles.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn drop_handle(&self) {
+        self.handles.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn state(&self) -> State {
+        snapshot(&self.lock())
+    }
+
+    pub(crate) fn error(&self) -> Option<TaskError> {
+        self.lock().error.clone()
+    }
+
+    /// The result for one consumer of a final run: cloned when other handles
+    /// may still read it, moved out when this is the last one.
+    pub(crate) fn take_result(&self, last_handle: bool) -> Result<T, TaskError> {
+        let mut s = self.lock();
+        if let Some(e) = &s.error {
+            return Err(e.clone());
+        }
+        let can_move = last_handle || self.fns.clone.is_none();
+        match std::mem::replace(&mut s.value, Slot::Empty) {
+            Slot::Value(v) => {
+                if can_move {
+                    s.value = Slot::Taken(format!(
+                        "its result (of type `{}`, which is not Clone) was already taken",
+                        self.fns.type_name
+                    ));
+                    Ok(v)
+                } else {
+                    let out = (self.fns.clone.expect("checked above"))(&v);
+                    s.value = Slot::Value(v);
+                    Ok(out)
+                }
+            }
+            Slot::Encoded(bytes) => {
+                let out = self.decode(&bytes);
+                s.value = Slot::Encoded(bytes);
+                out
+            }
+            Slot::Taken(why) => {
+                let err = TaskError::new(TaskErrorKind::ResultUnavailable, why.clone())
+                    .in_run(self.name());
+                s.value = Slot::Taken(why);
+                Err(err)
+            }
+            Slot::Empty => {
+                s.value = Slot::Empty;
+                Err(TaskError::new(
+                    TaskErrorKind::ResultUnavailable,
+                    format!("the run is {} and has no result", s.kind),
+                )
+                .in_run(self.name()))
+            }
+        }
+    }
+
+    /// Clones the result (`T: Clone` is known to the caller).
+    pub(crate) fn clone_result(&self, clone: fn(&T) -> T) -> Result<T, TaskError> {
+        let s = self.lock();
+        if let Some(e) = &s.error {
+            return Err(e.clone());
+        }
+        match &s.value {
+            Slot::Value(v) => Ok(clone(v)),
+            Slot::Encoded(bytes) => self.decode(bytes),
+            Slot::Taken(why) => Err(TaskError::new(TaskErrorKind::ResultUnavailable, why.clone())
+                .in_run(self.name())),
+            Slot::Empty => Err(TaskError::new(
+                TaskErrorKind::ResultUnavailable,
+                format!("the run is {} and has no result", s.kind),
+            )
+            .in_run(self.name())),
+        }
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<T, TaskError> {
+        let decode = self.fns.decode.ok_or_else(|| {
+            TaskError::new(
+                TaskErrorKind::ResultUnavailable,
+                format!(
+                    "the result arrived encoded, but `{}` cannot be deserialized",
+                    self.fns.type_name
+                ),
+            )
+            .in_run(self.name())
+        })?;
+        decode(bytes).map_err(|e| {
+            TaskError::new(
+                TaskErrorKind::ResultUnavailable,
+                format!("the result does not decode as `{}`: {e}", self.fns.type_name),
+            )
+            .in_run(self.name())
+        })
+    }
+
+    pub(crate) fn handles(&self) -> usize {
+        self.handles.load(Ordering::Relaxed)
+    }
+}
+
+fn snapshot<T>(s: &Status<T>) -> State {
+    let mut state = State::new(s.kind).at(s.entered);
+    if let Some(n) = s.state_name {
+        state = state.with_name(n);
+    }
+    if let Some(m) = &s.message {
+        state = state.with_message(m.clone());
+    }
+    state
+}
+
+/// The type-erased view of a run used by flows, runners and dependency gates.
+pub(crate) trait AnyRun: Send + Sync + 'static {
+    fn id(&self) -> RunId;
+    fn name(&self) -> String;
+    fn task_name(&self) -> &str;
+    fn task_key(&self) -> &'static str;
+    fn state(&self) -> State;
+    fn error(&self) -> Option<TaskError>;
+    fn on_final(&self, callback: Callback);
+    fn block_until_final(&self, deadline: Option<Instant>) -> bool;
+    fn mark_observed(&self);
+    fn observed(&self) -> bool;
+    fn attempts(&self) -> u32;
+    fn duration(&self) -> Option<Duration>;
+    fn location(&self) -> Option<Arc<str>>;
+    /// The result encoded for another process.
+    fn encoded_result(&self) -> Result<Bytes, TaskError>;
+    fn fail_dyn(self: Arc<Self>, error: TaskError) -> bool;
+}
+
+impl<T: Send + 'static> AnyRun for RunCell<T> {
+    fn id(&self) -> RunId {
+        self.id
+    }
+    fn name(&self) -> String {
+        RunCell::name(self)
+    }
+    fn task_name(&self) -> &str {
+        &self.task_name
+    }
+    fn task_key(&self) -> &'static str {
+        self.task_key
+    }
+    fn state(&self) -> State {
+        RunCell::state(self)
+    }
+    fn error(&self) -> Option<TaskError> {
+        RunCell::error(self)
+    }
+    fn on_final(&self, callback: Callback) {
+        RunCell::on_final(self, callback)
+    }
+    fn block_until_final(&self, deadline: Option<Instant>) -> bool {
+        RunCell::block_until_final(self, deadline)
+    }
+    fn mark_observed(&self) {
+        RunCell::mark_observed(self)
+    }
+    fn observed(&self) -> bool {
+        RunCell::observed(self)
+    }
+    fn attempts(&self) -> u32 {
+        self.lock().attempt
+    }
+    fn duration(&self) -> Option<Duration> {
+        let s = self.lock();
+        Some(s.ended?.duration_since(s.started?))
+    }
+    fn location(&self) -> Option<Arc<str>> {
+        self.lock().location.clone()
+    }
+    fn encoded_result(&self) -> Result<Bytes, TaskError> {
+        let s = self.lock();
+        if let Some(e) = &s.error {
+            return Err(e.clone());
+        }
+        match &s.value {
+            Slot::Encoded(b) => Ok(b.clone()),
+            Slot::Value(v) => {
+                let encode = self.fns.encode.ok_or_else(|| {
+                    TaskError::new(
+                        TaskErrorKind::Runner,
+                        format!(
+                            "its result of type `{}` cannot be serialized to reach another process",
+                            self.fns.type_name
+                        ),
+                    )
+                    .in_run(RunCell::name(self))
+                })?;
+                encode(v).map(Bytes::from).map_err(|e| {
+                    TaskError::new(TaskErrorKind::Runner, format!("encoding its result failed: {e}"))
+                        .in_run(RunCell::name(self))
+                })
+            }
+            Slot::Taken(why) => Err(TaskError::new(TaskErrorKind::ResultUnavailable, why.clone())
+                .in_run(RunCell::name(self))),
+            Slot::Empty => Err(TaskError::new(
+                TaskErrorKind::ResultUnavailable,
+                "the run has no result",
+            )
+            .in_run(RunCell::name(self))),
+        }
+    }
+    fn fail_dyn(self: Arc<Self>, error: TaskError) -> bool {
+        self.fail(error)
+    }
+}
+
+/// A type-erased handle on a task run: its id, name and state, and a way to
+/// wait for it. Get one from a future with [`RunRef::from`], for example to
+/// pass runs of different result types to `wait_for`.
+///
+/// ```
+/// # use flowrun_core::{RunRef, TaskFuture};
+/// fn erase<T: Send + 'static>(future: &TaskFuture<T>) -> RunRef {
+///     RunRef::from(future)
+/// }
+/// ```
+#[derive(Clone)]
+pub struct RunRef(pub(crate) Arc<dyn AnyRun>);
+
+impl RunRef {
+    /// The run's id.
+    pub fn id(&self) -> RunId {
+        self.0.id()
+    }
+
+    /// The run's name, such as `shout-3`.
+    pub fn name(&self) -> String {
+        self.0.name()
+    }
+
+    /// The name of the task this is a run of.
+    pub fn task_name(&self) -> &str {
+        self.0.task_name()
+    }
+
+    /// The registry key of the task (see [`crate::registry`]).
+    pub fn task_key(&self) -> &'static str {
+        self.0.task_key()
+    }
+
+    /// The run's current state.
+    pub fn state(&self) -> State {
+        self.0.state()
+    }
+
+    /// The run's failure, once it failed.
+    pub fn error(&self) -> Option<TaskError> {
+        self.0.error()
+    }
+
+    /// Blocks until the run is final.
+    pub fn wait(&self) {
+        self.0.block_until_final(None);
+    }
+
+    /// How many attempts the run made so far.
+    pub fn attempts(&self) -> u32 {
+        self.0.attempts()
+    }
+
+    /// How long its last attempt ran, once it is final.
+    pub fn duration(&self) -> Option<Duration> {
+        self.0.duration()
+    }
+
+    /// Where it ran, as the runner names it (a worker address, for example).
+    pub fn location(&self) -> Option<Arc<str>> {
+        self.0.location()
+    }
+
+    /// The result encoded for another process, once the run completed.
+    pub fn encoded_result(&self) -> Result<Bytes, TaskError> {
+        self.0.encoded_result()
+    }
+}
+
+impl fmt::Debug for RunRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunRef")
+            .field("id", &self.id())
+            .field("name", &self.name())
+            .field("state", &self.state())
+            .finish()
+    }
+}

@@ -1,0 +1,311 @@
+//! The [`TaskRunner`] trait: what executes task runs for a flow run.
+//!
+//! A flow run creates its runner, calls [`TaskRunner::start`], hands it
+//! every attempt of every task run as a [`TaskCall`], waits until all runs
+//! are final, then calls [`TaskRunner::shutdown`]. Retries, timeouts,
+//! dependencies and states are handled by flowrun around the runner: a
+//! runner only executes attempts.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::annotations::Annotations;
+use crate::args::ArgSlot;
+use crate::error::{TaskError, TaskErrorKind};
+use crate::run::RunRef;
+
+/// How a runner executes attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Execution {
+    /// In this process: calls carry a [`LocalJob`].
+    InProcess,
+    /// Elsewhere: calls carry a [`RemoteJob`] with serialized arguments and
+    /// the results of upstream runs already resolved to bytes.
+    Remote,
+    /// Elsewhere, and the runner moves the results of upstream runs itself:
+    /// upstream arguments stay [`ArgSlot::Upstream`] and a call is handed
+    /// over as soon as it is submitted.
+    RemoteWithDependencies,
+}
+
+/// What a runner learns about the flow run it serves.
+#[derive(Debug, Clone)]
+pub struct FlowRunInfo {
+    /// The flow's name, such as `count-to`.
+    pub flow_name: String,
+    /// The flow run's name, such as `brave-otter`.
+    pub flow_run_name: String,
+    /// The flow run's id.
+    pub flow_run_id: String,
+}
+
+/// A runner could not start or could not run a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerError {
+    message: String,
+}
+
+impl RunnerError {
+    /// An error with `message`, which should name the cause.
+    pub fn new(message: impl Into<String>) -> RunnerError {
+        RunnerError {
+            message: message.into(),
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for RunnerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for RunnerError {}
+
+/// Executes the task runs of a flow run.
+///
+/// ```
+/// use flowrun_core::{TaskCall, TaskRunner, Work};
+///
+/// /// Runs every attempt on the thread that submits it.
+/// struct Inline;
+///
+/// impl TaskRunner for Inline {
+///     fn name(&self) -> std::borrow::Cow<'static, str> {
+///         "Inline".into()
+///     }
+///     fn submit(&self, call: TaskCall) {
+///         match call.into_work() {
+///             Work::Local(job) => job.run(),
+///             Work::Remote(job) => job.refuse("Inline runs tasks in this process only"),
+///         }
+///     }
+/// }
+/// ```
+pub trait TaskRunner: Send + Sync + 'static {
+    /// The runner's name, for logs.
+    fn name(&self) -> Cow<'static, str>;
+
+    /// How this runner executes attempts.
+    fn execution(&self) -> Execution {
+        Execution::InProcess
+    }
+
+    /// Prepares to run tasks for `flow` (starts pools, clusters...). Called
+    /// once, before the flow body runs. Slow start-up should proceed in the
+    /// background, with submitted calls queued until it is ready.
+    fn start(&self, flow: &FlowRunInfo) -> Result<(), RunnerError> {
+        let _ = flow;
+        Ok(())
+    }
+
+    /// Executes one attempt of a task run. Must not block for long.
+    fn submit(&self, call: TaskCall);
+
+    /// Releases everything [`start`](TaskRunner::start) acquired. Called once,
+    /// after every run of the flow run is final (also when the flow failed).
+    fn shutdown(&self) {}
+}
+
+impl<R: TaskRunner + ?Sized> TaskRunner for Arc<R> {
+    fn name(&self) -> Cow<'static, str> {
+        (**self).name()
+    }
+    fn execution(&self) -> Execution {
+        (**self).execution()
+    }
+    fn start(&self, flow: &FlowRunInfo) -> Result<(), RunnerError> {
+        (**self).start(flow)
+    }
+    fn submit(&self, call: TaskCall) {
+        (**self).submit(call)
+    }
+    fn shutdown(&self) {
+        (**self).shutdown()
+    }
+}
+
+impl<R: TaskRunner + ?Sized> TaskRunner for Box<R> {
+    fn name(&self) -> Cow<'static, str> {
+        (**self).name()
+    }
+    fn execution(&self) -> Execution {
+        (**self).execution()
+    }
+    fn start(&self, flow: &FlowRunInfo) -> Result<(), RunnerError> {
+        (**self).start(flow)
+    }
+    fn submit(&self, call: TaskCall) {
+        (**self).submit(call)
+    }
+    fn shutdown(&self) {
+        (**self).shutdown()
+    }
+}
+
+impl<T: crate::task::Task, R: TaskRunner + ?Sized> crate::task::AcceptsTask<T> for Box<R> {}
+impl<T: crate::task::Task, R: TaskRunner + ?Sized> crate::task::AcceptsTask<T> for Arc<R> {}
+
+/// One attempt of one task run, handed to a runner.
+pub struct TaskCall {
+    pub(crate) run: RunRef,
+    pub(crate) attempt: u32,
+    pub(crate) annotations: Annotations,
+    pub(crate) work: Work,
+}
+
+impl TaskCall {
+    /// The task run.
+    pub fn run(&self) -> &RunRef {
+        &self.run
+    }
+
+    /// The attempt number, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The priority and resources of the run.
+    pub fn annotations(&self) -> &Annotations {
+        &self.annotations
+    }
+
+    /// The work, to execute it.
+    pub fn into_work(self) -> Work {
+        self.work
+    }
+
+    /// Both parts.
+    pub fn into_parts(self) -> (RunRef, Annotations, Work) {
+        (self.run, self.annotations, self.work)
+    }
+}
+
+impl fmt::Debug for TaskCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskCall")
+            .field("run", &self.run.name())
+            .field("attempt", &self.attempt)
+            .field("annotations", &self.annotations)
+            .finish()
+    }
+}
+
+/// The executable part of a [`TaskCall`].
+pub enum Work {
+    /// Run it on a thread of this process.
+    Local(LocalJob),
+    /// Send it elsewhere and report the result.
+    Remote(RemoteJob),
+}
+
+/// An attempt to execute on a thread of this process. [`LocalJob::run`] does
+/// everything: state changes, logging, timeouts, and reporting the outcome.
+pub struct LocalJob(pub(crate) Box<dyn FnOnce(Option<TaskError>) + Send>);
+
+impl LocalJob {
+    /// Executes the attempt on the current thread.
+    pub fn run(self) {
+        (self.0)(None)
+    }
+
+    /// Reports that the runner cannot execute the attempt.
+    pub fn refuse(self, why: impl Into<String>) {
+        (self.0)(Some(TaskError::new(TaskErrorKind::Runner, why)))
+    }
+}
+
+/// Reports the outcome of a [`RemoteJob`].
+pub(crate) trait RemoteCompletion: Send + Sync {
+    fn started(&self, attempt: u32, location: Option<Arc<str>>);
+    fn finished(self: Arc<Self>, attempt: u32, result: Result<Bytes, TaskError>);
+}
+
+/// An attempt to execute elsewhere: the task's registry key and its
+/// serialized arguments. Report the outcome with [`RemoteJob::finish`].
+pub struct RemoteJob {
+    pub(crate) task_key: &'static str,
+    pub(crate) task_name: Arc<str>,
+    pub(crate) args: Arc<[ArgSlot]>,
+    pub(crate) attempt: u32,
+    pub(crate) completion: Arc<dyn RemoteCompletion>,
+}
+
+impl RemoteJob {
+    /// The registry key of the task (see [`crate::registry`]).
+    pub fn task_key(&self) -> &'static str {
+        self.task_key
+    }
+
+    /// The task's display name.
+    pub fn task_name(&self) -> &str {
+        &self.task_name
+    }
+
+    /// The serialized arguments, in order.
+    pub fn args(&self) -> &[ArgSlot] {
+        &self.args
+    }
+
+    /// A shared handle on the arguments (cheap to clone).
+    pub fn shared_args(&self) -> Arc<[ArgSlot]> {
+        self.args.clone()
+    }
+
+    /// Marks the run as running, at `location` (a worker's name, say).
+    pub fn started(&self, location: Option<&str>) {
+        self.completion.started(self.attempt, location.map(Arc::from));
+    }
+
+    /// Reports the attempt's outcome: the serialized result, or the failure.
+    pub fn finish(self, result: Result<Bytes, TaskError>) {
+        self.completion.finished(self.attempt, result);
+    }
+
+    /// Reports that the runner cannot execute the attempt.
+    pub fn refuse(self, why: impl Into<String>) {
+        self.finish(Err(TaskError::new(TaskErrorKind::Runner, why)))
+    }
+
+    /// A handle that reports the outcome later, apart from the arguments.
+    pub fn into_reporter(self) -> RemoteReporter {
+        RemoteReporter {
+            attempt: self.attempt,
+            completion: self.completion,
+        }
+    }
+}
+
+/// Reports the outcome of a [`RemoteJob`] whose arguments were sent away.
+pub struct RemoteReporter {
+    attempt: u32,
+    completion: Arc<dyn RemoteCompletion>,
+}
+
+impl RemoteReporter {
+    /// Marks the run as running, at `location`.
+    pub fn started(&self, location: Option<&str>) {
+        self.completion.started(self.attempt, location.map(Arc::from));
+    }
+
+    /// Reports the attempt's outcome.
+    pub fn finish(self, result: Result<Bytes, TaskError>) {
+        self.completion.finished(self.attempt, result);
+    }
+}
+
+impl fmt::Debug for RemoteReporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteReporter")
+            .field("attempt", &self.attempt)
+            .finish()
+    }
+}

@@ -1,0 +1,130 @@
+//! `SerializingTaskRunner`: runs every task the way a worker process does
+//! (by registry key, arguments and result serialized) on local threads.
+
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use crate::args::ArgSlot;
+use crate::pool::Pool;
+use crate::registry;
+use crate::runner::{Execution, FlowRunInfo, RunnerError, TaskCall, TaskRunner, Work};
+use crate::task::{AcceptsTask, RemoteTask};
+
+/// Runs each task run through the task registry, by name, with its
+/// arguments and result serialized, on a thread pool of this process.
+///
+/// It behaves like a runner with worker processes, without the processes:
+/// use it in tests to check that every task of a flow can move between
+/// processes (a task whose types cannot is a compile error in `#[flow]`,
+/// or fails at submit with a message naming the type).
+///
+/// ```
+/// use flowrun_core::SerializingTaskRunner;
+/// let runner = SerializingTaskRunner::new(2);
+/// # let _ = runner;
+/// ```
+pub struct SerializingTaskRunner {
+    max_workers: usize,
+    pool: Mutex<Option<Arc<Pool>>>,
+}
+
+impl SerializingTaskRunner {
+    /// A runner of at most `max_workers` concurrent task runs.
+    pub fn new(max_workers: usize) -> SerializingTaskRunner {
+        SerializingTaskRunner {
+            max_workers: max_workers.max(1),
+            pool: Mutex::new(None),
+        }
+    }
+}
+
+impl std::fmt::Debug for SerializingTaskRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SerializingTaskRunner")
+            .field("max_workers", &self.max_workers)
+            .finish()
+    }
+}
+
+impl Default for SerializingTaskRunner {
+    fn default() -> Self {
+        SerializingTaskRunner::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+}
+
+impl Clone for SerializingTaskRunner {
+    fn clone(&self) -> Self {
+        SerializingTaskRunner::new(self.max_workers)
+    }
+}
+
+impl TaskRunner for SerializingTaskRunner {
+    fn name(&self) -> Cow<'static, str> {
+        "SerializingTaskRunner".into()
+    }
+
+    fn execution(&self) -> Execution {
+        Execution::Remote
+    }
+
+    fn start(&self, _flow: &FlowRunInfo) -> Result<(), RunnerError> {
+        *self.pool.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Pool::new("flowrun-serializing", self.max_workers));
+        Ok(())
+    }
+
+    fn submit(&self, call: TaskCall) {
+        let (run, _annotations, work) = call.into_parts();
+        let job = match work {
+            Work::Remote(job) => job,
+            Work::Local(job) => {
+                job.refuse("SerializingTaskRunner only runs serialized calls");
+                return;
+            }
+        };
+        let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(pool) = pool else {
+            job.refuse("SerializingTaskRunner was not started");
+            return;
+        };
+        let work = Box::new(move || {
+            job.started(Some("local"));
+            let args: Vec<&[u8]> = job
+                .args()
+                .iter()
+                .map(|slot| match slot {
+                    ArgSlot::Bytes(b) => &b[..],
+                    ArgSlot::Upstream(_) => &[][..],
+                })
+                .collect();
+            let result = match registry::registry().get(job.task_key()) {
+                None => Err(crate::error::TaskError::new(
+                    crate::error::TaskErrorKind::Runner,
+                    format!("no task is registered as '{}'", job.task_key()),
+                )),
+                Some(task) => {
+                    let _ctx = crate::context::enter(crate::context::Context {
+                        flow: crate::context::current_flow(),
+                        task_run: Some(run.clone()),
+                        span: None,
+                    });
+                    task.run(&args).map(Bytes::from)
+                }
+            };
+            job.finish(result);
+        });
+        if let Err(work) = pool.spawn(work) {
+            work();
+        }
+    }
+
+    fn shutdown(&self) {
+        if let Some(pool) = self.pool.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            pool.shutdown();
+        }
+    }
+}
+
+impl<T: RemoteTask> AcceptsTask<T> for SerializingTaskRunner {}

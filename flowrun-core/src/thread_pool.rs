@@ -1,0 +1,112 @@
+//! `ThreadPoolTaskRunner`: the default runner, executing task runs on a pool
+//! of threads in the flow's process.
+
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
+
+use crate::pool::Pool;
+use crate::runner::{FlowRunInfo, RunnerError, TaskCall, TaskRunner, Work};
+use crate::task::{AcceptsTask, Task};
+
+/// Runs task runs on threads of the flow's process, at most `max_workers`
+/// at a time (by default `min(32, cores + 4)`, as Python's thread pools do).
+///
+/// A task that blocks on another run (`result()`, `wait()`) gives its
+/// thread's slot to another task while it waits, so tasks that submit and
+/// wait for other tasks cannot deadlock the pool.
+///
+/// ```
+/// use flowrun_core::ThreadPoolTaskRunner;
+/// let runner = ThreadPoolTaskRunner::new(4);
+/// assert_eq!(runner.max_workers(), 4);
+/// ```
+pub struct ThreadPoolTaskRunner {
+    max_workers: usize,
+    pool: Mutex<Option<Arc<Pool>>>,
+}
+
+impl ThreadPoolTaskRunner {
+    /// A runner of at most `max_workers` concurrent task runs (at least 1).
+    pub fn new(max_workers: usize) -> ThreadPoolTaskRunner {
+        ThreadPoolTaskRunner {
+            max_workers: max_workers.max(1),
+            pool: Mutex::new(None),
+        }
+    }
+
+    /// The concurrency limit.
+    pub fn max_workers(&self) -> usize {
+        self.max_workers
+    }
+
+    fn pool(&self) -> Arc<Pool> {
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(|| Pool::new("flowrun-task", self.max_workers))
+            .clone()
+    }
+
+    /// Threads the runner's pool has now (for tests and diagnostics).
+    pub fn threads(&self) -> usize {
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, |p| p.threads())
+    }
+}
+
+impl Default for ThreadPoolTaskRunner {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        ThreadPoolTaskRunner::new((cores + 4).min(32))
+    }
+}
+
+impl Clone for ThreadPoolTaskRunner {
+    /// A runner with the same settings and its own pool.
+    fn clone(&self) -> Self {
+        ThreadPoolTaskRunner::new(self.max_workers)
+    }
+}
+
+impl std::fmt::Debug for ThreadPoolTaskRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThreadPoolTaskRunner")
+            .field("max_workers", &self.max_workers)
+            .finish()
+    }
+}
+
+impl TaskRunner for ThreadPoolTaskRunner {
+    fn name(&self) -> Cow<'static, str> {
+        "ThreadPoolTaskRunner".into()
+    }
+
+    fn start(&self, _flow: &FlowRunInfo) -> Result<(), RunnerError> {
+        self.pool();
+        Ok(())
+    }
+
+    fn submit(&self, call: TaskCall) {
+        match call.into_work() {
+            Work::Local(job) => {
+                let boxed: crate::pool::Job = Box::new(move || job.run());
+                if let Err(returned) = self.pool().spawn(boxed) {
+                    // The pool is shut down: run it here rather than lose it.
+                    returned();
+                }
+            }
+            Work::Remote(job) => job.refuse("ThreadPoolTaskRunner runs tasks in this process only"),
+        }
+    }
+
+    fn shutdown(&self) {
+        if let Some(pool) = self.pool.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            pool.shutdown();
+        }
+    }
+}
+
+impl<T: Task> AcceptsTask<T> for ThreadPoolTaskRunner {}

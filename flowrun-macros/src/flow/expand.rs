@@ -1,0 +1,229 @@
+//! The code `#[flow]` generates: a value named like the function that runs
+//! the flow when called, with `call`, `return_state`, `with_options` and
+//! `with_runner` methods, and the `Flow` implementation.
+
+use proc_macro2::TokenStream;
+use quote::quote;
+use syn::visit_mut::VisitMut;
+use syn::ItemFn;
+
+use super::attr::FlowAttr;
+use super::gates::{witness_ident, Gates};
+use crate::signature::Signature;
+
+pub fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> TokenStream {
+    let krate = &attr.krate;
+    let fr = quote!(#krate::__private);
+    let ident = &sig.ident;
+    let vis = &sig.vis;
+    let cfgs = &sig.cfgs;
+    let docs = &sig.docs;
+    let other_attrs = &sig.other_attrs;
+    let fn_name = ident.to_string().trim_start_matches("r#").to_owned();
+    let display = attr
+        .name
+        .as_ref()
+        .map(|n| n.value())
+        .unwrap_or_else(|| fn_name.replace('_', "-"));
+
+    let names: Vec<_> = sig.args.iter().map(|a| &a.name).collect();
+    let tys: Vec<_> = sig.args.iter().map(|a| &a.ty).collect();
+    let params = sig.args.iter().map(|a| {
+        let (pat, ty) = (&a.pat, &a.ty);
+        quote!(#pat: #ty)
+    });
+    let raw = &sig.raw;
+    let output = if sig.returns_result {
+        quote!(<#raw as #fr::TaskResult>::Ok)
+    } else {
+        quote!(#raw)
+    };
+    let asyncness = sig.is_async.then(|| quote!(async));
+
+    let mut block = (*function.block).clone();
+    let witness = match &attr.task_runner {
+        Some(runner) => {
+            Gates { fr: fr.clone() }.visit_block_mut(&mut block);
+            let w = witness_ident();
+            quote!(let #w = #fr::witness(|| #runner);)
+        }
+        None => quote!(),
+    };
+    let stmts = &block.stmts;
+
+    let doc = if docs.is_empty() {
+        let text = format!(" The flowrun flow `{display}`: call it to run it.");
+        quote!(#[doc = #text])
+    } else {
+        quote!(#(#docs)*)
+    };
+
+    let mut builder = quote!(#fr::FlowMeta::builder(#display));
+    if let Some(d) = attr.description.as_ref().map(|d| d.value()).or_else(|| sig.doc_text.clone()) {
+        builder.extend(quote!(.description(#d)));
+    }
+    if let Some(r) = &attr.retries {
+        builder.extend(quote!(.retries(#r)));
+    }
+    if let Some(d) = &attr.retry_delay {
+        builder.extend(quote!(.retry_delay(#d)));
+    }
+    if let Some(t) = &attr.timeout {
+        builder.extend(quote!(.timeout(#t)));
+    }
+    builder.extend(quote!(.build()));
+
+    let invoke = if sig.is_async {
+        quote!(#fr::Invocation::Future(::std::boxed::Box::pin(__flowrun_body(#(#names),*))))
+    } else {
+        quote!(#fr::Invocation::Ready(__flowrun_body(#(#names),*)))
+    };
+    let outcome = if sig.returns_result {
+        quote!(#fr::flow_outcome(raw))
+    } else {
+        quote!(::core::result::Result::Ok(raw))
+    };
+    let runner = match &attr.task_runner {
+        Some(r) => quote!(#fr::boxed_runner(#r)),
+        None => quote!(#fr::default_runner()),
+    };
+
+    let result_ty = quote!(::core::result::Result<#output, #fr::FlowError>);
+    let (direct_ret, direct_body, methods) = if sig.is_async {
+        (
+            quote!(#fr::BoxFuture<#result_ty>),
+            quote! {
+                ::std::boxed::Box::pin(async move {
+                    #fr::run_flow_async::<#ident>(#fr::FlowConfig::NONE, (#(#names,)*)).await.into_result()
+                })
+            },
+            quote! {
+                /// Runs the flow and resolves to its result, or to why it failed.
+                pub fn call(&self, #(#names: #tys),*) -> #fr::BoxFuture<#result_ty> {
+                    let config = self.__flowrun_config.clone();
+                    ::std::boxed::Box::pin(async move {
+                        #fr::run_flow_async::<Self>(config, (#(#names,)*)).await.into_result()
+                    })
+                }
+
+                /// Runs the flow and resolves to the whole flow run: its final
+                /// state, result and task run failures.
+                pub fn return_state(&self, #(#names: #tys),*) -> #fr::BoxFuture<#fr::FlowRun<#output>> {
+                    let config = self.__flowrun_config.clone();
+                    ::std::boxed::Box::pin(#fr::run_flow_async::<Self>(config, (#(#names,)*)))
+                }
+            },
+        )
+    } else {
+        (
+            result_ty.clone(),
+            quote!(#fr::run_flow::<#ident>(&#fr::FlowConfig::NONE, (#(#names,)*)).into_result()),
+            quote! {
+                /// Runs the flow and returns its result, or why it failed.
+                pub fn call(&self, #(#names: #tys),*) -> #result_ty {
+                    #fr::run_flow::<Self>(&self.__flowrun_config, (#(#names,)*)).into_result()
+                }
+
+                /// Runs the flow and returns the whole flow run: its final state,
+                /// result and task run failures.
+                pub fn return_state(&self, #(#names: #tys),*) -> #fr::FlowRun<#output> {
+                    #fr::run_flow::<Self>(&self.__flowrun_config, (#(#names,)*))
+                }
+            },
+        )
+    };
+
+    quote! {
+        #(#cfgs)*
+        #doc
+        #[allow(non_camel_case_types)]
+        #[derive(Clone)]
+        #vis struct #ident {
+            #[doc(hidden)]
+            pub __flowrun_config: #fr::FlowConfig,
+        }
+
+        #(#cfgs)*
+        #doc
+        #[allow(non_upper_case_globals)]
+        #vis const #ident: #ident = #ident { __flowrun_config: #fr::FlowConfig::NONE };
+
+        #(#cfgs)*
+        const _: () = {
+            #(#other_attrs)*
+            #[allow(clippy::too_many_arguments)]
+            #asyncness fn __flowrun_body(#(#params),*) -> #raw {
+                #witness
+                #(#stmts)*
+            }
+
+            fn __flowrun_direct(#(#names: #tys),*) -> #direct_ret {
+                #direct_body
+            }
+
+            impl ::core::ops::Deref for #ident {
+                type Target = fn(#(#tys),*) -> #direct_ret;
+                fn deref(&self) -> &Self::Target {
+                    &(__flowrun_direct as fn(#(#tys),*) -> #direct_ret)
+                }
+            }
+
+            impl ::core::fmt::Debug for #ident {
+                fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                    ::core::write!(f, "Flow({})", #display)
+                }
+            }
+
+            impl #fr::Flow for #ident {
+                type Args = (#(#tys,)*);
+                type Raw = #raw;
+                type Output = #output;
+
+                fn meta() -> &'static #fr::FlowMeta {
+                    static META: #fr::OnceLock<#fr::FlowMeta> = #fr::OnceLock::new();
+                    META.get_or_init(|| #builder)
+                }
+
+                #[allow(clippy::unused_unit)]
+                fn invoke(args: Self::Args) -> #fr::Invocation<Self::Raw> {
+                    let (#(#names,)*) = args;
+                    #invoke
+                }
+
+                fn outcome(raw: Self::Raw) -> ::core::result::Result<Self::Output, #fr::TaskError> {
+                    #outcome
+                }
+
+                fn default_runner() -> ::std::boxed::Box<dyn #fr::TaskRunner> {
+                    #runner
+                }
+
+                fn args_clone() -> ::core::option::Option<fn(&Self::Args) -> Self::Args> {
+                    #[allow(unused_imports)]
+                    use #fr::{CloneNo as _, CloneYes as _};
+                    (&#fr::Probe::<(#(#tys,)*)>::new()).cloner()
+                }
+
+                fn config(&self) -> &#fr::FlowConfig {
+                    &self.__flowrun_config
+                }
+            }
+
+            impl #ident {
+                #methods
+
+                /// The same flow with `options` overriding its own for the calls
+                /// made through the returned handle.
+                pub fn with_options(self, options: #fr::FlowOptions) -> Self {
+                    #ident { __flowrun_config: self.__flowrun_config.with_options(options) }
+                }
+
+                /// The same flow, running its tasks on a copy of `runner` for each
+                /// flow run instead of its own task runner.
+                pub fn with_runner<R: #fr::TaskRunner + ::core::clone::Clone>(self, runner: R) -> Self {
+                    #ident { __flowrun_config: self.__flowrun_config.with_runner(runner) }
+                }
+            }
+        };
+    }
+}

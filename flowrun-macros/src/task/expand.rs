@@ -1,0 +1,277 @@
+//! The code `#[task]` generates: a value named like the function that can
+//! be called directly (through `Deref` to a function pointer) and has
+//! `submit`, `map`, `call`, `with_options` and `wait_for` methods, the
+//! `Task` implementation, and the registry entry.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::ItemFn;
+
+use super::attr::TaskAttr;
+use crate::signature::Signature;
+
+pub fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> TokenStream {
+    let krate = &attr.krate;
+    let fr = quote!(#krate::__private);
+    let ident = &sig.ident;
+    let vis = &sig.vis;
+    let cfgs = &sig.cfgs;
+    let docs = &sig.docs;
+    let other_attrs = &sig.other_attrs;
+    let fn_name = ident.to_string().trim_start_matches("r#").to_owned();
+    let display = attr
+        .name
+        .as_ref()
+        .map(|n| n.value())
+        .unwrap_or_else(|| fn_name.clone());
+
+    let names: Vec<_> = sig.args.iter().map(|a| &a.name).collect();
+    let tys: Vec<_> = sig.args.iter().map(|a| &a.ty).collect();
+    let params = sig.args.iter().map(|a| {
+        let (pat, ty) = (&a.pat, &a.ty);
+        quote!(#pat: #ty)
+    });
+    let raw = &sig.raw;
+    let output = if sig.returns_result {
+        quote!(<#raw as #fr::TaskResult>::Ok)
+    } else {
+        quote!(#raw)
+    };
+    let body = &function.block;
+    let asyncness = sig.is_async.then(|| quote!(async));
+    let body_fn = format_ident!("__flowrun_body");
+
+    let doc = if docs.is_empty() {
+        let text = format!(" The flowrun task `{display}`: call it, `.submit(...)` it or `.map(...)` it.");
+        quote!(#[doc = #text])
+    } else {
+        quote!(#(#docs)*)
+    };
+
+    let mut builder = quote!(#fr::TaskMeta::builder(
+        ::core::concat!(::core::module_path!(), "::", #fn_name),
+        #display
+    ));
+    if let Some(d) = attr.description.as_ref().map(|d| d.value()).or_else(|| sig.doc_text.clone()) {
+        builder.extend(quote!(.description(#d)));
+    }
+    if !attr.tags.is_empty() {
+        let tags = &attr.tags;
+        builder.extend(quote!(.tags(&[#(#tags),*])));
+    }
+    if let Some(r) = &attr.retries {
+        builder.extend(quote!(.retries(#r)));
+    }
+    if let Some(d) = &attr.retry_delay {
+        builder.extend(quote!(.retry_delay(#d)));
+    }
+    if let Some(j) = &attr.retry_jitter_factor {
+        builder.extend(quote!(.retry_jitter_factor(#j)));
+    }
+    if let Some(t) = &attr.timeout {
+        builder.extend(quote!(.timeout(#t)));
+    }
+    let is_async = sig.is_async;
+    builder.extend(quote!(.is_async(#is_async).build()));
+
+    let invoke = if sig.is_async {
+        quote!(#fr::Invocation::Future(::std::boxed::Box::pin(#body_fn(#(#names),*))))
+    } else {
+        quote!(#fr::Invocation::Ready(#body_fn(#(#names),*)))
+    };
+    let (outcome, failure) = if sig.returns_result {
+        (
+            quote!(#fr::TaskResult::into_outcome(raw)),
+            quote!(#fr::TaskResult::failure_message(raw)),
+        )
+    } else {
+        (
+            quote!(::core::result::Result::Ok(raw)),
+            quote! {{ let _ = raw; ::core::option::Option::None }},
+        )
+    };
+
+    let direct_ret = if sig.is_async {
+        quote!(#fr::BoxFuture<#raw>)
+    } else {
+        quote!(#raw)
+    };
+    let direct_body = if sig.is_async {
+        quote!(::std::boxed::Box::pin(#fr::call_async::<#ident>(#fr::CallConfig::NONE, (#(#names,)*))))
+    } else {
+        quote!(#fr::call::<#ident>(&#fr::CallConfig::NONE, (#(#names,)*)))
+    };
+    let call_method = if sig.is_async {
+        quote! {
+            /// Runs the task now, as a tracked task run, and resolves to what it returns.
+            pub fn call(&self, #(#names: #tys),*) -> #fr::BoxFuture<#raw> {
+                ::std::boxed::Box::pin(#fr::call_async::<Self>(self.__flowrun_config.clone(), (#(#names,)*)))
+            }
+        }
+    } else {
+        quote! {
+            /// Runs the task now, as a tracked task run, and returns what it returns,
+            /// applying the options of this handle.
+            pub fn call(&self, #(#names: #tys),*) -> #raw {
+                #fr::call::<Self>(&self.__flowrun_config, (#(#names,)*))
+            }
+        }
+    };
+
+    let map_method = if sig.args.is_empty() {
+        quote!()
+    } else {
+        let name_strs: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        quote! {
+            /// Submits one run per element of the mapped arguments (iterables of
+            /// values or futures); arguments wrapped in `unmapped(...)` are the
+            /// same for every run. Mapped arguments of different lengths are an error.
+            pub fn map(
+                &self,
+                #(#names: impl #fr::MapArg<#tys>),*
+            ) -> ::core::result::Result<::std::vec::Vec<#fr::TaskFuture<#output>>, #fr::MapError> {
+                #(let mut #names = #fr::MapArg::into_source(#names);)*
+                let count = #fr::map_len(
+                    <Self as #fr::Task>::meta().name(),
+                    &[#((#name_strs, #names.len())),*],
+                )?;
+                let mut futures = ::std::vec::Vec::with_capacity(count);
+                for _ in 0..count {
+                    futures.push(self.submit(#(#names.next_input()),*));
+                }
+                ::core::result::Result::Ok(futures)
+            }
+        }
+    };
+
+    let serde_probes = tys.iter().map(|ty| {
+        quote_spanned! {ty.span()=>
+            (::core::any::type_name::<#ty>(), (&#fr::Probe::<#ty>::new()).serde_ok())
+        }
+    });
+
+    quote! {
+        #(#cfgs)*
+        #doc
+        #[allow(non_camel_case_types)]
+        #[derive(Clone)]
+        #vis struct #ident {
+            #[doc(hidden)]
+            pub __flowrun_config: #fr::CallConfig,
+        }
+
+        #(#cfgs)*
+        #doc
+        #[allow(non_upper_case_globals)]
+        #vis const #ident: #ident = #ident { __flowrun_config: #fr::CallConfig::NONE };
+
+        #(#cfgs)*
+        const _: () = {
+            #(#other_attrs)*
+            #[allow(clippy::too_many_arguments)]
+            #asyncness fn #body_fn(#(#params),*) -> #raw #body
+
+            fn __flowrun_direct(#(#names: #tys),*) -> #direct_ret {
+                #direct_body
+            }
+
+            impl ::core::ops::Deref for #ident {
+                type Target = fn(#(#tys),*) -> #direct_ret;
+                fn deref(&self) -> &Self::Target {
+                    &(__flowrun_direct as fn(#(#tys),*) -> #direct_ret)
+                }
+            }
+
+            impl ::core::fmt::Debug for #ident {
+                fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                    ::core::write!(f, "Task({})", #display)
+                }
+            }
+
+            impl #fr::Task for #ident {
+                type Args = (#(#tys,)*);
+                type Raw = #raw;
+                type Output = #output;
+
+                fn meta() -> &'static #fr::TaskMeta {
+                    static META: #fr::OnceLock<#fr::TaskMeta> = #fr::OnceLock::new();
+                    META.get_or_init(|| #builder)
+                }
+
+                #[allow(clippy::unused_unit)]
+                fn invoke(args: Self::Args) -> #fr::Invocation<Self::Raw> {
+                    let (#(#names,)*) = args;
+                    #invoke
+                }
+
+                fn outcome(raw: Self::Raw) -> ::core::result::Result<Self::Output, #fr::TaskError> {
+                    #outcome
+                }
+
+                fn failure_message(raw: &Self::Raw) -> ::core::option::Option<::std::string::String> {
+                    #failure
+                }
+
+                fn support() -> &'static #fr::TaskSupport<Self> {
+                    static SUPPORT: #fr::OnceLock<#fr::TaskSupport<#ident>> = #fr::OnceLock::new();
+                    SUPPORT.get_or_init(|| {
+                        #[allow(unused_imports)]
+                        use #fr::{CloneNo as _, CloneYes as _, CodecNo as _, CodecYes as _, RemoteNo as _, RemoteYes as _};
+                        #fr::TaskSupport::new(
+                            (&#fr::Probe::<(#(#tys,)*)>::new()).cloner(),
+                            (&#fr::Probe::<#output>::new()).cloner(),
+                            (&#fr::Probe::<#output>::new()).codec(),
+                            (&#fr::Probe::<#ident>::new()).remote(),
+                            &[
+                                #(#serde_probes,)*
+                                (::core::any::type_name::<#output>(), (&#fr::Probe::<#output>::new()).serde_ok()),
+                            ],
+                        )
+                    })
+                }
+
+                fn config(&self) -> &#fr::CallConfig {
+                    &self.__flowrun_config
+                }
+            }
+
+            impl #ident {
+                /// Submits a run of the task and returns its future at once.
+                /// Each argument may be a value or the `TaskFuture` of an upstream
+                /// run, which makes this run wait for it and receive its value.
+                pub fn submit(&self, #(#names: impl #fr::IntoInput<#tys>),*) -> #fr::TaskFuture<#output> {
+                    #fr::submit(self, (#(#fr::IntoInput::into_input(#names),)*))
+                }
+
+                #map_method
+
+                #call_method
+
+                /// The same task with `options` overriding its own for the calls
+                /// made through the returned handle.
+                pub fn with_options(self, options: #fr::TaskOptions) -> Self {
+                    #ident { __flowrun_config: self.__flowrun_config.with_options(options) }
+                }
+
+                /// The same task, whose runs also wait for `runs` (without taking
+                /// their values) before they start.
+                pub fn wait_for(self, runs: impl #fr::IntoRunRefs) -> Self {
+                    #ident { __flowrun_config: self.__flowrun_config.wait_for(#fr::IntoRunRefs::into_run_refs(runs)) }
+                }
+
+                /// The key this task is registered under, for running it by name.
+                pub fn registry_key(&self) -> &'static str {
+                    <Self as #fr::Task>::meta().key()
+                }
+            }
+
+            #fr::inventory::submit! {
+                #fr::TaskRegistration {
+                    key: ::core::concat!(::core::module_path!(), "::", #fn_name),
+                    entry: <#ident as #fr::Task>::registry_entry,
+                }
+            }
+        };
+    }
+}
