@@ -50,18 +50,23 @@ pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     postcard::from_bytes(bytes).map_err(|e| e.to_string())
 }
 
-fn encode_input<A: Serialize + Send + 'static>(input: &Input<A>, index: usize) -> Result<ArgSlot, TaskError> {
+fn encode_input<A: Serialize + Send + 'static>(
+    input: &Input<A>,
+    index: usize,
+) -> Result<ArgSlot, TaskError> {
     match input {
-        Input::Value(v) => encode_value(v).map(|b| ArgSlot::Bytes(Bytes::from(b))).map_err(|e| {
-            TaskError::new(
-                TaskErrorKind::Runner,
-                format!(
-                    "argument {} (of type `{}`) could not be serialized: {e}",
-                    index + 1,
-                    std::any::type_name::<A>()
-                ),
-            )
-        }),
+        Input::Value(v) => encode_value(v)
+            .map(|b| ArgSlot::Bytes(Bytes::from(b)))
+            .map_err(|e| {
+                TaskError::new(
+                    TaskErrorKind::Runner,
+                    format!(
+                        "argument {} (of type `{}`) could not be serialized: {e}",
+                        index + 1,
+                        std::any::type_name::<A>()
+                    ),
+                )
+            }),
         Input::Future(f) => Ok(ArgSlot::Upstream(f.run_ref())),
     }
 }

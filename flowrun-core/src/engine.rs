@@ -56,7 +56,10 @@ fn resolve<T: Task>(config: &CallConfig) -> Resolved {
         if let Some(name) = &opts.name {
             r.name = name.clone();
         }
-        if opts.retries.is_some() || opts.retry_delay.is_some() || opts.retry_jitter_factor.is_some() {
+        if opts.retries.is_some()
+            || opts.retry_delay.is_some()
+            || opts.retry_jitter_factor.is_some()
+        {
             let p = r.policy.to_mut();
             if let Some(n) = opts.retries {
                 p.retries = n;
@@ -220,7 +223,10 @@ pub(crate) fn cancel_pending<T: Send + 'static>(cell: &Arc<RunCell<T>>) -> bool 
     if !matches!(kind, StateKind::Pending | StateKind::AwaitingRetry) {
         return false;
     }
-    cell.fail(TaskError::new(TaskErrorKind::Cancelled, "cancelled before it started"))
+    cell.fail(TaskError::new(
+        TaskErrorKind::Cancelled,
+        "cancelled before it started",
+    ))
 }
 
 impl<T: Task> Driver<T> {
@@ -285,7 +291,9 @@ impl<T: Task> Driver<T> {
         if self.flow.execution == Execution::Remote {
             for slot in &mut slots {
                 if let ArgSlot::Upstream(up) = slot {
-                    let bytes = up.encoded_result().map_err(|e| upstream_failed(&up.name(), &e))?;
+                    let bytes = up
+                        .encoded_result()
+                        .map_err(|e| upstream_failed(&up.name(), &e))?;
                     *slot = ArgSlot::Bytes(bytes);
                 }
             }
@@ -345,7 +353,12 @@ impl<T: Task> Driver<T> {
     }
 
     fn disarm_watchdog(&self) {
-        if let Some(h) = self.watchdog.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(h) = self
+            .watchdog
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             h.cancel();
         }
     }
@@ -445,10 +458,11 @@ impl<T: Task> Driver<T> {
             human_duration(delay),
             error.message()
         );
-        if !self
-            .cell
-            .transition(StateKind::AwaitingRetry, Some(Arc::from(message.as_str())), attempt)
-        {
+        if !self.cell.transition(
+            StateKind::AwaitingRetry,
+            Some(Arc::from(message.as_str())),
+            attempt,
+        ) {
             return;
         }
         log_retry(&self.cell.name(), &message);
@@ -512,7 +526,10 @@ pub(crate) fn task_span(run: &RunRef) -> tracing::Span {
 
 /// Calls `T` with `args` on this thread and drives an async task's future to
 /// completion; panics become [`TaskErrorKind::Panic`].
-pub(crate) fn invoke_blocking<T: Task>(args: T::Args, timeout: Option<Duration>) -> Result<T::Raw, TaskError> {
+pub(crate) fn invoke_blocking<T: Task>(
+    args: T::Args,
+    timeout: Option<Duration>,
+) -> Result<T::Raw, TaskError> {
     match catch_unwind(AssertUnwindSafe(|| T::invoke(args))) {
         Err(payload) => Err(TaskError::from_panic(payload)),
         Ok(Invocation::Ready(raw)) => Ok(raw),
@@ -632,7 +649,9 @@ impl<T: Task> DirectRun<T> {
         let error = match outcome {
             Attempt::Done(_) => return None,
             Attempt::Errored(_, m) => TaskError::new(TaskErrorKind::Error, m.clone()),
-            Attempt::Panicked(p) => TaskError::new(TaskErrorKind::Panic, crate::error::panic_message(&**p)),
+            Attempt::Panicked(p) => {
+                TaskError::new(TaskErrorKind::Panic, crate::error::panic_message(&**p))
+            }
             Attempt::TimedOut(t) => timed_out(*t),
         };
         if attempt > self.policy.retries || !can_retry {
@@ -645,8 +664,11 @@ impl<T: Task> DirectRun<T> {
             human_duration(delay),
             error.message()
         );
-        self.cell
-            .transition(StateKind::AwaitingRetry, Some(Arc::from(message.as_str())), attempt);
+        self.cell.transition(
+            StateKind::AwaitingRetry,
+            Some(Arc::from(message.as_str())),
+            attempt,
+        );
         log_retry(&self.cell.name(), &message);
         Some(delay)
     }
@@ -662,8 +684,10 @@ impl<T: Task> DirectRun<T> {
                 raw
             }
             Attempt::Panicked(p) => {
-                self.cell
-                    .fail(TaskError::new(TaskErrorKind::Panic, crate::error::panic_message(&*p)));
+                self.cell.fail(TaskError::new(
+                    TaskErrorKind::Panic,
+                    crate::error::panic_message(&*p),
+                ));
                 std::panic::resume_unwind(p)
             }
             Attempt::TimedOut(t) => {

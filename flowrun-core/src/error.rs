@@ -259,7 +259,11 @@ pub struct FlowError {
 
 impl FlowError {
     /// A flow failure of `kind` in the flow run named `flow_run`.
-    pub fn new(kind: FlowErrorKind, flow_run: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(
+        kind: FlowErrorKind,
+        flow_run: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         FlowError {
             kind,
             flow_run: flow_run.into(),

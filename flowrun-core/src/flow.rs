@@ -11,13 +11,15 @@ use std::time::{Duration, Instant};
 
 use crate::context::{self, Context, WithContext};
 use crate::engine::{human_duration, CatchUnwindAny, Deadline};
-use crate::error::{panic_message, FlowError, FlowErrorKind, TaskError, TaskErrorKind, TaskRunFailure};
+use crate::error::{
+    panic_message, FlowError, FlowErrorKind, TaskError, TaskErrorKind, TaskRunFailure,
+};
 use crate::names;
 use crate::options::{FlowOptions, RetryPolicy};
 use crate::run::{AnyRun, RunId, RunRef};
 use crate::runner::{Execution, FlowRunInfo, TaskRunner};
 use crate::state::{State, StateKind};
-use crate::task::{Invocation, IntoSeconds, IntoCount, IntoRetryDelay, TaskResult};
+use crate::task::{Cloner, IntoCount, IntoRetryDelay, IntoSeconds, Invocation, TaskResult};
 use crate::thread_pool::ThreadPoolTaskRunner;
 
 /// How many task runs of a flow run ended in each final state.
@@ -63,7 +65,13 @@ pub(crate) struct FlowShared {
 }
 
 impl FlowShared {
-    fn new(id: String, name: String, flow_name: String, runner: Arc<dyn TaskRunner>, detached: bool) -> FlowShared {
+    fn new(
+        id: String,
+        name: String,
+        flow_name: String,
+        runner: Arc<dyn TaskRunner>,
+        detached: bool,
+    ) -> FlowShared {
         FlowShared {
             id,
             name,
@@ -110,6 +118,8 @@ impl FlowShared {
             .clone()
     }
 
+    // A `&Cow` keeps a borrowed `'static` name borrowed when it becomes a key.
+    #[allow(clippy::ptr_arg)]
     pub(crate) fn next_index(&self, task_name: &Cow<'static, str>) -> u64 {
         let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         match counters.get_mut(task_name) {
@@ -198,7 +208,10 @@ impl FlowShared {
         let reason = TaskError::new(TaskErrorKind::Cancelled, why);
         self.set_cancelled(reason.clone());
         for run in self.live_runs() {
-            if matches!(run.state().kind(), StateKind::Pending | StateKind::AwaitingRetry) {
+            if matches!(
+                run.state().kind(),
+                StateKind::Pending | StateKind::AwaitingRetry
+            ) {
                 cancel_run(&run, reason.clone());
             }
         }
@@ -224,7 +237,10 @@ impl FlowShared {
         crate::pool::blocking(|| {
             let mut guard = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             while !self.is_idle() {
-                guard = self.idle_cond.wait(guard).unwrap_or_else(|p| p.into_inner());
+                guard = self
+                    .idle_cond
+                    .wait(guard)
+                    .unwrap_or_else(|p| p.into_inner());
             }
         });
     }
@@ -259,16 +275,19 @@ impl FlowShared {
             .map(|run| TaskRunFailure {
                 task_run: run.name(),
                 state: run.state(),
-                error: run
-                    .error()
-                    .unwrap_or_else(|| TaskError::new(TaskErrorKind::Cancelled, "no error recorded")),
+                error: run.error().unwrap_or_else(|| {
+                    TaskError::new(TaskErrorKind::Cancelled, "no error recorded")
+                }),
                 observed: run.0.observed(),
             })
             .collect()
     }
 
     fn reset_for_retry(&self) {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         *self.cancel_reason.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.cancelled.store(false, Ordering::Release);
         self.timed_out.store(false, Ordering::Release);
@@ -283,6 +302,13 @@ fn log_task_finished(run: &dyn AnyRun, state: &State) {
     if state.kind() == StateKind::Completed {
         if tracing::enabled!(tracing::Level::INFO) {
             tracing::info!(
+                flowrun.run = format!("Task run '{}'", run.name()),
+                "Finished in state {state}"
+            );
+        }
+    } else if state.kind() == StateKind::Cancelled {
+        if tracing::enabled!(tracing::Level::WARN) {
+            tracing::warn!(
                 flowrun.run = format!("Task run '{}'", run.name()),
                 "Finished in state {state}"
             );
@@ -404,7 +430,7 @@ pub trait Flow: Sized + Send + Sync + 'static {
     fn default_runner() -> Box<dyn TaskRunner>;
 
     /// Clones the arguments for flow retries, when they are `Clone`.
-    fn args_clone() -> Option<fn(&Self::Args) -> Self::Args>;
+    fn args_clone() -> Option<Cloner<Self::Args>>;
 
     /// The per-call overrides carried by this handle.
     fn config(&self) -> &FlowConfig;
@@ -529,7 +555,7 @@ struct Started {
     span: tracing::Span,
 }
 
-fn begin<F: Flow>(config: &FlowConfig) -> Result<Started, FlowRun<F::Output>> {
+fn begin<F: Flow>(config: &FlowConfig) -> Result<Started, Box<FlowRun<F::Output>>> {
     crate::worker::divert_if_worker();
     crate::logging::init();
     let began = Instant::now();
@@ -579,7 +605,7 @@ fn begin<F: Flow>(config: &FlowConfig) -> Result<Started, FlowRun<F::Output>> {
         let error = FlowError::new(kind, shared.name.clone(), message.clone());
         let state = State::new(StateKind::Failed).with_message(message);
         tracing::error!(flowrun.run = label.as_str(), "Finished in state {state}");
-        FlowRun {
+        Box::new(FlowRun {
             id: shared.id.clone(),
             name: shared.name.clone(),
             flow_name: shared.flow_name.clone(),
@@ -588,9 +614,13 @@ fn begin<F: Flow>(config: &FlowConfig) -> Result<Started, FlowRun<F::Output>> {
             task_failures: Vec::new(),
             counts: TaskRunCounts::default(),
             duration: began.elapsed(),
-        }
+        })
     };
-    if let Some(e) = meta.config_error.clone().or_else(|| policy.validate().err()) {
+    if let Some(e) = meta
+        .config_error
+        .clone()
+        .or_else(|| policy.validate().err())
+    {
         return Err(fail_early(
             FlowErrorKind::RunnerFailed,
             format!("flow '{}' has an invalid option: {e}", shared.flow_name),
@@ -612,7 +642,11 @@ fn begin<F: Flow>(config: &FlowConfig) -> Result<Started, FlowRun<F::Output>> {
         Err(p) => {
             return Err(fail_early(
                 FlowErrorKind::RunnerFailed,
-                format!("{} panicked while starting: {}", shared.runner_name, panic_message(&*p)),
+                format!(
+                    "{} panicked while starting: {}",
+                    shared.runner_name,
+                    panic_message(&*p)
+                ),
             ))
         }
     }
@@ -681,7 +715,11 @@ impl Started {
         Some(delay)
     }
 
-    fn conclude<R>(&self, body: Body<R>, timed_out: bool) -> (Result<R, FlowError>, Vec<TaskRunFailure>) {
+    fn conclude<R>(
+        &self,
+        body: Body<R>,
+        timed_out: bool,
+    ) -> (Result<R, FlowError>, Vec<TaskRunFailure>) {
         let failures = self.shared.take_failures();
         let name = self.shared.name.clone();
         let unhandled: Vec<&TaskRunFailure> = failures.iter().filter(|f| !f.observed).collect();
@@ -744,9 +782,15 @@ impl Started {
             Err(e) => State::new(StateKind::Failed).with_message(e.message()),
         };
         if state.is_completed() {
-            tracing::info!(flowrun.run = self.label().as_str(), "Finished in state {state}");
+            tracing::info!(
+                flowrun.run = self.label().as_str(),
+                "Finished in state {state}"
+            );
         } else {
-            tracing::error!(flowrun.run = self.label().as_str(), "Finished in state {state}");
+            tracing::error!(
+                flowrun.run = self.label().as_str(),
+                "Finished in state {state}"
+            );
         }
         FlowRun {
             id: shared.id.clone(),
@@ -761,7 +805,11 @@ impl Started {
     }
 
     fn shutdown_runner(&self) {
-        shutdown_runner(self.shared.runner.clone(), self.label(), self.shared.runner_name.clone());
+        shutdown_runner(
+            self.shared.runner.clone(),
+            self.label(),
+            self.shared.runner_name.clone(),
+        );
     }
 }
 
@@ -803,7 +851,7 @@ impl<A> ArgsHolder<A> {
 pub fn run_flow<F: Flow>(config: &FlowConfig, args: F::Args) -> FlowRun<F::Output> {
     let started = match begin::<F>(config) {
         Ok(s) => s,
-        Err(run) => return run,
+        Err(run) => return *run,
     };
     let mut holder = ArgsHolder {
         args: Some(args),
@@ -849,7 +897,7 @@ pub fn run_flow<F: Flow>(config: &FlowConfig, args: F::Args) -> FlowRun<F::Outpu
 pub async fn run_flow_async<F: Flow>(config: FlowConfig, args: F::Args) -> FlowRun<F::Output> {
     let started = match begin::<F>(&config) {
         Ok(s) => s,
-        Err(run) => return run,
+        Err(run) => return *run,
     };
     let mut holder = ArgsHolder {
         args: Some(args),

@@ -62,8 +62,7 @@ impl<T: Send + 'static> TaskFuture<T> {
     /// Blocks until the run is final or `timeout` passed. Returns whether it
     /// is final.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.cell
-            .block_until_final(Some(Instant::now() + timeout))
+        self.cell.block_until_final(Some(Instant::now() + timeout))
     }
 
     /// Waits for the run and returns a clone of its result, or its failure.
@@ -101,6 +100,8 @@ impl<T: Send + 'static> TaskFuture<T> {
     /// Cancels the run if it has not started yet. Returns whether it was
     /// cancelled. A running attempt is never interrupted.
     pub fn cancel(&self) -> bool {
+        // Cancelling is handling: the flow does not fail because of it.
+        self.cell.mark_observed();
         crate::engine::cancel_pending(&self.cell)
     }
 

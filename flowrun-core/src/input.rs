@@ -47,7 +47,10 @@ pub(crate) fn upstream_failed(upstream: &str, error: &TaskError) -> TaskError {
         TaskErrorKind::UpstreamFailed {
             upstream: upstream.to_owned(),
         },
-        format!("upstream task run '{upstream}' did not complete: {}", error.message()),
+        format!(
+            "upstream task run '{upstream}' did not complete: {}",
+            error.message()
+        ),
     )
 }
 
@@ -115,8 +118,9 @@ pub enum MapSource<A: Send + 'static> {
 }
 
 impl<A: Send + 'static> MapSource<A> {
-    /// How many calls this argument provides for, if it is mapped.
-    pub fn len(&self) -> Option<usize> {
+    /// How many calls this argument provides for, if it is mapped
+    /// (`None` for an unmapped argument).
+    pub fn mapped_len(&self) -> Option<usize> {
         match self {
             MapSource::Many(it) => Some(it.len()),
             MapSource::One(_) => None,
@@ -166,7 +170,9 @@ where
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MapError {
     /// Mapped arguments have different lengths.
-    #[error("cannot map task '{task}': {details}; every mapped argument must have the same length")]
+    #[error(
+        "cannot map task '{task}': {details}; every mapped argument must have the same length"
+    )]
     UnequalLengths {
         /// The task's name.
         task: String,
@@ -174,7 +180,9 @@ pub enum MapError {
         details: String,
     },
     /// Every argument is unmapped, so there is nothing to map over.
-    #[error("cannot map task '{task}': every argument is unmapped, so there is nothing to map over")]
+    #[error(
+        "cannot map task '{task}': every argument is unmapped, so there is nothing to map over"
+    )]
     NothingToMap {
         /// The task's name.
         task: String,

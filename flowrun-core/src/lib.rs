@@ -35,9 +35,15 @@ pub mod worker;
 pub use annotations::Annotations;
 pub use args::{decode_value, encode_value, ArgSlot, ArgsTuple, RemoteArgs};
 pub use engine::{call, call_async, submit};
-pub use error::{panic_message, FlowError, FlowErrorKind, TaskError, TaskErrorKind, TaskRunFailure};
-pub use flow::{run_flow, run_flow_async, Flow, FlowConfig, FlowMeta, FlowMetaBuilder, FlowRun, TaskRunCounts};
-pub use future::{as_completed, results, wait, wait_timeout, AsCompleted, ResultFuture, TaskFuture};
+pub use error::{
+    panic_message, FlowError, FlowErrorKind, TaskError, TaskErrorKind, TaskRunFailure,
+};
+pub use flow::{
+    run_flow, run_flow_async, Flow, FlowConfig, FlowMeta, FlowMetaBuilder, FlowRun, TaskRunCounts,
+};
+pub use future::{
+    as_completed, results, wait, wait_timeout, AsCompleted, ResultFuture, TaskFuture,
+};
 pub use input::{map_len, unmapped, Input, IntoInput, MapArg, MapError, MapSource, Unmapped};
 pub use logging::{get_run_logger, RunLogger};
 pub use options::{FlowOptions, Resources, RetryDelay, RetryPolicy, TaskOptions};
@@ -45,13 +51,15 @@ pub use pool::{set_blocking_hook, BlockingHook};
 pub use rt::runtime;
 pub use run::{RunId, RunRef};
 pub use runner::{
-    Execution, FlowRunInfo, LocalJob, RemoteJob, RemoteReporter, RunnerError, TaskCall, TaskRunner, Work,
+    Execution, FlowRunInfo, LocalJob, RemoteJob, RemoteReporter, RunnerError, TaskCall, TaskRunner,
+    Work,
 };
 pub use serializing::SerializingTaskRunner;
 pub use state::{State, StateKind};
 pub use task::{
-    exponential, AcceptsTask, BoxFuture, CallConfig, Decoder, Encoder, IntoCount, IntoRetryDelay, IntoRunRefs,
-    IntoSeconds, Invocation, RemoteFns, RemoteTask, Task, TaskMeta, TaskMetaBuilder, TaskResult, TaskSupport,
+    exponential, AcceptsTask, BoxFuture, CallConfig, Cloner, Codec, Decoder, EncodedRun, Encoder,
+    InputsEncoder, IntoCount, IntoRetryDelay, IntoRunRefs, IntoSeconds, Invocation, RemoteFns,
+    RemoteTask, Task, TaskMeta, TaskMetaBuilder, TaskResult, TaskSupport,
 };
 pub use thread_pool::ThreadPoolTaskRunner;
 
@@ -86,10 +94,10 @@ pub mod __private {
     pub use crate::probe::{CloneNo, CloneYes, CodecNo, CodecYes, Probe, RemoteNo, RemoteYes};
     pub use crate::registry::TaskRegistration;
     pub use crate::{
-        call, call_async, exponential, map_len, run_flow, run_flow_async, submit, BoxFuture, CallConfig,
-        Flow, FlowConfig, FlowError, FlowMeta, FlowOptions, FlowRun, IntoInput, IntoRunRefs, Invocation,
-        MapArg, MapError, Task, TaskError, TaskFuture, TaskMeta, TaskOptions, TaskResult, TaskRunner,
-        TaskSupport,
+        call, call_async, exponential, map_len, run_flow, run_flow_async, submit, BoxFuture,
+        CallConfig, Flow, FlowConfig, FlowError, FlowMeta, FlowOptions, FlowRun, IntoInput,
+        IntoRunRefs, Invocation, MapArg, MapError, Task, TaskError, TaskFuture, TaskMeta,
+        TaskOptions, TaskResult, TaskRunner, TaskSupport,
     };
     pub use inventory;
     pub use std::sync::OnceLock;

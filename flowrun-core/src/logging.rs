@@ -45,9 +45,9 @@ pub fn init() {
             eprintln!("flowrun: ignoring {LOG_ENV}={directives:?}: {e}");
             EnvFilter::new("info")
         });
-        let layer = ConsoleLayer {
-            color: std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
-        };
+        let layer = ConsoleLayer::new(
+            std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        );
         let _ = tracing_subscriber::registry()
             .with(layer.with_filter(filter))
             .try_init();
@@ -58,15 +58,31 @@ pub fn init() {
 /// [`RunLogger`] (so the label survives threads without run context).
 const RUN_FIELD: &str = "flowrun.run";
 
-/// Writes one line per event to stderr, in Prefect's format.
+type Sink = Box<dyn Fn(&str) + Send + Sync>;
+
+/// Writes one line per event, in Prefect's format, to stderr (or to a sink
+/// of your choice, see [`ConsoleLayer::with_sink`]).
+///
+/// ```
+/// use tracing_subscriber::prelude::*;
+/// let layer = flowrun_core::logging::ConsoleLayer::new(false).with_sink(|line| print!("{line}"));
+/// let _subscriber = tracing_subscriber::registry().with(layer);
+/// ```
 pub struct ConsoleLayer {
     color: bool,
+    sink: Option<Sink>,
 }
 
 impl ConsoleLayer {
     /// A console layer; `color` adds ANSI colours to the level.
     pub fn new(color: bool) -> ConsoleLayer {
-        ConsoleLayer { color }
+        ConsoleLayer { color, sink: None }
+    }
+
+    /// Sends each formatted line (ending in a newline) to `sink` instead of stderr.
+    pub fn with_sink(mut self, sink: impl Fn(&str) + Send + Sync + 'static) -> ConsoleLayer {
+        self.sink = Some(Box::new(sink));
+        self
     }
 }
 
@@ -111,7 +127,12 @@ impl<S: Subscriber> Layer<S> for ConsoleLayer {
             None => event.metadata().target().to_owned(),
         });
         let line = format_line(*event.metadata().level(), &who, &fields, self.color);
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        match &self.sink {
+            Some(sink) => sink(&line),
+            None => {
+                let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            }
+        }
     }
 }
 
@@ -129,7 +150,10 @@ fn format_line(level: Level, who: &str, fields: &Fields, color: bool) -> String 
     } else {
         format!("{name:<7}")
     };
-    format!("{time} | {level} | {who} - {}{}\n", fields.message, fields.extra)
+    format!(
+        "{time} | {level} | {who} - {}{}\n",
+        fields.message, fields.extra
+    )
 }
 
 /// "Task run 'x'" or "Flow run 'y'" for the code running on this thread.

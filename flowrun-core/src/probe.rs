@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::args::{decode_value, encode_value, RemoteArgs};
-use crate::task::{Decoder, Encoder, RemoteFns, Task};
+use crate::task::{Codec, RemoteFns, Task};
 
 /// A zero-sized question about `T`.
 pub struct Probe<T: ?Sized>(PhantomData<fn() -> Box<T>>);
@@ -62,12 +62,12 @@ impl<T> CloneNo<T> for &Probe<T> {
 /// `T` can cross processes: its encoder and decoder.
 pub trait CodecYes<T> {
     /// `Some((encode, decode))`.
-    fn codec(&self) -> Option<(Encoder<T>, Decoder<T>)>;
+    fn codec(&self) -> Option<Codec<T>>;
     /// `true`.
     fn serde_ok(&self) -> bool;
 }
 impl<T: Serialize + DeserializeOwned> CodecYes<T> for Probe<T> {
-    fn codec(&self) -> Option<(Encoder<T>, Decoder<T>)> {
+    fn codec(&self) -> Option<Codec<T>> {
         Some((encode_value::<T>, decode_value::<T>))
     }
     fn serde_ok(&self) -> bool {
@@ -78,12 +78,12 @@ impl<T: Serialize + DeserializeOwned> CodecYes<T> for Probe<T> {
 /// `T` cannot cross processes.
 pub trait CodecNo<T> {
     /// `None`.
-    fn codec(&self) -> Option<(Encoder<T>, Decoder<T>)>;
+    fn codec(&self) -> Option<Codec<T>>;
     /// `false`.
     fn serde_ok(&self) -> bool;
 }
 impl<T> CodecNo<T> for &Probe<T> {
-    fn codec(&self) -> Option<(Encoder<T>, Decoder<T>)> {
+    fn codec(&self) -> Option<Codec<T>> {
         None
     }
     fn serde_ok(&self) -> bool {

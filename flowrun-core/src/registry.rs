@@ -14,7 +14,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::OnceLock;
 
 use crate::error::{TaskError, TaskErrorKind};
-use crate::task::Task;
+use crate::task::{EncodedRun, Task};
 
 /// What `#[task]` submits to the registry.
 pub struct TaskRegistration {
@@ -32,7 +32,7 @@ pub struct RegistryEntry {
     key: &'static str,
     name: &'static str,
     is_async: bool,
-    run: Result<fn(&[&[u8]]) -> Result<Vec<u8>, TaskError>, &'static str>,
+    run: Result<EncodedRun, &'static str>,
     signature: fn() -> String,
 }
 
@@ -93,7 +93,10 @@ impl RegistryEntry {
             Ok(run) => run(args),
             Err(why) => Err(TaskError::new(
                 TaskErrorKind::Runner,
-                format!("task '{}' cannot run from serialized arguments: {why}", self.name),
+                format!(
+                    "task '{}' cannot run from serialized arguments: {why}",
+                    self.name
+                ),
             )),
         }
     }

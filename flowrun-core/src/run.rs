@@ -15,6 +15,7 @@ use bytes::Bytes;
 use crate::error::{TaskError, TaskErrorKind};
 use crate::flow::FlowShared;
 use crate::state::{State, StateKind};
+use crate::task::{Cloner, Decoder, Encoder};
 
 /// The id of a task run, unique within this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -68,9 +69,9 @@ enum Slot<T> {
 /// Type-specific functions a run needs to share its result: cloning it for
 /// several consumers, encoding it for another process, decoding it.
 pub(crate) struct ValueFns<T> {
-    pub(crate) clone: Option<fn(&T) -> T>,
-    pub(crate) encode: Option<fn(&T) -> Result<Vec<u8>, String>>,
-    pub(crate) decode: Option<fn(&[u8]) -> Result<T, String>>,
+    pub(crate) clone: Option<Cloner<T>>,
+    pub(crate) encode: Option<Encoder<T>>,
+    pub(crate) decode: Option<Decoder<T>>,
     pub(crate) type_name: &'static str,
 }
 
@@ -147,7 +148,12 @@ impl<T: Send + 'static> RunCell<T> {
 
     /// Moves a not-yet-final run to `kind` (Running, Retrying, AwaitingRetry,
     /// Pending). Returns false when the run is already final.
-    pub(crate) fn transition(&self, kind: StateKind, message: Option<Arc<str>>, attempt: u32) -> bool {
+    pub(crate) fn transition(
+        &self,
+        kind: StateKind,
+        message: Option<Arc<str>>,
+        attempt: u32,
+    ) -> bool {
         let wakers;
         {
             let mut s = self.lock();
@@ -379,8 +385,9 @@ impl<T: Send + 'static> RunCell<T> {
         match &s.value {
             Slot::Value(v) => Ok(clone(v)),
             Slot::Encoded(bytes) => self.decode(bytes),
-            Slot::Taken(why) => Err(TaskError::new(TaskErrorKind::ResultUnavailable, why.clone())
-                .in_run(self.name())),
+            Slot::Taken(why) => Err(
+                TaskError::new(TaskErrorKind::ResultUnavailable, why.clone()).in_run(self.name()),
+            ),
             Slot::Empty => Err(TaskError::new(
                 TaskErrorKind::ResultUnavailable,
                 format!("the run is {} and has no result", s.kind),
@@ -403,7 +410,10 @@ impl<T: Send + 'static> RunCell<T> {
         decode(bytes).map_err(|e| {
             TaskError::new(
                 TaskErrorKind::ResultUnavailable,
-                format!("the result does not decode as `{}`: {e}", self.fns.type_name),
+                format!(
+                    "the result does not decode as `{}`: {e}",
+                    self.fns.type_name
+                ),
             )
             .in_run(self.name())
         })
@@ -505,12 +515,17 @@ impl<T: Send + 'static> AnyRun for RunCell<T> {
                     .in_run(RunCell::name(self))
                 })?;
                 encode(v).map(Bytes::from).map_err(|e| {
-                    TaskError::new(TaskErrorKind::Runner, format!("encoding its result failed: {e}"))
-                        .in_run(RunCell::name(self))
+                    TaskError::new(
+                        TaskErrorKind::Runner,
+                        format!("encoding its result failed: {e}"),
+                    )
+                    .in_run(RunCell::name(self))
                 })
             }
-            Slot::Taken(why) => Err(TaskError::new(TaskErrorKind::ResultUnavailable, why.clone())
-                .in_run(RunCell::name(self))),
+            Slot::Taken(why) => Err(
+                TaskError::new(TaskErrorKind::ResultUnavailable, why.clone())
+                    .in_run(RunCell::name(self)),
+            ),
             Slot::Empty => Err(TaskError::new(
                 TaskErrorKind::ResultUnavailable,
                 "the run has no result",

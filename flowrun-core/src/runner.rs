@@ -262,7 +262,8 @@ impl RemoteJob {
 
     /// Marks the run as running, at `location` (a worker's name, say).
     pub fn started(&self, location: Option<&str>) {
-        self.completion.started(self.attempt, location.map(Arc::from));
+        self.completion
+            .started(self.attempt, location.map(Arc::from));
     }
 
     /// Reports the attempt's outcome: the serialized result, or the failure.
@@ -293,7 +294,8 @@ pub struct RemoteReporter {
 impl RemoteReporter {
     /// Marks the run as running, at `location`.
     pub fn started(&self, location: Option<&str>) {
-        self.completion.started(self.attempt, location.map(Arc::from));
+        self.completion
+            .started(self.attempt, location.map(Arc::from));
     }
 
     /// Reports the attempt's outcome.

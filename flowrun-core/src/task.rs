@@ -225,7 +225,9 @@ seconds_from_int!(u8, u16, u32, u64, usize, i8, i16, i32, i64, isize);
 impl IntoSeconds for f64 {
     fn into_duration(self) -> Result<Duration, String> {
         if !(self.is_finite() && self >= 0.0) {
-            return Err(format!("must be a finite number of seconds >= 0, got {self}"));
+            return Err(format!(
+                "must be a finite number of seconds >= 0, got {self}"
+            ));
         }
         Ok(Duration::from_secs_f64(self))
     }
@@ -322,7 +324,7 @@ impl IntoRetryDelay for Result<RetryDelay, String> {
 
 /// What a task's types allow, found at compile time by the macros.
 pub struct TaskSupport<T: Task> {
-    pub(crate) args_clone: Option<fn(&T::Args) -> T::Args>,
+    pub(crate) args_clone: Option<Cloner<T::Args>>,
     pub(crate) output: ValueFns<T::Output>,
     pub(crate) remote: Result<RemoteFns<T>, String>,
 }
@@ -330,9 +332,9 @@ pub struct TaskSupport<T: Task> {
 impl<T: Task> TaskSupport<T> {
     /// Assembles the findings of the probes (see [`crate::probe`]).
     pub fn new(
-        args_clone: Option<fn(&T::Args) -> T::Args>,
-        output_clone: Option<fn(&T::Output) -> T::Output>,
-        output_codec: Option<(Encoder<T::Output>, Decoder<T::Output>)>,
+        args_clone: Option<Cloner<T::Args>>,
+        output_clone: Option<Cloner<T::Output>>,
+        output_codec: Option<Codec<T::Output>>,
         remote: Option<RemoteFns<T>>,
         types: &[(&'static str, bool)],
     ) -> TaskSupport<T> {
@@ -375,15 +377,23 @@ impl<T: Task> TaskSupport<T> {
     }
 }
 
+/// Clones a value.
+pub type Cloner<T> = fn(&T) -> T;
+/// Encodes and decodes a value for another process.
+pub type Codec<T> = (Encoder<T>, Decoder<T>);
+/// Encodes the inputs of a call of a task with arguments `A`.
+pub type InputsEncoder<A> = fn(&<A as ArgsTuple>::Inputs) -> Result<Vec<ArgSlot>, TaskError>;
 /// Encodes a value for another process.
 pub type Encoder<T> = fn(&T) -> Result<Vec<u8>, String>;
+/// Runs one attempt of a task from encoded arguments to an encoded result.
+pub type EncodedRun = fn(&[&[u8]]) -> Result<Vec<u8>, TaskError>;
 /// Decodes a value from another process.
 pub type Decoder<T> = fn(&[u8]) -> Result<T, String>;
 
 /// The functions that move a task's calls and results between processes.
 pub struct RemoteFns<T: Task> {
-    pub(crate) encode_inputs: fn(&<T::Args as ArgsTuple>::Inputs) -> Result<Vec<ArgSlot>, TaskError>,
-    pub(crate) run: fn(&[&[u8]]) -> Result<Vec<u8>, TaskError>,
+    pub(crate) encode_inputs: InputsEncoder<T::Args>,
+    pub(crate) run: EncodedRun,
 }
 
 impl<T: Task> Clone for RemoteFns<T> {
@@ -430,7 +440,10 @@ where
     let args = <T::Args as RemoteArgs>::decode(slots).map_err(|e| {
         TaskError::new(
             TaskErrorKind::Runner,
-            format!("task '{}' received arguments it cannot decode: {e}", T::meta().name),
+            format!(
+                "task '{}' received arguments it cannot decode: {e}",
+                T::meta().name
+            ),
         )
     })?;
     let raw = crate::engine::invoke_blocking::<T>(args, None)?;

@@ -132,9 +132,12 @@ pub(crate) fn sleep(duration: Duration) -> Sleep {
     }
 }
 
+/// Whether the deadline passed, and who to wake when it does.
+type Fired = Arc<Mutex<(bool, Option<Waker>)>>;
+
 pub(crate) struct Sleep {
     at: Instant,
-    shared: Option<(Arc<Mutex<(bool, Option<Waker>)>>, TimerHandle)>,
+    shared: Option<(Fired, TimerHandle)>,
 }
 
 impl Future for Sleep {

@@ -105,7 +105,10 @@ pub fn accept(items: Items, valid: &[&str], what: &str, errors: &Errors) -> Vec<
             continue;
         }
         if seen.contains(&name) {
-            errors.at(item.name.span(), format!("duplicate {what} option `{name}`"));
+            errors.at(
+                item.name.span(),
+                format!("duplicate {what} option `{name}`"),
+            );
             continue;
         }
         seen.push(name.clone());
@@ -151,7 +154,9 @@ enum Number {
 
 fn number(expr: &Expr) -> Option<Number> {
     match expr {
-        Expr::Lit(ExprLit { lit: Lit::Int(i), .. }) => i.base10_parse::<i128>().ok().map(Number::Int),
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(i), ..
+        }) => i.base10_parse::<i128>().ok().map(Number::Int),
         Expr::Lit(ExprLit {
             lit: Lit::Float(f), ..
         }) => f.base10_parse::<f64>().ok().map(Number::Float),
@@ -168,7 +173,9 @@ fn number(expr: &Expr) -> Option<Number> {
 /// A string literal option (`name = "..."`).
 pub fn string(expr: &Expr, option: &str, errors: &Errors) -> Option<LitStr> {
     match expr {
-        Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) => {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => {
             if s.value().trim().is_empty() {
                 errors.spanned(s, format!("`{option}` must not be empty"));
                 None
@@ -177,7 +184,10 @@ pub fn string(expr: &Expr, option: &str, errors: &Errors) -> Option<LitStr> {
             }
         }
         _ => {
-            errors.spanned(expr, format!("`{option}` must be a string literal, such as `{option} = \"...\"`"));
+            errors.spanned(
+                expr,
+                format!("`{option}` must be a string literal, such as `{option} = \"...\"`"),
+            );
             None
         }
     }
@@ -210,7 +220,10 @@ pub fn seconds(expr: &Expr, option: &str, allow_zero: bool, errors: &Errors) -> 
             let ok = secs.is_finite() && if allow_zero { secs >= 0.0 } else { secs > 0.0 };
             if !ok {
                 let bound = if allow_zero { ">= 0" } else { "> 0" };
-                errors.spanned(expr, format!("`{option}` must be a number of seconds {bound}"));
+                errors.spanned(
+                    expr,
+                    format!("`{option}` must be a number of seconds {bound}"),
+                );
             }
             let secs = if ok { secs } else { 0.0 };
             quote_spanned!(expr.span()=> #secs)
@@ -254,7 +267,8 @@ pub fn retry_delay(expr: &Expr, krate: &TokenStream, errors: &Errors) -> TokenSt
                 .collect();
             quote_spanned!(expr.span()=> [#(#items),*])
         }
-        Expr::Call(call) if matches!(&*call.func, Expr::Path(p) if p.path.is_ident("exponential")) => {
+        Expr::Call(call) if matches!(&*call.func, Expr::Path(p) if p.path.is_ident("exponential")) =>
+        {
             let mut base = None;
             let mut max = None;
             for (i, arg) in call.args.iter().enumerate() {
@@ -274,12 +288,17 @@ pub fn retry_delay(expr: &Expr, krate: &TokenStream, errors: &Errors) -> TokenSt
                     other if i == 0 && base.is_none() => {
                         base = Some(seconds(other, "retry_delay", true, errors))
                     }
-                    other if i == 1 && max.is_none() => max = Some(seconds(other, "retry_delay", true, errors)),
+                    other if i == 1 && max.is_none() => {
+                        max = Some(seconds(other, "retry_delay", true, errors))
+                    }
                     other => errors.spanned(other, "`exponential` takes at most `base` and `max`"),
                 }
             }
             let Some(base) = base else {
-                errors.spanned(call, "`exponential` needs a base delay in seconds: `exponential(1)`");
+                errors.spanned(
+                    call,
+                    "`exponential` needs a base delay in seconds: `exponential(1)`",
+                );
                 return quote!(0.0);
             };
             let max = match max {
@@ -295,14 +314,19 @@ pub fn retry_delay(expr: &Expr, krate: &TokenStream, errors: &Errors) -> TokenSt
 /// `tags = ["a", "b"]`.
 pub fn tags(expr: &Expr, errors: &Errors) -> Vec<LitStr> {
     let Expr::Array(array) = expr else {
-        errors.spanned(expr, "`tags` must be a list of string literals, such as `tags = [\"etl\"]`");
+        errors.spanned(
+            expr,
+            "`tags` must be a list of string literals, such as `tags = [\"etl\"]`",
+        );
         return Vec::new();
     };
     array
         .elems
         .iter()
         .filter_map(|e| match e {
-            Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) => Some(s.clone()),
+            Expr::Lit(ExprLit {
+                lit: Lit::Str(s), ..
+            }) => Some(s.clone()),
             other => {
                 errors.spanned(other, "each tag must be a string literal");
                 None
@@ -316,7 +340,9 @@ pub fn krate(expr: Option<&Expr>, errors: &Errors) -> TokenStream {
     match expr {
         None => quote!(::flowrun),
         Some(Expr::Path(p)) => p.to_token_stream(),
-        Some(Expr::Lit(ExprLit { lit: Lit::Str(s), .. })) => match s.parse::<syn::Path>() {
+        Some(Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        })) => match s.parse::<syn::Path>() {
             Ok(p) => p.to_token_stream(),
             Err(_) => {
                 errors.spanned(s, "`crate` must be a path, such as `crate = ::flowrun`");

@@ -56,7 +56,10 @@ impl<'ast> Visit<'ast> for BadTypes<'_> {
 
     fn visit_type_bare_fn(&mut self, f: &'ast syn::TypeBareFn) {
         if f.lifetimes.is_some() {
-            self.errors.spanned(f, format!("{} cannot borrow: use a plain `fn` type", self.role));
+            self.errors.spanned(
+                f,
+                format!("{} cannot borrow: use a plain `fn` type", self.role),
+            );
         }
     }
 }
@@ -64,12 +67,12 @@ impl<'ast> Visit<'ast> for BadTypes<'_> {
 pub fn analyze(item: &ItemFn, what: &str, errors: &Errors) -> Signature {
     let sig = &item.sig;
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        errors.spanned(
-            &sig.generics,
-            format!(
-                "a {what} cannot be generic: each {what} is registered with concrete argument and result types so other processes can run it"
-            ),
-        );
+        let why = if what == "task" {
+            "each task is registered with concrete argument and result types so other processes can run it"
+        } else {
+            "a flow runs with concrete argument and result types"
+        };
+        errors.spanned(&sig.generics, format!("a {what} cannot be generic: {why}"));
     }
     if let Some(c) = &sig.constness {
         errors.spanned(c, format!("a {what} cannot be a `const fn`"));
@@ -103,6 +106,14 @@ pub fn analyze(item: &ItemFn, what: &str, errors: &Errors) -> Signature {
                 let name = match &*pt.pat {
                     Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => {
                         let s = pi.ident.to_string();
+                        if pi.ident == sig.ident {
+                            errors.spanned(
+                                &pi.ident,
+                                format!(
+                                    "a parameter cannot be named like its {what}: `#[{what}]` turns `{s}` into a value, so rename the parameter"
+                                ),
+                            );
+                        }
                         if s == "_" || s.starts_with("__flowrun") {
                             format_ident!("arg{}", i)
                         } else {
@@ -141,7 +152,8 @@ pub fn analyze(item: &ItemFn, what: &str, errors: &Errors) -> Signature {
         if attr.path().is_ident("doc") {
             if let syn::Meta::NameValue(nv) = &attr.meta {
                 if let syn::Expr::Lit(syn::ExprLit {
-                    lit: syn::Lit::Str(s), ..
+                    lit: syn::Lit::Str(s),
+                    ..
                 }) = &nv.value
                 {
                     doc_lines.push(s.value().trim().to_owned());
@@ -185,11 +197,7 @@ fn dedupe_names(args: &mut [Arg]) {
 /// segment is named `Result`.
 fn is_result(ty: &Type) -> bool {
     match ty {
-        Type::Path(p) => p
-            .path
-            .segments
-            .last()
-            .is_some_and(|s| s.ident == "Result"),
+        Type::Path(p) => p.path.segments.last().is_some_and(|s| s.ident == "Result"),
         Type::Group(g) => is_result(&g.elem),
         Type::Paren(p) => is_result(&p.elem),
         _ => false,

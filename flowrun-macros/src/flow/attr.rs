@@ -62,7 +62,12 @@ pub fn parse(args: TokenStream, errors: &Errors) -> FlowAttr {
 fn runner_expr(value: &Expr, errors: &Errors) -> TokenStream {
     match value {
         Expr::Path(p) if p.qself.is_none() => {
-            let last = p.path.segments.last().map(|s| s.ident.to_string()).unwrap_or_default();
+            let last = p
+                .path
+                .segments
+                .last()
+                .map(|s| s.ident.to_string())
+                .unwrap_or_default();
             let looks_like_type = last.chars().next().is_some_and(char::is_uppercase)
                 && last.chars().any(char::is_lowercase);
             if looks_like_type {

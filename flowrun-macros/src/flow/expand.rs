@@ -59,7 +59,12 @@ pub fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
     };
 
     let mut builder = quote!(#fr::FlowMeta::builder(#display));
-    if let Some(d) = attr.description.as_ref().map(|d| d.value()).or_else(|| sig.doc_text.clone()) {
+    if let Some(d) = attr
+        .description
+        .as_ref()
+        .map(|d| d.value())
+        .or_else(|| sig.doc_text.clone())
+    {
         builder.extend(quote!(.description(#d)));
     }
     if let Some(r) = &attr.retries {
@@ -79,9 +84,9 @@ pub fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
         quote!(#fr::Invocation::Ready(__flowrun_body(#(#names),*)))
     };
     let outcome = if sig.returns_result {
-        quote!(#fr::flow_outcome(raw))
+        quote!(#fr::flow_outcome(__flowrun_raw))
     } else {
-        quote!(::core::result::Result::Ok(raw))
+        quote!(::core::result::Result::Ok(__flowrun_raw))
     };
     let runner = match &attr.task_runner {
         Some(r) => quote!(#fr::boxed_runner(#r)),
@@ -100,17 +105,17 @@ pub fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
             quote! {
                 /// Runs the flow and resolves to its result, or to why it failed.
                 pub fn call(&self, #(#names: #tys),*) -> #fr::BoxFuture<#result_ty> {
-                    let config = self.__flowrun_config.clone();
+                    let __flowrun_cfg = self.__flowrun_config.clone();
                     ::std::boxed::Box::pin(async move {
-                        #fr::run_flow_async::<Self>(config, (#(#names,)*)).await.into_result()
+                        #fr::run_flow_async::<Self>(__flowrun_cfg, (#(#names,)*)).await.into_result()
                     })
                 }
 
                 /// Runs the flow and resolves to the whole flow run: its final
                 /// state, result and task run failures.
                 pub fn return_state(&self, #(#names: #tys),*) -> #fr::BoxFuture<#fr::FlowRun<#output>> {
-                    let config = self.__flowrun_config.clone();
-                    ::std::boxed::Box::pin(#fr::run_flow_async::<Self>(config, (#(#names,)*)))
+                    let __flowrun_cfg = self.__flowrun_config.clone();
+                    ::std::boxed::Box::pin(#fr::run_flow_async::<Self>(__flowrun_cfg, (#(#names,)*)))
                 }
             },
         )
@@ -169,8 +174,8 @@ pub fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
             }
 
             impl ::core::fmt::Debug for #ident {
-                fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                    ::core::write!(f, "Flow({})", #display)
+                fn fmt(&self, __flowrun_f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                    ::core::write!(__flowrun_f, "Flow({})", #display)
                 }
             }
 
@@ -185,12 +190,12 @@ pub fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
                 }
 
                 #[allow(clippy::unused_unit)]
-                fn invoke(args: Self::Args) -> #fr::Invocation<Self::Raw> {
-                    let (#(#names,)*) = args;
+                fn invoke(__flowrun_args: Self::Args) -> #fr::Invocation<Self::Raw> {
+                    let (#(#names,)*) = __flowrun_args;
                     #invoke
                 }
 
-                fn outcome(raw: Self::Raw) -> ::core::result::Result<Self::Output, #fr::TaskError> {
+                fn outcome(__flowrun_raw: Self::Raw) -> ::core::result::Result<Self::Output, #fr::TaskError> {
                     #outcome
                 }
 
@@ -214,14 +219,14 @@ pub fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
 
                 /// The same flow with `options` overriding its own for the calls
                 /// made through the returned handle.
-                pub fn with_options(self, options: #fr::FlowOptions) -> Self {
-                    #ident { __flowrun_config: self.__flowrun_config.with_options(options) }
+                pub fn with_options(self, __flowrun_options: #fr::FlowOptions) -> Self {
+                    #ident { __flowrun_config: self.__flowrun_config.with_options(__flowrun_options) }
                 }
 
                 /// The same flow, running its tasks on a copy of `runner` for each
                 /// flow run instead of its own task runner.
-                pub fn with_runner<R: #fr::TaskRunner + ::core::clone::Clone>(self, runner: R) -> Self {
-                    #ident { __flowrun_config: self.__flowrun_config.with_runner(runner) }
+                pub fn with_runner<R: #fr::TaskRunner + ::core::clone::Clone>(self, __flowrun_runner: R) -> Self {
+                    #ident { __flowrun_config: self.__flowrun_config.with_runner(__flowrun_runner) }
                 }
             }
         };

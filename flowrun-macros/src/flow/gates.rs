@@ -20,7 +20,9 @@ pub struct Gates {
 fn root_path(expr: &Expr) -> Option<&Expr> {
     match expr {
         Expr::Path(_) => Some(expr),
-        Expr::MethodCall(m) if matches!(m.method.to_string().as_str(), "with_options" | "wait_for") => {
+        Expr::MethodCall(m)
+            if matches!(m.method.to_string().as_str(), "with_options" | "wait_for") =>
+        {
             root_path(&m.receiver)
         }
         Expr::Paren(p) => root_path(&p.expr),
@@ -31,7 +33,10 @@ fn root_path(expr: &Expr) -> Option<&Expr> {
 impl VisitMut for Gates {
     fn visit_expr_mut(&mut self, expr: &mut Expr) {
         visit_mut::visit_expr_mut(self, expr);
-        let Expr::MethodCall(ExprMethodCall { method, receiver, .. }) = &*expr else {
+        let Expr::MethodCall(ExprMethodCall {
+            method, receiver, ..
+        }) = &*expr
+        else {
             return;
         };
         if !matches!(method.to_string().as_str(), "submit" | "map") {

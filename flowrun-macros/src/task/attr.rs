@@ -50,7 +50,8 @@ pub fn parse(args: TokenStream, errors: &Errors) -> TaskAttr {
             "retries" => attr.retries = Some(options::count(value, "retries", errors)),
             "retry_delay" => attr.retry_delay = Some(options::retry_delay(value, &krate, errors)),
             "retry_jitter_factor" => {
-                attr.retry_jitter_factor = Some(options::factor(value, "retry_jitter_factor", errors))
+                attr.retry_jitter_factor =
+                    Some(options::factor(value, "retry_jitter_factor", errors))
             }
             "timeout" => attr.timeout = Some(options::seconds(value, "timeout", false, errors)),
             "tags" => attr.tags = options::tags(value, errors),

@@ -43,7 +43,8 @@ pub fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
     let body_fn = format_ident!("__flowrun_body");
 
     let doc = if docs.is_empty() {
-        let text = format!(" The flowrun task `{display}`: call it, `.submit(...)` it or `.map(...)` it.");
+        let text =
+            format!(" The flowrun task `{display}`: call it, `.submit(...)` it or `.map(...)` it.");
         quote!(#[doc = #text])
     } else {
         quote!(#(#docs)*)
@@ -53,7 +54,12 @@ pub fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
         ::core::concat!(::core::module_path!(), "::", #fn_name),
         #display
     ));
-    if let Some(d) = attr.description.as_ref().map(|d| d.value()).or_else(|| sig.doc_text.clone()) {
+    if let Some(d) = attr
+        .description
+        .as_ref()
+        .map(|d| d.value())
+        .or_else(|| sig.doc_text.clone())
+    {
         builder.extend(quote!(.description(#d)));
     }
     if !attr.tags.is_empty() {
@@ -82,13 +88,13 @@ pub fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
     };
     let (outcome, failure) = if sig.returns_result {
         (
-            quote!(#fr::TaskResult::into_outcome(raw)),
-            quote!(#fr::TaskResult::failure_message(raw)),
+            quote!(#fr::TaskResult::into_outcome(__flowrun_raw)),
+            quote!(#fr::TaskResult::failure_message(__flowrun_raw)),
         )
     } else {
         (
-            quote!(::core::result::Result::Ok(raw)),
-            quote! {{ let _ = raw; ::core::option::Option::None }},
+            quote!(::core::result::Result::Ok(__flowrun_raw)),
+            quote! {{ let _ = __flowrun_raw; ::core::option::Option::None }},
         )
     };
 
@@ -132,15 +138,15 @@ pub fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
                 #(#names: impl #fr::MapArg<#tys>),*
             ) -> ::core::result::Result<::std::vec::Vec<#fr::TaskFuture<#output>>, #fr::MapError> {
                 #(let mut #names = #fr::MapArg::into_source(#names);)*
-                let count = #fr::map_len(
+                let __flowrun_count = #fr::map_len(
                     <Self as #fr::Task>::meta().name(),
-                    &[#((#name_strs, #names.len())),*],
+                    &[#((#name_strs, #names.mapped_len())),*],
                 )?;
-                let mut futures = ::std::vec::Vec::with_capacity(count);
-                for _ in 0..count {
-                    futures.push(self.submit(#(#names.next_input()),*));
+                let mut __flowrun_futures = ::std::vec::Vec::with_capacity(__flowrun_count);
+                for _ in 0..__flowrun_count {
+                    __flowrun_futures.push(self.submit(#(#names.next_input()),*));
                 }
-                ::core::result::Result::Ok(futures)
+                ::core::result::Result::Ok(__flowrun_futures)
             }
         }
     };
@@ -184,8 +190,8 @@ pub fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
             }
 
             impl ::core::fmt::Debug for #ident {
-                fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                    ::core::write!(f, "Task({})", #display)
+                fn fmt(&self, __flowrun_f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                    ::core::write!(__flowrun_f, "Task({})", #display)
                 }
             }
 
@@ -200,16 +206,16 @@ pub fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
                 }
 
                 #[allow(clippy::unused_unit)]
-                fn invoke(args: Self::Args) -> #fr::Invocation<Self::Raw> {
-                    let (#(#names,)*) = args;
+                fn invoke(__flowrun_args: Self::Args) -> #fr::Invocation<Self::Raw> {
+                    let (#(#names,)*) = __flowrun_args;
                     #invoke
                 }
 
-                fn outcome(raw: Self::Raw) -> ::core::result::Result<Self::Output, #fr::TaskError> {
+                fn outcome(__flowrun_raw: Self::Raw) -> ::core::result::Result<Self::Output, #fr::TaskError> {
                     #outcome
                 }
 
-                fn failure_message(raw: &Self::Raw) -> ::core::option::Option<::std::string::String> {
+                fn failure_message(__flowrun_raw: &Self::Raw) -> ::core::option::Option<::std::string::String> {
                     #failure
                 }
 
@@ -250,14 +256,14 @@ pub fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
 
                 /// The same task with `options` overriding its own for the calls
                 /// made through the returned handle.
-                pub fn with_options(self, options: #fr::TaskOptions) -> Self {
-                    #ident { __flowrun_config: self.__flowrun_config.with_options(options) }
+                pub fn with_options(self, __flowrun_options: #fr::TaskOptions) -> Self {
+                    #ident { __flowrun_config: self.__flowrun_config.with_options(__flowrun_options) }
                 }
 
                 /// The same task, whose runs also wait for `runs` (without taking
                 /// their values) before they start.
-                pub fn wait_for(self, runs: impl #fr::IntoRunRefs) -> Self {
-                    #ident { __flowrun_config: self.__flowrun_config.wait_for(#fr::IntoRunRefs::into_run_refs(runs)) }
+                pub fn wait_for(self, __flowrun_runs: impl #fr::IntoRunRefs) -> Self {
+                    #ident { __flowrun_config: self.__flowrun_config.wait_for(#fr::IntoRunRefs::into_run_refs(__flowrun_runs)) }
                 }
 
                 /// The key this task is registered under, for running it by name.
