@@ -1,0 +1,169 @@
+//! One TCP connection to the scheduler: address parsing, the handshake, and
+//! request/response calls.
+
+use rmpv::Value;
+use tokio::io::{BufReader, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use super::error::ProtocolError;
+use super::frame::{read_frames, write_frames};
+use super::msg::{self, get, get_str, Incoming, OutMessage};
+
+/// Splits `tcp://host:port` into the part `TcpStream::connect` takes.
+pub(crate) fn parse_address(address: &str) -> Result<String, ProtocolError> {
+    let invalid = |reason: &str| ProtocolError::InvalidAddress {
+        address: address.to_string(),
+        reason: reason.to_string(),
+    };
+    let rest = match address.split_once("://") {
+        Some(("tcp", rest)) => rest,
+        Some((scheme, _)) => {
+            return Err(invalid(&format!(
+                "scheme {scheme:?} is not supported, only tcp:// is"
+            )))
+        }
+        None => address,
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| invalid("expected host:port"))?;
+    if host.is_empty() {
+        return Err(invalid("the host is empty"));
+    }
+    port.parse::<u16>()
+        .map_err(|_| invalid("the port is not a number from 0 to 65535"))?;
+    Ok(rest.to_string())
+}
+
+/// The handshake both peers send first. `compression: null` makes sure none
+/// of our own connections compress; `pickle-protocol` is required by the
+/// peer even though we never receive pickles we did not ask for.
+fn handshake() -> OutMessage {
+    OutMessage::new(msg::map(vec![
+        ("compression", Value::Nil),
+        ("python", Value::Array(vec![3.into(), 11.into(), 0.into()])),
+        ("pickle-protocol", 5.into()),
+    ]))
+}
+
+/// An open, handshaken connection.
+pub(crate) struct Connection {
+    pub(crate) reader: BufReader<OwnedReadHalf>,
+    pub(crate) writer: BufWriter<OwnedWriteHalf>,
+}
+
+impl Connection {
+    /// Connects and exchanges handshakes. Errors name the address.
+    pub(crate) async fn open(address: &str) -> Result<Connection, ProtocolError> {
+        let target = parse_address(address)?;
+        let stream = TcpStream::connect(&target)
+            .await
+            .map_err(|e| ProtocolError::connect(address, e))?;
+        // Small request messages must not wait for Nagle's algorithm.
+        stream
+            .set_nodelay(true)
+            .map_err(|e| ProtocolError::connect(address, e))?;
+        let (read, write) = stream.into_split();
+        let mut conn = Connection {
+            reader: BufReader::with_capacity(64 * 1024, read),
+            writer: BufWriter::with_capacity(64 * 1024, write),
+        };
+        // Both sides write first and then read; the order does not matter.
+        conn.send(handshake(), false)
+            .await
+            .map_err(|e| ProtocolError::connect(address, e))?;
+        let reply = conn
+            .receive()
+            .await
+            .map_err(|e| ProtocolError::connect(address, e))?;
+        if get(&reply.body, "compression").is_none()
+            || get(&reply.body, "pickle-protocol").is_none()
+        {
+            return Err(ProtocolError::connect(
+                address,
+                format!(
+                    "not a Dask scheduler (unexpected handshake {})",
+                    msg::short(&reply.body)
+                ),
+            ));
+        }
+        Ok(conn)
+    }
+
+    /// Writes one message (or one batch of stream ops).
+    pub(crate) async fn send(
+        &mut self,
+        message: OutMessage,
+        batch: bool,
+    ) -> Result<(), ProtocolError> {
+        let frames = msg::encode(vec![message], batch)?;
+        write_frames(&mut self.writer, &frames).await?;
+        Ok(())
+    }
+
+    /// Reads one message.
+    pub(crate) async fn receive(&mut self) -> Result<Incoming, ProtocolError> {
+        Incoming::decode(read_frames(&mut self.reader).await?)
+    }
+
+    /// Sends `{"op": op, "reply": true, ...args}` and returns the reply,
+    /// turning the scheduler's `uncaught-error` answer into an error.
+    pub(crate) async fn call(
+        &mut self,
+        op: &str,
+        args: Vec<(&str, Value)>,
+    ) -> Result<Incoming, ProtocolError> {
+        let mut fields = vec![("op", Value::from(op)), ("reply", Value::Boolean(true))];
+        fields.extend(args);
+        self.send(OutMessage::new(msg::map(fields)), false).await?;
+        let reply = self.receive().await?;
+        if get_str(&reply.body, "status") == Some("uncaught-error") {
+            let text = get_str(&reply.body, "exception_text")
+                .unwrap_or("(no exception text)")
+                .to_string();
+            return Err(ProtocolError::Remote {
+                op: op.to_string(),
+                text,
+            });
+        }
+        Ok(reply)
+    }
+
+    /// Tells the server this connection is done; errors are irrelevant then.
+    pub(crate) async fn close(mut self) {
+        let bye = msg::map(vec![("op", "close".into()), ("reply", false.into())]);
+        let _ = self.send(OutMessage::new(bye), false).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_addresses() {
+        assert_eq!(
+            parse_address("tcp://127.0.0.1:8786").unwrap(),
+            "127.0.0.1:8786"
+        );
+        assert_eq!(parse_address("127.0.0.1:8786").unwrap(), "127.0.0.1:8786");
+        assert_eq!(parse_address("tcp://[::1]:8786/").unwrap(), "[::1]:8786");
+        assert_eq!(
+            parse_address("tcp://sched.example:1").unwrap(),
+            "sched.example:1"
+        );
+        for bad in [
+            "tls://h:1",
+            "tcp://h",
+            "tcp://:1",
+            "tcp://h:99999",
+            "ucx://h:1",
+            "",
+        ] {
+            let err = parse_address(bad).unwrap_err();
+            assert!(err.to_string().contains(bad), "{err}");
+        }
+    }
+}

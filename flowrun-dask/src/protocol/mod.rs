@@ -1,0 +1,58 @@
+//! A client of the Dask `distributed` scheduler protocol, written from the
+//! wire format up, so that flowrun can run tasks on a real Dask cluster's
+//! stock Python workers.
+//!
+//! Every flowrun task becomes a Dask task that runs
+//! `subprocess.check_output(argv, input=<stdin>, stderr=PIPE)` on a worker:
+//! the worker needs only Python, `dask` and `distributed`, and the result is
+//! the subprocess's stdout as bytes. The pieces:
+//!
+//! * `frame`: length-prefixed frames over TCP;
+//! * `msg`: msgpack bodies and Dask's out-of-band extensions;
+//! * `pickle`: a writer for the task graph and a symbolic reader for the
+//!   exceptions workers send back;
+//! * `graph`: [`SubprocessTask`]s to `update-graph` messages;
+//! * `payload`: results and exceptions coming back;
+//! * `conn`, `stream`, `client`: connections, the batched stream with
+//!   its [`ClientEvent`]s, and the [`DaskClient`] API;
+//! * `version`: the `distributed` releases this speaks to
+//!   (>= [`MIN_SUPPORTED_VERSION`]).
+//!
+//! Deliberately left out: heartbeats (the scheduler never evicts a silent
+//! client), compression (off by default; compressed results are reported as
+//! [`ProtocolError::CompressedResult`]), TLS, and results that are not
+//! `bytes`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), flowrun_dask::protocol::ProtocolError> {
+//! use flowrun_dask::protocol::{ClientEvent, DaskClient, SubprocessTask};
+//! use std::time::Duration;
+//!
+//! let client = DaskClient::connect("tcp://127.0.0.1:8786", Duration::from_secs(10)).await?;
+//! let mut events = client.events().expect("first call");
+//! client.submit(vec![SubprocessTask::new("run1-hello", ["/bin/echo", "hello"])]).await?;
+//! if let Some(ClientEvent::KeyInMemory { key }) = events.recv().await {
+//!     let out = client.gather(&[key]).await?;
+//!     assert_eq!(out["run1-hello"], b"hello\n");
+//! }
+//! client.close().await
+//! # }
+//! ```
+
+mod client;
+mod conn;
+mod error;
+mod frame;
+mod graph;
+mod msg;
+mod payload;
+mod pickle;
+mod stream;
+mod version;
+
+pub use client::{ClusterInfo, DaskClient, WorkerInfo};
+pub use error::ProtocolError;
+pub use graph::{StdinPart, SubprocessTask};
+pub use payload::RemoteError;
+pub use stream::{ClientEvent, EventReceiver};
+pub use version::{MIN_SUPPORTED_VERSION, NEWEST_TESTED_VERSION};

@@ -1,0 +1,1089 @@
+//! Just enough of Python's pickle format.
+//!
+//! * [`dumps`] writes the few object shapes the scheduler must unpickle (the
+//!   task graph, annotations): builtins, globals, `REDUCE` and `NEWOBJ_EX`,
+//!   in protocol 4 without a memo. No crate writes `GLOBAL`/`REDUCE`.
+//! * [`loads`] evaluates a pickle *symbolically*: globals, calls and object
+//!   construction become nodes instead of Python objects. That is enough to
+//!   read the exception a worker sends back for a failed task, without Python.
+//!
+//! The reader keeps containers in an arena and refers to them by index,
+//! because pickles share objects through the memo (an exception's `cmd` list
+//! is both in its `args` and in its `__dict__`, and is memoised while still
+//! empty); copying at memoise time would lose the items added later.
+
+use std::collections::HashMap;
+
+/// A Python object the writer can produce.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum PickleValue {
+    None,
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Bytes(Vec<u8>),
+    Tuple(Vec<PickleValue>),
+    List(Vec<PickleValue>),
+    /// Entries in order; Python dicts keep insertion order.
+    Dict(Vec<(PickleValue, PickleValue)>),
+    /// `module.qualname`, resolved by import on the unpickling side.
+    Global {
+        module: String,
+        name: String,
+    },
+    /// `func(*args)`.
+    Reduce {
+        func: Box<PickleValue>,
+        args: Vec<PickleValue>,
+    },
+    /// `cls.__new__(cls, *args, **kwargs)`.
+    NewObjEx {
+        cls: Box<PickleValue>,
+        args: Vec<PickleValue>,
+        kwargs: Vec<(PickleValue, PickleValue)>,
+    },
+}
+
+impl PickleValue {
+    /// A global such as `subprocess.check_output`.
+    pub(crate) fn global(module: &str, name: &str) -> Self {
+        PickleValue::Global {
+            module: module.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    /// A call of `func` with positional arguments.
+    pub(crate) fn reduce(func: PickleValue, args: Vec<PickleValue>) -> Self {
+        PickleValue::Reduce {
+            func: Box::new(func),
+            args,
+        }
+    }
+
+    /// A str.
+    pub(crate) fn str(s: &str) -> Self {
+        PickleValue::Str(s.to_string())
+    }
+}
+
+mod op {
+    pub const PROTO: u8 = 0x80;
+    pub const FRAME: u8 = 0x95;
+    pub const STOP: u8 = b'.';
+    pub const MARK: u8 = b'(';
+    pub const POP: u8 = b'0';
+    pub const POP_MARK: u8 = b'1';
+    pub const DUP: u8 = b'2';
+    pub const NONE: u8 = b'N';
+    pub const NEWTRUE: u8 = 0x88;
+    pub const NEWFALSE: u8 = 0x89;
+    pub const BININT: u8 = b'J';
+    pub const BININT1: u8 = b'K';
+    pub const BININT2: u8 = b'M';
+    pub const LONG1: u8 = 0x8a;
+    pub const LONG4: u8 = 0x8b;
+    pub const BINFLOAT: u8 = b'G';
+    pub const SHORT_BINUNICODE: u8 = 0x8c;
+    pub const BINUNICODE: u8 = b'X';
+    pub const BINUNICODE8: u8 = 0x8d;
+    pub const SHORT_BINBYTES: u8 = b'C';
+    pub const BINBYTES: u8 = b'B';
+    pub const BINBYTES8: u8 = 0x8e;
+    pub const BYTEARRAY8: u8 = 0x96;
+    pub const SHORT_BINSTRING: u8 = b'U';
+    pub const BINSTRING: u8 = b'T';
+    pub const EMPTY_TUPLE: u8 = b')';
+    pub const TUPLE1: u8 = 0x85;
+    pub const TUPLE2: u8 = 0x86;
+    pub const TUPLE3: u8 = 0x87;
+    pub const TUPLE: u8 = b't';
+    pub const EMPTY_LIST: u8 = b']';
+    pub const LIST: u8 = b'l';
+    pub const APPEND: u8 = b'a';
+    pub const APPENDS: u8 = b'e';
+    pub const EMPTY_DICT: u8 = b'}';
+    pub const DICT: u8 = b'd';
+    pub const SETITEM: u8 = b's';
+    pub const SETITEMS: u8 = b'u';
+    pub const EMPTY_SET: u8 = 0x8f;
+    pub const ADDITEMS: u8 = 0x90;
+    pub const FROZENSET: u8 = 0x91;
+    pub const GLOBAL: u8 = b'c';
+    pub const STACK_GLOBAL: u8 = 0x93;
+    pub const REDUCE: u8 = b'R';
+    pub const NEWOBJ: u8 = 0x81;
+    pub const NEWOBJ_EX: u8 = 0x92;
+    pub const BUILD: u8 = b'b';
+    pub const MEMOIZE: u8 = 0x94;
+    pub const BINPUT: u8 = b'q';
+    pub const LONG_BINPUT: u8 = b'r';
+    pub const BINGET: u8 = b'h';
+    pub const LONG_BINGET: u8 = b'j';
+}
+
+/// Serialises `value` as a protocol-4 pickle.
+pub(crate) fn dumps(value: &PickleValue) -> Vec<u8> {
+    let mut out = vec![op::PROTO, 4];
+    write_value(&mut out, value);
+    out.push(op::STOP);
+    out
+}
+
+fn write_len_prefixed(out: &mut Vec<u8>, data: &[u8], short: u8, long: u8, huge: u8) {
+    if let Ok(len) = u8::try_from(data.len()) {
+        out.extend([short, len]);
+    } else if let Ok(len) = u32::try_from(data.len()) {
+        out.push(long);
+        out.extend(len.to_le_bytes());
+    } else {
+        out.push(huge);
+        out.extend((data.len() as u64).to_le_bytes());
+    }
+    out.extend_from_slice(data);
+}
+
+fn write_value(out: &mut Vec<u8>, value: &PickleValue) {
+    match value {
+        PickleValue::None => out.push(op::NONE),
+        PickleValue::Int(n) => {
+            if let Ok(small) = u8::try_from(*n) {
+                out.extend([op::BININT1, small]);
+            } else if let Ok(mid) = u16::try_from(*n) {
+                out.push(op::BININT2);
+                out.extend(mid.to_le_bytes());
+            } else if let Ok(int) = i32::try_from(*n) {
+                out.push(op::BININT);
+                out.extend(int.to_le_bytes());
+            } else {
+                out.extend([op::LONG1, 8]);
+                out.extend(n.to_le_bytes());
+            }
+        }
+        PickleValue::Float(f) => {
+            // The only big-endian number in the format.
+            out.push(op::BINFLOAT);
+            out.extend(f.to_be_bytes());
+        }
+        PickleValue::Str(s) => write_len_prefixed(
+            out,
+            s.as_bytes(),
+            op::SHORT_BINUNICODE,
+            op::BINUNICODE,
+            op::BINUNICODE8,
+        ),
+        PickleValue::Bytes(b) => {
+            write_len_prefixed(out, b, op::SHORT_BINBYTES, op::BINBYTES, op::BINBYTES8)
+        }
+        PickleValue::Tuple(items) => write_tuple(out, items),
+        PickleValue::List(items) => {
+            out.push(op::EMPTY_LIST);
+            if !items.is_empty() {
+                out.push(op::MARK);
+                items.iter().for_each(|v| write_value(out, v));
+                out.push(op::APPENDS);
+            }
+        }
+        PickleValue::Dict(entries) => write_dict(out, entries),
+        PickleValue::Global { module, name } => {
+            // STACK_GLOBAL (protocol 4) also takes dotted names such as
+            // `bytes.join`, which the text GLOBAL opcode cannot.
+            write_value(out, &PickleValue::Str(module.clone()));
+            write_value(out, &PickleValue::Str(name.clone()));
+            out.push(op::STACK_GLOBAL);
+        }
+        PickleValue::Reduce { func, args } => {
+            write_value(out, func);
+            write_tuple(out, args);
+            out.push(op::REDUCE);
+        }
+        PickleValue::NewObjEx { cls, args, kwargs } => {
+            write_value(out, cls);
+            write_tuple(out, args);
+            write_dict(out, kwargs);
+            out.push(op::NEWOBJ_EX);
+        }
+    }
+}
+
+fn write_tuple(out: &mut Vec<u8>, items: &[PickleValue]) {
+    match items.len() {
+        0 => out.push(op::EMPTY_TUPLE),
+        1..=3 => {
+            items.iter().for_each(|v| write_value(out, v));
+            out.push([op::TUPLE1, op::TUPLE2, op::TUPLE3][items.len() - 1]);
+        }
+        _ => {
+            out.push(op::MARK);
+            items.iter().for_each(|v| write_value(out, v));
+            out.push(op::TUPLE);
+        }
+    }
+}
+
+fn write_dict(out: &mut Vec<u8>, entries: &[(PickleValue, PickleValue)]) {
+    out.push(op::EMPTY_DICT);
+    if !entries.is_empty() {
+        out.push(op::MARK);
+        for (k, v) in entries {
+            write_value(out, k);
+            write_value(out, v);
+        }
+        out.push(op::SETITEMS);
+    }
+}
+
+/// The symbolic result of unpickling.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Sym {
+    None,
+    Bool(bool),
+    Int(i64),
+    /// An int beyond i64, as little-endian two's-complement bytes.
+    BigInt(Vec<u8>),
+    Float(f64),
+    Str(String),
+    Bytes(Vec<u8>),
+    Tuple(Vec<Sym>),
+    List(Vec<Sym>),
+    Dict(Vec<(Sym, Sym)>),
+    Set(Vec<Sym>),
+    FrozenSet(Vec<Sym>),
+    /// An importable name.
+    Global {
+        module: String,
+        name: String,
+    },
+    /// `func(*args)` (REDUCE).
+    Call {
+        func: Box<Sym>,
+        args: Box<Sym>,
+    },
+    /// `cls.__new__(cls, *args, **kwargs)` (NEWOBJ, NEWOBJ_EX).
+    New {
+        cls: Box<Sym>,
+        args: Box<Sym>,
+        kwargs: Option<Box<Sym>>,
+    },
+    /// `obj.__setstate__(state)` or a `__dict__` update (BUILD).
+    Build {
+        obj: Box<Sym>,
+        state: Box<Sym>,
+    },
+    /// A reference back to an object that contains it.
+    Recursive,
+}
+
+/// Why a pickle could not be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("cannot read pickle at byte {offset}: {reason}")]
+pub(crate) struct PickleError {
+    offset: usize,
+    reason: String,
+}
+
+/// Limits that keep a hostile or broken pickle from exhausting the stack or
+/// memory while it is turned into a tree.
+const MAX_DEPTH: usize = 200;
+const MAX_NODES: usize = 1_000_000;
+
+type Id = usize;
+
+#[derive(Debug, Clone)]
+enum Node {
+    Leaf(Sym),
+    Tuple(Vec<Id>),
+    List(Vec<Id>),
+    Dict(Vec<(Id, Id)>),
+    Set(Vec<Id>),
+    FrozenSet(Vec<Id>),
+    Call(Id, Id),
+    New(Id, Id, Option<Id>),
+    Build(Id, Id),
+}
+
+struct Machine<'a> {
+    data: &'a [u8],
+    pos: usize,
+    nodes: Vec<Node>,
+    stack: Vec<Id>,
+    marks: Vec<usize>,
+    memo: HashMap<u64, Id>,
+}
+
+impl<'a> Machine<'a> {
+    fn fail(&self, reason: impl Into<String>) -> PickleError {
+        PickleError {
+            offset: self.pos,
+            reason: reason.into(),
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], PickleError> {
+        let data = self.data;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&end| end <= data.len())
+            .ok_or_else(|| self.fail(format!("truncated: {n} more bytes expected")))?;
+        let bytes = &data[self.pos..end];
+        self.pos = end;
+        Ok(bytes)
+    }
+
+    fn take_array<const N: usize>(&mut self) -> Result<[u8; N], PickleError> {
+        let bytes = self.take(N)?;
+        let mut array = [0u8; N];
+        array.copy_from_slice(bytes);
+        Ok(array)
+    }
+
+    fn u8(&mut self) -> Result<u8, PickleError> {
+        Ok(self.take_array::<1>()?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, PickleError> {
+        Ok(u32::from_le_bytes(self.take_array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, PickleError> {
+        Ok(u64::from_le_bytes(self.take_array()?))
+    }
+
+    fn usize_from(&self, n: u64) -> Result<usize, PickleError> {
+        usize::try_from(n).map_err(|_| self.fail("length out of range"))
+    }
+
+    /// Reads a line for the text-mode GLOBAL opcode.
+    fn line(&mut self) -> Result<String, PickleError> {
+        let rest = &self.data[self.pos..];
+        let len = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| self.fail("unterminated line"))?;
+        let text = String::from_utf8_lossy(&rest[..len]).into_owned();
+        self.pos += len + 1;
+        Ok(text)
+    }
+
+    fn push_node(&mut self, node: Node) {
+        self.nodes.push(node);
+        self.stack.push(self.nodes.len() - 1);
+    }
+
+    fn push(&mut self, sym: Sym) {
+        self.push_node(Node::Leaf(sym));
+    }
+
+    fn pop(&mut self) -> Result<Id, PickleError> {
+        // Items above a mark belong to the pending MARK group; popping below
+        // it would corrupt the group, so treat it as a malformed pickle.
+        if self.marks.last().is_some_and(|&m| self.stack.len() <= m) {
+            return Err(self.fail("stack underflow at a mark"));
+        }
+        self.stack.pop().ok_or_else(|| self.fail("stack underflow"))
+    }
+
+    fn top(&self) -> Result<Id, PickleError> {
+        self.stack
+            .last()
+            .copied()
+            .ok_or_else(|| self.fail("empty stack"))
+    }
+
+    fn pop_mark(&mut self) -> Result<Vec<Id>, PickleError> {
+        let mark = self.marks.pop().ok_or_else(|| self.fail("no mark"))?;
+        if mark > self.stack.len() {
+            return Err(self.fail("mark above the stack"));
+        }
+        Ok(self.stack.split_off(mark))
+    }
+
+    fn pairs(&self, items: Vec<Id>) -> Result<Vec<(Id, Id)>, PickleError> {
+        if items.len() % 2 != 0 {
+            return Err(self.fail("odd number of dict items"));
+        }
+        Ok(items.chunks(2).map(|p| (p[0], p[1])).collect())
+    }
+
+    fn text(&self, bytes: &[u8]) -> Sym {
+        // Python writes lone surrogates with "surrogatepass"; keep such text
+        // readable instead of failing the whole pickle.
+        Sym::Str(String::from_utf8_lossy(bytes).into_owned())
+    }
+
+    fn extend_list(&mut self, target: Id, items: Vec<Id>) -> Result<(), PickleError> {
+        match self.nodes.get_mut(target) {
+            Some(Node::List(list)) => {
+                list.extend(items);
+                Ok(())
+            }
+            _ => Err(self.fail("APPEND to something that is not a list")),
+        }
+    }
+
+    fn extend_dict(&mut self, target: Id, items: Vec<(Id, Id)>) -> Result<(), PickleError> {
+        match self.nodes.get_mut(target) {
+            Some(Node::Dict(dict)) => {
+                dict.extend(items);
+                Ok(())
+            }
+            _ => Err(self.fail("SETITEM on something that is not a dict")),
+        }
+    }
+
+    fn memo_get(&mut self, index: u64) -> Result<(), PickleError> {
+        let id = *self
+            .memo
+            .get(&index)
+            .ok_or_else(|| self.fail(format!("memo entry {index} missing")))?;
+        self.stack.push(id);
+        Ok(())
+    }
+
+    fn memo_put(&mut self, index: u64) -> Result<(), PickleError> {
+        let top = self.top()?;
+        self.memo.insert(index, top);
+        Ok(())
+    }
+
+    fn run(&mut self) -> Result<Id, PickleError> {
+        loop {
+            let opcode = self.u8()?;
+            match opcode {
+                op::PROTO => {
+                    self.u8()?;
+                }
+                // Framing only groups the opcodes for buffered reading.
+                op::FRAME => {
+                    self.u64()?;
+                }
+                op::STOP => return self.pop(),
+                op::MARK => self.marks.push(self.stack.len()),
+                op::POP => {
+                    // Like Python, POP right after a MARK discards the mark.
+                    if self.marks.last() == Some(&self.stack.len()) {
+                        self.marks.pop();
+                    } else {
+                        self.pop()?;
+                    }
+                }
+                op::POP_MARK => {
+                    self.pop_mark()?;
+                }
+                op::DUP => {
+                    let top = self.top()?;
+                    self.stack.push(top);
+                }
+                op::NONE => self.push(Sym::None),
+                op::NEWTRUE => self.push(Sym::Bool(true)),
+                op::NEWFALSE => self.push(Sym::Bool(false)),
+                op::BININT1 => {
+                    let n = self.u8()?;
+                    self.push(Sym::Int(n.into()));
+                }
+                op::BININT2 => {
+                    let n = u16::from_le_bytes(self.take_array()?);
+                    self.push(Sym::Int(n.into()));
+                }
+                op::BININT => {
+                    let n = i32::from_le_bytes(self.take_array()?);
+                    self.push(Sym::Int(n.into()));
+                }
+                op::LONG1 | op::LONG4 => {
+                    let len = if opcode == op::LONG1 {
+                        self.u8()?.into()
+                    } else {
+                        self.u32()?
+                    };
+                    let bytes = self.take(len as usize)?;
+                    self.push(long_from_le(bytes));
+                }
+                op::BINFLOAT => {
+                    let f = f64::from_be_bytes(self.take_array()?);
+                    self.push(Sym::Float(f));
+                }
+                op::SHORT_BINUNICODE | op::BINUNICODE | op::BINUNICODE8 => {
+                    let len = match opcode {
+                        op::SHORT_BINUNICODE => self.u8()?.into(),
+                        op::BINUNICODE => self.u32()?.into(),
+                        _ => self.u64()?,
+                    };
+                    let len = self.usize_from(len)?;
+                    let bytes = self.take(len)?;
+                    let text = self.text(bytes);
+                    self.push(text);
+                }
+                op::SHORT_BINBYTES | op::BINBYTES | op::BINBYTES8 | op::BYTEARRAY8 => {
+                    let len = match opcode {
+                        op::SHORT_BINBYTES => self.u8()?.into(),
+                        op::BINBYTES => self.u32()?.into(),
+                        _ => self.u64()?,
+                    };
+                    let len = self.usize_from(len)?;
+                    let bytes = self.take(len)?.to_vec();
+                    self.push(Sym::Bytes(bytes));
+                }
+                // Python 2 strings; only seen from very old picklers.
+                op::SHORT_BINSTRING | op::BINSTRING => {
+                    let len = if opcode == op::SHORT_BINSTRING {
+                        self.u8()?.into()
+                    } else {
+                        self.u32()?
+                    };
+                    let bytes = self.take(len as usize)?.to_vec();
+                    self.push(Sym::Bytes(bytes));
+                }
+                op::EMPTY_TUPLE => self.push_node(Node::Tuple(Vec::new())),
+                op::TUPLE1 | op::TUPLE2 | op::TUPLE3 => {
+                    let n = usize::from(opcode - op::TUPLE1 + 1);
+                    let mut items = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        items.push(self.pop()?);
+                    }
+                    items.reverse();
+                    self.push_node(Node::Tuple(items));
+                }
+                op::TUPLE => {
+                    let items = self.pop_mark()?;
+                    self.push_node(Node::Tuple(items));
+                }
+                op::EMPTY_LIST => self.push_node(Node::List(Vec::new())),
+                op::LIST => {
+                    let items = self.pop_mark()?;
+                    self.push_node(Node::List(items));
+                }
+                op::APPEND => {
+                    let item = self.pop()?;
+                    let target = self.top()?;
+                    self.extend_list(target, vec![item])?;
+                }
+                op::APPENDS => {
+                    let items = self.pop_mark()?;
+                    let target = self.top()?;
+                    self.extend_list(target, items)?;
+                }
+                op::EMPTY_DICT => self.push_node(Node::Dict(Vec::new())),
+                op::DICT => {
+                    let items = self.pop_mark()?;
+                    let pairs = self.pairs(items)?;
+                    self.push_node(Node::Dict(pairs));
+                }
+                op::SETITEM => {
+                    let value = self.pop()?;
+                    let key = self.pop()?;
+                    let target = self.top()?;
+                    self.extend_dict(target, vec![(key, value)])?;
+                }
+                op::SETITEMS => {
+                    let items = self.pop_mark()?;
+                    let pairs = self.pairs(items)?;
+                    let target = self.top()?;
+                    self.extend_dict(target, pairs)?;
+                }
+                op::EMPTY_SET => self.push_node(Node::Set(Vec::new())),
+                op::ADDITEMS => {
+                    let items = self.pop_mark()?;
+                    let target = self.top()?;
+                    match self.nodes.get_mut(target) {
+                        Some(Node::Set(set)) => set.extend(items),
+                        _ => return Err(self.fail("ADDITEMS to something that is not a set")),
+                    }
+                }
+                op::FROZENSET => {
+                    let items = self.pop_mark()?;
+                    self.push_node(Node::FrozenSet(items));
+                }
+                op::GLOBAL => {
+                    let module = self.line()?;
+                    let name = self.line()?;
+                    self.push(Sym::Global { module, name });
+                }
+                op::STACK_GLOBAL => {
+                    let name = self.pop()?;
+                    let module = self.pop()?;
+                    match (&self.nodes[module], &self.nodes[name]) {
+                        (Node::Leaf(Sym::Str(module)), Node::Leaf(Sym::Str(name))) => {
+                            let global = Sym::Global {
+                                module: module.clone(),
+                                name: name.clone(),
+                            };
+                            self.push(global);
+                        }
+                        _ => return Err(self.fail("STACK_GLOBAL needs two strings")),
+                    }
+                }
+                op::REDUCE => {
+                    let args = self.pop()?;
+                    let func = self.pop()?;
+                    self.push_node(Node::Call(func, args));
+                }
+                op::NEWOBJ => {
+                    let args = self.pop()?;
+                    let cls = self.pop()?;
+                    self.push_node(Node::New(cls, args, None));
+                }
+                op::NEWOBJ_EX => {
+                    let kwargs = self.pop()?;
+                    let args = self.pop()?;
+                    let cls = self.pop()?;
+                    self.push_node(Node::New(cls, args, Some(kwargs)));
+                }
+                op::BUILD => {
+                    let state = self.pop()?;
+                    let target = self.top()?;
+                    // Rebuild in place, so that memo references to the object
+                    // see it with its state.
+                    let before = self.nodes[target].clone();
+                    self.nodes.push(before);
+                    let moved = self.nodes.len() - 1;
+                    self.nodes[target] = Node::Build(moved, state);
+                }
+                op::MEMOIZE => {
+                    let index = self.memo.len() as u64;
+                    self.memo_put(index)?;
+                }
+                op::BINPUT => {
+                    let index = self.u8()?;
+                    self.memo_put(index.into())?;
+                }
+                op::LONG_BINPUT => {
+                    let index = self.u32()?;
+                    self.memo_put(index.into())?;
+                }
+                op::BINGET => {
+                    let index = self.u8()?;
+                    self.memo_get(index.into())?;
+                }
+                op::LONG_BINGET => {
+                    let index = self.u32()?;
+                    self.memo_get(index.into())?;
+                }
+                other => {
+                    self.pos -= 1;
+                    return Err(self.fail(format!("unsupported opcode 0x{other:02x}")));
+                }
+            }
+        }
+    }
+}
+
+fn long_from_le(bytes: &[u8]) -> Sym {
+    if bytes.is_empty() {
+        return Sym::Int(0);
+    }
+    if bytes.len() <= 8 {
+        let negative = bytes[bytes.len() - 1] & 0x80 != 0;
+        let mut buf = if negative { [0xff; 8] } else { [0; 8] };
+        buf[..bytes.len()].copy_from_slice(bytes);
+        return Sym::Int(i64::from_le_bytes(buf));
+    }
+    Sym::BigInt(bytes.to_vec())
+}
+
+/// Turns the arena graph into an owned tree.
+struct Materializer<'a> {
+    nodes: &'a [Node],
+    on_path: Vec<Id>,
+    budget: usize,
+}
+
+impl Materializer<'_> {
+    fn tree(&mut self, id: Id) -> Result<Sym, String> {
+        if self.on_path.contains(&id) {
+            return Ok(Sym::Recursive);
+        }
+        if self.on_path.len() >= MAX_DEPTH {
+            return Err(format!("nested deeper than {MAX_DEPTH} levels"));
+        }
+        self.budget = self
+            .budget
+            .checked_sub(1)
+            .ok_or_else(|| format!("more than {MAX_NODES} objects"))?;
+        let node = self.nodes.get(id).ok_or("dangling reference")?;
+        self.on_path.push(id);
+        let result = match node {
+            Node::Leaf(sym) => sym.clone(),
+            Node::Tuple(items) => Sym::Tuple(self.all(items)?),
+            Node::List(items) => Sym::List(self.all(items)?),
+            Node::Set(items) => Sym::Set(self.all(items)?),
+            Node::FrozenSet(items) => Sym::FrozenSet(self.all(items)?),
+            Node::Dict(entries) => {
+                let mut out = Vec::with_capacity(entries.len());
+                for &(k, v) in entries {
+                    out.push((self.tree(k)?, self.tree(v)?));
+                }
+                Sym::Dict(out)
+            }
+            &Node::Call(func, args) => Sym::Call {
+                func: Box::new(self.tree(func)?),
+                args: Box::new(self.tree(args)?),
+            },
+            &Node::New(cls, args, kwargs) => Sym::New {
+                cls: Box::new(self.tree(cls)?),
+                args: Box::new(self.tree(args)?),
+                kwargs: match kwargs {
+                    Some(k) => Some(Box::new(self.tree(k)?)),
+                    None => None,
+                },
+            },
+            &Node::Build(obj, state) => Sym::Build {
+                obj: Box::new(self.tree(obj)?),
+                state: Box::new(self.tree(state)?),
+            },
+        };
+        self.on_path.pop();
+        Ok(result)
+    }
+
+    fn all(&mut self, ids: &[Id]) -> Result<Vec<Sym>, String> {
+        ids.iter().map(|&id| self.tree(id)).collect()
+    }
+}
+
+/// Evaluates a pickle symbolically.
+pub(crate) fn loads(data: &[u8]) -> Result<Sym, PickleError> {
+    let mut machine = Machine {
+        data,
+        pos: 0,
+        nodes: Vec::new(),
+        stack: Vec::new(),
+        marks: Vec::new(),
+        memo: HashMap::new(),
+    };
+    let root = machine.run()?;
+    let end = machine.pos;
+    Materializer {
+        nodes: &machine.nodes,
+        on_path: Vec::new(),
+        budget: MAX_NODES,
+    }
+    .tree(root)
+    .map_err(|reason| PickleError {
+        offset: end,
+        reason,
+    })
+}
+
+impl Sym {
+    /// The items of a tuple or list.
+    pub(crate) fn items(&self) -> Option<&[Sym]> {
+        match self {
+            Sym::Tuple(items) | Sym::List(items) => Some(items),
+            _ => None,
+        }
+    }
+
+    /// Looks up a str key in a dict.
+    pub(crate) fn get(&self, key: &str) -> Option<&Sym> {
+        match self {
+            Sym::Dict(entries) => entries
+                .iter()
+                .find(|(k, _)| matches!(k, Sym::Str(s) if s == key))
+                .map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// Renders the value roughly as Python's `repr` would, for messages.
+    pub(crate) fn repr(&self) -> String {
+        let mut out = String::new();
+        self.write_repr(&mut out, 0);
+        out
+    }
+
+    fn write_repr(&self, out: &mut String, depth: usize) {
+        if depth > 20 {
+            out.push_str("...");
+            return;
+        }
+        let seq = |out: &mut String, items: &[Sym], open: &str, close: &str| {
+            out.push_str(open);
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                item.write_repr(out, depth + 1);
+            }
+            out.push_str(close);
+        };
+        match self {
+            Sym::None => out.push_str("None"),
+            Sym::Bool(true) => out.push_str("True"),
+            Sym::Bool(false) => out.push_str("False"),
+            Sym::Int(n) => out.push_str(&n.to_string()),
+            Sym::BigInt(bytes) => out.push_str(&format!("<int of {} bytes>", bytes.len())),
+            Sym::Float(f) => out.push_str(&format!("{f:?}")),
+            Sym::Str(s) => out.push_str(&format!("'{}'", s.escape_debug())),
+            Sym::Bytes(b) => {
+                out.push_str("b'");
+                for &byte in b {
+                    match byte {
+                        b'\\' => out.push_str("\\\\"),
+                        b'\'' => out.push_str("\\'"),
+                        b'\n' => out.push_str("\\n"),
+                        b'\r' => out.push_str("\\r"),
+                        b'\t' => out.push_str("\\t"),
+                        0x20..=0x7e => out.push(byte as char),
+                        _ => out.push_str(&format!("\\x{byte:02x}")),
+                    }
+                }
+                out.push('\'');
+            }
+            Sym::Tuple(items) if items.len() == 1 => seq(out, items, "(", ",)"),
+            Sym::Tuple(items) => seq(out, items, "(", ")"),
+            Sym::List(items) => seq(out, items, "[", "]"),
+            Sym::Set(items) => seq(out, items, "{", "}"),
+            Sym::FrozenSet(items) => seq(out, items, "frozenset({", "})"),
+            Sym::Dict(entries) => {
+                out.push('{');
+                for (i, (k, v)) in entries.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    k.write_repr(out, depth + 1);
+                    out.push_str(": ");
+                    v.write_repr(out, depth + 1);
+                }
+                out.push('}');
+            }
+            Sym::Global { module, name } => out.push_str(&format!("{module}.{name}")),
+            Sym::Call { func, args } => {
+                func.write_repr(out, depth + 1);
+                match args.items() {
+                    Some(items) => seq(out, items, "(", ")"),
+                    None => args.write_repr(out, depth + 1),
+                }
+            }
+            Sym::New { cls, args, .. } => {
+                cls.write_repr(out, depth + 1);
+                match args.items() {
+                    Some(items) => seq(out, items, "(", ")"),
+                    None => args.write_repr(out, depth + 1),
+                }
+            }
+            Sym::Build { obj, .. } => obj.write_repr(out, depth + 1),
+            Sym::Recursive => out.push_str("..."),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::frame::tests::hex;
+    use super::*;
+
+    /// The 213-byte graph pickle of `wire_examples_output.txt`.
+    const GRAPH_PICKLE: &str = "\
+        80048c0a6461736b2e5f657870728c074c4c474578707293 7d288c036b2d418c\
+        0a73756270726f636573738c0c636865636b5f6f757470757493 5d288c092f62\
+        696e2f6563686f8c0268696586 8c036b2d42288c0a6461736b2e7574696c738c\
+        056170706c79938c0a73756270726f636573738c0c636865636b5f6f75747075\
+        74935d285d288c082f62696e2f63617465658c086275696c74696e738c046469\
+        6374935d285d288c05696e7075748c036b2d416565867475857d288c0d5f6465\
+        7465726d5f746f6b656e8c06746f6b3132337592 2e";
+
+    /// `{"resources": {"LICENSE": 1}, "retries": 2}` from the same file.
+    const ANNOTATIONS_PICKLE: &str =
+        "80047d288c097265736f75726365737d288c074c4943454e53454b01758c0772\
+        6574726965734b02752e";
+
+    /// `TaskRef("k-A")` from the same file.
+    const TASKREF_PICKLE: &str =
+        "80048c0f6461736b2e5f7461736b5f737065638c075461736b52656693 8c036b\
+        2d418552 2e";
+
+    fn s(text: &str) -> PickleValue {
+        PickleValue::str(text)
+    }
+
+    fn check_output() -> PickleValue {
+        PickleValue::global("subprocess", "check_output")
+    }
+
+    #[test]
+    fn writes_the_documented_graph_pickle() {
+        let dsk = PickleValue::Dict(vec![
+            (
+                s("k-A"),
+                PickleValue::Tuple(vec![
+                    check_output(),
+                    PickleValue::List(vec![s("/bin/echo"), s("hi")]),
+                ]),
+            ),
+            (
+                s("k-B"),
+                PickleValue::Tuple(vec![
+                    PickleValue::global("dask.utils", "apply"),
+                    check_output(),
+                    PickleValue::List(vec![PickleValue::List(vec![s("/bin/cat")])]),
+                    PickleValue::Tuple(vec![
+                        PickleValue::global("builtins", "dict"),
+                        PickleValue::List(vec![PickleValue::List(vec![s("input"), s("k-A")])]),
+                    ]),
+                ]),
+            ),
+        ]);
+        let graph = PickleValue::NewObjEx {
+            cls: Box::new(PickleValue::global("dask._expr", "LLGExpr")),
+            args: vec![dsk],
+            kwargs: vec![(s("_determ_token"), s("tok123"))],
+        };
+        let bytes = dumps(&graph);
+        assert_eq!(bytes.len(), 213);
+        assert_eq!(bytes, hex(GRAPH_PICKLE));
+    }
+
+    #[test]
+    fn writes_the_documented_annotations_and_taskref() {
+        let annotations = PickleValue::Dict(vec![
+            (
+                s("resources"),
+                PickleValue::Dict(vec![(s("LICENSE"), PickleValue::Int(1))]),
+            ),
+            (s("retries"), PickleValue::Int(2)),
+        ]);
+        assert_eq!(dumps(&annotations), hex(ANNOTATIONS_PICKLE));
+        let task_ref = PickleValue::reduce(
+            PickleValue::global("dask._task_spec", "TaskRef"),
+            vec![s("k-A")],
+        );
+        assert_eq!(dumps(&task_ref), hex(TASKREF_PICKLE));
+    }
+
+    #[test]
+    fn reads_back_the_documented_pickles() {
+        let graph = loads(&hex(GRAPH_PICKLE)).unwrap();
+        let Sym::New { cls, args, kwargs } = graph else {
+            panic!("not NEWOBJ_EX: {graph:?}")
+        };
+        assert_eq!(cls.repr(), "dask._expr.LLGExpr");
+        let dsk = &args.items().unwrap()[0];
+        assert_eq!(
+            dsk.get("k-A").unwrap().repr(),
+            "(subprocess.check_output, ['/bin/echo', 'hi'])"
+        );
+        assert_eq!(
+            kwargs.unwrap().get("_determ_token"),
+            Some(&Sym::Str("tok123".into()))
+        );
+
+        let annotations = loads(&hex(ANNOTATIONS_PICKLE)).unwrap();
+        assert_eq!(
+            annotations.repr(),
+            "{'resources': {'LICENSE': 1}, 'retries': 2}"
+        );
+        let task_ref = loads(&hex(TASKREF_PICKLE)).unwrap();
+        assert_eq!(task_ref.repr(), "dask._task_spec.TaskRef('k-A')");
+    }
+
+    #[test]
+    fn numbers_round_trip() {
+        for n in [
+            0,
+            1,
+            255,
+            256,
+            65535,
+            65536,
+            -1,
+            -129,
+            i32::MAX as i64,
+            i32::MIN as i64,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            assert_eq!(
+                loads(&dumps(&PickleValue::Int(n))).unwrap(),
+                Sym::Int(n),
+                "{n}"
+            );
+        }
+        assert_eq!(
+            loads(&dumps(&PickleValue::Float(1.5))).unwrap(),
+            Sym::Float(1.5)
+        );
+        // BINFLOAT is big-endian.
+        assert_eq!(
+            dumps(&PickleValue::Float(1.0))[2..],
+            hex("47 3ff0000000000000 2e")[..]
+        );
+        let long = "x".repeat(300);
+        assert_eq!(loads(&dumps(&s(&long))).unwrap(), Sym::Str(long.clone()));
+        let bytes = vec![9u8; 70_000];
+        assert_eq!(
+            loads(&dumps(&PickleValue::Bytes(bytes.clone()))).unwrap(),
+            Sym::Bytes(bytes)
+        );
+        // LONG1 with a 9-byte integer (2**64) stays exact.
+        assert_eq!(
+            loads(&hex("80058a09000000000000000001 2e")).unwrap(),
+            Sym::BigInt(hex("000000000000000001"))
+        );
+    }
+
+    #[test]
+    fn memo_references_share_objects_filled_later() {
+        // EMPTY_LIST MEMOIZE MARK BININT1 1 APPENDS BINGET 0 TUPLE2: the list
+        // is memoised while empty and filled afterwards, so both tuple items
+        // must show the item (as protocol 5 picklers share objects).
+        let shared = hex("8005 5d94 28 4b01 65 6800 86 2e");
+        let one = Sym::List(vec![Sym::Int(1)]);
+        assert_eq!(loads(&shared).unwrap(), Sym::Tuple(vec![one.clone(), one]));
+        // EMPTY_LIST MEMOIZE MARK BINGET 0 BININT1 1 APPENDS: a list that
+        // contains itself ends the recursion with a marker.
+        let cyclic = hex("8005 5d94 28 6800 4b01 65 2e");
+        assert_eq!(
+            loads(&cyclic).unwrap(),
+            Sym::List(vec![Sym::Recursive, Sym::Int(1)])
+        );
+        // BUILD on a memoised object is visible through the memo.
+        let built = hex("8005 5d94 4b07 62 6800 86 2e");
+        let Sym::Tuple(items) = loads(&built).unwrap() else {
+            panic!()
+        };
+        assert!(matches!(&items[1], Sym::Build { .. }), "{items:?}");
+    }
+
+    #[test]
+    fn malformed_pickles_are_errors() {
+        for case in [
+            "",
+            "80",
+            "8005",
+            "800565",                     // APPENDS without mark
+            "80054b01612e",               // APPEND onto an int
+            "8005680a2e",                 // BINGET of a missing memo entry
+            "80058c05616263",             // string runs past the end
+            "8005ff",                     // unknown opcode
+            "80054b0193",                 // STACK_GLOBAL with one item
+            "8005284b01302e",             // POP under a mark
+            "800595ffffffffffffffff",     // FRAME then nothing
+            "8005 8dffffffffffffffff 2e", // huge BINUNICODE8
+        ] {
+            assert!(loads(&hex(case)).is_err(), "accepted {case}");
+        }
+    }
+
+    #[test]
+    fn deep_or_exploding_pickles_are_refused() {
+        // 10_000 nested lists: the VM is iterative, the tree is depth-limited.
+        let mut deep = vec![0x80, 5];
+        for _ in 0..10_000 {
+            deep.extend([b']', b'(']);
+        }
+        deep.push(b']');
+        deep.resize(deep.len() + 10_000, b'e');
+        deep.push(b'.');
+        assert!(loads(&deep).is_err());
+
+        // A DAG of 64 levels each referencing the previous twice would expand
+        // to 2^64 nodes; the node budget stops it.
+        let mut dag = vec![0x80, 5, b'N', 0x94];
+        for level in 0..64u8 {
+            dag.extend([b'h', level, b'h', level, 0x86, 0x94]);
+        }
+        dag.push(b'.');
+        assert!(loads(&dag).is_err());
+    }
+}

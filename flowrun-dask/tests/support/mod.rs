@@ -1,0 +1,431 @@
+//! A real Dask cluster for integration tests: one scheduler and N workers from
+//! a pinned PyPI install, on 127.0.0.1 with OS-assigned ports.
+//!
+//! * The Dask version comes from `FLOWRUN_DASK_VERSION` (default 2026.8.0);
+//!   its venv is created by `scripts/dask-venv.sh` on first use, so a fresh
+//!   machine needs only Python and access to PyPI. If Dask cannot be
+//!   installed the test fails with the installer's output: never a skip.
+//! * Every process runs in its own process group, in a private temporary
+//!   directory, with `--port 0` and a scheduler file, so tests can run in
+//!   parallel.
+//! * Teardown is by PID (and the PID's process group, to catch subprocesses
+//!   a worker was running): SIGTERM, a grace period, then SIGKILL, and every
+//!   child is reaped. The children also get SIGKILL from the kernel if the
+//!   test process dies first.
+//! * `FLOWRUN_DASK_SHOW_LOGS=1` prints the Dask logs when a cluster stops.
+#![allow(dead_code)] // each test binary uses a different part of the helper
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The default Dask release the tests run against.
+pub const DEFAULT_DASK_VERSION: &str = "2026.8.0";
+
+/// How long a cluster may take to come up. Starting three Python processes
+/// on two loaded cores has been seen to take 13 s; allow far more.
+const START_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Grace period for SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// The Dask version selected for this test run.
+pub fn dask_version() -> String {
+    std::env::var("FLOWRUN_DASK_VERSION")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_DASK_VERSION.to_string())
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("flowrun-dask lives inside the workspace")
+        .to_path_buf()
+}
+
+/// The `bin` directory of a venv with `distributed==version`, installing it
+/// if needed. Installs are cached per process and, through the script's lock
+/// file, shared between processes.
+pub fn venv_bin(version: &str) -> PathBuf {
+    static CACHE: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    let cache = cache.get_or_insert_with(HashMap::new);
+    if let Some(bin) = cache.get(version) {
+        return bin.clone();
+    }
+    let script = workspace_root().join("scripts").join("dask-venv.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .arg(version)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    if !output.status.success() {
+        panic!(
+            "Dask {version} could not be installed, so the Dask integration tests cannot run.\n\
+             {} exited with {}:\n{}",
+            script.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let python = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    let bin = python
+        .parent()
+        .unwrap_or_else(|| panic!("dask-venv.sh printed no python path: {python:?}"))
+        .to_path_buf();
+    assert!(
+        bin.join("dask").exists(),
+        "no dask executable in {}",
+        bin.display()
+    );
+    cache.insert(version.to_string(), bin.clone());
+    bin
+}
+
+/// How to start one worker.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    /// Threads, i.e. tasks run at once.
+    pub nthreads: u32,
+    /// `--resources`, e.g. `"GPU=1"`.
+    pub resources: Option<String>,
+}
+
+impl WorkerSpec {
+    /// A worker with `nthreads` threads and no resources.
+    pub fn threads(nthreads: u32) -> Self {
+        WorkerSpec {
+            nthreads,
+            resources: None,
+        }
+    }
+
+    /// Adds `--resources`.
+    pub fn with_resources(mut self, resources: &str) -> Self {
+        self.resources = Some(resources.to_string());
+        self
+    }
+}
+
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+    /// The worker's own address, for workers.
+    address: Option<String>,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// A running cluster; stopped on drop.
+pub struct Cluster {
+    /// The scheduler address, `tcp://127.0.0.1:<port>`.
+    pub address: String,
+    /// The `distributed` version it runs.
+    pub version: String,
+    scheduler: Proc,
+    workers: Vec<Proc>,
+    dir: tempfile::TempDir,
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn spawn(bin: &Path, args: &[String], dir: &Path, name: &str) -> Proc {
+    let log = dir.join(format!("{name}.log"));
+    let out = File::create(&log).expect("create log file");
+    let err = out.try_clone().expect("clone log file");
+    let mut command = Command::new(bin.join("dask"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        // Its own group, so that teardown can also reach the subprocesses a
+        // worker was running when it was stopped.
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            // If the test process dies without running Drop, the kernel
+            // kills the Dask process instead of leaving it behind.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start dask {name}: {e}"));
+    Proc {
+        name: name.to_string(),
+        child,
+        log,
+        address: None,
+    }
+}
+
+/// Whether a process with this PID exists and is not a zombie.
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_none_or(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Whether any process of this process group is still running.
+pub fn group_alive(pgid: u32) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence.
+    unsafe { libc::kill(-(pgid as libc::pid_t), 0) == 0 }
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: plain kill(2) on a PID this helper started and has not reaped.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+fn signal_group(pgid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) on the process group created for this PID.
+    unsafe {
+        libc::kill(-(pgid as libc::pid_t), sig);
+    }
+}
+
+/// SIGTERM, wait up to the grace period, SIGKILL; reaps everything and
+/// clears the process groups.
+fn stop_all(procs: &mut [&mut Proc]) {
+    for p in procs.iter_mut() {
+        if !p.exited() {
+            signal(p.pid(), libc::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    while Instant::now() < deadline && procs.iter_mut().any(|p| !p.exited()) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for p in procs.iter_mut() {
+        if !p.exited() {
+            let _ = p.child.kill();
+        }
+        let _ = p.child.wait();
+        // Subprocesses of tasks (e.g. a `sleep`) may outlive their worker.
+        signal_group(p.pid(), libc::SIGKILL);
+    }
+}
+
+impl Cluster {
+    /// Starts a scheduler and the workers with the selected Dask version, and
+    /// waits until every worker is registered.
+    pub fn start(workers: &[WorkerSpec]) -> Cluster {
+        Cluster::start_version(&dask_version(), workers)
+    }
+
+    /// Like [`Cluster::start`] with an explicit Dask version.
+    pub fn start_version(version: &str, workers: &[WorkerSpec]) -> Cluster {
+        let bin = venv_bin(version);
+        let dir = tempfile::Builder::new()
+            .prefix("flowrun-dask-test-")
+            .tempdir()
+            .expect("create temp dir");
+        let scheduler_file = dir.path().join("scheduler.json");
+        let scheduler = spawn(
+            &bin,
+            &[
+                "scheduler".into(),
+                "--host".into(),
+                "127.0.0.1".into(),
+                "--port".into(),
+                "0".into(),
+                "--dashboard-address".into(),
+                "127.0.0.1:0".into(),
+                "--scheduler-file".into(),
+                scheduler_file.display().to_string(),
+            ],
+            dir.path(),
+            "scheduler",
+        );
+        let mut cluster = Cluster {
+            address: String::new(),
+            version: version.to_string(),
+            scheduler,
+            workers: Vec::new(),
+            dir,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        cluster.address = cluster.wait_for("the scheduler file", deadline, |_| {
+            let text = read(&scheduler_file);
+            let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+            json.get("address")?.as_str().map(str::to_owned)
+        });
+        for (i, spec) in workers.iter().enumerate() {
+            let name = format!("w{i}");
+            let mut args: Vec<String> = vec![
+                "worker".into(),
+                "--scheduler-file".into(),
+                scheduler_file.display().to_string(),
+                "--host".into(),
+                "127.0.0.1".into(),
+                "--nthreads".into(),
+                spec.nthreads.to_string(),
+                // One process per worker: its PID is the worker, and the
+                // parent of the subprocesses it runs.
+                "--no-nanny".into(),
+                "--dashboard-address".into(),
+                "127.0.0.1:0".into(),
+                "--name".into(),
+                name.clone(),
+                "--local-directory".into(),
+                cluster.dir.path().join(&name).display().to_string(),
+            ];
+            if let Some(resources) = &spec.resources {
+                args.push("--resources".into());
+                args.push(resources.clone());
+            }
+            let worker = spawn(&bin, &args, cluster.dir.path(), &name);
+            cluster.workers.push(worker);
+        }
+        for i in 0..cluster.workers.len() {
+            let address = cluster.wait_for("worker registration", deadline, |c| {
+                let log = read(&c.workers[i].log);
+                if !log.contains("Registered to:") {
+                    return None;
+                }
+                let line = log.lines().find(|l| l.contains("Start worker at:"))?;
+                line.split_whitespace().last().map(str::to_owned)
+            });
+            cluster.workers[i].address = Some(address);
+        }
+        cluster
+    }
+
+    /// Polls `probe` until it yields a value; fails with all logs if a
+    /// process exits or the deadline passes.
+    fn wait_for<T>(
+        &mut self,
+        what: &str,
+        deadline: Instant,
+        mut probe: impl FnMut(&Cluster) -> Option<T>,
+    ) -> T {
+        loop {
+            if let Some(value) = probe(self) {
+                return value;
+            }
+            let dead: Vec<String> = std::iter::once(&mut self.scheduler)
+                .chain(self.workers.iter_mut())
+                .filter_map(|p| p.exited().then(|| p.name.clone()))
+                .collect();
+            if !dead.is_empty() || Instant::now() > deadline {
+                panic!(
+                    "Dask cluster ({}) did not come up while waiting for {what} (exited: {dead:?}).\n{}",
+                    self.version,
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// All logs, for failure messages.
+    pub fn logs(&self) -> String {
+        std::iter::once(&self.scheduler)
+            .chain(&self.workers)
+            .map(|p| format!("----- {} log -----\n{}", p.name, read(&p.log)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The scheduler's log so far.
+    pub fn scheduler_log(&self) -> String {
+        read(&self.scheduler.log)
+    }
+
+    /// A private directory for the test's own files (markers, outputs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The scheduler's PID.
+    pub fn scheduler_pid(&self) -> u32 {
+        self.scheduler.pid()
+    }
+
+    /// The worker PIDs, in the order of the specs.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.workers.iter().map(Proc::pid).collect()
+    }
+
+    /// The address of worker `i`.
+    pub fn worker_address(&self, i: usize) -> &str {
+        self.workers[i].address.as_deref().unwrap_or_default()
+    }
+
+    /// Every PID this cluster started.
+    pub fn pids(&self) -> Vec<u32> {
+        std::iter::once(self.scheduler_pid())
+            .chain(self.worker_pids())
+            .collect()
+    }
+
+    /// Kills worker `i` with SIGKILL (no chance to say goodbye) and reaps it.
+    pub fn kill_worker(&mut self, i: usize) {
+        let worker = &mut self.workers[i];
+        let _ = worker.child.kill();
+        let _ = worker.child.wait();
+    }
+
+    /// Stops everything: workers first, so they do not linger trying to
+    /// reach a scheduler that is gone.
+    pub fn stop(&mut self) {
+        let mut workers: Vec<&mut Proc> = self.workers.iter_mut().collect();
+        stop_all(&mut workers);
+        stop_all(&mut [&mut self.scheduler]);
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+        // For debugging a test: show what Dask said, since the temporary
+        // directory with the logs is removed right after.
+        if std::env::var_os("FLOWRUN_DASK_SHOW_LOGS").is_some() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or panics after `timeout`.
+pub fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = f() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
