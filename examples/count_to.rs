@@ -1,10 +1,11 @@
-//! The first example of the usage guide: count to ten in parallel.
-//! The `#n` lines come out of order, in about the time of one wave of
-//! sleeps rather than ten in a row.
+//! The first example of the usage guide: count to ten in parallel on a
+//! temporary Dask-style cluster of worker processes. The `#n` lines come
+//! out of order, in about ceil(10 / worker slots) x 0.5 s.
 
 use std::time::Duration;
 
 use flowrun::{flow, task};
+use flowrun_dask::DaskTaskRunner;
 
 #[task]
 fn shout(number: u32) {
@@ -12,7 +13,7 @@ fn shout(number: u32) {
     println!("#{number}");
 }
 
-#[flow]
+#[flow(task_runner = DaskTaskRunner::default())]
 fn count_to(highest_number: u32) {
     for number in 0..highest_number {
         shout.submit(number);

@@ -2,8 +2,6 @@
 //! submitted inside them. `flowrun_dask::annotate` is the user-facing API;
 //! this module keeps the per-thread stack the submit path reads.
 
-use std::cell::RefCell;
-
 use crate::options::Resources;
 
 /// Scheduling annotations of a task run.
@@ -25,28 +23,27 @@ impl Annotations {
     }
 }
 
-thread_local! {
-    static STACK: RefCell<Vec<Annotations>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The annotations in force on this thread: every open scope merged, inner
-/// scopes winning per key.
+/// The annotations in force here: every open scope merged, inner scopes
+/// winning per key.
 pub fn current() -> Annotations {
-    STACK.with(|s| s.borrow().last().cloned().unwrap_or_default())
+    crate::context::with_current(|c| c.annotations.last().cloned().unwrap_or_default())
 }
 
-fn is_empty() -> bool {
-    STACK.with(|s| s.borrow().is_empty())
-}
-
-/// Opens a scope; the returned guard closes it. Scopes must close in the
+/// Opens a scope; the returned guard closes it. Scopes close in the
 /// reverse order they opened, which guards dropped at the end of blocks do.
+/// In an async flow the scope follows the flow's future across threads.
 pub fn push(scope: Annotations) -> ScopeGuard {
-    STACK.with(|s| {
-        let mut s = s.borrow_mut();
-        let merged = s.last().cloned().unwrap_or_default().merged(&scope);
-        s.push(merged);
-        ScopeGuard { depth: s.len() }
+    crate::context::with_current(|c| {
+        let merged = c
+            .annotations
+            .last()
+            .cloned()
+            .unwrap_or_default()
+            .merged(&scope);
+        c.annotations.push(merged);
+        ScopeGuard {
+            depth: c.annotations.len(),
+        }
     })
 }
 
@@ -58,19 +55,12 @@ pub struct ScopeGuard {
 
 impl Drop for ScopeGuard {
     fn drop(&mut self) {
-        STACK.with(|s| {
-            let mut s = s.borrow_mut();
-            // Truncating (rather than popping) keeps the stack right even if
-            // an inner guard was leaked.
-            s.truncate(self.depth - 1);
-        });
+        // Truncating (rather than popping) keeps the stack right even if an
+        // inner guard was leaked.
+        crate::context::with_current(|c| c.annotations.truncate(self.depth - 1));
     }
 }
 
 pub(crate) fn current_if_any() -> Option<Annotations> {
-    if is_empty() {
-        None
-    } else {
-        Some(current())
-    }
+    crate::context::with_current(|c| c.annotations.last().cloned())
 }

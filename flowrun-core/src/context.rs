@@ -15,7 +15,13 @@ use crate::run::RunRef;
 pub(crate) struct Context {
     pub(crate) flow: Option<Arc<FlowShared>>,
     pub(crate) task_run: Option<RunRef>,
+    /// The name of a task run executing here on behalf of another process
+    /// (a worker runs tasks whose run records live in the flow process).
+    pub(crate) label: Option<std::sync::Arc<str>>,
     pub(crate) span: Option<tracing::Span>,
+    /// Open annotation scopes, innermost last, each already merged with
+    /// the ones around it.
+    pub(crate) annotations: Vec<crate::annotations::Annotations>,
 }
 
 thread_local! {
@@ -32,6 +38,11 @@ pub(crate) fn current_flow() -> Option<Arc<FlowShared>> {
 
 pub(crate) fn current_span() -> Option<tracing::Span> {
     CURRENT.with(|c| c.borrow().span.clone())
+}
+
+/// Reads or changes this thread's context in place.
+pub(crate) fn with_current<R>(f: impl FnOnce(&mut Context) -> R) -> R {
+    CURRENT.with(|c| f(&mut c.borrow_mut()))
 }
 
 /// Restores the previous context when dropped.
@@ -66,9 +77,15 @@ impl<F: Future> Future for WithContext<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
         // SAFETY: `inner` is structurally pinned; `ctx` is never moved out.
         let this = unsafe { self.get_unchecked_mut() };
-        let _entered = enter(this.ctx.clone());
-        let _span = this.ctx.span.as_ref().map(|s| s.enter());
+        let entered = enter(this.ctx.clone());
+        let span = this.ctx.span.clone();
+        let _span = span.as_ref().map(|s| s.enter());
         let inner = unsafe { Pin::new_unchecked(&mut this.inner) };
-        inner.poll(cx)
+        let poll = inner.poll(cx);
+        // Scopes opened or closed during this poll belong to the future,
+        // which may be polled on another thread next time.
+        this.ctx.annotations = with_current(|c| std::mem::take(&mut c.annotations));
+        drop(entered);
+        poll
     }
 }

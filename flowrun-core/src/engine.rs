@@ -396,7 +396,9 @@ impl<T: Task> Driver<T> {
         let _ctx = context::enter(Context {
             flow: Some(self.flow.clone()),
             task_run: Some(run),
+            label: None,
             span: Some(span.clone()),
+            annotations: Vec::new(),
         });
         let _span = span.enter();
         let async_timeout = if T::meta().is_async {
@@ -481,14 +483,16 @@ enum Done<T> {
 }
 
 impl<T: Task> RemoteCompletion for Driver<T> {
-    fn started(&self, attempt: u32, location: Option<Arc<str>>) {
-        if attempt != self.attempt.load(Ordering::Acquire) {
+    fn started(self: Arc<Self>, attempt: u32, location: Option<Arc<str>>) {
+        if attempt != self.attempt.load(Ordering::Acquire) || self.cell.is_final() {
             return;
         }
         if let Some(l) = location {
             self.cell.set_location(l);
         }
         self.mark_running(attempt);
+        // The attempt's clock starts when it starts, not when it was queued.
+        self.arm_watchdog(attempt);
     }
 
     fn finished(self: Arc<Self>, attempt: u32, result: Result<Bytes, TaskError>) {
@@ -630,7 +634,9 @@ impl<T: Task> DirectRun<T> {
             Context {
                 flow: Some(self.flow.clone()),
                 task_run: Some(run),
+                label: None,
                 span: Some(span.clone()),
+                annotations: Vec::new(),
             },
             span,
         )

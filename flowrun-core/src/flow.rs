@@ -664,7 +664,9 @@ impl Started {
         Context {
             flow: Some(self.shared.clone()),
             task_run: None,
+            label: None,
             span: Some(self.span.clone()),
+            annotations: Vec::new(),
         }
     }
 

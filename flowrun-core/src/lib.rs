@@ -71,15 +71,48 @@ pub fn with_run_context<R>(run: &RunRef, f: impl FnOnce() -> R) -> R {
     let _ctx = context::enter(context::Context {
         flow: context::current_flow(),
         task_run: Some(run.clone()),
+        label: None,
         span: Some(span.clone()),
+        annotations: Vec::new(),
     });
     let _span = span.enter();
     f()
 }
 
-/// The name of the task run executing on this thread, if any.
+/// Runs `f` as the task run named `run_name`, which executes here on
+/// behalf of another process (worker processes use it): logs written by
+/// `f` carry that name.
+pub fn with_task_run_name<R>(run_name: &str, f: impl FnOnce() -> R) -> R {
+    let span = tracing::info_span!("task_run", run = %run_name);
+    let _ctx = context::enter(context::Context {
+        flow: None,
+        task_run: None,
+        label: Some(std::sync::Arc::from(run_name)),
+        span: Some(span.clone()),
+        annotations: Vec::new(),
+    });
+    let _span = span.enter();
+    f()
+}
+
+/// The task run executing on this thread, if any.
 pub fn current_task_run() -> Option<RunRef> {
     context::current().task_run
+}
+
+/// The name of the task run executing on this thread, in this process or
+/// on behalf of another one, if any.
+pub fn current_task_run_name() -> Option<String> {
+    let ctx = context::current();
+    if let Some(run) = ctx.task_run {
+        return Some(run.name());
+    }
+    ctx.label.map(|l| l.to_string())
+}
+
+/// The id of the flow run this thread works for, if any.
+pub fn current_flow_run_id() -> Option<String> {
+    context::current_flow().map(|f| f.id.clone())
 }
 
 /// The name of the flow run this thread works for, if any.

@@ -162,6 +162,9 @@ pub(crate) fn run_label() -> Option<String> {
     if let Some(run) = &ctx.task_run {
         return Some(format!("Task run '{}'", run.name()));
     }
+    if let Some(label) = &ctx.label {
+        return Some(format!("Task run '{label}'"));
+    }
     ctx.flow.map(|f| format!("Flow run '{}'", f.name))
 }
 

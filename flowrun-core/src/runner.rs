@@ -225,7 +225,7 @@ impl LocalJob {
 
 /// Reports the outcome of a [`RemoteJob`].
 pub(crate) trait RemoteCompletion: Send + Sync {
-    fn started(&self, attempt: u32, location: Option<Arc<str>>);
+    fn started(self: Arc<Self>, attempt: u32, location: Option<Arc<str>>);
     fn finished(self: Arc<Self>, attempt: u32, result: Result<Bytes, TaskError>);
 }
 
@@ -263,6 +263,7 @@ impl RemoteJob {
     /// Marks the run as running, at `location` (a worker's name, say).
     pub fn started(&self, location: Option<&str>) {
         self.completion
+            .clone()
             .started(self.attempt, location.map(Arc::from));
     }
 
@@ -295,6 +296,7 @@ impl RemoteReporter {
     /// Marks the run as running, at `location`.
     pub fn started(&self, location: Option<&str>) {
         self.completion
+            .clone()
             .started(self.attempt, location.map(Arc::from));
     }
 

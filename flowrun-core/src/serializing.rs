@@ -108,7 +108,9 @@ impl TaskRunner for SerializingTaskRunner {
                     let _ctx = crate::context::enter(crate::context::Context {
                         flow: crate::context::current_flow(),
                         task_run: Some(run.clone()),
+                        label: None,
                         span: None,
+                        annotations: Vec::new(),
                     });
                     task.run(&args).map(Bytes::from)
                 }

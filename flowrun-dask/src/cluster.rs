@@ -1,0 +1,194 @@
+//! The `Cluster` trait a `DaskTaskRunner` runs tasks on, the ways to name
+//! which cluster to start (`cluster_class`), and a handle on the cluster of
+//! the current flow run.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use flowrun_core::TaskCall;
+
+use crate::local::{ClusterStatus, LocalCluster};
+use crate::settings::{ClientKwargs, ClusterKwargs, SettingsError};
+
+/// A cluster that executes serialized task attempts.
+pub trait Cluster: Send + Sync + 'static {
+    /// A short description for logs, such as `LocalCluster(2 workers x 1 thread)`.
+    fn describe(&self) -> String;
+
+    /// Hands over one attempt; report its outcome through the call's job.
+    fn submit(&self, call: TaskCall);
+
+    /// Stops the cluster and everything it started.
+    fn close(&self);
+
+    /// Workers, queues and waiting tasks, when the cluster can tell.
+    fn status(&self) -> Option<ClusterStatus> {
+        None
+    }
+
+    /// Changes the number of workers, when the cluster can.
+    fn scale(&self, n: usize) {
+        let _ = n;
+    }
+}
+
+impl Cluster for LocalCluster {
+    fn describe(&self) -> String {
+        let (n, t) = self.shape();
+        format!(
+            "LocalCluster({n} worker{} x {t} thread{}, scheduler at {})",
+            if n == 1 { "" } else { "s" },
+            if t == 1 { "" } else { "s" },
+            self.address()
+        )
+    }
+
+    fn submit(&self, call: TaskCall) {
+        LocalCluster::submit(self, call)
+    }
+
+    fn close(&self) {
+        LocalCluster::close(self)
+    }
+
+    fn status(&self) -> Option<ClusterStatus> {
+        LocalCluster::status(self)
+    }
+
+    fn scale(&self, n: usize) {
+        LocalCluster::scale(self, n)
+    }
+}
+
+/// A Rust cluster type the runner can start from `cluster_kwargs`.
+pub trait StartCluster: Cluster + Sized {
+    /// Starts a cluster with these settings.
+    fn start(kwargs: &ClusterKwargs, client: &ClientKwargs) -> Result<Self, SettingsError>;
+}
+
+impl StartCluster for LocalCluster {
+    fn start(kwargs: &ClusterKwargs, client: &ClientKwargs) -> Result<Self, SettingsError> {
+        LocalCluster::start(kwargs, client)
+    }
+}
+
+type Builder = Arc<
+    dyn Fn(&ClusterKwargs, &ClientKwargs) -> Result<Box<dyn Cluster>, SettingsError> + Send + Sync,
+>;
+
+/// Which cluster a `DaskTaskRunner` starts for each flow run.
+///
+/// ```
+/// use flowrun_dask::{ClusterClass, LocalCluster};
+/// let by_type = ClusterClass::of::<LocalCluster>();
+/// let by_function = ClusterClass::function(|kwargs, client| {
+///     Ok(Box::new(LocalCluster::start(kwargs, client)?) as Box<dyn flowrun_dask::Cluster>)
+/// });
+/// # let _ = (by_type, by_function);
+/// ```
+#[derive(Clone)]
+pub struct ClusterClass {
+    pub(crate) name: String,
+    pub(crate) build: Builder,
+}
+
+impl ClusterClass {
+    /// The Rust cluster type `C`.
+    pub fn of<C: StartCluster>() -> ClusterClass {
+        ClusterClass {
+            name: std::any::type_name::<C>()
+                .rsplit("::")
+                .next()
+                .unwrap_or("cluster")
+                .to_owned(),
+            build: Arc::new(|kwargs, client| {
+                Ok(Box::new(C::start(kwargs, client)?) as Box<dyn Cluster>)
+            }),
+        }
+    }
+
+    /// A function that builds a custom cluster from the runner's settings.
+    pub fn function(
+        build: impl Fn(&ClusterKwargs, &ClientKwargs) -> Result<Box<dyn Cluster>, SettingsError>
+            + Send
+            + Sync
+            + 'static,
+    ) -> ClusterClass {
+        ClusterClass {
+            name: "custom cluster".into(),
+            build: Arc::new(build),
+        }
+    }
+
+    /// The class's name, for logs.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl fmt::Debug for ClusterClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClusterClass({})", self.name)
+    }
+}
+
+/// The cluster serving a flow run, while it runs.
+#[derive(Clone)]
+pub struct ClusterHandle {
+    cluster: Arc<dyn Cluster>,
+}
+
+impl ClusterHandle {
+    /// A description for logs.
+    pub fn describe(&self) -> String {
+        self.cluster.describe()
+    }
+
+    /// Workers, queued tasks, and task runs that wait with the reason.
+    pub fn status(&self) -> Option<ClusterStatus> {
+        self.cluster.status()
+    }
+
+    /// Changes the number of workers.
+    pub fn scale(&self, n: usize) {
+        self.cluster.scale(n)
+    }
+}
+
+impl fmt::Debug for ClusterHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClusterHandle({})", self.cluster.describe())
+    }
+}
+
+fn clusters() -> &'static Mutex<HashMap<String, Arc<dyn Cluster>>> {
+    static CLUSTERS: OnceLock<Mutex<HashMap<String, Arc<dyn Cluster>>>> = OnceLock::new();
+    CLUSTERS.get_or_init(Default::default)
+}
+
+pub(crate) fn register(flow_run_id: &str, cluster: Arc<dyn Cluster>) {
+    clusters()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(flow_run_id.to_owned(), cluster);
+}
+
+pub(crate) fn deregister(flow_run_id: &str) {
+    clusters()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(flow_run_id);
+}
+
+/// The cluster of the flow run this code runs in (in the flow's process),
+/// if the flow uses a `DaskTaskRunner`.
+pub fn current_cluster() -> Option<ClusterHandle> {
+    let id = flowrun_core::current_flow_run_id()?;
+    let cluster = clusters()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&id)
+        .cloned()?;
+    Some(ClusterHandle { cluster })
+}

@@ -1,0 +1,959 @@
+//! The scheduler of a local cluster: one thread that owns every decision.
+//! It queues submitted attempts by priority (higher first, then submission
+//! order), hands them to workers with free slots and free resources, and
+//! handles workers that connect, report, secede, rejoin or die.
+//!
+//! It never preempts: a running task keeps its slot until it finishes.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use flowrun_core::{ArgSlot, RemoteJob, Resources, TaskCall, TaskError, TaskErrorKind, Work};
+use serde_bytes::ByteBuf;
+
+use super::wire::{Assignment, Completion, LogLine, OutputLine, ToScheduler, ToWorker};
+
+/// Something the scheduler thread reacts to.
+pub(crate) enum Event {
+    Submit(TaskCall),
+    Connected {
+        worker: u32,
+        pid: u32,
+        writer: Sender<ToWorker>,
+    },
+    Messages {
+        worker: u32,
+        batch: Vec<ToScheduler>,
+    },
+    /// The worker's connection ended.
+    Disconnected {
+        worker: u32,
+    },
+    /// The worker's process (or thread) ended.
+    Exited {
+        worker: u32,
+        status: String,
+        output_tail: String,
+    },
+    /// A connection was refused (bad secret, other build...).
+    Refused {
+        worker: Option<u32>,
+        reason: String,
+    },
+    Status(Sender<ClusterStatus>),
+    Scale(usize),
+    Close,
+}
+
+/// Starts worker processes (or threads) for the scheduler.
+pub(crate) trait Launcher: Send + 'static {
+    /// Starts worker `id`; its exit must be reported as [`Event::Exited`].
+    fn launch(&mut self, id: u32, name: &str) -> Result<u32, String>;
+    /// Stops worker `id` at once (SIGKILL for a process).
+    fn kill(&mut self, id: u32);
+    /// The PID of worker `id`, if it is a process.
+    fn pid(&self, id: u32) -> Option<u32>;
+    /// Resident memory of worker `id` in bytes, if known.
+    fn memory(&self, id: u32) -> Option<u64>;
+}
+
+/// A worker as the cluster's status reports it.
+#[derive(Debug, Clone)]
+pub struct WorkerStatus {
+    /// Its name, such as `worker-0`.
+    pub name: String,
+    /// Its process id (`None` for a worker thread).
+    pub pid: Option<u32>,
+    /// `starting`, `running`, `closing`.
+    pub state: &'static str,
+    /// Threads executing tasks.
+    pub nthreads: usize,
+    /// Resources it offers.
+    pub resources: Resources,
+    /// Resources not held by running tasks.
+    pub free_resources: Resources,
+    /// Task runs it is executing.
+    pub running: Vec<String>,
+    /// Task runs queued on it, not started.
+    pub queued: usize,
+}
+
+/// A task run that waits, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WaitingTask {
+    /// The task run's name.
+    pub run: String,
+    /// Why it cannot start.
+    pub reason: String,
+}
+
+/// A snapshot of a cluster.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterStatus {
+    /// The scheduler's address (loopback).
+    pub address: String,
+    /// Every worker that is starting, running or closing.
+    pub workers: Vec<WorkerStatus>,
+    /// Task runs queued in the scheduler for a free worker.
+    pub queued: usize,
+    /// Task runs that cannot start, with the reason.
+    pub waiting: Vec<WaitingTask>,
+    /// Workers that died since the cluster started.
+    pub deaths: usize,
+    /// Task runs completed (or failed) on this cluster.
+    pub finished: u64,
+}
+
+pub(crate) struct Config {
+    pub address: String,
+    pub n_workers: usize,
+    pub nthreads: usize,
+    pub resources: Resources,
+    pub allowed_failures: u32,
+    pub no_workers_timeout: Option<Duration>,
+    pub startup_timeout: Duration,
+    pub memory_limit: Option<u64>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum WState {
+    Starting,
+    Running,
+    Closing,
+}
+
+struct Worker {
+    name: String,
+    state: WState,
+    since: Instant,
+    pid: Option<u32>,
+    writer: Option<Sender<ToWorker>>,
+    nthreads: usize,
+    seceded: usize,
+    free: Resources,
+    /// Tasks assigned here (queued on the worker or running).
+    tasks: HashSet<u64>,
+    outbox: Vec<Assignment>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Place {
+    Queued,
+    NoWorker,
+    Assigned(u32),
+    Running(u32),
+}
+
+struct Task {
+    job: Option<RemoteJob>,
+    run: String,
+    priority: i64,
+    seq: u64,
+    needs: Option<Resources>,
+    group: usize,
+    place: Place,
+    suspicious: u32,
+    died_on: Vec<String>,
+    since: Instant,
+}
+
+/// Queue order: priority (higher first), then submission order, then id.
+type QueueKey = (i64, Reverse<u64>, u64);
+
+struct Group {
+    needs: Option<Resources>,
+    heap: BinaryHeap<QueueKey>,
+}
+
+pub(crate) struct Scheduler<L: Launcher> {
+    cfg: Config,
+    launcher: L,
+    workers: HashMap<u32, Worker>,
+    tasks: HashMap<u64, Task>,
+    groups: Vec<Group>,
+    group_index: HashMap<String, usize>,
+    next_task: u64,
+    next_seq: u64,
+    next_worker: u32,
+    target: usize,
+    closing: bool,
+    broken: Option<String>,
+    startup_failures: u32,
+    deaths: usize,
+    finished: u64,
+    /// Moving average of task durations, to decide whether to queue tasks
+    /// on workers ahead of free threads.
+    mean_duration: Option<Duration>,
+    last_waiting_log: Instant,
+}
+
+fn signature(needs: &Option<Resources>) -> String {
+    match needs {
+        None => String::new(),
+        Some(r) => r.to_string(),
+    }
+}
+
+fn subtract(free: &mut Resources, needs: &Resources) {
+    for (k, v) in needs.iter() {
+        let have = free.get(k).unwrap_or(0.0);
+        free.insert(k, have - v);
+    }
+}
+
+fn add(free: &mut Resources, needs: &Resources) {
+    for (k, v) in needs.iter() {
+        let have = free.get(k).unwrap_or(0.0);
+        free.insert(k, have + v);
+    }
+}
+
+/// Tasks shorter than this are queued on workers ahead of free threads.
+const PREFETCH_BELOW: Duration = Duration::from_millis(2);
+/// How many tasks a worker may hold beyond its threads when they are short.
+const PREFETCH_DEPTH: usize = 256;
+/// Consecutive start-up failures after which the cluster gives up.
+const MAX_STARTUP_FAILURES: u32 = 3;
+
+impl<L: Launcher> Scheduler<L> {
+    pub(crate) fn new(cfg: Config, launcher: L) -> Self {
+        let target = cfg.n_workers;
+        Scheduler {
+            cfg,
+            launcher,
+            workers: HashMap::new(),
+            tasks: HashMap::new(),
+            groups: Vec::new(),
+            group_index: HashMap::new(),
+            next_task: 1,
+            next_seq: 0,
+            next_worker: 0,
+            target,
+            closing: false,
+            broken: None,
+            startup_failures: 0,
+            deaths: 0,
+            finished: 0,
+            mean_duration: None,
+            last_waiting_log: Instant::now(),
+        }
+    }
+
+    /// Runs until the cluster is closed and every worker is gone.
+    pub(crate) fn run(mut self, events: Receiver<Event>, done: Sender<()>) {
+        self.fill_to_target();
+        let ticker = crossbeam_channel::tick(Duration::from_millis(250));
+        loop {
+            crossbeam_channel::select! {
+                recv(events) -> ev => match ev {
+                    Ok(ev) => self.handle(ev),
+                    Err(_) => self.closing = true,
+                },
+                recv(ticker) -> _ => self.tick(),
+            }
+            // Take everything already queued before scheduling, so bursts
+            // are batched into few frames.
+            while let Ok(ev) = events.try_recv() {
+                self.handle(ev);
+            }
+            self.schedule();
+            self.flush();
+            if self.closing && self.workers.is_empty() {
+                break;
+            }
+        }
+        self.fail_everything("the cluster was closed before this task run finished");
+        let _ = done.send(());
+    }
+
+    fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Submit(call) => self.submit(call),
+            Event::Connected {
+                worker,
+                pid,
+                writer,
+            } => self.connected(worker, pid, writer),
+            Event::Messages { worker, batch } => {
+                for m in batch {
+                    self.message(worker, m);
+                }
+            }
+            Event::Disconnected { worker } => self.lost(worker, "its connection closed".to_owned()),
+            Event::Exited {
+                worker,
+                status,
+                output_tail,
+            } => {
+                let starting = self
+                    .workers
+                    .get(&worker)
+                    .is_some_and(|w| w.state == WState::Starting);
+                if starting && !self.closing {
+                    self.startup_failed(
+                        worker,
+                        format!("it exited during start-up ({status}){}", tail(&output_tail)),
+                    );
+                } else {
+                    self.lost(worker, format!("its process exited ({status})"));
+                }
+            }
+            Event::Refused { worker, reason } => {
+                tracing::warn!(target: "flowrun_dask::cluster", "Refused a connection to the cluster: {reason}");
+                if let Some(id) = worker {
+                    if self
+                        .workers
+                        .get(&id)
+                        .is_some_and(|w| w.state == WState::Starting)
+                    {
+                        self.launcher.kill(id);
+                        self.startup_failed(id, reason);
+                    }
+                }
+            }
+            Event::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Event::Scale(n) => {
+                self.target = n;
+                self.fill_to_target();
+                self.retire_extra();
+            }
+            Event::Close => self.close(),
+        }
+    }
+
+    fn submit(&mut self, call: TaskCall) {
+        let (run, annotations, work) = call.into_parts();
+        let job = match work {
+            Work::Remote(job) => job,
+            Work::Local(job) => {
+                job.refuse("DaskTaskRunner runs serialized calls only");
+                return;
+            }
+        };
+        if let Some(why) = &self.broken {
+            job.refuse(why.clone());
+            return;
+        }
+        if self.closing {
+            job.refuse("the cluster is closing");
+            return;
+        }
+        let needs = annotations.resources.filter(|r| !r.is_empty());
+        let sig = signature(&needs);
+        let group = match self.group_index.get(&sig) {
+            Some(g) => *g,
+            None => {
+                self.groups.push(Group {
+                    needs: needs.clone(),
+                    heap: BinaryHeap::new(),
+                });
+                self.group_index.insert(sig, self.groups.len() - 1);
+                self.groups.len() - 1
+            }
+        };
+        let id = self.next_task;
+        self.next_task += 1;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let priority = annotations.priority.unwrap_or(0);
+        let mut task = Task {
+            job: Some(job),
+            run: run.name(),
+            priority,
+            seq,
+            needs: needs.clone(),
+            group,
+            place: Place::Queued,
+            suspicious: 0,
+            died_on: Vec::new(),
+            since: Instant::now(),
+        };
+        if let Some(n) = &needs {
+            if !self.cfg.resources.covers(n) {
+                task.place = Place::NoWorker;
+                tracing::warn!(
+                    target: "flowrun_dask::cluster",
+                    { flowrun.run = format!("Task run '{}'", task.run) },
+                    "Waits: it needs {n}, and no worker of this cluster offers that (each offers {})",
+                    self.cfg.resources
+                );
+                self.tasks.insert(id, task);
+                return;
+            }
+        }
+        self.groups[group].heap.push((priority, Reverse(seq), id));
+        self.tasks.insert(id, task);
+    }
+
+    fn connected(&mut self, id: u32, pid: u32, writer: Sender<ToWorker>) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            let _ = writer.send(ToWorker::Shutdown);
+            return;
+        };
+        w.state = if self.closing {
+            WState::Closing
+        } else {
+            WState::Running
+        };
+        w.pid = Some(pid);
+        w.since = Instant::now();
+        if self.closing {
+            let _ = writer.send(ToWorker::Shutdown);
+        }
+        w.writer = Some(writer);
+        self.startup_failures = 0;
+        tracing::debug!(target: "flowrun_dask::cluster", "Worker '{}' (pid {pid}) joined", w.name);
+    }
+
+    fn message(&mut self, worker: u32, msg: ToScheduler) {
+        match msg {
+            ToScheduler::Started(ids) => {
+                let name = self
+                    .workers
+                    .get(&worker)
+                    .map(|w| w.name.clone())
+                    .unwrap_or_default();
+                for id in ids {
+                    if let Some(t) = self.tasks.get_mut(&id) {
+                        if t.place == Place::Assigned(worker) {
+                            t.place = Place::Running(worker);
+                            if let Some(job) = &t.job {
+                                job.started(Some(&name));
+                            }
+                        }
+                    }
+                }
+            }
+            ToScheduler::Done(done) => {
+                for c in done {
+                    self.done(worker, c);
+                }
+            }
+            ToScheduler::Output(lines) => {
+                let name = self
+                    .workers
+                    .get(&worker)
+                    .map(|w| w.name.clone())
+                    .unwrap_or_default();
+                for l in lines {
+                    emit_output(&name, l);
+                }
+            }
+            ToScheduler::Log(lines) => {
+                for l in lines {
+                    emit_log(l);
+                }
+            }
+            ToScheduler::Secede(_) => {
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    w.seceded += 1;
+                }
+            }
+            ToScheduler::Rejoin(_) => {
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    w.seceded = w.seceded.saturating_sub(1);
+                }
+            }
+            ToScheduler::Hello { .. } => {}
+        }
+    }
+
+    fn done(&mut self, worker: u32, c: Completion) {
+        let Some(mut task) = self.tasks.remove(&c.id) else {
+            return;
+        };
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.tasks.remove(&c.id);
+            if let Some(n) = &task.needs {
+                add(&mut w.free, n);
+            }
+        }
+        self.finished += 1;
+        let d = Duration::from_micros(c.duration_us);
+        self.mean_duration = Some(match self.mean_duration {
+            None => d,
+            Some(m) => (m * 7 + d) / 8,
+        });
+        if let Some(job) = task.job.take() {
+            let result = c
+                .result
+                .map(|b| bytes::Bytes::from(b.into_vec()))
+                .map_err(|e| {
+                    TaskError::new(
+                        if e.panic {
+                            TaskErrorKind::Panic
+                        } else {
+                            TaskErrorKind::Error
+                        },
+                        e.message,
+                    )
+                });
+            job.finish(result);
+        }
+    }
+
+    /// A worker is gone: reschedule what it held, count deaths of tasks
+    /// that were running on it, and start a replacement.
+    fn lost(&mut self, id: u32, why: String) {
+        let Some(w) = self.workers.remove(&id) else {
+            return;
+        };
+        self.launcher.kill(id);
+        let expected = w.state == WState::Closing || self.closing;
+        if !expected {
+            self.deaths += 1;
+        }
+        let mut rescheduled = 0;
+        let mut crashed = 0;
+        for tid in w.tasks {
+            let Some(t) = self.tasks.get_mut(&tid) else {
+                continue;
+            };
+            let was_running = t.place == Place::Running(id);
+            if was_running {
+                t.suspicious += 1;
+                t.died_on
+                    .push(format!("{} (pid {})", w.name, w.pid.unwrap_or(0)));
+            }
+            if was_running && t.suspicious > self.cfg.allowed_failures {
+                let t = self.tasks.remove(&tid).expect("present");
+                crashed += 1;
+                if let Some(job) = t.job {
+                    job.finish(Err(TaskError::new(
+                        TaskErrorKind::KilledWorker,
+                        format!(
+                            "KilledWorker: attempted to run task run '{}' on {} different workers, but all those workers died while running it: {}",
+                            t.run,
+                            t.suspicious,
+                            t.died_on.join(", ")
+                        ),
+                    )));
+                }
+            } else {
+                t.place = Place::Queued;
+                let key = (t.priority, Reverse(t.seq), tid);
+                self.groups[t.group].heap.push(key);
+                rescheduled += 1;
+            }
+        }
+        if !expected {
+            tracing::warn!(
+                target: "flowrun_dask::cluster",
+                "Worker '{}'{} was lost: {why}; {rescheduled} task run(s) rescheduled{}",
+                w.name,
+                w.pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+                if crashed > 0 {
+                    format!(", {crashed} crashed after too many worker deaths")
+                } else {
+                    String::new()
+                }
+            );
+            self.fill_to_target();
+        }
+    }
+
+    fn startup_failed(&mut self, id: u32, reason: String) {
+        self.workers.remove(&id);
+        self.launcher.kill(id);
+        if self.closing {
+            return;
+        }
+        self.startup_failures += 1;
+        tracing::warn!(target: "flowrun_dask::cluster", "A worker failed to start: {reason}");
+        let any_running = self.workers.values().any(|w| w.state == WState::Running);
+        if self.startup_failures >= MAX_STARTUP_FAILURES && !any_running {
+            let why = format!(
+                "the cluster's worker processes fail to start ({} attempts in a row); the last one: {reason}",
+                self.startup_failures
+            );
+            tracing::error!(target: "flowrun_dask::cluster", "{why}");
+            self.broken = Some(why.clone());
+            self.fail_everything(&why);
+        } else {
+            self.fill_to_target();
+        }
+    }
+
+    fn fail_everything(&mut self, why: &str) {
+        for (_, t) in self.tasks.drain() {
+            if let Some(job) = t.job {
+                job.finish(Err(TaskError::new(TaskErrorKind::Crashed, why)));
+            }
+        }
+        for g in &mut self.groups {
+            g.heap.clear();
+        }
+    }
+
+    fn alive(&self) -> usize {
+        self.workers
+            .values()
+            .filter(|w| w.state != WState::Closing)
+            .count()
+    }
+
+    fn fill_to_target(&mut self) {
+        if self.closing || self.broken.is_some() {
+            return;
+        }
+        while self.alive() < self.target {
+            let id = self.next_worker;
+            self.next_worker += 1;
+            let name = format!("worker-{id}");
+            self.workers.insert(
+                id,
+                Worker {
+                    name: name.clone(),
+                    state: WState::Starting,
+                    since: Instant::now(),
+                    pid: None,
+                    writer: None,
+                    nthreads: self.cfg.nthreads,
+                    seceded: 0,
+                    free: self.cfg.resources.clone(),
+                    tasks: HashSet::new(),
+                    outbox: Vec::new(),
+                },
+            );
+            match self.launcher.launch(id, &name) {
+                Ok(pid) => {
+                    if let Some(w) = self.workers.get_mut(&id) {
+                        w.pid = (pid != 0).then_some(pid);
+                    }
+                }
+                Err(reason) => {
+                    self.startup_failed(id, format!("it could not be started: {reason}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Closes idle workers above the target (scaling down).
+    fn retire_extra(&mut self) {
+        let mut extra = self.alive().saturating_sub(self.target);
+        if extra == 0 {
+            return;
+        }
+        let mut idle: Vec<u32> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.state != WState::Closing && w.tasks.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        idle.sort_unstable_by(|a, b| b.cmp(a));
+        for id in idle {
+            if extra == 0 {
+                break;
+            }
+            self.retire(id);
+            extra -= 1;
+        }
+    }
+
+    fn retire(&mut self, id: u32) {
+        if let Some(w) = self.workers.get_mut(&id) {
+            w.state = WState::Closing;
+            match &w.writer {
+                Some(tx) => {
+                    let _ = tx.send(ToWorker::Shutdown);
+                }
+                None => self.launcher.kill(id),
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        self.closing = true;
+        let ids: Vec<u32> = self.workers.keys().copied().collect();
+        for id in ids {
+            self.retire(id);
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        // Workers that take too long to start are killed and replaced.
+        let slow: Vec<u32> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| {
+                w.state == WState::Starting && now - w.since > self.cfg.startup_timeout
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in slow {
+            self.launcher.kill(id);
+            let t = self.cfg.startup_timeout;
+            self.startup_failed(
+                id,
+                format!("it did not connect within {t:?} (client_kwargs.startup_timeout)"),
+            );
+        }
+        // Workers above their memory limit are restarted, like Dask's nanny does.
+        if let Some(limit) = self.cfg.memory_limit {
+            let over: Vec<(u32, u64)> = self
+                .workers
+                .iter()
+                .filter(|(_, w)| w.state == WState::Running)
+                .filter_map(|(id, _)| {
+                    self.launcher
+                        .memory(*id)
+                        .filter(|m| *m > limit)
+                        .map(|m| (*id, m))
+                })
+                .collect();
+            for (id, used) in over {
+                let name = self
+                    .workers
+                    .get(&id)
+                    .map(|w| w.name.clone())
+                    .unwrap_or_default();
+                tracing::warn!(
+                    target: "flowrun_dask::cluster",
+                    "Worker '{name}' uses {} MB, above its memory limit of {} MB: restarting it",
+                    used / 1_000_000,
+                    limit / 1_000_000
+                );
+                self.launcher.kill(id);
+            }
+        }
+        // Tasks no worker can run fail after no_workers_timeout, if set.
+        if let Some(limit) = self.cfg.no_workers_timeout {
+            let expired: Vec<u64> = self
+                .tasks
+                .iter()
+                .filter(|(_, t)| t.place == Place::NoWorker && now - t.since > limit)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in expired {
+                if let Some(t) = self.tasks.remove(&id) {
+                    if let Some(job) = t.job {
+                        let needs = t.needs.map(|n| n.to_string()).unwrap_or_default();
+                        job.finish(Err(TaskError::new(
+                            TaskErrorKind::Runner,
+                            format!(
+                                "no worker could run it within {limit:?} (cluster_kwargs.no_workers_timeout): it needs {needs}"
+                            ),
+                        )));
+                    }
+                }
+            }
+        }
+        if now - self.last_waiting_log > Duration::from_secs(30) {
+            let waiting = self.waiting();
+            if !waiting.is_empty() {
+                self.last_waiting_log = now;
+                tracing::warn!(
+                    target: "flowrun_dask::cluster",
+                    "{} task run(s) are waiting for a worker that can run them: {}",
+                    waiting.len(),
+                    waiting.iter().take(5).map(|w| format!("'{}' ({})", w.run, w.reason)).collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
+    }
+
+    fn prefetch(&self) -> usize {
+        match self.mean_duration {
+            Some(d) if d < PREFETCH_BELOW => PREFETCH_DEPTH,
+            _ => 0,
+        }
+    }
+
+    fn free_slots(&self, w: &Worker, prefetch: usize) -> usize {
+        (w.nthreads + w.seceded + prefetch).saturating_sub(w.tasks.len())
+    }
+
+    fn pick_worker(&self, needs: &Option<Resources>, prefetch: usize) -> Option<u32> {
+        let mut best: Option<(usize, std::cmp::Reverse<u32>)> = None;
+        for (id, w) in &self.workers {
+            if w.state != WState::Running {
+                continue;
+            }
+            // Resource-holding tasks wait for a real thread, so a queue of
+            // short tasks never sits in front of them.
+            let slots = self.free_slots(w, if needs.is_some() { 0 } else { prefetch });
+            if slots == 0 {
+                continue;
+            }
+            if let Some(n) = needs {
+                if !w.free.covers(n) {
+                    continue;
+                }
+            }
+            let key = (slots, std::cmp::Reverse(*id));
+            if best.is_none_or(|b| key > b) {
+                best = Some(key);
+            }
+        }
+        best.map(|(_, Reverse(id))| id)
+    }
+
+    pub(crate) fn schedule(&mut self) {
+        let prefetch = self.prefetch();
+        loop {
+            let mut best: Option<(QueueKey, usize, u32)> = None;
+            for (gi, g) in self.groups.iter().enumerate() {
+                let Some(top) = g.heap.peek() else { continue };
+                if best.is_some_and(|(b, _, _)| *top <= b) {
+                    continue;
+                }
+                if let Some(w) = self.pick_worker(&g.needs, prefetch) {
+                    best = Some((*top, gi, w));
+                }
+            }
+            let Some((_, gi, wid)) = best else { break };
+            let (_, _, tid) = self.groups[gi].heap.pop().expect("peeked");
+            let Some(task) = self.tasks.get_mut(&tid) else {
+                continue;
+            };
+            let Some(job) = &task.job else { continue };
+            task.place = Place::Assigned(wid);
+            let args = job
+                .args()
+                .iter()
+                .map(|a| match a {
+                    ArgSlot::Bytes(b) => ByteBuf::from(b.to_vec()),
+                    ArgSlot::Upstream(_) => ByteBuf::new(),
+                })
+                .collect();
+            let assignment = Assignment {
+                id: tid,
+                key: job.task_key().to_owned(),
+                run: task.run.clone(),
+                priority: task.priority,
+                seq: task.seq,
+                args,
+            };
+            let w = self.workers.get_mut(&wid).expect("picked");
+            if let Some(n) = &task.needs {
+                subtract(&mut w.free, n);
+            }
+            w.tasks.insert(tid);
+            w.outbox.push(assignment);
+        }
+    }
+
+    fn flush(&mut self) {
+        for w in self.workers.values_mut() {
+            if w.outbox.is_empty() {
+                continue;
+            }
+            if let Some(tx) = &w.writer {
+                let _ = tx.send(ToWorker::Run(std::mem::take(&mut w.outbox)));
+            }
+        }
+    }
+
+    fn waiting(&self) -> Vec<WaitingTask> {
+        self.tasks
+            .values()
+            .filter(|t| t.place == Place::NoWorker)
+            .map(|t| WaitingTask {
+                run: t.run.clone(),
+                reason: format!(
+                    "it needs {}, and no worker of this cluster offers that (each offers {})",
+                    t.needs.as_ref().map(|n| n.to_string()).unwrap_or_default(),
+                    self.cfg.resources
+                ),
+            })
+            .collect()
+    }
+
+    fn status(&self) -> ClusterStatus {
+        let mut workers: Vec<WorkerStatus> = self
+            .workers
+            .iter()
+            .map(|(id, w)| {
+                let running: Vec<String> = w
+                    .tasks
+                    .iter()
+                    .filter_map(|t| self.tasks.get(t))
+                    .filter(|t| t.place == Place::Running(*id))
+                    .map(|t| t.run.clone())
+                    .collect();
+                WorkerStatus {
+                    name: w.name.clone(),
+                    pid: w.pid.or_else(|| self.launcher.pid(*id)),
+                    state: match w.state {
+                        WState::Starting => "starting",
+                        WState::Running => "running",
+                        WState::Closing => "closing",
+                    },
+                    nthreads: w.nthreads,
+                    resources: self.cfg.resources.clone(),
+                    free_resources: w.free.clone(),
+                    queued: w.tasks.len() - running.len(),
+                    running,
+                }
+            })
+            .collect();
+        workers.sort_by(|a, b| a.name.cmp(&b.name));
+        ClusterStatus {
+            address: self.cfg.address.clone(),
+            workers,
+            queued: self.groups.iter().map(|g| g.heap.len()).sum(),
+            waiting: self.waiting(),
+            deaths: self.deaths,
+            finished: self.finished,
+        }
+    }
+}
+
+fn tail(output: &str) -> String {
+    let t = output.trim();
+    if t.is_empty() {
+        String::new()
+    } else {
+        format!("; its output ended with:\n{t}")
+    }
+}
+
+/// Re-emits a line a task printed in a worker, attributed to its run.
+fn emit_output(worker: &str, l: OutputLine) {
+    let who = match l.runs.len() {
+        1 => format!("Task run '{}'", l.runs[0]),
+        0 => format!("Worker '{worker}'"),
+        _ => format!("Worker '{worker}' (running {})", l.runs.join(", ")),
+    };
+    let line = l.line.as_str();
+    if l.runs.is_empty() {
+        tracing::debug!(target: "flowrun_dask::worker_output", { flowrun.run = who.as_str() }, "{line}");
+    } else if l.stderr {
+        if tracing::enabled!(target: "flowrun_dask::task_output", tracing::Level::WARN) {
+            tracing::warn!(target: "flowrun_dask::task_output", { flowrun.run = who.as_str() }, "{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    } else if tracing::enabled!(target: "flowrun_dask::task_output", tracing::Level::INFO) {
+        tracing::info!(target: "flowrun_dask::task_output", { flowrun.run = who.as_str() }, "{line}");
+    } else {
+        println!("{line}");
+    }
+}
+
+/// Re-emits a log event from a worker with its run's name.
+fn emit_log(l: LogLine) {
+    let who = l
+        .run
+        .map(|r| format!("Task run '{r}'"))
+        .unwrap_or_else(|| "flowrun_dask::worker".into());
+    let m = l.message.as_str();
+    let w = who.as_str();
+    match l.level {
+        0 => tracing::error!(target: "flowrun_dask::worker_log", { flowrun.run = w }, "{m}"),
+        1 => tracing::warn!(target: "flowrun_dask::worker_log", { flowrun.run = w }, "{m}"),
+        2 => tracing::info!(target: "flowrun_dask::worker_log", { flowrun.run = w }, "{m}"),
+        3 => tracing::debug!(target: "flowrun_dask::worker_log", { flowrun.run = w }, "{m}"),
+        _ => tracing::trace!(target: "flowrun_dask::worker_log", { flowrun.run = w }, "{m}"),
+    }
+}
+
+/// Shared by the acceptor: which worker ids may still connect.
+pub(crate) type Expected = Arc<std::sync::Mutex<HashSet<u32>>>;

@@ -1,0 +1,519 @@
+//! A worker of a local cluster: the flow's program started again in worker
+//! mode (or threads of the flow's process). It proves it belongs to the
+//! cluster, then runs the tasks the scheduler assigns, by registry key.
+
+use std::cell::{Cell, RefCell};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{BufRead, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use super::output::Capture;
+use super::wire::{
+    self, Assignment, Completion, LogLine, OutputLine, ToScheduler, ToWorker, WireError,
+};
+
+/// The environment variable that starts this program as a worker.
+pub(crate) const WORKER_ENV: &str = "FLOWRUN_DASK_WORKER";
+
+flowrun_core::__private::inventory::submit! {
+    flowrun_core::worker::WorkerMode { env: WORKER_ENV, run: process_main }
+}
+
+/// What a worker needs to join its cluster (sent on stdin, never in argv).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct WorkerConfig {
+    pub address: String,
+    pub secret: String,
+    pub worker: u32,
+    pub name: String,
+    pub nthreads: usize,
+    pub build: String,
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if s.len() != 64 {
+        return None;
+    }
+    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The entry point of a worker process.
+fn process_main() -> ! {
+    let mut line = String::new();
+    let read = std::io::stdin().lock().read_line(&mut line);
+    let config: WorkerConfig = match read.map_err(|e| e.to_string()).and_then(|_| {
+        serde_json::from_str(&line).map_err(|e| format!("bad worker configuration on stdin: {e}"))
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("flowrun worker: {e}");
+            std::process::exit(3)
+        }
+    };
+    match serve(config, true, None) {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("flowrun worker: {e}");
+            std::process::exit(3)
+        }
+    }
+}
+
+/// What executors and the output reader send to the scheduler.
+pub(crate) enum Outgoing {
+    Started(u64),
+    Done(Completion),
+    Output(OutputLine),
+    Log(LogLine),
+    Secede(u64),
+    Rejoin(u64),
+}
+
+/// Tasks by priority then submission order, and whether the queue closed.
+type Heap = (BinaryHeap<(i64, Reverse<u64>, QueuedTask)>, bool);
+
+struct Queue {
+    heap: Mutex<Heap>,
+    cond: Condvar,
+}
+
+struct QueuedTask(Assignment);
+impl PartialEq for QueuedTask {
+    fn eq(&self, o: &Self) -> bool {
+        self.0.id == o.0.id
+    }
+}
+impl Eq for QueuedTask {}
+impl PartialOrd for QueuedTask {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for QueuedTask {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        o.0.id.cmp(&self.0.id)
+    }
+}
+
+impl Queue {
+    fn push(&self, tasks: Vec<Assignment>) {
+        let mut g = self.heap.lock().unwrap_or_else(|p| p.into_inner());
+        let n = tasks.len();
+        for t in tasks {
+            g.0.push((t.priority, Reverse(t.seq), QueuedTask(t)));
+        }
+        drop(g);
+        if n == 1 {
+            self.cond.notify_one();
+        } else {
+            self.cond.notify_all();
+        }
+    }
+
+    fn pop(&self) -> Option<Assignment> {
+        let mut g = self.heap.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some((_, _, t)) = g.0.pop() {
+                return Some(t.0);
+            }
+            if g.1 {
+                return None;
+            }
+            g = self.cond.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn close(&self) {
+        self.heap.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+        self.cond.notify_all();
+    }
+}
+
+struct Executors {
+    queue: Queue,
+    out: Sender<Outgoing>,
+    capture: Option<Capture>,
+    nthreads: usize,
+    threads: AtomicUsize,
+    seceded: AtomicUsize,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<(Arc<Executors>, u64)>> = const { RefCell::new(None) };
+    static IN_TASK: Cell<bool> = const { Cell::new(false) };
+    static PANIC_AT: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Frees the slot of the task that blocks on another run, and takes it back.
+fn blocking_hook(entering: bool) {
+    CURRENT.with(|c| {
+        if let Some((ex, id)) = &*c.borrow() {
+            if entering {
+                ex.seceded.fetch_add(1, Ordering::SeqCst);
+                let _ = ex.out.send(Outgoing::Secede(*id));
+                ex.spawn_if_needed();
+            } else {
+                ex.seceded.fetch_sub(1, Ordering::SeqCst);
+                let _ = ex.out.send(Outgoing::Rejoin(*id));
+            }
+        }
+    });
+}
+
+impl Executors {
+    fn spawn_if_needed(self: &Arc<Self>) {
+        loop {
+            let limit = self.nthreads + self.seceded.load(Ordering::SeqCst);
+            let n = self.threads.load(Ordering::SeqCst);
+            if n >= limit {
+                return;
+            }
+            if self
+                .threads
+                .compare_exchange(n, n + 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                let ex = self.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("flowrun-executor-{n}"))
+                    .spawn(move || ex.execute());
+                if spawned.is_err() {
+                    self.threads.fetch_sub(1, Ordering::SeqCst);
+                }
+                return;
+            }
+        }
+    }
+
+    fn execute(self: Arc<Self>) {
+        flowrun_core::set_blocking_hook(Some(blocking_hook));
+        loop {
+            // Shrink back after a seceded task rejoined.
+            let n = self.threads.load(Ordering::SeqCst);
+            if n > self.nthreads + self.seceded.load(Ordering::SeqCst)
+                && self
+                    .threads
+                    .compare_exchange(n, n - 1, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            {
+                return;
+            }
+            let Some(task) = self.queue.pop() else {
+                return;
+            };
+            let _ = self.out.send(Outgoing::Started(task.id));
+            CURRENT.with(|c| *c.borrow_mut() = Some((self.clone(), task.id)));
+            let token = self.capture.as_ref().map(|c| c.task_started(&task.run));
+            let started = Instant::now();
+            let result = run_assignment(&task);
+            let duration_us = started.elapsed().as_micros() as u64;
+            if let (Some(c), Some(t)) = (&self.capture, token) {
+                c.task_finished(t);
+            }
+            CURRENT.with(|c| *c.borrow_mut() = None);
+            let _ = self.out.send(Outgoing::Done(Completion {
+                id: task.id,
+                result,
+                duration_us,
+            }));
+        }
+    }
+}
+
+fn run_assignment(task: &Assignment) -> Result<ByteBuf, WireError> {
+    let Some(entry) = flowrun_core::registry::registry().get(&task.key) else {
+        return Err(WireError {
+            panic: false,
+            message: format!(
+                "no task is registered as '{}' in the worker program (is it the same program as the flow?)",
+                task.key
+            ),
+        });
+    };
+    let args: Vec<&[u8]> = task.args.iter().map(|a| a.as_slice()).collect();
+    IN_TASK.with(|t| t.set(true));
+    PANIC_AT.with(|p| p.borrow_mut().take());
+    let result = flowrun_core::with_task_run_name(&task.run, || entry.run(&args));
+    IN_TASK.with(|t| t.set(false));
+    result.map(ByteBuf::from).map_err(|e| {
+        let panic = *e.kind() == flowrun_core::TaskErrorKind::Panic;
+        let mut message = e.message().to_owned();
+        if panic {
+            if let Some(at) = PANIC_AT.with(|p| p.borrow_mut().take()) {
+                message = format!("{message} (panicked at {at})");
+            }
+        }
+        WireError { panic, message }
+    })
+}
+
+/// Panics inside tasks are reported to the flow as the task's failure, with
+/// their location; printing them here too would only add noise.
+fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if IN_TASK.with(|t| t.get()) {
+            let at = info.location().map(|l| l.to_string());
+            PANIC_AT.with(|p| *p.borrow_mut() = at);
+        } else {
+            default(info);
+        }
+    }));
+}
+
+/// Sends what executors report, batched: one frame for everything queued.
+fn write_loop(mut stream: TcpStream, rx: Receiver<Outgoing>) {
+    let mut buf = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut started = Vec::new();
+        let mut done = Vec::new();
+        let mut output = Vec::new();
+        let mut logs = Vec::new();
+        let mut other = Vec::new();
+        for m in std::iter::once(first).chain(rx.try_iter().take(8192)) {
+            match m {
+                Outgoing::Started(id) => started.push(id),
+                Outgoing::Done(c) => done.push(c),
+                Outgoing::Output(l) => output.push(l),
+                Outgoing::Log(l) => logs.push(l),
+                Outgoing::Secede(id) => other.push(ToScheduler::Secede(id)),
+                Outgoing::Rejoin(id) => other.push(ToScheduler::Rejoin(id)),
+            }
+        }
+        let mut batch = Vec::with_capacity(5);
+        if !started.is_empty() {
+            batch.push(ToScheduler::Started(started));
+        }
+        if !output.is_empty() {
+            batch.push(ToScheduler::Output(output));
+        }
+        if !logs.is_empty() {
+            batch.push(ToScheduler::Log(logs));
+        }
+        batch.extend(other);
+        if !done.is_empty() {
+            batch.push(ToScheduler::Done(done));
+        }
+        if wire::write_frame(&mut stream, &batch, &mut buf).is_err() {
+            return;
+        }
+    }
+}
+
+/// Joins the cluster at `config.address` and runs tasks until told to stop
+/// or the scheduler goes away. `process` is false for worker threads of
+/// the flow's own process, which neither capture output nor forward logs.
+pub(crate) fn serve(
+    config: WorkerConfig,
+    process: bool,
+    on_connect: Option<&dyn Fn(&TcpStream)>,
+) -> Result<(), String> {
+    let secret = unhex(&config.secret).ok_or("bad secret in the worker configuration")?;
+    let addr: SocketAddr = config
+        .address
+        .parse()
+        .map_err(|e| format!("bad scheduler address {:?}: {e}", config.address))?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+        .map_err(|e| format!("cannot reach the scheduler at {addr}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    if let Some(f) = on_connect {
+        f(&stream);
+    }
+    let mut buf = Vec::new();
+    let first: Vec<ToWorker> = wire::read_frame(&mut stream, &mut buf)
+        .map_err(|e| format!("no challenge from the scheduler: {e}"))?
+        .ok_or("the scheduler closed the connection")?;
+    let Some(ToWorker::Challenge {
+        nonce,
+        build,
+        protocol,
+    }) = first.into_iter().next()
+    else {
+        return Err("the scheduler did not start with a challenge".into());
+    };
+    if protocol != wire::PROTOCOL {
+        return Err(format!(
+            "the scheduler speaks protocol {protocol}, this worker {}",
+            wire::PROTOCOL
+        ));
+    }
+    let own = crate::build_id::current().to_owned();
+    let hello = ToScheduler::Hello {
+        worker: config.worker,
+        pid: std::process::id(),
+        build: own.clone(),
+        protocol: wire::PROTOCOL,
+        proof: wire::proof(&secret, &nonce, config.worker),
+    };
+    wire::write_frame(&mut stream, &[hello], &mut buf).map_err(|e| e.to_string())?;
+    let answer: Vec<ToWorker> = wire::read_frame(&mut stream, &mut buf)
+        .map_err(|e| format!("no answer from the scheduler: {e}"))?
+        .ok_or("the scheduler closed the connection")?;
+    match answer.into_iter().next() {
+        Some(ToWorker::Welcome) => {}
+        Some(ToWorker::Rejected { reason }) => {
+            return Err(format!("the scheduler refused this worker: {reason}"))
+        }
+        _ => return Err("unexpected answer from the scheduler".into()),
+    }
+    if build != own {
+        return Err(format!(
+            "this worker is build {own}, the flow is build {build}"
+        ));
+    }
+
+    let (out_tx, out_rx) = crossbeam_channel::unbounded::<Outgoing>();
+    let writer = stream.try_clone().map_err(|e| e.to_string())?;
+    std::thread::Builder::new()
+        .name("flowrun-worker-writer".into())
+        .spawn(move || write_loop(writer, out_rx))
+        .map_err(|e| e.to_string())?;
+    let capture = if process {
+        install_panic_hook();
+        install_log_forwarding(out_tx.clone());
+        match Capture::install(out_tx.clone()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!("flowrun worker: output is not captured: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let ex = Arc::new(Executors {
+        queue: Queue {
+            heap: Mutex::new((BinaryHeap::new(), false)),
+            cond: Condvar::new(),
+        },
+        out: out_tx,
+        capture,
+        nthreads: config.nthreads.max(1),
+        threads: AtomicUsize::new(0),
+        seceded: AtomicUsize::new(0),
+    });
+    for _ in 0..ex.nthreads {
+        ex.spawn_if_needed();
+    }
+    let outcome = loop {
+        match wire::read_frame::<ToWorker>(&mut stream, &mut buf) {
+            Ok(Some(batch)) => {
+                let mut stop = false;
+                for m in batch {
+                    match m {
+                        ToWorker::Run(tasks) => ex.queue.push(tasks),
+                        ToWorker::Shutdown => stop = true,
+                        _ => {}
+                    }
+                }
+                if stop {
+                    break Ok(());
+                }
+            }
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(format!("lost the scheduler: {e}")),
+        }
+    };
+    ex.queue.close();
+    let _ = std::io::stdout().flush();
+    outcome
+}
+
+/// Sends this process's `tracing` events to the flow, with the run name.
+fn install_log_forwarding(out: Sender<Outgoing>) {
+    use tracing_subscriber::prelude::*;
+    let directives =
+        std::env::var(flowrun_core::logging::LOG_ENV).unwrap_or_else(|_| "info".into());
+    if directives.trim().eq_ignore_ascii_case("off") {
+        return;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::registry()
+        .with(Forward { out }.with_filter(filter))
+        .try_init();
+}
+
+struct Forward {
+    out: Sender<Outgoing>,
+}
+
+#[derive(Default)]
+struct Fields {
+    message: String,
+    run: Option<String>,
+}
+
+impl tracing::field::Visit for Fields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        match field.name() {
+            "message" => self.message.push_str(value),
+            "flowrun.run" => self.run = Some(value.to_owned()),
+            name => {
+                use std::fmt::Write as _;
+                let _ = write!(self.message, " {name}={value}");
+            }
+        }
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write as _;
+        match field.name() {
+            "message" => {
+                let _ = write!(self.message, "{value:?}");
+            }
+            "flowrun.run" => self.run = Some(format!("{value:?}")),
+            name if name.starts_with("log.") => {}
+            name => {
+                let _ = write!(self.message, " {name}={value:?}");
+            }
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Forward {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut f = Fields::default();
+        event.record(&mut f);
+        // A RunLogger already wrote "Task run '...'"; keep the bare name.
+        let run = f
+            .run
+            .map(|r| {
+                r.trim_start_matches("Task run '")
+                    .trim_end_matches('\'')
+                    .to_owned()
+            })
+            .or_else(flowrun_core::current_task_run_name);
+        let level = match *event.metadata().level() {
+            tracing::Level::ERROR => 0,
+            tracing::Level::WARN => 1,
+            tracing::Level::INFO => 2,
+            tracing::Level::DEBUG => 3,
+            tracing::Level::TRACE => 4,
+        };
+        let _ = self.out.send(Outgoing::Log(LogLine {
+            run,
+            level,
+            message: f.message,
+        }));
+    }
+}

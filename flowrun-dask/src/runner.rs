@@ -1,0 +1,237 @@
+//! `DaskTaskRunner`: runs a flow's tasks on a cluster of worker processes.
+
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
+
+use flowrun_core::{
+    AcceptsTask, Execution, FlowRunInfo, RemoteTask, RunnerError, TaskCall, TaskRunner,
+};
+
+use crate::cluster::{self, Cluster, ClusterClass};
+use crate::local::LocalCluster;
+use crate::settings::{AdaptKwargs, ClientKwargs, ClusterKwargs, SettingsError};
+
+/// Runs a flow's tasks with Dask's scheduling semantics: priorities,
+/// abstract resources, worker processes x threads.
+///
+/// By default every flow run starts a temporary [`LocalCluster`] shaped
+/// from the core count (as Dask chooses) and closes it when the flow run
+/// ends, also when it fails or panics.
+///
+/// Tasks move to worker processes serialized, so their arguments and
+/// results must implement serde's `Serialize` and `DeserializeOwned`:
+/// `#[flow(task_runner = DaskTaskRunner::default())]` makes that a compile
+/// error for tasks that do not.
+///
+/// ```no_run
+/// use flowrun::{flow, task};
+/// use flowrun_dask::{ClusterKwargs, DaskTaskRunner};
+///
+/// #[task]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// #[flow(task_runner = DaskTaskRunner::new()
+///     .cluster_kwargs(ClusterKwargs::new().n_workers(4).threads_per_worker(2)))]
+/// fn squares() -> Vec<u64> {
+///     flowrun::results(square.map(0..10).unwrap()).unwrap()
+/// }
+///
+/// fn main() {
+///     println!("{:?}", squares().unwrap());
+/// }
+/// ```
+pub struct DaskTaskRunner {
+    address: Option<String>,
+    cluster_class: Option<ClusterClass>,
+    cluster_kwargs: ClusterKwargs,
+    adapt_kwargs: Option<AdaptKwargs>,
+    client_kwargs: ClientKwargs,
+    cluster: Mutex<Option<(String, Arc<dyn Cluster>)>>,
+}
+
+impl Default for DaskTaskRunner {
+    fn default() -> Self {
+        DaskTaskRunner::new()
+    }
+}
+
+impl Clone for DaskTaskRunner {
+    /// The same settings, without the cluster of a running flow.
+    fn clone(&self) -> Self {
+        DaskTaskRunner {
+            address: self.address.clone(),
+            cluster_class: self.cluster_class.clone(),
+            cluster_kwargs: self.cluster_kwargs.clone(),
+            adapt_kwargs: self.adapt_kwargs.clone(),
+            client_kwargs: self.client_kwargs.clone(),
+            cluster: Mutex::new(None),
+        }
+    }
+}
+
+impl std::fmt::Debug for DaskTaskRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DaskTaskRunner")
+            .field("address", &self.address)
+            .field("cluster_class", &self.cluster_class)
+            .field("cluster_kwargs", &self.cluster_kwargs)
+            .field("adapt_kwargs", &self.adapt_kwargs)
+            .field("client_kwargs", &self.client_kwargs)
+            .finish()
+    }
+}
+
+impl DaskTaskRunner {
+    /// A runner that starts a temporary local cluster for each flow run.
+    pub fn new() -> DaskTaskRunner {
+        DaskTaskRunner {
+            address: None,
+            cluster_class: None,
+            cluster_kwargs: ClusterKwargs::default(),
+            adapt_kwargs: None,
+            client_kwargs: ClientKwargs::default(),
+            cluster: Mutex::new(None),
+        }
+    }
+
+    /// Runs tasks on the existing cluster whose scheduler is at `address`
+    /// (`tcp://host:8786`) instead of starting one.
+    pub fn address(mut self, address: impl Into<String>) -> Self {
+        self.address = Some(address.into());
+        self
+    }
+
+    /// Which cluster to start for each flow run (by default [`LocalCluster`]).
+    pub fn cluster_class(mut self, class: impl Into<ClusterClass>) -> Self {
+        self.cluster_class = Some(class.into());
+        self
+    }
+
+    /// Settings of the cluster to start.
+    pub fn cluster_kwargs(mut self, kwargs: ClusterKwargs) -> Self {
+        self.cluster_kwargs = kwargs;
+        self
+    }
+
+    /// Scale the cluster adaptively between a minimum and a maximum.
+    pub fn adapt_kwargs(mut self, kwargs: AdaptKwargs) -> Self {
+        self.adapt_kwargs = Some(kwargs);
+        self
+    }
+
+    /// Settings of the connection to the cluster.
+    pub fn client_kwargs(mut self, kwargs: ClientKwargs) -> Self {
+        self.client_kwargs = kwargs;
+        self
+    }
+
+    /// Checks the settings without starting anything.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if self.address.is_some() {
+            let conflict = if self.cluster_class.is_some() {
+                Some("cluster_class")
+            } else if !self.cluster_kwargs.is_empty() {
+                Some("cluster_kwargs")
+            } else if self.adapt_kwargs.is_some() {
+                Some("adapt_kwargs")
+            } else {
+                None
+            };
+            if let Some(other) = conflict {
+                return Err(SettingsError::new(
+                    format!("address + {other}"),
+                    format!(
+                        "`address` joins an existing cluster, so it cannot be combined with `{other}`, which configures a cluster to start"
+                    ),
+                ));
+            }
+        }
+        if let Some(a) = &self.adapt_kwargs {
+            a.validate()?;
+        }
+        self.client_kwargs.validate()?;
+        if self.address.is_none() && self.cluster_class.is_none() {
+            self.cluster_kwargs.validate_local()?;
+        }
+        Ok(())
+    }
+
+    fn start_cluster(&self) -> Result<Arc<dyn Cluster>, RunnerError> {
+        self.validate()
+            .map_err(|e| RunnerError::new(e.to_string()))?;
+        if let Some(address) = &self.address {
+            return Err(RunnerError::new(format!(
+                "connecting to an existing Dask cluster at {address} is not available in this build"
+            )));
+        }
+        let cluster: Arc<dyn Cluster> = match &self.cluster_class {
+            None => Arc::new(
+                LocalCluster::start(&self.cluster_kwargs, &self.client_kwargs)
+                    .map_err(|e| RunnerError::new(e.to_string()))?,
+            ),
+            Some(class) => Arc::from(
+                (class.build)(&self.cluster_kwargs, &self.client_kwargs)
+                    .map_err(|e| RunnerError::new(e.to_string()))?,
+            ),
+        };
+        Ok(cluster)
+    }
+}
+
+impl TaskRunner for DaskTaskRunner {
+    fn name(&self) -> Cow<'static, str> {
+        "DaskTaskRunner".into()
+    }
+
+    fn execution(&self) -> Execution {
+        Execution::Remote
+    }
+
+    fn start(&self, flow: &FlowRunInfo) -> Result<(), RunnerError> {
+        let cluster = self.start_cluster()?;
+        tracing::info!(
+            target: "flowrun_dask",
+            { flowrun.run = format!("Flow run '{}'", flow.flow_run_name) },
+            "Created a temporary cluster for this flow run: {}",
+            cluster.describe()
+        );
+        cluster::register(&flow.flow_run_id, cluster.clone());
+        *self.cluster.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((flow.flow_run_id.clone(), cluster));
+        Ok(())
+    }
+
+    fn submit(&self, call: TaskCall) {
+        let cluster = self
+            .cluster
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(_, c)| c.clone());
+        match cluster {
+            Some(c) => c.submit(call),
+            None => {
+                if let flowrun_core::Work::Remote(job) = call.into_work() {
+                    job.refuse("DaskTaskRunner was not started");
+                }
+            }
+        }
+    }
+
+    fn shutdown(&self) {
+        let taken = self
+            .cluster
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some((flow_run_id, cluster)) = taken {
+            cluster.close();
+            cluster::deregister(&flow_run_id);
+            tracing::debug!(target: "flowrun_dask", "Closed the temporary cluster {}", cluster.describe());
+        }
+    }
+}
+
+impl<T: RemoteTask> AcceptsTask<T> for DaskTaskRunner {}

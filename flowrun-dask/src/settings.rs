@@ -1,0 +1,523 @@
+//! The settings of a `DaskTaskRunner`, typed, with errors that name the
+//! setting that is wrong.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use flowrun_core::Resources;
+
+/// A setting that cannot be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingsError {
+    setting: String,
+    message: String,
+}
+
+impl SettingsError {
+    pub(crate) fn new(setting: impl Into<String>, message: impl Into<String>) -> SettingsError {
+        SettingsError {
+            setting: setting.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The setting, such as `cluster_kwargs.n_workers`.
+    pub fn setting(&self) -> &str {
+        &self.setting
+    }
+
+    /// What is wrong with it.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for SettingsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.setting, self.message)
+    }
+}
+
+impl std::error::Error for SettingsError {}
+
+/// How much memory a worker may use before the cluster restarts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryLimit {
+    /// The machine's memory divided among the worker processes (Dask's `"auto"`).
+    Auto,
+    /// No limit.
+    Unlimited,
+    /// This many bytes per worker.
+    Bytes(u64),
+}
+
+impl MemoryLimit {
+    /// Parses Dask's forms: `"auto"`, `"0"`/`"none"` (no limit), a number of
+    /// bytes, or a number with a unit (`"4GB"`, `"2GiB"`, `"512 MB"`).
+    ///
+    /// ```
+    /// use flowrun_dask::MemoryLimit;
+    /// assert_eq!(MemoryLimit::parse("2GiB"), Ok(MemoryLimit::Bytes(2 << 30)));
+    /// assert_eq!(MemoryLimit::parse("1.5 GB"), Ok(MemoryLimit::Bytes(1_500_000_000)));
+    /// assert!(MemoryLimit::parse("lots").is_err());
+    /// ```
+    pub fn parse(text: &str) -> Result<MemoryLimit, String> {
+        let t = text.trim().to_ascii_lowercase();
+        match t.as_str() {
+            "auto" => return Ok(MemoryLimit::Auto),
+            "0" | "none" | "" => return Ok(MemoryLimit::Unlimited),
+            _ => {}
+        }
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (number, unit) = t.split_at(split);
+        let number: f64 = number.parse().map_err(|_| {
+            format!("not a size: {text:?} (use bytes, \"4GB\", \"2GiB\" or \"auto\")")
+        })?;
+        let factor: f64 = match unit.trim() {
+            "" | "b" => 1.0,
+            "kb" | "k" => 1e3,
+            "mb" | "m" => 1e6,
+            "gb" | "g" => 1e9,
+            "tb" | "t" => 1e12,
+            "kib" => 1024.0,
+            "mib" => 1024f64.powi(2),
+            "gib" => 1024f64.powi(3),
+            "tib" => 1024f64.powi(4),
+            other => return Err(format!("unknown size unit {other:?} in {text:?}")),
+        };
+        let bytes = number * factor;
+        if !(bytes.is_finite() && bytes >= 0.0) {
+            return Err(format!("not a size: {text:?}"));
+        }
+        Ok(match bytes as u64 {
+            0 => MemoryLimit::Unlimited,
+            n => MemoryLimit::Bytes(n),
+        })
+    }
+
+    /// The limit per worker in bytes, for `n_workers` workers.
+    pub fn per_worker(self, n_workers: usize) -> Option<u64> {
+        match self {
+            MemoryLimit::Unlimited => None,
+            MemoryLimit::Bytes(b) => Some(b),
+            MemoryLimit::Auto => {
+                let total = system_memory()?;
+                Some(total / n_workers.max(1) as u64)
+            }
+        }
+    }
+}
+
+fn system_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Parses Dask's resource syntax, `"GPU=1,process=1"` (or space separated).
+///
+/// ```
+/// let r = flowrun_dask::parse_resources("GPU=1, MEMORY=8e9").unwrap();
+/// assert_eq!(r.get("GPU"), Some(1.0));
+/// assert!(flowrun_dask::parse_resources("GPU").is_err());
+/// ```
+pub fn parse_resources(spec: &str) -> Result<Resources, String> {
+    let mut out = Resources::new();
+    for item in spec
+        .split([',', ' '])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let (name, amount) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{item:?} is not NAME=AMOUNT"))?;
+        let amount: f64 = amount.trim().parse().map_err(|_| {
+            format!(
+                "the amount of {:?} is not a number: {amount:?}",
+                name.trim()
+            )
+        })?;
+        out.insert(name.trim(), amount);
+    }
+    out.validate()?;
+    Ok(out)
+}
+
+/// The shape of a temporary local cluster, as `LocalCluster` takes it.
+/// Unset fields take Dask's defaults.
+///
+/// ```
+/// use flowrun_dask::ClusterKwargs;
+/// let kwargs = ClusterKwargs::new().n_workers(4).threads_per_worker(2);
+/// assert_eq!(kwargs.shape().unwrap(), (4, 2));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterKwargs {
+    pub(crate) n_workers: Option<i64>,
+    pub(crate) threads_per_worker: Option<i64>,
+    pub(crate) processes: Option<bool>,
+    pub(crate) resources: Option<Resources>,
+    pub(crate) resources_spec: Option<String>,
+    pub(crate) memory_limit: Option<String>,
+    pub(crate) allowed_failures: Option<u32>,
+    pub(crate) no_workers_timeout: Option<Duration>,
+    pub(crate) worker_program: Option<std::path::PathBuf>,
+    pub(crate) extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl ClusterKwargs {
+    /// Dask's defaults.
+    pub fn new() -> ClusterKwargs {
+        ClusterKwargs::default()
+    }
+
+    /// Number of worker processes (or worker thread groups when `processes(false)`).
+    pub fn n_workers(mut self, n: i64) -> Self {
+        self.n_workers = Some(n);
+        self
+    }
+
+    /// Threads per worker.
+    pub fn threads_per_worker(mut self, n: i64) -> Self {
+        self.threads_per_worker = Some(n);
+        self
+    }
+
+    /// `false`: workers are threads in the flow's process instead of processes.
+    pub fn processes(mut self, processes: bool) -> Self {
+        self.processes = Some(processes);
+        self
+    }
+
+    /// Abstract resources every worker offers, such as `{"GPU": 1}`.
+    pub fn resources(mut self, resources: impl Into<Resources>) -> Self {
+        self.resources = Some(resources.into());
+        self
+    }
+
+    /// The same in Dask's text form, `"GPU=1,process=1"`.
+    pub fn resources_spec(mut self, spec: impl Into<String>) -> Self {
+        self.resources_spec = Some(spec.into());
+        self
+    }
+
+    /// Memory per worker (`"4GB"`, `"auto"`, `"0"` for none); a worker above
+    /// it is restarted, and its running tasks are rescheduled.
+    pub fn memory_limit(mut self, limit: impl Into<String>) -> Self {
+        self.memory_limit = Some(limit.into());
+        self
+    }
+
+    /// How many workers may die while running a task before the task ends
+    /// `Crashed` with `KilledWorker` (Dask's `allowed-failures`, default 3).
+    pub fn allowed_failures(mut self, n: u32) -> Self {
+        self.allowed_failures = Some(n);
+        self
+    }
+
+    /// Fail tasks that no worker can run (their resources exist nowhere)
+    /// after this long, instead of letting them wait (Dask's
+    /// `no-workers-timeout`; by default they wait).
+    pub fn no_workers_timeout(mut self, timeout: Duration) -> Self {
+        self.no_workers_timeout = Some(timeout);
+        self
+    }
+
+    /// The program worker processes run (by default this program). It must
+    /// be the same build: another build is refused when it connects.
+    pub fn worker_program(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.worker_program = Some(path.into());
+        self
+    }
+
+    /// Any other keyword argument, for Python cluster classes. `LocalCluster`
+    /// refuses keys it does not know.
+    pub fn set(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+        self.extra.insert(key.into(), value.into());
+        self
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self == &ClusterKwargs::default()
+    }
+
+    /// `(workers, threads per worker)` after Dask's defaults, or the setting
+    /// that is wrong.
+    pub fn shape(&self) -> Result<(usize, usize), SettingsError> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let processes = self.processes.unwrap_or(true);
+        let positive = |v: i64, name: &str| -> Result<usize, SettingsError> {
+            if v < 1 {
+                Err(SettingsError::new(
+                    format!("cluster_kwargs.{name}"),
+                    format!("must be at least 1, got {v}"),
+                ))
+            } else {
+                Ok(v as usize)
+            }
+        };
+        let n = self
+            .n_workers
+            .map(|v| positive(v, "n_workers"))
+            .transpose()?;
+        let t = self
+            .threads_per_worker
+            .map(|v| positive(v, "threads_per_worker"))
+            .transpose()?;
+        Ok(match (n, t) {
+            (Some(n), Some(t)) => (n, t),
+            (Some(n), None) => (n, (cores / n).max(1)),
+            (None, Some(t)) => ((cores / t).max(1), t),
+            (None, None) if processes => default_shape(cores),
+            (None, None) => (1, cores),
+        })
+    }
+
+    /// The resources every worker offers.
+    pub fn worker_resources(&self) -> Result<Resources, SettingsError> {
+        let mut r = self.resources.clone().unwrap_or_default();
+        if let Some(spec) = &self.resources_spec {
+            let parsed = parse_resources(spec)
+                .map_err(|e| SettingsError::new("cluster_kwargs.resources", e))?;
+            for (k, v) in parsed.iter() {
+                r.insert(k, v);
+            }
+        }
+        r.validate()
+            .map_err(|e| SettingsError::new("cluster_kwargs.resources", e))?;
+        Ok(r)
+    }
+
+    /// The memory limit per worker, in bytes.
+    pub fn memory_limit_bytes(&self, n_workers: usize) -> Result<Option<u64>, SettingsError> {
+        match &self.memory_limit {
+            None => Ok(MemoryLimit::Auto.per_worker(n_workers)),
+            Some(text) => MemoryLimit::parse(text)
+                .map(|m| m.per_worker(n_workers))
+                .map_err(|e| SettingsError::new("cluster_kwargs.memory_limit", e)),
+        }
+    }
+
+    /// Checks every setting `LocalCluster` uses, and refuses others.
+    pub fn validate_local(&self) -> Result<(), SettingsError> {
+        self.shape()?;
+        self.worker_resources()?;
+        self.memory_limit_bytes(1)?;
+        if let Some(key) = self.extra.keys().next() {
+            return Err(SettingsError::new(
+                format!("cluster_kwargs.{key}"),
+                "LocalCluster does not take this setting; it takes n_workers, threads_per_worker, processes, resources, memory_limit",
+            ));
+        }
+        if let Some(p) = &self.worker_program {
+            if !p.is_file() {
+                return Err(SettingsError::new(
+                    "cluster_kwargs.worker_program",
+                    format!("{} is not a file", p.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Dask's choice for `n` cores: up to 4, one single-threaded worker per
+/// core; above, about `sqrt(n)` workers sharing the cores.
+pub fn default_shape(cores: usize) -> (usize, usize) {
+    let n = cores.max(1);
+    if n <= 4 {
+        return (n, 1);
+    }
+    let root = (n as f64).sqrt();
+    let processes = (1..=n)
+        .filter(|f| n % f == 0 && *f as f64 >= root)
+        .min()
+        .unwrap_or(n);
+    (processes, n / processes)
+}
+
+/// Adaptive scaling: the cluster grows when work queues up and shrinks
+/// when workers idle, between `minimum` and `maximum` workers.
+///
+/// ```
+/// use flowrun_dask::AdaptKwargs;
+/// let adapt = AdaptKwargs::new().minimum(1).maximum(4);
+/// assert!(adapt.validate().is_ok());
+/// assert!(AdaptKwargs::new().minimum(5).maximum(2).validate().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdaptKwargs {
+    pub(crate) minimum: i64,
+    pub(crate) maximum: Option<i64>,
+    pub(crate) interval: Duration,
+    pub(crate) wait_count: i64,
+    pub(crate) target_duration: Duration,
+}
+
+impl Default for AdaptKwargs {
+    fn default() -> Self {
+        AdaptKwargs {
+            minimum: 0,
+            maximum: None,
+            interval: Duration::from_secs(1),
+            wait_count: 3,
+            target_duration: Duration::from_secs(5),
+        }
+    }
+}
+
+impl AdaptKwargs {
+    /// Dask's defaults: no minimum, no maximum, a check every second, a
+    /// worker removed after 3 idle checks, 5 s of work per worker.
+    pub fn new() -> AdaptKwargs {
+        AdaptKwargs::default()
+    }
+
+    /// Never fewer workers than this.
+    pub fn minimum(mut self, n: i64) -> Self {
+        self.minimum = n;
+        self
+    }
+
+    /// Never more workers than this (`None`: no bound).
+    pub fn maximum(mut self, n: impl Into<Option<i64>>) -> Self {
+        self.maximum = n.into();
+        self
+    }
+
+    /// How often the cluster checks whether to scale.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// How many checks in a row a worker must be idle before it is removed.
+    pub fn wait_count(mut self, n: i64) -> Self {
+        self.wait_count = n;
+        self
+    }
+
+    /// How long the queued work may take on the current workers before the
+    /// cluster adds workers.
+    pub fn target_duration(mut self, d: Duration) -> Self {
+        self.target_duration = d;
+        self
+    }
+
+    /// The minimum number of workers.
+    pub fn get_minimum(&self) -> usize {
+        self.minimum.max(0) as usize
+    }
+
+    /// The maximum number of workers, if bounded.
+    pub fn get_maximum(&self) -> Option<usize> {
+        self.maximum.map(|m| m.max(0) as usize)
+    }
+
+    /// Checks the bounds and durations.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if self.minimum < 0 {
+            return Err(SettingsError::new(
+                "adapt_kwargs.minimum",
+                format!("must be at least 0, got {}", self.minimum),
+            ));
+        }
+        if let Some(max) = self.maximum {
+            if max < 1 {
+                return Err(SettingsError::new(
+                    "adapt_kwargs.maximum",
+                    format!("must be at least 1, got {max}"),
+                ));
+            }
+            if max < self.minimum {
+                return Err(SettingsError::new(
+                    "adapt_kwargs",
+                    format!("minimum ({}) is greater than maximum ({max})", self.minimum),
+                ));
+            }
+        }
+        if self.wait_count < 1 {
+            return Err(SettingsError::new(
+                "adapt_kwargs.wait_count",
+                format!("must be at least 1, got {}", self.wait_count),
+            ));
+        }
+        if self.interval.is_zero() {
+            return Err(SettingsError::new(
+                "adapt_kwargs.interval",
+                "must be longer than zero",
+            ));
+        }
+        if self.target_duration.is_zero() {
+            return Err(SettingsError::new(
+                "adapt_kwargs.target_duration",
+                "must be longer than zero",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Settings of the runner's connection to its cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientKwargs {
+    pub(crate) timeout: Duration,
+    pub(crate) startup_timeout: Duration,
+    pub(crate) name: Option<String>,
+}
+
+impl Default for ClientKwargs {
+    fn default() -> Self {
+        ClientKwargs {
+            timeout: Duration::from_secs(30),
+            startup_timeout: Duration::from_secs(60),
+            name: None,
+        }
+    }
+}
+
+impl ClientKwargs {
+    /// Defaults: 30 s to connect, 60 s for workers to start.
+    pub fn new() -> ClientKwargs {
+        ClientKwargs::default()
+    }
+
+    /// How long connecting to a cluster may take.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long a worker may take to start and connect.
+    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
+        self.startup_timeout = timeout;
+        self
+    }
+
+    /// The client's name, shown in logs (and to a Dask scheduler).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Checks the timeouts.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if self.timeout.is_zero() {
+            return Err(SettingsError::new(
+                "client_kwargs.timeout",
+                "must be longer than zero",
+            ));
+        }
+        if self.startup_timeout.is_zero() {
+            return Err(SettingsError::new(
+                "client_kwargs.startup_timeout",
+                "must be longer than zero",
+            ));
+        }
+        Ok(())
+    }
+}
