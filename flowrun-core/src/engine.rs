@@ -199,6 +199,11 @@ pub fn submit<T: Task>(task: &T, inputs: <T::Args as ArgsTuple>::Inputs) -> Task
         watchdog: Mutex::new(None),
     });
     if upstreams.is_empty() || flow.execution == Execution::RemoteWithDependencies {
+        // A runner that wires dependencies itself reports an upstream's
+        // failure through the downstream run, which fails in turn.
+        for up in &upstreams {
+            up.0.mark_observed();
+        }
         driver.ready(&upstreams, false);
     } else {
         let remaining = Arc::new(AtomicUsize::new(upstreams.len()));
@@ -328,6 +333,7 @@ impl<T: Task> Driver<T> {
         self.flow.runner.submit(TaskCall {
             run: RunRef(self.cell.clone()),
             attempt,
+            retries: self.policy.retries,
             annotations: self.annotations.clone(),
             work,
         });
@@ -432,13 +438,20 @@ impl<T: Task> Driver<T> {
             Ok(Done::Encoded(b)) => {
                 self.cell.complete_encoded(b);
             }
+            Ok(Done::Deferred(f)) => {
+                self.cell.complete_deferred(f);
+            }
             Err(e) => self.failed_attempt(attempt, e),
         }
     }
 
     fn failed_attempt(self: &Arc<Self>, attempt: u32, error: TaskError) {
         let retries = self.policy.retries;
-        if !retryable(&error) || attempt > retries || self.flow.cancellation().is_some() {
+        if !retryable(&error)
+            || attempt > retries
+            || self.flow.handles_retries
+            || self.flow.cancellation().is_some()
+        {
             self.cell.fail(error);
             return;
         }
@@ -480,6 +493,7 @@ impl<T: Task> Driver<T> {
 enum Done<T> {
     Value(T),
     Encoded(Bytes),
+    Deferred(crate::run::Fetch),
 }
 
 impl<T: Task> RemoteCompletion for Driver<T> {
@@ -497,6 +511,10 @@ impl<T: Task> RemoteCompletion for Driver<T> {
 
     fn finished(self: Arc<Self>, attempt: u32, result: Result<Bytes, TaskError>) {
         self.settle(attempt, result.map(Done::Encoded));
+    }
+
+    fn finished_deferred(self: Arc<Self>, attempt: u32, fetch: crate::run::Fetch) {
+        self.settle(attempt, Ok(Done::Deferred(fetch)));
     }
 }
 

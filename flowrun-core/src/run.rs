@@ -63,8 +63,13 @@ enum Slot<T> {
     Empty,
     Value(T),
     Encoded(Bytes),
+    /// Still where it was computed; fetched on first read.
+    Deferred(Fetch),
     Taken(String),
 }
+
+/// Fetches a result that stayed where it was computed.
+pub(crate) type Fetch = Arc<dyn Fn() -> Result<Bytes, TaskError> + Send + Sync>;
 
 /// Type-specific functions a run needs to share its result: cloning it for
 /// several consumers, encoding it for another process, decoding it.
@@ -190,6 +195,25 @@ impl<T: Send + 'static> RunCell<T> {
     /// Completes the run with an encoded value (from another process).
     pub(crate) fn complete_encoded(self: &Arc<Self>, bytes: Bytes) -> bool {
         self.finish(Slot::Encoded(bytes), None)
+    }
+
+    /// Completes the run with a result that is fetched when first read.
+    pub(crate) fn complete_deferred(self: &Arc<Self>, fetch: Fetch) -> bool {
+        self.finish(Slot::Deferred(fetch), None)
+    }
+
+    /// Replaces a deferred result by its bytes (fetching outside the lock).
+    fn resolve_deferred(&self) -> Result<(), TaskError> {
+        let fetch = match &self.lock().value {
+            Slot::Deferred(f) => f.clone(),
+            _ => return Ok(()),
+        };
+        let bytes = crate::pool::blocking(|| fetch()).map_err(|e| e.in_run(self.name()))?;
+        let mut s = self.lock();
+        if let Slot::Deferred(_) = s.value {
+            s.value = Slot::Encoded(bytes);
+        }
+        Ok(())
     }
 
     /// Completes a direct call, whose value went straight to its caller.
@@ -335,6 +359,7 @@ impl<T: Send + 'static> RunCell<T> {
     /// The result for one consumer of a final run: cloned when other handles
     /// may still read it, moved out when this is the last one.
     pub(crate) fn take_result(&self, last_handle: bool) -> Result<T, TaskError> {
+        self.resolve_deferred()?;
         let mut s = self.lock();
         if let Some(e) = &s.error {
             return Err(e.clone());
@@ -359,6 +384,14 @@ impl<T: Send + 'static> RunCell<T> {
                 s.value = Slot::Encoded(bytes);
                 out
             }
+            Slot::Deferred(f) => {
+                s.value = Slot::Deferred(f);
+                Err(TaskError::new(
+                    TaskErrorKind::ResultUnavailable,
+                    "the result could not be fetched",
+                )
+                .in_run(self.name()))
+            }
             Slot::Taken(why) => {
                 let err = TaskError::new(TaskErrorKind::ResultUnavailable, why.clone())
                     .in_run(self.name());
@@ -378,6 +411,7 @@ impl<T: Send + 'static> RunCell<T> {
 
     /// Clones the result (`T: Clone` is known to the caller).
     pub(crate) fn clone_result(&self, clone: fn(&T) -> T) -> Result<T, TaskError> {
+        self.resolve_deferred()?;
         let s = self.lock();
         if let Some(e) = &s.error {
             return Err(e.clone());
@@ -385,6 +419,11 @@ impl<T: Send + 'static> RunCell<T> {
         match &s.value {
             Slot::Value(v) => Ok(clone(v)),
             Slot::Encoded(bytes) => self.decode(bytes),
+            Slot::Deferred(_) => Err(TaskError::new(
+                TaskErrorKind::ResultUnavailable,
+                "the result could not be fetched",
+            )
+            .in_run(self.name())),
             Slot::Taken(why) => Err(
                 TaskError::new(TaskErrorKind::ResultUnavailable, why.clone()).in_run(self.name()),
             ),
@@ -497,12 +536,18 @@ impl<T: Send + 'static> AnyRun for RunCell<T> {
         self.lock().location.clone()
     }
     fn encoded_result(&self) -> Result<Bytes, TaskError> {
+        self.resolve_deferred()?;
         let s = self.lock();
         if let Some(e) = &s.error {
             return Err(e.clone());
         }
         match &s.value {
             Slot::Encoded(b) => Ok(b.clone()),
+            Slot::Deferred(_) => Err(TaskError::new(
+                TaskErrorKind::ResultUnavailable,
+                "the result could not be fetched",
+            )
+            .in_run(RunCell::name(self))),
             Slot::Value(v) => {
                 let encode = self.fns.encode.ok_or_else(|| {
                     TaskError::new(

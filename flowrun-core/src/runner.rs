@@ -110,6 +110,13 @@ pub trait TaskRunner: Send + Sync + 'static {
     /// Executes one attempt of a task run. Must not block for long.
     fn submit(&self, call: TaskCall);
 
+    /// Whether the runner retries failed attempts itself (a Dask scheduler
+    /// does, from the `retries` the call carries). flowrun then makes one
+    /// attempt and takes its outcome as final.
+    fn handles_retries(&self) -> bool {
+        false
+    }
+
     /// Releases everything [`start`](TaskRunner::start) acquired. Called once,
     /// after every run of the flow run is final (also when the flow failed).
     fn shutdown(&self) {}
@@ -127,6 +134,9 @@ impl<R: TaskRunner + ?Sized> TaskRunner for Arc<R> {
     }
     fn submit(&self, call: TaskCall) {
         (**self).submit(call)
+    }
+    fn handles_retries(&self) -> bool {
+        (**self).handles_retries()
     }
     fn shutdown(&self) {
         (**self).shutdown()
@@ -146,6 +156,9 @@ impl<R: TaskRunner + ?Sized> TaskRunner for Box<R> {
     fn submit(&self, call: TaskCall) {
         (**self).submit(call)
     }
+    fn handles_retries(&self) -> bool {
+        (**self).handles_retries()
+    }
     fn shutdown(&self) {
         (**self).shutdown()
     }
@@ -158,6 +171,7 @@ impl<T: crate::task::Task, R: TaskRunner + ?Sized> crate::task::AcceptsTask<T> f
 pub struct TaskCall {
     pub(crate) run: RunRef,
     pub(crate) attempt: u32,
+    pub(crate) retries: u32,
     pub(crate) annotations: Annotations,
     pub(crate) work: Work,
 }
@@ -171,6 +185,12 @@ impl TaskCall {
     /// The attempt number, from 1.
     pub fn attempt(&self) -> u32 {
         self.attempt
+    }
+
+    /// How many retries the run allows (for runners that retry themselves,
+    /// see [`TaskRunner::handles_retries`]).
+    pub fn retries(&self) -> u32 {
+        self.retries
     }
 
     /// The priority and resources of the run.
@@ -227,6 +247,7 @@ impl LocalJob {
 pub(crate) trait RemoteCompletion: Send + Sync {
     fn started(self: Arc<Self>, attempt: u32, location: Option<Arc<str>>);
     fn finished(self: Arc<Self>, attempt: u32, result: Result<Bytes, TaskError>);
+    fn finished_deferred(self: Arc<Self>, attempt: u32, fetch: crate::run::Fetch);
 }
 
 /// An attempt to execute elsewhere: the task's registry key and its
@@ -272,6 +293,18 @@ impl RemoteJob {
         self.completion.finished(self.attempt, result);
     }
 
+    /// Reports that the attempt completed, with a result that stays where
+    /// it was computed until someone reads it: `fetch` gets its bytes (it
+    /// may block). Results that only feed other remote tasks are never
+    /// fetched.
+    pub fn finish_deferred(
+        self,
+        fetch: impl Fn() -> Result<Bytes, TaskError> + Send + Sync + 'static,
+    ) {
+        self.completion
+            .finished_deferred(self.attempt, Arc::new(fetch));
+    }
+
     /// Reports that the runner cannot execute the attempt.
     pub fn refuse(self, why: impl Into<String>) {
         self.finish(Err(TaskError::new(TaskErrorKind::Runner, why)))
@@ -303,6 +336,16 @@ impl RemoteReporter {
     /// Reports the attempt's outcome.
     pub fn finish(self, result: Result<Bytes, TaskError>) {
         self.completion.finished(self.attempt, result);
+    }
+
+    /// Reports a completed attempt whose result is fetched when read (see
+    /// [`RemoteJob::finish_deferred`]).
+    pub fn finish_deferred(
+        self,
+        fetch: impl Fn() -> Result<Bytes, TaskError> + Send + Sync + 'static,
+    ) {
+        self.completion
+            .finished_deferred(self.attempt, Arc::new(fetch));
     }
 }
 

@@ -91,6 +91,9 @@ type Builder = Arc<
 pub struct ClusterClass {
     pub(crate) name: String,
     pub(crate) build: Builder,
+    /// The import path of a Python cluster-manager class, for classes that
+    /// run in Python (`"distributed.LocalCluster"`).
+    pub(crate) python: Option<String>,
 }
 
 impl ClusterClass {
@@ -105,6 +108,7 @@ impl ClusterClass {
             build: Arc::new(|kwargs, client| {
                 Ok(Box::new(C::start(kwargs, client)?) as Box<dyn Cluster>)
             }),
+            python: None,
         }
     }
 
@@ -118,12 +122,49 @@ impl ClusterClass {
         ClusterClass {
             name: "custom cluster".into(),
             build: Arc::new(build),
+            python: None,
         }
+    }
+
+    /// A Python cluster-manager class by import path, such as
+    /// `"distributed.LocalCluster"` or `"dask_jobqueue.SLURMCluster"`:
+    /// flowrun starts it from Python with `cluster_kwargs` and runs the
+    /// flow's tasks on its stock Dask workers.
+    pub fn python(import_path: impl Into<String>) -> ClusterClass {
+        let path = import_path.into();
+        ClusterClass {
+            name: path.clone(),
+            build: Arc::new(|_, _| {
+                Err(SettingsError::new(
+                    "cluster_class",
+                    "a Python cluster class is started by the runner, not built directly",
+                ))
+            }),
+            python: Some(path),
+        }
+    }
+
+    /// The Python import path, for Python cluster classes.
+    pub fn python_path(&self) -> Option<&str> {
+        self.python.as_deref()
     }
 
     /// The class's name, for logs.
     pub fn name(&self) -> &str {
         &self.name
+    }
+}
+
+impl From<&str> for ClusterClass {
+    /// A Python class path (see [`ClusterClass::python`]).
+    fn from(path: &str) -> ClusterClass {
+        ClusterClass::python(path)
+    }
+}
+
+impl From<String> for ClusterClass {
+    fn from(path: String) -> ClusterClass {
+        ClusterClass::python(path)
     }
 }
 

@@ -158,6 +158,16 @@ impl DaskTaskRunner {
         Ok(())
     }
 
+    /// Tasks run on stock Dask workers (an existing scheduler, or a Python
+    /// cluster class).
+    fn uses_real_dask(&self) -> bool {
+        self.address.is_some()
+            || self
+                .cluster_class
+                .as_ref()
+                .is_some_and(|c| c.python.is_some())
+    }
+
     fn start_cluster(&self) -> Result<Arc<dyn Cluster>, RunnerError> {
         self.validate()
             .map_err(|e| RunnerError::new(e.to_string()))?;
@@ -186,7 +196,18 @@ impl TaskRunner for DaskTaskRunner {
     }
 
     fn execution(&self) -> Execution {
-        Execution::Remote
+        // A real Dask cluster moves dependency data between its workers
+        // itself; the local cluster gets resolved arguments.
+        if self.uses_real_dask() {
+            Execution::RemoteWithDependencies
+        } else {
+            Execution::Remote
+        }
+    }
+
+    fn handles_retries(&self) -> bool {
+        // Retries go to Dask as annotations, so its scheduler enforces them.
+        self.uses_real_dask()
     }
 
     fn start(&self, flow: &FlowRunInfo) -> Result<(), RunnerError> {
