@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use flowrun::{flow, task, ThreadPoolTaskRunner};
+use flowrun_dask::DaskTaskRunner;
 
 #[task]
 fn noop(i: u64) -> u64 {
@@ -23,6 +24,42 @@ fn submit_and_gather(n: u64) -> u64 {
         sum += f.into_result().unwrap();
     }
     sum
+}
+
+/// Time from the flow call to the first task result, and from there to the
+/// flow's return (the cluster's teardown).
+#[flow]
+fn first_result(called: u128) -> (u128, u128) {
+    let _ = noop.submit(0).result().unwrap();
+    (called, now_ns())
+}
+
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn startup(label: &str, runs: usize, runner: impl Fn() -> DaskTaskRunner) {
+    let mut starts = Vec::new();
+    let mut stops = Vec::new();
+    for _ in 0..runs {
+        let called = now_ns();
+        let (called, first) = first_result.with_runner(runner()).call(called).unwrap();
+        let returned = now_ns();
+        starts.push(Duration::from_nanos((first - called) as u64));
+        stops.push(Duration::from_nanos((returned - first) as u64));
+    }
+    starts.sort();
+    stops.sort();
+    println!(
+        "{label:<28} start-up to first result: median {:>6.1} ms (min {:.1}, max {:.1}); teardown median {:.1} ms, {runs} runs",
+        starts[runs / 2].as_secs_f64() * 1e3,
+        starts[0].as_secs_f64() * 1e3,
+        starts[runs - 1].as_secs_f64() * 1e3,
+        stops[runs / 2].as_secs_f64() * 1e3,
+    );
 }
 
 fn measure(label: &str, n: u64, runs: usize, run: impl Fn(u64) -> u64) {
@@ -61,6 +98,21 @@ fn main() {
         None => vec![10_000, 100_000],
     };
     let wants = |name: &str| only.as_deref().is_none_or(|o| name.starts_with(o));
+    if wants("dask") {
+        startup("dask local cluster (2 x 1)", 11, || {
+            DaskTaskRunner::new().cluster_kwargs(
+                flowrun_dask::ClusterKwargs::new()
+                    .n_workers(2)
+                    .threads_per_worker(1),
+            )
+        });
+        for &n in &sizes {
+            let dask = submit_and_gather.with_runner(DaskTaskRunner::default());
+            measure("dask local cluster (default)", n, 5, |n| {
+                dask.call(n).unwrap()
+            });
+        }
+    }
     if wants("thread") {
         for &n in &sizes {
             measure("thread pool (default)", n, 7, |n| {

@@ -88,6 +88,20 @@ impl<A: Send + 'static> IntoInput<A> for &TaskFuture<A> {
     }
 }
 
+/// `&str` where a task takes a `String`.
+impl IntoInput<String> for &str {
+    fn into_input(self) -> Input<String> {
+        Input::Value(self.to_owned())
+    }
+}
+
+/// `&String` where a task takes a `String`.
+impl IntoInput<String> for &String {
+    fn into_input(self) -> Input<String> {
+        Input::Value(self.clone())
+    }
+}
+
 impl<A: Send + 'static> IntoInput<A> for Input<A> {
     fn into_input(self) -> Input<A> {
         self

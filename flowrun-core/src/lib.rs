@@ -194,6 +194,17 @@ pub mod __private {
     /// Fails to compile when the flow's runner cannot run the task.
     pub fn check<G: Checked>(_gate: G) {}
 
+    /// Task arguments and results move to other threads and outlive the call.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be a task argument or result: it is not `Send + 'static`",
+        note = "runs move their arguments and results to other threads; use owned, thread-safe types (`Arc` instead of `Rc`, `String` instead of `&str`)"
+    )]
+    pub trait SendStatic: Send + 'static {}
+    impl<T: Send + 'static> SendStatic for T {}
+
+    /// Fails to compile, at the offending type, when `T` is not `Send + 'static`.
+    pub fn assert_send_static<T: SendStatic>() {}
+
     /// Boxes a runner built from a `task_runner = ...` expression.
     pub fn boxed_runner<R: crate::TaskRunner>(runner: R) -> Box<dyn crate::TaskRunner> {
         Box::new(runner)

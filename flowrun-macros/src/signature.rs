@@ -22,6 +22,8 @@ pub struct Signature {
     pub args: Vec<Arg>,
     /// The declared return type (`()` when omitted).
     pub raw: TokenStream,
+    /// Where the return type is written (the function name when omitted).
+    pub raw_span: proc_macro2::Span,
     /// The return type is a `Result<..>`: `Err` fails the run.
     pub returns_result: bool,
     pub docs: Vec<Attribute>,
@@ -132,6 +134,10 @@ pub fn analyze(item: &ItemFn, what: &str, errors: &Errors) -> Signature {
     }
     dedupe_names(&mut args);
 
+    let raw_span = match &sig.output {
+        ReturnType::Default => sig.ident.span(),
+        ReturnType::Type(_, ty) => syn::spanned::Spanned::span(&**ty),
+    };
     let (raw, returns_result) = match &sig.output {
         ReturnType::Default => (quote!(()), false),
         ReturnType::Type(_, ty) => {
@@ -177,6 +183,7 @@ pub fn analyze(item: &ItemFn, what: &str, errors: &Errors) -> Signature {
         is_async: sig.asyncness.is_some(),
         args,
         raw,
+        raw_span,
         returns_result,
         docs,
         cfgs,

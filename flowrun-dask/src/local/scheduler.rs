@@ -510,11 +510,34 @@ impl<L: Launcher> Scheduler<L> {
         }
         let mut rescheduled = 0;
         let mut crashed = 0;
+        // The tasks the worker was executing: those it reported started,
+        // plus, up to its thread count, the ones it would have started first
+        // (a task can kill its worker before the "started" message leaves).
+        let mut ranked: Vec<(i64, Reverse<u64>, u64, bool)> = w
+            .tasks
+            .iter()
+            .filter_map(|tid| {
+                self.tasks.get(tid).map(|t| {
+                    (
+                        t.priority,
+                        Reverse(t.seq),
+                        *tid,
+                        t.place == Place::Running(id),
+                    )
+                })
+            })
+            .collect();
+        ranked.sort_by_key(|r| Reverse((r.3, r.0, r.1)));
+        let executing: HashSet<u64> = ranked
+            .iter()
+            .take((w.nthreads + w.seceded).max(ranked.iter().filter(|r| r.3).count()))
+            .map(|r| r.2)
+            .collect();
         for tid in w.tasks {
             let Some(t) = self.tasks.get_mut(&tid) else {
                 continue;
             };
-            let was_running = t.place == Place::Running(id);
+            let was_running = executing.contains(&tid);
             if was_running {
                 t.suspicious += 1;
                 t.died_on

@@ -149,6 +149,10 @@ struct Executors {
     queue: Queue,
     out: Sender<Outgoing>,
     capture: Option<Capture>,
+    /// Forwards task logs to the flow; each executor thread uses it as its
+    /// default, so a subscriber the program installed before its flow call
+    /// does not swallow them.
+    logs: Option<tracing::Dispatch>,
     nthreads: usize,
     threads: AtomicUsize,
     seceded: AtomicUsize,
@@ -203,6 +207,7 @@ impl Executors {
 
     fn execute(self: Arc<Self>) {
         flowrun_core::set_blocking_hook(Some(blocking_hook));
+        let _logs = self.logs.as_ref().map(tracing::dispatcher::set_default);
         loop {
             // Shrink back after a seceded task rejoined.
             let n = self.threads.load(Ordering::SeqCst);
@@ -384,9 +389,13 @@ pub(crate) fn serve(
         .name("flowrun-worker-writer".into())
         .spawn(move || write_loop(writer, out_rx))
         .map_err(|e| e.to_string())?;
+    let logs = if process {
+        log_forwarding(out_tx.clone())
+    } else {
+        None
+    };
     let capture = if process {
         install_panic_hook();
-        install_log_forwarding(out_tx.clone());
         match Capture::install(out_tx.clone()) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -404,6 +413,7 @@ pub(crate) fn serve(
         },
         out: out_tx,
         capture,
+        logs,
         nthreads: config.nthreads.max(1),
         threads: AtomicUsize::new(0),
         seceded: AtomicUsize::new(0),
@@ -435,19 +445,19 @@ pub(crate) fn serve(
     outcome
 }
 
-/// Sends this process's `tracing` events to the flow, with the run name.
-fn install_log_forwarding(out: Sender<Outgoing>) {
+/// A subscriber that sends `tracing` events to the flow, with the run name.
+fn log_forwarding(out: Sender<Outgoing>) -> Option<tracing::Dispatch> {
     use tracing_subscriber::prelude::*;
     let directives =
         std::env::var(flowrun_core::logging::LOG_ENV).unwrap_or_else(|_| "info".into());
     if directives.trim().eq_ignore_ascii_case("off") {
-        return;
+        return None;
     }
     let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::registry()
-        .with(Forward { out }.with_filter(filter))
-        .try_init();
+    Some(tracing::Dispatch::new(
+        tracing_subscriber::registry().with(Forward { out }.with_filter(filter)),
+    ))
 }
 
 struct Forward {

@@ -151,6 +151,17 @@ pub fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
         }
     };
 
+    // Checks spanned on each argument and the result, so "not Send" points
+    // at the user's type rather than at generated code.
+    let send_checks = tys.iter().map(|ty| {
+        quote_spanned! {ty.span()=>
+            #fr::assert_send_static::<#ty>();
+        }
+    });
+    let output_check = quote_spanned! {sig.raw_span=>
+        #fr::assert_send_static::<#raw>();
+    };
+
     let serde_probes = tys.iter().map(|ty| {
         quote_spanned! {ty.span()=>
             (::core::any::type_name::<#ty>(), (&#fr::Probe::<#ty>::new()).serde_ok())
@@ -174,6 +185,12 @@ pub fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
 
         #(#cfgs)*
         const _: () = {
+            #[allow(dead_code)]
+            fn __flowrun_checks() {
+                #(#send_checks)*
+                #output_check
+            }
+
             #(#other_attrs)*
             #[allow(clippy::too_many_arguments)]
             #asyncness fn #body_fn(#(#params),*) -> #raw #body

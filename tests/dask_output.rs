@@ -1,0 +1,64 @@
+//! What tasks print and log in worker processes reaches the flow's console
+//! and logger, attributed to the task run.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use flowrun::logging::ConsoleLayer;
+use flowrun::{flow, get_run_logger, task};
+use flowrun_dask::{ClusterKwargs, DaskTaskRunner};
+use tracing_subscriber::prelude::*;
+
+fn lines() -> Arc<Mutex<Vec<String>>> {
+    static LINES: OnceLock<Arc<Mutex<Vec<String>>>> = OnceLock::new();
+    LINES
+        .get_or_init(|| {
+            let lines = Arc::new(Mutex::new(Vec::new()));
+            let sink = lines.clone();
+            tracing_subscriber::registry()
+                .with(
+                    ConsoleLayer::new(false)
+                        .with_sink(move |l| sink.lock().unwrap().push(l.to_owned())),
+                )
+                .init();
+            lines
+        })
+        .clone()
+}
+
+#[task]
+fn chatty(n: u32) -> u32 {
+    println!("stdout line from run {n}");
+    eprintln!("stderr line from run {n}");
+    print!("unterminated {n}");
+    get_run_logger().info(format!("logger line from run {n}"));
+    tracing::warn!("tracing line from run {n}");
+    n
+}
+
+#[test]
+fn prints_and_logs_are_attributed_to_the_task_run_that_made_them() {
+    #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(1).threads_per_worker(1)))]
+    fn talks() -> Vec<u32> {
+        flowrun::results(chatty.map(0..6).unwrap()).unwrap()
+    }
+    lines();
+    assert_eq!(talks().unwrap(), (0..6).collect::<Vec<_>>());
+    let all = lines().lock().unwrap().clone();
+    for n in 0..6 {
+        let run = format!("Task run 'chatty-{n}' - ");
+        for (level, text) in [
+            ("INFO   ", format!("stdout line from run {n}")),
+            ("WARNING", format!("stderr line from run {n}")),
+            ("INFO   ", format!("unterminated {n}")),
+            ("INFO   ", format!("logger line from run {n}")),
+            ("WARNING", format!("tracing line from run {n}")),
+        ] {
+            let wanted = format!("| {level} | {run}{text}");
+            assert!(
+                all.iter().any(|l| l.contains(&wanted)),
+                "missing {wanted:?} in\n{}",
+                all.join("")
+            );
+        }
+    }
+}
