@@ -84,6 +84,36 @@ fn decode_slot<A: DeserializeOwned>(slots: &[&[u8]], index: usize) -> Result<A, 
     })
 }
 
+/// A tuple of arguments for a task taking `A`: each element a value or an
+/// upstream future ([`crate::IntoInput`]). `(3,)`, `(future, "x")`.
+pub trait IntoInputs<A: ArgsTuple> {
+    /// The inputs of a call.
+    fn into_inputs(self) -> A::Inputs;
+}
+
+macro_rules! into_inputs_impls {
+    ($( ($($name:ident $x:ident $idx:tt),*) )*) => {$(
+        impl<$($name: Send + 'static, $x: crate::input::IntoInput<$name>),*> IntoInputs<($($name,)*)> for ($($x,)*) {
+            #[allow(unused_variables, clippy::unused_unit)]
+            fn into_inputs(self) -> ($(Input<$name>,)*) {
+                ($(self.$idx.into_input(),)*)
+            }
+        }
+    )*};
+}
+
+into_inputs_impls! {
+    ()
+    (A0 X0 0)
+    (A0 X0 0, A1 X1 1)
+    (A0 X0 0, A1 X1 1, A2 X2 2)
+    (A0 X0 0, A1 X1 1, A2 X2 2, A3 X3 3)
+    (A0 X0 0, A1 X1 1, A2 X2 2, A3 X3 3, A4 X4 4)
+    (A0 X0 0, A1 X1 1, A2 X2 2, A3 X3 3, A4 X4 4, A5 X5 5)
+    (A0 X0 0, A1 X1 1, A2 X2 2, A3 X3 3, A4 X4 4, A5 X5 5, A6 X6 6)
+    (A0 X0 0, A1 X1 1, A2 X2 2, A3 X3 3, A4 X4 4, A5 X5 5, A6 X6 6, A7 X7 7)
+}
+
 macro_rules! tuple_impls {
     ($( ($($name:ident $idx:tt),*) )*) => {$(
         impl<$($name: Send + 'static),*> ArgsTuple for ($($name,)*) {

@@ -24,7 +24,7 @@ use crate::options::RetryPolicy;
 use crate::run::{RunCell, RunRef};
 use crate::runner::{Execution, LocalJob, RemoteCompletion, RemoteJob, TaskCall, Work};
 use crate::state::StateKind;
-use crate::task::{CallConfig, Invocation, Task};
+use crate::task::{CallConfig, Invocation, Task, TaskMeta, TaskSupport};
 use crate::timer::{self, TimerHandle};
 
 /// Options of one run after task defaults, annotation scopes and per-call
@@ -38,8 +38,7 @@ struct Resolved {
     error: Option<String>,
 }
 
-fn resolve<T: Task>(config: &CallConfig) -> Resolved {
-    let meta = T::meta();
+fn resolve(meta: &'static TaskMeta, config: &CallConfig) -> Resolved {
     let mut r = Resolved {
         name: Cow::Borrowed(meta.name),
         policy: Cow::Borrowed(&meta.policy),
@@ -98,10 +97,6 @@ fn resolve<T: Task>(config: &CallConfig) -> Resolved {
     r
 }
 
-fn value_fns<T: Task>() -> crate::run::ValueFns<T::Output> {
-    T::support().output
-}
-
 fn retryable(error: &TaskError) -> bool {
     matches!(
         error.kind(),
@@ -142,6 +137,8 @@ enum Source<T: Task> {
 
 /// The engine's state for one submitted run.
 struct Driver<T: Task> {
+    meta: &'static TaskMeta,
+    support: &'static TaskSupport<T>,
     cell: Arc<RunCell<T::Output>>,
     flow: Arc<FlowShared>,
     policy: RetryPolicy,
@@ -160,14 +157,26 @@ struct Driver<T: Task> {
 /// a flow, to a shared thread pool) and returns its future at once.
 pub fn submit<T: Task>(task: &T, inputs: <T::Args as ArgsTuple>::Inputs) -> TaskFuture<T::Output> {
     let flow = context::current_flow().unwrap_or_else(FlowShared::detached);
-    let r = resolve::<T>(task.config());
+    submit_in::<T>(&flow, T::meta(), T::support(), task.config(), inputs)
+}
+
+/// Submits a run described by `meta` into `flow`.
+pub(crate) fn submit_in<T: Task>(
+    flow: &Arc<FlowShared>,
+    meta: &'static TaskMeta,
+    support: &'static TaskSupport<T>,
+    config: &CallConfig,
+    inputs: <T::Args as ArgsTuple>::Inputs,
+) -> TaskFuture<T::Output> {
+    let flow = flow.clone();
+    let r = resolve(meta, config);
     let index = flow.next_index(&r.name);
     let cell = Arc::new(RunCell::new(
         r.name.clone(),
-        T::meta().key,
+        meta.key,
         index,
         flow.clone(),
-        value_fns::<T>(),
+        support.output,
     ));
     let future = TaskFuture::new(cell.clone());
     if !flow.track(RunRef(cell.clone())) {
@@ -187,6 +196,8 @@ pub fn submit<T: Task>(task: &T, inputs: <T::Args as ArgsTuple>::Inputs) -> Task
     let mut upstreams = r.wait_for;
     T::Args::upstreams(&inputs, &mut upstreams);
     let driver = Arc::new(Driver::<T> {
+        meta,
+        support,
         cell,
         flow: flow.clone(),
         policy: r.policy.into_owned(),
@@ -265,7 +276,7 @@ impl<T: Task> Driver<T> {
             Execution::InProcess => T::Args::resolve(inputs).map(|args| {
                 Source::Local(ArgsHolder {
                     args: Some(args),
-                    clone: T::support().args_clone,
+                    clone: self.support.args_clone,
                 })
             }),
             Execution::Remote | Execution::RemoteWithDependencies => self.encode(&inputs),
@@ -282,13 +293,12 @@ impl<T: Task> Driver<T> {
     }
 
     fn encode(&self, inputs: &<T::Args as ArgsTuple>::Inputs) -> Result<Source<T>, TaskError> {
-        let fns = T::support().remote.as_ref().map_err(|why| {
+        let fns = self.support.remote.as_ref().map_err(|why| {
             TaskError::new(
                 TaskErrorKind::Runner,
                 format!(
                     "task '{}' cannot run on {}: {why}",
-                    T::meta().name,
-                    self.flow.runner_name
+                    self.meta.name, self.flow.runner_name
                 ),
             )
         })?;
@@ -319,7 +329,7 @@ impl<T: Task> Driver<T> {
                 })))
             }
             Source::Remote(slots) => Work::Remote(RemoteJob {
-                task_key: T::meta().key,
+                task_key: self.meta.key,
                 task_name: self.task_name.clone(),
                 args: slots.clone(),
                 attempt,
@@ -407,7 +417,7 @@ impl<T: Task> Driver<T> {
             annotations: Vec::new(),
         });
         let _span = span.enter();
-        let async_timeout = if T::meta().is_async {
+        let async_timeout = if self.meta.is_async {
             self.timeout
         } else {
             self.arm_watchdog(attempt);
@@ -621,14 +631,14 @@ struct DirectRun<T: Task> {
 
 fn start_direct<T: Task>(config: &CallConfig) -> DirectRun<T> {
     let flow = context::current_flow().unwrap_or_else(FlowShared::detached);
-    let r = resolve::<T>(config);
+    let r = resolve(T::meta(), config);
     let index = flow.next_index(&r.name);
     let cell = Arc::new(RunCell::new(
         r.name,
         T::meta().key,
         index,
         flow.clone(),
-        value_fns::<T>(),
+        T::support().output,
     ));
     flow.track(RunRef(cell.clone()));
     cell.mark_observed();

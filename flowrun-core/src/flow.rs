@@ -66,7 +66,7 @@ pub(crate) struct FlowShared {
 }
 
 impl FlowShared {
-    fn new(
+    pub(crate) fn new(
         id: String,
         name: String,
         flow_name: String,
@@ -102,20 +102,22 @@ impl FlowShared {
         static DETACHED: OnceLock<Arc<FlowShared>> = OnceLock::new();
         DETACHED
             .get_or_init(|| {
-                let runner = ThreadPoolTaskRunner::default();
+                let runner = Arc::new(ThreadPoolTaskRunner::default());
+                let shared = Arc::new(FlowShared::new(
+                    names::random_id(),
+                    "(no flow)".into(),
+                    "(no flow)".into(),
+                    runner.clone(),
+                    true,
+                ));
                 let info = FlowRunInfo {
-                    flow_name: "(no flow)".into(),
-                    flow_run_name: "(no flow)".into(),
-                    flow_run_id: names::random_id(),
+                    flow_name: shared.flow_name.clone(),
+                    flow_run_name: shared.name.clone(),
+                    flow_run_id: shared.id.clone(),
+                    flow: crate::scope::FlowHandle(shared.clone()),
                 };
                 let _ = runner.start(&info);
-                Arc::new(FlowShared::new(
-                    info.flow_run_id,
-                    info.flow_run_name,
-                    info.flow_name,
-                    Arc::new(runner),
-                    true,
-                ))
+                shared
             })
             .clone()
     }
@@ -283,6 +285,18 @@ impl FlowShared {
                 observed: run.0.observed(),
             })
             .collect()
+    }
+
+    pub(crate) fn wait_idle_public(&self) {
+        self.wait_idle();
+    }
+
+    pub(crate) fn take_failures_public(&self) -> Vec<TaskRunFailure> {
+        self.take_failures()
+    }
+
+    pub(crate) fn close_public(&self) {
+        self.closed.store(true, Ordering::Release);
     }
 
     fn reset_for_retry(&self) {
@@ -632,6 +646,7 @@ fn begin<F: Flow>(config: &FlowConfig) -> Result<Started, Box<FlowRun<F::Output>
         flow_name: shared.flow_name.clone(),
         flow_run_name: shared.name.clone(),
         flow_run_id: shared.id.clone(),
+        flow: crate::scope::FlowHandle(shared.clone()),
     };
     match catch_unwind(AssertUnwindSafe(|| runner.start(&info))) {
         Ok(Ok(())) => {}

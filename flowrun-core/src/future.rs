@@ -148,6 +148,9 @@ impl<T: Send + 'static> From<TaskFuture<T>> for RunRef {
 /// result without blocking a thread.
 pub struct ResultFuture<T: Send + 'static> {
     future: Option<TaskFuture<T>>,
+    /// Held while the run is pending: a task awaiting another run on a
+    /// thread pool or a worker gives its slot away meanwhile.
+    seceded: Option<crate::pool::SecedeGuard>,
 }
 
 impl<T: Send + 'static> Future for ResultFuture<T> {
@@ -159,8 +162,12 @@ impl<T: Send + 'static> Future for ResultFuture<T> {
             None => panic!("ResultFuture polled after it completed"),
         };
         if !done {
+            if self.seceded.is_none() {
+                self.seceded = Some(crate::pool::secede());
+            }
             return Poll::Pending;
         }
+        self.seceded = None;
         let future = self.future.take().expect("checked above");
         future.cell.mark_observed();
         let last = future.cell.handles() == 1;
@@ -175,7 +182,10 @@ impl<T: Send + 'static> IntoFuture for TaskFuture<T> {
     type IntoFuture = ResultFuture<T>;
 
     fn into_future(self) -> ResultFuture<T> {
-        ResultFuture { future: Some(self) }
+        ResultFuture {
+            future: Some(self),
+            seceded: None,
+        }
     }
 }
 
@@ -186,6 +196,7 @@ impl<T: Send + Clone + 'static> IntoFuture for &TaskFuture<T> {
     fn into_future(self) -> ResultFuture<T> {
         ResultFuture {
             future: Some(self.clone()),
+            seceded: None,
         }
     }
 }

@@ -11,6 +11,7 @@
 pub mod annotations;
 mod args;
 mod context;
+mod encoded;
 mod engine;
 mod error;
 mod flow;
@@ -25,6 +26,7 @@ pub mod registry;
 mod rt;
 mod run;
 mod runner;
+mod scope;
 mod serializing;
 mod state;
 mod task;
@@ -33,7 +35,7 @@ mod timer;
 pub mod worker;
 
 pub use annotations::Annotations;
-pub use args::{decode_value, encode_value, ArgSlot, ArgsTuple, RemoteArgs};
+pub use args::{decode_value, encode_value, ArgSlot, ArgsTuple, IntoInputs, RemoteArgs};
 pub use engine::{call, call_async, submit};
 pub use error::{
     panic_message, FlowError, FlowErrorKind, TaskError, TaskErrorKind, TaskRunFailure,
@@ -54,6 +56,7 @@ pub use runner::{
     Execution, FlowRunInfo, LocalJob, RemoteJob, RemoteReporter, RunnerError, TaskCall, TaskRunner,
     Work,
 };
+pub use scope::{FlowHandle, Scope};
 pub use serializing::SerializingTaskRunner;
 pub use state::{State, StateKind};
 pub use task::{
@@ -108,6 +111,11 @@ pub fn current_task_run_name() -> Option<String> {
         return Some(run.name());
     }
     ctx.label.map(|l| l.to_string())
+}
+
+/// A handle on the flow run this thread works for, if any.
+pub fn current_flow_handle() -> Option<FlowHandle> {
+    context::current_flow().map(scope::FlowHandle)
 }
 
 /// The id of the flow run this thread works for, if any.

@@ -161,20 +161,38 @@ impl Pool {
 /// Runs `wait` (a blocking wait for another run). On a pool thread, the job
 /// gives its slot away for the duration, so another job can use it.
 pub(crate) fn blocking<R>(wait: impl FnOnce() -> R) -> R {
+    let _guard = secede();
+    wait()
+}
+
+/// Gives the current job's slot away until dropped: on a pool thread another
+/// thread may take it; on a worker executor the worker's hook tells the
+/// scheduler the slot is free.
+pub(crate) struct SecedeGuard {
+    pool: Option<Arc<Pool>>,
+    hook: Option<BlockingHook>,
+}
+
+pub(crate) fn secede() -> SecedeGuard {
     let pool = CURRENT.with(|c| c.borrow().clone());
-    match pool {
-        None => with_hook(wait),
-        Some(pool) => {
-            pool.seceded.fetch_add(1, Ordering::AcqRel);
-            pool.ensure_thread();
-            struct Rejoin(Arc<Pool>);
-            impl Drop for Rejoin {
-                fn drop(&mut self) {
-                    self.0.seceded.fetch_sub(1, Ordering::AcqRel);
-                }
-            }
-            let _rejoin = Rejoin(pool);
-            with_hook(wait)
+    if let Some(pool) = &pool {
+        pool.seceded.fetch_add(1, Ordering::AcqRel);
+        pool.ensure_thread();
+    }
+    let hook = HOOK.with(|h| *h.borrow());
+    if let Some(hook) = hook {
+        hook(true);
+    }
+    SecedeGuard { pool, hook }
+}
+
+impl Drop for SecedeGuard {
+    fn drop(&mut self) {
+        if let Some(hook) = self.hook {
+            hook(false);
+        }
+        if let Some(pool) = &self.pool {
+            pool.seceded.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -192,21 +210,4 @@ thread_local! {
 /// to release and retake the slot of the task that waits.
 pub fn set_blocking_hook(hook: Option<BlockingHook>) {
     HOOK.with(|h| *h.borrow_mut() = hook);
-}
-
-pub(crate) fn with_hook<R>(wait: impl FnOnce() -> R) -> R {
-    match HOOK.with(|h| *h.borrow()) {
-        None => wait(),
-        Some(hook) => {
-            hook(true);
-            struct After(BlockingHook);
-            impl Drop for After {
-                fn drop(&mut self) {
-                    (self.0)(false)
-                }
-            }
-            let _after = After(hook);
-            wait()
-        }
-    }
 }

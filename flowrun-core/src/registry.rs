@@ -34,6 +34,7 @@ pub struct RegistryEntry {
     is_async: bool,
     run: Result<EncodedRun, &'static str>,
     signature: fn() -> String,
+    meta: fn() -> &'static crate::task::TaskMeta,
 }
 
 impl RegistryEntry {
@@ -57,6 +58,7 @@ impl RegistryEntry {
                     std::any::type_name::<T::Output>()
                 )
             },
+            meta: T::meta,
         }
     }
 
@@ -68,6 +70,11 @@ impl RegistryEntry {
     /// The task's display name.
     pub fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// The task's static description (options, retries, timeout).
+    pub fn meta(&self) -> &'static crate::task::TaskMeta {
+        (self.meta)()
     }
 
     /// The task is an `async fn`.

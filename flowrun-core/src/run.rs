@@ -651,6 +651,17 @@ impl RunRef {
     pub fn encoded_result(&self) -> Result<Bytes, TaskError> {
         self.0.encoded_result()
     }
+
+    /// Calls `callback` once the run is final (at once if it already is).
+    pub fn on_final(&self, callback: impl FnOnce() + Send + 'static) {
+        self.0.on_final(Box::new(callback))
+    }
+
+    /// Counts a failure of this run as handled. For runners that deliver a
+    /// run's outcome to code elsewhere that reads it.
+    pub fn mark_handled(&self) {
+        self.0.mark_observed()
+    }
 }
 
 impl fmt::Debug for RunRef {

@@ -40,6 +40,8 @@ pub struct FlowRunInfo {
     pub flow_run_name: String,
     /// The flow run's id.
     pub flow_run_id: String,
+    /// The flow run itself, to submit more work into it.
+    pub flow: crate::scope::FlowHandle,
 }
 
 /// A runner could not start or could not run a call.

@@ -31,6 +31,12 @@ pub trait Cluster: Send + Sync + 'static {
     fn scale(&self, n: usize) {
         let _ = n;
     }
+
+    /// Tells the cluster which flow run (or client scope) it serves, so that
+    /// tasks running on it can submit more work into it.
+    fn bind_flow(&self, flow: flowrun_core::FlowHandle) {
+        let _ = flow;
+    }
 }
 
 impl Cluster for LocalCluster {
@@ -58,6 +64,10 @@ impl Cluster for LocalCluster {
 
     fn scale(&self, n: usize) {
         LocalCluster::scale(self, n)
+    }
+
+    fn bind_flow(&self, flow: flowrun_core::FlowHandle) {
+        LocalCluster::bind_flow(self, flow)
     }
 }
 

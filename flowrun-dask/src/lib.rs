@@ -20,13 +20,17 @@
 
 mod annotate;
 mod build_id;
+mod client;
 mod cluster;
+pub mod collection;
 mod local;
 pub mod protocol;
+
 mod runner;
 mod settings;
 
 pub use annotate::{annotate, Annotate};
+pub use client::{get_async_dask_client, get_dask_client, AsyncClient, Client, ClientError};
 pub use cluster::{current_cluster, Cluster, ClusterClass, ClusterHandle, StartCluster};
 pub use local::{ClusterStatus, LocalCluster, WaitingTask, WorkerStatus};
 pub use runner::DaskTaskRunner;

@@ -1,6 +1,7 @@
 //! `LocalCluster`: a scheduler in the flow's process and worker processes
 //! (or threads) on this machine, connected over loopback TCP.
 
+pub(crate) mod forward;
 mod launch;
 mod output;
 mod scheduler;
@@ -23,7 +24,7 @@ pub use scheduler::{ClusterStatus, WaitingTask, WorkerStatus};
 use scheduler::{Event, Expected, Scheduler};
 use wire::{ToScheduler, ToWorker};
 
-use crate::settings::{ClientKwargs, ClusterKwargs, SettingsError};
+use crate::settings::{AdaptKwargs, ClientKwargs, ClusterKwargs, SettingsError};
 
 /// A temporary cluster on this machine: a scheduler inside the flow's
 /// process and `n_workers` worker processes of `threads_per_worker` threads
@@ -60,9 +61,27 @@ impl LocalCluster {
         kwargs: &ClusterKwargs,
         client: &ClientKwargs,
     ) -> Result<LocalCluster, SettingsError> {
+        LocalCluster::start_adaptive(kwargs, client, None)
+    }
+
+    /// Starts a cluster that scales between `adapt`'s minimum and maximum
+    /// (see [`AdaptKwargs`]): it starts with `n_workers` when given, else
+    /// with the minimum.
+    pub fn start_adaptive(
+        kwargs: &ClusterKwargs,
+        client: &ClientKwargs,
+        adapt: Option<&AdaptKwargs>,
+    ) -> Result<LocalCluster, SettingsError> {
+        if let Some(a) = adapt {
+            a.validate()?;
+        }
         kwargs.validate_local()?;
         client.validate()?;
-        let (n_workers, nthreads) = kwargs.shape()?;
+        let (mut n_workers, nthreads) = kwargs.shape()?;
+        if let (Some(a), None) = (adapt, kwargs.n_workers) {
+            // An adaptive cluster starts at its minimum unless told otherwise.
+            n_workers = a.get_minimum();
+        }
         let resources = kwargs.worker_resources()?;
         let memory_limit = kwargs.memory_limit_bytes(n_workers)?;
         let listener = TcpListener::bind(("127.0.0.1", 0)).map_err(|e| {
@@ -115,6 +134,13 @@ impl LocalCluster {
             no_workers_timeout: kwargs.no_workers_timeout,
             startup_timeout: client.startup_timeout,
             memory_limit,
+            adapt: adapt.map(|a| scheduler::Adapt {
+                minimum: a.get_minimum(),
+                maximum: a.get_maximum(),
+                interval: a.interval,
+                wait_count: a.wait_count.max(1) as u32,
+                target_duration: a.target_duration,
+            }),
         };
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let handle = if kwargs.processes.unwrap_or(true) {
@@ -182,6 +208,12 @@ impl LocalCluster {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.events.send(Event::Status(tx)).ok()?;
         rx.recv_timeout(Duration::from_secs(10)).ok()
+    }
+
+    /// Tells the scheduler which flow run it serves, so tasks running on
+    /// workers can submit more work into it.
+    pub fn bind_flow(&self, flow: flowrun_core::FlowHandle) {
+        let _ = self.events.send(Event::BindFlow(flow));
     }
 
     /// Changes the number of workers.

@@ -45,6 +45,8 @@ pub(crate) enum Event {
     },
     Status(Sender<ClusterStatus>),
     Scale(usize),
+    /// The flow run this cluster serves, for work submitted from workers.
+    BindFlow(flowrun_core::FlowHandle),
     Close,
 }
 
@@ -105,6 +107,8 @@ pub struct ClusterStatus {
     pub deaths: usize,
     /// Task runs completed (or failed) on this cluster.
     pub finished: u64,
+    /// Every change of the number of running workers: when, and how many.
+    pub worker_count_history: Vec<(std::time::SystemTime, usize)>,
 }
 
 pub(crate) struct Config {
@@ -116,7 +120,22 @@ pub(crate) struct Config {
     pub no_workers_timeout: Option<Duration>,
     pub startup_timeout: Duration,
     pub memory_limit: Option<u64>,
+    pub adapt: Option<Adapt>,
 }
+
+/// Adaptive scaling, resolved from `AdaptKwargs`.
+#[derive(Debug, Clone)]
+pub(crate) struct Adapt {
+    pub minimum: usize,
+    pub maximum: Option<usize>,
+    pub interval: Duration,
+    pub wait_count: u32,
+    pub target_duration: Duration,
+}
+
+/// The duration assumed for a task that has never been measured (Dask's
+/// `unknown-task-duration`).
+const UNKNOWN_DURATION: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum WState {
@@ -137,6 +156,7 @@ struct Worker {
     /// Tasks assigned here (queued on the worker or running).
     tasks: HashSet<u64>,
     outbox: Vec<Assignment>,
+    idle_checks: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -149,6 +169,7 @@ enum Place {
 
 struct Task {
     job: Option<RemoteJob>,
+    key: &'static str,
     run: String,
     priority: i64,
     seq: u64,
@@ -188,6 +209,15 @@ pub(crate) struct Scheduler<L: Launcher> {
     /// on workers ahead of free threads.
     mean_duration: Option<Duration>,
     last_waiting_log: Instant,
+    /// Measured duration per task key (moving average).
+    durations: HashMap<&'static str, Duration>,
+    /// Tasks queued or on workers, per key: the work ahead.
+    pending_keys: HashMap<&'static str, usize>,
+    flow: Option<flowrun_core::FlowHandle>,
+    /// Submissions from workers, by (worker, its id): the flow's run.
+    forwarded: HashMap<(u32, u64), flowrun_core::RunRef>,
+    history: Vec<(std::time::SystemTime, usize)>,
+    running_workers: usize,
 }
 
 fn signature(needs: &Option<Resources>) -> String {
@@ -220,7 +250,13 @@ const MAX_STARTUP_FAILURES: u32 = 3;
 
 impl<L: Launcher> Scheduler<L> {
     pub(crate) fn new(cfg: Config, launcher: L) -> Self {
-        let target = cfg.n_workers;
+        let target = match &cfg.adapt {
+            Some(a) => cfg
+                .n_workers
+                .max(a.minimum)
+                .min(a.maximum.unwrap_or(usize::MAX)),
+            None => cfg.n_workers,
+        };
         Scheduler {
             cfg,
             launcher,
@@ -239,6 +275,12 @@ impl<L: Launcher> Scheduler<L> {
             finished: 0,
             mean_duration: None,
             last_waiting_log: Instant::now(),
+            durations: HashMap::new(),
+            pending_keys: HashMap::new(),
+            flow: None,
+            forwarded: HashMap::new(),
+            history: vec![(std::time::SystemTime::now(), 0)],
+            running_workers: 0,
         }
     }
 
@@ -246,6 +288,10 @@ impl<L: Launcher> Scheduler<L> {
     pub(crate) fn run(mut self, events: Receiver<Event>, done: Sender<()>) {
         self.fill_to_target();
         let ticker = crossbeam_channel::tick(Duration::from_millis(250));
+        let adapt_ticker = match &self.cfg.adapt {
+            Some(a) => crossbeam_channel::tick(a.interval),
+            None => crossbeam_channel::never(),
+        };
         loop {
             crossbeam_channel::select! {
                 recv(events) -> ev => match ev {
@@ -253,12 +299,14 @@ impl<L: Launcher> Scheduler<L> {
                     Err(_) => self.closing = true,
                 },
                 recv(ticker) -> _ => self.tick(),
+                recv(adapt_ticker) -> _ => self.adapt_down(),
             }
             // Take everything already queued before scheduling, so bursts
             // are batched into few frames.
             while let Ok(ev) = events.try_recv() {
                 self.handle(ev);
             }
+            self.adapt_up();
             self.schedule();
             self.flush();
             if self.closing && self.workers.is_empty() {
@@ -322,6 +370,7 @@ impl<L: Launcher> Scheduler<L> {
                 self.fill_to_target();
                 self.retire_extra();
             }
+            Event::BindFlow(handle) => self.flow = Some(handle),
             Event::Close => self.close(),
         }
     }
@@ -361,8 +410,10 @@ impl<L: Launcher> Scheduler<L> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let priority = annotations.priority.unwrap_or(0);
+        let key = job.task_key();
         let mut task = Task {
             job: Some(job),
+            key,
             run: run.name(),
             priority,
             seq,
@@ -387,6 +438,7 @@ impl<L: Launcher> Scheduler<L> {
             }
         }
         self.groups[group].heap.push((priority, Reverse(seq), id));
+        *self.pending_keys.entry(key).or_insert(0) += 1;
         self.tasks.insert(id, task);
     }
 
@@ -406,8 +458,11 @@ impl<L: Launcher> Scheduler<L> {
             let _ = writer.send(ToWorker::Shutdown);
         }
         w.writer = Some(writer);
-        self.startup_failures = 0;
         tracing::debug!(target: "flowrun_dask::cluster", "Worker '{}' (pid {pid}) joined", w.name);
+                self.startup_failures = 0;
+        if !self.closing {
+            self.running_changed(1);
+        }
     }
 
     fn message(&mut self, worker: u32, msg: ToScheduler) {
@@ -459,7 +514,68 @@ impl<L: Launcher> Scheduler<L> {
                     w.seceded = w.seceded.saturating_sub(1);
                 }
             }
+            ToScheduler::Submit(subs) => {
+                for s in subs {
+                    self.forward(worker, s);
+                }
+            }
+            ToScheduler::Handled(ids) => {
+                for id in ids {
+                    if let Some(run) = self.forwarded.remove(&(worker, id)) {
+                        run.mark_handled();
+                    }
+                }
+            }
             ToScheduler::Hello { .. } => {}
+        }
+    }
+
+    /// Runs a task a worker's task submitted, in the flow run, and sends the
+    /// outcome back to that worker.
+    fn forward(&mut self, worker: u32, s: super::wire::Submission) {
+        use super::wire::WireError;
+        let writer = self.workers.get(&worker).and_then(|w| w.writer.clone());
+        let reply = move |result: Result<ByteBuf, WireError>| {
+            if let Some(w) = &writer {
+                let _ = w.send(ToWorker::Resolved(vec![(s.id, result)]));
+            }
+        };
+        let Some(flow) = &self.flow else {
+            reply(Err(WireError::from_task_error(&TaskError::new(
+                TaskErrorKind::Runner,
+                "this cluster serves no flow run, so it cannot run work submitted from a task",
+            ))));
+            return;
+        };
+        let mut options = flowrun_core::TaskOptions::new();
+        if let Some(p) = s.priority {
+            options = options.priority(p);
+        }
+        if let Some(r) = s.resources {
+            options = options.resources(r.into_iter().collect::<Resources>());
+        }
+        let args = s
+            .args
+            .into_iter()
+            .map(|b| ArgSlot::Bytes(bytes::Bytes::from(b.into_vec())))
+            .collect();
+        match flow.submit_encoded(&s.key, args, options) {
+            Err(e) => reply(Err(WireError::from_task_error(&e))),
+            Ok(future) => {
+                let run = future.run_ref();
+                self.forwarded.insert((worker, s.id), run.clone());
+                let done = run.clone();
+                run.on_final(move || {
+                    let result = match done.error() {
+                        Some(e) => Err(WireError::from_task_error(&e)),
+                        None => done
+                            .encoded_result()
+                            .map(|b| ByteBuf::from(b.to_vec()))
+                            .map_err(|e| WireError::from_task_error(&e)),
+                    };
+                    reply(result);
+                });
+            }
         }
     }
 
@@ -474,25 +590,19 @@ impl<L: Launcher> Scheduler<L> {
             }
         }
         self.finished += 1;
+        self.unpend(task.key);
         let d = Duration::from_micros(c.duration_us);
         self.mean_duration = Some(match self.mean_duration {
             None => d,
             Some(m) => (m * 7 + d) / 8,
         });
+        let per_key = self.durations.entry(task.key).or_insert(d);
+        *per_key = (*per_key * 3 + d) / 4;
         if let Some(job) = task.job.take() {
             let result = c
                 .result
                 .map(|b| bytes::Bytes::from(b.into_vec()))
-                .map_err(|e| {
-                    TaskError::new(
-                        if e.panic {
-                            TaskErrorKind::Panic
-                        } else {
-                            TaskErrorKind::Error
-                        },
-                        e.message,
-                    )
-                });
+                .map_err(super::wire::WireError::into_task_error);
             job.finish(result);
         }
     }
@@ -503,7 +613,11 @@ impl<L: Launcher> Scheduler<L> {
         let Some(w) = self.workers.remove(&id) else {
             return;
         };
-        self.launcher.kill(id);
+                self.launcher.kill(id);
+        if w.state == WState::Running {
+            self.running_changed(-1);
+        }
+        self.forwarded.retain(|(worker, _), _| *worker != id);
         let expected = w.state == WState::Closing || self.closing;
         if !expected {
             self.deaths += 1;
@@ -545,6 +659,7 @@ impl<L: Launcher> Scheduler<L> {
             }
             if was_running && t.suspicious > self.cfg.allowed_failures {
                 let t = self.tasks.remove(&tid).expect("present");
+                self.unpend(t.key);
                 crashed += 1;
                 if let Some(job) = t.job {
                     job.finish(Err(TaskError::new(
@@ -581,7 +696,11 @@ impl<L: Launcher> Scheduler<L> {
     }
 
     fn startup_failed(&mut self, id: u32, reason: String) {
-        self.workers.remove(&id);
+                if let Some(w) = self.workers.remove(&id) {
+            if w.state == WState::Running {
+                self.running_changed(-1);
+            }
+        }
         self.launcher.kill(id);
         if self.closing {
             return;
@@ -641,6 +760,7 @@ impl<L: Launcher> Scheduler<L> {
                     free: self.cfg.resources.clone(),
                     tasks: HashSet::new(),
                     outbox: Vec::new(),
+                    idle_checks: 0,
                 },
             );
             match self.launcher.launch(id, &name) {
@@ -679,7 +799,15 @@ impl<L: Launcher> Scheduler<L> {
         }
     }
 
-    fn retire(&mut self, id: u32) {
+        fn retire(&mut self, id: u32) {
+        let was_running = self
+            .workers
+            .get(&id)
+            .is_some_and(|w| w.state == WState::Running);
+        if was_running {
+            // Counted as gone from now on, in status and history alike.
+            self.running_changed(-1);
+        }
         if let Some(w) = self.workers.get_mut(&id) {
             w.state = WState::Closing;
             match &w.writer {
@@ -756,6 +884,7 @@ impl<L: Launcher> Scheduler<L> {
                 .collect();
             for id in expired {
                 if let Some(t) = self.tasks.remove(&id) {
+                    self.unpend(t.key);
                     if let Some(job) = t.job {
                         let needs = t.needs.map(|n| n.to_string()).unwrap_or_default();
                         job.finish(Err(TaskError::new(
@@ -780,6 +909,119 @@ impl<L: Launcher> Scheduler<L> {
                 );
             }
         }
+    }
+
+    fn unpend(&mut self, key: &'static str) {
+        if let Some(n) = self.pending_keys.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                self.pending_keys.remove(key);
+            }
+        }
+    }
+
+    fn running_changed(&mut self, delta: i64) {
+        self.running_workers = (self.running_workers as i64 + delta).max(0) as usize;
+        self.history
+            .push((std::time::SystemTime::now(), self.running_workers));
+        if self.cfg.adapt.is_some() && !self.closing {
+            tracing::info!(
+                target: "flowrun_dask::adaptive",
+                "The cluster has {} worker{} now",
+                self.running_workers,
+                if self.running_workers == 1 { "" } else { "s" }
+            );
+        }
+    }
+
+    /// Estimated work queued or running, and how many tasks.
+    fn pending_work(&self) -> (Duration, usize) {
+        let mut work = Duration::ZERO;
+        let mut tasks = 0;
+        for (key, n) in &self.pending_keys {
+            let each = self.durations.get(key).copied().unwrap_or(UNKNOWN_DURATION);
+            work += each * (*n as u32);
+            tasks += n;
+        }
+        (work, tasks)
+    }
+
+    /// How many workers the work ahead needs, within the adaptive bounds.
+    fn desired_workers(&self, a: &Adapt) -> usize {
+        let (work, tasks) = self.pending_work();
+        let per_worker = a.target_duration.as_secs_f64() * self.cfg.nthreads as f64;
+        let for_work = (work.as_secs_f64() / per_worker).ceil() as usize;
+        // Never more workers than there are tasks to fill their threads.
+        let fillable = tasks.div_ceil(self.cfg.nthreads.max(1));
+        let wanted = for_work.min(fillable).max(usize::from(tasks > 0));
+        wanted.max(a.minimum).min(a.maximum.unwrap_or(usize::MAX))
+    }
+
+    /// Scales up as soon as the work ahead exceeds what the workers can do
+    /// within the target duration.
+    fn adapt_up(&mut self) {
+        let Some(a) = self.cfg.adapt.clone() else {
+            return;
+        };
+        if self.closing || self.broken.is_some() {
+            return;
+        }
+        let desired = self.desired_workers(&a);
+        if desired > self.alive() {
+            let (work, tasks) = self.pending_work();
+            tracing::info!(
+                target: "flowrun_dask::adaptive",
+                "Scaling up from {} to {desired} workers: {tasks} task run(s) with about {:.1} s of work ahead",
+                self.alive(),
+                work.as_secs_f64()
+            );
+            self.target = desired;
+            self.fill_to_target();
+        }
+    }
+
+    /// Scales down workers that stayed idle for `wait_count` checks in a row,
+    /// never below the minimum or what the work ahead needs.
+    fn adapt_down(&mut self) {
+        let Some(a) = self.cfg.adapt.clone() else {
+            return;
+        };
+        if self.closing {
+            return;
+        }
+        for w in self.workers.values_mut() {
+            if w.state == WState::Running && w.tasks.is_empty() && w.seceded == 0 {
+                w.idle_checks += 1;
+            } else {
+                w.idle_checks = 0;
+            }
+        }
+        let keep = self.desired_workers(&a).max(a.minimum);
+        let mut alive = self.alive();
+        if alive <= keep {
+            return;
+        }
+        let mut idle: Vec<(u32, u32)> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.state == WState::Running && w.idle_checks >= a.wait_count)
+            .map(|(id, w)| (*id, w.idle_checks))
+            .collect();
+        idle.sort_by_key(|(id, checks)| (Reverse(*checks), Reverse(*id)));
+        for (id, _) in idle {
+            if alive <= keep {
+                break;
+            }
+            tracing::info!(
+                target: "flowrun_dask::adaptive",
+                "Scaling down: worker '{}' was idle for {} checks",
+                self.workers.get(&id).map(|w| w.name.as_str()).unwrap_or("?"),
+                a.wait_count
+            );
+            self.retire(id);
+            alive -= 1;
+        }
+        self.target = alive;
     }
 
     fn prefetch(&self) -> usize {
@@ -925,6 +1167,7 @@ impl<L: Launcher> Scheduler<L> {
             waiting: self.waiting(),
             deaths: self.deaths,
             finished: self.finished,
+            worker_count_history: self.history.clone(),
         }
     }
 }

@@ -27,11 +27,73 @@ pub struct Assignment {
     pub args: Vec<serde_bytes::ByteBuf>,
 }
 
-/// Why a task failed on a worker.
+/// Why a task failed, as it crosses the connection.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WireError {
     pub panic: bool,
     pub message: String,
+    /// Set for failures other than the task's own error or panic.
+    pub kind: Option<WireKind>,
+}
+
+/// The kinds of failure besides a task's own error or panic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum WireKind {
+    TimedOut,
+    UpstreamFailed(String),
+    Crashed,
+    KilledWorker,
+    Cancelled,
+    Runner,
+    ResultUnavailable,
+}
+
+impl WireError {
+    pub fn from_task_error(e: &flowrun_core::TaskError) -> WireError {
+        use flowrun_core::TaskErrorKind as K;
+        let kind = match e.kind() {
+            K::Error | K::Panic => None,
+            K::TimedOut => Some(WireKind::TimedOut),
+            K::UpstreamFailed { upstream } => Some(WireKind::UpstreamFailed(upstream.clone())),
+            K::Crashed => Some(WireKind::Crashed),
+            K::KilledWorker => Some(WireKind::KilledWorker),
+            K::Cancelled => Some(WireKind::Cancelled),
+            K::ResultUnavailable => Some(WireKind::ResultUnavailable),
+            _ => Some(WireKind::Runner),
+        };
+        WireError {
+            panic: *e.kind() == K::Panic,
+            message: e.message().to_owned(),
+            kind,
+        }
+    }
+
+    pub fn into_task_error(self) -> flowrun_core::TaskError {
+        use flowrun_core::TaskErrorKind as K;
+        let kind = match self.kind {
+            None if self.panic => K::Panic,
+            None => K::Error,
+            Some(WireKind::TimedOut) => K::TimedOut,
+            Some(WireKind::UpstreamFailed(upstream)) => K::UpstreamFailed { upstream },
+            Some(WireKind::Crashed) => K::Crashed,
+            Some(WireKind::KilledWorker) => K::KilledWorker,
+            Some(WireKind::Cancelled) => K::Cancelled,
+            Some(WireKind::Runner) => K::Runner,
+            Some(WireKind::ResultUnavailable) => K::ResultUnavailable,
+        };
+        flowrun_core::TaskError::new(kind, self.message)
+    }
+}
+
+/// A task a task running on a worker submits to the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Submission {
+    /// The worker's id for it.
+    pub id: u64,
+    pub key: String,
+    pub args: Vec<serde_bytes::ByteBuf>,
+    pub priority: Option<i64>,
+    pub resources: Option<Vec<(String, f64)>>,
 }
 
 /// A finished task.
@@ -72,6 +134,8 @@ pub enum ToWorker {
         reason: String,
     },
     Run(Vec<Assignment>),
+    /// Outcomes of submissions this worker made.
+    Resolved(Vec<(u64, Result<serde_bytes::ByteBuf, WireError>)>),
     Shutdown,
 }
 
@@ -92,6 +156,10 @@ pub enum ToScheduler {
     Secede(u64),
     /// The task stopped waiting and takes a slot again.
     Rejoin(u64),
+    /// Tasks a task submitted to the cluster.
+    Submit(Vec<Submission>),
+    /// Submissions whose failures the submitting task read (handled).
+    Handled(Vec<u64>),
 }
 
 /// The keyed hash a worker answers a challenge with.

@@ -83,6 +83,8 @@ pub(crate) enum Outgoing {
     Log(LogLine),
     Secede(u64),
     Rejoin(u64),
+    Submit(super::wire::Submission),
+    Handled(Vec<u64>),
 }
 
 /// Tasks by priority then submission order, and whether the queue closed.
@@ -153,6 +155,7 @@ struct Executors {
     /// default, so a subscriber the program installed before its flow call
     /// does not swallow them.
     logs: Option<tracing::Dispatch>,
+    link: Arc<super::forward::Link>,
     nthreads: usize,
     threads: AtomicUsize,
     seceded: AtomicUsize,
@@ -207,6 +210,7 @@ impl Executors {
 
     fn execute(self: Arc<Self>) {
         flowrun_core::set_blocking_hook(Some(blocking_hook));
+        super::forward::bind_thread(self.link.clone());
         let _logs = self.logs.as_ref().map(tracing::dispatcher::set_default);
         loop {
             // Shrink back after a seceded task rejoined.
@@ -226,7 +230,24 @@ impl Executors {
             CURRENT.with(|c| *c.borrow_mut() = Some((self.clone(), task.id)));
             let token = self.capture.as_ref().map(|c| c.task_started(&task.run));
             let started = Instant::now();
-            let result = run_assignment(&task);
+            let mut result = run_assignment(&task);
+            // Work the task submitted to the cluster finishes before it does.
+            let unhandled = super::forward::finish_task();
+            if result.is_ok() && !unhandled.is_empty() {
+                result = Err(WireError {
+                    panic: false,
+                    message: format!(
+                        "{} task run(s) it submitted failed and it did not handle them: {}",
+                        unhandled.len(),
+                        unhandled
+                            .iter()
+                            .map(|f| format!("'{}' {}", f.task_run, f.state))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    kind: None,
+                });
+            }
             let duration_us = started.elapsed().as_micros() as u64;
             if let (Some(c), Some(t)) = (&self.capture, token) {
                 c.task_finished(t);
@@ -244,6 +265,7 @@ impl Executors {
 fn run_assignment(task: &Assignment) -> Result<ByteBuf, WireError> {
     let Some(entry) = flowrun_core::registry::registry().get(&task.key) else {
         return Err(WireError {
+            kind: None,
             panic: false,
             message: format!(
                 "no task is registered as '{}' in the worker program (is it the same program as the flow?)",
@@ -264,7 +286,11 @@ fn run_assignment(task: &Assignment) -> Result<ByteBuf, WireError> {
                 message = format!("{message} (panicked at {at})");
             }
         }
-        WireError { panic, message }
+        WireError {
+            panic,
+            message,
+            kind: None,
+        }
     })
 }
 
@@ -290,6 +316,7 @@ fn write_loop(mut stream: TcpStream, rx: Receiver<Outgoing>) {
         let mut done = Vec::new();
         let mut output = Vec::new();
         let mut logs = Vec::new();
+        let mut submits = Vec::new();
         let mut other = Vec::new();
         for m in std::iter::once(first).chain(rx.try_iter().take(8192)) {
             match m {
@@ -299,6 +326,8 @@ fn write_loop(mut stream: TcpStream, rx: Receiver<Outgoing>) {
                 Outgoing::Log(l) => logs.push(l),
                 Outgoing::Secede(id) => other.push(ToScheduler::Secede(id)),
                 Outgoing::Rejoin(id) => other.push(ToScheduler::Rejoin(id)),
+                Outgoing::Submit(s) => submits.push(s),
+                Outgoing::Handled(ids) => other.push(ToScheduler::Handled(ids)),
             }
         }
         let mut batch = Vec::with_capacity(5);
@@ -310,6 +339,9 @@ fn write_loop(mut stream: TcpStream, rx: Receiver<Outgoing>) {
         }
         if !logs.is_empty() {
             batch.push(ToScheduler::Log(logs));
+        }
+        if !submits.is_empty() {
+            batch.push(ToScheduler::Submit(submits));
         }
         batch.extend(other);
         if !done.is_empty() {
@@ -406,7 +438,9 @@ pub(crate) fn serve(
     } else {
         None
     };
+    let link = super::forward::Link::new(out_tx.clone(), config.name.clone());
     let ex = Arc::new(Executors {
+        link: link.clone(),
         queue: Queue {
             heap: Mutex::new((BinaryHeap::new(), false)),
             cond: Condvar::new(),
@@ -428,6 +462,7 @@ pub(crate) fn serve(
                 for m in batch {
                     match m {
                         ToWorker::Run(tasks) => ex.queue.push(tasks),
+                        ToWorker::Resolved(batch) => link.resolve(batch),
                         ToWorker::Shutdown => stop = true,
                         _ => {}
                     }
@@ -441,6 +476,7 @@ pub(crate) fn serve(
         }
     };
     ex.queue.close();
+    link.fail_all("the worker lost its scheduler");
     let _ = std::io::stdout().flush();
     outcome
 }
