@@ -15,6 +15,7 @@ use crate::error::{
     panic_message, FlowError, FlowErrorKind, TaskError, TaskErrorKind, TaskRunFailure,
 };
 use crate::names;
+use crate::observe::{RunEvent, RunObserver};
 use crate::options::{FlowOptions, RetryPolicy};
 use crate::run::{AnyRun, RunId, RunRef};
 use crate::runner::{Execution, FlowRunInfo, TaskRunner};
@@ -61,8 +62,10 @@ pub(crate) struct FlowShared {
     cancelled: AtomicBool,
     cancel_reason: Mutex<Option<TaskError>>,
     timed_out: AtomicBool,
-    closed: AtomicBool,
+        closed: AtomicBool,
     counts: [AtomicUsize; 4],
+    observers: Mutex<Vec<Arc<dyn RunObserver>>>,
+    has_observers: AtomicBool,
 }
 
 impl FlowShared {
@@ -91,8 +94,35 @@ impl FlowShared {
             cancelled: AtomicBool::new(false),
             cancel_reason: Mutex::new(None),
             timed_out: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
+                        closed: AtomicBool::new(false),
             counts: Default::default(),
+            observers: Mutex::new(Vec::new()),
+            has_observers: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn add_observer(&self, observer: Arc<dyn RunObserver>) {
+        self.observers.lock().unwrap_or_else(|p| p.into_inner()).push(observer);
+        self.has_observers.store(true, Ordering::Release);
+    }
+
+    /// Anyone watching (one atomic load on the hot path otherwise).
+    pub(crate) fn observed(&self) -> bool {
+        self.has_observers.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn emit(&self, run: RunRef, state: State) {
+        let observers = self.observers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let event = RunEvent { run, state };
+        for o in observers {
+            o.run_changed(&event);
+        }
+    }
+
+    fn emit_flow_finished(&self, state: &State) {
+        let observers = self.observers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for o in observers {
+            o.flow_finished(state);
         }
     }
 
@@ -143,7 +173,10 @@ impl FlowShared {
         if self.closed.load(Ordering::Acquire) {
             return false;
         }
-        self.outstanding.fetch_add(1, Ordering::AcqRel);
+                self.outstanding.fetch_add(1, Ordering::AcqRel);
+        if self.observed() {
+            self.emit(run.clone(), run.state());
+        }
         self.live
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -152,8 +185,11 @@ impl FlowShared {
     }
 
     /// Called once by every run when it becomes final.
-    pub(crate) fn run_finished(&self, run: Arc<dyn AnyRun>, state: &State) {
+        pub(crate) fn run_finished(&self, run: Arc<dyn AnyRun>, state: &State) {
         log_task_finished(&*run, state);
+        if self.observed() {
+            self.emit(RunRef(run.clone()), state.clone());
+        }
         let slot = match state.kind() {
             StateKind::Completed => 0,
             StateKind::Failed => 1,
@@ -648,6 +684,11 @@ fn begin<F: Flow>(config: &FlowConfig) -> Result<Started, Box<FlowRun<F::Output>
         flow_run_id: shared.id.clone(),
         flow: crate::scope::FlowHandle(shared.clone()),
     };
+        for registration in inventory::iter::<crate::observe::ObserverRegistration> {
+        if let Some(observer) = (registration.factory)(&info) {
+            shared.add_observer(observer);
+        }
+    }
     match catch_unwind(AssertUnwindSafe(|| runner.start(&info))) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -800,16 +841,11 @@ impl Started {
                 .with_message(e.message()),
             Err(e) => State::new(StateKind::Failed).with_message(e.message()),
         };
+                shared.emit_flow_finished(&state);
         if state.is_completed() {
-            tracing::info!(
-                flowrun.run = self.label().as_str(),
-                "Finished in state {state}"
-            );
+            tracing::info!(flowrun.run = self.label().as_str(), "Finished in state {state}");
         } else {
-            tracing::error!(
-                flowrun.run = self.label().as_str(),
-                "Finished in state {state}"
-            );
+            tracing::error!(flowrun.run = self.label().as_str(), "Finished in state {state}");
         }
         FlowRun {
             id: shared.id.clone(),

@@ -19,6 +19,7 @@ mod future;
 mod input;
 pub mod logging;
 pub mod names;
+pub mod observe;
 mod options;
 mod pool;
 pub mod probe;

@@ -153,8 +153,8 @@ impl<T: Send + 'static> RunCell<T> {
 
     /// Moves a not-yet-final run to `kind` (Running, Retrying, AwaitingRetry,
     /// Pending). Returns false when the run is already final.
-    pub(crate) fn transition(
-        &self,
+        pub(crate) fn transition(
+        self: &Arc<Self>,
         kind: StateKind,
         message: Option<Arc<str>>,
         attempt: u32,
@@ -174,6 +174,9 @@ impl<T: Send + 'static> RunCell<T> {
                 s.started = Some(Instant::now());
             }
             wakers = std::mem::take(&mut s.wakers);
+        }
+        if self.flow.observed() {
+            self.flow.emit(RunRef(self.clone()), self.state());
         }
         // Async waiters poll again and re-register; they only care about final
         // states, but waking keeps `state()` observers in async code current.

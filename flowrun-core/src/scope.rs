@@ -47,6 +47,11 @@ impl FlowHandle {
         crate::encoded::submit(&self.0, key, args, &config)
     }
 
+        /// Watches every change of state of this run's task runs.
+    pub fn add_observer(&self, observer: Arc<dyn crate::observe::RunObserver>) {
+        self.0.add_observer(observer);
+    }
+
     /// Runs `f` with task submissions going to this flow run.
     pub fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
         let previous = context::with_current(|c| c.flow.replace(self.0.clone()));

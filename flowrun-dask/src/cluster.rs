@@ -32,10 +32,16 @@ pub trait Cluster: Send + Sync + 'static {
         let _ = n;
     }
 
-    /// Tells the cluster which flow run (or client scope) it serves, so that
+        /// Tells the cluster which flow run (or client scope) it serves, so that
     /// tasks running on it can submit more work into it.
     fn bind_flow(&self, flow: flowrun_core::FlowHandle) {
         let _ = flow;
+    }
+
+    /// Task stream entries after position `since`, when the cluster keeps them.
+    fn task_stream(&self, since: u64) -> Option<crate::local::TaskStream> {
+        let _ = since;
+        None
     }
 }
 
@@ -66,8 +72,12 @@ impl Cluster for LocalCluster {
         LocalCluster::scale(self, n)
     }
 
-    fn bind_flow(&self, flow: flowrun_core::FlowHandle) {
+        fn bind_flow(&self, flow: flowrun_core::FlowHandle) {
         LocalCluster::bind_flow(self, flow)
+    }
+
+    fn task_stream(&self, since: u64) -> Option<crate::local::TaskStream> {
+        LocalCluster::task_stream(self, since)
     }
 }
 
@@ -201,9 +211,14 @@ impl ClusterHandle {
         self.cluster.status()
     }
 
-    /// Changes the number of workers.
+        /// Changes the number of workers.
     pub fn scale(&self, n: usize) {
         self.cluster.scale(n)
+    }
+
+    /// Task stream entries after position `since` (see [`crate::TaskStream`]).
+    pub fn task_stream(&self, since: u64) -> Option<crate::local::TaskStream> {
+        self.cluster.task_stream(since)
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 use flowrun_core::{Resources, TaskCall};
 
-pub use scheduler::{ClusterStatus, WaitingTask, WorkerStatus};
+pub use scheduler::{ClusterStatus, TaskStream, TaskStreamEntry, WaitingTask, WorkerStatus};
 
 use scheduler::{Event, Expected, Scheduler};
 use wire::{ToScheduler, ToWorker};
@@ -207,6 +207,14 @@ impl LocalCluster {
     pub fn status(&self) -> Option<ClusterStatus> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.events.send(Event::Status(tx)).ok()?;
+        rx.recv_timeout(Duration::from_secs(10)).ok()
+    }
+
+        /// Task stream entries (one per task run executed, in the order they
+    /// ended) after position `since`; pass the returned `next` next time.
+    pub fn task_stream(&self, since: u64) -> Option<TaskStream> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.events.send(Event::Stream(since, tx)).ok()?;
         rx.recv_timeout(Duration::from_secs(10)).ok()
     }
 

@@ -43,7 +43,9 @@ pub(crate) enum Event {
         worker: Option<u32>,
         reason: String,
     },
-    Status(Sender<ClusterStatus>),
+        Status(Sender<ClusterStatus>),
+    /// Task stream entries after a position.
+    Stream(u64, Sender<TaskStream>),
     Scale(usize),
     /// The flow run this cluster serves, for work submitted from workers.
     BindFlow(flowrun_core::FlowHandle),
@@ -91,6 +93,37 @@ pub struct WaitingTask {
     /// Why it cannot start.
     pub reason: String,
 }
+
+/// One task run's time on a worker thread: a bar of the task stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskStreamEntry {
+    /// The task run's name, such as `shout-3`.
+    pub run: String,
+    /// The task's name, such as `shout`.
+    pub task: String,
+    /// The worker, such as `worker-1`.
+    pub worker: String,
+    /// The worker's executor thread.
+    pub thread: u32,
+    /// Start, in microseconds since the epoch.
+    pub start_us: u64,
+    /// End, in microseconds since the epoch.
+    pub end_us: u64,
+    /// `completed`, `failed` or `crashed` (the worker died under it).
+    pub outcome: &'static str,
+}
+
+/// Entries of the task stream after a position, and the next position.
+#[derive(Debug, Clone, Default)]
+pub struct TaskStream {
+    /// Bars in the order they ended.
+    pub entries: Vec<TaskStreamEntry>,
+    /// Ask for entries after this position next time.
+    pub next: u64,
+}
+
+/// How many task stream entries a cluster keeps (the oldest go first).
+const STREAM_CAPACITY: usize = 100_000;
 
 /// A snapshot of a cluster.
 #[derive(Debug, Clone, Default)]
@@ -171,6 +204,9 @@ struct Task {
     job: Option<RemoteJob>,
     key: &'static str,
     run: String,
+    task_name: String,
+    /// Executor thread and start time, once the worker started it.
+    started: Option<(u32, u64)>,
     priority: i64,
     seq: u64,
     needs: Option<Resources>,
@@ -216,8 +252,11 @@ pub(crate) struct Scheduler<L: Launcher> {
     flow: Option<flowrun_core::FlowHandle>,
     /// Submissions from workers, by (worker, its id): the flow's run.
     forwarded: HashMap<(u32, u64), flowrun_core::RunRef>,
-    history: Vec<(std::time::SystemTime, usize)>,
+        history: Vec<(std::time::SystemTime, usize)>,
     running_workers: usize,
+    stream: std::collections::VecDeque<TaskStreamEntry>,
+    /// Position of the first entry in `stream`.
+    stream_base: u64,
 }
 
 fn signature(needs: &Option<Resources>) -> String {
@@ -279,8 +318,10 @@ impl<L: Launcher> Scheduler<L> {
             pending_keys: HashMap::new(),
             flow: None,
             forwarded: HashMap::new(),
-            history: vec![(std::time::SystemTime::now(), 0)],
+                        history: vec![(std::time::SystemTime::now(), 0)],
             running_workers: 0,
+            stream: std::collections::VecDeque::new(),
+            stream_base: 0,
         }
     }
 
@@ -370,7 +411,20 @@ impl<L: Launcher> Scheduler<L> {
                 self.fill_to_target();
                 self.retire_extra();
             }
-            Event::BindFlow(handle) => self.flow = Some(handle),
+                        Event::BindFlow(handle) => self.flow = Some(handle),
+            Event::Stream(since, reply) => {
+                let first = since.max(self.stream_base);
+                let entries = self
+                    .stream
+                    .iter()
+                    .skip((first - self.stream_base) as usize)
+                    .cloned()
+                    .collect();
+                let _ = reply.send(TaskStream {
+                    entries,
+                    next: self.stream_base + self.stream.len() as u64,
+                });
+            }
             Event::Close => self.close(),
         }
     }
@@ -410,8 +464,10 @@ impl<L: Launcher> Scheduler<L> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let priority = annotations.priority.unwrap_or(0);
-        let key = job.task_key();
+                let key = job.task_key();
         let mut task = Task {
+            task_name: job.task_name().to_owned(),
+            started: None,
             job: Some(job),
             key,
             run: run.name(),
@@ -473,10 +529,11 @@ impl<L: Launcher> Scheduler<L> {
                     .get(&worker)
                     .map(|w| w.name.clone())
                     .unwrap_or_default();
-                for id in ids {
-                    if let Some(t) = self.tasks.get_mut(&id) {
+                                for s in ids {
+                    if let Some(t) = self.tasks.get_mut(&s.id) {
                         if t.place == Place::Assigned(worker) {
                             t.place = Place::Running(worker);
+                            t.started = Some((s.thread, s.at_us));
                             if let Some(job) = &t.job {
                                 job.started(Some(&name));
                             }
@@ -596,8 +653,10 @@ impl<L: Launcher> Scheduler<L> {
             None => d,
             Some(m) => (m * 7 + d) / 8,
         });
-        let per_key = self.durations.entry(task.key).or_insert(d);
+                let per_key = self.durations.entry(task.key).or_insert(d);
         *per_key = (*per_key * 3 + d) / 4;
+        let outcome = if c.result.is_ok() { "completed" } else { "failed" };
+        self.record(&task, worker, d, outcome);
         if let Some(job) = task.job.take() {
             let result = c
                 .result
@@ -622,8 +681,9 @@ impl<L: Launcher> Scheduler<L> {
         if !expected {
             self.deaths += 1;
         }
-        let mut rescheduled = 0;
+                let mut rescheduled = 0;
         let mut crashed = 0;
+        let mut crashed_bars = Vec::new();
         // The tasks the worker was executing: those it reported started,
         // plus, up to its thread count, the ones it would have started first
         // (a task can kill its worker before the "started" message leaves).
@@ -651,11 +711,22 @@ impl<L: Launcher> Scheduler<L> {
             let Some(t) = self.tasks.get_mut(&tid) else {
                 continue;
             };
-            let was_running = executing.contains(&tid);
+                        let was_running = executing.contains(&tid);
             if was_running {
                 t.suspicious += 1;
-                t.died_on
-                    .push(format!("{} (pid {})", w.name, w.pid.unwrap_or(0)));
+                t.died_on.push(format!("{} (pid {})", w.name, w.pid.unwrap_or(0)));
+            }
+            if let Some((thread, start)) = t.started.take() {
+                let end = super::worker::now_us();
+                crashed_bars.push(TaskStreamEntry {
+                    run: t.run.clone(),
+                    task: t.task_name.clone(),
+                    worker: w.name.clone(),
+                    thread,
+                    start_us: start,
+                    end_us: end.max(start),
+                    outcome: "crashed",
+                });
             }
             if was_running && t.suspicious > self.cfg.allowed_failures {
                 let t = self.tasks.remove(&tid).expect("present");
@@ -678,6 +749,9 @@ impl<L: Launcher> Scheduler<L> {
                 self.groups[t.group].heap.push(key);
                 rescheduled += 1;
             }
+        }
+                for bar in crashed_bars {
+            self.push_stream(bar);
         }
         if !expected {
             tracing::warn!(
@@ -909,6 +983,30 @@ impl<L: Launcher> Scheduler<L> {
                 );
             }
         }
+    }
+
+        fn record(&mut self, task: &Task, worker: u32, duration: Duration, outcome: &'static str) {
+        let Some((thread, start_us)) = task.started else {
+            return;
+        };
+        let worker = self.workers.get(&worker).map(|w| w.name.clone()).unwrap_or_default();
+        self.push_stream(TaskStreamEntry {
+            run: task.run.clone(),
+            task: task.task_name.clone(),
+            worker,
+            thread,
+            start_us,
+            end_us: start_us + duration.as_micros() as u64,
+            outcome,
+        });
+    }
+
+    fn push_stream(&mut self, entry: TaskStreamEntry) {
+        if self.stream.len() == STREAM_CAPACITY {
+            self.stream.pop_front();
+            self.stream_base += 1;
+        }
+        self.stream.push_back(entry);
     }
 
     fn unpend(&mut self, key: &'static str) {

@@ -96,6 +96,16 @@ pub struct Submission {
     pub resources: Option<Vec<(String, f64)>>,
 }
 
+/// A task a worker started.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Start {
+    pub id: u64,
+    /// Which of the worker's executor threads runs it.
+    pub thread: u32,
+    /// Microseconds since the epoch (workers share the flow's clock).
+    pub at_us: u64,
+}
+
 /// A finished task.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Completion {
@@ -148,7 +158,7 @@ pub enum ToScheduler {
         protocol: u32,
         proof: [u8; 32],
     },
-    Started(Vec<u64>),
+        Started(Vec<Start>),
     Done(Vec<Completion>),
     Output(Vec<OutputLine>),
     Log(Vec<LogLine>),
@@ -228,7 +238,7 @@ mod tests {
     #[test]
     fn frames_round_trip_batches() {
         let batch = vec![
-            ToScheduler::Started(vec![1, 2, 3]),
+            ToScheduler::Started(vec![Start { id: 1, thread: 0, at_us: 5 }]),
             ToScheduler::Done(vec![Completion {
                 id: 1,
                 result: Ok(serde_bytes::ByteBuf::from(vec![7u8; 100])),

@@ -77,7 +77,7 @@ fn process_main() -> ! {
 
 /// What executors and the output reader send to the scheduler.
 pub(crate) enum Outgoing {
-    Started(u64),
+    Started(super::wire::Start),
     Done(Completion),
     Output(OutputLine),
     Log(LogLine),
@@ -196,10 +196,10 @@ impl Executors {
                 .compare_exchange(n, n + 1, Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok()
             {
-                let ex = self.clone();
+                                let ex = self.clone();
                 let spawned = std::thread::Builder::new()
                     .name(format!("flowrun-executor-{n}"))
-                    .spawn(move || ex.execute());
+                    .spawn(move || ex.execute(n as u32));
                 if spawned.is_err() {
                     self.threads.fetch_sub(1, Ordering::SeqCst);
                 }
@@ -208,7 +208,7 @@ impl Executors {
         }
     }
 
-    fn execute(self: Arc<Self>) {
+        fn execute(self: Arc<Self>, thread: u32) {
         flowrun_core::set_blocking_hook(Some(blocking_hook));
         super::forward::bind_thread(self.link.clone());
         let _logs = self.logs.as_ref().map(tracing::dispatcher::set_default);
@@ -226,7 +226,11 @@ impl Executors {
             let Some(task) = self.queue.pop() else {
                 return;
             };
-            let _ = self.out.send(Outgoing::Started(task.id));
+                        let _ = self.out.send(Outgoing::Started(super::wire::Start {
+                id: task.id,
+                thread,
+                at_us: now_us(),
+            }));
             CURRENT.with(|c| *c.borrow_mut() = Some((self.clone(), task.id)));
             let token = self.capture.as_ref().map(|c| c.task_started(&task.run));
             let started = Instant::now();
@@ -260,6 +264,12 @@ impl Executors {
             }));
         }
     }
+}
+
+pub(crate) fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn run_assignment(task: &Assignment) -> Result<ByteBuf, WireError> {
@@ -320,7 +330,7 @@ fn write_loop(mut stream: TcpStream, rx: Receiver<Outgoing>) {
         let mut other = Vec::new();
         for m in std::iter::once(first).chain(rx.try_iter().take(8192)) {
             match m {
-                Outgoing::Started(id) => started.push(id),
+                                Outgoing::Started(s) => started.push(s),
                 Outgoing::Done(c) => done.push(c),
                 Outgoing::Output(l) => output.push(l),
                 Outgoing::Log(l) => logs.push(l),

@@ -1,0 +1,54 @@
+//! Watching a flow run: every change of a task run's state, as it happens,
+//! for progress displays and dashboards.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use flowrun_core::observe::{RunEvent, RunObserver};
+//!
+//! struct Printer;
+//! impl RunObserver for Printer {
+//!     fn run_changed(&self, event: &RunEvent) {
+//!         println!("{} is {}", event.run.name(), event.state);
+//!     }
+//! }
+//! // In a runner's `start`: `flow.flow.add_observer(Arc::new(Printer));`
+//! # let _ = Arc::new(Printer);
+//! ```
+
+use std::sync::Arc;
+
+use crate::run::RunRef;
+use crate::runner::FlowRunInfo;
+use crate::state::State;
+
+/// A task run entered a new state.
+#[derive(Debug, Clone)]
+pub struct RunEvent {
+    /// The task run.
+    pub run: RunRef,
+    /// Its new state.
+    pub state: State,
+}
+
+/// Watches the task runs of a flow run. Called on the thread that changed
+/// the state: keep it quick and never block.
+pub trait RunObserver: Send + Sync + 'static {
+    /// A task run was created or changed state.
+    fn run_changed(&self, event: &RunEvent);
+
+    /// The flow run ended in `state`.
+    fn flow_finished(&self, state: &State) {
+        let _ = state;
+    }
+}
+
+/// Builds an observer for each flow run (for example a progress display).
+pub type ObserverFactory = fn(&FlowRunInfo) -> Option<Arc<dyn RunObserver>>;
+
+/// Observers every flow run gets, registered at link time.
+pub struct ObserverRegistration {
+    /// Builds the observer for a flow run, or `None` to skip it.
+    pub factory: ObserverFactory,
+}
+
+inventory::collect!(ObserverRegistration);
