@@ -390,8 +390,14 @@ impl<L: Launcher> Scheduler<L> {
                     self.lost(worker, format!("its process exited ({status})"));
                 }
             }
-            Event::Refused { worker, reason } => {
-                tracing::warn!(target: "flowrun_dask::cluster", "Refused a connection to the cluster: {reason}");
+                        Event::Refused { worker, reason } => {
+                // A worker still starting when the cluster closes knocks
+                // after it stopped expecting anyone: not worth a warning.
+                if self.closing {
+                    tracing::debug!(target: "flowrun_dask::cluster", "Refused a connection to the closing cluster: {reason}");
+                } else {
+                    tracing::warn!(target: "flowrun_dask::cluster", "Refused a connection to the cluster: {reason}");
+                }
                 if let Some(id) = worker {
                     if self
                         .workers
