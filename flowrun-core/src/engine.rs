@@ -141,9 +141,11 @@ struct Driver<T: Task> {
     support: &'static TaskSupport<T>,
     cell: Arc<RunCell<T::Output>>,
     flow: Arc<FlowShared>,
-    policy: RetryPolicy,
+    policy: PolicyRef,
     timeout: Option<Duration>,
-    annotations: Annotations,
+    /// Boxed only when set: most runs have none, and a driver lives as
+    /// long as its run.
+    annotations: Option<Box<Annotations>>,
     task_name: Arc<str>,
     /// The latest launched attempt.
     attempt: AtomicU32,
@@ -176,7 +178,7 @@ pub(crate) fn submit_in<T: Task>(
         meta.key,
         index,
         flow.clone(),
-        support.output,
+        &support.output,
     ));
     let future = TaskFuture::new(cell.clone());
     if !flow.track(RunRef(cell.clone())) {
@@ -200,10 +202,13 @@ pub(crate) fn submit_in<T: Task>(
         support,
         cell,
         flow: flow.clone(),
-        policy: r.policy.into_owned(),
+        policy: PolicyRef::from(r.policy),
         timeout: r.timeout,
-        annotations: r.annotations,
-        task_name: Arc::from(&*r.name),
+        annotations: (r.annotations != Annotations::default()).then(|| Box::new(r.annotations)),
+        task_name: match &r.name {
+            Cow::Borrowed(n) if std::ptr::eq(*n, meta.name) => meta.shared_name.clone(),
+            other => Arc::from(&**other),
+        },
         attempt: AtomicU32::new(0),
         settled: AtomicU32::new(0),
         source: Mutex::new(Source::Waiting(inputs)),
@@ -322,12 +327,10 @@ impl<T: Task> Driver<T> {
         }
         self.attempt.store(attempt, Ordering::Release);
         let work = match &*self.lock_source() {
-            Source::Local(_) => {
-                let driver = self.clone();
-                Work::Local(LocalJob(Box::new(move |refusal| {
-                    driver.run_local(attempt, refusal)
-                })))
-            }
+            Source::Local(_) => Work::Local(LocalJob(crate::pool::Job {
+                target: self.clone(),
+                attempt,
+            })),
             Source::Remote(slots) => Work::Remote(RemoteJob {
                 task_key: self.meta.key,
                 task_name: self.task_name.clone(),
@@ -344,7 +347,7 @@ impl<T: Task> Driver<T> {
             run: RunRef(self.cell.clone()),
             attempt,
             retries: self.policy.retries,
-            annotations: self.annotations.clone(),
+            annotations: self.annotations.as_deref().cloned().unwrap_or_default(),
             work,
         });
     }
@@ -500,6 +503,37 @@ impl<T: Task> Driver<T> {
     }
 }
 
+/// A run's retry policy: the task's own (shared), or a per-call override.
+enum PolicyRef {
+    Static(&'static RetryPolicy),
+    Owned(Box<RetryPolicy>),
+}
+
+impl From<Cow<'static, RetryPolicy>> for PolicyRef {
+    fn from(p: Cow<'static, RetryPolicy>) -> PolicyRef {
+        match p {
+            Cow::Borrowed(p) => PolicyRef::Static(p),
+            Cow::Owned(p) => PolicyRef::Owned(Box::new(p)),
+        }
+    }
+}
+
+impl std::ops::Deref for PolicyRef {
+    type Target = RetryPolicy;
+    fn deref(&self) -> &RetryPolicy {
+        match self {
+            PolicyRef::Static(p) => p,
+            PolicyRef::Owned(p) => p,
+        }
+    }
+}
+
+impl<T: Task> crate::pool::Runnable for Driver<T> {
+    fn run(self: Arc<Self>, attempt: u32, refusal: Option<TaskError>) {
+        self.run_local(attempt, refusal)
+    }
+}
+
 enum Done<T> {
     Value(T),
     Encoded(Bytes),
@@ -638,7 +672,7 @@ fn start_direct<T: Task>(config: &CallConfig) -> DirectRun<T> {
         T::meta().key,
         index,
         flow.clone(),
-        T::support().output,
+        &T::support().output,
     ));
     flow.track(RunRef(cell.clone()));
     cell.mark_observed();

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -43,6 +44,69 @@ impl TaskRunCounts {
     }
 }
 
+/// The runs of a flow run that are not final, so a failing or timed-out flow
+/// can cancel them. Sharded: the submitting thread inserts and worker
+/// threads remove at the same time.
+#[derive(Default)]
+struct Live {
+    shards: [Mutex<HashMap<RunId, RunRef, BuildHasherDefault<IdHasher>>>; 16],
+}
+
+/// Run ids are sequential numbers: they need no hashing.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        // Spread sequential ids over the table's buckets.
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+impl Live {
+    fn shard(&self, id: RunId) -> &Mutex<HashMap<RunId, RunRef, BuildHasherDefault<IdHasher>>> {
+        &self.shards[(id.get() % 16) as usize]
+    }
+
+    fn insert(&self, run: RunRef) {
+        self.shard(run.id())
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(run.id(), run);
+    }
+
+    fn remove(&self, id: RunId) {
+        let removed = self
+            .shard(id)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        // Dropped outside the lock: it may be the last reference.
+        drop(removed);
+    }
+
+    fn all(&self) -> Vec<RunRef> {
+        self.shards
+            .iter()
+            .flat_map(|s| {
+                s.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
+
 /// The record of one flow run, shared by its task runs.
 pub(crate) struct FlowShared {
     pub(crate) id: String,
@@ -56,13 +120,13 @@ pub(crate) struct FlowShared {
     outstanding: AtomicUsize,
     idle: Mutex<Vec<Waker>>,
     idle_cond: Condvar,
-    live: Mutex<HashMap<RunId, RunRef>>,
+    live: Live,
     failures: Mutex<Vec<RunRef>>,
-    counters: Mutex<HashMap<Cow<'static, str>, u64>>,
+    counters: Mutex<Vec<(Cow<'static, str>, u64)>>,
     cancelled: AtomicBool,
     cancel_reason: Mutex<Option<TaskError>>,
     timed_out: AtomicBool,
-        closed: AtomicBool,
+    closed: AtomicBool,
     counts: [AtomicUsize; 4],
     observers: Mutex<Vec<Arc<dyn RunObserver>>>,
     has_observers: AtomicBool,
@@ -88,13 +152,13 @@ impl FlowShared {
             outstanding: AtomicUsize::new(0),
             idle: Mutex::new(Vec::new()),
             idle_cond: Condvar::new(),
-            live: Mutex::new(HashMap::new()),
+            live: Live::default(),
             failures: Mutex::new(Vec::new()),
-            counters: Mutex::new(HashMap::new()),
+            counters: Mutex::new(Vec::new()),
             cancelled: AtomicBool::new(false),
             cancel_reason: Mutex::new(None),
             timed_out: AtomicBool::new(false),
-                        closed: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             counts: Default::default(),
             observers: Mutex::new(Vec::new()),
             has_observers: AtomicBool::new(false),
@@ -102,7 +166,10 @@ impl FlowShared {
     }
 
     pub(crate) fn add_observer(&self, observer: Arc<dyn RunObserver>) {
-        self.observers.lock().unwrap_or_else(|p| p.into_inner()).push(observer);
+        self.observers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(observer);
         self.has_observers.store(true, Ordering::Release);
     }
 
@@ -112,7 +179,11 @@ impl FlowShared {
     }
 
     pub(crate) fn emit(&self, run: RunRef, state: State) {
-        let observers = self.observers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let observers = self
+            .observers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let event = RunEvent { run, state };
         for o in observers {
             o.run_changed(&event);
@@ -120,7 +191,11 @@ impl FlowShared {
     }
 
     fn emit_flow_finished(&self, state: &State) {
-        let observers = self.observers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let observers = self
+            .observers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         for o in observers {
             o.flow_finished(state);
         }
@@ -155,14 +230,19 @@ impl FlowShared {
     // A `&Cow` keeps a borrowed `'static` name borrowed when it becomes a key.
     #[allow(clippy::ptr_arg)]
     pub(crate) fn next_index(&self, task_name: &Cow<'static, str>) -> u64 {
+        // A flow has few task names: a short list beats hashing the name on
+        // every submit, and most names are the same `&'static str`.
         let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        match counters.get_mut(task_name) {
-            Some(n) => {
+        let same = |c: &Cow<'static, str>| {
+            std::ptr::eq(c.as_ptr(), task_name.as_ptr()) || **c == **task_name
+        };
+        match counters.iter_mut().find(|(name, _)| same(name)) {
+            Some((_, n)) => {
                 *n += 1;
                 *n
             }
             None => {
-                counters.insert(task_name.clone(), 0);
+                counters.push((task_name.clone(), 0));
                 0
             }
         }
@@ -173,19 +253,16 @@ impl FlowShared {
         if self.closed.load(Ordering::Acquire) {
             return false;
         }
-                self.outstanding.fetch_add(1, Ordering::AcqRel);
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
         if self.observed() {
             self.emit(run.clone(), run.state());
         }
-        self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(run.id(), run);
+        self.live.insert(run);
         true
     }
 
     /// Called once by every run when it becomes final.
-        pub(crate) fn run_finished(&self, run: Arc<dyn AnyRun>, state: &State) {
+    pub(crate) fn run_finished(&self, run: Arc<dyn AnyRun>, state: &State) {
         log_task_finished(&*run, state);
         if self.observed() {
             self.emit(RunRef(run.clone()), state.clone());
@@ -203,12 +280,7 @@ impl FlowShared {
                 .unwrap_or_else(|p| p.into_inner())
                 .push(RunRef(run.clone()));
         }
-        let removed = self
-            .live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&run.id());
-        drop(removed);
+        self.live.remove(run.id());
         if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
             let wakers = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
             self.idle_cond.notify_all();
@@ -235,12 +307,7 @@ impl FlowShared {
     }
 
     fn live_runs(&self) -> Vec<RunRef> {
-        self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.live.all()
     }
 
     /// Cancels every run that has not started; running ones finish.
@@ -684,7 +751,7 @@ fn begin<F: Flow>(config: &FlowConfig) -> Result<Started, Box<FlowRun<F::Output>
         flow_run_id: shared.id.clone(),
         flow: crate::scope::FlowHandle(shared.clone()),
     };
-        for registration in inventory::iter::<crate::observe::ObserverRegistration> {
+    for registration in inventory::iter::<crate::observe::ObserverRegistration> {
         if let Some(observer) = (registration.factory)(&info) {
             shared.add_observer(observer);
         }
@@ -841,11 +908,17 @@ impl Started {
                 .with_message(e.message()),
             Err(e) => State::new(StateKind::Failed).with_message(e.message()),
         };
-                shared.emit_flow_finished(&state);
+        shared.emit_flow_finished(&state);
         if state.is_completed() {
-            tracing::info!(flowrun.run = self.label().as_str(), "Finished in state {state}");
+            tracing::info!(
+                flowrun.run = self.label().as_str(),
+                "Finished in state {state}"
+            );
         } else {
-            tracing::error!(flowrun.run = self.label().as_str(), "Finished in state {state}");
+            tracing::error!(
+                flowrun.run = self.label().as_str(),
+                "Finished in state {state}"
+            );
         }
         FlowRun {
             id: shared.id.clone(),

@@ -1,31 +1,80 @@
 //! An elastic pool of OS threads that runs at most `max_workers` jobs at a
 //! time. A job that blocks on another run gives its slot away while it waits
 //! (like Dask's `secede`/`rejoin`), so nested waits never deadlock the pool.
+//!
+//! Jobs go into a lock-free queue. Waking a sleeping thread costs a system
+//! call, so a submission wakes one only when no thread is already searching
+//! for work; a thread that runs out of work searches briefly before it
+//! sleeps. Bursts of short jobs then run without a wake-up per job.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_queue::SegQueue;
 
-/// A unit of work for the pool.
-pub(crate) type Job = Box<dyn FnOnce() + Send + 'static>;
+/// Something the pool can run attempts of: a run's driver, shared (no
+/// allocation per job).
+pub(crate) trait Runnable: Send + Sync {
+    /// Runs attempt `attempt`, or reports `refusal` for it.
+    fn run(self: Arc<Self>, attempt: u32, refusal: Option<crate::error::TaskError>);
+}
+
+/// A unit of work for the pool: an attempt of a shared runnable.
+pub(crate) struct Job {
+    pub(crate) target: Arc<dyn Runnable>,
+    pub(crate) attempt: u32,
+}
+
+impl Job {
+    pub(crate) fn run(self) {
+        self.target.run(self.attempt, None)
+    }
+
+    /// A job that runs `f` once.
+    pub(crate) fn once(f: impl FnOnce() + Send + 'static) -> Job {
+        struct Once<F>(Mutex<Option<F>>);
+        impl<F: FnOnce() + Send> Runnable for Once<F> {
+            fn run(self: Arc<Self>, _attempt: u32, _refusal: Option<crate::error::TaskError>) {
+                let f = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(f) = f {
+                    f()
+                }
+            }
+        }
+        Job {
+            target: Arc::new(Once(Mutex::new(Some(f)))),
+            attempt: 0,
+        }
+    }
+}
 
 /// How long a thread with nothing to do stays around.
 const IDLE_EXIT: Duration = Duration::from_secs(10);
+/// How many times a thread looks for work before it sleeps.
+const SEARCH_ROUNDS: u32 = 64;
 
 pub(crate) struct Pool {
     name: String,
-    tx: Mutex<Option<Sender<Job>>>,
-    rx: Receiver<Job>,
+    queue: SegQueue<Job>,
+    closed: AtomicBool,
     max: usize,
     /// Threads alive.
     threads: AtomicUsize,
-    /// Threads waiting for a job.
-    idle: AtomicUsize,
+    /// Threads looking for work without sleeping.
+    searching: AtomicUsize,
+    /// Threads asleep, and the wake-ups owed to them.
+    sleep: Mutex<Sleep>,
+    wake: Condvar,
     /// Jobs that gave their slot away while they block.
     seceded: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Sleep {
+    sleepers: usize,
+    wakeups: usize,
 }
 
 thread_local! {
@@ -34,14 +83,15 @@ thread_local! {
 
 impl Pool {
     pub(crate) fn new(name: impl Into<String>, max: usize) -> Arc<Pool> {
-        let (tx, rx) = crossbeam_channel::unbounded();
         Arc::new(Pool {
             name: name.into(),
-            tx: Mutex::new(Some(tx)),
-            rx,
+            queue: SegQueue::new(),
+            closed: AtomicBool::new(false),
             max: max.max(1),
             threads: AtomicUsize::new(0),
-            idle: AtomicUsize::new(0),
+            searching: AtomicUsize::new(0),
+            sleep: Mutex::new(Sleep::default()),
+            wake: Condvar::new(),
             seceded: AtomicUsize::new(0),
         })
     }
@@ -52,28 +102,37 @@ impl Pool {
 
     /// Queues `job`. Returns it back if the pool was shut down.
     pub(crate) fn spawn(self: &Arc<Self>, job: Job) -> Result<(), Job> {
-        {
-            let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-            match tx.as_ref() {
-                Some(tx) => {
-                    if let Err(e) = tx.send(job) {
-                        return Err(e.into_inner());
-                    }
-                }
-                None => return Err(job),
-            }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(job);
         }
-        self.ensure_thread();
+        self.queue.push(job);
+        self.notify();
         Ok(())
     }
 
-    /// Starts a thread when work is queued, no thread is idle, and the pool
-    /// is below its limit.
-    fn ensure_thread(self: &Arc<Self>) {
-        loop {
-            if self.idle.load(Ordering::Acquire) > 0 || self.rx.is_empty() {
+    /// Makes sure someone will pick the queued work up: a searching thread,
+    /// a sleeping one woken, or a new one.
+    fn notify(self: &Arc<Self>) {
+        // Orders the push before this check, so a thread that stops
+        // searching right after still sees the job in its last look.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.searching.load(Ordering::SeqCst) > 0 {
+            return;
+        }
+        {
+            let mut s = self.sleep.lock().unwrap_or_else(|p| p.into_inner());
+            if s.sleepers > s.wakeups {
+                s.wakeups += 1;
+                drop(s);
+                self.wake.notify_one();
                 return;
             }
+        }
+        self.start_thread();
+    }
+
+    fn start_thread(self: &Arc<Self>) {
+        loop {
             let threads = self.threads.load(Ordering::Acquire);
             if threads >= self.limit() {
                 return;
@@ -97,52 +156,78 @@ impl Pool {
         }
     }
 
+    /// Leaves if the pool has more threads than its limit (after a seceded
+    /// job came back). Returns whether this thread left.
+    fn shrink(&self) -> bool {
+        let mut n = self.threads.load(Ordering::Acquire);
+        while n > self.limit() {
+            match self
+                .threads
+                .compare_exchange(n, n - 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(now) => n = now,
+            }
+        }
+        false
+    }
+
+    /// The next job: searching briefly, then sleeping until woken. `None`
+    /// when the thread should exit.
+    fn next(self: &Arc<Self>) -> Option<Job> {
+        if let Some(job) = self.queue.pop() {
+            return Some(job);
+        }
+        self.searching.fetch_add(1, Ordering::SeqCst);
+        let backoff = crossbeam_utils::Backoff::new();
+        for _ in 0..SEARCH_ROUNDS {
+            if let Some(job) = self.queue.pop() {
+                // The last searcher to find work hands the search on, so
+                // more queued work is not left waiting.
+                if self.searching.fetch_sub(1, Ordering::SeqCst) == 1 && !self.queue.is_empty() {
+                    self.notify();
+                }
+                return Some(job);
+            }
+            backoff.snooze();
+        }
+        self.searching.fetch_sub(1, Ordering::SeqCst);
+        let mut s = self.sleep.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            // Re-checked under the lock: a submitter that saw nobody
+            // searching wakes a sleeper under this same lock.
+            if let Some(job) = self.queue.pop() {
+                return Some(job);
+            }
+            if self.closed.load(Ordering::Acquire) {
+                self.threads.fetch_sub(1, Ordering::AcqRel);
+                return None;
+            }
+            s.sleepers += 1;
+            let (guard, timeout) = self
+                .wake
+                .wait_timeout(s, IDLE_EXIT)
+                .unwrap_or_else(|p| p.into_inner());
+            s = guard;
+            s.sleepers -= 1;
+            if s.wakeups > 0 {
+                s.wakeups -= 1;
+            } else if timeout.timed_out() && self.queue.is_empty() {
+                self.threads.fetch_sub(1, Ordering::AcqRel);
+                return None;
+            }
+        }
+    }
+
     fn work(self: Arc<Self>) {
         CURRENT.with(|c| *c.borrow_mut() = Some(self.clone()));
         loop {
-            if self.threads.load(Ordering::Acquire) > self.limit() {
-                // Over the limit after a seceded job came back: shrink.
-                let mut n = self.threads.load(Ordering::Acquire);
-                let mut exited = false;
-                while n > self.limit() {
-                    match self.threads.compare_exchange(
-                        n,
-                        n - 1,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    ) {
-                        Ok(_) => {
-                            exited = true;
-                            break;
-                        }
-                        Err(now) => n = now,
-                    }
-                }
-                if exited {
-                    break;
-                }
+            if self.shrink() {
+                break;
             }
-            self.idle.fetch_add(1, Ordering::AcqRel);
-            let next = self.rx.recv_timeout(IDLE_EXIT);
-            self.idle.fetch_sub(1, Ordering::AcqRel);
-            match next {
-                Ok(job) => {
-                    // More work may be waiting for another thread.
-                    if !self.rx.is_empty() {
-                        self.ensure_thread();
-                    }
-                    job();
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    if self.rx.is_empty() {
-                        self.threads.fetch_sub(1, Ordering::AcqRel);
-                        break;
-                    }
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.threads.fetch_sub(1, Ordering::AcqRel);
-                    break;
-                }
+            match self.next() {
+                Some(job) => job.run(),
+                None => break,
             }
         }
         CURRENT.with(|c| *c.borrow_mut() = None);
@@ -150,7 +235,9 @@ impl Pool {
 
     /// Stops accepting jobs; threads exit once the queue is empty.
     pub(crate) fn shutdown(&self) {
-        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.closed.store(true, Ordering::Release);
+        let _s = self.sleep.lock().unwrap_or_else(|p| p.into_inner());
+        self.wake.notify_all();
     }
 
     pub(crate) fn threads(&self) -> usize {
@@ -177,7 +264,9 @@ pub(crate) fn secede() -> SecedeGuard {
     let pool = CURRENT.with(|c| c.borrow().clone());
     if let Some(pool) = &pool {
         pool.seceded.fetch_add(1, Ordering::AcqRel);
-        pool.ensure_thread();
+        if !pool.queue.is_empty() {
+            pool.notify();
+        }
     }
     let hook = HOOK.with(|h| *h.borrow());
     if let Some(hook) = hook {

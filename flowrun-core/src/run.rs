@@ -88,13 +88,13 @@ impl<T> Clone for ValueFns<T> {
 impl<T> Copy for ValueFns<T> {}
 
 /// The record of one task run, typed by its result.
-pub(crate) struct RunCell<T> {
+pub(crate) struct RunCell<T: 'static> {
     pub(crate) id: RunId,
     pub(crate) task_name: Cow<'static, str>,
     pub(crate) task_key: &'static str,
     pub(crate) index: u64,
     pub(crate) flow: Arc<FlowShared>,
-    pub(crate) fns: ValueFns<T>,
+    pub(crate) fns: &'static ValueFns<T>,
     status: Mutex<Status<T>>,
     cond: Condvar,
     observed: AtomicBool,
@@ -107,7 +107,7 @@ impl<T: Send + 'static> RunCell<T> {
         task_key: &'static str,
         index: u64,
         flow: Arc<FlowShared>,
-        fns: ValueFns<T>,
+        fns: &'static ValueFns<T>,
     ) -> RunCell<T> {
         RunCell {
             id: RunId::next(),
@@ -153,7 +153,7 @@ impl<T: Send + 'static> RunCell<T> {
 
     /// Moves a not-yet-final run to `kind` (Running, Retrying, AwaitingRetry,
     /// Pending). Returns false when the run is already final.
-        pub(crate) fn transition(
+    pub(crate) fn transition(
         self: &Arc<Self>,
         kind: StateKind,
         message: Option<Arc<str>>,
@@ -482,6 +482,7 @@ pub(crate) trait AnyRun: Send + Sync + 'static {
     fn id(&self) -> RunId;
     fn name(&self) -> String;
     fn task_name(&self) -> &str;
+    fn index(&self) -> u64;
     fn task_key(&self) -> &'static str;
     fn state(&self) -> State;
     fn error(&self) -> Option<TaskError>;
@@ -506,6 +507,9 @@ impl<T: Send + 'static> AnyRun for RunCell<T> {
     }
     fn task_name(&self) -> &str {
         &self.task_name
+    }
+    fn index(&self) -> u64 {
+        self.index
     }
     fn task_key(&self) -> &'static str {
         self.task_key
@@ -613,6 +617,12 @@ impl RunRef {
     /// The name of the task this is a run of.
     pub fn task_name(&self) -> &str {
         self.0.task_name()
+    }
+
+    /// The run's number among the runs of its task in its flow run (the `3`
+    /// of `shout-3`).
+    pub fn index(&self) -> u64 {
+        self.0.index()
     }
 
     /// The registry key of the task (see [`crate::registry`]).

@@ -231,17 +231,25 @@ pub enum Work {
 
 /// An attempt to execute on a thread of this process. [`LocalJob::run`] does
 /// everything: state changes, logging, timeouts, and reporting the outcome.
-pub struct LocalJob(pub(crate) Box<dyn FnOnce(Option<TaskError>) + Send>);
+pub struct LocalJob(pub(crate) crate::pool::Job);
 
 impl LocalJob {
     /// Executes the attempt on the current thread.
     pub fn run(self) {
-        (self.0)(None)
+        self.0.run()
     }
 
     /// Reports that the runner cannot execute the attempt.
     pub fn refuse(self, why: impl Into<String>) {
-        (self.0)(Some(TaskError::new(TaskErrorKind::Runner, why)))
+        self.0.target.run(
+            self.0.attempt,
+            Some(TaskError::new(TaskErrorKind::Runner, why)),
+        )
+    }
+
+    /// The attempt as pool work, without another allocation.
+    pub(crate) fn into_pool_job(self) -> crate::pool::Job {
+        self.0
     }
 }
 
@@ -273,6 +281,11 @@ impl RemoteJob {
         &self.task_name
     }
 
+    /// The task's display name, shared (no copy).
+    pub fn shared_task_name(&self) -> Arc<str> {
+        self.task_name.clone()
+    }
+
     /// The serialized arguments, in order.
     pub fn args(&self) -> &[ArgSlot] {
         &self.args
@@ -281,6 +294,14 @@ impl RemoteJob {
     /// A shared handle on the arguments (cheap to clone).
     pub fn shared_args(&self) -> Arc<[ArgSlot]> {
         self.args.clone()
+    }
+
+    /// Marks the run as running, at `location` (a worker's name), sharing
+    /// the name instead of copying it.
+    pub fn started_at(&self, location: Arc<str>) {
+        self.completion
+            .clone()
+            .started(self.attempt, Some(location));
     }
 
     /// Marks the run as running, at `location` (a worker's name, say).

@@ -47,7 +47,7 @@ impl FlowHandle {
         crate::encoded::submit(&self.0, key, args, &config)
     }
 
-        /// Watches every change of state of this run's task runs.
+    /// Watches every change of state of this run's task runs.
     pub fn add_observer(&self, observer: Arc<dyn crate::observe::RunObserver>) {
         self.0.add_observer(observer);
     }

@@ -89,7 +89,7 @@ impl TaskRunner for SerializingTaskRunner {
             job.refuse("SerializingTaskRunner was not started");
             return;
         };
-        let work = Box::new(move || {
+        let work = crate::pool::Job::once(move || {
             job.started(Some("local"));
             let args: Vec<&[u8]> = job
                 .args()
@@ -118,7 +118,7 @@ impl TaskRunner for SerializingTaskRunner {
             job.finish(result);
         });
         if let Err(work) = pool.spawn(work) {
-            work();
+            work.run();
         }
     }
 

@@ -67,6 +67,8 @@ pub trait Task: Sized + Send + Sync + 'static {
 pub struct TaskMeta {
     pub(crate) key: &'static str,
     pub(crate) name: &'static str,
+    /// The name, shared by every run that does not override it.
+    pub(crate) shared_name: std::sync::Arc<str>,
     pub(crate) description: Option<&'static str>,
     pub(crate) tags: Vec<Cow<'static, str>>,
     pub(crate) policy: RetryPolicy,
@@ -82,6 +84,7 @@ impl TaskMeta {
             meta: TaskMeta {
                 key,
                 name,
+                shared_name: std::sync::Arc::from(name),
                 description: None,
                 tags: Vec::new(),
                 policy: RetryPolicy::default(),

@@ -92,10 +92,9 @@ impl TaskRunner for ThreadPoolTaskRunner {
     fn submit(&self, call: TaskCall) {
         match call.into_work() {
             Work::Local(job) => {
-                let boxed: crate::pool::Job = Box::new(move || job.run());
-                if let Err(returned) = self.pool().spawn(boxed) {
+                if let Err(returned) = self.pool().spawn(job.into_pool_job()) {
                     // The pool is shut down: run it here rather than lose it.
-                    returned();
+                    returned.run();
                 }
             }
             Work::Remote(job) => job.refuse("ThreadPoolTaskRunner runs tasks in this process only"),

@@ -32,7 +32,7 @@ pub trait Cluster: Send + Sync + 'static {
         let _ = n;
     }
 
-        /// Tells the cluster which flow run (or client scope) it serves, so that
+    /// Tells the cluster which flow run (or client scope) it serves, so that
     /// tasks running on it can submit more work into it.
     fn bind_flow(&self, flow: flowrun_core::FlowHandle) {
         let _ = flow;
@@ -72,7 +72,7 @@ impl Cluster for LocalCluster {
         LocalCluster::scale(self, n)
     }
 
-        fn bind_flow(&self, flow: flowrun_core::FlowHandle) {
+    fn bind_flow(&self, flow: flowrun_core::FlowHandle) {
         LocalCluster::bind_flow(self, flow)
     }
 
@@ -211,7 +211,7 @@ impl ClusterHandle {
         self.cluster.status()
     }
 
-        /// Changes the number of workers.
+    /// Changes the number of workers.
     pub fn scale(&self, n: usize) {
         self.cluster.scale(n)
     }

@@ -22,7 +22,7 @@ use flowrun_core::{Resources, TaskCall};
 pub use scheduler::{ClusterStatus, TaskStream, TaskStreamEntry, WaitingTask, WorkerStatus};
 
 use scheduler::{Event, Expected, Scheduler};
-use wire::{ToScheduler, ToWorker};
+use wire::{ToScheduler, ToWorker, ToWorkerOut};
 
 use crate::settings::{AdaptKwargs, ClientKwargs, ClusterKwargs, SettingsError};
 
@@ -331,7 +331,7 @@ fn handshake(
     let mut buf = Vec::new();
     let mut nonce = [0u8; 32];
     fill_random(&mut nonce);
-    let challenge = ToWorker::Challenge {
+    let challenge = ToWorkerOut::Challenge {
         nonce,
         build: build.to_owned(),
         protocol: wire::PROTOCOL,
@@ -343,7 +343,7 @@ fn handshake(
         |stream: &mut TcpStream, buf: &mut Vec<u8>, worker: Option<u32>, reason: String| {
             let _ = wire::write_frame(
                 stream,
-                &[ToWorker::Rejected {
+                &[ToWorkerOut::Rejected {
                     reason: reason.clone(),
                 }],
                 buf,
@@ -416,21 +416,21 @@ fn handshake(
         );
         return;
     }
-    if wire::write_frame(&mut stream, &[ToWorker::Welcome], &mut buf).is_err() {
+    if wire::write_frame(&mut stream, &[ToWorkerOut::Welcome], &mut buf).is_err() {
         return;
     }
     let _ = stream.set_read_timeout(None);
     let Ok(write_half) = stream.try_clone() else {
         return;
     };
-    let (tx, rx) = crossbeam_channel::unbounded::<ToWorker>();
+    let (tx, rx) = crossbeam_channel::unbounded::<ToWorkerOut>();
     std::thread::Builder::new()
         .name(format!("flowrun-worker-{worker}-writer"))
         .spawn(move || {
             let mut stream = write_half;
             let mut buf = Vec::new();
             while let Ok(first) = rx.recv() {
-                let batch: Vec<ToWorker> = std::iter::once(first).chain(rx.try_iter()).collect();
+                let batch: Vec<ToWorkerOut> = std::iter::once(first).chain(rx.try_iter()).collect();
                 let stop = batch.iter().any(|m| matches!(m, ToWorker::Shutdown));
                 if wire::write_frame(&mut stream, &batch, &mut buf).is_err() || stop {
                     return;

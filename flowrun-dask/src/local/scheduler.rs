@@ -6,7 +6,9 @@
 //! It never preempts: a running task keeps its slot until it finishes.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashSet};
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +16,9 @@ use crossbeam_channel::{Receiver, Sender};
 use flowrun_core::{ArgSlot, RemoteJob, Resources, TaskCall, TaskError, TaskErrorKind, Work};
 use serde_bytes::ByteBuf;
 
-use super::wire::{Assignment, Completion, LogLine, OutputLine, ToScheduler, ToWorker};
+use super::wire::{
+    AssignmentOut, Completion, LogLine, OutputLine, ToScheduler, ToWorker, ToWorkerOut,
+};
 
 /// Something the scheduler thread reacts to.
 pub(crate) enum Event {
@@ -22,7 +26,7 @@ pub(crate) enum Event {
     Connected {
         worker: u32,
         pid: u32,
-        writer: Sender<ToWorker>,
+        writer: Sender<ToWorkerOut>,
     },
     Messages {
         worker: u32,
@@ -43,7 +47,7 @@ pub(crate) enum Event {
         worker: Option<u32>,
         reason: String,
     },
-        Status(Sender<ClusterStatus>),
+    Status(Sender<ClusterStatus>),
     /// Task stream entries after a position.
     Stream(u64, Sender<TaskStream>),
     Scale(usize),
@@ -122,6 +126,35 @@ pub struct TaskStream {
     pub next: u64,
 }
 
+/// A task stream entry as the scheduler keeps it: names are shared, the
+/// run's name is formatted only when someone asks.
+struct Bar {
+    task: Arc<str>,
+    index: u64,
+    worker: u32,
+    thread: u32,
+    start_us: u64,
+    end_us: u64,
+    outcome: &'static str,
+}
+
+impl Bar {
+    fn entry(&self, workers: &HashMap<u32, Arc<str>>) -> TaskStreamEntry {
+        TaskStreamEntry {
+            run: format!("{}-{}", self.task, self.index),
+            task: self.task.to_string(),
+            worker: workers
+                .get(&self.worker)
+                .map(|w| w.to_string())
+                .unwrap_or_default(),
+            thread: self.thread,
+            start_us: self.start_us,
+            end_us: self.end_us,
+            outcome: self.outcome,
+        }
+    }
+}
+
 /// How many task stream entries a cluster keeps (the oldest go first).
 const STREAM_CAPACITY: usize = 100_000;
 
@@ -182,13 +215,15 @@ struct Worker {
     state: WState,
     since: Instant,
     pid: Option<u32>,
-    writer: Option<Sender<ToWorker>>,
+    writer: Option<Sender<ToWorkerOut>>,
     nthreads: usize,
     seceded: usize,
     free: Resources,
     /// Tasks assigned here (queued on the worker or running).
-    tasks: HashSet<u64>,
-    outbox: Vec<Assignment>,
+    tasks: FxHashSet<u64>,
+    /// The worker's name, shared with the runs it executes.
+    shared_name: Arc<str>,
+    outbox: Vec<AssignmentOut>,
     idle_checks: u32,
 }
 
@@ -203,18 +238,76 @@ enum Place {
 struct Task {
     job: Option<RemoteJob>,
     key: &'static str,
-    run: String,
-    task_name: String,
+    run: flowrun_core::RunRef,
+    task_name: Arc<str>,
     /// Executor thread and start time, once the worker started it.
     started: Option<(u32, u64)>,
     priority: i64,
     seq: u64,
-    needs: Option<Resources>,
+    /// Boxed: most tasks need no resources, and this lives per task.
+    needs: Option<Box<Resources>>,
     group: usize,
     place: Place,
-    suspicious: u32,
-    died_on: Vec<String>,
+    /// Workers that died while running it, if any.
+    deaths: Option<Box<Vec<String>>>,
     since: Instant,
+}
+
+/// The scheduler's tasks in a slab: no hashing, no table slack. An id is
+/// the slot plus a generation, so an id of a finished task never finds the
+/// task that reuses its slot.
+#[derive(Default)]
+struct TaskTable {
+    slab: slab::Slab<(u64, Task)>,
+    generation: u32,
+}
+
+impl TaskTable {
+    /// The id the next inserted task gets.
+    fn next_id(&mut self) -> u64 {
+        self.generation = self.generation.wrapping_add(1);
+        (u64::from(self.generation) << 32) | self.slab.vacant_key() as u64
+    }
+
+    fn slot(id: u64) -> usize {
+        (id & 0xffff_ffff) as usize
+    }
+
+    fn insert(&mut self, id: u64, task: Task) {
+        debug_assert_eq!(self.slab.vacant_key(), Self::slot(id));
+        self.slab.insert((id, task));
+    }
+
+    fn get(&self, id: &u64) -> Option<&Task> {
+        self.slab
+            .get(Self::slot(*id))
+            .filter(|(i, _)| i == id)
+            .map(|(_, t)| t)
+    }
+
+    fn get_mut(&mut self, id: &u64) -> Option<&mut Task> {
+        self.slab
+            .get_mut(Self::slot(*id))
+            .filter(|(i, _)| i == id)
+            .map(|(_, t)| t)
+    }
+
+    fn remove(&mut self, id: &u64) -> Option<Task> {
+        self.get(id)?;
+        Some(self.slab.remove(Self::slot(*id)).1)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u64, &Task)> {
+        self.slab.iter().map(|(_, (id, t))| (*id, t))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Task> {
+        self.slab.iter().map(|(_, (_, t))| t)
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = (u64, Task)> + '_ {
+        self.slab.drain()
+    }
 }
 
 /// Queue order: priority (higher first), then submission order, then id.
@@ -229,10 +322,9 @@ pub(crate) struct Scheduler<L: Launcher> {
     cfg: Config,
     launcher: L,
     workers: HashMap<u32, Worker>,
-    tasks: HashMap<u64, Task>,
+    tasks: TaskTable,
     groups: Vec<Group>,
     group_index: HashMap<String, usize>,
-    next_task: u64,
     next_seq: u64,
     next_worker: u32,
     target: usize,
@@ -252,9 +344,12 @@ pub(crate) struct Scheduler<L: Launcher> {
     flow: Option<flowrun_core::FlowHandle>,
     /// Submissions from workers, by (worker, its id): the flow's run.
     forwarded: HashMap<(u32, u64), flowrun_core::RunRef>,
-        history: Vec<(std::time::SystemTime, usize)>,
+    history: Vec<(std::time::SystemTime, usize)>,
     running_workers: usize,
-    stream: std::collections::VecDeque<TaskStreamEntry>,
+    stream: std::collections::VecDeque<Bar>,
+
+    /// Every worker's name by id, for task stream bars of gone workers.
+    worker_names: HashMap<u32, Arc<str>>,
     /// Position of the first entry in `stream`.
     stream_base: u64,
 }
@@ -299,11 +394,10 @@ impl<L: Launcher> Scheduler<L> {
         Scheduler {
             cfg,
             launcher,
-            workers: HashMap::new(),
-            tasks: HashMap::new(),
+            workers: HashMap::default(),
+            tasks: TaskTable::default(),
             groups: Vec::new(),
-            group_index: HashMap::new(),
-            next_task: 1,
+            group_index: HashMap::default(),
             next_seq: 0,
             next_worker: 0,
             target,
@@ -314,13 +408,14 @@ impl<L: Launcher> Scheduler<L> {
             finished: 0,
             mean_duration: None,
             last_waiting_log: Instant::now(),
-            durations: HashMap::new(),
-            pending_keys: HashMap::new(),
+            durations: HashMap::default(),
+            pending_keys: HashMap::default(),
             flow: None,
-            forwarded: HashMap::new(),
-                        history: vec![(std::time::SystemTime::now(), 0)],
+            forwarded: HashMap::default(),
+            history: vec![(std::time::SystemTime::now(), 0)],
             running_workers: 0,
             stream: std::collections::VecDeque::new(),
+            worker_names: HashMap::default(),
             stream_base: 0,
         }
     }
@@ -390,7 +485,7 @@ impl<L: Launcher> Scheduler<L> {
                     self.lost(worker, format!("its process exited ({status})"));
                 }
             }
-                        Event::Refused { worker, reason } => {
+            Event::Refused { worker, reason } => {
                 // A worker still starting when the cluster closes knocks
                 // after it stopped expecting anyone: not worth a warning.
                 if self.closing {
@@ -417,14 +512,14 @@ impl<L: Launcher> Scheduler<L> {
                 self.fill_to_target();
                 self.retire_extra();
             }
-                        Event::BindFlow(handle) => self.flow = Some(handle),
+            Event::BindFlow(handle) => self.flow = Some(handle),
             Event::Stream(since, reply) => {
                 let first = since.max(self.stream_base);
                 let entries = self
                     .stream
                     .iter()
                     .skip((first - self.stream_base) as usize)
-                    .cloned()
+                    .map(|bar| bar.entry(&self.worker_names))
                     .collect();
                 let _ = reply.send(TaskStream {
                     entries,
@@ -465,25 +560,23 @@ impl<L: Launcher> Scheduler<L> {
                 self.groups.len() - 1
             }
         };
-        let id = self.next_task;
-        self.next_task += 1;
+        let id = self.tasks.next_id();
         let seq = self.next_seq;
         self.next_seq += 1;
         let priority = annotations.priority.unwrap_or(0);
-                let key = job.task_key();
+        let key = job.task_key();
         let mut task = Task {
-            task_name: job.task_name().to_owned(),
+            task_name: job.shared_task_name(),
             started: None,
             job: Some(job),
             key,
-            run: run.name(),
+            run,
             priority,
             seq,
-            needs: needs.clone(),
+            needs: needs.clone().map(Box::new),
             group,
             place: Place::Queued,
-            suspicious: 0,
-            died_on: Vec::new(),
+            deaths: None,
             since: Instant::now(),
         };
         if let Some(n) = &needs {
@@ -491,7 +584,7 @@ impl<L: Launcher> Scheduler<L> {
                 task.place = Place::NoWorker;
                 tracing::warn!(
                     target: "flowrun_dask::cluster",
-                    { flowrun.run = format!("Task run '{}'", task.run) },
+                                        { flowrun.run = format!("Task run '{}'", task.run.name()) },
                     "Waits: it needs {n}, and no worker of this cluster offers that (each offers {})",
                     self.cfg.resources
                 );
@@ -504,7 +597,7 @@ impl<L: Launcher> Scheduler<L> {
         self.tasks.insert(id, task);
     }
 
-    fn connected(&mut self, id: u32, pid: u32, writer: Sender<ToWorker>) {
+    fn connected(&mut self, id: u32, pid: u32, writer: Sender<ToWorkerOut>) {
         let Some(w) = self.workers.get_mut(&id) else {
             let _ = writer.send(ToWorker::Shutdown);
             return;
@@ -521,7 +614,7 @@ impl<L: Launcher> Scheduler<L> {
         }
         w.writer = Some(writer);
         tracing::debug!(target: "flowrun_dask::cluster", "Worker '{}' (pid {pid}) joined", w.name);
-                self.startup_failures = 0;
+        self.startup_failures = 0;
         if !self.closing {
             self.running_changed(1);
         }
@@ -533,15 +626,15 @@ impl<L: Launcher> Scheduler<L> {
                 let name = self
                     .workers
                     .get(&worker)
-                    .map(|w| w.name.clone())
-                    .unwrap_or_default();
-                                for s in ids {
+                    .map(|w| w.shared_name.clone())
+                    .unwrap_or_else(|| Arc::from(""));
+                for s in ids {
                     if let Some(t) = self.tasks.get_mut(&s.id) {
                         if t.place == Place::Assigned(worker) {
                             t.place = Place::Running(worker);
                             t.started = Some((s.thread, s.at_us));
                             if let Some(job) = &t.job {
-                                job.started(Some(&name));
+                                job.started_at(name.clone());
                             }
                         }
                     }
@@ -659,9 +752,13 @@ impl<L: Launcher> Scheduler<L> {
             None => d,
             Some(m) => (m * 7 + d) / 8,
         });
-                let per_key = self.durations.entry(task.key).or_insert(d);
+        let per_key = self.durations.entry(task.key).or_insert(d);
         *per_key = (*per_key * 3 + d) / 4;
-        let outcome = if c.result.is_ok() { "completed" } else { "failed" };
+        let outcome = if c.result.is_ok() {
+            "completed"
+        } else {
+            "failed"
+        };
         self.record(&task, worker, d, outcome);
         if let Some(job) = task.job.take() {
             let result = c
@@ -678,7 +775,7 @@ impl<L: Launcher> Scheduler<L> {
         let Some(w) = self.workers.remove(&id) else {
             return;
         };
-                self.launcher.kill(id);
+        self.launcher.kill(id);
         if w.state == WState::Running {
             self.running_changed(-1);
         }
@@ -687,7 +784,7 @@ impl<L: Launcher> Scheduler<L> {
         if !expected {
             self.deaths += 1;
         }
-                let mut rescheduled = 0;
+        let mut rescheduled = 0;
         let mut crashed = 0;
         let mut crashed_bars = Vec::new();
         // The tasks the worker was executing: those it reported started,
@@ -717,24 +814,28 @@ impl<L: Launcher> Scheduler<L> {
             let Some(t) = self.tasks.get_mut(&tid) else {
                 continue;
             };
-                        let was_running = executing.contains(&tid);
+            let was_running = executing.contains(&tid);
             if was_running {
-                t.suspicious += 1;
-                t.died_on.push(format!("{} (pid {})", w.name, w.pid.unwrap_or(0)));
+                t.deaths.get_or_insert_with(Default::default).push(format!(
+                    "{} (pid {})",
+                    w.name,
+                    w.pid.unwrap_or(0)
+                ));
             }
+            let suspicious = t.deaths.as_ref().map_or(0, |d| d.len() as u32);
             if let Some((thread, start)) = t.started.take() {
                 let end = super::worker::now_us();
-                crashed_bars.push(TaskStreamEntry {
-                    run: t.run.clone(),
+                crashed_bars.push(Bar {
                     task: t.task_name.clone(),
-                    worker: w.name.clone(),
+                    index: t.run.index(),
+                    worker: id,
                     thread,
                     start_us: start,
                     end_us: end.max(start),
                     outcome: "crashed",
                 });
             }
-            if was_running && t.suspicious > self.cfg.allowed_failures {
+            if was_running && suspicious > self.cfg.allowed_failures {
                 let t = self.tasks.remove(&tid).expect("present");
                 self.unpend(t.key);
                 crashed += 1;
@@ -743,9 +844,9 @@ impl<L: Launcher> Scheduler<L> {
                         TaskErrorKind::KilledWorker,
                         format!(
                             "KilledWorker: attempted to run task run '{}' on {} different workers, but all those workers died while running it: {}",
-                            t.run,
-                            t.suspicious,
-                            t.died_on.join(", ")
+                                                                    t.run.name(),
+                            suspicious,
+                            t.deaths.as_deref().map(|d| d.join(", ")).unwrap_or_default()
                         ),
                     )));
                 }
@@ -756,7 +857,7 @@ impl<L: Launcher> Scheduler<L> {
                 rescheduled += 1;
             }
         }
-                for bar in crashed_bars {
+        for bar in crashed_bars {
             self.push_stream(bar);
         }
         if !expected {
@@ -776,7 +877,7 @@ impl<L: Launcher> Scheduler<L> {
     }
 
     fn startup_failed(&mut self, id: u32, reason: String) {
-                if let Some(w) = self.workers.remove(&id) {
+        if let Some(w) = self.workers.remove(&id) {
             if w.state == WState::Running {
                 self.running_changed(-1);
             }
@@ -827,6 +928,7 @@ impl<L: Launcher> Scheduler<L> {
             let id = self.next_worker;
             self.next_worker += 1;
             let name = format!("worker-{id}");
+            self.worker_names.insert(id, Arc::from(name.as_str()));
             self.workers.insert(
                 id,
                 Worker {
@@ -838,7 +940,8 @@ impl<L: Launcher> Scheduler<L> {
                     nthreads: self.cfg.nthreads,
                     seceded: 0,
                     free: self.cfg.resources.clone(),
-                    tasks: HashSet::new(),
+                    tasks: FxHashSet::default(),
+                    shared_name: Arc::from(name.as_str()),
                     outbox: Vec::new(),
                     idle_checks: 0,
                 },
@@ -879,7 +982,7 @@ impl<L: Launcher> Scheduler<L> {
         }
     }
 
-        fn retire(&mut self, id: u32) {
+    fn retire(&mut self, id: u32) {
         let was_running = self
             .workers
             .get(&id)
@@ -960,7 +1063,7 @@ impl<L: Launcher> Scheduler<L> {
                 .tasks
                 .iter()
                 .filter(|(_, t)| t.place == Place::NoWorker && now - t.since > limit)
-                .map(|(id, _)| *id)
+                .map(|(id, _)| id)
                 .collect();
             for id in expired {
                 if let Some(t) = self.tasks.remove(&id) {
@@ -991,14 +1094,13 @@ impl<L: Launcher> Scheduler<L> {
         }
     }
 
-        fn record(&mut self, task: &Task, worker: u32, duration: Duration, outcome: &'static str) {
+    fn record(&mut self, task: &Task, worker: u32, duration: Duration, outcome: &'static str) {
         let Some((thread, start_us)) = task.started else {
             return;
         };
-        let worker = self.workers.get(&worker).map(|w| w.name.clone()).unwrap_or_default();
-        self.push_stream(TaskStreamEntry {
-            run: task.run.clone(),
+        self.push_stream(Bar {
             task: task.task_name.clone(),
+            index: task.run.index(),
             worker,
             thread,
             start_us,
@@ -1007,7 +1109,7 @@ impl<L: Launcher> Scheduler<L> {
         });
     }
 
-    fn push_stream(&mut self, entry: TaskStreamEntry) {
+    fn push_stream(&mut self, entry: Bar) {
         if self.stream.len() == STREAM_CAPACITY {
             self.stream.pop_front();
             self.stream_base += 1;
@@ -1184,18 +1286,12 @@ impl<L: Launcher> Scheduler<L> {
             };
             let Some(job) = &task.job else { continue };
             task.place = Place::Assigned(wid);
-            let args = job
-                .args()
-                .iter()
-                .map(|a| match a {
-                    ArgSlot::Bytes(b) => ByteBuf::from(b.to_vec()),
-                    ArgSlot::Upstream(_) => ByteBuf::new(),
-                })
-                .collect();
-            let assignment = Assignment {
+            let args = job.shared_args();
+            let assignment = AssignmentOut {
                 id: tid,
-                key: job.task_key().to_owned(),
-                run: task.run.clone(),
+                key: job.task_key(),
+                name: task.task_name.clone(),
+                index: task.run.index(),
                 priority: task.priority,
                 seq: task.seq,
                 args,
@@ -1225,7 +1321,7 @@ impl<L: Launcher> Scheduler<L> {
             .values()
             .filter(|t| t.place == Place::NoWorker)
             .map(|t| WaitingTask {
-                run: t.run.clone(),
+                run: t.run.name(),
                 reason: format!(
                     "it needs {}, and no worker of this cluster offers that (each offers {})",
                     t.needs.as_ref().map(|n| n.to_string()).unwrap_or_default(),
@@ -1245,7 +1341,7 @@ impl<L: Launcher> Scheduler<L> {
                     .iter()
                     .filter_map(|t| self.tasks.get(t))
                     .filter(|t| t.place == Place::Running(*id))
-                    .map(|t| t.run.clone())
+                    .map(|t| t.run.name())
                     .collect();
                 WorkerStatus {
                     name: w.name.clone(),

@@ -16,15 +16,56 @@ pub const PROTOCOL: u32 = 1;
 /// Refuse frames larger than this (a corrupt length must not allocate GBs).
 pub const MAX_FRAME: usize = 1 << 30;
 
-/// One task for a worker to run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One task for a worker to run, as the worker reads it.
+#[derive(Debug, Clone, Deserialize)]
 pub struct Assignment {
     pub id: u64,
     pub key: String,
-    pub run: String,
+    /// The task's name; the run's name is `<name>-<index>`.
+    pub name: String,
+    pub index: u64,
     pub priority: i64,
     pub seq: u64,
     pub args: Vec<serde_bytes::ByteBuf>,
+}
+
+impl Assignment {
+    /// The run's name, such as `shout-3` (formatted here, not by the
+    /// scheduler, whose thread is the cluster's busiest).
+    pub fn run_name(&self) -> String {
+        format!("{}-{}", self.name, self.index)
+    }
+}
+
+/// One task for a worker to run, as the scheduler sends it: the same fields
+/// as [`Assignment`], sharing the argument bytes instead of copying them.
+#[derive(Debug, Serialize)]
+pub struct AssignmentOut {
+    pub id: u64,
+    pub key: &'static str,
+    pub name: std::sync::Arc<str>,
+    pub index: u64,
+    pub priority: i64,
+    pub seq: u64,
+    #[serde(serialize_with = "shared_args")]
+    pub args: std::sync::Arc<[flowrun_core::ArgSlot]>,
+}
+
+fn shared_args<S: serde::Serializer>(
+    args: &std::sync::Arc<[flowrun_core::ArgSlot]>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(args.len()))?;
+    for a in args.iter() {
+        let bytes: &[u8] = match a {
+            flowrun_core::ArgSlot::Bytes(b) => b,
+            // Upstream values are resolved before a call reaches the cluster.
+            flowrun_core::ArgSlot::Upstream(_) => &[],
+        };
+        seq.serialize_element(serde_bytes::Bytes::new(bytes))?;
+    }
+    seq.end()
 }
 
 /// Why a task failed, as it crosses the connection.
@@ -132,8 +173,13 @@ pub struct LogLine {
     pub message: String,
 }
 
+/// What the flow's side sends to a worker.
+pub type ToWorkerOut = ToWorker<AssignmentOut>;
+
+/// Scheduler to worker. `A` is [`AssignmentOut`] on the sending side and
+/// [`Assignment`] on the receiving side; both encode the same.
 #[derive(Debug, Serialize, Deserialize)]
-pub enum ToWorker {
+pub enum ToWorker<A = Assignment> {
     Challenge {
         nonce: [u8; 32],
         build: String,
@@ -143,7 +189,7 @@ pub enum ToWorker {
     Rejected {
         reason: String,
     },
-    Run(Vec<Assignment>),
+    Run(Vec<A>),
     /// Outcomes of submissions this worker made.
     Resolved(Vec<(u64, Result<serde_bytes::ByteBuf, WireError>)>),
     Shutdown,
@@ -158,7 +204,7 @@ pub enum ToScheduler {
         protocol: u32,
         proof: [u8; 32],
     },
-        Started(Vec<Start>),
+    Started(Vec<Start>),
     Done(Vec<Completion>),
     Output(Vec<OutputLine>),
     Log(Vec<LogLine>),
@@ -238,7 +284,11 @@ mod tests {
     #[test]
     fn frames_round_trip_batches() {
         let batch = vec![
-            ToScheduler::Started(vec![Start { id: 1, thread: 0, at_us: 5 }]),
+            ToScheduler::Started(vec![Start {
+                id: 1,
+                thread: 0,
+                at_us: 5,
+            }]),
             ToScheduler::Done(vec![Completion {
                 id: 1,
                 result: Ok(serde_bytes::ByteBuf::from(vec![7u8; 100])),

@@ -196,7 +196,7 @@ impl Executors {
                 .compare_exchange(n, n + 1, Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok()
             {
-                                let ex = self.clone();
+                let ex = self.clone();
                 let spawned = std::thread::Builder::new()
                     .name(format!("flowrun-executor-{n}"))
                     .spawn(move || ex.execute(n as u32));
@@ -208,7 +208,7 @@ impl Executors {
         }
     }
 
-        fn execute(self: Arc<Self>, thread: u32) {
+    fn execute(self: Arc<Self>, thread: u32) {
         flowrun_core::set_blocking_hook(Some(blocking_hook));
         super::forward::bind_thread(self.link.clone());
         let _logs = self.logs.as_ref().map(tracing::dispatcher::set_default);
@@ -226,15 +226,16 @@ impl Executors {
             let Some(task) = self.queue.pop() else {
                 return;
             };
-                        let _ = self.out.send(Outgoing::Started(super::wire::Start {
+            let _ = self.out.send(Outgoing::Started(super::wire::Start {
                 id: task.id,
                 thread,
                 at_us: now_us(),
             }));
             CURRENT.with(|c| *c.borrow_mut() = Some((self.clone(), task.id)));
-            let token = self.capture.as_ref().map(|c| c.task_started(&task.run));
+            let run = task.run_name();
+            let token = self.capture.as_ref().map(|c| c.task_started(&run));
             let started = Instant::now();
-            let mut result = run_assignment(&task);
+            let mut result = run_assignment(&task, &run);
             // Work the task submitted to the cluster finishes before it does.
             let unhandled = super::forward::finish_task();
             if result.is_ok() && !unhandled.is_empty() {
@@ -272,7 +273,7 @@ pub(crate) fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-fn run_assignment(task: &Assignment) -> Result<ByteBuf, WireError> {
+fn run_assignment(task: &Assignment, run: &str) -> Result<ByteBuf, WireError> {
     let Some(entry) = flowrun_core::registry::registry().get(&task.key) else {
         return Err(WireError {
             kind: None,
@@ -286,7 +287,7 @@ fn run_assignment(task: &Assignment) -> Result<ByteBuf, WireError> {
     let args: Vec<&[u8]> = task.args.iter().map(|a| a.as_slice()).collect();
     IN_TASK.with(|t| t.set(true));
     PANIC_AT.with(|p| p.borrow_mut().take());
-    let result = flowrun_core::with_task_run_name(&task.run, || entry.run(&args));
+    let result = flowrun_core::with_task_run_name(run, || entry.run(&args));
     IN_TASK.with(|t| t.set(false));
     result.map(ByteBuf::from).map_err(|e| {
         let panic = *e.kind() == flowrun_core::TaskErrorKind::Panic;
@@ -330,7 +331,7 @@ fn write_loop(mut stream: TcpStream, rx: Receiver<Outgoing>) {
         let mut other = Vec::new();
         for m in std::iter::once(first).chain(rx.try_iter().take(8192)) {
             match m {
-                                Outgoing::Started(s) => started.push(s),
+                Outgoing::Started(s) => started.push(s),
                 Outgoing::Done(c) => done.push(c),
                 Outgoing::Output(l) => output.push(l),
                 Outgoing::Log(l) => logs.push(l),
