@@ -65,23 +65,24 @@ impl Drop for Entered {
     }
 }
 
-/// A future that runs each poll of `inner` inside `ctx` (and its span).
-pub(crate) struct WithContext<F> {
-    pub(crate) ctx: Context,
-    pub(crate) inner: F,
+pin_project_lite::pin_project! {
+    /// A future that runs each poll of `inner` inside `ctx` (and its span).
+    pub(crate) struct WithContext<F> {
+        pub(crate) ctx: Context,
+        #[pin]
+        pub(crate) inner: F,
+    }
 }
 
 impl<F: Future> Future for WithContext<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
-        // SAFETY: `inner` is structurally pinned; `ctx` is never moved out.
-        let this = unsafe { self.get_unchecked_mut() };
+                let this = self.project();
         let entered = enter(this.ctx.clone());
         let span = this.ctx.span.clone();
         let _span = span.as_ref().map(|s| s.enter());
-        let inner = unsafe { Pin::new_unchecked(&mut this.inner) };
-        let poll = inner.poll(cx);
+        let poll = this.inner.poll(cx);
         // Scopes opened or closed during this poll belong to the future,
         // which may be polled on another thread next time.
         this.ctx.annotations = with_current(|c| std::mem::take(&mut c.annotations));

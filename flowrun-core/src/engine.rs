@@ -610,7 +610,7 @@ fn block_on<R: Send + 'static>(
     timeout: Option<Duration>,
 ) -> Result<R, TaskError> {
     let ctx = context::current();
-    let guarded = CatchUnwind(WithContext { ctx, inner: fut });
+    let guarded = CatchUnwind { inner: WithContext { ctx, inner: fut } };
     let drive = async move {
         match timeout {
             None => guarded.await,
@@ -631,15 +631,19 @@ fn block_on<R: Send + 'static>(
     }
 }
 
-/// Turns a panic inside a future's poll into an error.
-struct CatchUnwind<F>(F);
+pin_project_lite::pin_project! {
+    /// Turns a panic inside a future's poll into an error.
+    struct CatchUnwind<F> {
+        #[pin]
+        inner: F,
+    }
+}
 
 impl<F: Future> Future for CatchUnwind<F> {
     type Output = Result<F::Output, TaskError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        // SAFETY: the inner future is structurally pinned.
-        let inner = unsafe { self.map_unchecked_mut(|s| &mut s.0) };
+                let inner = self.project().inner;
         match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
@@ -880,7 +884,7 @@ pub async fn call_async<T: Task>(config: CallConfig, args: T::Args) -> T::Raw {
             Err(p) => Attempt::Panicked(p),
             Ok(Invocation::Ready(raw)) => DirectRun::<T>::classify(raw),
             Ok(Invocation::Future(fut)) => {
-                let guarded = CatchUnwindAny(WithContext { ctx, inner: fut });
+                let guarded = CatchUnwindAny::new(WithContext { ctx, inner: fut });
                 match run.timeout {
                     None => match guarded.await {
                         Ok(raw) => DirectRun::<T>::classify(raw),
@@ -907,15 +911,25 @@ pub async fn call_async<T: Task>(config: CallConfig, args: T::Args) -> T::Raw {
     }
 }
 
-/// Like [`CatchUnwind`], keeping the panic payload.
-pub(crate) struct CatchUnwindAny<F>(pub(crate) F);
+pin_project_lite::pin_project! {
+    /// Like [`CatchUnwind`], keeping the panic payload.
+    pub(crate) struct CatchUnwindAny<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F> CatchUnwindAny<F> {
+    pub(crate) fn new(inner: F) -> CatchUnwindAny<F> {
+        CatchUnwindAny { inner }
+    }
+}
 
 impl<F: Future> Future for CatchUnwindAny<F> {
     type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        // SAFETY: the inner future is structurally pinned.
-        let inner = unsafe { self.map_unchecked_mut(|s| &mut s.0) };
+                let inner = self.project().inner;
         match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
@@ -924,11 +938,15 @@ impl<F: Future> Future for CatchUnwindAny<F> {
     }
 }
 
-/// Resolves to `None` if `inner` is not done within the duration, on any
-/// executor (the deadline comes from flowrun's timer thread).
-pub(crate) struct Deadline<F> {
-    inner: F,
-    sleep: timer::Sleep,
+pin_project_lite::pin_project! {
+    /// Resolves to `None` if `inner` is not done within the duration, on any
+    /// executor (the deadline comes from flowrun's timer thread).
+    pub(crate) struct Deadline<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        sleep: timer::Sleep,
+    }
 }
 
 impl<F> Deadline<F> {
@@ -944,14 +962,11 @@ impl<F: Future> Future for Deadline<F> {
     type Output = Option<F::Output>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<F::Output>> {
-        // SAFETY: both fields are structurally pinned and never moved.
-        let this = unsafe { self.get_unchecked_mut() };
-        let inner = unsafe { Pin::new_unchecked(&mut this.inner) };
-        if let Poll::Ready(v) = inner.poll(cx) {
+                let this = self.project();
+        if let Poll::Ready(v) = this.inner.poll(cx) {
             return Poll::Ready(Some(v));
         }
-        let sleep = unsafe { Pin::new_unchecked(&mut this.sleep) };
-        match sleep.poll(cx) {
+        match this.sleep.poll(cx) {
             Poll::Ready(()) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

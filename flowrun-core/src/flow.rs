@@ -1046,7 +1046,7 @@ pub async fn run_flow_async<F: Flow>(config: FlowConfig, args: F::Args) -> FlowR
             Err(p) => Err(p),
             Ok(Invocation::Ready(raw)) => Ok(raw),
             Ok(Invocation::Future(fut)) => {
-                let guarded = CatchUnwindAny(WithContext {
+                let guarded = CatchUnwindAny::new(WithContext {
                     ctx: started.context(),
                     inner: fut,
                 });

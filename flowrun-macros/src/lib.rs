@@ -5,6 +5,8 @@
 //! is needed. A crate that re-exports flowrun under another path can say so
 //! with `#[task(crate = path)]`.
 
+#![deny(missing_docs)]
+
 mod flow;
 mod options;
 mod signature;
