@@ -78,7 +78,7 @@ impl<F: Future> Future for WithContext<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
-                let this = self.project();
+        let this = self.project();
         let entered = enter(this.ctx.clone());
         let span = this.ctx.span.clone();
         let _span = span.as_ref().map(|s| s.enter());

@@ -610,7 +610,9 @@ fn block_on<R: Send + 'static>(
     timeout: Option<Duration>,
 ) -> Result<R, TaskError> {
     let ctx = context::current();
-    let guarded = CatchUnwind { inner: WithContext { ctx, inner: fut } };
+    let guarded = CatchUnwind {
+        inner: WithContext { ctx, inner: fut },
+    };
     let drive = async move {
         match timeout {
             None => guarded.await,
@@ -643,7 +645,7 @@ impl<F: Future> Future for CatchUnwind<F> {
     type Output = Result<F::Output, TaskError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-                let inner = self.project().inner;
+        let inner = self.project().inner;
         match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
@@ -929,7 +931,7 @@ impl<F: Future> Future for CatchUnwindAny<F> {
     type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-                let inner = self.project().inner;
+        let inner = self.project().inner;
         match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
@@ -962,7 +964,7 @@ impl<F: Future> Future for Deadline<F> {
     type Output = Option<F::Output>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<F::Output>> {
-                let this = self.project();
+        let this = self.project();
         if let Poll::Ready(v) = this.inner.poll(cx) {
             return Poll::Ready(Some(v));
         }

@@ -178,8 +178,12 @@ impl DaskTaskRunner {
         }
         let cluster: Arc<dyn Cluster> = match &self.cluster_class {
             None => Arc::new(
-                LocalCluster::start_adaptive(&self.cluster_kwargs, &self.client_kwargs, self.adapt_kwargs.as_ref())
-                    .map_err(|e| RunnerError::new(e.to_string()))?,
+                LocalCluster::start_adaptive(
+                    &self.cluster_kwargs,
+                    &self.client_kwargs,
+                    self.adapt_kwargs.as_ref(),
+                )
+                .map_err(|e| RunnerError::new(e.to_string()))?,
             ),
             Some(class) => Arc::from(
                 (class.build)(&self.cluster_kwargs, &self.client_kwargs)
@@ -218,7 +222,7 @@ impl TaskRunner for DaskTaskRunner {
             "Created a temporary cluster for this flow run: {}",
             cluster.describe()
         );
-                cluster.bind_flow(flow.flow.clone());
+        cluster.bind_flow(flow.flow.clone());
         cluster::register(&flow.flow_run_id, cluster.clone());
         *self.cluster.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((flow.flow_run_id.clone(), cluster));

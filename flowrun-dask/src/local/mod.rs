@@ -210,7 +210,7 @@ impl LocalCluster {
         rx.recv_timeout(Duration::from_secs(10)).ok()
     }
 
-        /// Task stream entries (one per task run executed, in the order they
+    /// Task stream entries (one per task run executed, in the order they
     /// ended) after position `since`; pass the returned `next` next time.
     pub fn task_stream(&self, since: u64) -> Option<TaskStream> {
         let (tx, rx) = crossbeam_channel::bounded(1);
