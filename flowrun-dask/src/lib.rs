@@ -25,7 +25,7 @@ mod cluster;
 pub mod collection;
 mod local;
 pub mod protocol;
-
+mod remote;
 mod runner;
 mod settings;
 

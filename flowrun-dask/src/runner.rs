@@ -9,6 +9,7 @@ use flowrun_core::{
 
 use crate::cluster::{self, Cluster, ClusterClass};
 use crate::local::LocalCluster;
+use crate::remote::{self, RemoteSettings};
 use crate::settings::{AdaptKwargs, ClientKwargs, ClusterKwargs, SettingsError};
 
 /// Runs a flow's tasks with Dask's scheduling semantics: priorities,
@@ -48,6 +49,7 @@ pub struct DaskTaskRunner {
     cluster_kwargs: ClusterKwargs,
     adapt_kwargs: Option<AdaptKwargs>,
     client_kwargs: ClientKwargs,
+    remote: RemoteSettings,
     cluster: Mutex<Option<(String, Arc<dyn Cluster>)>>,
 }
 
@@ -66,6 +68,7 @@ impl Clone for DaskTaskRunner {
             cluster_kwargs: self.cluster_kwargs.clone(),
             adapt_kwargs: self.adapt_kwargs.clone(),
             client_kwargs: self.client_kwargs.clone(),
+            remote: self.remote.clone(),
             cluster: Mutex::new(None),
         }
     }
@@ -79,6 +82,8 @@ impl std::fmt::Debug for DaskTaskRunner {
             .field("cluster_kwargs", &self.cluster_kwargs)
             .field("adapt_kwargs", &self.adapt_kwargs)
             .field("client_kwargs", &self.client_kwargs)
+            .field("task_program", &self.remote.task_program)
+            .field("python", &self.remote.python)
             .finish()
     }
 }
@@ -92,6 +97,7 @@ impl DaskTaskRunner {
             cluster_kwargs: ClusterKwargs::default(),
             adapt_kwargs: None,
             client_kwargs: ClientKwargs::default(),
+            remote: RemoteSettings::default(),
             cluster: Mutex::new(None),
         }
     }
@@ -124,6 +130,26 @@ impl DaskTaskRunner {
     /// Settings of the connection to the cluster.
     pub fn client_kwargs(mut self, kwargs: ClientKwargs) -> Self {
         self.client_kwargs = kwargs;
+        self
+    }
+
+    /// On a real Dask cluster: the path of this program on the workers,
+    /// which start it in task mode for every task (by default the path of
+    /// the running program, for workers that share this machine's files).
+    /// Set it when the workers run a container image with the program at
+    /// another path. It must be the same build as the flow: a task-mode
+    /// program of another build refuses the task with an error naming both
+    /// builds.
+    pub fn task_program(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.remote.task_program = Some(path.into());
+        self
+    }
+
+    /// The Python executable that starts a Python `cluster_class` (by
+    /// default `$FLOWRUN_PYTHON`, else `python3`). It needs the class's
+    /// package installed (`distributed` for `distributed.LocalCluster`).
+    pub fn python(mut self, executable: impl Into<std::path::PathBuf>) -> Self {
+        self.remote.python = Some(executable.into());
         self
     }
 
@@ -172,9 +198,18 @@ impl DaskTaskRunner {
         self.validate()
             .map_err(|e| RunnerError::new(e.to_string()))?;
         if let Some(address) = &self.address {
-            return Err(RunnerError::new(format!(
-                "connecting to an existing Dask cluster at {address} is not available in this build"
-            )));
+            return remote::connect(address, &self.client_kwargs, &self.remote)
+                .map_err(RunnerError::new);
+        }
+        if let Some(class) = self.cluster_class.as_ref().and_then(|c| c.python_path()) {
+            return remote::start_python(
+                class,
+                &self.cluster_kwargs,
+                self.adapt_kwargs.as_ref(),
+                &self.client_kwargs,
+                &self.remote,
+            )
+            .map_err(RunnerError::new);
         }
         let cluster: Arc<dyn Cluster> = match &self.cluster_class {
             None => Arc::new(

@@ -10,11 +10,12 @@ mod support;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flowrun_dask::protocol::{
-    ClientEvent, DaskClient, EventReceiver, ProtocolError, RemoteError, StdinPart, SubprocessTask,
-    MIN_SUPPORTED_VERSION,
+    ClientEvent, DaskClient, EventReceiver, EventValue, ProtocolError, PythonRunner, RemoteError,
+    StdinPart, SubprocessTask, MIN_SUPPORTED_VERSION,
 };
 use support::{group_alive, pid_alive, Cluster, WorkerSpec};
 
@@ -785,4 +786,82 @@ async fn scheduler_going_away_closes_the_stream() {
         .unwrap()
         .unwrap_err();
     assert!(err.to_string().contains(&cluster.address), "{err}");
+}
+
+/// A task with a `PythonRunner` runs through it instead of `check_output`:
+/// its stdin parts arrive with dependencies replaced by their values, its
+/// return value is the result, what it raises is the error, and what it
+/// publishes on a topic reaches a subscribed client with the worker's
+/// address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_runner_returns_raises_and_publishes() {
+    let cluster = Cluster::start(&[WorkerSpec::threads(1)]);
+    let client = connect(&cluster).await;
+    let mut tracker = Tracker::new(&client);
+    let ns = namespace("runner");
+    let topic = format!("{ns}-topic");
+    client.subscribe_topic(&topic).await.unwrap();
+    let runner = Arc::new(PythonRunner {
+        module: format!("_flowrun_test_{}", ns.replace('-', "_")),
+        source: r#"
+import subprocess
+from distributed import get_worker
+
+def run(key, argv, stdin, env, params):
+    out = subprocess.run(argv, input=b"|".join(stdin), capture_output=True, check=True).stdout
+    get_worker().log_event(params["topic"], {"k": key, "o": out, "parts": len(stdin)})
+    return out
+"#
+        .into(),
+        params: BTreeMap::from([("topic".to_string(), topic.clone())]),
+    });
+    let [a, b, c] = ["a", "b", "c"].map(|s| format!("{ns}-{s}"));
+    let mut joined = cat(&b, vec![lit(b"head"), dep(&a), lit(b"tail")]);
+    joined.runner = Some(runner.clone());
+    let mut missing = SubprocessTask::new(&c, ["/nonexistent/program"]);
+    missing.runner = Some(runner);
+    client
+        .submit(vec![
+            SubprocessTask::new(&a, ["/bin/echo", "alpha"]),
+            joined,
+            missing,
+        ])
+        .await
+        .unwrap();
+    let outcomes = tracker.wait(&[&a, &b, &c]).await;
+    assert!(matches!(outcomes[&b], Outcome::Memory), "{outcomes:?}");
+    let Outcome::Erred(error) = &outcomes[&c] else {
+        panic!("{outcomes:?}")
+    };
+    assert_eq!(error.class, "builtins.FileNotFoundError", "{error:?}");
+    assert!(error.message.contains("No such file"), "{error:?}");
+
+    let results = gather(&client, &[&b]).await;
+    assert_eq!(results[&b], b"head|alpha\n|tail");
+
+    // The event was published before the task finished, so it came first.
+    let event = tracker
+        .log
+        .iter()
+        .find_map(|e| match e {
+            ClientEvent::Topic(t) if t.topic == topic => Some(t.clone()),
+            _ => None,
+        })
+        .expect("the runner's event");
+    let message = &event.message;
+    assert_eq!(
+        message.get("k").and_then(EventValue::as_str),
+        Some(b.as_str())
+    );
+    assert_eq!(
+        message.get("o").and_then(EventValue::as_bytes),
+        Some(&b"head|alpha\n|tail"[..])
+    );
+    assert_eq!(message.get("parts").and_then(EventValue::as_i64), Some(3));
+    assert_eq!(
+        message.get("worker").and_then(EventValue::as_str),
+        Some(cluster.worker_address(0))
+    );
+    assert!(event.time > 0.0);
+    client.close().await.unwrap();
 }

@@ -1,18 +1,17 @@
 //! Starting workers: the flow's program again in worker mode, or threads of
 //! the flow's process.
 //!
-//! A worker process runs the same program with the same arguments, so it
-//! reaches the same first flow call, where flowrun diverts it into worker
-//! mode before the flow's own work. Inside a `cargo test` binary the
-//! program is the test harness: the worker runs only the current test
-//! (`--exact <name>`), whose flow call diverts it the same way.
+//! A worker process runs the same program with the same arguments (see
+//! `crate::remote::worker_command`), so it reaches the same first flow
+//! call, where flowrun diverts it into worker mode before the flow's own
+//! work.
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
@@ -20,34 +19,6 @@ use crossbeam_channel::Sender;
 
 use super::scheduler::{Event, Expected, Launcher};
 use super::worker::{self, WorkerConfig, WORKER_ENV};
-
-/// How to start this program as a worker: program path and arguments.
-pub(crate) fn worker_command(program: Option<&Path>) -> Result<(PathBuf, Vec<OsString>), String> {
-    let exe =
-        std::env::current_exe().map_err(|e| format!("cannot find this program's path: {e}"))?;
-    let program = program
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| exe.clone());
-    // A libtest harness lives in target/<profile>/deps and runs each test on
-    // a thread named after it.
-    let in_deps = exe
-        .parent()
-        .and_then(|p| p.file_name())
-        .is_some_and(|n| n == "deps");
-    let thread = std::thread::current();
-    let test = thread.name().filter(|n| *n != "main");
-    let args = match (in_deps, test) {
-        (true, Some(test)) => vec![
-            OsString::from(test),
-            "--exact".into(),
-            "--nocapture".into(),
-            "--test-threads=1".into(),
-            "-q".into(),
-        ],
-        _ => std::env::args_os().skip(1).collect(),
-    };
-    Ok((program, args))
-}
 
 type Tail = Arc<Mutex<VecDeque<String>>>;
 

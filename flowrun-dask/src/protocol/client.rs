@@ -2,7 +2,7 @@
 //! task status) and one batched stream for submissions and events.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -93,6 +93,10 @@ pub struct DaskClient {
     reader: Mutex<Option<JoinHandle<()>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     graphs: AtomicU64,
+    /// Tasks submitted so far: the submission order of the next one.
+    submitted: AtomicU64,
+    /// Set by `close`; every later call fails.
+    closing: AtomicBool,
 }
 
 impl std::fmt::Debug for DaskClient {
@@ -259,6 +263,8 @@ impl DaskClient {
             reader: Mutex::new(Some(reader)),
             writer: Mutex::new(Some(writer)),
             graphs: AtomicU64::new(0),
+            submitted: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
         })
     }
 
@@ -293,6 +299,14 @@ impl DaskClient {
     /// a fresh one. Every RPC this client makes only reads, so a retry is
     /// harmless.
     async fn call(&self, op: &str, args: Vec<(&str, Value)>) -> Result<Incoming, ProtocolError> {
+        if self.closing.load(Ordering::Acquire) {
+            return Err(ProtocolError::Closed {
+                reason: format!(
+                    "the client closed its connection to the scheduler at {}",
+                    self.address
+                ),
+            });
+        }
         let mut slot = self.rpc.lock().await;
         let (mut conn, reused) = match slot.take() {
             Some(conn) => (conn, true),
@@ -368,7 +382,9 @@ impl DaskClient {
     /// Submits tasks. Tasks are grouped by annotation set (resources and
     /// retries) into one `update-graph` message each, sent in dependency
     /// order in one stream write. Returns once the messages are written;
-    /// outcomes arrive as [`ClientEvent`](super::ClientEvent)s.
+    /// outcomes arrive as [`ClientEvent`](super::ClientEvent)s. Tasks of
+    /// equal priority run in the order they were submitted, also across
+    /// calls.
     ///
     /// Dependencies may name keys of earlier submissions that this client
     /// still holds. A dependency the scheduler does not know cancels the
@@ -379,9 +395,25 @@ impl DaskClient {
         }
         let n = self.graphs.fetch_add(1, Ordering::Relaxed);
         let token = format!("{}-{n}", self.client_id);
-        let messages = update_graph_messages(&tasks, &token)?;
+        let sequence = self
+            .submitted
+            .fetch_add(tasks.len() as u64, Ordering::Relaxed);
+        let messages =
+            update_graph_messages(&tasks, &token, i64::try_from(sequence).unwrap_or(i64::MAX))?;
         lock(&self.shared.wanted).extend(tasks.into_iter().map(|t| t.key));
         self.send_ops(messages).await
+    }
+
+    /// Subscribes this client to a topic of the scheduler's event log: every
+    /// event published on it from now on arrives as
+    /// [`ClientEvent::Topic`](super::ClientEvent::Topic).
+    pub async fn subscribe_topic(&self, topic: &str) -> Result<(), ProtocolError> {
+        self.send_ops(vec![OutMessage::new(msg::map(vec![
+            ("op", "subscribe-topic".into()),
+            ("topic", topic.into()),
+            ("client", self.client_id.as_str().into()),
+        ]))])
+        .await
     }
 
     /// Fetches the results (stdout bytes) of keys that are in memory.
@@ -526,8 +558,12 @@ impl DaskClient {
     }
 
     /// Ends the session: the scheduler releases every key of this client and
-    /// closes the stream; then the RPC connection is closed.
-    pub async fn close(self) -> Result<(), ProtocolError> {
+    /// closes the stream; then the RPC connection is closed. Every later
+    /// call fails; closing again does nothing.
+    pub async fn close(&self) -> Result<(), ProtocolError> {
+        if self.closing.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
         self.shared.mark_closed("the client closed the connection");
         let (done, ack) = oneshot::channel();
         let bye = Outgoing {

@@ -4,6 +4,9 @@
 //! `(dask.utils.apply, subprocess.check_output, [[argv...]], kwargs)`, i.e.
 //! `check_output(argv, input=<stdin>, stderr=PIPE[, env=...])`, which a stock
 //! Python worker runs with nothing but the standard library and `dask`.
+//! A task with a [`PythonRunner`] becomes `(builtins.eval, CALL, globals)`
+//! instead: a short expression that compiles the runner's module once per
+//! worker process and calls its `run` with the task's fields.
 //!
 //! Rules that come from how the scheduler converts legacy tasks:
 //! * argv and env are sent as bytes: a *str* argument equal to a key of the
@@ -14,9 +17,13 @@
 //!   when it sits in a positional argument, so kwargs that need one are built
 //!   by `(dict, [[name, value], ...])` instead of a literal dict;
 //! * resources and retries are annotations, which apply to a whole message,
-//!   so tasks are grouped by annotation set, one message per group.
+//!   so tasks are grouped by annotation set, one message per group;
+//! * a `TaskRef` is only found as a *direct* value of a positional dict (not
+//!   inside a list in it), so the runner form passes each stdin part under
+//!   its own name.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
 use rmpv::Value;
 
@@ -34,7 +41,34 @@ pub enum StdinPart {
     Dep(String),
 }
 
-/// A command for a Dask worker to run with `subprocess.check_output`.
+/// Python code that runs a [`SubprocessTask`] on the worker in place of
+/// `subprocess.check_output`, for callers that need more than the child's
+/// stdout (its stderr on success, events, their own errors).
+///
+/// `source` is a module that defines
+/// `run(key, argv, stdin, env, params)`: `key` is the task's key (str),
+/// `argv` a list of bytes, `stdin` the list of stdin parts as bytes with
+/// dependencies replaced by their values, `env` the task's environment (a
+/// dict of bytes) or `None`, and `params` the dict of [`Self::params`].
+/// What `run` returns is the task's result; what it raises is the task's
+/// failure. Results are gathered as bytes, so `run` should return bytes.
+///
+/// The source travels with every task but is compiled once per worker
+/// process and kept in `sys.modules` under [`Self::module`], so a module
+/// name must never be reused for different source (put a hash of the
+/// source in it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PythonRunner {
+    /// The name the compiled module is cached under on the workers.
+    pub module: String,
+    /// The module's source.
+    pub source: String,
+    /// String parameters handed to `run`.
+    pub params: BTreeMap<String, String>,
+}
+
+/// A command for a Dask worker to run with `subprocess.check_output`, or
+/// with a [`PythonRunner`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct SubprocessTask {
     /// The Dask key. It must be unique for the lifetime of the cluster's
@@ -53,6 +87,9 @@ pub struct SubprocessTask {
     pub retries: u32,
     /// The child's complete environment; `None` inherits the worker's.
     pub env: Option<BTreeMap<String, String>>,
+    /// Runs the command through this Python code instead of
+    /// `check_output`; shared, because it is usually the same for many tasks.
+    pub runner: Option<Arc<PythonRunner>>,
 }
 
 impl SubprocessTask {
@@ -70,6 +107,7 @@ impl SubprocessTask {
             resources: BTreeMap::new(),
             retries: 0,
             env: None,
+            runner: None,
         }
     }
 
@@ -126,22 +164,88 @@ fn stdin_value(stdin: &[StdinPart]) -> (P, bool) {
     }
 }
 
-/// The legacy task tuple for one subprocess task.
-fn task_value(task: &SubprocessTask) -> P {
-    let argv = P::List(task.argv.iter().cloned().map(P::Bytes).collect());
-    let (input, nested) = stdin_value(&task.stdin);
-    let mut kwargs = vec![("input", input), ("stderr", P::Int(PIPE))];
-    if let Some(env) = &task.env {
-        let env = env
-            .iter()
+/// The Python expression a [`PythonRunner`] task evaluates, with the task's
+/// fields as its globals. Python compiles it for every task, so it is kept
+/// short: it finds the runner's module in `sys.modules` and calls it;
+/// only the first task of a worker process evaluates [`LOAD`] as well.
+const CALL: &str = "(__import__('sys').modules.get(m) or eval(l))._flowrun_call(globals())";
+
+/// Compiles the runner's module and registers it (`m`, `c` are globals).
+const LOAD: &str = "(lambda sys, mod: (exec(compile(c, m, 'exec'), mod.__dict__), \
+sys.modules.setdefault(m, mod))[1])(__import__('sys'), __import__('types').ModuleType(m))";
+
+/// Appended to the runner's source: unpacks the task's fields for `run`.
+const ADAPTER: &str = "\n\ndef _flowrun_call(g):\n    \
+return run(g['k'], g['a'], [g['s%d' % i] for i in range(g['n'])], g['e'], g['p'])\n";
+
+fn env_value(env: &BTreeMap<String, String>) -> P {
+    P::Dict(
+        env.iter()
             .map(|(k, v)| {
                 (
                     P::Bytes(k.as_bytes().to_vec()),
                     P::Bytes(v.as_bytes().to_vec()),
                 )
             })
-            .collect();
-        kwargs.push(("env", P::Dict(env)));
+            .collect(),
+    )
+}
+
+/// `(builtins.eval, CALL, {...})`: a positional dict, so the scheduler
+/// turns each `TaskRef` value of it into a dependency.
+fn runner_task_value(task: &SubprocessTask, runner: &PythonRunner) -> P {
+    let mut globals = vec![
+        (P::str("m"), P::str(&runner.module)),
+        (
+            P::Str("c".into()),
+            P::Str(format!("{}{ADAPTER}", runner.source)),
+        ),
+        (P::str("l"), P::str(LOAD)),
+        (P::str("k"), P::str(&task.key)),
+        (
+            P::str("a"),
+            P::List(task.argv.iter().cloned().map(P::Bytes).collect()),
+        ),
+        (P::str("n"), P::Int(task.stdin.len() as i64)),
+        (
+            P::str("e"),
+            task.env.as_ref().map(env_value).unwrap_or(P::None),
+        ),
+        (
+            P::str("p"),
+            P::Dict(
+                runner
+                    .params
+                    .iter()
+                    .map(|(k, v)| (P::str(k), P::str(v)))
+                    .collect(),
+            ),
+        ),
+    ];
+    for (i, part) in task.stdin.iter().enumerate() {
+        let value = match part {
+            StdinPart::Literal(bytes) => P::Bytes(bytes.clone()),
+            StdinPart::Dep(key) => task_ref(key),
+        };
+        globals.push((P::Str(format!("s{i}")), value));
+    }
+    P::Tuple(vec![
+        global("builtins", "eval"),
+        P::str(CALL),
+        P::Dict(globals),
+    ])
+}
+
+/// The legacy task tuple for one subprocess task.
+fn task_value(task: &SubprocessTask) -> P {
+    if let Some(runner) = &task.runner {
+        return runner_task_value(task, runner);
+    }
+    let argv = P::List(task.argv.iter().cloned().map(P::Bytes).collect());
+    let (input, nested) = stdin_value(&task.stdin);
+    let mut kwargs = vec![("input", input), ("stderr", P::Int(PIPE))];
+    if let Some(env) = &task.env {
+        kwargs.push(("env", env_value(env)));
     }
     let kwargs = if nested {
         let pairs = kwargs
@@ -282,9 +386,12 @@ fn stages(tasks: &[SubprocessTask]) -> Result<Vec<usize>, ProtocolError> {
 
 /// Builds the `update-graph` messages for one submission, in the order they
 /// must be sent. `token` must be unique per call: it names the graphs.
+/// `sequence` is how many tasks the client submitted before these: ties of
+/// user priority run in submission order across submissions too.
 pub(crate) fn update_graph_messages(
     tasks: &[SubprocessTask],
     token: &str,
+    sequence: i64,
 ) -> Result<Vec<OutMessage>, ProtocolError> {
     let mut seen = HashMap::new();
     for task in tasks {
@@ -313,6 +420,7 @@ pub(crate) fn update_graph_messages(
                 &members,
                 &annotations,
                 &format!("{token}-{n}"),
+                sequence,
             ))
         })
         .collect()
@@ -323,6 +431,7 @@ fn group_message(
     members: &[usize],
     annotations: &Annotations,
     token: &str,
+    sequence: i64,
 ) -> OutMessage {
     let dsk = P::Dict(
         members
@@ -365,7 +474,7 @@ fn group_message(
         ("span_metadata", Value::Nil),
         // Ties between equal user priorities run in submission order; every
         // key needs an entry or it gets no priority at all.
-        ("internal_priority", per_key(&|i| i as i64)),
+        ("internal_priority", per_key(&|i| sequence + i as i64)),
         ("submitting_task", Value::Nil),
         ("user_priority", per_key(&|i| tasks[i].priority)),
         // Messages sent within this window share one priority generation, so
@@ -422,7 +531,7 @@ mod tests {
             StdinPart::Literal(b"put".to_vec()),
         ];
         task.priority = 5;
-        let decoded = decode_all(update_graph_messages(&[task], "tok").unwrap());
+        let decoded = decode_all(update_graph_messages(&[task], "tok", 0).unwrap());
         assert_eq!(decoded.len(), 1);
         let (op, graph, annotations) = &decoded[0];
         assert_eq!(get_str(op, "op"), Some("update-graph"));
@@ -449,7 +558,7 @@ mod tests {
             StdinPart::Dep("ns-c".into()),
         ];
         task.env = Some(BTreeMap::from([("K".to_string(), "V".to_string())]));
-        let decoded = decode_all(update_graph_messages(&[task], "tok").unwrap());
+        let decoded = decode_all(update_graph_messages(&[task], "tok", 0).unwrap());
         assert_eq!(
             dsk(&decoded[0].1).get("ns-b").unwrap().repr(),
             "(dask.utils.apply, subprocess.check_output, [[b'/bin/cat']], \
@@ -463,12 +572,42 @@ mod tests {
     fn a_single_dependency_is_a_taskref_in_a_plain_dict() {
         let mut task = SubprocessTask::new("ns-b", ["/bin/cat"]);
         task.stdin = vec![StdinPart::Dep("ns-a".into())];
-        let decoded = decode_all(update_graph_messages(&[task], "tok").unwrap());
+        let decoded = decode_all(update_graph_messages(&[task], "tok", 0).unwrap());
         assert_eq!(
             dsk(&decoded[0].1).get("ns-b").unwrap().repr(),
             "(dask.utils.apply, subprocess.check_output, [[b'/bin/cat']], \
              {'input': dask._task_spec.TaskRef('ns-a'), 'stderr': -1})"
         );
+    }
+
+    #[test]
+    fn a_runner_task_is_an_eval_of_the_loader_with_named_parts() {
+        let mut task = SubprocessTask::new("ns-r", ["/bin/prog", "--x"]);
+        task.stdin = vec![
+            StdinPart::Literal(b"head".to_vec()),
+            StdinPart::Dep("ns-a".into()),
+        ];
+        task.priority = 4;
+        task.runner = Some(Arc::new(PythonRunner {
+            module: "mod_1".into(),
+            source: "def run(*a): pass".into(),
+            params: BTreeMap::from([("topic".to_string(), "t".to_string())]),
+        }));
+        let decoded = decode_all(update_graph_messages(&[task], "tok", 7).unwrap());
+        let (op, graph, _) = &decoded[0];
+        assert_eq!(
+            get(op, "internal_priority"),
+            Some(&msg::map(vec![("ns-r", 7.into())]))
+        );
+        let repr = dsk(graph).get("ns-r").unwrap().repr();
+        let expected_globals = "'k': 'ns-r', 'a': [b'/bin/prog', b'--x'], 'n': 2, \
+             'e': None, 'p': {'topic': 't'}, 's0': b'head', 's1': dask._task_spec.TaskRef('ns-a')}";
+        assert!(repr.starts_with("(builtins.eval, "), "{repr}");
+        assert!(
+            repr.contains("._flowrun_call(globals())', {'m': 'mod_1', 'c': 'def run(*a): pass"),
+            "{repr}"
+        );
+        assert!(repr.ends_with(&format!("{expected_globals})")), "{repr}");
     }
 
     #[test]
@@ -492,7 +631,7 @@ mod tests {
             gpu("d"),
             plain("e"),
         ];
-        let decoded = decode_all(update_graph_messages(&tasks, "tok").unwrap());
+        let decoded = decode_all(update_graph_messages(&tasks, "tok", 0).unwrap());
         let keys: Vec<Vec<String>> = decoded
             .iter()
             .map(|(op, _, _)| {
@@ -559,7 +698,7 @@ mod tests {
         for tasks in cases {
             assert!(
                 matches!(
-                    update_graph_messages(&tasks, "t"),
+                    update_graph_messages(&tasks, "t", 0),
                     Err(ProtocolError::InvalidTask { .. })
                 ),
                 "{tasks:?}"

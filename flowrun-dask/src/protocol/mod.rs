@@ -2,10 +2,11 @@
 //! wire format up, so that flowrun can run tasks on a real Dask cluster's
 //! stock Python workers.
 //!
-//! Every flowrun task becomes a Dask task that runs
-//! `subprocess.check_output(argv, input=<stdin>, stderr=PIPE)` on a worker:
-//! the worker needs only Python, `dask` and `distributed`, and the result is
-//! the subprocess's stdout as bytes. The pieces:
+//! A task is a command that a worker runs with
+//! `subprocess.check_output(argv, input=<stdin>, stderr=PIPE)`, or through a
+//! small Python [`PythonRunner`] shipped with the task: the worker needs only
+//! Python, `dask` and `distributed`, and the result is bytes (the
+//! subprocess's stdout). The pieces:
 //!
 //! * `frame`: length-prefixed frames over TCP;
 //! * `msg`: msgpack bodies and Dask's out-of-band extensions;
@@ -15,6 +16,7 @@
 //! * `payload`: results and exceptions coming back;
 //! * `conn`, `stream`, `client`: connections, the batched stream with
 //!   its [`ClientEvent`]s, and the [`DaskClient`] API;
+//! * `event`: [`TopicEvent`]s published on the scheduler's topics;
 //! * `version`: the `distributed` releases this speaks to
 //!   (>= [`MIN_SUPPORTED_VERSION`]).
 //!
@@ -42,6 +44,7 @@
 mod client;
 mod conn;
 mod error;
+mod event;
 mod frame;
 mod graph;
 mod msg;
@@ -52,7 +55,8 @@ mod version;
 
 pub use client::{ClusterInfo, DaskClient, WorkerInfo};
 pub use error::ProtocolError;
-pub use graph::{StdinPart, SubprocessTask};
+pub use event::{EventValue, TopicEvent};
+pub use graph::{PythonRunner, StdinPart, SubprocessTask};
 pub use payload::RemoteError;
 pub use stream::{ClientEvent, EventReceiver};
 pub use version::{MIN_SUPPORTED_VERSION, NEWEST_TESTED_VERSION};

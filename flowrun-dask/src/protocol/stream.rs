@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::error::ProtocolError;
+use super::event::{EventValue, TopicEvent};
 use super::frame::{read_frames, write_frames};
 use super::msg::{self, get, get_str, key_list, key_string, Incoming, OutMessage};
 use super::payload::{decode_exception, RemoteError};
@@ -59,6 +60,9 @@ pub enum ClientEvent {
     },
     /// The cluster was restarted: every key of this client is gone.
     Restarted,
+    /// An event of a topic this client subscribed to
+    /// ([`DaskClient::subscribe_topic`](super::DaskClient::subscribe_topic)).
+    Topic(TopicEvent),
     /// The stream ended; no further events follow.
     Closed {
         /// Why the stream ended.
@@ -308,6 +312,28 @@ fn translate(
             lock(&shared.wanted).clear();
             ClientEvent::Restarted
         }
+        "event" => {
+            let topic = get_str(op, "topic")
+                .ok_or_else(|| ProtocolError::Malformed("event without a topic".into()))?
+                .to_string();
+            // The scheduler sends `(time, message)`.
+            let (time, message) = match get(op, "event") {
+                Some(Value::Array(pair)) if pair.len() == 2 => (
+                    pair[0]
+                        .as_f64()
+                        .or_else(|| pair[0].as_i64().map(|t| t as f64))
+                        .unwrap_or(0.0),
+                    EventValue::from_msgpack(pair[1].clone()),
+                ),
+                Some(other) => (0.0, EventValue::from_msgpack(other.clone())),
+                None => (0.0, EventValue::Nil),
+            };
+            ClientEvent::Topic(TopicEvent {
+                topic,
+                time,
+                message,
+            })
+        }
         "stream-closed" | "close" => ClientEvent::Closed {
             reason: format!("the scheduler sent {name:?}"),
         },
@@ -388,9 +414,20 @@ mod tests {
             ]),
             op(vec![("op", "lost-data".into()), ("key", "a".into())]),
             op(vec![("op", "restart".into())]),
+            op(vec![
+                ("op", "event".into()),
+                ("topic", "t".into()),
+                (
+                    "event",
+                    Value::Array(vec![
+                        Value::F64(2.5),
+                        map(vec![("worker", "tcp://w:1".into())]),
+                    ]),
+                ),
+            ]),
         ]);
         assert_eq!(end, None);
-        assert_eq!(events.len(), 5, "{events:?}");
+        assert_eq!(events.len(), 6, "{events:?}");
         assert_eq!(events[0], ClientEvent::KeyInMemory { key: "a".into() });
         let ClientEvent::TaskErred { key, error } = &events[1] else {
             panic!("{events:?}")
@@ -407,6 +444,14 @@ mod tests {
         );
         assert_eq!(events[3], ClientEvent::LostData { key: "a".into() });
         assert_eq!(events[4], ClientEvent::Restarted);
+        let ClientEvent::Topic(event) = &events[5] else {
+            panic!("{events:?}")
+        };
+        assert_eq!((event.topic.as_str(), event.time), ("t", 2.5));
+        assert_eq!(
+            event.message.get("worker").and_then(EventValue::as_str),
+            Some("tcp://w:1")
+        );
     }
 
     #[test]

@@ -41,10 +41,13 @@ pub fn dask_version() -> String {
         .unwrap_or_else(|| DEFAULT_DASK_VERSION.to_string())
 }
 
+/// The workspace root; this module is included by flowrun-dask's tests and
+/// by the workspace's own, so look upwards for the install script.
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("flowrun-dask lives inside the workspace")
+        .ancestors()
+        .find(|dir| dir.join("scripts").join("dask-venv.sh").exists())
+        .expect("scripts/dask-venv.sh in the workspace")
         .to_path_buf()
 }
 

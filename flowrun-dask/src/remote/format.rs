@@ -1,0 +1,213 @@
+//! What crosses between the flow, the Python runner on a Dask worker and
+//! the task-mode process: the task's input, its result, its failure.
+//!
+//! * Input (the child's stdin): the runner writes every stdin part as a
+//!   little-endian u64 length and the bytes, because parts that are
+//!   dependencies only get their length on the worker. Part 0 is a
+//!   [`TaskHeader`]; the others are the arguments, each a result frame
+//!   (literal arguments are framed like results, so that both kinds look
+//!   alike and each is checked).
+//! * Result (the child's stdout, and so the Dask key's value):
+//!   [`RESULT_MAGIC`] then the postcard bytes of the task's value. Anything
+//!   a program printed to stdout before it reached task mode comes before
+//!   the magic and is cut off by the runner.
+//! * Failure: [`ERROR_MAGIC`] then a postcard [`Failure`] on stdout, and
+//!   exit status [`FAILED_EXIT`].
+
+use flowrun_core::{TaskError, TaskErrorKind};
+use serde::{Deserialize, Serialize};
+
+/// The environment variable that starts a program in task mode.
+pub(crate) const TASK_ENV: &str = "FLOWRUN_DASK_TASK";
+
+/// Starts every result a task-mode process writes.
+pub(crate) const RESULT_MAGIC: &[u8] = b"\x7fflowrun-result-1\x00";
+
+/// Starts the failure a task-mode process writes.
+pub(crate) const ERROR_MAGIC: &[u8] = b"\x7fflowrun-error-1\x00";
+
+/// The exit status of a task-mode process whose task failed.
+pub(crate) const FAILED_EXIT: i32 = 3;
+
+/// Bumped when the input layout changes.
+pub(crate) const INPUT_VERSION: u32 = 1;
+
+/// Part 0 of a task-mode process's input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TaskHeader {
+    pub version: u32,
+    /// The flow's build id: the task-mode program must be the same build.
+    pub build: String,
+    /// The task's registry key.
+    pub task_key: String,
+    /// The task run's name, for log attribution.
+    pub run_name: String,
+}
+
+/// How a task failed in task mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum FailureKind {
+    Error,
+    Panic,
+    TimedOut,
+    Runner,
+}
+
+/// A task's failure, as task mode reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+impl Failure {
+    pub(crate) fn runner(message: impl Into<String>) -> Failure {
+        Failure {
+            kind: FailureKind::Runner,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn from_task_error(error: &TaskError) -> Failure {
+        let kind = match error.kind() {
+            TaskErrorKind::Panic => FailureKind::Panic,
+            TaskErrorKind::TimedOut => FailureKind::TimedOut,
+            TaskErrorKind::Runner => FailureKind::Runner,
+            _ => FailureKind::Error,
+        };
+        Failure {
+            kind,
+            message: error.message().to_owned(),
+        }
+    }
+
+    pub(crate) fn into_task_error(self) -> TaskError {
+        let kind = match self.kind {
+            FailureKind::Error => TaskErrorKind::Error,
+            FailureKind::Panic => TaskErrorKind::Panic,
+            FailureKind::TimedOut => TaskErrorKind::TimedOut,
+            FailureKind::Runner => TaskErrorKind::Runner,
+        };
+        TaskError::new(kind, self.message)
+    }
+}
+
+/// `RESULT_MAGIC + bytes`: a result, or a literal argument.
+pub(crate) fn result_frame(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(RESULT_MAGIC.len() + bytes.len());
+    out.extend_from_slice(RESULT_MAGIC);
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// The value inside a result frame.
+pub(crate) fn strip_result(frame: &[u8]) -> Result<&[u8], String> {
+    frame.strip_prefix(RESULT_MAGIC).ok_or_else(|| {
+        format!(
+            "expected a flowrun result, got {} bytes starting {:?}",
+            frame.len(),
+            String::from_utf8_lossy(&frame[..frame.len().min(40)])
+        )
+    })
+}
+
+/// `ERROR_MAGIC + postcard(failure)`.
+pub(crate) fn error_frame(failure: &Failure) -> Vec<u8> {
+    let mut out = ERROR_MAGIC.to_vec();
+    // A struct of an enum and a String always serializes.
+    out.extend(postcard::to_allocvec(failure).unwrap_or_default());
+    out
+}
+
+/// The failure a task-mode process wrote to stdout, if it wrote one
+/// (possibly after text the program printed before task mode).
+pub(crate) fn parse_error(stdout: &[u8]) -> Option<Failure> {
+    let at = find(stdout, ERROR_MAGIC)?;
+    postcard::from_bytes(&stdout[at + ERROR_MAGIC.len()..]).ok()
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Splits the runner's length-prefixed stdin into its parts.
+pub(crate) fn split_input(data: &[u8]) -> Result<Vec<&[u8]>, String> {
+    let mut parts = Vec::new();
+    let mut rest = data;
+    while !rest.is_empty() {
+        let (len, tail) = rest
+            .split_first_chunk::<8>()
+            .ok_or("the input ends inside a length prefix")?;
+        let len = usize::try_from(u64::from_le_bytes(*len))
+            .map_err(|_| "a part is longer than memory")?;
+        if tail.len() < len {
+            return Err(format!(
+                "a part of {len} bytes is cut off after {} bytes",
+                tail.len()
+            ));
+        }
+        let (part, tail) = tail.split_at(len);
+        parts.push(part);
+        rest = tail;
+    }
+    Ok(parts)
+}
+
+/// The input the runner writes for these parts (its Python does the same).
+#[cfg(test)]
+pub(crate) fn join_input(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for part in parts {
+        out.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_parts_round_trip() {
+        let parts: [&[u8]; 3] = [b"header", b"", b"\x00\xff"];
+        let data = join_input(&parts);
+        assert_eq!(split_input(&data).unwrap(), parts.to_vec());
+        assert!(split_input(&data[..data.len() - 1]).is_err());
+        assert!(split_input(&data[..3]).is_err());
+        assert_eq!(split_input(b"").unwrap(), Vec::<&[u8]>::new());
+    }
+
+    #[test]
+    fn results_and_failures_are_recognised_after_junk() {
+        let frame = result_frame(b"value");
+        assert_eq!(strip_result(&frame).unwrap(), b"value");
+        assert!(strip_result(b"running 1 test\n").is_err());
+
+        let failure = Failure {
+            kind: FailureKind::Panic,
+            message: "boom".into(),
+        };
+        let mut stdout = b"\nrunning 1 test\n".to_vec();
+        stdout.extend(error_frame(&failure));
+        assert_eq!(parse_error(&stdout), Some(failure.clone()));
+        assert_eq!(parse_error(b"no frame here"), None);
+        let error = failure.into_task_error();
+        assert_eq!(error.kind(), &TaskErrorKind::Panic);
+        assert_eq!(error.message(), "boom");
+    }
+
+    #[test]
+    fn task_error_kinds_survive_the_trip() {
+        for kind in [
+            TaskErrorKind::Error,
+            TaskErrorKind::Panic,
+            TaskErrorKind::TimedOut,
+            TaskErrorKind::Runner,
+        ] {
+            let error = TaskError::new(kind.clone(), "m");
+            let back = Failure::from_task_error(&error).into_task_error();
+            assert_eq!(back.kind(), &kind);
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! Running a flow's tasks on a real Dask cluster: an existing scheduler
+//! (`address`) or one started from a Python cluster-manager class
+//! (`cluster_class = "distributed.LocalCluster"`).
+//!
+//! The flow's process is a Dask client (the `protocol` module). Each task
+//! attempt becomes one Dask task that stock Python workers run with a small
+//! Python runner shipped with the task (`runner.py`): it starts the flow's
+//! own program in *task mode* (`task_mode`) as a subprocess, arguments in on
+//! stdin, result out on stdout. Results stay on the workers: a dependent
+//! task gets them from Dask, and the flow gathers one only when it reads it.
+//! What a task prints comes back as events of a scheduler topic, attributed
+//! to the task run.
+//!
+//! One Dask key per attempt keeps Dask's per-task cost (the bulk of the time
+//! of small tasks) as low as Dask's own clients have it: the alternative of
+//! separate keys for a task's data and its output would triple the keys.
+
+mod format;
+mod output;
+mod program;
+mod python;
+mod session;
+mod task_mode;
+
+pub(crate) use program::worker_command;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use flowrun_core::{Resources, TaskCall, TaskError, TaskErrorKind, Work};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cluster::Cluster;
+use crate::local::{ClusterStatus, WaitingTask, WorkerStatus};
+use crate::protocol::{DaskClient, PythonRunner};
+use crate::settings::{AdaptKwargs, ClientKwargs, ClusterKwargs};
+use python::PythonCluster;
+use session::{Attempt, Command, Session, TaskTemplate, TOPIC};
+
+/// Settings of a runner that only matter on a real Dask cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RemoteSettings {
+    /// The flow's program as the workers see it (default: this program).
+    pub task_program: Option<PathBuf>,
+    /// The Python that starts a cluster class (default `$FLOWRUN_PYTHON`,
+    /// else `python3`).
+    pub python: Option<PathBuf>,
+}
+
+/// How long a task runs before it reports that it started: reporting costs
+/// the scheduler about as much as a small task, so short tasks show as
+/// started when they finish.
+const QUIET_START: Duration = Duration::from_millis(100);
+
+/// How long asking for the cluster's status may take.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long closing the session may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs `fut` on flowrun's runtime and waits for it from this thread,
+/// without entering a runtime here (the caller may be inside its own).
+pub(crate) fn block_on<T: Send + 'static>(
+    fut: impl Future<Output = T> + Send + 'static,
+    timeout: Duration,
+) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let handle = flowrun_core::runtime().spawn(async move {
+        if let Ok(value) = tokio::time::timeout(timeout, fut).await {
+            let _ = tx.send(value);
+        }
+    });
+    let wait = || rx.recv_timeout(timeout + Duration::from_secs(1)).ok();
+    let on_own_runtime = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.id() == flowrun_core::runtime().handle().id());
+    let value = if on_own_runtime {
+        // Keep the runtime's other tasks going while this thread waits.
+        tokio::task::block_in_place(wait)
+    } else {
+        wait()
+    };
+    if value.is_none() {
+        handle.abort();
+    }
+    value
+}
+
+/// The Python runner every task uses.
+fn python_runner() -> Arc<PythonRunner> {
+    static RUNNER: OnceLock<Arc<PythonRunner>> = OnceLock::new();
+    RUNNER
+        .get_or_init(|| {
+            let source = include_str!("runner.py").to_owned();
+            let hash = blake3::hash(source.as_bytes()).to_hex();
+            Arc::new(PythonRunner {
+                module: format!("_flowrun_runner_{}", &hash[..16]),
+                params: [
+                    ("topic", TOPIC.to_owned()),
+                    ("env", format::TASK_ENV.to_owned()),
+                    (
+                        "magic",
+                        format::RESULT_MAGIC
+                            .iter()
+                            .map(|&b| char::from(b))
+                            .collect(),
+                    ),
+                    ("quiet", QUIET_START.as_secs_f64().to_string()),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+                source,
+            })
+        })
+        .clone()
+}
+
+/// The flow's program and arguments as the workers run them.
+fn task_argv(settings: &RemoteSettings) -> Result<Vec<Vec<u8>>, String> {
+    use std::os::unix::ffi::OsStrExt;
+    // The program is this one's absolute path unless the runner names the
+    // path the workers see.
+    let (program, args) = worker_command(settings.task_program.as_deref())?;
+    Ok(std::iter::once(program.as_os_str().as_bytes().to_vec())
+        .chain(args.iter().map(|a| a.as_bytes().to_vec()))
+        .collect())
+}
+
+/// A real Dask cluster serving one flow run.
+pub(crate) struct DaskCluster {
+    description: String,
+    address: String,
+    client: Arc<DaskClient>,
+    commands: mpsc::UnboundedSender<Command>,
+    /// Eight hex digits of the flow run id, for the keys.
+    tag: OnceLock<String>,
+    python: Option<PythonCluster>,
+    closed: Mutex<bool>,
+}
+
+impl DaskCluster {
+    fn connect(
+        address: &str,
+        client_kwargs: &ClientKwargs,
+        settings: &RemoteSettings,
+        python: Option<PythonCluster>,
+    ) -> Result<DaskCluster, String> {
+        let argv = task_argv(settings)?;
+        let timeout = client_kwargs.timeout;
+        let target = address.to_owned();
+        let connected = block_on(
+            async move {
+                let client = DaskClient::connect(&target, timeout).await?;
+                client.subscribe_topic(TOPIC).await?;
+                Ok::<_, crate::protocol::ProtocolError>(client)
+            },
+            timeout + Duration::from_secs(5),
+        );
+        let client = match connected {
+            Some(Ok(client)) => Arc::new(client),
+            Some(Err(e)) => return Err(e.to_string()),
+            None => {
+                return Err(format!(
+                "timed out after {timeout:?} while connecting to the Dask scheduler at {address}"
+            ))
+            }
+        };
+        let events = client
+            .events()
+            .ok_or("the Dask client's events were already taken")?;
+        let (commands, inbox) = mpsc::unbounded_channel();
+        let template = TaskTemplate {
+            argv,
+            runner: python_runner(),
+            build: crate::build_id::current().to_owned(),
+        };
+        flowrun_core::runtime().spawn(Session::run(
+            client.clone(),
+            template,
+            events,
+            commands.downgrade(),
+            inbox,
+        ));
+        let version = client.scheduler_version().to_owned();
+        let description = match &python {
+            Some(p) => format!(
+                "{} (scheduler at {address}, distributed {version})",
+                p.class()
+            ),
+            None => format!("Dask cluster at {address} (distributed {version})"),
+        };
+        Ok(DaskCluster {
+            description,
+            address: address.to_owned(),
+            client,
+            commands,
+            tag: OnceLock::new(),
+            python,
+            closed: Mutex::new(false),
+        })
+    }
+
+    fn tag(&self) -> &str {
+        self.tag.get_or_init(|| {
+            flowrun_core::current_flow_run_id()
+                .map(|id| id.chars().filter(char::is_ascii_hexdigit).take(8).collect())
+                .filter(|t: &String| t.len() == 8)
+                .unwrap_or_else(|| format!("{:08x}", fastrand::u32(..)))
+        })
+    }
+}
+
+impl Cluster for DaskCluster {
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    fn submit(&self, call: TaskCall) {
+        let attempt = call.attempt();
+        let retries = call.retries();
+        let (run, annotations, work) = call.into_parts();
+        let job = match work {
+            Work::Remote(job) => job,
+            Work::Local(job) => {
+                job.refuse("a real Dask cluster runs tasks in other processes only");
+                return;
+            }
+        };
+        let key = format!("{}-{}-{attempt}", run.name(), self.tag());
+        let command = Command::Submit(Box::new(Attempt {
+            key,
+            run,
+            retries,
+            annotations,
+            job,
+        }));
+        if let Err(mpsc::error::SendError(Command::Submit(attempt))) = self.commands.send(command) {
+            attempt.job.finish(Err(TaskError::new(
+                TaskErrorKind::Cancelled,
+                format!(
+                    "the session with the Dask scheduler at {} ended",
+                    self.address
+                ),
+            )));
+        }
+    }
+
+    fn close(&self) {
+        {
+            let mut closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+            if *closed {
+                return;
+            }
+            *closed = true;
+        }
+        let (done, answer) = oneshot::channel();
+        if self.commands.send(Command::Close(done)).is_ok() {
+            let waited = block_on(answer, CLOSE_TIMEOUT);
+            if waited.is_none() {
+                tracing::warn!(
+                    target: "flowrun_dask",
+                    "the session with the Dask scheduler at {} did not close within {}s",
+                    self.address,
+                    CLOSE_TIMEOUT.as_secs()
+                );
+            }
+        }
+        let client = self.client.clone();
+        // Normally already closed by the session; this covers a session
+        // that ended early.
+        let _ = block_on(async move { client.close().await }, CLOSE_TIMEOUT);
+        if let Some(python) = &self.python {
+            python.close();
+        }
+    }
+
+    fn status(&self) -> Option<ClusterStatus> {
+        let (answer, progress) = oneshot::channel();
+        self.commands.send(Command::Status(answer)).ok()?;
+        let client = self.client.clone();
+        let (info, progress) = block_on(
+            async move { (client.identity().await, progress.await) },
+            STATUS_TIMEOUT,
+        )?;
+        let (info, progress) = (info.ok()?, progress.ok()?);
+        let workers = info
+            .workers
+            .iter()
+            .map(|w| {
+                let resources = w
+                    .resources
+                    .iter()
+                    .fold(Resources::new(), |r, (k, v)| r.with(k.as_str(), *v));
+                WorkerStatus {
+                    name: w.name.clone(),
+                    pid: None,
+                    state: match w.status.as_deref() {
+                        Some("running") | None => "running",
+                        Some("paused") => "paused",
+                        Some("init") => "starting",
+                        Some(_) => "closing",
+                    },
+                    nthreads: w.nthreads as usize,
+                    free_resources: resources.clone(),
+                    resources,
+                    running: Vec::new(),
+                    queued: 0,
+                }
+            })
+            .collect();
+        let (waiting, queued): (Vec<_>, Vec<_>) = progress
+            .pending
+            .into_iter()
+            .partition(|(_, needs)| !info.can_satisfy(needs));
+        Some(ClusterStatus {
+            address: self.address.clone(),
+            workers,
+            queued: queued.len(),
+            waiting: waiting
+                .into_iter()
+                .map(|(run, needs)| WaitingTask {
+                    run,
+                    reason: format!(
+                        "it needs resources {needs:?}, which no worker of the Dask cluster offers"
+                    ),
+                })
+                .collect(),
+            finished: progress.finished,
+            ..ClusterStatus::default()
+        })
+    }
+
+    fn scale(&self, n: usize) {
+        match &self.python {
+            Some(python) => python.scale(n),
+            None => tracing::warn!(
+                target: "flowrun_dask",
+                "the Dask cluster at {} was not started by this flow run, so it cannot be scaled",
+                self.address
+            ),
+        }
+    }
+}
+
+/// Connects to the running Dask scheduler at `address`.
+pub(crate) fn connect(
+    address: &str,
+    client_kwargs: &ClientKwargs,
+    settings: &RemoteSettings,
+) -> Result<Arc<dyn Cluster>, String> {
+    Ok(Arc::new(DaskCluster::connect(
+        address,
+        client_kwargs,
+        settings,
+        None,
+    )?))
+}
+
+/// Starts the Python cluster-manager class `class` and connects to it.
+pub(crate) fn start_python(
+    class: &str,
+    cluster_kwargs: &ClusterKwargs,
+    adapt_kwargs: Option<&AdaptKwargs>,
+    client_kwargs: &ClientKwargs,
+    settings: &RemoteSettings,
+) -> Result<Arc<dyn Cluster>, String> {
+    let python = python::python_executable(settings.python.as_ref());
+    let cluster = PythonCluster::start(
+        class,
+        cluster_kwargs,
+        adapt_kwargs,
+        &python,
+        client_kwargs.startup_timeout,
+    )?;
+    tracing::debug!(
+        target: "flowrun_dask",
+        "{} started (helper pid {:?}), scheduler at {}",
+        cluster.class(),
+        cluster.pid(),
+        cluster.address()
+    );
+    let address = cluster.address().to_owned();
+    // On failure the cluster is dropped, which closes it.
+    Ok(Arc::new(DaskCluster::connect(
+        &address,
+        client_kwargs,
+        settings,
+        Some(cluster),
+    )?))
+}

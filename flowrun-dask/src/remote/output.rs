@@ -1,0 +1,136 @@
+//! What a task prints on a Dask worker, on its way to the flow's console.
+//!
+//! The task-mode process sends everything the task writes (stdout, stderr,
+//! `tracing` events) to its own stderr as tagged lines: a record separator
+//! byte, a tag (`o` stdout, `e` stderr, `0`-`4` a log event's level from
+//! error to trace), then the text. The Python runner publishes that stderr
+//! to the flow, which re-emits each line attributed to the task run, as the
+//! local cluster does. Untagged lines (a program that crashed before task
+//! mode took over its output) are shown as stderr.
+
+use std::fmt::Write as _;
+
+/// Starts a tagged line.
+pub(crate) const TAG: u8 = 0x1e;
+
+/// One line of a task's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Line {
+    Stdout(String),
+    Stderr(String),
+    /// A `tracing` event: level 0 (error) to 4 (trace), and its message.
+    Log(u8, String),
+}
+
+/// The tagged form of a line, with its newline.
+pub(crate) fn encode(line: &Line) -> Vec<u8> {
+    let (tag, text) = match line {
+        Line::Stdout(t) => (b'o', t),
+        Line::Stderr(t) => (b'e', t),
+        Line::Log(level, t) => (b'0' + (*level).min(4), t),
+    };
+    let mut out = Vec::with_capacity(text.len() + 3);
+    out.push(TAG);
+    out.push(tag);
+    out.extend_from_slice(text.as_bytes());
+    out.push(b'\n');
+    out
+}
+
+/// Reads tagged (and untagged) lines.
+pub(crate) fn parse(data: &[u8]) -> Vec<Line> {
+    let data = data.strip_suffix(b"\n").unwrap_or(data);
+    if data.is_empty() {
+        return Vec::new();
+    }
+    data.split(|b| *b == b'\n')
+        .map(|raw| {
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            match raw {
+                [TAG, b'o', rest @ ..] => Line::Stdout(text(rest)),
+                [TAG, b'e', rest @ ..] => Line::Stderr(text(rest)),
+                [TAG, level @ b'0'..=b'4', rest @ ..] => Line::Log(level - b'0', text(rest)),
+                other => Line::Stderr(text(other)),
+            }
+        })
+        .collect()
+}
+
+/// The lines as a reader wants them in an error: text, logs with their level.
+pub(crate) fn readable(lines: &[Line]) -> String {
+    let mut out = String::new();
+    for line in lines {
+        match line {
+            Line::Stdout(t) | Line::Stderr(t) => out.push_str(t),
+            Line::Log(level, t) => {
+                let name = ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"][usize::from(*level).min(4)];
+                let _ = write!(out, "{name} {t}");
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Re-emits a task's lines in the flow, attributed to `run` (as the local
+/// cluster does: stdout at INFO, stderr at WARN, printed directly when
+/// those levels are off).
+pub(crate) fn emit(run: &str, lines: &[Line]) {
+    let who = format!("Task run '{run}'");
+    let w = who.as_str();
+    for line in lines {
+        match line {
+            Line::Stdout(t) => {
+                if tracing::enabled!(target: "flowrun_dask::task_output", tracing::Level::INFO) {
+                    tracing::info!(target: "flowrun_dask::task_output", { flowrun.run = w }, "{t}");
+                } else {
+                    println!("{t}");
+                }
+            }
+            Line::Stderr(t) => {
+                if tracing::enabled!(target: "flowrun_dask::task_output", tracing::Level::WARN) {
+                    tracing::warn!(target: "flowrun_dask::task_output", { flowrun.run = w }, "{t}");
+                } else {
+                    eprintln!("{t}");
+                }
+            }
+            Line::Log(level, m) => match level {
+                0 => {
+                    tracing::error!(target: "flowrun_dask::worker_log", { flowrun.run = w }, "{m}")
+                }
+                1 => tracing::warn!(target: "flowrun_dask::worker_log", { flowrun.run = w }, "{m}"),
+                2 => tracing::info!(target: "flowrun_dask::worker_log", { flowrun.run = w }, "{m}"),
+                3 => {
+                    tracing::debug!(target: "flowrun_dask::worker_log", { flowrun.run = w }, "{m}")
+                }
+                _ => {
+                    tracing::trace!(target: "flowrun_dask::worker_log", { flowrun.run = w }, "{m}")
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tagged_lines_round_trip_and_untagged_lines_are_stderr() {
+        let lines = vec![
+            Line::Stdout("#3".into()),
+            Line::Stderr("warning: x".into()),
+            Line::Log(2, "hello from the task".into()),
+        ];
+        let mut data: Vec<u8> = lines.iter().flat_map(encode).collect();
+        data.extend_from_slice(b"thread 'main' panicked\n");
+        let mut expected = lines.clone();
+        expected.push(Line::Stderr("thread 'main' panicked".into()));
+        assert_eq!(parse(&data), expected);
+        assert_eq!(
+            readable(&expected),
+            "#3\nwarning: x\nINFO hello from the task\nthread 'main' panicked\n"
+        );
+        assert!(parse(b"").is_empty());
+    }
+}

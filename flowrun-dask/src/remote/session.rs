@@ -1,0 +1,775 @@
+//! One flow run's session with a Dask scheduler: turns attempts into Dask
+//! tasks, and Dask's reports into outcomes of the attempts.
+//!
+//! The session is one actor on flowrun's runtime that owns every attempt's
+//! state, so events and submissions never race:
+//! * an attempt becomes one Dask key whose value is the task's result frame;
+//!   an upstream run of this session becomes a dependency on its key, so its
+//!   data moves between workers inside Dask and is only gathered by the flow
+//!   if the flow reads it (`finish_deferred`);
+//! * the Python runner publishes "started" events (for tasks that run a
+//!   while) and "output" events (for tasks that printed) on [`TOPIC`],
+//!   which give the run its Running state, its worker and its lines;
+//! * Dask reports a failure for the failed key and, with the same
+//!   exception, for every key that depends on it. A failure is the key's own
+//!   when all its upstreams completed; otherwise it waits until an upstream
+//!   failed and becomes `UpstreamFailed` naming that upstream.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flowrun_core::{Annotations, ArgSlot, RemoteJob, RunId, RunRef, TaskError, TaskErrorKind};
+use tokio::sync::{mpsc, oneshot};
+
+use super::block_on;
+use super::format::{self, TaskHeader, INPUT_VERSION};
+use super::output;
+use crate::protocol::{
+    ClientEvent, DaskClient, EventReceiver, EventValue, ProtocolError, PythonRunner, RemoteError,
+    StdinPart, SubprocessTask, TopicEvent,
+};
+
+/// The scheduler topic the Python runner publishes on. One topic for every
+/// flow: the scheduler keeps a bounded history per topic and never forgets a
+/// topic, so a topic per flow run would grow without end on a long-lived
+/// cluster. Sessions ignore events of keys that are not theirs.
+pub(crate) const TOPIC: &str = "flowrun-task-events";
+
+/// How long reading one result may take.
+const GATHER_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long handing a batch of tasks to the scheduler may take.
+const SUBMIT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long asking the scheduler about its workers may take.
+const IDENTITY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An attempt handed to the session.
+pub(crate) struct Attempt {
+    pub key: String,
+    pub run: RunRef,
+    pub retries: u32,
+    pub annotations: Annotations,
+    pub job: RemoteJob,
+}
+
+pub(crate) enum Command {
+    Submit(Box<Attempt>),
+    /// Fail what is still running, close the client, then answer.
+    Close(oneshot::Sender<()>),
+    /// Report the attempts of the session.
+    Status(oneshot::Sender<Progress>),
+}
+
+/// Where the session's attempts are.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    /// Submitted attempts not known to have started: run name, resources.
+    pub pending: Vec<(String, BTreeMap<String, f64>)>,
+    /// Attempts that completed or failed.
+    pub finished: u64,
+}
+
+/// What every task of the session shares.
+pub(crate) struct TaskTemplate {
+    /// The task program and its arguments, as the workers run it.
+    pub argv: Vec<Vec<u8>>,
+    /// The Python runner.
+    pub runner: Arc<PythonRunner>,
+    /// The flow's build id.
+    pub build: String,
+}
+
+#[derive(Debug)]
+enum Status {
+    Submitted,
+    Completed,
+    Failed(TaskError),
+}
+
+struct Entry {
+    run_name: String,
+    job: Option<RemoteJob>,
+    upstreams: Vec<String>,
+    dependents: Vec<String>,
+    status: Status,
+    started: bool,
+    /// Dask reported a failure that may be an upstream's (see module docs).
+    blame: Option<RemoteError>,
+    /// Everything the attempt printed, for its error.
+    output: String,
+    /// The abstract resources it needs.
+    resources: BTreeMap<String, f64>,
+}
+
+pub(crate) struct Session {
+    client: Arc<DaskClient>,
+    template: TaskTemplate,
+    /// To resubmit an attempt later; weak, so that the session ends when
+    /// its cluster is gone.
+    commands: mpsc::WeakUnboundedSender<Command>,
+    entries: HashMap<String, Entry>,
+    by_run: HashMap<RunId, String>,
+    /// Set once the scheduler connection is gone.
+    lost: Option<String>,
+    /// Resource sets already checked against the workers.
+    checked: Vec<BTreeMap<String, f64>>,
+}
+
+impl Session {
+    /// Runs the session until it is told to close.
+    pub(crate) async fn run(
+        client: Arc<DaskClient>,
+        template: TaskTemplate,
+        mut events: EventReceiver,
+        commands: mpsc::WeakUnboundedSender<Command>,
+        mut inbox: mpsc::UnboundedReceiver<Command>,
+    ) {
+        let mut session = Session {
+            client,
+            template,
+            commands,
+            entries: HashMap::new(),
+            by_run: HashMap::new(),
+            lost: None,
+            checked: Vec::new(),
+        };
+        let mut events_open = true;
+        loop {
+            tokio::select! {
+                command = inbox.recv() => {
+                    let Some(first) = command else { break };
+                    let mut batch = vec![first];
+                    while let Ok(more) = inbox.try_recv() {
+                        batch.push(more);
+                    }
+                    if let Some(done) = session.commands(batch).await {
+                        session.close().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                }
+                event = events.recv(), if events_open => match event {
+                    Some(event) => session.event(event),
+                    None => events_open = false,
+                },
+            }
+        }
+        session.close().await;
+    }
+
+    /// Submits a batch of attempts in one go; returns the closer's answer
+    /// channel when a close was asked for.
+    async fn commands(&mut self, batch: Vec<Command>) -> Option<oneshot::Sender<()>> {
+        let mut tasks = Vec::new();
+        let mut close = None;
+        for command in batch {
+            match command {
+                Command::Submit(attempt) => {
+                    if close.is_some() {
+                        attempt.job.finish(Err(TaskError::new(
+                            TaskErrorKind::Cancelled,
+                            "the flow run ended",
+                        )));
+                    } else if let Some(task) = self.prepare(*attempt) {
+                        tasks.push(task);
+                    }
+                }
+                Command::Close(done) => close = Some(done),
+                Command::Status(answer) => {
+                    let _ = answer.send(self.progress());
+                }
+            }
+        }
+        if !tasks.is_empty() {
+            self.warn_unplaceable(&tasks).await;
+            tracing::debug!(target: "flowrun_dask::remote", "submitting {} tasks", tasks.len());
+            let keys: Vec<String> = tasks.iter().map(|t| t.key.clone()).collect();
+            let failure =
+                match tokio::time::timeout(SUBMIT_TIMEOUT, self.client.submit(tasks)).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some(format!("no progress for {}s", SUBMIT_TIMEOUT.as_secs())),
+                };
+            if let Some(e) = failure {
+                let why = format!(
+                    "could not submit it to the Dask scheduler at {}: {e}",
+                    self.client.address()
+                );
+                for key in keys {
+                    self.fail(&key, TaskError::new(TaskErrorKind::Crashed, why.clone()));
+                }
+            }
+        }
+        close
+    }
+
+    /// A task whose resources no worker offers waits until such a worker
+    /// joins (an adaptive or growing cluster may add one), as Dask does; say
+    /// so once per resource set, so a wait is never silent.
+    async fn warn_unplaceable(&mut self, tasks: &[SubprocessTask]) {
+        let needs: Vec<&BTreeMap<String, f64>> = tasks
+            .iter()
+            .map(|t| &t.resources)
+            .filter(|r| !r.is_empty() && !self.checked.contains(*r))
+            .collect();
+        if needs.is_empty() {
+            return;
+        }
+        let info = match tokio::time::timeout(IDENTITY_TIMEOUT, self.client.identity()).await {
+            Ok(Ok(info)) => info,
+            _ => return,
+        };
+        for need in needs {
+            if self.checked.contains(need) {
+                continue;
+            }
+            self.checked.push(need.clone());
+            if !info.can_satisfy(need) {
+                tracing::warn!(
+                    target: "flowrun_dask",
+                    "tasks need resources {need:?}, which no worker of the Dask cluster at {} \
+                     offers now; they wait until such a worker joins",
+                    self.client.address()
+                );
+            }
+        }
+    }
+
+    fn progress(&self) -> Progress {
+        let mut progress = Progress::default();
+        for entry in self.entries.values() {
+            match entry.status {
+                Status::Submitted if !entry.started => progress
+                    .pending
+                    .push((entry.run_name.clone(), entry.resources.clone())),
+                Status::Submitted => {}
+                Status::Completed | Status::Failed(_) => progress.finished += 1,
+            }
+        }
+        progress
+    }
+
+    /// Registers an attempt and builds its Dask task, or finishes it at once
+    /// (an upstream already failed, the connection is gone).
+    fn prepare(&mut self, attempt: Attempt) -> Option<SubprocessTask> {
+        let Attempt {
+            key,
+            run,
+            retries,
+            annotations,
+            job,
+        } = attempt;
+        if let Some(lost) = &self.lost {
+            job.finish(Err(TaskError::new(TaskErrorKind::Crashed, lost.clone())));
+            return None;
+        }
+        let header = TaskHeader {
+            version: INPUT_VERSION,
+            build: self.template.build.clone(),
+            task_key: job.task_key().to_owned(),
+            run_name: run.name(),
+        };
+        let mut stdin = vec![StdinPart::Literal(
+            postcard::to_allocvec(&header).unwrap_or_default(),
+        )];
+        let mut upstreams = Vec::new();
+        let args = job.shared_args();
+        for slot in args.iter() {
+            match slot {
+                ArgSlot::Bytes(bytes) => {
+                    stdin.push(StdinPart::Literal(format::result_frame(bytes)))
+                }
+                ArgSlot::Upstream(up) => match self.by_run.get(&up.id()) {
+                    Some(up_key) if self.entries.contains_key(up_key) => {
+                        let upstream = &self.entries[up_key];
+                        if let Status::Failed(e) = &upstream.status {
+                            let error = upstream_failed(&upstream.run_name, e);
+                            job.finish(Err(error));
+                            return None;
+                        }
+                        upstreams.push(up_key.clone());
+                        stdin.push(StdinPart::Dep(up_key.clone()));
+                    }
+                    // A run this session never saw (another runner's):
+                    // its value goes along as bytes once it is final.
+                    _ if up.state().is_final() => match up.encoded_result() {
+                        Ok(bytes) => stdin.push(StdinPart::Literal(format::result_frame(&bytes))),
+                        Err(e) => {
+                            job.finish(Err(upstream_failed(&up.name(), &e)));
+                            return None;
+                        }
+                    },
+                    _ => {
+                        self.after_final(
+                            up.clone(),
+                            Attempt {
+                                key,
+                                run,
+                                retries,
+                                annotations,
+                                job,
+                            },
+                        );
+                        return None;
+                    }
+                },
+            }
+        }
+        for up in &upstreams {
+            if let Some(entry) = self.entries.get_mut(up) {
+                entry.dependents.push(key.clone());
+            }
+        }
+        let resources: BTreeMap<String, f64> = annotations
+            .resources
+            .as_ref()
+            .map(|r| r.iter().map(|(k, v)| (k.to_owned(), v)).collect())
+            .unwrap_or_default();
+        self.by_run.insert(run.id(), key.clone());
+        self.entries.insert(
+            key.clone(),
+            Entry {
+                run_name: run.name(),
+                job: Some(job),
+                upstreams,
+                dependents: Vec::new(),
+                status: Status::Submitted,
+                started: false,
+                blame: None,
+                output: String::new(),
+                resources: resources.clone(),
+            },
+        );
+        let mut task = SubprocessTask::new(key, self.template.argv.iter().cloned());
+        task.stdin = stdin;
+        task.priority = annotations.priority.unwrap_or(0);
+        task.resources = resources;
+        task.retries = retries;
+        task.runner = Some(self.template.runner.clone());
+        Some(task)
+    }
+
+    /// Resubmits `attempt` once `upstream` is final, from a helper thread
+    /// (the wait may be long, and the session must keep going).
+    fn after_final(&self, upstream: RunRef, attempt: Attempt) {
+        let commands = self.commands.clone();
+        let slot = Arc::new(std::sync::Mutex::new(Some(attempt)));
+        let waiting = slot.clone();
+        let ended = || TaskError::new(TaskErrorKind::Cancelled, "the flow run ended");
+        let spawned = std::thread::Builder::new()
+            .name("flowrun-dask-upstream".into())
+            .spawn(move || {
+                upstream.wait();
+                let Some(attempt) = waiting.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+                    return;
+                };
+                let command = Command::Submit(Box::new(attempt));
+                let unsent = match commands.upgrade() {
+                    Some(commands) => commands.send(command).err().map(|e| e.0),
+                    None => Some(command),
+                };
+                if let Some(Command::Submit(attempt)) = unsent {
+                    attempt.job.finish(Err(ended()));
+                }
+            });
+        if let Err(e) = spawned {
+            if let Some(attempt) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                attempt.job.finish(Err(TaskError::new(
+                    TaskErrorKind::Runner,
+                    format!("cannot wait for its upstream run: {e}"),
+                )));
+            }
+        }
+    }
+
+    fn event(&mut self, event: ClientEvent) {
+        match event {
+            ClientEvent::Topic(event) if event.topic == TOPIC => self.topic_event(event),
+            ClientEvent::KeyInMemory { key } => self.completed(&key),
+            ClientEvent::TaskErred { key, error } => self.erred(&key, error),
+            ClientEvent::CancelledKeys { keys, reason } => {
+                for key in keys {
+                    self.fail(
+                        &key,
+                        TaskError::new(
+                            TaskErrorKind::Cancelled,
+                            format!("the Dask scheduler cancelled it: {reason}"),
+                        ),
+                    );
+                }
+            }
+            ClientEvent::Restarted => self.lose("the Dask cluster was restarted".into()),
+            ClientEvent::Closed { reason } => self.lose(format!(
+                "lost the connection to the Dask scheduler at {}: {reason}",
+                self.client.address()
+            )),
+            // A lost result is recomputed by Dask (this client holds it);
+            // a read waits for it.
+            _ => {}
+        }
+    }
+
+    fn topic_event(&mut self, event: TopicEvent) {
+        let message = event.message;
+        let Some(entry) = message
+            .get("k")
+            .and_then(EventValue::as_str)
+            .and_then(|k| self.entries.get_mut(k))
+        else {
+            return;
+        };
+        let worker = message.get("worker").and_then(EventValue::as_str);
+        if !entry.started {
+            if let Some(job) = &entry.job {
+                entry.started = true;
+                job.started(worker);
+            }
+        }
+        if let Some(text) = message.get("o").and_then(EventValue::as_bytes) {
+            let lines = output::parse(text);
+            output::emit(&entry.run_name, &lines);
+            entry.output.push_str(&output::readable(&lines));
+        }
+    }
+
+    fn completed(&mut self, key: &str) {
+        let client = self.client.clone();
+        let Some(entry) = self.entries.get_mut(key) else {
+            return;
+        };
+        if !matches!(entry.status, Status::Submitted) {
+            return;
+        }
+        entry.status = Status::Completed;
+        if let Some(job) = entry.job.take() {
+            if !entry.started {
+                job.started(None);
+            }
+            let key = key.to_owned();
+            job.finish_deferred(move || fetch(&client, &key));
+        }
+        self.settle_dependents(key);
+    }
+
+    fn erred(&mut self, key: &str, error: RemoteError) {
+        let Some(entry) = self.entries.get(key) else {
+            return;
+        };
+        if !matches!(entry.status, Status::Submitted) {
+            return;
+        }
+        let own = entry.upstreams.iter().all(|u| {
+            self.entries
+                .get(u)
+                .is_some_and(|e| matches!(e.status, Status::Completed))
+        });
+        if own {
+            let failure = own_failure(entry, &error);
+            self.fail(key, failure);
+        } else {
+            if let Some(entry) = self.entries.get_mut(key) {
+                entry.blame = Some(error);
+            }
+            self.settle_blamed(key);
+        }
+    }
+
+    /// Resolves a failure Dask reported for `key` while some upstream was
+    /// not complete: it is that upstream's failure once known.
+    fn settle_blamed(&mut self, key: &str) {
+        let Some(entry) = self.entries.get(key) else {
+            return;
+        };
+        if !matches!(entry.status, Status::Submitted) {
+            return;
+        }
+        let Some(blame) = &entry.blame else {
+            return;
+        };
+        let failed_upstream = entry.upstreams.iter().find_map(|u| {
+            let up = self.entries.get(u)?;
+            match &up.status {
+                Status::Failed(e) => Some(upstream_failed(&up.run_name, e)),
+                _ => None,
+            }
+        });
+        let error = match failed_upstream {
+            Some(error) => error,
+            None if entry.upstreams.iter().all(|u| {
+                self.entries
+                    .get(u)
+                    .is_some_and(|e| matches!(e.status, Status::Completed))
+            }) =>
+            {
+                own_failure(entry, blame)
+            }
+            // Still waiting for an upstream's outcome.
+            None => return,
+        };
+        self.fail(key, error);
+    }
+
+    fn settle_dependents(&mut self, key: &str) {
+        let dependents = self
+            .entries
+            .get(key)
+            .map(|e| e.dependents.clone())
+            .unwrap_or_default();
+        for dependent in dependents {
+            self.settle_blamed(&dependent);
+        }
+    }
+
+    /// Finishes a submitted key with `error`; dependents waiting on its
+    /// outcome follow.
+    fn fail(&mut self, key: &str, error: TaskError) {
+        let Some(entry) = self.entries.get_mut(key) else {
+            return;
+        };
+        if !matches!(entry.status, Status::Submitted) {
+            return;
+        }
+        entry.status = Status::Failed(error.clone());
+        if let Some(job) = entry.job.take() {
+            job.finish(Err(error));
+        }
+        self.settle_dependents(key);
+    }
+
+    /// The connection is gone: nothing submitted will report anymore.
+    fn lose(&mut self, why: String) {
+        self.lost = Some(why.clone());
+        let pending: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(e.status, Status::Submitted))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in pending {
+            self.fail(&key, TaskError::new(TaskErrorKind::Crashed, why.clone()));
+        }
+    }
+
+    async fn close(&mut self) {
+        let pending: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(e.status, Status::Submitted))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in pending {
+            self.fail(
+                &key,
+                TaskError::new(TaskErrorKind::Cancelled, "the flow run ended"),
+            );
+        }
+        if let Err(e) = self.client.close().await {
+            tracing::debug!(target: "flowrun_dask", "closing the Dask client: {e}");
+        }
+    }
+}
+
+fn upstream_failed(upstream: &str, error: &TaskError) -> TaskError {
+    TaskError::new(
+        TaskErrorKind::UpstreamFailed {
+            upstream: upstream.to_owned(),
+        },
+        format!(
+            "upstream task run '{upstream}' did not complete: {}",
+            error.message()
+        ),
+    )
+}
+
+/// The attempt's own failure, from what Dask reported.
+fn own_failure(entry: &Entry, error: &RemoteError) -> TaskError {
+    let printed = if entry.output.is_empty() {
+        output::readable(&output::parse(&error.stderr))
+    } else {
+        entry.output.clone()
+    };
+    let failure = match error.class.as_str() {
+        "subprocess.CalledProcessError" => match format::parse_error(&error.stdout) {
+            Some(failure) => failure.into_task_error(),
+            None => process_died(error.returncode, &printed),
+        },
+        "distributed.scheduler.KilledWorker" => TaskError::new(
+            TaskErrorKind::KilledWorker,
+            format!(
+                "the Dask workers running it kept dying, so Dask gave up on it (KilledWorker: {})",
+                error.message
+            ),
+        ),
+        // The runner could not start the task program.
+        "builtins.RuntimeError" => TaskError::new(TaskErrorKind::Runner, error.message.clone()),
+        other => TaskError::new(
+            TaskErrorKind::Runner,
+            format!("Dask could not run it: {other}: {}", error.message),
+        ),
+    };
+    failure.with_output(printed)
+}
+
+/// A task-mode process that ended without reporting.
+fn process_died(returncode: Option<i64>, printed: &str) -> TaskError {
+    let last = printed
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| format!("; its last output line: {l}"))
+        .unwrap_or_default();
+    match returncode {
+        Some(0) => TaskError::new(
+            TaskErrorKind::Runner,
+            format!(
+                "the task program exited without a flowrun result, so it did not run in task \
+                 mode: is it a flowrun program that reaches this flow?{last}"
+            ),
+        ),
+        Some(code) if code < 0 => TaskError::new(
+            TaskErrorKind::Crashed,
+            format!(
+                "the task process was killed by signal {}{}{last}",
+                -code,
+                if code == -9 { " (SIGKILL)" } else { "" }
+            ),
+        ),
+        Some(code) => TaskError::new(
+            TaskErrorKind::Crashed,
+            format!("the task process exited with status {code} without a result{last}"),
+        ),
+        None => TaskError::new(
+            TaskErrorKind::Crashed,
+            format!("the task process failed without a result{last}"),
+        ),
+    }
+}
+
+/// Reads one result from the cluster. A result lost with its worker is
+/// recomputed by Dask; the read waits for it.
+fn fetch(client: &Arc<DaskClient>, key: &str) -> Result<Bytes, TaskError> {
+    let client = client.clone();
+    let key = key.to_owned();
+    let address = client.address().to_owned();
+    let fut = async move {
+        let deadline = Instant::now() + GATHER_TIMEOUT;
+        loop {
+            match client.gather(std::slice::from_ref(&key)).await {
+                Ok(mut values) => return Ok(values.remove(&key).unwrap_or_default()),
+                Err(ProtocolError::NotInMemory { .. }) if Instant::now() < deadline => {
+                    let status = client.task_status(std::slice::from_ref(&key)).await?;
+                    match status.get(&key).cloned().flatten().as_deref() {
+                        Some("memory") => {}
+                        Some("erred") | None => {
+                            return Err(ProtocolError::NotInMemory { keys: vec![key] })
+                        }
+                        Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let value = match block_on(fut, GATHER_TIMEOUT + Duration::from_secs(5)) {
+        Some(Ok(value)) => value,
+        Some(Err(ProtocolError::Closed { .. })) => {
+            return Err(TaskError::new(
+                TaskErrorKind::ResultUnavailable,
+                "its result stayed on the Dask cluster and is gone: the flow run's connection \
+                 to the cluster is closed (read results while the flow runs)",
+            ))
+        }
+        Some(Err(e)) => {
+            return Err(TaskError::new(
+                TaskErrorKind::ResultUnavailable,
+                format!("could not read its result from the Dask scheduler at {address}: {e}"),
+            ))
+        }
+        None => {
+            return Err(TaskError::new(
+                TaskErrorKind::ResultUnavailable,
+                format!(
+                    "reading its result from the Dask scheduler at {address} took longer than {}s",
+                    GATHER_TIMEOUT.as_secs()
+                ),
+            ))
+        }
+    };
+    format::strip_result(&value)
+        .map(Bytes::copy_from_slice)
+        .map_err(|e| TaskError::new(TaskErrorKind::ResultUnavailable, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(output: &str) -> Entry {
+        Entry {
+            run_name: "t-1".into(),
+            job: None,
+            upstreams: Vec::new(),
+            dependents: Vec::new(),
+            status: Status::Submitted,
+            started: false,
+            blame: None,
+            output: output.into(),
+            resources: BTreeMap::new(),
+        }
+    }
+
+    fn called_process_error(code: i64, stdout: Vec<u8>, stderr: &[u8]) -> RemoteError {
+        RemoteError {
+            class: "subprocess.CalledProcessError".into(),
+            message: String::new(),
+            returncode: Some(code),
+            stdout,
+            stderr: stderr.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_reported_failure_keeps_its_kind_message_and_output() {
+        let failure = format::Failure {
+            kind: format::FailureKind::Error,
+            message: "disk full".into(),
+        };
+        let mut stdout = b"running 1 test\n".to_vec();
+        stdout.extend(format::error_frame(&failure));
+        let error = own_failure(
+            &entry(""),
+            &called_process_error(
+                3,
+                stdout,
+                &output::encode(&output::Line::Stdout("hi".into())),
+            ),
+        );
+        assert_eq!(error.kind(), &TaskErrorKind::Error);
+        assert_eq!(error.message(), "disk full");
+        assert_eq!(error.output(), Some("hi\n"));
+    }
+
+    #[test]
+    fn processes_that_died_are_crashes() {
+        let killed = own_failure(&entry("working\n"), &called_process_error(-9, vec![], b""));
+        assert_eq!(killed.kind(), &TaskErrorKind::Crashed);
+        assert!(killed.message().contains("signal 9 (SIGKILL)"), "{killed}");
+        assert!(killed.message().contains("working"), "{killed}");
+        let not_task_mode = own_failure(&entry(""), &called_process_error(0, vec![], b""));
+        assert_eq!(not_task_mode.kind(), &TaskErrorKind::Runner);
+        let killed_worker = own_failure(
+            &entry(""),
+            &RemoteError {
+                class: "distributed.scheduler.KilledWorker".into(),
+                message: "('k', 'tcp://w:1', 3)".into(),
+                returncode: None,
+                stdout: vec![],
+                stderr: vec![],
+            },
+        );
+        assert_eq!(killed_worker.kind(), &TaskErrorKind::KilledWorker);
+    }
+}

@@ -1,0 +1,415 @@
+//! Task mode: the flow's program started by a Dask worker (through the
+//! Python runner) to run one attempt of one task, arguments in on stdin,
+//! result out on stdout. See `format` for the layouts.
+//!
+//! Everything the task writes, to stdout, stderr or through `tracing`, ends
+//! up on stderr as tagged lines (see `output`), so stdout carries nothing
+//! but the result. While the task runs, its stdout and stderr are in-memory
+//! files: a task-mode process is one short process per task, and pipes
+//! would need reader threads, which cost more than the task often does
+//! (and a child the task leaves running would keep them open). The process
+//! dies with its worker (`PR_SET_PDEATHSIG`): Dask reruns the attempt
+//! elsewhere, and a leftover would only waste the machine.
+
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::sync::{Arc, Mutex};
+
+use tracing::level_filters::LevelFilter;
+
+use super::format::{self, Failure, TaskHeader, FAILED_EXIT, INPUT_VERSION, TASK_ENV};
+use super::output::{self, Line, TAG};
+
+flowrun_core::__private::inventory::submit! {
+    flowrun_core::worker::WorkerMode { env: TASK_ENV, run: task_main }
+}
+
+/// The most output of one stream that goes back to the flow.
+const OUTPUT_LIMIT: usize = 1 << 20;
+
+/// Where log lines go: the task's stdout file, so that they stay in order
+/// with what the task prints.
+type Sink = Arc<Mutex<File>>;
+
+fn dup(fd: RawFd) -> std::io::Result<File> {
+    // SAFETY: dup of an fd this process has open; the new fd is owned by
+    // the returned File only.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if new < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `new` is a fresh fd nobody else owns.
+    Ok(unsafe { File::from_raw_fd(new) })
+}
+
+/// The entry point of a task-mode process.
+fn task_main() -> ! {
+    // SAFETY: prctl with PR_SET_PDEATHSIG only sets a flag of this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    }
+    let (mut result_out, mut report) = match (dup(1), dup(2)) {
+        (Ok(out), Ok(err)) => (out, err),
+        (Err(e), _) | (_, Err(e)) => {
+            // Without its own copies of the streams task mode cannot keep
+            // the result apart from the task's output; say so plainly.
+            let failure = Failure::runner(format!("task mode could not set up its output: {e}"));
+            let _ = std::io::stdout().write_all(&format::error_frame(&failure));
+            std::process::exit(FAILED_EXIT)
+        }
+    };
+    let capture = Capture::install();
+    let sink = match &capture {
+        Some(c) => c.stdout.try_clone().ok(),
+        None => report.try_clone().ok(),
+    };
+    if let Some(sink) = sink {
+        install_log_forwarding(Arc::new(Mutex::new(sink)));
+    }
+    install_panic_hook();
+    let outcome = run_from_stdin();
+    if let Err(failure) = &outcome {
+        // Dask may retry the task without the flow hearing of this attempt;
+        // its output then still says why it failed.
+        tracing::warn!("Attempt failed: {}", failure.message);
+    }
+    if let Some(capture) = capture {
+        let _ = report.write_all(&capture.finish());
+    }
+    let (frame, code) = match outcome {
+        Ok(bytes) => (format::result_frame(&bytes), 0),
+        Err(failure) => (format::error_frame(&failure), FAILED_EXIT),
+    };
+    if result_out
+        .write_all(&frame)
+        .and_then(|_| result_out.flush())
+        .is_err()
+    {
+        // The worker stopped listening; nobody is left to tell.
+        std::process::exit(FAILED_EXIT);
+    }
+    std::process::exit(code)
+}
+
+/// Reads the input, checks it is meant for this build, runs the task.
+fn run_from_stdin() -> Result<Vec<u8>, Failure> {
+    let mut input = Vec::new();
+    std::io::stdin()
+        .lock()
+        .read_to_end(&mut input)
+        .map_err(|e| Failure::runner(format!("task mode could not read its input: {e}")))?;
+    let parts = format::split_input(&input)
+        .map_err(|e| Failure::runner(format!("task mode received a broken input: {e}")))?;
+    let (header, args) = parts
+        .split_first()
+        .ok_or_else(|| Failure::runner("task mode received an empty input"))?;
+    let header: TaskHeader = postcard::from_bytes(header)
+        .map_err(|e| Failure::runner(format!("task mode received a broken header: {e}")))?;
+    if header.version != INPUT_VERSION {
+        return Err(Failure::runner(format!(
+            "the flow sent task input version {}, this program reads version {INPUT_VERSION}",
+            header.version
+        )));
+    }
+    let own = crate::build_id::current();
+    if header.build != own {
+        let program = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "this program".into());
+        return Err(Failure::runner(format!(
+            "the task program on this Dask worker ({program}) is build {own}, but the flow is \
+             build {}; the workers must run the flow's own binary (see DaskTaskRunner::task_program)",
+            header.build
+        )));
+    }
+    let args = args
+        .iter()
+        .enumerate()
+        .map(|(i, part)| {
+            format::strip_result(part).map_err(|e| {
+                Failure::runner(format!(
+                    "argument {} of the task is not flowrun data: {e}",
+                    i + 1
+                ))
+            })
+        })
+        .collect::<Result<Vec<&[u8]>, Failure>>()?;
+    let entry = flowrun_core::registry::registry()
+        .get(&header.task_key)
+        .ok_or_else(|| {
+            Failure::runner(format!(
+                "no task is registered as '{}' in the task program (is it the flow's program?)",
+                header.task_key
+            ))
+        })?;
+    *lock(&TASK_THREAD) = Some(std::thread::current().id());
+    let result = flowrun_core::with_task_run_name(&header.run_name, || entry.run(&args));
+    *lock(&TASK_THREAD) = None;
+    result.map_err(|e| {
+        let mut failure = Failure::from_task_error(&e);
+        if failure.kind == format::FailureKind::Panic {
+            if let Some(at) = lock(&PANIC_AT).take() {
+                failure.message = format!("{} (panicked at {at})", failure.message);
+            }
+        }
+        failure
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+static TASK_THREAD: Mutex<Option<std::thread::ThreadId>> = Mutex::new(None);
+static PANIC_AT: Mutex<Option<String>> = Mutex::new(None);
+
+/// A panic of the task becomes its failure, with the location; printing it
+/// as well would only repeat it. Panics elsewhere print as usual.
+fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if *lock(&TASK_THREAD) == Some(std::thread::current().id()) {
+            *lock(&PANIC_AT) = info.location().map(|l| l.to_string());
+        } else {
+            default(info);
+        }
+    }));
+}
+
+/// fds 1 and 2 point at in-memory files, read back when the task is done.
+struct Capture {
+    stdout: File,
+    stderr: File,
+}
+
+fn memfd(name: &std::ffi::CStr) -> Option<File> {
+    // SAFETY: memfd_create with a valid name; the fd is owned by the File.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    // SAFETY: `fd` is a fresh fd nobody else owns.
+    (fd >= 0).then(|| unsafe { File::from_raw_fd(fd) })
+}
+
+impl Capture {
+    fn install() -> Option<Capture> {
+        let stdout = memfd(c"flowrun-task-stdout")?;
+        let stderr = memfd(c"flowrun-task-stderr")?;
+        // SAFETY: dup2 onto the standard fds, which this process owns; the
+        // task (and any child it starts) writes there from now on.
+        let ok = unsafe {
+            libc::dup2(stdout.as_raw_fd(), 1) >= 0 && libc::dup2(stderr.as_raw_fd(), 2) >= 0
+        };
+        ok.then_some(Capture { stdout, stderr })
+    }
+
+    /// The task's output as tagged lines: stdout (with the log lines that
+    /// went there in order), then stderr.
+    fn finish(self) -> Vec<u8> {
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        let mut out = Vec::new();
+        for (mut file, stdout) in [(self.stdout, true), (self.stderr, false)] {
+            let mut text = Vec::new();
+            if file.rewind().is_err() || file.read_to_end(&mut text).is_err() {
+                continue;
+            }
+            let kept = keep_tail(&text);
+            if kept.len() < text.len() {
+                let cut = Line::Stderr(format!(
+                    "... ({} bytes of output left out)",
+                    text.len() - kept.len()
+                ));
+                out.extend(output::encode(&cut));
+            }
+            tag_lines(kept, stdout, &mut out);
+        }
+        out
+    }
+}
+
+/// The last `OUTPUT_LIMIT` bytes, from a line start.
+fn keep_tail(text: &[u8]) -> &[u8] {
+    if text.len() <= OUTPUT_LIMIT {
+        return text;
+    }
+    let tail = &text[text.len() - OUTPUT_LIMIT..];
+    match tail.iter().position(|b| *b == b'\n') {
+        Some(i) => &tail[i + 1..],
+        None => tail,
+    }
+}
+
+/// Tags the untagged lines of one stream; log lines are tagged already.
+fn tag_lines(text: &[u8], stdout: bool, out: &mut Vec<u8>) {
+    let text = text.strip_suffix(b"\n").unwrap_or(text);
+    if text.is_empty() {
+        return;
+    }
+    for raw in text.split(|b| *b == b'\n') {
+        if raw.first() == Some(&TAG) {
+            out.extend_from_slice(raw);
+            out.push(b'\n');
+        } else {
+            let text = String::from_utf8_lossy(raw).into_owned();
+            let line = if stdout {
+                Line::Stdout(text)
+            } else {
+                Line::Stderr(text)
+            };
+            out.extend(output::encode(&line));
+        }
+    }
+}
+
+/// Sends this process's `tracing` events (the task's run logger) to the
+/// flow as tagged log lines, filtered by `FLOWRUN_LOG` as on the console.
+fn install_log_forwarding(sink: Sink) {
+    use tracing_subscriber::prelude::*;
+    let directives =
+        std::env::var(flowrun_core::logging::LOG_ENV).unwrap_or_else(|_| "info".into());
+    // A plain level needs no span registry: a small subscriber will do,
+    // and task mode starts faster without one.
+    if let Ok(level) = directives.trim().parse::<LevelFilter>() {
+        if level != LevelFilter::OFF {
+            let _ = tracing::subscriber::set_global_default(Forward { sink, level });
+        }
+        return;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::registry()
+        .with(
+            Forward {
+                sink,
+                level: LevelFilter::TRACE,
+            }
+            .with_filter(filter),
+        )
+        .try_init();
+}
+
+struct Forward {
+    sink: Sink,
+    level: LevelFilter,
+}
+
+impl Forward {
+    fn write(&self, event: &tracing::Event<'_>) {
+        let mut message = Message::default();
+        event.record(&mut message);
+        let level = match *event.metadata().level() {
+            tracing::Level::ERROR => 0,
+            tracing::Level::WARN => 1,
+            tracing::Level::INFO => 2,
+            tracing::Level::DEBUG => 3,
+            tracing::Level::TRACE => 4,
+        };
+        let mut bytes = Vec::new();
+        for text in message.0.lines() {
+            bytes.extend(output::encode(&Line::Log(level, text.to_owned())));
+        }
+        let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = sink.write_all(&bytes);
+    }
+}
+
+impl tracing::Subscriber for Forward {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        self.level >= *metadata.level()
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(self.level)
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        self.write(event);
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[derive(Default)]
+struct Message(String);
+
+impl tracing::field::Visit for Message {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        use std::fmt::Write as _;
+        match field.name() {
+            "message" => self.0.push_str(value),
+            // The flow attributes the line to the run itself.
+            "flowrun.run" => {}
+            name => {
+                let _ = write!(self.0, " {name}={value}");
+            }
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write as _;
+        match field.name() {
+            "message" => {
+                let _ = write!(self.0, "{value:?}");
+            }
+            "flowrun.run" => {}
+            name if name.starts_with("log.") => {}
+            name => {
+                let _ = write!(self.0, " {name}={value:?}");
+            }
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Forward {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.write(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_is_tagged_by_stream_and_logs_pass_through() {
+        let mut out = Vec::new();
+        let log = output::encode(&Line::Log(2, "from the logger".into()));
+        let mut stdout = b"#3\n".to_vec();
+        stdout.extend(&log);
+        stdout.extend(b"no newline at the end");
+        tag_lines(&stdout, true, &mut out);
+        tag_lines(b"warning\n", false, &mut out);
+        assert_eq!(
+            output::parse(&out),
+            vec![
+                Line::Stdout("#3".into()),
+                Line::Log(2, "from the logger".into()),
+                Line::Stdout("no newline at the end".into()),
+                Line::Stderr("warning".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn long_output_keeps_its_end_from_a_line_start() {
+        let mut text = vec![b'x'; OUTPUT_LIMIT];
+        text.extend(b"\nlast line\n");
+        let kept = keep_tail(&text);
+        assert_eq!(kept, b"last line\n");
+        assert_eq!(keep_tail(b"short\n"), b"short\n");
+    }
+}

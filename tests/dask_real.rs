@@ -1,0 +1,868 @@
+//! flowrun tasks on a real Dask cluster: a scheduler and stock Python
+//! workers from PyPI (through `flowrun-dask/tests/support`), on 127.0.0.1.
+//!
+//! The Dask version is `FLOWRUN_DASK_VERSION` (default 2026.8.0); run the
+//! file once per supported version, e.g. `FLOWRUN_DASK_VERSION=2025.4.0`
+//! for the oldest. A missing Dask install fails the tests with the
+//! installer's output; nothing is skipped.
+//!
+//! The Dask workers run this test binary in task mode, as the current test
+//! (`<name> --exact`). Every test therefore begins with [`begin`], which
+//! diverts such a process into task mode before the test starts a cluster
+//! of its own: the `if __name__ == "__main__"` of a flowrun program.
+
+#[path = "../flowrun-dask/tests/support/mod.rs"]
+mod support;
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use flowrun::logging::ConsoleLayer;
+use flowrun::{flow, task, FlowErrorKind, StateKind, TaskErrorKind};
+use flowrun_dask::protocol::DaskClient;
+use flowrun_dask::{
+    annotate, current_cluster, AdaptKwargs, ClientKwargs, ClusterKwargs, DaskTaskRunner,
+    WaitingTask,
+};
+use support::{pid_alive, Cluster, WorkerSpec};
+use tracing_subscriber::prelude::*;
+
+/// The longest a test may take before it is declared hung.
+const HANG: Duration = Duration::from_secs(300);
+
+/// Diverts a task-mode process; otherwise serialises the tests (each starts
+/// Python processes on a small machine, and some measure time or traffic),
+/// installs the console capture and a hang guard.
+fn begin(test: &'static str) -> (MutexGuard<'static, ()>, HangGuard) {
+    flowrun::worker::divert_if_worker();
+    static SERIAL: Mutex<()> = Mutex::new(());
+    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    console();
+    (guard, HangGuard::new(test))
+}
+
+/// Ends the test process if a test hangs, naming it, rather than letting
+/// the suite wait forever.
+struct HangGuard(std::sync::mpsc::Sender<()>);
+
+impl HangGuard {
+    fn new(test: &'static str) -> HangGuard {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(HANG) {
+                eprintln!("{test} did not finish within {HANG:?}; stopping the test process");
+                std::process::exit(101);
+            }
+        });
+        HangGuard(tx)
+    }
+}
+
+impl Drop for HangGuard {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+/// Every console line of the flows, as flowrun formats them.
+fn console() -> Arc<Mutex<Vec<String>>> {
+    static LINES: OnceLock<Arc<Mutex<Vec<String>>>> = OnceLock::new();
+    LINES
+        .get_or_init(|| {
+            let lines = Arc::new(Mutex::new(Vec::new()));
+            let sink = lines.clone();
+            tracing_subscriber::registry()
+                .with(ConsoleLayer::new(false).with_sink(move |l| {
+                    eprint!("{l}");
+                    sink.lock().unwrap().push(l.to_owned());
+                }))
+                .init();
+            lines
+        })
+        .clone()
+}
+
+fn console_has(text: &str) -> bool {
+    console().lock().unwrap().iter().any(|l| l.contains(text))
+}
+
+fn runner(cluster: &Cluster) -> DaskTaskRunner {
+    DaskTaskRunner::new()
+        .address(&cluster.address)
+        .client_kwargs(ClientKwargs::new().timeout(Duration::from_secs(60)))
+}
+
+/// Task-mode processes of this machine that are still running.
+fn task_mode_processes() -> Vec<u32> {
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        if environ
+            .split(|b| *b == 0)
+            .any(|v| v == b"FLOWRUN_DASK_TASK=1")
+            && pid_alive(pid)
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+fn no_task_mode_left() {
+    support::poll(
+        "task-mode processes to exit",
+        Duration::from_secs(20),
+        || task_mode_processes().is_empty().then_some(()),
+    );
+}
+
+/// Every process below this one: (pid, command line).
+fn descendants() -> Vec<(u32, String)> {
+    let mut parent_of = HashMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            parent_of.insert(pid, ppid);
+        }
+    }
+    let me = std::process::id();
+    let mut out = Vec::new();
+    for &pid in parent_of.keys() {
+        let mut p = pid;
+        while let Some(&parent) = parent_of.get(&p) {
+            if parent == me {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                out.push((pid, cmd));
+                break;
+            }
+            if parent <= 1 {
+                break;
+            }
+            p = parent;
+        }
+    }
+    out
+}
+
+/// Asks the scheduler (from a client of its own) for the state of keys.
+fn scheduler_states(address: &str, keys: &[String]) -> HashMap<String, Option<String>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let address = address.to_owned();
+    let keys = keys.to_vec();
+    rt.block_on(async move {
+        let client = DaskClient::connect(&address, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let states = client.task_status(&keys).await.unwrap();
+        client.close().await.unwrap();
+        states
+    })
+}
+
+// ---------------------------------------------------------------------------
+// count_to: ten tasks of 0.5 s, in parallel, output attributed, keys named.
+
+#[task]
+fn shout(number: u32) {
+    std::thread::sleep(Duration::from_millis(500));
+    println!("#{number}");
+}
+
+#[flow(task_runner = DaskTaskRunner::new())]
+fn count_to(highest_number: u32, address: String) -> (Vec<String>, Vec<String>) {
+    let futures: Vec<_> = (0..highest_number).map(|n| shout.submit(n)).collect();
+    flowrun::wait(&futures);
+    let id = flowrun::current_flow_run_id().unwrap();
+    let keys: Vec<String> = futures
+        .iter()
+        .map(|f| format!("{}-{}-1", f.name(), &id[..8]))
+        .collect();
+    // The keys are still held by the flow's client, so the scheduler knows
+    // them by these names.
+    let states = scheduler_states(&address, &keys);
+    let locations = futures
+        .iter()
+        .map(|f| {
+            f.run_ref()
+                .location()
+                .map(|l| l.to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    let bad: Vec<_> = states
+        .iter()
+        .filter(|(_, s)| s.as_deref() != Some("memory"))
+        .collect();
+    assert!(bad.is_empty(), "keys not in memory: {bad:?}");
+    (keys, locations)
+}
+
+#[test]
+fn count_to_runs_in_parallel_on_two_workers() {
+    let _t = begin("count_to_runs_in_parallel_on_two_workers");
+    let cluster = Cluster::start(&[WorkerSpec::threads(2), WorkerSpec::threads(2)]);
+    let started = Instant::now();
+    let (keys, locations) = count_to
+        .with_runner(runner(&cluster))
+        .call(10, cluster.address.clone())
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let elapsed = started.elapsed();
+    // Ten sleeps in a row would take 5 s; four slots take three waves.
+    assert!(elapsed < Duration::from_millis(4500), "{elapsed:?}");
+    for n in 0..10 {
+        assert!(
+            console_has(&format!("Task run 'shout-{n}' - #{n}")),
+            "no attributed output of shout-{n}"
+        );
+    }
+    assert!(keys[3].starts_with("shout-3-"), "{keys:?}");
+    let workers: BTreeSet<&str> = locations.iter().map(String::as_str).collect();
+    let expected: BTreeSet<&str> = [cluster.worker_address(0), cluster.worker_address(1)].into();
+    assert_eq!(
+        workers, expected,
+        "every task ran on a worker, both were used"
+    );
+    no_task_mode_left();
+}
+
+// ---------------------------------------------------------------------------
+// A chain of large values moves between workers, never through the flow.
+
+#[task]
+fn blob(mb: usize) -> String {
+    "a".repeat(mb << 20)
+}
+
+#[task]
+fn grow(data: String, mb: usize) -> String {
+    let mut data = data;
+    data.push_str(&"b".repeat(mb << 20));
+    data
+}
+
+#[task]
+fn measure(data: String) -> usize {
+    data.len()
+}
+
+/// Bytes this process has read (files and sockets), from `/proc/self/io`.
+fn bytes_read() -> u64 {
+    let io = std::fs::read_to_string("/proc/self/io").unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+#[flow(task_runner = DaskTaskRunner::new())]
+fn chain(mb: usize) -> usize {
+    let first = blob.submit(mb);
+    let second = grow.submit(first, mb);
+    let third = grow.submit(second, mb);
+    measure.submit(third).result().unwrap()
+}
+
+#[test]
+fn dependency_data_moves_between_workers_not_through_the_flow() {
+    let _t = begin("dependency_data_moves_between_workers_not_through_the_flow");
+    let cluster = Cluster::start(&[WorkerSpec::threads(1), WorkerSpec::threads(1)]);
+    let mb = 16;
+    let before = bytes_read();
+    let length = chain
+        .with_runner(runner(&cluster))
+        .call(mb)
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let read = bytes_read() - before;
+    assert_eq!(length, 3 * (mb << 20));
+    // 16 + 32 + 48 MiB went from task to task; the flow read a few KiB.
+    assert!(read < 4 << 20, "the flow process read {read} bytes");
+}
+
+// ---------------------------------------------------------------------------
+// Priorities: on a one-thread worker, higher first, ties in submission order.
+
+#[task]
+fn gate(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+#[task]
+fn record(_gate: (), path: String, label: String) {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    writeln!(file, "{label}").unwrap();
+}
+
+#[flow(task_runner = DaskTaskRunner::new())]
+fn prioritised(path: String) {
+    // Everything waits for the gate, so all are queued when it opens.
+    let opened = gate.submit(1000);
+    let order = [
+        (3, "p3"),
+        (10, "p10"),
+        (1, "p1"),
+        (0, "tie-a"),
+        (7, "p7"),
+        (0, "tie-b"),
+        (-2, "p-2"),
+        (5, "p5"),
+    ];
+    let futures: Vec<_> = order
+        .iter()
+        .map(|(priority, label)| {
+            annotate()
+                .priority(*priority)
+                .run(|| record.submit(&opened, path.clone(), label.to_string()))
+        })
+        .collect();
+    flowrun::wait(&futures);
+}
+
+#[test]
+fn priority_orders_queued_tasks_on_a_one_thread_worker() {
+    let _t = begin("priority_orders_queued_tasks_on_a_one_thread_worker");
+    let cluster = Cluster::start(&[WorkerSpec::threads(1)]);
+    let path = cluster.dir().join("order");
+    prioritised
+        .with_runner(runner(&cluster))
+        .call(path.display().to_string())
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let ran: Vec<String> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        ran,
+        ["p10", "p7", "p5", "p3", "p1", "tie-a", "tie-b", "p-2"]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Resources: GPU tasks run only on the worker that has a GPU.
+
+#[task]
+fn which_worker(ms: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(ms));
+    // The Dask worker (started without a nanny) runs task mode directly.
+    std::os::unix::process::parent_id()
+}
+
+#[flow(task_runner = DaskTaskRunner::new())]
+fn placed() -> (Vec<(u32, String)>, Vec<u32>) {
+    let gpu: Vec<_> = annotate()
+        .resources([("GPU", 1.0)])
+        .run(|| (0..4).map(|_| which_worker.submit(300)).collect());
+    let plain: Vec<_> = (0..4).map(|_| which_worker.submit(300)).collect();
+    let gpu = gpu
+        .iter()
+        .map(|f| {
+            let pid = f.result().unwrap();
+            let location = f.run_ref().location().map(|l| l.to_string());
+            (pid, location.unwrap_or_default())
+        })
+        .collect();
+    (gpu, flowrun::results(plain).unwrap())
+}
+
+#[test]
+fn a_resource_task_runs_only_where_the_resource_is() {
+    let _t = begin("a_resource_task_runs_only_where_the_resource_is");
+    let cluster = Cluster::start(&[
+        WorkerSpec::threads(2),
+        WorkerSpec::threads(2).with_resources("GPU=1"),
+    ]);
+    let gpu_pid = cluster.worker_pids()[1];
+    let (gpu, plain) = placed
+        .with_runner(runner(&cluster))
+        .call()
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    for (pid, location) in &gpu {
+        assert_eq!(*pid, gpu_pid, "a GPU task ran on the wrong worker");
+        assert_eq!(location, cluster.worker_address(1));
+    }
+    assert!(plain.iter().all(|p| cluster.worker_pids().contains(p)));
+
+    // A resource no worker offers: the task waits, and the runner says why.
+    let (waiting, cancelled) = unplaceable
+        .with_runner(runner(&cluster))
+        .call()
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    assert_eq!(waiting[0].run, "which_worker-0");
+    assert!(waiting[0].reason.contains("TPU"), "{waiting:?}");
+    assert!(cancelled);
+    assert!(console_has("which no worker of the Dask cluster at"));
+}
+
+#[flow(task_runner = DaskTaskRunner::new())]
+fn unplaceable() -> (Vec<WaitingTask>, bool) {
+    let future = annotate()
+        .resources([("TPU", 1.0)])
+        .run(|| which_worker.submit(1));
+    let cluster = current_cluster().expect("the flow's cluster");
+    let waiting = support::poll(
+        "the task to be reported waiting",
+        Duration::from_secs(30),
+        || {
+            let status = cluster.status()?;
+            (!status.waiting.is_empty()).then_some(status.waiting)
+        },
+    );
+    // Nothing will ever run it; end the flow.
+    (waiting, future.cancel())
+}
+
+// ---------------------------------------------------------------------------
+// Failures come back as the task's own error, with what it printed.
+
+#[task]
+fn fragile(label: String) -> Result<u64, String> {
+    println!("about to fail: {label}");
+    Err(format!("disk full ({label})"))
+}
+
+#[task]
+fn after(x: u64) -> u64 {
+    x + 1
+}
+
+#[task]
+fn boom() -> u64 {
+    panic!("kaboom")
+}
+
+type Seen = (TaskErrorKind, String, Option<String>, StateKind);
+
+#[flow(task_runner = DaskTaskRunner::new())]
+fn failing() -> Vec<Seen> {
+    let a = fragile.submit("a".to_owned());
+    let b = after.submit(&a);
+    let c = after.submit(&b);
+    let p = boom.submit();
+    [a, b, c, p]
+        .iter()
+        .map(|f| {
+            let e = f.result().unwrap_err();
+            (
+                e.kind().clone(),
+                e.message().to_owned(),
+                e.output().map(str::to_owned),
+                f.state().kind(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_failure_is_the_tasks_own_error_and_fails_its_dependents() {
+    let _t = begin("a_failure_is_the_tasks_own_error_and_fails_its_dependents");
+    let cluster = Cluster::start(&[WorkerSpec::threads(2)]);
+    let seen = failing
+        .with_runner(runner(&cluster))
+        .call()
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let (kind, message, output, state) = &seen[0];
+    assert_eq!(kind, &TaskErrorKind::Error);
+    assert_eq!(message, "disk full (a)");
+    assert!(
+        output.as_deref().unwrap_or("").contains("about to fail: a"),
+        "{output:?}"
+    );
+    assert_eq!(*state, StateKind::Failed);
+    assert_eq!(
+        seen[1].0,
+        TaskErrorKind::UpstreamFailed {
+            upstream: "fragile-0".into()
+        }
+    );
+    assert_eq!(
+        seen[1].1,
+        "upstream task run 'fragile-0' did not complete: disk full (a)"
+    );
+    assert_eq!(
+        seen[2].0,
+        TaskErrorKind::UpstreamFailed {
+            upstream: "after-0".into()
+        }
+    );
+    assert_eq!(
+        seen[2].1,
+        "upstream task run 'after-0' did not complete: \
+         upstream task run 'fragile-0' did not complete: disk full (a)"
+    );
+    assert_eq!(seen[3].0, TaskErrorKind::Panic);
+    assert!(
+        seen[3].1.starts_with("kaboom (panicked at "),
+        "{}",
+        seen[3].1
+    );
+    for (_, message, _, _) in &seen {
+        assert!(
+            !message.contains("Traceback") && !message.contains("CalledProcessError"),
+            "{message}"
+        );
+    }
+    assert!(console_has("Task run 'fragile-0' - about to fail: a"));
+}
+
+// ---------------------------------------------------------------------------
+// Retries: Dask reruns a flaky task until it succeeds.
+
+#[task(retries = 2)]
+fn flaky(counter: String) -> u32 {
+    let attempt = std::fs::read_to_string(&counter)
+        .map(|s| s.trim().parse::<u32>().unwrap_or(0))
+        .unwrap_or(0)
+        + 1;
+    std::fs::write(&counter, attempt.to_string()).unwrap();
+    println!("attempt {attempt}");
+    if attempt < 2 {
+        panic!("not yet (attempt {attempt})");
+    }
+    attempt
+}
+
+#[flow(task_runner = DaskTaskRunner::new())]
+fn retried(counter: String) -> (u32, u32) {
+    let future = flaky.submit(counter);
+    let value = future.result().unwrap();
+    (value, future.run_ref().attempts())
+}
+
+#[test]
+fn dask_retries_a_flaky_task_until_it_succeeds() {
+    let _t = begin("dask_retries_a_flaky_task_until_it_succeeds");
+    let cluster = Cluster::start(&[WorkerSpec::threads(1)]);
+    let counter = cluster.dir().join("attempts");
+    let (value, attempts) = retried
+        .with_runner(runner(&cluster))
+        .call(counter.display().to_string())
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert_eq!(value, 2, "succeeded on its second run");
+    assert_eq!(attempts, 1, "the retry happened inside Dask");
+    assert!(console_has("Task run 'flaky-0' - attempt 1"));
+    assert!(console_has("Task run 'flaky-0' - attempt 2"));
+    assert!(console_has(
+        "Task run 'flaky-0' - Attempt failed: not yet (attempt 1) (panicked at"
+    ));
+}
+
+// ---------------------------------------------------------------------------
+// A worker killed mid-task: Dask reruns the task elsewhere.
+
+#[task]
+fn long_job(dir: String) -> u32 {
+    let worker = std::os::unix::process::parent_id();
+    std::fs::write(Path::new(&dir).join(format!("started-{worker}")), "").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    worker
+}
+
+#[flow(task_runner = DaskTaskRunner::new())]
+fn survives(dir: String) -> u32 {
+    long_job.submit(dir).result().unwrap()
+}
+
+fn started_on(dir: &Path) -> Vec<u32> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix("started-")?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+#[test]
+fn a_task_on_a_killed_worker_is_rerun_elsewhere() {
+    let _t = begin("a_task_on_a_killed_worker_is_rerun_elsewhere");
+    let cluster = Cluster::start(&[WorkerSpec::threads(1), WorkerSpec::threads(1)]);
+    let dir = cluster.dir().join("marks");
+    std::fs::create_dir(&dir).unwrap();
+    let workers = cluster.worker_pids();
+    let killer = {
+        let dir = dir.clone();
+        std::thread::spawn(move || {
+            let first = support::poll("the task to start", Duration::from_secs(120), || {
+                started_on(&dir).first().copied()
+            });
+            assert!(workers.contains(&first));
+            // SAFETY: SIGKILL to a Dask worker this test started.
+            unsafe {
+                libc::kill(first as libc::pid_t, libc::SIGKILL);
+            }
+            first
+        })
+    };
+    let ran_on = survives
+        .with_runner(runner(&cluster))
+        .call(dir.display().to_string())
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let killed = killer.join().unwrap();
+    assert_ne!(ran_on, killed);
+    let mut starts = started_on(&dir);
+    starts.sort();
+    let mut expected = vec![killed, ran_on];
+    expected.sort();
+    assert_eq!(starts, expected, "started once on each worker");
+    // The attempt on the killed worker died with it.
+    no_task_mode_left();
+}
+
+// ---------------------------------------------------------------------------
+// cluster_class = "distributed.LocalCluster", scaled by adapt from zero.
+
+#[task]
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[flow(task_runner = DaskTaskRunner::new())]
+fn adaptive() -> (u64, Vec<(u32, String)>) {
+    let futures: Vec<_> = (0..6).map(|_| nap.submit(300)).collect();
+    let total = flowrun::results(futures).unwrap().iter().sum();
+    (total, descendants())
+}
+
+fn venv_python() -> PathBuf {
+    support::venv_bin(&support::dask_version()).join("python")
+}
+
+#[test]
+fn a_python_cluster_class_is_started_adapted_and_closed() {
+    let _t = begin("a_python_cluster_class_is_started_adapted_and_closed");
+    let python = venv_python();
+    let runner = DaskTaskRunner::new()
+        .cluster_class("distributed.LocalCluster")
+        .cluster_kwargs(
+            ClusterKwargs::new()
+                .n_workers(0)
+                .threads_per_worker(2)
+                .processes(true)
+                .set("host", "127.0.0.1")
+                .set("dashboard_address", None::<String>),
+        )
+        .adapt_kwargs(
+            AdaptKwargs::new()
+                .minimum(0)
+                .maximum(2)
+                .interval(Duration::from_millis(200))
+                .target_duration(Duration::from_secs(1)),
+        )
+        .python(&python);
+    let (total, processes) = adaptive
+        .with_runner(runner)
+        .call()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(total, 1800);
+    // The helper, and the workers adapt started from zero.
+    let workers: Vec<_> = processes
+        .iter()
+        .filter(|(_, cmd)| cmd.contains("multiprocessing") || cmd.contains("spawn_main"))
+        .collect();
+    assert!(!workers.is_empty(), "no worker process: {processes:?}");
+    for (pid, cmd) in &processes {
+        support::poll(
+            &format!("process {pid} ({cmd}) to end"),
+            Duration::from_secs(10),
+            || (!pid_alive(*pid)).then_some(()),
+        );
+    }
+}
+
+#[flow(task_runner = DaskTaskRunner::new())]
+fn trivial() -> u64 {
+    nap.submit(1).result().unwrap()
+}
+
+fn runner_failure(runner: DaskTaskRunner) -> String {
+    let run = trivial.with_runner(runner).return_state();
+    let error = run.result().expect_err("the runner should not start");
+    assert_eq!(error.kind(), &FlowErrorKind::RunnerFailed, "{error}");
+    error.to_string()
+}
+
+#[test]
+fn a_python_cluster_class_that_cannot_start_says_why() {
+    let _t = begin("a_python_cluster_class_that_cannot_start_says_why");
+    let python = venv_python();
+    let missing_python = runner_failure(
+        DaskTaskRunner::new()
+            .cluster_class("distributed.LocalCluster")
+            .python("/nonexistent/bin/python3"),
+    );
+    assert!(
+        missing_python.contains("/nonexistent/bin/python3")
+            && missing_python.contains("No such file"),
+        "{missing_python}"
+    );
+    let missing_module = runner_failure(
+        DaskTaskRunner::new()
+            .cluster_class("no_such_module.Cluster")
+            .python(&python),
+    );
+    assert!(
+        missing_module.contains("cannot import module 'no_such_module'"),
+        "{missing_module}"
+    );
+    let missing_class = runner_failure(
+        DaskTaskRunner::new()
+            .cluster_class("distributed.NoSuchCluster")
+            .python(&python),
+    );
+    assert!(
+        missing_class.contains("module 'distributed' has no attribute 'NoSuchCluster'"),
+        "{missing_class}"
+    );
+    let bad_kwarg = runner_failure(
+        DaskTaskRunner::new()
+            .cluster_class("distributed.LocalCluster")
+            .cluster_kwargs(ClusterKwargs::new().set("no_such_option", 1))
+            .python(&python),
+    );
+    assert!(bad_kwarg.contains("no_such_option"), "{bad_kwarg}");
+    assert!(descendants().is_empty(), "{:?}", descendants());
+}
+
+// ---------------------------------------------------------------------------
+// Connection errors: an unreachable address, an old scheduler.
+
+#[test]
+fn an_unreachable_address_fails_within_the_timeout_naming_it() {
+    let _t = begin("an_unreachable_address_fails_within_the_timeout_naming_it");
+    // Accepts connections (the kernel does) but never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("tcp://{}", silent.local_addr().unwrap());
+    let started = Instant::now();
+    let message = runner_failure(
+        DaskTaskRunner::new()
+            .address(&address)
+            .client_kwargs(ClientKwargs::new().timeout(Duration::from_secs(2))),
+    );
+    let elapsed = started.elapsed();
+    assert!(message.contains(&address), "{message}");
+    assert!(message.contains("timed out"), "{message}");
+    assert!(elapsed >= Duration::from_secs(2), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(6), "{elapsed:?}");
+
+    // A closed port is refused at once.
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("tcp://{}", l.local_addr().unwrap())
+    };
+    let started = Instant::now();
+    let message = runner_failure(DaskTaskRunner::new().address(&closed));
+    assert!(message.contains(&closed), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn an_old_scheduler_is_refused_naming_both_versions() {
+    let _t = begin("an_old_scheduler_is_refused_naming_both_versions");
+    let cluster = Cluster::start_version("2025.3.0", &[WorkerSpec::threads(1)]);
+    let message = runner_failure(runner(&cluster));
+    assert!(
+        message.contains("2025.3.0") && message.contains("2025.4.0"),
+        "{message}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// A task program of another build is refused.
+
+/// A copy of this test binary whose ELF build id differs in one byte.
+fn other_build(dir: &Path) -> PathBuf {
+    let own = flowrun_dask::build_id();
+    let hex = own.strip_prefix("gnu-").expect("an ELF build id");
+    let id: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    let mut bytes = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+    let mut changed = 0;
+    let mut at = 0;
+    while let Some(pos) = bytes[at..].windows(id.len()).position(|w| w == id) {
+        let end = at + pos + id.len();
+        bytes[end - 1] ^= 0xff;
+        changed += 1;
+        at = end;
+    }
+    assert!(changed > 0, "the build id is not in the binary");
+    let copy = dir.join("other-build");
+    std::fs::write(&copy, bytes).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    copy
+}
+
+#[flow(task_runner = DaskTaskRunner::new())]
+fn refused() -> (TaskErrorKind, String) {
+    let e = nap.submit(1).result().unwrap_err();
+    (e.kind().clone(), e.message().to_owned())
+}
+
+#[test]
+fn a_task_program_of_another_build_is_refused() {
+    let _t = begin("a_task_program_of_another_build_is_refused");
+    let cluster = Cluster::start(&[WorkerSpec::threads(1)]);
+    let copy = other_build(cluster.dir());
+    let (kind, message) = refused
+        .with_runner(runner(&cluster).task_program(&copy))
+        .call()
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert_eq!(kind, TaskErrorKind::Runner, "{message}");
+    assert!(
+        message.contains(flowrun_dask::build_id()) && message.contains("task_program"),
+        "{message}"
+    );
+    assert!(message.contains(&copy.display().to_string()), "{message}");
+
+    // A task program the workers do not have is named in the error.
+    let (kind, message) = refused
+        .with_runner(runner(&cluster).task_program("/nonexistent/flow-program"))
+        .call()
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert_eq!(kind, TaskErrorKind::Runner, "{message}");
+    assert!(
+        message.contains("cannot start the task program /nonexistent/flow-program"),
+        "{message}"
+    );
+}
