@@ -678,7 +678,7 @@ fn a_python_cluster_class_is_started_adapted_and_closed() {
                 .threads_per_worker(2)
                 .processes(true)
                 .set("host", "127.0.0.1")
-                .set("dashboard_address", None::<String>),
+                .no_dashboard(),
         )
         .adapt_kwargs(
             AdaptKwargs::new()

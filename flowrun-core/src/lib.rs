@@ -23,6 +23,7 @@ pub mod observe;
 mod options;
 mod pool;
 pub mod probe;
+pub mod progress;
 pub mod registry;
 mod rt;
 mod run;

@@ -23,6 +23,7 @@ mod build_id;
 mod client;
 mod cluster;
 pub mod collection;
+mod dashboard;
 mod local;
 pub mod protocol;
 mod remote;
@@ -32,6 +33,7 @@ mod settings;
 pub use annotate::{annotate, Annotate};
 pub use client::{get_async_dask_client, get_dask_client, AsyncClient, Client, ClientError};
 pub use cluster::{current_cluster, Cluster, ClusterClass, ClusterHandle, StartCluster};
+pub use dashboard::dashboard_link;
 pub use local::{
     ClusterStatus, LocalCluster, TaskStream, TaskStreamEntry, WaitingTask, WorkerStatus,
 };

@@ -50,6 +50,7 @@ pub struct DaskTaskRunner {
     adapt_kwargs: Option<AdaptKwargs>,
     client_kwargs: ClientKwargs,
     remote: RemoteSettings,
+    dashboard: crate::dashboard::RunnerDashboard,
     cluster: Mutex<Option<(String, Arc<dyn Cluster>)>>,
 }
 
@@ -69,6 +70,7 @@ impl Clone for DaskTaskRunner {
             adapt_kwargs: self.adapt_kwargs.clone(),
             client_kwargs: self.client_kwargs.clone(),
             remote: self.remote.clone(),
+            dashboard: self.dashboard.clone(),
             cluster: Mutex::new(None),
         }
     }
@@ -84,6 +86,7 @@ impl std::fmt::Debug for DaskTaskRunner {
             .field("client_kwargs", &self.client_kwargs)
             .field("task_program", &self.remote.task_program)
             .field("python", &self.remote.python)
+            .field("performance_report_path", &self.dashboard.report_path())
             .finish()
     }
 }
@@ -98,6 +101,7 @@ impl DaskTaskRunner {
             adapt_kwargs: None,
             client_kwargs: ClientKwargs::default(),
             remote: RemoteSettings::default(),
+            dashboard: Default::default(),
             cluster: Mutex::new(None),
         }
     }
@@ -150,6 +154,21 @@ impl DaskTaskRunner {
     /// package installed (`distributed` for `distributed.LocalCluster`).
     pub fn python(mut self, executable: impl Into<std::path::PathBuf>) -> Self {
         self.remote.python = Some(executable.into());
+        self
+    }
+
+    /// At the end of each flow run, write a performance report to `path`:
+    /// one HTML file (it opens without a network) with the task stream and
+    /// a summary (task runs per task name, durations, throughput, workers
+    /// over time). Like Dask's `performance_report`.
+    ///
+    /// ```
+    /// use flowrun_dask::DaskTaskRunner;
+    /// let runner = DaskTaskRunner::new().performance_report_path("dask-report.html");
+    /// # let _ = runner;
+    /// ```
+    pub fn performance_report_path(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.dashboard.set_report_path(path.into());
         self
     }
 
@@ -259,6 +278,13 @@ impl TaskRunner for DaskTaskRunner {
         );
         cluster.bind_flow(flow.flow.clone());
         cluster::register(&flow.flow_run_id, cluster.clone());
+        let dask = self.address.is_some()
+            || self
+                .cluster_class
+                .as_ref()
+                .is_some_and(|c| c.python_path().is_some());
+        self.dashboard
+            .start(flow, &cluster, &self.cluster_kwargs, dask);
         *self.cluster.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((flow.flow_run_id.clone(), cluster));
         Ok(())
@@ -288,6 +314,7 @@ impl TaskRunner for DaskTaskRunner {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some((flow_run_id, cluster)) = taken {
+            self.dashboard.stop();
             cluster.close();
             cluster::deregister(&flow_run_id);
             tracing::debug!(target: "flowrun_dask", "Closed the temporary cluster {}", cluster.describe());

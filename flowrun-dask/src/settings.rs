@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use flowrun_core::Resources;
@@ -166,6 +167,8 @@ pub struct ClusterKwargs {
     pub(crate) allowed_failures: Option<u32>,
     pub(crate) no_workers_timeout: Option<Duration>,
     pub(crate) worker_program: Option<std::path::PathBuf>,
+    /// `None`: the default address; `Some(None)`: no dashboard.
+    pub(crate) dashboard_address: Option<Option<String>>,
     pub(crate) extra: BTreeMap<String, serde_json::Value>,
 }
 
@@ -232,6 +235,54 @@ impl ClusterKwargs {
     pub fn worker_program(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.worker_program = Some(path.into());
         self
+    }
+
+    /// Where the cluster's dashboard listens (by default `127.0.0.1:8787`):
+    /// `"127.0.0.1:8787"`, `":8787"` or `"8787"` (on loopback), `":0"` for a
+    /// free port. An address without a host, or `localhost`, is loopback:
+    /// the dashboard listens beyond this machine only when you name such an
+    /// address (`"0.0.0.0:8787"`), and it has no login. When the port is
+    /// taken the dashboard takes a free one and says so.
+    ///
+    /// ```
+    /// use flowrun_dask::ClusterKwargs;
+    /// let kwargs = ClusterKwargs::new().dashboard_address(":0");
+    /// assert_eq!(kwargs.dashboard_socket_address().unwrap().unwrap().to_string(), "127.0.0.1:0");
+    /// ```
+    pub fn dashboard_address(mut self, address: impl Into<String>) -> Self {
+        self.dashboard_address = Some(Some(address.into()));
+        self
+    }
+
+    /// No dashboard for this cluster (Dask's `dashboard_address=None`).
+    ///
+    /// ```
+    /// let kwargs = flowrun_dask::ClusterKwargs::new().no_dashboard();
+    /// assert_eq!(kwargs.dashboard_socket_address().unwrap(), None);
+    /// ```
+    pub fn no_dashboard(mut self) -> Self {
+        self.dashboard_address = Some(None);
+        self
+    }
+
+    /// The address the dashboard binds, or `None` without a dashboard.
+    pub fn dashboard_socket_address(&self) -> Result<Option<SocketAddr>, SettingsError> {
+        match &self.dashboard_address {
+            None => Ok(Some(SocketAddr::from((
+                [127, 0, 0, 1],
+                DEFAULT_DASHBOARD_PORT,
+            )))),
+            Some(None) => Ok(None),
+            Some(Some(text)) => parse_dashboard_address(text)
+                .map(Some)
+                .map_err(|e| SettingsError::new("cluster_kwargs.dashboard_address", e)),
+        }
+    }
+
+    /// Whether the dashboard address was set (a taken port is then worth
+    /// a warning rather than a note).
+    pub(crate) fn dashboard_address_is_set(&self) -> bool {
+        self.dashboard_address.is_some()
     }
 
     /// Any other keyword argument, for Python cluster classes. `LocalCluster`
@@ -305,6 +356,7 @@ impl ClusterKwargs {
     /// Checks every setting `LocalCluster` uses, and refuses others.
     pub fn validate_local(&self) -> Result<(), SettingsError> {
         self.shape()?;
+        self.dashboard_socket_address()?;
         self.worker_resources()?;
         self.memory_limit_bytes(1)?;
         if let Some(key) = self.extra.keys().next() {
@@ -323,6 +375,36 @@ impl ClusterKwargs {
         }
         Ok(())
     }
+}
+
+/// Dask's dashboard port.
+const DEFAULT_DASHBOARD_PORT: u16 = 8787;
+
+/// `host:port`, `:port`, `port` or `localhost:port`; no host means loopback.
+fn parse_dashboard_address(text: &str) -> Result<SocketAddr, String> {
+    let t = text.trim();
+    let loopback = |port: &str| -> Result<SocketAddr, String> {
+        let port: u16 = if port.is_empty() {
+            0
+        } else {
+            port.parse().map_err(|_| format!("not a port: {port:?}"))?
+        };
+        Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+    };
+    if let Some(port) = t.strip_prefix(':') {
+        return loopback(port);
+    }
+    if t.is_empty() || t.bytes().all(|b| b.is_ascii_digit()) {
+        return loopback(t);
+    }
+    if let Some(port) = t.strip_prefix("localhost:") {
+        return loopback(port);
+    }
+    t.parse().map_err(|_| {
+        format!(
+            "not an address: {text:?} (use \"127.0.0.1:8787\", \":8787\", \":0\" for a free port, or no_dashboard())"
+        )
+    })
 }
 
 /// Dask's choice for `n` cores: up to 4, one single-threaded worker per
@@ -519,5 +601,32 @@ impl ClientKwargs {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dashboard_addresses_default_to_loopback() {
+        let addr = |text: &str| parse_dashboard_address(text).map(|a| a.to_string());
+        assert_eq!(addr(":8787").unwrap(), "127.0.0.1:8787");
+        assert_eq!(addr("8787").unwrap(), "127.0.0.1:8787");
+        assert_eq!(addr(":0").unwrap(), "127.0.0.1:0");
+        assert_eq!(addr("localhost:9000").unwrap(), "127.0.0.1:9000");
+        assert_eq!(addr("0.0.0.0:8787").unwrap(), "0.0.0.0:8787");
+        assert_eq!(addr("[::1]:8787").unwrap(), "[::1]:8787");
+        assert!(addr("dashboard.example:80").is_err());
+        assert!(addr(":99999").is_err());
+        let error = ClusterKwargs::new()
+            .dashboard_address("nowhere")
+            .validate_local()
+            .unwrap_err();
+        assert_eq!(error.setting(), "cluster_kwargs.dashboard_address");
+        assert_eq!(
+            ClusterKwargs::new().dashboard_socket_address().unwrap(),
+            Some(SocketAddr::from(([127, 0, 0, 1], 8787)))
+        );
     }
 }

@@ -80,6 +80,10 @@ pub(crate) fn python_kwargs(kwargs: &ClusterKwargs) -> Result<Map<String, Value>
     if let Some(limit) = &kwargs.memory_limit {
         out.insert("memory_limit".into(), json!(limit));
     }
+    if let Some(address) = &kwargs.dashboard_address {
+        // The class's own dashboard; `no_dashboard()` is Dask's `None`.
+        out.insert("dashboard_address".into(), json!(address));
+    }
     for (key, value) in &kwargs.extra {
         out.insert(key.clone(), value.clone());
     }
@@ -338,7 +342,7 @@ mod tests {
             .processes(true)
             .resources_spec("GPU=1")
             .memory_limit("2GB")
-            .set("dashboard_address", Value::Null)
+            .no_dashboard()
             .allowed_failures(1);
         let out = python_kwargs(&kwargs).unwrap();
         assert_eq!(
@@ -350,6 +354,8 @@ mod tests {
             Value::Object(dask_config(&kwargs)),
             json!({"distributed.scheduler.allowed-failures": 1})
         );
+        let dashboard = python_kwargs(&ClusterKwargs::new().dashboard_address(":0")).unwrap();
+        assert_eq!(Value::Object(dashboard), json!({"dashboard_address": ":0"}));
         assert!(python_kwargs(&ClusterKwargs::new().threads_per_worker(0)).is_err());
         assert!(python_kwargs(&ClusterKwargs::new().worker_program("/bin/x")).is_err());
         assert_eq!(

@@ -1,0 +1,280 @@
+//! What the dashboard shows, collected from the cluster and the flow run:
+//! polled by a thread while someone watches, serialized once per poll.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use flowrun_core::progress::{TaskCounts, TaskRunTally};
+use flowrun_core::Resources;
+use serde_json::{json, Value};
+
+use crate::cluster::Cluster;
+use crate::local::{ClusterStatus, TaskStreamEntry};
+
+/// How many task stream bars the dashboard keeps and sends to a new page.
+const KEPT_BARS: usize = 20_000;
+/// How many bars a page gets when it connects (it draws the latest).
+pub(super) const BACKLOG: u64 = 5_000;
+
+/// What a dashboard watches.
+pub(crate) struct Source {
+    pub cluster: Arc<dyn Cluster>,
+    pub tally: Arc<TaskRunTally>,
+    pub flow_run_name: String,
+    pub flow_name: String,
+    pub description: String,
+    pub started: SystemTime,
+}
+
+/// The dashboard's view of the cluster, refreshed by [`Model::poll`].
+pub(crate) struct Model {
+    pub source: Arc<Source>,
+    /// Pages following the event stream; polls happen only while there are some.
+    pub viewers: AtomicUsize,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    /// JSON of the bars, in the order they ended.
+    bars: VecDeque<Arc<str>>,
+    /// Task stream position of `bars[0]`.
+    first: u64,
+    /// The next task stream position to ask the cluster for.
+    next: u64,
+    /// JSON of everything but the bars.
+    status: Arc<str>,
+    polled: Option<Instant>,
+    ended: bool,
+}
+
+/// One message for a page: the state and the bars after its position.
+pub(crate) struct Message {
+    pub json: String,
+    pub next: u64,
+    pub ended: bool,
+}
+
+impl Model {
+    pub(crate) fn new(source: Arc<Source>) -> Model {
+        Model {
+            source,
+            viewers: AtomicUsize::new(0),
+            inner: Mutex::new(Inner {
+                bars: VecDeque::new(),
+                first: 0,
+                next: 0,
+                status: Arc::from("{}"),
+                polled: None,
+                ended: false,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks the cluster for its status and new bars. Off the scheduler's
+    /// hot path: two messages to it per poll, and only while someone watches.
+    pub(crate) fn poll(&self) {
+        let since = self.lock().next;
+        let stream = self.source.cluster.task_stream(since);
+        let status = self.source.cluster.status();
+        let mut inner = self.lock();
+        if let Some(stream) = stream {
+            for entry in &stream.entries {
+                inner.bars.push_back(Arc::from(bar_json(entry).to_string()));
+            }
+            while inner.bars.len() > KEPT_BARS {
+                inner.bars.pop_front();
+            }
+            inner.first = stream.next - inner.bars.len() as u64;
+            inner.next = stream.next;
+        }
+        let ended = inner.ended;
+        let mut state = state_json(&self.source, status.as_ref(), ended, SystemTime::now());
+        if let Value::Object(map) = &mut state {
+            map.insert(
+                "viewers".into(),
+                json!(self.viewers.load(Ordering::Acquire)),
+            );
+        }
+        inner.status = Arc::from(state.to_string());
+        inner.polled = Some(Instant::now());
+    }
+
+    /// Polls unless a poll is younger than `fresh`.
+    pub(crate) fn poll_unless_fresh(&self, fresh: Duration) {
+        let stale = self.lock().polled.is_none_or(|t| t.elapsed() > fresh);
+        if stale {
+            self.poll();
+        }
+    }
+
+    /// Marks the flow run ended and, for the pages still open, takes a
+    /// last look (nobody watching: nothing to fetch).
+    pub(crate) fn end(&self) {
+        self.lock().ended = true;
+        if self.viewers.load(Ordering::Acquire) > 0 {
+            self.poll();
+        }
+    }
+
+    /// Whether the flow run ended.
+    pub(crate) fn ended(&self) -> bool {
+        self.lock().ended
+    }
+
+    /// The state, and the bars after position `since` (at most the latest
+    /// [`BACKLOG`]).
+    pub(crate) fn message(&self, since: u64) -> Message {
+        let inner = self.lock();
+        let end = inner.first + inner.bars.len() as u64;
+        let from = since
+            .max(inner.first)
+            .max(end.saturating_sub(BACKLOG))
+            .min(end);
+        let mut json = String::with_capacity(inner.status.len() + 64);
+        json.push_str("{\"state\":");
+        json.push_str(&inner.status);
+        json.push_str(&format!(
+            ",\"stream\":{{\"from\":{from},\"next\":{end},\"entries\":["
+        ));
+        for (i, bar) in inner
+            .bars
+            .iter()
+            .skip((from - inner.first) as usize)
+            .enumerate()
+        {
+            if i > 0 {
+                json.push(',');
+            }
+            json.push_str(bar);
+        }
+        json.push_str("]}}");
+        Message {
+            json,
+            next: end,
+            ended: inner.ended,
+        }
+    }
+}
+
+pub(crate) fn micros(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+pub(crate) fn bar_json(e: &TaskStreamEntry) -> Value {
+    json!({
+        "run": e.run,
+        "task": e.task,
+        "worker": e.worker,
+        "thread": e.thread,
+        "start": e.start_us,
+        "end": e.end_us,
+        "outcome": e.outcome,
+    })
+}
+
+fn resources_json(r: &Resources) -> Value {
+    Value::Object(r.iter().map(|(k, v)| (k.to_owned(), json!(v))).collect())
+}
+
+pub(crate) fn progress_json(counts: &[TaskCounts]) -> Value {
+    Value::Array(
+        counts
+            .iter()
+            .map(|c| {
+                json!({
+                    "task": c.task,
+                    "pending": c.pending,
+                    "running": c.running,
+                    "awaiting_retry": c.awaiting_retry,
+                    "completed": c.completed,
+                    "failed": c.failed,
+                    "crashed": c.crashed,
+                    "cancelled": c.cancelled,
+                    "total": c.total(),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Everything a page shows but the bars.
+pub(crate) fn state_json(
+    source: &Source,
+    status: Option<&ClusterStatus>,
+    ended: bool,
+    now: SystemTime,
+) -> Value {
+    let running: Vec<Value> = source
+        .tally
+        .running()
+        .into_iter()
+        .map(|r| {
+            json!({
+                "run": r.run.name(),
+                "task": r.run.task_name(),
+                "worker": r.run.location().map(|l| l.to_string()),
+                "start": micros(r.since),
+            })
+        })
+        .collect();
+    let mut state = json!({
+        "flow": {
+            "run": source.flow_run_name,
+            "name": source.flow_name,
+            "cluster": source.description,
+            "started": micros(source.started),
+            "now": micros(now),
+            "ended": ended,
+        },
+        "progress": progress_json(&source.tally.counts()),
+        "running": running,
+    });
+    if let Some(s) = status {
+        let workers: Vec<Value> = s
+            .workers
+            .iter()
+            .map(|w| {
+                json!({
+                    "name": w.name,
+                    "pid": w.pid,
+                    "state": w.state,
+                    "nthreads": w.nthreads,
+                    "busy": w.running.len(),
+                    "running": w.running,
+                    "queued": w.queued,
+                    "resources": resources_json(&w.resources),
+                    "free_resources": resources_json(&w.free_resources),
+                })
+            })
+            .collect();
+        let waiting: Vec<Value> = s
+            .waiting
+            .iter()
+            .map(|w| json!({"run": w.run, "reason": w.reason}))
+            .collect();
+        let counts: Vec<Value> = s
+            .worker_count_history
+            .iter()
+            .map(|(t, n)| json!([micros(*t), n]))
+            .collect();
+        let extra = json!({
+            "workers": workers,
+            "waiting": waiting,
+            "worker_counts": counts,
+            "queued": s.queued,
+            "deaths": s.deaths,
+            "finished": s.finished,
+        });
+        if let (Value::Object(state), Value::Object(extra)) = (&mut state, extra) {
+            state.extend(extra);
+        }
+    }
+    state
+}
