@@ -647,6 +647,59 @@ fn a_task_on_a_killed_worker_is_rerun_elsewhere() {
 }
 
 // ---------------------------------------------------------------------------
+// get_dask_client(): from the flow and from inside a task, the same cluster.
+
+#[task]
+fn square_where(x: u64) -> (u64, u32) {
+    (x * x, std::os::unix::process::parent_id())
+}
+
+#[task]
+fn sum_of_squares(n: u64) -> (u64, Vec<u32>) {
+    let client = flowrun_dask::get_dask_client().expect("a client inside the task");
+    let futures = client.map(&square_where, (1..=n).map(|i| (i,)));
+    let results = client.gather(futures).expect("the inner tasks");
+    (
+        results.iter().map(|(v, _)| v).sum(),
+        results.iter().map(|(_, pid)| *pid).collect(),
+    )
+}
+
+#[flow(task_runner = DaskTaskRunner::new())]
+fn nested(n: u64) -> ((u64, Vec<u32>), (u64, Vec<u32>)) {
+    let inside = sum_of_squares.submit(n).result().unwrap();
+    let client = flowrun_dask::get_dask_client().expect("a client in the flow");
+    let results = client
+        .gather(client.map(&square_where, (1..=n).map(|i| (i,))))
+        .unwrap();
+    let from_flow = (
+        results.iter().map(|(v, _)| v).sum(),
+        results.iter().map(|(_, pid)| *pid).collect(),
+    );
+    (inside, from_flow)
+}
+
+#[test]
+fn get_dask_client_submits_to_the_same_real_cluster() {
+    let _t = begin("get_dask_client_submits_to_the_same_real_cluster");
+    // One thread: the task that waits for its own submissions must hand
+    // its thread to them, or this never ends.
+    let cluster = Cluster::start(&[WorkerSpec::threads(1)]);
+    let worker = cluster.worker_pids()[0];
+    let ((inside, inside_pids), (from_flow, flow_pids)) = nested
+        .with_runner(runner(&cluster))
+        .call(5)
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert_eq!(inside, 55);
+    assert_eq!(from_flow, 55);
+    assert!(
+        inside_pids.iter().chain(&flow_pids).all(|p| *p == worker),
+        "every task ran on the Dask worker {worker}: {inside_pids:?} {flow_pids:?}"
+    );
+    no_task_mode_left();
+}
+
+// ---------------------------------------------------------------------------
 // cluster_class = "distributed.LocalCluster", scaled by adapt from zero.
 
 #[task]

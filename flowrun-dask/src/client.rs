@@ -7,6 +7,9 @@
 //!   waiting), its worker slot is free for other tasks, so even a
 //!   one-thread worker cannot deadlock on work it submitted. The task
 //!   finishes only after the runs it submitted are final.
+//! - In a task on a real Dask cluster (`DaskTaskRunner::address`, or a
+//!   Python cluster class): a client of that cluster's scheduler. The task
+//!   secedes from its worker thread first, like Dask's `worker_client`.
 //! - Outside any flow: a temporary cluster started by the client (see
 //!   [`Client::start`]), closed when the client is dropped.
 //!
@@ -73,6 +76,18 @@ pub struct Client {
 pub fn get_dask_client() -> Result<Client, ClientError> {
     if let Some(scope) = forward::task_scope() {
         return Ok(Client::new(Place::Worker(scope)));
+    }
+    if let Some(task) = crate::remote::dask_task() {
+        // A task on a real Dask worker: a client of the worker's scheduler.
+        // The task waits for what it submits, so its worker thread goes to
+        // other tasks meanwhile, as with Dask's `worker_client`.
+        let address = task.scheduler().ok_or_else(|| {
+            ClientError(
+                "this task runs in task mode without a Dask worker that names its scheduler".into(),
+            )
+        })?;
+        task.secede();
+        return Client::start(DaskTaskRunner::new().address(address));
     }
     if let Some(flow) = flowrun_core::current_flow_handle() {
         if crate::cluster::current_cluster().is_none() {

@@ -20,6 +20,13 @@ use serde::{Deserialize, Serialize};
 /// The environment variable that starts a program in task mode.
 pub(crate) const TASK_ENV: &str = "FLOWRUN_DASK_TASK";
 
+/// Where the Python runner tells a task-mode process its scheduler's address.
+pub(crate) const SCHEDULER_ENV: &str = "FLOWRUN_DASK_SCHEDULER";
+
+/// The fd of the pipe on which a task-mode process asks its worker to
+/// secede (see `task_mode::DaskTask::secede`).
+pub(crate) const CONTROL_ENV: &str = "FLOWRUN_DASK_CONTROL_FD";
+
 /// Starts every result a task-mode process writes.
 pub(crate) const RESULT_MAGIC: &[u8] = b"\x7fflowrun-result-1\x00";
 

@@ -23,6 +23,7 @@ mod session;
 mod task_mode;
 
 pub(crate) use program::worker_command;
+pub(crate) use task_mode::dask_task;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -99,6 +100,8 @@ fn python_runner() -> Arc<PythonRunner> {
                 params: [
                     ("topic", TOPIC.to_owned()),
                     ("env", format::TASK_ENV.to_owned()),
+                    ("scheduler_env", format::SCHEDULER_ENV.to_owned()),
+                    ("control_env", format::CONTROL_ENV.to_owned()),
                     (
                         "magic",
                         format::RESULT_MAGIC

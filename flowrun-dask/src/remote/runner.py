@@ -7,6 +7,9 @@ replaced by their values) and params from the flow:
   topic  the event topic the flow listens on
   env    the environment variable that starts the program in task mode
   magic  the bytes (latin-1) that start a task-mode result
+  scheduler_env, control_env
+         the environment variables that tell the task its scheduler's
+         address and the fd of the pipe on which it asks to secede
   quiet  seconds a task may run before it reports that it started
 
 Events cost the scheduler about as much as a small task, so a task only
@@ -17,6 +20,8 @@ started when they finish), and its output only if it printed something.
 import heapq
 import itertools
 import os
+import select
+import selectors
 import subprocess
 import threading
 import time
@@ -97,31 +102,98 @@ def _tail(data):
     return data if len(data) <= LIMIT else b"...\n" + data[-LIMIT:]
 
 
+def _exchange(proc, data, control, on_secede):
+    """Writes stdin, reads stdout and stderr, and watches the control pipe,
+    all from this thread: secede() must be called from the task's own
+    thread. Writes go in PIPE_BUF pieces, as subprocess.communicate does."""
+    sel = selectors.DefaultSelector()
+    out, err = [], []
+    view, pos = memoryview(data), 0
+    if data:
+        sel.register(proc.stdin, selectors.EVENT_WRITE)
+    else:
+        proc.stdin.close()
+    sel.register(proc.stdout, selectors.EVENT_READ, out)
+    sel.register(proc.stderr, selectors.EVENT_READ, err)
+    sel.register(control, selectors.EVENT_READ, None)
+    while sel.get_map():
+        for key, _ in sel.select():
+            if key.fileobj is proc.stdin:
+                try:
+                    pos += os.write(key.fd, view[pos : pos + select.PIPE_BUF])
+                except BrokenPipeError:
+                    pos = len(data)
+                if pos >= len(data):
+                    sel.unregister(proc.stdin)
+                    proc.stdin.close()
+                continue
+            chunk = os.read(key.fd, 1 << 16)
+            if not chunk:
+                sel.unregister(key.fileobj)
+                key.fileobj.close()
+            elif key.data is None:
+                on_secede()
+            else:
+                key.data.append(chunk)
+    sel.close()
+    proc.wait()
+    return b"".join(out), b"".join(err)
+
+
 def run(key, argv, stdin, env, params):
     topic = params["topic"]
     worker = _worker()
     data = b"".join(len(part).to_bytes(8, "little") + part for part in stdin)
     env = dict(os.environ if env is None else env)
     env[params["env"]] = "1"
+    if worker is not None:
+        env[params["scheduler_env"]] = worker.scheduler.address
+    # The task asks on this pipe to give its thread back while it waits for
+    # tasks it submitted itself (get_dask_client in the task).
+    control_r, control_w = os.pipe()
+    env[params["control_env"]] = str(control_w)
+    seceded = []
+
+    def on_secede():
+        if worker is not None and not seceded:
+            from distributed import secede
+
+            secede()
+            seceded.append(True)
+
     watch = _starts.watch(
         float(params["quiet"]), lambda: _publish(worker, topic, {"k": key, "s": 1})
     )
     try:
-        proc = subprocess.run(
-            argv, input=data, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
-        )
-    except OSError as e:
-        raise RuntimeError(
-            "cannot start the task program %s on this worker: %s"
-            % (os.fsdecode(argv[0]), e.strerror or e)
-        ) from None
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                pass_fds=(control_w,),
+            )
+        except OSError as e:
+            os.close(control_r)
+            raise RuntimeError(
+                "cannot start the task program %s on this worker: %s"
+                % (os.fsdecode(argv[0]), e.strerror or e)
+            ) from None
+        finally:
+            os.close(control_w)
+        with proc, open(control_r, "rb", buffering=0) as control:
+            stdout, stderr = _exchange(proc, data, control, on_secede)
     finally:
         _starts.done(watch)
-    err = _tail(proc.stderr)
+        if seceded:
+            from distributed import rejoin
+
+            rejoin()
+    err = _tail(stderr)
     if err:
         _publish(worker, topic, {"k": key, "o": err})
-    out = proc.stdout
-    start = out.find(params["magic"].encode("latin-1"))
+    start = stdout.find(params["magic"].encode("latin-1"))
     if proc.returncode == 0 and start >= 0:
-        return out[start:] if start else out
-    raise subprocess.CalledProcessError(proc.returncode, key, _tail(out), err)
+        return stdout[start:] if start else stdout
+    raise subprocess.CalledProcessError(proc.returncode, key, _tail(stdout), err)

@@ -14,7 +14,7 @@
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tracing::level_filters::LevelFilter;
 
@@ -43,12 +43,78 @@ fn dup(fd: RawFd) -> std::io::Result<File> {
     Ok(unsafe { File::from_raw_fd(new) })
 }
 
+/// What a task in task mode knows of the Dask cluster it runs on, for
+/// [`get_dask_client`](crate::get_dask_client).
+pub(crate) struct DaskTask {
+    /// The address of the worker's scheduler.
+    scheduler: Option<String>,
+    /// The Python runner's end of the control pipe, until the task secedes.
+    control: Mutex<Option<File>>,
+}
+
+static DASK_TASK: OnceLock<DaskTask> = OnceLock::new();
+
+/// The Dask task this process runs, when it is in task mode.
+pub(crate) fn dask_task() -> Option<&'static DaskTask> {
+    DASK_TASK.get()
+}
+
+impl DaskTask {
+    /// Takes what the Python runner passed in the environment, and removes
+    /// it: programs the task starts are not task-mode processes, and a
+    /// client the task makes must not divert this one again.
+    fn from_env() -> DaskTask {
+        let scheduler = std::env::var(format::SCHEDULER_ENV)
+            .ok()
+            .filter(|a| !a.is_empty());
+        let control = std::env::var(format::CONTROL_ENV)
+            .ok()
+            .and_then(|fd| fd.parse::<RawFd>().ok())
+            // SAFETY: F_SETFD on an fd number only changes that fd's flags
+            // (or fails if it is not open); it keeps the pipe away from
+            // programs the task starts.
+            .filter(|&fd| {
+                fd > 2 && unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == 0
+            })
+            // SAFETY: the runner passed this fd to this process only; it is
+            // owned by the File from here on.
+            .map(|fd| unsafe { File::from_raw_fd(fd) });
+        for name in [TASK_ENV, format::SCHEDULER_ENV, format::CONTROL_ENV] {
+            std::env::remove_var(name);
+        }
+        DaskTask {
+            scheduler,
+            control: Mutex::new(control),
+        }
+    }
+
+    /// The address of the scheduler of the worker running this task.
+    pub(crate) fn scheduler(&self) -> Option<&str> {
+        self.scheduler.as_deref()
+    }
+
+    /// Tells the worker that this task waits for other tasks, so that it
+    /// hands the task's thread to them (Dask's `secede`; the task rejoins
+    /// when it ends). Once; later calls do nothing.
+    pub(crate) fn secede(&self) {
+        let control = self
+            .control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(mut control) = control {
+            let _ = control.write_all(b"secede\n");
+        }
+    }
+}
+
 /// The entry point of a task-mode process.
 fn task_main() -> ! {
     // SAFETY: prctl with PR_SET_PDEATHSIG only sets a flag of this process.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
     }
+    let _ = DASK_TASK.set(DaskTask::from_env());
     let (mut result_out, mut report) = match (dup(1), dup(2)) {
         (Ok(out), Ok(err)) => (out, err),
         (Err(e), _) | (_, Err(e)) => {
