@@ -26,9 +26,10 @@ fn higher_priority_runs_first_and_equal_priorities_in_submission_order() {
             annotate()
                 .priority(-10)
                 .run(|| record.submit(path.clone(), format!("low{i}"), 0));
-            annotate()
-                .priority(10)
-                .run(|| record.submit(path.clone(), format!("high{i}"), 0));
+            // The block form of the same scope.
+            annotate!(priority = 10 => {
+                record.submit(path.clone(), format!("high{i}"), 0);
+            });
             record.submit(path.clone(), format!("mid{i}"), 0);
         }
         // An explicit per-call priority beats the scope around it.
@@ -62,6 +63,17 @@ fn annotation_scopes_nest_and_inner_keys_win() {
     drop(inner);
     assert_eq!(flowrun::annotations::current().priority, Some(1));
     drop(outer);
+    assert_eq!(flowrun::annotations::current(), Default::default());
+
+    // The block form nests the same way and ends with its block.
+    let seen = annotate!(priority = 1, resources = [("GPU", 2.0)] => {
+        annotate!(priority = 7 => { flowrun::annotations::current() })
+    });
+    assert_eq!(seen.priority, Some(7));
+    assert_eq!(
+        seen.resources.as_ref().and_then(|r| r.get("GPU")),
+        Some(2.0)
+    );
     assert_eq!(flowrun::annotations::current(), Default::default());
 }
 

@@ -59,3 +59,43 @@ impl Annotate {
         f()
     }
 }
+
+/// The block form of [`annotate()`], like Python's
+/// `with dask.annotate(priority=10, resources={"GPU": 1}):`. Settings
+/// (`priority = ..`, `resources = ..`, as the methods of [`Annotate`] take
+/// them) come before `=>`, then the block; every task submitted in the
+/// block carries them. The macro's value is the block's, and `?`, `return`
+/// and `break` in the block act on the code around it, as in any block.
+///
+/// ```
+/// use flowrun::{flow, task, TaskFuture};
+/// use flowrun_dask::annotate;
+///
+/// #[task]
+/// fn train(epochs: u32) -> u32 {
+///     epochs
+/// }
+///
+/// #[flow]
+/// fn pipeline() -> u32 {
+///     let model: TaskFuture<u32> = annotate!(priority = 10, resources = [("GPU", 1.0)] => {
+///         assert_eq!(flowrun::annotations::current().priority, Some(10));
+///         train.submit(3)
+///     });
+///     model.result().unwrap()
+/// }
+/// # fn main() { assert_eq!(pipeline().unwrap(), 3); }
+/// ```
+///
+/// A setting that does not exist is a compile error at its name:
+///
+/// ```compile_fail
+/// let _ = flowrun_dask::annotate!(gpus = 1 => { 1 });
+/// ```
+#[macro_export]
+macro_rules! annotate {
+    ($($setting:ident = $value:expr),+ $(,)? => $body:block) => {{
+        let _flowrun_annotation = $crate::annotate() $(.$setting($value))+ .enter();
+        $body
+    }};
+}
