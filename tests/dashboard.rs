@@ -15,29 +15,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use flowrun::logging::ConsoleLayer;
 use flowrun::{flow, task};
 use flowrun_dask::{annotate, current_cluster, AdaptKwargs, ClusterKwargs, DaskTaskRunner};
-use tracing_subscriber::prelude::*;
 
 // ---------------------------------------------------------------- helpers
 
 /// Every console line of this test process.
 fn logs() -> Arc<Mutex<Vec<String>>> {
-    static LINES: OnceLock<Arc<Mutex<Vec<String>>>> = OnceLock::new();
-    LINES
-        .get_or_init(|| {
-            let lines = Arc::new(Mutex::new(Vec::new()));
-            let sink = lines.clone();
-            tracing_subscriber::registry()
-                .with(
-                    ConsoleLayer::new(false)
-                        .with_sink(move |l| sink.lock().unwrap().push(l.to_owned())),
-                )
-                .init();
-            lines
-        })
-        .clone()
+    common::console_lines()
 }
 
 fn logged(needle: &str) -> Vec<String> {

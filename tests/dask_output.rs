@@ -1,28 +1,15 @@
 //! What tasks print and log in worker processes reaches the flow's console
 //! and logger, attributed to the task run.
 
-use std::sync::{Arc, Mutex, OnceLock};
+mod common;
 
-use flowrun::logging::ConsoleLayer;
+use std::sync::{Arc, Mutex};
+
 use flowrun::{flow, get_run_logger, task};
 use flowrun_dask::{ClusterKwargs, DaskTaskRunner};
-use tracing_subscriber::prelude::*;
 
 fn lines() -> Arc<Mutex<Vec<String>>> {
-    static LINES: OnceLock<Arc<Mutex<Vec<String>>>> = OnceLock::new();
-    LINES
-        .get_or_init(|| {
-            let lines = Arc::new(Mutex::new(Vec::new()));
-            let sink = lines.clone();
-            tracing_subscriber::registry()
-                .with(
-                    ConsoleLayer::new(false)
-                        .with_sink(move |l| sink.lock().unwrap().push(l.to_owned())),
-                )
-                .init();
-            lines
-        })
-        .clone()
+    common::console_lines()
 }
 
 #[task]

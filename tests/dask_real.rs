@@ -11,6 +11,7 @@
 //! diverts such a process into task mode before the test starts a cluster
 //! of its own: the `if __name__ == "__main__"` of a flowrun program.
 
+mod common;
 #[path = "../flowrun-dask/tests/support/mod.rs"]
 mod support;
 
@@ -18,10 +19,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use flowrun::logging::ConsoleLayer;
 use flowrun::{flow, task, FlowErrorKind, StateKind, TaskErrorKind};
 use flowrun_dask::protocol::DaskClient;
 use flowrun_dask::{
@@ -29,7 +29,6 @@ use flowrun_dask::{
     WaitingTask,
 };
 use support::{pid_alive, Cluster, WorkerSpec};
-use tracing_subscriber::prelude::*;
 
 /// The longest a test may take before it is declared hung.
 const HANG: Duration = Duration::from_secs(300);
@@ -70,20 +69,7 @@ impl Drop for HangGuard {
 
 /// Every console line of the flows, as flowrun formats them.
 fn console() -> Arc<Mutex<Vec<String>>> {
-    static LINES: OnceLock<Arc<Mutex<Vec<String>>>> = OnceLock::new();
-    LINES
-        .get_or_init(|| {
-            let lines = Arc::new(Mutex::new(Vec::new()));
-            let sink = lines.clone();
-            tracing_subscriber::registry()
-                .with(ConsoleLayer::new(false).with_sink(move |l| {
-                    eprint!("{l}");
-                    sink.lock().unwrap().push(l.to_owned());
-                }))
-                .init();
-            lines
-        })
-        .clone()
+    common::console_lines()
 }
 
 fn console_has(text: &str) -> bool {

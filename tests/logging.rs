@@ -1,27 +1,14 @@
 //! Logging: console lines in Prefect's format, with the run name attached
 //! to everything a task or flow logs.
 
-use std::sync::{Arc, Mutex, OnceLock};
+mod common;
 
-use flowrun::logging::ConsoleLayer;
+use std::sync::{Arc, Mutex};
+
 use flowrun::{flow, get_run_logger, task};
-use tracing_subscriber::prelude::*;
 
 fn lines() -> Arc<Mutex<Vec<String>>> {
-    static LINES: OnceLock<Arc<Mutex<Vec<String>>>> = OnceLock::new();
-    LINES
-        .get_or_init(|| {
-            let lines = Arc::new(Mutex::new(Vec::new()));
-            let sink = lines.clone();
-            tracing_subscriber::registry()
-                .with(
-                    ConsoleLayer::new(false)
-                        .with_sink(move |l| sink.lock().unwrap().push(l.to_owned())),
-                )
-                .init();
-            lines
-        })
-        .clone()
+    common::console_lines()
 }
 
 fn captured_for(run_name: &str) -> Vec<String> {

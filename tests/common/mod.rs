@@ -59,3 +59,24 @@ pub fn lines(path: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// Every console line flowrun writes in this test process, in order, as
+/// its console layer formats them (installed on first use).
+pub fn console_lines() -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    use tracing_subscriber::prelude::*;
+    static LINES: OnceLock<Arc<Mutex<Vec<String>>>> = OnceLock::new();
+    LINES
+        .get_or_init(|| {
+            let lines = Arc::new(Mutex::new(Vec::new()));
+            let sink = lines.clone();
+            tracing_subscriber::registry()
+                .with(
+                    flowrun::logging::ConsoleLayer::new(false)
+                        .with_sink(move |l| sink.lock().unwrap().push(l.to_owned())),
+                )
+                .init();
+            lines
+        })
+        .clone()
+}

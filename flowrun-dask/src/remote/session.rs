@@ -542,6 +542,11 @@ impl Session {
     /// The connection is gone: nothing submitted will report anymore.
     fn lose(&mut self, why: String) {
         self.lost = Some(why.clone());
+        self.fail_submitted(TaskError::new(TaskErrorKind::Crashed, why));
+    }
+
+    /// Ends every attempt still waiting for the scheduler with `error`.
+    fn fail_submitted(&mut self, error: TaskError) {
         let pending: Vec<String> = self
             .entries
             .iter()
@@ -549,23 +554,15 @@ impl Session {
             .map(|(k, _)| k.clone())
             .collect();
         for key in pending {
-            self.fail(&key, TaskError::new(TaskErrorKind::Crashed, why.clone()));
+            self.fail(&key, error.clone());
         }
     }
 
     async fn close(&mut self) {
-        let pending: Vec<String> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| matches!(e.status, Status::Submitted))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in pending {
-            self.fail(
-                &key,
-                TaskError::new(TaskErrorKind::Cancelled, "the flow run ended"),
-            );
-        }
+        self.fail_submitted(TaskError::new(
+            TaskErrorKind::Cancelled,
+            "the flow run ended",
+        ));
         if let Err(e) = self.client.close().await {
             tracing::debug!(target: "flowrun_dask", "closing the Dask client: {e}");
         }
