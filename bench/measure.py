@@ -34,7 +34,9 @@ TIME_BIN = "/usr/bin/time"
 LEFTOVER_GRACE_S = 3.0
 
 BENCH_RE = re.compile(r"^BENCH (\{.*\})\s*$")
-SHOUT_RE = re.compile(r"#(\d+)")
+# A `#n` line may run into the next log line's timestamp when two processes
+# write at once ("#023:15:42.119 | INFO ..."): the number stops before it.
+SHOUT_RE = re.compile(r"#(\d+?)(?=\d\d:\d\d:\d\d|\D|$)")
 
 
 def _key(p):
