@@ -748,6 +748,32 @@ fn a_python_cluster_class_is_started_adapted_and_closed() {
 }
 
 #[flow(task_runner = DaskTaskRunner::new())]
+fn naps(n: u64) -> u64 {
+    let futures: Vec<_> = (0..n).map(|i| nap.submit(10 * i)).collect();
+    flowrun::results(futures).unwrap().iter().sum()
+}
+
+#[test]
+fn a_performance_report_is_written_for_a_real_cluster() {
+    let _t = begin("a_performance_report_is_written_for_a_real_cluster");
+    let cluster = Cluster::start(&[WorkerSpec::threads(2)]);
+    let path = cluster.dir().join("report.html");
+    let total = naps
+        .with_runner(runner(&cluster).performance_report_path(&path))
+        .call(4)
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert_eq!(total, 60);
+    let html = std::fs::read_to_string(&path).expect("the report was written");
+    for run in ["nap-0", "nap-3"] {
+        assert!(html.contains(run), "{run} is in the report's task stream");
+    }
+    assert!(
+        !html.contains("<script src") && !html.contains("<link "),
+        "the report is one file: no external scripts or styles"
+    );
+}
+
+#[flow(task_runner = DaskTaskRunner::new())]
 fn trivial() -> u64 {
     nap.submit(1).result().unwrap()
 }
