@@ -930,4 +930,26 @@ fn a_task_program_of_another_build_is_refused() {
         message.contains("cannot start the task program /nonexistent/flow-program"),
         "{message}"
     );
+
+    // A program that is not a flowrun program, and leaves a process behind
+    // that holds its output pipes: the task ends when the program does.
+    let script = cluster.dir().join("not-flowrun.sh");
+    std::fs::write(&script, "#!/bin/sh\nsleep 60 &\necho hello\nexit 0\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let started = Instant::now();
+    let (kind, message) = refused
+        .with_runner(runner(&cluster).task_program(&script))
+        .call()
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "waited for the leftover process: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(kind, TaskErrorKind::Runner, "{message}");
+    assert!(
+        message.contains("exited without a flowrun result"),
+        "{message}"
+    );
 }

@@ -574,9 +574,14 @@ impl DaskClient {
             done,
         };
         let sent = match self.queue.send(bye) {
-            Ok(()) => ack
-                .await
-                .unwrap_or_else(|_| Err("the stream writer stopped".into())),
+            // A scheduler that stopped reading must not hold the close up.
+            Ok(()) => match tokio::time::timeout(CLOSE_TIMEOUT, ack).await {
+                Ok(answer) => answer.unwrap_or_else(|_| Err("the stream writer stopped".into())),
+                Err(_) => Err(format!(
+                    "the scheduler did not take the close within {}s",
+                    CLOSE_TIMEOUT.as_secs()
+                )),
+            },
             Err(_) => Err("the stream writer stopped".into()),
         };
         // The scheduler answers close-stream by closing the socket; the

@@ -65,6 +65,7 @@ impl Connection {
         stream
             .set_nodelay(true)
             .map_err(|e| ProtocolError::connect(address, e))?;
+        detect_dead_peers(&stream).map_err(|e| ProtocolError::connect(address, e))?;
         let (read, write) = stream.into_split();
         let mut conn = Connection {
             reader: BufReader::with_capacity(64 * 1024, read),
@@ -136,6 +137,30 @@ impl Connection {
         let bye = msg::map(vec![("op", "close".into()), ("reply", false.into())]);
         let _ = self.send(OutMessage::new(bye), false).await;
     }
+}
+
+/// How long a connection may stay silent before the kernel starts probing
+/// it, and how long unanswered probes or unacknowledged data take to end
+/// it. A scheduler that vanishes without closing (its host crashed, a
+/// firewall dropped the idle flow) then ends the connection within about a
+/// minute, and everything waiting on it fails instead of hanging; Dask's
+/// own clients get the same from their heartbeats.
+const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+const KEEPALIVE_PROBES: u32 = 3;
+const UNACKED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn detect_dead_peers(stream: &TcpStream) -> std::io::Result<()> {
+    let socket = socket2::SockRef::from(stream);
+    socket.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(KEEPALIVE_IDLE)
+            .with_interval(KEEPALIVE_INTERVAL)
+            .with_retries(KEEPALIVE_PROBES),
+    )?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    socket.set_tcp_user_timeout(Some(UNACKED_TIMEOUT))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -117,7 +117,18 @@ def _exchange(proc, data, control, on_secede):
     sel.register(proc.stderr, selectors.EVENT_READ, err)
     sel.register(control, selectors.EVENT_READ, None)
     while sel.get_map():
-        for key, _ in sel.select():
+        ready = sel.select(timeout=0.25)
+        if not ready and proc.poll() is not None:
+            # The task process has ended. What it wrote before it ended is
+            # in the pipes now: read that, but do not wait for the end of
+            # the pipes, which a process it left behind may hold open.
+            ready = sel.select(timeout=0)
+            if not ready:
+                for key in list(sel.get_map().values()):
+                    sel.unregister(key.fileobj)
+                    key.fileobj.close()
+                break
+        for key, _ in ready:
             if key.fileobj is proc.stdin:
                 try:
                     pos += os.write(key.fd, view[pos : pos + select.PIPE_BUF])
@@ -174,8 +185,10 @@ def run(key, argv, stdin, env, params):
                 env=env,
                 pass_fds=(control_w,),
             )
-        except OSError as e:
+        except BaseException as e:
             os.close(control_r)
+            if not isinstance(e, OSError):
+                raise
             raise RuntimeError(
                 "cannot start the task program %s on this worker: %s"
                 % (os.fsdecode(argv[0]), e.strerror or e)

@@ -147,6 +147,7 @@ impl Session {
                     }
                     if let Some(done) = session.commands(batch).await {
                         session.close().await;
+                        refuse_queued(&mut inbox);
                         let _ = done.send(());
                         return;
                     }
@@ -158,6 +159,7 @@ impl Session {
             }
         }
         session.close().await;
+        refuse_queued(&mut inbox);
     }
 
     /// Submits a batch of attempts in one go; returns the closer's answer
@@ -569,6 +571,24 @@ impl Session {
     }
 }
 
+/// Ends what is still queued for a session that has closed: attempts
+/// submitted while it closed are cancelled, never left unresolved.
+fn refuse_queued(inbox: &mut mpsc::UnboundedReceiver<Command>) {
+    inbox.close();
+    while let Ok(command) = inbox.try_recv() {
+        match command {
+            Command::Submit(attempt) => attempt.job.finish(Err(TaskError::new(
+                TaskErrorKind::Cancelled,
+                "the flow run's session with the Dask scheduler closed before it was submitted",
+            ))),
+            Command::Close(done) => {
+                let _ = done.send(());
+            }
+            Command::Status(_) => {}
+        }
+    }
+}
+
 fn upstream_failed(upstream: &str, error: &TaskError) -> TaskError {
     TaskError::new(
         TaskErrorKind::UpstreamFailed {
@@ -659,7 +679,9 @@ fn fetch(client: &Arc<DaskClient>, key: &str) -> Result<Bytes, TaskError> {
                 Err(ProtocolError::NotInMemory { .. }) if Instant::now() < deadline => {
                     let status = client.task_status(std::slice::from_ref(&key)).await?;
                     match status.get(&key).cloned().flatten().as_deref() {
-                        Some("memory") => {}
+                        // In memory again soon (a worker was lost and
+                        // the key is being moved): ask again after a pause.
+                        Some("memory") => tokio::time::sleep(Duration::from_millis(50)).await,
                         Some("erred") | None => {
                             return Err(ProtocolError::NotInMemory { keys: vec![key] })
                         }
