@@ -62,6 +62,27 @@ struct Inner {
 }
 
 impl TaskError {
+    /// The failure of a run that did not start because its upstream run
+    /// `upstream` ended with `cause`: what every runner reports then.
+    ///
+    /// ```
+    /// use flowrun_core::{TaskError, TaskErrorKind};
+    /// let cause = TaskError::new(TaskErrorKind::Error, "disk full");
+    /// let e = TaskError::upstream_failed("save-0", &cause);
+    /// assert_eq!(e.message(), "upstream task run 'save-0' did not complete: disk full");
+    /// ```
+    pub fn upstream_failed(upstream: &str, cause: &TaskError) -> TaskError {
+        TaskError::new(
+            TaskErrorKind::UpstreamFailed {
+                upstream: upstream.to_owned(),
+            },
+            format!(
+                "upstream task run '{upstream}' did not complete: {}",
+                cause.message()
+            ),
+        )
+    }
+
     /// A failure of `kind` with `message`.
     pub fn new(kind: TaskErrorKind, message: impl Into<String>) -> TaskError {
         TaskError {

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crate::error::{TaskError, TaskErrorKind};
+use crate::error::TaskError;
 use crate::future::TaskFuture;
 use crate::run::RunRef;
 
@@ -43,15 +43,7 @@ impl<A: Send + 'static> Input<A> {
 }
 
 pub(crate) fn upstream_failed(upstream: &str, error: &TaskError) -> TaskError {
-    TaskError::new(
-        TaskErrorKind::UpstreamFailed {
-            upstream: upstream.to_owned(),
-        },
-        format!(
-            "upstream task run '{upstream}' did not complete: {}",
-            error.message()
-        ),
-    )
+    TaskError::upstream_failed(upstream, error)
 }
 
 impl<A: Send + 'static> fmt::Debug for Input<A> {

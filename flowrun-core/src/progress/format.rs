@@ -176,16 +176,7 @@ pub(super) fn summary(tasks: &[TaskCounts]) -> Option<String> {
         .collect::<Vec<_>>()
         .join(", ")
     };
-    let mut all = TaskCounts::new("");
-    for t in tasks {
-        all.pending += t.pending;
-        all.running += t.running;
-        all.awaiting_retry += t.awaiting_retry;
-        all.completed += t.completed;
-        all.failed += t.failed;
-        all.crashed += t.crashed;
-        all.cancelled += t.cancelled;
-    }
+    let all = TaskCounts::sum(tasks);
     let mut line = format!("Task runs: {total} ({})", describe(&all));
     const SHOWN: usize = 8;
     for t in tasks.iter().take(SHOWN) {

@@ -44,6 +44,21 @@ impl TaskCounts {
         }
     }
 
+    /// The counts of every task in `tasks` added up, under an empty name.
+    pub fn sum<'a>(tasks: impl IntoIterator<Item = &'a TaskCounts>) -> TaskCounts {
+        let mut all = TaskCounts::new("");
+        for t in tasks {
+            all.pending += t.pending;
+            all.running += t.running;
+            all.awaiting_retry += t.awaiting_retry;
+            all.completed += t.completed;
+            all.failed += t.failed;
+            all.crashed += t.crashed;
+            all.cancelled += t.cancelled;
+        }
+        all
+    }
+
     /// Every run seen.
     pub fn total(&self) -> usize {
         self.pending + self.running + self.awaiting_retry + self.finished()
@@ -218,17 +233,7 @@ impl TaskRunTally {
     /// Counts over every task.
     pub fn totals(&self) -> TaskCounts {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let mut all = TaskCounts::new("");
-        for t in &inner.tasks {
-            all.pending += t.pending;
-            all.running += t.running;
-            all.awaiting_retry += t.awaiting_retry;
-            all.completed += t.completed;
-            all.failed += t.failed;
-            all.crashed += t.crashed;
-            all.cancelled += t.cancelled;
-        }
-        all
+        TaskCounts::sum(&inner.tasks)
     }
 
     /// The runs executing now, oldest first.

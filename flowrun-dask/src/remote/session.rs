@@ -288,7 +288,7 @@ impl Session {
                     Some(up_key) if self.entries.contains_key(up_key) => {
                         let upstream = &self.entries[up_key];
                         if let Status::Failed(e) = &upstream.status {
-                            let error = upstream_failed(&upstream.run_name, e);
+                            let error = TaskError::upstream_failed(&upstream.run_name, e);
                             job.finish(Err(error));
                             return None;
                         }
@@ -300,7 +300,7 @@ impl Session {
                     _ if up.state().is_final() => match up.encoded_result() {
                         Ok(bytes) => stdin.push(StdinPart::Literal(format::result_frame(&bytes))),
                         Err(e) => {
-                            job.finish(Err(upstream_failed(&up.name(), &e)));
+                            job.finish(Err(TaskError::upstream_failed(&up.name(), &e)));
                             return None;
                         }
                     },
@@ -494,7 +494,7 @@ impl Session {
         let failed_upstream = entry.upstreams.iter().find_map(|u| {
             let up = self.entries.get(u)?;
             match &up.status {
-                Status::Failed(e) => Some(upstream_failed(&up.run_name, e)),
+                Status::Failed(e) => Some(TaskError::upstream_failed(&up.run_name, e)),
                 _ => None,
             }
         });
@@ -587,18 +587,6 @@ fn refuse_queued(inbox: &mut mpsc::UnboundedReceiver<Command>) {
             Command::Status(_) => {}
         }
     }
-}
-
-fn upstream_failed(upstream: &str, error: &TaskError) -> TaskError {
-    TaskError::new(
-        TaskErrorKind::UpstreamFailed {
-            upstream: upstream.to_owned(),
-        },
-        format!(
-            "upstream task run '{upstream}' did not complete: {}",
-            error.message()
-        ),
-    )
 }
 
 /// The attempt's own failure, from what Dask reported.
