@@ -192,6 +192,41 @@ pub fn analyze(item: &ItemFn, what: &str, errors: &Errors) -> Signature {
     }
 }
 
+/// The items that let the task or flow value be called like its function
+/// (`shout(3)`): a plain function that runs it now with `body` (returning
+/// `ret`), `Deref` of the value to that function, and `Debug` as
+/// `Kind(display name)`.
+pub fn direct_call_items(
+    sig: &Signature,
+    ret: &TokenStream,
+    body: &TokenStream,
+    kind: &str,
+    display: &str,
+) -> TokenStream {
+    let ident = &sig.ident;
+    let names: Vec<_> = sig.args.iter().map(|a| &a.name).collect();
+    let tys: Vec<_> = sig.args.iter().map(|a| &a.ty).collect();
+    let debug = format!("{kind}({display})");
+    quote! {
+        fn __flowrun_direct(#(#names: #tys),*) -> #ret {
+            #body
+        }
+
+        impl ::core::ops::Deref for #ident {
+            type Target = fn(#(#tys),*) -> #ret;
+            fn deref(&self) -> &Self::Target {
+                &(__flowrun_direct as fn(#(#tys),*) -> #ret)
+            }
+        }
+
+        impl ::core::fmt::Debug for #ident {
+            fn fmt(&self, __flowrun_f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                __flowrun_f.write_str(#debug)
+            }
+        }
+    }
+}
+
 fn dedupe_names(args: &mut [Arg]) {
     for i in 0..args.len() {
         if args[..i].iter().any(|a| a.name == args[i].name) {

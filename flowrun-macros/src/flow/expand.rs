@@ -138,6 +138,8 @@ pub fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
         )
     };
 
+    let direct_items =
+        crate::signature::direct_call_items(sig, &direct_ret, &direct_body, "Flow", &display);
     quote! {
         #(#cfgs)*
         #doc
@@ -162,22 +164,7 @@ pub fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
                 #(#stmts)*
             }
 
-            fn __flowrun_direct(#(#names: #tys),*) -> #direct_ret {
-                #direct_body
-            }
-
-            impl ::core::ops::Deref for #ident {
-                type Target = fn(#(#tys),*) -> #direct_ret;
-                fn deref(&self) -> &Self::Target {
-                    &(__flowrun_direct as fn(#(#tys),*) -> #direct_ret)
-                }
-            }
-
-            impl ::core::fmt::Debug for #ident {
-                fn fmt(&self, __flowrun_f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                    ::core::write!(__flowrun_f, "Flow({})", #display)
-                }
-            }
+            #direct_items
 
             impl #fr::Flow for #ident {
                 type Args = (#(#tys,)*);

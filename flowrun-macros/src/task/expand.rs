@@ -168,6 +168,8 @@ pub fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
         }
     });
 
+    let direct_items =
+        crate::signature::direct_call_items(sig, &direct_ret, &direct_body, "Task", &display);
     quote! {
         #(#cfgs)*
         #doc
@@ -195,22 +197,7 @@ pub fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
             #[allow(clippy::too_many_arguments)]
             #asyncness fn #body_fn(#(#params),*) -> #raw #body
 
-            fn __flowrun_direct(#(#names: #tys),*) -> #direct_ret {
-                #direct_body
-            }
-
-            impl ::core::ops::Deref for #ident {
-                type Target = fn(#(#tys),*) -> #direct_ret;
-                fn deref(&self) -> &Self::Target {
-                    &(__flowrun_direct as fn(#(#tys),*) -> #direct_ret)
-                }
-            }
-
-            impl ::core::fmt::Debug for #ident {
-                fn fmt(&self, __flowrun_f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                    ::core::write!(__flowrun_f, "Task({})", #display)
-                }
-            }
+            #direct_items
 
             impl #fr::Task for #ident {
                 type Args = (#(#tys,)*);
