@@ -335,8 +335,7 @@ impl<T: Task> Driver<T> {
                 task_key: self.meta.key,
                 task_name: self.task_name.clone(),
                 args: slots.clone(),
-                attempt,
-                completion: self.clone(),
+                reporter: crate::runner::RemoteReporter::new(attempt, self.clone()),
             }),
             Source::Waiting(_) | Source::Spent => return,
         };

@@ -266,8 +266,7 @@ pub struct RemoteJob {
     pub(crate) task_key: &'static str,
     pub(crate) task_name: Arc<str>,
     pub(crate) args: Arc<[ArgSlot]>,
-    pub(crate) attempt: u32,
-    pub(crate) completion: Arc<dyn RemoteCompletion>,
+    pub(crate) reporter: RemoteReporter,
 }
 
 impl RemoteJob {
@@ -299,21 +298,17 @@ impl RemoteJob {
     /// Marks the run as running, at `location` (a worker's name), sharing
     /// the name instead of copying it.
     pub fn started_at(&self, location: Arc<str>) {
-        self.completion
-            .clone()
-            .started(self.attempt, Some(location));
+        self.reporter.mark_started(Some(location));
     }
 
     /// Marks the run as running, at `location` (a worker's name, say).
     pub fn started(&self, location: Option<&str>) {
-        self.completion
-            .clone()
-            .started(self.attempt, location.map(Arc::from));
+        self.reporter.started(location);
     }
 
     /// Reports the attempt's outcome: the serialized result, or the failure.
     pub fn finish(self, result: Result<Bytes, TaskError>) {
-        self.completion.finished(self.attempt, result);
+        self.reporter.finish(result);
     }
 
     /// Reports that the attempt completed, with a result that stays where
@@ -324,8 +319,7 @@ impl RemoteJob {
         self,
         fetch: impl Fn() -> Result<Bytes, TaskError> + Send + Sync + 'static,
     ) {
-        self.completion
-            .finished_deferred(self.attempt, Arc::new(fetch));
+        self.reporter.finish_deferred(fetch);
     }
 
     /// Reports that the runner cannot execute the attempt.
@@ -335,10 +329,7 @@ impl RemoteJob {
 
     /// A handle that reports the outcome later, apart from the arguments.
     pub fn into_reporter(self) -> RemoteReporter {
-        RemoteReporter {
-            attempt: self.attempt,
-            completion: self.completion,
-        }
+        self.reporter
     }
 }
 
@@ -349,11 +340,20 @@ pub struct RemoteReporter {
 }
 
 impl RemoteReporter {
+    pub(crate) fn new(attempt: u32, completion: Arc<dyn RemoteCompletion>) -> RemoteReporter {
+        RemoteReporter {
+            attempt,
+            completion,
+        }
+    }
+
+    fn mark_started(&self, location: Option<Arc<str>>) {
+        self.completion.clone().started(self.attempt, location);
+    }
+
     /// Marks the run as running, at `location`.
     pub fn started(&self, location: Option<&str>) {
-        self.completion
-            .clone()
-            .started(self.attempt, location.map(Arc::from));
+        self.mark_started(location.map(Arc::from));
     }
 
     /// Reports the attempt's outcome.
