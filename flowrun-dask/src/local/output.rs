@@ -105,9 +105,15 @@ impl Capture {
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
         for (i, s) in self.streams.iter().enumerate() {
-            let quiet = !s.busy.load(Ordering::SeqCst)
-                && s.bytes_seen.load(Ordering::SeqCst) == token.seen[i]
-                && pending(s.read_fd) == 0;
+            // The order matters: the reader marks itself busy before it
+            // reads and counts what it read before it is idle again. Empty
+            // pipe, then idle reader, then an unchanged count means nothing
+            // the task wrote is unread or still being handled; checked the
+            // other way round, a read between the checks went unseen and a
+            // task's last unterminated output went to the next task.
+            let quiet = pending(s.read_fd) == 0
+                && !s.busy.load(Ordering::SeqCst)
+                && s.bytes_seen.load(Ordering::SeqCst) == token.seen[i];
             if !quiet {
                 barrier(s);
             }
