@@ -249,10 +249,15 @@ pub(crate) fn cancel_pending<T: Send + 'static>(cell: &Arc<RunCell<T>>) -> bool 
     if !matches!(kind, StateKind::Pending | StateKind::AwaitingRetry) {
         return false;
     }
-    cell.fail(TaskError::new(
+    if !cell.fail(TaskError::new(
         TaskErrorKind::Cancelled,
         "cancelled before it started",
-    ))
+    )) {
+        return false;
+    }
+    // The runner may hold the attempt already (queued on a worker).
+    cell.flow.runner.cancel(&RunRef(cell.clone()));
+    true
 }
 
 impl<T: Task> Driver<T> {

@@ -122,6 +122,19 @@ pub trait TaskRunner: Send + Sync + 'static {
     /// Releases everything [`start`](TaskRunner::start) acquired. Called once,
     /// after every run of the flow run is final (also when the flow failed).
     fn shutdown(&self) {}
+
+    /// `run` was cancelled before it started (it is final already): drop
+    /// its attempt if the runner still holds it, so it never runs.
+    fn cancel(&self, run: &RunRef) {
+        let _ = run;
+    }
+
+    /// Whether a failing flow run stops the task runs still running instead
+    /// of waiting for them: they end `Cancelled` and the runner shuts down
+    /// at once (Prefect's Dask runner closes its cluster on an exception).
+    fn stops_running_on_failure(&self) -> bool {
+        false
+    }
 }
 
 impl<R: TaskRunner + ?Sized> TaskRunner for Arc<R> {
@@ -143,6 +156,12 @@ impl<R: TaskRunner + ?Sized> TaskRunner for Arc<R> {
     fn shutdown(&self) {
         (**self).shutdown()
     }
+    fn cancel(&self, run: &RunRef) {
+        (**self).cancel(run)
+    }
+    fn stops_running_on_failure(&self) -> bool {
+        (**self).stops_running_on_failure()
+    }
 }
 
 impl<R: TaskRunner + ?Sized> TaskRunner for Box<R> {
@@ -163,6 +182,12 @@ impl<R: TaskRunner + ?Sized> TaskRunner for Box<R> {
     }
     fn shutdown(&self) {
         (**self).shutdown()
+    }
+    fn cancel(&self, run: &RunRef) {
+        (**self).cancel(run)
+    }
+    fn stops_running_on_failure(&self) -> bool {
+        (**self).stops_running_on_failure()
     }
 }
 

@@ -307,6 +307,26 @@ impl TaskRunner for DaskTaskRunner {
         }
     }
 
+    fn cancel(&self, run: &flowrun_core::RunRef) {
+        let cluster = self
+            .cluster
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(_, c)| c.clone());
+        if let Some(c) = cluster {
+            c.cancel(run);
+        }
+    }
+
+    /// Yes: as prefect-dask closes its cluster when the flow raises, a
+    /// failing, panicking or timed-out flow run stops the task runs still
+    /// running on the cluster (they end `Cancelled`) and returns at once,
+    /// and its workers stop with the cluster.
+    fn stops_running_on_failure(&self) -> bool {
+        true
+    }
+
     fn shutdown(&self) {
         let taken = self
             .cluster
