@@ -185,3 +185,20 @@ impl Drop for Sleep {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cancelled_callback_frees_what_it_holds_at_once() {
+        let held = Arc::new(vec![0u8; 1024]);
+        let inside = held.clone();
+        let handle = schedule(Instant::now() + Duration::from_secs(3600), move || {
+            drop(inside);
+        });
+        assert_eq!(Arc::strong_count(&held), 2);
+        handle.cancel();
+        assert_eq!(Arc::strong_count(&held), 1, "kept until its deadline");
+    }
+}

@@ -133,6 +133,8 @@ pub(crate) struct Scheduler<L: Launcher, A: Attempt> {
     /// Tasks queued or on workers, per key: the work ahead.
     pending_keys: HashMap<&'static str, usize>,
     flow: Option<flowrun_core::FlowHandle>,
+    /// Runs cancelled since the last round, by id.
+    to_cancel: rustc_hash::FxHashSet<u64>,
     /// Submissions from workers, by (worker, its id): the flow's run.
     forwarded: HashMap<(u32, u64), flowrun_core::RunRef>,
     history: Vec<(std::time::SystemTime, usize)>,
@@ -171,6 +173,7 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
             durations: HashMap::default(),
             pending_keys: HashMap::default(),
             flow: None,
+            to_cancel: Default::default(),
             forwarded: HashMap::default(),
             history: vec![(std::time::SystemTime::now(), 0)],
             running_workers: 0,
@@ -215,6 +218,9 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
 
     /// After a batch of events: scale, place, send.
     fn pump(&mut self, now: Instant) {
+        if !self.to_cancel.is_empty() {
+            self.cancel_runs();
+        }
         if self.next_launch.is_some_and(|at| now >= at) {
             self.fill_to_target(now);
         }

@@ -27,7 +27,9 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
                 priority,
                 needs,
             } => self.on_submit(attempt, priority, needs),
-            Event::Cancel { run_id } => self.on_cancel(run_id),
+            Event::Cancel { run_id } => {
+                self.to_cancel.insert(run_id);
+            }
             Event::Connected {
                 worker,
                 pid,
@@ -111,39 +113,46 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
         self.tasks.insert(id, task);
     }
 
-    /// The run was cancelled (it is final already): drop a queued attempt,
-    /// and ask the worker holding an unstarted one to drop it too.
-    fn on_cancel(&mut self, run_id: u64) {
-        let found = self.tasks.iter().find_map(|(id, t)| {
-            t.attempt
-                .as_ref()
-                .is_some_and(|a| a.run_id() == run_id)
-                .then_some((id, t.state))
-        });
-        let Some((id, state)) = found else { return };
-        match state {
-            TaskState::Queued | TaskState::NoWorker => {
-                let task = self.tasks.remove(id).expect("found");
-                if state == TaskState::Queued {
-                    self.unpend(task.key);
+    /// Runs cancelled since the last round (they are final already): drops
+    /// their queued attempts, and asks the workers holding unstarted ones to
+    /// drop them too. One pass over the tasks however many were cancelled.
+    pub(super) fn cancel_runs(&mut self) {
+        let runs = std::mem::take(&mut self.to_cancel);
+        let found: Vec<(u64, TaskState)> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| {
+                t.attempt
+                    .as_ref()
+                    .is_some_and(|a| runs.contains(&a.run_id()))
+            })
+            .map(|(id, t)| (id, t.state))
+            .collect();
+        for (id, state) in found {
+            match state {
+                TaskState::Queued | TaskState::NoWorker => {
+                    let task = self.tasks.remove(id).expect("found");
+                    if state == TaskState::Queued {
+                        self.unpend(task.key);
+                    }
+                    if let Some(a) = task.attempt {
+                        a.finish(Err(TaskError::new(
+                            TaskErrorKind::Cancelled,
+                            "cancelled before it started",
+                        )));
+                    }
                 }
-                if let Some(a) = task.attempt {
-                    a.finish(Err(TaskError::new(
-                        TaskErrorKind::Cancelled,
-                        "cancelled before it started",
-                    )));
+                TaskState::Assigned { worker } => {
+                    if let Some(t) = self.tasks.get_mut(id) {
+                        t.cancelled = true;
+                    }
+                    if let Some(w) = self.workers.get_mut(&worker) {
+                        w.cancels.push(id);
+                    }
                 }
+                // It runs; its outcome is dropped when it comes.
+                TaskState::Running { .. } => {}
             }
-            TaskState::Assigned { worker } => {
-                if let Some(t) = self.tasks.get_mut(id) {
-                    t.cancelled = true;
-                }
-                if let Some(w) = self.workers.get_mut(&worker) {
-                    w.cancels.push(id);
-                }
-            }
-            // It runs; its outcome is dropped when it comes.
-            TaskState::Running { .. } => {}
         }
     }
 
