@@ -199,7 +199,10 @@ fn a_dependent_of_an_early_task_runs_before_independent_tasks_submitted_later() 
     #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(1).threads_per_worker(1)))]
     fn pipeline(path: String) {
         let loads: Vec<_> = (0..12).map(|i| load.submit(path.clone(), i)).collect();
-        let checks: Vec<_> = loads.iter().map(|l| check.submit(path.clone(), l)).collect();
+        let checks: Vec<_> = loads
+            .iter()
+            .map(|l| check.submit(path.clone(), l))
+            .collect();
         flowrun::wait(&checks);
     }
     let path = common::scratch("graph-order.log");

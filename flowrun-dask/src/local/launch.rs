@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use crossbeam_channel::Sender;
 
 use super::scheduler::{Expected, Launcher};
-use super::Event;
 use super::worker::{self, WorkerConfig, WORKER_ENV};
+use super::Event;
 
 type Tail = Arc<Mutex<VecDeque<String>>>;
 

@@ -71,8 +71,7 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
         let n = self.launch_failures;
         tracing::warn!(target: "flowrun_dask::cluster", "A worker failed to start: {reason}");
         let any_running = self.workers.values().any(|w| w.state == WState::Running);
-        if (n >= policy::MAX_STARTUP_FAILURES && !any_running) || n >= policy::MAX_LAUNCH_FAILURES
-        {
+        if (n >= policy::MAX_STARTUP_FAILURES && !any_running) || n >= policy::MAX_LAUNCH_FAILURES {
             let why = format!(
                 "the cluster's worker processes fail to start ({n} attempts in a row); the last one: {reason}"
             );

@@ -50,7 +50,9 @@ pub(crate) enum Event<A> {
         needs: Option<Resources>,
     },
     /// Stop the attempt of run `run_id` if it has not started; it was cancelled.
-    Cancel { run_id: u64 },
+    Cancel {
+        run_id: u64,
+    },
     Connected {
         worker: u32,
         pid: u32,
@@ -61,7 +63,9 @@ pub(crate) enum Event<A> {
         batch: Vec<ToScheduler>,
     },
     /// The worker's connection ended.
-    Disconnected { worker: u32 },
+    Disconnected {
+        worker: u32,
+    },
     /// The worker's process (or thread) ended.
     Exited {
         worker: u32,

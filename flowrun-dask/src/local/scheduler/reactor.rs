@@ -79,7 +79,11 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
         let needs = needs.filter(|r| !r.is_empty());
         let id = self.tasks.next_id();
         let key = attempt.key();
-        let rank = (priority, Reverse(attempt.order()), Reverse(attempt.run_id()));
+        let rank = (
+            priority,
+            Reverse(attempt.order()),
+            Reverse(attempt.run_id()),
+        );
         let mut task = Task {
             key,
             task_name: attempt.task_name(),

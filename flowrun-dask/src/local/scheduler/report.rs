@@ -44,7 +44,13 @@ impl Bar {
 }
 
 impl<L: Launcher, A: Attempt> Scheduler<L, A> {
-    pub(super) fn record(&mut self, task: &Task<A>, worker: u32, duration: Duration, outcome: &'static str) {
+    pub(super) fn record(
+        &mut self,
+        task: &Task<A>,
+        worker: u32,
+        duration: Duration,
+        outcome: &'static str,
+    ) {
         let Some((thread, start_us)) = task.started else {
             return;
         };
@@ -189,4 +195,3 @@ pub(super) fn emit_log(l: LogLine) {
         _ => tracing::trace!(target: "flowrun_dask::worker_log", { flowrun.run = w }, "{m}"),
     }
 }
-

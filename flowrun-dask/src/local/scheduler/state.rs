@@ -135,7 +135,11 @@ impl<A> Task<A> {
 
     /// `Queued -> Assigned`.
     pub fn assign(&mut self, worker: u32) {
-        debug_assert_eq!(self.state, TaskState::Queued, "assigning a task that is not queued");
+        debug_assert_eq!(
+            self.state,
+            TaskState::Queued,
+            "assigning a task that is not queued"
+        );
         self.state = TaskState::Assigned { worker };
         self.placements += 1;
     }

@@ -51,10 +51,7 @@ impl Attempt for Fake {
         let outcome = result
             .map(|b| b.to_vec())
             .map_err(|e| (e.kind().clone(), e.message().to_owned()));
-        self.outcomes
-            .lock()
-            .unwrap()
-            .push((self.run_id, outcome));
+        self.outcomes.lock().unwrap().push((self.run_id, outcome));
     }
 }
 
@@ -462,7 +459,10 @@ fn killed_worker_says_a_worker_died_of_its_memory_limit() {
     h.exited(0, "killed by signal 9 (SIGKILL)");
     let (kind, message) = h.outcomes()[0].1.clone().unwrap_err();
     assert_eq!(kind, TaskErrorKind::KilledWorker);
-    assert!(message.contains("above its memory limit of 100 MB"), "{message}");
+    assert!(
+        message.contains("above its memory limit of 100 MB"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -484,9 +484,16 @@ fn a_late_done_from_a_worker_declared_dead_is_ignored() {
     assert_eq!(r2, run);
     h.started(second, t2);
     h.done(first, t, true, LONG);
-    assert!(h.outcomes().is_empty(), "the dead worker's outcome is not applied");
+    assert!(
+        h.outcomes().is_empty(),
+        "the dead worker's outcome is not applied"
+    );
     assert!(h.s.workers[&second].tasks.contains(&t2));
-    assert_eq!(h.free(second, "GPU"), Some(0.0), "still held by the live placement");
+    assert_eq!(
+        h.free(second, "GPU"),
+        Some(0.0),
+        "still held by the live placement"
+    );
     h.done(second, t2, true, LONG);
     assert_eq!(h.outcomes().len(), 1);
     assert_eq!(h.free(second, "GPU"), Some(1.0));
@@ -655,7 +662,10 @@ fn close_kills_a_worker_that_does_not_leave_within_its_grace_period() {
     // Worker 0 leaves; worker 1 is stopped and never does.
     h.exited(0, "exit code 0");
     h.s.tick(h.now);
-    assert!(!h.s.launcher.killed.contains(&1), "not before the grace period");
+    assert!(
+        !h.s.launcher.killed.contains(&1),
+        "not before the grace period"
+    );
     h.s.tick(h.now + super::CLOSE_GRACE + Duration::from_millis(1));
     assert!(h.s.launcher.killed.contains(&1));
     assert!(h.s.workers.is_empty(), "the scheduler can stop");
