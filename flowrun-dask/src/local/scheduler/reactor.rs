@@ -408,6 +408,7 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
         // Once a more urgent task waits, nothing below it is prefetched: a
         // worker's queue must drain for it.
         let mut prefetch_ok = true;
+        let mut last_key: Option<(&'static str, usize)> = None;
         loop {
             #[cfg(test)]
             {
@@ -436,10 +437,18 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
                 self.queue.pop(group);
                 continue;
             };
-            let prefetch = if prefetch_ok {
-                policy::prefetch_depth(self.durations.get(key).copied())
-            } else {
+            let prefetch = if !prefetch_ok {
                 0
+            } else {
+                // Runs of one task come in a row: look its duration up once.
+                match last_key {
+                    Some((k, depth)) if std::ptr::eq(k, key) => depth,
+                    _ => {
+                        let depth = policy::prefetch_depth(self.durations.get(key).copied());
+                        last_key = Some((key, depth));
+                        depth
+                    }
+                }
             };
             let needs = (group != PLAIN).then(|| self.queue.needs(group));
             match policy::pick_worker(self.workers.iter(), needs, prefetch) {
