@@ -137,6 +137,12 @@ fn a_task_that_keeps_killing_its_workers_ends_crashed_with_killed_worker() {
     assert_eq!(kind, TaskErrorKind::KilledWorker);
     assert!(message.contains("KilledWorker"), "{message}");
     assert!(message.contains("on 4 different workers"), "{message}");
+    // Each death says why the worker died.
+    assert_eq!(
+        message.matches("killed by signal 9 (SIGKILL").count(),
+        4,
+        "{message}"
+    );
     assert_eq!(
         ok, 9,
         "the cluster replaced its dead workers and still works"

@@ -181,3 +181,69 @@ fn a_task_no_worker_can_satisfy_waits_and_says_why() {
     assert_eq!(kind, TaskErrorKind::Runner);
     assert!(message.contains("no_workers_timeout"), "{message}");
 }
+
+#[task]
+fn load(path: String, i: u32) -> u32 {
+    common::append(&path, &format!("load{i}"));
+    std::thread::sleep(Duration::from_millis(20));
+    i
+}
+
+#[task]
+fn check(path: String, value: u32) {
+    common::append(&path, &format!("check{value}"));
+}
+
+#[test]
+fn a_dependent_of_an_early_task_runs_before_independent_tasks_submitted_later() {
+    #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(1).threads_per_worker(1)))]
+    fn pipeline(path: String) {
+        let loads: Vec<_> = (0..12).map(|i| load.submit(path.clone(), i)).collect();
+        let checks: Vec<_> = loads
+            .iter()
+            .map(|l| check.submit(path.clone(), l))
+            .collect();
+        flowrun::wait(&checks);
+    }
+    let path = common::scratch("graph-order.log");
+    let path_str = path.to_string_lossy().into_owned();
+    pipeline(path_str.clone()).unwrap();
+    let order = common::lines(&path_str);
+    let _ = std::fs::remove_file(&path);
+    let at = |label: &str| order.iter().position(|l| l == label).unwrap();
+    // As Dask orders a graph: check0 soon after load0, not after the last
+    // load (which would hold every intermediate result at once).
+    assert!(
+        at("check0") < at("load11"),
+        "check0 ran after every load: {order:?}"
+    );
+}
+
+#[task]
+fn marks(path: String) {
+    common::append(&path, "ran");
+}
+
+#[test]
+fn a_cancelled_run_the_cluster_already_holds_never_runs() {
+    #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(1).threads_per_worker(1)))]
+    fn cancelling(path: String) -> bool {
+        let blocker = record.submit(path.clone(), "blocker", 600);
+        let running = || blocker.run_ref().state().is_running();
+        assert!(common::eventually(Duration::from_secs(20), running));
+        // Queued behind the blocker, in the cluster's hands.
+        let victim = marks.submit(path.clone());
+        std::thread::sleep(Duration::from_millis(100));
+        let cancelled = victim.cancel();
+        blocker.wait();
+        // Time for the worker to run it, if it was sent there anyway.
+        std::thread::sleep(Duration::from_millis(500));
+        cancelled
+    }
+    let path = common::scratch("cancel-held.log");
+    let path_str = path.to_string_lossy().into_owned();
+    assert!(cancelling(path_str.clone()).unwrap());
+    let log = common::lines(&path_str);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(log, vec!["blocker"], "the cancelled run ran anyway");
+}

@@ -181,3 +181,48 @@ fn when_the_flow_fails_runs_that_had_not_started_are_cancelled() {
     assert_eq!(counts.completed, 1, "{counts:?}");
     assert_eq!(counts.cancelled, 1, "{counts:?}");
 }
+
+/// Loses every attempt it is given.
+#[derive(Default)]
+struct Forgetful;
+
+impl flowrun::TaskRunner for Forgetful {
+    fn name(&self) -> std::borrow::Cow<'static, str> {
+        "Forgetful".into()
+    }
+    fn execution(&self) -> flowrun::Execution {
+        flowrun::Execution::Remote
+    }
+    fn submit(&self, call: flowrun::TaskCall) {
+        drop(call);
+    }
+}
+
+impl<T: flowrun::RemoteTask> flowrun::AcceptsTask<T> for Forgetful {}
+
+#[task]
+fn forty_two() -> u32 {
+    42
+}
+
+#[test]
+fn an_attempt_a_runner_drops_fails_its_run_instead_of_hanging_the_flow() {
+    #[flow(task_runner = Forgetful)]
+    fn forgotten() -> (TaskErrorKind, String) {
+        let e = forty_two.submit().result().unwrap_err();
+        (e.kind().clone(), e.message().to_owned())
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("an_attempt_a_runner_drops_fails_its_run_instead_of_hanging_the_flow".into())
+        .spawn(move || {
+            let _ = tx.send(forgotten());
+        })
+        .unwrap();
+    let outcome = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the flow hangs on an attempt its runner dropped");
+    let (kind, message) = outcome.unwrap();
+    assert_eq!(kind, TaskErrorKind::Crashed);
+    assert!(message.contains("dropped"), "{message}");
+}

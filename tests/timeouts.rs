@@ -145,3 +145,46 @@ fn an_async_flow_that_runs_too_long_is_stopped() {
     assert_eq!(error.kind(), &FlowErrorKind::TimedOut);
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+/// Runs each attempt "elsewhere": it starts, its worker dies after 0.6 s,
+/// it starts again on another worker and completes 0.6 s later.
+#[derive(Default)]
+struct Restarting;
+
+impl flowrun::TaskRunner for Restarting {
+    fn name(&self) -> std::borrow::Cow<'static, str> {
+        "Restarting".into()
+    }
+    fn execution(&self) -> flowrun::Execution {
+        flowrun::Execution::Remote
+    }
+    fn submit(&self, call: flowrun::TaskCall) {
+        let flowrun::Work::Remote(job) = call.into_work() else {
+            panic!("a remote runner gets remote work");
+        };
+        std::thread::spawn(move || {
+            job.started(Some("worker-0"));
+            std::thread::sleep(Duration::from_millis(600));
+            job.started(Some("worker-1"));
+            std::thread::sleep(Duration::from_millis(600));
+            job.finish(Ok(flowrun::encode_value(&7u32).unwrap().into()));
+        });
+    }
+}
+
+impl<T: flowrun::RemoteTask> flowrun::AcceptsTask<T> for Restarting {}
+
+#[task(timeout = 1.0)]
+fn seven() -> u32 {
+    7
+}
+
+#[test]
+fn an_attempt_restarted_on_another_worker_gets_a_new_clock() {
+    #[flow(task_runner = Restarting)]
+    fn restarted() -> Result<u32, String> {
+        seven.submit().result().map_err(|e| e.to_string())
+    }
+    // 1.2 s in all, but only 0.6 s since it started again: within 1 s.
+    assert_eq!(restarted().unwrap(), 7);
+}

@@ -173,13 +173,20 @@ pub(crate) fn submit_in<T: Task>(
     let flow = flow.clone();
     let r = resolve(meta, config);
     let index = flow.next_index(&r.name);
-    let cell = Arc::new(RunCell::new(
+    let mut upstreams = r.wait_for;
+    T::Args::upstreams(&inputs, &mut upstreams);
+    let mut cell = RunCell::new(
         r.name.clone(),
         meta.key,
         index,
         flow.clone(),
         &support.output,
-    ));
+    );
+    // A run ranks with its latest upstream, as Dask orders a graph.
+    if let Some(order) = upstreams.iter().map(RunRef::order).max() {
+        cell.order = order;
+    }
+    let cell = Arc::new(cell);
     let future = TaskFuture::new(cell.clone());
     if !flow.track(RunRef(cell.clone())) {
         cell.fail(TaskError::new(
@@ -195,8 +202,6 @@ pub(crate) fn submit_in<T: Task>(
         cell.fail(TaskError::new(TaskErrorKind::Runner, e));
         return future;
     }
-    let mut upstreams = r.wait_for;
-    T::Args::upstreams(&inputs, &mut upstreams);
     let driver = Arc::new(Driver::<T> {
         meta,
         support,
@@ -244,10 +249,15 @@ pub(crate) fn cancel_pending<T: Send + 'static>(cell: &Arc<RunCell<T>>) -> bool 
     if !matches!(kind, StateKind::Pending | StateKind::AwaitingRetry) {
         return false;
     }
-    cell.fail(TaskError::new(
+    if !cell.fail(TaskError::new(
         TaskErrorKind::Cancelled,
         "cancelled before it started",
-    ))
+    )) {
+        return false;
+    }
+    // The runner may hold the attempt already (queued on a worker).
+    cell.flow.runner.cancel(&RunRef(cell.clone()));
+    true
 }
 
 impl<T: Task> Driver<T> {
@@ -366,7 +376,16 @@ impl<T: Task> Driver<T> {
             let handle = timer::schedule(Instant::now() + timeout, move || {
                 driver.settle(attempt, Err(timed_out(timeout)));
             });
-            *self.watchdog.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+            // An attempt restarted elsewhere (its worker died) gets a new
+            // clock; the old one must not end it.
+            let old = self
+                .watchdog
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .replace(handle);
+            if let Some(old) = old {
+                old.cancel();
+            }
         }
     }
 

@@ -816,7 +816,13 @@ impl Started {
 
     /// After a body attempt: stop pending work if it failed, wait for the rest.
     fn settle_attempt<R>(&self, body: &Body<R>) {
-        if !matches!(body, Body::Ok(_)) {
+        if matches!(body, Body::Ok(_)) {
+            return;
+        }
+        if self.shared.runner.stops_running_on_failure() {
+            self.shared
+                .abandon_all("the flow run failed before this task run finished");
+        } else {
             self.shared
                 .cancel_pending("the flow run failed before this task run started");
         }
@@ -1031,6 +1037,7 @@ pub async fn run_flow_async<F: Flow>(config: FlowConfig, args: F::Args) -> FlowR
         args: Some(args),
         clone: F::args_clone(),
     };
+    let mut dropped = DroppedFlow(Some((started.shared.clone(), started.label())));
     let mut attempt = 1;
     let (result, failures) = loop {
         let last = attempt > started.policy.retries || holder.clone.is_none();
@@ -1081,6 +1088,9 @@ pub async fn run_flow_async<F: Flow>(config: FlowConfig, args: F::Args) -> FlowR
             _ => break (result, failures),
         }
     };
+    // From here on the shutdown below runs to its end even if this future
+    // is dropped.
+    dropped.0 = None;
     // Shutting a runner down may block (stopping processes), so it happens
     // on a helper thread while this future waits without blocking.
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -1102,6 +1112,30 @@ pub async fn run_flow_async<F: Flow>(config: FlowConfig, args: F::Args) -> FlowR
         Err(_) => started.shutdown_runner(),
     }
     started.finish(result, failures)
+}
+
+/// Ends an async flow run whose future is dropped before it finished
+/// (`tokio::time::timeout`, `select!`, an aborted task): its task runs end
+/// `Cancelled`, the flow run ends `Cancelled`, and its runner shuts down on
+/// a helper thread (dropping must not block).
+struct DroppedFlow(Option<(Arc<FlowShared>, String)>);
+
+impl Drop for DroppedFlow {
+    fn drop(&mut self) {
+        let Some((shared, label)) = self.0.take() else {
+            return;
+        };
+        let why = "the flow run's future was dropped before it finished";
+        shared.abandon_all(why);
+        shared.closed.store(true, Ordering::Release);
+        let state = State::new(StateKind::Cancelled).with_message(why);
+        shared.emit_flow_finished(&state);
+        tracing::warn!(flowrun.run = label.as_str(), "Finished in state {state}");
+        let (runner, runner_name) = (shared.runner.clone(), shared.runner_name.clone());
+        let _ = std::thread::Builder::new()
+            .name("flowrun-shutdown".into())
+            .spawn(move || shutdown_runner(runner, label, runner_name));
+    }
 }
 
 /// The [`TaskResult`] conversion, for flows that return `Result`.

@@ -95,6 +95,8 @@ pub(crate) struct RunCell<T: 'static> {
     pub(crate) index: u64,
     pub(crate) flow: Arc<FlowShared>,
     pub(crate) fns: &'static ValueFns<T>,
+    /// Its place in the graph as submitted (see [`RunRef::order`]).
+    pub(crate) order: u64,
     status: Mutex<Status<T>>,
     cond: Condvar,
     observed: AtomicBool,
@@ -109,8 +111,10 @@ impl<T: Send + 'static> RunCell<T> {
         flow: Arc<FlowShared>,
         fns: &'static ValueFns<T>,
     ) -> RunCell<T> {
+        let id = RunId::next();
         RunCell {
-            id: RunId::next(),
+            id,
+            order: id.get(),
             task_name,
             task_key,
             index,
@@ -480,6 +484,7 @@ fn snapshot<T>(s: &Status<T>) -> State {
 /// The type-erased view of a run used by flows, runners and dependency gates.
 pub(crate) trait AnyRun: Send + Sync + 'static {
     fn id(&self) -> RunId;
+    fn order(&self) -> u64;
     fn name(&self) -> String;
     fn task_name(&self) -> &str;
     fn index(&self) -> u64;
@@ -501,6 +506,9 @@ pub(crate) trait AnyRun: Send + Sync + 'static {
 impl<T: Send + 'static> AnyRun for RunCell<T> {
     fn id(&self) -> RunId {
         self.id
+    }
+    fn order(&self) -> u64 {
+        self.order
     }
     fn name(&self) -> String {
         RunCell::name(self)
@@ -607,6 +615,14 @@ impl RunRef {
     /// The run's id.
     pub fn id(&self) -> RunId {
         self.0.id()
+    }
+
+    /// The run's place in the graph as it was submitted, for runners that
+    /// order work as Dask does: a run with upstreams ranks with its latest
+    /// upstream (so a dependent of an early run goes before independent
+    /// runs submitted later); a run without ranks by its id. Lower first.
+    pub fn order(&self) -> u64 {
+        self.0.order()
     }
 
     /// The run's name, such as `shout-3`.

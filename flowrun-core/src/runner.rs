@@ -122,6 +122,19 @@ pub trait TaskRunner: Send + Sync + 'static {
     /// Releases everything [`start`](TaskRunner::start) acquired. Called once,
     /// after every run of the flow run is final (also when the flow failed).
     fn shutdown(&self) {}
+
+    /// `run` was cancelled before it started (it is final already): drop
+    /// its attempt if the runner still holds it, so it never runs.
+    fn cancel(&self, run: &RunRef) {
+        let _ = run;
+    }
+
+    /// Whether a failing flow run stops the task runs still running instead
+    /// of waiting for them: they end `Cancelled` and the runner shuts down
+    /// at once (Prefect's Dask runner closes its cluster on an exception).
+    fn stops_running_on_failure(&self) -> bool {
+        false
+    }
 }
 
 impl<R: TaskRunner + ?Sized> TaskRunner for Arc<R> {
@@ -143,6 +156,12 @@ impl<R: TaskRunner + ?Sized> TaskRunner for Arc<R> {
     fn shutdown(&self) {
         (**self).shutdown()
     }
+    fn cancel(&self, run: &RunRef) {
+        (**self).cancel(run)
+    }
+    fn stops_running_on_failure(&self) -> bool {
+        (**self).stops_running_on_failure()
+    }
 }
 
 impl<R: TaskRunner + ?Sized> TaskRunner for Box<R> {
@@ -163,6 +182,12 @@ impl<R: TaskRunner + ?Sized> TaskRunner for Box<R> {
     }
     fn shutdown(&self) {
         (**self).shutdown()
+    }
+    fn cancel(&self, run: &RunRef) {
+        (**self).cancel(run)
+    }
+    fn stops_running_on_failure(&self) -> bool {
+        (**self).stops_running_on_failure()
     }
 }
 
@@ -334,21 +359,26 @@ impl RemoteJob {
 }
 
 /// Reports the outcome of a [`RemoteJob`] whose arguments were sent away.
+///
+/// Dropped without a report (a runner lost it), it fails the attempt as
+/// `Crashed` so the flow run never waits for it.
 pub struct RemoteReporter {
     attempt: u32,
-    completion: Arc<dyn RemoteCompletion>,
+    completion: Option<Arc<dyn RemoteCompletion>>,
 }
 
 impl RemoteReporter {
     pub(crate) fn new(attempt: u32, completion: Arc<dyn RemoteCompletion>) -> RemoteReporter {
         RemoteReporter {
             attempt,
-            completion,
+            completion: Some(completion),
         }
     }
 
     fn mark_started(&self, location: Option<Arc<str>>) {
-        self.completion.clone().started(self.attempt, location);
+        if let Some(c) = &self.completion {
+            c.clone().started(self.attempt, location);
+        }
     }
 
     /// Marks the run as running, at `location`.
@@ -357,18 +387,35 @@ impl RemoteReporter {
     }
 
     /// Reports the attempt's outcome.
-    pub fn finish(self, result: Result<Bytes, TaskError>) {
-        self.completion.finished(self.attempt, result);
+    pub fn finish(mut self, result: Result<Bytes, TaskError>) {
+        if let Some(c) = self.completion.take() {
+            c.finished(self.attempt, result);
+        }
     }
 
     /// Reports a completed attempt whose result is fetched when read (see
     /// [`RemoteJob::finish_deferred`]).
     pub fn finish_deferred(
-        self,
+        mut self,
         fetch: impl Fn() -> Result<Bytes, TaskError> + Send + Sync + 'static,
     ) {
-        self.completion
-            .finished_deferred(self.attempt, Arc::new(fetch));
+        if let Some(c) = self.completion.take() {
+            c.finished_deferred(self.attempt, Arc::new(fetch));
+        }
+    }
+}
+
+impl Drop for RemoteReporter {
+    fn drop(&mut self) {
+        if let Some(c) = self.completion.take() {
+            c.finished(
+                self.attempt,
+                Err(TaskError::new(
+                    TaskErrorKind::Crashed,
+                    "the task runner dropped this attempt without reporting its outcome",
+                )),
+            );
+        }
     }
 }
 

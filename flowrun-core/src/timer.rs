@@ -5,7 +5,6 @@ use std::cmp::Ordering as CmpOrdering;
 use std::collections::BinaryHeap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -15,8 +14,9 @@ type Callback = Box<dyn FnOnce() + Send>;
 struct Entry {
     at: Instant,
     seq: u64,
-    cancelled: Arc<AtomicBool>,
-    callback: Callback,
+    /// Taken (and dropped) by whoever comes first: the deadline, or a
+    /// cancel, which so frees what the callback holds at once.
+    callback: Arc<Mutex<Option<Callback>>>,
 }
 
 impl PartialEq for Entry {
@@ -73,8 +73,9 @@ impl Timer {
             if !due.is_empty() {
                 drop(guard);
                 for e in due {
-                    if !e.cancelled.load(Ordering::Acquire) {
-                        (e.callback)();
+                    let callback = e.callback.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    if let Some(callback) = callback {
+                        callback();
                     }
                 }
                 guard = self.heap.lock().unwrap_or_else(|p| p.into_inner());
@@ -93,20 +94,22 @@ impl Timer {
     }
 }
 
-/// Cancels a scheduled callback when dropped or cancelled.
+/// Cancels a scheduled callback.
 #[derive(Clone)]
-pub(crate) struct TimerHandle(Arc<AtomicBool>);
+pub(crate) struct TimerHandle(Arc<Mutex<Option<Callback>>>);
 
 impl TimerHandle {
+    /// Drops the callback now (with everything it holds) unless it ran.
     pub(crate) fn cancel(&self) {
-        self.0.store(true, Ordering::Release);
+        let callback = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(callback);
     }
 }
 
 /// Calls `callback` on the timer thread at `at`. Callbacks must be quick.
 pub(crate) fn schedule(at: Instant, callback: impl FnOnce() + Send + 'static) -> TimerHandle {
     let t = timer();
-    let cancelled = Arc::new(AtomicBool::new(false));
+    let callback: Arc<Mutex<Option<Callback>>> = Arc::new(Mutex::new(Some(Box::new(callback))));
     let mut guard = t.heap.lock().unwrap_or_else(|p| p.into_inner());
     guard.1 += 1;
     let seq = guard.1;
@@ -114,14 +117,13 @@ pub(crate) fn schedule(at: Instant, callback: impl FnOnce() + Send + 'static) ->
     guard.0.push(Entry {
         at,
         seq,
-        cancelled: cancelled.clone(),
-        callback: Box::new(callback),
+        callback: callback.clone(),
     });
     drop(guard);
     if earliest.is_none_or(|e| at < e) {
         t.cond.notify_one();
     }
-    TimerHandle(cancelled)
+    TimerHandle(callback)
 }
 
 /// A future that completes after `duration`, on any executor.
@@ -181,5 +183,22 @@ impl Drop for Sleep {
         if let Some((_, handle)) = &self.shared {
             handle.cancel();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cancelled_callback_frees_what_it_holds_at_once() {
+        let held = Arc::new(vec![0u8; 1024]);
+        let inside = held.clone();
+        let handle = schedule(Instant::now() + Duration::from_secs(3600), move || {
+            drop(inside);
+        });
+        assert_eq!(Arc::strong_count(&held), 2);
+        handle.cancel();
+        assert_eq!(Arc::strong_count(&held), 1, "kept until its deadline");
     }
 }

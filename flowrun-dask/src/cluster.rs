@@ -1,6 +1,10 @@
-//! The `Cluster` trait a `DaskTaskRunner` runs tasks on, the ways to name
-//! which cluster to start (`cluster_class`), and a handle on the cluster of
-//! the current flow run.
+//! The `Cluster` trait a `DaskTaskRunner` runs tasks on, what every cluster
+//! reports ([`ClusterStatus`], the [`TaskStream`]), how a worker program is
+//! started again, the ways to name which cluster to start
+//! (`cluster_class`), and a handle on the cluster of the current flow run.
+//!
+//! The local cluster (`local/`) and the bridge to a real Dask cluster
+//! (`remote/`) share this module and nothing else.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -8,7 +12,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use flowrun_core::TaskCall;
 
-use crate::local::{ClusterStatus, LocalCluster};
+mod command;
+mod status;
+
+pub(crate) use command::worker_command;
+pub use status::{ClusterStatus, TaskStream, TaskStreamEntry, WaitingTask, WorkerStatus};
+
+use crate::local::LocalCluster;
 use crate::settings::{ClientKwargs, ClusterKwargs, SettingsError};
 
 /// A cluster that executes serialized task attempts.
@@ -21,6 +31,13 @@ pub trait Cluster: Send + Sync + 'static {
 
     /// Stops the cluster and everything it started.
     fn close(&self);
+
+    /// `run` was cancelled before it started: drop its attempt if the
+    /// cluster holds it (queued, or sent to a worker that has not started
+    /// it), so it never runs.
+    fn cancel(&self, run: &flowrun_core::RunRef) {
+        let _ = run;
+    }
 
     /// Workers, queues and waiting tasks, when the cluster can tell.
     fn status(&self) -> Option<ClusterStatus> {
@@ -39,7 +56,7 @@ pub trait Cluster: Send + Sync + 'static {
     }
 
     /// Task stream entries after position `since`, when the cluster keeps them.
-    fn task_stream(&self, since: u64) -> Option<crate::local::TaskStream> {
+    fn task_stream(&self, since: u64) -> Option<TaskStream> {
         let _ = since;
         None
     }
@@ -64,6 +81,10 @@ impl Cluster for LocalCluster {
         LocalCluster::close(self)
     }
 
+    fn cancel(&self, run: &flowrun_core::RunRef) {
+        LocalCluster::cancel(self, run)
+    }
+
     fn status(&self) -> Option<ClusterStatus> {
         LocalCluster::status(self)
     }
@@ -76,7 +97,7 @@ impl Cluster for LocalCluster {
         LocalCluster::bind_flow(self, flow)
     }
 
-    fn task_stream(&self, since: u64) -> Option<crate::local::TaskStream> {
+    fn task_stream(&self, since: u64) -> Option<TaskStream> {
         LocalCluster::task_stream(self, since)
     }
 }
@@ -217,7 +238,7 @@ impl ClusterHandle {
     }
 
     /// Task stream entries after position `since` (see [`crate::TaskStream`]).
-    pub fn task_stream(&self, since: u64) -> Option<crate::local::TaskStream> {
+    pub fn task_stream(&self, since: u64) -> Option<TaskStream> {
         self.cluster.task_stream(since)
     }
 }

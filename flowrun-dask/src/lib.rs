@@ -32,11 +32,12 @@ mod settings;
 
 pub use annotate::{annotate, Annotate};
 pub use client::{get_async_dask_client, get_dask_client, AsyncClient, Client, ClientError};
-pub use cluster::{current_cluster, Cluster, ClusterClass, ClusterHandle, StartCluster};
-pub use dashboard::dashboard_link;
-pub use local::{
-    ClusterStatus, LocalCluster, TaskStream, TaskStreamEntry, WaitingTask, WorkerStatus,
+pub use cluster::{
+    current_cluster, Cluster, ClusterClass, ClusterHandle, ClusterStatus, StartCluster, TaskStream,
+    TaskStreamEntry, WaitingTask, WorkerStatus,
 };
+pub use dashboard::dashboard_link;
+pub use local::LocalCluster;
 pub use runner::DaskTaskRunner;
 pub use settings::{
     default_shape, parse_resources, AdaptKwargs, ClientKwargs, ClusterKwargs, MemoryLimit,

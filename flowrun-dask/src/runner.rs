@@ -19,6 +19,14 @@ use crate::settings::{AdaptKwargs, ClientKwargs, ClusterKwargs, SettingsError};
 /// from the core count (as Dask chooses) and closes it when the flow run
 /// ends, also when it fails or panics.
 ///
+/// As prefect-dask closes its cluster when the flow raises, a flow run
+/// that fails, panics or times out does not wait for the task runs still
+/// running: they end `Cancelled`, their results are dropped, the cluster
+/// closes and its worker processes stop with it, and the flow returns at
+/// once. Dropping an async flow's future (a `tokio::time::timeout`, a
+/// `select!`, an aborted task) does the same, and the flow run ends
+/// `Cancelled`.
+///
 /// Tasks move to worker processes serialized, so their arguments and
 /// results must implement serde's `Serialize` and `DeserializeOwned`:
 /// `#[flow(task_runner = DaskTaskRunner::default())]` makes that a compile
@@ -305,6 +313,26 @@ impl TaskRunner for DaskTaskRunner {
                 }
             }
         }
+    }
+
+    fn cancel(&self, run: &flowrun_core::RunRef) {
+        let cluster = self
+            .cluster
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(_, c)| c.clone());
+        if let Some(c) = cluster {
+            c.cancel(run);
+        }
+    }
+
+    /// Yes: as prefect-dask closes its cluster when the flow raises, a
+    /// failing, panicking or timed-out flow run stops the task runs still
+    /// running on the cluster (they end `Cancelled`) and returns at once,
+    /// and its workers stop with the cluster.
+    fn stops_running_on_failure(&self) -> bool {
+        true
     }
 
     fn shutdown(&self) {

@@ -2,7 +2,7 @@
 //! the flow's process.
 //!
 //! A worker process runs the same program with the same arguments (see
-//! `crate::remote::worker_command`), so it reaches the same first flow
+//! `crate::cluster::worker_command`), so it reaches the same first flow
 //! call, where flowrun diverts it into worker mode before the flow's own
 //! work.
 
@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::Sender;
 
-use super::scheduler::{Event, Expected, Launcher};
+use super::scheduler::{Expected, Launcher};
 use super::worker::{self, WorkerConfig, WORKER_ENV};
+use super::Event;
 
 type Tail = Arc<Mutex<VecDeque<String>>>;
 
@@ -155,11 +156,23 @@ fn describe_status(s: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (s.code(), s.signal()) {
         (Some(c), _) => format!("exit code {c}"),
-        (None, Some(sig)) => format!(
-            "killed by signal {sig}{}",
-            if sig == 9 { " (SIGKILL)" } else { "" }
-        ),
+        (None, Some(sig)) => format!("killed by signal {sig}{}", signal_name(sig)),
         _ => "unknown status".into(),
+    }
+}
+
+/// The name of the signals that usually end a worker, and what they mean.
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGKILL => " (SIGKILL: killed, by a user or the kernel's out-of-memory killer)",
+        libc::SIGSEGV => " (SIGSEGV: invalid memory access)",
+        libc::SIGABRT => " (SIGABRT: the process aborted)",
+        libc::SIGBUS => " (SIGBUS: bus error)",
+        libc::SIGTERM => " (SIGTERM: asked to terminate)",
+        libc::SIGINT => " (SIGINT: interrupted)",
+        libc::SIGFPE => " (SIGFPE: arithmetic error)",
+        libc::SIGILL => " (SIGILL: illegal instruction)",
+        _ => "",
     }
 }
 

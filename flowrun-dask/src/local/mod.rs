@@ -19,9 +19,12 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 use flowrun_core::{Resources, TaskCall};
 
-pub use scheduler::{ClusterStatus, TaskStream, TaskStreamEntry, WaitingTask, WorkerStatus};
+pub(crate) use crate::cluster::{ClusterStatus, TaskStream, TaskStreamEntry};
 
-use scheduler::{Event, Expected, Scheduler};
+use scheduler::{Call, Expected, Scheduler};
+
+/// What the scheduler of a running cluster reacts to.
+type Event = scheduler::Event<Call>;
 use wire::{ToScheduler, ToWorker, ToWorkerOut};
 
 use crate::settings::{AdaptKwargs, ClientKwargs, ClusterKwargs, SettingsError};
@@ -144,7 +147,7 @@ impl LocalCluster {
         };
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let handle = if kwargs.processes.unwrap_or(true) {
-            let (program, args) = crate::remote::worker_command(kwargs.worker_program.as_deref())
+            let (program, args) = crate::cluster::worker_command(kwargs.worker_program.as_deref())
                 .map_err(|e| SettingsError::new("cluster", e))?;
             let launcher = launch::ProcessLauncher {
                 program,
@@ -194,13 +197,39 @@ impl LocalCluster {
 
     /// Hands an attempt to the scheduler.
     pub fn submit(&self, call: TaskCall) {
-        if let Err(e) = self.events.send(Event::Submit(call)) {
-            if let Event::Submit(call) = e.into_inner() {
-                if let flowrun_core::Work::Remote(job) = call.into_work() {
-                    job.refuse("the cluster is closed");
-                }
+        let (run, annotations, work) = call.into_parts();
+        let job = match work {
+            flowrun_core::Work::Remote(job) => job,
+            flowrun_core::Work::Local(job) => {
+                job.refuse("DaskTaskRunner runs serialized calls only");
+                return;
+            }
+        };
+        let event = Event::Submit {
+            attempt: Call::new(run, job),
+            priority: annotations.priority.unwrap_or(0),
+            needs: annotations.resources,
+        };
+        if let Err(e) = self.events.send(event) {
+            if let Event::Submit { attempt, .. } = e.into_inner() {
+                scheduler::Attempt::finish(
+                    attempt,
+                    Err(flowrun_core::TaskError::new(
+                        flowrun_core::TaskErrorKind::Runner,
+                        "the cluster is closed",
+                    )),
+                );
             }
         }
+    }
+
+    /// Stops run `run`'s attempt if it has not started on a worker (the run
+    /// was cancelled): it is dropped from the queue, or its worker is told
+    /// to drop it.
+    pub fn cancel(&self, run: &flowrun_core::RunRef) {
+        let _ = self.events.send(Event::Cancel {
+            run_id: run.id().get(),
+        });
     }
 
     /// Workers, queued tasks, and tasks that wait with the reason they wait.
@@ -229,21 +258,24 @@ impl LocalCluster {
         let _ = self.events.send(Event::Scale(n));
     }
 
-    /// Stops every worker (waiting briefly for them to exit, then killing
-    /// them) and the scheduler. Unfinished tasks fail as `Crashed`.
+    /// Stops every worker and the scheduler. Workers are told to leave;
+    /// any still there after a grace period (one second: a stopped or hung
+    /// process) are killed. Unfinished tasks fail as `Crashed`. Returns
+    /// once every worker is gone; a second call returns at once.
     pub fn close(&self) {
-        if !self.closed.swap(true, Ordering::AcqRel) {
-            // Wakes the acceptor out of accept(); it sees `closed` and stops.
-            // SAFETY: shutting down a socket this cluster owns.
-            unsafe {
-                libc::shutdown(self.listener_fd, libc::SHUT_RDWR);
-            }
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // Wakes the acceptor out of accept(); it sees `closed` and stops.
+        // SAFETY: shutting down a socket this cluster owns.
+        unsafe {
+            libc::shutdown(self.listener_fd, libc::SHUT_RDWR);
         }
         let _ = self.events.send(Event::Close);
-        // Workers told to stop exit within milliseconds; the scheduler kills
-        // any that do not, when their connection or process ends.
-        if self.done.recv_timeout(Duration::from_secs(10)).is_err() {
-            tracing::warn!(target: "flowrun_dask::cluster", "The cluster did not close within 10 s");
+        let limit = scheduler::CLOSE_GRACE + Duration::from_secs(5);
+        if self.done.recv_timeout(limit).is_err() {
+            tracing::warn!(target: "flowrun_dask::cluster", "The cluster did not close within {limit:?}");
+            return;
         }
         if let Some(h) = self
             .scheduler
@@ -256,8 +288,15 @@ impl LocalCluster {
     }
 }
 
+impl Drop for LocalCluster {
+    /// Closes the cluster if nobody did: its workers never outlive it.
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
 fn spawn_scheduler<L: scheduler::Launcher>(
-    s: Scheduler<L>,
+    s: Scheduler<L, Call>,
     events: Receiver<Event>,
     done: Sender<()>,
 ) -> std::io::Result<JoinHandle<()>> {

@@ -193,6 +193,9 @@ pub enum ToWorker<A = Assignment> {
     /// Outcomes of submissions this worker made.
     Resolved(Vec<(u64, Result<serde_bytes::ByteBuf, WireError>)>),
     Shutdown,
+    /// Drop these tasks if they have not started; each dropped one is
+    /// answered with a `Cancelled` completion.
+    Cancel(Vec<u64>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]

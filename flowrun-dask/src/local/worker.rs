@@ -141,6 +141,20 @@ impl Queue {
         }
     }
 
+    /// Takes out the tasks of `ids` that have not started; returns their ids.
+    fn cancel(&self, ids: &[u64]) -> Vec<u64> {
+        let mut g = self.heap.lock().unwrap_or_else(|p| p.into_inner());
+        let mut dropped = Vec::new();
+        g.0.retain(|(_, _, t)| {
+            let hit = ids.contains(&t.0.id);
+            if hit {
+                dropped.push(t.0.id);
+            }
+            !hit
+        });
+        dropped
+    }
+
     fn close(&self) {
         self.heap.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
         self.cond.notify_all();
@@ -475,6 +489,19 @@ pub(crate) fn serve(
                         ToWorker::Run(tasks) => ex.queue.push(tasks),
                         ToWorker::Resolved(batch) => link.resolve(batch),
                         ToWorker::Shutdown => stop = true,
+                        ToWorker::Cancel(ids) => {
+                            for id in ex.queue.cancel(&ids) {
+                                let _ = ex.out.send(Outgoing::Done(Completion {
+                                    id,
+                                    result: Err(WireError {
+                                        panic: false,
+                                        message: "cancelled before it started".into(),
+                                        kind: Some(wire::WireKind::Cancelled),
+                                    }),
+                                    duration_us: 0,
+                                }));
+                            }
+                        }
                         _ => {}
                     }
                 }

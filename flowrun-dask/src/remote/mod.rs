@@ -17,12 +17,10 @@
 
 mod format;
 mod output;
-mod program;
 mod python;
 mod session;
 mod task_mode;
 
-pub(crate) use program::worker_command;
 pub(crate) use task_mode::dask_task;
 
 use std::future::Future;
@@ -34,7 +32,7 @@ use flowrun_core::{Resources, TaskCall, TaskError, TaskErrorKind, Work};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster::Cluster;
-use crate::local::{ClusterStatus, WaitingTask, WorkerStatus};
+use crate::cluster::{worker_command, ClusterStatus, WaitingTask, WorkerStatus};
 use crate::protocol::{DaskClient, PythonRunner};
 use crate::settings::{AdaptKwargs, ClientKwargs, ClusterKwargs};
 use python::PythonCluster;
