@@ -225,3 +225,10 @@ pub use flowrun_macros::flow;
 /// its client of real Dask clusters.
 #[cfg(feature = "dask")]
 pub use flowrun_dask as dask;
+
+/// The README's Rust code blocks, compiled (and, unless `no_run`, run) as
+/// doc tests so that what a new user copies works with only `flowrun` as a
+/// dependency. (They use the Dask runner, so they need the `dask` feature.)
+#[cfg(all(doctest, feature = "dask"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
