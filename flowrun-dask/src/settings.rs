@@ -179,14 +179,14 @@ impl ClusterKwargs {
     }
 
     /// Number of worker processes (or worker thread groups when `processes(false)`).
-    pub fn n_workers(mut self, n: i64) -> Self {
-        self.n_workers = Some(n);
+    pub fn n_workers(mut self, n: u32) -> Self {
+        self.n_workers = Some(i64::from(n));
         self
     }
 
     /// Threads per worker.
-    pub fn threads_per_worker(mut self, n: i64) -> Self {
-        self.threads_per_worker = Some(n);
+    pub fn threads_per_worker(mut self, n: u32) -> Self {
+        self.threads_per_worker = Some(i64::from(n));
         self
     }
 
