@@ -416,7 +416,7 @@ pub fn default_shape(cores: usize) -> (usize, usize) {
     }
     let root = (n as f64).sqrt();
     let processes = (1..=n)
-        .filter(|f| n % f == 0 && *f as f64 >= root)
+        .filter(|f| n.is_multiple_of(*f) && *f as f64 >= root)
         .min()
         .unwrap_or(n);
     (processes, n / processes)

@@ -62,9 +62,13 @@ fn seconds_ok(value: &Seconds, option: &str, allow_zero: bool, cx: &Ctxt) -> boo
 }
 
 fn retry_delay_ok(delay: &RetryDelay, cx: &Ctxt) -> bool {
-    // Every element is checked, so that all bad ones are reported.
+    // Every element is checked (no short circuit), so that all bad ones
+    // are reported.
     let all = |values: &mut dyn Iterator<Item = &Seconds>| {
-        values.fold(true, |ok, s| seconds_ok(s, "retry_delay", true, cx) && ok)
+        values
+            .filter(|s| !seconds_ok(s, "retry_delay", true, cx))
+            .count()
+            == 0
     };
     match delay {
         RetryDelay::Fixed(s) => all(&mut std::iter::once(s)),
