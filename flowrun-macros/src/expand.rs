@@ -107,7 +107,7 @@ pub(crate) fn send_checks(
         .args
         .iter()
         .map(|a| (a.ty.to_token_stream(), a.ty.span()))
-        .chain(std::iter::once((raw.clone(), sig.raw_span)));
+        .chain(std::iter::once((raw.to_token_stream(), sig.raw_span)));
     let mut checks = Vec::new();
     let mut bounds = Vec::new();
     for (ty, span) in spanned {
@@ -121,4 +121,41 @@ pub(crate) fn send_checks(
         }
     };
     (checks, quote!(where #(#bounds),*))
+}
+
+/// The items that let the task or flow value be called like its function
+/// (`shout(3)`): a plain function that runs it now with `body` (returning
+/// `ret`), `Deref` of the value to that function, and `Debug` as
+/// `Kind(display name)`. `bounds` is the `where` clause of the generated
+/// impls.
+pub(crate) fn direct_call_items(
+    sig: &crate::signature::Signature,
+    bounds: &TokenStream,
+    ret: &TokenStream,
+    body: &TokenStream,
+    kind: &str,
+    display: &str,
+) -> TokenStream {
+    let ident = &sig.ident;
+    let names: Vec<_> = sig.args.iter().map(|a| &a.name).collect();
+    let tys: Vec<_> = sig.args.iter().map(|a| &a.ty).collect();
+    let debug = format!("{kind}({display})");
+    quote! {
+        fn __flowrun_direct(#(#names: #tys),*) -> #ret #bounds {
+            #body
+        }
+
+        impl ::core::ops::Deref for #ident #bounds {
+            type Target = fn(#(#tys),*) -> #ret;
+            fn deref(&self) -> &Self::Target {
+                &(__flowrun_direct as fn(#(#tys),*) -> #ret)
+            }
+        }
+
+        impl ::core::fmt::Debug for #ident {
+            fn fmt(&self, __flowrun_f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                __flowrun_f.write_str(#debug)
+            }
+        }
+    }
 }

@@ -1,7 +1,6 @@
 //! Checking and reading the signature of a `#[task]` or `#[flow]` function.
 
-use proc_macro2::TokenStream;
-use quote::{format_ident, quote, ToTokens};
+use quote::format_ident;
 use syn::visit::Visit;
 use syn::{Attribute, FnArg, Ident, ItemFn, Pat, ReturnType, Type, Visibility};
 
@@ -21,7 +20,7 @@ pub(crate) struct Signature {
     pub(crate) is_async: bool,
     pub(crate) args: Vec<Arg>,
     /// The declared return type (`()` when omitted).
-    pub(crate) raw: TokenStream,
+    pub(crate) raw: Type,
     /// Where the return type is written (the function name when omitted).
     pub(crate) raw_span: proc_macro2::Span,
     /// The return type is a `Result<..>`: `Err` fails the run.
@@ -157,8 +156,8 @@ pub(crate) fn model(item: &ItemFn) -> Signature {
         ReturnType::Type(_, ty) => syn::spanned::Spanned::span(&**ty),
     };
     let (raw, returns_result) = match &sig.output {
-        ReturnType::Default => (quote!(()), false),
-        ReturnType::Type(_, ty) => (ty.to_token_stream(), is_result(ty)),
+        ReturnType::Default => (syn::parse_quote!(()), false),
+        ReturnType::Type(_, ty) => ((**ty).clone(), is_result(ty)),
     };
 
     let mut docs = Vec::new();
@@ -200,43 +199,6 @@ pub(crate) fn model(item: &ItemFn) -> Signature {
         cfgs,
         other_attrs,
         doc_text,
-    }
-}
-
-/// The items that let the task or flow value be called like its function
-/// (`shout(3)`): a plain function that runs it now with `body` (returning
-/// `ret`), `Deref` of the value to that function, and `Debug` as
-/// `Kind(display name)`. `bounds` is the `where` clause of the generated
-/// impls.
-pub(crate) fn direct_call_items(
-    sig: &Signature,
-    bounds: &TokenStream,
-    ret: &TokenStream,
-    body: &TokenStream,
-    kind: &str,
-    display: &str,
-) -> TokenStream {
-    let ident = &sig.ident;
-    let names: Vec<_> = sig.args.iter().map(|a| &a.name).collect();
-    let tys: Vec<_> = sig.args.iter().map(|a| &a.ty).collect();
-    let debug = format!("{kind}({display})");
-    quote! {
-        fn __flowrun_direct(#(#names: #tys),*) -> #ret #bounds {
-            #body
-        }
-
-        impl ::core::ops::Deref for #ident #bounds {
-            type Target = fn(#(#tys),*) -> #ret;
-            fn deref(&self) -> &Self::Target {
-                &(__flowrun_direct as fn(#(#tys),*) -> #ret)
-            }
-        }
-
-        impl ::core::fmt::Debug for #ident {
-            fn fmt(&self, __flowrun_f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                __flowrun_f.write_str(#debug)
-            }
-        }
     }
 }
 

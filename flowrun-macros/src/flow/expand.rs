@@ -132,14 +132,8 @@ pub(crate) fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> Tok
     };
 
     let (send_checks, bounds) = crate::expand::send_checks(sig, &fr);
-    let direct_items = crate::signature::direct_call_items(
-        sig,
-        &bounds,
-        &direct_ret,
-        &direct_body,
-        "Flow",
-        &display,
-    );
+    let direct_items =
+        crate::expand::direct_call_items(sig, &bounds, &direct_ret, &direct_body, "Flow", &display);
     quote! {
         #(#cfgs)*
         #doc

@@ -149,14 +149,8 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
         }
     });
 
-    let direct_items = crate::signature::direct_call_items(
-        sig,
-        &bounds,
-        &direct_ret,
-        &direct_body,
-        "Task",
-        &display,
-    );
+    let direct_items =
+        crate::expand::direct_call_items(sig, &bounds, &direct_ret, &direct_body, "Task", &display);
     quote! {
         #(#cfgs)*
         #doc
