@@ -1,13 +1,13 @@
 //! Checks of the typed options: each value out of range is reported at its
 //! token and dropped, so the expansion falls back to the default for it.
 
-use crate::ctxt::Ctxt;
-use crate::options::{Number, RetryDelay, Seconds};
-
 use syn::LitStr;
 
 use crate::attr::Common;
+use crate::ctxt::Ctxt;
+use crate::options::{Number, RetryDelay, Seconds};
 
+/// The checks of the options both macros share.
 pub(crate) fn common(attr: &mut Common, cx: &Ctxt) {
     non_empty(&mut attr.name, "name", cx);
     non_empty(&mut attr.description, "description", cx);
