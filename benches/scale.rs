@@ -58,7 +58,7 @@ fn streaming(n: u64, window: u64, sample_every: u64) -> Vec<(u64, u64)> {
             let f: TaskFuture<u64> = in_flight.pop_front().unwrap();
             f.into_result().unwrap();
             done += 1;
-            if done % sample_every == 0 {
+            if done.is_multiple_of(sample_every) {
                 samples.push((done, memory().0));
             }
         }

@@ -30,9 +30,205 @@
 #![deny(missing_docs)]
 
 pub use flowrun_core::*;
-pub use flowrun_macros::{flow, task};
+/// Turns a function into a task: calling, submitting or mapping it inside
+/// a flow makes a tracked task run with a state, retries, a timeout and logs.
+///
+/// Arguments and the result must be owned and `Send + 'static` (a run may
+/// move to another thread or, on the Dask runner, to another process; then
+/// they must also be serde's `Serialize` and `DeserializeOwned`, which the
+/// enclosing `#[flow]` checks at compile time).
+///
+/// # Options
+///
+/// `#[task(name = "...", description = "...", retries = n, retry_delay = ...,
+/// retry_jitter_factor = f, timeout = seconds, tags = ["..."], crate = path)]`.
+/// `retry_delay` is seconds, a list of seconds (one per retry, the last
+/// repeated) or `exponential(base, max = m)`. Numbers may also be
+/// expressions (a constant, a `Duration`). An option the macro cannot use
+/// is a compile error at its token; the task is still generated with that
+/// option's default, so the code around it keeps compiling.
+///
+/// # Call forms
+///
+/// The attribute turns `name` into a value of its own type (so it cannot be
+/// a parameter name of the same function):
+///
+/// ```
+/// use flowrun::{flow, task, unmapped, TaskOptions};
+///
+/// #[task]
+/// fn double(x: u64) -> u64 {
+///     x * 2
+/// }
+///
+/// #[task]
+/// fn add(a: u64, b: u64) -> u64 {
+///     a + b
+/// }
+///
+/// #[flow]
+/// fn forms() -> u64 {
+///     // Call it: runs now, on this thread, as a tracked run; returns its value.
+///     let four = double(2);
+///     // `.call` is the same, and applies the handle's options.
+///     let six = double.call(3);
+///     // `.submit` hands the run to the flow's runner and returns a future;
+///     // a future passed as an argument is a dependency whose value the run gets.
+///     let eight = double.submit(4);
+///     let twelve = add.submit(&eight, four);
+///     // `.map`: one run per element; `unmapped` passes the same value to each.
+///     let shifted = add.map(vec![1, 2, 3], unmapped(10)).expect("one mapped length");
+///     // `.with_options` overrides the attribute's options for this handle.
+///     let patient = double.with_options(TaskOptions::new().retries(2).name("double-retried"));
+///     let ten = patient.submit(5);
+///     // `.wait_for` waits for runs without taking their values.
+///     let after = add.wait_for(&ten).submit(six, 0);
+///     let mapped: u64 = flowrun::results(shifted).expect("no run fails").iter().sum();
+///     twelve.result().unwrap() + after.result().unwrap() + ten.result().unwrap() + mapped
+/// }
+///
+/// assert_eq!(forms().unwrap(), 12 + 6 + 10 + 36);
+/// ```
+///
+/// # `Result` semantics
+///
+/// A task returning `Result<T, E>` (with `E: Display`) fails its run when it
+/// returns `Err`, as a panic does; retries apply. Its futures hold `T`; a
+/// direct call returns the `Result` itself.
+///
+/// ```
+/// use flowrun::{flow, task};
+///
+/// #[task(retries = 2, retry_delay = 0)]
+/// fn parse(text: String) -> Result<u32, std::num::ParseIntError> {
+///     text.parse()
+/// }
+///
+/// #[flow]
+/// fn sum() -> u32 {
+///     let good = parse.submit("41".to_owned());
+///     let bad = parse.submit("x".to_owned());
+///     assert!(bad.result().is_err());
+///     assert!(parse("y".to_owned()).is_err());
+///     good.result().unwrap() + 1
+/// }
+///
+/// // A failed task run that the flow did not turn into its own failure
+/// // is reported but does not fail the flow.
+/// assert_eq!(sum().unwrap(), 42);
+/// ```
+///
+/// # `async` tasks
+///
+/// An `async fn` task is awaited by its runner; called directly or with
+/// `.call` it returns a future, and its `TaskFuture` can be `.await`ed.
+///
+/// ```
+/// use flowrun::{flow, task};
+///
+/// #[task]
+/// async fn fetch(id: u32) -> String {
+///     format!("item-{id}")
+/// }
+///
+/// #[flow]
+/// async fn gather() -> Vec<String> {
+///     let first = fetch(1).await;
+///     let second = fetch.submit(2).await.unwrap();
+///     vec![first, second]
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// assert_eq!(gather().await.unwrap(), ["item-1", "item-2"]);
+/// # }
+/// ```
+pub use flowrun_macros::task;
+
+/// Turns a function into a flow: calling it runs it as a flow run, with the
+/// tasks it calls, submits and maps as its tracked task runs.
+///
+/// # Options
+///
+/// `#[flow(name = "...", description = "...", task_runner = <runner>,
+/// retries = n, retry_delay = ..., timeout = seconds, crate = path)]`.
+/// `task_runner` is an expression evaluated for each flow run, or a bare type
+/// path meaning its `Default` (`task_runner = ThreadPoolTaskRunner`); the
+/// default runner is a thread pool. With a runner that moves tasks between
+/// processes (`SerializingTaskRunner`, the Dask runner), submitting a task
+/// whose arguments or result are not serde types is a compile error at
+/// the submit. The flow's name defaults to the function's, with `-` for `_`.
+///
+/// # Call forms and `Result` semantics
+///
+/// Calling the flow returns `Result<T, FlowError>`: `Ok` with the body's
+/// value, or why the flow failed (a panic, a timeout, the body's `Err` when
+/// it returns a `Result`, whose `Ok` type is then `T`). `return_state` returns
+/// the whole flow run instead.
+///
+/// ```
+/// use flowrun::{flow, task, FlowOptions, SerializingTaskRunner};
+///
+/// #[task]
+/// fn square(x: i64) -> i64 {
+///     x * x
+/// }
+///
+/// #[flow(retries = 1, retry_delay = 0, task_runner = SerializingTaskRunner)]
+/// fn checked(x: i64) -> Result<i64, String> {
+///     let y = square.submit(x).result().map_err(|e| e.to_string())?;
+///     if y > 100 { Err(format!("{y} is too big")) } else { Ok(y) }
+/// }
+///
+/// // Call it.
+/// assert_eq!(checked(3).unwrap(), 9);
+/// assert!(checked(11).unwrap_err().to_string().contains("too big"));
+/// // `.call` is the same and applies the handle's options.
+/// let renamed = checked.with_options(FlowOptions::new().name("checked-again"));
+/// assert_eq!(renamed.call(4).unwrap(), 16);
+/// // `return_state`: the final state, the result and the task run failures.
+/// let run = checked.return_state(2);
+/// assert!(run.state().is_completed());
+/// assert_eq!(run.result().ok(), Some(&4));
+/// // `with_runner`: this handle runs its tasks on another runner.
+/// let threaded = checked.with_runner(flowrun::ThreadPoolTaskRunner::default());
+/// assert_eq!(threaded(5).unwrap(), 25);
+/// ```
+///
+/// # `async` flows
+///
+/// An `async fn` flow returns a future to await on the caller's runtime
+/// (it never starts a runtime inside it).
+///
+/// ```
+/// use flowrun::{flow, task};
+///
+/// #[task]
+/// fn one() -> u8 {
+///     1
+/// }
+///
+/// #[flow]
+/// async fn pipeline() -> u8 {
+///     one.submit().await.unwrap() + one()
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// assert_eq!(pipeline().await.unwrap(), 2);
+/// assert!(pipeline.return_state().await.state().is_completed());
+/// # }
+/// ```
+pub use flowrun_macros::flow;
 
 /// The Dask-style task runner (`DaskTaskRunner`), its local cluster and
 /// its client of real Dask clusters.
 #[cfg(feature = "dask")]
 pub use flowrun_dask as dask;
+
+/// The README's Rust code blocks, compiled (and, unless `no_run`, run) as
+/// doc tests so that what a new user copies works with only `flowrun` as a
+/// dependency. (They use the Dask runner, so they need the `dask` feature.)
+#[cfg(all(doctest, feature = "dask"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -192,11 +192,8 @@ pub mod __private {
         }
     }
 
-    /// Checks that pass.
-    #[diagnostic::on_unimplemented(
-        message = "this task cannot run on the flow's task runner",
-        note = "the runner moves tasks between processes: every argument type and the result type must implement serde's `Serialize` and `DeserializeOwned`"
-    )]
+    /// Checks that pass. (No custom message: a failing check always reports
+    /// the unmet bound below it, `AcceptsTask` or serde's.)
     pub trait Checked {}
     impl Checked for NoGate {}
     impl<R: crate::AcceptsTask<T>, T: crate::Task> Checked for TaskGate<R, T> {}

@@ -462,11 +462,9 @@ where
     })
 }
 
-/// A task whose arguments and result can cross process boundaries.
-#[diagnostic::on_unimplemented(
-    message = "task `{Self}` cannot run in another process",
-    note = "a task that moves between processes needs every argument type and its result type to implement serde's `Serialize` and `DeserializeOwned`"
-)]
+/// A task whose arguments and result can cross process boundaries. (No
+/// custom message: rustc reports the missing serde bound of the argument
+/// instead.)
 pub trait RemoteTask: Task {}
 
 impl<T> RemoteTask for T
@@ -483,7 +481,7 @@ where
 #[diagnostic::on_unimplemented(
     message = "task `{T}` cannot run on the task runner `{Self}`",
     label = "submitted here",
-    note = "`{Self}` runs tasks in other processes, so every argument type and the result type of `{T}` must implement serde's `Serialize` and `DeserializeOwned`"
+    note = "a runner declares the tasks it runs: `impl<T: Task> AcceptsTask<T> for {Self} {{}}` for any task, or `impl<T: RemoteTask> AcceptsTask<T> for {Self} {{}}` for tasks that can move between processes"
 )]
 pub trait AcceptsTask<T: Task> {}
 

@@ -1,8 +1,12 @@
 //! Annotation scopes: the priority and resources of every task submitted
 //! inside them, as `dask.annotate` gives Python users.
 //!
+//! Three forms: a guard ([`Annotate::enter`]), a closure ([`Annotate::run`])
+//! and a block ([`annotate!`](crate::annotate!)). With only `flowrun` as a
+//! dependency they are `flowrun::dask::annotate`.
+//!
 //! ```
-//! use flowrun_dask::annotate;
+//! use flowrun::dask::annotate;
 //!
 //! let outer = annotate().priority(10).enter();
 //! {
@@ -69,7 +73,7 @@ impl Annotate {
 ///
 /// ```
 /// use flowrun::{flow, task, TaskFuture};
-/// use flowrun_dask::annotate;
+/// use flowrun::dask::annotate;
 ///
 /// #[task]
 /// fn train(epochs: u32) -> u32 {

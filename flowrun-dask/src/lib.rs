@@ -16,7 +16,24 @@
 //! flow, or after it, or guard it with [`flowrun_core::worker::is_worker`].
 //! This is the Rust form of the `if __name__ == "__main__":` guard Python
 //! users write for Dask.
+//!
+//! # Linux only
+//!
+//! This crate is built on Linux interfaces: a task run on a real Dask
+//! worker runs in a child that dies with its worker
+//! (`prctl(PR_SET_PDEATHSIG)`) and hands over its output through `memfd`
+//! files; worker memory and the machine's memory are read from `/proc`; a
+//! worker program is identified by its ELF build id. On any other OS this
+//! crate does not compile (a `compile_error!` says so); use `flowrun` with
+//! `default-features = false` there, for flows and tasks on the thread-pool
+//! and serializing runners.
 #![deny(missing_docs)]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "flowrun-dask runs on Linux only (it uses memfd, prctl and /proc); \
+     on other systems depend on `flowrun` with `default-features = false`"
+);
 
 mod annotate;
 mod build_id;

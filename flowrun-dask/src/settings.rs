@@ -179,14 +179,14 @@ impl ClusterKwargs {
     }
 
     /// Number of worker processes (or worker thread groups when `processes(false)`).
-    pub fn n_workers(mut self, n: i64) -> Self {
-        self.n_workers = Some(n);
+    pub fn n_workers(mut self, n: u32) -> Self {
+        self.n_workers = Some(i64::from(n));
         self
     }
 
     /// Threads per worker.
-    pub fn threads_per_worker(mut self, n: i64) -> Self {
-        self.threads_per_worker = Some(n);
+    pub fn threads_per_worker(mut self, n: u32) -> Self {
+        self.threads_per_worker = Some(i64::from(n));
         self
     }
 
@@ -416,7 +416,7 @@ pub fn default_shape(cores: usize) -> (usize, usize) {
     }
     let root = (n as f64).sqrt();
     let processes = (1..=n)
-        .filter(|f| n % f == 0 && *f as f64 >= root)
+        .filter(|f| n.is_multiple_of(*f) && *f as f64 >= root)
         .min()
         .unwrap_or(n);
     (processes, n / processes)

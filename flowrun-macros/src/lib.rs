@@ -1,12 +1,27 @@
 //! The `#[task]` and `#[flow]` attribute macros of flowrun.
 //!
-//! Use them through the `flowrun` crate (`use flowrun::{flow, task};`): the
-//! generated code refers to `::flowrun::__private`, so no other dependency
-//! is needed. A crate that re-exports flowrun under another path can say so
-//! with `#[task(crate = path)]`.
+//! Use them through the `flowrun` crate (`use flowrun::{flow, task};`),
+//! whose documentation of `flowrun::task` and `flowrun::flow` shows every
+//! call form with examples that compile. The generated code refers to
+//! `::flowrun::__private`, so no other dependency is needed; a crate that
+//! re-exports flowrun under another path says so with
+//! `#[task(crate = path)]`.
+//!
+//! Each macro runs the same four steps (`entry.rs`): the options are parsed
+//! into typed values (`options.rs`, `task/attr.rs`, `flow/attr.rs`), the
+//! values and the function's signature are checked (`check.rs`,
+//! `signature.rs`), and only then is code quoted (`expand.rs`,
+//! `task/expand.rs`, `flow/expand.rs`). Every error goes to one collector
+//! (`ctxt.rs`); a bad option falls back to its default so the item still
+//! exists for IDEs and for the code that uses it.
 
 #![deny(missing_docs)]
 
+mod attr;
+mod check;
+mod ctxt;
+mod entry;
+mod expand;
 mod flow;
 mod options;
 mod signature;
@@ -14,22 +29,23 @@ mod task;
 
 use proc_macro::TokenStream;
 
-/// Turns a function into a flowrun task.
+/// Turns a function into a flowrun task (see `flowrun::task` for examples).
 ///
 /// Options: `name = "..."`, `description = "..."`, `retries = n`,
 /// `retry_delay = seconds | [seconds, ...] | exponential(base, max = m)`,
-/// `retry_jitter_factor = f`, `timeout = seconds`, `tags = ["..."]`.
+/// `retry_jitter_factor = f`, `timeout = seconds`, `tags = ["..."]`,
+/// `crate = path`.
 #[proc_macro_attribute]
 pub fn task(args: TokenStream, item: TokenStream) -> TokenStream {
-    task::task(args.into(), item.into()).into()
+    entry::run::<task::Task>(args.into(), item.into()).into()
 }
 
-/// Turns a function into a flowrun flow.
+/// Turns a function into a flowrun flow (see `flowrun::flow` for examples).
 ///
 /// Options: `name = "..."`, `description = "..."`,
 /// `task_runner = <expr>` (a bare type path means its `Default`),
-/// `retries = n`, `retry_delay = ...`, `timeout = seconds`.
+/// `retries = n`, `retry_delay = ...`, `timeout = seconds`, `crate = path`.
 #[proc_macro_attribute]
 pub fn flow(args: TokenStream, item: TokenStream) -> TokenStream {
-    flow::flow(args.into(), item.into()).into()
+    entry::run::<flow::Flow>(args.into(), item.into()).into()
 }

@@ -400,7 +400,7 @@ impl<'a> Machine<'a> {
     }
 
     fn pairs(&self, items: Vec<Id>) -> Result<Vec<(Id, Id)>, PickleError> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.fail("odd number of dict items"));
         }
         Ok(items.chunks(2).map(|p| (p[0], p[1])).collect())

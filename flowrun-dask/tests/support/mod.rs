@@ -2,7 +2,7 @@
 //! a pinned PyPI install, on 127.0.0.1 with OS-assigned ports.
 //!
 //! * The Dask version comes from `FLOWRUN_DASK_VERSION` (default 2026.8.0);
-//!   its venv is created by `scripts/dask-venv.sh` on first use, so a fresh
+//!   its venv is created by flowrun-dask's `scripts/dask-venv.sh` on first use, so a fresh
 //!   machine needs only Python and access to PyPI. If Dask cannot be
 //!   installed the test fails with the installer's output: never a skip.
 //! * Every process runs in its own process group, in a private temporary
@@ -41,14 +41,27 @@ pub fn dask_version() -> String {
         .unwrap_or_else(|| DEFAULT_DASK_VERSION.to_string())
 }
 
-/// The workspace root; this module is included by flowrun-dask's tests and
-/// by the workspace's own, so look upwards for the install script.
-fn workspace_root() -> PathBuf {
+/// The install script. This module is included by flowrun-dask's tests
+/// (whose package ships the script) and by the workspace's tests and benches
+/// (whose `scripts/dask-venv.sh` calls flowrun-dask's): both have it at
+/// `scripts/dask-venv.sh` under their manifest directory.
+fn venv_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .find(|dir| dir.join("scripts").join("dask-venv.sh").exists())
-        .expect("scripts/dask-venv.sh in the workspace")
-        .to_path_buf()
+        .join("scripts")
+        .join("dask-venv.sh")
+}
+
+/// Where the venvs live: `dask-venv` in the target directory, shared by every
+/// package of a workspace (and by CI's setup step), unless
+/// `FLOWRUN_DASK_VENV_DIR` says otherwise.
+fn venv_dir() -> PathBuf {
+    match std::env::var_os("FLOWRUN_DASK_VENV_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .expect("CARGO_TARGET_TMPDIR is inside the target directory")
+            .join("dask-venv"),
+    }
 }
 
 /// The `bin` directory of a venv with `distributed==version`, installing it
@@ -61,10 +74,11 @@ pub fn venv_bin(version: &str) -> PathBuf {
     if let Some(bin) = cache.get(version) {
         return bin.clone();
     }
-    let script = workspace_root().join("scripts").join("dask-venv.sh");
+    let script = venv_script();
     let output = Command::new("bash")
         .arg(&script)
         .arg(version)
+        .env("FLOWRUN_DASK_VENV_DIR", venv_dir())
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));

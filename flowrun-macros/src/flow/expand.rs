@@ -7,12 +7,12 @@ use quote::quote;
 use syn::visit_mut::VisitMut;
 use syn::ItemFn;
 
-use super::attr::FlowAttr;
+use super::attr::{FlowAttr, Runner};
 use super::gates::{witness_ident, Gates};
 use crate::signature::Signature;
 
-pub fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> TokenStream {
-    let krate = &attr.krate;
+pub(crate) fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> TokenStream {
+    let krate = &attr.common.krate;
     let fr = quote!(#krate::__private);
     let ident = &sig.ident;
     let vis = &sig.vis;
@@ -21,6 +21,7 @@ pub fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
     let other_attrs = &sig.other_attrs;
     let fn_name = ident.to_string().trim_start_matches("r#").to_owned();
     let display = attr
+        .common
         .name
         .as_ref()
         .map(|n| n.value())
@@ -41,7 +42,11 @@ pub fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
     let asyncness = sig.is_async.then(|| quote!(async));
 
     let mut block = (*function.block).clone();
-    let witness = match &attr.task_runner {
+    let runner_expr = attr.task_runner.as_ref().map(|r| match r {
+        Runner::Default(p) => quote!(<#p as ::core::default::Default>::default()),
+        Runner::Expr(e) => quote!(#e),
+    });
+    let witness = match &runner_expr {
         Some(runner) => {
             Gates { fr: fr.clone() }.visit_block_mut(&mut block);
             let w = witness_ident();
@@ -59,23 +64,11 @@ pub fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
     };
 
     let mut builder = quote!(#fr::FlowMeta::builder(#display));
-    if let Some(d) = attr
-        .description
-        .as_ref()
-        .map(|d| d.value())
-        .or_else(|| sig.doc_text.clone())
-    {
-        builder.extend(quote!(.description(#d)));
-    }
-    if let Some(r) = &attr.retries {
-        builder.extend(quote!(.retries(#r)));
-    }
-    if let Some(d) = &attr.retry_delay {
-        builder.extend(quote!(.retry_delay(#d)));
-    }
-    if let Some(t) = &attr.timeout {
-        builder.extend(quote!(.timeout(#t)));
-    }
+    builder.extend(crate::expand::common_builder(
+        &attr.common,
+        sig.doc_text.as_ref(),
+        &fr,
+    ));
     builder.extend(quote!(.build()));
 
     let invoke = if sig.is_async {
@@ -88,7 +81,7 @@ pub fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
     } else {
         quote!(::core::result::Result::Ok(__flowrun_raw))
     };
-    let runner = match &attr.task_runner {
+    let runner = match &runner_expr {
         Some(r) => quote!(#fr::boxed_runner(#r)),
         None => quote!(#fr::default_runner()),
     };
@@ -138,8 +131,9 @@ pub fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
         )
     };
 
+    let (send_checks, bounds) = crate::expand::send_checks(sig, &fr);
     let direct_items =
-        crate::signature::direct_call_items(sig, &direct_ret, &direct_body, "Flow", &display);
+        crate::expand::direct_call_items(sig, &bounds, &direct_ret, &direct_body, "Flow", &display);
     quote! {
         #(#cfgs)*
         #doc
@@ -157,6 +151,8 @@ pub fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
 
         #(#cfgs)*
         const _: () = {
+            #send_checks
+
             #(#other_attrs)*
             #[allow(clippy::too_many_arguments)]
             #asyncness fn __flowrun_body(#(#params),*) -> #raw {
@@ -166,7 +162,7 @@ pub fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
 
             #direct_items
 
-            impl #fr::Flow for #ident {
+            impl #fr::Flow for #ident #bounds {
                 type Args = (#(#tys,)*);
                 type Raw = #raw;
                 type Output = #output;
@@ -201,7 +197,7 @@ pub fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
                 }
             }
 
-            impl #ident {
+            impl #ident #bounds {
                 #methods
 
                 /// The same flow with `options` overriding its own for the calls

@@ -9,12 +9,12 @@ use syn::spanned::Spanned;
 use syn::visit_mut::{self, VisitMut};
 use syn::{Expr, ExprMethodCall};
 
-pub fn witness_ident() -> Ident {
+pub(crate) fn witness_ident() -> Ident {
     Ident::new("__flowrun_runner", Span::mixed_site())
 }
 
-pub struct Gates {
-    pub fr: TokenStream,
+pub(crate) struct Gates {
+    pub(crate) fr: TokenStream,
 }
 
 fn root_path(expr: &Expr) -> Option<&Expr> {

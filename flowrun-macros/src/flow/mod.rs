@@ -5,30 +5,27 @@ mod expand;
 mod gates;
 
 use proc_macro2::TokenStream;
-use quote::quote;
+use syn::ItemFn;
 
-use crate::options::Errors;
+use crate::ctxt::Ctxt;
+use crate::entry::Kind;
+use crate::signature::Signature;
 
-pub fn flow(args: TokenStream, item: TokenStream) -> TokenStream {
-    let function: syn::ItemFn = match syn::parse2(item.clone()) {
-        Ok(f) => f,
-        Err(_) => {
-            let e = syn::Error::new_spanned(
-                &item,
-                "#[flow] applies to a function: `#[flow] fn name(...) { ... }`",
-            )
-            .to_compile_error();
-            return quote!(#item #e);
-        }
-    };
-    let errors = Errors::default();
-    let attr = attr::parse(args, &errors);
-    let sig = crate::signature::analyze(&function, "flow", &errors);
-    match errors.finish() {
-        Some(e) => {
-            let e = e.to_compile_error();
-            quote!(#function #e)
-        }
-        None => expand::expand(&attr, &sig, &function),
+pub(crate) struct Flow;
+
+impl Kind for Flow {
+    const NAME: &'static str = "flow";
+    type Attr = attr::FlowAttr;
+
+    fn parse(args: TokenStream, cx: &Ctxt) -> Self::Attr {
+        attr::parse(args, cx)
+    }
+
+    fn check(attr: &mut Self::Attr, cx: &Ctxt) {
+        attr::check(attr, cx)
+    }
+
+    fn expand(attr: &Self::Attr, sig: &Signature, function: &ItemFn) -> TokenStream {
+        expand::expand(attr, sig, function)
     }
 }

@@ -1,11 +1,13 @@
-//! The options of `#[task(...)]`.
+//! The options of `#[task(...)]`, as typed values.
 
 use proc_macro2::TokenStream;
 use syn::LitStr;
 
-use crate::options::{self, Errors, Items};
+use crate::attr::Common;
+use crate::ctxt::Ctxt;
+use crate::options::{self, Number};
 
-pub const VALID: &[&str] = &[
+pub(crate) const VALID: &[&str] = &[
     "name",
     "description",
     "retries",
@@ -17,46 +19,28 @@ pub const VALID: &[&str] = &[
 ];
 
 #[derive(Default)]
-pub struct TaskAttr {
-    pub krate: TokenStream,
-    pub name: Option<LitStr>,
-    pub description: Option<LitStr>,
-    pub retries: Option<TokenStream>,
-    pub retry_delay: Option<TokenStream>,
-    pub retry_jitter_factor: Option<TokenStream>,
-    pub timeout: Option<TokenStream>,
-    pub tags: Vec<LitStr>,
+pub(crate) struct TaskAttr {
+    pub(crate) common: Common,
+    pub(crate) retry_jitter_factor: Option<Number<f64>>,
+    pub(crate) tags: Vec<LitStr>,
 }
 
-pub fn parse(args: TokenStream, errors: &Errors) -> TaskAttr {
-    let items: Items = match syn::parse2(args) {
-        Ok(items) => items,
-        Err(e) => {
-            errors.push(e);
-            return TaskAttr::default();
-        }
-    };
-    let accepted = options::accept(items, VALID, "task", errors);
-    let krate_expr = accepted.iter().find(|(n, _)| n == "crate").map(|(_, e)| e);
-    let krate = options::krate(krate_expr, errors);
-    let mut attr = TaskAttr {
-        krate: krate.clone(),
-        ..TaskAttr::default()
-    };
-    for (name, value) in &accepted {
-        match name.to_string().as_str() {
-            "name" => attr.name = options::string(value, "name", errors),
-            "description" => attr.description = options::string(value, "description", errors),
-            "retries" => attr.retries = Some(options::count(value, "retries", errors)),
-            "retry_delay" => attr.retry_delay = Some(options::retry_delay(value, &krate, errors)),
-            "retry_jitter_factor" => {
-                attr.retry_jitter_factor =
-                    Some(options::factor(value, "retry_jitter_factor", errors))
+pub(crate) fn parse(args: TokenStream, cx: &Ctxt) -> TaskAttr {
+    let mut attr = TaskAttr::default();
+    for (name, value) in options::accept(args, VALID, "task", cx) {
+        match name.as_str() {
+            "retry_jitter_factor" => attr.retry_jitter_factor = Some(options::seconds(&value)),
+            "tags" => attr.tags = options::tags(&value, cx),
+            _ => {
+                let shared = attr.common.read(&name, &value, cx);
+                debug_assert!(shared, "`accept` passes only the names in VALID");
             }
-            "timeout" => attr.timeout = Some(options::seconds(value, "timeout", false, errors)),
-            "tags" => attr.tags = options::tags(value, errors),
-            _ => {}
         }
     }
     attr
+}
+
+pub(crate) fn check(attr: &mut TaskAttr, cx: &Ctxt) {
+    crate::check::common(&mut attr.common, cx);
+    crate::check::factor(&mut attr.retry_jitter_factor, "retry_jitter_factor", cx);
 }

@@ -11,8 +11,8 @@ use syn::ItemFn;
 use super::attr::TaskAttr;
 use crate::signature::Signature;
 
-pub fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> TokenStream {
-    let krate = &attr.krate;
+pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> TokenStream {
+    let krate = &attr.common.krate;
     let fr = quote!(#krate::__private);
     let ident = &sig.ident;
     let vis = &sig.vis;
@@ -21,6 +21,7 @@ pub fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
     let other_attrs = &sig.other_attrs;
     let fn_name = ident.to_string().trim_start_matches("r#").to_owned();
     let display = attr
+        .common
         .name
         .as_ref()
         .map(|n| n.value())
@@ -54,29 +55,18 @@ pub fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
         ::core::concat!(::core::module_path!(), "::", #fn_name),
         #display
     ));
-    if let Some(d) = attr
-        .description
-        .as_ref()
-        .map(|d| d.value())
-        .or_else(|| sig.doc_text.clone())
-    {
-        builder.extend(quote!(.description(#d)));
-    }
     if !attr.tags.is_empty() {
         let tags = &attr.tags;
         builder.extend(quote!(.tags(&[#(#tags),*])));
     }
-    if let Some(r) = &attr.retries {
-        builder.extend(quote!(.retries(#r)));
-    }
-    if let Some(d) = &attr.retry_delay {
-        builder.extend(quote!(.retry_delay(#d)));
-    }
+    builder.extend(crate::expand::common_builder(
+        &attr.common,
+        sig.doc_text.as_ref(),
+        &fr,
+    ));
     if let Some(j) = &attr.retry_jitter_factor {
+        let j = crate::expand::factor(j);
         builder.extend(quote!(.retry_jitter_factor(#j)));
-    }
-    if let Some(t) = &attr.timeout {
-        builder.extend(quote!(.timeout(#t)));
     }
     let is_async = sig.is_async;
     builder.extend(quote!(.is_async(#is_async).build()));
@@ -151,16 +141,7 @@ pub fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
         }
     };
 
-    // Checks spanned on each argument and the result, so "not Send" points
-    // at the user's type rather than at generated code.
-    let send_checks = tys.iter().map(|ty| {
-        quote_spanned! {ty.span()=>
-            #fr::assert_send_static::<#ty>();
-        }
-    });
-    let output_check = quote_spanned! {sig.raw_span=>
-        #fr::assert_send_static::<#raw>();
-    };
+    let (send_checks, bounds) = crate::expand::send_checks(sig, &fr);
 
     let serde_probes = tys.iter().map(|ty| {
         quote_spanned! {ty.span()=>
@@ -169,7 +150,7 @@ pub fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
     });
 
     let direct_items =
-        crate::signature::direct_call_items(sig, &direct_ret, &direct_body, "Task", &display);
+        crate::expand::direct_call_items(sig, &bounds, &direct_ret, &direct_body, "Task", &display);
     quote! {
         #(#cfgs)*
         #doc
@@ -187,11 +168,7 @@ pub fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
 
         #(#cfgs)*
         const _: () = {
-            #[allow(dead_code)]
-            fn __flowrun_checks() {
-                #(#send_checks)*
-                #output_check
-            }
+            #send_checks
 
             #(#other_attrs)*
             #[allow(clippy::too_many_arguments)]
@@ -199,7 +176,7 @@ pub fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
 
             #direct_items
 
-            impl #fr::Task for #ident {
+            impl #fr::Task for #ident #bounds {
                 type Args = (#(#tys,)*);
                 type Raw = #raw;
                 type Output = #output;
@@ -224,8 +201,12 @@ pub fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
                 }
 
                 fn support() -> &'static #fr::TaskSupport<Self> {
-                    static SUPPORT: #fr::OnceLock<#fr::TaskSupport<#ident>> = #fr::OnceLock::new();
-                    SUPPORT.get_or_init(|| {
+                    // Type-erased so that the static does not name
+                    // `TaskSupport<Self>`, whose bounds a static cannot
+                    // assume: a non-`Send` argument then fails only at
+                    // `__flowrun_checks`.
+                    static SUPPORT: #fr::OnceLock<&'static (dyn ::core::any::Any + ::core::marker::Send + ::core::marker::Sync)> = #fr::OnceLock::new();
+                    let __flowrun_support = *SUPPORT.get_or_init(|| ::std::boxed::Box::leak(::std::boxed::Box::new({
                         #[allow(unused_imports)]
                         use #fr::{CloneNo as _, CloneYes as _, CodecNo as _, CodecYes as _, RemoteNo as _, RemoteYes as _};
                         #fr::TaskSupport::new(
@@ -238,7 +219,11 @@ pub fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
                                 (::core::any::type_name::<#output>(), (&#fr::Probe::<#output>::new()).serde_ok()),
                             ],
                         )
-                    })
+                    })));
+                    match __flowrun_support.downcast_ref::<#fr::TaskSupport<Self>>() {
+                        ::core::option::Option::Some(__flowrun_support) => __flowrun_support,
+                        ::core::option::Option::None => ::core::unreachable!("only this function fills its own static"),
+                    }
                 }
 
                 fn config(&self) -> &#fr::CallConfig {
@@ -246,7 +231,7 @@ pub fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> TokenStrea
                 }
             }
 
-            impl #ident {
+            impl #ident #bounds {
                 /// Submits a run of the task and returns its future at once.
                 /// Each argument may be a value or the `TaskFuture` of an upstream
                 /// run, which makes this run wait for it and receive its value.

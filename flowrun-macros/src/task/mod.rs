@@ -4,30 +4,27 @@ mod attr;
 mod expand;
 
 use proc_macro2::TokenStream;
-use quote::quote;
+use syn::ItemFn;
 
-use crate::options::Errors;
+use crate::ctxt::Ctxt;
+use crate::entry::Kind;
+use crate::signature::Signature;
 
-pub fn task(args: TokenStream, item: TokenStream) -> TokenStream {
-    let function: syn::ItemFn = match syn::parse2(item.clone()) {
-        Ok(f) => f,
-        Err(_) => {
-            let e = syn::Error::new_spanned(
-                &item,
-                "#[task] applies to a function: `#[task] fn name(...) { ... }`",
-            )
-            .to_compile_error();
-            return quote!(#item #e);
-        }
-    };
-    let errors = Errors::default();
-    let attr = attr::parse(args, &errors);
-    let sig = crate::signature::analyze(&function, "task", &errors);
-    match errors.finish() {
-        Some(e) => {
-            let e = e.to_compile_error();
-            quote!(#function #e)
-        }
-        None => expand::expand(&attr, &sig, &function),
+pub(crate) struct Task;
+
+impl Kind for Task {
+    const NAME: &'static str = "task";
+    type Attr = attr::TaskAttr;
+
+    fn parse(args: TokenStream, cx: &Ctxt) -> Self::Attr {
+        attr::parse(args, cx)
+    }
+
+    fn check(attr: &mut Self::Attr, cx: &Ctxt) {
+        attr::check(attr, cx)
+    }
+
+    fn expand(attr: &Self::Attr, sig: &Signature, function: &ItemFn) -> TokenStream {
+        expand::expand(attr, sig, function)
     }
 }

@@ -9,9 +9,4 @@ fn count(_handle: Handle, n: u32) -> u32 {
     n
 }
 
-#[task]
-fn make() -> std::rc::Rc<u8> {
-    Default::default()
-}
-
 fn main() {}

@@ -1,0 +1,50 @@
+//! The options `#[task]` and `#[flow]` share, as typed values.
+
+use syn::{parse_quote, Expr, LitStr};
+
+use crate::ctxt::Ctxt;
+use crate::options::{self, Count, RetryDelay, Seconds};
+
+/// Options of both macros.
+pub(crate) struct Common {
+    /// Where the facade is (`crate = path`), `::flowrun` by default.
+    pub(crate) krate: syn::Path,
+    pub(crate) name: Option<LitStr>,
+    pub(crate) description: Option<LitStr>,
+    pub(crate) retries: Option<Count>,
+    pub(crate) retry_delay: Option<RetryDelay>,
+    pub(crate) timeout: Option<Seconds>,
+}
+
+impl Default for Common {
+    fn default() -> Self {
+        Common {
+            krate: parse_quote!(::flowrun),
+            name: None,
+            description: None,
+            retries: None,
+            retry_delay: None,
+            timeout: None,
+        }
+    }
+}
+
+impl Common {
+    /// Reads option `name` if it is a shared one; false if it is not.
+    pub(crate) fn read(&mut self, name: &str, value: &Expr, cx: &Ctxt) -> bool {
+        match name {
+            "crate" => {
+                if let Some(path) = options::krate(value, cx) {
+                    self.krate = path;
+                }
+            }
+            "name" => self.name = options::string(value, "name", cx),
+            "description" => self.description = options::string(value, "description", cx),
+            "retries" => self.retries = options::count(value, "retries", cx),
+            "retry_delay" => self.retry_delay = options::retry_delay(value, cx),
+            "timeout" => self.timeout = Some(options::seconds(value)),
+            _ => return false,
+        }
+        true
+    }
+}

@@ -1,0 +1,161 @@
+//! Quoting the typed option values that both macros share.
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned, ToTokens};
+use syn::spanned::Spanned;
+
+use crate::attr::Common;
+use crate::options::{Count, Number, RetryDelay, Seconds};
+
+/// The `TaskMeta`/`FlowMeta` builder calls for the shared options
+/// (`description` falls back to the doc comment).
+pub(crate) fn common_builder(
+    common: &Common,
+    doc_text: Option<&String>,
+    fr: &TokenStream,
+) -> TokenStream {
+    let mut calls = TokenStream::new();
+    if let Some(d) = common
+        .description
+        .as_ref()
+        .map(|d| d.value())
+        .or_else(|| doc_text.cloned())
+    {
+        calls.extend(quote!(.description(#d)));
+    }
+    if let Some(r) = &common.retries {
+        let r = count(r);
+        calls.extend(quote!(.retries(#r)));
+    }
+    if let Some(d) = &common.retry_delay {
+        let d = retry_delay(d, fr);
+        calls.extend(quote!(.retry_delay(#d)));
+    }
+    if let Some(t) = &common.timeout {
+        let t = seconds(t);
+        calls.extend(quote!(.timeout(#t)));
+    }
+    calls
+}
+
+/// A checked count literal as `u32`; an expression as written.
+pub(crate) fn count(value: &Count) -> TokenStream {
+    match value {
+        Number::Literal(n, expr) => {
+            let n = u32::try_from(*n).unwrap_or_default();
+            quote_spanned!(expr.span()=> #n)
+        }
+        Number::Expr(e) => e.to_token_stream(),
+    }
+}
+
+/// Seconds as an `f64` literal; an expression as written.
+pub(crate) fn seconds(value: &Seconds) -> TokenStream {
+    match value {
+        Number::Literal(secs, expr) => quote_spanned!(expr.span()=> #secs),
+        Number::Expr(e) => e.to_token_stream(),
+    }
+}
+
+/// A factor as an `f64` literal; an expression converted to `f64`.
+pub(crate) fn factor(value: &Number<f64>) -> TokenStream {
+    match value {
+        Number::Literal(f, expr) => quote_spanned!(expr.span()=> #f),
+        Number::Expr(e) => quote_spanned!(e.span()=> (#e) as f64),
+    }
+}
+
+fn retry_delay(delay: &RetryDelay, fr: &TokenStream) -> TokenStream {
+    match delay {
+        RetryDelay::Fixed(s) => seconds(s),
+        RetryDelay::List(list, span) => {
+            let items = list.iter().map(|s| {
+                let s = seconds(s);
+                quote!(((#s) as f64))
+            });
+            quote_spanned!(*span=> [#(#items),*])
+        }
+        RetryDelay::Exponential { base, max } => {
+            let base_tokens = seconds(base);
+            let max = match max {
+                Some(m) => {
+                    let m = seconds(m);
+                    quote!(::core::option::Option::Some((#m) as f64))
+                }
+                None => quote!(::core::option::Option::None),
+            };
+            let span = match base {
+                Number::Literal(_, e) | Number::Expr(e) => e.span(),
+            };
+            quote_spanned!(span=> #fr::exponential(#base_tokens, #max))
+        }
+    }
+}
+
+/// The `Send + 'static` checks of the argument and result types, axum
+/// `#[debug_handler]` style: one call per type, spanned at the user's type,
+/// and the `where` clause that the generated impls carry. The clause is
+/// written `for<'__flowrun>` so that rustc takes it as an assumption
+/// instead of rejecting it as false at once: a type that is not `Send` then
+/// gives its error at the user's type, not one per generated use.
+pub(crate) fn send_checks(
+    sig: &crate::signature::Signature,
+    fr: &TokenStream,
+) -> (TokenStream, TokenStream) {
+    let raw = &sig.raw;
+    let spanned = sig
+        .args
+        .iter()
+        .map(|a| (a.ty.to_token_stream(), a.ty.span()))
+        .chain(std::iter::once((raw.to_token_stream(), sig.raw_span)));
+    let mut checks = Vec::new();
+    let mut bounds = Vec::new();
+    for (ty, span) in spanned {
+        checks.push(quote_spanned!(span=> #fr::assert_send_static::<#ty>();));
+        bounds.push(quote!(for<'__flowrun> #ty: #fr::SendStatic));
+    }
+    let checks = quote! {
+        #[allow(dead_code)]
+        fn __flowrun_checks() {
+            #(#checks)*
+        }
+    };
+    (checks, quote!(where #(#bounds),*))
+}
+
+/// The items that let the task or flow value be called like its function
+/// (`shout(3)`): a plain function that runs it now with `body` (returning
+/// `ret`), `Deref` of the value to that function, and `Debug` as
+/// `Kind(display name)`. `bounds` is the `where` clause of the generated
+/// impls.
+pub(crate) fn direct_call_items(
+    sig: &crate::signature::Signature,
+    bounds: &TokenStream,
+    ret: &TokenStream,
+    body: &TokenStream,
+    kind: &str,
+    display: &str,
+) -> TokenStream {
+    let ident = &sig.ident;
+    let names: Vec<_> = sig.args.iter().map(|a| &a.name).collect();
+    let tys: Vec<_> = sig.args.iter().map(|a| &a.ty).collect();
+    let debug = format!("{kind}({display})");
+    quote! {
+        fn __flowrun_direct(#(#names: #tys),*) -> #ret #bounds {
+            #body
+        }
+
+        impl ::core::ops::Deref for #ident #bounds {
+            type Target = fn(#(#tys),*) -> #ret;
+            fn deref(&self) -> &Self::Target {
+                &(__flowrun_direct as fn(#(#tys),*) -> #ret)
+            }
+        }
+
+        impl ::core::fmt::Debug for #ident {
+            fn fmt(&self, __flowrun_f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                __flowrun_f.write_str(#debug)
+            }
+        }
+    }
+}

@@ -1,0 +1,6 @@
+use flowrun::flow;
+
+#[flow]
+fn generic_flow<T>() {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use flowrun::flow;
+
+#[flow(tags = ["x"])]
+fn task_only_option() {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use flowrun::flow;
+
+#[flow(timeout = -5)]
+fn negative_timeout() {}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use flowrun::task;
+
+#[task]
+fn borrowed(name: &str) -> usize {
+    name.len()
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use flowrun::task;
+
+#[task]
+fn returns_borrow() -> &'static str {
+    "x"
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use flowrun::task;
+
+#[task]
+const fn constant() {}
+
+fn main() {}

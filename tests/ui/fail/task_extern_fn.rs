@@ -1,0 +1,6 @@
+use flowrun::task;
+
+#[task]
+extern "C" fn foreign() {}
+
+fn main() {}

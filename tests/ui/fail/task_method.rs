@@ -1,0 +1,10 @@
+use flowrun::task;
+
+struct Thing;
+
+impl Thing {
+    #[task]
+    fn method(&self) {}
+}
+
+fn main() {}

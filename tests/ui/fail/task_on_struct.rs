@@ -1,0 +1,6 @@
+use flowrun::task;
+
+#[task]
+struct NotAFunction;
+
+fn main() {}

@@ -1,0 +1,6 @@
+use flowrun::task;
+
+#[task(description = "")]
+fn bad_description() {}
+
+fn main() {}

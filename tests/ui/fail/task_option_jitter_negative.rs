@@ -1,0 +1,6 @@
+use flowrun::task;
+
+#[task(retry_jitter_factor = -0.5)]
+fn bad_jitter() {}
+
+fn main() {}

@@ -1,0 +1,9 @@
+use flowrun::task;
+
+#[task(retrys = 3)]
+fn misspelled() {}
+
+fn main() {
+    // The task still exists, with its default options.
+    misspelled();
+}

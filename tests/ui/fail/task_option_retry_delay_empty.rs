@@ -1,0 +1,6 @@
+use flowrun::task;
+
+#[task(retry_delay = [])]
+fn no_delays() {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use flowrun::task;
+
+#[task(tags = "io")]
+fn bad_tags() {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use flowrun::task;
+
+#[task(colour = "red")]
+fn unknown() {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use flowrun::task;
+
+#[task(timeout)]
+fn no_value() {}
+
+fn main() {}

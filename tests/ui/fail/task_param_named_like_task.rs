@@ -1,0 +1,8 @@
+use flowrun::task;
+
+#[task]
+fn count(count: u32) -> u32 {
+    count
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use flowrun::task;
+
+#[task]
+unsafe fn dangerous() {}
+
+fn main() {}
