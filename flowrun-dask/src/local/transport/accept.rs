@@ -1,0 +1,243 @@
+//! The scheduler's listener: accepts connections, authenticates them
+//! (at most [`MAX_HANDSHAKES`] at a time), then carries each worker's
+//! frames to and from the scheduler through its event channel.
+
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::frame::{self, Oversized, FRAME_LIMIT};
+use super::handshake::{self, Gate, HANDSHAKE_DEADLINE};
+use crate::local::scheduler::Event;
+use crate::local::wire::{Completion, ToScheduler, ToWorker, ToWorkerOut, WireError};
+
+/// How many connections may be in their handshake at once; the next one
+/// waits in the listen backlog until one ends (by the deadline at worst).
+pub(crate) const MAX_HANDSHAKES: usize = 32;
+
+/// Counts connections in their handshake.
+#[derive(Default)]
+struct Slots {
+    busy: Mutex<usize>,
+    freed: Condvar,
+}
+
+struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        *self.0.busy.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        self.0.freed.notify_one();
+    }
+}
+
+impl Slots {
+    /// Waits for a free slot; `None` once `closed`.
+    fn take(self: &Arc<Self>, closed: &AtomicBool) -> Option<Slot> {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        while *busy >= MAX_HANDSHAKES {
+            if closed.load(Ordering::Acquire) {
+                return None;
+            }
+            busy = self
+                .freed
+                .wait_timeout(busy, Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        *busy += 1;
+        Some(Slot(self.clone()))
+    }
+}
+
+/// Starts the listener's thread. It stops when `closed` is set and the
+/// listening socket is shut down (which wakes `accept`).
+pub(crate) fn spawn(
+    listener: TcpListener,
+    gate: Gate,
+    events: Sender<Event>,
+    closed: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("flowrun-acceptor".into())
+        .spawn(move || accept_loop(listener, Arc::new(gate), events, closed))
+        .map(drop)
+}
+
+fn accept_loop(
+    listener: TcpListener,
+    gate: Arc<Gate>,
+    events: Sender<Event>,
+    closed: Arc<AtomicBool>,
+) {
+    let slots = Arc::new(Slots::default());
+    loop {
+        let Some(slot) = slots.take(&closed) else {
+            return;
+        };
+        let accepted = listener.accept();
+        if closed.load(Ordering::Acquire) {
+            return;
+        }
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors or memory: wait rather than spin.
+                tracing::debug!(target: "flowrun_dask::cluster", "accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        let (gate, events) = (gate.clone(), events.clone());
+        let _ = std::thread::Builder::new()
+            .name("flowrun-handshake".into())
+            .spawn(move || connection(stream, slot, &gate, &events));
+    }
+}
+
+/// One connection: its handshake (holding `slot`), then its read loop.
+fn connection(stream: TcpStream, slot: Slot, gate: &Gate, events: &Sender<Event>) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let _ = stream.set_nodelay(true);
+    let admitted = handshake::admit(&stream, gate, Instant::now() + HANDSHAKE_DEADLINE);
+    drop(slot);
+    let worker = match admitted {
+        Ok(a) => a,
+        Err(refusal) => {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            let _ = events.send(Event::Refused {
+                worker: refusal.worker,
+                reason: format!("{} (from {peer})", refusal.reason),
+            });
+            return;
+        }
+    };
+    if stream.set_read_timeout(None).is_err() || stream.set_write_timeout(None).is_err() {
+        return;
+    }
+    let Ok(write_half) = stream.try_clone() else {
+        return;
+    };
+    let (tx, rx) = crossbeam_channel::unbounded::<ToWorkerOut>();
+    let id = worker.worker;
+    let writer_events = events.clone();
+    if std::thread::Builder::new()
+        .name(format!("flowrun-worker-{id}-writer"))
+        .spawn(move || write_loop(write_half, rx, id, &writer_events))
+        .is_err()
+    {
+        return;
+    }
+    if events
+        .send(Event::Connected {
+            worker: id,
+            pid: worker.pid,
+            writer: tx,
+        })
+        .is_err()
+    {
+        return;
+    }
+    read_loop(stream, id, events);
+}
+
+fn read_loop(mut stream: TcpStream, worker: u32, events: &Sender<Event>) {
+    let mut buf = Vec::new();
+    loop {
+        match frame::read_frame::<ToScheduler>(&mut stream, &mut buf, FRAME_LIMIT) {
+            Ok(Some(batch)) => {
+                if events.send(Event::Messages { worker, batch }).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                // Workers never write a frame over the limit: this is a
+                // broken connection, said as such in the debug log.
+                tracing::debug!(target: "flowrun_dask::cluster", "Connection of worker {worker} broke: {e}");
+                break;
+            }
+        }
+    }
+    let _ = events.send(Event::Disconnected { worker });
+}
+
+/// Sends the scheduler's messages to one worker, batched. A message too
+/// large for a frame is answered on the worker's behalf, as a failure of
+/// the runs it carried, instead of leaving them waiting.
+fn write_loop(
+    mut stream: TcpStream,
+    rx: Receiver<ToWorkerOut>,
+    worker: u32,
+    events: &Sender<Event>,
+) {
+    let mut buf = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let batch: Vec<ToWorkerOut> = std::iter::once(first).chain(rx.try_iter()).collect();
+        let stop = batch.iter().any(|m| matches!(m, ToWorker::Shutdown));
+        let refused = match frame::write_batch(&mut stream, batch, &mut buf, FRAME_LIMIT) {
+            Ok(refused) => refused,
+            Err(_) => return,
+        };
+        for r in refused {
+            if let Some(answer) = answer_oversized(r) {
+                match answer {
+                    Answer::ToScheduler(batch) => {
+                        let _ = events.send(Event::Messages { worker, batch });
+                    }
+                    Answer::ToWorker(m) => {
+                        if frame::write_frame(&mut stream, &[m], &mut buf, FRAME_LIMIT).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+enum Answer {
+    ToScheduler(Vec<ToScheduler>),
+    ToWorker(ToWorkerOut),
+}
+
+fn oversized_error(what: &str, size: usize) -> WireError {
+    WireError {
+        panic: false,
+        message: frame::too_large(what, size, FRAME_LIMIT),
+        kind: None,
+    }
+}
+
+/// The failure that stands for a message that could not be sent.
+fn answer_oversized(r: Oversized<ToWorkerOut>) -> Option<Answer> {
+    match r.message {
+        ToWorker::Run(tasks) => Some(Answer::ToScheduler(vec![ToScheduler::Done(
+            tasks
+                .into_iter()
+                .map(|t| Completion {
+                    id: t.id,
+                    result: Err(oversized_error("the task's input", r.size)),
+                    duration_us: 0,
+                })
+                .collect(),
+        )])),
+        ToWorker::Resolved(results) => Some(Answer::ToWorker(ToWorker::Resolved(
+            results
+                .into_iter()
+                .map(|(id, _)| (id, Err(oversized_error("the result", r.size))))
+                .collect(),
+        ))),
+        // Handshake messages and Shutdown are a few bytes.
+        _ => None,
+    }
+}
