@@ -39,7 +39,11 @@ fn a_flow_called_inside_a_task_on_a_worker_runs_there_and_the_worker_lives_on() 
     let values: Vec<u32> = got.iter().map(|g| g.0).collect();
     assert_eq!(values, [0, 2, 4]);
     let pids: std::collections::HashSet<u32> = got.iter().map(|g| g.1).collect();
-    assert_eq!(pids.len(), 1, "one worker ran all three, it never died: {got:?}");
+    assert_eq!(
+        pids.len(),
+        1,
+        "one worker ran all three, it never died: {got:?}"
+    );
     assert!(!pids.contains(&std::process::id()));
 }
 
@@ -94,7 +98,11 @@ fn on_a_worker() -> u32 {
 }
 
 fn ran_on_a_worker(pid: u32) {
-    assert_ne!(pid, std::process::id(), "the task ran in the flow's process");
+    assert_ne!(
+        pid,
+        std::process::id(),
+        "the task ran in the flow's process"
+    );
 }
 
 #[test]
@@ -110,7 +118,9 @@ fn a_dask_flow_called_from_a_named_thread_starts_workers_that_work() {
 
 #[test]
 fn a_dask_flow_called_from_an_unnamed_thread_starts_workers_that_work() {
-    let pid = std::thread::spawn(|| on_a_worker().unwrap()).join().unwrap();
+    let pid = std::thread::spawn(|| on_a_worker().unwrap())
+        .join()
+        .unwrap();
     ran_on_a_worker(pid);
 }
 
