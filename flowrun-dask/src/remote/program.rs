@@ -4,7 +4,10 @@
 //!
 //! It runs with the same arguments. Inside a `cargo test` binary the program
 //! is the test harness: it runs only the current test (`--exact <name>`),
-//! whose flow call diverts it the same way.
+//! whose flow call diverts it the same way. The current test is the calling
+//! thread's name when that names a test; from a thread the test started
+//! (named or not, a tokio worker, `spawn_blocking`), it is the test whose
+//! harness thread is running, found through the kernel's thread names.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
