@@ -195,4 +195,16 @@ fn the_handshake_admits_the_genuine_hello_and_a_slow_peer_is_cut_at_the_deadline
     assert!(took < Duration::from_secs(3), "took {took:?}");
     drop(stream);
     slow.join().unwrap();
+
+    // A peer that connects and says nothing.
+    let silent = TcpStream::connect(addr).unwrap();
+    let (stream, _) = listener.accept().unwrap();
+    let refused = handshake::admit(
+        &stream,
+        &gate(),
+        Instant::now() + Duration::from_millis(300),
+    );
+    let reason = refused.unwrap_err().reason;
+    assert!(reason.contains("deadline"), "{reason}");
+    drop(silent);
 }

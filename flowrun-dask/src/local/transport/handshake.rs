@@ -89,26 +89,35 @@ impl<'a> Deadline<'a> {
     fn left(&self) -> io::Result<Duration> {
         let left = self.until.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the handshake's deadline passed",
-            ));
+            return Err(passed());
         }
         Ok(left)
     }
 }
 
+fn passed() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "the handshake's deadline passed")
+}
+
+/// A socket timeout is the deadline passing.
+fn timed_out<T>(r: io::Result<T>) -> io::Result<T> {
+    r.map_err(|e| match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => passed(),
+        _ => e,
+    })
+}
+
 impl Read for Deadline<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.stream.set_read_timeout(Some(self.left()?))?;
-        (&mut &*self.stream).read(buf)
+        timed_out((&mut &*self.stream).read(buf))
     }
 }
 
 impl Write for Deadline<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.stream.set_write_timeout(Some(self.left()?))?;
-        (&mut &*self.stream).write(buf)
+        timed_out((&mut &*self.stream).write(buf))
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
