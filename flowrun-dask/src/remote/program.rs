@@ -51,10 +51,17 @@ pub(crate) fn worker_command(program: Option<&Path>) -> Result<(PathBuf, Vec<OsS
 /// thread, a tokio worker, `spawn_blocking`), the tests whose threads are
 /// running now, found by the names the kernel keeps for threads.
 fn current_tests(program: &Path) -> Vec<String> {
+    let thread = std::thread::current();
+    let own = thread.name();
+    // libtest runs no test on the main thread: this is a program with its
+    // own `main` (`harness = false`), which gets its own arguments.
+    if own == Some("main") {
+        return Vec::new();
+    }
     let Some(tests) = harness_tests(program) else {
         return Vec::new();
     };
-    if let Some(own) = std::thread::current().name() {
+    if let Some(own) = own {
         if tests.iter().any(|t| t == own) {
             return vec![own.to_owned()];
         }
