@@ -241,3 +241,63 @@ fn answer_oversized(r: Oversized<ToWorkerOut>) -> Option<Answer> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::io::Read;
+
+    use super::*;
+
+    /// Whether the scheduler's challenge arrives within `wait`.
+    fn challenged(mut s: &TcpStream, wait: Duration) -> bool {
+        s.set_read_timeout(Some(wait)).unwrap();
+        let mut b = [0u8; 1];
+        matches!(s.read(&mut b), Ok(1))
+    }
+
+    #[test]
+    fn at_most_the_bound_of_strangers_are_in_their_handshake_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let gate = Gate {
+            secret: [1; 32],
+            build: "b".into(),
+            expected: Arc::new(Mutex::new(HashSet::new())),
+        };
+        let (events, refusals) = crossbeam_channel::unbounded();
+        let closed = Arc::new(AtomicBool::new(false));
+        spawn(listener, gate, events, closed.clone()).unwrap();
+        let extra = 4;
+        // Silent strangers: each holds a slot until the deadline.
+        let silent: Vec<TcpStream> = (0..MAX_HANDSHAKES + extra)
+            .map(|_| TcpStream::connect(addr).unwrap())
+            .collect();
+        let began = Instant::now();
+        let first: Vec<bool> = silent
+            .iter()
+            .map(|s| challenged(s, Duration::from_millis(300)))
+            .collect();
+        let served = first.iter().filter(|&&c| c).count();
+        assert_eq!(served, MAX_HANDSHAKES, "handshakes under way at once");
+        // At the deadline the first ones are cut, and the others get their turn.
+        let refused: Vec<Event> = (0..MAX_HANDSHAKES)
+            .map(|_| refusals.recv_timeout(Duration::from_secs(30)).unwrap())
+            .collect();
+        assert!(began.elapsed() >= HANDSHAKE_DEADLINE - Duration::from_secs(1));
+        for e in refused {
+            let Event::Refused { reason, .. } = e else {
+                panic!("not a refusal")
+            };
+            assert!(reason.contains("deadline"), "{reason}");
+        }
+        let later = silent
+            .iter()
+            .zip(&first)
+            .filter(|(_, &served)| !served)
+            .filter(|(s, _)| challenged(s, Duration::from_secs(5)))
+            .count();
+        assert_eq!(later, extra, "the waiting connections were served next");
+        closed.store(true, Ordering::Release);
+    }
+}
