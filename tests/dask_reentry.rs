@@ -148,3 +148,23 @@ async fn a_dask_flow_awaited_in_a_tokio_task_starts_workers_that_work() {
     .unwrap();
     ran_on_a_worker(pid);
 }
+
+#[task]
+fn runs_a_dask_flow() -> (u32, u32) {
+    (on_a_worker().expect("nested Dask flow"), std::process::id())
+}
+
+#[test]
+fn a_dask_flow_called_inside_a_task_on_a_worker_starts_its_own_cluster() {
+    #[flow(task_runner = one_worker())]
+    fn outer_dask() -> (u32, u32) {
+        runs_a_dask_flow.submit().result().unwrap()
+    }
+    let (nested, outer) = outer_dask().unwrap();
+    ran_on_a_worker(outer);
+    ran_on_a_worker(nested);
+    assert_ne!(
+        nested, outer,
+        "the nested flow's task ran on its own worker"
+    );
+}
