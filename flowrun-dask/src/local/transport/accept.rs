@@ -18,6 +18,33 @@ use crate::local::wire::{Completion, ToScheduler, ToWorker, ToWorkerOut, WireErr
 /// waits in the listen backlog until one ends (by the deadline at worst).
 pub(crate) const MAX_HANDSHAKES: usize = 32;
 
+/// How often a refused stranger (a connection that never proved it is a
+/// worker) reaches the log; the ones in between are counted.
+const STRANGER_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Keeps a flood of strangers from flooding the flow's log.
+#[derive(Default)]
+struct Throttle {
+    last: Option<Instant>,
+    quiet: u64,
+}
+
+impl Throttle {
+    /// `Some(n)` when this refusal is to be reported, `n` being how many
+    /// were left out since the last report.
+    fn report(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < STRANGER_REPORT_INTERVAL)
+        {
+            self.quiet += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.quiet))
+    }
+}
+
 /// Counts connections in their handshake.
 #[derive(Default)]
 struct Slots {
@@ -74,6 +101,7 @@ fn accept_loop(
     closed: Arc<AtomicBool>,
 ) {
     let slots = Arc::new(Slots::default());
+    let throttle = Arc::new(Mutex::new(Throttle::default()));
     loop {
         let Some(slot) = slots.take(&closed) else {
             return;
@@ -91,15 +119,21 @@ fn accept_loop(
                 continue;
             }
         };
-        let (gate, events) = (gate.clone(), events.clone());
+        let (gate, events, throttle) = (gate.clone(), events.clone(), throttle.clone());
         let _ = std::thread::Builder::new()
             .name("flowrun-handshake".into())
-            .spawn(move || connection(stream, slot, &gate, &events));
+            .spawn(move || connection(stream, slot, &gate, &events, &throttle));
     }
 }
 
 /// One connection: its handshake (holding `slot`), then its read loop.
-fn connection(stream: TcpStream, slot: Slot, gate: &Gate, events: &Sender<Event>) {
+fn connection(
+    stream: TcpStream,
+    slot: Slot,
+    gate: &Gate,
+    events: &Sender<Event>,
+    throttle: &Mutex<Throttle>,
+) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
@@ -111,9 +145,34 @@ fn connection(stream: TcpStream, slot: Slot, gate: &Gate, events: &Sender<Event>
         Ok(a) => a,
         Err(refusal) => {
             let _ = stream.shutdown(std::net::Shutdown::Both);
+            let reason = format!("{} (from {peer})", refusal.reason);
+            let report = match refusal.worker {
+                // A worker of this cluster: the scheduler must know.
+                Some(_) => Some(0),
+                None => throttle
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .report(Instant::now()),
+            };
+            match report {
+                Some(0) => {}
+                Some(n) => {
+                    tracing::debug!(target: "flowrun_dask::cluster", "{n} more connections refused")
+                }
+                None => {
+                    tracing::debug!(target: "flowrun_dask::cluster", "Refused a connection to the cluster: {reason}");
+                    return;
+                }
+            }
+            let reason = match report {
+                Some(n) if n > 0 => {
+                    format!("{reason}; {n} more were refused since the last such warning")
+                }
+                _ => reason,
+            };
             let _ = events.send(Event::Refused {
                 worker: refusal.worker,
-                reason: format!("{} (from {peer})", refusal.reason),
+                reason,
             });
             return;
         }
@@ -257,6 +316,18 @@ mod tests {
     }
 
     #[test]
+    fn strangers_are_reported_at_most_once_a_second_with_a_count_of_the_rest() {
+        let mut t = Throttle::default();
+        let t0 = Instant::now();
+        assert_eq!(t.report(t0), Some(0));
+        for i in 1..=5 {
+            assert_eq!(t.report(t0 + Duration::from_millis(100 * i)), None);
+        }
+        assert_eq!(t.report(t0 + Duration::from_millis(1100)), Some(5));
+        assert_eq!(t.report(t0 + Duration::from_millis(1200)), None);
+    }
+
+    #[test]
     fn at_most_the_bound_of_strangers_are_in_their_handshake_at_once() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
@@ -280,17 +351,14 @@ mod tests {
             .collect();
         let served = first.iter().filter(|&&c| c).count();
         assert_eq!(served, MAX_HANDSHAKES, "handshakes under way at once");
-        // At the deadline the first ones are cut, and the others get their turn.
-        let refused: Vec<Event> = (0..MAX_HANDSHAKES)
-            .map(|_| refusals.recv_timeout(Duration::from_secs(30)).unwrap())
-            .collect();
+        // At the deadline the first ones are cut (reported once, throttled),
+        // and the others get their turn.
+        let Ok(Event::Refused { reason, .. }) = refusals.recv_timeout(Duration::from_secs(30))
+        else {
+            panic!("no refusal")
+        };
         assert!(began.elapsed() >= HANDSHAKE_DEADLINE - Duration::from_secs(1));
-        for e in refused {
-            let Event::Refused { reason, .. } = e else {
-                panic!("not a refusal")
-            };
-            assert!(reason.contains("deadline"), "{reason}");
-        }
+        assert!(reason.contains("deadline"), "{reason}");
         let later = silent
             .iter()
             .zip(&first)
