@@ -321,6 +321,18 @@ fn install_panic_hook() {
 /// Sends what executors report, batched: one frame for everything queued
 /// (several when it is larger than the frame limit).
 fn write_loop(mut stream: TcpStream, rx: Receiver<Outgoing>, link: &super::forward::Link) {
+    if send(&mut stream, &rx, link).is_err() {
+        // The read loop then ends too: a worker that cannot report is lost
+        // to the scheduler at once, not deaf.
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+fn send(
+    stream: &mut TcpStream,
+    rx: &Receiver<Outgoing>,
+    link: &super::forward::Link,
+) -> std::io::Result<()> {
     let mut buf = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut started = Vec::new();
@@ -358,17 +370,13 @@ fn write_loop(mut stream: TcpStream, rx: Receiver<Outgoing>, link: &super::forwa
         if !done.is_empty() {
             batch.push(ToScheduler::Done(done));
         }
-        let Ok(refused) = frame::write_batch(&mut stream, batch, &mut buf, FRAME_LIMIT) else {
-            return;
-        };
-        for r in refused {
+        for r in frame::write_batch(stream, batch, &mut buf, FRAME_LIMIT)? {
             if let Some(m) = answer_oversized(r, link) {
-                if frame::write_frame(&mut stream, &[m], &mut buf, FRAME_LIMIT).is_err() {
-                    return;
-                }
+                frame::write_frame(stream, &[m], &mut buf, FRAME_LIMIT)?;
             }
         }
     }
+    Ok(())
 }
 
 /// What stands for a message too large for a frame: the run's failure

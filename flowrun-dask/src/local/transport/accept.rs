@@ -236,32 +236,40 @@ fn write_loop(
     worker: u32,
     events: &Sender<Event>,
 ) {
+    if let Err(e) = send(&mut stream, &rx, worker, events) {
+        tracing::debug!(target: "flowrun_dask::cluster", "Cannot write to worker {worker}: {e}");
+        // The read loop then sees the connection end, and the scheduler
+        // the worker's loss: a worker it can no longer reach is not kept.
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+fn send(
+    stream: &mut TcpStream,
+    rx: &Receiver<ToWorkerOut>,
+    worker: u32,
+    events: &Sender<Event>,
+) -> std::io::Result<()> {
     let mut buf = Vec::new();
     while let Ok(first) = rx.recv() {
         let batch: Vec<ToWorkerOut> = std::iter::once(first).chain(rx.try_iter()).collect();
         let stop = batch.iter().any(|m| matches!(m, ToWorker::Shutdown));
-        let refused = match frame::write_batch(&mut stream, batch, &mut buf, FRAME_LIMIT) {
-            Ok(refused) => refused,
-            Err(_) => return,
-        };
-        for r in refused {
-            if let Some(answer) = answer_oversized(r) {
-                match answer {
-                    Answer::ToScheduler(batch) => {
-                        let _ = events.send(Event::Messages { worker, batch });
-                    }
-                    Answer::ToWorker(m) => {
-                        if frame::write_frame(&mut stream, &[m], &mut buf, FRAME_LIMIT).is_err() {
-                            return;
-                        }
-                    }
+        for r in frame::write_batch(stream, batch, &mut buf, FRAME_LIMIT)? {
+            match answer_oversized(r) {
+                Some(Answer::ToScheduler(batch)) => {
+                    let _ = events.send(Event::Messages { worker, batch });
                 }
+                Some(Answer::ToWorker(m)) => {
+                    frame::write_frame(stream, &[m], &mut buf, FRAME_LIMIT)?
+                }
+                None => {}
             }
         }
         if stop {
-            return;
+            break;
         }
     }
+    Ok(())
 }
 
 enum Answer {
