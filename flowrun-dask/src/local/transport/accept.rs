@@ -145,35 +145,7 @@ fn connection(
         Ok(a) => a,
         Err(refusal) => {
             let _ = stream.shutdown(std::net::Shutdown::Both);
-            let reason = format!("{} (from {peer})", refusal.reason);
-            let report = match refusal.worker {
-                // A worker of this cluster: the scheduler must know.
-                Some(_) => Some(0),
-                None => throttle
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .report(Instant::now()),
-            };
-            match report {
-                Some(0) => {}
-                Some(n) => {
-                    tracing::debug!(target: "flowrun_dask::cluster", "{n} more connections refused")
-                }
-                None => {
-                    tracing::debug!(target: "flowrun_dask::cluster", "Refused a connection to the cluster: {reason}");
-                    return;
-                }
-            }
-            let reason = match report {
-                Some(n) if n > 0 => {
-                    format!("{reason}; {n} more were refused since the last such warning")
-                }
-                _ => reason,
-            };
-            let _ = events.send(Event::Refused {
-                worker: refusal.worker,
-                reason,
-            });
+            report_refusal(refusal, &peer, events, throttle);
             return;
         }
     };
@@ -204,6 +176,37 @@ fn connection(
         return;
     }
     read_loop(stream, id, events);
+}
+
+/// Tells the scheduler (and so the flow's log) about a refusal; a
+/// stranger's at most once a second, counting the others.
+fn report_refusal(
+    refusal: handshake::Refusal,
+    peer: &str,
+    events: &Sender<Event>,
+    throttle: &Mutex<Throttle>,
+) {
+    let mut reason = format!("{} (from {peer})", refusal.reason);
+    if refusal.worker.is_none() {
+        let report = throttle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .report(Instant::now());
+        match report {
+            None => {
+                tracing::debug!(target: "flowrun_dask::cluster", "Refused a connection to the cluster: {reason}");
+                return;
+            }
+            Some(0) => {}
+            Some(n) => reason.push_str(&format!(
+                "; {n} more were refused since the last such warning"
+            )),
+        }
+    }
+    let _ = events.send(Event::Refused {
+        worker: refusal.worker,
+        reason,
+    });
 }
 
 fn read_loop(mut stream: TcpStream, worker: u32, events: &Sender<Event>) {
