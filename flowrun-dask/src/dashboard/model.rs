@@ -33,6 +33,9 @@ pub(crate) struct Model {
     pub source: Arc<Source>,
     /// Pages following the event stream; polls happen only while there are some.
     pub viewers: AtomicUsize,
+    /// Held through a poll: the poller and pages asking for fresh data
+    /// poll from different threads.
+    polling: Mutex<()>,
     inner: Mutex<Inner>,
 }
 
@@ -61,6 +64,7 @@ impl Model {
         Model {
             source,
             viewers: AtomicUsize::new(0),
+            polling: Mutex::new(()),
             inner: Mutex::new(Inner {
                 bars: VecDeque::new(),
                 first: 0,
@@ -79,19 +83,24 @@ impl Model {
     /// Asks the cluster for its status and new bars. Off the scheduler's
     /// hot path: two messages to it per poll, and only while someone watches.
     pub(crate) fn poll(&self) {
+        // Two polls at once would both add the bars after the same position.
+        let _one = self.polling.lock().unwrap_or_else(|p| p.into_inner());
         let since = self.lock().next;
         let stream = self.source.cluster.task_stream(since);
         let status = self.source.cluster.status();
         let mut inner = self.lock();
         if let Some(stream) = stream {
-            for entry in &stream.entries {
+            // The entries end at `stream.next`; keep only those not held yet.
+            let start = stream.next.saturating_sub(stream.entries.len() as u64);
+            let skip = inner.next.saturating_sub(start) as usize;
+            for entry in stream.entries.iter().skip(skip) {
                 inner.bars.push_back(Arc::from(bar_json(entry).to_string()));
             }
             while inner.bars.len() > KEPT_BARS {
                 inner.bars.pop_front();
             }
-            inner.first = stream.next - inner.bars.len() as u64;
-            inner.next = stream.next;
+            inner.next = inner.next.max(stream.next);
+            inner.first = inner.next.saturating_sub(inner.bars.len() as u64);
         }
         let ended = inner.ended;
         let mut state = state_json(&self.source, status.as_ref(), ended, SystemTime::now());
@@ -277,4 +286,79 @@ pub(crate) fn state_json(
         }
     }
     state
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::local::TaskStream;
+
+    /// A cluster whose task stream grows by one bar per call, slowly, like
+    /// a busy scheduler's.
+    struct Growing {
+        next: Mutex<u64>,
+    }
+
+    impl Cluster for Growing {
+        fn describe(&self) -> String {
+            "growing".into()
+        }
+        fn submit(&self, _call: flowrun_core::TaskCall) {}
+        fn close(&self) {}
+        fn task_stream(&self, since: u64) -> Option<TaskStream> {
+            let next = {
+                let mut n = self.next.lock().unwrap();
+                *n += 1;
+                *n
+            };
+            std::thread::sleep(Duration::from_millis(2));
+            let entries = (since..next)
+                .map(|i| TaskStreamEntry {
+                    run: format!("t-{i}"),
+                    task: "t".into(),
+                    worker: "worker-0".into(),
+                    thread: 0,
+                    start_us: i,
+                    end_us: i + 1,
+                    outcome: "completed",
+                })
+                .collect();
+            Some(TaskStream { entries, next })
+        }
+    }
+
+    #[test]
+    fn concurrent_polls_keep_each_bar_once_and_never_panic() {
+        let model = Arc::new(Model::new(Arc::new(Source {
+            cluster: Arc::new(Growing {
+                next: Mutex::new(0),
+            }),
+            tally: Arc::new(TaskRunTally::new()),
+            flow_run_name: "r".into(),
+            flow_name: "f".into(),
+            description: String::new(),
+            started: SystemTime::now(),
+        })));
+        let pollers: Vec<_> = (0..8)
+            .map(|_| {
+                let m = model.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        m.poll();
+                        let _ = m.message(0);
+                    }
+                })
+            })
+            .collect();
+        for p in pollers {
+            p.join().expect("a poll panicked");
+        }
+        let inner = model.lock();
+        let runs: Vec<String> = inner.bars.iter().map(|b| b.to_string()).collect();
+        assert_eq!(inner.first + runs.len() as u64, inner.next);
+        for (i, bar) in runs.iter().enumerate() {
+            let run = format!("\"t-{}\"", inner.first + i as u64);
+            assert!(bar.contains(&run), "bar {i} is {bar}, expected {run}");
+        }
+    }
 }

@@ -5,11 +5,12 @@ pub(crate) mod forward;
 mod launch;
 mod output;
 mod scheduler;
+mod transport;
 mod wire;
 pub(crate) mod worker;
 
 use std::collections::HashSet;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,7 +26,6 @@ use scheduler::{Call, Expected, Scheduler};
 
 /// What the scheduler of a running cluster reacts to.
 type Event = scheduler::Event<Call>;
-use wire::{ToScheduler, ToWorker, ToWorkerOut};
 
 use crate::settings::{AdaptKwargs, ClientKwargs, ClusterKwargs, SettingsError};
 
@@ -94,30 +94,22 @@ impl LocalCluster {
             .local_addr()
             .map_err(|e| SettingsError::new("cluster", e.to_string()))?
             .to_string();
-        let mut secret = [0u8; 32];
-        fill_random(&mut secret);
+        // Fails closed: without the kernel's randomness there is no secret
+        // worth the name, so no cluster.
+        let secret = transport::handshake::new_secret().map_err(|e| {
+            SettingsError::new("cluster", format!("cannot make the cluster's secret: {e}"))
+        })?;
         let build = crate::build_id::current().to_owned();
         let (events_tx, events_rx) = crossbeam_channel::unbounded();
         let expected: Expected = Arc::new(Mutex::new(HashSet::new()));
-
-        let acceptor_events = events_tx.clone();
-        let acceptor_expected = expected.clone();
-        let acceptor_build = build.clone();
         let listener_fd = listener.as_raw_fd();
         let closed = Arc::new(AtomicBool::new(false));
-        let acceptor_closed = closed.clone();
-        std::thread::Builder::new()
-            .name("flowrun-acceptor".into())
-            .spawn(move || {
-                accept_loop(
-                    listener,
-                    secret,
-                    acceptor_build,
-                    acceptor_expected,
-                    acceptor_events,
-                    acceptor_closed,
-                )
-            })
+        let gate = transport::handshake::Gate {
+            secret,
+            build: build.clone(),
+            expected: expected.clone(),
+        };
+        transport::accept::spawn(listener, gate, events_tx.clone(), closed.clone())
             .map_err(|e| SettingsError::new("cluster", e.to_string()))?;
 
         let config = worker::WorkerConfig {
@@ -303,201 +295,4 @@ fn spawn_scheduler<L: scheduler::Launcher>(
     std::thread::Builder::new()
         .name("flowrun-scheduler".into())
         .spawn(move || s.run(events, done))
-}
-
-pub(crate) fn fill_random(buf: &mut [u8]) {
-    // The kernel's CSPRNG: the secret must not be guessable.
-    let mut filled = 0;
-    while filled < buf.len() {
-        // SAFETY: getrandom writes at most len bytes into our buffer.
-        let n = unsafe {
-            libc::getrandom(
-                buf[filled..].as_mut_ptr() as *mut libc::c_void,
-                buf.len() - filled,
-                0,
-            )
-        };
-        if n > 0 {
-            filled += n as usize;
-        } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            // No getrandom: fall back to a hash of time and addresses (never
-            // reached on Linux >= 3.17).
-            let h = blake3::hash(format!("{:?}{:p}", std::time::SystemTime::now(), buf).as_bytes());
-            for (i, b) in buf.iter_mut().enumerate() {
-                *b = h.as_bytes()[i % 32];
-            }
-            return;
-        }
-    }
-}
-
-fn accept_loop(
-    listener: TcpListener,
-    secret: [u8; 32],
-    build: String,
-    expected: Expected,
-    events: Sender<Event>,
-    closed: Arc<AtomicBool>,
-) {
-    for stream in listener.incoming() {
-        if closed.load(Ordering::Acquire) {
-            return;
-        }
-        let Ok(stream) = stream else { continue };
-        let (secret, build, expected, events) =
-            (secret, build.clone(), expected.clone(), events.clone());
-        let _ = std::thread::Builder::new()
-            .name("flowrun-handshake".into())
-            .spawn(move || handshake(stream, &secret, &build, &expected, &events));
-    }
-}
-
-/// Challenges a new connection; only a worker we started, holding the
-/// secret, of the same build, gets in.
-fn handshake(
-    mut stream: TcpStream,
-    secret: &[u8; 32],
-    build: &str,
-    expected: &Expected,
-    events: &Sender<Event>,
-) {
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut buf = Vec::new();
-    let mut nonce = [0u8; 32];
-    fill_random(&mut nonce);
-    let challenge = ToWorkerOut::Challenge {
-        nonce,
-        build: build.to_owned(),
-        protocol: wire::PROTOCOL,
-    };
-    if wire::write_frame(&mut stream, &[challenge], &mut buf).is_err() {
-        return;
-    }
-    let refuse =
-        |stream: &mut TcpStream, buf: &mut Vec<u8>, worker: Option<u32>, reason: String| {
-            let _ = wire::write_frame(
-                stream,
-                &[ToWorkerOut::Rejected {
-                    reason: reason.clone(),
-                }],
-                buf,
-            );
-            let _ = stream.shutdown(std::net::Shutdown::Both);
-            let _ = events.send(Event::Refused {
-                worker,
-                reason: format!("{reason} (from {peer})"),
-            });
-        };
-    let hello: Option<Vec<ToScheduler>> = wire::read_frame(&mut stream, &mut buf).ok().flatten();
-    let Some(ToScheduler::Hello {
-        worker,
-        pid,
-        build: worker_build,
-        protocol,
-        proof,
-    }) = hello.and_then(|b| b.into_iter().next())
-    else {
-        refuse(
-            &mut stream,
-            &mut buf,
-            None,
-            "it did not introduce itself as a worker".into(),
-        );
-        return;
-    };
-    if !wire::proof_matches(&proof, &wire::proof(secret, &nonce, worker)) {
-        refuse(
-            &mut stream,
-            &mut buf,
-            None,
-            "it does not hold the cluster's secret".into(),
-        );
-        return;
-    }
-    if !expected
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&worker)
-    {
-        refuse(
-            &mut stream,
-            &mut buf,
-            None,
-            format!("worker {worker} is not expected"),
-        );
-        return;
-    }
-    if protocol != wire::PROTOCOL {
-        refuse(
-            &mut stream,
-            &mut buf,
-            Some(worker),
-            format!(
-                "the worker speaks protocol {protocol}, the scheduler {}",
-                wire::PROTOCOL
-            ),
-        );
-        return;
-    }
-    if worker_build != build {
-        refuse(
-            &mut stream,
-            &mut buf,
-            Some(worker),
-            format!(
-                "the worker program is a different build than the flow (worker build {worker_build}, flow build {build})"
-            ),
-        );
-        return;
-    }
-    if wire::write_frame(&mut stream, &[ToWorkerOut::Welcome], &mut buf).is_err() {
-        return;
-    }
-    let _ = stream.set_read_timeout(None);
-    let Ok(write_half) = stream.try_clone() else {
-        return;
-    };
-    let (tx, rx) = crossbeam_channel::unbounded::<ToWorkerOut>();
-    std::thread::Builder::new()
-        .name(format!("flowrun-worker-{worker}-writer"))
-        .spawn(move || {
-            let mut stream = write_half;
-            let mut buf = Vec::new();
-            while let Ok(first) = rx.recv() {
-                let batch: Vec<ToWorkerOut> = std::iter::once(first).chain(rx.try_iter()).collect();
-                let stop = batch.iter().any(|m| matches!(m, ToWorker::Shutdown));
-                if wire::write_frame(&mut stream, &batch, &mut buf).is_err() || stop {
-                    return;
-                }
-            }
-        })
-        .ok();
-    if events
-        .send(Event::Connected {
-            worker,
-            pid,
-            writer: tx,
-        })
-        .is_err()
-    {
-        return;
-    }
-    loop {
-        match wire::read_frame::<ToScheduler>(&mut stream, &mut buf) {
-            Ok(Some(batch)) => {
-                if events.send(Event::Messages { worker, batch }).is_err() {
-                    return;
-                }
-            }
-            Ok(None) | Err(_) => {
-                let _ = events.send(Event::Disconnected { worker });
-                return;
-            }
-        }
-    }
 }

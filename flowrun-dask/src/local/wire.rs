@@ -1,20 +1,14 @@
-//! What the scheduler and its workers say to each other, and how: each
-//! frame is a little-endian `u32` length then a postcard-encoded batch of
-//! messages. Batching is what keeps per-task overhead low.
+//! What the scheduler and its workers say to each other: batches of these
+//! messages, one batch per frame (see `transport::frame`). Batching is what
+//! keeps per-task overhead low.
 //!
-//! A connection starts with the scheduler's [`ToWorker::Challenge`]. The
-//! worker proves it holds the cluster's secret with a keyed hash of the
-//! challenge; anything else closes the connection.
-
-use std::io::{self, Read, Write};
+//! A connection starts with the scheduler's [`ToWorker::Challenge`] (see
+//! `transport::handshake`); anything but a worker's proof closes it.
 
 use serde::{Deserialize, Serialize};
 
 /// Version of this message set; both sides must agree.
 pub const PROTOCOL: u32 = 1;
-
-/// Refuse frames larger than this (a corrupt length must not allocate GBs).
-pub const MAX_FRAME: usize = 1 << 30;
 
 /// One task for a worker to run, as the worker reads it.
 #[derive(Debug, Clone, Deserialize)]
@@ -219,122 +213,4 @@ pub enum ToScheduler {
     Submit(Vec<Submission>),
     /// Submissions whose failures the submitting task read (handled).
     Handled(Vec<u64>),
-}
-
-/// The keyed hash a worker answers a challenge with.
-pub fn proof(secret: &[u8; 32], nonce: &[u8; 32], worker: u32) -> [u8; 32] {
-    let mut h = blake3::Hasher::new_keyed(secret);
-    h.update(b"flowrun-worker-v1");
-    h.update(nonce);
-    h.update(&worker.to_le_bytes());
-    *h.finalize().as_bytes()
-}
-
-/// Compares proofs without leaking where they differ through timing.
-pub fn proof_matches(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    blake3::Hash::from(*a) == blake3::Hash::from(*b)
-}
-
-/// Writes one frame holding `batch`.
-pub fn write_frame<T: Serialize>(
-    w: &mut impl Write,
-    batch: &[T],
-    buf: &mut Vec<u8>,
-) -> io::Result<()> {
-    buf.clear();
-    buf.extend_from_slice(&[0; 4]);
-    let encoded = postcard::to_extend(batch, std::mem::take(buf))
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    *buf = encoded;
-    let len = u32::try_from(buf.len() - 4)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "frame too large"))?;
-    buf[..4].copy_from_slice(&len.to_le_bytes());
-    w.write_all(buf)
-}
-
-/// Reads one frame. `Ok(None)` at a clean end of stream.
-pub fn read_frame<T: for<'de> Deserialize<'de>>(
-    r: &mut impl Read,
-    buf: &mut Vec<u8>,
-) -> io::Result<Option<Vec<T>>> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes is larger than the limit"),
-        ));
-    }
-    buf.resize(len, 0);
-    r.read_exact(buf)?;
-    postcard::from_bytes(buf).map(Some).map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("undecodable frame: {e}"),
-        )
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frames_round_trip_batches() {
-        let batch = vec![
-            ToScheduler::Started(vec![Start {
-                id: 1,
-                thread: 0,
-                at_us: 5,
-            }]),
-            ToScheduler::Done(vec![Completion {
-                id: 1,
-                result: Ok(serde_bytes::ByteBuf::from(vec![7u8; 100])),
-                duration_us: 5,
-            }]),
-        ];
-        let mut wire = Vec::new();
-        let mut buf = Vec::new();
-        write_frame(&mut wire, &batch, &mut buf).unwrap();
-        write_frame(&mut wire, &batch, &mut buf).unwrap();
-        let mut r = &wire[..];
-        for _ in 0..2 {
-            let got: Vec<ToScheduler> = read_frame(&mut r, &mut buf).unwrap().unwrap();
-            assert_eq!(got.len(), 2);
-        }
-        assert!(read_frame::<ToScheduler>(&mut r, &mut buf)
-            .unwrap()
-            .is_none());
-    }
-
-    #[test]
-    fn a_huge_length_is_refused_without_allocating() {
-        let wire = u32::MAX.to_le_bytes();
-        let mut buf = Vec::new();
-        assert!(read_frame::<ToWorker>(&mut &wire[..], &mut buf).is_err());
-    }
-
-    #[test]
-    fn garbage_is_an_error_not_a_panic() {
-        let mut wire = 5u32.to_le_bytes().to_vec();
-        wire.extend_from_slice(&[0xff; 5]);
-        let mut buf = Vec::new();
-        assert!(read_frame::<ToWorker>(&mut &wire[..], &mut buf).is_err());
-    }
-
-    #[test]
-    fn proofs_depend_on_secret_nonce_and_worker() {
-        let s = [1u8; 32];
-        let n = [2u8; 32];
-        let p = proof(&s, &n, 0);
-        assert!(proof_matches(&p, &proof(&s, &n, 0)));
-        assert!(!proof_matches(&p, &proof(&[3u8; 32], &n, 0)));
-        assert!(!proof_matches(&p, &proof(&s, &[4u8; 32], 0)));
-        assert!(!proof_matches(&p, &proof(&s, &n, 1)));
-    }
 }

@@ -16,9 +16,8 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use super::output::Capture;
-use super::wire::{
-    self, Assignment, Completion, LogLine, OutputLine, ToScheduler, ToWorker, WireError,
-};
+use super::transport::frame::{self, Oversized, FRAME_LIMIT};
+use super::wire::{Assignment, Completion, LogLine, OutputLine, ToScheduler, ToWorker, WireError};
 
 /// The environment variable that starts this program as a worker.
 pub(crate) const WORKER_ENV: &str = "FLOWRUN_DASK_WORKER";
@@ -333,8 +332,21 @@ fn install_panic_hook() {
     }));
 }
 
-/// Sends what executors report, batched: one frame for everything queued.
-fn write_loop(mut stream: TcpStream, rx: Receiver<Outgoing>) {
+/// Sends what executors report, batched: one frame for everything queued
+/// (several when it is larger than the frame limit).
+fn write_loop(mut stream: TcpStream, rx: Receiver<Outgoing>, link: &super::forward::Link) {
+    if send(&mut stream, &rx, link).is_err() {
+        // The read loop then ends too: a worker that cannot report is lost
+        // to the scheduler at once, not deaf.
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+fn send(
+    stream: &mut TcpStream,
+    rx: &Receiver<Outgoing>,
+    link: &super::forward::Link,
+) -> std::io::Result<()> {
     let mut buf = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut started = Vec::new();
@@ -372,10 +384,67 @@ fn write_loop(mut stream: TcpStream, rx: Receiver<Outgoing>) {
         if !done.is_empty() {
             batch.push(ToScheduler::Done(done));
         }
-        if wire::write_frame(&mut stream, &batch, &mut buf).is_err() {
-            return;
+        for r in frame::write_batch(stream, batch, &mut buf, FRAME_LIMIT)? {
+            if let Some(m) = answer_oversized(r, link) {
+                frame::write_frame(stream, &[m], &mut buf, FRAME_LIMIT)?;
+            }
         }
     }
+    Ok(())
+}
+
+/// What stands for a message too large for a frame: the run's failure
+/// naming the size and the limit, a refused submission, a shortened line.
+fn answer_oversized(r: Oversized<ToScheduler>, link: &super::forward::Link) -> Option<ToScheduler> {
+    let error = |what: &str| WireError {
+        panic: false,
+        message: frame::too_large(what, r.size, FRAME_LIMIT),
+        kind: None,
+    };
+    match r.message {
+        ToScheduler::Done(done) => Some(ToScheduler::Done(
+            done.into_iter()
+                .map(|c| Completion {
+                    result: Err(error("the task's result")),
+                    ..c
+                })
+                .collect(),
+        )),
+        ToScheduler::Submit(subs) => {
+            let message = error("the submitted task's input");
+            link.resolve(
+                subs.into_iter()
+                    .map(|s| (s.id, Err(message.clone())))
+                    .collect(),
+            );
+            None
+        }
+        ToScheduler::Output(mut lines) => {
+            for l in &mut lines {
+                shorten(&mut l.line, r.size);
+            }
+            Some(ToScheduler::Output(lines))
+        }
+        ToScheduler::Log(mut lines) => {
+            for l in &mut lines {
+                shorten(&mut l.message, r.size);
+            }
+            Some(ToScheduler::Log(lines))
+        }
+        _ => None,
+    }
+}
+
+/// Keeps the start of a line too large to send, and says so.
+fn shorten(line: &mut String, size: usize) {
+    let mut end = (FRAME_LIMIT / 2).min(line.len());
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    line.truncate(end);
+    line.push_str(&format!(
+        " [cut: {size} bytes is more than the frame limit]"
+    ));
 }
 
 /// Joins the cluster at `config.address` and runs tasks until told to stop
@@ -397,54 +466,15 @@ pub(crate) fn serve(
     if let Some(f) = on_connect {
         f(&stream);
     }
-    let mut buf = Vec::new();
-    let first: Vec<ToWorker> = wire::read_frame(&mut stream, &mut buf)
-        .map_err(|e| format!("no challenge from the scheduler: {e}"))?
-        .ok_or("the scheduler closed the connection")?;
-    let Some(ToWorker::Challenge {
-        nonce,
-        build,
-        protocol,
-    }) = first.into_iter().next()
-    else {
-        return Err("the scheduler did not start with a challenge".into());
-    };
-    if protocol != wire::PROTOCOL {
-        return Err(format!(
-            "the scheduler speaks protocol {protocol}, this worker {}",
-            wire::PROTOCOL
-        ));
-    }
-    let own = crate::build_id::current().to_owned();
-    let hello = ToScheduler::Hello {
-        worker: config.worker,
-        pid: std::process::id(),
-        build: own.clone(),
-        protocol: wire::PROTOCOL,
-        proof: wire::proof(&secret, &nonce, config.worker),
-    };
-    wire::write_frame(&mut stream, &[hello], &mut buf).map_err(|e| e.to_string())?;
-    let answer: Vec<ToWorker> = wire::read_frame(&mut stream, &mut buf)
-        .map_err(|e| format!("no answer from the scheduler: {e}"))?
-        .ok_or("the scheduler closed the connection")?;
-    match answer.into_iter().next() {
-        Some(ToWorker::Welcome) => {}
-        Some(ToWorker::Rejected { reason }) => {
-            return Err(format!("the scheduler refused this worker: {reason}"))
-        }
-        _ => return Err("unexpected answer from the scheduler".into()),
-    }
-    if build != own {
-        return Err(format!(
-            "this worker is build {own}, the flow is build {build}"
-        ));
-    }
+    super::transport::handshake::join(&stream, &secret, config.worker, crate::build_id::current())?;
 
     let (out_tx, out_rx) = crossbeam_channel::unbounded::<Outgoing>();
+    let link = super::forward::Link::new(out_tx.clone(), config.name.clone());
     let writer = stream.try_clone().map_err(|e| e.to_string())?;
+    let writer_link = link.clone();
     std::thread::Builder::new()
         .name("flowrun-worker-writer".into())
-        .spawn(move || write_loop(writer, out_rx))
+        .spawn(move || write_loop(writer, out_rx, &writer_link))
         .map_err(|e| e.to_string())?;
     let logs = if process {
         log_forwarding(out_tx.clone())
@@ -463,7 +493,6 @@ pub(crate) fn serve(
     } else {
         None
     };
-    let link = super::forward::Link::new(out_tx.clone(), config.name.clone());
     let ex = Arc::new(Executors {
         link: link.clone(),
         queue: Queue {
@@ -480,8 +509,9 @@ pub(crate) fn serve(
     for _ in 0..ex.nthreads {
         ex.spawn_if_needed();
     }
+    let mut buf = Vec::new();
     let outcome = loop {
-        match wire::read_frame::<ToWorker>(&mut stream, &mut buf) {
+        match frame::read_frame::<ToWorker>(&mut stream, &mut buf, FRAME_LIMIT) {
             Ok(Some(batch)) => {
                 let mut stop = false;
                 for m in batch {
@@ -496,7 +526,7 @@ pub(crate) fn serve(
                                     result: Err(WireError {
                                         panic: false,
                                         message: "cancelled before it started".into(),
-                                        kind: Some(wire::WireKind::Cancelled),
+                                        kind: Some(super::wire::WireKind::Cancelled),
                                     }),
                                     duration_us: 0,
                                 }));
