@@ -383,9 +383,11 @@ impl<T: Send + 'static> RunCell<T> {
                 }
             }
             Slot::Encoded(bytes) => {
-                let out = self.decode(&bytes);
-                s.value = Slot::Encoded(bytes);
-                out
+                s.value = Slot::Encoded(bytes.clone());
+                // Decoded outside the lock: it may read the value from
+                // where it lives (see [`crate::external`]).
+                drop(s);
+                self.decode(&bytes)
             }
             Slot::Deferred(f) => {
                 s.value = Slot::Deferred(f);
@@ -421,7 +423,11 @@ impl<T: Send + 'static> RunCell<T> {
         }
         match &s.value {
             Slot::Value(v) => Ok(clone(v)),
-            Slot::Encoded(bytes) => self.decode(bytes),
+            Slot::Encoded(bytes) => {
+                let bytes = bytes.clone();
+                drop(s);
+                self.decode(&bytes)
+            }
             Slot::Deferred(_) => Err(TaskError::new(
                 TaskErrorKind::ResultUnavailable,
                 "the result could not be fetched",
@@ -438,7 +444,7 @@ impl<T: Send + 'static> RunCell<T> {
         }
     }
 
-    fn decode(&self, bytes: &[u8]) -> Result<T, TaskError> {
+    fn decode(&self, bytes: &Bytes) -> Result<T, TaskError> {
         let decode = self.fns.decode.ok_or_else(|| {
             TaskError::new(
                 TaskErrorKind::ResultUnavailable,
@@ -449,7 +455,8 @@ impl<T: Send + 'static> RunCell<T> {
             )
             .in_run(self.name())
         })?;
-        decode(bytes).map_err(|e| {
+        let bytes = crate::external::resolve(bytes).map_err(|e| e.in_run(self.name()))?;
+        decode(&bytes).map_err(|e| {
             TaskError::new(
                 TaskErrorKind::ResultUnavailable,
                 format!(

@@ -5,6 +5,7 @@ pub(crate) mod forward;
 mod launch;
 mod output;
 mod scheduler;
+mod store;
 mod wire;
 pub(crate) mod worker;
 
@@ -42,6 +43,7 @@ pub struct LocalCluster {
     resources: Resources,
     scheduler: Mutex<Option<JoinHandle<()>>>,
     done: Receiver<()>,
+    store: Arc<store::Store>,
 }
 
 impl std::fmt::Debug for LocalCluster {
@@ -94,6 +96,14 @@ impl LocalCluster {
         let mut secret = [0u8; 32];
         fill_random(&mut secret);
         let build = crate::build_id::current().to_owned();
+        let store = store::Store::create().map_err(|e| {
+            SettingsError::new(
+                "cluster",
+                format!(
+                    "cannot create the cluster's result store (in /dev/shm or the temp dir): {e}"
+                ),
+            )
+        })?;
         let (events_tx, events_rx) = crossbeam_channel::unbounded();
         let expected: Expected = Arc::new(Mutex::new(HashSet::new()));
 
@@ -124,6 +134,8 @@ impl LocalCluster {
             name: String::new(),
             nthreads,
             build,
+            store_id: store.id(),
+            store_dir: store.dir().to_owned(),
         };
         let sched_cfg = scheduler::Config {
             address: address.clone(),
@@ -174,6 +186,7 @@ impl LocalCluster {
             resources,
             scheduler: Mutex::new(Some(handle)),
             done: done_rx,
+            store,
         })
     }
 
@@ -253,6 +266,14 @@ impl LocalCluster {
         {
             let _ = h.join();
         }
+        self.store.close();
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        // Stored results go with the cluster, even when it was never closed.
+        self.store.close();
     }
 }
 

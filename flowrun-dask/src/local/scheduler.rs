@@ -729,7 +729,7 @@ impl<L: Launcher> Scheduler<L> {
                         Some(e) => Err(WireError::from_task_error(&e)),
                         None => done
                             .encoded_result()
-                            .map(|b| ByteBuf::from(b.to_vec()))
+                            .and_then(|b| super::store::Payload::inline(&b))
                             .map_err(|e| WireError::from_task_error(&e)),
                     };
                     reply(result);
@@ -766,8 +766,8 @@ impl<L: Launcher> Scheduler<L> {
         if let Some(job) = task.job.take() {
             let result = c
                 .result
-                .map(|b| bytes::Bytes::from(b.into_vec()))
-                .map_err(super::wire::WireError::into_task_error);
+                .map_err(super::wire::WireError::into_task_error)
+                .and_then(super::store::Payload::into_bytes);
             job.finish(result);
         }
     }
