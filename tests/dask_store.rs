@@ -95,7 +95,9 @@ fn a_large_value_passed_along_a_chain_never_enters_the_flows_memory() {
         let got = summary.submit(value).result().unwrap();
         (got, status_kb("VmHWM:").saturating_sub(start))
     }
-    let dir = common::scratch("store-chain").to_string_lossy().into_owned();
+    let dir = common::scratch("store-chain")
+        .to_string_lossy()
+        .into_owned();
     let ((len, first), peak_kb) = chain(dir.clone()).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!((len, first), (BIG, 'd'));
@@ -121,7 +123,9 @@ fn the_flow_reads_a_stored_value_when_it_asks() {
         let expected: String = std::iter::repeat_n('y', BIG).collect();
         (first == expected, again == expected, files)
     }
-    let dir = common::scratch("store-reads").to_string_lossy().into_owned();
+    let dir = common::scratch("store-reads")
+        .to_string_lossy()
+        .into_owned();
     let (first, again, files) = reads(dir.clone()).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     assert!(first && again, "the value read back is the value computed");
@@ -193,10 +197,15 @@ fn stored_values_are_deleted_once_unreadable_and_with_their_cluster() {
         });
         (held, kept, after, store_dirs())
     }
-    let dir = common::scratch("store-frees").to_string_lossy().into_owned();
+    let dir = common::scratch("store-frees")
+        .to_string_lossy()
+        .into_owned();
     let (held, kept, after, dirs) = frees(dir.clone()).unwrap();
     assert_eq!(held, 3, "each large result is a stored file");
-    assert_eq!(kept, 1, "dropped futures free their values, pending dependents keep theirs");
+    assert_eq!(
+        kept, 1,
+        "dropped futures free their values, pending dependents keep theirs"
+    );
     assert_eq!(after, 0, "nothing can read any value any more");
     assert_eq!(dirs.len(), 1);
     assert!(store_dirs().is_empty(), "the store left with the cluster");
@@ -211,5 +220,8 @@ fn stored_values_are_deleted_once_unreadable_and_with_their_cluster() {
     let failed = panics(dir.clone()).unwrap_err().to_string();
     assert!(failed.contains("while it holds a stored value"), "{failed}");
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(store_dirs().is_empty(), "a failed flow removes its store too");
+    assert!(
+        store_dirs().is_empty(),
+        "a failed flow removes its store too"
+    );
 }

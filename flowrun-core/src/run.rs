@@ -382,12 +382,17 @@ impl<T: Send + 'static> RunCell<T> {
                     Ok(out)
                 }
             }
-            Slot::Encoded(bytes) => {
+            Slot::Encoded(bytes) if crate::external::external(&bytes).is_some() => {
+                // Read from where it lives (see [`crate::external`]), outside
+                // the lock.
                 s.value = Slot::Encoded(bytes.clone());
-                // Decoded outside the lock: it may read the value from
-                // where it lives (see [`crate::external`]).
                 drop(s);
                 self.decode(&bytes)
+            }
+            Slot::Encoded(bytes) => {
+                let out = self.decode(&bytes);
+                s.value = Slot::Encoded(bytes);
+                out
             }
             Slot::Deferred(f) => {
                 s.value = Slot::Deferred(f);
@@ -423,11 +428,12 @@ impl<T: Send + 'static> RunCell<T> {
         }
         match &s.value {
             Slot::Value(v) => Ok(clone(v)),
-            Slot::Encoded(bytes) => {
+            Slot::Encoded(bytes) if crate::external::external(bytes).is_some() => {
                 let bytes = bytes.clone();
                 drop(s);
                 self.decode(&bytes)
             }
+            Slot::Encoded(bytes) => self.decode(bytes),
             Slot::Deferred(_) => Err(TaskError::new(
                 TaskErrorKind::ResultUnavailable,
                 "the result could not be fetched",
@@ -455,8 +461,15 @@ impl<T: Send + 'static> RunCell<T> {
             )
             .in_run(self.name())
         })?;
-        let bytes = crate::external::resolve(bytes).map_err(|e| e.in_run(self.name()))?;
-        decode(&bytes).map_err(|e| {
+        let read;
+        let bytes = match crate::external::external(bytes) {
+            Some(value) => {
+                read = value.read().map_err(|e| e.in_run(self.name()))?;
+                &read
+            }
+            None => bytes,
+        };
+        decode(bytes).map_err(|e| {
             TaskError::new(
                 TaskErrorKind::ResultUnavailable,
                 format!(
