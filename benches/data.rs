@@ -22,6 +22,9 @@
 //! The worker processes are this program started again: `main` diverts
 //! them before it does anything else.
 
+// The 8-argument reducers: the macro's generated items inherit the arity.
+#![allow(clippy::too_many_arguments)]
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -57,7 +60,6 @@ fn total(x: Vec<u8>) -> u64 {
 }
 
 #[task]
-#[allow(clippy::too_many_arguments)]
 fn total8(
     a: Vec<u8>,
     b: Vec<u8>,
@@ -72,7 +74,6 @@ fn total8(
 }
 
 #[task]
-#[allow(clippy::too_many_arguments)]
 fn add8(a: u64, b: u64, c: u64, d: u64, e: u64, f: u64, g: u64, h: u64) -> u64 {
     a + b + c + d + e + f + g + h
 }
