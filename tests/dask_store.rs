@@ -20,27 +20,29 @@ fn two_workers() -> DaskTaskRunner {
     DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(2).threads_per_worker(1))
 }
 
-/// Large enough to dwarf what the flow allocates for itself. A `String`
-/// encodes with one copy, so debug builds move it quickly.
-const BIG: usize = 48 << 20;
+/// Large enough to dwarf what the flow allocates for itself.
+const BIG: usize = 32 << 20;
 
 #[task]
-fn make(dir: String, fill: char) -> String {
+fn make(dir: String, fill: u8) -> Vec<u8> {
     common::append(
         &format!("{dir}/executions.log"),
         &format!("make {}", std::process::id()),
     );
-    std::iter::repeat_n(fill, BIG).collect()
+    vec![fill; BIG]
 }
 
 #[task]
-fn step(value: String) -> String {
-    value.chars().map(|c| ((c as u8) + 1) as char).collect()
+fn step(mut value: Vec<u8>) -> Vec<u8> {
+    for b in &mut value {
+        *b += 1;
+    }
+    value
 }
 
 #[task]
-fn summary(value: String) -> (usize, char) {
-    (value.len(), value.chars().next().unwrap_or(' '))
+fn summary(value: Vec<u8>) -> (usize, u8) {
+    (value.len(), value.first().copied().unwrap_or(0))
 }
 
 /// Resets this process's peak resident memory (VmHWM) to its current one.
@@ -82,13 +84,13 @@ fn stored_files() -> usize {
 fn a_large_value_passed_along_a_chain_never_enters_the_flows_memory() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     #[flow(task_runner = two_workers())]
-    fn chain(dir: String) -> ((usize, char), u64) {
+    fn chain(dir: String) -> ((usize, u8), u64) {
         std::fs::create_dir_all(&dir).unwrap();
         // The cluster is up once a first task ran.
-        let _ = summary.submit(String::new()).result().unwrap();
+        let _ = summary.submit(Vec::new()).result().unwrap();
         reset_peak();
         let start = status_kb("VmRSS:");
-        let mut value = make.submit(dir.clone(), 'a');
+        let mut value = make.submit(dir.clone(), b'a');
         for _ in 0..3 {
             value = step.submit(value);
         }
@@ -100,7 +102,7 @@ fn a_large_value_passed_along_a_chain_never_enters_the_flows_memory() {
         .into_owned();
     let ((len, first), peak_kb) = chain(dir.clone()).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!((len, first), (BIG, 'd'));
+    assert_eq!((len, first), (BIG, b'd'));
     assert!(
         peak_kb * 1024 < BIG as u64 / 2,
         "the flow's peak memory rose by {} MiB while {} MiB values passed from task to task",
@@ -115,12 +117,12 @@ fn the_flow_reads_a_stored_value_when_it_asks() {
     #[flow(task_runner = two_workers())]
     fn reads(dir: String) -> (bool, bool, usize) {
         std::fs::create_dir_all(&dir).unwrap();
-        let value = step.submit(make.submit(dir.clone(), 'x'));
+        let value = step.submit(make.submit(dir.clone(), b'x'));
         value.wait();
         let files = stored_files();
         let first = value.result().unwrap();
         let again = value.result().unwrap();
-        let expected: String = std::iter::repeat_n('y', BIG).collect();
+        let expected = vec![b'y'; BIG];
         (first == expected, again == expected, files)
     }
     let dir = common::scratch("store-reads")
@@ -136,12 +138,12 @@ fn the_flow_reads_a_stored_value_when_it_asks() {
 fn a_stored_result_outlives_the_worker_that_made_it_and_is_not_recomputed() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     #[flow(task_runner = two_workers())]
-    fn survives(dir: String) -> ((usize, char), usize, u64) {
+    fn survives(dir: String) -> ((usize, u8), usize, u64) {
         std::fs::create_dir_all(&dir).unwrap();
-        let _ = summary.submit(String::new()).result().unwrap();
+        let _ = summary.submit(Vec::new()).result().unwrap();
         reset_peak();
         let start = status_kb("VmRSS:");
-        let value = make.submit(dir.clone(), 'k');
+        let value = make.submit(dir.clone(), b'k');
         value.wait();
         let log = common::lines(&format!("{dir}/executions.log"));
         let maker: i32 = log[0].split(' ').nth(1).unwrap().parse().unwrap();
@@ -163,7 +165,7 @@ fn a_stored_result_outlives_the_worker_that_made_it_and_is_not_recomputed() {
     let ((len, first), read, peak_kb) = survives(dir.clone()).unwrap();
     let log = common::lines(&format!("{dir}/executions.log"));
     let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!((len, first, read), (BIG, 'k', BIG));
+    assert_eq!((len, first, read), (BIG, b'k', BIG));
     assert_eq!(log.len(), 1, "make ran once: {log:?}");
     assert!(
         peak_kb * 1024 < BIG as u64 / 2,
@@ -178,7 +180,7 @@ fn stored_values_are_deleted_once_unreadable_and_with_their_cluster() {
     #[flow(task_runner = two_workers())]
     fn frees(dir: String) -> (usize, usize, usize, Vec<PathBuf>) {
         std::fs::create_dir_all(&dir).unwrap();
-        let values: Vec<_> = ['a', 'b', 'c']
+        let values: Vec<_> = [b'a', b'b', b'c']
             .into_iter()
             .map(|c| make.submit(dir.clone(), c))
             .collect();
@@ -212,7 +214,7 @@ fn stored_values_are_deleted_once_unreadable_and_with_their_cluster() {
 
     #[flow(task_runner = two_workers())]
     fn panics(dir: String) -> usize {
-        let value = make.submit(dir, 'p');
+        let value = make.submit(dir, b'p');
         value.wait();
         assert_eq!(stored_files(), 1);
         panic!("the flow fails while it holds a stored value");
