@@ -242,7 +242,7 @@ fn results_that_together_exceed_a_frame_are_split_not_a_dead_worker() {
     const TASKS: usize = 6;
     const LEN: usize = 64 << 20;
     #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(
-        ClusterKwargs::new().n_workers(1).threads_per_worker(TASKS as i64).memory_limit("0")))]
+        ClusterKwargs::new().n_workers(1).threads_per_worker(TASKS as u32).memory_limit("0")))]
     fn together() -> Vec<(usize, u8, u8)> {
         let futures: Vec<_> = (0..TASKS as u8)
             .map(|i| chunk_together.submit(i + 1, TASKS, LEN))

@@ -50,12 +50,76 @@ pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     postcard::from_bytes(bytes).map_err(|e| e.to_string())
 }
 
+/// [`encode_value`] with one copy for `Vec<u8>`, the usual type of bulk
+/// data, which serde would otherwise encode byte by byte. The bytes are the
+/// same: postcard writes a byte sequence as a varint length, then the bytes.
+pub(crate) fn encode_fast<T: Serialize + 'static>(value: &T) -> Result<Vec<u8>, String> {
+    let Some(bytes) = (value as &dyn std::any::Any).downcast_ref::<Vec<u8>>() else {
+        return encode_value(value);
+    };
+    let mut out = Vec::with_capacity(bytes.len() + 10);
+    out.extend_from_slice(&length_prefix(bytes.len()));
+    out.extend_from_slice(bytes);
+    Ok(out)
+}
+
+/// [`encode_fast`] for a value that is no longer needed: a `Vec<u8>` becomes
+/// its own encoding in place (its allocation grows by a few bytes), which
+/// spares a fresh allocation as large as the value, whose page faults cost
+/// far more than the copy.
+pub(crate) fn encode_owned<T: Serialize + 'static>(value: T) -> Result<Vec<u8>, String> {
+    let mut slot = Some(value);
+    if let Some(bytes) = (&mut slot as &mut dyn std::any::Any)
+        .downcast_mut::<Option<Vec<u8>>>()
+        .and_then(Option::take)
+    {
+        let mut bytes = bytes;
+        let prefix = length_prefix(bytes.len());
+        bytes.reserve_exact(prefix.len());
+        bytes.splice(0..0, prefix);
+        return Ok(bytes);
+    }
+    slot.as_ref().map_or_else(
+        || Err("the value was already taken".to_owned()),
+        encode_value,
+    )
+}
+
+/// Postcard's length of a sequence: a LEB128 varint.
+fn length_prefix(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(10);
+    let mut len = len as u64;
+    while len >= 0x80 {
+        out.push(len as u8 | 0x80);
+        len >>= 7;
+    }
+    out.push(len as u8);
+    out
+}
+
+/// [`decode_value`] with one copy for `Vec<u8>` (see [`encode_fast`]).
+pub(crate) fn decode_fast<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T, String> {
+    if std::any::TypeId::of::<T>() != std::any::TypeId::of::<Vec<u8>>() {
+        return decode_value(bytes);
+    }
+    let borrowed: &[u8] = decode_value_borrowed(bytes)?;
+    let mut value = Some(borrowed.to_vec());
+    (&mut value as &mut dyn std::any::Any)
+        .downcast_mut::<Option<T>>()
+        .and_then(Option::take)
+        .ok_or_else(|| "a byte vector is not the expected type".to_owned())
+}
+
+fn decode_value_borrowed(bytes: &[u8]) -> Result<&[u8], String> {
+    postcard::from_bytes(bytes).map_err(|e| e.to_string())
+}
+
 fn encode_input<A: Serialize + Send + 'static>(
     input: &Input<A>,
     index: usize,
 ) -> Result<ArgSlot, TaskError> {
     match input {
-        Input::Value(v) => encode_value(v)
+        Input::Value(v) => encode_fast(v)
             .map(|b| ArgSlot::Bytes(Bytes::from(b)))
             .map_err(|e| {
                 TaskError::new(
@@ -71,11 +135,11 @@ fn encode_input<A: Serialize + Send + 'static>(
     }
 }
 
-fn decode_slot<A: DeserializeOwned>(slots: &[&[u8]], index: usize) -> Result<A, String> {
+fn decode_slot<A: DeserializeOwned + 'static>(slots: &[&[u8]], index: usize) -> Result<A, String> {
     let bytes = slots
         .get(index)
         .ok_or_else(|| format!("argument {} is missing", index + 1))?;
-    decode_value(bytes).map_err(|e| {
+    decode_fast(bytes).map_err(|e| {
         format!(
             "argument {} does not decode as `{}`: {e}",
             index + 1,
@@ -162,4 +226,26 @@ tuple_impls! {
     (A0 0, A1 1, A2 2, A3 3, A4 4, A5 5, A6 6, A7 7, A8 8, A9 9)
     (A0 0, A1 1, A2 2, A3 3, A4 4, A5 5, A6 6, A7 7, A8 8, A9 9, A10 10)
     (A0 0, A1 1, A2 2, A3 3, A4 4, A5 5, A6 6, A7 7, A8 8, A9 9, A10 10, A11 11)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_vectors_encode_as_serde_would_with_one_copy() {
+        for len in [0usize, 1, 127, 128, 300, 16_384, 70_000] {
+            let v: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let fast = encode_fast(&v).unwrap();
+            assert_eq!(fast, encode_value(&v).unwrap(), "length {len}");
+            assert_eq!(encode_owned(v.clone()).unwrap(), fast, "length {len}");
+            assert_eq!(decode_fast::<Vec<u8>>(&fast).unwrap(), v);
+            assert_eq!(decode_value::<Vec<u8>>(&fast).unwrap(), v);
+        }
+        // Other types take serde's way.
+        let s = encode_fast(&vec![1u16, 300]).unwrap();
+        assert_eq!(encode_owned(vec![1u16, 300]).unwrap(), s);
+        assert_eq!(decode_fast::<Vec<u16>>(&s).unwrap(), vec![1, 300]);
+        assert!(decode_fast::<Vec<u8>>(&[5, 1]).is_err(), "truncated");
+    }
 }

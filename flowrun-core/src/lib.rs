@@ -14,6 +14,7 @@ mod context;
 mod encoded;
 mod engine;
 mod error;
+pub mod external;
 mod flow;
 mod future;
 mod input;

@@ -18,7 +18,7 @@ use std::marker::PhantomData;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::args::{decode_value, encode_value, RemoteArgs};
+use crate::args::{decode_fast, encode_fast, RemoteArgs};
 use crate::task::{Codec, RemoteFns, Task};
 
 /// A zero-sized question about `T`.
@@ -66,9 +66,9 @@ pub trait CodecYes<T> {
     /// `true`.
     fn serde_ok(&self) -> bool;
 }
-impl<T: Serialize + DeserializeOwned> CodecYes<T> for Probe<T> {
+impl<T: Serialize + DeserializeOwned + 'static> CodecYes<T> for Probe<T> {
     fn codec(&self) -> Option<Codec<T>> {
-        Some((encode_value::<T>, decode_value::<T>))
+        Some((encode_fast::<T>, decode_fast::<T>))
     }
     fn serde_ok(&self) -> bool {
         true

@@ -386,6 +386,13 @@ impl<T: Send + 'static> RunCell<T> {
                     Ok(out)
                 }
             }
+            Slot::Encoded(bytes) if crate::external::external(&bytes).is_some() => {
+                // Read from where it lives (see [`crate::external`]), outside
+                // the lock.
+                s.value = Slot::Encoded(bytes.clone());
+                drop(s);
+                self.decode(&bytes)
+            }
             Slot::Encoded(bytes) => {
                 let out = self.decode(&bytes);
                 s.value = Slot::Encoded(bytes);
@@ -425,6 +432,11 @@ impl<T: Send + 'static> RunCell<T> {
         }
         match &s.value {
             Slot::Value(v) => Ok(clone(v)),
+            Slot::Encoded(bytes) if crate::external::external(bytes).is_some() => {
+                let bytes = bytes.clone();
+                drop(s);
+                self.decode(&bytes)
+            }
             Slot::Encoded(bytes) => self.decode(bytes),
             Slot::Deferred(_) => Err(TaskError::new(
                 TaskErrorKind::ResultUnavailable,
@@ -442,7 +454,7 @@ impl<T: Send + 'static> RunCell<T> {
         }
     }
 
-    fn decode(&self, bytes: &[u8]) -> Result<T, TaskError> {
+    fn decode(&self, bytes: &Bytes) -> Result<T, TaskError> {
         let decode = self.fns.decode.ok_or_else(|| {
             TaskError::new(
                 TaskErrorKind::ResultUnavailable,
@@ -453,6 +465,14 @@ impl<T: Send + 'static> RunCell<T> {
             )
             .in_run(self.name())
         })?;
+        let read;
+        let bytes = match crate::external::external(bytes) {
+            Some(value) => {
+                read = value.read().map_err(|e| e.in_run(self.name()))?;
+                &read
+            }
+            None => bytes,
+        };
         decode(bytes).map_err(|e| {
             TaskError::new(
                 TaskErrorKind::ResultUnavailable,

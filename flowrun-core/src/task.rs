@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::args::{encode_value, ArgSlot, ArgsTuple, RemoteArgs};
+use crate::args::{encode_owned, ArgSlot, ArgsTuple, RemoteArgs};
 use crate::error::{TaskError, TaskErrorKind};
 use crate::options::{RetryDelay, RetryPolicy, TaskOptions};
 use crate::run::{RunRef, ValueFns};
@@ -451,7 +451,7 @@ where
     })?;
     let raw = crate::engine::invoke_blocking::<T>(args, None)?;
     let value = T::outcome(raw)?;
-    encode_value(&value).map_err(|e| {
+    encode_owned(value).map_err(|e| {
         TaskError::new(
             TaskErrorKind::Runner,
             format!(

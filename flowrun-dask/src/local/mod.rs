@@ -5,6 +5,7 @@ pub(crate) mod forward;
 mod launch;
 mod output;
 mod scheduler;
+mod store;
 mod transport;
 mod wire;
 pub(crate) mod worker;
@@ -45,6 +46,7 @@ pub struct LocalCluster {
     resources: Resources,
     scheduler: Mutex<Option<JoinHandle<()>>>,
     done: Receiver<()>,
+    store: Arc<store::Store>,
 }
 
 impl std::fmt::Debug for LocalCluster {
@@ -100,6 +102,14 @@ impl LocalCluster {
             SettingsError::new("cluster", format!("cannot make the cluster's secret: {e}"))
         })?;
         let build = crate::build_id::current().to_owned();
+        let store = store::Store::create().map_err(|e| {
+            SettingsError::new(
+                "cluster",
+                format!(
+                    "cannot create the cluster's result store (in /dev/shm or the temp dir): {e}"
+                ),
+            )
+        })?;
         let (events_tx, events_rx) = crossbeam_channel::unbounded();
         let expected: Expected = Arc::new(Mutex::new(HashSet::new()));
         let listener_fd = listener.as_raw_fd();
@@ -119,6 +129,8 @@ impl LocalCluster {
             name: String::new(),
             nthreads,
             build,
+            store_id: store.id(),
+            store_dir: store.dir().to_owned(),
         };
         let sched_cfg = scheduler::Config {
             address: address.clone(),
@@ -169,6 +181,7 @@ impl LocalCluster {
             resources,
             scheduler: Mutex::new(Some(handle)),
             done: done_rx,
+            store,
         })
     }
 
@@ -277,13 +290,16 @@ impl LocalCluster {
         {
             let _ = h.join();
         }
+        self.store.close();
     }
 }
 
 impl Drop for LocalCluster {
-    /// Closes the cluster if nobody did: its workers never outlive it.
+    /// Closes the cluster if nobody did: its workers never outlive it, and
+    /// its stored results go with it (also when closing timed out).
     fn drop(&mut self) {
         self.close();
+        self.store.close();
     }
 }
 

@@ -20,7 +20,8 @@ pub struct Assignment {
     pub index: u64,
     pub priority: i64,
     pub seq: u64,
-    pub args: Vec<serde_bytes::ByteBuf>,
+    /// Each argument, inline or in the cluster's result store.
+    pub args: Vec<super::store::Payload>,
 }
 
 impl Assignment {
@@ -50,14 +51,22 @@ fn shared_args<S: serde::Serializer>(
     s: S,
 ) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeSeq;
+    /// One argument, encoded as a [`super::store::Payload`].
+    struct Arg<'a>(&'a bytes::Bytes);
+    impl Serialize for Arg<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            super::store::Payload::serialize_bytes(self.0, s)
+        }
+    }
+    let empty = bytes::Bytes::new();
     let mut seq = s.serialize_seq(Some(args.len()))?;
     for a in args.iter() {
-        let bytes: &[u8] = match a {
+        let bytes = match a {
             flowrun_core::ArgSlot::Bytes(b) => b,
             // Upstream values are resolved before a call reaches the cluster.
-            flowrun_core::ArgSlot::Upstream(_) => &[],
+            flowrun_core::ArgSlot::Upstream(_) => &empty,
         };
-        seq.serialize_element(serde_bytes::Bytes::new(bytes))?;
+        seq.serialize_element(&Arg(bytes))?;
     }
     seq.end()
 }
@@ -145,7 +154,8 @@ pub struct Start {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Completion {
     pub id: u64,
-    pub result: Result<serde_bytes::ByteBuf, WireError>,
+    /// The encoded result, inline or in the cluster's result store.
+    pub result: Result<super::store::Payload, WireError>,
     pub duration_us: u64,
 }
 

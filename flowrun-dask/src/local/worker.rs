@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
-use serde_bytes::ByteBuf;
 
 use super::output::Capture;
+use super::store::{Payload, WorkerStore};
 use super::transport::frame::{self, Oversized, FRAME_LIMIT};
 use super::wire::{Assignment, Completion, LogLine, OutputLine, ToScheduler, ToWorker, WireError};
 
@@ -35,6 +35,9 @@ pub(crate) struct WorkerConfig {
     pub name: String,
     pub nthreads: usize,
     pub build: String,
+    /// The cluster's result store.
+    pub store_id: u64,
+    pub store_dir: std::path::PathBuf,
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -169,6 +172,7 @@ struct Executors {
     /// does not swallow them.
     logs: Option<tracing::Dispatch>,
     link: Arc<super::forward::Link>,
+    store: WorkerStore,
     nthreads: usize,
     threads: AtomicUsize,
     seceded: AtomicUsize,
@@ -248,7 +252,7 @@ impl Executors {
             let run = task.run_name();
             let token = self.capture.as_ref().map(|c| c.task_started(&run));
             let started = Instant::now();
-            let mut result = run_assignment(&task, &run);
+            let mut result = run_assignment(&task, &run, &self.store);
             // Work the task submitted to the cluster finishes before it does.
             let unhandled = super::forward::finish_task();
             if result.is_ok() && !unhandled.is_empty() {
@@ -286,7 +290,7 @@ pub(crate) fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-fn run_assignment(task: &Assignment, run: &str) -> Result<ByteBuf, WireError> {
+fn run_assignment(task: &Assignment, run: &str, store: &WorkerStore) -> Result<Payload, WireError> {
     let Some(entry) = flowrun_core::registry::registry().get(&task.key) else {
         return Err(WireError {
             kind: None,
@@ -297,12 +301,26 @@ fn run_assignment(task: &Assignment, run: &str) -> Result<ByteBuf, WireError> {
             ),
         });
     };
-    let args: Vec<&[u8]> = task.args.iter().map(|a| a.as_slice()).collect();
+    let runner_error = |message: String| WireError {
+        kind: Some(super::wire::WireKind::Runner),
+        panic: false,
+        message,
+    };
+    let held = task
+        .args
+        .iter()
+        .map(|a| store.get(a))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(runner_error)?;
+    let args: Vec<&[u8]> = held.iter().map(|a| a.bytes()).collect();
     IN_TASK.with(|t| t.set(true));
     PANIC_AT.with(|p| p.borrow_mut().take());
     let result = flowrun_core::with_task_run_name(run, || entry.run(&args));
     IN_TASK.with(|t| t.set(false));
-    result.map(ByteBuf::from).map_err(|e| {
+    // Unmapped before the result is written: the worker holds one value less.
+    drop(args);
+    drop(held);
+    let result = result.map_err(|e| {
         let panic = *e.kind() == flowrun_core::TaskErrorKind::Panic;
         let mut message = e.message().to_owned();
         if panic {
@@ -315,7 +333,8 @@ fn run_assignment(task: &Assignment, run: &str) -> Result<ByteBuf, WireError> {
             message,
             kind: None,
         }
-    })
+    })?;
+    store.put(result).map_err(runner_error)
 }
 
 /// Panics inside tasks are reported to the flow as the task's failure, with
@@ -495,6 +514,7 @@ pub(crate) fn serve(
     };
     let ex = Arc::new(Executors {
         link: link.clone(),
+        store: WorkerStore::new(config.store_id, config.store_dir.clone(), config.worker),
         queue: Queue {
             heap: Mutex::new((BinaryHeap::new(), false)),
             cond: Condvar::new(),

@@ -285,8 +285,8 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
         if let Some(a) = task.attempt.take() {
             let result = c
                 .result
-                .map(|b| bytes::Bytes::from(b.into_vec()))
-                .map_err(WireError::into_task_error);
+                .map_err(WireError::into_task_error)
+                .and_then(crate::local::store::Payload::into_bytes);
             a.finish(result);
         }
     }
@@ -391,7 +391,7 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
                         Some(e) => Err(WireError::from_task_error(&e)),
                         None => done
                             .encoded_result()
-                            .map(|b| ByteBuf::from(b.to_vec()))
+                            .and_then(|b| crate::local::store::Payload::inline(&b))
                             .map_err(|e| WireError::from_task_error(&e)),
                     };
                     reply(result);

@@ -213,7 +213,7 @@ impl Harness {
 
     fn done(&mut self, w: u32, task: u64, ok: bool, duration: Duration) {
         let result = if ok {
-            Ok(ByteBuf::from(vec![1]))
+            Ok(crate::local::store::Payload::Inline(ByteBuf::from(vec![1])))
         } else {
             Err(WireError {
                 panic: false,

@@ -11,8 +11,8 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::frame::{self, Oversized, FRAME_LIMIT};
 use super::handshake::{self, Gate, HANDSHAKE_DEADLINE};
-use crate::local::Event;
 use crate::local::wire::{Completion, ToScheduler, ToWorker, ToWorkerOut, WireError};
+use crate::local::Event;
 
 /// How many connections may be in their handshake at once; the next one
 /// waits in the listen backlog until one ends (by the deadline at worst).

@@ -277,7 +277,9 @@ mod tests {
     fn done(id: u64, len: usize) -> Completion {
         Completion {
             id,
-            result: Ok(serde_bytes::ByteBuf::from(vec![id as u8; len])),
+            result: Ok(crate::local::store::Payload::Inline(
+                serde_bytes::ByteBuf::from(vec![id as u8; len]),
+            )),
             duration_us: 5,
         }
     }
