@@ -105,7 +105,9 @@ fn wrong_arguments_by_name_are_an_error_not_a_panic() {
 #[test]
 fn a_task_with_a_non_serializable_type_names_it() {
     let entry = registry().get("registry::uses_handle").unwrap();
-    let why = entry.remote_error().expect("Handle cannot be serialized");
+    let why = entry
+        .serialization_error()
+        .expect("Handle cannot be serialized");
     assert!(why.contains("registry::Handle"), "{why}");
     assert!(!why.contains("u32"), "u32 is fine: {why}");
     let err = entry.run(&[]).unwrap_err();

@@ -17,9 +17,9 @@
 
 use std::sync::Arc;
 
-use crate::run::RunRef;
+use crate::run::record::RunRef;
+use crate::run::state::State;
 use crate::runner::FlowRunInfo;
-use crate::state::State;
 
 /// A task run entered a new state.
 #[derive(Debug, Clone)]

@@ -40,8 +40,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 pub use tally::{RunningRun, TaskCounts, TaskRunTally};
 
 use crate::observe::{ObserverRegistration, RunEvent, RunObserver};
+use crate::plumbing::lock;
+use crate::run::state::State;
 use crate::runner::FlowRunInfo;
-use crate::state::State;
 
 /// The environment variable that limits progress output: `off`,
 /// `summary` or `auto` (the default).
@@ -139,7 +140,7 @@ impl RunObserver for FlowProgress {
     fn flow_finished(&self, _state: &State) {
         // Clear the block first: the summary and the flow's last line
         // belong in the scrollback, not under a block about to vanish.
-        if let Some(mut live) = self.live.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(mut live) = lock(&self.live).take() {
             live.finish();
         }
         if self.summary {
@@ -151,7 +152,7 @@ impl RunObserver for FlowProgress {
 }
 
 fn observer_for(info: &FlowRunInfo) -> Option<Arc<dyn RunObserver>> {
-    if crate::worker::is_worker() {
+    if crate::exec::worker::is_worker() {
         return None;
     }
     let mode = progress();

@@ -5,8 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::observe::{RunEvent, RunObserver};
-use crate::run::{RunId, RunRef};
-use crate::state::StateKind;
+use crate::plumbing::lock;
+use crate::run::record::{RunId, RunRef};
+use crate::run::state::StateKind;
 
 /// How many task runs of one task are in each state.
 ///
@@ -178,7 +179,7 @@ impl TaskRunTally {
     pub fn record(&self, event: &RunEvent) {
         let bucket = Bucket::of(event.state.kind());
         let id = event.run.id();
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = lock(&self.inner);
         let inner = &mut *inner;
         let task = match inner.live.get(&id) {
             Some(live) => live.task,
@@ -223,22 +224,18 @@ impl TaskRunTally {
 
     /// Counts per task name, in the order the tasks were first seen.
     pub fn counts(&self) -> Vec<TaskCounts> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .tasks
-            .clone()
+        lock(&self.inner).tasks.clone()
     }
 
     /// Counts over every task.
     pub fn totals(&self) -> TaskCounts {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = lock(&self.inner);
         TaskCounts::sum(&inner.tasks)
     }
 
     /// The runs executing now, oldest first.
     pub fn running(&self) -> Vec<RunningRun> {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = lock(&self.inner);
         let mut out: Vec<RunningRun> = inner
             .live
             .values()

@@ -1,6 +1,16 @@
 //! What `#[task]` generates code against: the [`Task`] trait, the static
 //! [`TaskMeta`] of each task, and [`TaskSupport`], which records what a
-//! task's types allow (cloning for retries, crossing processes).
+//! task's types allow (cloning for retries, running serialized). Beside it:
+//! a task's [`args`] and [`input`]s, its [`options`], the [`probe`]s that
+//! find what its types allow, the [`registry`] of every task, and
+//! [`annotations`].
+
+pub mod annotations;
+pub(crate) mod args;
+pub(crate) mod input;
+pub(crate) mod options;
+pub mod probe;
+pub mod registry;
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -10,10 +20,10 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::args::{encode_value, ArgSlot, ArgsTuple, RemoteArgs};
-use crate::error::{TaskError, TaskErrorKind};
-use crate::options::{RetryDelay, RetryPolicy, TaskOptions};
-use crate::run::{RunRef, ValueFns};
+use crate::run::error::{TaskError, TaskErrorKind};
+use crate::run::record::{RunRef, ValueFns};
+use crate::task::args::{encode_value, ArgSlot, ArgsTuple, SerializedArgs};
+use crate::task::options::{RetryDelay, RetryPolicy, TaskOptions};
 
 /// A boxed, `Send` future, as async tasks and flows return.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -56,9 +66,9 @@ pub trait Task: Sized + Send + Sync + 'static {
     /// The per-call overrides carried by this handle.
     fn config(&self) -> &CallConfig;
 
-    /// The task's registry entry (see [`crate::registry`]).
-    fn registry_entry() -> crate::registry::RegistryEntry {
-        crate::registry::RegistryEntry::of::<Self>()
+    /// The task's registry entry (see [`crate::task::registry`]).
+    fn registry_entry() -> crate::task::registry::RegistryEntry {
+        crate::task::registry::RegistryEntry::of::<Self>()
     }
 }
 
@@ -329,19 +339,19 @@ impl IntoRetryDelay for Result<RetryDelay, String> {
 pub struct TaskSupport<T: Task> {
     pub(crate) args_clone: Option<Cloner<T::Args>>,
     pub(crate) output: ValueFns<T::Output>,
-    pub(crate) remote: Result<RemoteFns<T>, String>,
+    pub(crate) serialized: Result<SerializedFns<T>, String>,
 }
 
 impl<T: Task> TaskSupport<T> {
-    /// Assembles the findings of the probes (see [`crate::probe`]).
+    /// Assembles the findings of the probes (see [`crate::task::probe`]).
     pub fn new(
         args_clone: Option<Cloner<T::Args>>,
         output_clone: Option<Cloner<T::Output>>,
         output_codec: Option<Codec<T::Output>>,
-        remote: Option<RemoteFns<T>>,
+        serialized: Option<SerializedFns<T>>,
         types: &[(&'static str, bool)],
     ) -> TaskSupport<T> {
-        let remote = remote.ok_or_else(|| {
+        let serialized = serialized.ok_or_else(|| {
             let bad: Vec<String> = types
                 .iter()
                 .filter(|(_, ok)| !ok)
@@ -365,7 +375,7 @@ impl<T: Task> TaskSupport<T> {
                 decode: output_codec.map(|c| c.1),
                 type_name: std::any::type_name::<T::Output>(),
             },
-            remote,
+            serialized,
         }
     }
 
@@ -375,8 +385,8 @@ impl<T: Task> TaskSupport<T> {
     }
 
     /// Why the task cannot run in another process, if it cannot.
-    pub fn remote_error(&self) -> Option<&str> {
-        self.remote.as_ref().err().map(String::as_str)
+    pub fn serialization_error(&self) -> Option<&str> {
+        self.serialized.as_ref().err().map(String::as_str)
     }
 }
 
@@ -394,37 +404,37 @@ pub type EncodedRun = fn(&[&[u8]]) -> Result<Vec<u8>, TaskError>;
 pub type Decoder<T> = fn(&[u8]) -> Result<T, String>;
 
 /// The functions that move a task's calls and results between processes.
-pub struct RemoteFns<T: Task> {
+pub struct SerializedFns<T: Task> {
     pub(crate) encode_inputs: InputsEncoder<T::Args>,
     pub(crate) run: EncodedRun,
 }
 
-impl<T: Task> Clone for RemoteFns<T> {
+impl<T: Task> Clone for SerializedFns<T> {
     fn clone(&self) -> Self {
         *self
     }
 }
-impl<T: Task> Copy for RemoteFns<T> {}
+impl<T: Task> Copy for SerializedFns<T> {}
 
-impl<T> RemoteFns<T>
+impl<T> SerializedFns<T>
 where
     T: Task,
-    T::Args: RemoteArgs,
+    T::Args: SerializedArgs,
     T::Output: Serialize + DeserializeOwned,
 {
     /// The functions for a task whose types all cross processes.
-    pub fn new() -> RemoteFns<T> {
-        RemoteFns {
-            encode_inputs: <T::Args as RemoteArgs>::encode,
+    pub fn new() -> SerializedFns<T> {
+        SerializedFns {
+            encode_inputs: <T::Args as SerializedArgs>::encode,
             run: run_encoded::<T>,
         }
     }
 }
 
-impl<T> Default for RemoteFns<T>
+impl<T> Default for SerializedFns<T>
 where
     T: Task,
-    T::Args: RemoteArgs,
+    T::Args: SerializedArgs,
     T::Output: Serialize + DeserializeOwned,
 {
     fn default() -> Self {
@@ -437,10 +447,10 @@ where
 fn run_encoded<T>(slots: &[&[u8]]) -> Result<Vec<u8>, TaskError>
 where
     T: Task,
-    T::Args: RemoteArgs,
+    T::Args: SerializedArgs,
     T::Output: Serialize + DeserializeOwned,
 {
-    let args = <T::Args as RemoteArgs>::decode(slots).map_err(|e| {
+    let args = <T::Args as SerializedArgs>::decode(slots).map_err(|e| {
         TaskError::new(
             TaskErrorKind::Runner,
             format!(
@@ -449,7 +459,7 @@ where
             ),
         )
     })?;
-    let raw = crate::engine::invoke_blocking::<T>(args, None)?;
+    let raw = crate::engine::adapters::invoke_blocking::<T>(args, None)?;
     let value = T::outcome(raw)?;
     encode_value(&value).map_err(|e| {
         TaskError::new(
@@ -467,18 +477,18 @@ where
     message = "task `{Self}` cannot run in another process",
     note = "a task that moves between processes needs every argument type and its result type to implement serde's `Serialize` and `DeserializeOwned`"
 )]
-pub trait RemoteTask: Task {}
+pub trait SerializedTask: Task {}
 
-impl<T> RemoteTask for T
+impl<T> SerializedTask for T
 where
     T: Task,
-    T::Args: RemoteArgs,
+    T::Args: SerializedArgs,
     T::Output: Serialize + DeserializeOwned,
 {
 }
 
 /// Implemented for runners that can run task `T`. Runners that move tasks
-/// between processes accept only [`RemoteTask`]s, so `#[flow]` turns a
+/// between processes accept only [`SerializedTask`]s, so `#[flow]` turns a
 /// task those runners cannot run into a compile error.
 #[diagnostic::on_unimplemented(
     message = "task `{T}` cannot run on the task runner `{Self}`",
@@ -580,19 +590,19 @@ pub trait IntoRunRefs {
     fn into_run_refs(self) -> Vec<RunRef>;
 }
 
-impl<T: Send + 'static> IntoRunRefs for &crate::future::TaskFuture<T> {
+impl<T: Send + 'static> IntoRunRefs for &crate::run::future::TaskFuture<T> {
     fn into_run_refs(self) -> Vec<RunRef> {
         vec![self.run_ref()]
     }
 }
 
-impl<T: Send + 'static> IntoRunRefs for &[crate::future::TaskFuture<T>] {
+impl<T: Send + 'static> IntoRunRefs for &[crate::run::future::TaskFuture<T>] {
     fn into_run_refs(self) -> Vec<RunRef> {
         self.iter().map(|f| f.run_ref()).collect()
     }
 }
 
-impl<T: Send + 'static> IntoRunRefs for &Vec<crate::future::TaskFuture<T>> {
+impl<T: Send + 'static> IntoRunRefs for &Vec<crate::run::future::TaskFuture<T>> {
     fn into_run_refs(self) -> Vec<RunRef> {
         self.iter().map(|f| f.run_ref()).collect()
     }

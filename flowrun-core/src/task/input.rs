@@ -4,9 +4,9 @@
 
 use std::fmt;
 
-use crate::error::TaskError;
-use crate::future::TaskFuture;
-use crate::run::RunRef;
+use crate::run::error::TaskError;
+use crate::run::future::TaskFuture;
+use crate::run::record::RunRef;
 
 /// One argument of a task call: a value now, or the result of an upstream run.
 pub enum Input<A: Send + 'static> {
