@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::run::error::TaskError;
 use crate::runner::TaskRunner;
 use crate::task::options::{FlowOptions, RetryPolicy};
-use crate::task::{Cloner, IntoCount, IntoRetryDelay, IntoSeconds, Invocation};
+use crate::task::{Cloner, Invocation};
 
 /// The static description of a flow, from its `#[flow(...)]` options.
 #[derive(Debug)]
@@ -46,53 +46,14 @@ impl FlowMeta {
 
 /// Builds a [`FlowMeta`].
 pub struct FlowMetaBuilder {
-    meta: FlowMeta,
+    pub(crate) meta: FlowMeta,
 }
 
 impl FlowMetaBuilder {
-    fn error(&mut self, message: String) {
-        self.meta.config_error.get_or_insert(message);
-    }
-
     /// `description = "..."`.
     pub fn description(mut self, description: &'static str) -> Self {
         self.meta.description = Some(description);
         self
-    }
-
-    /// `retries = n`.
-    pub fn retries(mut self, retries: impl IntoCount) -> Self {
-        match retries.into_count() {
-            Ok(n) => self.meta.policy.retries = n,
-            Err(e) => self.error(format!("retries: {e}")),
-        }
-        self
-    }
-
-    /// `retry_delay = ...`.
-    pub fn retry_delay(mut self, delay: impl IntoRetryDelay) -> Self {
-        match delay.into_retry_delay() {
-            Ok(d) => self.meta.policy.delay = d,
-            Err(e) => self.error(format!("retry_delay: {e}")),
-        }
-        self
-    }
-
-    /// `timeout = seconds`.
-    pub fn timeout(mut self, timeout: impl IntoSeconds) -> Self {
-        match timeout.into_duration() {
-            Ok(d) => self.meta.timeout = Some(d),
-            Err(e) => self.error(format!("timeout: {e}")),
-        }
-        self
-    }
-
-    /// The finished description.
-    pub fn build(mut self) -> FlowMeta {
-        if let Err(e) = self.meta.policy.validate() {
-            self.error(e);
-        }
-        self.meta
     }
 }
 

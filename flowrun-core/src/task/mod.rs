@@ -148,12 +148,6 @@ pub struct TaskMetaBuilder {
 }
 
 impl TaskMetaBuilder {
-    fn error(&mut self, message: String) {
-        if self.meta.config_error.is_none() {
-            self.meta.config_error = Some(message);
-        }
-    }
-
     /// `description = "..."`.
     pub fn description(mut self, description: &'static str) -> Self {
         self.meta.description = Some(description);
@@ -166,36 +160,9 @@ impl TaskMetaBuilder {
         self
     }
 
-    /// `retries = n`.
-    pub fn retries(mut self, retries: impl IntoCount) -> Self {
-        match retries.into_count() {
-            Ok(n) => self.meta.policy.retries = n,
-            Err(e) => self.error(format!("retries: {e}")),
-        }
-        self
-    }
-
-    /// `retry_delay = ...` (seconds, a list of seconds, `exponential(...)`, or a `Duration`).
-    pub fn retry_delay(mut self, delay: impl IntoRetryDelay) -> Self {
-        match delay.into_retry_delay() {
-            Ok(d) => self.meta.policy.delay = d,
-            Err(e) => self.error(format!("retry_delay: {e}")),
-        }
-        self
-    }
-
     /// `retry_jitter_factor = f`.
     pub fn retry_jitter_factor(mut self, factor: f64) -> Self {
         self.meta.policy.jitter_factor = Some(factor);
-        self
-    }
-
-    /// `timeout = seconds` (or a `Duration`).
-    pub fn timeout(mut self, timeout: impl IntoSeconds) -> Self {
-        match timeout.into_duration() {
-            Ok(d) => self.meta.timeout = Some(d),
-            Err(e) => self.error(format!("timeout: {e}")),
-        }
         self
     }
 
@@ -204,15 +171,60 @@ impl TaskMetaBuilder {
         self.meta.is_async = is_async;
         self
     }
-
-    /// The finished description.
-    pub fn build(mut self) -> TaskMeta {
-        if let Err(e) = self.meta.policy.validate() {
-            self.error(e);
-        }
-        self.meta
-    }
 }
+
+/// The options tasks and flows share, for their meta builders: a value
+/// that is invalid at run time is recorded as the first configuration
+/// error, which every run then fails with.
+macro_rules! shared_meta_options {
+    ($($builder:ty => $meta:ty),*) => {$(
+        impl $builder {
+            fn error(&mut self, message: String) {
+                self.meta.config_error.get_or_insert(message);
+            }
+
+            /// `retries = n`.
+            pub fn retries(mut self, retries: impl IntoCount) -> Self {
+                match retries.into_count() {
+                    Ok(n) => self.meta.policy.retries = n,
+                    Err(e) => self.error(format!("retries: {e}")),
+                }
+                self
+            }
+
+            /// `retry_delay = ...` (seconds, a list of seconds,
+            /// `exponential(...)`, or a `Duration`).
+            pub fn retry_delay(mut self, delay: impl IntoRetryDelay) -> Self {
+                match delay.into_retry_delay() {
+                    Ok(d) => self.meta.policy.delay = d,
+                    Err(e) => self.error(format!("retry_delay: {e}")),
+                }
+                self
+            }
+
+            /// `timeout = seconds` (or a `Duration`).
+            pub fn timeout(mut self, timeout: impl IntoSeconds) -> Self {
+                match timeout.into_duration() {
+                    Ok(d) => self.meta.timeout = Some(d),
+                    Err(e) => self.error(format!("timeout: {e}")),
+                }
+                self
+            }
+
+            /// The finished description.
+            pub fn build(mut self) -> $meta {
+                if let Err(e) = self.meta.policy.validate() {
+                    self.error(e);
+                }
+                self.meta
+            }
+        }
+    )*};
+}
+shared_meta_options!(
+    TaskMetaBuilder => TaskMeta,
+    crate::flow::meta::FlowMetaBuilder => crate::flow::meta::FlowMeta
+);
 
 /// Numbers accepted as a duration in seconds by `timeout = ...`.
 pub trait IntoSeconds {
@@ -296,11 +308,7 @@ impl IntoRetryDelay for RetryDelay {
 
 impl<T: IntoSeconds, const N: usize> IntoRetryDelay for [T; N] {
     fn into_retry_delay(self) -> Result<RetryDelay, String> {
-        let list = self
-            .into_iter()
-            .map(IntoSeconds::into_duration)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(RetryDelay::Sequence(list))
+        Vec::from(self).into_retry_delay()
     }
 }
 
