@@ -102,6 +102,7 @@ pub mod __private {
 
     /// A zero-sized stand-in for the flow's runner type, inferred from the
     /// runner expression without evaluating it.
+    #[derive(Debug)]
     pub struct Witness<R>(std::marker::PhantomData<fn() -> R>);
 
     impl<R> Clone for Witness<R> {
@@ -118,11 +119,14 @@ pub mod __private {
 
     /// A receiver of `.submit(...)`/`.map(...)` inside a flow, paired with
     /// the flow's runner.
+    #[derive(Debug)]
     pub struct Gate<'a, R, T>(pub &'a Witness<R>, pub &'a T);
 
     /// The receiver is a task: check the runner accepts it.
+    #[derive(Debug)]
     pub struct TaskGate<R, T>(std::marker::PhantomData<fn() -> (R, T)>);
     /// The receiver is something else (an iterator's `.map`, say).
+    #[derive(Debug)]
     pub struct NoGate;
 
     /// Receivers that are tasks.

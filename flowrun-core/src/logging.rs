@@ -69,6 +69,15 @@ pub struct ConsoleLayer {
     sink: Option<Sink>,
 }
 
+impl fmt::Debug for ConsoleLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsoleLayer")
+            .field("color", &self.color)
+            .field("sink", &self.sink.is_some())
+            .finish()
+    }
+}
+
 impl ConsoleLayer {
     /// A console layer; `color` adds ANSI colours to the level.
     pub fn new(color: bool) -> ConsoleLayer {

@@ -1,7 +1,8 @@
 //! Process-boundary plumbing shared by flowrun's crates: poison-tolerant
 //! locks, the run-name field of log events and its reader, the wire code of
 //! log levels, and hex. Runners in other crates (flowrun-dask) use the
-//! same helpers through [`crate::runner`], so there is one copy of each.
+//! same helpers from here (the `flowrun::runner` module of the facade
+//! re-exports them), so there is one copy of each.
 
 use std::fmt;
 use std::sync::{Condvar, Mutex, MutexGuard};

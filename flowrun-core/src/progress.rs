@@ -37,7 +37,11 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-pub use tally::{RunningRun, TaskCounts, TaskRunTally};
+pub use tally::{RunningRun, TaskProgress, TaskRunTally};
+
+/// The name [`TaskProgress`] had; flowrun-dask still uses it.
+#[doc(hidden)]
+pub use tally::TaskProgress as TaskCounts;
 
 use crate::observe::{ObserverRegistration, RunEvent, RunObserver};
 use crate::plumbing::lock;

@@ -258,6 +258,14 @@ pub(crate) struct SecedeGuard {
     hook: Option<BlockingHook>,
 }
 
+impl std::fmt::Debug for SecedeGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecedeGuard")
+            .field("pooled", &self.pool.is_some())
+            .finish()
+    }
+}
+
 pub(crate) fn secede() -> SecedeGuard {
     let pool = CURRENT.with(|c| c.borrow().clone());
     if let Some(pool) = &pool {

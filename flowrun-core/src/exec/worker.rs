@@ -6,6 +6,7 @@
 //! process is a worker when that mode's environment variable is set.
 
 /// A way this program can run as a worker process.
+#[derive(Debug)]
 pub struct WorkerMode {
     /// The environment variable that selects this mode.
     pub env: &'static str,

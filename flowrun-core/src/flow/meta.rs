@@ -45,6 +45,8 @@ impl FlowMeta {
 }
 
 /// Builds a [`FlowMeta`].
+#[derive(Debug)]
+#[must_use]
 pub struct FlowMetaBuilder {
     pub(crate) meta: FlowMeta,
 }
@@ -87,6 +89,7 @@ pub trait Flow: Sized + Send + Sync + 'static {
 
 /// Per-handle overrides of a flow: options and the task runner.
 #[derive(Clone, Default)]
+#[must_use]
 pub struct FlowConfig {
     pub(crate) inner: Option<Box<FlowOverrides>>,
 }
@@ -125,5 +128,15 @@ impl FlowConfig {
     pub fn with_runner<R: TaskRunner + Clone>(mut self, runner: R) -> FlowConfig {
         self.overrides().runner = Some(Arc::new(move || Box::new(runner.clone())));
         self
+    }
+}
+
+impl std::fmt::Debug for FlowConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let o = self.inner.as_deref();
+        f.debug_struct("FlowConfig")
+            .field("options", &o.map(|o| &o.options))
+            .field("runner", &o.is_some_and(|o| o.runner.is_some()))
+            .finish()
     }
 }

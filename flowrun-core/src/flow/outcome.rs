@@ -10,6 +10,7 @@ use crate::run::state::State;
 
 /// How many task runs of a flow run ended in each final state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[must_use]
 pub struct TaskRunCounts {
     /// Completed.
     pub completed: usize,
@@ -31,6 +32,7 @@ impl TaskRunCounts {
 /// The result of a flow run with its final state: what
 /// `my_flow.return_state(...)` returns.
 #[derive(Debug)]
+#[must_use = "a flow run's result says whether it failed"]
 pub struct FlowRun<R> {
     pub(crate) id: String,
     pub(crate) name: String,

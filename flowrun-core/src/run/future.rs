@@ -146,6 +146,7 @@ impl<T: Send + 'static> From<TaskFuture<T>> for RunRef {
 
 /// The `Future` behind `.await` on a [`TaskFuture`]: resolves to the run's
 /// result without blocking a thread.
+#[derive(Debug)]
 pub struct ResultFuture<T: Send + 'static> {
     future: Option<TaskFuture<T>>,
     /// Held while the run is pending: a task awaiting another run on a
@@ -258,6 +259,7 @@ pub fn as_completed<T: Send + 'static>(
 }
 
 /// The iterator returned by [`as_completed`].
+#[derive(Debug)]
 pub struct AsCompleted<T: Send + 'static> {
     slots: Vec<Option<TaskFuture<T>>>,
     remaining: usize,

@@ -225,6 +225,7 @@ impl fmt::Debug for TaskCall {
 }
 
 /// The executable part of a [`TaskCall`].
+#[derive(Debug)]
 pub enum Work {
     /// Run it on a thread of this process.
     Local(LocalJob),
@@ -383,6 +384,25 @@ impl fmt::Debug for SerializedReporter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SerializedReporter")
             .field("attempt", &self.attempt)
+            .finish()
+    }
+}
+
+impl fmt::Debug for LocalJob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalJob")
+            .field("attempt", &self.0.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for SerializedJob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SerializedJob")
+            .field("task_key", &self.task_key)
+            .field("task_name", &self.task_name)
+            .field("args", &self.args.len())
+            .field("reporter", &self.reporter)
             .finish()
     }
 }

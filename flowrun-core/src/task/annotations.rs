@@ -48,6 +48,7 @@ pub fn push(scope: Annotations) -> ScopeGuard {
 }
 
 /// Closes its annotation scope when dropped.
+#[derive(Debug)]
 #[must_use = "the scope closes when the guard is dropped"]
 pub struct ScopeGuard {
     depth: usize,

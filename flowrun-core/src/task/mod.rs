@@ -143,6 +143,8 @@ impl TaskMeta {
 
 /// Builds a [`TaskMeta`]; values that are invalid at run time are recorded
 /// and make every run of the task fail with a message naming the option.
+#[derive(Debug)]
+#[must_use]
 pub struct TaskMetaBuilder {
     meta: TaskMeta,
 }
@@ -534,12 +536,13 @@ where
 }
 
 /// Per-handle overrides: options and extra upstream runs to wait for.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
+#[must_use]
 pub struct CallConfig {
     inner: Option<Box<CallOverrides>>,
 }
 
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct CallOverrides {
     pub(crate) options: TaskOptions,
     pub(crate) explicit: Explicit,
@@ -547,7 +550,7 @@ pub(crate) struct CallOverrides {
 }
 
 /// Which options a call set explicitly.
-#[derive(Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Explicit {
     pub(crate) priority: bool,
     pub(crate) resources: bool,
@@ -631,5 +634,29 @@ impl IntoRunRefs for Vec<RunRef> {
 impl IntoRunRefs for RunRef {
     fn into_run_refs(self) -> Vec<RunRef> {
         vec![self]
+    }
+}
+
+impl<T: Task> std::fmt::Debug for TaskSupport<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskSupport")
+            .field("can_retry", &self.can_retry())
+            .field("serialization_error", &self.serialization_error())
+            .finish()
+    }
+}
+
+impl<T: Task> std::fmt::Debug for SerializedFns<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SerializedFns").finish_non_exhaustive()
+    }
+}
+
+impl<R> std::fmt::Debug for Invocation<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Invocation::Ready(_) => "Ready",
+            Invocation::Future(_) => "Future",
+        })
     }
 }

@@ -246,6 +246,7 @@ impl fmt::Display for Resources {
 /// # let _ = options;
 /// ```
 #[derive(Debug, Clone, Default)]
+#[must_use]
 pub struct TaskOptions {
     pub(crate) name: Option<Cow<'static, str>>,
     pub(crate) retries: Option<u32>,
@@ -300,6 +301,7 @@ impl TaskOptions {
 
 /// Options for one call of a flow, given with `.with_options(...)`.
 #[derive(Debug, Clone, Default)]
+#[must_use]
 pub struct FlowOptions {
     pub(crate) name: Option<Cow<'static, str>>,
     pub(crate) run_name: Option<String>,

@@ -17,6 +17,7 @@ use crate::run::error::{TaskError, TaskErrorKind};
 use crate::task::{EncodedRun, Task};
 
 /// What `#[task]` submits to the registry.
+#[derive(Debug)]
 pub struct TaskRegistration {
     /// `module::path::function`.
     pub key: &'static str,
@@ -27,7 +28,7 @@ pub struct TaskRegistration {
 inventory::collect!(TaskRegistration);
 
 /// A registered task, type-erased.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct RegistryEntry {
     key: &'static str,
     name: &'static str,
@@ -110,6 +111,7 @@ impl RegistryEntry {
 }
 
 /// Every task of this program, by key.
+#[derive(Debug)]
 pub struct Registry {
     tasks: HashMap<&'static str, RegistryEntry>,
     sorted: Vec<&'static str>,
