@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use flowrun::registry::registry;
-use flowrun::{decode_value, encode_value, flow, task, SerializingTaskRunner, TaskErrorKind};
+use flowrun::runner::{decode_value, encode_value};
+use flowrun::{flow, task, SerializingTaskRunner, TaskErrorKind};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,6 +61,24 @@ fn every_task_is_registered_under_its_module_path() {
     assert_eq!(translate.registry_key(), "registry::translate");
     assert!(reg.duplicates().is_empty());
     assert_eq!(reg.fingerprint(), registry().fingerprint());
+}
+
+#[task(retries = 2, retry_delay = 1)]
+fn retried() -> u8 {
+    1
+}
+
+#[test]
+fn an_entry_carries_the_task_retry_policy() {
+    let policy = registry()
+        .get("registry::retried")
+        .unwrap()
+        .meta()
+        .retry_policy();
+    assert_eq!(policy.retries, 2);
+    assert_eq!(policy.delay.delay_before(1), Duration::from_secs(1));
+    let plain = registry().get("registry::refuses").unwrap().meta();
+    assert_eq!(plain.retry_policy().retries, 0);
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use flowrun::{flow, task, FlowErrorKind, StateKind, TaskErrorKind};
+use flowrun::{flow, task, FlowErrorKind, StateKind, TaskErrorKind, TaskOptions};
 
 #[task(timeout = 0.2)]
 fn sleeps(millis: u64) -> u64 {
@@ -43,6 +43,19 @@ fn a_task_within_its_timeout_completes() {
         sleeps.submit(10).result().unwrap()
     }
     assert_eq!(flow_under_test().unwrap(), 10);
+}
+
+#[test]
+fn no_timeout_lifts_the_task_timeout_for_one_call() {
+    #[flow]
+    fn flow_under_test() -> u64 {
+        sleeps
+            .with_options(TaskOptions::new().no_timeout())
+            .submit(400)
+            .result()
+            .unwrap()
+    }
+    assert_eq!(flow_under_test().unwrap(), 400);
 }
 
 #[task(timeout = 0.2)]
