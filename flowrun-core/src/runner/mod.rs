@@ -318,7 +318,7 @@ impl SerializedJob {
 
     /// Reports that the attempt completed, with a result that stays where
     /// it was computed until someone reads it: `fetch` gets its bytes (it
-    /// may block). Results that only feed other remote tasks are never
+    /// may block). Results that only feed other serialized runs are never
     /// fetched.
     pub fn finish_deferred(
         self,

@@ -9,7 +9,7 @@ use crate::run::error::{TaskError, TaskErrorKind};
 use crate::run::record::RunRef;
 use crate::task::input::Input;
 
-/// One encoded argument of a remote call: its bytes, or the upstream run
+/// One argument of a serialized call: its bytes, or the upstream run
 /// whose result it is.
 #[derive(Debug, Clone)]
 pub enum ArgSlot {

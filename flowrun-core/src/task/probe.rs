@@ -97,7 +97,8 @@ impl<T> CodecNo<T> for &Probe<T> {
     }
 }
 
-/// Task `T` can run in another process: its remote functions.
+/// Task `T` can run serialized: its serialized-call functions. (The
+/// method keeps the name generated code calls.)
 pub trait SerializedYes<T: Task> {
     /// `Some(functions)`.
     fn remote(&self) -> Option<SerializedFns<T>>;
