@@ -23,7 +23,7 @@ use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
 
 use crate::exec::context;
-use crate::plumbing::{log_as_run_in, EventFields};
+use crate::plumbing::EventFields;
 
 /// The environment variable holding the console log filter.
 pub const LOG_ENV: &str = "FLOWRUN_LOG";
@@ -171,7 +171,7 @@ impl RunLogger {
     /// Logs `message` at `level`.
     pub fn log(&self, level: Level, message: impl fmt::Display) {
         let run = self.label.as_str();
-        log_as_run_in(&self.span, level, run, &message);
+        crate::run_event!(parent: &self.span, level, run, "{message}");
     }
 
     /// Logs at INFO.

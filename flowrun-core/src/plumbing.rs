@@ -1,6 +1,6 @@
 //! Process-boundary plumbing shared by flowrun's crates: poison-tolerant
-//! locks, the run-name field of log events and its reader, the wire code of
-//! log levels, and hex. Runners in other crates (flowrun-dask) use the
+//! locks, the run-name field of log events (written by [`run_event!`](crate::run_event)
+//! and read by [`EventFields`]), the wire code of log levels, and hex. Runners in other crates (flowrun-dask) use the
 //! same helpers from here (the `flowrun::runner` module of the facade
 //! re-exports them), so there is one copy of each.
 
@@ -40,21 +40,50 @@ pub fn wait_timeout<'a, T>(
     (guard, result.timed_out())
 }
 
-/// Emits an event at `level` with `message`, attributed to the run
-/// labelled `run` (see [`RUN_FIELD`]), in the current span.
-pub fn log_as_run(level: Level, run: &str, message: &dyn fmt::Display) {
-    log_as_run_in(&tracing::Span::current(), level, run, message);
+/// Emits a `tracing` event at a level chosen at run time, attributed to a
+/// run (its [`RUN_FIELD`]): `run_event!(level, "Task run 'a-0'", "{message}")`.
+/// Optional first arguments `target: ...` or `parent: ...` are passed on to
+/// `tracing`. A macro, so the event's target is the caller's module.
+#[macro_export]
+macro_rules! run_event {
+    (target: $target:expr, $level:expr, $run:expr, $($arg:tt)+) => {
+        $crate::run_event!(@emit (target: $target,) $level, $run, $($arg)+)
+    };
+    (parent: $parent:expr, $level:expr, $run:expr, $($arg:tt)+) => {
+        $crate::run_event!(@emit (parent: $parent,) $level, $run, $($arg)+)
+    };
+    (@emit ($($opts:tt)*) $level:expr, $run:expr, $($arg:tt)+) => {{
+        use $crate::__private::tracing;
+        // A match keeps the temporaries of `$run` alive for the event.
+        match $run {
+            run => match $level {
+                tracing::Level::ERROR => tracing::error!($($opts)* { flowrun.run = run }, $($arg)+),
+                tracing::Level::WARN => tracing::warn!($($opts)* { flowrun.run = run }, $($arg)+),
+                tracing::Level::INFO => tracing::info!($($opts)* { flowrun.run = run }, $($arg)+),
+                tracing::Level::DEBUG => tracing::debug!($($opts)* { flowrun.run = run }, $($arg)+),
+                tracing::Level::TRACE => tracing::trace!($($opts)* { flowrun.run = run }, $($arg)+),
+            },
+        }
+    }};
+    ($level:expr, $run:expr, $($arg:tt)+) => {
+        $crate::run_event!(@emit () $level, $run, $($arg)+)
+    };
 }
 
-/// [`log_as_run`] in span `parent`.
-pub fn log_as_run_in(parent: &tracing::Span, level: Level, run: &str, message: &dyn fmt::Display) {
-    match level {
-        Level::ERROR => tracing::error!(parent: parent, flowrun.run = run, "{message}"),
-        Level::WARN => tracing::warn!(parent: parent, flowrun.run = run, "{message}"),
-        Level::INFO => tracing::info!(parent: parent, flowrun.run = run, "{message}"),
-        Level::DEBUG => tracing::debug!(parent: parent, flowrun.run = run, "{message}"),
-        Level::TRACE => tracing::trace!(parent: parent, flowrun.run = run, "{message}"),
-    }
+/// Whether an event at a level chosen at run time would be recorded here,
+/// so a caller can skip building its message.
+#[macro_export]
+macro_rules! run_event_enabled {
+    ($level:expr) => {{
+        use $crate::__private::tracing;
+        match $level {
+            tracing::Level::ERROR => tracing::enabled!(tracing::Level::ERROR),
+            tracing::Level::WARN => tracing::enabled!(tracing::Level::WARN),
+            tracing::Level::INFO => tracing::enabled!(tracing::Level::INFO),
+            tracing::Level::DEBUG => tracing::enabled!(tracing::Level::DEBUG),
+            tracing::Level::TRACE => tracing::enabled!(tracing::Level::TRACE),
+        }
+    }};
 }
 
 /// A log level as one byte on the wire: 0 (error) to 4 (trace).
@@ -160,6 +189,53 @@ mod tests {
     fn hex_is_lowercase_two_digits_per_byte() {
         assert_eq!(hex(&[0x00, 0x0f, 0xab, 0xff]), "000fabff");
         assert_eq!(hex(&[]), "");
+    }
+
+    /// Records each event's level, target and fields.
+    struct Capture(std::sync::Arc<Mutex<Vec<(Level, String, EventFields)>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let meta = event.metadata();
+            lock(&self.0).push((
+                *meta.level(),
+                meta.target().to_owned(),
+                EventFields::of(event),
+            ));
+        }
+    }
+
+    #[test]
+    fn run_event_names_the_run_at_the_level_chosen_at_run_time() {
+        use tracing_subscriber::prelude::*;
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let subscriber = tracing_subscriber::registry().with(Capture(seen.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            for level in [Level::WARN, Level::DEBUG] {
+                crate::run_event!(level, "Task run 'a-0'", "attempt {} of {}", 1, 2);
+            }
+            crate::run_event!(target: "elsewhere", Level::ERROR, String::from("Flow run 'b'"), "x");
+            tracing::info!(other = 3, "no run");
+        });
+        let seen = lock(&seen);
+        let fields = |i: usize| &seen[i].2;
+        assert_eq!(
+            (seen[0].0, seen[1].0, seen[2].0),
+            (Level::WARN, Level::DEBUG, Level::ERROR)
+        );
+        assert_eq!(seen[0].1, module_path!());
+        assert_eq!(seen[2].1, "elsewhere");
+        assert_eq!(fields(0).run.as_deref(), Some("Task run 'a-0'"));
+        assert_eq!(fields(0).message, "attempt 1 of 2");
+        assert_eq!(fields(2).run.as_deref(), Some("Flow run 'b'"));
+        assert_eq!(
+            (fields(3).run.as_deref(), fields(3).rest.as_str()),
+            (None, " other=3")
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub use crate::{
 };
 pub use inventory;
 pub use std::sync::OnceLock;
+pub use tracing;
 
 /// A zero-sized stand-in for the flow's runner type, inferred from the
 /// runner expression without evaluating it.

@@ -149,7 +149,7 @@ impl RunObserver for FlowProgress {
         }
         if self.summary {
             if let Some(line) = format::summary(&self.tally.counts()) {
-                tracing::info!(flowrun.run = self.label.as_str(), "{line}");
+                crate::run_event!(tracing::Level::INFO, self.label.as_str(), "{line}");
             }
         }
     }

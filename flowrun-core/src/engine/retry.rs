@@ -6,7 +6,6 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::plumbing::log_as_run;
 use crate::run::error::{TaskError, TaskErrorKind};
 use crate::run::record::RunCell;
 use crate::run::state::StateKind;
@@ -101,10 +100,10 @@ pub(super) fn await_retry<T: Send + 'static>(
         attempt,
     );
     if accepted {
-        log_as_run(
+        crate::run_event!(
             tracing::Level::WARN,
-            &format!("Task run '{}'", cell.name()),
-            &message,
+            format!("Task run '{}'", cell.name()),
+            "{message}"
         );
     }
     (delay, accepted)

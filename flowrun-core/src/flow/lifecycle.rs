@@ -17,7 +17,6 @@ use crate::flow::meta::{Flow, FlowConfig};
 use crate::flow::outcome::{conclude, Body, FlowRun, TaskRunCounts};
 use crate::flow::registry::FlowShared;
 use crate::names;
-use crate::plumbing::log_as_run;
 use crate::run::error::{panic_message, FlowError, FlowErrorKind, TaskError, TaskRunFailure};
 use crate::run::state::{State, StateKind};
 use crate::runner::{FlowRunInfo, TaskRunner};
@@ -72,8 +71,9 @@ fn begin<F: Flow>(config: &FlowConfig) -> Result<Started, Box<FlowRun<F::Output>
     ));
     let span = tracing::info_span!("flow_run", run = %shared.name);
     let label = format!("Flow run '{}'", shared.name);
-    tracing::info!(
-        flowrun.run = label.as_str(),
+    crate::run_event!(
+        tracing::Level::INFO,
+        label.as_str(),
         "Beginning flow run '{}' for flow '{}'",
         shared.name,
         shared.flow_name
@@ -81,7 +81,11 @@ fn begin<F: Flow>(config: &FlowConfig) -> Result<Started, Box<FlowRun<F::Output>
     let fail_early = |kind: FlowErrorKind, message: String| {
         let error = FlowError::new(kind, shared.name.clone(), message.clone());
         let state = State::new(StateKind::Failed).with_message(message);
-        tracing::error!(flowrun.run = label.as_str(), "Finished in state {state}");
+        crate::run_event!(
+            tracing::Level::ERROR,
+            label.as_str(),
+            "Finished in state {state}"
+        );
         Box::new(FlowRun {
             id: shared.id.clone(),
             name: shared.name.clone(),
@@ -184,8 +188,9 @@ impl Started {
             return None;
         }
         let delay = self.policy.delay_before(attempt);
-        tracing::warn!(
-            flowrun.run = self.label().as_str(),
+        crate::run_event!(
+            tracing::Level::WARN,
+            self.label().as_str(),
             "Attempt {attempt} failed: {}. Retry {attempt}/{} will start {} from now",
             error.message(),
             self.policy.retries,
@@ -218,13 +223,15 @@ impl Started {
         };
         shared.emit_flow_finished(&state);
         if state.is_completed() {
-            tracing::info!(
-                flowrun.run = self.label().as_str(),
+            crate::run_event!(
+                tracing::Level::INFO,
+                self.label().as_str(),
                 "Finished in state {state}"
             );
         } else {
-            tracing::error!(
-                flowrun.run = self.label().as_str(),
+            crate::run_event!(
+                tracing::Level::ERROR,
+                self.label().as_str(),
                 "Finished in state {state}"
             );
         }
@@ -251,8 +258,9 @@ impl Started {
 
 fn shutdown_runner(runner: Arc<dyn TaskRunner>, label: String, runner_name: String) {
     if let Err(p) = catch_unwind(AssertUnwindSafe(|| runner.shutdown())) {
-        tracing::error!(
-            flowrun.run = label.as_str(),
+        crate::run_event!(
+            tracing::Level::ERROR,
+            label.as_str(),
             "{runner_name} panicked while shutting down: {}",
             panic_message(&*p)
         );
@@ -273,13 +281,11 @@ fn body_of<F: Flow>(raw: Result<F::Raw, Box<dyn std::any::Any + Send>>) -> Body<
 fn expire(shared: &FlowShared, timeout: Duration) -> String {
     let why = format!("the flow run timed out after {}", human_duration(timeout));
     shared.mark_timed_out();
-    log_as_run(
+    crate::run_event!(
         tracing::Level::WARN,
-        &format!("Flow run '{}'", shared.name),
-        &format!(
-            "Flow run exceeded its timeout of {}; its unfinished task runs are cancelled",
-            human_duration(timeout)
-        ),
+        format!("Flow run '{}'", shared.name),
+        "Flow run exceeded its timeout of {}; its unfinished task runs are cancelled",
+        human_duration(timeout)
     );
     shared.abandon_all(&why);
     why

@@ -360,23 +360,16 @@ fn cancel_run(run: &RunRef, reason: TaskError) {
 }
 
 fn log_task_finished(run: &dyn AnyRun, state: &State) {
-    if state.kind() == StateKind::Completed {
-        if tracing::enabled!(tracing::Level::INFO) {
-            tracing::info!(
-                flowrun.run = format!("Task run '{}'", run.name()),
-                "Finished in state {state}"
-            );
-        }
-    } else if state.kind() == StateKind::Cancelled {
-        if tracing::enabled!(tracing::Level::WARN) {
-            tracing::warn!(
-                flowrun.run = format!("Task run '{}'", run.name()),
-                "Finished in state {state}"
-            );
-        }
-    } else if tracing::enabled!(tracing::Level::ERROR) {
-        tracing::error!(
-            flowrun.run = format!("Task run '{}'", run.name()),
+    let level = match state.kind() {
+        StateKind::Completed => tracing::Level::INFO,
+        StateKind::Cancelled => tracing::Level::WARN,
+        _ => tracing::Level::ERROR,
+    };
+    // The label is built only when someone listens: this runs per task run.
+    if crate::run_event_enabled!(level) {
+        crate::run_event!(
+            level,
+            format!("Task run '{}'", run.name()),
             "Finished in state {state}"
         );
     }
