@@ -41,7 +41,7 @@ fn start_direct<T: Task>(config: &CallConfig) -> DirectRun<T> {
         T::meta().key,
         index,
         flow.clone(),
-        &T::support().output,
+        &T::support().result,
     ));
     flow.track(RunRef(cell.clone()));
     cell.mark_observed();

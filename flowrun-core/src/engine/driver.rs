@@ -81,7 +81,7 @@ pub(crate) fn submit_in<T: Task>(
         meta.key,
         index,
         flow.clone(),
-        &support.output,
+        &support.result,
     ));
     let future = TaskFuture::new(cell.clone());
     if !flow.track(RunRef(cell.clone())) {

@@ -89,7 +89,7 @@ impl Task for EncodedTask {
         static SUPPORT: OnceLock<TaskSupport<EncodedTask>> = OnceLock::new();
         SUPPORT.get_or_init(|| TaskSupport {
             args_clone: Some(EncodedArgs::clone),
-            output: ValueFns {
+            result: ValueFns {
                 clone: Some(Bytes::clone),
                 encode: Some(|b: &Bytes| Ok(b.to_vec())),
                 decode: Some(|b: &[u8]| Ok(Bytes::copy_from_slice(b))),

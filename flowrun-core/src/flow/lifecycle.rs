@@ -23,6 +23,7 @@ use crate::runner::{FlowRunInfo, TaskRunner};
 use crate::task::options::RetryPolicy;
 use crate::task::{Invocation, TaskResult};
 
+/// A flow run that has begun: its record and what its attempts run with.
 struct Started {
     shared: Arc<FlowShared>,
     policy: RetryPolicy,
@@ -179,7 +180,8 @@ impl Started {
         }
     }
 
-    /// Whether to retry after `outcome`; sleeps the retry delay when so.
+    /// The delay before the next attempt when `outcome` is retried; logs the
+    /// retry and clears the attempt's failures and cancellation.
     fn retry_delay<R>(&self, attempt: u32, outcome: &Result<R, FlowError>) -> Option<Duration> {
         let Err(error) = outcome else {
             return None;

@@ -13,7 +13,7 @@ use crate::task::Task;
 /// What a task's types allow, found at compile time by the macros.
 pub struct TaskSupport<T: Task> {
     pub(crate) args_clone: Option<Cloner<T::Args>>,
-    pub(crate) output: ValueFns<T::Output>,
+    pub(crate) result: ValueFns<T::Output>,
     pub(crate) serialized: Result<SerializedFns<T>, String>,
 }
 
@@ -44,7 +44,7 @@ impl<T: Task> TaskSupport<T> {
         });
         TaskSupport {
             args_clone,
-            output: ValueFns {
+            result: ValueFns {
                 clone: output_clone,
                 encode: output_codec.map(|c| c.0),
                 decode: output_codec.map(|c| c.1),
