@@ -12,7 +12,6 @@ use crate::exec::context::{self, enter_with_span, Context, WithContext};
 use crate::flow::registry::FlowShared;
 use crate::run::error::{panic_message, TaskError, TaskErrorKind};
 use crate::run::record::{RunCell, RunRef};
-use crate::run::state::StateKind;
 use crate::task::options::RetryPolicy;
 use crate::task::{CallConfig, Invocation, Task};
 
@@ -185,12 +184,7 @@ async fn run_direct<T: Task>(config: &CallConfig, args: T::Args, mode: Mode) -> 
         let Some(args) = holder.for_attempt(last) else {
             unreachable!("a direct call retries only with cloneable arguments")
         };
-        let kind = if attempt == 1 {
-            StateKind::Running
-        } else {
-            StateKind::Retrying
-        };
-        run.cell.transition(kind, None, attempt);
+        run.cell.start_attempt(attempt);
         let outcome = match mode {
             Mode::Blocking => run.attempt_blocking(args),
             Mode::Async => run.attempt_async(args).await,

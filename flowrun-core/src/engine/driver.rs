@@ -246,15 +246,6 @@ impl<T: Task> Driver<T> {
         });
     }
 
-    fn mark_running(&self, attempt: u32) {
-        let kind = if attempt == 1 {
-            StateKind::Running
-        } else {
-            StateKind::Retrying
-        };
-        self.cell.transition(kind, None, attempt);
-    }
-
     fn arm_watchdog(self: &Arc<Self>, attempt: u32) {
         if let Some(timeout) = self.timeout {
             let driver = self.clone();
@@ -298,7 +289,7 @@ impl<T: Task> Driver<T> {
             );
             return;
         };
-        self.mark_running(attempt);
+        self.cell.start_attempt(attempt);
         let run = RunRef(self.cell.clone());
         let span = task_span(&run);
         let _ctx = context::enter(Context {
@@ -403,7 +394,7 @@ impl<T: Task> SerializedCompletion for Driver<T> {
         if let Some(l) = location {
             self.cell.set_location(l);
         }
-        self.mark_running(attempt);
+        self.cell.start_attempt(attempt);
         // The attempt's clock starts when it starts, not when it was queued.
         self.arm_watchdog(attempt);
     }

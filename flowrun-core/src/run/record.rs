@@ -152,6 +152,16 @@ impl<T: Send + 'static> RunCell<T> {
         self.lock().kind.is_final()
     }
 
+    /// Marks `attempt` as executing: Running for the first, Retrying after.
+    pub(crate) fn start_attempt(self: &Arc<Self>, attempt: u32) {
+        let kind = if attempt == 1 {
+            StateKind::Running
+        } else {
+            StateKind::Retrying
+        };
+        self.transition(kind, None, attempt);
+    }
+
     /// Moves a not-yet-final run to `kind` (Running, Retrying, AwaitingRetry,
     /// Pending). Returns false when the run is already final.
     pub(crate) fn transition(
