@@ -34,7 +34,7 @@
 //!   macros, [`TaskFuture`] and the functions over futures ([`wait`],
 //!   [`as_completed`], [`results`]), states, errors, options, the runners
 //!   to choose from, the run logger and the current run's names.
-//! - [`dask`]: the Dask-style task runner, its local cluster and its
+//! - `dask`: the Dask-style task runner, its local cluster and its
 //!   client of real Dask clusters (default feature `dask`).
 //! - [`runner`]: for authors of task runners: the [`runner::TaskRunner`]
 //!   trait, the calls it receives, serialized arguments, scopes, and the
