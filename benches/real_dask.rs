@@ -20,6 +20,8 @@
 //! FLOWRUN_DASK_VERSION=2025.4.0 cargo bench --bench real_dask
 //! ```
 
+// Its helpers are `pub` for flowrun-dask's own tests, which share it.
+#[allow(unreachable_pub)]
 #[path = "../flowrun-dask/tests/support/mod.rs"]
 mod support;
 

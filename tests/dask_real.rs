@@ -12,6 +12,8 @@
 //! of its own: the `if __name__ == "__main__"` of a flowrun program.
 
 mod common;
+// Its helpers are `pub` for flowrun-dask's own tests, which share it.
+#[allow(unreachable_pub)]
 #[path = "../flowrun-dask/tests/support/mod.rs"]
 mod support;
 

@@ -187,7 +187,7 @@ fn close_kills_a_worker_that_does_not_leave() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn dropping_an_async_flows_future_tears_its_cluster_down_and_ends_it_cancelled() {
-    use flowrun::observe::{RunEvent, RunObserver};
+    use flowrun::runner::observe::{RunEvent, RunObserver};
     static PIDS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
     static FINAL: std::sync::Mutex<Option<flowrun::State>> = std::sync::Mutex::new(None);
     struct Watch;
@@ -199,7 +199,7 @@ async fn dropping_an_async_flows_future_tears_its_cluster_down_and_ends_it_cance
     }
     #[flow(task_runner = one_worker())]
     async fn endless() {
-        flowrun::current_flow_handle()
+        flowrun::runner::current_flow_handle()
             .unwrap()
             .add_observer(std::sync::Arc::new(Watch));
         let f = sleeps.submit(60);

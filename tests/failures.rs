@@ -186,19 +186,19 @@ fn when_the_flow_fails_runs_that_had_not_started_are_cancelled() {
 #[derive(Default)]
 struct Forgetful;
 
-impl flowrun::TaskRunner for Forgetful {
+impl flowrun::runner::TaskRunner for Forgetful {
     fn name(&self) -> std::borrow::Cow<'static, str> {
         "Forgetful".into()
     }
-    fn execution(&self) -> flowrun::Execution {
-        flowrun::Execution::Remote
+    fn execution(&self) -> flowrun::runner::Execution {
+        flowrun::runner::Execution::Serialized
     }
-    fn submit(&self, call: flowrun::TaskCall) {
+    fn submit(&self, call: flowrun::runner::TaskCall) {
         drop(call);
     }
 }
 
-impl<T: flowrun::RemoteTask> flowrun::AcceptsTask<T> for Forgetful {}
+impl<T: flowrun::runner::SerializedTask> flowrun::runner::AcceptsTask<T> for Forgetful {}
 
 #[task]
 fn forty_two() -> u32 {

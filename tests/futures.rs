@@ -158,3 +158,38 @@ fn tasks_can_be_submitted_outside_a_flow() {
     assert_eq!(future.result().unwrap(), 81);
     assert_eq!(slow_square(2, 0), 4);
 }
+
+#[test]
+fn result_timeout_gives_up_on_a_run_still_going_and_returns_a_finished_one() {
+    #[flow]
+    fn f() -> (bool, u64) {
+        let slow = slow_square.submit(3, 1000);
+        let gave_up = slow.result_timeout(Duration::from_millis(20)).is_none();
+        let value = slow
+            .result_timeout(Duration::from_secs(30))
+            .expect("the run finishes within 30s")
+            .unwrap();
+        (gave_up, value)
+    }
+    assert_eq!(f().unwrap(), (true, 9));
+}
+
+#[test]
+fn a_run_waiting_for_its_upstream_is_pending_and_once_cancelled_is_cancelled() {
+    #[flow]
+    fn f() -> [bool; 4] {
+        let blocker = slow_square.submit(1, 500);
+        let waiting = slow_square.submit(&blocker, 0);
+        let pending = waiting.state().is_pending();
+        waiting.cancel();
+        let _ = blocker.result();
+        let state = waiting.state();
+        [
+            pending,
+            state.is_cancelled(),
+            !state.is_pending(),
+            !state.is_crashed(),
+        ]
+    }
+    assert_eq!(f().unwrap(), [true; 4]);
+}

@@ -9,7 +9,9 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use flowrun::progress::{set_progress, Progress};
+use std::sync::Arc;
+
+use flowrun::progress::{set_progress, Progress, TaskProgress, TaskRunTally};
 use flowrun::{flow, get_run_logger, task, ThreadPoolTaskRunner};
 use flowrun_dask::{ClusterKwargs, DaskTaskRunner};
 
@@ -313,4 +315,35 @@ fn set_progress_off_in_code_turns_it_off() {
     let raw = in_terminal("thread code-off", &[]);
     assert!(!raw.contains(BLOCK), "no live block:\n{raw}");
     assert!(!raw.contains("Task runs: "), "no summary:\n{raw}");
+}
+
+#[task]
+fn quick(i: u32) -> u32 {
+    i
+}
+
+#[test]
+fn a_tally_counts_task_runs_per_task_and_in_total() {
+    #[flow]
+    fn counted() -> (Vec<TaskProgress>, TaskProgress) {
+        let tally = Arc::new(TaskRunTally::new());
+        flowrun::runner::current_flow_handle()
+            .expect("inside a flow run")
+            .add_observer(tally.clone());
+        let done: Vec<_> = (0..3).map(|i| quick.submit(i)).collect();
+        let failed = fails.submit(9);
+        flowrun::wait(&done);
+        assert!(failed.result().is_err());
+        // Observers hear of a final state as the run finishes; allow for it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while tally.totals().finished() < 4 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (tally.counts(), tally.totals())
+    }
+    let (per_task, totals) = counted().unwrap();
+    let names: Vec<&str> = per_task.iter().map(|t| t.task.as_str()).collect();
+    assert_eq!(names, ["quick", "fails"]);
+    assert_eq!(totals, TaskProgress::sum(&per_task));
+    assert_eq!((totals.completed, totals.failed, totals.total()), (3, 1, 4));
 }

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use flowrun::registry::registry;
-use flowrun::{decode_value, encode_value, flow, task, SerializingTaskRunner, TaskErrorKind};
+use flowrun::runner::{decode_value, encode_value};
+use flowrun::{flow, task, SerializingTaskRunner, TaskErrorKind};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,6 +63,24 @@ fn every_task_is_registered_under_its_module_path() {
     assert_eq!(reg.fingerprint(), registry().fingerprint());
 }
 
+#[task(retries = 2, retry_delay = 1)]
+fn retried() -> u8 {
+    1
+}
+
+#[test]
+fn an_entry_carries_the_task_retry_policy() {
+    let policy = registry()
+        .get("registry::retried")
+        .unwrap()
+        .meta()
+        .retry_policy();
+    assert_eq!(policy.retries, 2);
+    assert_eq!(policy.delay.delay_before(1), Duration::from_secs(1));
+    let plain = registry().get("registry::refuses").unwrap().meta();
+    assert_eq!(plain.retry_policy().retries, 0);
+}
+
 #[test]
 fn a_task_runs_by_name_from_serialized_arguments() {
     let entry = registry().get("registry::translate").unwrap();
@@ -105,7 +124,9 @@ fn wrong_arguments_by_name_are_an_error_not_a_panic() {
 #[test]
 fn a_task_with_a_non_serializable_type_names_it() {
     let entry = registry().get("registry::uses_handle").unwrap();
-    let why = entry.remote_error().expect("Handle cannot be serialized");
+    let why = entry
+        .serialization_error()
+        .expect("Handle cannot be serialized");
     assert!(why.contains("registry::Handle"), "{why}");
     assert!(!why.contains("u32"), "u32 is fine: {why}");
     let err = entry.run(&[]).unwrap_err();

@@ -118,3 +118,41 @@ fn states_print_like_prefect() {
     assert!(StateKind::Crashed.is_final() && StateKind::Crashed.is_failure());
     assert!(!StateKind::AwaitingRetry.is_final());
 }
+
+#[test]
+fn each_state_predicate_answers_for_its_own_kind_only() {
+    let crashed = State::new(StateKind::Crashed);
+    assert!(crashed.is_crashed() && crashed.is_final());
+    assert!(!crashed.is_cancelled() && !crashed.is_pending() && !crashed.is_failed());
+    let cancelled = State::new(StateKind::Cancelled);
+    assert!(cancelled.is_cancelled() && !cancelled.is_crashed());
+    let pending = State::new(StateKind::Pending);
+    assert!(pending.is_pending() && !pending.is_final());
+}
+
+#[task]
+fn own_run_name() -> Option<String> {
+    flowrun::current_task_run().map(|run| run.name())
+}
+
+#[test]
+fn code_can_ask_which_task_run_and_flow_run_it_runs_in() {
+    #[flow]
+    fn flow_under_test() -> (Option<String>, Option<String>, bool) {
+        let future = own_run_name.submit();
+        let seen_by_task = future.result().unwrap();
+        (
+            seen_by_task,
+            flowrun::current_flow_run_name(),
+            flowrun::current_task_run().is_none(),
+        )
+    }
+    let run = flow_under_test
+        .with_options(FlowOptions::new().run_name("asking-7"))
+        .return_state();
+    let (task_run, flow_run, no_task_run_in_the_body) = run.into_result().unwrap();
+    assert_eq!(task_run.as_deref(), Some("own_run_name-0"));
+    assert_eq!(flow_run.as_deref(), Some("asking-7"));
+    assert!(no_task_run_in_the_body);
+    assert!(flowrun::current_flow_run_name().is_none());
+}

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use flowrun::{flow, task, FlowErrorKind, StateKind, TaskErrorKind};
+use flowrun::{flow, task, FlowErrorKind, StateKind, TaskErrorKind, TaskOptions};
 
 #[task(timeout = 0.2)]
 fn sleeps(millis: u64) -> u64 {
@@ -43,6 +43,19 @@ fn a_task_within_its_timeout_completes() {
         sleeps.submit(10).result().unwrap()
     }
     assert_eq!(flow_under_test().unwrap(), 10);
+}
+
+#[test]
+fn no_timeout_lifts_the_task_timeout_for_one_call() {
+    #[flow]
+    fn flow_under_test() -> u64 {
+        sleeps
+            .with_options(TaskOptions::new().no_timeout())
+            .submit(400)
+            .result()
+            .unwrap()
+    }
+    assert_eq!(flow_under_test().unwrap(), 400);
 }
 
 #[task(timeout = 0.2)]
@@ -151,15 +164,15 @@ fn an_async_flow_that_runs_too_long_is_stopped() {
 #[derive(Default)]
 struct Restarting;
 
-impl flowrun::TaskRunner for Restarting {
+impl flowrun::runner::TaskRunner for Restarting {
     fn name(&self) -> std::borrow::Cow<'static, str> {
         "Restarting".into()
     }
-    fn execution(&self) -> flowrun::Execution {
-        flowrun::Execution::Remote
+    fn execution(&self) -> flowrun::runner::Execution {
+        flowrun::runner::Execution::Serialized
     }
-    fn submit(&self, call: flowrun::TaskCall) {
-        let flowrun::Work::Remote(job) = call.into_work() else {
+    fn submit(&self, call: flowrun::runner::TaskCall) {
+        let flowrun::runner::Work::Remote(job) = call.into_work() else {
             panic!("a remote runner gets remote work");
         };
         std::thread::spawn(move || {
@@ -167,12 +180,12 @@ impl flowrun::TaskRunner for Restarting {
             std::thread::sleep(Duration::from_millis(600));
             job.started(Some("worker-1"));
             std::thread::sleep(Duration::from_millis(600));
-            job.finish(Ok(flowrun::encode_value(&7u32).unwrap().into()));
+            job.finish(Ok(flowrun::runner::encode_value(&7u32).unwrap().into()));
         });
     }
 }
 
-impl<T: flowrun::RemoteTask> flowrun::AcceptsTask<T> for Restarting {}
+impl<T: flowrun::runner::SerializedTask> flowrun::runner::AcceptsTask<T> for Restarting {}
 
 #[task(timeout = 1.0)]
 fn seven() -> u32 {

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 
-use crate::error::TaskError;
+use crate::run::error::TaskError;
 
 /// An encoded value held elsewhere, read on demand.
 pub trait External: Send + Sync + 'static {

@@ -13,17 +13,17 @@
 //! (default `info`), for example `FLOWRUN_LOG=warn` or
 //! `FLOWRUN_LOG=info,my_crate=debug`.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::io::{IsTerminal, Write as _};
 use std::sync::OnceLock;
 
-use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context as LayerContext, Layer};
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
 
-use crate::context;
+use crate::exec::context;
+use crate::plumbing::EventFields;
 
 /// The environment variable holding the console log filter.
 pub const LOG_ENV: &str = "FLOWRUN_LOG";
@@ -54,10 +54,6 @@ pub fn init() {
     });
 }
 
-/// The field name that carries a run label on events emitted by a
-/// [`RunLogger`] (so the label survives threads without run context).
-const RUN_FIELD: &str = "flowrun.run";
-
 type Sink = Box<dyn Fn(&str) + Send + Sync>;
 
 /// Writes one line per event, in Prefect's format, to stderr (or to a sink
@@ -73,6 +69,15 @@ pub struct ConsoleLayer {
     sink: Option<Sink>,
 }
 
+impl fmt::Debug for ConsoleLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsoleLayer")
+            .field("color", &self.color)
+            .field("sink", &self.sink.is_some())
+            .finish()
+    }
+}
+
 impl ConsoleLayer {
     /// A console layer; `color` adds ANSI colours to the level.
     pub fn new(color: bool) -> ConsoleLayer {
@@ -86,42 +91,9 @@ impl ConsoleLayer {
     }
 }
 
-#[derive(Default)]
-struct Fields {
-    message: String,
-    run: Option<String>,
-    extra: String,
-}
-
-impl Visit for Fields {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        match field.name() {
-            "message" => self.message.push_str(value),
-            RUN_FIELD => self.run = Some(value.to_owned()),
-            name => {
-                let _ = write!(self.extra, " {name}={value}");
-            }
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        match field.name() {
-            "message" => {
-                let _ = write!(self.message, "{value:?}");
-            }
-            RUN_FIELD => self.run = Some(format!("{value:?}")),
-            name if name.starts_with("log.") => {}
-            name => {
-                let _ = write!(self.extra, " {name}={value:?}");
-            }
-        }
-    }
-}
-
 impl<S: Subscriber> Layer<S> for ConsoleLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: LayerContext<'_, S>) {
-        let mut fields = Fields::default();
-        event.record(&mut fields);
+        let fields = EventFields::of(event);
         let who = fields.run.clone().unwrap_or_else(|| match run_label() {
             Some(label) => label,
             None => event.metadata().target().to_owned(),
@@ -136,7 +108,7 @@ impl<S: Subscriber> Layer<S> for ConsoleLayer {
     }
 }
 
-fn format_line(level: Level, who: &str, fields: &Fields, color: bool) -> String {
+fn format_line(level: Level, who: &str, fields: &EventFields, color: bool) -> String {
     let (name, code) = match level {
         Level::ERROR => ("ERROR", "31"),
         Level::WARN => ("WARNING", "33"),
@@ -152,7 +124,7 @@ fn format_line(level: Level, who: &str, fields: &Fields, color: bool) -> String 
     };
     format!(
         "{time} | {level} | {who} - {}{}\n",
-        fields.message, fields.extra
+        fields.message, fields.rest
     )
 }
 
@@ -199,13 +171,7 @@ impl RunLogger {
     /// Logs `message` at `level`.
     pub fn log(&self, level: Level, message: impl fmt::Display) {
         let run = self.label.as_str();
-        match level {
-            Level::ERROR => tracing::error!(parent: &self.span, flowrun.run = run, "{message}"),
-            Level::WARN => tracing::warn!(parent: &self.span, flowrun.run = run, "{message}"),
-            Level::INFO => tracing::info!(parent: &self.span, flowrun.run = run, "{message}"),
-            Level::DEBUG => tracing::debug!(parent: &self.span, flowrun.run = run, "{message}"),
-            Level::TRACE => tracing::trace!(parent: &self.span, flowrun.run = run, "{message}"),
-        }
+        crate::run_event!(parent: &self.span, level, run, "{message}");
     }
 
     /// Logs at INFO.

@@ -17,9 +17,9 @@
 
 use std::sync::Arc;
 
-use crate::run::RunRef;
+use crate::run::record::RunRef;
+use crate::run::state::State;
 use crate::runner::FlowRunInfo;
-use crate::state::State;
 
 /// A task run entered a new state.
 #[derive(Debug, Clone)]
@@ -46,6 +46,7 @@ pub trait RunObserver: Send + Sync + 'static {
 pub type ObserverFactory = fn(&FlowRunInfo) -> Option<Arc<dyn RunObserver>>;
 
 /// Observers every flow run gets, registered at link time.
+#[derive(Debug)]
 pub struct ObserverRegistration {
     /// Builds the observer for a flow run, or `None` to skip it.
     pub factory: ObserverFactory,

@@ -37,11 +37,16 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-pub use tally::{RunningRun, TaskCounts, TaskRunTally};
+pub use tally::{RunningRun, TaskProgress, TaskRunTally};
+
+/// The name [`TaskProgress`] had; flowrun-dask still uses it.
+#[doc(hidden)]
+pub use tally::TaskProgress as TaskCounts;
 
 use crate::observe::{ObserverRegistration, RunEvent, RunObserver};
+use crate::plumbing::lock;
+use crate::run::state::State;
 use crate::runner::FlowRunInfo;
-use crate::state::State;
 
 /// The environment variable that limits progress output: `off`,
 /// `summary` or `auto` (the default).
@@ -139,19 +144,19 @@ impl RunObserver for FlowProgress {
     fn flow_finished(&self, _state: &State) {
         // Clear the block first: the summary and the flow's last line
         // belong in the scrollback, not under a block about to vanish.
-        if let Some(mut live) = self.live.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(mut live) = lock(&self.live).take() {
             live.finish();
         }
         if self.summary {
             if let Some(line) = format::summary(&self.tally.counts()) {
-                tracing::info!(flowrun.run = self.label.as_str(), "{line}");
+                crate::run_event!(tracing::Level::INFO, self.label.as_str(), "{line}");
             }
         }
     }
 }
 
 fn observer_for(info: &FlowRunInfo) -> Option<Arc<dyn RunObserver>> {
-    if crate::worker::is_worker() {
+    if crate::exec::worker::is_worker() {
         return None;
     }
     let mode = progress();

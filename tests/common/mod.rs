@@ -7,12 +7,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// A fresh path under the system temp dir, unique to this test process and
 /// `name`. Only computes the path: worker processes re-run the test up to
 /// its first flow call, so a test must not create anything before that.
-pub fn scratch(name: &str) -> PathBuf {
+pub(crate) fn scratch(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("flowrun-test-{}-{name}", std::process::id()))
 }
 
 /// Whether a process with this PID exists and is not a zombie.
-pub fn pid_alive(pid: u32) -> bool {
+pub(crate) fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => stat
             .rsplit_once(") ")
@@ -22,7 +22,7 @@ pub fn pid_alive(pid: u32) -> bool {
 }
 
 /// Waits until `cond` holds, up to `limit`.
-pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+pub(crate) fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
     while Instant::now() < end {
         if cond() {
@@ -34,7 +34,7 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 /// Microseconds since the epoch (comparable across processes).
-pub fn now_us() -> u64 {
+pub(crate) fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -42,7 +42,7 @@ pub fn now_us() -> u64 {
 }
 
 /// Appends a line to a file (atomic for short lines with O_APPEND).
-pub fn append(path: &str, line: &str) {
+pub(crate) fn append(path: &str, line: &str) {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -52,7 +52,7 @@ pub fn append(path: &str, line: &str) {
     f.write_all(format!("{line}\n").as_bytes()).unwrap();
 }
 
-pub fn lines(path: &str) -> Vec<String> {
+pub(crate) fn lines(path: &str) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -62,7 +62,7 @@ pub fn lines(path: &str) -> Vec<String> {
 
 /// Every console line flowrun writes in this test process, in order, as
 /// its console layer formats them (installed on first use).
-pub fn console_lines() -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+pub(crate) fn console_lines() -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
     use std::sync::{Arc, Mutex, OnceLock};
     use tracing_subscriber::prelude::*;
     static LINES: OnceLock<Arc<Mutex<Vec<String>>>> = OnceLock::new();

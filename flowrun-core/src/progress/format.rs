@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::tally::TaskCounts;
+use super::tally::TaskProgress;
 
 /// What the block may use of the terminal.
 #[derive(Debug, Clone, Copy)]
@@ -38,7 +38,7 @@ fn paint(out: &mut String, color: bool, code: &str, text: &str) {
 pub(super) fn block(
     label: &str,
     elapsed: Duration,
-    tasks: &[TaskCounts],
+    tasks: &[TaskProgress],
     frame: usize,
     layout: Layout,
 ) -> String {
@@ -47,9 +47,9 @@ pub(super) fn block(
     paint(&mut out, color, CYAN, SPINNER[frame % SPINNER.len()]);
     let secs = elapsed.as_secs();
     let _ = write!(out, " {label} {}:{:02}", secs / 60, secs % 60);
-    let total: usize = tasks.iter().map(TaskCounts::total).sum();
-    let finished: usize = tasks.iter().map(TaskCounts::finished).sum();
-    let failures: usize = tasks.iter().map(TaskCounts::failures).sum();
+    let total: usize = tasks.iter().map(TaskProgress::total).sum();
+    let finished: usize = tasks.iter().map(TaskProgress::finished).sum();
+    let failures: usize = tasks.iter().map(TaskProgress::failures).sum();
     let _ = write!(out, " · {finished}/{total} task runs finished");
     if failures > 0 {
         out.push_str(" · ");
@@ -105,8 +105,8 @@ pub(super) fn block(
     }
     if shown < tasks.len() {
         let rest = &tasks[shown..];
-        let finished: usize = rest.iter().map(TaskCounts::finished).sum();
-        let total: usize = rest.iter().map(TaskCounts::total).sum();
+        let finished: usize = rest.iter().map(TaskProgress::finished).sum();
+        let total: usize = rest.iter().map(TaskProgress::total).sum();
         let _ = write!(
             out,
             "\n  … {} more tasks: {finished}/{total} runs finished",
@@ -117,7 +117,7 @@ pub(super) fn block(
 }
 
 /// A bar of `width` cells: completed, failed, running, then pending runs.
-fn bar(out: &mut String, t: &TaskCounts, width: usize, color: bool) {
+fn bar(out: &mut String, t: &TaskProgress, width: usize, color: bool) {
     let total = t.total().max(1);
     let parts = [
         (t.completed, GREEN, '━'),
@@ -155,12 +155,12 @@ fn bar(out: &mut String, t: &TaskCounts, width: usize, color: bool) {
 
 /// One plain line for the end of a flow run, or `None` without task runs:
 /// `Task runs: 12 (11 Completed, 1 Failed); shout: 10 Completed; fail: 1 Completed, 1 Failed`.
-pub(super) fn summary(tasks: &[TaskCounts]) -> Option<String> {
-    let total: usize = tasks.iter().map(TaskCounts::total).sum();
+pub(super) fn summary(tasks: &[TaskProgress]) -> Option<String> {
+    let total: usize = tasks.iter().map(TaskProgress::total).sum();
     if total == 0 {
         return None;
     }
-    let describe = |t: &TaskCounts| {
+    let describe = |t: &TaskProgress| {
         [
             (t.completed, "Completed"),
             (t.failed, "Failed"),
@@ -176,7 +176,7 @@ pub(super) fn summary(tasks: &[TaskCounts]) -> Option<String> {
         .collect::<Vec<_>>()
         .join(", ")
     };
-    let all = TaskCounts::sum(tasks);
+    let all = TaskProgress::sum(tasks);
     let mut line = format!("Task runs: {total} ({})", describe(&all));
     const SHOWN: usize = 8;
     for t in tasks.iter().take(SHOWN) {
@@ -198,13 +198,13 @@ mod tests {
         failed: usize,
         running: usize,
         pending: usize,
-    ) -> TaskCounts {
-        TaskCounts {
+    ) -> TaskProgress {
+        TaskProgress {
             completed,
             failed,
             running,
             pending,
-            ..TaskCounts::new(task)
+            ..TaskProgress::new(task)
         }
     }
 
@@ -247,7 +247,7 @@ mod tests {
         assert!(lines.iter().all(|l| l.chars().count() <= 80), "{text}");
         assert!(!text.contains('\x1b'));
 
-        let many: Vec<TaskCounts> = (0..30)
+        let many: Vec<TaskProgress> = (0..30)
             .map(|i| counts(&format!("t{i}"), 1, 0, 0, 0))
             .collect();
         let text = block("f", Duration::ZERO, &many, 0, Layout { rows: 10, ..layout });

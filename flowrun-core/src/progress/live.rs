@@ -16,6 +16,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::format;
 use super::tally::TaskRunTally;
+use crate::plumbing::lock;
 
 /// Short flows finish before the display would show: no flicker for them.
 const SHOW_AFTER: Duration = Duration::from_millis(250);
@@ -129,7 +130,7 @@ mod screen {
 
     /// The shared display, set up on first use.
     pub(super) fn acquire() -> Option<MultiProgress> {
-        let mut guard = screen().lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = lock(screen());
         if guard.is_none() {
             *guard = Some(open()?);
         }
@@ -140,9 +141,7 @@ mod screen {
 
     /// Terminal rows and columns.
     pub(super) fn size() -> (u16, u16) {
-        screen()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        lock(screen())
             .as_ref()
             .and_then(|s| s.term.size_checked())
             .unwrap_or((24, 80))
@@ -150,7 +149,7 @@ mod screen {
 
     /// Removes `bar`; the last user gives the terminal back.
     pub(super) fn release(bar: &ProgressBar) {
-        let mut guard = screen().lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = lock(screen());
         let Some(s) = guard.as_mut() else { return };
         s.mp.remove(bar);
         s.users -= 1;

@@ -162,7 +162,9 @@ mod tests {
     #[test]
     fn forwards_complete_lines_in_blocks_and_the_rest_at_the_end() {
         let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe writes.
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: pipe succeeded, so both descriptors are open and owned here.
         let (r, mut w) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
         w.write_all(b"one\ntwo\nthr").unwrap();
         drop(w);

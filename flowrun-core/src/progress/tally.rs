@@ -5,18 +5,20 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::observe::{RunEvent, RunObserver};
-use crate::run::{RunId, RunRef};
-use crate::state::StateKind;
+use crate::plumbing::lock;
+use crate::run::record::{RunId, RunRef};
+use crate::run::state::StateKind;
 
-/// How many task runs of one task are in each state.
+/// The progress of one task: how many of its task runs are in each state.
+/// (A flow run's final counts over all tasks are [`crate::TaskRunCounts`].)
 ///
 /// ```
-/// let counts = flowrun_core::progress::TaskCounts::new("shout");
+/// let counts = flowrun_core::progress::TaskProgress::new("shout");
 /// assert_eq!(counts.total(), 0);
 /// assert!(counts.is_done());
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TaskCounts {
+pub struct TaskProgress {
     /// The task's name, such as `shout`.
     pub task: String,
     /// Submitted, not started (waiting for upstream runs or a free worker).
@@ -35,18 +37,18 @@ pub struct TaskCounts {
     pub cancelled: usize,
 }
 
-impl TaskCounts {
+impl TaskProgress {
     /// No runs of `task` yet.
-    pub fn new(task: impl Into<String>) -> TaskCounts {
-        TaskCounts {
+    pub fn new(task: impl Into<String>) -> TaskProgress {
+        TaskProgress {
             task: task.into(),
-            ..TaskCounts::default()
+            ..TaskProgress::default()
         }
     }
 
     /// The counts of every task in `tasks` added up, under an empty name.
-    pub fn sum<'a>(tasks: impl IntoIterator<Item = &'a TaskCounts>) -> TaskCounts {
-        let mut all = TaskCounts::new("");
+    pub fn sum<'a>(tasks: impl IntoIterator<Item = &'a TaskProgress>) -> TaskProgress {
+        let mut all = TaskProgress::new("");
         for t in tasks {
             all.pending += t.pending;
             all.running += t.running;
@@ -155,7 +157,7 @@ pub struct TaskRunTally {
 
 #[derive(Debug, Default)]
 struct Inner {
-    tasks: Vec<TaskCounts>,
+    tasks: Vec<TaskProgress>,
     index: HashMap<Arc<str>, usize>,
     live: HashMap<RunId, Live>,
 }
@@ -178,7 +180,7 @@ impl TaskRunTally {
     pub fn record(&self, event: &RunEvent) {
         let bucket = Bucket::of(event.state.kind());
         let id = event.run.id();
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = lock(&self.inner);
         let inner = &mut *inner;
         let task = match inner.live.get(&id) {
             Some(live) => live.task,
@@ -186,7 +188,7 @@ impl TaskRunTally {
                 Some(&i) => i,
                 None => {
                     let name: Arc<str> = Arc::from(event.run.task_name());
-                    inner.tasks.push(TaskCounts::new(&*name));
+                    inner.tasks.push(TaskProgress::new(&*name));
                     inner.index.insert(name, inner.tasks.len() - 1);
                     inner.tasks.len() - 1
                 }
@@ -222,23 +224,19 @@ impl TaskRunTally {
     }
 
     /// Counts per task name, in the order the tasks were first seen.
-    pub fn counts(&self) -> Vec<TaskCounts> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .tasks
-            .clone()
+    pub fn counts(&self) -> Vec<TaskProgress> {
+        lock(&self.inner).tasks.clone()
     }
 
     /// Counts over every task.
-    pub fn totals(&self) -> TaskCounts {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        TaskCounts::sum(&inner.tasks)
+    pub fn totals(&self) -> TaskProgress {
+        let inner = lock(&self.inner);
+        TaskProgress::sum(&inner.tasks)
     }
 
     /// The runs executing now, oldest first.
     pub fn running(&self) -> Vec<RunningRun> {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = lock(&self.inner);
         let mut out: Vec<RunningRun> = inner
             .live
             .values()

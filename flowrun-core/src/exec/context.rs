@@ -7,8 +7,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
-use crate::flow::FlowShared;
-use crate::run::RunRef;
+use crate::flow::registry::FlowShared;
+use crate::run::record::RunRef;
 
 /// The run context of the current thread.
 #[derive(Clone, Default)]
@@ -21,7 +21,27 @@ pub(crate) struct Context {
     pub(crate) span: Option<tracing::Span>,
     /// Open annotation scopes, innermost last, each already merged with
     /// the ones around it.
-    pub(crate) annotations: Vec<crate::annotations::Annotations>,
+    pub(crate) annotations: Vec<crate::task::annotations::Annotations>,
+}
+
+impl Context {
+    /// The context of an attempt of task run `run` for `flow`, with the
+    /// attempt's span.
+    pub(crate) fn for_task_run(flow: Option<Arc<FlowShared>>, run: RunRef) -> Context {
+        let span = task_span(&run);
+        Context {
+            flow,
+            task_run: Some(run),
+            label: None,
+            span: Some(span),
+            annotations: Vec::new(),
+        }
+    }
+}
+
+/// The span of a task run's attempt.
+pub(crate) fn task_span(run: &RunRef) -> tracing::Span {
+    tracing::info_span!("task_run", run = %run.name())
 }
 
 thread_local! {
@@ -57,6 +77,22 @@ pub(crate) fn enter(ctx: Context) -> Entered {
     }
 }
 
+/// Enters `ctx` and its span until dropped.
+pub(crate) fn enter_with_span(ctx: Context) -> InContext {
+    let span = ctx.span.clone();
+    let entered = enter(ctx);
+    InContext {
+        _span: span.map(tracing::Span::entered),
+        _ctx: entered,
+    }
+}
+
+/// A context and its span, entered; the span is left first on drop.
+pub(crate) struct InContext {
+    _span: Option<tracing::span::EnteredSpan>,
+    _ctx: Entered,
+}
+
 impl Drop for Entered {
     fn drop(&mut self) {
         if let Some(prev) = self.previous.take() {
@@ -89,4 +125,48 @@ impl<F: Future> Future for WithContext<F> {
         drop(entered);
         poll
     }
+}
+
+/// Runs `f` as the task run named `run_name`, which executes here on
+/// behalf of another process (worker processes use it): logs written by
+/// `f` carry that name.
+pub fn with_task_run_name<R>(run_name: &str, f: impl FnOnce() -> R) -> R {
+    let _in = enter_with_span(Context {
+        flow: None,
+        task_run: None,
+        label: Some(Arc::from(run_name)),
+        span: Some(tracing::info_span!("task_run", run = %run_name)),
+        annotations: Vec::new(),
+    });
+    f()
+}
+
+/// The task run executing on this thread, if any.
+pub fn current_task_run() -> Option<RunRef> {
+    current().task_run
+}
+
+/// The name of the task run executing on this thread, in this process or
+/// on behalf of another one, if any.
+pub fn current_task_run_name() -> Option<String> {
+    let ctx = current();
+    if let Some(run) = ctx.task_run {
+        return Some(run.name());
+    }
+    ctx.label.map(|l| l.to_string())
+}
+
+/// A handle on the flow run this thread works for, if any.
+pub fn current_flow_handle() -> Option<crate::flow::scope::FlowHandle> {
+    current_flow().map(crate::flow::scope::FlowHandle)
+}
+
+/// The id of the flow run this thread works for, if any.
+pub fn current_flow_run_id() -> Option<String> {
+    current_flow().map(|f| f.id.clone())
+}
+
+/// The name of the flow run this thread works for, if any.
+pub fn current_flow_run_name() -> Option<String> {
+    current_flow().map(|f| f.name.clone())
 }

@@ -4,9 +4,9 @@
 
 use std::fmt;
 
-use crate::error::TaskError;
-use crate::future::TaskFuture;
-use crate::run::RunRef;
+use crate::run::error::TaskError;
+use crate::run::future::TaskFuture;
+use crate::run::record::RunRef;
 
 /// One argument of a task call: a value now, or the result of an upstream run.
 pub enum Input<A: Send + 'static> {
@@ -26,7 +26,7 @@ impl<A: Send + 'static> Input<A> {
     }
 
     /// The value, once any upstream run is final. An upstream failure
-    /// becomes [`TaskErrorKind::UpstreamFailed`].
+    /// becomes [`TaskErrorKind::UpstreamFailed`](crate::TaskErrorKind::UpstreamFailed).
     pub fn resolve(self) -> Result<A, TaskError> {
         match self {
             Input::Value(v) => Ok(v),
@@ -218,4 +218,13 @@ pub fn map_len(task: &str, lengths: &[(&str, Option<usize>)]) -> Result<usize, M
         task: task.to_owned(),
         details,
     })
+}
+
+impl<A: Send + 'static> std::fmt::Debug for MapSource<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MapSource::Many(inputs) => f.debug_tuple("Many").field(&inputs.len()).finish(),
+            MapSource::One(_) => f.write_str("One"),
+        }
+    }
 }

@@ -5,6 +5,13 @@
 //! are final, then calls [`TaskRunner::shutdown`]. Retries, timeouts,
 //! dependencies and states are handled by flowrun around the runner: a
 //! runner only executes attempts.
+//!
+//! Two runners come with flowrun: the [`thread_pool`] runner (the default)
+//! and the [`serializing`] one, which runs every task as a worker process
+//! would.
+
+pub(crate) mod serializing;
+pub(crate) mod thread_pool;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -12,23 +19,35 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::annotations::Annotations;
-use crate::args::ArgSlot;
-use crate::error::{TaskError, TaskErrorKind};
-use crate::run::RunRef;
+use crate::run::error::{TaskError, TaskErrorKind};
+use crate::run::record::RunRef;
+use crate::task::annotations::Annotations;
+use crate::task::args::ArgSlot;
 
 /// How a runner executes attempts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Execution {
     /// In this process: calls carry a [`LocalJob`].
     InProcess,
-    /// Elsewhere: calls carry a [`RemoteJob`] with serialized arguments and
-    /// the results of upstream runs already resolved to bytes.
-    Remote,
+    /// Serialized: calls carry a [`SerializedJob`] with serialized
+    /// arguments and the results of upstream runs already resolved to bytes,
+    /// to run anywhere (another thread, process or machine).
+    Serialized,
     /// Elsewhere, and the runner moves the results of upstream runs itself:
     /// upstream arguments stay [`ArgSlot::Upstream`] and a call is handed
     /// over as soon as it is submitted.
-    RemoteWithDependencies,
+    SerializedWithDependencies,
+}
+
+#[allow(non_upper_case_globals)]
+impl Execution {
+    /// The name [`Execution::Serialized`] had; flowrun-dask still uses it.
+    #[doc(hidden)]
+    pub const Remote: Execution = Execution::Serialized;
+    /// The name [`Execution::SerializedWithDependencies`] had; flowrun-dask
+    /// still uses it.
+    #[doc(hidden)]
+    pub const RemoteWithDependencies: Execution = Execution::SerializedWithDependencies;
 }
 
 /// What a runner learns about the flow run it serves.
@@ -41,7 +60,7 @@ pub struct FlowRunInfo {
     /// The flow run's id.
     pub flow_run_id: String,
     /// The flow run itself, to submit more work into it.
-    pub flow: crate::scope::FlowHandle,
+    pub flow: crate::flow::scope::FlowHandle,
 }
 
 /// A runner could not start or could not run a call.
@@ -137,62 +156,40 @@ pub trait TaskRunner: Send + Sync + 'static {
     }
 }
 
-impl<R: TaskRunner + ?Sized> TaskRunner for Arc<R> {
-    fn name(&self) -> Cow<'static, str> {
-        (**self).name()
-    }
-    fn execution(&self) -> Execution {
-        (**self).execution()
-    }
-    fn start(&self, flow: &FlowRunInfo) -> Result<(), RunnerError> {
-        (**self).start(flow)
-    }
-    fn submit(&self, call: TaskCall) {
-        (**self).submit(call)
-    }
-    fn handles_retries(&self) -> bool {
-        (**self).handles_retries()
-    }
-    fn shutdown(&self) {
-        (**self).shutdown()
-    }
-    fn cancel(&self, run: &RunRef) {
-        (**self).cancel(run)
-    }
-    fn stops_running_on_failure(&self) -> bool {
-        (**self).stops_running_on_failure()
-    }
-}
+/// A shared or boxed runner is a runner.
+macro_rules! forward_runner {
+    ($($ptr:ident),*) => {$(
+        impl<R: TaskRunner + ?Sized> TaskRunner for $ptr<R> {
+            fn name(&self) -> Cow<'static, str> {
+                (**self).name()
+            }
+            fn execution(&self) -> Execution {
+                (**self).execution()
+            }
+            fn start(&self, flow: &FlowRunInfo) -> Result<(), RunnerError> {
+                (**self).start(flow)
+            }
+            fn submit(&self, call: TaskCall) {
+                (**self).submit(call)
+            }
+            fn handles_retries(&self) -> bool {
+                (**self).handles_retries()
+            }
+            fn shutdown(&self) {
+                (**self).shutdown()
+            }
+            fn cancel(&self, run: &RunRef) {
+                (**self).cancel(run)
+            }
+            fn stops_running_on_failure(&self) -> bool {
+                (**self).stops_running_on_failure()
+            }
+        }
 
-impl<R: TaskRunner + ?Sized> TaskRunner for Box<R> {
-    fn name(&self) -> Cow<'static, str> {
-        (**self).name()
-    }
-    fn execution(&self) -> Execution {
-        (**self).execution()
-    }
-    fn start(&self, flow: &FlowRunInfo) -> Result<(), RunnerError> {
-        (**self).start(flow)
-    }
-    fn submit(&self, call: TaskCall) {
-        (**self).submit(call)
-    }
-    fn handles_retries(&self) -> bool {
-        (**self).handles_retries()
-    }
-    fn shutdown(&self) {
-        (**self).shutdown()
-    }
-    fn cancel(&self, run: &RunRef) {
-        (**self).cancel(run)
-    }
-    fn stops_running_on_failure(&self) -> bool {
-        (**self).stops_running_on_failure()
-    }
+        impl<T: crate::task::Task, R: TaskRunner + ?Sized> crate::task::AcceptsTask<T> for $ptr<R> {}
+    )*};
 }
-
-impl<T: crate::task::Task, R: TaskRunner + ?Sized> crate::task::AcceptsTask<T> for Box<R> {}
-impl<T: crate::task::Task, R: TaskRunner + ?Sized> crate::task::AcceptsTask<T> for Arc<R> {}
+forward_runner!(Arc, Box);
 
 /// One attempt of one task run, handed to a runner.
 pub struct TaskCall {
@@ -247,16 +244,18 @@ impl fmt::Debug for TaskCall {
 }
 
 /// The executable part of a [`TaskCall`].
+#[derive(Debug)]
 pub enum Work {
     /// Run it on a thread of this process.
     Local(LocalJob),
-    /// Send it elsewhere and report the result.
-    Remote(RemoteJob),
+    /// Run it serialized, anywhere, and report the result. (The variant
+    /// keeps its first name: flowrun-dask matches on it.)
+    Remote(SerializedJob),
 }
 
 /// An attempt to execute on a thread of this process. [`LocalJob::run`] does
 /// everything: state changes, logging, timeouts, and reporting the outcome.
-pub struct LocalJob(pub(crate) crate::pool::Job);
+pub struct LocalJob(pub(crate) crate::exec::pool::Job);
 
 impl LocalJob {
     /// Executes the attempt on the current thread.
@@ -273,29 +272,29 @@ impl LocalJob {
     }
 
     /// The attempt as pool work, without another allocation.
-    pub(crate) fn into_pool_job(self) -> crate::pool::Job {
+    pub(crate) fn into_pool_job(self) -> crate::exec::pool::Job {
         self.0
     }
 }
 
-/// Reports the outcome of a [`RemoteJob`].
-pub(crate) trait RemoteCompletion: Send + Sync {
+/// Reports the outcome of a [`SerializedJob`].
+pub(crate) trait SerializedCompletion: Send + Sync {
     fn started(self: Arc<Self>, attempt: u32, location: Option<Arc<str>>);
     fn finished(self: Arc<Self>, attempt: u32, result: Result<Bytes, TaskError>);
-    fn finished_deferred(self: Arc<Self>, attempt: u32, fetch: crate::run::Fetch);
+    fn finished_deferred(self: Arc<Self>, attempt: u32, fetch: crate::run::record::Fetch);
 }
 
 /// An attempt to execute elsewhere: the task's registry key and its
-/// serialized arguments. Report the outcome with [`RemoteJob::finish`].
-pub struct RemoteJob {
+/// serialized arguments. Report the outcome with [`SerializedJob::finish`].
+pub struct SerializedJob {
     pub(crate) task_key: &'static str,
     pub(crate) task_name: Arc<str>,
     pub(crate) args: Arc<[ArgSlot]>,
-    pub(crate) reporter: RemoteReporter,
+    pub(crate) reporter: SerializedReporter,
 }
 
-impl RemoteJob {
-    /// The registry key of the task (see [`crate::registry`]).
+impl SerializedJob {
+    /// The registry key of the task (see [`crate::task::registry`]).
     pub fn task_key(&self) -> &'static str {
         self.task_key
     }
@@ -338,7 +337,7 @@ impl RemoteJob {
 
     /// Reports that the attempt completed, with a result that stays where
     /// it was computed until someone reads it: `fetch` gets its bytes (it
-    /// may block). Results that only feed other remote tasks are never
+    /// may block). Results that only feed other serialized runs are never
     /// fetched.
     pub fn finish_deferred(
         self,
@@ -353,23 +352,26 @@ impl RemoteJob {
     }
 
     /// A handle that reports the outcome later, apart from the arguments.
-    pub fn into_reporter(self) -> RemoteReporter {
+    pub fn into_reporter(self) -> SerializedReporter {
         self.reporter
     }
 }
 
-/// Reports the outcome of a [`RemoteJob`] whose arguments were sent away.
+/// Reports the outcome of a [`SerializedJob`] whose arguments were sent away.
 ///
 /// Dropped without a report (a runner lost it), it fails the attempt as
 /// `Crashed` so the flow run never waits for it.
-pub struct RemoteReporter {
+pub struct SerializedReporter {
     attempt: u32,
-    completion: Option<Arc<dyn RemoteCompletion>>,
+    completion: Option<Arc<dyn SerializedCompletion>>,
 }
 
-impl RemoteReporter {
-    pub(crate) fn new(attempt: u32, completion: Arc<dyn RemoteCompletion>) -> RemoteReporter {
-        RemoteReporter {
+impl SerializedReporter {
+    pub(crate) fn new(
+        attempt: u32,
+        completion: Arc<dyn SerializedCompletion>,
+    ) -> SerializedReporter {
+        SerializedReporter {
             attempt,
             completion: Some(completion),
         }
@@ -394,7 +396,7 @@ impl RemoteReporter {
     }
 
     /// Reports a completed attempt whose result is fetched when read (see
-    /// [`RemoteJob::finish_deferred`]).
+    /// [`SerializedJob::finish_deferred`]).
     pub fn finish_deferred(
         mut self,
         fetch: impl Fn() -> Result<Bytes, TaskError> + Send + Sync + 'static,
@@ -405,7 +407,7 @@ impl RemoteReporter {
     }
 }
 
-impl Drop for RemoteReporter {
+impl Drop for SerializedReporter {
     fn drop(&mut self) {
         if let Some(c) = self.completion.take() {
             c.finished(
@@ -419,10 +421,29 @@ impl Drop for RemoteReporter {
     }
 }
 
-impl fmt::Debug for RemoteReporter {
+impl fmt::Debug for SerializedReporter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RemoteReporter")
+        f.debug_struct("SerializedReporter")
             .field("attempt", &self.attempt)
+            .finish()
+    }
+}
+
+impl fmt::Debug for LocalJob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalJob")
+            .field("attempt", &self.0.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for SerializedJob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SerializedJob")
+            .field("task_key", &self.task_key)
+            .field("task_name", &self.task_name)
+            .field("args", &self.args.len())
+            .field("reporter", &self.reporter)
             .finish()
     }
 }

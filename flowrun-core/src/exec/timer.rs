@@ -1,6 +1,7 @@
 //! One background thread that fires callbacks at deadlines (retry delays,
 //! timeouts), and a runtime-independent `sleep` future built on it.
 
+use crate::plumbing::{lock, wait, wait_timeout};
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::BinaryHeap;
 use std::future::Future;
@@ -59,7 +60,7 @@ fn timer() -> &'static Timer {
 
 impl Timer {
     fn run(&self) {
-        let mut guard = self.heap.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = lock(&self.heap);
         loop {
             let now = Instant::now();
             let mut due = Vec::new();
@@ -73,22 +74,17 @@ impl Timer {
             if !due.is_empty() {
                 drop(guard);
                 for e in due {
-                    let callback = e.callback.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    let callback = lock(&e.callback).take();
                     if let Some(callback) = callback {
                         callback();
                     }
                 }
-                guard = self.heap.lock().unwrap_or_else(|p| p.into_inner());
+                guard = lock(&self.heap);
                 continue;
             }
             guard = match guard.0.peek().map(|e| e.at) {
-                None => self.cond.wait(guard).unwrap_or_else(|p| p.into_inner()),
-                Some(at) => {
-                    self.cond
-                        .wait_timeout(guard, at.saturating_duration_since(now))
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
+                None => wait(&self.cond, guard),
+                Some(at) => wait_timeout(&self.cond, guard, at.saturating_duration_since(now)).0,
             };
         }
     }
@@ -101,7 +97,7 @@ pub(crate) struct TimerHandle(Arc<Mutex<Option<Callback>>>);
 impl TimerHandle {
     /// Drops the callback now (with everything it holds) unless it ran.
     pub(crate) fn cancel(&self) {
-        let callback = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let callback = lock(&self.0).take();
         drop(callback);
     }
 }
@@ -110,7 +106,7 @@ impl TimerHandle {
 pub(crate) fn schedule(at: Instant, callback: impl FnOnce() + Send + 'static) -> TimerHandle {
     let t = timer();
     let callback: Arc<Mutex<Option<Callback>>> = Arc::new(Mutex::new(Some(Box::new(callback))));
-    let mut guard = t.heap.lock().unwrap_or_else(|p| p.into_inner());
+    let mut guard = lock(&t.heap);
     guard.1 += 1;
     let seq = guard.1;
     let earliest = guard.0.peek().map(|e| e.at);
@@ -151,7 +147,7 @@ impl Future for Sleep {
         }
         match &self.shared {
             Some((state, _)) => {
-                let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+                let mut s = lock(state);
                 if s.0 {
                     return Poll::Ready(());
                 }
@@ -163,7 +159,7 @@ impl Future for Sleep {
                 let fired = state.clone();
                 let handle = schedule(self.at, move || {
                     let waker = {
-                        let mut s = fired.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut s = lock(&fired);
                         s.0 = true;
                         s.1.take()
                     };

@@ -4,7 +4,7 @@ use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::state::State;
+use crate::run::state::State;
 
 /// Why a task run failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,7 +187,7 @@ impl TaskError {
 
     /// The state a run that failed this way ends in.
     pub fn state(&self) -> State {
-        use crate::state::StateKind;
+        use crate::run::state::StateKind;
         let state = match self.inner.kind {
             TaskErrorKind::Crashed | TaskErrorKind::KilledWorker => State::new(StateKind::Crashed),
             TaskErrorKind::Cancelled => State::new(StateKind::Cancelled),

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::error::TaskError;
-use crate::run::{RunCell, RunId, RunRef};
-use crate::state::State;
+use crate::run::error::TaskError;
+use crate::run::record::{RunCell, RunId, RunRef};
+use crate::run::state::State;
 
 /// A handle on a submitted task run that will produce a `T`.
 ///
@@ -102,7 +102,7 @@ impl<T: Send + 'static> TaskFuture<T> {
     pub fn cancel(&self) -> bool {
         // Cancelling is handling: the flow does not fail because of it.
         self.cell.mark_observed();
-        crate::engine::cancel_pending(&self.cell)
+        crate::engine::driver::cancel_pending(&self.cell)
     }
 
     /// A type-erased handle on the same run.
@@ -146,11 +146,12 @@ impl<T: Send + 'static> From<TaskFuture<T>> for RunRef {
 
 /// The `Future` behind `.await` on a [`TaskFuture`]: resolves to the run's
 /// result without blocking a thread.
+#[derive(Debug)]
 pub struct ResultFuture<T: Send + 'static> {
     future: Option<TaskFuture<T>>,
     /// Held while the run is pending: a task awaiting another run on a
     /// thread pool or a worker gives its slot away meanwhile.
-    seceded: Option<crate::pool::SecedeGuard>,
+    seceded: Option<crate::exec::pool::SecedeGuard>,
 }
 
 impl<T: Send + 'static> Future for ResultFuture<T> {
@@ -163,7 +164,7 @@ impl<T: Send + 'static> Future for ResultFuture<T> {
         };
         if !done {
             if self.seceded.is_none() {
-                self.seceded = Some(crate::pool::secede());
+                self.seceded = Some(crate::exec::pool::secede());
             }
             return Poll::Pending;
         }
@@ -258,6 +259,7 @@ pub fn as_completed<T: Send + 'static>(
 }
 
 /// The iterator returned by [`as_completed`].
+#[derive(Debug)]
 pub struct AsCompleted<T: Send + 'static> {
     slots: Vec<Option<TaskFuture<T>>>,
     remaining: usize,
@@ -272,7 +274,7 @@ impl<T: Send + 'static> Iterator for AsCompleted<T> {
             return None;
         }
         let rx = &self.rx;
-        let index = crate::pool::blocking(|| rx.recv()).ok()?;
+        let index = crate::exec::pool::blocking(|| rx.recv()).ok()?;
         self.remaining -= 1;
         self.slots[index].take()
     }

@@ -5,7 +5,7 @@
 //! ```
 //! let registry = flowrun_core::registry::registry();
 //! for task in registry.iter() {
-//!     println!("{} (runs in other processes: {})", task.key(), task.remote_error().is_none());
+//!     println!("{} (runs in other processes: {})", task.key(), task.serialization_error().is_none());
 //! }
 //! ```
 
@@ -13,10 +13,11 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::OnceLock;
 
-use crate::error::{TaskError, TaskErrorKind};
+use crate::run::error::{TaskError, TaskErrorKind};
 use crate::task::{EncodedRun, Task};
 
 /// What `#[task]` submits to the registry.
+#[derive(Debug)]
 pub struct TaskRegistration {
     /// `module::path::function`.
     pub key: &'static str,
@@ -27,7 +28,7 @@ pub struct TaskRegistration {
 inventory::collect!(TaskRegistration);
 
 /// A registered task, type-erased.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct RegistryEntry {
     key: &'static str,
     name: &'static str,
@@ -42,7 +43,7 @@ impl RegistryEntry {
     pub fn of<T: Task>() -> RegistryEntry {
         let meta = T::meta();
         let support: &'static crate::task::TaskSupport<T> = T::support();
-        let run = match &support.remote {
+        let run = match &support.serialized {
             Ok(fns) => Ok(fns.run),
             Err(why) => Err(why.as_str()),
         };
@@ -83,7 +84,7 @@ impl RegistryEntry {
     }
 
     /// Why the task cannot run from serialized arguments, if it cannot.
-    pub fn remote_error(&self) -> Option<&'static str> {
+    pub fn serialization_error(&self) -> Option<&'static str> {
         self.run.err()
     }
 
@@ -110,6 +111,7 @@ impl RegistryEntry {
 }
 
 /// Every task of this program, by key.
+#[derive(Debug)]
 pub struct Registry {
     tasks: HashMap<&'static str, RegistryEntry>,
     sorted: Vec<&'static str>,

@@ -18,8 +18,8 @@ use std::marker::PhantomData;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::args::{decode_fast, encode_fast, RemoteArgs};
-use crate::task::{Codec, RemoteFns, Task};
+use crate::task::args::{decode_fast, encode_fast, SerializedArgs};
+use crate::task::{Codec, SerializedFns, Task};
 
 /// A zero-sized question about `T`.
 pub struct Probe<T: ?Sized>(PhantomData<fn() -> Box<T>>);
@@ -28,6 +28,12 @@ impl<T: ?Sized> Probe<T> {
     /// A probe of `T`.
     pub const fn new() -> Self {
         Probe(PhantomData)
+    }
+}
+
+impl<T: ?Sized> std::fmt::Debug for Probe<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Probe")
     }
 }
 
@@ -91,29 +97,30 @@ impl<T> CodecNo<T> for &Probe<T> {
     }
 }
 
-/// Task `T` can run in another process: its remote functions.
-pub trait RemoteYes<T: Task> {
+/// Task `T` can run serialized: its serialized-call functions. (The
+/// method keeps the name generated code calls.)
+pub trait SerializedYes<T: Task> {
     /// `Some(functions)`.
-    fn remote(&self) -> Option<RemoteFns<T>>;
+    fn remote(&self) -> Option<SerializedFns<T>>;
 }
-impl<T> RemoteYes<T> for Probe<T>
+impl<T> SerializedYes<T> for Probe<T>
 where
     T: Task,
-    T::Args: RemoteArgs,
+    T::Args: SerializedArgs,
     T::Output: Serialize + DeserializeOwned,
 {
-    fn remote(&self) -> Option<RemoteFns<T>> {
-        Some(RemoteFns::new())
+    fn remote(&self) -> Option<SerializedFns<T>> {
+        Some(SerializedFns::new())
     }
 }
 
 /// Task `T` cannot run in another process.
-pub trait RemoteNo<T: Task> {
+pub trait SerializedNo<T: Task> {
     /// `None`.
-    fn remote(&self) -> Option<RemoteFns<T>>;
+    fn remote(&self) -> Option<SerializedFns<T>>;
 }
-impl<T: Task> RemoteNo<T> for &Probe<T> {
-    fn remote(&self) -> Option<RemoteFns<T>> {
+impl<T: Task> SerializedNo<T> for &Probe<T> {
+    fn remote(&self) -> Option<SerializedFns<T>> {
         None
     }
 }

@@ -11,6 +11,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A way this program can run as a worker process.
+#[derive(Debug)]
 pub struct WorkerMode {
     /// The environment variable that selects this mode.
     pub env: &'static str,

@@ -2,7 +2,7 @@
 //! submitted inside them. `flowrun_dask::annotate` is the user-facing API;
 //! this module keeps the per-thread stack the submit path reads.
 
-use crate::options::Resources;
+use crate::task::options::Resources;
 
 /// Scheduling annotations of a task run.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -26,14 +26,14 @@ impl Annotations {
 /// The annotations in force here: every open scope merged, inner scopes
 /// winning per key.
 pub fn current() -> Annotations {
-    crate::context::with_current(|c| c.annotations.last().cloned().unwrap_or_default())
+    crate::exec::context::with_current(|c| c.annotations.last().cloned().unwrap_or_default())
 }
 
 /// Opens a scope; the returned guard closes it. Scopes close in the
 /// reverse order they opened, which guards dropped at the end of blocks do.
 /// In an async flow the scope follows the flow's future across threads.
 pub fn push(scope: Annotations) -> ScopeGuard {
-    crate::context::with_current(|c| {
+    crate::exec::context::with_current(|c| {
         let merged = c
             .annotations
             .last()
@@ -48,6 +48,7 @@ pub fn push(scope: Annotations) -> ScopeGuard {
 }
 
 /// Closes its annotation scope when dropped.
+#[derive(Debug)]
 #[must_use = "the scope closes when the guard is dropped"]
 pub struct ScopeGuard {
     depth: usize,
@@ -57,10 +58,10 @@ impl Drop for ScopeGuard {
     fn drop(&mut self) {
         // Truncating (rather than popping) keeps the stack right even if an
         // inner guard was leaked.
-        crate::context::with_current(|c| c.annotations.truncate(self.depth - 1));
+        crate::exec::context::with_current(|c| c.annotations.truncate(self.depth - 1));
     }
 }
 
 pub(crate) fn current_if_any() -> Option<Annotations> {
-    crate::context::with_current(|c| c.annotations.last().cloned())
+    crate::exec::context::with_current(|c| c.annotations.last().cloned())
 }

@@ -5,11 +5,11 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::error::{TaskError, TaskErrorKind};
-use crate::input::Input;
-use crate::run::RunRef;
+use crate::run::error::{TaskError, TaskErrorKind};
+use crate::run::record::RunRef;
+use crate::task::input::Input;
 
-/// One encoded argument of a remote call: its bytes, or the upstream run
+/// One argument of a serialized call: its bytes, or the upstream run
 /// whose result it is.
 #[derive(Debug, Clone)]
 pub enum ArgSlot {
@@ -32,7 +32,7 @@ pub trait ArgsTuple: Sized + Send + 'static {
 }
 
 /// Argument tuples whose every element can cross a process boundary.
-pub trait RemoteArgs: ArgsTuple {
+pub trait SerializedArgs: ArgsTuple {
     /// Encodes each input (upstream runs stay references).
     fn encode(inputs: &Self::Inputs) -> Result<Vec<ArgSlot>, TaskError>;
 
@@ -157,7 +157,7 @@ pub trait IntoInputs<A: ArgsTuple> {
 
 macro_rules! into_inputs_impls {
     ($( ($($name:ident $x:ident $idx:tt),*) )*) => {$(
-        impl<$($name: Send + 'static, $x: crate::input::IntoInput<$name>),*> IntoInputs<($($name,)*)> for ($($x,)*) {
+        impl<$($name: Send + 'static, $x: crate::task::input::IntoInput<$name>),*> IntoInputs<($($name,)*)> for ($($x,)*) {
             #[allow(unused_variables, clippy::unused_unit)]
             fn into_inputs(self) -> ($(Input<$name>,)*) {
                 ($(self.$idx.into_input(),)*)
@@ -194,7 +194,7 @@ macro_rules! tuple_impls {
             }
         }
 
-        impl<$($name: Serialize + DeserializeOwned + Send + 'static),*> RemoteArgs for ($($name,)*) {
+        impl<$($name: Serialize + DeserializeOwned + Send + 'static),*> SerializedArgs for ($($name,)*) {
             #[allow(unused_variables)]
             fn encode(inputs: &Self::Inputs) -> Result<Vec<ArgSlot>, TaskError> {
                 Ok(vec![$(encode_input(&inputs.$idx, $idx)?),*])

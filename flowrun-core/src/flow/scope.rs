@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::args::ArgSlot;
-use crate::context;
-use crate::error::{TaskError, TaskRunFailure};
-use crate::flow::FlowShared;
-use crate::future::TaskFuture;
-use crate::options::TaskOptions;
+use crate::exec::context;
+use crate::flow::registry::FlowShared;
+use crate::run::error::{TaskError, TaskRunFailure};
+use crate::run::future::TaskFuture;
 use crate::runner::{FlowRunInfo, RunnerError, TaskRunner};
+use crate::task::args::ArgSlot;
+use crate::task::options::TaskOptions;
 use crate::task::CallConfig;
 
 /// A handle on a flow run (or a [`Scope`]): runners use it to submit more
@@ -44,7 +44,7 @@ impl FlowHandle {
         options: TaskOptions,
     ) -> Result<TaskFuture<Bytes>, TaskError> {
         let config = CallConfig::NONE.with_options(options);
-        crate::encoded::submit(&self.0, key, args, &config)
+        crate::engine::encoded::submit(&self.0, key, args, &config)
     }
 
     /// Watches every change of state of this run's task runs.
@@ -131,10 +131,10 @@ impl Scope {
     /// Waits until every run submitted in the scope is final, and returns
     /// the failures nothing handled since the last call.
     pub fn wait(&self) -> Vec<TaskRunFailure> {
-        self.handle.0.wait_idle_public();
+        self.handle.0.wait_idle();
         self.handle
             .0
-            .take_failures_public()
+            .take_failures()
             .into_iter()
             .filter(|f| !f.observed)
             .collect()
@@ -144,7 +144,7 @@ impl Scope {
     /// nothing handled.
     pub fn close(self) -> Vec<TaskRunFailure> {
         let failures = self.wait();
-        self.handle.0.close_public();
+        self.handle.0.close();
         self.handle.0.runner.shutdown();
         failures
     }

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
-use crate::error::{TaskError, TaskErrorKind};
-use crate::flow::FlowShared;
-use crate::state::{State, StateKind};
+use crate::flow::registry::FlowShared;
+use crate::plumbing::{lock, wait, wait_timeout};
+use crate::run::error::{TaskError, TaskErrorKind};
+use crate::run::state::{State, StateKind};
 use crate::task::{Cloner, Decoder, Encoder};
 
 /// The id of a task run, unique within this process.
@@ -144,7 +145,7 @@ impl<T: Send + 'static> RunCell<T> {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Status<T>> {
         // A panic while holding this lock would be a bug in flowrun; the data
         // stays consistent because every update is a single assignment.
-        self.status.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.status)
     }
 
     pub(crate) fn name(&self) -> String {
@@ -153,6 +154,16 @@ impl<T: Send + 'static> RunCell<T> {
 
     pub(crate) fn is_final(&self) -> bool {
         self.lock().kind.is_final()
+    }
+
+    /// Marks `attempt` as executing: Running for the first, Retrying after.
+    pub(crate) fn start_attempt(self: &Arc<Self>, attempt: u32) {
+        let kind = if attempt == 1 {
+            StateKind::Running
+        } else {
+            StateKind::Retrying
+        };
+        self.transition(kind, None, attempt);
     }
 
     /// Moves a not-yet-final run to `kind` (Running, Retrying, AwaitingRetry,
@@ -215,7 +226,7 @@ impl<T: Send + 'static> RunCell<T> {
             Slot::Deferred(f) => f.clone(),
             _ => return Ok(()),
         };
-        let bytes = crate::pool::blocking(|| fetch()).map_err(|e| e.in_run(self.name()))?;
+        let bytes = crate::exec::pool::blocking(|| fetch()).map_err(|e| e.in_run(self.name()))?;
         let mut s = self.lock();
         if let Slot::Deferred(_) = s.value {
             s.value = Slot::Encoded(bytes);
@@ -303,22 +314,18 @@ impl<T: Send + 'static> RunCell<T> {
             return true;
         }
         drop(s);
-        crate::pool::blocking(|| {
+        crate::exec::pool::blocking(|| {
             let mut s = self.lock();
             s.blocked_waiters += 1;
             while !s.kind.is_final() {
                 match deadline {
-                    None => s = self.cond.wait(s).unwrap_or_else(|p| p.into_inner()),
+                    None => s = wait(&self.cond, s),
                     Some(d) => {
                         let now = Instant::now();
                         if now >= d {
                             break;
                         }
-                        s = self
-                            .cond
-                            .wait_timeout(s, d - now)
-                            .unwrap_or_else(|p| p.into_inner())
-                            .0;
+                        s = wait_timeout(&self.cond, s, d - now).0;
                     }
                 }
             }
@@ -661,7 +668,7 @@ impl RunRef {
         self.0.index()
     }
 
-    /// The registry key of the task (see [`crate::registry`]).
+    /// The registry key of the task (see [`crate::task::registry`]).
     pub fn task_key(&self) -> &'static str {
         self.0.task_key()
     }

@@ -4,7 +4,8 @@
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
-use crate::pool::Pool;
+use crate::exec::pool::Pool;
+use crate::plumbing::lock;
 use crate::runner::{FlowRunInfo, RunnerError, TaskCall, TaskRunner, Work};
 use crate::task::{AcceptsTask, Task};
 
@@ -40,20 +41,14 @@ impl ThreadPoolTaskRunner {
     }
 
     fn pool(&self) -> Arc<Pool> {
-        self.pool
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        lock(&self.pool)
             .get_or_insert_with(|| Pool::new("flowrun-task", self.max_workers))
             .clone()
     }
 
     /// Threads the runner's pool has now (for tests and diagnostics).
     pub fn threads(&self) -> usize {
-        self.pool
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map_or(0, |p| p.threads())
+        lock(&self.pool).as_ref().map_or(0, |p| p.threads())
     }
 }
 
@@ -102,7 +97,7 @@ impl TaskRunner for ThreadPoolTaskRunner {
     }
 
     fn shutdown(&self) {
-        if let Some(pool) = self.pool.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(pool) = lock(&self.pool).take() {
             pool.shutdown();
         }
     }

@@ -243,9 +243,10 @@ impl fmt::Display for Resources {
 ///     .retries(2)
 ///     .timeout(Duration::from_secs(5))
 ///     .priority(10);
-/// assert_eq!(options.get_priority(), Some(10));
+/// # let _ = options;
 /// ```
 #[derive(Debug, Clone, Default)]
+#[must_use]
 pub struct TaskOptions {
     pub(crate) name: Option<Cow<'static, str>>,
     pub(crate) retries: Option<u32>,
@@ -263,33 +264,9 @@ impl TaskOptions {
         TaskOptions::default()
     }
 
-    /// The task name shown for these runs (runs are named `<name>-<n>`).
-    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// How many times a failed run is retried.
-    pub fn retries(mut self, retries: u32) -> Self {
-        self.retries = Some(retries);
-        self
-    }
-
-    /// The delay before each retry.
-    pub fn retry_delay(mut self, delay: RetryDelay) -> Self {
-        self.retry_delay = Some(delay);
-        self
-    }
-
     /// Random spread of retry delays (see [`RetryPolicy::jitter_factor`]).
     pub fn retry_jitter_factor(mut self, factor: f64) -> Self {
         self.retry_jitter_factor = Some(factor);
-        self
-    }
-
-    /// Each attempt fails as timed out after `timeout`.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(Some(timeout));
         self
     }
 
@@ -320,20 +297,11 @@ impl TaskOptions {
         self.resources = Some(resources.into());
         self
     }
-
-    /// The priority set here, if any.
-    pub fn get_priority(&self) -> Option<i64> {
-        self.priority
-    }
-
-    /// The resources set here, if any.
-    pub fn get_resources(&self) -> Option<&Resources> {
-        self.resources.as_ref()
-    }
 }
 
 /// Options for one call of a flow, given with `.with_options(...)`.
 #[derive(Debug, Clone, Default)]
+#[must_use]
 pub struct FlowOptions {
     pub(crate) name: Option<Cow<'static, str>>,
     pub(crate) run_name: Option<String>,
@@ -348,33 +316,42 @@ impl FlowOptions {
         FlowOptions::default()
     }
 
-    /// The flow name shown in logs.
-    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
     /// The name of this flow run (by default a random `adjective-animal`).
     pub fn run_name(mut self, name: impl Into<String>) -> Self {
         self.run_name = Some(name.into());
         self
     }
-
-    /// How many times the whole flow is retried when it fails.
-    pub fn retries(mut self, retries: u32) -> Self {
-        self.retries = Some(retries);
-        self
-    }
-
-    /// The delay before each flow retry.
-    pub fn retry_delay(mut self, delay: RetryDelay) -> Self {
-        self.retry_delay = Some(delay);
-        self
-    }
-
-    /// The flow run fails as timed out after `timeout`.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(Some(timeout));
-        self
-    }
 }
+
+/// The overrides task runs and flow runs share.
+macro_rules! shared_options {
+    ($($options:ty),*) => {$(
+        impl $options {
+            /// The name shown in logs (task runs are named `<name>-<n>`).
+            pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+                self.name = Some(name.into());
+                self
+            }
+
+            /// How many times a failed run is retried.
+            pub fn retries(mut self, retries: u32) -> Self {
+                self.retries = Some(retries);
+                self
+            }
+
+            /// The delay before each retry.
+            pub fn retry_delay(mut self, delay: RetryDelay) -> Self {
+                self.retry_delay = Some(delay);
+                self
+            }
+
+            /// A run (each attempt of a task run) fails as timed out after
+            /// `timeout`.
+            pub fn timeout(mut self, timeout: Duration) -> Self {
+                self.timeout = Some(Some(timeout));
+                self
+            }
+        }
+    )*};
+}
+shared_options!(TaskOptions, FlowOptions);

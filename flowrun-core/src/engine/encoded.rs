@@ -7,10 +7,10 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 
-use crate::args::{ArgSlot, ArgsTuple};
-use crate::error::{TaskError, TaskErrorKind};
-use crate::run::{RunRef, ValueFns};
-use crate::task::{CallConfig, Invocation, RemoteFns, Task, TaskMeta, TaskSupport};
+use crate::run::error::{TaskError, TaskErrorKind};
+use crate::run::record::{RunRef, ValueFns};
+use crate::task::args::{ArgSlot, ArgsTuple};
+use crate::task::{CallConfig, Invocation, SerializedFns, Task, TaskMeta, TaskSupport};
 
 /// The arguments of an encoded call, resolved to bytes.
 #[derive(Clone)]
@@ -70,7 +70,7 @@ impl Task for EncodedTask {
 
     fn invoke(args: EncodedArgs) -> Invocation<Self::Raw> {
         let slots: Vec<&[u8]> = args.slots.iter().map(|b| &b[..]).collect();
-        let result = match crate::registry::registry().get(args.key) {
+        let result = match crate::task::registry::registry().get(args.key) {
             Some(entry) => entry.run(&slots).map(Bytes::from),
             None => Err(unknown(args.key)),
         };
@@ -89,13 +89,13 @@ impl Task for EncodedTask {
         static SUPPORT: OnceLock<TaskSupport<EncodedTask>> = OnceLock::new();
         SUPPORT.get_or_init(|| TaskSupport {
             args_clone: Some(EncodedArgs::clone),
-            output: ValueFns {
+            result: ValueFns {
                 clone: Some(Bytes::clone),
                 encode: Some(|b: &Bytes| Ok(b.to_vec())),
                 decode: Some(|b: &[u8]| Ok(Bytes::copy_from_slice(b))),
                 type_name: "bytes",
             },
-            remote: Ok(RemoteFns {
+            serialized: Ok(SerializedFns {
                 encode_inputs: |inputs: &EncodedInputs| Ok(inputs.slots.clone()),
                 run: |_| {
                     Err(TaskError::new(
@@ -121,12 +121,12 @@ fn unknown(key: &str) -> TaskError {
 
 /// Submits a run of the task registered as `key` into `flow`.
 pub(crate) fn submit(
-    flow: &std::sync::Arc<crate::flow::FlowShared>,
+    flow: &std::sync::Arc<crate::flow::registry::FlowShared>,
     key: &str,
     args: Vec<ArgSlot>,
     config: &CallConfig,
-) -> Result<crate::future::TaskFuture<Bytes>, TaskError> {
-    let entry = crate::registry::registry()
+) -> Result<crate::run::future::TaskFuture<Bytes>, TaskError> {
+    let entry = crate::task::registry::registry()
         .get(key)
         .ok_or_else(|| unknown(key))?;
     let meta = entry.meta();
@@ -134,7 +134,7 @@ pub(crate) fn submit(
         key: meta.key,
         slots: args,
     };
-    Ok(crate::engine::submit_in::<EncodedTask>(
+    Ok(crate::engine::driver::submit_in::<EncodedTask>(
         flow,
         meta,
         EncodedTask::support(),

@@ -6,11 +6,12 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use crate::args::ArgSlot;
-use crate::pool::Pool;
-use crate::registry;
+use crate::exec::pool::Pool;
+use crate::plumbing::lock;
 use crate::runner::{Execution, FlowRunInfo, RunnerError, TaskCall, TaskRunner, Work};
-use crate::task::{AcceptsTask, RemoteTask};
+use crate::task::args::ArgSlot;
+use crate::task::registry;
+use crate::task::{AcceptsTask, SerializedTask};
 
 /// Runs each task run through the task registry, by name, with its
 /// arguments and result serialized, on a thread pool of this process.
@@ -66,12 +67,11 @@ impl TaskRunner for SerializingTaskRunner {
     }
 
     fn execution(&self) -> Execution {
-        Execution::Remote
+        Execution::Serialized
     }
 
     fn start(&self, _flow: &FlowRunInfo) -> Result<(), RunnerError> {
-        *self.pool.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(Pool::new("flowrun-serializing", self.max_workers));
+        *lock(&self.pool) = Some(Pool::new("flowrun-serializing", self.max_workers));
         Ok(())
     }
 
@@ -84,12 +84,12 @@ impl TaskRunner for SerializingTaskRunner {
                 return;
             }
         };
-        let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let pool = lock(&self.pool).clone();
         let Some(pool) = pool else {
             job.refuse("SerializingTaskRunner was not started");
             return;
         };
-        let work = crate::pool::Job::once(move || {
+        let work = crate::exec::pool::Job::once(move || {
             job.started(Some("local"));
             let args: Vec<&[u8]> = job
                 .args()
@@ -100,13 +100,13 @@ impl TaskRunner for SerializingTaskRunner {
                 })
                 .collect();
             let result = match registry::registry().get(job.task_key()) {
-                None => Err(crate::error::TaskError::new(
-                    crate::error::TaskErrorKind::Runner,
+                None => Err(crate::run::error::TaskError::new(
+                    crate::run::error::TaskErrorKind::Runner,
                     format!("no task is registered as '{}'", job.task_key()),
                 )),
                 Some(task) => {
-                    let _ctx = crate::context::enter(crate::context::Context {
-                        flow: crate::context::current_flow(),
+                    let _ctx = crate::exec::context::enter(crate::exec::context::Context {
+                        flow: crate::exec::context::current_flow(),
                         task_run: Some(run.clone()),
                         label: None,
                         span: None,
@@ -123,10 +123,10 @@ impl TaskRunner for SerializingTaskRunner {
     }
 
     fn shutdown(&self) {
-        if let Some(pool) = self.pool.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(pool) = lock(&self.pool).take() {
             pool.shutdown();
         }
     }
 }
 
-impl<T: RemoteTask> AcceptsTask<T> for SerializingTaskRunner {}
+impl<T: SerializedTask> AcceptsTask<T> for SerializingTaskRunner {}

@@ -12,13 +12,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use crate::plumbing::{lock, wait_timeout};
 use crossbeam_queue::SegQueue;
 
 /// Something the pool can run attempts of: a run's driver, shared (no
 /// allocation per job).
 pub(crate) trait Runnable: Send + Sync {
     /// Runs attempt `attempt`, or reports `refusal` for it.
-    fn run(self: Arc<Self>, attempt: u32, refusal: Option<crate::error::TaskError>);
+    fn run(self: Arc<Self>, attempt: u32, refusal: Option<crate::run::error::TaskError>);
 }
 
 /// A unit of work for the pool: an attempt of a shared runnable.
@@ -36,8 +37,8 @@ impl Job {
     pub(crate) fn once(f: impl FnOnce() + Send + 'static) -> Job {
         struct Once<F>(Mutex<Option<F>>);
         impl<F: FnOnce() + Send> Runnable for Once<F> {
-            fn run(self: Arc<Self>, _attempt: u32, _refusal: Option<crate::error::TaskError>) {
-                let f = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+            fn run(self: Arc<Self>, _attempt: u32, _refusal: Option<crate::run::error::TaskError>) {
+                let f = lock(&self.0).take();
                 if let Some(f) = f {
                     f()
                 }
@@ -120,7 +121,7 @@ impl Pool {
             return;
         }
         {
-            let mut s = self.sleep.lock().unwrap_or_else(|p| p.into_inner());
+            let mut s = lock(&self.sleep);
             if s.sleepers > s.wakeups {
                 s.wakeups += 1;
                 drop(s);
@@ -192,7 +193,7 @@ impl Pool {
             backoff.snooze();
         }
         self.searching.fetch_sub(1, Ordering::SeqCst);
-        let mut s = self.sleep.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = lock(&self.sleep);
         loop {
             // Re-checked under the lock: a submitter that saw nobody
             // searching wakes a sleeper under this same lock.
@@ -204,15 +205,12 @@ impl Pool {
                 return None;
             }
             s.sleepers += 1;
-            let (guard, timeout) = self
-                .wake
-                .wait_timeout(s, IDLE_EXIT)
-                .unwrap_or_else(|p| p.into_inner());
+            let (guard, timed_out) = wait_timeout(&self.wake, s, IDLE_EXIT);
             s = guard;
             s.sleepers -= 1;
             if s.wakeups > 0 {
                 s.wakeups -= 1;
-            } else if timeout.timed_out() && self.queue.is_empty() {
+            } else if timed_out && self.queue.is_empty() {
                 self.threads.fetch_sub(1, Ordering::AcqRel);
                 return None;
             }
@@ -236,7 +234,7 @@ impl Pool {
     /// Stops accepting jobs; threads exit once the queue is empty.
     pub(crate) fn shutdown(&self) {
         self.closed.store(true, Ordering::Release);
-        let _s = self.sleep.lock().unwrap_or_else(|p| p.into_inner());
+        let _s = lock(&self.sleep);
         self.wake.notify_all();
     }
 
@@ -258,6 +256,14 @@ pub(crate) fn blocking<R>(wait: impl FnOnce() -> R) -> R {
 pub(crate) struct SecedeGuard {
     pool: Option<Arc<Pool>>,
     hook: Option<BlockingHook>,
+}
+
+impl std::fmt::Debug for SecedeGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecedeGuard")
+            .field("pooled", &self.pool.is_some())
+            .finish()
+    }
 }
 
 pub(crate) fn secede() -> SecedeGuard {

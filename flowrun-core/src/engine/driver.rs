@@ -1,0 +1,423 @@
+//! The driver of a submitted run: waits for its upstream runs, prepares its
+//! arguments (in this process or serialized), hands each attempt to the
+//! flow's runner, arms its timeout, settles its outcome and schedules its
+//! retries.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::adapters::invoke_blocking;
+use super::resolve::resolve;
+use super::retry::{await_retry, retryable, timed_out, ArgsHolder, PolicyRef};
+use crate::exec::context::{self, task_span, Context};
+use crate::exec::timer::{self, TimerHandle};
+use crate::flow::registry::FlowShared;
+use crate::plumbing::lock;
+use crate::run::error::{TaskError, TaskErrorKind};
+use crate::run::future::TaskFuture;
+use crate::run::record::{Fetch, RunCell, RunRef};
+use crate::run::state::StateKind;
+use crate::runner::{
+    Execution, LocalJob, SerializedCompletion, SerializedJob, SerializedReporter, TaskCall, Work,
+};
+use crate::task::annotations::Annotations;
+use crate::task::args::{ArgSlot, ArgsTuple};
+use crate::task::input::upstream_failed;
+use crate::task::{CallConfig, Task, TaskMeta, TaskSupport};
+
+/// Where a run's arguments are: inputs waiting for upstream runs, values
+/// for attempts in this process, or serialized for another one.
+enum Source<T: Task> {
+    Waiting(<T::Args as ArgsTuple>::Inputs),
+    Local(ArgsHolder<T::Args>),
+    Serialized(Arc<[ArgSlot]>),
+    Spent,
+}
+
+/// The engine's state for one submitted run.
+struct Driver<T: Task> {
+    meta: &'static TaskMeta,
+    support: &'static TaskSupport<T>,
+    cell: Arc<RunCell<T::Output>>,
+    flow: Arc<FlowShared>,
+    policy: PolicyRef,
+    timeout: Option<Duration>,
+    /// Boxed only when set: most runs have none, and a driver lives as
+    /// long as its run.
+    annotations: Option<Box<Annotations>>,
+    task_name: Arc<str>,
+    /// The latest launched attempt.
+    attempt: AtomicU32,
+    /// The latest attempt whose outcome was accepted.
+    settled: AtomicU32,
+    source: Mutex<Source<T>>,
+    watchdog: Mutex<Option<TimerHandle>>,
+}
+
+/// Submits a run of `T` with `inputs` to the current flow's runner (or, outside
+/// a flow, to a shared thread pool) and returns its future at once.
+pub fn submit<T: Task>(task: &T, inputs: <T::Args as ArgsTuple>::Inputs) -> TaskFuture<T::Output> {
+    let flow = context::current_flow().unwrap_or_else(FlowShared::detached);
+    submit_in::<T>(&flow, T::meta(), T::support(), task.config(), inputs)
+}
+
+/// Submits a run described by `meta` into `flow`.
+pub(crate) fn submit_in<T: Task>(
+    flow: &Arc<FlowShared>,
+    meta: &'static TaskMeta,
+    support: &'static TaskSupport<T>,
+    config: &CallConfig,
+    inputs: <T::Args as ArgsTuple>::Inputs,
+) -> TaskFuture<T::Output> {
+    let flow = flow.clone();
+    let r = resolve(meta, config);
+    let index = flow.next_index(&r.name);
+    let mut upstreams = r.wait_for;
+    T::Args::upstreams(&inputs, &mut upstreams);
+    let mut cell = RunCell::new(
+        r.name.clone(),
+        meta.key,
+        index,
+        flow.clone(),
+        &support.result,
+    );
+    // A run ranks with its latest upstream, as Dask orders a graph.
+    if let Some(order) = upstreams.iter().map(RunRef::order).max() {
+        cell.order = order;
+    }
+    let cell = Arc::new(cell);
+    let future = TaskFuture::new(cell.clone());
+    if !flow.track(RunRef(cell.clone())) {
+        cell.fail(TaskError::new(
+            TaskErrorKind::Cancelled,
+            format!(
+                "flow run '{}' has ended, so it no longer accepts task runs",
+                flow.name
+            ),
+        ));
+        return future;
+    }
+    if let Some(e) = r.error {
+        cell.fail(TaskError::new(TaskErrorKind::Runner, e));
+        return future;
+    }
+    let driver = Arc::new(Driver::<T> {
+        meta,
+        support,
+        cell,
+        flow: flow.clone(),
+        policy: PolicyRef::from(r.policy),
+        timeout: r.timeout,
+        annotations: (r.annotations != Annotations::default()).then(|| Box::new(r.annotations)),
+        task_name: match &r.name {
+            Cow::Borrowed(n) if std::ptr::eq(*n, meta.name) => meta.shared_name.clone(),
+            other => Arc::from(&**other),
+        },
+        attempt: AtomicU32::new(0),
+        settled: AtomicU32::new(0),
+        source: Mutex::new(Source::Waiting(inputs)),
+        watchdog: Mutex::new(None),
+    });
+    if upstreams.is_empty() || flow.execution == Execution::SerializedWithDependencies {
+        // A runner that wires dependencies itself reports an upstream's
+        // failure through the downstream run, which fails in turn.
+        for up in &upstreams {
+            up.0.mark_observed();
+        }
+        driver.ready(&upstreams, false);
+    } else {
+        let remaining = Arc::new(AtomicUsize::new(upstreams.len()));
+        let upstreams = Arc::new(upstreams);
+        for up in upstreams.iter() {
+            let driver = driver.clone();
+            let remaining = remaining.clone();
+            let all = upstreams.clone();
+            up.0.on_final(Box::new(move || {
+                if remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    driver.ready(&all, true);
+                }
+            }));
+        }
+    }
+    future
+}
+
+/// Cancels a run that has not started. Returns whether it was cancelled.
+pub(crate) fn cancel_pending<T: Send + 'static>(cell: &Arc<RunCell<T>>) -> bool {
+    let kind = cell.state().kind();
+    if !matches!(kind, StateKind::Pending | StateKind::AwaitingRetry) {
+        return false;
+    }
+    if !cell.fail(TaskError::new(
+        TaskErrorKind::Cancelled,
+        "cancelled before it started",
+    )) {
+        return false;
+    }
+    // The runner may hold the attempt already (queued on a worker).
+    cell.flow.runner.cancel(&RunRef(cell.clone()));
+    true
+}
+
+impl<T: Task> Driver<T> {
+    /// Every upstream run is final (or the runner tracks them itself).
+    fn ready(self: &Arc<Self>, upstreams: &[RunRef], check_upstreams: bool) {
+        if self.cell.is_final() {
+            return;
+        }
+        if let Some(e) = self.flow.cancellation() {
+            self.cell.fail(e);
+            return;
+        }
+        if check_upstreams {
+            for up in upstreams {
+                up.0.mark_observed();
+                if let Some(e) = up.0.error() {
+                    self.cell.fail(upstream_failed(&up.name(), &e));
+                    return;
+                }
+            }
+        }
+        let inputs = match std::mem::replace(&mut *lock(&self.source), Source::Spent) {
+            Source::Waiting(inputs) => inputs,
+            _ => return,
+        };
+        let prepared = match self.flow.execution {
+            Execution::InProcess => T::Args::resolve(inputs)
+                .map(|args| Source::Local(ArgsHolder::new(args, self.support.args_clone))),
+            Execution::Serialized | Execution::SerializedWithDependencies => self.encode(&inputs),
+        };
+        match prepared {
+            Ok(source) => {
+                *lock(&self.source) = source;
+                self.launch(1);
+            }
+            Err(e) => {
+                self.cell.fail(e);
+            }
+        }
+    }
+
+    fn encode(&self, inputs: &<T::Args as ArgsTuple>::Inputs) -> Result<Source<T>, TaskError> {
+        let fns = self.support.serialized.as_ref().map_err(|why| {
+            TaskError::new(
+                TaskErrorKind::Runner,
+                format!(
+                    "task '{}' cannot run on {}: {why}",
+                    self.meta.name, self.flow.runner_name
+                ),
+            )
+        })?;
+        let mut slots = (fns.encode_inputs)(inputs)?;
+        if self.flow.execution == Execution::Serialized {
+            for slot in &mut slots {
+                if let ArgSlot::Upstream(up) = slot {
+                    let bytes = up
+                        .encoded_result()
+                        .map_err(|e| upstream_failed(&up.name(), &e))?;
+                    *slot = ArgSlot::Bytes(bytes);
+                }
+            }
+        }
+        Ok(Source::Serialized(slots.into()))
+    }
+
+    fn launch(self: &Arc<Self>, attempt: u32) {
+        if self.cell.is_final() {
+            return;
+        }
+        self.attempt.store(attempt, Ordering::Release);
+        let work = match &*lock(&self.source) {
+            Source::Local(_) => Work::Local(LocalJob(crate::exec::pool::Job {
+                target: self.clone(),
+                attempt,
+            })),
+            Source::Serialized(slots) => Work::Remote(SerializedJob {
+                task_key: self.meta.key,
+                task_name: self.task_name.clone(),
+                args: slots.clone(),
+                reporter: SerializedReporter::new(attempt, self.clone()),
+            }),
+            Source::Waiting(_) | Source::Spent => return,
+        };
+        if attempt > 1 {
+            self.cell.transition(StateKind::Pending, None, attempt - 1);
+        }
+        self.flow.runner.submit(TaskCall {
+            run: RunRef(self.cell.clone()),
+            attempt,
+            retries: self.policy.retries,
+            annotations: self.annotations.as_deref().cloned().unwrap_or_default(),
+            work,
+        });
+    }
+
+    fn arm_watchdog(self: &Arc<Self>, attempt: u32) {
+        if let Some(timeout) = self.timeout {
+            let driver = self.clone();
+            let handle = timer::schedule(Instant::now() + timeout, move || {
+                driver.settle(attempt, Err(timed_out(timeout)));
+            });
+            // An attempt restarted elsewhere (its worker died) gets a new
+            // clock; the old one must not end it.
+            if let Some(old) = lock(&self.watchdog).replace(handle) {
+                old.cancel();
+            }
+        }
+    }
+
+    fn disarm_watchdog(&self) {
+        if let Some(h) = lock(&self.watchdog).take() {
+            h.cancel();
+        }
+    }
+
+    fn run_local(self: &Arc<Self>, attempt: u32, refusal: Option<TaskError>) {
+        if let Some(e) = refusal {
+            self.settle(attempt, Err(e));
+            return;
+        }
+        if self.cell.is_final() || attempt != self.attempt.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(e) = self.flow.cancellation() {
+            self.settle(attempt, Err(e));
+            return;
+        }
+        let last = attempt > self.policy.retries;
+        let args = match &mut *lock(&self.source) {
+            Source::Local(holder) => holder.for_attempt(last),
+            _ => None,
+        };
+        let Some(args) = args else {
+            self.settle(
+                attempt,
+                Err(TaskError::new(
+                    TaskErrorKind::Runner,
+                    "its arguments were already used by an earlier attempt",
+                )),
+            );
+            return;
+        };
+        self.cell.start_attempt(attempt);
+        let run = RunRef(self.cell.clone());
+        let span = task_span(&run);
+        let _ctx = context::enter(Context {
+            flow: Some(self.flow.clone()),
+            task_run: Some(run),
+            label: None,
+            span: Some(span.clone()),
+            annotations: Vec::new(),
+        });
+        let _span = span.enter();
+        let async_timeout = if self.meta.is_async {
+            self.timeout
+        } else {
+            self.arm_watchdog(attempt);
+            None
+        };
+        let result = invoke_blocking::<T>(args, async_timeout).and_then(T::outcome);
+        self.settle(attempt, result.map(Done::Value));
+    }
+
+    /// Accepts the first outcome of the current attempt; later ones (a
+    /// timed-out attempt that returned after all) are dropped.
+    fn settle(self: &Arc<Self>, attempt: u32, result: Result<Done<T::Output>, TaskError>) {
+        if attempt != self.attempt.load(Ordering::Acquire) {
+            return;
+        }
+        if self
+            .settled
+            .compare_exchange(attempt - 1, attempt, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        self.disarm_watchdog();
+        match result {
+            Ok(Done::Value(v)) => {
+                self.cell.complete_value(v);
+            }
+            Ok(Done::Encoded(b)) => {
+                self.cell.complete_encoded(b);
+            }
+            Ok(Done::Deferred(f)) => {
+                self.cell.complete_deferred(f);
+            }
+            Err(e) => self.failed_attempt(attempt, e),
+        }
+    }
+
+    fn failed_attempt(self: &Arc<Self>, attempt: u32, error: TaskError) {
+        if !retryable(&error)
+            || attempt > self.policy.retries
+            || self.flow.handles_retries
+            || self.flow.cancellation().is_some()
+        {
+            self.cell.fail(error);
+            return;
+        }
+        let stuck = match &*lock(&self.source) {
+            Source::Local(holder) => !holder.can_retry(),
+            _ => false,
+        };
+        if stuck {
+            let why = format!(
+                "{}; it cannot be retried because its arguments are not Clone",
+                error.message()
+            );
+            self.cell.fail(TaskError::new(error.kind().clone(), why));
+            return;
+        }
+        let (delay, accepted) = await_retry(&self.cell, attempt, &self.policy, &error);
+        if !accepted {
+            return;
+        }
+        if delay.is_zero() {
+            self.launch(attempt + 1);
+        } else {
+            let driver = self.clone();
+            timer::schedule(Instant::now() + delay, move || driver.launch(attempt + 1));
+        }
+    }
+}
+
+impl<T: Task> crate::exec::pool::Runnable for Driver<T> {
+    fn run(self: Arc<Self>, attempt: u32, refusal: Option<TaskError>) {
+        self.run_local(attempt, refusal)
+    }
+}
+
+/// A settled attempt's value: typed, serialized, or left where it was
+/// computed until someone reads it.
+enum Done<T> {
+    Value(T),
+    Encoded(Bytes),
+    Deferred(Fetch),
+}
+
+impl<T: Task> SerializedCompletion for Driver<T> {
+    fn started(self: Arc<Self>, attempt: u32, location: Option<Arc<str>>) {
+        if attempt != self.attempt.load(Ordering::Acquire) || self.cell.is_final() {
+            return;
+        }
+        if let Some(l) = location {
+            self.cell.set_location(l);
+        }
+        self.cell.start_attempt(attempt);
+        // The attempt's clock starts when it starts, not when it was queued.
+        self.arm_watchdog(attempt);
+    }
+
+    fn finished(self: Arc<Self>, attempt: u32, result: Result<Bytes, TaskError>) {
+        self.settle(attempt, result.map(Done::Encoded));
+    }
+
+    fn finished_deferred(self: Arc<Self>, attempt: u32, fetch: Fetch) {
+        self.settle(attempt, Ok(Done::Deferred(fetch)));
+    }
+}

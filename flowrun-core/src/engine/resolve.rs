@@ -1,0 +1,80 @@
+//! The options of one run: a task's defaults, the annotation scopes around
+//! the call and its per-call overrides, combined once when the run starts.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use crate::run::record::RunRef;
+use crate::task::annotations::{self, Annotations};
+use crate::task::options::RetryPolicy;
+use crate::task::{CallConfig, TaskMeta};
+
+/// Options of one run after task defaults, annotation scopes and per-call
+/// overrides are combined.
+pub(super) struct Resolved {
+    pub(super) name: Cow<'static, str>,
+    pub(super) policy: Cow<'static, RetryPolicy>,
+    pub(super) timeout: Option<Duration>,
+    pub(super) annotations: Annotations,
+    pub(super) wait_for: Vec<RunRef>,
+    pub(super) error: Option<String>,
+}
+
+pub(super) fn resolve(meta: &'static TaskMeta, config: &CallConfig) -> Resolved {
+    let mut r = Resolved {
+        name: Cow::Borrowed(meta.name),
+        policy: Cow::Borrowed(&meta.policy),
+        timeout: meta.timeout,
+        annotations: annotations::current_if_any().unwrap_or_default(),
+        wait_for: Vec::new(),
+        error: meta
+            .config_error
+            .as_ref()
+            .map(|e| format!("task '{}' has an invalid option: {e}", meta.name)),
+    };
+    if let Some(o) = config.get() {
+        let opts = &o.options;
+        if let Some(name) = &opts.name {
+            r.name = name.clone();
+        }
+        if opts.retries.is_some()
+            || opts.retry_delay.is_some()
+            || opts.retry_jitter_factor.is_some()
+        {
+            let p = r.policy.to_mut();
+            if let Some(n) = opts.retries {
+                p.retries = n;
+            }
+            if let Some(d) = &opts.retry_delay {
+                p.delay = d.clone();
+            }
+            if let Some(j) = opts.retry_jitter_factor {
+                p.jitter_factor = Some(j);
+            }
+            if let Err(e) = p.validate() {
+                r.error.get_or_insert(format!("with_options: {e}"));
+            }
+        }
+        if let Some(t) = opts.timeout {
+            r.timeout = t;
+        }
+        if o.explicit.priority {
+            r.annotations.priority = opts.priority;
+        }
+        if o.explicit.resources {
+            if let Some(res) = &opts.resources {
+                if let Err(e) = res.validate() {
+                    r.error.get_or_insert(format!("with_options: {e}"));
+                }
+            }
+            r.annotations.resources = opts.resources.clone();
+        }
+        r.wait_for = o.wait_for.clone();
+    }
+    if let Some(res) = &r.annotations.resources {
+        if let Err(e) = res.validate() {
+            r.error.get_or_insert(format!("annotate: {e}"));
+        }
+    }
+    r
+}

@@ -1,0 +1,142 @@
+//! What `#[flow]` generates code against: the [`Flow`] trait, the static
+//! [`FlowMeta`] of each flow, and the per-call [`FlowConfig`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::run::error::TaskError;
+use crate::runner::TaskRunner;
+use crate::task::options::{FlowOptions, RetryPolicy};
+use crate::task::{Cloner, Invocation};
+
+/// The static description of a flow, from its `#[flow(...)]` options.
+#[derive(Debug)]
+pub struct FlowMeta {
+    pub(crate) name: String,
+    pub(crate) description: Option<&'static str>,
+    pub(crate) policy: RetryPolicy,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) config_error: Option<String>,
+}
+
+impl FlowMeta {
+    /// Starts the description of the flow shown as `name`.
+    pub fn builder(name: impl Into<String>) -> FlowMetaBuilder {
+        FlowMetaBuilder {
+            meta: FlowMeta {
+                name: name.into(),
+                description: None,
+                policy: RetryPolicy::default(),
+                timeout: None,
+                config_error: None,
+            },
+        }
+    }
+
+    /// The flow's name, such as `count-to`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The description.
+    pub fn description(&self) -> Option<&'static str> {
+        self.description
+    }
+}
+
+/// Builds a [`FlowMeta`].
+#[derive(Debug)]
+#[must_use]
+pub struct FlowMetaBuilder {
+    pub(crate) meta: FlowMeta,
+}
+
+impl FlowMetaBuilder {
+    /// `description = "..."`.
+    pub fn description(mut self, description: &'static str) -> Self {
+        self.meta.description = Some(description);
+        self
+    }
+}
+
+/// A flow: the type `#[flow]` generates for a function.
+pub trait Flow: Sized + Send + Sync + 'static {
+    /// The tuple of argument types.
+    type Args: Send + 'static;
+    /// The function's declared return type.
+    type Raw: Send + 'static;
+    /// The value of a completed flow run.
+    type Output: Send + 'static;
+
+    /// The flow's static description.
+    fn meta() -> &'static FlowMeta;
+
+    /// Calls the function.
+    fn invoke(args: Self::Args) -> Invocation<Self::Raw>;
+
+    /// Splits a return value into the flow run's value or its failure.
+    fn outcome(raw: Self::Raw) -> Result<Self::Output, TaskError>;
+
+    /// The runner from `task_runner = ...`, or the default thread pool.
+    fn default_runner() -> Box<dyn TaskRunner>;
+
+    /// Clones the arguments for flow retries, when they are `Clone`.
+    fn args_clone() -> Option<Cloner<Self::Args>>;
+
+    /// The per-call overrides carried by this handle.
+    fn config(&self) -> &FlowConfig;
+}
+
+/// Per-handle overrides of a flow: options and the task runner.
+#[derive(Clone, Default)]
+#[must_use]
+pub struct FlowConfig {
+    pub(crate) inner: Option<Box<FlowOverrides>>,
+}
+
+type RunnerFactory = Arc<dyn Fn() -> Box<dyn TaskRunner> + Send + Sync>;
+
+#[derive(Clone, Default)]
+pub(crate) struct FlowOverrides {
+    pub(crate) options: FlowOptions,
+    pub(crate) runner: Option<RunnerFactory>,
+}
+
+impl FlowConfig {
+    /// No overrides.
+    pub const NONE: FlowConfig = FlowConfig { inner: None };
+
+    fn overrides(&mut self) -> &mut FlowOverrides {
+        self.inner.get_or_insert_with(Default::default)
+    }
+
+    /// Adds `options` on top of earlier overrides.
+    pub fn with_options(mut self, options: FlowOptions) -> FlowConfig {
+        let o = self.overrides();
+        let prev = std::mem::take(&mut o.options);
+        o.options = FlowOptions {
+            name: options.name.or(prev.name),
+            run_name: options.run_name.or(prev.run_name),
+            retries: options.retries.or(prev.retries),
+            retry_delay: options.retry_delay.or(prev.retry_delay),
+            timeout: options.timeout.or(prev.timeout),
+        };
+        self
+    }
+
+    /// Runs the flow's tasks on a copy of `runner` for each flow run.
+    pub fn with_runner<R: TaskRunner + Clone>(mut self, runner: R) -> FlowConfig {
+        self.overrides().runner = Some(Arc::new(move || Box::new(runner.clone())));
+        self
+    }
+}
+
+impl std::fmt::Debug for FlowConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let o = self.inner.as_deref();
+        f.debug_struct("FlowConfig")
+            .field("options", &o.map(|o| &o.options))
+            .field("runner", &o.is_some_and(|o| o.runner.is_some()))
+            .finish()
+    }
+}

@@ -1,0 +1,8 @@
+//! The run model: a run's shared [`record`] (identity, state, result slot,
+//! waiters), its [`state`]s, the [`future`]s that hand out its result, and
+//! the [`error`]s it can end with.
+
+pub(crate) mod error;
+pub(crate) mod future;
+pub(crate) mod record;
+pub(crate) mod state;
