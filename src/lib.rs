@@ -36,3 +36,8 @@ pub use flowrun_macros::{flow, task};
 /// its client of real Dask clusters.
 #[cfg(feature = "dask")]
 pub use flowrun_dask as dask;
+
+/// The run history (`FLOWRUN_HOME`): flow runs, task runs, states and logs
+/// recorded by default; `FLOWRUN_HISTORY=off` turns it off.
+#[cfg(feature = "history")]
+pub use flowrun_history as history;

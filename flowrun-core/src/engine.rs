@@ -197,6 +197,9 @@ pub(crate) fn submit_in<T: Task>(
     }
     let mut upstreams = r.wait_for;
     T::Args::upstreams(&inputs, &mut upstreams);
+    if !upstreams.is_empty() && flow.observed() {
+        flow.emit_submitted(&RunRef(cell.clone()), &upstreams);
+    }
     let driver = Arc::new(Driver::<T> {
         meta,
         support,

@@ -190,6 +190,17 @@ impl FlowShared {
         }
     }
 
+    pub(crate) fn emit_submitted(&self, run: &RunRef, upstreams: &[RunRef]) {
+        let observers = self
+            .observers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for o in observers {
+            o.run_submitted(run, upstreams);
+        }
+    }
+
     fn emit_flow_finished(&self, state: &State) {
         let observers = self
             .observers
