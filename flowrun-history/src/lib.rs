@@ -35,7 +35,7 @@ mod writer;
 
 pub use query::{
     Cleared, FlowRunRow, LogQuery, LogRow, Pruned, RunDetail, RunsQuery, StateRow, Store,
-    TaskCounts, TaskRunRow,
+    TaskCounts, TaskRunRow, TaskSummary,
 };
 pub use schema::{database_path, DATABASE_FILE, SCHEMA_VERSION};
 

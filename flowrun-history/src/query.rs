@@ -137,6 +137,17 @@ pub struct LogRow {
     pub text: String,
 }
 
+/// The task runs of one task in a flow run.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskSummary {
+    /// The task's name.
+    pub task: String,
+    /// Its runs by state.
+    pub counts: TaskCounts,
+    /// Mean duration of its finished runs, in milliseconds.
+    pub mean_ms: Option<f64>,
+}
+
 /// One flow run in full, bounded for a terminal.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunDetail {
@@ -346,8 +357,8 @@ impl Store {
         Ok(rows)
     }
 
-    /// The flow run `text` names: an id, a unique id prefix, or a flow-run
-    /// name (the newest run of that name).
+    /// The flow run `text` names: an id, a unique id prefix or suffix (of
+    /// at least 8 digits), or a flow-run name (the newest run of that name).
     pub fn find_run(&self, text: &str) -> Result<FlowRunRow, HistoryError> {
         let by_id = format!("SELECT {FLOW_COLUMNS} FROM flow_runs WHERE id = ?1");
         if let Some(row) = self
@@ -372,6 +383,22 @@ impl Store {
             1 => return Ok(rows.into_iter().next().expect("one row")),
             n if n > 1 => return Err(HistoryError::Ambiguous(text.to_owned(), n)),
             _ => {}
+        }
+        // The short id the command prints is the id's random tail; flow
+        // runs are few enough beside task runs to scan for it.
+        if text.len() >= 8 && text.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            let suffix =
+                format!("SELECT {FLOW_COLUMNS} FROM flow_runs WHERE id LIKE '%' || ?1 LIMIT 2");
+            let mut stmt = self.conn.prepare_cached(&suffix).map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map([text.to_ascii_lowercase()], flow_row)
+                .and_then(|r| r.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| self.err(e))?;
+            match rows.len() {
+                1 => return Ok(rows.into_iter().next().expect("one row")),
+                n if n > 1 => return Err(HistoryError::Ambiguous(text.to_owned(), n)),
+                _ => {}
+            }
         }
         let by_name = format!(
             "SELECT {FLOW_COLUMNS} FROM flow_runs WHERE name = ?1 ORDER BY start_ms DESC LIMIT 1"
@@ -435,6 +462,35 @@ impl Store {
         let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map(params![run.seq, limit as i64, offset as i64], task_row)
+            .and_then(|r| r.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    /// Per task: how its runs in `run` ended and how long they took.
+    pub fn task_summary(&self, run: &FlowRunRow) -> Result<Vec<TaskSummary>, HistoryError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT task, count(*), sum(state = 'Completed'), sum(state = 'Failed'),
+                 sum(state = 'Crashed'), sum(state = 'Cancelled'), avg(end_ms - start_ms)
+                 FROM task_runs WHERE flow_run = ?1 GROUP BY task ORDER BY min(seq)",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([run.seq], |r| {
+                Ok(TaskSummary {
+                    task: r.get(0)?,
+                    counts: TaskCounts {
+                        total: r.get(1)?,
+                        completed: r.get(2)?,
+                        failed: r.get(3)?,
+                        crashed: r.get(4)?,
+                        cancelled: r.get(5)?,
+                    },
+                    mean_ms: r.get(6)?,
+                })
+            })
             .and_then(|r| r.collect::<Result<Vec<_>, _>>())
             .map_err(|e| self.err(e))?;
         Ok(rows)

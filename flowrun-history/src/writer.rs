@@ -253,7 +253,7 @@ impl Thread {
                     token,
                     FlowRow {
                         seq: None,
-                        id: Uuid::now_v7(),
+                        id: new_id(start.time),
                         core_id: start.core_id.clone(),
                         name: start.name.clone(),
                         start,
@@ -339,7 +339,7 @@ impl Thread {
                 self.tasks.entry(id).or_insert(TaskRow {
                     flow,
                     run,
-                    id: Uuid::now_v7(),
+                    id: new_id(state.timestamp()),
                     seq: None,
                     state: StateKind::Pending,
                     state_time: UNIX_EPOCH,
@@ -689,4 +689,16 @@ fn uuid_of(
 /// The text between `prefix` and the closing quote of `label`.
 fn quoted<'a>(label: &'a str, prefix: &str) -> Option<&'a str> {
     label.strip_prefix(prefix)?.strip_suffix('\'')
+}
+
+/// A UUIDv7 of `time`: its first 48 bits are the time in milliseconds, so
+/// ids sort by creation time; the rest is random, so a few of its digits
+/// tell runs apart.
+fn new_id(time: SystemTime) -> Uuid {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        since.as_secs(),
+        since.subsec_nanos(),
+    ))
 }
