@@ -58,6 +58,45 @@ fn outer(x: u64) -> u64 {
     inner(x).unwrap() + 1
 }
 
+#[task]
+fn greet(x: u64) -> u64 {
+    get_run_logger().info(format!("hello {x} from a worker process"));
+    x
+}
+
+#[flow(task_runner = flowrun_dask::DaskTaskRunner::new().cluster_kwargs(
+    flowrun_dask::ClusterKwargs::new().n_workers(1).threads_per_worker(1)
+))]
+fn on_cluster(n: u64) -> u64 {
+    (0..n)
+        .map(|i| greet.submit(i))
+        .map(|f| f.result().unwrap())
+        .sum()
+}
+
+/// A runner that cannot start.
+#[derive(Default)]
+struct Refusing;
+
+impl flowrun::TaskRunner for Refusing {
+    fn name(&self) -> std::borrow::Cow<'static, str> {
+        "Refusing".into()
+    }
+
+    fn start(&self, _flow: &flowrun::FlowRunInfo) -> Result<(), flowrun::RunnerError> {
+        Err(flowrun::RunnerError::new("no room at the inn"))
+    }
+
+    fn submit(&self, call: flowrun::TaskCall) {
+        call.into_work();
+    }
+}
+
+#[flow(task_runner = Refusing)]
+fn never_starts() -> u64 {
+    1
+}
+
 fn store(home: &Path) -> Store {
     Store::open(home).expect("the history opens")
 }
@@ -147,6 +186,48 @@ fn a_flow_run_is_recorded_with_task_runs_upstreams_states_and_logs() {
     let found = store.logs(run, &one_task).unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].text, "doubling 4 with care");
+}
+
+#[test]
+fn the_local_cluster_s_task_runs_and_worker_logs_are_recorded_by_the_flow_process() {
+    let home = temp_home();
+    assert_eq!(on_cluster(3).unwrap(), 3);
+    let store = store(home.path());
+    let run = &store.runs(&RunsQuery::default()).unwrap()[0];
+    assert_eq!(run.tasks.completed, 3);
+    let detail = store.detail(run, 10).unwrap();
+    assert!(
+        detail.task_runs.iter().all(|t| t.worker.is_some()),
+        "{:?}",
+        detail.task_runs
+    );
+    let logs = store.logs(run, &LogQuery::default()).unwrap();
+    for i in 0..3 {
+        let text = format!("hello {i} from a worker process");
+        let line = logs.iter().find(|l| l.text == text);
+        assert_eq!(
+            line.and_then(|l| l.task_run.as_deref()),
+            Some(format!("greet-{i}").as_str()),
+            "{logs:?}"
+        );
+    }
+}
+
+#[test]
+fn a_flow_run_whose_runner_cannot_start_is_recorded_as_failed() {
+    let home = temp_home();
+    assert!(never_starts().is_err());
+    let store = store(home.path());
+    let run = &store.runs(&RunsQuery::default()).unwrap()[0];
+    assert_eq!(run.state, "Failed");
+    assert!(
+        run.message
+            .as_deref()
+            .unwrap()
+            .contains("no room at the inn"),
+        "{run:?}"
+    );
+    assert!(run.end_ms.is_some());
 }
 
 #[test]

@@ -315,6 +315,15 @@ fn fts_query(text: &str) -> String {
 }
 
 impl Store {
+    /// Opens the history of `home`, creating it when missing (for tools
+    /// that fill a home, such as benchmarks).
+    pub fn create(home: &Path) -> Result<Store, HistoryError> {
+        Ok(Store {
+            conn: crate::schema::open(home)?,
+            home: home.to_owned(),
+        })
+    }
+
     /// Opens the history of `home` (migrating an older schema; refusing a
     /// newer one).
     pub fn open(home: &Path) -> Result<Store, HistoryError> {
@@ -532,11 +541,15 @@ impl Store {
             AND (?3 IS NULL OR l.level >= ?3)";
         let sql = if q.grep.is_some() {
             // The full-text index yields matches by row id, newest first,
-            // so the limit stops the search early.
+            // and seeks to the run's range of row ids, so neither other
+            // runs' matches nor the run's older ones are read past the limit.
             format!(
                 "SELECT t.name, l.level, l.time_ms, l.text FROM logs_fts f
                  JOIN logs l ON l.seq = f.rowid LEFT JOIN task_runs t ON t.seq = l.task_run
-                 WHERE logs_fts MATCH ?4 AND {filters} ORDER BY f.rowid DESC LIMIT ?5"
+                 WHERE logs_fts MATCH ?4 AND {filters}
+                   AND f.rowid >= (SELECT min(seq) FROM logs WHERE flow_run = ?1)
+                   AND f.rowid <= (SELECT max(seq) FROM logs WHERE flow_run = ?1)
+                 ORDER BY f.rowid DESC LIMIT ?5"
             )
         } else {
             format!(
