@@ -77,13 +77,8 @@ fn generate(home: &Path) {
             let mut task = tx
                 .prepare(
                     "INSERT INTO task_runs (id, flow_run, name, task, task_key, state, message,
-                     attempts, worker, created_ms, start_ms, end_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, 'tcp://127.0.0.1:4000', ?8, ?9, ?10)",
-                )
-                .unwrap();
-            let mut state = tx
-                .prepare(
-                    "INSERT INTO states (flow_run, task_run, state, time_ms) VALUES (?1, ?2, ?3, ?4)",
+                     attempts, worker, created_ms, start_ms, end_ms, history)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, 'tcp://127.0.0.1:4000', ?8, ?9, ?10, ?11)",
                 )
                 .unwrap();
             let mut log = tx
@@ -100,29 +95,29 @@ fn generate(home: &Path) {
                     ((created % 1000) * 1_000_000) as u32,
                 ));
                 let task_name = format!("step_{}", t % 20);
+                let end_state = if failed { "Failed" } else { "Completed" };
+                let message = failed.then_some("the input was malformed");
+                let history = serde_json::to_string(&[
+                    (created, "Pending", None, None),
+                    (created + 5, "Running", None, None),
+                    (created + 45, end_state, None::<&str>, message),
+                ])
+                .unwrap();
                 task.execute(rusqlite::params![
                     tid.to_string(),
                     flow,
                     format!("{task_name}-{}", t / 20),
                     task_name,
                     format!("bench::{task_name}"),
-                    if failed { "Failed" } else { "Completed" },
-                    failed.then_some("the input was malformed"),
+                    end_state,
+                    message,
                     created,
                     created + 5,
                     created + 45,
+                    history,
                 ])
                 .unwrap();
                 let task_seq = tx.last_insert_rowid();
-                for (s, dt) in [
-                    ("Pending", 0),
-                    ("Running", 5),
-                    (if failed { "Failed" } else { "Completed" }, 45),
-                ] {
-                    state
-                        .execute(rusqlite::params![flow, task_seq, s, created + dt])
-                        .unwrap();
-                }
                 for l in 0..LOGS_PER_TASK {
                     let rare = word(next() % 1000);
                     log.execute(rusqlite::params![

@@ -505,28 +505,49 @@ impl Store {
         Ok(rows)
     }
 
-    /// The state changes of `run` and its task runs in order, at most `limit`.
+    /// The state changes of `run` and of its first `limit` task runs, in
+    /// time order, at most `limit`.
     pub fn states(&self, run: &FlowRunRow, limit: usize) -> Result<Vec<StateRow>, HistoryError> {
+        type Change = (i64, String, Option<String>, Option<String>);
+        let parse = |who: Option<String>, json: &str| -> Vec<StateRow> {
+            serde_json::from_str::<Vec<Change>>(json)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(time_ms, state, state_name, message)| StateRow {
+                    task_run: who.clone(),
+                    state,
+                    state_name,
+                    message,
+                    time_ms,
+                })
+                .collect()
+        };
+        let flow: String = self
+            .conn
+            .query_row(
+                "SELECT history FROM flow_runs WHERE seq = ?1",
+                [run.seq],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        let mut rows = parse(None, &flow);
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT t.name, s.state, s.state_name, s.message, s.time_ms FROM states s
-                 LEFT JOIN task_runs t ON t.seq = s.task_run
-                 WHERE s.flow_run = ?1 ORDER BY s.time_ms, s.rowid LIMIT ?2",
+                "SELECT name, history FROM task_runs WHERE flow_run = ?1 ORDER BY seq LIMIT ?2",
             )
             .map_err(|e| self.err(e))?;
-        let rows = stmt
+        let tasks = stmt
             .query_map(params![run.seq, limit as i64], |r| {
-                Ok(StateRow {
-                    task_run: r.get(0)?,
-                    state: r.get(1)?,
-                    state_name: r.get(2)?,
-                    message: r.get(3)?,
-                    time_ms: r.get(4)?,
-                })
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
             })
             .and_then(|r| r.collect::<Result<Vec<_>, _>>())
             .map_err(|e| self.err(e))?;
+        for (name, history) in tasks {
+            rows.extend(parse(Some(name), &history));
+        }
+        rows.sort_by_key(|s| s.time_ms);
+        rows.truncate(limit);
         Ok(rows)
     }
 
@@ -605,7 +626,6 @@ impl Store {
                     .conn
                     .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 let logs = tx.execute("DELETE FROM logs WHERE flow_run = ?1", [seq])?;
-                tx.execute("DELETE FROM states WHERE flow_run = ?1", [seq])?;
                 let tasks = tx.execute("DELETE FROM task_runs WHERE flow_run = ?1", [seq])?;
                 tx.execute("DELETE FROM flow_runs WHERE seq = ?1", [seq])?;
                 tx.commit()?;

@@ -145,9 +145,48 @@ struct FlowRow {
     state_name: Option<String>,
     message: Option<Arc<str>>,
     end_ms: Option<i64>,
+    history: Vec<Change>,
     total: i64,
     /// Completed, Failed, Crashed, Cancelled.
     counts: [i64; 4],
+}
+
+/// One state change, as the `history` column lists it.
+struct Change {
+    time_ms: i64,
+    state: &'static str,
+    name: Option<String>,
+    message: Option<Arc<str>>,
+}
+
+impl Change {
+    fn of(state: &State) -> Change {
+        let kind = state.kind().as_str();
+        Change {
+            time_ms: millis(state.timestamp()),
+            state: kind,
+            name: (state.name() != kind).then(|| state.name().to_owned()),
+            message: state.message().map(Arc::from),
+        }
+    }
+}
+
+/// Adds `change` in time order (events of two threads can arrive swapped).
+fn record(history: &mut Vec<Change>, change: Change) {
+    history.push(change);
+    let n = history.len();
+    if n > 1 && history[n - 2].time_ms > history[n - 1].time_ms {
+        history.sort_by_key(|c| c.time_ms);
+    }
+}
+
+/// The `history` column: `[[time_ms, state, name, message], ...]`.
+fn history_json(changes: &[Change]) -> String {
+    let rows: Vec<_> = changes
+        .iter()
+        .map(|c| (c.time_ms, c.state, c.name.as_deref(), c.message.as_deref()))
+        .collect();
+    serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into())
 }
 
 /// A task run not yet final (or final but not yet committed).
@@ -164,6 +203,7 @@ struct TaskRow {
     start_ms: Option<i64>,
     end_ms: Option<i64>,
     upstreams: Option<String>,
+    history: Vec<Change>,
 }
 
 /// What is left of a task run once it is final and committed: what later
@@ -172,15 +212,6 @@ struct Done {
     flow: u64,
     seq: i64,
     id: Uuid,
-}
-
-struct StateRow {
-    flow: u64,
-    task: Option<RunId>,
-    state: &'static str,
-    name: Option<String>,
-    message: Option<Arc<str>>,
-    time_ms: i64,
 }
 
 struct LogRow {
@@ -196,7 +227,6 @@ struct Batch {
     /// Flow runs to insert or update, parents (started first) first.
     flows: BTreeSet<u64>,
     tasks: Vec<RunId>,
-    states: Vec<StateRow>,
     logs: Vec<LogRow>,
     done: Vec<Sender<()>>,
     finished: Vec<u64>,
@@ -248,6 +278,12 @@ impl Thread {
             Event::FlowStarted(start) => {
                 let token = start.token;
                 let time_ms = millis(start.time);
+                let running = Change {
+                    time_ms,
+                    state: StateKind::Running.as_str(),
+                    name: None,
+                    message: None,
+                };
                 self.by_core_id.insert(start.core_id.clone(), token);
                 self.flows.insert(
                     token,
@@ -261,19 +297,12 @@ impl Thread {
                         state_name: None,
                         message: None,
                         end_ms: None,
+                        history: vec![running],
                         total: 0,
                         counts: [0; 4],
                     },
                 );
                 batch.flows.insert(token);
-                batch.states.push(StateRow {
-                    flow: token,
-                    task: None,
-                    state: StateKind::Running.as_str(),
-                    name: None,
-                    message: None,
-                    time_ms,
-                });
             }
             Event::Task { flow, run, state } => self.task_event(flow, run, state, batch),
             Event::Upstreams { run, upstreams } => {
@@ -294,14 +323,7 @@ impl Thread {
                         (state.name() != state.kind().as_str()).then(|| state.name().to_owned());
                     f.message = state.message().map(Arc::from);
                     f.end_ms = Some(millis(state.timestamp()));
-                    batch.states.push(StateRow {
-                        flow,
-                        task: None,
-                        state: state.kind().as_str(),
-                        name: None,
-                        message: f.message.clone(),
-                        time_ms: millis(state.timestamp()),
-                    });
+                    record(&mut f.history, Change::of(&state));
                     batch.flows.insert(flow);
                     batch.finished.push(flow);
                 }
@@ -349,6 +371,7 @@ impl Thread {
                     start_ms: None,
                     end_ms: None,
                     upstreams: None,
+                    history: Vec::with_capacity(3),
                 })
             }
         };
@@ -368,14 +391,7 @@ impl Thread {
         if matches!(kind, StateKind::Running) {
             task.start_ms = Some(task.start_ms.map_or(time_ms, |s| s.min(time_ms)));
         }
-        batch.states.push(StateRow {
-            flow,
-            task: Some(id),
-            state: kind.as_str(),
-            name: (state.name() != kind.as_str()).then(|| state.name().to_owned()),
-            message: state.message().map(Arc::from),
-            time_ms,
-        });
+        record(&mut task.history, Change::of(&state));
         batch.tasks.push(id);
         if kind.is_final() && newer {
             let slot = match kind {
@@ -545,12 +561,13 @@ impl Thread {
             };
             let mut insert_task = tx.prepare_cached(
                 "INSERT INTO task_runs (id, flow_run, name, task, task_key, state, state_name,
-                 message, attempts, worker, upstreams, created_ms, start_ms, end_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 message, attempts, worker, upstreams, created_ms, start_ms, end_ms, history)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )?;
             let mut update_task = tx.prepare_cached(
                 "UPDATE task_runs SET state = ?2, state_name = ?3, message = ?4, attempts = ?5,
-                 worker = ?6, upstreams = ?7, start_ms = ?8, end_ms = ?9 WHERE seq = ?1",
+                 worker = ?6, upstreams = ?7, start_ms = ?8, end_ms = ?9, history = ?10
+                 WHERE seq = ?1",
             )?;
             let mut seen = HashSet::with_capacity(batch.tasks.len());
             for id in &batch.tasks {
@@ -574,14 +591,16 @@ impl Thread {
                             t.upstreams,
                             t.start_ms,
                             t.end_ms,
+                            history_json(&t.history),
                         ])?;
                     }
                     None => {
                         let Some(flow) = flow_seq(t.flow) else {
                             continue;
                         };
+                        let mut id_text = [0u8; 36];
                         insert_task.execute(params![
-                            t.id.to_string(),
+                            &*t.id.hyphenated().encode_lower(&mut id_text),
                             flow,
                             t.run.name(),
                             t.run.task_name(),
@@ -595,6 +614,7 @@ impl Thread {
                             t.created_ms,
                             t.start_ms,
                             t.end_ms,
+                            history_json(&t.history),
                         ])?;
                         task_seqs.insert(*id, tx.last_insert_rowid());
                     }
@@ -607,27 +627,6 @@ impl Thread {
                     .or_else(|| self.done.get(&id).map(|d| d.seq))
                     .or_else(|| task_seqs.get(&id).copied())
             };
-            let mut insert_state = tx.prepare_cached(
-                "INSERT INTO states (flow_run, task_run, state, state_name, message, time_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            for s in &batch.states {
-                let Some(flow) = flow_seq(s.flow) else {
-                    continue;
-                };
-                let task = s.task.and_then(task_seq);
-                if s.task.is_some() && task.is_none() {
-                    continue;
-                }
-                insert_state.execute(params![
-                    flow,
-                    task,
-                    s.state,
-                    s.name,
-                    s.message.as_deref(),
-                    s.time_ms
-                ])?;
-            }
             let mut insert_log = tx.prepare_cached(
                 "INSERT INTO logs (flow_run, task_run, level, time_ms, text)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -647,7 +646,7 @@ impl Thread {
             let mut update_flow = tx.prepare_cached(
                 "UPDATE flow_runs SET state = ?2, state_name = ?3, message = ?4, end_ms = ?5,
                  tasks_total = ?6, tasks_completed = ?7, tasks_failed = ?8, tasks_crashed = ?9,
-                 tasks_cancelled = ?10 WHERE seq = ?1",
+                 tasks_cancelled = ?10, history = ?11 WHERE seq = ?1",
             )?;
             for token in &batch.flows {
                 let (Some(f), Some(seq)) = (self.flows.get(token), flow_seq(*token)) else {
@@ -664,6 +663,7 @@ impl Thread {
                     f.counts[1],
                     f.counts[2],
                     f.counts[3],
+                    history_json(&f.history),
                 ])?;
             }
         }
@@ -695,10 +695,10 @@ fn quoted<'a>(label: &'a str, prefix: &str) -> Option<&'a str> {
 /// ids sort by creation time; the rest is random, so a few of its digits
 /// tell runs apart.
 fn new_id(time: SystemTime) -> Uuid {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    Uuid::new_v7(uuid::Timestamp::from_unix(
-        uuid::NoContext,
-        since.as_secs(),
-        since.subsec_nanos(),
-    ))
+    // fastrand, not the system's generator: ids need to differ, not to be
+    // secret, and a system call per task run shows in the recording cost.
+    let mut random = [0u8; 10];
+    random[..8].copy_from_slice(&fastrand::u64(..).to_le_bytes());
+    random[8..].copy_from_slice(&fastrand::u16(..).to_le_bytes());
+    uuid::Builder::from_unix_timestamp_millis(millis(time) as u64, &random).into_uuid()
 }
