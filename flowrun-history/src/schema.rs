@@ -145,8 +145,11 @@ pub fn open(home: &Path) -> Result<Connection, HistoryError> {
     }
     // A larger page cache keeps the indexes' hot pages in memory while a
     // flow records thousands of task runs a second.
+    // Checkpoints (copying the WAL into the database, with an fsync) every
+    // 16 MB of WAL instead of SQLite's 4 MB: a quarter of the fsyncs.
     conn.execute_batch(
-        "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF; PRAGMA cache_size=-32768;",
+        "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF; PRAGMA cache_size=-32768;
+         PRAGMA wal_autocheckpoint=4000;",
     )
     .map_err(db_err)?;
     migrate(&mut conn).map_err(|e| match e {
