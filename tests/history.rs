@@ -97,6 +97,16 @@ fn never_starts() -> u64 {
     1
 }
 
+#[task]
+fn runs_a_flow(x: u64) -> u64 {
+    inner(x).unwrap()
+}
+
+#[flow]
+fn flow_in_task(x: u64) -> u64 {
+    runs_a_flow(x)
+}
+
 fn store(home: &Path) -> Store {
     Store::open(home).expect("the history opens")
 }
@@ -243,6 +253,20 @@ fn a_subflow_records_its_parent_flow_run() {
     let detail = store.detail(parent, 10).unwrap();
     assert_eq!(detail.subflows.len(), 1);
     assert_eq!(detail.subflows[0].id, child.id);
+}
+
+#[test]
+fn a_subflow_called_in_a_task_records_that_task_run() {
+    let home = temp_home();
+    assert_eq!(flow_in_task(4).unwrap(), 8);
+    let store = store(home.path());
+    let runs = store.runs(&RunsQuery::default()).unwrap();
+    let parent = runs.iter().find(|r| r.flow == "flow-in-task").unwrap();
+    let child = runs.iter().find(|r| r.flow == "inner").unwrap();
+    let task = &store.detail(parent, 10).unwrap().task_runs[0];
+    assert_eq!(task.name, "runs_a_flow-0");
+    assert_eq!(child.parent_task_run.as_deref(), Some(task.id.as_str()));
+    assert_eq!(child.parent_flow_run.as_deref(), Some(parent.id.as_str()));
 }
 
 #[test]
