@@ -13,10 +13,12 @@
 //! use flowrun_history::{temp_home, Store};
 //!
 //! let home = temp_home(); // flows started on this thread record here
-//! // ... run flows ...
+//! // ... run flows, then read what they recorded:
 //! home.flush();
-//! let store = Store::open(home.path()).unwrap();
-//! assert!(store.runs(&Default::default()).unwrap().is_empty());
+//! let store = Store::create(home.path()).unwrap();
+//! for run in store.runs(&Default::default()).unwrap() {
+//!     println!("{} {} {}", run.name, run.flow, run.state);
+//! }
 //! ```
 //!
 //! The flow's threads only push events into a channel; one writer thread
