@@ -556,50 +556,63 @@ impl Store {
         let min_level = q
             .min_level
             .map(|l| i64::from(crate::recorder::level_number(l)));
+        // ?1 run, ?2 task, ?3 level, ?4 limit; with a search also ?5 the
+        // query and ?6..?7 the run's range of row ids.
         let filters = "l.flow_run = ?1
             AND (?2 IS NULL OR l.task_run IN
                  (SELECT seq FROM task_runs WHERE flow_run = ?1 AND (name = ?2 OR task = ?2)))
             AND (?3 IS NULL OR l.level >= ?3)";
-        let sql = if q.grep.is_some() {
-            // The full-text index yields matches by row id, newest first,
-            // and seeks to the run's range of row ids, so neither other
-            // runs' matches nor the run's older ones are read past the limit.
-            format!(
-                "SELECT t.name, l.level, l.time_ms, l.text FROM logs_fts f
-                 JOIN logs l ON l.seq = f.rowid LEFT JOIN task_runs t ON t.seq = l.task_run
-                 WHERE logs_fts MATCH ?4 AND {filters}
-                   AND f.rowid >= (SELECT min(seq) FROM logs WHERE flow_run = ?1)
-                   AND f.rowid <= (SELECT max(seq) FROM logs WHERE flow_run = ?1)
-                 ORDER BY f.rowid DESC LIMIT ?5"
-            )
-        } else {
-            format!(
-                "SELECT t.name, l.level, l.time_ms, l.text FROM logs l
-                 LEFT JOIN task_runs t ON t.seq = l.task_run
-                 WHERE {filters} AND ?4 IS NULL ORDER BY l.seq DESC LIMIT ?5"
-            )
+        let row = |r: &Row<'_>| {
+            Ok(LogRow {
+                task_run: r.get(0)?,
+                level: level_name(r.get(1)?).to_owned(),
+                time_ms: r.get(2)?,
+                text: r.get(3)?,
+            })
         };
-        let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
-        let mut rows = stmt
-            .query_map(
-                params![
-                    run.seq,
-                    q.task,
-                    min_level,
-                    q.grep.as_deref().map(fts_query),
-                    q.limit as i64
-                ],
-                |r| {
-                    Ok(LogRow {
-                        task_run: r.get(0)?,
-                        level: level_name(r.get(1)?).to_owned(),
-                        time_ms: r.get(2)?,
-                        text: r.get(3)?,
-                    })
-                },
-            )
-            .and_then(|r| r.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| self.err(e))?;
+        let base = params![run.seq, q.task, min_level, q.limit as i64];
+        let mut rows = match &q.grep {
+            Some(grep) => {
+                let (first, last): (Option<i64>, Option<i64>) = self
+                    .conn
+                    .query_row(
+                        "SELECT min(seq), max(seq) FROM logs WHERE flow_run = ?1",
+                        [run.seq],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .map_err(|e| self.err(e))?;
+                let (Some(first), Some(last)) = (first, last) else {
+                    return Ok(Vec::new());
+                };
+                // The full-text index drives (CROSS JOIN keeps it the outer
+                // loop): it yields matches by row id, newest first, within
+                // the run's range of row ids, so the limit ends the search.
+                let sql = format!(
+                    "SELECT t.name, l.level, l.time_ms, l.text FROM logs_fts f
+                     CROSS JOIN logs l ON l.seq = f.rowid LEFT JOIN task_runs t ON t.seq = l.task_run
+                     WHERE logs_fts MATCH ?5 AND f.rowid BETWEEN ?6 AND ?7 AND {filters}
+                     ORDER BY f.rowid DESC LIMIT ?4"
+                );
+                let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
+                let query = fts_query(grep);
+                let mut all: Vec<&dyn rusqlite::ToSql> = base.to_vec();
+                all.extend([&query as &dyn rusqlite::ToSql, &first, &last]);
+                stmt.query_map(&*all, row)
+                    .and_then(|r| r.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| self.err(e))?
+            }
+            None => {
+                let sql = format!(
+                    "SELECT t.name, l.level, l.time_ms, l.text FROM logs l
+                     LEFT JOIN task_runs t ON t.seq = l.task_run
+                     WHERE {filters} ORDER BY l.seq DESC LIMIT ?4"
+                );
+                let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
+                stmt.query_map(base, row)
+                    .and_then(|r| r.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| self.err(e))?
+            }
+        };
         rows.reverse();
         Ok(rows)
     }
