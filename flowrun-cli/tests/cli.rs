@@ -209,6 +209,14 @@ fn logs_filters_by_task_text_and_level() {
         out.contains("greenhouse") && !out.contains("cannot cope"),
         "{out}"
     );
+    let out = ok(
+        home(),
+        &["logs", &id, "--task", "fail_loudly", "--level", "error"],
+    );
+    assert!(
+        out.contains("cannot cope") && !out.contains("greenhouse"),
+        "by task name: {out}"
+    );
 
     let found = json(home(), &["logs", &id, "--grep", "greenhouse"]);
     let found = found.as_array().unwrap();

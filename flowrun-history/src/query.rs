@@ -602,11 +602,22 @@ impl Store {
                     .map_err(|e| self.err(e))?
             }
             None => {
-                let sql = format!(
-                    "SELECT t.name, l.level, l.time_ms, l.text FROM logs l
-                     LEFT JOIN task_runs t ON t.seq = l.task_run
-                     WHERE {filters} ORDER BY l.seq DESC LIMIT ?4"
-                );
+                let sql = if q.task.is_some() {
+                    // From the run's matching task runs to their lines, by
+                    // index, rather than through every line of the run.
+                    "SELECT t.name, l.level, l.time_ms, l.text FROM task_runs t
+                     CROSS JOIN logs l ON l.task_run = t.seq
+                     WHERE t.flow_run = ?1 AND (t.name = ?2 OR t.task = ?2)
+                       AND (?3 IS NULL OR l.level >= ?3)
+                     ORDER BY l.seq DESC LIMIT ?4"
+                        .to_owned()
+                } else {
+                    format!(
+                        "SELECT t.name, l.level, l.time_ms, l.text FROM logs l
+                         LEFT JOIN task_runs t ON t.seq = l.task_run
+                         WHERE {filters} ORDER BY l.seq DESC LIMIT ?4"
+                    )
+                };
                 let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
                 stmt.query_map(base, row)
                     .and_then(|r| r.collect::<Result<Vec<_>, _>>())
