@@ -89,6 +89,9 @@ fn compare(label: &str, n: u64, rounds: usize, run: impl Fn() -> u64) {
 }
 
 fn main() {
+    // Worker processes of the local cluster are this program started again:
+    // they divert here, before making a home of their own.
+    flowrun::worker::divert_if_worker();
     std::env::set_var("FLOWRUN_LOG", "off");
     let args: Vec<String> = std::env::args()
         .skip(1)

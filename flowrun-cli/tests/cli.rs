@@ -42,18 +42,18 @@ fn nested() -> u64 {
 }
 
 /// A home with three flow runs: `squares` (5 task runs), `broken` (one
-/// failure) and `nested` (a subflow). Made once; tests only read it.
+/// failure) and `nested` (a subflow). Made once per test process, in the
+/// target folder (the next run starts it afresh); tests only read it.
 fn home() -> &'static Path {
     static HOME: OnceLock<PathBuf> = OnceLock::new();
     HOME.get_or_init(|| {
-        let home = flowrun::history::temp_home();
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("flowrun-cli-home");
+        let _ = std::fs::remove_dir_all(&path);
+        let _guard = flowrun::history::use_home(&path);
         squares(5).unwrap();
         assert!(broken().is_err());
         nested().unwrap();
-        home.flush();
-        // Kept for the whole test process.
-        let path = home.path().to_owned();
-        std::mem::forget(home);
+        flowrun::history::flush(&path);
         path
     })
 }

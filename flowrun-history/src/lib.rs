@@ -135,11 +135,32 @@ pub fn flush(home: &Path) {
     recorder::flush(home);
 }
 
+/// Flow runs started on this thread (and their subflows) record into a
+/// given home until the guard is dropped.
+pub struct HomeGuard {
+    previous: Option<PathBuf>,
+}
+
+/// Makes flow runs started on this thread record into `home` (for tests
+/// and tools; programs set `FLOWRUN_HOME`).
+pub fn use_home(home: impl Into<PathBuf>) -> HomeGuard {
+    HomeGuard {
+        previous: recorder::set_thread_home(Some(home.into())),
+    }
+}
+
+impl Drop for HomeGuard {
+    fn drop(&mut self) {
+        recorder::set_thread_home(self.previous.take());
+    }
+}
+
 /// A temporary home for tests: flow runs started on the thread that made it
 /// (and their subflows) record into it until it is dropped, which deletes it.
 pub struct TempHome {
+    // Dropped first: the thread stops using the folder before it goes.
+    _guard: HomeGuard,
     dir: tempfile::TempDir,
-    previous: Option<PathBuf>,
 }
 
 /// A fresh temporary home for flow runs started on this thread.
@@ -151,8 +172,10 @@ pub fn temp_home() -> TempHome {
         .prefix("flowrun-home-")
         .tempdir()
         .expect("cannot create a temporary folder for a flowrun home");
-    let previous = recorder::set_thread_home(Some(dir.path().to_owned()));
-    TempHome { dir, previous }
+    TempHome {
+        _guard: use_home(dir.path()),
+        dir,
+    }
 }
 
 impl TempHome {
@@ -164,12 +187,6 @@ impl TempHome {
     /// Waits until this process's records in this home are committed.
     pub fn flush(&self) {
         flush(self.path());
-    }
-}
-
-impl Drop for TempHome {
-    fn drop(&mut self) {
-        recorder::set_thread_home(self.previous.take());
     }
 }
 

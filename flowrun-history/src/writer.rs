@@ -4,8 +4,8 @@
 //! Flows only push events into a channel (a clone of the run handle and of
 //! its state); names, ids and SQL are made here, off the flows' threads.
 //! A batch is everything that queued while the previous one committed, so
-//! batches grow with the load and a commit costs the same for one event as
-//! for ten thousand. Each batch is one short `BEGIN IMMEDIATE` transaction:
+//! batches grow with the load and a commit's fixed cost is shared by all of
+//! its events. Each batch is one short `BEGIN IMMEDIATE` transaction:
 //! it takes the write lock first, so two processes never deadlock upgrading
 //! a read lock, and waits `BUSY_TIMEOUT` for it, then retries, so a shared
 //! home never reports "database is locked". Row ids SQLite assigns inside a
