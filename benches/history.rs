@@ -1,12 +1,14 @@
 //! What recording the run history costs: 100,000 no-op tasks with history
 //! on and off, interleaved in one process (on/off, then off/on, ...), on the
-//! thread pool and on the local cluster. The flow's wall time includes
-//! waiting at its end until its records are committed.
+//! thread pool and on the local cluster: when the flow call returns, when
+//! its records are committed (the writer works on in the background), and
+//! the CPU time of the process's threads (the cluster's workers excluded).
 //!
 //! `cargo bench --bench history` runs both; `-- thread` or `-- dask` one;
 //! a second argument sets the task count. Console logging is off
 //! (`FLOWRUN_LOG=off`), and the home is a temporary folder.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use flowrun::{flow, task};
@@ -35,57 +37,64 @@ fn cpu() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-/// Wall time and this process's CPU time of one flow call.
-fn timed(on: bool, run: &impl Fn() -> u64) -> (Duration, Duration) {
+/// One flow call: when it returned, when its records were committed (the
+/// writer works on after the flow returns), and the CPU time spent by
+/// then, all threads of this process.
+struct Sample {
+    returned: Duration,
+    committed: Duration,
+    cpu: Duration,
+}
+
+fn timed(on: bool, home: &Path, run: &impl Fn() -> u64) -> Sample {
     flowrun::history::set_recording(on);
     let (started, cpu0) = (Instant::now(), cpu());
     run();
-    (started.elapsed(), cpu() - cpu0)
+    let returned = started.elapsed();
+    flowrun::history::flush(home);
+    Sample {
+        returned,
+        committed: started.elapsed(),
+        cpu: cpu() - cpu0,
+    }
 }
 
-fn compare(label: &str, n: u64, rounds: usize, run: impl Fn() -> u64) {
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn compare(label: &str, n: u64, rounds: usize, home: &Path, run: impl Fn() -> u64) {
     // Warm-up: thread start-up, the database file and its schema.
-    timed(true, &run);
-    timed(false, &run);
-    let (mut on, mut off, mut paired) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut cpu_on, mut cpu_off) = (Vec::new(), Vec::new());
+    timed(true, home, &run);
+    timed(false, home, &run);
+    let (mut on, mut off) = (Vec::new(), Vec::new());
     for round in 0..rounds {
-        let (a, b) = if round % 2 == 0 {
-            let a = timed(true, &run);
-            (a, timed(false, &run))
+        if round % 2 == 0 {
+            on.push(timed(true, home, &run));
+            off.push(timed(false, home, &run));
         } else {
-            let b = timed(false, &run);
-            (timed(true, &run), b)
-        };
-        on.push(a.0);
-        off.push(b.0);
-        cpu_on.push(a.1);
-        cpu_off.push(b.1);
-        paired.push(a.0.as_secs_f64() / b.0.as_secs_f64());
+            off.push(timed(false, home, &run));
+            on.push(timed(true, home, &run));
+        }
     }
-    let median = |v: &mut Vec<Duration>| {
-        v.sort();
-        v[v.len() / 2]
+    let per_task = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+    let line = |what: &str, f: fn(&Sample) -> Duration| {
+        let a = median(on.iter().map(f).collect());
+        let b = median(off.iter().map(f).collect());
+        println!(
+            "{label:<20} {n:>7} tasks  {what:<17} on {:>7.1} ms ({:>5.2} µs/task)  off {:>7.1} ms ({:>5.2} µs/task)  on/off {:.3}x",
+            a.as_secs_f64() * 1e3,
+            per_task(a),
+            b.as_secs_f64() * 1e3,
+            per_task(b),
+            a.as_secs_f64() / b.as_secs_f64(),
+        );
     };
-    paired.sort_by(f64::total_cmp);
-    let (m_on, m_off) = (median(&mut on), median(&mut off));
-    println!(
-        "{label:<22} {n:>7} tasks  history on {:>7.1} ms ({:.2} µs/task)  off {:>7.1} ms ({:.2} µs/task)  on/off {:.3}x (median of {rounds} paired rounds {:.3}x)",
-        m_on.as_secs_f64() * 1e3,
-        m_on.as_secs_f64() * 1e6 / n as f64,
-        m_off.as_secs_f64() * 1e3,
-        m_off.as_secs_f64() * 1e6 / n as f64,
-        m_on.as_secs_f64() / m_off.as_secs_f64(),
-        paired[rounds / 2],
-    );
-    let (c_on, c_off) = (median(&mut cpu_on), median(&mut cpu_off));
-    println!(
-        "{:<22} {n:>7} tasks  CPU time (all threads, the writer's included): on {:.2} µs/task, off {:.2} µs/task, on/off {:.3}x",
-        "",
-        c_on.as_secs_f64() * 1e6 / n as f64,
-        c_off.as_secs_f64() * 1e6 / n as f64,
-        c_on.as_secs_f64() / c_off.as_secs_f64(),
-    );
+    line("flow returned", |s| s.returned);
+    line("records committed", |s| s.committed);
+    line("CPU time", |s| s.cpu);
+    println!("{label:<20} (medians of {rounds} rounds, on and off interleaved)");
 }
 
 fn main() {
@@ -104,11 +113,15 @@ fn main() {
     let wants = |name: &str| only.as_deref().is_none_or(|o| name.starts_with(o));
     let home = flowrun::history::temp_home();
     if wants("thread") {
-        compare("thread pool", n, 9, || submit_and_gather(n).unwrap());
+        compare("thread pool", n, 9, home.path(), || {
+            submit_and_gather(n).unwrap()
+        });
     }
     if wants("dask") {
         let dask = submit_and_gather.with_runner(DaskTaskRunner::default());
-        compare("dask local cluster", n, 5, || dask.call(n).unwrap());
+        compare("dask local cluster", n, 5, home.path(), || {
+            dask.call(n).unwrap()
+        });
     }
     let store = flowrun::history::Store::open(home.path()).expect("the history");
     let recorded = store.runs(&Default::default()).expect("the runs");

@@ -107,7 +107,9 @@ fn flow_in_task(x: u64) -> u64 {
     runs_a_flow(x)
 }
 
+/// The history of `home`, once this process's records there are committed.
 fn store(home: &Path) -> Store {
+    flowrun::history::flush(home);
     Store::open(home).expect("the history opens")
 }
 

@@ -130,7 +130,8 @@ pub fn recording() -> bool {
 }
 
 /// Waits until everything recorded into `home` by this process so far is
-/// committed (a finished flow run already is).
+/// committed. Records are committed in the background while flows run, and
+/// flushed when the process exits normally; call this to read them sooner.
 pub fn flush(home: &Path) {
     recorder::flush(home);
 }

@@ -21,10 +21,15 @@ use flowrun_core::{FlowRunInfo, RunRef, State};
 
 use crate::writer::{Event, FlowStart, LogLine, Writer};
 
-/// How long a finishing flow run waits for its records while the writer
-/// commits nothing at all (another process holds the database) before it
-/// returns anyway. While the writer makes progress, it waits on.
+/// How long a flush waits while the writer commits nothing at all (another
+/// process holds the database) before it gives up. While the writer makes
+/// progress, it waits on.
 const STALL_WAIT: Duration = Duration::from_secs(60);
+
+/// Events a writer may hold queued when a flow run finishes; beyond, the
+/// flow run waits until they are committed (a bound on memory when flows
+/// outpace the disk).
+const MAX_BACKLOG: usize = 1_000_000;
 
 static DISABLED: AtomicBool = AtomicBool::new(false);
 static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
@@ -67,7 +72,10 @@ pub(crate) fn writer_for(home: &Path) -> Option<Arc<Writer>> {
         return w.clone();
     }
     let writer = match Writer::start(home) {
-        Ok(w) => Some(Arc::new(w)),
+        Ok(w) => {
+            flush_at_exit_once();
+            Some(Arc::new(w))
+        }
         Err(e) => {
             crate::warn_off(home, &e.to_string());
             None
@@ -86,11 +94,48 @@ pub(crate) fn flush(home: &Path) {
         .cloned()
         .flatten();
     if let Some(w) = writer {
-        let (done, wait) = crossbeam_channel::bounded(1);
-        if w.tx.send(Event::Flush(done)).is_ok() {
-            wait_for_commit(&w, &wait);
-        }
+        flush_writer(&w);
     }
+}
+
+/// Waits until everything sent to `writer` so far is committed; warns and
+/// returns if it committed nothing for [`STALL_WAIT`].
+fn flush_writer(writer: &Writer) {
+    let (done, wait) = crossbeam_channel::bounded(1);
+    if writer.tx.send(Event::Flush(done)).is_ok() && !wait_for_commit(writer, &wait) {
+        tracing::warn!(
+            target: "flowrun_history",
+            "Run history: {} may miss runs: its writer committed nothing for {} s",
+            writer.home.display(),
+            STALL_WAIT.as_secs()
+        );
+    }
+}
+
+/// Flushes every writer when the process exits normally, so a program that
+/// returns from `main` right after a flow run keeps its records.
+extern "C" fn flush_at_exit() {
+    // try_lock: a thread that held the lock when `exit` was called will
+    // never release it.
+    let writers: Vec<Arc<Writer>> = match writers().try_lock() {
+        Ok(w) => w.values().flatten().cloned().collect(),
+        Err(_) => return,
+    };
+    for w in writers {
+        flush_writer(&w);
+    }
+}
+
+fn flush_at_exit_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: registers a plain function with no arguments; it only
+        // sends on channels and waits, which is sound while the process
+        // exits (the writer threads run until exit's handlers are done).
+        unsafe {
+            libc::atexit(flush_at_exit);
+        }
+    });
 }
 
 /// Waits for `done` while the writer makes progress; false if it stalled.
@@ -155,25 +200,21 @@ impl RunObserver for Recorder {
     }
 
     fn flow_finished(&self, state: &State) {
-        let (done, wait) = crossbeam_channel::bounded(1);
-        let sent = self.tx.send(Event::FlowFinished {
+        // The records are committed in the background (and at exit), as
+        // Prefect's client sends its events: the flow's caller does not
+        // wait for the disk, unless the writer fell far behind.
+        let _ = self.tx.send(Event::FlowFinished {
             flow: self.token,
             state: state.clone(),
-            done,
         });
-        if sent.is_ok() && !wait_for_commit(&self.writer, &wait) {
-            tracing::warn!(
-                target: "flowrun_history",
-                "Run history: flow run {} may be recorded incompletely: its writer committed nothing for {} s",
-                self.core_id,
-                STALL_WAIT.as_secs()
-            );
-        }
         live_flows()
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.core_id);
         LIVE.fetch_sub(1, Ordering::AcqRel);
+        if self.tx.len() > MAX_BACKLOG {
+            flush_writer(&self.writer);
+        }
     }
 }
 

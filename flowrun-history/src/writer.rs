@@ -68,7 +68,6 @@ pub(crate) enum Event {
     FlowFinished {
         flow: u64,
         state: State,
-        done: Sender<()>,
     },
     Log(Box<LogLine>),
     Flush(Sender<()>),
@@ -316,7 +315,7 @@ impl Thread {
                     batch.tasks.push(run);
                 }
             }
-            Event::FlowFinished { flow, state, done } => {
+            Event::FlowFinished { flow, state } => {
                 if let Some(f) = self.flows.get_mut(&flow) {
                     f.state = state.kind().as_str();
                     f.state_name =
@@ -327,7 +326,6 @@ impl Thread {
                     batch.flows.insert(flow);
                     batch.finished.push(flow);
                 }
-                batch.done.push(done);
             }
             Event::Log(line) => {
                 if let Some((flow, task)) = self.resolve_log(&line) {
