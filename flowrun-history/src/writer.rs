@@ -92,7 +92,10 @@ impl Writer {
         let counter = commits.clone();
         std::thread::Builder::new()
             .name("flowrun-history".into())
-            .spawn(move || Thread::new(conn, path, counter).run(rx))
+            .spawn(move || {
+                lower_priority();
+                Thread::new(conn, path, counter).run(rx)
+            })
             .map_err(|source| HistoryError::Home {
                 path: home.to_owned(),
                 source,
@@ -102,6 +105,18 @@ impl Writer {
             home: home.to_owned(),
             commits,
         })
+    }
+}
+
+/// Makes this thread yield the CPU to the flows it records: on a machine
+/// without a spare core the records wait, not the tasks.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid has no preconditions; setpriority with a thread id
+    // changes only that thread's nice value (Linux's per-thread priority).
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
     }
 }
 
