@@ -251,6 +251,11 @@ pub use flowrun_core::{
 #[cfg(feature = "dask")]
 pub use flowrun_dask as dask;
 
+/// The run history (`FLOWRUN_HOME`): flow runs, task runs, states and logs
+/// recorded by default; `FLOWRUN_HISTORY=off` turns it off.
+#[cfg(feature = "history")]
+pub use flowrun_history as history;
+
 pub mod runner {
     //! For authors of task runners (such as `flowrun::dask`): the
     //! [`TaskRunner`] trait, the [`TaskCall`]s it executes, serialized

@@ -12,6 +12,11 @@
 //! `FLOWRUN_LOG` takes `tracing-subscriber` filter directives
 //! (default `info`), for example `FLOWRUN_LOG=warn` or
 //! `FLOWRUN_LOG=info,my_crate=debug`.
+//!
+//! A [`LogTap`] registered at link time (the run history does) receives
+//! every INFO-or-higher line with the run it belongs to, whatever
+//! `FLOWRUN_LOG` says; a program with its own subscriber adds [`TapLayer`]
+//! to it for the same.
 
 use std::fmt;
 use std::io::{IsTerminal, Write as _};
@@ -37,21 +42,100 @@ pub fn init() {
         if tracing::dispatcher::has_been_set() {
             return;
         }
+        let tap = TapLayer::registered();
         let directives = std::env::var(LOG_ENV).unwrap_or_else(|_| "info".to_owned());
-        if directives.trim().eq_ignore_ascii_case("off") {
+        let console = if directives.trim().eq_ignore_ascii_case("off") {
+            None
+        } else {
+            let filter = EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+                eprintln!("flowrun: ignoring {LOG_ENV}={directives:?}: {e}");
+                EnvFilter::new("info")
+            });
+            let layer = ConsoleLayer::new(
+                std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            );
+            Some(layer.with_filter(filter))
+        };
+        if console.is_none() && tap.is_none() {
             return;
         }
-        let filter = EnvFilter::try_new(&directives).unwrap_or_else(|e| {
-            eprintln!("flowrun: ignoring {LOG_ENV}={directives:?}: {e}");
-            EnvFilter::new("info")
-        });
-        let layer = ConsoleLayer::new(
-            std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
-        );
         let _ = tracing_subscriber::registry()
-            .with(layer.with_filter(filter))
+            .with(console)
+            .with(tap)
             .try_init();
     });
+}
+
+/// One log line as a [`LogTap`] receives it.
+#[derive(Debug)]
+pub struct LogRecord<'a> {
+    /// Its level.
+    pub level: Level,
+    /// The id of the flow run of the code that logged it, if known here.
+    pub flow_run_id: Option<&'a str>,
+    /// The task run that logged it, if it runs in this process.
+    pub task_run: Option<&'a crate::RunRef>,
+    /// The run label, such as `Task run 'shout-3'`, when the line names
+    /// its run without the run context (a line a worker process sent).
+    pub label: Option<&'a str>,
+    /// The text, with any extra fields appended as `name=value`.
+    pub message: &'a str,
+}
+
+/// Receives every log line of INFO or higher (register with
+/// `inventory::submit!`). Called on the logging thread: keep it quick.
+#[derive(Debug)]
+pub struct LogTap {
+    /// The receiver.
+    pub tap: fn(&LogRecord<'_>),
+}
+
+inventory::collect!(LogTap);
+
+/// Hands log lines to the registered [`LogTap`]s. [`init`] installs it
+/// when a tap is registered; add [`TapLayer::registered`] to your own
+/// subscriber otherwise.
+#[derive(Debug)]
+pub struct TapLayer {
+    taps: Vec<fn(&LogRecord<'_>)>,
+}
+
+impl TapLayer {
+    /// The layer with its filter, or `None` when no tap is registered.
+    pub fn registered<S>() -> Option<impl Layer<S> + Send + Sync>
+    where
+        S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        let taps: Vec<_> = inventory::iter::<LogTap>
+            .into_iter()
+            .map(|t| t.tap)
+            .collect();
+        // The per-task "Finished in state Completed()" lines repeat what the
+        // state history holds; leaving them out keeps taps off the hot path.
+        let filter = tracing_subscriber::filter::Targets::new()
+            .with_default(Level::INFO)
+            .with_target("flowrun_core::flow", Level::WARN);
+        (!taps.is_empty()).then(|| TapLayer { taps }.with_filter(filter))
+    }
+}
+
+impl<S: Subscriber> Layer<S> for TapLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: LayerContext<'_, S>) {
+        let mut fields = EventFields::of(event);
+        fields.message.push_str(&fields.rest);
+        let ctx = context::current();
+        let label = fields.run.as_deref().or(ctx.label.as_deref());
+        let record = LogRecord {
+            level: *event.metadata().level(),
+            flow_run_id: ctx.flow.as_ref().map(|f| f.id.as_str()),
+            task_run: ctx.task_run.as_ref(),
+            label,
+            message: &fields.message,
+        };
+        for tap in &self.taps {
+            tap(&record);
+        }
+    }
 }
 
 type Sink = Box<dyn Fn(&str) + Send + Sync>;

@@ -40,6 +40,12 @@ pub trait RunObserver: Send + Sync + 'static {
     fn flow_finished(&self, state: &State) {
         let _ = state;
     }
+
+    /// A task run was submitted and waits for `upstreams` (its inputs'
+    /// runs and its `wait_for` runs) before it starts.
+    fn run_submitted(&self, run: &RunRef, upstreams: &[RunRef]) {
+        let _ = (run, upstreams);
+    }
 }
 
 /// Builds an observer for each flow run (for example a progress display).

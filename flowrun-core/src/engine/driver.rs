@@ -105,6 +105,9 @@ pub(crate) fn submit_in<T: Task>(
         cell.fail(TaskError::new(TaskErrorKind::Runner, e));
         return future;
     }
+    if !upstreams.is_empty() && flow.observed() {
+        flow.emit_submitted(&RunRef(cell.clone()), &upstreams);
+    }
     let driver = Arc::new(Driver::<T> {
         meta,
         support,

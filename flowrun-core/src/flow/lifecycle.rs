@@ -82,6 +82,8 @@ fn begin<F: Flow>(config: &FlowConfig) -> Result<Started, Box<FlowRun<F::Output>
     let fail_early = |kind: FlowErrorKind, message: String| {
         let error = FlowError::new(kind, shared.name.clone(), message.clone());
         let state = State::new(StateKind::Failed).with_message(message);
+        // Observers added before the failure see the flow run end.
+        shared.emit_flow_finished(&state);
         crate::run_event!(
             tracing::Level::ERROR,
             label.as_str(),

@@ -145,6 +145,13 @@ impl FlowShared {
         }
     }
 
+    pub(crate) fn emit_submitted(&self, run: &RunRef, upstreams: &[RunRef]) {
+        let observers = lock(&self.observers).clone();
+        for o in observers {
+            o.run_submitted(run, upstreams);
+        }
+    }
+
     pub(crate) fn emit_flow_finished(&self, state: &State) {
         let observers = lock(&self.observers).clone();
         for o in observers {

@@ -1,0 +1,132 @@
+//! What recording the run history costs: 100,000 no-op tasks with history
+//! on and off, interleaved in one process (on/off, then off/on, ...), on the
+//! thread pool and on the local cluster: when the flow call returns, when
+//! its records are committed (the writer works on in the background), and
+//! the CPU time of the process's threads (the cluster's workers excluded).
+//!
+//! `cargo bench --bench history` runs both; `-- thread` or `-- dask` one;
+//! a second argument sets the task count. Console logging is off
+//! (`FLOWRUN_LOG=off`), and the home is a temporary folder.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use flowrun::{flow, task};
+use flowrun_dask::DaskTaskRunner;
+
+#[task]
+fn noop(i: u64) -> u64 {
+    i
+}
+
+#[flow]
+fn submit_and_gather(n: u64) -> u64 {
+    let futures: Vec<_> = (0..n).map(|i| noop.submit(i)).collect();
+    futures.into_iter().map(|f| f.into_result().unwrap()).sum()
+}
+
+/// CPU time of every thread of this process so far (user + system).
+fn cpu() -> Duration {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// One flow call: when it returned, when its records were committed (the
+/// writer works on after the flow returns), and the CPU time spent by
+/// then, all threads of this process.
+struct Sample {
+    returned: Duration,
+    committed: Duration,
+    cpu: Duration,
+}
+
+fn timed(on: bool, home: &Path, run: &impl Fn() -> u64) -> Sample {
+    flowrun::history::set_recording(on);
+    let (started, cpu0) = (Instant::now(), cpu());
+    run();
+    let returned = started.elapsed();
+    flowrun::history::flush(home);
+    Sample {
+        returned,
+        committed: started.elapsed(),
+        cpu: cpu() - cpu0,
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn compare(label: &str, n: u64, rounds: usize, home: &Path, run: impl Fn() -> u64) {
+    // Warm-up: thread start-up, the database file and its schema.
+    timed(true, home, &run);
+    timed(false, home, &run);
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        if round % 2 == 0 {
+            on.push(timed(true, home, &run));
+            off.push(timed(false, home, &run));
+        } else {
+            off.push(timed(false, home, &run));
+            on.push(timed(true, home, &run));
+        }
+    }
+    let per_task = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+    let line = |what: &str, f: fn(&Sample) -> Duration| {
+        let a = median(on.iter().map(f).collect());
+        let b = median(off.iter().map(f).collect());
+        println!(
+            "{label:<20} {n:>7} tasks  {what:<17} on {:>7.1} ms ({:>5.2} µs/task)  off {:>7.1} ms ({:>5.2} µs/task)  on/off {:.3}x",
+            a.as_secs_f64() * 1e3,
+            per_task(a),
+            b.as_secs_f64() * 1e3,
+            per_task(b),
+            a.as_secs_f64() / b.as_secs_f64(),
+        );
+    };
+    line("flow returned", |s| s.returned);
+    line("records committed", |s| s.committed);
+    line("CPU time", |s| s.cpu);
+    println!("{label:<20} (medians of {rounds} rounds, on and off interleaved)");
+}
+
+fn main() {
+    // Worker processes of the local cluster are this program started again:
+    // they divert here, before making a home of their own.
+    flowrun::worker::divert_if_worker();
+    std::env::set_var("FLOWRUN_LOG", "off");
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let only = args.first().cloned();
+    let n: u64 = args
+        .get(1)
+        .map_or(100_000, |a| a.parse().expect("a task count"));
+    let wants = |name: &str| only.as_deref().is_none_or(|o| name.starts_with(o));
+    let home = flowrun::history::temp_home();
+    if wants("thread") {
+        compare("thread pool", n, 9, home.path(), || {
+            submit_and_gather(n).unwrap()
+        });
+    }
+    if wants("dask") {
+        let dask = submit_and_gather.with_runner(DaskTaskRunner::default());
+        compare("dask local cluster", n, 5, home.path(), || {
+            dask.call(n).unwrap()
+        });
+    }
+    let store = flowrun::history::Store::open(home.path()).expect("the history");
+    let recorded = store.runs(&Default::default()).expect("the runs");
+    assert!(
+        recorded.iter().all(|r| r.tasks.completed == n as i64),
+        "every recorded run has all its task runs"
+    );
+}

@@ -1,0 +1,278 @@
+//! The text the commands print: tables cut to the terminal's width, times
+//! in local time, durations short.
+
+use std::fmt::Write as _;
+
+use flowrun_history::{FlowRunRow, LogRow, RunDetail, TaskCounts, TaskRunRow};
+
+/// The terminal's width (`COLUMNS`), else 120.
+pub fn width() -> usize {
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .filter(|w| *w >= 40)
+        .unwrap_or(120)
+}
+
+/// A local time such as `2026-11-30 10:45`.
+pub fn time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M")
+                .to_string()
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+/// A duration such as `350ms`, `12.3s`, `4m05s`, `2h03m`.
+pub fn duration(ms: Option<i64>) -> String {
+    let Some(ms) = ms else {
+        return "-".into();
+    };
+    match ms {
+        ..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{}m{:02}s", ms / 60_000, ms % 60_000 / 1000),
+        _ => format!("{}h{:02}m", ms / 3_600_000, ms % 3_600_000 / 60_000),
+    }
+}
+
+/// `10: 8 completed, 2 failed`, naming only the states that occur.
+pub fn counts(c: &TaskCounts) -> String {
+    let parts: Vec<String> = [
+        (c.completed, "completed"),
+        (c.failed, "failed"),
+        (c.crashed, "crashed"),
+        (c.cancelled, "cancelled"),
+        (
+            c.total - c.completed - c.failed - c.crashed - c.cancelled,
+            "unfinished",
+        ),
+    ]
+    .iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
+    if parts.is_empty() {
+        "0".into()
+    } else {
+        format!("{}: {}", c.total, parts.join(", "))
+    }
+}
+
+/// The short form of an id: its last 12 digits, which are random (its
+/// first ones are the start time, shared by runs started together).
+/// `flowrun show` takes it, or any unique prefix of the id.
+pub fn short_id(id: &str) -> &str {
+    id.get(id.len().saturating_sub(12)..).unwrap_or(id)
+}
+
+fn state(state: &str, name: Option<&str>) -> String {
+    match name {
+        Some(n) if n != state => format!("{state}({n})"),
+        _ => state.to_owned(),
+    }
+}
+
+/// Cuts `s` to `max` characters, marking the cut.
+fn cut(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// Lays out rows under a header, each column as wide as its widest cell,
+/// the last column cut so each line fits `width`.
+fn table(header: &[&str], rows: &[Vec<String>], width: usize) -> String {
+    let n = header.len();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    // Wide middle columns give way first, then the last one is cut.
+    for w in widths.iter_mut().take(n - 1) {
+        *w = (*w).min(32);
+    }
+    let used: usize = widths[..n - 1].iter().map(|w| w + 2).sum();
+    let last = width.saturating_sub(used).max(10);
+    let mut out = String::new();
+    let mut line = |cells: Vec<String>| {
+        let mut l = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == n {
+                l.push_str(&cut(cell, last));
+            } else {
+                let c = cut(cell, widths[i]);
+                let _ = write!(l, "{c:<w$}  ", w = widths[i]);
+            }
+        }
+        out.push_str(&cut(l.trim_end(), width));
+        out.push('\n');
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+    out
+}
+
+fn run_rows(runs: &[FlowRunRow]) -> Vec<Vec<String>> {
+    runs.iter()
+        .map(|r| {
+            vec![
+                short_id(&r.id).to_owned(),
+                r.name.clone(),
+                r.flow.clone(),
+                state(&r.state, r.state_name.as_deref()),
+                time(r.start_ms),
+                duration(r.duration_ms()),
+                counts(&r.tasks),
+            ]
+        })
+        .collect()
+}
+
+/// `flowrun runs`.
+pub fn runs(runs: &[FlowRunRow], width: usize) -> String {
+    if runs.is_empty() {
+        return "No flow runs recorded (that match).\n".into();
+    }
+    table(
+        &[
+            "ID",
+            "NAME",
+            "FLOW",
+            "STATE",
+            "START",
+            "DURATION",
+            "TASK RUNS",
+        ],
+        &run_rows(runs),
+        width,
+    )
+}
+
+fn task_rows(tasks: &[TaskRunRow]) -> Vec<Vec<String>> {
+    tasks
+        .iter()
+        .map(|t| {
+            vec![
+                t.name.clone(),
+                state(&t.state, t.state_name.as_deref()),
+                t.attempts.to_string(),
+                duration(t.duration_ms()),
+                t.worker.clone().unwrap_or_else(|| "-".into()),
+                t.message.clone().unwrap_or_default().replace('\n', " "),
+            ]
+        })
+        .collect()
+}
+
+/// `flowrun show RUN`.
+pub fn show(d: &RunDetail, width: usize) -> String {
+    let r = &d.run;
+    let mut out = String::new();
+    let _ = writeln!(out, "Flow run  {} (flow {})", r.name, r.flow);
+    let _ = writeln!(out, "Id        {}", r.id);
+    let _ = writeln!(
+        out,
+        "State     {}{}",
+        state(&r.state, r.state_name.as_deref()),
+        r.message
+            .as_deref()
+            .map(|m| format!(": {}", cut(&m.replace('\n', " "), width.saturating_sub(30))))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "Started   {}, ran {}{}",
+        time(r.start_ms),
+        duration(r.duration_ms()),
+        r.pid.map(|p| format!(", process {p}")).unwrap_or_default()
+    );
+    if let Some(parent) = &r.parent_flow_run {
+        let _ = writeln!(out, "Subflow of {parent}");
+    }
+    let _ = writeln!(out, "Task runs {}", counts(&r.tasks));
+    if !d.task_runs.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &[
+                "TASK RUN", "STATE", "ATTEMPTS", "DURATION", "WORKER", "MESSAGE",
+            ],
+            &task_rows(&d.task_runs),
+            width,
+        ));
+        if (d.task_runs.len() as i64) < r.tasks.total {
+            let _ = writeln!(
+                out,
+                "(the first {} of {} task runs; --limit N shows more, --json all fields)",
+                d.task_runs.len(),
+                r.tasks.total
+            );
+        }
+    }
+    if !d.failures.is_empty() {
+        let _ = writeln!(out, "\nFailures");
+        for f in &d.failures {
+            let _ = writeln!(
+                out,
+                "  {} {} after {} attempt{}: {}",
+                f.name,
+                state(&f.state, f.state_name.as_deref()),
+                f.attempts,
+                if f.attempts == 1 { "" } else { "s" },
+                cut(
+                    &f.message.clone().unwrap_or_default().replace('\n', " "),
+                    width.saturating_sub(f.name.len() + 30)
+                )
+            );
+        }
+    }
+    if !d.subflows.is_empty() {
+        let _ = writeln!(out, "\nSubflows");
+        out.push_str(&table(
+            &[
+                "ID",
+                "NAME",
+                "FLOW",
+                "STATE",
+                "START",
+                "DURATION",
+                "TASK RUNS",
+            ],
+            &run_rows(&d.subflows),
+            width,
+        ));
+    }
+    out
+}
+
+/// `flowrun logs RUN`, in the console's format.
+pub fn logs(lines: &[LogRow]) -> String {
+    let mut out = String::new();
+    for l in lines {
+        let when = chrono::DateTime::from_timestamp_millis(l.time_ms)
+            .map(|t| {
+                t.with_timezone(&chrono::Local)
+                    .format("%H:%M:%S%.3f")
+                    .to_string()
+            })
+            .unwrap_or_default();
+        let who = match &l.task_run {
+            Some(t) => format!("Task run '{t}'"),
+            None => "Flow run".to_owned(),
+        };
+        let _ = writeln!(out, "{when} | {:<7} | {who} - {}", l.level, l.text);
+    }
+    if lines.is_empty() {
+        out.push_str("No log lines (that match).\n");
+    }
+    out
+}

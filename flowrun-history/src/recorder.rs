@@ -1,0 +1,305 @@
+//! Recording: the observer every flow run gets (registered at link time),
+//! the log tap, and which home each flow run records into.
+//!
+//! A flow run records into the home its thread was given by
+//! [`crate::temp_home`], else its parent flow run's home, else
+//! `FLOWRUN_HOME`, else `~/.flowrun`. Each home has one writer per process,
+//! opened at the first flow run that records there; a home that cannot be
+//! opened is reported once and then skipped, and its flows run unrecorded.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use crossbeam_channel::Sender;
+use flowrun_core::logging::{LogRecord, LogTap};
+use flowrun_core::observe::{ObserverRegistration, RunEvent, RunObserver};
+use flowrun_core::{FlowRunInfo, RunRef, State};
+
+use crate::writer::{Event, FlowStart, LogLine, Writer};
+
+/// How long a flush waits while the writer commits nothing at all (another
+/// process holds the database) before it gives up. While the writer makes
+/// progress, it waits on.
+const STALL_WAIT: Duration = Duration::from_secs(60);
+
+/// Events a writer may hold queued when a flow run finishes; beyond, the
+/// flow run waits until they are committed (a bound on memory when flows
+/// outpace the disk).
+const MAX_BACKLOG: usize = 1_000_000;
+
+static DISABLED: AtomicBool = AtomicBool::new(false);
+static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+/// Flow runs recording now, so the log tap returns at once when none is.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static THREAD_HOME: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
+}
+
+/// Writers by home (`None`: the home failed to open and was reported).
+fn writers() -> &'static Mutex<HashMap<PathBuf, Option<Arc<Writer>>>> {
+    static W: OnceLock<Mutex<HashMap<PathBuf, Option<Arc<Writer>>>>> = OnceLock::new();
+    W.get_or_init(Default::default)
+}
+
+/// The writer of each flow run recording now, by core flow-run id.
+fn live_flows() -> &'static Mutex<HashMap<String, Arc<Writer>>> {
+    static F: OnceLock<Mutex<HashMap<String, Arc<Writer>>>> = OnceLock::new();
+    F.get_or_init(Default::default)
+}
+
+pub(crate) fn set_disabled(off: bool) {
+    DISABLED.store(off, Ordering::Release);
+}
+
+pub(crate) fn set_thread_home(home: Option<PathBuf>) -> Option<PathBuf> {
+    THREAD_HOME.with(|h| std::mem::replace(&mut *h.borrow_mut(), home))
+}
+
+/// Whether recording is on for flow runs starting now.
+pub(crate) fn enabled() -> bool {
+    !DISABLED.load(Ordering::Acquire) && !crate::env_says_off()
+}
+
+/// The writer of `home`, opening it the first time.
+pub(crate) fn writer_for(home: &Path) -> Option<Arc<Writer>> {
+    let mut writers = writers().lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(w) = writers.get(home) {
+        return w.clone();
+    }
+    let writer = match Writer::start(home) {
+        Ok(w) => {
+            flush_at_exit_once();
+            Some(Arc::new(w))
+        }
+        Err(e) => {
+            crate::warn_off(home, &e.to_string());
+            None
+        }
+    };
+    writers.insert(home.to_owned(), writer.clone());
+    writer
+}
+
+/// Waits until every event sent to `home`'s writer so far is committed.
+pub(crate) fn flush(home: &Path) {
+    let writer = writers()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(home)
+        .cloned()
+        .flatten();
+    if let Some(w) = writer {
+        flush_writer(&w);
+    }
+}
+
+/// Waits until everything sent to `writer` so far is committed; warns and
+/// returns if it committed nothing for [`STALL_WAIT`].
+fn flush_writer(writer: &Writer) {
+    let (done, wait) = crossbeam_channel::bounded(1);
+    if writer.tx.send(Event::Flush(done)).is_ok() && !wait_for_commit(writer, &wait) {
+        tracing::warn!(
+            target: "flowrun_history",
+            "Run history: {} may miss runs: its writer committed nothing for {} s",
+            writer.home.display(),
+            STALL_WAIT.as_secs()
+        );
+    }
+}
+
+/// Flushes every writer when the process exits normally, so a program that
+/// returns from `main` right after a flow run keeps its records.
+extern "C" fn flush_at_exit() {
+    // try_lock: a thread that held the lock when `exit` was called will
+    // never release it.
+    let writers: Vec<Arc<Writer>> = match writers().try_lock() {
+        Ok(w) => w.values().flatten().cloned().collect(),
+        Err(_) => return,
+    };
+    for w in writers {
+        flush_writer(&w);
+    }
+}
+
+fn flush_at_exit_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: registers a plain function with no arguments; it only
+        // sends on channels and waits, which is sound while the process
+        // exits (the writer threads run until exit's handlers are done).
+        unsafe {
+            libc::atexit(flush_at_exit);
+        }
+    });
+}
+
+/// Waits for `done` while the writer makes progress; false if it stalled.
+fn wait_for_commit(writer: &Writer, done: &crossbeam_channel::Receiver<()>) -> bool {
+    let mut seen = writer.commits.load(Ordering::Acquire);
+    let mut stalled = Duration::ZERO;
+    let step = Duration::from_millis(500);
+    loop {
+        match done.recv_timeout(step) {
+            Ok(()) => return true,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return false,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+        }
+        let now = writer.commits.load(Ordering::Acquire);
+        if now != seen {
+            seen = now;
+            stalled = Duration::ZERO;
+        } else {
+            stalled += step;
+            if stalled >= STALL_WAIT {
+                return false;
+            }
+        }
+    }
+}
+
+fn home_for_new_flow() -> Option<PathBuf> {
+    if let Some(home) = THREAD_HOME.with(|h| h.borrow().clone()) {
+        return Some(home);
+    }
+    let parent = flowrun_core::current_flow_run_id().and_then(|id| {
+        live_flows()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .map(|w| w.home.clone())
+    });
+    parent.or_else(crate::default_home)
+}
+
+struct Recorder {
+    token: u64,
+    core_id: String,
+    tx: Sender<Event>,
+    writer: Arc<Writer>,
+}
+
+impl RunObserver for Recorder {
+    fn run_changed(&self, event: &RunEvent) {
+        let _ = self.tx.send(Event::Task {
+            flow: self.token,
+            run: event.run.clone(),
+            state: event.state.clone(),
+        });
+    }
+
+    fn run_submitted(&self, run: &RunRef, upstreams: &[RunRef]) {
+        let _ = self.tx.send(Event::Upstreams {
+            run: run.id(),
+            upstreams: upstreams.iter().map(RunRef::id).collect(),
+        });
+    }
+
+    fn flow_finished(&self, state: &State) {
+        // The records are committed in the background (and at exit), as
+        // Prefect's client sends its events: the flow's caller does not
+        // wait for the disk, unless the writer fell far behind.
+        let _ = self.tx.send(Event::FlowFinished {
+            flow: self.token,
+            state: state.clone(),
+        });
+        live_flows()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.core_id);
+        LIVE.fetch_sub(1, Ordering::AcqRel);
+        if self.tx.len() > MAX_BACKLOG {
+            flush_writer(&self.writer);
+        }
+    }
+}
+
+fn observer_for(info: &FlowRunInfo) -> Option<Arc<dyn RunObserver>> {
+    // A subflow inside a worker process's task is the flow process's to
+    // record; workers never open the database.
+    if !enabled() || flowrun_core::worker::is_worker() {
+        return None;
+    }
+    let Some(home) = home_for_new_flow() else {
+        crate::warn_off(
+            Path::new("~/.flowrun"),
+            "neither FLOWRUN_HOME nor HOME is set, so there is no home to record into",
+        );
+        return None;
+    };
+    let writer = writer_for(&home)?;
+    let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
+    let start = FlowStart {
+        token,
+        core_id: info.flow_run_id.clone(),
+        name: info.flow_run_name.clone(),
+        flow: info.flow_name.clone(),
+        parent_flow: flowrun_core::current_flow_run_id(),
+        parent_task: flowrun_core::current_task_run().map(|r| r.id()),
+        time: SystemTime::now(),
+    };
+    writer.tx.send(Event::FlowStarted(Box::new(start))).ok()?;
+    LIVE.fetch_add(1, Ordering::AcqRel);
+    live_flows()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(info.flow_run_id.clone(), writer.clone());
+    Some(Arc::new(Recorder {
+        token,
+        core_id: info.flow_run_id.clone(),
+        tx: writer.tx.clone(),
+        writer,
+    }))
+}
+
+fn tap(record: &LogRecord<'_>) {
+    if LIVE.load(Ordering::Acquire) == 0 {
+        return;
+    }
+    let line = || LogLine {
+        flow_core_id: record.flow_run_id.map(str::to_owned),
+        task: record.task_run.map(RunRef::id),
+        label: record.label.map(str::to_owned),
+        level: level_number(record.level),
+        time: SystemTime::now(),
+        text: record.message.to_owned(),
+    };
+    let flows = live_flows().lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(w) = record.flow_run_id.and_then(|id| flows.get(id)) {
+        let _ = w.tx.send(Event::Log(Box::new(line())));
+        return;
+    }
+    // A line without run context (a worker's, relayed by the scheduler)
+    // goes to every home recording now; each writer keeps it only when the
+    // run it names is one of its own.
+    let mut sent: Vec<*const Writer> = Vec::new();
+    for w in flows.values() {
+        if !sent.contains(&Arc::as_ptr(w)) {
+            sent.push(Arc::as_ptr(w));
+            let _ = w.tx.send(Event::Log(Box::new(line())));
+        }
+    }
+}
+
+/// Levels as numbers that sort by severity, as the `logs` table stores them.
+pub(crate) fn level_number(level: tracing::Level) -> u8 {
+    match level {
+        tracing::Level::ERROR => 40,
+        tracing::Level::WARN => 30,
+        tracing::Level::INFO => 20,
+        tracing::Level::DEBUG => 10,
+        tracing::Level::TRACE => 5,
+    }
+}
+
+inventory::submit! {
+    ObserverRegistration { factory: observer_for }
+}
+
+inventory::submit! {
+    LogTap { tap }
+}

@@ -1,0 +1,495 @@
+//! The run history: what a flow run records, and how recording fails
+//! without failing the flow (unwritable home, corrupt or newer database,
+//! a flow process killed mid-commit, several processes sharing a home).
+//!
+//! Tests that need a process of their own run this test binary again with
+//! `--ignored --exact child_flow` and the settings in the environment.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use flowrun::history::{temp_home, LogQuery, RunsQuery, Store};
+use flowrun::{flow, get_run_logger, task};
+
+mod common;
+
+#[task]
+fn double(x: u64) -> u64 {
+    get_run_logger().info(format!("doubling {x} with care"));
+    x * 2
+}
+
+#[task]
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+#[task]
+fn explode(why: String) -> Result<u64, String> {
+    get_run_logger().warn("about to explode");
+    Err(why)
+}
+
+#[flow]
+fn arithmetic(n: u64) -> u64 {
+    let a = double.submit(n);
+    let b = double.submit(n + 1);
+    let sum = add.submit(a, b).result().unwrap();
+    let failed = explode.submit("the fuse was short".to_owned());
+    failed.wait();
+    get_run_logger().info("all submitted");
+    sum
+}
+
+#[flow]
+fn many(n: u64) -> u64 {
+    let futures: Vec<_> = (0..n).map(|i| add.submit(i, 1)).collect();
+    futures.into_iter().map(|f| f.result().unwrap()).sum()
+}
+
+#[flow]
+fn inner(x: u64) -> u64 {
+    double(x)
+}
+
+#[flow]
+fn outer(x: u64) -> u64 {
+    inner(x).unwrap() + 1
+}
+
+#[task]
+fn greet(x: u64) -> u64 {
+    get_run_logger().info(format!("hello {x} from a worker process"));
+    x
+}
+
+#[flow(task_runner = flowrun_dask::DaskTaskRunner::new().cluster_kwargs(
+    flowrun_dask::ClusterKwargs::new().n_workers(1).threads_per_worker(1)
+))]
+fn on_cluster(n: u64) -> u64 {
+    (0..n)
+        .map(|i| greet.submit(i))
+        .map(|f| f.result().unwrap())
+        .sum()
+}
+
+/// A runner that cannot start.
+#[derive(Default)]
+struct Refusing;
+
+impl flowrun::runner::TaskRunner for Refusing {
+    fn name(&self) -> std::borrow::Cow<'static, str> {
+        "Refusing".into()
+    }
+
+    fn start(
+        &self,
+        _flow: &flowrun::runner::FlowRunInfo,
+    ) -> Result<(), flowrun::runner::RunnerError> {
+        Err(flowrun::runner::RunnerError::new("no room at the inn"))
+    }
+
+    fn submit(&self, call: flowrun::runner::TaskCall) {
+        call.into_work();
+    }
+}
+
+#[flow(task_runner = Refusing)]
+fn never_starts() -> u64 {
+    1
+}
+
+#[task]
+fn runs_a_flow(x: u64) -> u64 {
+    inner(x).unwrap()
+}
+
+#[flow]
+fn flow_in_task(x: u64) -> u64 {
+    runs_a_flow(x)
+}
+
+/// The history of `home`, once this process's records there are committed.
+fn store(home: &Path) -> Store {
+    flowrun::history::flush(home);
+    Store::open(home).expect("the history opens")
+}
+
+#[test]
+fn a_flow_run_is_recorded_with_task_runs_upstreams_states_and_logs() {
+    let home = temp_home();
+    let result = arithmetic(3);
+    assert!(result.is_err(), "the unhandled failure fails the flow");
+    let store = store(home.path());
+    let runs = store.runs(&RunsQuery::default()).unwrap();
+    assert_eq!(runs.len(), 1);
+    let run = &runs[0];
+    assert_eq!(run.flow, "arithmetic");
+    assert_eq!(run.state, "Failed");
+    assert!(run.message.as_deref().unwrap().contains("explode"));
+    assert!(run.end_ms.is_some());
+    assert_eq!(run.tasks.total, 4);
+    assert_eq!(run.tasks.completed, 3);
+    assert_eq!(run.tasks.failed, 1);
+
+    let detail = store.detail(run, 50).unwrap();
+    assert_eq!(detail.task_runs.len(), 4);
+    let names: Vec<_> = detail.task_runs.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["double-0", "double-1", "add-0", "explode-0"]);
+    let summed = &detail.task_runs[2];
+    assert_eq!(
+        summed.upstreams,
+        [
+            detail.task_runs[0].id.clone(),
+            detail.task_runs[1].id.clone()
+        ]
+    );
+    assert_eq!(summed.attempts, 1);
+    assert!(summed.duration_ms().is_some());
+    assert_eq!(detail.failures.len(), 1);
+    assert!(detail.failures[0]
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("the fuse was short"));
+    // Ids sort by creation time (to the millisecond).
+    let mut by_id = detail.task_runs.clone();
+    by_id.sort_by(|a, b| a.id.cmp(&b.id));
+    assert!(by_id.windows(2).all(|w| w[0].created_ms <= w[1].created_ms));
+
+    let states = store.states(run, 100).unwrap();
+    let of_add: Vec<_> = states
+        .iter()
+        .filter(|s| s.task_run.as_deref() == Some("add-0"))
+        .map(|s| s.state.as_str())
+        .collect();
+    assert_eq!(of_add, ["Pending", "Running", "Completed"]);
+    let own: Vec<_> = states
+        .iter()
+        .filter(|s| s.task_run.is_none())
+        .map(|s| s.state.as_str())
+        .collect();
+    assert_eq!(own, ["Running", "Failed"], "the flow run's own states");
+
+    let logs = store.logs(run, &LogQuery::default()).unwrap();
+    let texts: Vec<_> = logs.iter().map(|l| l.text.as_str()).collect();
+    assert!(texts.contains(&"doubling 3 with care"), "{texts:?}");
+    assert!(texts.contains(&"all submitted"), "{texts:?}");
+    let grep = LogQuery {
+        grep: Some("care".into()),
+        ..LogQuery::default()
+    };
+    let found = store.logs(run, &grep).unwrap();
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found
+        .iter()
+        .all(|l| l.task_run.as_deref().unwrap().starts_with("double-")));
+    let warnings = LogQuery {
+        min_level: Some(tracing::Level::WARN),
+        ..LogQuery::default()
+    };
+    let found = store.logs(run, &warnings).unwrap();
+    assert!(found
+        .iter()
+        .any(|l| l.text == "about to explode" && l.level == "WARNING"));
+    assert!(found.iter().all(|l| l.level != "INFO"));
+    let one_task = LogQuery {
+        task: Some("double-1".into()),
+        ..LogQuery::default()
+    };
+    let found = store.logs(run, &one_task).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].text, "doubling 4 with care");
+}
+
+#[test]
+fn the_local_cluster_s_task_runs_and_worker_logs_are_recorded_by_the_flow_process() {
+    let home = temp_home();
+    assert_eq!(on_cluster(3).unwrap(), 3);
+    let store = store(home.path());
+    let run = &store.runs(&RunsQuery::default()).unwrap()[0];
+    assert_eq!(run.tasks.completed, 3);
+    let detail = store.detail(run, 10).unwrap();
+    assert!(
+        detail.task_runs.iter().all(|t| t.worker.is_some()),
+        "{:?}",
+        detail.task_runs
+    );
+    let logs = store.logs(run, &LogQuery::default()).unwrap();
+    for i in 0..3 {
+        let text = format!("hello {i} from a worker process");
+        let line = logs.iter().find(|l| l.text == text);
+        assert_eq!(
+            line.and_then(|l| l.task_run.as_deref()),
+            Some(format!("greet-{i}").as_str()),
+            "{logs:?}"
+        );
+    }
+}
+
+#[test]
+fn a_flow_run_whose_runner_cannot_start_is_recorded_as_failed() {
+    let home = temp_home();
+    assert!(never_starts().is_err());
+    let store = store(home.path());
+    let run = &store.runs(&RunsQuery::default()).unwrap()[0];
+    assert_eq!(run.state, "Failed");
+    assert!(
+        run.message
+            .as_deref()
+            .unwrap()
+            .contains("no room at the inn"),
+        "{run:?}"
+    );
+    assert!(run.end_ms.is_some());
+}
+
+#[test]
+fn a_subflow_records_its_parent_flow_run() {
+    let home = temp_home();
+    assert_eq!(outer(5).unwrap(), 11);
+    let store = store(home.path());
+    let runs = store.runs(&RunsQuery::default()).unwrap();
+    assert_eq!(runs.len(), 2);
+    let parent = runs.iter().find(|r| r.flow == "outer").unwrap();
+    let child = runs.iter().find(|r| r.flow == "inner").unwrap();
+    assert_eq!(child.parent_flow_run.as_deref(), Some(parent.id.as_str()));
+    let detail = store.detail(parent, 10).unwrap();
+    assert_eq!(detail.subflows.len(), 1);
+    assert_eq!(detail.subflows[0].id, child.id);
+}
+
+#[test]
+fn a_subflow_called_in_a_task_records_that_task_run() {
+    let home = temp_home();
+    assert_eq!(flow_in_task(4).unwrap(), 8);
+    let store = store(home.path());
+    let runs = store.runs(&RunsQuery::default()).unwrap();
+    let parent = runs.iter().find(|r| r.flow == "flow-in-task").unwrap();
+    let child = runs.iter().find(|r| r.flow == "inner").unwrap();
+    let task = &store.detail(parent, 10).unwrap().task_runs[0];
+    assert_eq!(task.name, "runs_a_flow-0");
+    assert_eq!(child.parent_task_run.as_deref(), Some(task.id.as_str()));
+    assert_eq!(child.parent_flow_run.as_deref(), Some(parent.id.as_str()));
+}
+
+#[test]
+fn runs_are_found_by_id_prefix_and_name_and_filtered() {
+    let home = temp_home();
+    many(3).unwrap();
+    inner(1).unwrap();
+    let store = store(home.path());
+    let all = store.runs(&RunsQuery::default()).unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].flow, "inner", "newest first");
+    let only = RunsQuery {
+        flow: Some("many".into()),
+        ..RunsQuery::default()
+    };
+    assert_eq!(store.runs(&only).unwrap().len(), 1);
+    let failed = RunsQuery {
+        state: Some("failed".into()),
+        ..RunsQuery::default()
+    };
+    assert!(store.runs(&failed).unwrap().is_empty());
+    let run = &all[1];
+    assert_eq!(store.find_run(&run.id).unwrap().id, run.id);
+    assert_eq!(store.find_run(&run.id[..20]).unwrap().id, run.id);
+    assert_eq!(store.find_run(&run.name).unwrap().id, run.id);
+    let err = store.find_run("no-such-run").unwrap_err().to_string();
+    assert!(err.contains("no flow run matches 'no-such-run'"), "{err}");
+}
+
+#[test]
+fn recording_can_be_turned_off_by_the_environment() {
+    let home = tempfile::tempdir().unwrap();
+    let out = child(home.path(), 5, &[("FLOWRUN_HISTORY", "off")]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!flowrun::history::database_path(home.path()).exists());
+}
+
+/// Runs `n` tasks in a flow in a process of its own, recording into
+/// `FLOWRUN_HOME`.
+#[test]
+#[ignore = "run as a child process by the other tests"]
+fn child_flow() {
+    let n: u64 = std::env::var("CHILD_TASKS").unwrap().parse().unwrap();
+    let total = many(n).expect("the flow runs whatever happens to its history");
+    assert_eq!(total, n * (n + 1) / 2);
+    println!("FLOW OK");
+}
+
+fn child_command(home: &Path, n: u64, env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--ignored", "--exact", "child_flow", "--nocapture"])
+        .env("FLOWRUN_HOME", home)
+        .env("CHILD_TASKS", n.to_string())
+        .env_remove("FLOWRUN_HISTORY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+fn child(home: &Path, n: u64, env: &[(&str, &str)]) -> Output {
+    child_command(home, n, env).output().unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The child ran its flow and warned exactly once that history is off.
+fn assert_ran_unrecorded(out: &Output, why: &str) {
+    let all = text(out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("FLOW OK"), "{all}");
+    assert_eq!(all.matches("Run history is off").count(), 1, "{all}");
+    assert!(all.contains(why), "the warning says why: {all}");
+}
+
+#[test]
+fn an_unwritable_home_warns_once_and_the_flow_runs() {
+    // Tests run as root too, where permission bits do not stop writes: a
+    // home below a regular file cannot be created by anyone.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a folder").unwrap();
+    let out = child(&file.join("home"), 20, &[]);
+    assert_ran_unrecorded(&out, "cannot be used: Not a directory");
+}
+
+#[test]
+fn a_corrupt_database_warns_once_and_the_flow_runs() {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(
+        flowrun::history::database_path(home.path()),
+        vec![0x5a; 64 * 1024],
+    )
+    .unwrap();
+    let out = child(home.path(), 20, &[]);
+    assert_ran_unrecorded(&out, "file is not a database");
+}
+
+#[test]
+fn a_database_from_a_newer_flowrun_is_refused_naming_both_versions() {
+    let home = tempfile::tempdir().unwrap();
+    let out = child(home.path(), 3, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let db = rusqlite::Connection::open(flowrun::history::database_path(home.path())).unwrap();
+    db.execute_batch(
+        "PRAGMA user_version = 7; UPDATE meta SET value = '9.1.0' WHERE key = 'flowrun_version';",
+    )
+    .unwrap();
+    drop(db);
+    let out = child(home.path(), 3, &[]);
+    assert_ran_unrecorded(
+        &out,
+        &format!(
+            "has schema version 7 (written by flowrun 9.1.0), but this flowrun ({}) reads schema version {} at most",
+            env!("CARGO_PKG_VERSION"),
+            flowrun::history::SCHEMA_VERSION
+        ),
+    );
+    let err = Store::open(home.path()).err().unwrap().to_string();
+    assert!(err.contains("schema version 7"), "{err}");
+}
+
+fn count(home: &Path, sql: &str) -> i64 {
+    try_count(home, sql).unwrap()
+}
+
+fn try_count(home: &Path, sql: &str) -> rusqlite::Result<i64> {
+    let db = rusqlite::Connection::open(flowrun::history::database_path(home))?;
+    db.busy_timeout(Duration::from_secs(10))?;
+    db.query_row(sql, [], |r| r.get(0))
+}
+
+#[test]
+fn a_flow_process_killed_while_it_commits_leaves_a_sound_database() {
+    let home = tempfile::tempdir().unwrap();
+    for round in 0..3 {
+        let mut proc = child_command(home.path(), 200_000, &[("FLOWRUN_LOG", "off")])
+            .spawn()
+            .unwrap();
+        // Kill once task runs are being committed, a little later each round.
+        let db = flowrun::history::database_path(home.path());
+        let tasks = || try_count(home.path(), "SELECT count(*) FROM task_runs").unwrap_or(0);
+        let before = tasks();
+        assert!(
+            common::eventually(Duration::from_secs(120), || db.exists()
+                && tasks() > before + 1000 * (round + 1)),
+            "the child committed task runs"
+        );
+        proc.kill().unwrap();
+        let status = proc.wait().unwrap();
+        assert!(!status.success(), "killed, not finished");
+        let db = rusqlite::Connection::open(&db).unwrap();
+        let check: String = db
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+    }
+    let out = child(home.path(), 500, &[]);
+    assert!(out.status.success(), "a rerun works: {}", text(&out));
+    let store = store(home.path());
+    let last = &store.runs(&RunsQuery::default()).unwrap()[0];
+    assert_eq!(last.state, "Completed");
+    assert_eq!(last.tasks.completed, 500);
+}
+
+#[test]
+fn four_processes_share_one_home_with_no_lost_rows_and_no_errors() {
+    let home = tempfile::tempdir().unwrap();
+    let procs: Vec<_> = (0..4)
+        .map(|_| {
+            child_command(home.path(), 10_000, &[("FLOWRUN_LOG", "warn")])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for p in procs {
+        let out = p.wait_with_output().unwrap();
+        let all = text(&out);
+        assert!(out.status.success(), "{all}");
+        assert!(!all.contains("Run history"), "no history warning: {all}");
+        assert!(!all.contains("locked"), "{all}");
+    }
+    assert_eq!(count(home.path(), "SELECT count(*) FROM flow_runs"), 4);
+    let db = rusqlite::Connection::open(flowrun::history::database_path(home.path())).unwrap();
+    let flows: Vec<(String, i64, i64)> = db
+        .prepare("SELECT state, tasks_total, tasks_completed FROM flow_runs")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        flows
+            .iter()
+            .all(|f| f == &("Completed".to_owned(), 10_000, 10_000)),
+        "{flows:?}"
+    );
+    assert_eq!(count(home.path(), "SELECT count(*) FROM task_runs"), 40_000);
+    assert_eq!(
+        count(
+            home.path(),
+            "SELECT count(*) FROM task_runs WHERE state = 'Completed'"
+        ),
+        40_000
+    );
+    assert_eq!(
+        count(
+            home.path(),
+            "SELECT sum(json_array_length(history)) FROM task_runs"
+        ),
+        120_000
+    );
+}
