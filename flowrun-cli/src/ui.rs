@@ -22,7 +22,7 @@ use flowrun_history::{FlowRunRow, HistoryError, LogQuery, RunsQuery, Store, Task
 use crate::text;
 
 /// The live dashboard's stylesheet, so past runs look like live ones.
-const CSS: &str = include_str!("../../flowrun-dask/src/dashboard/assets/dashboard.css");
+const CSS: &str = include_str!("../assets/dashboard.css");
 
 /// Extra rules for what only past runs have (run list, logs, states).
 const EXTRA_CSS: &str = "
