@@ -77,7 +77,7 @@ pub fn get_dask_client() -> Result<Client, ClientError> {
     if let Some(scope) = forward::task_scope() {
         return Ok(Client::new(Place::Worker(scope)));
     }
-    if let Some(task) = crate::remote::dask_task() {
+    if let Some(task) = crate::distributed::dask_task() {
         // A task on a real Dask worker: a client of the worker's scheduler.
         // The task waits for what it submits, so its worker thread goes to
         // other tasks meanwhile, as with Dask's `worker_client`.

@@ -8,8 +8,8 @@ use flowrun_core::{
 };
 
 use crate::cluster::{self, Cluster, ClusterClass};
+use crate::distributed::{self, DistributedSettings};
 use crate::local::LocalCluster;
-use crate::remote::{self, RemoteSettings};
 use crate::settings::{AdaptKwargs, ClientKwargs, ClusterKwargs, SettingsError};
 
 /// Runs a flow's tasks with Dask's scheduling semantics: priorities,
@@ -49,7 +49,7 @@ pub struct DaskTaskRunner {
     cluster_kwargs: ClusterKwargs,
     adapt_kwargs: Option<AdaptKwargs>,
     client_kwargs: ClientKwargs,
-    remote: RemoteSettings,
+    distributed: DistributedSettings,
     dashboard: crate::dashboard::RunnerDashboard,
     cluster: Mutex<Option<(String, Arc<dyn Cluster>)>>,
 }
@@ -69,7 +69,7 @@ impl Clone for DaskTaskRunner {
             cluster_kwargs: self.cluster_kwargs.clone(),
             adapt_kwargs: self.adapt_kwargs.clone(),
             client_kwargs: self.client_kwargs.clone(),
-            remote: self.remote.clone(),
+            distributed: self.distributed.clone(),
             dashboard: self.dashboard.clone(),
             cluster: Mutex::new(None),
         }
@@ -84,8 +84,8 @@ impl std::fmt::Debug for DaskTaskRunner {
             .field("cluster_kwargs", &self.cluster_kwargs)
             .field("adapt_kwargs", &self.adapt_kwargs)
             .field("client_kwargs", &self.client_kwargs)
-            .field("task_program", &self.remote.task_program)
-            .field("python", &self.remote.python)
+            .field("task_program", &self.distributed.task_program)
+            .field("python", &self.distributed.python)
             .field("performance_report_path", &self.dashboard.report_path())
             .finish()
     }
@@ -100,7 +100,7 @@ impl DaskTaskRunner {
             cluster_kwargs: ClusterKwargs::default(),
             adapt_kwargs: None,
             client_kwargs: ClientKwargs::default(),
-            remote: RemoteSettings::default(),
+            distributed: DistributedSettings::default(),
             dashboard: Default::default(),
             cluster: Mutex::new(None),
         }
@@ -145,7 +145,7 @@ impl DaskTaskRunner {
     /// program of another build refuses the task with an error naming both
     /// builds.
     pub fn task_program(mut self, path: impl Into<std::path::PathBuf>) -> Self {
-        self.remote.task_program = Some(path.into());
+        self.distributed.task_program = Some(path.into());
         self
     }
 
@@ -153,7 +153,7 @@ impl DaskTaskRunner {
     /// default `$FLOWRUN_PYTHON`, else `python3`). It needs the class's
     /// package installed (`distributed` for `distributed.LocalCluster`).
     pub fn python(mut self, executable: impl Into<std::path::PathBuf>) -> Self {
-        self.remote.python = Some(executable.into());
+        self.distributed.python = Some(executable.into());
         self
     }
 
@@ -217,16 +217,16 @@ impl DaskTaskRunner {
         self.validate()
             .map_err(|e| RunnerError::new(e.to_string()))?;
         if let Some(address) = &self.address {
-            return remote::connect(address, &self.client_kwargs, &self.remote)
+            return distributed::connect(address, &self.client_kwargs, &self.distributed)
                 .map_err(RunnerError::new);
         }
         if let Some(class) = self.cluster_class.as_ref().and_then(|c| c.python_path()) {
-            return remote::start_python(
+            return distributed::start_python(
                 class,
                 &self.cluster_kwargs,
                 self.adapt_kwargs.as_ref(),
                 &self.client_kwargs,
-                &self.remote,
+                &self.distributed,
             )
             .map_err(RunnerError::new);
         }

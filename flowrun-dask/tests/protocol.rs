@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flowrun_dask::protocol::{
-    ClientEvent, DaskClient, EventReceiver, EventValue, ProtocolError, PythonRunner, RemoteError,
-    StdinPart, SubprocessTask, MIN_SUPPORTED_VERSION,
+    ClientEvent, DaskClient, EventReceiver, EventValue, ProtocolError, PythonRunner, StdinPart,
+    SubprocessTask, TaskException, MIN_SUPPORTED_VERSION,
 };
 use support::{group_alive, pid_alive, Cluster, WorkerSpec};
 
@@ -63,7 +63,7 @@ fn quoted(path: &Path) -> String {
 #[derive(Debug, Clone)]
 enum Outcome {
     Memory,
-    Erred(RemoteError),
+    Erred(TaskException),
     Cancelled(String),
 }
 

@@ -2,7 +2,7 @@
 //! the flow's process.
 //!
 //! A worker process runs the same program with the same arguments (see
-//! `crate::remote::worker_command`), so it reaches the same first flow
+//! `crate::distributed::worker_command`), so it reaches the same first flow
 //! call, where flowrun diverts it into worker mode before the flow's own
 //! work.
 

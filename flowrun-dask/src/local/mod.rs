@@ -144,8 +144,9 @@ impl LocalCluster {
         };
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let handle = if kwargs.processes.unwrap_or(true) {
-            let (program, args) = crate::remote::worker_command(kwargs.worker_program.as_deref())
-                .map_err(|e| SettingsError::new("cluster", e))?;
+            let (program, args) =
+                crate::distributed::worker_command(kwargs.worker_program.as_deref())
+                    .map_err(|e| SettingsError::new("cluster", e))?;
             let launcher = launch::ProcessLauncher {
                 program,
                 args,

@@ -325,7 +325,7 @@ impl DaskClient {
         match result {
             // An exception reported by the scheduler leaves the connection in
             // step; any other failure may not have.
-            Ok(_) | Err(ProtocolError::Remote { .. }) => {
+            Ok(_) | Err(ProtocolError::Scheduler { .. }) => {
                 *slot = Some(conn);
                 result
             }

@@ -124,7 +124,7 @@ impl Connection {
             let text = get_str(&reply.body, "exception_text")
                 .unwrap_or("(no exception text)")
                 .to_string();
-            return Err(ProtocolError::Remote {
+            return Err(ProtocolError::Scheduler {
                 op: op.to_string(),
                 text,
             });

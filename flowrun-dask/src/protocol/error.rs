@@ -63,7 +63,7 @@ pub enum ProtocolError {
 
     /// The scheduler answered an RPC with an exception.
     #[error("the Dask scheduler failed to handle {op:?}: {text}")]
-    Remote {
+    Scheduler {
         /// The RPC operation.
         op: String,
         /// The scheduler's text of the exception.

@@ -57,6 +57,6 @@ pub use client::{ClusterInfo, DaskClient, WorkerInfo};
 pub use error::ProtocolError;
 pub use event::{EventValue, TopicEvent};
 pub use graph::{PythonRunner, StdinPart, SubprocessTask};
-pub use payload::RemoteError;
+pub use payload::TaskException;
 pub use stream::{ClientEvent, EventReceiver};
 pub use version::{MIN_SUPPORTED_VERSION, NEWEST_TESTED_VERSION};

@@ -27,8 +27,8 @@ use super::block_on;
 use super::format::{self, TaskHeader, INPUT_VERSION};
 use super::output;
 use crate::protocol::{
-    ClientEvent, DaskClient, EventReceiver, EventValue, ProtocolError, PythonRunner, RemoteError,
-    StdinPart, SubprocessTask, TopicEvent,
+    ClientEvent, DaskClient, EventReceiver, EventValue, ProtocolError, PythonRunner, StdinPart,
+    SubprocessTask, TaskException, TopicEvent,
 };
 
 /// The scheduler topic the Python runner publishes on. One topic for every
@@ -97,7 +97,7 @@ struct Entry {
     status: Status,
     started: bool,
     /// Dask reported a failure that may be an upstream's (see module docs).
-    blame: Option<RemoteError>,
+    blame: Option<TaskException>,
     /// Everything the attempt printed, for its error.
     output: String,
     /// The abstract resources it needs.
@@ -187,7 +187,7 @@ impl Session {
         }
         if !tasks.is_empty() {
             self.warn_unplaceable(&tasks).await;
-            tracing::debug!(target: "flowrun_dask::remote", "submitting {} tasks", tasks.len());
+            tracing::debug!(target: "flowrun_dask::distributed", "submitting {} tasks", tasks.len());
             let keys: Vec<String> = tasks.iter().map(|t| t.key.clone()).collect();
             let failure =
                 match tokio::time::timeout(SUBMIT_TIMEOUT, self.client.submit(tasks)).await {
@@ -456,7 +456,7 @@ impl Session {
         self.settle_dependents(key);
     }
 
-    fn erred(&mut self, key: &str, error: RemoteError) {
+    fn erred(&mut self, key: &str, error: TaskException) {
         let Some(entry) = self.entries.get(key) else {
             return;
         };
@@ -590,7 +590,7 @@ fn refuse_queued(inbox: &mut mpsc::UnboundedReceiver<Command>) {
 }
 
 /// The attempt's own failure, from what Dask reported.
-fn own_failure(entry: &Entry, error: &RemoteError) -> TaskError {
+fn own_failure(entry: &Entry, error: &TaskException) -> TaskError {
     let printed = if entry.output.is_empty() {
         output::readable(&output::parse(&error.stderr))
     } else {
@@ -728,8 +728,8 @@ mod tests {
         }
     }
 
-    fn called_process_error(code: i64, stdout: Vec<u8>, stderr: &[u8]) -> RemoteError {
-        RemoteError {
+    fn called_process_error(code: i64, stdout: Vec<u8>, stderr: &[u8]) -> TaskException {
+        TaskException {
             class: "subprocess.CalledProcessError".into(),
             message: String::new(),
             returncode: Some(code),
@@ -769,7 +769,7 @@ mod tests {
         assert_eq!(not_task_mode.kind(), &TaskErrorKind::Runner);
         let killed_worker = own_failure(
             &entry(""),
-            &RemoteError {
+            &TaskException {
                 class: "distributed.scheduler.KilledWorker".into(),
                 message: "('k', 'tcp://w:1', 3)".into(),
                 returncode: None,

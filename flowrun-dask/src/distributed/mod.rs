@@ -42,7 +42,7 @@ use session::{Attempt, Command, Session, TaskTemplate, TOPIC};
 
 /// Settings of a runner that only matter on a real Dask cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct RemoteSettings {
+pub(crate) struct DistributedSettings {
     /// The flow's program as the workers see it (default: this program).
     pub task_program: Option<PathBuf>,
     /// The Python that starts a cluster class (default `$FLOWRUN_PYTHON`,
@@ -121,7 +121,7 @@ fn python_runner() -> Arc<PythonRunner> {
 }
 
 /// The flow's program and arguments as the workers run them.
-fn task_argv(settings: &RemoteSettings) -> Result<Vec<Vec<u8>>, String> {
+fn task_argv(settings: &DistributedSettings) -> Result<Vec<Vec<u8>>, String> {
     use std::os::unix::ffi::OsStrExt;
     // The program is this one's absolute path unless the runner names the
     // path the workers see.
@@ -147,7 +147,7 @@ impl DaskCluster {
     fn connect(
         address: &str,
         client_kwargs: &ClientKwargs,
-        settings: &RemoteSettings,
+        settings: &DistributedSettings,
         python: Option<PythonCluster>,
     ) -> Result<DaskCluster, String> {
         let argv = task_argv(settings)?;
@@ -351,7 +351,7 @@ impl Cluster for DaskCluster {
 pub(crate) fn connect(
     address: &str,
     client_kwargs: &ClientKwargs,
-    settings: &RemoteSettings,
+    settings: &DistributedSettings,
 ) -> Result<Arc<dyn Cluster>, String> {
     Ok(Arc::new(DaskCluster::connect(
         address,
@@ -367,7 +367,7 @@ pub(crate) fn start_python(
     cluster_kwargs: &ClusterKwargs,
     adapt_kwargs: Option<&AdaptKwargs>,
     client_kwargs: &ClientKwargs,
-    settings: &RemoteSettings,
+    settings: &DistributedSettings,
 ) -> Result<Arc<dyn Cluster>, String> {
     let python = python::python_executable(settings.python.as_ref());
     let cluster = PythonCluster::start(
