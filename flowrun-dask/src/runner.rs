@@ -86,6 +86,7 @@ impl std::fmt::Debug for DaskTaskRunner {
             .field("client_kwargs", &self.client_kwargs)
             .field("task_program", &self.distributed.task_program)
             .field("python", &self.distributed.python)
+            .field("isolate_tasks", &self.distributed.isolate_tasks)
             .field("performance_report_path", &self.dashboard.report_path())
             .finish()
     }
@@ -146,6 +147,23 @@ impl DaskTaskRunner {
     /// builds.
     pub fn task_program(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.distributed.task_program = Some(path.into());
+        self
+    }
+
+    /// On a real Dask cluster: run every task attempt in a process of its
+    /// own instead of in the flow's long-lived task processes.
+    ///
+    /// By default each Dask worker keeps task processes of the flow's
+    /// program for the whole flow run (started on its first task, stopped
+    /// when the flow run ends, at most one per worker thread) and each task
+    /// is a call into one of them, which costs about as much as a Dask
+    /// task of Python code. With `isolate_tasks(true)` each attempt starts
+    /// the program afresh: nothing a task leaves behind (globals, threads,
+    /// memory) reaches the next task, at the cost of a process start per
+    /// task. Either way a task whose process dies fails as `Crashed`, and
+    /// Dask's retries apply.
+    pub fn isolate_tasks(mut self, isolate: bool) -> Self {
+        self.distributed.isolate_tasks = isolate;
         self
     }
 
@@ -270,12 +288,23 @@ impl TaskRunner for DaskTaskRunner {
 
     fn start(&self, flow: &FlowRunInfo) -> Result<(), RunnerError> {
         let cluster = self.start_cluster()?;
-        tracing::info!(
-            target: "flowrun_dask",
-            { flowrun.run = format!("Flow run '{}'", flow.flow_run_name) },
-            "Created a temporary cluster for this flow run: {}",
-            cluster.describe()
-        );
+        let run = format!("Flow run '{}'", flow.flow_run_name);
+        if self.address.is_some() {
+            // Prefect-dask's words: the cluster is not this flow run's own.
+            tracing::info!(
+                target: "flowrun_dask",
+                { flowrun.run = run },
+                "Connecting to an existing Dask cluster: {}",
+                cluster.describe()
+            );
+        } else {
+            tracing::info!(
+                target: "flowrun_dask",
+                { flowrun.run = run },
+                "Created a temporary cluster for this flow run: {}",
+                cluster.describe()
+            );
+        }
         cluster.bind_flow(flow.flow.clone());
         cluster::register(&flow.flow_run_id, cluster.clone());
         let dask = self.address.is_some()
@@ -317,7 +346,11 @@ impl TaskRunner for DaskTaskRunner {
             self.dashboard.stop();
             cluster.close();
             cluster::deregister(&flow_run_id);
-            tracing::debug!(target: "flowrun_dask", "Closed the temporary cluster {}", cluster.describe());
+            if self.address.is_some() {
+                tracing::debug!(target: "flowrun_dask", "Disconnected from the Dask cluster {}", cluster.describe());
+            } else {
+                tracing::debug!(target: "flowrun_dask", "Closed the temporary cluster {}", cluster.describe());
+            }
         }
     }
 }

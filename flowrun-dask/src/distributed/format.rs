@@ -20,6 +20,23 @@ use serde::{Deserialize, Serialize};
 /// The environment variable that starts a program in task mode.
 pub(crate) const TASK_ENV: &str = "FLOWRUN_DASK_TASK";
 
+/// Set (with [`TASK_ENV`]) for a long-lived task process, which runs one
+/// task per request until its input ends (see `task_mode::serve`).
+pub(crate) const SERVE_ENV: &str = "FLOWRUN_DASK_SERVE";
+
+/// Kinds of the messages a long-lived task process answers with: each is
+/// the kind byte, a little-endian u64 length and the payload.
+pub(crate) mod reply {
+    /// The task waits for tasks it submitted: its worker thread may go.
+    pub(crate) const SECEDE: u8 = b's';
+    /// The task's tagged output lines.
+    pub(crate) const OUTPUT: u8 = b'o';
+    /// The result frame; ends the call.
+    pub(crate) const RESULT: u8 = b'r';
+    /// The failure frame; ends the call.
+    pub(crate) const FAILURE: u8 = b'f';
+}
+
 /// Where the Python runner tells a task-mode process its scheduler's address.
 pub(crate) const SCHEDULER_ENV: &str = "FLOWRUN_DASK_SCHEDULER";
 

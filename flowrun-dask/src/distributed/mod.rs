@@ -48,6 +48,8 @@ pub(crate) struct DistributedSettings {
     /// The Python that starts a cluster class (default `$FLOWRUN_PYTHON`,
     /// else `python3`).
     pub python: Option<PathBuf>,
+    /// One process per task attempt instead of long-lived task processes.
+    pub isolate_tasks: bool,
 }
 
 /// How long a task runs before it reports that it started: reporting costs
@@ -88,8 +90,26 @@ pub(crate) fn block_on<T: Send + 'static>(
     value
 }
 
-/// The Python runner every task uses.
-fn python_runner() -> Arc<PythonRunner> {
+/// The Python runner of a session's tasks: with `session`, they are calls
+/// into the session's long-lived task processes.
+fn python_runner(session: Option<&str>) -> Arc<PythonRunner> {
+    let base = base_runner();
+    match session {
+        None => base,
+        Some(session) => {
+            let mut runner = PythonRunner::clone(&base);
+            runner.params.extend([
+                ("session".to_owned(), session.to_owned()),
+                ("serve_env".to_owned(), format::SERVE_ENV.to_owned()),
+                ("failed_exit".to_owned(), format::FAILED_EXIT.to_string()),
+            ]);
+            Arc::new(runner)
+        }
+    }
+}
+
+/// The Python runner's source and the parameters every session shares.
+fn base_runner() -> Arc<PythonRunner> {
     static RUNNER: OnceLock<Arc<PythonRunner>> = OnceLock::new();
     RUNNER
         .get_or_init(|| {
@@ -153,16 +173,29 @@ impl DaskCluster {
         let argv = task_argv(settings)?;
         let timeout = client_kwargs.timeout;
         let target = address.to_owned();
+        let isolate = settings.isolate_tasks;
         let connected = block_on(
             async move {
                 let client = DaskClient::connect(&target, timeout).await?;
                 client.subscribe_topic(TOPIC).await?;
-                Ok::<_, crate::protocol::ProtocolError>(client)
+                let plugin = if isolate {
+                    None
+                } else {
+                    // The session's task processes live as long as this
+                    // plugin: on every worker, also those that join later.
+                    let name = format!("flowrun-{}", client.client_id());
+                    let runner = python_runner(Some(&name));
+                    client
+                        .register_worker_plugin(&name, runner.plugin_pickle("Plugin"))
+                        .await?;
+                    Some((name, runner))
+                };
+                Ok::<_, crate::protocol::ProtocolError>((client, plugin))
             },
             timeout + Duration::from_secs(5),
         );
-        let client = match connected {
-            Some(Ok(client)) => Arc::new(client),
+        let (client, plugin) = match connected {
+            Some(Ok((client, plugin))) => (Arc::new(client), plugin),
             Some(Err(e)) => return Err(e.to_string()),
             None => {
                 return Err(format!(
@@ -174,10 +207,15 @@ impl DaskCluster {
             .events()
             .ok_or("the Dask client's events were already taken")?;
         let (commands, inbox) = mpsc::unbounded_channel();
+        let (plugin, runner) = match plugin {
+            Some((name, runner)) => (Some(name), runner),
+            None => (None, python_runner(None)),
+        };
         let template = TaskTemplate {
             argv,
-            runner: python_runner(),
+            runner,
             build: crate::build_id::current().to_owned(),
+            plugin,
         };
         flowrun_core::runtime().spawn(Session::run(
             client.clone(),

@@ -12,9 +12,26 @@ replaced by their values) and params from the flow:
          address and the fd of the pipe on which it asks to secede
   quiet  seconds a task may run before it reports that it started
 
+  session
+         the flow run's session: its tasks are calls into long-lived task
+         processes of the session (a pool per worker process, one process
+         per task running at once); absent, every task starts a process
+  serve_env
+         the environment variable that makes a task process long-lived
+
 Events cost the scheduler about as much as a small task, so a task only
 reports its start once it has run for `quiet` seconds (short tasks show as
 started when they finish), and its output only if it printed something.
+
+A long-lived task process reads requests on stdin (u64 length, then the
+input a one-task process reads) and answers each on stdout with messages
+of one kind byte and a u64 length (after `magic` once, as a hello that
+ends what the program printed before it became a task process):
+b"s" (empty) asks to secede, b"o" is
+the task's tagged output, then b"r" the result frame or b"f" the failure
+frame ends the call. The session's Plugin (a Dask WorkerPlugin the flow
+registers, so workers that join later have it too) stops them when the
+flow run ends; one that dies fails its running call and is replaced.
 """
 
 import heapq
@@ -25,6 +42,11 @@ import selectors
 import subprocess
 import threading
 import time
+
+try:
+    from distributed.diagnostics.plugin import WorkerPlugin
+except Exception:  # only ever loaded on Dask workers; keep it importable
+    WorkerPlugin = object
 
 LIMIT = 1 << 20
 
@@ -151,10 +173,249 @@ def _exchange(proc, data, control, on_secede):
     return b"".join(out), b"".join(err)
 
 
+class _Died(Exception):
+    """The task process ended (or broke its pipe) in the middle of a call."""
+
+
+class _Server:
+    """One long-lived task process; one call at a time."""
+
+    def __init__(self, argv, env, hello):
+        self.hello = hello
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        self.fd = self.proc.stdout.fileno()
+
+    def _read(self, n):
+        buf = bytearray(n)
+        view, pos = memoryview(buf), 0
+        while pos < n:
+            ready, _, _ = select.select([self.fd], [], [], 0.25)
+            # A process that ended is not waited for on its pipe, which a
+            # child it left behind may hold open.
+            if not ready and self.proc.poll() is not None:
+                ready, _, _ = select.select([self.fd], [], [], 0)
+                if not ready:
+                    raise _Died()
+            if ready:
+                got = os.readv(self.fd, [view[pos:]])
+                if not got:
+                    raise _Died()
+                pos += got
+        return buf
+
+    def _greeted(self):
+        """Skips what the program printed before it became a task process
+        (a test harness's banner), up to its hello."""
+        seen = b""
+        while self.hello is not None:
+            seen = (seen + bytes(self._read(1)))[-len(self.hello) :]
+            if seen == self.hello:
+                self.hello = None
+
+    def call(self, data, on_secede):
+        """(ok, frame, output) of one task."""
+        try:
+            self.proc.stdin.write(len(data).to_bytes(8, "little"))
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+        except OSError:
+            raise _Died() from None
+        self._greeted()
+        output = b""
+        while True:
+            head = self._read(9)
+            n = int.from_bytes(head[1:], "little")
+            kind = bytes(head[:1])
+            if kind == b"s":
+                on_secede()
+            elif kind == b"o":
+                output = bytes(self._read(n))
+            elif kind in (b"r", b"f"):
+                return kind == b"r", bytes(self._read(n)), output
+            else:
+                raise _Died()
+
+    def died(self):
+        """The exit status of a process that failed a call."""
+        try:
+            return self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def stop(self, force):
+        try:
+            if force:
+                self.proc.kill()
+            else:
+                self.proc.stdin.close()
+        except OSError:
+            pass
+
+
+class _Pool:
+    """The long-lived task processes of one session in this worker."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.idle = []
+        self.busy = set()
+        self.closed = False
+
+    def take(self, argv, env, hello):
+        with self.lock:
+            if self.closed:
+                return None
+            if self.idle:
+                server = self.idle.pop()
+            else:
+                server = None
+        if server is None:
+            server = _Server(argv, env, hello)
+        with self.lock:
+            self.busy.add(server)
+        return server
+
+    def give(self, server, healthy):
+        with self.lock:
+            self.busy.discard(server)
+            if healthy and not self.closed:
+                self.idle.append(server)
+                return
+        server.stop(force=not healthy)
+        if not healthy:
+            server.died()
+
+    def close(self):
+        """Idle processes end on the end of their input; running calls are
+        ended: the flow run is over."""
+        with self.lock:
+            self.closed = True
+            servers = self.idle + list(self.busy)
+            idle = list(self.idle)
+            self.idle = []
+        for server in servers:
+            server.stop(force=server not in idle)
+
+        def reap():
+            deadline = time.monotonic() + 5
+            for server in servers:
+                try:
+                    server.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    server.proc.kill()
+                    server.proc.wait()
+
+        threading.Thread(target=reap, name="flowrun-reap", daemon=True).start()
+
+
+_pools = {}
+_ended = set()
+_pools_lock = threading.Lock()
+
+
+def _pool(session):
+    with _pools_lock:
+        if session in _ended:
+            return None
+        pool = _pools.get(session)
+        if pool is None:
+            pool = _pools[session] = _Pool()
+        return pool
+
+
+class Plugin(WorkerPlugin):
+    """Ties a session's task processes on a worker to the flow run: the
+    flow registers it at the start and removes it at the end."""
+
+    def __init__(self, params):
+        self.session = params["session"]
+
+    def setup(self, worker):
+        _pool(self.session)
+
+    def teardown(self, worker):
+        with _pools_lock:
+            _ended.add(self.session)
+            pool = _pools.pop(self.session, None)
+        if pool is not None:
+            pool.close()
+
+
+def _served(key, argv, data, env, params, worker, on_secede):
+    """Runs the task in a long-lived task process of its session; None
+    when the session has ended on this worker."""
+    pool = _pool(params["session"])
+    if pool is None:
+        return None
+    env = dict(os.environ if env is None else env)
+    env[params["env"]] = "1"
+    env[params["serve_env"]] = "1"
+    if worker is not None:
+        env[params["scheduler_env"]] = worker.scheduler.address
+    try:
+        server = pool.take(argv, env, params["magic"].encode("latin-1"))
+    except OSError as e:
+        raise RuntimeError(
+            "cannot start the task program %s on this worker: %s"
+            % (os.fsdecode(argv[0]), e.strerror or e)
+        ) from None
+    if server is None:
+        return None
+    try:
+        ok, frame, output = server.call(data, on_secede)
+    except _Died:
+        pool.give(server, healthy=False)
+        code = server.died()
+        raise subprocess.CalledProcessError(code, key, b"", b"") from None
+    except BaseException:
+        pool.give(server, healthy=False)
+        raise
+    pool.give(server, healthy=True)
+    return ok, frame, output
+
+
 def run(key, argv, stdin, env, params):
     topic = params["topic"]
     worker = _worker()
     data = b"".join(len(part).to_bytes(8, "little") + part for part in stdin)
+    if "session" in params:
+        seceded = []
+
+        def secede_once():
+            if worker is not None and not seceded:
+                from distributed import secede
+
+                secede()
+                seceded.append(True)
+
+        watch = _starts.watch(
+            float(params["quiet"]), lambda: _publish(worker, topic, {"k": key, "s": 1})
+        )
+        try:
+            served = _served(key, argv, data, env, params, worker, secede_once)
+        finally:
+            _starts.done(watch)
+            if seceded:
+                from distributed import rejoin
+
+                rejoin()
+        if served is not None:
+            ok, frame, output = served
+            err = _tail(output)
+            if err:
+                _publish(worker, topic, {"k": key, "o": err})
+            if ok:
+                return frame
+            raise subprocess.CalledProcessError(
+                int(params["failed_exit"]), key, frame, err
+            )
     env = dict(os.environ if env is None else env)
     env[params["env"]] = "1"
     if worker is not None:

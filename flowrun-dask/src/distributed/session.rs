@@ -80,6 +80,9 @@ pub(crate) struct TaskTemplate {
     pub runner: Arc<PythonRunner>,
     /// The flow's build id.
     pub build: String,
+    /// The worker plugin that keeps the session's task processes, removed
+    /// when the session closes.
+    pub plugin: Option<String>,
 }
 
 #[derive(Debug)]
@@ -565,6 +568,23 @@ impl Session {
             TaskErrorKind::Cancelled,
             "the flow run ended",
         ));
+        if let Some(plugin) = self.template.plugin.take() {
+            // Ends the session's task processes on every worker.
+            match tokio::time::timeout(
+                IDENTITY_TIMEOUT,
+                self.client.unregister_worker_plugin(&plugin),
+            )
+            .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(target: "flowrun_dask", "stopping the flow's task processes on the Dask workers: {e}")
+                }
+                Err(_) => {
+                    tracing::warn!(target: "flowrun_dask", "stopping the flow's task processes on the Dask workers took longer than {}s", IDENTITY_TIMEOUT.as_secs())
+                }
+            }
+        }
         if let Err(e) = self.client.close().await {
             tracing::debug!(target: "flowrun_dask", "closing the Dask client: {e}");
         }

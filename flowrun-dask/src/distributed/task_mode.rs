@@ -1,24 +1,32 @@
 //! Task mode: the flow's program started by a Dask worker (through the
-//! Python runner) to run one attempt of one task, arguments in on stdin,
-//! result out on stdout. See `format` for the layouts.
+//! Python runner) to run tasks. A long-lived task process (the default,
+//! [`SERVE_ENV`] set) runs one task per request for the whole flow run; a
+//! one-task process (`DaskTaskRunner::isolate_tasks`) runs one attempt,
+//! arguments in on stdin, result out on stdout. See `format` for the
+//! layouts.
 //!
 //! Everything the task writes, to stdout, stderr or through `tracing`, ends
 //! up on stderr as tagged lines (see `output`), so stdout carries nothing
 //! but the result. While the task runs, its stdout and stderr are in-memory
-//! files: a task-mode process is one short process per task, and pipes
-//! would need reader threads, which cost more than the task often does
-//! (and a child the task leaves running would keep them open). The process
-//! dies with its worker (`PR_SET_PDEATHSIG`): Dask reruns the attempt
-//! elsewhere, and a leftover would only waste the machine.
+//! files, emptied after each task: pipes would need reader threads, which
+//! cost more than the task often does (and a child the task leaves running
+//! would keep them open). A one-task process dies with its worker
+//! (`PR_SET_PDEATHSIG`): Dask reruns the attempt elsewhere, and a leftover
+//! would only waste the machine. A long-lived one ends when its requests
+//! end, which is also when its worker dies (the death signal would follow
+//! the worker *thread* that started it, and those come and go).
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tracing::level_filters::LevelFilter;
 
-use super::format::{self, Failure, TaskHeader, FAILED_EXIT, INPUT_VERSION, TASK_ENV};
+use super::format::{
+    self, reply, Failure, TaskHeader, FAILED_EXIT, INPUT_VERSION, SERVE_ENV, TASK_ENV,
+};
 use super::output::{self, Line, TAG};
 
 flowrun_core::__private::inventory::submit! {
@@ -48,8 +56,33 @@ fn dup(fd: RawFd) -> std::io::Result<File> {
 pub(crate) struct DaskTask {
     /// The address of the worker's scheduler.
     scheduler: Option<String>,
-    /// The Python runner's end of the control pipe, until the task secedes.
+    /// The Python runner's end of the control pipe, until the task secedes
+    /// (a one-task process).
     control: Mutex<Option<File>>,
+    /// Where a long-lived task process answers the runner.
+    replies: Option<Replies>,
+    /// Whether the current task of a long-lived process has seceded.
+    seceded: AtomicBool,
+}
+
+/// The runner's end of a long-lived task process's answers.
+type Replies = Arc<Mutex<File>>;
+
+fn send_raw(replies: &Replies, bytes: &[u8]) -> std::io::Result<()> {
+    let mut out = replies.lock().unwrap_or_else(|p| p.into_inner());
+    out.write_all(bytes)?;
+    out.flush()
+}
+
+/// Writes one reply message (see `format::reply`).
+fn send_reply(replies: &Replies, kind: u8, payload: &[u8]) -> std::io::Result<()> {
+    let mut head = [0u8; 9];
+    head[0] = kind;
+    head[1..].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+    let mut out = replies.lock().unwrap_or_else(|p| p.into_inner());
+    out.write_all(&head)?;
+    out.write_all(payload)?;
+    out.flush()
 }
 
 static DASK_TASK: OnceLock<DaskTask> = OnceLock::new();
@@ -63,7 +96,7 @@ impl DaskTask {
     /// Takes what the Python runner passed in the environment, and removes
     /// it: programs the task starts are not task-mode processes, and a
     /// client the task makes must not divert this one again.
-    fn from_env() -> DaskTask {
+    fn from_env(replies: Option<Replies>) -> DaskTask {
         let scheduler = std::env::var(format::SCHEDULER_ENV)
             .ok()
             .filter(|a| !a.is_empty());
@@ -79,12 +112,19 @@ impl DaskTask {
             // SAFETY: the runner passed this fd to this process only; it is
             // owned by the File from here on.
             .map(|fd| unsafe { File::from_raw_fd(fd) });
-        for name in [TASK_ENV, format::SCHEDULER_ENV, format::CONTROL_ENV] {
+        for name in [
+            TASK_ENV,
+            SERVE_ENV,
+            format::SCHEDULER_ENV,
+            format::CONTROL_ENV,
+        ] {
             std::env::remove_var(name);
         }
         DaskTask {
             scheduler,
             control: Mutex::new(control),
+            replies,
+            seceded: AtomicBool::new(false),
         }
     }
 
@@ -97,6 +137,12 @@ impl DaskTask {
     /// hands the task's thread to them (Dask's `secede`; the task rejoins
     /// when it ends). Once; later calls do nothing.
     pub(crate) fn secede(&self) {
+        if let Some(replies) = &self.replies {
+            if !self.seceded.swap(true, Ordering::AcqRel) {
+                let _ = send_reply(replies, reply::SECEDE, &[]);
+            }
+            return;
+        }
         let control = self
             .control
             .lock()
@@ -110,11 +156,14 @@ impl DaskTask {
 
 /// The entry point of a task-mode process.
 fn task_main() -> ! {
+    if std::env::var_os(SERVE_ENV).is_some() {
+        serve()
+    }
     // SAFETY: prctl with PR_SET_PDEATHSIG only sets a flag of this process.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
     }
-    let _ = DASK_TASK.set(DaskTask::from_env());
+    let _ = DASK_TASK.set(DaskTask::from_env(None));
     let (mut result_out, mut report) = match (dup(1), dup(2)) {
         (Ok(out), Ok(err)) => (out, err),
         (Err(e), _) | (_, Err(e)) => {
@@ -158,14 +207,86 @@ fn task_main() -> ! {
     std::process::exit(code)
 }
 
-/// Reads the input, checks it is meant for this build, runs the task.
+/// A long-lived task process: runs the task of each request on stdin and
+/// answers on stdout, until stdin ends (the runner stopped it, or its
+/// worker is gone).
+fn serve() -> ! {
+    // The requests and replies get fds of their own; the task's stdin is
+    // empty and its stdout and stderr are captured, so nothing the task
+    // does can reach the runner's pipes.
+    let (mut requests, replies) = match (dup(0), dup(1)) {
+        (Ok(requests), Ok(replies)) => (requests, Arc::new(Mutex::new(replies))),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("flowrun task process: cannot set up its pipes: {e}");
+            std::process::exit(FAILED_EXIT)
+        }
+    };
+    if let Ok(null) = File::open("/dev/null") {
+        // SAFETY: dup2 onto fd 0, which this process owns.
+        unsafe { libc::dup2(null.as_raw_fd(), 0) };
+    }
+    let task = DASK_TASK.get_or_init(|| DaskTask::from_env(Some(replies.clone())));
+    let capture = Capture::install();
+    let sink = match &capture {
+        Some(c) => c.stdout.try_clone().ok(),
+        None => dup(2).ok(),
+    };
+    if let Some(sink) = sink {
+        install_log_forwarding(Arc::new(Mutex::new(sink)));
+    }
+    install_panic_hook();
+    // What the program printed before task mode came first; this ends it.
+    if send_raw(&replies, format::RESULT_MAGIC).is_err() {
+        std::process::exit(0);
+    }
+    loop {
+        let mut len = [0u8; 8];
+        if requests.read_exact(&mut len).is_err() {
+            std::process::exit(0);
+        }
+        let Ok(len) = usize::try_from(u64::from_le_bytes(len)) else {
+            std::process::exit(FAILED_EXIT);
+        };
+        let mut input = vec![0u8; len];
+        if requests.read_exact(&mut input).is_err() {
+            std::process::exit(0);
+        }
+        task.seceded.store(false, Ordering::Release);
+        let outcome = run_input(&input);
+        drop(input);
+        if let Err(failure) = &outcome {
+            tracing::warn!("Attempt failed: {}", failure.message);
+        }
+        let output = capture.as_ref().map(Capture::take).unwrap_or_default();
+        let sent = (|| {
+            if !output.is_empty() {
+                send_reply(&replies, reply::OUTPUT, &output)?;
+            }
+            match &outcome {
+                Ok(bytes) => send_reply(&replies, reply::RESULT, &format::result_frame(bytes)),
+                Err(failure) => send_reply(&replies, reply::FAILURE, &format::error_frame(failure)),
+            }
+        })();
+        if sent.is_err() {
+            // The runner stopped listening; nobody is left to tell.
+            std::process::exit(0);
+        }
+    }
+}
+
+/// Reads the input of a one-task process.
 fn run_from_stdin() -> Result<Vec<u8>, Failure> {
     let mut input = Vec::new();
     std::io::stdin()
         .lock()
         .read_to_end(&mut input)
         .map_err(|e| Failure::runner(format!("task mode could not read its input: {e}")))?;
-    let parts = format::split_input(&input)
+    run_input(&input)
+}
+
+/// Checks the input is meant for this build, and runs the task.
+fn run_input(input: &[u8]) -> Result<Vec<u8>, Failure> {
+    let parts = format::split_input(input)
         .map_err(|e| Failure::runner(format!("task mode received a broken input: {e}")))?;
     let (header, args) = parts
         .split_first()
@@ -271,12 +392,21 @@ impl Capture {
     /// The task's output as tagged lines: stdout (with the log lines that
     /// went there in order), then stderr.
     fn finish(self) -> Vec<u8> {
+        self.take()
+    }
+
+    /// The output so far, as [`finish`](Self::finish) gives it, and empties
+    /// the files for the next task. (fds 1 and 2 share their offsets with
+    /// these files, so the next task writes from the start again.)
+    fn take(&self) -> Vec<u8> {
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
         let mut out = Vec::new();
-        for (mut file, stdout) in [(self.stdout, true), (self.stderr, false)] {
+        for (mut file, stdout) in [(&self.stdout, true), (&self.stderr, false)] {
             let mut text = Vec::new();
-            if file.rewind().is_err() || file.read_to_end(&mut text).is_err() {
+            let read = file.rewind().and_then(|_| file.read_to_end(&mut text));
+            let _ = file.set_len(0).and_then(|_| file.rewind());
+            if read.is_err() {
                 continue;
             }
             let kept = keep_tail(&text);

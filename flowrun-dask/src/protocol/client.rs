@@ -158,6 +158,23 @@ fn parse_worker(address: String, info: &Value) -> WorkerInfo {
     }
 }
 
+/// The first failure in a broadcast's answers (`{worker: {"status": ...}}`).
+fn worker_failures(reply: &Value, op: &str) -> Result<(), ProtocolError> {
+    let Some(answers) = reply.as_map() else {
+        return Ok(());
+    };
+    for (worker, answer) in answers {
+        if get_str(answer, "status").is_some_and(|s| s != "OK") {
+            let text = get_str(answer, "exception_text").unwrap_or("(no exception text)");
+            return Err(ProtocolError::Scheduler {
+                op: op.to_string(),
+                text: format!("worker {}: {text}", key_string(worker)),
+            });
+        }
+    }
+    Ok(())
+}
+
 impl DaskClient {
     /// Connects to the scheduler at `address` (`tcp://host:port`), checks its
     /// version and registers a client stream, all within `timeout`.
@@ -296,8 +313,8 @@ impl DaskClient {
     ///
     /// A kept connection may have died since its last use (scheduler
     /// restarted, idle connection dropped); the call is then retried once on
-    /// a fresh one. Every RPC this client makes only reads, so a retry is
-    /// harmless.
+    /// a fresh one. Every RPC this client makes only reads or sets a value
+    /// by name, so a retry is harmless.
     async fn call(&self, op: &str, args: Vec<(&str, Value)>) -> Result<Incoming, ProtocolError> {
         if self.closing.load(Ordering::Acquire) {
             return Err(ProtocolError::Closed {
@@ -402,6 +419,39 @@ impl DaskClient {
             update_graph_messages(&tasks, &token, i64::try_from(sequence).unwrap_or(i64::MAX))?;
         lock(&self.shared.wanted).extend(tasks.into_iter().map(|t| t.key));
         self.send_ops(messages).await
+    }
+
+    /// Registers a Dask worker plugin under `name` on every worker, and on
+    /// every worker that joins later; `plugin` is its pickle (see
+    /// [`PythonRunner::plugin_pickle`](super::PythonRunner::plugin_pickle)).
+    /// A worker whose plugin fails to start is named in the error.
+    pub async fn register_worker_plugin(
+        &self,
+        name: &str,
+        plugin: Vec<u8>,
+    ) -> Result<(), ProtocolError> {
+        let reply = self
+            .call(
+                "register_worker_plugin",
+                vec![
+                    ("plugin", Value::Binary(plugin)),
+                    ("name", name.into()),
+                    ("idempotent", false.into()),
+                ],
+            )
+            .await?
+            .body;
+        worker_failures(&reply, "register_worker_plugin")
+    }
+
+    /// Removes the worker plugin `name` from every worker (each runs its
+    /// `teardown`) and from the scheduler, so later workers do not get it.
+    pub async fn unregister_worker_plugin(&self, name: &str) -> Result<(), ProtocolError> {
+        let reply = self
+            .call("unregister_worker_plugin", vec![("name", name.into())])
+            .await?
+            .body;
+        worker_failures(&reply, "unregister_worker_plugin")
     }
 
     /// Subscribes this client to a topic of the scheduler's event log: every

@@ -67,6 +67,37 @@ pub struct PythonRunner {
     pub params: BTreeMap<String, String>,
 }
 
+impl PythonRunner {
+    /// The pickle of a Dask `WorkerPlugin`: an instance of the class `class`
+    /// of the runner's module, made as `class(params)` on each worker. The
+    /// worker unpickles it (the scheduler only passes the bytes on), so the
+    /// module is compiled there the same way tasks compile it.
+    pub fn plugin_pickle(&self, class: &str) -> Vec<u8> {
+        let globals = vec![
+            (P::str("m"), P::str(&self.module)),
+            (
+                P::Str("c".into()),
+                P::Str(format!("{}{ADAPTER}", self.source)),
+            ),
+            (P::str("l"), P::str(LOAD)),
+            (P::str("x"), P::str(class)),
+            (
+                P::str("p"),
+                P::Dict(
+                    self.params
+                        .iter()
+                        .map(|(k, v)| (P::str(k), P::str(v)))
+                        .collect(),
+                ),
+            ),
+        ];
+        dumps(&P::reduce(
+            global("builtins", "eval"),
+            vec![P::str(PLUGIN), P::Dict(globals)],
+        ))
+    }
+}
+
 /// A command for a Dask worker to run with `subprocess.check_output`, or
 /// with a [`PythonRunner`].
 #[derive(Debug, Clone, PartialEq)]
@@ -173,6 +204,9 @@ const CALL: &str = "(__import__('sys').modules.get(m) or eval(l))._flowrun_call(
 /// Compiles the runner's module and registers it (`m`, `c` are globals).
 const LOAD: &str = "(lambda sys, mod: (exec(compile(c, m, 'exec'), mod.__dict__), \
 sys.modules.setdefault(m, mod))[1])(__import__('sys'), __import__('types').ModuleType(m))";
+
+/// Makes a runner's worker plugin (`x` names its class, `p` holds params).
+const PLUGIN: &str = "getattr(__import__('sys').modules.get(m) or eval(l), x)(p)";
 
 /// Appended to the runner's source: unpacks the task's fields for `run`.
 const ADAPTER: &str = "\n\ndef _flowrun_call(g):\n    \
