@@ -567,6 +567,106 @@ fn dask_retries_a_flaky_task_until_it_succeeds() {
 }
 
 // ---------------------------------------------------------------------------
+// Task processes: long-lived per worker (one call per task), or one per
+// attempt with isolate_tasks; one that dies is a crash, Dask retries, and a
+// new process takes over.
+
+#[task]
+fn whose_process() -> (u32, u32) {
+    (std::process::id(), std::os::unix::process::parent_id())
+}
+
+#[flow(task_runner = DaskTaskRunner::new())]
+fn process_ids(n: u32) -> Vec<(u32, u32)> {
+    // One after the other: on a one-thread worker each could reuse the last.
+    (0..n)
+        .map(|_| whose_process.submit().result().unwrap())
+        .collect()
+}
+
+#[test]
+fn tasks_are_calls_into_a_long_lived_task_process_unless_isolated() {
+    let _t = begin("tasks_are_calls_into_a_long_lived_task_process_unless_isolated");
+    let cluster = Cluster::start(&[WorkerSpec::threads(1)]);
+    let worker = cluster.worker_pids()[0];
+    let served = process_ids
+        .with_runner(runner(&cluster))
+        .call(4)
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let pids: BTreeSet<u32> = served.iter().map(|(pid, _)| *pid).collect();
+    assert_eq!(
+        pids.len(),
+        1,
+        "one task process served them all: {served:?}"
+    );
+    assert!(
+        served.iter().all(|(_, parent)| *parent == worker),
+        "{served:?}"
+    );
+    // The flow run's end stops it.
+    no_task_mode_left();
+    let isolated = process_ids
+        .with_runner(runner(&cluster).isolate_tasks(true))
+        .call(4)
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let pids: BTreeSet<u32> = isolated.iter().map(|(pid, _)| *pid).collect();
+    assert_eq!(pids.len(), 4, "a process per task: {isolated:?}");
+    no_task_mode_left();
+}
+
+fn kill_own_process() {
+    // SAFETY: SIGKILL to this task process, which the test means to end.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+}
+
+#[task]
+fn dies() -> u32 {
+    kill_own_process();
+    0
+}
+
+#[task(retries = 1)]
+fn dies_once(marker: String) -> u32 {
+    if std::fs::read(&marker).is_err() {
+        std::fs::write(&marker, std::process::id().to_string()).unwrap();
+        kill_own_process();
+    }
+    std::process::id()
+}
+
+#[flow(task_runner = DaskTaskRunner::new())]
+fn dying(marker: String) -> (TaskErrorKind, String, u32, u32) {
+    let first = whose_process.submit().result().unwrap().0;
+    let error = dies.submit().result().unwrap_err();
+    let survivor = dies_once.submit(marker).result().unwrap();
+    (
+        error.kind().clone(),
+        error.message().to_owned(),
+        first,
+        survivor,
+    )
+}
+
+#[test]
+fn a_task_process_that_dies_is_a_crash_dask_retries_and_a_new_one_serves() {
+    let _t = begin("a_task_process_that_dies_is_a_crash_dask_retries_and_a_new_one_serves");
+    let cluster = Cluster::start(&[WorkerSpec::threads(1)]);
+    let marker = cluster.dir().join("dies-once");
+    let (kind, message, first, survivor) = dying
+        .with_runner(runner(&cluster))
+        .call(marker.display().to_string())
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert_eq!(kind, TaskErrorKind::Crashed, "{message}");
+    assert!(message.contains("signal 9"), "{message}");
+    let killed_in: u32 = std::fs::read_to_string(&marker).unwrap().parse().unwrap();
+    assert_ne!(killed_in, first, "the task that died had a fresh process");
+    assert_ne!(survivor, killed_in, "the retry ran in a new process");
+    no_task_mode_left();
+}
+
+// ---------------------------------------------------------------------------
 // A worker killed mid-task: Dask reruns the task elsewhere.
 
 #[task]
