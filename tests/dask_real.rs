@@ -19,6 +19,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -291,6 +292,96 @@ fn dependency_data_moves_between_workers_not_through_the_flow() {
     assert_eq!(length, 3 * (mb << 20));
     // 16 + 32 + 48 MiB went from task to task; the flow read a few KiB.
     assert!(read < 4 << 20, "the flow process read {read} bytes");
+}
+
+// ---------------------------------------------------------------------------
+// Reads in batches: reading many results costs a few gathers, not one each.
+
+/// A TCP proxy in front of the scheduler that counts the `gather` requests
+/// passing through it (the msgpack str "gather" of the request's op).
+struct CountingProxy {
+    address: String,
+    gathers: Arc<AtomicUsize>,
+}
+
+impl CountingProxy {
+    fn start(scheduler: &str) -> CountingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = format!("tcp://{}", listener.local_addr().unwrap());
+        let target = scheduler.trim_start_matches("tcp://").to_owned();
+        let gathers = Arc::new(AtomicUsize::new(0));
+        let counter = gathers.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { return };
+                let mut server = std::net::TcpStream::connect(&target).unwrap();
+                let (mut client_out, mut server_in) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut server_in, &mut client_out);
+                    let _ = client_out.shutdown(std::net::Shutdown::Write);
+                });
+                let counter = counter.clone();
+                std::thread::spawn(move || {
+                    const OP: &[u8] = b"\xa6gather";
+                    let mut buf = vec![0u8; 1 << 16];
+                    let mut tail: Vec<u8> = Vec::new();
+                    loop {
+                        let n = match std::io::Read::read(&mut client, &mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if server.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        tail.extend_from_slice(&buf[..n]);
+                        let found = tail.windows(OP.len()).filter(|w| *w == OP).count();
+                        counter.fetch_add(found, Ordering::Relaxed);
+                        let keep = tail.len().saturating_sub(OP.len() - 1);
+                        tail.drain(..keep);
+                    }
+                    let _ = server.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        CountingProxy { address, gathers }
+    }
+
+    fn gathers(&self) -> usize {
+        self.gathers.load(Ordering::Relaxed)
+    }
+}
+
+#[task]
+fn plus_one(x: u64) -> u64 {
+    x + 1
+}
+
+#[flow(task_runner = DaskTaskRunner::new())]
+fn read_every_result(n: u64) -> (u64, u64) {
+    let futures: Vec<_> = (0..n).map(|i| plus_one.submit(i)).collect();
+    flowrun::wait(&futures);
+    let again = futures[0].clone();
+    let total = flowrun::results(futures).unwrap().iter().sum();
+    (total, again.result().unwrap())
+}
+
+#[test]
+fn results_are_read_in_batches_and_a_single_read_is_one_gather() {
+    let _t = begin("results_are_read_in_batches_and_a_single_read_is_one_gather");
+    let cluster = Cluster::start(&[WorkerSpec::threads(2)]);
+    let proxy = CountingProxy::start(&cluster.address);
+    let n = 300;
+    let (total, first) = read_every_result
+        .with_runner(runner(&cluster).address(&proxy.address))
+        .call(n)
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert_eq!(total, n * (n + 1) / 2);
+    assert_eq!(first, 1, "a result read twice is read again");
+    // Every result read ahead by the first read, plus the second read of
+    // the first result.
+    let gathers = proxy.gathers();
+    assert!(gathers <= 3, "{gathers} gathers for {n} results");
 }
 
 // ---------------------------------------------------------------------------

@@ -19,6 +19,7 @@ mod format;
 mod output;
 mod program;
 mod python;
+mod reads;
 mod session;
 mod task_mode;
 
@@ -38,7 +39,7 @@ use crate::local::{ClusterStatus, WaitingTask, WorkerStatus};
 use crate::protocol::{DaskClient, PythonRunner};
 use crate::settings::{AdaptKwargs, ClientKwargs, ClusterKwargs};
 use python::PythonCluster;
-use session::{Attempt, Command, Session, TaskTemplate, TOPIC};
+use session::{Attempt, Command, Session, TaskTemplate};
 
 /// Settings of a runner that only matter on a real Dask cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -90,22 +91,25 @@ pub(crate) fn block_on<T: Send + 'static>(
     value
 }
 
-/// The Python runner of a session's tasks: with `session`, they are calls
+/// The scheduler topic on which a session's tasks report: one per session,
+/// so that a flow receives no other flow's events.
+fn topic(session: &str) -> String {
+    format!("{session}-events")
+}
+
+/// The Python runner of a session's tasks: unless `isolate`, they are calls
 /// into the session's long-lived task processes.
-fn python_runner(session: Option<&str>) -> Arc<PythonRunner> {
-    let base = base_runner();
-    match session {
-        None => base,
-        Some(session) => {
-            let mut runner = PythonRunner::clone(&base);
-            runner.params.extend([
-                ("session".to_owned(), session.to_owned()),
-                ("serve_env".to_owned(), format::SERVE_ENV.to_owned()),
-                ("failed_exit".to_owned(), format::FAILED_EXIT.to_string()),
-            ]);
-            Arc::new(runner)
-        }
+fn python_runner(session: &str, isolate: bool) -> Arc<PythonRunner> {
+    let mut runner = PythonRunner::clone(&base_runner());
+    runner.params.insert("topic".to_owned(), topic(session));
+    if !isolate {
+        runner.params.extend([
+            ("session".to_owned(), session.to_owned()),
+            ("serve_env".to_owned(), format::SERVE_ENV.to_owned()),
+            ("failed_exit".to_owned(), format::FAILED_EXIT.to_string()),
+        ]);
     }
+    Arc::new(runner)
 }
 
 /// The Python runner's source and the parameters every session shares.
@@ -118,7 +122,6 @@ fn base_runner() -> Arc<PythonRunner> {
             Arc::new(PythonRunner {
                 module: format!("_flowrun_runner_{}", &hash[..16]),
                 params: [
-                    ("topic", TOPIC.to_owned()),
                     ("env", format::TASK_ENV.to_owned()),
                     ("scheduler_env", format::SCHEDULER_ENV.to_owned()),
                     ("control_env", format::CONTROL_ENV.to_owned()),
@@ -177,25 +180,22 @@ impl DaskCluster {
         let connected = block_on(
             async move {
                 let client = DaskClient::connect(&target, timeout).await?;
-                client.subscribe_topic(TOPIC).await?;
-                let plugin = if isolate {
-                    None
-                } else {
+                let session = client.client_id().to_owned();
+                client.subscribe_topic(&topic(&session)).await?;
+                let runner = python_runner(&session, isolate);
+                if !isolate {
                     // The session's task processes live as long as this
                     // plugin: on every worker, also those that join later.
-                    let name = format!("flowrun-{}", client.client_id());
-                    let runner = python_runner(Some(&name));
                     client
-                        .register_worker_plugin(&name, runner.plugin_pickle("Plugin"))
+                        .register_worker_plugin(&session, runner.plugin_pickle("Plugin"))
                         .await?;
-                    Some((name, runner))
-                };
-                Ok::<_, crate::protocol::ProtocolError>((client, plugin))
+                }
+                Ok::<_, crate::protocol::ProtocolError>((client, session, runner))
             },
             timeout + Duration::from_secs(5),
         );
-        let (client, plugin) = match connected {
-            Some(Ok((client, plugin))) => (Arc::new(client), plugin),
+        let (client, session, runner) = match connected {
+            Some(Ok((client, session, runner))) => (Arc::new(client), session, runner),
             Some(Err(e)) => return Err(e.to_string()),
             None => {
                 return Err(format!(
@@ -207,15 +207,12 @@ impl DaskCluster {
             .events()
             .ok_or("the Dask client's events were already taken")?;
         let (commands, inbox) = mpsc::unbounded_channel();
-        let (plugin, runner) = match plugin {
-            Some((name, runner)) => (Some(name), runner),
-            None => (None, python_runner(None)),
-        };
         let template = TaskTemplate {
             argv,
             runner,
             build: crate::build_id::current().to_owned(),
-            plugin,
+            plugin: (!isolate).then(|| session.clone()),
+            topic: topic(&session),
         };
         flowrun_core::runtime().spawn(Session::run(
             client.clone(),

@@ -454,6 +454,40 @@ impl DaskClient {
         worker_failures(&reply, "unregister_worker_plugin")
     }
 
+    /// Removes a topic from the scheduler's event log, with its history and
+    /// subscribers: the scheduler never forgets a topic by itself, so a
+    /// client that made one up for its own events removes it when done.
+    /// It runs a function on the scheduler (`Client.run_on_scheduler`), so
+    /// a scheduler that refuses pickled functions refuses this too.
+    pub async fn remove_topic(&self, topic: &str) -> Result<(), ProtocolError> {
+        use super::pickle::{dumps, PickleValue as P};
+        let function = dumps(&P::reduce(
+            P::global("builtins", "eval"),
+            vec![
+                P::str(
+                    "lambda dask_scheduler: dask_scheduler._broker._topics.pop(t, None) and None",
+                ),
+                P::Dict(vec![(P::str("t"), P::str(topic))]),
+            ],
+        ));
+        let reply = self
+            .call(
+                "run_function",
+                vec![("function", Value::Binary(function)), ("wait", true.into())],
+            )
+            .await?
+            .body;
+        match get_str(&reply, "status") {
+            Some("OK") => Ok(()),
+            _ => Err(ProtocolError::Scheduler {
+                op: "run_function".into(),
+                text: get_str(&reply, "exception_text")
+                    .unwrap_or("(no exception text)")
+                    .to_string(),
+            }),
+        }
+    }
+
     /// Subscribes this client to a topic of the scheduler's event log: every
     /// event published on it from now on arrives as
     /// [`ClientEvent::Topic`](super::ClientEvent::Topic).
@@ -583,6 +617,28 @@ impl DaskClient {
         Ok(entries
             .iter()
             .map(|(k, v)| (key_string(k), v.as_str().map(str::to_owned)))
+            .collect())
+    }
+
+    /// The size in bytes of each key's result, as its worker measured it
+    /// (-1 while unknown). Every key must be one the scheduler holds.
+    pub async fn nbytes(&self, keys: &[String]) -> Result<HashMap<String, i64>, ProtocolError> {
+        let reply = self
+            .call(
+                "nbytes",
+                vec![
+                    ("keys", str_array(keys.iter().map(String::as_str))),
+                    ("summary", false.into()),
+                ],
+            )
+            .await?
+            .body;
+        let entries = reply.as_map().ok_or_else(|| {
+            ProtocolError::Malformed(format!("unexpected nbytes reply {}", msg::short(&reply)))
+        })?;
+        Ok(entries
+            .iter()
+            .map(|(k, v)| (key_string(k), v.as_i64().unwrap_or(-1)))
             .collect())
     }
 
