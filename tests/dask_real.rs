@@ -385,6 +385,109 @@ fn results_are_read_in_batches_and_a_single_read_is_one_gather() {
 }
 
 // ---------------------------------------------------------------------------
+// Nothing left behind on a long-lived scheduler.
+
+/// Evaluates `expr` (a Python expression over `s`, the scheduler) on the
+/// scheduler, from a Python Dask client of its own; its repr.
+fn on_scheduler(address: &str, expr: &str) -> String {
+    let script = format!(
+        "from distributed import Client\n\
+         c = Client({address:?}, timeout=60)\n\
+         print(repr(c.run_on_scheduler(lambda dask_scheduler: (lambda s: {expr})(dask_scheduler))))\n\
+         c.close()\n"
+    );
+    let out = std::process::Command::new(venv_python())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+#[flow(task_runner = DaskTaskRunner::new())]
+fn many(n: u64) -> u64 {
+    let futures: Vec<_> = (0..n).map(|i| plus_one.submit(i)).collect();
+    flowrun::results(futures).unwrap().iter().sum()
+}
+
+/// What flowrun leaves on the scheduler: keys, event topics, worker
+/// plugins. (The scheduler itself keeps a topic of a few events per client
+/// it has seen, named after the client, for Python clients too.)
+const LEFT_BEHIND: &str = "(len(s.tasks), \
+    sorted(t for t, v in s._broker._topics.items() if t.startswith('flowrun') \
+        and not (v.events and isinstance(v.events[-1][1], dict) \
+            and str(v.events[-1][1].get('action')).endswith('-client'))), \
+    sorted(p for p in s.worker_plugins if p.startswith('flowrun')))";
+
+#[test]
+fn a_flow_of_ten_thousand_tasks_leaves_nothing_on_a_long_lived_scheduler() {
+    let _t = begin("a_flow_of_ten_thousand_tasks_leaves_nothing_on_a_long_lived_scheduler");
+    // Dask's transition log keeps the last 100,000 transitions (some five
+    // per task) by default; a short one lets the first flow fill it, so
+    // that what the second flow adds is only what a flow leaves behind.
+    const LOG: &str = "DASK_DISTRIBUTED__SCHEDULER__TRANSITION_LOG_LENGTH";
+    std::env::set_var(LOG, "1000");
+    let cluster = Cluster::start(&[WorkerSpec::threads(2), WorkerSpec::threads(2)]);
+    std::env::remove_var(LOG);
+    let nothing = "(0, [], [])";
+    let n = 10_000;
+    let mut flow = || {
+        let total = many
+            .with_runner(runner(&cluster))
+            .call(n)
+            .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+        assert_eq!(total, n * (n + 1) / 2);
+        assert_eq!(on_scheduler(&cluster.address, LEFT_BEHIND), nothing);
+        let objects: u64 = on_scheduler(
+            &cluster.address,
+            "__import__('gc').collect() * 0 + len(__import__('gc').get_objects())",
+        )
+        .parse()
+        .unwrap();
+        (objects, rss(cluster.scheduler_pid()))
+    };
+    // The first flow takes the scheduler's memory to where any 10,000
+    // tasks take it (Python keeps freed memory for reuse); a flow that left
+    // something behind would make the second one grow it again.
+    let (first_objects, first_rss) = flow();
+    let (second_objects, second_rss) = flow();
+    // The scheduler's Python objects are back where they were: anything
+    // left per task would be at least n more. (Dask keeps a topic of a few
+    // events per client it has seen, the measuring clients' included.)
+    assert!(
+        second_objects < first_objects + n / 4,
+        "the scheduler holds {first_objects} objects after the first flow, \
+         {second_objects} after the second"
+    );
+    // ... and its process did not grow by a flow's worth of tasks (the
+    // malloc heap keeps some room it had freed: about 20 MiB here).
+    let grown = second_rss.saturating_sub(first_rss);
+    assert!(
+        grown < 48 << 20,
+        "the scheduler grew by {} MiB in the second flow ({} -> {} MiB)",
+        grown >> 20,
+        first_rss >> 20,
+        second_rss >> 20
+    );
+    no_task_mode_left();
+}
+
+// ---------------------------------------------------------------------------
 // Priorities: on a one-thread worker, higher first, ties in submission order.
 
 #[task]

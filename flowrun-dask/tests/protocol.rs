@@ -814,6 +814,7 @@ def run(key, argv, stdin, env, params):
 "#
         .into(),
         params: BTreeMap::from([("topic".to_string(), topic.clone())]),
+        installed: false,
     });
     let [a, b, c] = ["a", "b", "c"].map(|s| format!("{ns}-{s}"));
     let mut joined = cat(&b, vec![lit(b"head"), dep(&a), lit(b"tail")]);

@@ -102,6 +102,8 @@ fn topic(session: &str) -> String {
 fn python_runner(session: &str, isolate: bool) -> Arc<PythonRunner> {
     let mut runner = PythonRunner::clone(&base_runner());
     runner.params.insert("topic".to_owned(), topic(session));
+    // The session's worker plugin compiles the module on every worker.
+    runner.installed = true;
     if !isolate {
         runner.params.extend([
             ("session".to_owned(), session.to_owned()),
@@ -138,6 +140,7 @@ fn base_runner() -> Arc<PythonRunner> {
                 .map(|(k, v)| (k.to_owned(), v))
                 .collect(),
                 source,
+                installed: false,
             })
         })
         .clone()
@@ -183,13 +186,12 @@ impl DaskCluster {
                 let session = client.client_id().to_owned();
                 client.subscribe_topic(&topic(&session)).await?;
                 let runner = python_runner(&session, isolate);
-                if !isolate {
-                    // The session's task processes live as long as this
-                    // plugin: on every worker, also those that join later.
-                    client
-                        .register_worker_plugin(&session, runner.plugin_pickle("Plugin"))
-                        .await?;
-                }
+                // On every worker, also those that join later: the runner's
+                // module, and the session's task processes for as long as
+                // the plugin is there.
+                client
+                    .register_worker_plugin(&session, runner.plugin_pickle("Plugin"))
+                    .await?;
                 Ok::<_, crate::protocol::ProtocolError>((client, session, runner))
             },
             timeout + Duration::from_secs(5),
@@ -211,7 +213,7 @@ impl DaskCluster {
             argv,
             runner,
             build: crate::build_id::current().to_owned(),
-            plugin: (!isolate).then(|| session.clone()),
+            plugin: session.clone(),
             topic: topic(&session),
         };
         flowrun_core::runtime().spawn(Session::run(

@@ -93,9 +93,9 @@ pub(crate) struct TaskTemplate {
     pub runner: Arc<PythonRunner>,
     /// The flow's build id.
     pub build: String,
-    /// The worker plugin that keeps the session's task processes, removed
-    /// when the session closes.
-    pub plugin: Option<String>,
+    /// The worker plugin that installs the runner and keeps the session's
+    /// task processes, removed when the session closes.
+    pub plugin: String,
     /// The scheduler topic the session's tasks report on.
     pub topic: String,
 }
@@ -683,7 +683,8 @@ impl Session {
         }) {
             tracing::debug!(target: "flowrun_dask", "removing the flow's event topic from the scheduler: {e}");
         }
-        if let Some(plugin) = self.template.plugin.take() {
+        if !self.template.plugin.is_empty() {
+            let plugin = std::mem::take(&mut self.template.plugin);
             // Ends the session's task processes on every worker.
             match tokio::time::timeout(
                 IDENTITY_TIMEOUT,
