@@ -446,7 +446,7 @@ fn a_flow_of_ten_thousand_tasks_leaves_nothing_on_a_long_lived_scheduler() {
     std::env::remove_var(LOG);
     let nothing = "(0, [], [])";
     let n = 10_000;
-    let mut flow = || {
+    let flow = || {
         let total = many
             .with_runner(runner(&cluster))
             .call(n)
