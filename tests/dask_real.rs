@@ -972,6 +972,16 @@ fn get_dask_client_submits_to_the_same_real_cluster() {
         .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
     assert_eq!(inside, 55);
     assert_eq!(from_flow, 55);
+    // The inner runs' lines carry their own names, not the outer task's.
+    let finished = |run: &str| {
+        console()
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(&format!("{run} - Finished in state")))
+            .count()
+    };
+    assert_eq!(finished("Task run 'sum_of_squares-0'"), 1);
     assert!(
         inside_pids.iter().chain(&flow_pids).all(|p| *p == worker),
         "every task ran on the Dask worker {worker}: {inside_pids:?} {flow_pids:?}"

@@ -331,8 +331,10 @@ fn run_input(input: &[u8]) -> Result<Vec<u8>, Failure> {
             ))
         })?;
     *lock(&TASK_THREAD) = Some(std::thread::current().id());
+    *lock(&CURRENT_RUN) = Some(format!("Task run '{}'", header.run_name));
     let result = flowrun_core::with_task_run_name(&header.run_name, || entry.run(&args));
     *lock(&TASK_THREAD) = None;
+    *lock(&CURRENT_RUN) = None;
     result.map_err(|e| {
         let mut failure = Failure::from_task_error(&e);
         if failure.kind == format::FailureKind::Panic {
@@ -501,8 +503,16 @@ impl Forward {
             tracing::Level::TRACE => 4,
         };
         let mut bytes = Vec::new();
-        for text in message.0.lines() {
-            bytes.extend(output::encode(&Line::Log(level, text.to_owned())));
+        for text in message.text.lines() {
+            let line = match &message.run {
+                // A run of its own (one the task submitted): its label
+                // goes along, so the flow does not credit the task with it.
+                Some(run) if Some(run.as_str()) != current_run().as_deref() => {
+                    Line::RunLog(level, run.clone(), text.to_owned())
+                }
+                _ => Line::Log(level, text.to_owned()),
+            };
+            bytes.extend(output::encode(&line));
         }
         let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
         let _ = sink.write_all(&bytes);
@@ -536,17 +546,20 @@ impl tracing::Subscriber for Forward {
 }
 
 #[derive(Default)]
-struct Message(String);
+struct Message {
+    text: String,
+    /// The run the event names itself as about (`flowrun.run`).
+    run: Option<String>,
+}
 
 impl tracing::field::Visit for Message {
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
         use std::fmt::Write as _;
         match field.name() {
-            "message" => self.0.push_str(value),
-            // The flow attributes the line to the run itself.
-            "flowrun.run" => {}
+            "message" => self.text.push_str(value),
+            "flowrun.run" => self.run = Some(value.to_owned()),
             name => {
-                let _ = write!(self.0, " {name}={value}");
+                let _ = write!(self.text, " {name}={value}");
             }
         }
     }
@@ -555,16 +568,23 @@ impl tracing::field::Visit for Message {
         use std::fmt::Write as _;
         match field.name() {
             "message" => {
-                let _ = write!(self.0, "{value:?}");
+                let _ = write!(self.text, "{value:?}");
             }
-            "flowrun.run" => {}
+            "flowrun.run" => self.run = Some(format!("{value:?}").trim_matches('"').to_owned()),
             name if name.starts_with("log.") => {}
             name => {
-                let _ = write!(self.0, " {name}={value:?}");
+                let _ = write!(self.text, " {name}={value:?}");
             }
         }
     }
 }
+
+/// The label of the task run this process runs now (`Task run 'name'`).
+fn current_run() -> Option<String> {
+    lock(&CURRENT_RUN).clone()
+}
+
+static CURRENT_RUN: Mutex<Option<String>> = Mutex::new(None);
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Forward {
     fn on_event(
