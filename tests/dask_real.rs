@@ -217,6 +217,7 @@ fn count_to(highest_number: u32, address: String) -> (Vec<String>, Vec<String>) 
 fn count_to_runs_in_parallel_on_two_workers() {
     let _t = begin("count_to_runs_in_parallel_on_two_workers");
     let cluster = Cluster::start(&[WorkerSpec::threads(2), WorkerSpec::threads(2)]);
+    let seen = console().lock().unwrap().len();
     let started = Instant::now();
     let (keys, locations) = count_to
         .with_runner(runner(&cluster))
@@ -232,6 +233,18 @@ fn count_to_runs_in_parallel_on_two_workers() {
         );
     }
     assert!(keys[3].starts_with("shout-3-"), "{keys:?}");
+    // Joining a running scheduler is not creating a cluster.
+    let lines = console().lock().unwrap()[seen..].to_vec();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("Connecting to an existing Dask cluster: Dask cluster at tcp://")),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("temporary cluster")),
+        "{lines:?}"
+    );
     let workers: BTreeSet<&str> = locations.iter().map(String::as_str).collect();
     let expected: BTreeSet<&str> = [cluster.worker_address(0), cluster.worker_address(1)].into();
     assert_eq!(
@@ -771,10 +784,16 @@ fn whose_process() -> (u32, u32) {
 }
 
 #[flow(task_runner = DaskTaskRunner::new())]
-fn process_ids(n: u32) -> Vec<(u32, u32)> {
+fn process_ids(n: u32) -> Vec<(u32, u32, String)> {
     // One after the other: on a one-thread worker each could reuse the last.
     (0..n)
-        .map(|_| whose_process.submit().result().unwrap())
+        .map(|_| {
+            let future = whose_process.submit();
+            let (pid, parent) = future.result().unwrap();
+            // Short and silent, it still knows where it ran.
+            let location = future.run_ref().location().unwrap_or_default();
+            (pid, parent, location.to_string())
+        })
         .collect()
 }
 
@@ -787,14 +806,15 @@ fn tasks_are_calls_into_a_long_lived_task_process_unless_isolated() {
         .with_runner(runner(&cluster))
         .call(4)
         .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
-    let pids: BTreeSet<u32> = served.iter().map(|(pid, _)| *pid).collect();
+    let pids: BTreeSet<u32> = served.iter().map(|(pid, _, _)| *pid).collect();
     assert_eq!(
         pids.len(),
         1,
         "one task process served them all: {served:?}"
     );
     assert!(
-        served.iter().all(|(_, parent)| *parent == worker),
+        served.iter().all(|(_, parent, location)| *parent == worker
+            && location == cluster.worker_address(0)),
         "{served:?}"
     );
     // The flow run's end stops it.
@@ -803,7 +823,7 @@ fn tasks_are_calls_into_a_long_lived_task_process_unless_isolated() {
         .with_runner(runner(&cluster).isolate_tasks(true))
         .call(4)
         .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
-    let pids: BTreeSet<u32> = isolated.iter().map(|(pid, _)| *pid).collect();
+    let pids: BTreeSet<u32> = isolated.iter().map(|(pid, _, _)| *pid).collect();
     assert_eq!(pids.len(), 4, "a process per task: {isolated:?}");
     no_task_mode_left();
 }

@@ -335,12 +335,16 @@ class Plugin(WorkerPlugin):
     flow registers it at the start and removes it at the end."""
 
     def __init__(self, params):
-        self.session = params["session"]
+        # Without a session (isolated tasks) it only installs this module.
+        self.session = params.get("session")
 
     def setup(self, worker):
-        _pool(self.session)
+        if self.session is not None:
+            _pool(self.session)
 
     def teardown(self, worker):
+        if self.session is None:
+            return
         with _pools_lock:
             _ended.add(self.session)
             pool = _pools.pop(self.session, None)

@@ -182,12 +182,12 @@ impl Session {
                 }
                 event = events.recv(), if events_open => match event {
                     Some(event) => {
-                        session.event(event);
-                        // Handle what else arrived before releasing once.
+                        // What else arrived is handled with it.
+                        let mut batch = vec![event];
                         while let Some(event) = events.try_recv() {
-                            session.event(event);
+                            batch.push(event);
                         }
-                        session.release_pending().await;
+                        session.events(batch).await;
                     }
                     None => events_open = false,
                 },
@@ -482,6 +482,45 @@ impl Session {
                 )));
             }
         }
+    }
+
+    /// Handles a batch of events in order. Tasks that completed without
+    /// saying where they ran (short, quiet ones report nothing, to spare
+    /// the scheduler) learn their worker first, in one question for the
+    /// batch, so every run has its location.
+    async fn events(&mut self, batch: Vec<ClientEvent>) {
+        let unplaced: Vec<String> = batch
+            .iter()
+            .filter_map(|event| match event {
+                ClientEvent::KeyInMemory { key } => self
+                    .entries
+                    .get(key)
+                    .filter(|e| !e.started && matches!(e.status, Status::Submitted))
+                    .map(|_| key.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut places = HashMap::new();
+        if !unplaced.is_empty() && self.lost.is_none() {
+            if let Ok(Ok(found)) =
+                tokio::time::timeout(IDENTITY_TIMEOUT, self.client.who_has(&unplaced)).await
+            {
+                places = found;
+            }
+        }
+        for event in batch {
+            if let ClientEvent::KeyInMemory { key } = &event {
+                let worker = places.get(key).and_then(|w| w.first());
+                if let (Some(worker), Some(entry)) = (worker, self.entries.get_mut(key)) {
+                    if let Some(job) = &entry.job {
+                        entry.started = true;
+                        job.started(Some(worker));
+                    }
+                }
+            }
+            self.event(event);
+        }
+        self.release_pending().await;
     }
 
     fn event(&mut self, event: ClientEvent) {
