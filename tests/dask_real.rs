@@ -274,37 +274,95 @@ fn measure(data: String) -> usize {
     data.len()
 }
 
-/// Bytes this process has read (files and sockets), from `/proc/self/io`.
-fn bytes_read() -> u64 {
-    let io = std::fs::read_to_string("/proc/self/io").unwrap();
-    io.lines()
-        .find_map(|l| l.strip_prefix("rchar: "))
-        .and_then(|v| v.trim().parse().ok())
+/// Resets this process's peak resident memory (`VmHWM`), so that the next
+/// [`peak_memory`] is the peak since now.
+fn reset_peak_memory() {
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+}
+
+/// This process's peak resident memory, in bytes.
+fn peak_memory() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .unwrap()
+        * 1024
+}
+
+/// The bytes Dask's workers sent, from their own transfer records: to
+/// other workers, and to anyone else (the scheduler's gathers for the flow).
+fn worker_transfers(address: &str) -> (u64, u64) {
+    let script = format!(
+        "from distributed import Client\n\
+         c = Client({address:?}, timeout=60)\n\
+         workers = set(c.scheduler_info()['workers'])\n\
+         logs = c.run(lambda dask_worker: list(dask_worker.transfer_outgoing_log))\n\
+         peers = sum(t['total'] for l in logs.values() for t in l if t['who'] in workers)\n\
+         other = sum(t['total'] for l in logs.values() for t in l if t['who'] not in workers)\n\
+         print(peers, other)\n\
+         c.close()\n"
+    );
+    let out = std::process::Command::new(venv_python())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut numbers = text.split_whitespace().map(|n| n.parse::<u64>().unwrap());
+    (numbers.next().unwrap(), numbers.next().unwrap())
 }
 
 #[flow(task_runner = DaskTaskRunner::new())]
-fn chain(mb: usize) -> usize {
+fn chain(mb: usize, read_last: bool) -> usize {
     let first = blob.submit(mb);
     let second = grow.submit(first, mb);
     let third = grow.submit(second, mb);
+    if read_last {
+        // What the check below must catch: the data coming to the flow.
+        return third.result().unwrap().len();
+    }
     measure.submit(third).result().unwrap()
 }
 
 #[test]
 fn dependency_data_moves_between_workers_not_through_the_flow() {
     let _t = begin("dependency_data_moves_between_workers_not_through_the_flow");
-    let cluster = Cluster::start(&[WorkerSpec::threads(1), WorkerSpec::threads(1)]);
     let mb = 16;
-    let before = bytes_read();
-    let length = chain
-        .with_runner(runner(&cluster))
-        .call(mb)
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
-    let read = bytes_read() - before;
-    assert_eq!(length, 3 * (mb << 20));
-    // 16 + 32 + 48 MiB went from task to task; the flow read a few KiB.
-    assert!(read < 4 << 20, "the flow process read {read} bytes");
+    let moved = |read_last: bool| {
+        // A fresh cluster each time: the workers' records start empty.
+        let cluster = Cluster::start(&[WorkerSpec::threads(1), WorkerSpec::threads(1)]);
+        reset_peak_memory();
+        let before = peak_memory();
+        let length = chain
+            .with_runner(runner(&cluster))
+            .call(mb, read_last)
+            .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+        assert_eq!(length, 3 * (mb << 20));
+        let grown = peak_memory().saturating_sub(before);
+        let (peers, to_flow) = worker_transfers(&cluster.address);
+        (grown, peers, to_flow)
+    };
+    let (grown, peers, to_flow) = moved(false);
+    // 16 + 32 + 48 MiB went from task to task, on one worker or between
+    // the two; what went towards the flow was a few bytes.
+    assert!(
+        to_flow < 64 << 10,
+        "the workers sent {to_flow} bytes towards the flow"
+    );
+    assert!(
+        grown < 24 << 20,
+        "the flow's peak memory grew by {grown} bytes"
+    );
+    // The same chain that reads its last value shows up in both measures.
+    let (grown_read, _, to_flow_read) = moved(true);
+    assert!(to_flow_read >= 48 << 20, "{to_flow_read} {peers}");
+    assert!(grown_read >= 48 << 20, "{grown_read}");
 }
 
 // ---------------------------------------------------------------------------
