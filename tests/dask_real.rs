@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use flowrun::{flow, task, FlowErrorKind, StateKind, TaskErrorKind};
-use flowrun_dask::protocol::DaskClient;
+use flowrun_dask::protocol::{DaskClient, Security};
 use flowrun_dask::{
     annotate, current_cluster, AdaptKwargs, ClientKwargs, ClusterKwargs, DaskTaskRunner,
     WaitingTask,
@@ -1065,6 +1065,145 @@ fn get_dask_client_submits_to_the_same_real_cluster() {
         "every task ran on the Dask worker {worker}: {inside_pids:?} {flow_pids:?}"
     );
     no_task_mode_left();
+}
+
+// ---------------------------------------------------------------------------
+// TLS: a cluster that requires it, with certificates made here.
+
+/// Makes a CA and a certificate it signs (for 127.0.0.1, server and client
+/// use) in `dir`, named `<name>-ca.pem`, `<name>.pem`, `<name>.key`.
+fn certificates(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let path = |file: &str| dir.join(format!("{name}{file}"));
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let s = |p: PathBuf| p.display().to_string();
+    let (ca_key, ca, key, csr, cert, ext) = (
+        s(path("-ca.key")),
+        s(path("-ca.pem")),
+        s(path(".key")),
+        s(path(".csr")),
+        s(path(".pem")),
+        s(path(".ext")),
+    );
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={name} test CA"),
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+        "-subj",
+        &format!("/CN={name} node"),
+    ]);
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-out",
+        &cert,
+        "-days",
+        "2",
+        "-extfile",
+        &ext,
+    ]);
+    (path("-ca.pem"), path(".pem"), path(".key"))
+}
+
+#[test]
+fn a_tls_cluster_is_reached_with_dask_security_and_a_wrong_certificate_names_the_address() {
+    let _t = begin(
+        "a_tls_cluster_is_reached_with_dask_security_and_a_wrong_certificate_names_the_address",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(dir.path(), "cluster");
+    let (other_ca, other_cert, other_key) = certificates(dir.path(), "other");
+    let tls = |flag: &str, path: &Path| [flag.to_owned(), path.display().to_string()];
+    let extra: Vec<String> = [
+        ["--protocol".to_owned(), "tls".to_owned()],
+        tls("--tls-ca-file", &ca),
+        tls("--tls-cert", &cert),
+        tls("--tls-key", &key),
+    ]
+    .concat();
+    // One thread: the nested flow checks that a task reaches the cluster
+    // over TLS too, with its worker's certificate.
+    let cluster = Cluster::start_with(&support::dask_version(), &[WorkerSpec::threads(1)], &extra);
+    assert!(cluster.address.starts_with("tls://"), "{}", cluster.address);
+    let security = |ca: &Path, cert: &Path, key: &Path| {
+        Security::new()
+            .tls_ca_file(ca)
+            .tls_client_cert(cert)
+            .tls_client_key(key)
+    };
+    let ((inside, _), (from_flow, _)) = nested
+        .with_runner(runner(&cluster).security(security(&ca, &cert, &key)))
+        .call(3)
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert_eq!((inside, from_flow), (14, 14));
+    no_task_mode_left();
+    for (wrong, what) in [
+        (
+            security(&other_ca, &cert, &key),
+            "a CA that did not sign the scheduler's",
+        ),
+        (
+            security(&ca, &other_cert, &other_key),
+            "a client certificate of another CA",
+        ),
+        (Security::new(), "no TLS settings"),
+    ] {
+        let error = trivial
+            .with_runner(runner(&cluster).security(wrong))
+            .call()
+            .expect_err(what)
+            .to_string();
+        assert!(error.contains(&cluster.address), "{what}: {error}");
+        assert!(
+            ["certificate", "TLS", "tls"]
+                .iter()
+                .any(|w| error.contains(w)),
+            "{what}: {error}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------

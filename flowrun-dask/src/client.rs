@@ -87,7 +87,11 @@ pub fn get_dask_client() -> Result<Client, ClientError> {
             )
         })?;
         task.secede();
-        return Client::start(DaskTaskRunner::new().address(address));
+        return Client::start(
+            DaskTaskRunner::new()
+                .address(address)
+                .security(task.security().clone()),
+        );
     }
     if let Some(flow) = flowrun_core::current_flow_handle() {
         if crate::cluster::current_cluster().is_none() {

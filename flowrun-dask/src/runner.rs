@@ -87,6 +87,7 @@ impl std::fmt::Debug for DaskTaskRunner {
             .field("task_program", &self.distributed.task_program)
             .field("python", &self.distributed.python)
             .field("isolate_tasks", &self.distributed.isolate_tasks)
+            .field("security", &self.distributed.security)
             .field("performance_report_path", &self.dashboard.report_path())
             .finish()
     }
@@ -164,6 +165,27 @@ impl DaskTaskRunner {
     /// Dask's retries apply.
     pub fn isolate_tasks(mut self, isolate: bool) -> Self {
         self.distributed.isolate_tasks = isolate;
+        self
+    }
+
+    /// TLS settings for a `tls://` address: the cluster's CA and this
+    /// client's certificate and key, as Dask's
+    /// `distributed.security.Security` takes them. A task that calls
+    /// [`get_dask_client`](crate::get_dask_client) on such a cluster uses
+    /// its worker's.
+    ///
+    /// ```
+    /// use flowrun_dask::{protocol::Security, DaskTaskRunner};
+    /// let runner = DaskTaskRunner::new().address("tls://scheduler:8786").security(
+    ///     Security::new()
+    ///         .tls_ca_file("ca.pem")
+    ///         .tls_client_cert("client.pem")
+    ///         .tls_client_key("client-key.pem"),
+    /// );
+    /// # let _ = runner;
+    /// ```
+    pub fn security(mut self, security: crate::protocol::Security) -> Self {
+        self.distributed.security = security;
         self
     }
 

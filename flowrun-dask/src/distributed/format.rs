@@ -40,6 +40,14 @@ pub(crate) mod reply {
 /// Where the Python runner tells a task-mode process its scheduler's address.
 pub(crate) const SCHEDULER_ENV: &str = "FLOWRUN_DASK_SCHEDULER";
 
+/// Where the Python runner tells a task-mode process its worker's TLS
+/// files (CA, certificate, key), for a `tls://` scheduler.
+pub(crate) const TLS_ENV: [&str; 3] = [
+    "FLOWRUN_DASK_TLS_CA",
+    "FLOWRUN_DASK_TLS_CERT",
+    "FLOWRUN_DASK_TLS_KEY",
+];
+
 /// The fd of the pipe on which a task-mode process asks its worker to
 /// secede (see `task_mode::DaskTask::secede`).
 pub(crate) const CONTROL_ENV: &str = "FLOWRUN_DASK_CONTROL_FD";

@@ -51,6 +51,8 @@ pub(crate) struct DistributedSettings {
     pub python: Option<PathBuf>,
     /// One process per task attempt instead of long-lived task processes.
     pub isolate_tasks: bool,
+    /// TLS settings for a `tls://` address.
+    pub security: crate::protocol::Security,
 }
 
 /// How long a task runs before it reports that it started: reporting costs
@@ -127,6 +129,7 @@ fn base_runner() -> Arc<PythonRunner> {
                     ("env", format::TASK_ENV.to_owned()),
                     ("scheduler_env", format::SCHEDULER_ENV.to_owned()),
                     ("control_env", format::CONTROL_ENV.to_owned()),
+                    ("tls_env", format::TLS_ENV.join(",")),
                     (
                         "magic",
                         format::RESULT_MAGIC
@@ -180,9 +183,10 @@ impl DaskCluster {
         let timeout = client_kwargs.timeout;
         let target = address.to_owned();
         let isolate = settings.isolate_tasks;
+        let security = settings.security.clone();
         let connected = block_on(
             async move {
-                let client = DaskClient::connect(&target, timeout).await?;
+                let client = DaskClient::connect_with(&target, timeout, &security).await?;
                 let session = client.client_id().to_owned();
                 client.subscribe_topic(&topic(&session)).await?;
                 let runner = python_runner(&session, isolate);

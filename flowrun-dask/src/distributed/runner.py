@@ -7,9 +7,10 @@ replaced by their values) and params from the flow:
   topic  the event topic the flow listens on
   env    the environment variable that starts the program in task mode
   magic  the bytes (latin-1) that start a task-mode result
-  scheduler_env, control_env
+  scheduler_env, control_env, tls_env
          the environment variables that tell the task its scheduler's
-         address and the fd of the pipe on which it asks to secede
+         address, the fd of the pipe on which it asks to secede, and
+         (comma-separated) its worker's TLS CA, certificate and key
   quiet  seconds a task may run before it reports that it started
 
   session
@@ -352,6 +353,24 @@ class Plugin(WorkerPlugin):
             pool.close()
 
 
+def _scheduler_env(env, params, worker):
+    """Tells the task its scheduler, and the worker's TLS files for it."""
+    if worker is None:
+        return
+    env[params["scheduler_env"]] = worker.scheduler.address
+    security = getattr(worker, "security", None)
+    if security is None:
+        return
+    files = (
+        security.tls_ca_file,
+        security.tls_worker_cert or security.tls_client_cert,
+        security.tls_worker_key or security.tls_client_key,
+    )
+    for name, value in zip(params["tls_env"].split(","), files):
+        if value:
+            env[name] = value
+
+
 def _served(key, argv, data, env, params, worker, on_secede):
     """Runs the task in a long-lived task process of its session; None
     when the session has ended on this worker."""
@@ -361,8 +380,7 @@ def _served(key, argv, data, env, params, worker, on_secede):
     env = dict(os.environ if env is None else env)
     env[params["env"]] = "1"
     env[params["serve_env"]] = "1"
-    if worker is not None:
-        env[params["scheduler_env"]] = worker.scheduler.address
+    _scheduler_env(env, params, worker)
     try:
         server = pool.take(argv, env, params["magic"].encode("latin-1"))
     except OSError as e:
@@ -422,8 +440,7 @@ def run(key, argv, stdin, env, params):
             )
     env = dict(os.environ if env is None else env)
     env[params["env"]] = "1"
-    if worker is not None:
-        env[params["scheduler_env"]] = worker.scheduler.address
+    _scheduler_env(env, params, worker)
     # The task asks on this pipe to give its thread back while it waits for
     # tasks it submitted itself (get_dask_client in the task).
     control_r, control_w = os.pipe()

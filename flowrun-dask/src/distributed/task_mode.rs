@@ -56,6 +56,8 @@ fn dup(fd: RawFd) -> std::io::Result<File> {
 pub(crate) struct DaskTask {
     /// The address of the worker's scheduler.
     scheduler: Option<String>,
+    /// The worker's TLS files, for a `tls://` scheduler.
+    security: crate::protocol::Security,
     /// The Python runner's end of the control pipe, until the task secedes
     /// (a one-task process).
     control: Mutex<Option<File>>,
@@ -112,15 +114,25 @@ impl DaskTask {
             // SAFETY: the runner passed this fd to this process only; it is
             // owned by the File from here on.
             .map(|fd| unsafe { File::from_raw_fd(fd) });
+        let [ca, cert, key] =
+            format::TLS_ENV.map(|name| std::env::var_os(name).filter(|v| !v.is_empty()));
+        let mut security = crate::protocol::Security::new();
+        security.tls_ca_file = ca.map(Into::into);
+        security.tls_client_cert = cert.map(Into::into);
+        security.tls_client_key = key.map(Into::into);
         for name in [
             TASK_ENV,
             SERVE_ENV,
             format::SCHEDULER_ENV,
             format::CONTROL_ENV,
-        ] {
+        ]
+        .into_iter()
+        .chain(format::TLS_ENV)
+        {
             std::env::remove_var(name);
         }
         DaskTask {
+            security,
             scheduler,
             control: Mutex::new(control),
             replies,
@@ -131,6 +143,11 @@ impl DaskTask {
     /// The address of the scheduler of the worker running this task.
     pub(crate) fn scheduler(&self) -> Option<&str> {
         self.scheduler.as_deref()
+    }
+
+    /// The TLS settings of the worker running this task.
+    pub(crate) fn security(&self) -> &crate::protocol::Security {
+        &self.security
     }
 
     /// Tells the worker that this task waits for other tasks, so that it

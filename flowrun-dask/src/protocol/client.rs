@@ -18,7 +18,9 @@ use super::payload::decode_bytes;
 use super::stream::{
     dispatch, event_channel, lock, reader_loop, writer_loop, EventReceiver, Outgoing, Shared,
 };
+use super::tls::Security;
 use super::version;
+use tokio_rustls::TlsConnector;
 
 /// A worker as the scheduler describes it.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,6 +99,8 @@ pub struct DaskClient {
     submitted: AtomicU64,
     /// Set by `close`; every later call fails.
     closing: AtomicBool,
+    /// For the RPC connections of a `tls://` address.
+    tls: Option<TlsConnector>,
 }
 
 impl std::fmt::Debug for DaskClient {
@@ -183,8 +187,22 @@ impl DaskClient {
     /// older than [`MIN_SUPPORTED_VERSION`](super::MIN_SUPPORTED_VERSION),
     /// before anything is sent that such a scheduler would choke on.
     pub async fn connect(address: &str, timeout: Duration) -> Result<DaskClient, ProtocolError> {
-        parse_address(address)?;
-        match tokio::time::timeout(timeout, Self::connect_inner(address)).await {
+        Self::connect_with(address, timeout, &Security::default()).await
+    }
+
+    /// [`connect`](Self::connect) with TLS settings, which a `tls://`
+    /// address needs. A certificate the other side refuses, or one that is
+    /// not the cluster's, fails with an error naming the address.
+    pub async fn connect_with(
+        address: &str,
+        timeout: Duration,
+        security: &Security,
+    ) -> Result<DaskClient, ProtocolError> {
+        let tls = match parse_address(address)?.tls {
+            true => Some(security.connector(address)?),
+            false => None,
+        };
+        match tokio::time::timeout(timeout, Self::connect_inner(address, tls)).await {
             Ok(result) => result,
             Err(_) => Err(ProtocolError::ConnectTimeout {
                 address: address.to_string(),
@@ -193,8 +211,11 @@ impl DaskClient {
         }
     }
 
-    async fn connect_inner(address: &str) -> Result<DaskClient, ProtocolError> {
-        let mut rpc = Connection::open(address).await?;
+    async fn connect_inner(
+        address: &str,
+        tls: Option<TlsConnector>,
+    ) -> Result<DaskClient, ProtocolError> {
+        let mut rpc = Connection::open(address, tls.as_ref()).await?;
         let versions = rpc.call("versions", vec![]).await?.body;
         let found = get(&versions, "packages")
             .and_then(|p| get_str(p, "distributed"))
@@ -222,7 +243,7 @@ impl DaskClient {
         }
 
         let client_id = new_client_id();
-        let mut stream = Connection::open(address).await?;
+        let mut stream = Connection::open(address, tls.as_ref()).await?;
         // Echoing the scheduler's own versions avoids a version-mismatch
         // warning; the scheduler only refuses on a non-empty `error`.
         let register = msg::map(vec![
@@ -282,6 +303,7 @@ impl DaskClient {
             graphs: AtomicU64::new(0),
             submitted: AtomicU64::new(0),
             closing: AtomicBool::new(false),
+            tls,
         })
     }
 
@@ -327,7 +349,10 @@ impl DaskClient {
         let mut slot = self.rpc.lock().await;
         let (mut conn, reused) = match slot.take() {
             Some(conn) => (conn, true),
-            None => (Connection::open(&self.address).await?, false),
+            None => (
+                Connection::open(&self.address, self.tls.as_ref()).await?,
+                false,
+            ),
         };
         let mut result = conn.call(op, args.clone()).await;
         if reused
@@ -336,7 +361,7 @@ impl DaskClient {
                 Err(ProtocolError::Closed { .. } | ProtocolError::Io(_))
             )
         {
-            conn = Connection::open(&self.address).await?;
+            conn = Connection::open(&self.address, self.tls.as_ref()).await?;
             result = conn.call(op, args).await;
         }
         match result {

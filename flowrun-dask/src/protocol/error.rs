@@ -9,7 +9,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProtocolError {
-    /// The address is not of the form `tcp://host:port`.
+    /// The address is not of the form `tcp://host:port` or `tls://host:port`.
     #[error("invalid Dask scheduler address {address:?}: {reason}")]
     InvalidAddress {
         /// The address as given.

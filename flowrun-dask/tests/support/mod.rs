@@ -247,6 +247,12 @@ impl Cluster {
 
     /// Like [`Cluster::start`] with an explicit Dask version.
     pub fn start_version(version: &str, workers: &[WorkerSpec]) -> Cluster {
+        Cluster::start_with(version, workers, &[])
+    }
+
+    /// Like [`Cluster::start_version`], with `extra` arguments for the
+    /// scheduler and every worker (for example TLS settings).
+    pub fn start_with(version: &str, workers: &[WorkerSpec], extra: &[String]) -> Cluster {
         let bin = venv_bin(version);
         let dir = tempfile::Builder::new()
             .prefix("flowrun-dask-test-")
@@ -265,7 +271,10 @@ impl Cluster {
                 "127.0.0.1:0".into(),
                 "--scheduler-file".into(),
                 scheduler_file.display().to_string(),
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().cloned())
+            .collect::<Vec<String>>(),
             dir.path(),
             "scheduler",
         );
@@ -306,6 +315,7 @@ impl Cluster {
                 args.push("--resources".into());
                 args.push(resources.clone());
             }
+            args.extend(extra.iter().cloned());
             let worker = spawn(&bin, &args, cluster.dir.path(), &name);
             cluster.workers.push(worker);
         }
