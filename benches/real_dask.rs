@@ -19,6 +19,7 @@
 //! ```text
 //! cargo bench --bench real_dask                      # N=1000 and 10000, 3 runs
 //! cargo bench --bench real_dask -- 200 5             # N=200, 5 runs
+//! cargo bench --bench real_dask -- 0 3               # the chain only
 //! FLOWRUN_DASK_VERSION=2025.4.0 cargo bench --bench real_dask
 //! ```
 
@@ -191,6 +192,7 @@ fn main() {
         .filter_map(|a| a.parse().ok())
         .collect();
     let sizes = match numbers.first() {
+        Some(0) => vec![],
         Some(&n) => vec![n],
         None => vec![1000, 10_000],
     };

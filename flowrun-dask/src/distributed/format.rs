@@ -35,7 +35,20 @@ pub(crate) mod reply {
     pub(crate) const RESULT: u8 = b'r';
     /// The failure frame; ends the call.
     pub(crate) const FAILURE: u8 = b'f';
+    /// The path of a file holding the result frame (a large result); ends
+    /// the call. The runner deletes the file.
+    pub(crate) const RESULT_FILE: u8 = b'R';
 }
+
+/// The request length that says the input is in a file, whose path (u64
+/// length, bytes) follows; the task process deletes the file.
+pub(crate) const INPUT_IN_FILE: u64 = u64::MAX;
+
+/// Results at least this large go through a file (see `reply`).
+pub(crate) const LARGE: usize = 1 << 20;
+
+/// The directory for large results of a long-lived task process.
+pub(crate) const SHARED_ENV: &str = "FLOWRUN_DASK_SHARED_DIR";
 
 /// Where the Python runner tells a task-mode process its scheduler's address.
 pub(crate) const SCHEDULER_ENV: &str = "FLOWRUN_DASK_SCHEDULER";

@@ -110,6 +110,7 @@ fn python_runner(session: &str, isolate: bool) -> Arc<PythonRunner> {
         runner.params.extend([
             ("session".to_owned(), session.to_owned()),
             ("serve_env".to_owned(), format::SERVE_ENV.to_owned()),
+            ("shared_env".to_owned(), format::SHARED_ENV.to_owned()),
             ("failed_exit".to_owned(), format::FAILED_EXIT.to_string()),
         ]);
     }

@@ -29,8 +29,11 @@ input a one-task process reads) and answers each on stdout with messages
 of one kind byte and a u64 length (after `magic` once, as a hello that
 ends what the program printed before it became a task process):
 b"s" (empty) asks to secede, b"o" is
-the task's tagged output, then b"r" the result frame or b"f" the failure
-frame ends the call. The session's Plugin (a Dask WorkerPlugin the flow
+the task's tagged output, then b"r" the result frame, b"R" the path of a
+file holding it (large results), or b"f" the failure frame ends the call.
+A large request is the length 2**64-1 and the path of a file holding the
+input: a pipe moves large data in small pieces, a process switch each,
+which on a busy machine costs seconds per 100 MiB. The session's Plugin (a Dask WorkerPlugin the flow
 registers, so workers that join later have it too) stops them when the
 flow run ends; one that dies fails its running call and is replaced.
 """
@@ -178,6 +181,30 @@ class _Died(Exception):
     """The task process ended (or broke its pipe) in the middle of a call."""
 
 
+# Requests and results this large go through a file in _SHARED.
+_LARGE = 1 << 20
+# The request length that says "the input is in this file".
+_IN_FILE = (1 << 64) - 1
+_SHARED = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+_names = itertools.count()
+
+
+def _shared_path(what):
+    import tempfile
+
+    return os.path.join(
+        _SHARED or tempfile.gettempdir(),
+        "flowrun-%s-%d-%d" % (what, os.getpid(), next(_names)),
+    )
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 class _Server:
     """One long-lived task process; one call at a time."""
 
@@ -191,6 +218,14 @@ class _Server:
             env=env,
         )
         self.fd = self.proc.stdout.fileno()
+        # Larger pipes: fewer process switches for mid-sized data.
+        try:
+            import fcntl
+
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                fcntl.fcntl(pipe.fileno(), 1031, 1 << 20)  # F_SETPIPE_SZ
+        except OSError:
+            pass
 
     def _read(self, n):
         buf = bytearray(n)
@@ -219,12 +254,37 @@ class _Server:
             if seen == self.hello:
                 self.hello = None
 
-    def call(self, data, on_secede):
+    def _send(self, stdin):
+        """Writes the request: through the pipe, or, when large, as a file
+        in the shared directory, whose path goes through the pipe (a pipe
+        moves large data in small pieces, a process switch each)."""
+        size = sum(8 + len(part) for part in stdin)
+        write = self.proc.stdin.write
+        if size < _LARGE:
+            write(size.to_bytes(8, "little"))
+            for part in stdin:
+                write(len(part).to_bytes(8, "little"))
+                write(part)
+        else:
+            path = _shared_path("input")
+            try:
+                with open(path, "wb") as f:
+                    for part in stdin:
+                        f.write(len(part).to_bytes(8, "little"))
+                        f.write(part)
+            except BaseException:
+                _unlink(path)
+                raise
+            name = os.fsencode(path)
+            write(_IN_FILE.to_bytes(8, "little"))
+            write(len(name).to_bytes(8, "little"))
+            write(name)
+        self.proc.stdin.flush()
+
+    def call(self, stdin, on_secede):
         """(ok, frame, output) of one task."""
         try:
-            self.proc.stdin.write(len(data).to_bytes(8, "little"))
-            self.proc.stdin.write(data)
-            self.proc.stdin.flush()
+            self._send(stdin)
         except OSError:
             raise _Died() from None
         self._greeted()
@@ -239,6 +299,13 @@ class _Server:
                 output = bytes(self._read(n))
             elif kind in (b"r", b"f"):
                 return kind == b"r", bytes(self._read(n)), output
+            elif kind == b"R":
+                path = os.fsdecode(bytes(self._read(n)))
+                try:
+                    with open(path, "rb") as f:
+                        return True, f.read(), output
+                finally:
+                    _unlink(path)
             else:
                 raise _Died()
 
@@ -371,7 +438,7 @@ def _scheduler_env(env, params, worker):
             env[name] = value
 
 
-def _served(key, argv, data, env, params, worker, on_secede):
+def _served(key, argv, stdin, env, params, worker, on_secede):
     """Runs the task in a long-lived task process of its session; None
     when the session has ended on this worker."""
     pool = _pool(params["session"])
@@ -380,6 +447,7 @@ def _served(key, argv, data, env, params, worker, on_secede):
     env = dict(os.environ if env is None else env)
     env[params["env"]] = "1"
     env[params["serve_env"]] = "1"
+    env[params["shared_env"]] = os.path.dirname(_shared_path("result"))
     _scheduler_env(env, params, worker)
     try:
         server = pool.take(argv, env, params["magic"].encode("latin-1"))
@@ -391,7 +459,7 @@ def _served(key, argv, data, env, params, worker, on_secede):
     if server is None:
         return None
     try:
-        ok, frame, output = server.call(data, on_secede)
+        ok, frame, output = server.call(stdin, on_secede)
     except _Died:
         pool.give(server, healthy=False)
         code = server.died()
@@ -406,7 +474,6 @@ def _served(key, argv, data, env, params, worker, on_secede):
 def run(key, argv, stdin, env, params):
     topic = params["topic"]
     worker = _worker()
-    data = b"".join(len(part).to_bytes(8, "little") + part for part in stdin)
     if "session" in params:
         seceded = []
 
@@ -421,7 +488,7 @@ def run(key, argv, stdin, env, params):
             float(params["quiet"]), lambda: _publish(worker, topic, {"k": key, "s": 1})
         )
         try:
-            served = _served(key, argv, data, env, params, worker, secede_once)
+            served = _served(key, argv, stdin, env, params, worker, secede_once)
         finally:
             _starts.done(watch)
             if seceded:
@@ -438,6 +505,7 @@ def run(key, argv, stdin, env, params):
             raise subprocess.CalledProcessError(
                 int(params["failed_exit"]), key, frame, err
             )
+    data = b"".join(x for part in stdin for x in (len(part).to_bytes(8, "little"), part))
     env = dict(os.environ if env is None else env)
     env[params["env"]] = "1"
     _scheduler_env(env, params, worker)

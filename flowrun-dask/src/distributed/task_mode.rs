@@ -19,6 +19,8 @@
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -242,6 +244,8 @@ fn serve() -> ! {
         // SAFETY: dup2 onto fd 0, which this process owns.
         unsafe { libc::dup2(null.as_raw_fd(), 0) };
     }
+    let shared: Option<PathBuf> = std::env::var_os(format::SHARED_ENV).map(PathBuf::from);
+    std::env::remove_var(format::SHARED_ENV);
     let task = DASK_TASK.get_or_init(|| DaskTask::from_env(Some(replies.clone())));
     let capture = Capture::install();
     let sink = match &capture {
@@ -261,13 +265,17 @@ fn serve() -> ! {
         if requests.read_exact(&mut len).is_err() {
             std::process::exit(0);
         }
-        let Ok(len) = usize::try_from(u64::from_le_bytes(len)) else {
-            std::process::exit(FAILED_EXIT);
+        let input = match read_request(&mut requests, u64::from_le_bytes(len)) {
+            Ok(input) => input,
+            Err(e) => {
+                let failure =
+                    Failure::runner(format!("the task process could not read its input: {e}"));
+                if send_reply(&replies, reply::FAILURE, &format::error_frame(&failure)).is_err() {
+                    std::process::exit(0);
+                }
+                continue;
+            }
         };
-        let mut input = vec![0u8; len];
-        if requests.read_exact(&mut input).is_err() {
-            std::process::exit(0);
-        }
         task.seceded.store(false, Ordering::Release);
         let outcome = run_input(&input);
         drop(input);
@@ -280,6 +288,14 @@ fn serve() -> ! {
                 send_reply(&replies, reply::OUTPUT, &output)?;
             }
             match &outcome {
+                Ok(bytes) if bytes.len() >= format::LARGE && shared.is_some() => {
+                    match write_result_file(shared.as_deref().unwrap_or(Path::new("")), bytes) {
+                        Ok(path) => {
+                            send_reply(&replies, reply::RESULT_FILE, path.as_os_str().as_bytes())
+                        }
+                        Err(_) => send_reply(&replies, reply::RESULT, &format::result_frame(bytes)),
+                    }
+                }
                 Ok(bytes) => send_reply(&replies, reply::RESULT, &format::result_frame(bytes)),
                 Err(failure) => send_reply(&replies, reply::FAILURE, &format::error_frame(failure)),
             }
@@ -287,6 +303,47 @@ fn serve() -> ! {
         if sent.is_err() {
             // The runner stopped listening; nobody is left to tell.
             std::process::exit(0);
+        }
+    }
+}
+
+/// Reads one request's input: `len` bytes from the pipe, or, for
+/// [`format::INPUT_IN_FILE`], the file whose path follows (deleted once
+/// read).
+fn read_request(requests: &mut File, len: u64) -> std::io::Result<Vec<u8>> {
+    let too_long = || std::io::Error::other("the request is longer than memory");
+    if len != format::INPUT_IN_FILE {
+        let mut input = vec![0u8; usize::try_from(len).map_err(|_| too_long())?];
+        requests.read_exact(&mut input)?;
+        return Ok(input);
+    }
+    let mut len = [0u8; 8];
+    requests.read_exact(&mut len)?;
+    let mut path = vec![0u8; usize::try_from(u64::from_le_bytes(len)).map_err(|_| too_long())?];
+    requests.read_exact(&mut path)?;
+    let path = Path::new(std::ffi::OsStr::from_bytes(&path));
+    let input = std::fs::read(path);
+    let _ = std::fs::remove_file(path);
+    input
+}
+
+/// Writes a large result frame to a new file in `dir`, for the runner.
+fn write_result_file(dir: &Path, bytes: &[u8]) -> std::io::Result<PathBuf> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let path = dir.join(format!(
+        "flowrun-result-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = File::create(&path).and_then(|mut f| {
+        f.write_all(format::RESULT_MAGIC)?;
+        f.write_all(bytes)
+    });
+    match written {
+        Ok(()) => Ok(path),
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            Err(e)
         }
     }
 }
