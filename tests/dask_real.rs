@@ -496,6 +496,41 @@ fn many(n: u64) -> u64 {
     flowrun::results(futures).unwrap().iter().sum()
 }
 
+#[flow(task_runner = DaskTaskRunner::new())]
+fn drops_a_future(address: String) -> Vec<Option<String>> {
+    let id = flowrun::current_flow_run_id().unwrap();
+    let key = |f: &flowrun::TaskFuture<u64>| format!("{}-{}-1", f.name(), &id[..8]);
+    let kept = plus_one.submit(1);
+    let dropped = plus_one.submit(2);
+    let dependent = plus_one.submit(&dropped);
+    // Waiting reads nothing: its result stays on the cluster (a read
+    // result is the flow's, and its key goes too).
+    dependent.wait();
+    assert!(dependent.state().is_completed());
+    let keys = vec![key(&kept), key(&dropped), key(&dependent)];
+    kept.wait();
+    drop(dependent);
+    drop(dropped);
+    // Nothing can read them now: they go, while the kept one stays.
+    support::poll("the dropped keys' release", Duration::from_secs(30), || {
+        let states = scheduler_states(&address, &keys[1..]);
+        states.values().all(Option::is_none).then_some(())
+    });
+    let states = scheduler_states(&address, &keys);
+    keys.iter().map(|k| states[k].clone()).collect()
+}
+
+#[test]
+fn a_key_is_released_once_no_future_and_no_dependent_needs_it() {
+    let _t = begin("a_key_is_released_once_no_future_and_no_dependent_needs_it");
+    let cluster = Cluster::start(&[WorkerSpec::threads(2)]);
+    let states = drops_a_future
+        .with_runner(runner(&cluster))
+        .call(cluster.address.clone())
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert_eq!(states, vec![Some("memory".to_owned()), None, None]);
+}
+
 /// What flowrun leaves on the scheduler: keys, event topics, worker
 /// plugins. (The scheduler itself keeps a topic of a few events per client
 /// it has seen, named after the client, for Python clients too.)
@@ -1044,6 +1079,7 @@ fn get_dask_client_submits_to_the_same_real_cluster() {
     // its thread to them, or this never ends.
     let cluster = Cluster::start(&[WorkerSpec::threads(1)]);
     let worker = cluster.worker_pids()[0];
+    let seen = console().lock().unwrap().len();
     let ((inside, inside_pids), (from_flow, flow_pids)) = nested
         .with_runner(runner(&cluster))
         .call(5)
@@ -1052,9 +1088,7 @@ fn get_dask_client_submits_to_the_same_real_cluster() {
     assert_eq!(from_flow, 55);
     // The inner runs' lines carry their own names, not the outer task's.
     let finished = |run: &str| {
-        console()
-            .lock()
-            .unwrap()
+        console().lock().unwrap()[seen..]
             .iter()
             .filter(|l| l.contains(&format!("{run} - Finished in state")))
             .count()
