@@ -3,9 +3,11 @@
 //! A result stays on its worker until the flow reads it, and each read is a
 //! gather: one round trip to the scheduler. Reading many results one by one
 //! (`results()`, `as_completed`) would pay that trip for each. So a read
-//! also fetches, in the same gather, results that completed and were not
-//! read yet, in the order they completed, up to [`PREFETCH_BYTES`] held in
-//! this process; later reads find them here. Their sizes come from the
+//! also fetches, in the same gather, small results (up to
+//! [`PREFETCH_ONE`] each) that completed and were not read yet, in the
+//! order they completed, up to [`PREFETCH_BYTES`] held in this process;
+//! later reads find them here. Large results are fetched only when read:
+//! they usually feed other tasks, and move between workers only. Their sizes come from the
 //! scheduler first (one `nbytes` question for the whole batch), so a batch
 //! never brings more than the budget. A read with nothing else to fetch is
 //! one gather, as before.
@@ -29,6 +31,10 @@ pub(crate) const PREFETCH_BYTES: u64 = 64 << 20;
 
 /// The most results one gather reads ahead.
 const PREFETCH_KEYS: usize = 4096;
+
+/// The largest result read ahead: large ones usually feed other tasks
+/// (they move between workers) and are fetched only when read.
+const PREFETCH_ONE: u64 = 64 << 10;
 
 /// The results of one session, read in batches.
 pub(crate) struct Reads {
@@ -150,10 +156,14 @@ impl Reads {
                     let mut keys = vec![key.clone()];
                     for other in others {
                         let size = sizes.get(&other).copied().unwrap_or(-1);
-                        // Unknown sizes are not read ahead.
+                        // Unknown sizes and large results are not read
+                        // ahead.
                         let Ok(size) = u64::try_from(size) else {
                             continue;
                         };
+                        if size > PREFETCH_ONE {
+                            continue;
+                        }
                         if total + size > room {
                             break;
                         }

@@ -218,6 +218,9 @@ class _Server:
             env=env,
         )
         self.fd = self.proc.stdout.fileno()
+        # poll, not select: a busy worker's fds may pass FD_SETSIZE.
+        self.poller = select.poll()
+        self.poller.register(self.fd, select.POLLIN)
         # Larger pipes: fewer process switches for mid-sized data.
         try:
             import fcntl
@@ -231,11 +234,11 @@ class _Server:
         buf = bytearray(n)
         view, pos = memoryview(buf), 0
         while pos < n:
-            ready, _, _ = select.select([self.fd], [], [], 0.25)
+            ready = self.poller.poll(250)
             # A process that ended is not waited for on its pipe, which a
             # child it left behind may hold open.
             if not ready and self.proc.poll() is not None:
-                ready, _, _ = select.select([self.fd], [], [], 0)
+                ready = self.poller.poll(0)
                 if not ready:
                     raise _Died()
             if ready:
