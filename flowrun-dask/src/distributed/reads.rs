@@ -3,14 +3,15 @@
 //! A result stays on its worker until the flow reads it, and each read is a
 //! gather: one round trip to the scheduler. Reading many results one by one
 //! (`results()`, `as_completed`) would pay that trip for each. So a read
-//! also fetches, in the same gather, small results (up to
-//! [`PREFETCH_ONE`] each) that completed and were not read yet, in the
-//! order they completed, up to [`PREFETCH_BYTES`] held in this process;
-//! later reads find them here. Large results are fetched only when read:
-//! they usually feed other tasks, and move between workers only. Their sizes come from the
-//! scheduler first (one `nbytes` question for the whole batch), so a batch
-//! never brings more than the budget. A read with nothing else to fetch is
-//! one gather, as before.
+//! also fetches, in the same gather, small results (up to [`PREFETCH_ONE`]
+//! each) that completed and were not read yet, in the order they
+//! completed, up to [`PREFETCH_BYTES`] held in this process; later reads
+//! find them here. Large results are fetched only when read: they usually
+//! feed other tasks, and move between workers only. Sizes come from the
+//! scheduler (one `nbytes` question per batch), except for tasks whose
+//! results read so far were all small, which are taken as small again (a
+//! task whose results then grow can bring up to [`PREFETCH_KEYS`] of them
+//! before that is seen). A read with nothing else to fetch is one gather.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -55,6 +56,8 @@ struct State {
     ready_bytes: u64,
     /// Keys of gathers under way.
     inflight: HashSet<String>,
+    /// The largest result read so far of each task.
+    largest: HashMap<String, u64>,
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -145,15 +148,36 @@ impl Reads {
         others: &[String],
     ) -> (Result<Bytes, TaskError>, Vec<(String, Bytes)>) {
         if !others.is_empty() {
-            let room = PREFETCH_BYTES.saturating_sub(lock(&self.state).ready_bytes);
+            let (room, known) = {
+                let state = lock(&self.state);
+                let room = PREFETCH_BYTES.saturating_sub(state.ready_bytes);
+                // Results of tasks whose results were all small so far are
+                // taken as small again, without asking the scheduler.
+                let known: HashMap<String, i64> = others
+                    .iter()
+                    .filter_map(|o| {
+                        let size = *state.largest.get(task_of(o))?;
+                        (size <= PREFETCH_ONE).then(|| (o.clone(), size as i64))
+                    })
+                    .collect();
+                (room, known)
+            };
             let client = self.client.clone();
-            let key = key.to_owned();
+            let owned = key.to_owned();
             let others = others.to_vec();
             let batch = block_on(
                 async move {
-                    let sizes = client.nbytes(&others).await?;
+                    let unknown: Vec<String> = others
+                        .iter()
+                        .filter(|o| !known.contains_key(*o))
+                        .cloned()
+                        .collect();
+                    let mut sizes = known;
+                    if !unknown.is_empty() {
+                        sizes.extend(client.nbytes(&unknown).await?);
+                    }
                     let mut total = 0u64;
-                    let mut keys = vec![key.clone()];
+                    let mut keys = vec![owned.clone()];
                     for other in others {
                         let size = sizes.get(&other).copied().unwrap_or(-1);
                         // Unknown sizes and large results are not read
@@ -171,21 +195,43 @@ impl Reads {
                         keys.push(other);
                     }
                     let mut values = client.gather(&keys).await?;
-                    let own = values.remove(&key).unwrap_or_default();
+                    let own = values.remove(&owned).unwrap_or_default();
                     Ok::<_, ProtocolError>((own, values))
                 },
                 GATHER_TIMEOUT,
             );
             if let Some(Ok((own, values))) = batch {
-                let ahead = values
+                let ahead: Vec<(String, Bytes)> = values
                     .into_iter()
                     .filter_map(|(k, v)| Some((k, unframe(&v).ok()?)))
                     .collect();
-                return (unframe(&own), ahead);
+                let own = unframe(&own);
+                self.observe(key, &own, &ahead);
+                return (own, ahead);
             }
         }
-        (fetch_one(&self.client, key), Vec::new())
+        let own = fetch_one(&self.client, key);
+        self.observe(key, &own, &[]);
+        (own, Vec::new())
     }
+
+    /// Remembers the largest result of each task seen so far.
+    fn observe(&self, key: &str, own: &Result<Bytes, TaskError>, ahead: &[(String, Bytes)]) {
+        let mut state = lock(&self.state);
+        let own = own.as_ref().ok().map(|v| (key, v));
+        for (key, value) in own
+            .into_iter()
+            .chain(ahead.iter().map(|(k, v)| (k.as_str(), v)))
+        {
+            let largest = state.largest.entry(task_of(key).to_owned()).or_default();
+            *largest = (*largest).max(value.len() as u64);
+        }
+    }
+}
+
+/// The task of a key (`<task>-<n>-<flow run tag>-<attempt>`).
+fn task_of(key: &str) -> &str {
+    key.rsplitn(4, '-').nth(3).unwrap_or(key)
 }
 
 fn unframe(value: &[u8]) -> Result<Bytes, TaskError> {
@@ -247,4 +293,16 @@ fn fetch_one(client: &Arc<DaskClient>, key: &str) -> Result<Bytes, TaskError> {
         }
     };
     unframe(&value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::task_of;
+
+    #[test]
+    fn the_task_of_a_key_is_before_its_run_number() {
+        assert_eq!(task_of("bump-12-8431af74-1"), "bump");
+        assert_eq!(task_of("my-task-3-8431af74-2"), "my-task");
+        assert_eq!(task_of("odd"), "odd");
+    }
 }
