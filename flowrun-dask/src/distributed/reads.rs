@@ -30,6 +30,10 @@ const GATHER_TIMEOUT: Duration = Duration::from_secs(600);
 /// The most bytes of results read ahead and held until they are read.
 pub(crate) const PREFETCH_BYTES: u64 = 64 << 20;
 
+/// The least time between the starts of two gathers of closely following
+/// reads (see `Reads::read`).
+const GATHER_GAP: Duration = Duration::from_millis(20);
+
 /// The most results one gather reads ahead.
 const PREFETCH_KEYS: usize = 4096;
 
@@ -58,6 +62,8 @@ struct State {
     inflight: HashSet<String>,
     /// The largest result read so far of each task.
     largest: HashMap<String, u64>,
+    /// When the last gather started.
+    last_gather: Option<Instant>,
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -99,11 +105,26 @@ impl Reads {
                     state.ready_bytes -= value.len() as u64;
                     return Ok(value);
                 }
-                if !state.inflight.contains(key) {
-                    break;
+                if state.inflight.contains(key) {
+                    state = self.arrived.wait(state).unwrap_or_else(|p| p.into_inner());
+                    continue;
                 }
-                state = self.arrived.wait(state).unwrap_or_else(|p| p.into_inner());
+                // Reads that follow each other closely (a loop over results
+                // while tasks still complete) wait a moment, so that one
+                // gather takes what completed meanwhile: a gather per few
+                // results would load the scheduler that runs the tasks.
+                let since = state.last_gather.map(|t| t.elapsed());
+                match since {
+                    Some(since) if since < GATHER_GAP => {
+                        drop(state);
+                        std::thread::sleep(GATHER_GAP - since);
+                        state = lock(&self.state);
+                        state.last_gather = None;
+                    }
+                    _ => break,
+                }
             }
+            state.last_gather = Some(Instant::now());
             state.unread_set.remove(key);
             let mut others = Vec::new();
             while others.len() < PREFETCH_KEYS {
