@@ -1,22 +1,25 @@
-//! flowrun on a real Dask cluster against Dask's own client, on the same
-//! cluster: 1000 tasks that each start a subprocess.
+//! flowrun on a real Dask cluster against Dask's own client, side by side
+//! on the same cluster in one run.
 //!
-//! * flowrun: a flow submits N tasks to `DaskTaskRunner::address(...)`; each
-//!   runs as this program in task mode, started by the worker. Timed inside
-//!   the flow from the first submit until every run is final (results stay
-//!   on the workers), and, separately, until every result has been read.
-//! * Dask: `Client.map(subprocess.check_output, [["/bin/cat"]] * N,
-//!   input=b"x", pure=False)` then `gather`, from the cluster's own Python.
-//!   Timed from `map` until the results are gathered; connecting is not
-//!   timed. Also with `Future.result()` one by one, which is what reading
-//!   every flowrun result compares with (one gather per result).
+//! * Many trivial tasks (N = 1,000 and 10,000 by default): a flowrun flow
+//!   submits N tasks to `DaskTaskRunner::address(...)` and waits until every
+//!   run is final (results stay on the workers), and, separately, reads
+//!   every result; Dask's `Client.map(inc, range(N), pure=False)` of a
+//!   Python function, then `gather`, from the cluster's own Python. Each
+//!   side is timed from the first submit; connecting is not timed.
+//! * A chain of 8 tasks passing 256 MiB: the first makes 256 MiB, each of
+//!   the next six returns its input with one byte more, the last returns the
+//!   length. flowrun with `String`s, Dask with `bytes`, timed from the first
+//!   submit until the length is read.
 //!
 //! The cluster is one scheduler and 2 workers x 2 threads on 127.0.0.1
-//! (`flowrun-dask/tests/support`). Runs are interleaved, median of RUNS each.
+//! (`flowrun-dask/tests/support`). Runs are interleaved (the side that goes
+//! first alternates); the medians and their ratios are printed.
 //!
 //! ```text
-//! cargo bench --bench real_dask                 # N=1000, RUNS=3
-//! cargo bench --bench real_dask -- 200 5        # N=200, RUNS=5
+//! cargo bench --bench real_dask                      # N=1000 and 10000, 3 runs
+//! cargo bench --bench real_dask -- 200 5             # N=200, 5 runs
+//! cargo bench --bench real_dask -- 0 3               # the chain only
 //! FLOWRUN_DASK_VERSION=2025.4.0 cargo bench --bench real_dask
 //! ```
 
@@ -57,34 +60,76 @@ fn submit_and_read(n: u64) -> Duration {
     elapsed
 }
 
-const DASK_MAP: &str = r#"
-import subprocess, sys, time
+#[task]
+fn chunk(mb: usize) -> String {
+    "a".repeat(mb << 20)
+}
+
+#[task]
+fn pass_on(data: String) -> String {
+    let mut data = data;
+    data.push('b');
+    data
+}
+
+#[task]
+fn length(data: String) -> usize {
+    data.len()
+}
+
+#[flow(task_runner = DaskTaskRunner::new())]
+fn chain_of_eight(mb: usize) -> Duration {
+    let started = Instant::now();
+    let mut last = chunk.submit(mb);
+    for _ in 0..6 {
+        last = pass_on.submit(last);
+    }
+    let n = length.submit(last).result().unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(n, (mb << 20) + 6);
+    elapsed
+}
+
+const DASK_SIDE: &str = r#"
+import sys, time
 from distributed import Client
-n = int(sys.argv[2])
+
+def inc(x):
+    return x + 1
+
+def chunk(mb):
+    return b"a" * (mb << 20)
+
+def pass_on(data):
+    return data + b"b"
+
 client = Client(sys.argv[1], timeout=60)
+what, n = sys.argv[2], int(sys.argv[3])
 started = time.perf_counter()
-futures = client.map(subprocess.check_output, [["/bin/cat"]] * n, input=b"x", pure=False)
-if sys.argv[3] == "gather":
+if what == "map":
+    futures = client.map(inc, range(n), pure=False)
     results = client.gather(futures)
+    assert len(results) == n
 else:
-    results = [f.result() for f in futures]
+    last = client.submit(chunk, n, pure=False)
+    for _ in range(6):
+        last = client.submit(pass_on, last, pure=False)
+    assert client.submit(len, last, pure=False).result() == (n << 20) + 6
 elapsed = time.perf_counter() - started
-assert len(results) == n
-del futures
 client.close()
 print(elapsed)
 "#;
 
-/// Runs `Client.map` and reads the results with one `gather` (`"gather"`)
-/// or one `Future.result()` each (`"each"`).
-fn dask_map(python: &std::path::Path, address: &str, n: u64, read: &str) -> Duration {
+/// Runs Dask's side: `"map"` of `n` trivial tasks and a gather, or
+/// `"chain"` of eight tasks passing `n` MiB.
+fn dask_side(python: &std::path::Path, address: &str, what: &str, n: u64) -> Duration {
     let out = Command::new(python)
-        .args(["-c", DASK_MAP, address, &n.to_string(), read])
+        .args(["-c", DASK_SIDE, address, what, &n.to_string()])
         .output()
         .expect("run the venv's python");
     assert!(
         out.status.success(),
-        "Client.map failed: {}",
+        "Dask's side failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let seconds: f64 = String::from_utf8_lossy(&out.stdout)
@@ -148,8 +193,13 @@ fn main() {
         .skip(1)
         .filter_map(|a| a.parse().ok())
         .collect();
-    let n = numbers.first().copied().unwrap_or(1000);
+    let sizes = match numbers.first() {
+        Some(0) => vec![],
+        Some(&n) => vec![n],
+        None => vec![1000, 10_000],
+    };
     let runs = numbers.get(1).copied().unwrap_or(3).max(1) as usize;
+    let chain_mb = 256;
     let version = support::dask_version();
     let cluster = Cluster::start(&[WorkerSpec::threads(2), WorkerSpec::threads(2)]);
     let python = support::venv_bin(&version).join("python");
@@ -159,98 +209,123 @@ fn main() {
             .client_kwargs(ClientKwargs::new().timeout(Duration::from_secs(60)))
     };
     eprintln!(
-        "real_dask: N={n}, {runs} interleaved runs, distributed {version}, 2 workers x 2 threads"
+        "real_dask: N={sizes:?}, {runs} interleaved runs, distributed {version}, 2 workers x 2 threads"
     );
     // Warm-up: page in the program and Python's imports on the workers.
     submit_and_wait
         .with_runner(runner())
         .call(20)
         .expect("warm-up flow");
-    dask_map(&python, &cluster.address, 20, "gather");
+    dask_side(&python, &cluster.address, "map", 20);
 
     let pids = cluster.pids();
-    let (mut waited, mut read, mut flows, mut dask, mut dask_each) =
-        (vec![], vec![], vec![], vec![], vec![]);
-    let (mut flowrun_cpu, mut dask_cpu, mut flow_cpu) = (vec![], vec![], vec![]);
+    for &n in &sizes {
+        let (mut waited, mut read, mut dask) = (vec![], vec![], vec![]);
+        let (mut flowrun_cpu, mut dask_cpu, mut flow_cpu) = (vec![], vec![], vec![]);
+        for run in 0..runs {
+            let mut flowrun_side = || {
+                let cpu = cpu_seconds(&pids);
+                let own = own_cpu_seconds();
+                waited.push(
+                    submit_and_wait
+                        .with_runner(runner())
+                        .call(n)
+                        .expect("flow failed"),
+                );
+                flowrun_cpu.push(Duration::from_secs_f64(cpu_seconds(&pids) - cpu));
+                flow_cpu.push(Duration::from_secs_f64(own_cpu_seconds() - own));
+                read.push(
+                    submit_and_read
+                        .with_runner(runner())
+                        .call(n)
+                        .expect("flow failed"),
+                );
+            };
+            let mut dask_run = || {
+                let cpu = cpu_seconds(&pids);
+                dask.push(dask_side(&python, &cluster.address, "map", n));
+                dask_cpu.push(Duration::from_secs_f64(cpu_seconds(&pids) - cpu));
+            };
+            if run % 2 == 0 {
+                flowrun_side();
+                dask_run();
+            } else {
+                dask_run();
+                flowrun_side();
+            }
+            eprintln!(
+                "N={n} run {run}: flowrun wait {:.3} s, read {:.3} s; Dask map+gather {:.3} s",
+                waited[run].as_secs_f64(),
+                read[run].as_secs_f64(),
+                dask[run].as_secs_f64(),
+            );
+        }
+        let base = median(dask.clone());
+        println!("N={n} trivial tasks, median of {runs} runs (seconds):");
+        println!(
+            "  Dask Client.map(inc) + gather: {:.3}  [{}]",
+            base.as_secs_f64(),
+            show(&dask)
+        );
+        for (name, v) in [
+            ("flowrun submit + wait", &waited),
+            ("flowrun submit + read every result", &read),
+        ] {
+            let m = median(v.clone());
+            println!(
+                "  {name}: {:.3}  [{}]  ratio to Dask {:.2}x",
+                m.as_secs_f64(),
+                show(v),
+                m.as_secs_f64() / base.as_secs_f64()
+            );
+        }
+        println!(
+            "  cluster CPU (scheduler + workers + task processes): flowrun {:.2}, Dask {:.2}; \
+             flow process CPU {:.2}",
+            median(flowrun_cpu).as_secs_f64(),
+            median(dask_cpu).as_secs_f64(),
+            median(flow_cpu).as_secs_f64()
+        );
+    }
+
+    let (mut ours, mut theirs) = (vec![], vec![]);
     for run in 0..runs {
         let mut flowrun_side = || {
-            let started = Instant::now();
-            let cpu = cpu_seconds(&pids);
-            let own = own_cpu_seconds();
-            let inner = submit_and_wait
-                .with_runner(runner())
-                .call(n)
-                .expect("flow failed");
-            flowrun_cpu.push(Duration::from_secs_f64(cpu_seconds(&pids) - cpu));
-            flow_cpu.push(Duration::from_secs_f64(own_cpu_seconds() - own));
-            flows.push(started.elapsed());
-            waited.push(inner);
-            read.push(
-                submit_and_read
+            ours.push(
+                chain_of_eight
                     .with_runner(runner())
-                    .call(n)
+                    .call(chain_mb)
                     .expect("flow failed"),
-            );
+            )
         };
-        let mut dask_side = || {
-            let cpu = cpu_seconds(&pids);
-            dask.push(dask_map(&python, &cluster.address, n, "gather"));
-            dask_cpu.push(Duration::from_secs_f64(cpu_seconds(&pids) - cpu));
-            dask_each.push(dask_map(&python, &cluster.address, n, "each"));
+        let mut dask_run = || {
+            theirs.push(dask_side(
+                &python,
+                &cluster.address,
+                "chain",
+                chain_mb as u64,
+            ))
         };
         if run % 2 == 0 {
             flowrun_side();
-            dask_side();
+            dask_run();
         } else {
-            dask_side();
+            dask_run();
             flowrun_side();
         }
         eprintln!(
-            "run {run}: flowrun wait {:.3} s, read {:.3} s, whole flow call {:.3} s; \
-             Dask Client.map+gather {:.3} s; cluster CPU flowrun {:.2} s, Dask {:.2} s",
-            waited[run].as_secs_f64(),
-            read[run].as_secs_f64(),
-            flows[run].as_secs_f64(),
-            dask[run].as_secs_f64(),
-            flowrun_cpu[run].as_secs_f64(),
-            dask_cpu[run].as_secs_f64()
+            "chain run {run}: flowrun {:.3} s, Dask {:.3} s",
+            ours[run].as_secs_f64(),
+            theirs[run].as_secs_f64()
         );
     }
-    let dask_median = median(dask.clone());
-    let ratio = |d: Duration| d.as_secs_f64() / dask_median.as_secs_f64();
-    println!("N={n} tasks, median of {runs} runs (seconds):");
+    let (m_ours, m_theirs) = (median(ours.clone()), median(theirs.clone()));
+    println!("chain of 8 tasks passing {chain_mb} MiB, median of {runs} runs (seconds):");
+    println!("  Dask: {:.3}  [{}]", m_theirs.as_secs_f64(), show(&theirs));
     println!(
-        "  Dask Client.map + gather (check_output /bin/cat): {:.3}  [{}]",
-        dask_median.as_secs_f64(),
-        show(&dask)
+        "  flowrun: {:.3}  [{}]  ratio to Dask {:.2}x",
+        m_ours.as_secs_f64(),
+        show(&ours),
+        m_ours.as_secs_f64() / m_theirs.as_secs_f64()
     );
-    let each = median(dask_each.clone());
-    println!(
-        "  Dask Client.map + Future.result() one by one: {:.3}  [{}]",
-        each.as_secs_f64(),
-        show(&dask_each)
-    );
-    println!(
-        "  cluster CPU (scheduler + workers + task processes): flowrun {:.2}, Dask {:.2}, ratio {:.2}x",
-        median(flowrun_cpu.clone()).as_secs_f64(),
-        median(dask_cpu.clone()).as_secs_f64(),
-        median(flowrun_cpu).as_secs_f64() / median(dask_cpu).as_secs_f64()
-    );
-    println!(
-        "  flow process CPU (flowrun's client side, submit + wait): {:.2}",
-        median(flow_cpu).as_secs_f64()
-    );
-    for (name, v) in [
-        ("flowrun submit + wait (results stay on workers)", &waited),
-        ("flowrun submit + read every result", &read),
-        ("flowrun whole flow call (connect .. close, wait)", &flows),
-    ] {
-        let m = median(v.clone());
-        println!(
-            "  {name}: {:.3}  [{}]  ratio to Dask {:.2}x",
-            m.as_secs_f64(),
-            show(v),
-            ratio(m)
-        );
-    }
 }

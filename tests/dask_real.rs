@@ -21,11 +21,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use flowrun::{flow, task, FlowErrorKind, StateKind, TaskErrorKind};
-use flowrun_dask::protocol::DaskClient;
+use flowrun_dask::protocol::{DaskClient, Security};
 use flowrun_dask::{
     annotate, current_cluster, AdaptKwargs, ClientKwargs, ClusterKwargs, DaskTaskRunner,
     WaitingTask,
@@ -218,6 +219,7 @@ fn count_to(highest_number: u32, address: String) -> (Vec<String>, Vec<String>) 
 fn count_to_runs_in_parallel_on_two_workers() {
     let _t = begin("count_to_runs_in_parallel_on_two_workers");
     let cluster = Cluster::start(&[WorkerSpec::threads(2), WorkerSpec::threads(2)]);
+    let seen = console().lock().unwrap().len();
     let started = Instant::now();
     let (keys, locations) = count_to
         .with_runner(runner(&cluster))
@@ -233,6 +235,18 @@ fn count_to_runs_in_parallel_on_two_workers() {
         );
     }
     assert!(keys[3].starts_with("shout-3-"), "{keys:?}");
+    // Joining a running scheduler is not creating a cluster.
+    let lines = console().lock().unwrap()[seen..].to_vec();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("Connecting to an existing Dask cluster: Dask cluster at tcp://")),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("temporary cluster")),
+        "{lines:?}"
+    );
     let workers: BTreeSet<&str> = locations.iter().map(String::as_str).collect();
     let expected: BTreeSet<&str> = [cluster.worker_address(0), cluster.worker_address(1)].into();
     assert_eq!(
@@ -262,37 +276,323 @@ fn measure(data: String) -> usize {
     data.len()
 }
 
-/// Bytes this process has read (files and sockets), from `/proc/self/io`.
-fn bytes_read() -> u64 {
-    let io = std::fs::read_to_string("/proc/self/io").unwrap();
-    io.lines()
-        .find_map(|l| l.strip_prefix("rchar: "))
-        .and_then(|v| v.trim().parse().ok())
+/// Resets this process's peak resident memory (`VmHWM`), so that the next
+/// [`peak_memory`] is the peak since now.
+fn reset_peak_memory() {
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+}
+
+/// This process's peak resident memory, in bytes.
+fn peak_memory() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .unwrap()
+        * 1024
+}
+
+/// The bytes Dask's workers sent, from their own transfer records: to
+/// other workers, and to anyone else (the scheduler's gathers for the flow).
+fn worker_transfers(address: &str) -> (u64, u64) {
+    let script = format!(
+        "from distributed import Client\n\
+         c = Client({address:?}, timeout=60)\n\
+         workers = set(c.scheduler_info()['workers'])\n\
+         logs = c.run(lambda dask_worker: list(dask_worker.transfer_outgoing_log))\n\
+         peers = sum(t['total'] for l in logs.values() for t in l if t['who'] in workers)\n\
+         other = sum(t['total'] for l in logs.values() for t in l if t['who'] not in workers)\n\
+         print(peers, other)\n\
+         c.close()\n"
+    );
+    let out = std::process::Command::new(venv_python())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut numbers = text.split_whitespace().map(|n| n.parse::<u64>().unwrap());
+    (numbers.next().unwrap(), numbers.next().unwrap())
 }
 
 #[flow(task_runner = DaskTaskRunner::new())]
-fn chain(mb: usize) -> usize {
+fn chain(mb: usize, read_last: bool) -> usize {
     let first = blob.submit(mb);
     let second = grow.submit(first, mb);
     let third = grow.submit(second, mb);
+    if read_last {
+        // What the check below must catch: the data coming to the flow.
+        return third.result().unwrap().len();
+    }
     measure.submit(third).result().unwrap()
 }
 
 #[test]
 fn dependency_data_moves_between_workers_not_through_the_flow() {
     let _t = begin("dependency_data_moves_between_workers_not_through_the_flow");
-    let cluster = Cluster::start(&[WorkerSpec::threads(1), WorkerSpec::threads(1)]);
     let mb = 16;
-    let before = bytes_read();
-    let length = chain
-        .with_runner(runner(&cluster))
-        .call(mb)
+    let moved = |read_last: bool| {
+        // A fresh cluster each time: the workers' records start empty.
+        let cluster = Cluster::start(&[WorkerSpec::threads(1), WorkerSpec::threads(1)]);
+        reset_peak_memory();
+        let before = peak_memory();
+        let length = chain
+            .with_runner(runner(&cluster))
+            .call(mb, read_last)
+            .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+        assert_eq!(length, 3 * (mb << 20));
+        let grown = peak_memory().saturating_sub(before);
+        let (peers, to_flow) = worker_transfers(&cluster.address);
+        (grown, peers, to_flow)
+    };
+    let (grown, peers, to_flow) = moved(false);
+    // 16 + 32 + 48 MiB went from task to task, on one worker or between
+    // the two; what went towards the flow was a few bytes.
+    assert!(
+        to_flow < 64 << 10,
+        "the workers sent {to_flow} bytes towards the flow"
+    );
+    assert!(
+        grown < 24 << 20,
+        "the flow's peak memory grew by {grown} bytes"
+    );
+    // The same chain that reads its last value shows up in both measures.
+    let (grown_read, _, to_flow_read) = moved(true);
+    assert!(to_flow_read >= 48 << 20, "{to_flow_read} {peers}");
+    assert!(grown_read >= 48 << 20, "{grown_read}");
+}
+
+// ---------------------------------------------------------------------------
+// Reads in batches: reading many results costs a few gathers, not one each.
+
+/// A TCP proxy in front of the scheduler that counts the `gather` requests
+/// passing through it (the msgpack str "gather" of the request's op).
+struct CountingProxy {
+    address: String,
+    gathers: Arc<AtomicUsize>,
+}
+
+impl CountingProxy {
+    fn start(scheduler: &str) -> CountingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = format!("tcp://{}", listener.local_addr().unwrap());
+        let target = scheduler.trim_start_matches("tcp://").to_owned();
+        let gathers = Arc::new(AtomicUsize::new(0));
+        let counter = gathers.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { return };
+                let mut server = std::net::TcpStream::connect(&target).unwrap();
+                let (mut client_out, mut server_in) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut server_in, &mut client_out);
+                    let _ = client_out.shutdown(std::net::Shutdown::Write);
+                });
+                let counter = counter.clone();
+                std::thread::spawn(move || {
+                    const OP: &[u8] = b"\xa6gather";
+                    let mut buf = vec![0u8; 1 << 16];
+                    let mut tail: Vec<u8> = Vec::new();
+                    loop {
+                        let n = match std::io::Read::read(&mut client, &mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if server.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        tail.extend_from_slice(&buf[..n]);
+                        let found = tail.windows(OP.len()).filter(|w| *w == OP).count();
+                        counter.fetch_add(found, Ordering::Relaxed);
+                        let keep = tail.len().saturating_sub(OP.len() - 1);
+                        tail.drain(..keep);
+                    }
+                    let _ = server.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        CountingProxy { address, gathers }
+    }
+
+    fn gathers(&self) -> usize {
+        self.gathers.load(Ordering::Relaxed)
+    }
+}
+
+#[task]
+fn plus_one(x: u64) -> u64 {
+    x + 1
+}
+
+#[flow(task_runner = DaskTaskRunner::new())]
+fn read_every_result(n: u64) -> (u64, u64) {
+    let futures: Vec<_> = (0..n).map(|i| plus_one.submit(i)).collect();
+    flowrun::wait(&futures);
+    let again = futures[0].clone();
+    let total = flowrun::results(futures).unwrap().iter().sum();
+    (total, again.result().unwrap())
+}
+
+#[test]
+fn results_are_read_in_batches_and_a_single_read_is_one_gather() {
+    let _t = begin("results_are_read_in_batches_and_a_single_read_is_one_gather");
+    let cluster = Cluster::start(&[WorkerSpec::threads(2)]);
+    let proxy = CountingProxy::start(&cluster.address);
+    let n = 300;
+    let (total, first) = read_every_result
+        .with_runner(runner(&cluster).address(&proxy.address))
+        .call(n)
         .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
-    let read = bytes_read() - before;
-    assert_eq!(length, 3 * (mb << 20));
-    // 16 + 32 + 48 MiB went from task to task; the flow read a few KiB.
-    assert!(read < 4 << 20, "the flow process read {read} bytes");
+    assert_eq!(total, n * (n + 1) / 2);
+    assert_eq!(first, 1, "a result read twice is read again");
+    // Every result read ahead by the first read, plus the second read of
+    // the first result.
+    let gathers = proxy.gathers();
+    assert!(gathers <= 3, "{gathers} gathers for {n} results");
+}
+
+// ---------------------------------------------------------------------------
+// Nothing left behind on a long-lived scheduler.
+
+/// Evaluates `expr` (a Python expression over `s`, the scheduler) on the
+/// scheduler, from a Python Dask client of its own; its repr.
+fn on_scheduler(address: &str, expr: &str) -> String {
+    let script = format!(
+        "from distributed import Client\n\
+         c = Client({address:?}, timeout=60)\n\
+         print(repr(c.run_on_scheduler(lambda dask_scheduler: (lambda s: {expr})(dask_scheduler))))\n\
+         c.close()\n"
+    );
+    let out = std::process::Command::new(venv_python())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+#[flow(task_runner = DaskTaskRunner::new())]
+fn many(n: u64) -> u64 {
+    let futures: Vec<_> = (0..n).map(|i| plus_one.submit(i)).collect();
+    flowrun::results(futures).unwrap().iter().sum()
+}
+
+#[flow(task_runner = DaskTaskRunner::new())]
+fn drops_a_future(address: String) -> Vec<Option<String>> {
+    let id = flowrun::current_flow_run_id().unwrap();
+    let key = |f: &flowrun::TaskFuture<u64>| format!("{}-{}-1", f.name(), &id[..8]);
+    let kept = plus_one.submit(1);
+    let dropped = plus_one.submit(2);
+    let dependent = plus_one.submit(&dropped);
+    // Waiting reads nothing: its result stays on the cluster (a read
+    // result is the flow's, and its key goes too).
+    dependent.wait();
+    assert!(dependent.state().is_completed());
+    let keys = vec![key(&kept), key(&dropped), key(&dependent)];
+    kept.wait();
+    drop(dependent);
+    drop(dropped);
+    // Nothing can read them now: they go, while the kept one stays.
+    support::poll("the dropped keys' release", Duration::from_secs(30), || {
+        let states = scheduler_states(&address, &keys[1..]);
+        states.values().all(Option::is_none).then_some(())
+    });
+    let states = scheduler_states(&address, &keys);
+    keys.iter().map(|k| states[k].clone()).collect()
+}
+
+#[test]
+fn a_key_is_released_once_no_future_and_no_dependent_needs_it() {
+    let _t = begin("a_key_is_released_once_no_future_and_no_dependent_needs_it");
+    let cluster = Cluster::start(&[WorkerSpec::threads(2)]);
+    let states = drops_a_future
+        .with_runner(runner(&cluster))
+        .call(cluster.address.clone())
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert_eq!(states, vec![Some("memory".to_owned()), None, None]);
+}
+
+/// What flowrun leaves on the scheduler: keys, event topics, worker
+/// plugins. (The scheduler itself keeps a topic of a few events per client
+/// it has seen, named after the client, for Python clients too.)
+const LEFT_BEHIND: &str = "(len(s.tasks), \
+    sorted(t for t, v in s._broker._topics.items() if t.startswith('flowrun') \
+        and not (v.events and isinstance(v.events[-1][1], dict) \
+            and str(v.events[-1][1].get('action')).endswith('-client'))), \
+    sorted(p for p in s.worker_plugins if p.startswith('flowrun')))";
+
+#[test]
+fn a_flow_of_ten_thousand_tasks_leaves_nothing_on_a_long_lived_scheduler() {
+    let _t = begin("a_flow_of_ten_thousand_tasks_leaves_nothing_on_a_long_lived_scheduler");
+    // Dask's transition log keeps the last 100,000 transitions (some five
+    // per task) by default; a short one lets the first flow fill it, so
+    // that what the second flow adds is only what a flow leaves behind.
+    const LOG: &str = "DASK_DISTRIBUTED__SCHEDULER__TRANSITION_LOG_LENGTH";
+    std::env::set_var(LOG, "1000");
+    let cluster = Cluster::start(&[WorkerSpec::threads(2), WorkerSpec::threads(2)]);
+    std::env::remove_var(LOG);
+    let nothing = "(0, [], [])";
+    let n = 10_000;
+    let flow = || {
+        let total = many
+            .with_runner(runner(&cluster))
+            .call(n)
+            .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+        assert_eq!(total, n * (n + 1) / 2);
+        assert_eq!(on_scheduler(&cluster.address, LEFT_BEHIND), nothing);
+        let objects: u64 = on_scheduler(
+            &cluster.address,
+            "__import__('gc').collect() * 0 + len(__import__('gc').get_objects())",
+        )
+        .parse()
+        .unwrap();
+        (objects, rss(cluster.scheduler_pid()))
+    };
+    // The first flow takes the scheduler's memory to where any 10,000
+    // tasks take it (Python keeps freed memory for reuse); a flow that left
+    // something behind would make the second one grow it again.
+    let (first_objects, first_rss) = flow();
+    let (second_objects, second_rss) = flow();
+    // The scheduler's Python objects are back where they were: anything
+    // left per task would be at least n more. (Dask keeps a topic of a few
+    // events per client it has seen, the measuring clients' included.)
+    assert!(
+        second_objects < first_objects + n / 2,
+        "the scheduler holds {first_objects} objects after the first flow, \
+         {second_objects} after the second"
+    );
+    // ... and its process did not grow by a flow's worth of tasks (the
+    // malloc heap keeps some room it had freed: about 20 MiB here).
+    let grown = second_rss.saturating_sub(first_rss);
+    assert!(
+        grown < 48 << 20,
+        "the scheduler grew by {} MiB in the second flow ({} -> {} MiB)",
+        grown >> 20,
+        first_rss >> 20,
+        second_rss >> 20
+    );
+    no_task_mode_left();
 }
 
 // ---------------------------------------------------------------------------
@@ -569,6 +869,113 @@ fn dask_retries_a_flaky_task_until_it_succeeds() {
 }
 
 // ---------------------------------------------------------------------------
+// Task processes: long-lived per worker (one call per task), or one per
+// attempt with isolate_tasks; one that dies is a crash, Dask retries, and a
+// new process takes over.
+
+#[task]
+fn whose_process() -> (u32, u32) {
+    (std::process::id(), std::os::unix::process::parent_id())
+}
+
+#[flow(task_runner = DaskTaskRunner::new())]
+fn process_ids(n: u32) -> Vec<(u32, u32, String)> {
+    // One after the other: on a one-thread worker each could reuse the last.
+    (0..n)
+        .map(|_| {
+            let future = whose_process.submit();
+            let (pid, parent) = future.result().unwrap();
+            // Short and silent, it still knows where it ran.
+            let location = future.run_ref().location().unwrap_or_default();
+            (pid, parent, location.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn tasks_are_calls_into_a_long_lived_task_process_unless_isolated() {
+    let _t = begin("tasks_are_calls_into_a_long_lived_task_process_unless_isolated");
+    let cluster = Cluster::start(&[WorkerSpec::threads(1)]);
+    let worker = cluster.worker_pids()[0];
+    let served = process_ids
+        .with_runner(runner(&cluster))
+        .call(4)
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let pids: BTreeSet<u32> = served.iter().map(|(pid, _, _)| *pid).collect();
+    assert_eq!(
+        pids.len(),
+        1,
+        "one task process served them all: {served:?}"
+    );
+    assert!(
+        served.iter().all(|(_, parent, location)| *parent == worker
+            && location == cluster.worker_address(0)),
+        "{served:?}"
+    );
+    // The flow run's end stops it.
+    no_task_mode_left();
+    let isolated = process_ids
+        .with_runner(runner(&cluster).isolate_tasks(true))
+        .call(4)
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let pids: BTreeSet<u32> = isolated.iter().map(|(pid, _, _)| *pid).collect();
+    assert_eq!(pids.len(), 4, "a process per task: {isolated:?}");
+    no_task_mode_left();
+}
+
+fn kill_own_process() {
+    // SAFETY: SIGKILL to this task process, which the test means to end.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+}
+
+#[task]
+fn dies() -> u32 {
+    kill_own_process();
+    0
+}
+
+#[task(retries = 1)]
+fn dies_once(marker: String) -> u32 {
+    if std::fs::read(&marker).is_err() {
+        std::fs::write(&marker, std::process::id().to_string()).unwrap();
+        kill_own_process();
+    }
+    std::process::id()
+}
+
+#[flow(task_runner = DaskTaskRunner::new())]
+fn dying(marker: String) -> (TaskErrorKind, String, u32, u32) {
+    let first = whose_process.submit().result().unwrap().0;
+    let error = dies.submit().result().unwrap_err();
+    let survivor = dies_once.submit(marker).result().unwrap();
+    (
+        error.kind().clone(),
+        error.message().to_owned(),
+        first,
+        survivor,
+    )
+}
+
+#[test]
+fn a_task_process_that_dies_is_a_crash_dask_retries_and_a_new_one_serves() {
+    let _t = begin("a_task_process_that_dies_is_a_crash_dask_retries_and_a_new_one_serves");
+    let cluster = Cluster::start(&[WorkerSpec::threads(1)]);
+    let marker = cluster.dir().join("dies-once");
+    let (kind, message, first, survivor) = dying
+        .with_runner(runner(&cluster))
+        .call(marker.display().to_string())
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert_eq!(kind, TaskErrorKind::Crashed, "{message}");
+    assert!(message.contains("signal 9"), "{message}");
+    let killed_in: u32 = std::fs::read_to_string(&marker).unwrap().parse().unwrap();
+    assert_ne!(killed_in, first, "the task that died had a fresh process");
+    assert_ne!(survivor, killed_in, "the retry ran in a new process");
+    no_task_mode_left();
+}
+
+// ---------------------------------------------------------------------------
 // A worker killed mid-task: Dask reruns the task elsewhere.
 
 #[task]
@@ -674,17 +1081,165 @@ fn get_dask_client_submits_to_the_same_real_cluster() {
     // its thread to them, or this never ends.
     let cluster = Cluster::start(&[WorkerSpec::threads(1)]);
     let worker = cluster.worker_pids()[0];
+    let seen = console().lock().unwrap().len();
     let ((inside, inside_pids), (from_flow, flow_pids)) = nested
         .with_runner(runner(&cluster))
         .call(5)
         .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
     assert_eq!(inside, 55);
     assert_eq!(from_flow, 55);
+    // The inner runs' lines carry their own names, not the outer task's.
+    let finished = |run: &str| {
+        console().lock().unwrap()[seen..]
+            .iter()
+            .filter(|l| l.contains(&format!("{run} - Finished in state")))
+            .count()
+    };
+    assert_eq!(finished("Task run 'sum_of_squares-0'"), 1);
     assert!(
         inside_pids.iter().chain(&flow_pids).all(|p| *p == worker),
         "every task ran on the Dask worker {worker}: {inside_pids:?} {flow_pids:?}"
     );
     no_task_mode_left();
+}
+
+// ---------------------------------------------------------------------------
+// TLS: a cluster that requires it, with certificates made here.
+
+/// Makes a CA and a certificate it signs (for 127.0.0.1, server and client
+/// use) in `dir`, named `<name>-ca.pem`, `<name>.pem`, `<name>.key`.
+fn certificates(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let path = |file: &str| dir.join(format!("{name}{file}"));
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let s = |p: PathBuf| p.display().to_string();
+    let (ca_key, ca, key, csr, cert, ext) = (
+        s(path("-ca.key")),
+        s(path("-ca.pem")),
+        s(path(".key")),
+        s(path(".csr")),
+        s(path(".pem")),
+        s(path(".ext")),
+    );
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={name} test CA"),
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+        "-subj",
+        &format!("/CN={name} node"),
+    ]);
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-out",
+        &cert,
+        "-days",
+        "2",
+        "-extfile",
+        &ext,
+    ]);
+    (path("-ca.pem"), path(".pem"), path(".key"))
+}
+
+#[test]
+fn a_tls_cluster_is_reached_with_dask_security_and_a_wrong_certificate_names_the_address() {
+    let _t = begin(
+        "a_tls_cluster_is_reached_with_dask_security_and_a_wrong_certificate_names_the_address",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(dir.path(), "cluster");
+    let (other_ca, other_cert, other_key) = certificates(dir.path(), "other");
+    let tls = |flag: &str, path: &Path| [flag.to_owned(), path.display().to_string()];
+    let extra: Vec<String> = [
+        ["--protocol".to_owned(), "tls".to_owned()],
+        tls("--tls-ca-file", &ca),
+        tls("--tls-cert", &cert),
+        tls("--tls-key", &key),
+    ]
+    .concat();
+    // One thread: the nested flow checks that a task reaches the cluster
+    // over TLS too, with its worker's certificate.
+    let cluster = Cluster::start_with(&support::dask_version(), &[WorkerSpec::threads(1)], &extra);
+    assert!(cluster.address.starts_with("tls://"), "{}", cluster.address);
+    let security = |ca: &Path, cert: &Path, key: &Path| {
+        Security::new()
+            .tls_ca_file(ca)
+            .tls_client_cert(cert)
+            .tls_client_key(key)
+    };
+    let ((inside, _), (from_flow, _)) = nested
+        .with_runner(runner(&cluster).security(security(&ca, &cert, &key)))
+        .call(3)
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert_eq!((inside, from_flow), (14, 14));
+    no_task_mode_left();
+    for (wrong, what) in [
+        (
+            security(&other_ca, &cert, &key),
+            "a CA that did not sign the scheduler's",
+        ),
+        (
+            security(&ca, &other_cert, &other_key),
+            "a client certificate of another CA",
+        ),
+        (Security::new(), "no TLS settings"),
+    ] {
+        let error = trivial
+            .with_runner(runner(&cluster).security(wrong))
+            .call()
+            .expect_err(what)
+            .to_string();
+        assert!(error.contains(&cluster.address), "{what}: {error}");
+        assert!(
+            ["certificate", "TLS", "tls"]
+                .iter()
+                .any(|w| error.contains(w)),
+            "{what}: {error}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------

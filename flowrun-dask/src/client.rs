@@ -77,7 +77,7 @@ pub fn get_dask_client() -> Result<Client, ClientError> {
     if let Some(scope) = forward::task_scope() {
         return Ok(Client::new(Place::Worker(scope)));
     }
-    if let Some(task) = crate::remote::dask_task() {
+    if let Some(task) = crate::distributed::dask_task() {
         // A task on a real Dask worker: a client of the worker's scheduler.
         // The task waits for what it submits, so its worker thread goes to
         // other tasks meanwhile, as with Dask's `worker_client`.
@@ -87,7 +87,11 @@ pub fn get_dask_client() -> Result<Client, ClientError> {
             )
         })?;
         task.secede();
-        return Client::start(DaskTaskRunner::new().address(address));
+        return Client::start(
+            DaskTaskRunner::new()
+                .address(address)
+                .security(task.security().clone()),
+        );
     }
     if let Some(flow) = flowrun_core::current_flow_handle() {
         if crate::cluster::current_cluster().is_none() {

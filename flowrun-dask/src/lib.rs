@@ -41,9 +41,9 @@ mod client;
 mod cluster;
 pub mod collection;
 mod dashboard;
+mod distributed;
 mod local;
 pub mod protocol;
-mod remote;
 mod runner;
 mod settings;
 

@@ -8,8 +8,8 @@ use flowrun_core::{
 };
 
 use crate::cluster::{self, Cluster, ClusterClass};
+use crate::distributed::{self, DistributedSettings};
 use crate::local::LocalCluster;
-use crate::remote::{self, RemoteSettings};
 use crate::settings::{AdaptKwargs, ClientKwargs, ClusterKwargs, SettingsError};
 
 /// Runs a flow's tasks with Dask's scheduling semantics: priorities,
@@ -57,7 +57,7 @@ pub struct DaskTaskRunner {
     cluster_kwargs: ClusterKwargs,
     adapt_kwargs: Option<AdaptKwargs>,
     client_kwargs: ClientKwargs,
-    remote: RemoteSettings,
+    distributed: DistributedSettings,
     dashboard: crate::dashboard::RunnerDashboard,
     cluster: Mutex<Option<(String, Arc<dyn Cluster>)>>,
 }
@@ -77,7 +77,7 @@ impl Clone for DaskTaskRunner {
             cluster_kwargs: self.cluster_kwargs.clone(),
             adapt_kwargs: self.adapt_kwargs.clone(),
             client_kwargs: self.client_kwargs.clone(),
-            remote: self.remote.clone(),
+            distributed: self.distributed.clone(),
             dashboard: self.dashboard.clone(),
             cluster: Mutex::new(None),
         }
@@ -92,8 +92,10 @@ impl std::fmt::Debug for DaskTaskRunner {
             .field("cluster_kwargs", &self.cluster_kwargs)
             .field("adapt_kwargs", &self.adapt_kwargs)
             .field("client_kwargs", &self.client_kwargs)
-            .field("task_program", &self.remote.task_program)
-            .field("python", &self.remote.python)
+            .field("task_program", &self.distributed.task_program)
+            .field("python", &self.distributed.python)
+            .field("isolate_tasks", &self.distributed.isolate_tasks)
+            .field("security", &self.distributed.security)
             .field("performance_report_path", &self.dashboard.report_path())
             .finish()
     }
@@ -108,7 +110,7 @@ impl DaskTaskRunner {
             cluster_kwargs: ClusterKwargs::default(),
             adapt_kwargs: None,
             client_kwargs: ClientKwargs::default(),
-            remote: RemoteSettings::default(),
+            distributed: DistributedSettings::default(),
             dashboard: Default::default(),
             cluster: Mutex::new(None),
         }
@@ -153,7 +155,45 @@ impl DaskTaskRunner {
     /// program of another build refuses the task with an error naming both
     /// builds.
     pub fn task_program(mut self, path: impl Into<std::path::PathBuf>) -> Self {
-        self.remote.task_program = Some(path.into());
+        self.distributed.task_program = Some(path.into());
+        self
+    }
+
+    /// On a real Dask cluster: run every task attempt in a process of its
+    /// own instead of in the flow's long-lived task processes.
+    ///
+    /// By default each Dask worker keeps task processes of the flow's
+    /// program for the whole flow run (started on its first task, stopped
+    /// when the flow run ends, at most one per worker thread) and each task
+    /// is a call into one of them, which costs about as much as a Dask
+    /// task of Python code. With `isolate_tasks(true)` each attempt starts
+    /// the program afresh: nothing a task leaves behind (globals, threads,
+    /// memory) reaches the next task, at the cost of a process start per
+    /// task. Either way a task whose process dies fails as `Crashed`, and
+    /// Dask's retries apply.
+    pub fn isolate_tasks(mut self, isolate: bool) -> Self {
+        self.distributed.isolate_tasks = isolate;
+        self
+    }
+
+    /// TLS settings for a `tls://` address: the cluster's CA and this
+    /// client's certificate and key, as Dask's
+    /// `distributed.security.Security` takes them. A task that calls
+    /// [`get_dask_client`](crate::get_dask_client) on such a cluster uses
+    /// its worker's.
+    ///
+    /// ```
+    /// use flowrun_dask::{protocol::Security, DaskTaskRunner};
+    /// let runner = DaskTaskRunner::new().address("tls://scheduler:8786").security(
+    ///     Security::new()
+    ///         .tls_ca_file("ca.pem")
+    ///         .tls_client_cert("client.pem")
+    ///         .tls_client_key("client-key.pem"),
+    /// );
+    /// # let _ = runner;
+    /// ```
+    pub fn security(mut self, security: crate::protocol::Security) -> Self {
+        self.distributed.security = security;
         self
     }
 
@@ -161,7 +201,7 @@ impl DaskTaskRunner {
     /// default `$FLOWRUN_PYTHON`, else `python3`). It needs the class's
     /// package installed (`distributed` for `distributed.LocalCluster`).
     pub fn python(mut self, executable: impl Into<std::path::PathBuf>) -> Self {
-        self.remote.python = Some(executable.into());
+        self.distributed.python = Some(executable.into());
         self
     }
 
@@ -225,16 +265,16 @@ impl DaskTaskRunner {
         self.validate()
             .map_err(|e| RunnerError::new(e.to_string()))?;
         if let Some(address) = &self.address {
-            return remote::connect(address, &self.client_kwargs, &self.remote)
+            return distributed::connect(address, &self.client_kwargs, &self.distributed)
                 .map_err(RunnerError::new);
         }
         if let Some(class) = self.cluster_class.as_ref().and_then(|c| c.python_path()) {
-            return remote::start_python(
+            return distributed::start_python(
                 class,
                 &self.cluster_kwargs,
                 self.adapt_kwargs.as_ref(),
                 &self.client_kwargs,
-                &self.remote,
+                &self.distributed,
             )
             .map_err(RunnerError::new);
         }
@@ -278,12 +318,23 @@ impl TaskRunner for DaskTaskRunner {
 
     fn start(&self, flow: &FlowRunInfo) -> Result<(), RunnerError> {
         let cluster = self.start_cluster()?;
-        tracing::info!(
-            target: "flowrun_dask",
-            { flowrun.run = format!("Flow run '{}'", flow.flow_run_name) },
-            "Created a temporary cluster for this flow run: {}",
-            cluster.describe()
-        );
+        let run = format!("Flow run '{}'", flow.flow_run_name);
+        if self.address.is_some() {
+            // Prefect-dask's words: the cluster is not this flow run's own.
+            tracing::info!(
+                target: "flowrun_dask",
+                { flowrun.run = run },
+                "Connecting to an existing Dask cluster: {}",
+                cluster.describe()
+            );
+        } else {
+            tracing::info!(
+                target: "flowrun_dask",
+                { flowrun.run = run },
+                "Created a temporary cluster for this flow run: {}",
+                cluster.describe()
+            );
+        }
         cluster.bind_flow(flow.flow.clone());
         cluster::register(&flow.flow_run_id, cluster.clone());
         let dask = self.address.is_some()
@@ -345,7 +396,11 @@ impl TaskRunner for DaskTaskRunner {
             self.dashboard.stop();
             cluster.close();
             cluster::deregister(&flow_run_id);
-            tracing::debug!(target: "flowrun_dask", "Closed the temporary cluster {}", cluster.describe());
+            if self.address.is_some() {
+                tracing::debug!(target: "flowrun_dask", "Disconnected from the Dask cluster {}", cluster.describe());
+            } else {
+                tracing::debug!(target: "flowrun_dask", "Closed the temporary cluster {}", cluster.describe());
+            }
         }
     }
 }

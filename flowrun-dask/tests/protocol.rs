@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flowrun_dask::protocol::{
-    ClientEvent, DaskClient, EventReceiver, EventValue, ProtocolError, PythonRunner, RemoteError,
-    StdinPart, SubprocessTask, MIN_SUPPORTED_VERSION,
+    ClientEvent, DaskClient, EventReceiver, EventValue, ProtocolError, PythonRunner, StdinPart,
+    SubprocessTask, TaskException, MIN_SUPPORTED_VERSION,
 };
 use support::{group_alive, pid_alive, Cluster, WorkerSpec};
 
@@ -63,7 +63,7 @@ fn quoted(path: &Path) -> String {
 #[derive(Debug, Clone)]
 enum Outcome {
     Memory,
-    Erred(RemoteError),
+    Erred(TaskException),
     Cancelled(String),
 }
 
@@ -574,12 +574,21 @@ async fn unreachable_address_fails_within_timeout() {
     assert!(err.to_string().contains(&address), "{err}");
     holder.abort();
 
-    let err = DaskClient::connect("tls://127.0.0.1:1", Duration::from_secs(1))
+    let err = DaskClient::connect("ucx://127.0.0.1:1", Duration::from_secs(1))
         .await
         .unwrap_err();
     assert!(
         matches!(err, ProtocolError::InvalidAddress { .. }),
         "{err:?}"
+    );
+    // A tls:// address without TLS settings says what it lacks, at once.
+    let err = DaskClient::connect("tls://127.0.0.1:1", Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("tls://127.0.0.1:1") && text.contains("tls_ca_file"),
+        "{text}"
     );
 }
 
@@ -814,6 +823,7 @@ def run(key, argv, stdin, env, params):
 "#
         .into(),
         params: BTreeMap::from([("topic".to_string(), topic.clone())]),
+        installed: false,
     });
     let [a, b, c] = ["a", "b", "c"].map(|s| format!("{ns}-{s}"));
     let mut joined = cat(&b, vec![lit(b"head"), dep(&a), lit(b"tail")]);
@@ -863,5 +873,77 @@ def run(key, argv, stdin, env, params):
         Some(cluster.worker_address(0))
     );
     assert!(event.time > 0.0);
+    client.close().await.unwrap();
+}
+
+/// A worker plugin made from a runner installs its module on every worker,
+/// also one that joins later; tasks of an installed runner leave the source
+/// out; `nbytes` reports result sizes; unregistering runs the plugin's
+/// teardown; a topic is removed with its history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_plugin_installs_the_module_everywhere_and_tears_down() {
+    let mut cluster = Cluster::start(&[WorkerSpec::threads(1)]);
+    let client = connect(&cluster).await;
+    let mut tracker = Tracker::new(&client);
+    let ns = namespace("plugin");
+    let marks = cluster.dir().join(format!("{ns}-marks"));
+    std::fs::create_dir(&marks).unwrap();
+    let runner = PythonRunner {
+        module: format!("_flowrun_test_{}", ns.replace('-', "_")),
+        source: r#"
+import os
+from distributed.diagnostics.plugin import WorkerPlugin
+
+class Plugin(WorkerPlugin):
+    def __init__(self, params):
+        self.marks = params["marks"]
+    def setup(self, worker):
+        open(os.path.join(self.marks, "setup-" + worker.name), "w").close()
+    def teardown(self, worker):
+        open(os.path.join(self.marks, "teardown-" + worker.name), "w").close()
+
+def run(key, argv, stdin, env, params):
+    return b"x" * int(stdin[0])
+"#
+        .into(),
+        params: BTreeMap::from([("marks".to_string(), marks.display().to_string())]),
+        installed: true,
+    };
+    let plugin = format!("{ns}-plugin");
+    client
+        .register_worker_plugin(&plugin, runner.plugin_pickle("Plugin"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let runner = Arc::new(runner);
+    let sized = |key: &str, n: usize| {
+        let mut task = SubprocessTask::new(key, ["unused"]);
+        task.stdin = vec![lit(n.to_string().as_bytes())];
+        task.runner = Some(runner.clone());
+        task
+    };
+    let [a, b] = ["a", "b"].map(|s| format!("{ns}-{s}"));
+    client.submit(vec![sized(&a, 1000)]).await.unwrap();
+    tracker.in_memory(&[&a]).await;
+    // A worker that joins now gets the plugin (and so the module) too.
+    cluster.add_worker(WorkerSpec::threads(1).with_resources("LATE=1"));
+    let mut late = sized(&b, 10);
+    late.resources.insert("LATE".into(), 1.0);
+    client.submit(vec![late]).await.unwrap();
+    tracker.in_memory(&[&b]).await;
+    let sizes = client.nbytes(&[a.clone(), b.clone()]).await.unwrap();
+    assert!(sizes[&a] >= 1000 && sizes[&a] < 1200, "{sizes:?}");
+    assert!(sizes[&b] >= 10 && sizes[&b] < 200, "{sizes:?}");
+    assert_eq!(gather(&client, &[&b]).await[&b], b"x".repeat(10));
+    client.unregister_worker_plugin(&plugin).await.unwrap();
+    let mut seen: Vec<String> = std::fs::read_dir(&marks)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    seen.sort();
+    assert_eq!(seen, ["setup-w0", "setup-w1", "teardown-w0", "teardown-w1"]);
+
+    let topic = format!("{ns}-topic");
+    client.subscribe_topic(&topic).await.unwrap();
+    client.remove_topic(&topic).await.unwrap();
     client.close().await.unwrap();
 }

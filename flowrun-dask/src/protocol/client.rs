@@ -18,7 +18,9 @@ use super::payload::decode_bytes;
 use super::stream::{
     dispatch, event_channel, lock, reader_loop, writer_loop, EventReceiver, Outgoing, Shared,
 };
+use super::tls::Security;
 use super::version;
+use tokio_rustls::TlsConnector;
 
 /// A worker as the scheduler describes it.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,6 +99,8 @@ pub struct DaskClient {
     submitted: AtomicU64,
     /// Set by `close`; every later call fails.
     closing: AtomicBool,
+    /// For the RPC connections of a `tls://` address.
+    tls: Option<TlsConnector>,
 }
 
 impl std::fmt::Debug for DaskClient {
@@ -158,6 +162,23 @@ fn parse_worker(address: String, info: &Value) -> WorkerInfo {
     }
 }
 
+/// The first failure in a broadcast's answers (`{worker: {"status": ...}}`).
+fn worker_failures(reply: &Value, op: &str) -> Result<(), ProtocolError> {
+    let Some(answers) = reply.as_map() else {
+        return Ok(());
+    };
+    for (worker, answer) in answers {
+        if get_str(answer, "status").is_some_and(|s| s != "OK") {
+            let text = get_str(answer, "exception_text").unwrap_or("(no exception text)");
+            return Err(ProtocolError::Scheduler {
+                op: op.to_string(),
+                text: format!("worker {}: {text}", key_string(worker)),
+            });
+        }
+    }
+    Ok(())
+}
+
 impl DaskClient {
     /// Connects to the scheduler at `address` (`tcp://host:port`), checks its
     /// version and registers a client stream, all within `timeout`.
@@ -166,8 +187,22 @@ impl DaskClient {
     /// older than [`MIN_SUPPORTED_VERSION`](super::MIN_SUPPORTED_VERSION),
     /// before anything is sent that such a scheduler would choke on.
     pub async fn connect(address: &str, timeout: Duration) -> Result<DaskClient, ProtocolError> {
-        parse_address(address)?;
-        match tokio::time::timeout(timeout, Self::connect_inner(address)).await {
+        Self::connect_with(address, timeout, &Security::default()).await
+    }
+
+    /// [`connect`](Self::connect) with TLS settings, which a `tls://`
+    /// address needs. A certificate the other side refuses, or one that is
+    /// not the cluster's, fails with an error naming the address.
+    pub async fn connect_with(
+        address: &str,
+        timeout: Duration,
+        security: &Security,
+    ) -> Result<DaskClient, ProtocolError> {
+        let tls = match parse_address(address)?.tls {
+            true => Some(security.connector(address)?),
+            false => None,
+        };
+        match tokio::time::timeout(timeout, Self::connect_inner(address, tls)).await {
             Ok(result) => result,
             Err(_) => Err(ProtocolError::ConnectTimeout {
                 address: address.to_string(),
@@ -176,8 +211,11 @@ impl DaskClient {
         }
     }
 
-    async fn connect_inner(address: &str) -> Result<DaskClient, ProtocolError> {
-        let mut rpc = Connection::open(address).await?;
+    async fn connect_inner(
+        address: &str,
+        tls: Option<TlsConnector>,
+    ) -> Result<DaskClient, ProtocolError> {
+        let mut rpc = Connection::open(address, tls.as_ref()).await?;
         let versions = rpc.call("versions", vec![]).await?.body;
         let found = get(&versions, "packages")
             .and_then(|p| get_str(p, "distributed"))
@@ -205,7 +243,7 @@ impl DaskClient {
         }
 
         let client_id = new_client_id();
-        let mut stream = Connection::open(address).await?;
+        let mut stream = Connection::open(address, tls.as_ref()).await?;
         // Echoing the scheduler's own versions avoids a version-mismatch
         // warning; the scheduler only refuses on a non-empty `error`.
         let register = msg::map(vec![
@@ -265,6 +303,7 @@ impl DaskClient {
             graphs: AtomicU64::new(0),
             submitted: AtomicU64::new(0),
             closing: AtomicBool::new(false),
+            tls,
         })
     }
 
@@ -296,8 +335,8 @@ impl DaskClient {
     ///
     /// A kept connection may have died since its last use (scheduler
     /// restarted, idle connection dropped); the call is then retried once on
-    /// a fresh one. Every RPC this client makes only reads, so a retry is
-    /// harmless.
+    /// a fresh one. Every RPC this client makes only reads or sets a value
+    /// by name, so a retry is harmless.
     async fn call(&self, op: &str, args: Vec<(&str, Value)>) -> Result<Incoming, ProtocolError> {
         if self.closing.load(Ordering::Acquire) {
             return Err(ProtocolError::Closed {
@@ -310,7 +349,10 @@ impl DaskClient {
         let mut slot = self.rpc.lock().await;
         let (mut conn, reused) = match slot.take() {
             Some(conn) => (conn, true),
-            None => (Connection::open(&self.address).await?, false),
+            None => (
+                Connection::open(&self.address, self.tls.as_ref()).await?,
+                false,
+            ),
         };
         let mut result = conn.call(op, args.clone()).await;
         if reused
@@ -319,13 +361,13 @@ impl DaskClient {
                 Err(ProtocolError::Closed { .. } | ProtocolError::Io(_))
             )
         {
-            conn = Connection::open(&self.address).await?;
+            conn = Connection::open(&self.address, self.tls.as_ref()).await?;
             result = conn.call(op, args).await;
         }
         match result {
             // An exception reported by the scheduler leaves the connection in
             // step; any other failure may not have.
-            Ok(_) | Err(ProtocolError::Remote { .. }) => {
+            Ok(_) | Err(ProtocolError::Scheduler { .. }) => {
                 *slot = Some(conn);
                 result
             }
@@ -402,6 +444,73 @@ impl DaskClient {
             update_graph_messages(&tasks, &token, i64::try_from(sequence).unwrap_or(i64::MAX))?;
         lock(&self.shared.wanted).extend(tasks.into_iter().map(|t| t.key));
         self.send_ops(messages).await
+    }
+
+    /// Registers a Dask worker plugin under `name` on every worker, and on
+    /// every worker that joins later; `plugin` is its pickle (see
+    /// [`PythonRunner::plugin_pickle`](super::PythonRunner::plugin_pickle)).
+    /// A worker whose plugin fails to start is named in the error.
+    pub async fn register_worker_plugin(
+        &self,
+        name: &str,
+        plugin: Vec<u8>,
+    ) -> Result<(), ProtocolError> {
+        let reply = self
+            .call(
+                "register_worker_plugin",
+                vec![
+                    ("plugin", Value::Binary(plugin)),
+                    ("name", name.into()),
+                    ("idempotent", false.into()),
+                ],
+            )
+            .await?
+            .body;
+        worker_failures(&reply, "register_worker_plugin")
+    }
+
+    /// Removes the worker plugin `name` from every worker (each runs its
+    /// `teardown`) and from the scheduler, so later workers do not get it.
+    pub async fn unregister_worker_plugin(&self, name: &str) -> Result<(), ProtocolError> {
+        let reply = self
+            .call("unregister_worker_plugin", vec![("name", name.into())])
+            .await?
+            .body;
+        worker_failures(&reply, "unregister_worker_plugin")
+    }
+
+    /// Removes a topic from the scheduler's event log, with its history and
+    /// subscribers: the scheduler never forgets a topic by itself, so a
+    /// client that made one up for its own events removes it when done.
+    /// It runs a function on the scheduler (`Client.run_on_scheduler`), so
+    /// a scheduler that refuses pickled functions refuses this too.
+    pub async fn remove_topic(&self, topic: &str) -> Result<(), ProtocolError> {
+        use super::pickle::{dumps, PickleValue as P};
+        let function = dumps(&P::reduce(
+            P::global("builtins", "eval"),
+            vec![
+                P::str(
+                    "lambda dask_scheduler: dask_scheduler._broker._topics.pop(t, None) and None",
+                ),
+                P::Dict(vec![(P::str("t"), P::str(topic))]),
+            ],
+        ));
+        let reply = self
+            .call(
+                "run_function",
+                vec![("function", Value::Binary(function)), ("wait", true.into())],
+            )
+            .await?
+            .body;
+        match get_str(&reply, "status") {
+            Some("OK") => Ok(()),
+            _ => Err(ProtocolError::Scheduler {
+                op: "run_function".into(),
+                text: get_str(&reply, "exception_text")
+                    .unwrap_or("(no exception text)")
+                    .to_string(),
+            }),
+        }
     }
 
     /// Subscribes this client to a topic of the scheduler's event log: every
@@ -533,6 +642,28 @@ impl DaskClient {
         Ok(entries
             .iter()
             .map(|(k, v)| (key_string(k), v.as_str().map(str::to_owned)))
+            .collect())
+    }
+
+    /// The size in bytes of each key's result, as its worker measured it
+    /// (-1 while unknown). Every key must be one the scheduler holds.
+    pub async fn nbytes(&self, keys: &[String]) -> Result<HashMap<String, i64>, ProtocolError> {
+        let reply = self
+            .call(
+                "nbytes",
+                vec![
+                    ("keys", str_array(keys.iter().map(String::as_str))),
+                    ("summary", false.into()),
+                ],
+            )
+            .await?
+            .body;
+        let entries = reply.as_map().ok_or_else(|| {
+            ProtocolError::Malformed(format!("unexpected nbytes reply {}", msg::short(&reply)))
+        })?;
+        Ok(entries
+            .iter()
+            .map(|(k, v)| (key_string(k), v.as_i64().unwrap_or(-1)))
             .collect())
     }
 

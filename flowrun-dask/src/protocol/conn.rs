@@ -1,29 +1,41 @@
-//! One TCP connection to the scheduler: address parsing, the handshake, and
-//! request/response calls.
+//! One connection to the scheduler (TCP, or TLS over TCP): address
+//! parsing, the handshake, and request/response calls.
 
 use rmpv::Value;
-use tokio::io::{BufReader, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, BufWriter};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use super::error::ProtocolError;
 use super::frame::{read_frames, write_frames};
 use super::msg::{self, get, get_str, Incoming, OutMessage};
 
-/// Splits `tcp://host:port` into the part `TcpStream::connect` takes.
-pub(crate) fn parse_address(address: &str) -> Result<String, ProtocolError> {
+/// A scheduler address, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Target {
+    /// `tls://` rather than `tcp://`.
+    pub tls: bool,
+    /// `host:port`, as `TcpStream::connect` takes it.
+    pub addr: String,
+    /// The host alone.
+    pub host: String,
+}
+
+/// Parses `tcp://host:port` or `tls://host:port` (no scheme means tcp).
+pub(crate) fn parse_address(address: &str) -> Result<Target, ProtocolError> {
     let invalid = |reason: &str| ProtocolError::InvalidAddress {
         address: address.to_string(),
         reason: reason.to_string(),
     };
-    let rest = match address.split_once("://") {
-        Some(("tcp", rest)) => rest,
+    let (tls, rest) = match address.split_once("://") {
+        Some(("tcp", rest)) => (false, rest),
+        Some(("tls", rest)) => (true, rest),
         Some((scheme, _)) => {
             return Err(invalid(&format!(
-                "scheme {scheme:?} is not supported, only tcp:// is"
+                "scheme {scheme:?} is not supported, only tcp:// and tls:// are"
             )))
         }
-        None => address,
+        None => (false, address),
     };
     let rest = rest.trim_end_matches('/');
     let (host, port) = rest
@@ -34,8 +46,18 @@ pub(crate) fn parse_address(address: &str) -> Result<String, ProtocolError> {
     }
     port.parse::<u16>()
         .map_err(|_| invalid("the port is not a number from 0 to 65535"))?;
-    Ok(rest.to_string())
+    Ok(Target {
+        tls,
+        addr: rest.to_string(),
+        host: host.to_string(),
+    })
 }
+
+/// The reading half of a connection, TCP or TLS.
+pub(crate) type ReadHalf = BufReader<Box<dyn AsyncRead + Send + Unpin>>;
+
+/// The writing half of a connection, TCP or TLS.
+pub(crate) type WriteHalf = BufWriter<Box<dyn AsyncWrite + Send + Unpin>>;
 
 /// The handshake both peers send first. `compression: null` makes sure none
 /// of our own connections compress; `pickle-protocol` is required by the
@@ -50,15 +72,19 @@ fn handshake() -> OutMessage {
 
 /// An open, handshaken connection.
 pub(crate) struct Connection {
-    pub(crate) reader: BufReader<OwnedReadHalf>,
-    pub(crate) writer: BufWriter<OwnedWriteHalf>,
+    pub(crate) reader: ReadHalf,
+    pub(crate) writer: WriteHalf,
 }
 
 impl Connection {
-    /// Connects and exchanges handshakes. Errors name the address.
-    pub(crate) async fn open(address: &str) -> Result<Connection, ProtocolError> {
+    /// Connects (with TLS through `tls` for a `tls://` address) and
+    /// exchanges handshakes. Errors name the address.
+    pub(crate) async fn open(
+        address: &str,
+        tls: Option<&TlsConnector>,
+    ) -> Result<Connection, ProtocolError> {
         let target = parse_address(address)?;
-        let stream = TcpStream::connect(&target)
+        let stream = TcpStream::connect(&target.addr)
             .await
             .map_err(|e| ProtocolError::connect(address, e))?;
         // Small request messages must not wait for Nagle's algorithm.
@@ -66,7 +92,29 @@ impl Connection {
             .set_nodelay(true)
             .map_err(|e| ProtocolError::connect(address, e))?;
         detect_dead_peers(&stream).map_err(|e| ProtocolError::connect(address, e))?;
-        let (read, write) = stream.into_split();
+        let (read, write): (
+            Box<dyn AsyncRead + Send + Unpin>,
+            Box<dyn AsyncWrite + Send + Unpin>,
+        ) = if target.tls {
+            let tls = tls.ok_or_else(|| {
+                ProtocolError::connect(
+                    address,
+                    "a tls:// address needs TLS settings (Security with the cluster's CA \
+                         and a client certificate)",
+                )
+            })?;
+            let stream = tls
+                .connect(super::tls::server_name(&target.host), stream)
+                .await
+                .map_err(|e| {
+                    ProtocolError::connect(address, format!("the TLS handshake failed: {e}"))
+                })?;
+            let (read, write) = tokio::io::split(stream);
+            (Box::new(read), Box::new(write))
+        } else {
+            let (read, write) = stream.into_split();
+            (Box::new(read), Box::new(write))
+        };
         let mut conn = Connection {
             reader: BufReader::with_capacity(64 * 1024, read),
             writer: BufWriter::with_capacity(64 * 1024, write),
@@ -124,7 +172,7 @@ impl Connection {
             let text = get_str(&reply.body, "exception_text")
                 .unwrap_or("(no exception text)")
                 .to_string();
-            return Err(ProtocolError::Remote {
+            return Err(ProtocolError::Scheduler {
                 op: op.to_string(),
                 text,
             });
@@ -169,18 +217,17 @@ mod tests {
 
     #[test]
     fn parses_addresses() {
-        assert_eq!(
-            parse_address("tcp://127.0.0.1:8786").unwrap(),
-            "127.0.0.1:8786"
-        );
-        assert_eq!(parse_address("127.0.0.1:8786").unwrap(), "127.0.0.1:8786");
-        assert_eq!(parse_address("tcp://[::1]:8786/").unwrap(), "[::1]:8786");
-        assert_eq!(
-            parse_address("tcp://sched.example:1").unwrap(),
-            "sched.example:1"
-        );
+        let addr = |a: &str| parse_address(a).unwrap().addr;
+        assert_eq!(addr("tcp://127.0.0.1:8786"), "127.0.0.1:8786");
+        assert_eq!(addr("127.0.0.1:8786"), "127.0.0.1:8786");
+        assert_eq!(addr("tcp://[::1]:8786/"), "[::1]:8786");
+        assert_eq!(addr("tcp://sched.example:1"), "sched.example:1");
+        let tls = parse_address("tls://sched.example:8786").unwrap();
+        assert!(tls.tls);
+        assert_eq!(tls.host, "sched.example");
+        assert!(!parse_address("tcp://h:1").unwrap().tls);
         for bad in [
-            "tls://h:1",
+            "tls://h",
             "tcp://h",
             "tcp://:1",
             "tcp://h:99999",

@@ -9,7 +9,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProtocolError {
-    /// The address is not of the form `tcp://host:port`.
+    /// The address is not of the form `tcp://host:port` or `tls://host:port`.
     #[error("invalid Dask scheduler address {address:?}: {reason}")]
     InvalidAddress {
         /// The address as given.
@@ -63,7 +63,7 @@ pub enum ProtocolError {
 
     /// The scheduler answered an RPC with an exception.
     #[error("the Dask scheduler failed to handle {op:?}: {text}")]
-    Remote {
+    Scheduler {
         /// The RPC operation.
         op: String,
         /// The scheduler's text of the exception.

@@ -65,6 +65,43 @@ pub struct PythonRunner {
     pub source: String,
     /// String parameters handed to `run`.
     pub params: BTreeMap<String, String>,
+    /// The workers have the module already: a worker plugin made with
+    /// [`plugin_pickle`](Self::plugin_pickle) is registered, and the
+    /// scheduler gives it to every worker before any task. Tasks then leave
+    /// the source out, which keeps it out of the scheduler's memory and of
+    /// every task message to a worker.
+    pub installed: bool,
+}
+
+impl PythonRunner {
+    /// The pickle of a Dask `WorkerPlugin`: an instance of the class `class`
+    /// of the runner's module, made as `class(params)` on each worker. The
+    /// worker unpickles it (the scheduler only passes the bytes on), so the
+    /// module is compiled there the same way tasks compile it.
+    pub fn plugin_pickle(&self, class: &str) -> Vec<u8> {
+        let globals = vec![
+            (P::str("m"), P::str(&self.module)),
+            (
+                P::Str("c".into()),
+                P::Str(format!("{}{ADAPTER}", self.source)),
+            ),
+            (P::str("l"), P::str(LOAD)),
+            (P::str("x"), P::str(class)),
+            (
+                P::str("p"),
+                P::Dict(
+                    self.params
+                        .iter()
+                        .map(|(k, v)| (P::str(k), P::str(v)))
+                        .collect(),
+                ),
+            ),
+        ];
+        dumps(&P::reduce(
+            global("builtins", "eval"),
+            vec![P::str(PLUGIN), P::Dict(globals)],
+        ))
+    }
 }
 
 /// A command for a Dask worker to run with `subprocess.check_output`, or
@@ -174,6 +211,12 @@ const CALL: &str = "(__import__('sys').modules.get(m) or eval(l))._flowrun_call(
 const LOAD: &str = "(lambda sys, mod: (exec(compile(c, m, 'exec'), mod.__dict__), \
 sys.modules.setdefault(m, mod))[1])(__import__('sys'), __import__('types').ModuleType(m))";
 
+/// [`CALL`] for a runner whose module a worker plugin installed.
+const CALL_INSTALLED: &str = "__import__('sys').modules[m]._flowrun_call(globals())";
+
+/// Makes a runner's worker plugin (`x` names its class, `p` holds params).
+const PLUGIN: &str = "getattr(__import__('sys').modules.get(m) or eval(l), x)(p)";
+
 /// Appended to the runner's source: unpacks the task's fields for `run`.
 const ADAPTER: &str = "\n\ndef _flowrun_call(g):\n    \
 return run(g['k'], g['a'], [g['s%d' % i] for i in range(g['n'])], g['e'], g['p'])\n";
@@ -194,13 +237,17 @@ fn env_value(env: &BTreeMap<String, String>) -> P {
 /// `(builtins.eval, CALL, {...})`: a positional dict, so the scheduler
 /// turns each `TaskRef` value of it into a dependency.
 fn runner_task_value(task: &SubprocessTask, runner: &PythonRunner) -> P {
-    let mut globals = vec![
-        (P::str("m"), P::str(&runner.module)),
-        (
-            P::Str("c".into()),
-            P::Str(format!("{}{ADAPTER}", runner.source)),
-        ),
-        (P::str("l"), P::str(LOAD)),
+    let mut globals = vec![(P::str("m"), P::str(&runner.module))];
+    if !runner.installed {
+        globals.extend([
+            (
+                P::Str("c".into()),
+                P::Str(format!("{}{ADAPTER}", runner.source)),
+            ),
+            (P::str("l"), P::str(LOAD)),
+        ]);
+    }
+    globals.extend([
         (P::str("k"), P::str(&task.key)),
         (
             P::str("a"),
@@ -221,7 +268,7 @@ fn runner_task_value(task: &SubprocessTask, runner: &PythonRunner) -> P {
                     .collect(),
             ),
         ),
-    ];
+    ]);
     for (i, part) in task.stdin.iter().enumerate() {
         let value = match part {
             StdinPart::Literal(bytes) => P::Bytes(bytes.clone()),
@@ -229,9 +276,14 @@ fn runner_task_value(task: &SubprocessTask, runner: &PythonRunner) -> P {
         };
         globals.push((P::Str(format!("s{i}")), value));
     }
+    let call = if runner.installed {
+        CALL_INSTALLED
+    } else {
+        CALL
+    };
     P::Tuple(vec![
         global("builtins", "eval"),
-        P::str(CALL),
+        P::str(call),
         P::Dict(globals),
     ])
 }
@@ -592,6 +644,7 @@ mod tests {
             module: "mod_1".into(),
             source: "def run(*a): pass".into(),
             params: BTreeMap::from([("topic".to_string(), "t".to_string())]),
+            installed: false,
         }));
         let decoded = decode_all(update_graph_messages(&[task], "tok", 7).unwrap());
         let (op, graph, _) = &decoded[0];

@@ -14,16 +14,18 @@
 //!   exceptions workers send back;
 //! * `graph`: [`SubprocessTask`]s to `update-graph` messages;
 //! * `payload`: results and exceptions coming back;
+//! * `tls`: TLS for `tls://` addresses;
 //! * `conn`, `stream`, `client`: connections, the batched stream with
 //!   its [`ClientEvent`]s, and the [`DaskClient`] API;
 //! * `event`: [`TopicEvent`]s published on the scheduler's topics;
 //! * `version`: the `distributed` releases this speaks to
 //!   (>= [`MIN_SUPPORTED_VERSION`]).
 //!
-//! Deliberately left out: heartbeats (the scheduler never evicts a silent
-//! client), compression (off by default; compressed results are reported as
-//! [`ProtocolError::CompressedResult`]), TLS, and results that are not
-//! `bytes`.
+//! Addresses are `tcp://` or `tls://` (with [`Security`], as Dask's own
+//! `Security` takes it). Deliberately left out: heartbeats (the scheduler
+//! never evicts a silent client), compression (off by default; compressed
+//! results are reported as [`ProtocolError::CompressedResult`]), and results
+//! that are not `bytes`.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), flowrun_dask::protocol::ProtocolError> {
@@ -51,12 +53,14 @@ mod msg;
 mod payload;
 mod pickle;
 mod stream;
+mod tls;
 mod version;
 
 pub use client::{ClusterInfo, DaskClient, WorkerInfo};
 pub use error::ProtocolError;
 pub use event::{EventValue, TopicEvent};
 pub use graph::{PythonRunner, StdinPart, SubprocessTask};
-pub use payload::RemoteError;
+pub use payload::TaskException;
 pub use stream::{ClientEvent, EventReceiver};
+pub use tls::Security;
 pub use version::{MIN_SUPPORTED_VERSION, NEWEST_TESTED_VERSION};

@@ -23,7 +23,7 @@ use super::pickle::{loads, Sym};
 /// dependency's error (Dask's "blame"), so a whole failed chain shows the
 /// root cause.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteError {
+pub struct TaskException {
     /// The Python exception class, `module.QualName`.
     pub class: String,
     /// The exception's message, as Python's `str(exc)` would roughly give it.
@@ -36,7 +36,7 @@ pub struct RemoteError {
     pub stderr: Vec<u8>,
 }
 
-impl fmt::Display for RemoteError {
+impl fmt::Display for TaskException {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.class, self.message)?;
         if !self.stderr.is_empty() {
@@ -50,13 +50,13 @@ impl fmt::Display for RemoteError {
     }
 }
 
-impl std::error::Error for RemoteError {}
+impl std::error::Error for TaskException {}
 
-impl RemoteError {
+impl TaskException {
     /// An error that stands in for an exception this client could not decode,
     /// so that a failure is never lost because its payload was unreadable.
     pub(crate) fn undecodable(reason: impl fmt::Display) -> Self {
-        RemoteError {
+        TaskException {
             class: "<undecodable>".to_string(),
             message: format!("the task failed, but its exception could not be read: {reason}"),
             returncode: None,
@@ -161,7 +161,7 @@ pub(crate) fn decode_bytes(ser: Serialized) -> Result<Vec<u8>, PayloadError> {
 }
 
 /// Reads the exception of a `task-erred` message.
-pub(crate) fn decode_exception(ser: Serialized) -> RemoteError {
+pub(crate) fn decode_exception(ser: Serialized) -> TaskException {
     // The worker pickles the exception and ships the pickle as dask bytes.
     let pickle = match get_str(&ser.header, "serializer") {
         Some("pickle") => Ok(ser.frames.concat()),
@@ -170,9 +170,9 @@ pub(crate) fn decode_exception(ser: Serialized) -> RemoteError {
     match pickle {
         Ok(pickle) => match loads(&pickle) {
             Ok(tree) => describe_exception(&tree),
-            Err(e) => RemoteError::undecodable(e),
+            Err(e) => TaskException::undecodable(e),
         },
-        Err(e) => RemoteError::undecodable(e),
+        Err(e) => TaskException::undecodable(e),
     }
 }
 
@@ -189,7 +189,7 @@ fn global_name(sym: &Sym) -> Option<String> {
 /// `unpickle_exception_with_attrs(cls, {"__dict__": ..., "args": ...}, ...)`
 /// wrapped in a BUILD; without tblib it is the plain `cls(*args)` reduction
 /// plus BUILD with the instance `__dict__`.
-pub(crate) fn describe_exception(tree: &Sym) -> RemoteError {
+pub(crate) fn describe_exception(tree: &Sym) -> TaskException {
     let mut node = tree;
     let mut state: Option<&Sym> = None;
     while let Sym::Build { obj, state: s } = node {
@@ -248,7 +248,7 @@ pub(crate) fn describe_exception(tree: &Sym) -> RemoteError {
             _ => args.map(Sym::repr).unwrap_or_default(),
         },
     };
-    RemoteError {
+    TaskException {
         class,
         message,
         returncode,

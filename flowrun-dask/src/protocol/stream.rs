@@ -20,7 +20,7 @@ use super::error::ProtocolError;
 use super::event::{EventValue, TopicEvent};
 use super::frame::{read_frames, write_frames};
 use super::msg::{self, get, get_str, key_list, key_string, Incoming, OutMessage};
-use super::payload::{decode_exception, RemoteError};
+use super::payload::{decode_exception, TaskException};
 
 /// Something the scheduler reported about this client's keys.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,7 +37,7 @@ pub enum ClientEvent {
         /// The task key.
         key: String,
         /// The failure.
-        error: RemoteError,
+        error: TaskException,
     },
     /// The scheduler dropped the keys: cancelled, a dependency was unknown
     /// ("lost dependencies"), or already forgotten.
@@ -282,9 +282,9 @@ fn translate(
             let error = match get(op, "exception") {
                 Some(reference) => match incoming.take_serialized(reference) {
                     Ok(ser) => decode_exception(ser),
-                    Err(e) => RemoteError::undecodable(e),
+                    Err(e) => TaskException::undecodable(e),
                 },
-                None => RemoteError::undecodable("the message has no exception"),
+                None => TaskException::undecodable("the message has no exception"),
             };
             ClientEvent::TaskErred { key, error }
         }

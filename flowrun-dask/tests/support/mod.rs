@@ -157,6 +157,11 @@ pub struct Cluster {
     scheduler: Proc,
     workers: Vec<Proc>,
     dir: tempfile::TempDir,
+    /// The venv's `bin`, the scheduler file and the extra arguments, for
+    /// workers started later.
+    bin: PathBuf,
+    scheduler_file: PathBuf,
+    extra: Vec<String>,
 }
 
 fn read(path: &Path) -> String {
@@ -261,6 +266,12 @@ impl Cluster {
 
     /// Like [`Cluster::start`] with an explicit Dask version.
     pub fn start_version(version: &str, workers: &[WorkerSpec]) -> Cluster {
+        Cluster::start_with(version, workers, &[])
+    }
+
+    /// Like [`Cluster::start_version`], with `extra` arguments for the
+    /// scheduler and every worker (for example TLS settings).
+    pub fn start_with(version: &str, workers: &[WorkerSpec], extra: &[String]) -> Cluster {
         let bin = venv_bin(version);
         let dir = tempfile::Builder::new()
             .prefix("flowrun-dask-test-")
@@ -279,7 +290,10 @@ impl Cluster {
                 "127.0.0.1:0".into(),
                 "--scheduler-file".into(),
                 scheduler_file.display().to_string(),
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().cloned())
+            .collect::<Vec<String>>(),
             dir.path(),
             "scheduler",
         );
@@ -289,6 +303,9 @@ impl Cluster {
             scheduler,
             workers: Vec::new(),
             dir,
+            bin,
+            scheduler_file: scheduler_file.clone(),
+            extra: extra.to_vec(),
         };
         let deadline = Instant::now() + START_TIMEOUT;
         cluster.address = cluster.wait_for("the scheduler file", deadline, |_| {
@@ -296,45 +313,60 @@ impl Cluster {
             let json: serde_json::Value = serde_json::from_str(&text).ok()?;
             json.get("address")?.as_str().map(str::to_owned)
         });
-        for (i, spec) in workers.iter().enumerate() {
-            let name = format!("w{i}");
-            let mut args: Vec<String> = vec![
-                "worker".into(),
-                "--scheduler-file".into(),
-                scheduler_file.display().to_string(),
-                "--host".into(),
-                "127.0.0.1".into(),
-                "--nthreads".into(),
-                spec.nthreads.to_string(),
-                // One process per worker: its PID is the worker, and the
-                // parent of the subprocesses it runs.
-                "--no-nanny".into(),
-                "--dashboard-address".into(),
-                "127.0.0.1:0".into(),
-                "--name".into(),
-                name.clone(),
-                "--local-directory".into(),
-                cluster.dir.path().join(&name).display().to_string(),
-            ];
-            if let Some(resources) = &spec.resources {
-                args.push("--resources".into());
-                args.push(resources.clone());
-            }
-            let worker = spawn(&bin, &args, cluster.dir.path(), &name);
-            cluster.workers.push(worker);
+        for spec in workers {
+            cluster.spawn_worker(spec);
         }
         for i in 0..cluster.workers.len() {
-            let address = cluster.wait_for("worker registration", deadline, |c| {
-                let log = read(&c.workers[i].log);
-                if !log.contains("Registered to:") {
-                    return None;
-                }
-                let line = log.lines().find(|l| l.contains("Start worker at:"))?;
-                line.split_whitespace().last().map(str::to_owned)
-            });
-            cluster.workers[i].address = Some(address);
+            cluster.wait_worker(i, deadline);
         }
         cluster
+    }
+
+    /// Starts one more worker, named `w<n>`, and waits until it registered.
+    pub fn add_worker(&mut self, spec: WorkerSpec) {
+        self.spawn_worker(&spec);
+        self.wait_worker(self.workers.len() - 1, Instant::now() + START_TIMEOUT);
+    }
+
+    fn spawn_worker(&mut self, spec: &WorkerSpec) {
+        let name = format!("w{}", self.workers.len());
+        let mut args: Vec<String> = vec![
+            "worker".into(),
+            "--scheduler-file".into(),
+            self.scheduler_file.display().to_string(),
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--nthreads".into(),
+            spec.nthreads.to_string(),
+            // One process per worker: its PID is the worker, and the
+            // parent of the subprocesses it runs.
+            "--no-nanny".into(),
+            "--dashboard-address".into(),
+            "127.0.0.1:0".into(),
+            "--name".into(),
+            name.clone(),
+            "--local-directory".into(),
+            self.dir.path().join(&name).display().to_string(),
+        ];
+        if let Some(resources) = &spec.resources {
+            args.push("--resources".into());
+            args.push(resources.clone());
+        }
+        args.extend(self.extra.iter().cloned());
+        let worker = spawn(&self.bin, &args, self.dir.path(), &name);
+        self.workers.push(worker);
+    }
+
+    fn wait_worker(&mut self, i: usize, deadline: Instant) {
+        let address = self.wait_for("worker registration", deadline, |c| {
+            let log = read(&c.workers[i].log);
+            if !log.contains("Registered to:") {
+                return None;
+            }
+            let line = log.lines().find(|l| l.contains("Start worker at:"))?;
+            line.split_whitespace().last().map(str::to_owned)
+        });
+        self.workers[i].address = Some(address);
     }
 
     /// Polls `probe` until it yields a value; fails with all logs if a

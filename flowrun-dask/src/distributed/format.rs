@@ -20,8 +20,46 @@ use serde::{Deserialize, Serialize};
 /// The environment variable that starts a program in task mode.
 pub(crate) const TASK_ENV: &str = "FLOWRUN_DASK_TASK";
 
+/// Set (with [`TASK_ENV`]) for a long-lived task process, which runs one
+/// task per request until its input ends (see `task_mode::serve`).
+pub(crate) const SERVE_ENV: &str = "FLOWRUN_DASK_SERVE";
+
+/// Kinds of the messages a long-lived task process answers with: each is
+/// the kind byte, a little-endian u64 length and the payload.
+pub(crate) mod reply {
+    /// The task waits for tasks it submitted: its worker thread may go.
+    pub(crate) const SECEDE: u8 = b's';
+    /// The task's tagged output lines.
+    pub(crate) const OUTPUT: u8 = b'o';
+    /// The result frame; ends the call.
+    pub(crate) const RESULT: u8 = b'r';
+    /// The failure frame; ends the call.
+    pub(crate) const FAILURE: u8 = b'f';
+    /// The path of a file holding the result frame (a large result); ends
+    /// the call. The runner deletes the file.
+    pub(crate) const RESULT_FILE: u8 = b'R';
+}
+
+/// The request length that says the input is in a file, whose path (u64
+/// length, bytes) follows; the task process deletes the file.
+pub(crate) const INPUT_IN_FILE: u64 = u64::MAX;
+
+/// Results at least this large go through a file (see `reply`).
+pub(crate) const LARGE: usize = 1 << 20;
+
+/// The directory for large results of a long-lived task process.
+pub(crate) const SHARED_ENV: &str = "FLOWRUN_DASK_SHARED_DIR";
+
 /// Where the Python runner tells a task-mode process its scheduler's address.
 pub(crate) const SCHEDULER_ENV: &str = "FLOWRUN_DASK_SCHEDULER";
+
+/// Where the Python runner tells a task-mode process its worker's TLS
+/// files (CA, certificate, key), for a `tls://` scheduler.
+pub(crate) const TLS_ENV: [&str; 3] = [
+    "FLOWRUN_DASK_TLS_CA",
+    "FLOWRUN_DASK_TLS_CERT",
+    "FLOWRUN_DASK_TLS_KEY",
+];
 
 /// The fd of the pipe on which a task-mode process asks its worker to
 /// secede (see `task_mode::DaskTask::secede`).

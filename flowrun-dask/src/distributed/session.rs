@@ -8,37 +8,33 @@
 //!   data moves between workers inside Dask and is only gathered by the flow
 //!   if the flow reads it (`finish_deferred`);
 //! * the Python runner publishes "started" events (for tasks that run a
-//!   while) and "output" events (for tasks that printed) on [`TOPIC`],
-//!   which give the run its Running state, its worker and its lines;
+//!   while) and "output" events (for tasks that printed) on the session's
+//!   own topic, which give the run its Running state, its worker and its
+//!   lines; the topic is removed from the scheduler when the session ends;
 //! * Dask reports a failure for the failed key and, with the same
 //!   exception, for every key that depends on it. A failure is the key's own
 //!   when all its upstreams completed; otherwise it waits until an upstream
-//!   failed and becomes `UpstreamFailed` naming that upstream.
+//!   failed and becomes `UpstreamFailed` naming that upstream;
+//! * a key is released on the scheduler once it is final, every key that
+//!   depends on it is final, and no future can read it any more (the read
+//!   function of a completed key holds a [`KeyHold`], which tells the
+//!   session when the run's last reference is gone). Nothing of a flow run
+//!   stays on a shared scheduler: the rest goes when the session closes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
-use flowrun_core::{Annotations, ArgSlot, RemoteJob, RunId, RunRef, TaskError, TaskErrorKind};
+use flowrun_core::{Annotations, ArgSlot, RemoteJob, RunRef, TaskError, TaskErrorKind};
 use tokio::sync::{mpsc, oneshot};
 
-use super::block_on;
 use super::format::{self, TaskHeader, INPUT_VERSION};
 use super::output;
+use super::reads::Reads;
 use crate::protocol::{
-    ClientEvent, DaskClient, EventReceiver, EventValue, ProtocolError, PythonRunner, RemoteError,
-    StdinPart, SubprocessTask, TopicEvent,
+    ClientEvent, DaskClient, EventReceiver, EventValue, ProtocolError, PythonRunner, StdinPart,
+    SubprocessTask, TaskException, TopicEvent,
 };
-
-/// The scheduler topic the Python runner publishes on. One topic for every
-/// flow: the scheduler keeps a bounded history per topic and never forgets a
-/// topic, so a topic per flow run would grow without end on a long-lived
-/// cluster. Sessions ignore events of keys that are not theirs.
-pub(crate) const TOPIC: &str = "flowrun-task-events";
-
-/// How long reading one result may take.
-const GATHER_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How long handing a batch of tasks to the scheduler may take.
 const SUBMIT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -61,6 +57,23 @@ pub(crate) enum Command {
     Close(oneshot::Sender<()>),
     /// Report the attempts of the session.
     Status(oneshot::Sender<Progress>),
+    /// No future can read the key's result any more.
+    Unheld(String),
+}
+
+/// Held by the read function of a completed key; when the run's last
+/// reference is dropped, so is this, and the session may release the key.
+struct KeyHold {
+    key: String,
+    commands: mpsc::WeakUnboundedSender<Command>,
+}
+
+impl Drop for KeyHold {
+    fn drop(&mut self) {
+        if let Some(commands) = self.commands.upgrade() {
+            let _ = commands.send(Command::Unheld(std::mem::take(&mut self.key)));
+        }
+    }
 }
 
 /// Where the session's attempts are.
@@ -80,6 +93,11 @@ pub(crate) struct TaskTemplate {
     pub runner: Arc<PythonRunner>,
     /// The flow's build id.
     pub build: String,
+    /// The worker plugin that installs the runner and keeps the session's
+    /// task processes, removed when the session closes.
+    pub plugin: String,
+    /// The scheduler topic the session's tasks report on.
+    pub topic: String,
 }
 
 #[derive(Debug)]
@@ -90,6 +108,8 @@ enum Status {
 }
 
 struct Entry {
+    /// The run's id (`RunId::get`).
+    run_id: u64,
     run_name: String,
     job: Option<RemoteJob>,
     upstreams: Vec<String>,
@@ -97,25 +117,31 @@ struct Entry {
     status: Status,
     started: bool,
     /// Dask reported a failure that may be an upstream's (see module docs).
-    blame: Option<RemoteError>,
+    blame: Option<TaskException>,
     /// Everything the attempt printed, for its error.
     output: String,
     /// The abstract resources it needs.
     resources: BTreeMap<String, f64>,
+    /// A future may still read its result.
+    held: bool,
 }
 
 pub(crate) struct Session {
     client: Arc<DaskClient>,
+    /// Reads results, in batches.
+    reads: Arc<Reads>,
     template: TaskTemplate,
     /// To resubmit an attempt later; weak, so that the session ends when
     /// its cluster is gone.
     commands: mpsc::WeakUnboundedSender<Command>,
     entries: HashMap<String, Entry>,
-    by_run: HashMap<RunId, String>,
+    by_run: HashMap<u64, String>,
     /// Set once the scheduler connection is gone.
     lost: Option<String>,
     /// Resource sets already checked against the workers.
     checked: Vec<BTreeMap<String, f64>>,
+    /// Keys to release with the next message.
+    releasable: Vec<String>,
 }
 
 impl Session {
@@ -128,6 +154,7 @@ impl Session {
         mut inbox: mpsc::UnboundedReceiver<Command>,
     ) {
         let mut session = Session {
+            reads: Reads::new(client.clone()),
             client,
             template,
             commands,
@@ -135,6 +162,7 @@ impl Session {
             by_run: HashMap::new(),
             lost: None,
             checked: Vec::new(),
+            releasable: Vec::new(),
         };
         let mut events_open = true;
         loop {
@@ -153,7 +181,14 @@ impl Session {
                     }
                 }
                 event = events.recv(), if events_open => match event {
-                    Some(event) => session.event(event),
+                    Some(event) => {
+                        // What else arrived is handled with it.
+                        let mut batch = vec![event];
+                        while let Some(event) = events.try_recv() {
+                            batch.push(event);
+                        }
+                        session.events(batch).await;
+                    }
                     None => events_open = false,
                 },
             }
@@ -183,11 +218,17 @@ impl Session {
                 Command::Status(answer) => {
                     let _ = answer.send(self.progress());
                 }
+                Command::Unheld(key) => {
+                    if let Some(entry) = self.entries.get_mut(&key) {
+                        entry.held = false;
+                    }
+                    self.consider_release(&key);
+                }
             }
         }
         if !tasks.is_empty() {
             self.warn_unplaceable(&tasks).await;
-            tracing::debug!(target: "flowrun_dask::remote", "submitting {} tasks", tasks.len());
+            tracing::debug!(target: "flowrun_dask::distributed", "submitting {} tasks", tasks.len());
             let keys: Vec<String> = tasks.iter().map(|t| t.key.clone()).collect();
             let failure =
                 match tokio::time::timeout(SUBMIT_TIMEOUT, self.client.submit(tasks)).await {
@@ -205,7 +246,61 @@ impl Session {
                 }
             }
         }
+        self.release_pending().await;
         close
+    }
+
+    /// Releases the keys found releasable, in one message.
+    async fn release_pending(&mut self) {
+        if self.releasable.is_empty() || self.lost.is_some() {
+            return;
+        }
+        let keys = std::mem::take(&mut self.releasable);
+        if let Err(e) = self.client.release(&keys).await {
+            tracing::debug!(target: "flowrun_dask", "releasing {} keys: {e}", keys.len());
+        }
+    }
+
+    /// `key` became final: it, or upstreams it kept, may be released.
+    fn settled(&mut self, key: &str) {
+        if let Some(entry) = self.entries.get(key) {
+            let upstreams = entry.upstreams.clone();
+            self.consider_release(key);
+            for up in upstreams {
+                self.consider_release(&up);
+            }
+        }
+    }
+
+    /// Queues `key` and the upstreams it kept for release if nothing needs
+    /// them any more; forgets them here too.
+    fn consider_release(&mut self, key: &str) {
+        let mut todo = vec![key.to_owned()];
+        while let Some(key) = todo.pop() {
+            let Some(entry) = self.entries.get(&key) else {
+                continue;
+            };
+            let final_ = |e: &Entry| !matches!(e.status, Status::Submitted);
+            let needed = entry.held
+                || !final_(entry)
+                || entry
+                    .dependents
+                    .iter()
+                    .any(|d| self.entries.get(d).is_some_and(|e| !final_(e)));
+            if needed {
+                continue;
+            }
+            let Some(entry) = self.entries.remove(&key) else {
+                continue;
+            };
+            self.reads.forget(&key);
+            if self.by_run.get(&entry.run_id) == Some(&key) {
+                self.by_run.remove(&entry.run_id);
+            }
+            self.releasable.push(key);
+            // An upstream may have waited for this dependent to be final.
+            todo.extend(entry.upstreams);
+        }
     }
 
     /// A task whose resources no worker offers waits until such a worker
@@ -284,7 +379,7 @@ impl Session {
                 ArgSlot::Bytes(bytes) => {
                     stdin.push(StdinPart::Literal(format::result_frame(bytes)))
                 }
-                ArgSlot::Upstream(up) => match self.by_run.get(&up.id()) {
+                ArgSlot::Upstream(up) => match self.by_run.get(&up.id().get()) {
                     Some(up_key) if self.entries.contains_key(up_key) => {
                         let upstream = &self.entries[up_key];
                         if let Status::Failed(e) = &upstream.status {
@@ -330,10 +425,11 @@ impl Session {
             .as_ref()
             .map(|r| r.iter().map(|(k, v)| (k.to_owned(), v)).collect())
             .unwrap_or_default();
-        self.by_run.insert(run.id(), key.clone());
+        self.by_run.insert(run.id().get(), key.clone());
         self.entries.insert(
             key.clone(),
             Entry {
+                run_id: run.id().get(),
                 run_name: run.name(),
                 job: Some(job),
                 upstreams,
@@ -343,6 +439,7 @@ impl Session {
                 blame: None,
                 output: String::new(),
                 resources: resources.clone(),
+                held: false,
             },
         );
         let mut task = SubprocessTask::new(key, self.template.argv.iter().cloned());
@@ -387,9 +484,50 @@ impl Session {
         }
     }
 
+    /// Handles a batch of events in order. Tasks that completed without
+    /// saying where they ran (short, quiet ones report nothing, to spare
+    /// the scheduler) learn their worker first, in one question for the
+    /// batch, so every run has its location.
+    async fn events(&mut self, batch: Vec<ClientEvent>) {
+        let unplaced: Vec<String> = batch
+            .iter()
+            .filter_map(|event| match event {
+                ClientEvent::KeyInMemory { key } => self
+                    .entries
+                    .get(key)
+                    .filter(|e| !e.started && matches!(e.status, Status::Submitted))
+                    .map(|_| key.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut places = HashMap::new();
+        if !unplaced.is_empty() && self.lost.is_none() {
+            if let Ok(Ok(found)) =
+                tokio::time::timeout(IDENTITY_TIMEOUT, self.client.who_has(&unplaced)).await
+            {
+                places = found;
+            }
+        }
+        for event in batch {
+            if let ClientEvent::KeyInMemory { key } = &event {
+                let worker = places.get(key).and_then(|w| w.first());
+                if let (Some(worker), Some(entry)) = (worker, self.entries.get_mut(key)) {
+                    if let Some(job) = &entry.job {
+                        entry.started = true;
+                        job.started(Some(worker));
+                    }
+                }
+            }
+            self.event(event);
+        }
+        self.release_pending().await;
+    }
+
     fn event(&mut self, event: ClientEvent) {
         match event {
-            ClientEvent::Topic(event) if event.topic == TOPIC => self.topic_event(event),
+            ClientEvent::Topic(event) if event.topic == self.template.topic => {
+                self.topic_event(event)
+            }
             ClientEvent::KeyInMemory { key } => self.completed(&key),
             ClientEvent::TaskErred { key, error } => self.erred(&key, error),
             ClientEvent::CancelledKeys { keys, reason } => {
@@ -438,7 +576,6 @@ impl Session {
     }
 
     fn completed(&mut self, key: &str) {
-        let client = self.client.clone();
         let Some(entry) = self.entries.get_mut(key) else {
             return;
         };
@@ -450,13 +587,20 @@ impl Session {
             if !entry.started {
                 job.started(None);
             }
-            let key = key.to_owned();
-            job.finish_deferred(move || fetch(&client, &key));
+            self.reads.completed(key);
+            entry.held = true;
+            let reads = self.reads.clone();
+            let hold = KeyHold {
+                key: key.to_owned(),
+                commands: self.commands.clone(),
+            };
+            job.finish_deferred(move || reads.read(&hold.key));
         }
         self.settle_dependents(key);
+        self.settled(key);
     }
 
-    fn erred(&mut self, key: &str, error: RemoteError) {
+    fn erred(&mut self, key: &str, error: TaskException) {
         let Some(entry) = self.entries.get(key) else {
             return;
         };
@@ -539,6 +683,7 @@ impl Session {
             job.finish(Err(error));
         }
         self.settle_dependents(key);
+        self.settled(key);
     }
 
     /// The connection is gone: nothing submitted will report anymore.
@@ -565,6 +710,36 @@ impl Session {
             TaskErrorKind::Cancelled,
             "the flow run ended",
         ));
+        if let Err(e) = tokio::time::timeout(
+            IDENTITY_TIMEOUT,
+            self.client.remove_topic(&self.template.topic),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(ProtocolError::Closed {
+                reason: "no answer".into(),
+            })
+        }) {
+            tracing::debug!(target: "flowrun_dask", "removing the flow's event topic from the scheduler: {e}");
+        }
+        if !self.template.plugin.is_empty() {
+            let plugin = std::mem::take(&mut self.template.plugin);
+            // Ends the session's task processes on every worker.
+            match tokio::time::timeout(
+                IDENTITY_TIMEOUT,
+                self.client.unregister_worker_plugin(&plugin),
+            )
+            .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(target: "flowrun_dask", "stopping the flow's task processes on the Dask workers: {e}")
+                }
+                Err(_) => {
+                    tracing::warn!(target: "flowrun_dask", "stopping the flow's task processes on the Dask workers took longer than {}s", IDENTITY_TIMEOUT.as_secs())
+                }
+            }
+        }
         if let Err(e) = self.client.close().await {
             tracing::debug!(target: "flowrun_dask", "closing the Dask client: {e}");
         }
@@ -584,13 +759,13 @@ fn refuse_queued(inbox: &mut mpsc::UnboundedReceiver<Command>) {
             Command::Close(done) => {
                 let _ = done.send(());
             }
-            Command::Status(_) => {}
+            Command::Status(_) | Command::Unheld(_) => {}
         }
     }
 }
 
 /// The attempt's own failure, from what Dask reported.
-fn own_failure(entry: &Entry, error: &RemoteError) -> TaskError {
+fn own_failure(entry: &Entry, error: &TaskException) -> TaskError {
     let printed = if entry.output.is_empty() {
         output::readable(&output::parse(&error.stderr))
     } else {
@@ -653,69 +828,13 @@ fn process_died(returncode: Option<i64>, printed: &str) -> TaskError {
     }
 }
 
-/// Reads one result from the cluster. A result lost with its worker is
-/// recomputed by Dask; the read waits for it.
-fn fetch(client: &Arc<DaskClient>, key: &str) -> Result<Bytes, TaskError> {
-    let client = client.clone();
-    let key = key.to_owned();
-    let address = client.address().to_owned();
-    let fut = async move {
-        let deadline = Instant::now() + GATHER_TIMEOUT;
-        loop {
-            match client.gather(std::slice::from_ref(&key)).await {
-                Ok(mut values) => return Ok(values.remove(&key).unwrap_or_default()),
-                Err(ProtocolError::NotInMemory { .. }) if Instant::now() < deadline => {
-                    let status = client.task_status(std::slice::from_ref(&key)).await?;
-                    match status.get(&key).cloned().flatten().as_deref() {
-                        // In memory again soon (a worker was lost and
-                        // the key is being moved): ask again after a pause.
-                        Some("memory") => tokio::time::sleep(Duration::from_millis(50)).await,
-                        Some("erred") | None => {
-                            return Err(ProtocolError::NotInMemory { keys: vec![key] })
-                        }
-                        Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    };
-    let value = match block_on(fut, GATHER_TIMEOUT + Duration::from_secs(5)) {
-        Some(Ok(value)) => value,
-        Some(Err(ProtocolError::Closed { .. })) => {
-            return Err(TaskError::new(
-                TaskErrorKind::ResultUnavailable,
-                "its result stayed on the Dask cluster and is gone: the flow run's connection \
-                 to the cluster is closed (read results while the flow runs)",
-            ))
-        }
-        Some(Err(e)) => {
-            return Err(TaskError::new(
-                TaskErrorKind::ResultUnavailable,
-                format!("could not read its result from the Dask scheduler at {address}: {e}"),
-            ))
-        }
-        None => {
-            return Err(TaskError::new(
-                TaskErrorKind::ResultUnavailable,
-                format!(
-                    "reading its result from the Dask scheduler at {address} took longer than {}s",
-                    GATHER_TIMEOUT.as_secs()
-                ),
-            ))
-        }
-    };
-    format::strip_result(&value)
-        .map(Bytes::copy_from_slice)
-        .map_err(|e| TaskError::new(TaskErrorKind::ResultUnavailable, e))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn entry(output: &str) -> Entry {
         Entry {
+            run_id: 1,
             run_name: "t-1".into(),
             job: None,
             upstreams: Vec::new(),
@@ -725,11 +844,12 @@ mod tests {
             blame: None,
             output: output.into(),
             resources: BTreeMap::new(),
+            held: false,
         }
     }
 
-    fn called_process_error(code: i64, stdout: Vec<u8>, stderr: &[u8]) -> RemoteError {
-        RemoteError {
+    fn called_process_error(code: i64, stdout: Vec<u8>, stderr: &[u8]) -> TaskException {
+        TaskException {
             class: "subprocess.CalledProcessError".into(),
             message: String::new(),
             returncode: Some(code),
@@ -769,7 +889,7 @@ mod tests {
         assert_eq!(not_task_mode.kind(), &TaskErrorKind::Runner);
         let killed_worker = own_failure(
             &entry(""),
-            &RemoteError {
+            &TaskException {
                 class: "distributed.scheduler.KilledWorker".into(),
                 message: "('k', 'tcp://w:1', 3)".into(),
                 returncode: None,

@@ -1,24 +1,34 @@
 //! Task mode: the flow's program started by a Dask worker (through the
-//! Python runner) to run one attempt of one task, arguments in on stdin,
-//! result out on stdout. See `format` for the layouts.
+//! Python runner) to run tasks. A long-lived task process (the default,
+//! [`SERVE_ENV`] set) runs one task per request for the whole flow run; a
+//! one-task process (`DaskTaskRunner::isolate_tasks`) runs one attempt,
+//! arguments in on stdin, result out on stdout. See `format` for the
+//! layouts.
 //!
 //! Everything the task writes, to stdout, stderr or through `tracing`, ends
 //! up on stderr as tagged lines (see `output`), so stdout carries nothing
 //! but the result. While the task runs, its stdout and stderr are in-memory
-//! files: a task-mode process is one short process per task, and pipes
-//! would need reader threads, which cost more than the task often does
-//! (and a child the task leaves running would keep them open). The process
-//! dies with its worker (`PR_SET_PDEATHSIG`): Dask reruns the attempt
-//! elsewhere, and a leftover would only waste the machine.
+//! files, emptied after each task: pipes would need reader threads, which
+//! cost more than the task often does (and a child the task leaves running
+//! would keep them open). A one-task process dies with its worker
+//! (`PR_SET_PDEATHSIG`): Dask reruns the attempt elsewhere, and a leftover
+//! would only waste the machine. A long-lived one ends when its requests
+//! end, which is also when its worker dies (the death signal would follow
+//! the worker *thread* that started it, and those come and go).
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tracing::level_filters::LevelFilter;
 
-use super::format::{self, Failure, TaskHeader, FAILED_EXIT, INPUT_VERSION, TASK_ENV};
+use super::format::{
+    self, reply, Failure, TaskHeader, FAILED_EXIT, INPUT_VERSION, SERVE_ENV, TASK_ENV,
+};
 use super::output::{self, Line, TAG};
 
 flowrun_core::__private::inventory::submit! {
@@ -48,8 +58,35 @@ fn dup(fd: RawFd) -> std::io::Result<File> {
 pub(crate) struct DaskTask {
     /// The address of the worker's scheduler.
     scheduler: Option<String>,
-    /// The Python runner's end of the control pipe, until the task secedes.
+    /// The worker's TLS files, for a `tls://` scheduler.
+    security: crate::protocol::Security,
+    /// The Python runner's end of the control pipe, until the task secedes
+    /// (a one-task process).
     control: Mutex<Option<File>>,
+    /// Where a long-lived task process answers the runner.
+    replies: Option<Replies>,
+    /// Whether the current task of a long-lived process has seceded.
+    seceded: AtomicBool,
+}
+
+/// The runner's end of a long-lived task process's answers.
+type Replies = Arc<Mutex<File>>;
+
+fn send_raw(replies: &Replies, bytes: &[u8]) -> std::io::Result<()> {
+    let mut out = replies.lock().unwrap_or_else(|p| p.into_inner());
+    out.write_all(bytes)?;
+    out.flush()
+}
+
+/// Writes one reply message (see `format::reply`).
+fn send_reply(replies: &Replies, kind: u8, payload: &[u8]) -> std::io::Result<()> {
+    let mut head = [0u8; 9];
+    head[0] = kind;
+    head[1..].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+    let mut out = replies.lock().unwrap_or_else(|p| p.into_inner());
+    out.write_all(&head)?;
+    out.write_all(payload)?;
+    out.flush()
 }
 
 static DASK_TASK: OnceLock<DaskTask> = OnceLock::new();
@@ -63,7 +100,7 @@ impl DaskTask {
     /// Takes what the Python runner passed in the environment, and removes
     /// it: programs the task starts are not task-mode processes, and a
     /// client the task makes must not divert this one again.
-    fn from_env() -> DaskTask {
+    fn from_env(replies: Option<Replies>) -> DaskTask {
         let scheduler = std::env::var(format::SCHEDULER_ENV)
             .ok()
             .filter(|a| !a.is_empty());
@@ -79,12 +116,29 @@ impl DaskTask {
             // SAFETY: the runner passed this fd to this process only; it is
             // owned by the File from here on.
             .map(|fd| unsafe { File::from_raw_fd(fd) });
-        for name in [TASK_ENV, format::SCHEDULER_ENV, format::CONTROL_ENV] {
+        let [ca, cert, key] =
+            format::TLS_ENV.map(|name| std::env::var_os(name).filter(|v| !v.is_empty()));
+        let mut security = crate::protocol::Security::new();
+        security.tls_ca_file = ca.map(Into::into);
+        security.tls_client_cert = cert.map(Into::into);
+        security.tls_client_key = key.map(Into::into);
+        for name in [
+            TASK_ENV,
+            SERVE_ENV,
+            format::SCHEDULER_ENV,
+            format::CONTROL_ENV,
+        ]
+        .into_iter()
+        .chain(format::TLS_ENV)
+        {
             std::env::remove_var(name);
         }
         DaskTask {
+            security,
             scheduler,
             control: Mutex::new(control),
+            replies,
+            seceded: AtomicBool::new(false),
         }
     }
 
@@ -93,10 +147,21 @@ impl DaskTask {
         self.scheduler.as_deref()
     }
 
+    /// The TLS settings of the worker running this task.
+    pub(crate) fn security(&self) -> &crate::protocol::Security {
+        &self.security
+    }
+
     /// Tells the worker that this task waits for other tasks, so that it
     /// hands the task's thread to them (Dask's `secede`; the task rejoins
     /// when it ends). Once; later calls do nothing.
     pub(crate) fn secede(&self) {
+        if let Some(replies) = &self.replies {
+            if !self.seceded.swap(true, Ordering::AcqRel) {
+                let _ = send_reply(replies, reply::SECEDE, &[]);
+            }
+            return;
+        }
         let control = self
             .control
             .lock()
@@ -110,11 +175,14 @@ impl DaskTask {
 
 /// The entry point of a task-mode process.
 fn task_main() -> ! {
+    if std::env::var_os(SERVE_ENV).is_some() {
+        serve()
+    }
     // SAFETY: prctl with PR_SET_PDEATHSIG only sets a flag of this process.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
     }
-    let _ = DASK_TASK.set(DaskTask::from_env());
+    let _ = DASK_TASK.set(DaskTask::from_env(None));
     let (mut result_out, mut report) = match (dup(1), dup(2)) {
         (Ok(out), Ok(err)) => (out, err),
         (Err(e), _) | (_, Err(e)) => {
@@ -158,14 +226,141 @@ fn task_main() -> ! {
     std::process::exit(code)
 }
 
-/// Reads the input, checks it is meant for this build, runs the task.
+/// A long-lived task process: runs the task of each request on stdin and
+/// answers on stdout, until stdin ends (the runner stopped it, or its
+/// worker is gone).
+fn serve() -> ! {
+    // The requests and replies get fds of their own; the task's stdin is
+    // empty and its stdout and stderr are captured, so nothing the task
+    // does can reach the runner's pipes.
+    let (mut requests, replies) = match (dup(0), dup(1)) {
+        (Ok(requests), Ok(replies)) => (requests, Arc::new(Mutex::new(replies))),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("flowrun task process: cannot set up its pipes: {e}");
+            std::process::exit(FAILED_EXIT)
+        }
+    };
+    if let Ok(null) = File::open("/dev/null") {
+        // SAFETY: dup2 onto fd 0, which this process owns.
+        unsafe { libc::dup2(null.as_raw_fd(), 0) };
+    }
+    let shared: Option<PathBuf> = std::env::var_os(format::SHARED_ENV).map(PathBuf::from);
+    std::env::remove_var(format::SHARED_ENV);
+    let task = DASK_TASK.get_or_init(|| DaskTask::from_env(Some(replies.clone())));
+    let capture = Capture::install();
+    let sink = match &capture {
+        Some(c) => c.stdout.try_clone().ok(),
+        None => dup(2).ok(),
+    };
+    if let Some(sink) = sink {
+        install_log_forwarding(Arc::new(Mutex::new(sink)));
+    }
+    install_panic_hook();
+    // What the program printed before task mode came first; this ends it.
+    if send_raw(&replies, format::RESULT_MAGIC).is_err() {
+        std::process::exit(0);
+    }
+    loop {
+        let mut len = [0u8; 8];
+        if requests.read_exact(&mut len).is_err() {
+            std::process::exit(0);
+        }
+        let input = match read_request(&mut requests, u64::from_le_bytes(len)) {
+            Ok(input) => input,
+            Err(e) => {
+                let failure =
+                    Failure::runner(format!("the task process could not read its input: {e}"));
+                if send_reply(&replies, reply::FAILURE, &format::error_frame(&failure)).is_err() {
+                    std::process::exit(0);
+                }
+                continue;
+            }
+        };
+        task.seceded.store(false, Ordering::Release);
+        let outcome = run_input(&input);
+        drop(input);
+        if let Err(failure) = &outcome {
+            tracing::warn!("Attempt failed: {}", failure.message);
+        }
+        let output = capture.as_ref().map(Capture::take).unwrap_or_default();
+        let sent = (|| {
+            if !output.is_empty() {
+                send_reply(&replies, reply::OUTPUT, &output)?;
+            }
+            match &outcome {
+                Ok(bytes) if bytes.len() >= format::LARGE && shared.is_some() => {
+                    match write_result_file(shared.as_deref().unwrap_or(Path::new("")), bytes) {
+                        Ok(path) => {
+                            send_reply(&replies, reply::RESULT_FILE, path.as_os_str().as_bytes())
+                        }
+                        Err(_) => send_reply(&replies, reply::RESULT, &format::result_frame(bytes)),
+                    }
+                }
+                Ok(bytes) => send_reply(&replies, reply::RESULT, &format::result_frame(bytes)),
+                Err(failure) => send_reply(&replies, reply::FAILURE, &format::error_frame(failure)),
+            }
+        })();
+        if sent.is_err() {
+            // The runner stopped listening; nobody is left to tell.
+            std::process::exit(0);
+        }
+    }
+}
+
+/// Reads one request's input: `len` bytes from the pipe, or, for
+/// [`format::INPUT_IN_FILE`], the file whose path follows (deleted once
+/// read).
+fn read_request(requests: &mut File, len: u64) -> std::io::Result<Vec<u8>> {
+    let too_long = || std::io::Error::other("the request is longer than memory");
+    if len != format::INPUT_IN_FILE {
+        let mut input = vec![0u8; usize::try_from(len).map_err(|_| too_long())?];
+        requests.read_exact(&mut input)?;
+        return Ok(input);
+    }
+    let mut len = [0u8; 8];
+    requests.read_exact(&mut len)?;
+    let mut path = vec![0u8; usize::try_from(u64::from_le_bytes(len)).map_err(|_| too_long())?];
+    requests.read_exact(&mut path)?;
+    let path = Path::new(std::ffi::OsStr::from_bytes(&path));
+    let input = std::fs::read(path);
+    let _ = std::fs::remove_file(path);
+    input
+}
+
+/// Writes a large result frame to a new file in `dir`, for the runner.
+fn write_result_file(dir: &Path, bytes: &[u8]) -> std::io::Result<PathBuf> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let path = dir.join(format!(
+        "flowrun-result-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = File::create(&path).and_then(|mut f| {
+        f.write_all(format::RESULT_MAGIC)?;
+        f.write_all(bytes)
+    });
+    match written {
+        Ok(()) => Ok(path),
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            Err(e)
+        }
+    }
+}
+
+/// Reads the input of a one-task process.
 fn run_from_stdin() -> Result<Vec<u8>, Failure> {
     let mut input = Vec::new();
     std::io::stdin()
         .lock()
         .read_to_end(&mut input)
         .map_err(|e| Failure::runner(format!("task mode could not read its input: {e}")))?;
-    let parts = format::split_input(&input)
+    run_input(&input)
+}
+
+/// Checks the input is meant for this build, and runs the task.
+fn run_input(input: &[u8]) -> Result<Vec<u8>, Failure> {
+    let parts = format::split_input(input)
         .map_err(|e| Failure::runner(format!("task mode received a broken input: {e}")))?;
     let (header, args) = parts
         .split_first()
@@ -210,8 +405,10 @@ fn run_from_stdin() -> Result<Vec<u8>, Failure> {
             ))
         })?;
     *lock(&TASK_THREAD) = Some(std::thread::current().id());
+    *lock(&CURRENT_RUN) = Some(format!("Task run '{}'", header.run_name));
     let result = flowrun_core::with_task_run_name(&header.run_name, || entry.run(&args));
     *lock(&TASK_THREAD) = None;
+    *lock(&CURRENT_RUN) = None;
     result.map_err(|e| {
         let mut failure = Failure::from_task_error(&e);
         if failure.kind == format::FailureKind::Panic {
@@ -271,12 +468,21 @@ impl Capture {
     /// The task's output as tagged lines: stdout (with the log lines that
     /// went there in order), then stderr.
     fn finish(self) -> Vec<u8> {
+        self.take()
+    }
+
+    /// The output so far, as [`finish`](Self::finish) gives it, and empties
+    /// the files for the next task. (fds 1 and 2 share their offsets with
+    /// these files, so the next task writes from the start again.)
+    fn take(&self) -> Vec<u8> {
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
         let mut out = Vec::new();
-        for (mut file, stdout) in [(self.stdout, true), (self.stderr, false)] {
+        for (mut file, stdout) in [(&self.stdout, true), (&self.stderr, false)] {
             let mut text = Vec::new();
-            if file.rewind().is_err() || file.read_to_end(&mut text).is_err() {
+            let read = file.rewind().and_then(|_| file.read_to_end(&mut text));
+            let _ = file.set_len(0).and_then(|_| file.rewind());
+            if read.is_err() {
                 continue;
             }
             let kept = keep_tail(&text);
@@ -371,8 +577,16 @@ impl Forward {
             tracing::Level::TRACE => 4,
         };
         let mut bytes = Vec::new();
-        for text in message.0.lines() {
-            bytes.extend(output::encode(&Line::Log(level, text.to_owned())));
+        for text in message.text.lines() {
+            let line = match &message.run {
+                // A run of its own (one the task submitted): its label
+                // goes along, so the flow does not credit the task with it.
+                Some(run) if Some(run.as_str()) != current_run().as_deref() => {
+                    Line::RunLog(level, run.clone(), text.to_owned())
+                }
+                _ => Line::Log(level, text.to_owned()),
+            };
+            bytes.extend(output::encode(&line));
         }
         let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
         let _ = sink.write_all(&bytes);
@@ -406,17 +620,20 @@ impl tracing::Subscriber for Forward {
 }
 
 #[derive(Default)]
-struct Message(String);
+struct Message {
+    text: String,
+    /// The run the event names itself as about (`flowrun.run`).
+    run: Option<String>,
+}
 
 impl tracing::field::Visit for Message {
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
         use std::fmt::Write as _;
         match field.name() {
-            "message" => self.0.push_str(value),
-            // The flow attributes the line to the run itself.
-            "flowrun.run" => {}
+            "message" => self.text.push_str(value),
+            "flowrun.run" => self.run = Some(value.to_owned()),
             name => {
-                let _ = write!(self.0, " {name}={value}");
+                let _ = write!(self.text, " {name}={value}");
             }
         }
     }
@@ -425,16 +642,23 @@ impl tracing::field::Visit for Message {
         use std::fmt::Write as _;
         match field.name() {
             "message" => {
-                let _ = write!(self.0, "{value:?}");
+                let _ = write!(self.text, "{value:?}");
             }
-            "flowrun.run" => {}
+            "flowrun.run" => self.run = Some(format!("{value:?}").trim_matches('"').to_owned()),
             name if name.starts_with("log.") => {}
             name => {
-                let _ = write!(self.0, " {name}={value:?}");
+                let _ = write!(self.text, " {name}={value:?}");
             }
         }
     }
 }
+
+/// The label of the task run this process runs now (`Task run 'name'`).
+fn current_run() -> Option<String> {
+    lock(&CURRENT_RUN).clone()
+}
+
+static CURRENT_RUN: Mutex<Option<String>> = Mutex::new(None);
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Forward {
     fn on_event(

@@ -20,7 +20,14 @@ pub(crate) enum Line {
     Stderr(String),
     /// A `tracing` event: level 0 (error) to 4 (trace), and its message.
     Log(u8, String),
+    /// A `tracing` event about a run of its own (`flowrun.run`, such as a
+    /// run the task submitted through `get_dask_client`): level, the run's
+    /// label, and the message.
+    RunLog(u8, String, String),
 }
+
+/// Ends the run label of a [`Line::RunLog`].
+const UNIT: u8 = 0x1f;
 
 /// The tagged form of a line, with its newline.
 pub(crate) fn encode(line: &Line) -> Vec<u8> {
@@ -28,6 +35,14 @@ pub(crate) fn encode(line: &Line) -> Vec<u8> {
         Line::Stdout(t) => (b'o', t),
         Line::Stderr(t) => (b'e', t),
         Line::Log(level, t) => (b'0' + (*level).min(4), t),
+        Line::RunLog(level, run, t) => {
+            let mut out = vec![TAG, b'r', b'0' + (*level).min(4)];
+            out.extend(run.bytes().filter(|b| *b != UNIT && *b != b'\n'));
+            out.push(UNIT);
+            out.extend_from_slice(t.as_bytes());
+            out.push(b'\n');
+            return out;
+        }
     };
     let mut out = Vec::with_capacity(text.len() + 3);
     out.push(TAG);
@@ -50,6 +65,14 @@ pub(crate) fn parse(data: &[u8]) -> Vec<Line> {
                 [TAG, b'o', rest @ ..] => Line::Stdout(text(rest)),
                 [TAG, b'e', rest @ ..] => Line::Stderr(text(rest)),
                 [TAG, level @ b'0'..=b'4', rest @ ..] => Line::Log(level - b'0', text(rest)),
+                [TAG, b'r', level @ b'0'..=b'4', rest @ ..] => {
+                    match rest.iter().position(|b| *b == UNIT) {
+                        Some(at) => {
+                            Line::RunLog(level - b'0', text(&rest[..at]), text(&rest[at + 1..]))
+                        }
+                        None => Line::Log(level - b'0', text(rest)),
+                    }
+                }
                 other => Line::Stderr(text(other)),
             }
         })
@@ -63,13 +86,19 @@ pub(crate) fn readable(lines: &[Line]) -> String {
         match line {
             Line::Stdout(t) | Line::Stderr(t) => out.push_str(t),
             Line::Log(level, t) => {
-                let name = ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"][usize::from(*level).min(4)];
-                let _ = write!(out, "{name} {t}");
+                let _ = write!(out, "{} {t}", level_name(*level));
+            }
+            Line::RunLog(level, run, t) => {
+                let _ = write!(out, "{} {run} - {t}", level_name(*level));
             }
         }
         out.push('\n');
     }
     out
+}
+
+fn level_name(level: u8) -> &'static str {
+    ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"][usize::from(level).min(4)]
 }
 
 /// Re-emits a task's lines in the flow, attributed to `run` (as the local
@@ -94,20 +123,20 @@ pub(crate) fn emit(run: &str, lines: &[Line]) {
                     eprintln!("{t}");
                 }
             }
-            Line::Log(level, m) => match level {
-                0 => {
-                    tracing::error!(target: "flowrun_dask::worker_log", { flowrun.run = w }, "{m}")
-                }
-                1 => tracing::warn!(target: "flowrun_dask::worker_log", { flowrun.run = w }, "{m}"),
-                2 => tracing::info!(target: "flowrun_dask::worker_log", { flowrun.run = w }, "{m}"),
-                3 => {
-                    tracing::debug!(target: "flowrun_dask::worker_log", { flowrun.run = w }, "{m}")
-                }
-                _ => {
-                    tracing::trace!(target: "flowrun_dask::worker_log", { flowrun.run = w }, "{m}")
-                }
-            },
+            Line::RunLog(level, run, m) => log(*level, run, m),
+            Line::Log(level, m) => log(*level, w, m),
         }
+    }
+}
+
+/// One log line of a task process, attributed to the run `w`.
+fn log(level: u8, w: &str, m: &str) {
+    match level {
+        0 => tracing::error!(target: "flowrun_dask::worker_log", { flowrun.run = w }, "{m}"),
+        1 => tracing::warn!(target: "flowrun_dask::worker_log", { flowrun.run = w }, "{m}"),
+        2 => tracing::info!(target: "flowrun_dask::worker_log", { flowrun.run = w }, "{m}"),
+        3 => tracing::debug!(target: "flowrun_dask::worker_log", { flowrun.run = w }, "{m}"),
+        _ => tracing::trace!(target: "flowrun_dask::worker_log", { flowrun.run = w }, "{m}"),
     }
 }
 
@@ -121,6 +150,7 @@ mod tests {
             Line::Stdout("#3".into()),
             Line::Stderr("warning: x".into()),
             Line::Log(2, "hello from the task".into()),
+            Line::RunLog(2, "Task run 'inner-0'".into(), "Finished".into()),
         ];
         let mut data: Vec<u8> = lines.iter().flat_map(encode).collect();
         data.extend_from_slice(b"thread 'main' panicked\n");
@@ -129,7 +159,8 @@ mod tests {
         assert_eq!(parse(&data), expected);
         assert_eq!(
             readable(&expected),
-            "#3\nwarning: x\nINFO hello from the task\nthread 'main' panicked\n"
+            "#3\nwarning: x\nINFO hello from the task\nINFO Task run 'inner-0' - Finished\n\
+             thread 'main' panicked\n"
         );
         assert!(parse(b"").is_empty());
     }

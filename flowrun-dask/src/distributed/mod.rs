@@ -18,6 +18,7 @@
 mod format;
 mod output;
 mod python;
+mod reads;
 mod session;
 mod task_mode;
 
@@ -36,16 +37,20 @@ use crate::cluster::{worker_command, ClusterStatus, WaitingTask, WorkerStatus};
 use crate::protocol::{DaskClient, PythonRunner};
 use crate::settings::{AdaptKwargs, ClientKwargs, ClusterKwargs};
 use python::PythonCluster;
-use session::{Attempt, Command, Session, TaskTemplate, TOPIC};
+use session::{Attempt, Command, Session, TaskTemplate};
 
 /// Settings of a runner that only matter on a real Dask cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct RemoteSettings {
+pub(crate) struct DistributedSettings {
     /// The flow's program as the workers see it (default: this program).
     pub task_program: Option<PathBuf>,
     /// The Python that starts a cluster class (default `$FLOWRUN_PYTHON`,
     /// else `python3`).
     pub python: Option<PathBuf>,
+    /// One process per task attempt instead of long-lived task processes.
+    pub isolate_tasks: bool,
+    /// TLS settings for a `tls://` address.
+    pub security: crate::protocol::Security,
 }
 
 /// How long a task runs before it reports that it started: reporting costs
@@ -86,8 +91,32 @@ pub(crate) fn block_on<T: Send + 'static>(
     value
 }
 
-/// The Python runner every task uses.
-fn python_runner() -> Arc<PythonRunner> {
+/// The scheduler topic on which a session's tasks report: one per session,
+/// so that a flow receives no other flow's events.
+fn topic(session: &str) -> String {
+    format!("{session}-events")
+}
+
+/// The Python runner of a session's tasks: unless `isolate`, they are calls
+/// into the session's long-lived task processes.
+fn python_runner(session: &str, isolate: bool) -> Arc<PythonRunner> {
+    let mut runner = PythonRunner::clone(&base_runner());
+    runner.params.insert("topic".to_owned(), topic(session));
+    // The session's worker plugin compiles the module on every worker.
+    runner.installed = true;
+    if !isolate {
+        runner.params.extend([
+            ("session".to_owned(), session.to_owned()),
+            ("serve_env".to_owned(), format::SERVE_ENV.to_owned()),
+            ("shared_env".to_owned(), format::SHARED_ENV.to_owned()),
+            ("failed_exit".to_owned(), format::FAILED_EXIT.to_string()),
+        ]);
+    }
+    Arc::new(runner)
+}
+
+/// The Python runner's source and the parameters every session shares.
+fn base_runner() -> Arc<PythonRunner> {
     static RUNNER: OnceLock<Arc<PythonRunner>> = OnceLock::new();
     RUNNER
         .get_or_init(|| {
@@ -96,10 +125,10 @@ fn python_runner() -> Arc<PythonRunner> {
             Arc::new(PythonRunner {
                 module: format!("_flowrun_runner_{}", &hash[..16]),
                 params: [
-                    ("topic", TOPIC.to_owned()),
                     ("env", format::TASK_ENV.to_owned()),
                     ("scheduler_env", format::SCHEDULER_ENV.to_owned()),
                     ("control_env", format::CONTROL_ENV.to_owned()),
+                    ("tls_env", format::TLS_ENV.join(",")),
                     (
                         "magic",
                         format::RESULT_MAGIC
@@ -113,13 +142,14 @@ fn python_runner() -> Arc<PythonRunner> {
                 .map(|(k, v)| (k.to_owned(), v))
                 .collect(),
                 source,
+                installed: false,
             })
         })
         .clone()
 }
 
 /// The flow's program and arguments as the workers run them.
-fn task_argv(settings: &RemoteSettings) -> Result<Vec<Vec<u8>>, String> {
+fn task_argv(settings: &DistributedSettings) -> Result<Vec<Vec<u8>>, String> {
     use std::os::unix::ffi::OsStrExt;
     // The program is this one's absolute path unless the runner names the
     // path the workers see.
@@ -145,22 +175,32 @@ impl DaskCluster {
     fn connect(
         address: &str,
         client_kwargs: &ClientKwargs,
-        settings: &RemoteSettings,
+        settings: &DistributedSettings,
         python: Option<PythonCluster>,
     ) -> Result<DaskCluster, String> {
         let argv = task_argv(settings)?;
         let timeout = client_kwargs.timeout;
         let target = address.to_owned();
+        let isolate = settings.isolate_tasks;
+        let security = settings.security.clone();
         let connected = block_on(
             async move {
-                let client = DaskClient::connect(&target, timeout).await?;
-                client.subscribe_topic(TOPIC).await?;
-                Ok::<_, crate::protocol::ProtocolError>(client)
+                let client = DaskClient::connect_with(&target, timeout, &security).await?;
+                let session = client.client_id().to_owned();
+                client.subscribe_topic(&topic(&session)).await?;
+                let runner = python_runner(&session, isolate);
+                // On every worker, also those that join later: the runner's
+                // module, and the session's task processes for as long as
+                // the plugin is there.
+                client
+                    .register_worker_plugin(&session, runner.plugin_pickle("Plugin"))
+                    .await?;
+                Ok::<_, crate::protocol::ProtocolError>((client, session, runner))
             },
             timeout + Duration::from_secs(5),
         );
-        let client = match connected {
-            Some(Ok(client)) => Arc::new(client),
+        let (client, session, runner) = match connected {
+            Some(Ok((client, session, runner))) => (Arc::new(client), session, runner),
             Some(Err(e)) => return Err(e.to_string()),
             None => {
                 return Err(format!(
@@ -174,8 +214,10 @@ impl DaskCluster {
         let (commands, inbox) = mpsc::unbounded_channel();
         let template = TaskTemplate {
             argv,
-            runner: python_runner(),
+            runner,
             build: crate::build_id::current().to_owned(),
+            plugin: session.clone(),
+            topic: topic(&session),
         };
         flowrun_core::runtime().spawn(Session::run(
             client.clone(),
@@ -349,7 +391,7 @@ impl Cluster for DaskCluster {
 pub(crate) fn connect(
     address: &str,
     client_kwargs: &ClientKwargs,
-    settings: &RemoteSettings,
+    settings: &DistributedSettings,
 ) -> Result<Arc<dyn Cluster>, String> {
     Ok(Arc::new(DaskCluster::connect(
         address,
@@ -365,7 +407,7 @@ pub(crate) fn start_python(
     cluster_kwargs: &ClusterKwargs,
     adapt_kwargs: Option<&AdaptKwargs>,
     client_kwargs: &ClientKwargs,
-    settings: &RemoteSettings,
+    settings: &DistributedSettings,
 ) -> Result<Arc<dyn Cluster>, String> {
     let python = python::python_executable(settings.python.as_ref());
     let cluster = PythonCluster::start(

@@ -1,0 +1,565 @@
+"""Runs one flowrun task attempt on a stock Dask worker.
+
+Shipped with every task and compiled once per worker process (see
+flowrun_dask::protocol::PythonRunner). The worker calls run() with the
+task's key, the task program's argv, the stdin parts (dependencies already
+replaced by their values) and params from the flow:
+  topic  the event topic the flow listens on
+  env    the environment variable that starts the program in task mode
+  magic  the bytes (latin-1) that start a task-mode result
+  scheduler_env, control_env, tls_env
+         the environment variables that tell the task its scheduler's
+         address, the fd of the pipe on which it asks to secede, and
+         (comma-separated) its worker's TLS CA, certificate and key
+  quiet  seconds a task may run before it reports that it started
+
+  session
+         the flow run's session: its tasks are calls into long-lived task
+         processes of the session (a pool per worker process, one process
+         per task running at once); absent, every task starts a process
+  serve_env
+         the environment variable that makes a task process long-lived
+
+Events cost the scheduler about as much as a small task, so a task only
+reports its start once it has run for `quiet` seconds (short tasks show as
+started when they finish), and its output only if it printed something.
+
+A long-lived task process reads requests on stdin (u64 length, then the
+input a one-task process reads) and answers each on stdout with messages
+of one kind byte and a u64 length (after `magic` once, as a hello that
+ends what the program printed before it became a task process):
+b"s" (empty) asks to secede, b"o" is
+the task's tagged output, then b"r" the result frame, b"R" the path of a
+file holding it (large results), or b"f" the failure frame ends the call.
+A large request is the length 2**64-1 and the path of a file holding the
+input: a pipe moves large data in small pieces, a process switch each,
+which on a busy machine costs seconds per 100 MiB. The session's Plugin (a Dask WorkerPlugin the flow
+registers, so workers that join later have it too) stops them when the
+flow run ends; one that dies fails its running call and is replaced.
+"""
+
+import heapq
+import itertools
+import os
+import select
+import selectors
+import subprocess
+import threading
+import time
+
+try:
+    from distributed.diagnostics.plugin import WorkerPlugin
+except Exception:  # only ever loaded on Dask workers; keep it importable
+    WorkerPlugin = object
+
+LIMIT = 1 << 20
+
+
+def _worker():
+    try:
+        from distributed import get_worker
+
+        return get_worker()
+    except Exception:
+        return None
+
+
+def _publish(worker, topic, message):
+    if worker is not None:
+        try:
+            worker.log_event(topic, message)
+        except Exception:
+            pass
+
+
+class _Starts:
+    """Reports the start of tasks still running after a while, from one
+    thread per worker process (a timer thread per task would cost more
+    than the report saves)."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.heap = []
+        self.live = set()
+        self.ids = itertools.count()
+        self.thread = None
+
+    def watch(self, delay, report):
+        with self.cond:
+            n = next(self.ids)
+            heapq.heappush(self.heap, (time.monotonic() + delay, n, report))
+            self.live.add(n)
+            if self.thread is None:
+                self.thread = threading.Thread(
+                    target=self._run, name="flowrun-starts", daemon=True
+                )
+                self.thread.start()
+            if self.heap[0][1] == n:
+                self.cond.notify()
+            return n
+
+    def done(self, n):
+        with self.cond:
+            self.live.discard(n)
+
+    def _run(self):
+        while True:
+            with self.cond:
+                while True:
+                    while self.heap and self.heap[0][1] not in self.live:
+                        heapq.heappop(self.heap)
+                    if not self.heap:
+                        self.cond.wait()
+                        continue
+                    when, n, report = self.heap[0]
+                    delay = when - time.monotonic()
+                    if delay <= 0:
+                        heapq.heappop(self.heap)
+                        self.live.discard(n)
+                        break
+                    self.cond.wait(delay)
+            report()
+
+
+_starts = _Starts()
+
+
+def _tail(data):
+    return data if len(data) <= LIMIT else b"...\n" + data[-LIMIT:]
+
+
+def _exchange(proc, data, control, on_secede):
+    """Writes stdin, reads stdout and stderr, and watches the control pipe,
+    all from this thread: secede() must be called from the task's own
+    thread. Writes go in PIPE_BUF pieces, as subprocess.communicate does."""
+    sel = selectors.DefaultSelector()
+    out, err = [], []
+    view, pos = memoryview(data), 0
+    if data:
+        sel.register(proc.stdin, selectors.EVENT_WRITE)
+    else:
+        proc.stdin.close()
+    sel.register(proc.stdout, selectors.EVENT_READ, out)
+    sel.register(proc.stderr, selectors.EVENT_READ, err)
+    sel.register(control, selectors.EVENT_READ, None)
+    while sel.get_map():
+        ready = sel.select(timeout=0.25)
+        if not ready and proc.poll() is not None:
+            # The task process has ended. What it wrote before it ended is
+            # in the pipes now: read that, but do not wait for the end of
+            # the pipes, which a process it left behind may hold open.
+            ready = sel.select(timeout=0)
+            if not ready:
+                for key in list(sel.get_map().values()):
+                    sel.unregister(key.fileobj)
+                    key.fileobj.close()
+                break
+        for key, _ in ready:
+            if key.fileobj is proc.stdin:
+                try:
+                    pos += os.write(key.fd, view[pos : pos + select.PIPE_BUF])
+                except BrokenPipeError:
+                    pos = len(data)
+                if pos >= len(data):
+                    sel.unregister(proc.stdin)
+                    proc.stdin.close()
+                continue
+            chunk = os.read(key.fd, 1 << 16)
+            if not chunk:
+                sel.unregister(key.fileobj)
+                key.fileobj.close()
+            elif key.data is None:
+                on_secede()
+            else:
+                key.data.append(chunk)
+    sel.close()
+    proc.wait()
+    return b"".join(out), b"".join(err)
+
+
+class _Died(Exception):
+    """The task process ended (or broke its pipe) in the middle of a call."""
+
+
+# Requests and results this large go through a file in _SHARED.
+_LARGE = 1 << 20
+# The request length that says "the input is in this file".
+_IN_FILE = (1 << 64) - 1
+_SHARED = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+_names = itertools.count()
+
+
+def _shared_path(what):
+    import tempfile
+
+    return os.path.join(
+        _SHARED or tempfile.gettempdir(),
+        "flowrun-%s-%d-%d" % (what, os.getpid(), next(_names)),
+    )
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class _Server:
+    """One long-lived task process; one call at a time."""
+
+    def __init__(self, argv, env, hello):
+        self.hello = hello
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        self.fd = self.proc.stdout.fileno()
+        # poll, not select: a busy worker's fds may pass FD_SETSIZE.
+        self.poller = select.poll()
+        self.poller.register(self.fd, select.POLLIN)
+        # Larger pipes: fewer process switches for mid-sized data.
+        try:
+            import fcntl
+
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                fcntl.fcntl(pipe.fileno(), 1031, 1 << 20)  # F_SETPIPE_SZ
+        except OSError:
+            pass
+
+    def _read(self, n):
+        buf = bytearray(n)
+        view, pos = memoryview(buf), 0
+        while pos < n:
+            ready = self.poller.poll(250)
+            # A process that ended is not waited for on its pipe, which a
+            # child it left behind may hold open.
+            if not ready and self.proc.poll() is not None:
+                ready = self.poller.poll(0)
+                if not ready:
+                    raise _Died()
+            if ready:
+                got = os.readv(self.fd, [view[pos:]])
+                if not got:
+                    raise _Died()
+                pos += got
+        return buf
+
+    def _greeted(self):
+        """Skips what the program printed before it became a task process
+        (a test harness's banner), up to its hello."""
+        seen = b""
+        while self.hello is not None:
+            seen = (seen + bytes(self._read(1)))[-len(self.hello) :]
+            if seen == self.hello:
+                self.hello = None
+
+    def _send(self, stdin):
+        """Writes the request: through the pipe, or, when large, as a file
+        in the shared directory, whose path goes through the pipe (a pipe
+        moves large data in small pieces, a process switch each)."""
+        size = sum(8 + len(part) for part in stdin)
+        write = self.proc.stdin.write
+        if size < _LARGE:
+            write(size.to_bytes(8, "little"))
+            for part in stdin:
+                write(len(part).to_bytes(8, "little"))
+                write(part)
+        else:
+            path = _shared_path("input")
+            try:
+                with open(path, "wb") as f:
+                    for part in stdin:
+                        f.write(len(part).to_bytes(8, "little"))
+                        f.write(part)
+            except BaseException:
+                _unlink(path)
+                raise
+            name = os.fsencode(path)
+            write(_IN_FILE.to_bytes(8, "little"))
+            write(len(name).to_bytes(8, "little"))
+            write(name)
+        self.proc.stdin.flush()
+
+    def call(self, stdin, on_secede):
+        """(ok, frame, output) of one task."""
+        try:
+            self._send(stdin)
+        except OSError:
+            raise _Died() from None
+        self._greeted()
+        output = b""
+        while True:
+            head = self._read(9)
+            n = int.from_bytes(head[1:], "little")
+            kind = bytes(head[:1])
+            if kind == b"s":
+                on_secede()
+            elif kind == b"o":
+                output = bytes(self._read(n))
+            elif kind in (b"r", b"f"):
+                return kind == b"r", bytes(self._read(n)), output
+            elif kind == b"R":
+                path = os.fsdecode(bytes(self._read(n)))
+                try:
+                    with open(path, "rb") as f:
+                        return True, f.read(), output
+                finally:
+                    _unlink(path)
+            else:
+                raise _Died()
+
+    def died(self):
+        """The exit status of a process that failed a call."""
+        try:
+            return self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def stop(self, force):
+        try:
+            if force:
+                self.proc.kill()
+            else:
+                self.proc.stdin.close()
+        except OSError:
+            pass
+
+
+class _Pool:
+    """The long-lived task processes of one session in this worker."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.idle = []
+        self.busy = set()
+        self.closed = False
+
+    def take(self, argv, env, hello):
+        with self.lock:
+            if self.closed:
+                return None
+            if self.idle:
+                server = self.idle.pop()
+            else:
+                server = None
+        if server is None:
+            server = _Server(argv, env, hello)
+        with self.lock:
+            self.busy.add(server)
+        return server
+
+    def give(self, server, healthy):
+        with self.lock:
+            self.busy.discard(server)
+            if healthy and not self.closed:
+                self.idle.append(server)
+                return
+        server.stop(force=not healthy)
+        if not healthy:
+            server.died()
+
+    def close(self):
+        """Idle processes end on the end of their input; running calls are
+        ended: the flow run is over."""
+        with self.lock:
+            self.closed = True
+            servers = self.idle + list(self.busy)
+            idle = list(self.idle)
+            self.idle = []
+        for server in servers:
+            server.stop(force=server not in idle)
+
+        def reap():
+            deadline = time.monotonic() + 5
+            for server in servers:
+                try:
+                    server.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    server.proc.kill()
+                    server.proc.wait()
+
+        threading.Thread(target=reap, name="flowrun-reap", daemon=True).start()
+
+
+_pools = {}
+_ended = set()
+_pools_lock = threading.Lock()
+
+
+def _pool(session):
+    with _pools_lock:
+        if session in _ended:
+            return None
+        pool = _pools.get(session)
+        if pool is None:
+            pool = _pools[session] = _Pool()
+        return pool
+
+
+class Plugin(WorkerPlugin):
+    """Ties a session's task processes on a worker to the flow run: the
+    flow registers it at the start and removes it at the end."""
+
+    def __init__(self, params):
+        # Without a session (isolated tasks) it only installs this module.
+        self.session = params.get("session")
+
+    def setup(self, worker):
+        if self.session is not None:
+            _pool(self.session)
+
+    def teardown(self, worker):
+        if self.session is None:
+            return
+        with _pools_lock:
+            _ended.add(self.session)
+            pool = _pools.pop(self.session, None)
+        if pool is not None:
+            pool.close()
+
+
+def _scheduler_env(env, params, worker):
+    """Tells the task its scheduler, and the worker's TLS files for it."""
+    if worker is None:
+        return
+    env[params["scheduler_env"]] = worker.scheduler.address
+    security = getattr(worker, "security", None)
+    if security is None:
+        return
+    files = (
+        security.tls_ca_file,
+        security.tls_worker_cert or security.tls_client_cert,
+        security.tls_worker_key or security.tls_client_key,
+    )
+    for name, value in zip(params["tls_env"].split(","), files):
+        if value:
+            env[name] = value
+
+
+def _served(key, argv, stdin, env, params, worker, on_secede):
+    """Runs the task in a long-lived task process of its session; None
+    when the session has ended on this worker."""
+    pool = _pool(params["session"])
+    if pool is None:
+        return None
+    env = dict(os.environ if env is None else env)
+    env[params["env"]] = "1"
+    env[params["serve_env"]] = "1"
+    env[params["shared_env"]] = os.path.dirname(_shared_path("result"))
+    _scheduler_env(env, params, worker)
+    try:
+        server = pool.take(argv, env, params["magic"].encode("latin-1"))
+    except OSError as e:
+        raise RuntimeError(
+            "cannot start the task program %s on this worker: %s"
+            % (os.fsdecode(argv[0]), e.strerror or e)
+        ) from None
+    if server is None:
+        return None
+    try:
+        ok, frame, output = server.call(stdin, on_secede)
+    except _Died:
+        pool.give(server, healthy=False)
+        code = server.died()
+        raise subprocess.CalledProcessError(code, key, b"", b"") from None
+    except BaseException:
+        pool.give(server, healthy=False)
+        raise
+    pool.give(server, healthy=True)
+    return ok, frame, output
+
+
+def run(key, argv, stdin, env, params):
+    topic = params["topic"]
+    worker = _worker()
+    if "session" in params:
+        seceded = []
+
+        def secede_once():
+            if worker is not None and not seceded:
+                from distributed import secede
+
+                secede()
+                seceded.append(True)
+
+        watch = _starts.watch(
+            float(params["quiet"]), lambda: _publish(worker, topic, {"k": key, "s": 1})
+        )
+        try:
+            served = _served(key, argv, stdin, env, params, worker, secede_once)
+        finally:
+            _starts.done(watch)
+            if seceded:
+                from distributed import rejoin
+
+                rejoin()
+        if served is not None:
+            ok, frame, output = served
+            err = _tail(output)
+            if err:
+                _publish(worker, topic, {"k": key, "o": err})
+            if ok:
+                return frame
+            raise subprocess.CalledProcessError(
+                int(params["failed_exit"]), key, frame, err
+            )
+    data = b"".join(x for part in stdin for x in (len(part).to_bytes(8, "little"), part))
+    env = dict(os.environ if env is None else env)
+    env[params["env"]] = "1"
+    _scheduler_env(env, params, worker)
+    # The task asks on this pipe to give its thread back while it waits for
+    # tasks it submitted itself (get_dask_client in the task).
+    control_r, control_w = os.pipe()
+    env[params["control_env"]] = str(control_w)
+    seceded = []
+
+    def on_secede():
+        if worker is not None and not seceded:
+            from distributed import secede
+
+            secede()
+            seceded.append(True)
+
+    watch = _starts.watch(
+        float(params["quiet"]), lambda: _publish(worker, topic, {"k": key, "s": 1})
+    )
+    try:
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                pass_fds=(control_w,),
+            )
+        except BaseException as e:
+            os.close(control_r)
+            if not isinstance(e, OSError):
+                raise
+            raise RuntimeError(
+                "cannot start the task program %s on this worker: %s"
+                % (os.fsdecode(argv[0]), e.strerror or e)
+            ) from None
+        finally:
+            os.close(control_w)
+        with proc, open(control_r, "rb", buffering=0) as control:
+            stdout, stderr = _exchange(proc, data, control, on_secede)
+    finally:
+        _starts.done(watch)
+        if seceded:
+            from distributed import rejoin
+
+            rejoin()
+    err = _tail(stderr)
+    if err:
+        _publish(worker, topic, {"k": key, "o": err})
+    start = stdout.find(params["magic"].encode("latin-1"))
+    if proc.returncode == 0 and start >= 0:
+        return stdout[start:] if start else stdout
+    raise subprocess.CalledProcessError(proc.returncode, key, _tail(stdout), err)
