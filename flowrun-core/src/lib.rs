@@ -71,7 +71,9 @@ pub use runner::{
 };
 pub use task::annotations::Annotations;
 pub use task::args::{decode_value, encode_value, ArgSlot, ArgsTuple, IntoInputs, SerializedArgs};
-pub use task::input::{map_len, unmapped, Input, IntoInput, MapArg, MapError, MapSource, Unmapped};
+pub use task::input::{
+    map_len, unmapped, Gather, Input, IntoInput, MapArg, MapError, MapSource, Unmapped,
+};
 pub use task::options::{FlowOptions, Resources, RetryDelay, RetryPolicy, TaskOptions};
 pub use task::{
     exponential, AcceptsTask, BoxFuture, CallConfig, Cloner, Codec, Decoder, EncodedRun, Encoder,
