@@ -105,6 +105,63 @@
 /// assert_eq!(forms().unwrap(), 12 + 6 + 10 + 36);
 /// ```
 ///
+/// # Futures inside collections
+///
+/// A task that takes a `Vec<T>` also takes a `Vec<TaskFuture<T>>` (or
+/// `&[TaskFuture<T>]`, `Vec<&TaskFuture<T>>`, an array of futures); one
+/// that takes `[T; N]`, `Option<T>`, a tuple, or a `HashMap`/`BTreeMap`
+/// with `T` values takes the same shape with futures in place of the
+/// values. Every future in it is a dependency, as in Prefect: the run waits
+/// for all of them, fails as `UpstreamFailed` if one fails, and gets the
+/// values. On a local cluster the worker that runs the task reads the
+/// upstream results itself (large ones from the result store), so a fan-in
+/// never passes its data through the flow. `.map` takes collections of
+/// futures and the future of a list (it waits for the list, as Prefect
+/// does, then makes one run per element).
+///
+/// ```
+/// use std::collections::BTreeMap;
+///
+/// use flowrun::{flow, task, TaskFuture};
+///
+/// #[task]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// #[task]
+/// fn total(values: Vec<u64>) -> u64 {
+///     values.iter().sum()
+/// }
+///
+/// #[task]
+/// fn describe(named: BTreeMap<String, u64>, extra: Option<u64>) -> String {
+///     format!("{named:?} {extra:?}")
+/// }
+///
+/// #[task]
+/// fn upto(n: u64) -> Vec<u64> {
+///     (1..=n).collect()
+/// }
+///
+/// #[flow]
+/// fn fan_in() -> (u64, String, u64) {
+///     let squares: Vec<TaskFuture<u64>> = (1..=3).map(|x| square.submit(x)).collect();
+///     let sum = total.submit(&squares);
+///     let named: BTreeMap<String, TaskFuture<u64>> =
+///         [("two".to_owned(), square.submit(2))].into();
+///     let text = describe.submit(named, Some(square.submit(3)));
+///     // Maps over the list `upto` returns.
+///     let mapped = total.submit(square.map(upto.submit(3)).expect("one mapped argument"));
+///     (sum.result().unwrap(), text.result().unwrap(), mapped.result().unwrap())
+/// }
+///
+/// assert_eq!(fan_in().unwrap(), (14, r#"{"two": 4} Some(9)"#.to_owned(), 14));
+/// ```
+///
+/// An empty collection or `None` passed as such an argument needs its type
+/// (`Vec::<u64>::new()`, `None::<u64>`), since it could be either form.
+///
 /// # `Result` semantics
 ///
 /// A task returning `Result<T, E>` (with `E: Display`) fails its run when it

@@ -196,6 +196,53 @@ fn a_failed_element_fails_the_reducer_on_a_local_cluster() {
     assert_eq!(state, StateKind::Failed);
 }
 
+#[task]
+fn numbers(n: i64) -> Vec<i64> {
+    (0..n).collect()
+}
+
+#[task]
+fn no_numbers(_n: i64) -> Vec<i64> {
+    panic!("no list today")
+}
+
+/// `map` over the future of a list: one run per element; a failed list
+/// gives one run that fails as its upstream did.
+fn map_over_futures() -> (Vec<i64>, usize, String) {
+    let list = numbers.submit(4);
+    let squares = flowrun::results(square.map(&list).unwrap()).unwrap();
+    let failed = square.map(no_numbers.submit(1)).unwrap();
+    let upstream = match failed[0].result().unwrap_err().kind() {
+        TaskErrorKind::UpstreamFailed { upstream } => upstream.clone(),
+        other => panic!("expected UpstreamFailed, got {other:?}"),
+    };
+    (squares, failed.len(), upstream)
+}
+
+fn check_map(got: (Vec<i64>, usize, String)) {
+    assert_eq!(got, (vec![0, 1, 4, 9], 1, "no_numbers-0".to_owned()));
+}
+
+#[test]
+fn map_takes_the_future_of_a_list_on_threads() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    #[flow]
+    fn mapped() -> (Vec<i64>, usize, String) {
+        map_over_futures()
+    }
+    check_map(mapped().unwrap());
+}
+
+#[test]
+fn map_takes_the_future_of_a_list_on_a_local_cluster() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    #[flow(task_runner = two_workers())]
+    fn mapped() -> (Vec<i64>, usize, String) {
+        map_over_futures()
+    }
+    check_map(mapped().unwrap());
+}
+
 /// Large enough to dwarf what the flow allocates for itself.
 const BIG: usize = 16 << 20;
 

@@ -20,7 +20,7 @@ use crate::run::error::{TaskError, TaskErrorKind};
 use crate::run::future::TaskFuture;
 use crate::run::record::RunRef;
 use crate::task::args::{encode_value, length_prefix, ArgSlot};
-use crate::task::input::{Input, IntoInput};
+use crate::task::input::{upstream_failed, Input, IntoInput, MapArg, MapSource};
 
 /// A value built from upstream results: the [`Input::Gather`] of a
 /// collection of futures.
@@ -234,6 +234,33 @@ where
 {
     fn into_input(self) -> Input<BTreeMap<K, V>> {
         map_input(self.into_iter().collect())
+    }
+}
+
+/// A future of a list where `map` takes an iterable: `map` waits for the
+/// list and makes one call per element, as Prefect resolves a future it maps
+/// over. A failed list makes one call that fails as its upstream did.
+impl<A: Send + 'static> MapArg<A> for TaskFuture<Vec<A>> {
+    fn into_source(self) -> MapSource<A> {
+        let up = self.run_ref();
+        let inputs = match self.into_result() {
+            Ok(values) => values.into_iter().map(Input::Value).collect(),
+            Err(e) => {
+                let name = up.name();
+                let pieces = Ok(vec![ArgSlot::Upstream(up.clone())]);
+                vec![Gather::input(pieces, vec![up], move || {
+                    Err(upstream_failed(&name, &e))
+                })]
+            }
+        };
+        MapSource::Many(inputs.into_iter())
+    }
+}
+
+/// A borrowed future of a list where `map` takes an iterable (see above).
+impl<A: Send + 'static> MapArg<A> for &TaskFuture<Vec<A>> {
+    fn into_source(self) -> MapSource<A> {
+        self.clone().into_source()
     }
 }
 
