@@ -267,6 +267,46 @@ pub use flowrun_macros::task;
 /// assert_eq!(threaded(5).unwrap(), 25);
 /// ```
 ///
+/// # Subflows
+///
+/// A flow called inside a flow run (in its body or in a task) is a child
+/// flow run linked to its parent: it runs on the parent's task runner (the
+/// same thread pool or local cluster) unless it names its own with
+/// `task_runner = ...` or `.with_runner`, its [`FlowRun`] knows its parent
+/// ([`FlowRun::parent_flow_run_id`]), and the parent's `FlowRun` lists it
+/// ([`FlowRun::subflows`], [`SubflowRun`]) with its state and task run
+/// counts. As in Prefect, the parent's [`FlowRun::task_run_counts`] are its
+/// own task runs; [`FlowRun::task_run_counts_with_subflows`] adds the
+/// children's. A failed child returns `Err` to its caller, which handles it
+/// or passes it on (with `?` the parent fails with the child's message).
+/// Observers see the parent at the start of a child run
+/// (`FlowRunInfo::parent_flow_run_id`).
+///
+/// ```
+/// use flowrun::{flow, task};
+///
+/// #[task]
+/// fn double(x: u64) -> u64 {
+///     x * 2
+/// }
+///
+/// #[flow]
+/// fn child(x: u64) -> u64 {
+///     double(x) + double(x + 1)
+/// }
+///
+/// #[flow]
+/// fn parent() -> Result<u64, flowrun::FlowError> {
+///     Ok(child(1)? + child(2)?)
+/// }
+///
+/// let run = parent.return_state();
+/// assert_eq!(*run.result().unwrap(), 6 + 10);
+/// assert_eq!(run.subflows().len(), 2);
+/// assert_eq!(run.subflows()[0].counts.completed, 2);
+/// assert_eq!(run.task_run_counts_with_subflows().completed, 4);
+/// ```
+///
 /// # `async` flows
 ///
 /// An `async fn` flow returns a future to await on the caller's runtime
@@ -299,8 +339,8 @@ pub use flowrun_core::{
     current_task_run_name, get_run_logger, results, runtime, unmapped, wait, wait_timeout,
     AsCompleted, FlowError, FlowErrorKind, FlowOptions, FlowRun, MapError, Resources, ResultFuture,
     RetryDelay, RetryPolicy, RunId, RunLogger, RunRef, SerializingTaskRunner, State, StateKind,
-    Task, TaskError, TaskErrorKind, TaskFuture, TaskOptions, TaskRunCounts, TaskRunFailure,
-    ThreadPoolTaskRunner, Unmapped,
+    SubflowRun, Task, TaskError, TaskErrorKind, TaskFuture, TaskOptions, TaskRunCounts,
+    TaskRunFailure, ThreadPoolTaskRunner, Unmapped,
 };
 
 /// The Dask-style task runner (`DaskTaskRunner`), its local cluster and

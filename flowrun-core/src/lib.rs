@@ -54,6 +54,7 @@ pub use flow::lifecycle::{run_flow, run_flow_async};
 pub use flow::meta::{Flow, FlowConfig, FlowMeta, FlowMetaBuilder};
 pub use flow::outcome::{FlowRun, TaskRunCounts};
 pub use flow::scope::{FlowHandle, Scope};
+pub use flow::subflow::SubflowRun;
 pub use logging::{get_run_logger, RunLogger};
 pub use run::error::{
     panic_message, FlowError, FlowErrorKind, TaskError, TaskErrorKind, TaskRunFailure,
