@@ -171,3 +171,48 @@ fn a_failed_subflow_fails_its_parent_when_passed_on() {
     assert!(message.contains("the child gave up"), "{message}");
     assert_eq!(run.subflows()[0].state.kind(), StateKind::Failed);
 }
+
+/// Every flow run start the observers saw: flow name, run id, parent id.
+static STARTED: std::sync::Mutex<Vec<(String, String, Option<String>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn record_start(
+    info: &flowrun::runner::FlowRunInfo,
+) -> Option<std::sync::Arc<dyn flowrun::runner::observe::RunObserver>> {
+    STARTED.lock().unwrap_or_else(|p| p.into_inner()).push((
+        info.flow_name.clone(),
+        info.flow_run_id.clone(),
+        info.parent_flow_run_id.clone(),
+    ));
+    None
+}
+
+flowrun::__private::inventory::submit! {
+    flowrun::runner::observe::ObserverRegistration { factory: record_start }
+}
+
+#[flow]
+fn observed_child() -> u64 {
+    double(21)
+}
+
+#[test]
+fn observers_see_a_subflows_parent_when_it_starts() {
+    #[flow]
+    fn observed_parent() -> String {
+        observed_child().unwrap();
+        flowrun::current_flow_run_id().unwrap()
+    }
+    let parent_id = observed_parent().unwrap();
+    let started = STARTED.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let parent = started
+        .iter()
+        .find(|(_, id, _)| *id == parent_id)
+        .expect("the parent's start was seen");
+    assert_eq!(parent.2, None, "the parent has no parent");
+    let seen = started
+        .iter()
+        .find(|(name, _, _)| name == "observed-child")
+        .expect("the child's start was seen");
+    assert_eq!(seen.2.as_deref(), Some(parent_id.as_str()));
+}
