@@ -1,5 +1,8 @@
 //! Map a task over inputs, then reduce the results with a task that
-//! depends on every mapped run.
+//! depends on every mapped run: the reducer takes the futures themselves
+//! (a `Vec<TaskFuture<u64>>` where it takes a `Vec<u64>`), so the values go
+//! to it directly, never gathered in the flow. `.map` also takes the future
+//! of a list.
 
 use flowrun::{flow, task, unmapped};
 
@@ -20,8 +23,26 @@ fn sum_of_scaled(values: Vec<u64>, factor: u64) -> Result<u64, flowrun::TaskErro
     let scaled = scale
         .map(values, unmapped(factor))
         .expect("one mapped argument");
-    let values = flowrun::results(scaled)?;
-    total.submit(values).result()
+    let sum = total.submit(scaled);
+    // Map over the future of a list: one run per element, once it is known.
+    let digits = digits_of.submit(&sum);
+    let digit_sum = total.submit(
+        scale
+            .map(&digits, unmapped(1))
+            .expect("one mapped argument"),
+    );
+    println!("the digits of the sum add up to {}", digit_sum.result()?);
+    sum.result()
+}
+
+/// The decimal digits of a number.
+#[task]
+fn digits_of(value: u64) -> Vec<u64> {
+    value
+        .to_string()
+        .bytes()
+        .map(|b| u64::from(b - b'0'))
+        .collect()
 }
 
 fn main() {

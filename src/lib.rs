@@ -105,6 +105,63 @@
 /// assert_eq!(forms().unwrap(), 12 + 6 + 10 + 36);
 /// ```
 ///
+/// # Futures inside collections
+///
+/// A task that takes a `Vec<T>` also takes a `Vec<TaskFuture<T>>` (or
+/// `&[TaskFuture<T>]`, `Vec<&TaskFuture<T>>`, an array of futures); one
+/// that takes `[T; N]`, `Option<T>`, a tuple, or a `HashMap`/`BTreeMap`
+/// with `T` values takes the same shape with futures in place of the
+/// values. Every future in it is a dependency, as in Prefect: the run waits
+/// for all of them, fails as `UpstreamFailed` if one fails, and gets the
+/// values. On a local cluster the worker that runs the task reads the
+/// upstream results itself (large ones from the result store), so a fan-in
+/// never passes its data through the flow. `.map` takes collections of
+/// futures and the future of a list (it waits for the list, as Prefect
+/// does, then makes one run per element).
+///
+/// ```
+/// use std::collections::BTreeMap;
+///
+/// use flowrun::{flow, task, TaskFuture};
+///
+/// #[task]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// #[task]
+/// fn total(values: Vec<u64>) -> u64 {
+///     values.iter().sum()
+/// }
+///
+/// #[task]
+/// fn describe(named: BTreeMap<String, u64>, extra: Option<u64>) -> String {
+///     format!("{named:?} {extra:?}")
+/// }
+///
+/// #[task]
+/// fn upto(n: u64) -> Vec<u64> {
+///     (1..=n).collect()
+/// }
+///
+/// #[flow]
+/// fn fan_in() -> (u64, String, u64) {
+///     let squares: Vec<TaskFuture<u64>> = (1..=3).map(|x| square.submit(x)).collect();
+///     let sum = total.submit(&squares);
+///     let named: BTreeMap<String, TaskFuture<u64>> =
+///         [("two".to_owned(), square.submit(2))].into();
+///     let text = describe.submit(named, Some(square.submit(3)));
+///     // Maps over the list `upto` returns.
+///     let mapped = total.submit(square.map(upto.submit(3)).expect("one mapped argument"));
+///     (sum.result().unwrap(), text.result().unwrap(), mapped.result().unwrap())
+/// }
+///
+/// assert_eq!(fan_in().unwrap(), (14, r#"{"two": 4} Some(9)"#.to_owned(), 14));
+/// ```
+///
+/// An empty collection or `None` passed as such an argument needs its type
+/// (`Vec::<u64>::new()`, `None::<u64>`), since it could be either form.
+///
 /// # `Result` semantics
 ///
 /// A task returning `Result<T, E>` (with `E: Display`) fails its run when it
@@ -210,6 +267,46 @@ pub use flowrun_macros::task;
 /// assert_eq!(threaded(5).unwrap(), 25);
 /// ```
 ///
+/// # Subflows
+///
+/// A flow called inside a flow run (in its body or in a task) is a child
+/// flow run linked to its parent: it runs on the parent's task runner (the
+/// same thread pool or local cluster) unless it names its own with
+/// `task_runner = ...` or `.with_runner`, its [`FlowRun`] knows its parent
+/// ([`FlowRun::parent_flow_run_id`]), and the parent's `FlowRun` lists it
+/// ([`FlowRun::subflows`], [`SubflowRun`]) with its state and task run
+/// counts. As in Prefect, the parent's [`FlowRun::task_run_counts`] are its
+/// own task runs; [`FlowRun::task_run_counts_with_subflows`] adds the
+/// children's. A failed child returns `Err` to its caller, which handles it
+/// or passes it on (with `?` the parent fails with the child's message).
+/// Observers see the parent at the start of a child run
+/// (`FlowRunInfo::parent_flow_run_id`).
+///
+/// ```
+/// use flowrun::{flow, task};
+///
+/// #[task]
+/// fn double(x: u64) -> u64 {
+///     x * 2
+/// }
+///
+/// #[flow]
+/// fn child(x: u64) -> u64 {
+///     double(x) + double(x + 1)
+/// }
+///
+/// #[flow]
+/// fn parent() -> Result<u64, flowrun::FlowError> {
+///     Ok(child(1)? + child(2)?)
+/// }
+///
+/// let run = parent.return_state();
+/// assert_eq!(*run.result().unwrap(), 6 + 10);
+/// assert_eq!(run.subflows().len(), 2);
+/// assert_eq!(run.subflows()[0].counts.completed, 2);
+/// assert_eq!(run.task_run_counts_with_subflows().completed, 4);
+/// ```
+///
 /// # `async` flows
 ///
 /// An `async fn` flow returns a future to await on the caller's runtime
@@ -242,8 +339,8 @@ pub use flowrun_core::{
     current_task_run_name, get_run_logger, results, runtime, unmapped, wait, wait_timeout,
     AsCompleted, FlowError, FlowErrorKind, FlowOptions, FlowRun, MapError, Resources, ResultFuture,
     RetryDelay, RetryPolicy, RunId, RunLogger, RunRef, SerializingTaskRunner, State, StateKind,
-    Task, TaskError, TaskErrorKind, TaskFuture, TaskOptions, TaskRunCounts, TaskRunFailure,
-    ThreadPoolTaskRunner, Unmapped,
+    SubflowRun, Task, TaskError, TaskErrorKind, TaskFuture, TaskOptions, TaskRunCounts,
+    TaskRunFailure, ThreadPoolTaskRunner, Unmapped,
 };
 
 /// The Dask-style task runner (`DaskTaskRunner`), its local cluster and

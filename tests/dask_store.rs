@@ -87,7 +87,7 @@ fn a_large_value_passed_along_a_chain_never_enters_the_flows_memory() {
     fn chain(dir: String) -> ((usize, u8), u64) {
         std::fs::create_dir_all(&dir).unwrap();
         // The cluster is up once a first task ran.
-        let _ = summary.submit(Vec::new()).result().unwrap();
+        let _ = summary.submit(Vec::<u8>::new()).result().unwrap();
         reset_peak();
         let start = status_kb("VmRSS:");
         let mut value = make.submit(dir.clone(), b'a');
@@ -140,7 +140,7 @@ fn a_stored_result_outlives_the_worker_that_made_it_and_is_not_recomputed() {
     #[flow(task_runner = two_workers())]
     fn survives(dir: String) -> ((usize, u8), usize, u64) {
         std::fs::create_dir_all(&dir).unwrap();
-        let _ = summary.submit(Vec::new()).result().unwrap();
+        let _ = summary.submit(Vec::<u8>::new()).result().unwrap();
         reset_peak();
         let start = status_kb("VmRSS:");
         let value = make.submit(dir.clone(), b'k');

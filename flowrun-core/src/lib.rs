@@ -54,6 +54,7 @@ pub use flow::lifecycle::{run_flow, run_flow_async};
 pub use flow::meta::{Flow, FlowConfig, FlowMeta, FlowMetaBuilder};
 pub use flow::outcome::{FlowRun, TaskRunCounts};
 pub use flow::scope::{FlowHandle, Scope};
+pub use flow::subflow::SubflowRun;
 pub use logging::{get_run_logger, RunLogger};
 pub use run::error::{
     panic_message, FlowError, FlowErrorKind, TaskError, TaskErrorKind, TaskRunFailure,
@@ -71,7 +72,9 @@ pub use runner::{
 };
 pub use task::annotations::Annotations;
 pub use task::args::{decode_value, encode_value, ArgSlot, ArgsTuple, IntoInputs, SerializedArgs};
-pub use task::input::{map_len, unmapped, Input, IntoInput, MapArg, MapError, MapSource, Unmapped};
+pub use task::input::{
+    map_len, unmapped, Gather, Input, IntoInput, MapArg, MapError, MapSource, Unmapped,
+};
 pub use task::options::{FlowOptions, Resources, RetryDelay, RetryPolicy, TaskOptions};
 pub use task::{
     exponential, AcceptsTask, BoxFuture, CallConfig, Cloner, Codec, Decoder, EncodedRun, Encoder,

@@ -95,5 +95,6 @@ pub fn boxed_runner<R: crate::TaskRunner>(runner: R) -> Box<dyn crate::TaskRunne
 
 /// The default runner, for flows without `task_runner`.
 pub fn default_runner() -> Box<dyn crate::TaskRunner> {
+    crate::flow::subflow::note_default_made();
     Box::new(crate::ThreadPoolTaskRunner::default())
 }

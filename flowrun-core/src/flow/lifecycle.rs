@@ -30,6 +30,8 @@ struct Started {
     timeout: Option<Duration>,
     began: Instant,
     span: tracing::Span,
+    /// Runs on its parent's runner, which it must not shut down.
+    inherited: bool,
 }
 
 fn begin<F: Flow>(config: &FlowConfig) -> Result<Started, Box<FlowRun<F::Output>>> {
@@ -46,10 +48,20 @@ fn begin<F: Flow>(config: &FlowConfig) -> Result<Started, Box<FlowRun<F::Output>
     let run_name = options
         .and_then(|o| o.run_name.clone())
         .unwrap_or_else(names::random_run_name);
-    let runner: Arc<dyn TaskRunner> = match overrides.and_then(|o| o.runner.as_ref()) {
-        Some(factory) => Arc::from(factory()),
-        None => Arc::from(F::default_runner()),
-    };
+    let parent = crate::flow::subflow::current_parent();
+    // A subflow that names no runner of its own runs on its parent's, which
+    // is already started and which the parent shuts down.
+    let (runner, inherited): (Arc<dyn TaskRunner>, bool) =
+        match overrides.and_then(|o| o.runner.as_ref()) {
+            Some(factory) => (Arc::from(factory()), false),
+            None => {
+                let (made, default) = crate::flow::subflow::made_default(F::default_runner);
+                match &parent {
+                    Some(p) if default => (p.flow.runner.clone(), true),
+                    _ => (Arc::from(made), false),
+                }
+            }
+        };
     let mut policy = meta.policy.clone();
     let mut timeout = meta.timeout;
     if let Some(o) = options {
@@ -70,6 +82,10 @@ fn begin<F: Flow>(config: &FlowConfig) -> Result<Started, Box<FlowRun<F::Output>
         runner.clone(),
         false,
     ));
+    let parent_flow_run_id = parent.as_ref().map(|p| p.flow.id.clone());
+    if let Some(p) = parent {
+        shared.links.set_parent(p);
+    }
     let span = tracing::info_span!("flow_run", run = %shared.name);
     let label = format!("Flow run '{}'", shared.name);
     crate::run_event!(
@@ -98,6 +114,8 @@ fn begin<F: Flow>(config: &FlowConfig) -> Result<Started, Box<FlowRun<F::Output>
             task_failures: Vec::new(),
             counts: TaskRunCounts::default(),
             duration: began.elapsed(),
+            parent_flow_run_id: shared.links.parent().map(|p| p.flow.id.clone()),
+            subflows: Vec::new(),
         })
     };
     if let Some(e) = meta
@@ -114,6 +132,7 @@ fn begin<F: Flow>(config: &FlowConfig) -> Result<Started, Box<FlowRun<F::Output>
         flow_name: shared.flow_name.clone(),
         flow_run_name: shared.name.clone(),
         flow_run_id: shared.id.clone(),
+        parent_flow_run_id,
         flow: crate::flow::scope::FlowHandle(shared.clone()),
     };
     for registration in inventory::iter::<crate::observe::ObserverRegistration> {
@@ -121,7 +140,14 @@ fn begin<F: Flow>(config: &FlowConfig) -> Result<Started, Box<FlowRun<F::Output>
             shared.add_observer(observer);
         }
     }
-    match catch_unwind(AssertUnwindSafe(|| runner.start(&info))) {
+    let start = || {
+        if inherited {
+            Ok(())
+        } else {
+            runner.start(&info)
+        }
+    };
+    match catch_unwind(AssertUnwindSafe(start)) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             return Err(fail_early(
@@ -146,6 +172,7 @@ fn begin<F: Flow>(config: &FlowConfig) -> Result<Started, Box<FlowRun<F::Output>
         timeout,
         began,
         span,
+        inherited,
     })
 }
 
@@ -232,6 +259,11 @@ impl Started {
             Err(e) => State::new(StateKind::Failed).with_message(e.message()),
         };
         shared.emit_flow_finished(&state);
+        crate::flow::subflow::report_to_parent(shared, &state);
+        let subflows = shared.links.children();
+        if let Some(line) = crate::flow::subflow::summary(&subflows) {
+            crate::run_event!(tracing::Level::INFO, self.label().as_str(), "{line}");
+        }
         if state.is_completed() {
             crate::run_event!(
                 tracing::Level::INFO,
@@ -254,10 +286,15 @@ impl Started {
             task_failures: failures,
             counts: shared.counts(),
             duration: self.began.elapsed(),
+            parent_flow_run_id: shared.links.parent().map(|p| p.flow.id.clone()),
+            subflows,
         }
     }
 
     fn shutdown_runner(&self) {
+        if self.inherited {
+            return;
+        }
         shutdown_runner(
             self.shared.runner.clone(),
             self.label(),
@@ -347,6 +384,9 @@ impl Started {
     /// Shuts the runner down on a helper thread while this future waits
     /// without blocking: stopping a runner may block (stopping processes).
     async fn shutdown_runner_async(&self) {
+        if self.inherited {
+            return;
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (runner, label, runner_name) = (
             self.shared.runner.clone(),

@@ -8,3 +8,4 @@ pub(crate) mod meta;
 pub(crate) mod outcome;
 pub(crate) mod registry;
 pub(crate) mod scope;
+pub(crate) mod subflow;

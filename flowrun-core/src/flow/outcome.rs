@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::engine::retry::human_duration;
+use crate::flow::subflow::SubflowRun;
 use crate::run::error::{FlowError, FlowErrorKind, TaskError, TaskRunFailure};
 use crate::run::state::State;
 
@@ -42,6 +43,8 @@ pub struct FlowRun<R> {
     pub(crate) task_failures: Vec<TaskRunFailure>,
     pub(crate) counts: TaskRunCounts,
     pub(crate) duration: Duration,
+    pub(crate) parent_flow_run_id: Option<String>,
+    pub(crate) subflows: Vec<SubflowRun>,
 }
 
 impl<R> FlowRun<R> {
@@ -80,9 +83,28 @@ impl<R> FlowRun<R> {
         &self.task_failures
     }
 
-    /// How many task runs ended in each final state.
+    /// How many of this flow run's own task runs ended in each final state
+    /// (as in Prefect, a subflow's task runs are its own: see
+    /// [`subflows`](FlowRun::subflows) and
+    /// [`task_run_counts_with_subflows`](FlowRun::task_run_counts_with_subflows)).
     pub fn task_run_counts(&self) -> TaskRunCounts {
         self.counts
+    }
+
+    /// The flow runs called inside this one (its subflows), in the order
+    /// they finished, each with its state and task run counts.
+    pub fn subflows(&self) -> &[SubflowRun] {
+        &self.subflows
+    }
+
+    /// The task run counts of this flow run and its subflows together.
+    pub fn task_run_counts_with_subflows(&self) -> TaskRunCounts {
+        crate::flow::subflow::add_counts(self.counts, &self.subflows)
+    }
+
+    /// The id of the flow run this one is a subflow of, if any.
+    pub fn parent_flow_run_id(&self) -> Option<&str> {
+        self.parent_flow_run_id.as_deref()
     }
 
     /// How long the flow run took.

@@ -92,6 +92,8 @@ pub(crate) struct FlowShared {
     counts: [AtomicUsize; 4],
     observers: Mutex<Vec<Arc<dyn RunObserver>>>,
     has_observers: AtomicBool,
+    /// Its parent flow run and finished subflows.
+    pub(crate) links: crate::flow::subflow::Links,
 }
 
 impl FlowShared {
@@ -124,7 +126,13 @@ impl FlowShared {
             counts: Default::default(),
             observers: Mutex::new(Vec::new()),
             has_observers: AtomicBool::new(false),
+            links: Default::default(),
         }
+    }
+
+    /// Whether this is the record of task runs made outside any flow run.
+    pub(crate) fn is_detached(&self) -> bool {
+        self.detached
     }
 
     pub(crate) fn add_observer(&self, observer: Arc<dyn RunObserver>) {
@@ -177,6 +185,7 @@ impl FlowShared {
                     flow_name: shared.flow_name.clone(),
                     flow_run_name: shared.name.clone(),
                     flow_run_id: shared.id.clone(),
+                    parent_flow_run_id: None,
                     flow: crate::flow::scope::FlowHandle(shared.clone()),
                 };
                 let _ = runner.start(&info);

@@ -113,6 +113,7 @@ impl Scope {
             flow_name: handle.name().to_owned(),
             flow_run_name: handle.name().to_owned(),
             flow_run_id: handle.id().to_owned(),
+            parent_flow_run_id: None,
             flow: handle.clone(),
         })?;
         Ok(Scope { handle })

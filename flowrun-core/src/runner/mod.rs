@@ -59,6 +59,8 @@ pub struct FlowRunInfo {
     pub flow_run_name: String,
     /// The flow run's id.
     pub flow_run_id: String,
+    /// The id of the flow run this one is a subflow of, if any.
+    pub parent_flow_run_id: Option<String>,
     /// The flow run itself, to submit more work into it.
     pub flow: crate::flow::scope::FlowHandle,
 }

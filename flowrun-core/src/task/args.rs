@@ -86,7 +86,7 @@ pub(crate) fn encode_owned<T: Serialize + 'static>(value: T) -> Result<Vec<u8>, 
 }
 
 /// Postcard's length of a sequence: a LEB128 varint.
-fn length_prefix(len: usize) -> Vec<u8> {
+pub(crate) fn length_prefix(len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(10);
     let mut len = len as u64;
     while len >= 0x80 {
@@ -114,13 +114,15 @@ fn decode_value_borrowed(bytes: &[u8]) -> Result<&[u8], String> {
     postcard::from_bytes(bytes).map_err(|e| e.to_string())
 }
 
+/// Encodes one input as the pieces whose concatenation is its encoding:
+/// one piece for a value or a future, several for a collection of futures.
 fn encode_input<A: Serialize + Send + 'static>(
     input: &Input<A>,
     index: usize,
-) -> Result<ArgSlot, TaskError> {
+) -> Result<Vec<ArgSlot>, TaskError> {
     match input {
         Input::Value(v) => encode_fast(v)
-            .map(|b| ArgSlot::Bytes(Bytes::from(b)))
+            .map(|b| vec![ArgSlot::Bytes(Bytes::from(b))])
             .map_err(|e| {
                 TaskError::new(
                     TaskErrorKind::Runner,
@@ -131,8 +133,56 @@ fn encode_input<A: Serialize + Send + 'static>(
                     ),
                 )
             }),
-        Input::Future(f) => Ok(ArgSlot::Upstream(f.run_ref())),
+        Input::Future(f) => Ok(vec![ArgSlot::Upstream(f.run_ref())]),
+        Input::Gather(g) => g.pieces(index),
     }
+}
+
+/// The slots of a call from each argument's pieces. When an argument has
+/// other than one piece, a last slot lists how many pieces each argument
+/// has, so that [`join_pieces`] can join them where the task runs.
+fn layout(args: Vec<Vec<ArgSlot>>) -> Vec<ArgSlot> {
+    if args.iter().all(|a| a.len() == 1) {
+        return args.into_iter().flatten().collect();
+    }
+    // Postcard's encoding of the `Vec<u32>` of counts: varints.
+    let mut counts = length_prefix(args.len());
+    for a in &args {
+        counts.extend(length_prefix(a.len()));
+    }
+    let mut slots: Vec<ArgSlot> = args.into_iter().flatten().collect();
+    slots.push(ArgSlot::Bytes(Bytes::from(counts)));
+    slots
+}
+
+/// One byte string per argument from the slots of [`layout`].
+fn join_pieces<'a>(
+    slots: &[&'a [u8]],
+    expected: usize,
+) -> Result<Vec<std::borrow::Cow<'a, [u8]>>, String> {
+    use std::borrow::Cow;
+    if slots.len() == expected {
+        return Ok(slots.iter().map(|s| Cow::Borrowed(*s)).collect());
+    }
+    let wrong = || format!("expected {expected} arguments, got {}", slots.len());
+    let (last, pieces) = slots.split_last().ok_or_else(wrong)?;
+    let counts: Vec<u32> = decode_value(last).map_err(|_| wrong())?;
+    let total: u64 = counts.iter().map(|&c| u64::from(c)).sum();
+    if counts.len() != expected || total != pieces.len() as u64 {
+        return Err(wrong());
+    }
+    let mut rest = pieces;
+    Ok(counts
+        .iter()
+        .map(|&c| {
+            let (mine, after) = rest.split_at(c as usize);
+            rest = after;
+            match mine {
+                [one] => Cow::Borrowed(*one),
+                many => Cow::Owned(many.concat()),
+            }
+        })
+        .collect())
 }
 
 fn decode_slot<A: DeserializeOwned + 'static>(slots: &[&[u8]], index: usize) -> Result<A, String> {
@@ -185,7 +235,7 @@ macro_rules! tuple_impls {
 
             #[allow(unused_variables)]
             fn upstreams(inputs: &Self::Inputs, out: &mut Vec<RunRef>) {
-                $( if let Some(r) = inputs.$idx.upstream() { out.push(r); } )*
+                $( inputs.$idx.upstreams(out); )*
             }
 
             #[allow(unused_variables, clippy::unused_unit)]
@@ -197,16 +247,15 @@ macro_rules! tuple_impls {
         impl<$($name: Serialize + DeserializeOwned + Send + 'static),*> SerializedArgs for ($($name,)*) {
             #[allow(unused_variables)]
             fn encode(inputs: &Self::Inputs) -> Result<Vec<ArgSlot>, TaskError> {
-                Ok(vec![$(encode_input(&inputs.$idx, $idx)?),*])
+                Ok(layout(vec![$(encode_input(&inputs.$idx, $idx)?),*]))
             }
 
             #[allow(unused_variables, clippy::unused_unit)]
             fn decode(slots: &[&[u8]]) -> Result<Self, String> {
                 let expected: usize = 0 $(+ { let _ = $idx; 1 })*;
-                if slots.len() != expected {
-                    return Err(format!("expected {expected} arguments, got {}", slots.len()));
-                }
-                Ok(($(decode_slot::<$name>(slots, $idx)?,)*))
+                let joined = join_pieces(slots, expected)?;
+                let args: Vec<&[u8]> = joined.iter().map(|a| &a[..]).collect();
+                Ok(($(decode_slot::<$name>(&args, $idx)?,)*))
             }
         }
     )*};

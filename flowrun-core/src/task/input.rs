@@ -7,6 +7,7 @@ use std::fmt;
 use crate::run::error::TaskError;
 use crate::run::future::TaskFuture;
 use crate::run::record::RunRef;
+pub use crate::task::gather::Gather;
 
 /// One argument of a task call: a value now, or the result of an upstream run.
 pub enum Input<A: Send + 'static> {
@@ -14,14 +15,18 @@ pub enum Input<A: Send + 'static> {
     Value(A),
     /// The result of an upstream run; the call waits for it.
     Future(TaskFuture<A>),
+    /// A collection holding futures (`Vec<TaskFuture<T>>` where a task takes
+    /// a `Vec<T>`): every future in it is a dependency of the call.
+    Gather(Gather<A>),
 }
 
 impl<A: Send + 'static> Input<A> {
-    /// The upstream run, if this input is a future.
-    pub fn upstream(&self) -> Option<RunRef> {
+    /// Adds the upstream runs of this input (none for a value) to `out`.
+    pub fn upstreams(&self, out: &mut Vec<RunRef>) {
         match self {
-            Input::Value(_) => None,
-            Input::Future(f) => Some(f.run_ref()),
+            Input::Value(_) => {}
+            Input::Future(f) => out.push(f.run_ref()),
+            Input::Gather(g) => out.extend(g.upstreams()),
         }
     }
 
@@ -38,6 +43,7 @@ impl<A: Send + 'static> Input<A> {
                 let last = f.cell.handles() == 1;
                 f.cell.take_result(last)
             }
+            Input::Gather(g) => (g.build)(),
         }
     }
 }
@@ -51,6 +57,7 @@ impl<A: Send + 'static> fmt::Debug for Input<A> {
         match self {
             Input::Value(_) => f.write_str("Input::Value(..)"),
             Input::Future(fut) => write!(f, "Input::Future({})", fut.name()),
+            Input::Gather(g) => write!(f, "Input::{g:?}"),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod annotations;
 pub(crate) mod args;
 pub(crate) mod config;
 pub(crate) mod convert;
+pub(crate) mod gather;
 pub(crate) mod input;
 pub(crate) mod meta;
 pub(crate) mod options;

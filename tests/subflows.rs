@@ -1,0 +1,218 @@
+//! Subflows: a flow called inside a flow run (its body or a task) is a child
+//! flow run linked to its parent, runs on the parent's runner unless it
+//! names its own, and shows in the parent's `FlowRun`; its failure reaches
+//! the parent as an `Err` the parent handles or passes on.
+
+use flowrun::{flow, task, FlowRun, StateKind, ThreadPoolTaskRunner};
+use flowrun_dask::{ClusterKwargs, DaskTaskRunner};
+
+#[task]
+fn double(x: u64) -> u64 {
+    x * 2
+}
+
+#[task]
+fn pid() -> u32 {
+    std::process::id()
+}
+
+/// A child with no runner of its own.
+#[flow]
+fn child(x: u64) -> (u64, Option<String>) {
+    let a = double.submit(x);
+    let b = double.submit(x + 1);
+    (
+        a.result().unwrap() + b.result().unwrap(),
+        flowrun::current_flow_run_id(),
+    )
+}
+
+#[flow]
+fn failing_child() -> Result<u64, String> {
+    double(1);
+    Err("the child gave up".to_owned())
+}
+
+/// Where a child's task ran: the child runs on its parent's runner.
+#[flow]
+fn where_child() -> u32 {
+    pid.submit().result().unwrap()
+}
+
+/// A child that names its own runner keeps it.
+#[flow(task_runner = ThreadPoolTaskRunner::default())]
+fn own_runner_child() -> u32 {
+    pid.submit().result().unwrap()
+}
+
+#[task]
+fn calls_child(x: u64) -> u64 {
+    child(x).expect("child flow").0
+}
+
+/// What a parent saw of its children.
+struct Seen {
+    parent_id: String,
+    child_run: FlowRun<(u64, Option<String>)>,
+    from_task: u64,
+    failed: String,
+}
+
+fn parent_body() -> Seen {
+    let child_run = child.return_state(1);
+    let from_task = calls_child.submit(10).result().unwrap();
+    let failed = failing_child().unwrap_err().to_string();
+    Seen {
+        parent_id: flowrun::current_flow_run_id().unwrap(),
+        child_run,
+        from_task,
+        failed,
+    }
+}
+
+/// `task_children`: whether the child a task called is listed. A task on a
+/// worker process of a local cluster runs its subflow there as a nested
+/// flow, which is not linked back to the flow process yet.
+fn check(parent: FlowRun<Seen>, task_children: bool) {
+    assert!(parent.state().is_completed(), "{:?}", parent.state());
+    let seen = parent.result().unwrap();
+    assert_eq!(seen.parent_id, parent.id());
+    // The child knows its parent.
+    let (value, child_id) = seen.child_run.result().unwrap();
+    assert_eq!(*value, 2 + 4);
+    assert_eq!(child_id.as_deref(), Some(seen.child_run.id()));
+    assert_eq!(seen.child_run.parent_flow_run_id(), Some(parent.id()));
+    assert_eq!(seen.from_task, 20 + 22);
+    assert!(seen.failed.contains("the child gave up"), "{}", seen.failed);
+    // The parent lists its children, their states and counts.
+    let subflows = parent.subflows();
+    assert_eq!(
+        subflows.len(),
+        2 + usize::from(task_children),
+        "{subflows:?}"
+    );
+    let first = subflows
+        .iter()
+        .find(|s| s.id == seen.child_run.id())
+        .expect("the body's child is listed");
+    assert_eq!(first.flow_name, "child");
+    assert_eq!(first.state.kind(), StateKind::Completed);
+    assert_eq!(first.counts.completed, 2);
+    assert!(first.parent_task_run.is_none());
+    if task_children {
+        let by_task = subflows
+            .iter()
+            .find(|s| s.parent_task_run.is_some())
+            .expect("the task's child is listed with its task run");
+        assert_eq!(by_task.counts.completed, 2);
+    }
+    let failed = subflows
+        .iter()
+        .find(|s| s.flow_name == "failing-child")
+        .expect("the failed child is listed");
+    assert_eq!(failed.state.kind(), StateKind::Failed);
+    // The parent's own task runs: the one task that called a child.
+    assert_eq!(parent.task_run_counts().total(), 1);
+    let from_children = if task_children { 2 + 2 + 1 } else { 2 + 1 };
+    assert_eq!(
+        parent.task_run_counts_with_subflows().completed,
+        1 + from_children
+    );
+}
+
+#[test]
+fn subflows_are_linked_to_their_parent_on_threads() {
+    #[flow]
+    fn parent() -> Seen {
+        parent_body()
+    }
+    check(parent.return_state(), true);
+}
+
+#[test]
+fn subflows_are_linked_to_their_parent_on_a_local_cluster() {
+    #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(2).threads_per_worker(2)))]
+    fn parent() -> Seen {
+        parent_body()
+    }
+    check(parent.return_state(), false);
+}
+
+#[test]
+fn a_subflow_runs_on_its_parents_cluster_unless_it_names_its_own_runner() {
+    #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(1).threads_per_worker(1)))]
+    fn parent() -> (u32, u32, u32) {
+        let on_cluster = pid.submit().result().unwrap();
+        (
+            on_cluster,
+            where_child().unwrap(),
+            own_runner_child().unwrap(),
+        )
+    }
+    let (worker, inherited, own) = parent().unwrap();
+    let me = std::process::id();
+    assert_ne!(worker, me, "the parent's task ran on a worker");
+    assert_eq!(
+        inherited, worker,
+        "the child's task ran on the parent's worker"
+    );
+    assert_eq!(own, me, "a child with its own thread runner runs here");
+}
+
+#[test]
+fn a_failed_subflow_fails_its_parent_when_passed_on() {
+    #[flow]
+    fn parent() -> Result<u64, flowrun::FlowError> {
+        failing_child()
+    }
+    let run = parent.return_state();
+    assert_eq!(run.state().kind(), StateKind::Failed);
+    let message = run.result().unwrap_err().to_string();
+    assert!(message.contains("the child gave up"), "{message}");
+    assert_eq!(run.subflows()[0].state.kind(), StateKind::Failed);
+}
+
+/// Every flow run start the observers saw: flow name, run id, parent id.
+static STARTED: std::sync::Mutex<Vec<(String, String, Option<String>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn record_start(
+    info: &flowrun::runner::FlowRunInfo,
+) -> Option<std::sync::Arc<dyn flowrun::runner::observe::RunObserver>> {
+    STARTED.lock().unwrap_or_else(|p| p.into_inner()).push((
+        info.flow_name.clone(),
+        info.flow_run_id.clone(),
+        info.parent_flow_run_id.clone(),
+    ));
+    None
+}
+
+flowrun::__private::inventory::submit! {
+    flowrun::runner::observe::ObserverRegistration { factory: record_start }
+}
+
+#[flow]
+fn observed_child() -> u64 {
+    double(21)
+}
+
+#[test]
+fn observers_see_a_subflows_parent_when_it_starts() {
+    #[flow]
+    fn observed_parent() -> String {
+        observed_child().unwrap();
+        flowrun::current_flow_run_id().unwrap()
+    }
+    let parent_id = observed_parent().unwrap();
+    let started = STARTED.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let parent = started
+        .iter()
+        .find(|(_, id, _)| *id == parent_id)
+        .expect("the parent's start was seen");
+    assert_eq!(parent.2, None, "the parent has no parent");
+    let seen = started
+        .iter()
+        .find(|(name, _, _)| name == "observed-child")
+        .expect("the child's start was seen");
+    assert_eq!(seen.2.as_deref(), Some(parent_id.as_str()));
+}
