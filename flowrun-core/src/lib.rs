@@ -59,8 +59,10 @@ pub use run::error::{
     panic_message, FlowError, FlowErrorKind, TaskError, TaskErrorKind, TaskRunFailure,
 };
 pub use run::future::{
-    as_completed, results, wait, wait_timeout, AsCompleted, ResultFuture, TaskFuture,
+    as_completed, as_completed_timeout, results, wait, wait_timeout, AsCompleted, DoneAndNotDone,
+    ResultFuture, TaskFuture,
 };
+pub use run::hooks::HookResult;
 pub use run::record::{RunId, RunRef};
 pub use run::state::{State, StateKind};
 pub use runner::serializing::SerializingTaskRunner;

@@ -14,6 +14,8 @@ pub(crate) struct Common {
     pub(crate) retries: Option<Count>,
     pub(crate) retry_delay: Option<RetryDelay>,
     pub(crate) timeout: Option<Seconds>,
+    /// `on_completion = [f, g]` and the other hooks, in the order written.
+    pub(crate) hooks: Vec<(syn::Ident, Vec<Expr>)>,
 }
 
 impl Default for Common {
@@ -25,6 +27,7 @@ impl Default for Common {
             retries: None,
             retry_delay: None,
             timeout: None,
+            hooks: Vec::new(),
         }
     }
 }
@@ -43,6 +46,10 @@ impl Common {
             "retries" => self.retries = options::count(value, "retries", cx),
             "retry_delay" => self.retry_delay = options::retry_delay(value, cx),
             "timeout" => self.timeout = Some(options::seconds(value)),
+            hook if hook.starts_with("on_") => {
+                let ident = syn::Ident::new(hook, proc_macro2::Span::call_site());
+                self.hooks.push((ident, options::functions(value)));
+            }
             _ => return false,
         }
         true

@@ -11,6 +11,7 @@ use super::retry::{await_retry, timed_out, ArgsHolder};
 use crate::exec::context::{self, enter_with_span, Context, WithContext};
 use crate::flow::registry::FlowShared;
 use crate::run::error::{panic_message, TaskError, TaskErrorKind};
+use crate::run::hooks::{RetryCondition, TaskHooks};
 use crate::run::record::{RunCell, RunRef};
 use crate::task::options::RetryPolicy;
 use crate::task::{CallConfig, Invocation, Task};
@@ -29,6 +30,8 @@ struct DirectRun<T: Task> {
     flow: Arc<FlowShared>,
     policy: RetryPolicy,
     timeout: Option<Duration>,
+    hooks: Option<Arc<TaskHooks>>,
+    retry_condition: Option<RetryCondition>,
 }
 
 fn start_direct<T: Task>(config: &CallConfig) -> DirectRun<T> {
@@ -44,6 +47,9 @@ fn start_direct<T: Task>(config: &CallConfig) -> DirectRun<T> {
     ));
     flow.track(RunRef(cell.clone()));
     cell.mark_observed();
+    if let Some(hooks) = &r.hooks {
+        TaskHooks::attach(hooks.clone(), &cell);
+    }
     if let Some(e) = r.error {
         cell.fail(TaskError::new(TaskErrorKind::Runner, e.clone()));
         panic!("{e}");
@@ -53,6 +59,8 @@ fn start_direct<T: Task>(config: &CallConfig) -> DirectRun<T> {
         flow,
         policy: r.policy.into_owned(),
         timeout: r.timeout,
+        hooks: r.hooks,
+        retry_condition: r.retry_condition,
     }
 }
 
@@ -77,7 +85,13 @@ impl<T: Task> DirectRun<T> {
             Attempt::Panicked(p) => TaskError::new(TaskErrorKind::Panic, panic_message(&**p)),
             Attempt::TimedOut(t) => timed_out(*t),
         };
-        if attempt > self.policy.retries || !can_retry {
+        if attempt > self.policy.retries
+            || !can_retry
+            || self
+                .retry_condition
+                .as_ref()
+                .is_some_and(|c| !c.allows(&RunRef(self.cell.clone()), &error))
+        {
             return None;
         }
         Some(await_retry(&self.cell, attempt, &self.policy, &error).0)
@@ -185,6 +199,9 @@ async fn run_direct<T: Task>(config: &CallConfig, args: T::Args, mode: Mode) -> 
             unreachable!("a direct call retries only with cloneable arguments")
         };
         run.cell.start_attempt(attempt);
+        if let Some(hooks) = &run.hooks {
+            hooks.running(&RunRef(run.cell.clone()));
+        }
         let outcome = match mode {
             Mode::Blocking => run.attempt_blocking(args),
             Mode::Async => run.attempt_async(args).await,

@@ -19,6 +19,7 @@ use crate::flow::registry::FlowShared;
 use crate::plumbing::lock;
 use crate::run::error::{TaskError, TaskErrorKind};
 use crate::run::future::TaskFuture;
+use crate::run::hooks::{RetryCondition, TaskHooks};
 use crate::run::record::{Fetch, RunCell, RunRef};
 use crate::run::state::StateKind;
 use crate::runner::{
@@ -56,6 +57,8 @@ struct Driver<T: Task> {
     settled: AtomicU32,
     source: Mutex<Source<T>>,
     watchdog: Mutex<Option<TimerHandle>>,
+    hooks: Option<Arc<TaskHooks>>,
+    retry_condition: Option<RetryCondition>,
 }
 
 /// Submits a run of `T` with `inputs` to the current flow's runner (or, outside
@@ -101,6 +104,9 @@ pub(crate) fn submit_in<T: Task>(
         ));
         return future;
     }
+    if let Some(hooks) = &r.hooks {
+        TaskHooks::attach(hooks.clone(), &cell);
+    }
     if let Some(e) = r.error {
         cell.fail(TaskError::new(TaskErrorKind::Runner, e));
         return future;
@@ -121,6 +127,8 @@ pub(crate) fn submit_in<T: Task>(
         settled: AtomicU32::new(0),
         source: Mutex::new(Source::Waiting(inputs)),
         watchdog: Mutex::new(None),
+        hooks: r.hooks,
+        retry_condition: r.retry_condition,
     });
     if upstreams.is_empty() || flow.execution == Execution::SerializedWithDependencies {
         // A runner that wires dependencies itself reports an upstream's
@@ -314,6 +322,9 @@ impl<T: Task> Driver<T> {
             annotations: Vec::new(),
         });
         let _span = span.enter();
+        if let Some(hooks) = &self.hooks {
+            hooks.running(&RunRef(self.cell.clone()));
+        }
         let async_timeout = if self.meta.is_async {
             self.timeout
         } else {
@@ -357,6 +368,10 @@ impl<T: Task> Driver<T> {
             || attempt > self.policy.retries
             || self.flow.handles_retries
             || self.flow.cancellation().is_some()
+            || self
+                .retry_condition
+                .as_ref()
+                .is_some_and(|c| !c.allows(&RunRef(self.cell.clone()), &error))
         {
             self.cell.fail(error);
             return;
@@ -409,6 +424,9 @@ impl<T: Task> SerializedCompletion for Driver<T> {
             self.cell.set_location(l);
         }
         self.cell.start_attempt(attempt);
+        if let Some(hooks) = &self.hooks {
+            hooks.running(&RunRef(self.cell.clone()));
+        }
         // The attempt's clock starts when it starts, not when it was queued.
         self.arm_watchdog(attempt);
     }

@@ -283,14 +283,16 @@ impl<T: Send + 'static> RunCell<T> {
                 state,
             )
         };
+        // Callbacks (a task's final-state hooks among them) run before
+        // waiters wake, so that whoever reads the result sees their effects.
+        for cb in callbacks {
+            cb();
+        }
         if notify {
             self.cond.notify_all();
         }
         for w in wakers {
             w.wake();
-        }
-        for cb in callbacks {
-            cb();
         }
         self.flow.run_finished(self.clone(), &state);
         true

@@ -14,6 +14,11 @@ pub(crate) const VALID: &[&str] = &[
     "retries",
     "retry_delay",
     "timeout",
+    "on_completion",
+    "on_failure",
+    "on_crashed",
+    "on_cancellation",
+    "on_running",
     "crate",
 ];
 

@@ -69,6 +69,10 @@ pub(crate) fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> Tok
         sig.doc_text.as_ref(),
         &fr,
     ));
+    builder.extend(crate::expand::hooks(
+        &attr.common.hooks,
+        quote!(#fr::FlowOptions),
+    ));
     builder.extend(quote!(.build()));
 
     let invoke = if sig.is_async {

@@ -68,6 +68,10 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
         let j = crate::expand::factor(j);
         builder.extend(quote!(.retry_jitter_factor(#j)));
     }
+    builder.extend(crate::expand::hooks(
+        &attr.common.hooks,
+        quote!(#fr::TaskOptions),
+    ));
     let is_async = sig.is_async;
     builder.extend(quote!(.is_async(#is_async).build()));
 
