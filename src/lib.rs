@@ -236,15 +236,16 @@ pub use flowrun_macros::task;
 /// ```
 pub use flowrun_macros::flow;
 
-pub use flowrun_core::{annotations, logging, progress, registry, worker};
 pub use flowrun_core::{
-    as_completed, as_completed_timeout, current_flow_run_id, current_flow_run_name,
+    allow_failure, as_completed, as_completed_timeout, current_flow_run_id, current_flow_run_name,
     current_task_run, current_task_run_name, get_run_logger, results, runtime, unmapped, wait,
-    wait_timeout, AsCompleted, DoneAndNotDone, FlowError, FlowErrorKind, FlowOptions, FlowRun,
-    FlowRunInfo, HookResult, MapError, Resources, ResultFuture, RetryDelay, RetryPolicy, RunId,
-    RunLogger, RunRef, SerializingTaskRunner, State, StateKind, Task, TaskError, TaskErrorKind,
-    TaskFuture, TaskOptions, TaskRunCounts, TaskRunFailure, ThreadPoolTaskRunner, Unmapped,
+    wait_timeout, AllowFailure, AsCompleted, DoneAndNotDone, FlowError, FlowErrorKind, FlowOptions,
+    FlowRun, FlowRunInfo, HookResult, MapError, Resources, ResultFuture, RetryDelay, RetryPolicy,
+    RunId, RunLogger, RunRef, SerializingTaskRunner, State, StateKind, Task, TaskError,
+    TaskErrorKind, TaskFuture, TaskOptions, TaskRunCounts, TaskRunFailure, ThreadPoolTaskRunner,
+    Unmapped,
 };
+pub use flowrun_core::{annotations, logging, progress, registry, worker};
 
 /// The Dask-style task runner (`DaskTaskRunner`), its local cluster and
 /// its client of real Dask clusters.

@@ -55,6 +55,7 @@ pub use flow::meta::{Flow, FlowConfig, FlowMeta, FlowMetaBuilder};
 pub use flow::outcome::{FlowRun, TaskRunCounts};
 pub use flow::scope::{FlowHandle, Scope};
 pub use logging::{get_run_logger, RunLogger};
+pub use run::allow::{allow_failure, AllowFailure, AllowedUpstream};
 pub use run::error::{
     panic_message, FlowError, FlowErrorKind, TaskError, TaskErrorKind, TaskRunFailure,
 };

@@ -81,6 +81,8 @@ pub(crate) fn submit_in<T: Task>(
     let index = flow.next_index(&r.name);
     let mut upstreams = r.wait_for;
     T::Args::upstreams(&inputs, &mut upstreams);
+    let mut tolerated = Vec::new();
+    T::Args::tolerated(&inputs, &mut tolerated);
     let mut cell = RunCell::new(
         r.name.clone(),
         meta.key,
@@ -130,23 +132,34 @@ pub(crate) fn submit_in<T: Task>(
         hooks: r.hooks,
         retry_condition: r.retry_condition,
     });
-    if upstreams.is_empty() || flow.execution == Execution::SerializedWithDependencies {
+    if upstreams.is_empty()
+        || (flow.execution == Execution::SerializedWithDependencies && tolerated.is_empty())
+    {
         // A runner that wires dependencies itself reports an upstream's
-        // failure through the downstream run, which fails in turn.
+        // failure through the downstream run, which fails in turn. (An
+        // `allow_failure` outcome is read here, so such a run waits here.)
         for up in &upstreams {
             up.0.mark_observed();
         }
         driver.ready(&upstreams, false);
     } else {
         let remaining = Arc::new(AtomicUsize::new(upstreams.len()));
-        let upstreams = Arc::new(upstreams);
+        // Upstreams passed with `allow_failure` are waited for, but their
+        // failure is the run's input, not its end.
+        let strict: Arc<Vec<RunRef>> = Arc::new(
+            upstreams
+                .iter()
+                .filter(|up| !tolerated.iter().any(|t| t.id() == up.id()))
+                .cloned()
+                .collect(),
+        );
         for up in upstreams.iter() {
             let driver = driver.clone();
             let remaining = remaining.clone();
-            let all = upstreams.clone();
+            let strict = strict.clone();
             up.0.on_final(Box::new(move || {
                 if remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    driver.ready(&all, true);
+                    driver.ready(&strict, true);
                 }
             }));
         }

@@ -2,6 +2,7 @@
 //! waiters), its [`state`]s, its [`hooks`], the [`future`]s that hand out its result, and
 //! the [`error`]s it can end with.
 
+pub(crate) mod allow;
 pub(crate) mod error;
 pub(crate) mod future;
 pub(crate) mod hooks;

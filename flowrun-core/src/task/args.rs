@@ -27,6 +27,12 @@ pub trait ArgsTuple: Sized + Send + 'static {
     /// The upstream runs among the inputs.
     fn upstreams(inputs: &Self::Inputs, out: &mut Vec<RunRef>);
 
+    /// The upstream runs whose failure the call receives as a value
+    /// ([`allow_failure`](crate::allow_failure)); also among `upstreams`.
+    fn tolerated(inputs: &Self::Inputs, out: &mut Vec<RunRef>) {
+        let _ = (inputs, out);
+    }
+
     /// The argument values, once every upstream run is final.
     fn resolve(inputs: Self::Inputs) -> Result<Self, TaskError>;
 }
@@ -132,6 +138,17 @@ fn encode_input<A: Serialize + Send + 'static>(
                 )
             }),
         Input::Future(f) => Ok(ArgSlot::Upstream(f.run_ref())),
+        Input::AllowFailure(a) => match a.peek() {
+            Some(outcome) => encode_input(&Input::Value(outcome), index),
+            None => Err(TaskError::new(
+                TaskErrorKind::Runner,
+                format!(
+                    "argument {} is `allow_failure({})`, whose run was not final when the call was sent",
+                    index + 1,
+                    a.upstream().name()
+                ),
+            )),
+        },
     }
 }
 
@@ -186,6 +203,11 @@ macro_rules! tuple_impls {
             #[allow(unused_variables)]
             fn upstreams(inputs: &Self::Inputs, out: &mut Vec<RunRef>) {
                 $( if let Some(r) = inputs.$idx.upstream() { out.push(r); } )*
+            }
+
+            #[allow(unused_variables)]
+            fn tolerated(inputs: &Self::Inputs, out: &mut Vec<RunRef>) {
+                $( if let Input::AllowFailure(a) = &inputs.$idx { out.push(a.upstream()); } )*
             }
 
             #[allow(unused_variables, clippy::unused_unit)]

@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use crate::run::allow::AllowedUpstream;
 use crate::run::error::TaskError;
 use crate::run::future::TaskFuture;
 use crate::run::record::RunRef;
@@ -14,6 +15,9 @@ pub enum Input<A: Send + 'static> {
     Value(A),
     /// The result of an upstream run; the call waits for it.
     Future(TaskFuture<A>),
+    /// The outcome of an upstream run, failed or not, as a `Result`
+    /// ([`allow_failure`](crate::allow_failure)); the call waits for it.
+    AllowFailure(AllowedUpstream<A>),
 }
 
 impl<A: Send + 'static> Input<A> {
@@ -22,6 +26,7 @@ impl<A: Send + 'static> Input<A> {
         match self {
             Input::Value(_) => None,
             Input::Future(f) => Some(f.run_ref()),
+            Input::AllowFailure(a) => Some(a.upstream()),
         }
     }
 
@@ -38,6 +43,7 @@ impl<A: Send + 'static> Input<A> {
                 let last = f.cell.handles() == 1;
                 f.cell.take_result(last)
             }
+            Input::AllowFailure(a) => Ok(a.take()),
         }
     }
 }
@@ -51,6 +57,7 @@ impl<A: Send + 'static> fmt::Debug for Input<A> {
         match self {
             Input::Value(_) => f.write_str("Input::Value(..)"),
             Input::Future(fut) => write!(f, "Input::Future({})", fut.name()),
+            Input::AllowFailure(a) => write!(f, "Input::AllowFailure({a:?})"),
         }
     }
 }
