@@ -34,17 +34,19 @@ struct DirectRun<T: Task> {
     retry_condition: Option<RetryCondition>,
 }
 
-fn start_direct<T: Task>(config: &CallConfig) -> DirectRun<T> {
+fn start_direct<T: Task>(config: &CallConfig, args: &T::Args) -> DirectRun<T> {
     let flow = context::current_flow().unwrap_or_else(FlowShared::detached);
     let r = resolve(T::meta(), config);
     let index = flow.next_index(&r.name);
-    let cell = Arc::new(RunCell::new(
+    let mut cell = RunCell::new(
         r.name,
         T::meta().key,
         index,
         flow.clone(),
         &T::support().result,
-    ));
+    );
+    cell.run_name = T::direct_run_name(args).map(String::into_boxed_str);
+    let cell = Arc::new(cell);
     flow.track(RunRef(cell.clone()));
     cell.mark_observed();
     if let Some(hooks) = &r.hooks {
@@ -190,7 +192,7 @@ fn invoke_now<T: Task>(args: T::Args, timeout: Option<Duration>) -> Attempt<T::R
 /// The attempt loop of a direct call, in either mode: blocking (every step
 /// finishes at once) or async.
 async fn run_direct<T: Task>(config: &CallConfig, args: T::Args, mode: Mode) -> T::Raw {
-    let run = start_direct::<T>(config);
+    let run = start_direct::<T>(config, &args);
     let mut holder = ArgsHolder::new(args, T::support().args_clone);
     let mut attempt = 1;
     loop {

@@ -35,7 +35,10 @@ struct Started {
     info: FlowRunInfo,
 }
 
-fn begin<F: Flow>(config: &FlowConfig) -> Result<Started, Box<FlowRun<F::Output>>> {
+fn begin<F: Flow>(
+    config: &FlowConfig,
+    named: Option<String>,
+) -> Result<Started, Box<FlowRun<F::Output>>> {
     crate::exec::worker::divert_if_worker();
     crate::logging::init();
     let began = Instant::now();
@@ -48,6 +51,7 @@ fn begin<F: Flow>(config: &FlowConfig) -> Result<Started, Box<FlowRun<F::Output>
         .unwrap_or_else(|| meta.name.clone());
     let run_name = options
         .and_then(|o| o.run_name.clone())
+        .or(named)
         .unwrap_or_else(names::random_run_name);
     let runner: Arc<dyn TaskRunner> = match overrides.and_then(|o| o.runner.as_ref()) {
         Some(factory) => Arc::from(factory()),
@@ -386,7 +390,7 @@ impl Started {
 /// The attempt loop of a flow run, in either mode: blocking (every step
 /// finishes at once) or async.
 async fn drive<F: Flow>(config: &FlowConfig, args: F::Args, mode: Mode) -> FlowRun<F::Output> {
-    let started = match begin::<F>(config) {
+    let started = match begin::<F>(config, F::run_name(&args)) {
         Ok(s) => s,
         Err(run) => return *run,
     };

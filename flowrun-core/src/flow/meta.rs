@@ -94,6 +94,13 @@ pub trait Flow: Sized + Send + Sync + 'static {
 
     /// The per-call overrides carried by this handle.
     fn config(&self) -> &FlowConfig;
+
+    /// The name of a run with these arguments, from `flow_run_name`;
+    /// `None` for a random `adjective-animal`.
+    fn run_name(args: &Self::Args) -> Option<String> {
+        let _ = args;
+        None
+    }
 }
 
 /// Per-handle overrides of a flow: options and the task runner.

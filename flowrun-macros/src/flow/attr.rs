@@ -19,6 +19,7 @@ pub(crate) const VALID: &[&str] = &[
     "on_crashed",
     "on_cancellation",
     "on_running",
+    "flow_run_name",
     "crate",
 ];
 

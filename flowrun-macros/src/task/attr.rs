@@ -19,6 +19,7 @@ pub(crate) const VALID: &[&str] = &[
     "on_failure",
     "on_running",
     "retry_condition_fn",
+    "task_run_name",
     "crate",
 ];
 
