@@ -154,10 +154,31 @@ pub struct RunLogger {
 }
 
 /// The logger of the run executing on this thread (a task run inside a task,
-/// else the flow run). Outside any run its lines carry the target `flowrun`.
+/// else the flow run).
+///
+/// Outside any run (in `main` before a flow, say) it is a plain logger
+/// whose lines carry `flowrun` instead of a run name; the first such call
+/// sets up the console output, as a flow run does, and notes once that
+/// there is no run, where Prefect raises `MissingContextError`.
+///
+/// ```
+/// flowrun_core::get_run_logger().info("before any flow: still printed");
+/// ```
 pub fn get_run_logger() -> RunLogger {
+    let label = run_label().unwrap_or_else(|| {
+        init();
+        static NOTED: std::sync::Once = std::sync::Once::new();
+        NOTED.call_once(|| {
+            crate::run_event!(
+                Level::WARN,
+                "flowrun",
+                "get_run_logger() was called outside a flow or task run: its lines are logged without a run name"
+            );
+        });
+        "flowrun".to_owned()
+    });
     RunLogger {
-        label: run_label().unwrap_or_else(|| "flowrun".to_owned()),
+        label,
         span: context::current_span().unwrap_or_else(tracing::Span::current),
     }
 }

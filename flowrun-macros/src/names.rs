@@ -102,7 +102,13 @@ pub(crate) fn expand(
             quote_spanned!(syn::spanned::Spanned::span(f)=> ::core::option::Option::Some(::std::string::ToString::to_string(&(#f)())))
         }
         RunName::Template(template) => {
-            let used = placeholders(&template.value()).unwrap_or_default();
+            let params: Vec<String> = sig.args.iter().map(|a| a.name.to_string()).collect();
+            // A template `check` rejected expands to no name, so that its
+            // error is the only one.
+            let used = match placeholders(&template.value()) {
+                Ok(used) if used.iter().all(|p| params.contains(p)) => used,
+                _ => return quote!(::core::option::Option::None),
+            };
             let named = sig
                 .args
                 .iter()

@@ -1,4 +1,5 @@
-use flowrun::{flow, task, TaskCall, TaskRunner};
+use flowrun::runner::{TaskCall, TaskRunner};
+use flowrun::{flow, task};
 
 /// A runner that never says which tasks it accepts (no `AcceptsTask`).
 #[derive(Clone, Default)]
