@@ -190,7 +190,9 @@ impl FlowHooks {
 /// attempt is retried (Prefect's `retry_condition_fn`). Consulted only
 /// while retries remain; a condition that panics declines the retry.
 #[derive(Clone)]
-pub(crate) struct RetryCondition(Arc<dyn Fn(&RunRef, &TaskError) -> bool + Send + Sync>);
+pub(crate) struct RetryCondition(Arc<ConditionFn>);
+
+type ConditionFn = dyn Fn(&RunRef, &TaskError) -> bool + Send + Sync;
 
 impl RetryCondition {
     /// Wraps `f`.
