@@ -56,7 +56,10 @@
 /// # Options
 ///
 /// `#[task(name = "...", description = "...", retries = n, retry_delay = ...,
-/// retry_jitter_factor = f, timeout = seconds, tags = ["..."], crate = path)]`.
+/// retry_jitter_factor = f, timeout = seconds, tags = ["..."],
+/// retry_condition_fn = f, task_run_name = "...{param}..." (or a function),
+/// on_completion = [f, ...], on_failure = [...], on_running = [...],
+/// crate = path)]`.
 /// `retry_delay` is seconds, a list of seconds (one per retry, the last
 /// repeated) or `exponential(base, max = m)`. Numbers may also be
 /// expressions (a constant, a `Duration`). An option the macro cannot use
@@ -190,6 +193,59 @@
 /// assert_eq!(sum().unwrap(), 42);
 /// ```
 ///
+/// # Hooks, run names, retry conditions and `allow_failure`
+///
+/// `on_completion`, `on_failure` and `on_running` take lists of functions
+/// called with the run and its state (a failing hook is logged and changes
+/// nothing); `task_run_name` is a template of the parameters, checked at
+/// compile time, or a function; `retry_condition_fn` decides whether a
+/// failed attempt is retried; [`allow_failure`] passes an upstream's
+/// failure on as a value.
+///
+/// ```
+/// use flowrun::{allow_failure, flow, task, RunRef, State, TaskError};
+///
+/// fn announce(run: &RunRef, state: &State) {
+///     println!("{} ended {}", run.name(), state.kind());
+/// }
+///
+/// fn not_bad_input(_run: &RunRef, error: &TaskError) -> bool {
+///     !error.message().contains("bad")
+/// }
+///
+/// #[task(
+///     task_run_name = "fetch-{ok}",
+///     retries = 2,
+///     retry_condition_fn = not_bad_input,
+///     on_failure = [announce],
+/// )]
+/// fn fetch(ok: bool) -> Result<u32, String> {
+///     if ok { Ok(7) } else { Err("bad input".into()) }
+/// }
+///
+/// #[task]
+/// fn report(fetched: Result<u32, TaskError>) -> String {
+///     match fetched {
+///         Ok(v) => format!("got {v}"),
+///         Err(e) => format!("no data: {}", e.message()),
+///     }
+/// }
+///
+/// #[flow]
+/// fn pipeline() -> (String, String, String) {
+///     let good = fetch.submit(true);
+///     let name = good.name();
+///     let good = report.submit(allow_failure(good));
+///     let bad = report.submit(allow_failure(fetch.submit(false)));
+///     (name, good.result().unwrap(), bad.result().unwrap())
+/// }
+///
+/// let (name, good, bad) = pipeline().unwrap();
+/// assert_eq!(name, "fetch-true");
+/// assert_eq!(good, "got 7");
+/// assert_eq!(bad, "no data: bad input");
+/// ```
+///
 /// # `async` tasks
 ///
 /// An `async fn` task is awaited by its runner; called directly or with
@@ -223,7 +279,10 @@ pub use flowrun_macros::task;
 /// # Options
 ///
 /// `#[flow(name = "...", description = "...", task_runner = <runner>,
-/// retries = n, retry_delay = ..., timeout = seconds, crate = path)]`.
+/// retries = n, retry_delay = ..., timeout = seconds,
+/// flow_run_name = "...{param}..." (or a function), on_completion = [f, ...],
+/// on_failure, on_crashed, on_cancellation, on_running, crate = path)]`.
+/// Flow hooks receive the [`FlowRunInfo`] and the state.
 /// `task_runner` is an expression evaluated for each flow run, or a bare type
 /// path meaning its `Default` (`task_runner = ThreadPoolTaskRunner`); the
 /// default runner is a thread pool. With a runner that moves tasks between
@@ -333,15 +392,16 @@ pub use flowrun_macros::task;
 /// ```
 pub use flowrun_macros::flow;
 
-pub use flowrun_core::{annotations, logging, progress, registry, worker};
 pub use flowrun_core::{
-    as_completed, current_flow_run_id, current_flow_run_name, current_task_run,
-    current_task_run_name, get_run_logger, results, runtime, unmapped, wait, wait_timeout,
-    AsCompleted, FlowError, FlowErrorKind, FlowOptions, FlowRun, MapError, Resources, ResultFuture,
-    RetryDelay, RetryPolicy, RunId, RunLogger, RunRef, SerializingTaskRunner, State, StateKind,
-    SubflowRun, Task, TaskError, TaskErrorKind, TaskFuture, TaskOptions, TaskRunCounts,
-    TaskRunFailure, ThreadPoolTaskRunner, Unmapped,
+    allow_failure, as_completed, as_completed_timeout, current_flow_run_id, current_flow_run_name,
+    current_task_run, current_task_run_name, get_run_logger, results, runtime, unmapped, wait,
+    wait_timeout, AllowFailure, AsCompleted, DoneAndNotDone, FlowError, FlowErrorKind, FlowOptions,
+    FlowRun, FlowRunInfo, HookResult, MapError, Resources, ResultFuture, RetryDelay, RetryPolicy,
+    RunId, RunLogger, RunRef, SerializingTaskRunner, State, StateKind, SubflowRun, Task, TaskError,
+    TaskErrorKind, TaskFuture, TaskOptions, TaskRunCounts, TaskRunFailure, ThreadPoolTaskRunner,
+    Unmapped,
 };
+pub use flowrun_core::{annotations, logging, progress, registry, worker};
 
 /// The Dask-style task runner (`DaskTaskRunner`), its local cluster and
 /// its client of real Dask clusters.

@@ -56,12 +56,15 @@ pub use flow::outcome::{FlowRun, TaskRunCounts};
 pub use flow::scope::{FlowHandle, Scope};
 pub use flow::subflow::SubflowRun;
 pub use logging::{get_run_logger, RunLogger};
+pub use run::allow::{allow_failure, AllowFailure, AllowedUpstream};
 pub use run::error::{
     panic_message, FlowError, FlowErrorKind, TaskError, TaskErrorKind, TaskRunFailure,
 };
 pub use run::future::{
-    as_completed, results, wait, wait_timeout, AsCompleted, ResultFuture, TaskFuture,
+    as_completed, as_completed_timeout, results, wait, wait_timeout, AsCompleted, DoneAndNotDone,
+    ResultFuture, TaskFuture,
 };
+pub use run::hooks::HookResult;
 pub use run::record::{RunId, RunRef};
 pub use run::state::{State, StateKind};
 pub use runner::serializing::SerializingTaskRunner;

@@ -33,6 +33,53 @@ use crate::plumbing::EventFields;
 /// The environment variable holding the console log filter.
 pub const LOG_ENV: &str = "FLOWRUN_LOG";
 
+/// Set to `0` or `false` to keep the `Finished in state Completed` line of
+/// each task run out of the console (see [`set_log_completed_task_runs`]).
+pub const COMPLETED_TASK_RUNS_ENV: &str = "FLOWRUN_LOG_COMPLETED_TASK_RUNS";
+
+/// 0: not read yet, 1: shown, 2: hidden.
+static COMPLETED_TASK_RUNS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Whether each completed task run logs `Finished in state Completed` at
+/// INFO (the default). Turned off, those lines go to DEBUG, which keeps a
+/// map over thousands of elements from filling the console; task runs
+/// that fail, crash or are cancelled are always logged. Overrides
+/// [`COMPLETED_TASK_RUNS_ENV`].
+///
+/// ```
+/// flowrun_core::logging::set_log_completed_task_runs(false);
+/// ```
+pub fn set_log_completed_task_runs(shown: bool) {
+    COMPLETED_TASK_RUNS.store(
+        if shown { 1 } else { 2 },
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// Whether completed task runs log their final state at INFO.
+pub(crate) fn log_completed_task_runs() -> bool {
+    use std::sync::atomic::Ordering;
+    match COMPLETED_TASK_RUNS.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let hidden = std::env::var(COMPLETED_TASK_RUNS_ENV).is_ok_and(|v| {
+                matches!(
+                    v.trim().to_ascii_lowercase().as_str(),
+                    "0" | "false" | "off" | "no"
+                )
+            });
+            let _ = COMPLETED_TASK_RUNS.compare_exchange(
+                0,
+                if hidden { 2 } else { 1 },
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            !hidden
+        }
+    }
+}
+
 /// Installs flowrun's console output as the global `tracing` subscriber,
 /// unless one is already installed or `FLOWRUN_LOG=off`. Flow runs call it;
 /// calling it earlier makes task logs outside flows visible too.
@@ -238,10 +285,31 @@ pub struct RunLogger {
 }
 
 /// The logger of the run executing on this thread (a task run inside a task,
-/// else the flow run). Outside any run its lines carry the target `flowrun`.
+/// else the flow run).
+///
+/// Outside any run (in `main` before a flow, say) it is a plain logger
+/// whose lines carry `flowrun` instead of a run name; the first such call
+/// sets up the console output, as a flow run does, and notes once that
+/// there is no run, where Prefect raises `MissingContextError`.
+///
+/// ```
+/// flowrun_core::get_run_logger().info("before any flow: still printed");
+/// ```
 pub fn get_run_logger() -> RunLogger {
+    let label = run_label().unwrap_or_else(|| {
+        init();
+        static NOTED: std::sync::Once = std::sync::Once::new();
+        NOTED.call_once(|| {
+            crate::run_event!(
+                Level::WARN,
+                "flowrun",
+                "get_run_logger() was called outside a flow or task run: its lines are logged without a run name"
+            );
+        });
+        "flowrun".to_owned()
+    });
     RunLogger {
-        label: run_label().unwrap_or_else(|| "flowrun".to_owned()),
+        label,
         span: context::current_span().unwrap_or_else(tracing::Span::current),
     }
 }

@@ -2,11 +2,13 @@
 //! at stable paths, and the compile-time checks that a flow's runner can
 //! run its tasks and that task types are `Send + 'static`. Not an API.
 pub use crate::flow::lifecycle::flow_outcome;
+pub use crate::task::names::InputDisplay;
 pub use crate::task::probe::{
     CloneNo, CloneYes, CodecNo, CodecYes, Probe, SerializedNo, SerializedNo as RemoteNo,
     SerializedYes, SerializedYes as RemoteYes,
 };
 pub use crate::task::registry::TaskRegistration;
+pub use crate::ArgsTuple;
 pub use crate::{
     call, call_async, exponential, map_len, run_flow, run_flow_async, submit, BoxFuture,
     CallConfig, Flow, FlowConfig, FlowError, FlowMeta, FlowOptions, FlowRun, IntoInput,

@@ -14,6 +14,10 @@ pub(crate) struct Common {
     pub(crate) retries: Option<Count>,
     pub(crate) retry_delay: Option<RetryDelay>,
     pub(crate) timeout: Option<Seconds>,
+    /// `on_completion = [f, g]` and the other hooks, in the order written.
+    pub(crate) hooks: Vec<(syn::Ident, Vec<Expr>)>,
+    /// `task_run_name` or `flow_run_name`.
+    pub(crate) run_name: Option<crate::names::RunName>,
 }
 
 impl Default for Common {
@@ -25,6 +29,8 @@ impl Default for Common {
             retries: None,
             retry_delay: None,
             timeout: None,
+            hooks: Vec::new(),
+            run_name: None,
         }
     }
 }
@@ -43,6 +49,13 @@ impl Common {
             "retries" => self.retries = options::count(value, "retries", cx),
             "retry_delay" => self.retry_delay = options::retry_delay(value, cx),
             "timeout" => self.timeout = Some(options::seconds(value)),
+            "task_run_name" | "flow_run_name" => {
+                self.run_name = Some(crate::names::parse(value.clone()))
+            }
+            hook if hook.starts_with("on_") => {
+                let ident = syn::Ident::new(hook, proc_macro2::Span::call_site());
+                self.hooks.push((ident, options::functions(value)));
+            }
             _ => return false,
         }
         true

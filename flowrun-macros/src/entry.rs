@@ -18,6 +18,9 @@ pub(crate) trait Kind {
     fn parse(args: TokenStream, cx: &Ctxt) -> Self::Attr;
     /// Range checks; each bad value is reported and reset to its default.
     fn check(attr: &mut Self::Attr, cx: &Ctxt);
+    /// Checks of options against the function's signature (run-name
+    /// templates name parameters).
+    fn check_signature(attr: &Self::Attr, sig: &Signature, cx: &Ctxt);
     /// The generated code.
     fn expand(attr: &Self::Attr, sig: &Signature, function: &ItemFn) -> TokenStream;
 }
@@ -46,7 +49,9 @@ pub(crate) fn run<K: Kind>(args: TokenStream, item: TokenStream) -> TokenStream 
     // IDEs and for the code that uses it; a bad signature cannot be
     // expanded, so the function is left as written.
     let expanded = if cx.error_count() == before {
-        K::expand(&attr, &signature::model(&function), &function)
+        let sig = signature::model(&function);
+        K::check_signature(&attr, &sig, &cx);
+        K::expand(&attr, &sig, &function)
     } else {
         quote!(#function)
     };

@@ -38,6 +38,24 @@ pub(crate) fn common_builder(
     calls
 }
 
+/// `.hooks(Options::new().on_completion(f)...)` for the hook options (and
+/// `retry_condition_fn`), or nothing; `options` is `TaskOptions` or
+/// `FlowOptions`. Each function keeps its span, so a function of the wrong
+/// shape is an error at the user's token.
+pub(crate) fn hooks(hooks: &[(syn::Ident, Vec<syn::Expr>)], options: TokenStream) -> TokenStream {
+    if hooks.is_empty() {
+        return TokenStream::new();
+    }
+    let mut chain = quote!(#options::new());
+    for (kind, functions) in hooks {
+        for f in functions {
+            let method = syn::Ident::new(&kind.to_string(), f.span());
+            chain.extend(quote_spanned!(f.span()=> .#method(#f)));
+        }
+    }
+    quote!(.hooks(#chain))
+}
+
 /// A checked count literal as `u32`; an expression as written.
 pub(crate) fn count(value: &Count) -> TokenStream {
     match value {

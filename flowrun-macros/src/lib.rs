@@ -23,6 +23,7 @@ mod ctxt;
 mod entry;
 mod expand;
 mod flow;
+mod names;
 mod options;
 mod signature;
 mod task;

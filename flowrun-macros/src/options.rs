@@ -281,6 +281,14 @@ pub(crate) fn tags(expr: &Expr, cx: &Ctxt) -> Vec<LitStr> {
         .collect()
 }
 
+/// A hook option: `[f, g]`, or a single function.
+pub(crate) fn functions(expr: &Expr) -> Vec<Expr> {
+    match expr {
+        Expr::Array(array) => array.elems.iter().cloned().collect(),
+        other => vec![other.clone()],
+    }
+}
+
 /// `crate = path` (for re-exports of flowrun under another name).
 pub(crate) fn krate(expr: &Expr, cx: &Ctxt) -> Option<syn::Path> {
     let path = match expr {

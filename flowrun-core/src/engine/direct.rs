@@ -11,6 +11,7 @@ use super::retry::{await_retry, timed_out, ArgsHolder};
 use crate::exec::context::{self, enter_with_span, Context, WithContext};
 use crate::flow::registry::FlowShared;
 use crate::run::error::{panic_message, TaskError, TaskErrorKind};
+use crate::run::hooks::{RetryCondition, TaskHooks};
 use crate::run::record::{RunCell, RunRef};
 use crate::task::options::RetryPolicy;
 use crate::task::{CallConfig, Invocation, Task};
@@ -29,21 +30,28 @@ struct DirectRun<T: Task> {
     flow: Arc<FlowShared>,
     policy: RetryPolicy,
     timeout: Option<Duration>,
+    hooks: Option<Arc<TaskHooks>>,
+    retry_condition: Option<RetryCondition>,
 }
 
-fn start_direct<T: Task>(config: &CallConfig) -> DirectRun<T> {
+fn start_direct<T: Task>(config: &CallConfig, args: &T::Args) -> DirectRun<T> {
     let flow = context::current_flow().unwrap_or_else(FlowShared::detached);
     let r = resolve(T::meta(), config);
     let index = flow.next_index(&r.name);
-    let cell = Arc::new(RunCell::new(
+    let mut cell = RunCell::new(
         r.name,
         T::meta().key,
         index,
         flow.clone(),
         &T::support().result,
-    ));
+    );
+    cell.run_name = T::direct_run_name(args).map(String::into_boxed_str);
+    let cell = Arc::new(cell);
     flow.track(RunRef(cell.clone()));
     cell.mark_observed();
+    if let Some(hooks) = &r.hooks {
+        TaskHooks::attach(hooks.clone(), &cell);
+    }
     if let Some(e) = r.error {
         cell.fail(TaskError::new(TaskErrorKind::Runner, e.clone()));
         panic!("{e}");
@@ -53,6 +61,8 @@ fn start_direct<T: Task>(config: &CallConfig) -> DirectRun<T> {
         flow,
         policy: r.policy.into_owned(),
         timeout: r.timeout,
+        hooks: r.hooks,
+        retry_condition: r.retry_condition,
     }
 }
 
@@ -77,7 +87,13 @@ impl<T: Task> DirectRun<T> {
             Attempt::Panicked(p) => TaskError::new(TaskErrorKind::Panic, panic_message(&**p)),
             Attempt::TimedOut(t) => timed_out(*t),
         };
-        if attempt > self.policy.retries || !can_retry {
+        if attempt > self.policy.retries
+            || !can_retry
+            || self
+                .retry_condition
+                .as_ref()
+                .is_some_and(|c| !c.allows(&RunRef(self.cell.clone()), &error))
+        {
             return None;
         }
         Some(await_retry(&self.cell, attempt, &self.policy, &error).0)
@@ -176,7 +192,7 @@ fn invoke_now<T: Task>(args: T::Args, timeout: Option<Duration>) -> Attempt<T::R
 /// The attempt loop of a direct call, in either mode: blocking (every step
 /// finishes at once) or async.
 async fn run_direct<T: Task>(config: &CallConfig, args: T::Args, mode: Mode) -> T::Raw {
-    let run = start_direct::<T>(config);
+    let run = start_direct::<T>(config, &args);
     let mut holder = ArgsHolder::new(args, T::support().args_clone);
     let mut attempt = 1;
     loop {
@@ -185,6 +201,9 @@ async fn run_direct<T: Task>(config: &CallConfig, args: T::Args, mode: Mode) -> 
             unreachable!("a direct call retries only with cloneable arguments")
         };
         run.cell.start_attempt(attempt);
+        if let Some(hooks) = &run.hooks {
+            hooks.running(&RunRef(run.cell.clone()));
+        }
         let outcome = match mode {
             Mode::Blocking => run.attempt_blocking(args),
             Mode::Async => run.attempt_async(args).await,

@@ -19,6 +19,7 @@ use crate::flow::registry::FlowShared;
 use crate::plumbing::lock;
 use crate::run::error::{TaskError, TaskErrorKind};
 use crate::run::future::TaskFuture;
+use crate::run::hooks::{RetryCondition, TaskHooks};
 use crate::run::record::{Fetch, RunCell, RunRef};
 use crate::run::state::StateKind;
 use crate::runner::{
@@ -56,6 +57,8 @@ struct Driver<T: Task> {
     settled: AtomicU32,
     source: Mutex<Source<T>>,
     watchdog: Mutex<Option<TimerHandle>>,
+    hooks: Option<Arc<TaskHooks>>,
+    retry_condition: Option<RetryCondition>,
 }
 
 /// Submits a run of `T` with `inputs` to the current flow's runner (or, outside
@@ -78,6 +81,8 @@ pub(crate) fn submit_in<T: Task>(
     let index = flow.next_index(&r.name);
     let mut upstreams = r.wait_for;
     T::Args::upstreams(&inputs, &mut upstreams);
+    let mut tolerated = Vec::new();
+    T::Args::tolerated(&inputs, &mut tolerated);
     let mut cell = RunCell::new(
         r.name.clone(),
         meta.key,
@@ -89,6 +94,7 @@ pub(crate) fn submit_in<T: Task>(
     if let Some(order) = upstreams.iter().map(RunRef::order).max() {
         cell.order = order;
     }
+    cell.run_name = T::run_name(&inputs).map(String::into_boxed_str);
     let cell = Arc::new(cell);
     let future = TaskFuture::new(cell.clone());
     if !flow.track(RunRef(cell.clone())) {
@@ -100,6 +106,9 @@ pub(crate) fn submit_in<T: Task>(
             ),
         ));
         return future;
+    }
+    if let Some(hooks) = &r.hooks {
+        TaskHooks::attach(hooks.clone(), &cell);
     }
     if let Some(e) = r.error {
         cell.fail(TaskError::new(TaskErrorKind::Runner, e));
@@ -124,24 +133,37 @@ pub(crate) fn submit_in<T: Task>(
         settled: AtomicU32::new(0),
         source: Mutex::new(Source::Waiting(inputs)),
         watchdog: Mutex::new(None),
+        hooks: r.hooks,
+        retry_condition: r.retry_condition,
     });
-    if upstreams.is_empty() || flow.execution == Execution::SerializedWithDependencies {
+    if upstreams.is_empty()
+        || (flow.execution == Execution::SerializedWithDependencies && tolerated.is_empty())
+    {
         // A runner that wires dependencies itself reports an upstream's
-        // failure through the downstream run, which fails in turn.
+        // failure through the downstream run, which fails in turn. (An
+        // `allow_failure` outcome is read here, so such a run waits here.)
         for up in &upstreams {
             up.0.mark_observed();
         }
         driver.ready(&upstreams, false);
     } else {
         let remaining = Arc::new(AtomicUsize::new(upstreams.len()));
-        let upstreams = Arc::new(upstreams);
+        // Upstreams passed with `allow_failure` are waited for, but their
+        // failure is the run's input, not its end.
+        let strict: Arc<Vec<RunRef>> = Arc::new(
+            upstreams
+                .iter()
+                .filter(|up| !tolerated.iter().any(|t| t.id() == up.id()))
+                .cloned()
+                .collect(),
+        );
         for up in upstreams.iter() {
             let driver = driver.clone();
             let remaining = remaining.clone();
-            let all = upstreams.clone();
+            let strict = strict.clone();
             up.0.on_final(Box::new(move || {
                 if remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    driver.ready(&all, true);
+                    driver.ready(&strict, true);
                 }
             }));
         }
@@ -242,6 +264,7 @@ impl<T: Task> Driver<T> {
             Source::Serialized(slots) => Work::Remote(SerializedJob {
                 task_key: self.meta.key,
                 task_name: self.task_name.clone(),
+                run_name: self.cell.run_name.as_deref().map(Arc::from),
                 args: slots.clone(),
                 reporter: SerializedReporter::new(attempt, self.clone()),
             }),
@@ -317,6 +340,9 @@ impl<T: Task> Driver<T> {
             annotations: Vec::new(),
         });
         let _span = span.enter();
+        if let Some(hooks) = &self.hooks {
+            hooks.running(&RunRef(self.cell.clone()));
+        }
         let async_timeout = if self.meta.is_async {
             self.timeout
         } else {
@@ -360,6 +386,10 @@ impl<T: Task> Driver<T> {
             || attempt > self.policy.retries
             || self.flow.handles_retries
             || self.flow.cancellation().is_some()
+            || self
+                .retry_condition
+                .as_ref()
+                .is_some_and(|c| !c.allows(&RunRef(self.cell.clone()), &error))
         {
             self.cell.fail(error);
             return;
@@ -412,6 +442,9 @@ impl<T: Task> SerializedCompletion for Driver<T> {
             self.cell.set_location(l);
         }
         self.cell.start_attempt(attempt);
+        if let Some(hooks) = &self.hooks {
+            hooks.running(&RunRef(self.cell.clone()));
+        }
         // The attempt's clock starts when it starts, not when it was queued.
         self.arm_watchdog(attempt);
     }

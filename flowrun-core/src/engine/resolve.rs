@@ -4,6 +4,9 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use crate::run::hooks::{RetryCondition, TaskHooks};
 use crate::run::record::RunRef;
 use crate::task::annotations::{self, Annotations};
 use crate::task::options::RetryPolicy;
@@ -18,6 +21,9 @@ pub(super) struct Resolved {
     pub(super) annotations: Annotations,
     pub(super) wait_for: Vec<RunRef>,
     pub(super) error: Option<String>,
+    /// `None` when the run has no hooks (most runs).
+    pub(super) hooks: Option<Arc<TaskHooks>>,
+    pub(super) retry_condition: Option<RetryCondition>,
 }
 
 pub(super) fn resolve(meta: &'static TaskMeta, config: &CallConfig) -> Resolved {
@@ -31,7 +37,10 @@ pub(super) fn resolve(meta: &'static TaskMeta, config: &CallConfig) -> Resolved 
             .config_error
             .as_ref()
             .map(|e| format!("task '{}' has an invalid option: {e}", meta.name)),
+        hooks: None,
+        retry_condition: meta.retry_condition.clone(),
     };
+    let mut hooks = std::borrow::Cow::Borrowed(&meta.hooks);
     if let Some(o) = config.get() {
         let opts = &o.options;
         if let Some(name) = &opts.name {
@@ -70,6 +79,15 @@ pub(super) fn resolve(meta: &'static TaskMeta, config: &CallConfig) -> Resolved 
             r.annotations.resources = opts.resources.clone();
         }
         r.wait_for = o.wait_for.clone();
+        if let Some(c) = &opts.retry_condition {
+            r.retry_condition = Some(c.clone());
+        }
+        if !opts.hooks.is_empty() {
+            hooks = std::borrow::Cow::Owned(hooks.overridden_by(&opts.hooks));
+        }
+    }
+    if !hooks.is_empty() {
+        r.hooks = Some(Arc::new(hooks.into_owned()));
     }
     if let Some(res) = &r.annotations.resources {
         if let Err(e) = res.validate() {

@@ -18,6 +18,7 @@ use crate::flow::outcome::{conclude, Body, FlowRun, TaskRunCounts};
 use crate::flow::registry::FlowShared;
 use crate::names;
 use crate::run::error::{panic_message, FlowError, FlowErrorKind, TaskError, TaskRunFailure};
+use crate::run::hooks::FlowHooks;
 use crate::run::state::{State, StateKind};
 use crate::runner::{FlowRunInfo, TaskRunner};
 use crate::task::options::RetryPolicy;
@@ -32,9 +33,14 @@ struct Started {
     span: tracing::Span,
     /// Runs on its parent's runner, which it must not shut down.
     inherited: bool,
+    hooks: FlowHooks,
+    info: FlowRunInfo,
 }
 
-fn begin<F: Flow>(config: &FlowConfig) -> Result<Started, Box<FlowRun<F::Output>>> {
+fn begin<F: Flow>(
+    config: &FlowConfig,
+    named: Option<String>,
+) -> Result<Started, Box<FlowRun<F::Output>>> {
     crate::exec::worker::divert_if_worker();
     crate::logging::init();
     let began = Instant::now();
@@ -47,6 +53,7 @@ fn begin<F: Flow>(config: &FlowConfig) -> Result<Started, Box<FlowRun<F::Output>
         .unwrap_or_else(|| meta.name.clone());
     let run_name = options
         .and_then(|o| o.run_name.clone())
+        .or(named)
         .unwrap_or_else(names::random_run_name);
     let parent = crate::flow::subflow::current_parent();
     // A subflow that names no runner of its own runs on its parent's, which
@@ -62,6 +69,10 @@ fn begin<F: Flow>(config: &FlowConfig) -> Result<Started, Box<FlowRun<F::Output>
                 }
             }
         };
+    let hooks = match options {
+        Some(o) => meta.hooks.overridden_by(&o.hooks),
+        None => meta.hooks.clone(),
+    };
     let mut policy = meta.policy.clone();
     let mut timeout = meta.timeout;
     if let Some(o) = options {
@@ -95,9 +106,18 @@ fn begin<F: Flow>(config: &FlowConfig) -> Result<Started, Box<FlowRun<F::Output>
         shared.name,
         shared.flow_name
     );
-    let fail_early = |kind: FlowErrorKind, message: String| {
+    let info = FlowRunInfo {
+        flow_name: shared.flow_name.clone(),
+        flow_run_name: shared.name.clone(),
+        flow_run_id: shared.id.clone(),
+        parent_flow_run_id,
+        flow: crate::flow::scope::FlowHandle(shared.clone()),
+    };
+    // A runner that cannot start is the infrastructure failing: Crashed,
+    // as in Prefect; an invalid option is the flow's own failure.
+    let fail_early = |state_kind: StateKind, kind: FlowErrorKind, message: String| {
         let error = FlowError::new(kind, shared.name.clone(), message.clone());
-        let state = State::new(StateKind::Failed).with_message(message);
+        let state = State::new(state_kind).with_message(message);
         // Observers added before the failure see the flow run end.
         shared.emit_flow_finished(&state);
         crate::run_event!(
@@ -105,6 +125,7 @@ fn begin<F: Flow>(config: &FlowConfig) -> Result<Started, Box<FlowRun<F::Output>
             label.as_str(),
             "Finished in state {state}"
         );
+        hooks.call(&info, &state);
         Box::new(FlowRun {
             id: shared.id.clone(),
             name: shared.name.clone(),
@@ -124,17 +145,11 @@ fn begin<F: Flow>(config: &FlowConfig) -> Result<Started, Box<FlowRun<F::Output>
         .or_else(|| policy.validate().err())
     {
         return Err(fail_early(
+            StateKind::Failed,
             FlowErrorKind::RunnerFailed,
             format!("flow '{}' has an invalid option: {e}", shared.flow_name),
         ));
     }
-    let info = FlowRunInfo {
-        flow_name: shared.flow_name.clone(),
-        flow_run_name: shared.name.clone(),
-        flow_run_id: shared.id.clone(),
-        parent_flow_run_id,
-        flow: crate::flow::scope::FlowHandle(shared.clone()),
-    };
     for registration in inventory::iter::<crate::observe::ObserverRegistration> {
         if let Some(observer) = (registration.factory)(&info) {
             shared.add_observer(observer);
@@ -151,12 +166,14 @@ fn begin<F: Flow>(config: &FlowConfig) -> Result<Started, Box<FlowRun<F::Output>
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             return Err(fail_early(
+                StateKind::Crashed,
                 FlowErrorKind::RunnerFailed,
                 format!("{} could not start: {e}", shared.runner_name),
             ))
         }
         Err(p) => {
             return Err(fail_early(
+                StateKind::Crashed,
                 FlowErrorKind::RunnerFailed,
                 format!(
                     "{} panicked while starting: {}",
@@ -166,6 +183,7 @@ fn begin<F: Flow>(config: &FlowConfig) -> Result<Started, Box<FlowRun<F::Output>
             ))
         }
     }
+    hooks.call(&info, &State::new(StateKind::Running));
     Ok(Started {
         shared,
         policy,
@@ -173,6 +191,8 @@ fn begin<F: Flow>(config: &FlowConfig) -> Result<Started, Box<FlowRun<F::Output>
         began,
         span,
         inherited,
+        hooks,
+        info,
     })
 }
 
@@ -277,6 +297,7 @@ impl Started {
                 "Finished in state {state}"
             );
         }
+        self.hooks.call(&self.info, &state);
         FlowRun {
             id: shared.id.clone(),
             name: shared.name.clone(),
@@ -411,13 +432,19 @@ impl Started {
 /// The attempt loop of a flow run, in either mode: blocking (every step
 /// finishes at once) or async.
 async fn drive<F: Flow>(config: &FlowConfig, args: F::Args, mode: Mode) -> FlowRun<F::Output> {
-    let started = match begin::<F>(config) {
+    let started = match begin::<F>(config, F::run_name(&args)) {
         Ok(s) => s,
         Err(run) => return *run,
     };
     let mut holder = ArgsHolder::new(args, F::args_clone());
-    let mut dropped =
-        DroppedFlow(matches!(mode, Mode::Async).then(|| (started.shared.clone(), started.label())));
+    let mut dropped = DroppedFlow(matches!(mode, Mode::Async).then(|| {
+        (
+            started.shared.clone(),
+            started.label(),
+            started.hooks.clone(),
+            started.info.clone(),
+        )
+    }));
     let mut attempt = 1;
     let (result, failures) = loop {
         let last = attempt > started.policy.retries || !holder.can_retry();
@@ -460,11 +487,11 @@ async fn drive<F: Flow>(config: &FlowConfig, args: F::Args, mode: Mode) -> FlowR
 /// (`tokio::time::timeout`, `select!`, an aborted task): its task runs end
 /// `Cancelled`, the flow run ends `Cancelled`, and its runner shuts down on
 /// a helper thread (dropping must not block).
-struct DroppedFlow(Option<(Arc<FlowShared>, String)>);
+struct DroppedFlow(Option<(Arc<FlowShared>, String, FlowHooks, FlowRunInfo)>);
 
 impl Drop for DroppedFlow {
     fn drop(&mut self) {
-        let Some((shared, label)) = self.0.take() else {
+        let Some((shared, label, hooks, info)) = self.0.take() else {
             return;
         };
         let why = "the flow run's future was dropped before it finished";
@@ -477,6 +504,7 @@ impl Drop for DroppedFlow {
             label.as_str(),
             "Finished in state {state}"
         );
+        hooks.call(&info, &state);
         let (runner, runner_name) = (shared.runner.clone(), shared.runner_name.clone());
         let _ = std::thread::Builder::new()
             .name("flowrun-shutdown".into())

@@ -17,6 +17,7 @@ pub struct FlowMeta {
     pub(crate) policy: RetryPolicy,
     pub(crate) timeout: Option<Duration>,
     pub(crate) config_error: Option<String>,
+    pub(crate) hooks: crate::run::hooks::FlowHooks,
 }
 
 impl FlowMeta {
@@ -29,6 +30,7 @@ impl FlowMeta {
                 policy: RetryPolicy::default(),
                 timeout: None,
                 config_error: None,
+                hooks: Default::default(),
             },
         }
     }
@@ -55,6 +57,13 @@ impl FlowMetaBuilder {
     /// `description = "..."`.
     pub fn description(mut self, description: &'static str) -> Self {
         self.meta.description = Some(description);
+        self
+    }
+
+    /// `on_completion = [...]`, `on_failure`, `on_crashed`,
+    /// `on_cancellation`, `on_running`: the flow's hooks.
+    pub fn hooks(mut self, options: FlowOptions) -> Self {
+        self.meta.hooks = options.hooks;
         self
     }
 }
@@ -85,6 +94,13 @@ pub trait Flow: Sized + Send + Sync + 'static {
 
     /// The per-call overrides carried by this handle.
     fn config(&self) -> &FlowConfig;
+
+    /// The name of a run with these arguments, from `flow_run_name`;
+    /// `None` for a random `adjective-animal`.
+    fn run_name(args: &Self::Args) -> Option<String> {
+        let _ = args;
+        None
+    }
 }
 
 /// Per-handle overrides of a flow: options and the task runner.
@@ -120,6 +136,7 @@ impl FlowConfig {
             retries: options.retries.or(prev.retries),
             retry_delay: options.retry_delay.or(prev.retry_delay),
             timeout: options.timeout.or(prev.timeout),
+            hooks: prev.hooks.overridden_by(&options.hooks),
         };
         self
     }

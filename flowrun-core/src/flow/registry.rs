@@ -377,7 +377,8 @@ fn cancel_run(run: &RunRef, reason: TaskError) {
 
 fn log_task_finished(run: &dyn AnyRun, state: &State) {
     let level = match state.kind() {
-        StateKind::Completed => tracing::Level::INFO,
+        StateKind::Completed if crate::logging::log_completed_task_runs() => tracing::Level::INFO,
+        StateKind::Completed => tracing::Level::DEBUG,
         StateKind::Cancelled => tracing::Level::WARN,
         _ => tracing::Level::ERROR,
     };

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::run::state::State;
 
 /// Why a task run failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum TaskErrorKind {
     /// The task returned `Err`.

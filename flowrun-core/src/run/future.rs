@@ -1,5 +1,6 @@
 //! `TaskFuture<T>`: the typed handle returned by `submit`, and the free
-//! functions [`wait`] and [`as_completed`].
+//! functions [`wait`], [`wait_timeout`], [`as_completed`] and
+//! [`as_completed_timeout`].
 
 use std::fmt;
 use std::future::{Future, IntoFuture};
@@ -217,16 +218,43 @@ pub fn wait<'a, T: Send + 'static>(futures: impl IntoIterator<Item = &'a TaskFut
     }
 }
 
-/// Blocks until every run in `futures` is final or `timeout` passed. Returns
-/// whether all are final.
+/// The futures [`wait_timeout`] found final, and those still running when
+/// its timeout passed (Prefect's `DoneAndNotDone`).
+#[derive(Debug)]
+pub struct DoneAndNotDone<T: Send + 'static> {
+    /// The futures whose runs are final, in the order given.
+    pub done: Vec<TaskFuture<T>>,
+    /// The futures whose runs were not final at the timeout, in the order given.
+    pub not_done: Vec<TaskFuture<T>>,
+}
+
+/// Blocks until every run in `futures` is final or `timeout` passed, and
+/// returns the futures split into done and not done, as Prefect's
+/// `wait(futures, timeout)` does. Like [`wait`], it reads no results.
+///
+/// ```
+/// use std::time::Duration;
+/// use flowrun_core::{wait_timeout, TaskFuture};
+///
+/// fn split(futures: &[TaskFuture<u32>]) {
+///     let sets = wait_timeout(futures, Duration::from_secs(5));
+///     for late in &sets.not_done {
+///         late.cancel();
+///     }
+///     println!("{} done, {} not done", sets.done.len(), sets.not_done.len());
+/// }
+/// # let _ = split;
+/// ```
 pub fn wait_timeout<'a, T: Send + 'static>(
     futures: impl IntoIterator<Item = &'a TaskFuture<T>>,
     timeout: Duration,
-) -> bool {
+) -> DoneAndNotDone<T> {
     let deadline = Instant::now() + timeout;
-    futures
+    let (done, not_done) = futures
         .into_iter()
-        .all(|f| f.cell.block_until_final(Some(deadline)))
+        .cloned()
+        .partition(|f| f.cell.block_until_final(Some(deadline)));
+    DoneAndNotDone { done, not_done }
 }
 
 /// Yields the futures in the order their runs become final.
@@ -242,6 +270,41 @@ pub fn wait_timeout<'a, T: Send + 'static>(
 pub fn as_completed<T: Send + 'static>(
     futures: impl IntoIterator<Item = TaskFuture<T>>,
 ) -> AsCompleted<T> {
+    as_completed_until(futures, None)
+}
+
+/// [`as_completed`] that stops at `timeout`: the iterator ends when the
+/// time is up, and [`AsCompleted::timed_out`] and
+/// [`AsCompleted::into_not_done`] then say what was still running (where
+/// Prefect's `as_completed(futures, timeout)` raises `TimeoutError`).
+///
+/// ```
+/// use std::time::Duration;
+/// use flowrun_core::{as_completed_timeout, TaskFuture};
+///
+/// fn first_answers(futures: Vec<TaskFuture<u32>>) -> Vec<u32> {
+///     let mut finished = as_completed_timeout(futures, Duration::from_secs(1));
+///     let answers = finished.by_ref().filter_map(|f| f.result().ok()).collect();
+///     if finished.timed_out() {
+///         for late in finished.into_not_done() {
+///             late.cancel();
+///         }
+///     }
+///     answers
+/// }
+/// # let _ = first_answers;
+/// ```
+pub fn as_completed_timeout<T: Send + 'static>(
+    futures: impl IntoIterator<Item = TaskFuture<T>>,
+    timeout: Duration,
+) -> AsCompleted<T> {
+    as_completed_until(futures, Some(Instant::now() + timeout))
+}
+
+fn as_completed_until<T: Send + 'static>(
+    futures: impl IntoIterator<Item = TaskFuture<T>>,
+    deadline: Option<Instant>,
+) -> AsCompleted<T> {
     let (tx, rx) = crossbeam_channel::unbounded();
     let mut slots = Vec::new();
     for (i, f) in futures.into_iter().enumerate() {
@@ -255,32 +318,66 @@ pub fn as_completed<T: Send + 'static>(
         remaining: slots.len(),
         slots,
         rx,
+        deadline,
+        timed_out: false,
     }
 }
 
-/// The iterator returned by [`as_completed`].
+/// The iterator returned by [`as_completed`] and [`as_completed_timeout`].
 #[derive(Debug)]
 pub struct AsCompleted<T: Send + 'static> {
     slots: Vec<Option<TaskFuture<T>>>,
     remaining: usize,
     rx: crossbeam_channel::Receiver<usize>,
+    deadline: Option<Instant>,
+    timed_out: bool,
+}
+
+impl<T: Send + 'static> AsCompleted<T> {
+    /// Whether the iterator ended because its timeout passed while some
+    /// runs were not final.
+    pub fn timed_out(&self) -> bool {
+        self.timed_out
+    }
+
+    /// The futures not yielded yet, in the order given.
+    pub fn into_not_done(self) -> Vec<TaskFuture<T>> {
+        self.slots.into_iter().flatten().collect()
+    }
 }
 
 impl<T: Send + 'static> Iterator for AsCompleted<T> {
     type Item = TaskFuture<T>;
 
     fn next(&mut self) -> Option<TaskFuture<T>> {
-        if self.remaining == 0 {
+        if self.remaining == 0 || self.timed_out {
             return None;
         }
         let rx = &self.rx;
-        let index = crate::exec::pool::blocking(|| rx.recv()).ok()?;
+        let received = match self.deadline {
+            None => crate::exec::pool::blocking(|| rx.recv()).ok(),
+            Some(d) => match crate::exec::pool::blocking(|| rx.recv_deadline(d)) {
+                Ok(i) => Some(i),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    self.timed_out = true;
+                    None
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => None,
+            },
+        };
+        let index = received?;
         self.remaining -= 1;
         self.slots[index].take()
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.remaining, Some(self.remaining))
+        // With a deadline, the iterator may end before every run is final.
+        let least = if self.deadline.is_some() {
+            0
+        } else {
+            self.remaining
+        };
+        (least, Some(self.remaining))
     }
 }
 

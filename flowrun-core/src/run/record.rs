@@ -98,6 +98,8 @@ pub(crate) struct RunCell<T: 'static> {
     pub(crate) fns: &'static ValueFns<T>,
     /// Its place in the graph as submitted (see [`RunRef::order`]).
     pub(crate) order: u64,
+    /// A name from `task_run_name`, instead of `<task>-<index>`.
+    pub(crate) run_name: Option<Box<str>>,
     status: Mutex<Status<T>>,
     cond: Condvar,
     observed: AtomicBool,
@@ -116,6 +118,7 @@ impl<T: Send + 'static> RunCell<T> {
         RunCell {
             id,
             order: id.get(),
+            run_name: None,
             task_name,
             task_key,
             index,
@@ -149,7 +152,10 @@ impl<T: Send + 'static> RunCell<T> {
     }
 
     pub(crate) fn name(&self) -> String {
-        format!("{}-{}", self.task_name, self.index)
+        match &self.run_name {
+            Some(name) => name.to_string(),
+            None => format!("{}-{}", self.task_name, self.index),
+        }
     }
 
     pub(crate) fn is_final(&self) -> bool {
@@ -283,14 +289,16 @@ impl<T: Send + 'static> RunCell<T> {
                 state,
             )
         };
+        // Callbacks (a task's final-state hooks among them) run before
+        // waiters wake, so that whoever reads the result sees their effects.
+        for cb in callbacks {
+            cb();
+        }
         if notify {
             self.cond.notify_all();
         }
         for w in wakers {
             w.wake();
-        }
-        for cb in callbacks {
-            cb();
         }
         self.flow.run_finished(self.clone(), &state);
         true

@@ -291,6 +291,8 @@ pub(crate) trait SerializedCompletion: Send + Sync {
 pub struct SerializedJob {
     pub(crate) task_key: &'static str,
     pub(crate) task_name: Arc<str>,
+    /// A name from `task_run_name`, instead of `<task_name>-<index>`.
+    pub(crate) run_name: Option<Arc<str>>,
     pub(crate) args: Arc<[ArgSlot]>,
     pub(crate) reporter: SerializedReporter,
 }
@@ -304,6 +306,12 @@ impl SerializedJob {
     /// The task's display name.
     pub fn task_name(&self) -> &str {
         &self.task_name
+    }
+
+    /// The run's name when `task_run_name` gave it one; otherwise the
+    /// run is `<task_name>-<index>`.
+    pub fn run_name(&self) -> Option<Arc<str>> {
+        self.run_name.clone()
     }
 
     /// The task's display name, shared (no copy).

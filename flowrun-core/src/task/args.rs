@@ -27,6 +27,12 @@ pub trait ArgsTuple: Sized + Send + 'static {
     /// The upstream runs among the inputs.
     fn upstreams(inputs: &Self::Inputs, out: &mut Vec<RunRef>);
 
+    /// The upstream runs whose failure the call receives as a value
+    /// ([`allow_failure`](crate::allow_failure)); also among `upstreams`.
+    fn tolerated(inputs: &Self::Inputs, out: &mut Vec<RunRef>) {
+        let _ = (inputs, out);
+    }
+
     /// The argument values, once every upstream run is final.
     fn resolve(inputs: Self::Inputs) -> Result<Self, TaskError>;
 }
@@ -135,6 +141,17 @@ fn encode_input<A: Serialize + Send + 'static>(
             }),
         Input::Future(f) => Ok(vec![ArgSlot::Upstream(f.run_ref())]),
         Input::Gather(g) => g.pieces(index),
+        Input::AllowFailure(a) => match a.peek() {
+            Some(outcome) => encode_input(&Input::Value(outcome), index),
+            None => Err(TaskError::new(
+                TaskErrorKind::Runner,
+                format!(
+                    "argument {} is `allow_failure({})`, whose run was not final when the call was sent",
+                    index + 1,
+                    a.upstream().name()
+                ),
+            )),
+        },
     }
 }
 
@@ -236,6 +253,11 @@ macro_rules! tuple_impls {
             #[allow(unused_variables)]
             fn upstreams(inputs: &Self::Inputs, out: &mut Vec<RunRef>) {
                 $( inputs.$idx.upstreams(out); )*
+            }
+
+            #[allow(unused_variables)]
+            fn tolerated(inputs: &Self::Inputs, out: &mut Vec<RunRef>) {
+                $( if let Input::AllowFailure(a) = &inputs.$idx { out.push(a.upstream()); } )*
             }
 
             #[allow(unused_variables, clippy::unused_unit)]

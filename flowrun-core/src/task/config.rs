@@ -48,6 +48,8 @@ impl CallConfig {
             tags: options.tags.or(prev.tags),
             priority: options.priority.or(prev.priority),
             resources: options.resources.or(prev.resources),
+            retry_condition: options.retry_condition.or(prev.retry_condition),
+            hooks: prev.hooks.overridden_by(&options.hooks),
         };
         self
     }

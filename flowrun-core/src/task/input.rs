@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use crate::run::allow::AllowedUpstream;
 use crate::run::error::TaskError;
 use crate::run::future::TaskFuture;
 use crate::run::record::RunRef;
@@ -18,6 +19,9 @@ pub enum Input<A: Send + 'static> {
     /// A collection holding futures (`Vec<TaskFuture<T>>` where a task takes
     /// a `Vec<T>`): every future in it is a dependency of the call.
     Gather(Gather<A>),
+    /// The outcome of an upstream run, failed or not, as a `Result`
+    /// ([`allow_failure`](crate::allow_failure)); the call waits for it.
+    AllowFailure(AllowedUpstream<A>),
 }
 
 impl<A: Send + 'static> Input<A> {
@@ -27,6 +31,7 @@ impl<A: Send + 'static> Input<A> {
             Input::Value(_) => {}
             Input::Future(f) => out.push(f.run_ref()),
             Input::Gather(g) => out.extend(g.upstreams()),
+            Input::AllowFailure(a) => out.push(a.upstream()),
         }
     }
 
@@ -44,6 +49,7 @@ impl<A: Send + 'static> Input<A> {
                 f.cell.take_result(last)
             }
             Input::Gather(g) => (g.build)(),
+            Input::AllowFailure(a) => Ok(a.take()),
         }
     }
 }
@@ -58,6 +64,7 @@ impl<A: Send + 'static> fmt::Debug for Input<A> {
             Input::Value(_) => f.write_str("Input::Value(..)"),
             Input::Future(fut) => write!(f, "Input::Future({})", fut.name()),
             Input::Gather(g) => write!(f, "Input::{g:?}"),
+            Input::AllowFailure(a) => write!(f, "Input::AllowFailure({a:?})"),
         }
     }
 }

@@ -20,6 +20,8 @@ pub struct TaskMeta {
     pub(crate) timeout: Option<Duration>,
     pub(crate) is_async: bool,
     pub(crate) config_error: Option<String>,
+    pub(crate) hooks: crate::run::hooks::TaskHooks,
+    pub(crate) retry_condition: Option<crate::run::hooks::RetryCondition>,
 }
 
 impl TaskMeta {
@@ -36,6 +38,8 @@ impl TaskMeta {
                 timeout: None,
                 is_async: false,
                 config_error: None,
+                hooks: Default::default(),
+                retry_condition: None,
             },
         }
     }
@@ -106,6 +110,15 @@ impl TaskMetaBuilder {
     /// The task is an `async fn`.
     pub fn is_async(mut self, is_async: bool) -> Self {
         self.meta.is_async = is_async;
+        self
+    }
+
+    /// `on_completion = [...]`, `on_failure`, `on_running`,
+    /// `retry_condition_fn = f`: the hooks and the retry condition set on
+    /// `options`.
+    pub fn hooks(mut self, options: crate::task::options::TaskOptions) -> Self {
+        self.meta.hooks = options.hooks;
+        self.meta.retry_condition = options.retry_condition;
         self
     }
 }

@@ -12,6 +12,7 @@ pub(crate) mod convert;
 pub(crate) mod gather;
 pub(crate) mod input;
 pub(crate) mod meta;
+pub(crate) mod names;
 pub(crate) mod options;
 pub mod probe;
 pub mod registry;
@@ -71,6 +72,19 @@ pub trait Task: Sized + Send + Sync + 'static {
 
     /// The per-call overrides carried by this handle.
     fn config(&self) -> &CallConfig;
+
+    /// The name of a run of this call, from `task_run_name`; `None` for
+    /// the default `<task>-<n>`.
+    fn run_name(inputs: &<Self::Args as ArgsTuple>::Inputs) -> Option<String> {
+        let _ = inputs;
+        None
+    }
+
+    /// [`run_name`](Task::run_name) of a direct call, from its arguments.
+    fn direct_run_name(args: &Self::Args) -> Option<String> {
+        let _ = args;
+        None
+    }
 
     /// The task's registry entry (see [`crate::task::registry`]).
     fn registry_entry() -> crate::task::registry::RegistryEntry {

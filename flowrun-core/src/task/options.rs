@@ -6,6 +6,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use crate::run::error::TaskError;
+use crate::run::hooks::{FlowHooks, Hook, HookResult, RetryCondition, TaskHooks};
+use crate::run::record::RunRef;
+use crate::run::state::State;
+use crate::runner::FlowRunInfo;
+
 /// How long to wait before each retry.
 ///
 /// ```
@@ -256,6 +262,8 @@ pub struct TaskOptions {
     pub(crate) tags: Option<Vec<Cow<'static, str>>>,
     pub(crate) priority: Option<i64>,
     pub(crate) resources: Option<Resources>,
+    pub(crate) retry_condition: Option<RetryCondition>,
+    pub(crate) hooks: TaskHooks,
 }
 
 impl TaskOptions {
@@ -297,6 +305,75 @@ impl TaskOptions {
         self.resources = Some(resources.into());
         self
     }
+
+    /// Decides, from the run and the error of a failed attempt, whether the
+    /// attempt is retried while retries remain (Prefect's
+    /// `retry_condition_fn`). A condition that panics declines the retry.
+    ///
+    /// ```
+    /// use flowrun_core::{TaskErrorKind, TaskOptions};
+    /// // Retry what the task returned as an error, never a timeout.
+    /// let options = TaskOptions::new()
+    ///     .retries(3)
+    ///     .retry_condition_fn(|_run, error| *error.kind() != TaskErrorKind::TimedOut);
+    /// # let _ = options;
+    /// ```
+    pub fn retry_condition_fn(
+        mut self,
+        condition: impl Fn(&RunRef, &TaskError) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.retry_condition = Some(RetryCondition::new(condition));
+        self
+    }
+
+    /// Adds a hook called with the run and its state when the run
+    /// completes. It returns `()` or a `Result`; one that panics or returns
+    /// `Err` is logged and changes nothing. Hooks given per call replace
+    /// the task's own hooks of the same kind.
+    ///
+    /// ```
+    /// use flowrun_core::{RunRef, State, TaskOptions};
+    ///
+    /// fn announce(run: &RunRef, state: &State) {
+    ///     println!("{} ended {state}", run.name());
+    /// }
+    ///
+    /// let options = TaskOptions::new()
+    ///     .on_completion(announce)
+    ///     .on_failure(|run: &RunRef, _state: &State| -> Result<(), String> {
+    ///         Err(format!("paging nobody about {}", run.name()))
+    ///     });
+    /// # let _ = options;
+    /// ```
+    pub fn on_completion<O: HookResult>(
+        mut self,
+        hook: impl Fn(&RunRef, &State) -> O + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.on_completion.push(Hook::new(hook));
+        self
+    }
+
+    /// Adds a hook called when the run ends in any state but Completed
+    /// (Failed, Crashed, Cancelled), after its last retry. See
+    /// [`on_completion`](TaskOptions::on_completion).
+    pub fn on_failure<O: HookResult>(
+        mut self,
+        hook: impl Fn(&RunRef, &State) -> O + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.on_failure.push(Hook::new(hook));
+        self
+    }
+
+    /// Adds a hook called when an attempt of the run starts running, on
+    /// the thread runner in the thread that runs it, on the local cluster
+    /// in the flow process when the worker reports the start.
+    pub fn on_running<O: HookResult>(
+        mut self,
+        hook: impl Fn(&RunRef, &State) -> O + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.on_running.push(Hook::new(hook));
+        self
+    }
 }
 
 /// Options for one call of a flow, given with `.with_options(...)`.
@@ -308,6 +385,7 @@ pub struct FlowOptions {
     pub(crate) retries: Option<u32>,
     pub(crate) retry_delay: Option<RetryDelay>,
     pub(crate) timeout: Option<Option<Duration>>,
+    pub(crate) hooks: FlowHooks,
 }
 
 impl FlowOptions {
@@ -319,6 +397,69 @@ impl FlowOptions {
     /// The name of this flow run (by default a random `adjective-animal`).
     pub fn run_name(mut self, name: impl Into<String>) -> Self {
         self.run_name = Some(name.into());
+        self
+    }
+
+    /// Adds a hook called with the flow run and its final state when it
+    /// completes. It returns `()` or a `Result`; one that panics or returns
+    /// `Err` is logged and changes nothing. Hooks given per call replace
+    /// the flow's own hooks of the same kind.
+    ///
+    /// ```
+    /// use flowrun_core::{FlowOptions, FlowRunInfo, State};
+    /// let options = FlowOptions::new()
+    ///     .on_completion(|run: &FlowRunInfo, state: &State| {
+    ///         println!("{} ended {state}", run.flow_run_name);
+    ///     })
+    ///     .on_failure(|run: &FlowRunInfo, _: &State| -> Result<(), String> {
+    ///         Err(format!("could not page anyone about {}", run.flow_run_name))
+    ///     });
+    /// # let _ = options;
+    /// ```
+    pub fn on_completion<O: HookResult>(
+        mut self,
+        hook: impl Fn(&FlowRunInfo, &State) -> O + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.on_completion.push(Hook::new(hook));
+        self
+    }
+
+    /// Adds a hook called when the flow run ends Failed.
+    pub fn on_failure<O: HookResult>(
+        mut self,
+        hook: impl Fn(&FlowRunInfo, &State) -> O + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.on_failure.push(Hook::new(hook));
+        self
+    }
+
+    /// Adds a hook called when the flow run ends Crashed: its task runner
+    /// could not start.
+    pub fn on_crashed<O: HookResult>(
+        mut self,
+        hook: impl Fn(&FlowRunInfo, &State) -> O + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.on_crashed.push(Hook::new(hook));
+        self
+    }
+
+    /// Adds a hook called when the flow run ends Cancelled: the future of
+    /// an async flow was dropped before it finished.
+    pub fn on_cancellation<O: HookResult>(
+        mut self,
+        hook: impl Fn(&FlowRunInfo, &State) -> O + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.on_cancellation.push(Hook::new(hook));
+        self
+    }
+
+    /// Adds a hook called when the flow run starts running (once, before
+    /// its first attempt).
+    pub fn on_running<O: HookResult>(
+        mut self,
+        hook: impl Fn(&FlowRunInfo, &State) -> O + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.on_running.push(Hook::new(hook));
         self
     }
 }

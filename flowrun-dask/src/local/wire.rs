@@ -18,6 +18,8 @@ pub struct Assignment {
     /// The task's name; the run's name is `<name>-<index>`.
     pub name: String,
     pub index: u64,
+    /// The run's name when `task_run_name` gave it one.
+    pub run_name: Option<String>,
     pub priority: i64,
     pub seq: u64,
     /// Each argument, inline or in the cluster's result store.
@@ -28,7 +30,10 @@ impl Assignment {
     /// The run's name, such as `shout-3` (formatted here, not by the
     /// scheduler, whose thread is the cluster's busiest).
     pub fn run_name(&self) -> String {
-        format!("{}-{}", self.name, self.index)
+        match &self.run_name {
+            Some(name) => name.clone(),
+            None => format!("{}-{}", self.name, self.index),
+        }
     }
 }
 
@@ -40,6 +45,7 @@ pub struct AssignmentOut {
     pub key: &'static str,
     pub name: std::sync::Arc<str>,
     pub index: u64,
+    pub run_name: Option<std::sync::Arc<str>>,
     pub priority: i64,
     pub seq: u64,
     #[serde(serialize_with = "shared_args")]

@@ -14,6 +14,12 @@ pub(crate) const VALID: &[&str] = &[
     "retries",
     "retry_delay",
     "timeout",
+    "on_completion",
+    "on_failure",
+    "on_crashed",
+    "on_cancellation",
+    "on_running",
+    "flow_run_name",
     "crate",
 ];
 

@@ -63,11 +63,26 @@ pub(crate) fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> Tok
         quote!(#(#docs)*)
     };
 
+    let run_name = attr.common.run_name.as_ref().map(|n| {
+        let from_args = crate::names::expand(n, sig, |i| quote!(&__flowrun_args.#i));
+        quote! {
+            #[allow(unused_variables)]
+            fn run_name(
+                __flowrun_args: &Self::Args,
+            ) -> ::core::option::Option<::std::string::String> {
+                #from_args
+            }
+        }
+    });
     let mut builder = quote!(#fr::FlowMeta::builder(#display));
     builder.extend(crate::expand::common_builder(
         &attr.common,
         sig.doc_text.as_ref(),
         &fr,
+    ));
+    builder.extend(crate::expand::hooks(
+        &attr.common.hooks,
+        quote!(#fr::FlowOptions),
     ));
     builder.extend(quote!(.build()));
 
@@ -195,6 +210,8 @@ pub(crate) fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> Tok
                 fn config(&self) -> &#fr::FlowConfig {
                     &self.__flowrun_config
                 }
+
+                #run_name
             }
 
             impl #ident #bounds {

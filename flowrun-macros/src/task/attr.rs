@@ -15,6 +15,11 @@ pub(crate) const VALID: &[&str] = &[
     "retry_jitter_factor",
     "timeout",
     "tags",
+    "on_completion",
+    "on_failure",
+    "on_running",
+    "retry_condition_fn",
+    "task_run_name",
     "crate",
 ];
 
@@ -31,6 +36,10 @@ pub(crate) fn parse(args: TokenStream, cx: &Ctxt) -> TaskAttr {
         match name.as_str() {
             "retry_jitter_factor" => attr.retry_jitter_factor = Some(options::seconds(&value)),
             "tags" => attr.tags = options::tags(&value, cx),
+            "retry_condition_fn" => attr.common.hooks.push((
+                syn::Ident::new("retry_condition_fn", proc_macro2::Span::call_site()),
+                vec![value],
+            )),
             _ => {
                 let shared = attr.common.read(&name, &value, cx);
                 debug_assert!(shared, "`accept` passes only the names in VALID");

@@ -42,6 +42,26 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
     let body = &function.block;
     let asyncness = sig.is_async.then(|| quote!(async));
     let body_fn = format_ident!("__flowrun_body");
+    let run_name = attr.common.run_name.as_ref().map(|n| {
+        let from_inputs =
+            crate::names::expand(n, sig, |i| quote!(#fr::InputDisplay(&__flowrun_inputs.#i)));
+        let from_args = crate::names::expand(n, sig, |i| quote!(&__flowrun_args.#i));
+        quote! {
+            #[allow(unused_variables)]
+            fn run_name(
+                __flowrun_inputs: &<Self::Args as #fr::ArgsTuple>::Inputs,
+            ) -> ::core::option::Option<::std::string::String> {
+                #from_inputs
+            }
+
+            #[allow(unused_variables)]
+            fn direct_run_name(
+                __flowrun_args: &Self::Args,
+            ) -> ::core::option::Option<::std::string::String> {
+                #from_args
+            }
+        }
+    });
 
     let doc = if docs.is_empty() {
         let text =
@@ -68,6 +88,10 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
         let j = crate::expand::factor(j);
         builder.extend(quote!(.retry_jitter_factor(#j)));
     }
+    builder.extend(crate::expand::hooks(
+        &attr.common.hooks,
+        quote!(#fr::TaskOptions),
+    ));
     let is_async = sig.is_async;
     builder.extend(quote!(.is_async(#is_async).build()));
 
@@ -229,6 +253,8 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
                 fn config(&self) -> &#fr::CallConfig {
                     &self.__flowrun_config
                 }
+
+                #run_name
             }
 
             impl #ident #bounds {

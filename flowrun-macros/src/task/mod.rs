@@ -24,6 +24,12 @@ impl Kind for Task {
         attr::check(attr, cx)
     }
 
+    fn check_signature(attr: &Self::Attr, sig: &Signature, cx: &Ctxt) {
+        if let Some(name) = &attr.common.run_name {
+            crate::names::check(name, "task_run_name", sig, cx);
+        }
+    }
+
     fn expand(attr: &Self::Attr, sig: &Signature, function: &ItemFn) -> TokenStream {
         expand::expand(attr, sig, function)
     }

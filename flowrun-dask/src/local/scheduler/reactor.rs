@@ -488,6 +488,7 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
             key: task.key,
             name: task.task_name.clone(),
             index: task.index,
+            run_name: attempt.run_name(),
             priority: task.priority,
             // The worker runs its queue in this order too.
             seq: task.rank.1 .0,

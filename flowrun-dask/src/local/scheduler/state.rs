@@ -28,6 +28,10 @@ pub(crate) trait Attempt: Send + 'static {
     fn order(&self) -> u64;
     /// The serialized arguments.
     fn args(&self) -> Arc<[ArgSlot]>;
+    /// The run's name from `task_run_name`, if it has one.
+    fn run_name(&self) -> Option<Arc<str>> {
+        None
+    }
     /// The attempt started on `worker`.
     fn started(&self, worker: Arc<str>);
     /// The attempt's outcome.
@@ -64,6 +68,9 @@ impl Attempt for Call {
     }
     fn args(&self) -> Arc<[ArgSlot]> {
         self.job.shared_args()
+    }
+    fn run_name(&self) -> Option<Arc<str>> {
+        self.job.run_name()
     }
     fn started(&self, worker: Arc<str>) {
         self.job.started_at(worker);

@@ -1,0 +1,127 @@
+//! `task_run_name` and `flow_run_name`: a template such as
+//! `"shout-{number}"`, whose placeholders are checked against the
+//! function's parameter names, or a function that returns the name.
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::{Expr, ExprLit, Lit, LitStr};
+
+use crate::ctxt::Ctxt;
+use crate::signature::Signature;
+
+/// A run-name option as written.
+pub(crate) enum RunName {
+    /// A string literal with `{parameter}` placeholders.
+    Template(LitStr),
+    /// Any other expression: a function called with no arguments.
+    Function(Expr),
+}
+
+/// Reads `task_run_name = ...` / `flow_run_name = ...`.
+pub(crate) fn parse(value: Expr) -> RunName {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => RunName::Template(s),
+        other => RunName::Function(other),
+    }
+}
+
+/// The placeholder names of `template`, in order, or why it is malformed.
+fn placeholders(template: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut chars = template.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' if chars.peek() == Some(&'{') => {
+                chars.next();
+            }
+            '{' => {
+                let mut inner = String::new();
+                loop {
+                    match chars.next() {
+                        Some('}') => break,
+                        Some(c) => inner.push(c),
+                        None => return Err("a `{` is not closed (write `{{` for a brace)".into()),
+                    }
+                }
+                let name = inner.split(':').next().unwrap_or("").trim().to_owned();
+                out.push(name);
+            }
+            '}' if chars.peek() == Some(&'}') => {
+                chars.next();
+            }
+            '}' => return Err("a `}` is not opened (write `}}` for a brace)".into()),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Checks every placeholder of a template against the parameters.
+pub(crate) fn check(name: &RunName, option: &str, sig: &Signature, cx: &Ctxt) {
+    let RunName::Template(template) = name else {
+        return;
+    };
+    let params: Vec<String> = sig.args.iter().map(|a| a.name.to_string()).collect();
+    let valid = if params.is_empty() {
+        "the function has no parameters".to_owned()
+    } else {
+        let list: Vec<String> = params.iter().map(|p| format!("`{p}`")).collect();
+        format!("the parameters are: {}", list.join(", "))
+    };
+    match placeholders(&template.value()) {
+        Err(e) => cx.spanned(template, format!("`{option}`: {e}")),
+        Ok(found) => {
+            for p in found {
+                if p.is_empty() || p.chars().all(|c| c.is_ascii_digit()) {
+                    cx.spanned(
+                        template,
+                        format!("`{option}` names parameters, such as `{{name}}`; {valid}"),
+                    );
+                } else if !params.contains(&p) {
+                    cx.spanned(
+                        template,
+                        format!("`{option}` uses `{{{p}}}`, which is not a parameter; {valid}"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `Some(name)`: a `format!` of the template with each placeholder's
+/// parameter as `value(index)`, or the function's result.
+pub(crate) fn expand(
+    name: &RunName,
+    sig: &Signature,
+    value: impl Fn(syn::Index) -> TokenStream,
+) -> TokenStream {
+    match name {
+        RunName::Function(f) => {
+            quote_spanned!(syn::spanned::Spanned::span(f)=> ::core::option::Option::Some(::std::string::ToString::to_string(&(#f)())))
+        }
+        RunName::Template(template) => {
+            let params: Vec<String> = sig.args.iter().map(|a| a.name.to_string()).collect();
+            // A template `check` rejected expands to no name, so that its
+            // error is the only one.
+            let used = match placeholders(&template.value()) {
+                Ok(used) if used.iter().all(|p| params.contains(p)) => used,
+                _ => return quote!(::core::option::Option::None),
+            };
+            let named = sig
+                .args
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| used.contains(&a.name.to_string()))
+                .map(|(i, a)| {
+                    let ident = &a.name;
+                    let v = value(syn::Index::from(i));
+                    quote_spanned!(template.span()=> #ident = #v)
+                });
+            quote!(::core::option::Option::Some(
+                ::std::format!(#template, #(#named),*)
+            ))
+        }
+    }
+}

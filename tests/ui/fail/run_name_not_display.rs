@@ -1,0 +1,10 @@
+use flowrun::task;
+
+struct Opaque;
+
+#[task(task_run_name = "take-{value}")]
+fn take(value: Vec<Opaque>) {
+    let _ = value;
+}
+
+fn main() {}
