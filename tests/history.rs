@@ -229,12 +229,13 @@ fn the_local_cluster_s_task_runs_and_worker_logs_are_recorded_by_the_flow_proces
 }
 
 #[test]
-fn a_flow_run_whose_runner_cannot_start_is_recorded_as_failed() {
+fn a_flow_run_whose_runner_cannot_start_is_recorded_as_crashed() {
     let home = temp_home();
     assert!(never_starts().is_err());
     let store = store(home.path());
     let run = &store.runs(&RunsQuery::default()).unwrap()[0];
-    assert_eq!(run.state, "Failed");
+    // The infrastructure failed, not the flow: Crashed, as in Prefect.
+    assert_eq!(run.state, "Crashed");
     assert!(
         run.message
             .as_deref()
