@@ -3,8 +3,7 @@
 //! run its tasks and that task types are `Send + 'static`. Not an API.
 pub use crate::flow::lifecycle::flow_outcome;
 pub use crate::task::probe::{
-    CloneNo, CloneYes, CodecNo, CodecYes, Probe, SerializedNo, SerializedNo as RemoteNo,
-    SerializedYes, SerializedYes as RemoteYes,
+    CloneNo, CloneYes, CodecNo, CodecYes, Probe, SerializedNo, SerializedYes,
 };
 pub use crate::task::registry::TaskRegistration;
 pub use crate::{

@@ -39,7 +39,7 @@
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use flowrun_core::{FlowHandle, IntoInputs, RemoteTask, RunRef, Scope, TaskError, TaskFuture};
+use flowrun_core::{FlowHandle, IntoInputs, RunRef, Scope, SerializedTask, TaskError, TaskFuture};
 
 use crate::local::forward::{self, TaskScope};
 use crate::runner::DaskTaskRunner;
@@ -145,7 +145,7 @@ impl Client {
 
     /// Submits a run of `task` with `args` (a tuple: `(3,)`, `(future, "x")`)
     /// to the cluster.
-    pub fn submit<T: RemoteTask>(
+    pub fn submit<T: SerializedTask>(
         &self,
         task: &T,
         args: impl IntoInputs<T::Args>,
@@ -162,7 +162,7 @@ impl Client {
     /// arguments).
     pub fn map<T, I>(&self, task: &T, items: I) -> Vec<TaskFuture<T::Output>>
     where
-        T: RemoteTask,
+        T: SerializedTask,
         I: IntoIterator,
         I::Item: IntoInputs<T::Args>,
     {
@@ -254,7 +254,7 @@ pub struct AsyncClient {
 
 impl AsyncClient {
     /// Submits a run of `task` with `args` to the cluster.
-    pub fn submit<T: RemoteTask>(
+    pub fn submit<T: SerializedTask>(
         &self,
         task: &T,
         args: impl IntoInputs<T::Args>,
@@ -265,7 +265,7 @@ impl AsyncClient {
     /// Submits one run of `task` per element of `items`.
     pub fn map<T, I>(&self, task: &T, items: I) -> Vec<TaskFuture<T::Output>>
     where
-        T: RemoteTask,
+        T: SerializedTask,
         I: IntoIterator,
         I::Item: IntoInputs<T::Args>,
     {

@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 use flowrun_core::{
-    AcceptsTask, Execution, FlowRunInfo, RemoteTask, RunnerError, TaskCall, TaskRunner,
+    AcceptsTask, Execution, FlowRunInfo, RunnerError, SerializedTask, TaskCall, TaskRunner,
 };
 
 use crate::cluster::{self, Cluster, ClusterClass};
@@ -305,9 +305,9 @@ impl TaskRunner for DaskTaskRunner {
         // A real Dask cluster moves dependency data between its workers
         // itself; the local cluster gets resolved arguments.
         if self.uses_real_dask() {
-            Execution::RemoteWithDependencies
+            Execution::SerializedWithDependencies
         } else {
-            Execution::Remote
+            Execution::Serialized
         }
     }
 
@@ -359,7 +359,7 @@ impl TaskRunner for DaskTaskRunner {
         match cluster {
             Some(c) => c.submit(call),
             None => {
-                if let flowrun_core::Work::Remote(job) = call.into_work() {
+                if let flowrun_core::Work::Serialized(job) = call.into_work() {
                     job.refuse("DaskTaskRunner was not started");
                 }
             }
@@ -405,4 +405,4 @@ impl TaskRunner for DaskTaskRunner {
     }
 }
 
-impl<T: RemoteTask> AcceptsTask<T> for DaskTaskRunner {}
+impl<T: SerializedTask> AcceptsTask<T> for DaskTaskRunner {}

@@ -265,7 +265,7 @@ impl Cluster for DaskCluster {
         let retries = call.retries();
         let (run, annotations, work) = call.into_parts();
         let job = match work {
-            Work::Remote(job) => job,
+            Work::Serialized(job) => job,
             Work::Local(job) => {
                 job.refuse("a real Dask cluster runs tasks in other processes only");
                 return;

@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowrun_core::{Annotations, ArgSlot, RemoteJob, RunRef, TaskError, TaskErrorKind};
+use flowrun_core::{Annotations, ArgSlot, RunRef, SerializedJob, TaskError, TaskErrorKind};
 use tokio::sync::{mpsc, oneshot};
 
 use super::format::{self, TaskHeader, INPUT_VERSION};
@@ -48,7 +48,7 @@ pub(crate) struct Attempt {
     pub run: RunRef,
     pub retries: u32,
     pub annotations: Annotations,
-    pub job: RemoteJob,
+    pub job: SerializedJob,
 }
 
 pub(crate) enum Command {
@@ -111,7 +111,7 @@ struct Entry {
     /// The run's id (`RunId::get`).
     run_id: u64,
     run_name: String,
-    job: Option<RemoteJob>,
+    job: Option<SerializedJob>,
     upstreams: Vec<String>,
     dependents: Vec<String>,
     status: Status,

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use crossbeam_channel::Sender;
-use flowrun_core::{ArgSlot, RemoteJob, Resources, RunRef, TaskError};
+use flowrun_core::{ArgSlot, Resources, RunRef, SerializedJob, TaskError};
 use rustc_hash::FxHashSet;
 
 use super::super::wire::{AssignmentOut, ToWorkerOut};
@@ -37,11 +37,11 @@ pub(crate) trait Attempt: Send + 'static {
 /// An attempt the flow handed to the local cluster.
 pub(crate) struct Call {
     run: RunRef,
-    job: RemoteJob,
+    job: SerializedJob,
 }
 
 impl Call {
-    pub(crate) fn new(run: RunRef, job: RemoteJob) -> Call {
+    pub(crate) fn new(run: RunRef, job: SerializedJob) -> Call {
         Call { run, job }
     }
 }
