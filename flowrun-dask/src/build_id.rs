@@ -7,6 +7,8 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::OnceLock;
 
+use flowrun_core::plumbing::hex;
+
 /// The build id of the running program.
 pub fn current() -> &'static str {
     static ID: OnceLock<String> = OnceLock::new();
@@ -58,10 +60,6 @@ fn read_up_to(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
         filled += n;
     }
     Ok(filled)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn u16_at(b: &[u8], o: usize) -> Option<u16> {

@@ -39,6 +39,7 @@
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+use flowrun_core::plumbing::lock;
 use flowrun_core::{FlowHandle, IntoInputs, RunRef, Scope, SerializedTask, TaskError, TaskFuture};
 
 use crate::local::forward::{self, TaskScope};
@@ -151,10 +152,7 @@ impl Client {
         args: impl IntoInputs<T::Args>,
     ) -> TaskFuture<T::Output> {
         let future = self.scope(|| flowrun_core::submit(task, args.into_inputs()));
-        self.submitted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(future.run_ref());
+        lock(&self.submitted).push(future.run_ref());
         future
     }
 
@@ -204,8 +202,7 @@ impl fmt::Debug for Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        let submitted =
-            std::mem::take(&mut *self.submitted.lock().unwrap_or_else(|p| p.into_inner()));
+        let submitted = std::mem::take(&mut *lock(&self.submitted));
         let unresolved: Vec<String> = submitted
             .iter()
             .filter(|r| !r.state().is_final())

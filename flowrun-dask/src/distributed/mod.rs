@@ -29,6 +29,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use flowrun_core::plumbing::lock;
 use flowrun_core::{Resources, TaskCall, TaskError, TaskErrorKind, Work};
 use tokio::sync::{mpsc, oneshot};
 
@@ -292,7 +293,7 @@ impl Cluster for DaskCluster {
 
     fn close(&self) {
         {
-            let mut closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+            let mut closed = lock(&self.closed);
             if *closed {
                 return;
             }

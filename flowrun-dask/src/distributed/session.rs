@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use flowrun_core::plumbing::lock;
 use flowrun_core::{Annotations, ArgSlot, RunRef, SerializedJob, TaskError, TaskErrorKind};
 use tokio::sync::{mpsc, oneshot};
 
@@ -462,7 +463,7 @@ impl Session {
             .name("flowrun-dask-upstream".into())
             .spawn(move || {
                 upstream.wait();
-                let Some(attempt) = waiting.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+                let Some(attempt) = lock(&waiting).take() else {
                     return;
                 };
                 let command = Command::Submit(Box::new(attempt));
@@ -475,7 +476,7 @@ impl Session {
                 }
             });
         if let Err(e) = spawned {
-            if let Some(attempt) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            if let Some(attempt) = lock(&slot).take() {
                 attempt.job.finish(Err(TaskError::new(
                     TaskErrorKind::Runner,
                     format!("cannot wait for its upstream run: {e}"),
