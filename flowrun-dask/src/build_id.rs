@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use flowrun_core::plumbing::hex;
 
 /// The build id of the running program.
-pub fn current() -> &'static str {
+pub(crate) fn current() -> &'static str {
     static ID: OnceLock<String> = OnceLock::new();
     ID.get_or_init(|| match std::env::current_exe() {
         Ok(exe) => of_file(&exe).unwrap_or_else(|e| format!("unknown ({e})")),
@@ -19,7 +19,7 @@ pub fn current() -> &'static str {
 }
 
 /// The build id of the program at `path`.
-pub fn of_file(path: &Path) -> std::io::Result<String> {
+pub(crate) fn of_file(path: &Path) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
     let mut head = vec![0u8; 64 * 1024];
     let n = read_up_to(&mut file, &mut head)?;

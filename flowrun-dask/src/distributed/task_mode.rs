@@ -108,11 +108,12 @@ impl DaskTask {
         let control = std::env::var(format::CONTROL_ENV)
             .ok()
             .and_then(|fd| fd.parse::<RawFd>().ok())
-            // SAFETY: F_SETFD on an fd number only changes that fd's flags
-            // (or fails if it is not open); it keeps the pipe away from
-            // programs the task starts.
+            // Close-on-exec keeps the pipe away from programs the task starts.
             .filter(|&fd| {
-                fd > 2 && unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == 0
+                fd > 2
+                    // SAFETY: F_SETFD on an fd number only changes that fd's
+                    // flags (or fails if it is not open).
+                    && unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == 0
             })
             // SAFETY: the runner passed this fd to this process only; it is
             // owned by the File from here on.
