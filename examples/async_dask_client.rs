@@ -3,8 +3,15 @@
 //! summaries.
 
 use flowrun::{flow, task};
-use flowrun_dask::collection::{describe_partition, Describe, Timeseries};
 use flowrun_dask::{get_async_dask_client, DaskTaskRunner};
+
+// Shared with `dask_client`, which uses the parts this example does not
+// (the blocking `describe`, partition sizes, seeds).
+#[allow(dead_code)]
+#[path = "support/timeseries.rs"]
+mod timeseries;
+
+use timeseries::{describe_partition, Describe, Timeseries};
 
 #[task]
 async fn compute_task() -> String {

@@ -3,8 +3,12 @@
 //! workers (one partition per 4 weeks) and summarises it with `describe()`.
 
 use flowrun::{flow, task};
-use flowrun_dask::collection::Timeseries;
 use flowrun_dask::{get_dask_client, DaskTaskRunner};
+
+#[path = "support/timeseries.rs"]
+mod timeseries;
+
+use timeseries::Timeseries;
 
 #[task]
 fn compute_task() -> String {

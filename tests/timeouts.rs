@@ -172,7 +172,7 @@ impl flowrun::runner::TaskRunner for Restarting {
         flowrun::runner::Execution::Serialized
     }
     fn submit(&self, call: flowrun::runner::TaskCall) {
-        let flowrun::runner::Work::Remote(job) = call.into_work() else {
+        let flowrun::runner::Work::Serialized(job) = call.into_work() else {
             panic!("a remote runner gets remote work");
         };
         std::thread::spawn(move || {

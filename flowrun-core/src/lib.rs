@@ -85,13 +85,6 @@ pub use task::{
     SerializedTask, Task, TaskMeta, TaskMetaBuilder, TaskResult, TaskSupport,
 };
 
-/// The names the serialized-call types had; flowrun-dask still uses them.
-#[doc(hidden)]
-pub use {
-    SerializedArgs as RemoteArgs, SerializedFns as RemoteFns, SerializedJob as RemoteJob,
-    SerializedReporter as RemoteReporter, SerializedTask as RemoteTask,
-};
-
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;

@@ -4,8 +4,7 @@
 pub use crate::flow::lifecycle::flow_outcome;
 pub use crate::task::names::InputDisplay;
 pub use crate::task::probe::{
-    CloneNo, CloneYes, CodecNo, CodecYes, Probe, SerializedNo, SerializedNo as RemoteNo,
-    SerializedYes, SerializedYes as RemoteYes,
+    CloneNo, CloneYes, CodecNo, CodecYes, Probe, SerializedNo, SerializedYes,
 };
 pub use crate::task::registry::TaskRegistration;
 pub use crate::ArgsTuple;

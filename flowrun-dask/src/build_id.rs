@@ -7,8 +7,10 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::OnceLock;
 
+use flowrun_core::plumbing::hex;
+
 /// The build id of the running program.
-pub fn current() -> &'static str {
+pub(crate) fn current() -> &'static str {
     static ID: OnceLock<String> = OnceLock::new();
     ID.get_or_init(|| match std::env::current_exe() {
         Ok(exe) => of_file(&exe).unwrap_or_else(|e| format!("unknown ({e})")),
@@ -17,7 +19,7 @@ pub fn current() -> &'static str {
 }
 
 /// The build id of the program at `path`.
-pub fn of_file(path: &Path) -> std::io::Result<String> {
+pub(crate) fn of_file(path: &Path) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
     let mut head = vec![0u8; 64 * 1024];
     let n = read_up_to(&mut file, &mut head)?;
@@ -58,10 +60,6 @@ fn read_up_to(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
         filled += n;
     }
     Ok(filled)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn u16_at(b: &[u8], o: usize) -> Option<u16> {

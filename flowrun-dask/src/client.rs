@@ -39,7 +39,8 @@
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use flowrun_core::{FlowHandle, IntoInputs, RemoteTask, RunRef, Scope, TaskError, TaskFuture};
+use flowrun_core::plumbing::lock;
+use flowrun_core::{FlowHandle, IntoInputs, RunRef, Scope, SerializedTask, TaskError, TaskFuture};
 
 use crate::local::forward::{self, TaskScope};
 use crate::runner::DaskTaskRunner;
@@ -145,16 +146,13 @@ impl Client {
 
     /// Submits a run of `task` with `args` (a tuple: `(3,)`, `(future, "x")`)
     /// to the cluster.
-    pub fn submit<T: RemoteTask>(
+    pub fn submit<T: SerializedTask>(
         &self,
         task: &T,
         args: impl IntoInputs<T::Args>,
     ) -> TaskFuture<T::Output> {
         let future = self.scope(|| flowrun_core::submit(task, args.into_inputs()));
-        self.submitted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(future.run_ref());
+        lock(&self.submitted).push(future.run_ref());
         future
     }
 
@@ -162,7 +160,7 @@ impl Client {
     /// arguments).
     pub fn map<T, I>(&self, task: &T, items: I) -> Vec<TaskFuture<T::Output>>
     where
-        T: RemoteTask,
+        T: SerializedTask,
         I: IntoIterator,
         I::Item: IntoInputs<T::Args>,
     {
@@ -204,8 +202,7 @@ impl fmt::Debug for Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        let submitted =
-            std::mem::take(&mut *self.submitted.lock().unwrap_or_else(|p| p.into_inner()));
+        let submitted = std::mem::take(&mut *lock(&self.submitted));
         let unresolved: Vec<String> = submitted
             .iter()
             .filter(|r| !r.state().is_final())
@@ -254,7 +251,7 @@ pub struct AsyncClient {
 
 impl AsyncClient {
     /// Submits a run of `task` with `args` to the cluster.
-    pub fn submit<T: RemoteTask>(
+    pub fn submit<T: SerializedTask>(
         &self,
         task: &T,
         args: impl IntoInputs<T::Args>,
@@ -265,7 +262,7 @@ impl AsyncClient {
     /// Submits one run of `task` per element of `items`.
     pub fn map<T, I>(&self, task: &T, items: I) -> Vec<TaskFuture<T::Output>>
     where
-        T: RemoteTask,
+        T: SerializedTask,
         I: IntoIterator,
         I::Item: IntoInputs<T::Args>,
     {

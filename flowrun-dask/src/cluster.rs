@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use flowrun_core::plumbing::lock;
 use flowrun_core::TaskCall;
 
 mod command;
@@ -255,27 +256,17 @@ fn clusters() -> &'static Mutex<HashMap<String, Arc<dyn Cluster>>> {
 }
 
 pub(crate) fn register(flow_run_id: &str, cluster: Arc<dyn Cluster>) {
-    clusters()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(flow_run_id.to_owned(), cluster);
+    lock(clusters()).insert(flow_run_id.to_owned(), cluster);
 }
 
 pub(crate) fn deregister(flow_run_id: &str) {
-    clusters()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(flow_run_id);
+    lock(clusters()).remove(flow_run_id);
 }
 
 /// The cluster of the flow run this code runs in (in the flow's process),
 /// if the flow uses a `DaskTaskRunner`.
 pub fn current_cluster() -> Option<ClusterHandle> {
     let id = flowrun_core::current_flow_run_id()?;
-    let cluster = clusters()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&id)
-        .cloned()?;
+    let cluster = lock(clusters()).get(&id).cloned()?;
     Some(ClusterHandle { cluster })
 }

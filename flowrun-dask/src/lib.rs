@@ -39,7 +39,6 @@ mod annotate;
 mod build_id;
 mod client;
 mod cluster;
-pub mod collection;
 mod dashboard;
 mod distributed;
 mod local;

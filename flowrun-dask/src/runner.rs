@@ -3,8 +3,9 @@
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
+use flowrun_core::plumbing::lock;
 use flowrun_core::{
-    AcceptsTask, Execution, FlowRunInfo, RemoteTask, RunnerError, TaskCall, TaskRunner,
+    AcceptsTask, Execution, FlowRunInfo, RunnerError, SerializedTask, TaskCall, TaskRunner,
 };
 
 use crate::cluster::{self, Cluster, ClusterClass};
@@ -305,9 +306,9 @@ impl TaskRunner for DaskTaskRunner {
         // A real Dask cluster moves dependency data between its workers
         // itself; the local cluster gets resolved arguments.
         if self.uses_real_dask() {
-            Execution::RemoteWithDependencies
+            Execution::SerializedWithDependencies
         } else {
-            Execution::Remote
+            Execution::Serialized
         }
     }
 
@@ -344,22 +345,16 @@ impl TaskRunner for DaskTaskRunner {
                 .is_some_and(|c| c.python_path().is_some());
         self.dashboard
             .start(flow, &cluster, &self.cluster_kwargs, dask);
-        *self.cluster.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((flow.flow_run_id.clone(), cluster));
+        *lock(&self.cluster) = Some((flow.flow_run_id.clone(), cluster));
         Ok(())
     }
 
     fn submit(&self, call: TaskCall) {
-        let cluster = self
-            .cluster
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|(_, c)| c.clone());
+        let cluster = lock(&self.cluster).as_ref().map(|(_, c)| c.clone());
         match cluster {
             Some(c) => c.submit(call),
             None => {
-                if let flowrun_core::Work::Remote(job) = call.into_work() {
+                if let flowrun_core::Work::Serialized(job) = call.into_work() {
                     job.refuse("DaskTaskRunner was not started");
                 }
             }
@@ -367,12 +362,7 @@ impl TaskRunner for DaskTaskRunner {
     }
 
     fn cancel(&self, run: &flowrun_core::RunRef) {
-        let cluster = self
-            .cluster
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|(_, c)| c.clone());
+        let cluster = lock(&self.cluster).as_ref().map(|(_, c)| c.clone());
         if let Some(c) = cluster {
             c.cancel(run);
         }
@@ -387,11 +377,7 @@ impl TaskRunner for DaskTaskRunner {
     }
 
     fn shutdown(&self) {
-        let taken = self
-            .cluster
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let taken = lock(&self.cluster).take();
         if let Some((flow_run_id, cluster)) = taken {
             self.dashboard.stop();
             cluster.close();
@@ -405,4 +391,4 @@ impl TaskRunner for DaskTaskRunner {
     }
 }
 
-impl<T: RemoteTask> AcceptsTask<T> for DaskTaskRunner {}
+impl<T: SerializedTask> AcceptsTask<T> for DaskTaskRunner {}

@@ -15,6 +15,7 @@
 //! (`ctxt.rs`); a bad option falls back to its default so the item still
 //! exists for IDEs and for the code that uses it.
 
+#![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod attr;

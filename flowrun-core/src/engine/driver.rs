@@ -261,7 +261,7 @@ impl<T: Task> Driver<T> {
                 target: self.clone(),
                 attempt,
             })),
-            Source::Serialized(slots) => Work::Remote(SerializedJob {
+            Source::Serialized(slots) => Work::Serialized(SerializedJob {
                 task_key: self.meta.key,
                 task_name: self.task_name.clone(),
                 run_name: self.cell.run_name.as_deref().map(Arc::from),

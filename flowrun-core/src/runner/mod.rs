@@ -39,17 +39,6 @@ pub enum Execution {
     SerializedWithDependencies,
 }
 
-#[allow(non_upper_case_globals)]
-impl Execution {
-    /// The name [`Execution::Serialized`] had; flowrun-dask still uses it.
-    #[doc(hidden)]
-    pub const Remote: Execution = Execution::Serialized;
-    /// The name [`Execution::SerializedWithDependencies`] had; flowrun-dask
-    /// still uses it.
-    #[doc(hidden)]
-    pub const RemoteWithDependencies: Execution = Execution::SerializedWithDependencies;
-}
-
 /// What a runner learns about the flow run it serves.
 #[derive(Debug, Clone)]
 pub struct FlowRunInfo {
@@ -250,9 +239,8 @@ impl fmt::Debug for TaskCall {
 pub enum Work {
     /// Run it on a thread of this process.
     Local(LocalJob),
-    /// Run it serialized, anywhere, and report the result. (The variant
-    /// keeps its first name: flowrun-dask matches on it.)
-    Remote(SerializedJob),
+    /// Run it serialized, anywhere, and report the result.
+    Serialized(SerializedJob),
 }
 
 /// An attempt to execute on a thread of this process. [`LocalJob::run`] does

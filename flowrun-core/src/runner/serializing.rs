@@ -78,7 +78,7 @@ impl TaskRunner for SerializingTaskRunner {
     fn submit(&self, call: TaskCall) {
         let (run, _annotations, work) = call.into_parts();
         let job = match work {
-            Work::Remote(job) => job,
+            Work::Serialized(job) => job,
             Work::Local(job) => {
                 job.refuse("SerializingTaskRunner only runs serialized calls");
                 return;

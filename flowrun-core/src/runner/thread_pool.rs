@@ -92,7 +92,9 @@ impl TaskRunner for ThreadPoolTaskRunner {
                     returned.run();
                 }
             }
-            Work::Remote(job) => job.refuse("ThreadPoolTaskRunner runs tasks in this process only"),
+            Work::Serialized(job) => {
+                job.refuse("ThreadPoolTaskRunner runs tasks in this process only")
+            }
         }
     }
 

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use flowrun_core::plumbing::lock;
 use flowrun_core::progress::TaskRunTally;
 use flowrun_core::FlowRunInfo;
 
@@ -49,11 +50,7 @@ use model::{Model, Source};
 /// ```
 pub fn dashboard_link() -> Option<String> {
     let id = flowrun_core::current_flow_run_id()?;
-    links()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&id)
-        .cloned()
+    lock(links()).get(&id).cloned()
 }
 
 fn links() -> &'static Mutex<HashMap<String, String>> {
@@ -154,7 +151,7 @@ impl RunnerDashboard {
             (Some(address), Some(_)) => serve(info, &source, address, kwargs),
             _ => None,
         };
-        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(Running {
+        *lock(&self.running) = Some(Running {
             flow_run_id: info.flow_run_id.clone(),
             source,
             live,
@@ -165,18 +162,10 @@ impl RunnerDashboard {
     /// Before the cluster closes: gives pages their last update, stops the
     /// server and writes the performance report.
     pub(crate) fn stop(&self) {
-        let Some(running) = self
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        else {
+        let Some(running) = lock(&self.running).take() else {
             return;
         };
-        links()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&running.flow_run_id);
+        lock(links()).remove(&running.flow_run_id);
         if let Some(live) = running.live {
             live.model.end();
             drop(live.stop_poller);
@@ -291,10 +280,7 @@ fn serve(
         { flowrun.run = label.as_str() },
         "The dashboard is at {link}"
     );
-    links()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(info.flow_run_id.clone(), link);
+    lock(links()).insert(info.flow_run_id.clone(), link);
     Some(Live {
         model,
         server,

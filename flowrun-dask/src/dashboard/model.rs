@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use flowrun_core::plumbing::lock;
 use flowrun_core::progress::{TaskCounts, TaskRunTally};
 use flowrun_core::Resources;
 use serde_json::{json, Value};
@@ -77,14 +78,14 @@ impl Model {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner)
     }
 
     /// Asks the cluster for its status and new bars. Off the scheduler's
     /// hot path: two messages to it per poll, and only while someone watches.
     pub(crate) fn poll(&self) {
         // Two polls at once would both add the bars after the same position.
-        let _one = self.polling.lock().unwrap_or_else(|p| p.into_inner());
+        let _one = lock(&self.polling);
         let since = self.lock().next;
         let stream = self.source.cluster.task_stream(since);
         let status = self.source.cluster.status();

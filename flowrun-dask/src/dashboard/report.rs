@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use flowrun_core::observe::{RunEvent, RunObserver};
+use flowrun_core::plumbing::lock;
 use flowrun_core::{RunId, StateKind};
 use serde_json::{json, Value};
 
@@ -70,7 +71,7 @@ impl RunObserver for Recorder {
 
 impl Recorder {
     fn lock(&self) -> std::sync::MutexGuard<'_, Recorded> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner)
     }
 
     /// The bars, each on the first free lane of its worker.

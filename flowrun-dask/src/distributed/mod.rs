@@ -29,6 +29,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use flowrun_core::plumbing::lock;
 use flowrun_core::{Resources, TaskCall, TaskError, TaskErrorKind, Work};
 use tokio::sync::{mpsc, oneshot};
 
@@ -265,7 +266,7 @@ impl Cluster for DaskCluster {
         let retries = call.retries();
         let (run, annotations, work) = call.into_parts();
         let job = match work {
-            Work::Remote(job) => job,
+            Work::Serialized(job) => job,
             Work::Local(job) => {
                 job.refuse("a real Dask cluster runs tasks in other processes only");
                 return;
@@ -292,7 +293,7 @@ impl Cluster for DaskCluster {
 
     fn close(&self) {
         {
-            let mut closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+            let mut closed = lock(&self.closed);
             if *closed {
                 return;
             }

@@ -10,6 +10,8 @@
 
 use std::fmt::Write as _;
 
+use flowrun_core::plumbing::level_from_code;
+
 /// Starts a tagged line.
 pub(crate) const TAG: u8 = 0x1e;
 
@@ -86,19 +88,15 @@ pub(crate) fn readable(lines: &[Line]) -> String {
         match line {
             Line::Stdout(t) | Line::Stderr(t) => out.push_str(t),
             Line::Log(level, t) => {
-                let _ = write!(out, "{} {t}", level_name(*level));
+                let _ = write!(out, "{} {t}", level_from_code(*level));
             }
             Line::RunLog(level, run, t) => {
-                let _ = write!(out, "{} {run} - {t}", level_name(*level));
+                let _ = write!(out, "{} {run} - {t}", level_from_code(*level));
             }
         }
         out.push('\n');
     }
     out
-}
-
-fn level_name(level: u8) -> &'static str {
-    ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"][usize::from(level).min(4)]
 }
 
 /// Re-emits a task's lines in the flow, attributed to `run` (as the local
@@ -131,13 +129,7 @@ pub(crate) fn emit(run: &str, lines: &[Line]) {
 
 /// One log line of a task process, attributed to the run `w`.
 fn log(level: u8, w: &str, m: &str) {
-    match level {
-        0 => tracing::error!(target: "flowrun_dask::worker_log", { flowrun.run = w }, "{m}"),
-        1 => tracing::warn!(target: "flowrun_dask::worker_log", { flowrun.run = w }, "{m}"),
-        2 => tracing::info!(target: "flowrun_dask::worker_log", { flowrun.run = w }, "{m}"),
-        3 => tracing::debug!(target: "flowrun_dask::worker_log", { flowrun.run = w }, "{m}"),
-        _ => tracing::trace!(target: "flowrun_dask::worker_log", { flowrun.run = w }, "{m}"),
-    }
+    flowrun_core::run_event!(target: "flowrun_dask::worker_log", level_from_code(level), w, "{m}");
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use flowrun_core::plumbing::lock;
 use serde_json::{json, Map, Value};
 
 use crate::settings::{AdaptKwargs, ClusterKwargs};
@@ -143,7 +144,7 @@ impl std::fmt::Debug for PythonCluster {
 type Tail = Arc<Mutex<VecDeque<String>>>;
 
 fn tail_text(tail: &Tail) -> String {
-    let lines = tail.lock().unwrap_or_else(|p| p.into_inner());
+    let lines = lock(tail);
     if lines.is_empty() {
         String::new()
     } else {
@@ -194,7 +195,7 @@ impl PythonCluster {
                 .spawn(move || {
                     for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                         tracing::debug!(target: "flowrun_dask::cluster", "{class}: {line}");
-                        let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut t = lock(&tail);
                         if t.len() == 20 {
                             t.pop_front();
                         }
@@ -271,15 +272,11 @@ impl PythonCluster {
 
     /// The helper's process id (its process group too), while it runs.
     pub(crate) fn pid(&self) -> Option<u32> {
-        self.child
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(Child::id)
+        lock(&self.child).as_ref().map(Child::id)
     }
 
     fn send(&self, command: &Value) -> bool {
-        let mut stdin = self.stdin.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stdin = lock(&self.stdin);
         match stdin.as_mut() {
             Some(pipe) => pipe
                 .write_all(format!("{command}\n").as_bytes())
@@ -299,8 +296,8 @@ impl PythonCluster {
     /// Closes the cluster, then makes sure nothing it started is left.
     pub(crate) fn close(&self) {
         self.send(&json!({"op": "close"}));
-        self.stdin.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let Some(mut child) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        lock(&self.stdin).take();
+        let Some(mut child) = lock(&self.child).take() else {
             return;
         };
         let pgid = child.id() as libc::pid_t;

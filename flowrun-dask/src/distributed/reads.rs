@@ -14,10 +14,11 @@
 //! before that is seen). A read with nothing else to fetch is one gather.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use flowrun_core::plumbing::{lock, wait};
 use flowrun_core::{TaskError, TaskErrorKind};
 
 use super::block_on;
@@ -66,10 +67,6 @@ struct State {
     last_gather: Option<Instant>,
 }
 
-fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Reads {
     pub(crate) fn new(client: Arc<DaskClient>) -> Arc<Reads> {
         Arc::new(Reads {
@@ -106,7 +103,7 @@ impl Reads {
                     return Ok(value);
                 }
                 if state.inflight.contains(key) {
-                    state = self.arrived.wait(state).unwrap_or_else(|p| p.into_inner());
+                    state = wait(&self.arrived, state);
                     continue;
                 }
                 // Reads that follow each other closely (a loop over results

@@ -25,7 +25,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowrun_core::{Annotations, ArgSlot, RemoteJob, RunRef, TaskError, TaskErrorKind};
+use flowrun_core::plumbing::lock;
+use flowrun_core::{Annotations, ArgSlot, RunRef, SerializedJob, TaskError, TaskErrorKind};
 use tokio::sync::{mpsc, oneshot};
 
 use super::format::{self, TaskHeader, INPUT_VERSION};
@@ -48,7 +49,7 @@ pub(crate) struct Attempt {
     pub run: RunRef,
     pub retries: u32,
     pub annotations: Annotations,
-    pub job: RemoteJob,
+    pub job: SerializedJob,
 }
 
 pub(crate) enum Command {
@@ -111,7 +112,7 @@ struct Entry {
     /// The run's id (`RunId::get`).
     run_id: u64,
     run_name: String,
-    job: Option<RemoteJob>,
+    job: Option<SerializedJob>,
     upstreams: Vec<String>,
     dependents: Vec<String>,
     status: Status,
@@ -462,7 +463,7 @@ impl Session {
             .name("flowrun-dask-upstream".into())
             .spawn(move || {
                 upstream.wait();
-                let Some(attempt) = waiting.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+                let Some(attempt) = lock(&waiting).take() else {
                     return;
                 };
                 let command = Command::Submit(Box::new(attempt));
@@ -475,7 +476,7 @@ impl Session {
                 }
             });
         if let Err(e) = spawned {
-            if let Some(attempt) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            if let Some(attempt) = lock(&slot).take() {
                 attempt.job.finish(Err(TaskError::new(
                     TaskErrorKind::Runner,
                     format!("cannot wait for its upstream run: {e}"),

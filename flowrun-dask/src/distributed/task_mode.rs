@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use flowrun_core::plumbing::{level_code, lock, EventFields};
 use tracing::level_filters::LevelFilter;
 
 use super::format::{
@@ -73,7 +74,7 @@ pub(crate) struct DaskTask {
 type Replies = Arc<Mutex<File>>;
 
 fn send_raw(replies: &Replies, bytes: &[u8]) -> std::io::Result<()> {
-    let mut out = replies.lock().unwrap_or_else(|p| p.into_inner());
+    let mut out = lock(replies);
     out.write_all(bytes)?;
     out.flush()
 }
@@ -83,7 +84,7 @@ fn send_reply(replies: &Replies, kind: u8, payload: &[u8]) -> std::io::Result<()
     let mut head = [0u8; 9];
     head[0] = kind;
     head[1..].copy_from_slice(&(payload.len() as u64).to_le_bytes());
-    let mut out = replies.lock().unwrap_or_else(|p| p.into_inner());
+    let mut out = lock(replies);
     out.write_all(&head)?;
     out.write_all(payload)?;
     out.flush()
@@ -107,11 +108,12 @@ impl DaskTask {
         let control = std::env::var(format::CONTROL_ENV)
             .ok()
             .and_then(|fd| fd.parse::<RawFd>().ok())
-            // SAFETY: F_SETFD on an fd number only changes that fd's flags
-            // (or fails if it is not open); it keeps the pipe away from
-            // programs the task starts.
+            // Close-on-exec keeps the pipe away from programs the task starts.
             .filter(|&fd| {
-                fd > 2 && unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == 0
+                fd > 2
+                    // SAFETY: F_SETFD on an fd number only changes that fd's
+                    // flags (or fails if it is not open).
+                    && unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == 0
             })
             // SAFETY: the runner passed this fd to this process only; it is
             // owned by the File from here on.
@@ -162,11 +164,7 @@ impl DaskTask {
             }
             return;
         }
-        let control = self
-            .control
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let control = lock(&self.control).take();
         if let Some(mut control) = control {
             let _ = control.write_all(b"secede\n");
         }
@@ -420,10 +418,6 @@ fn run_input(input: &[u8]) -> Result<Vec<u8>, Failure> {
     })
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 static TASK_THREAD: Mutex<Option<std::thread::ThreadId>> = Mutex::new(None);
 static PANIC_AT: Mutex<Option<String>> = Mutex::new(None);
 
@@ -567,18 +561,12 @@ struct Forward {
 
 impl Forward {
     fn write(&self, event: &tracing::Event<'_>) {
-        let mut message = Message::default();
-        event.record(&mut message);
-        let level = match *event.metadata().level() {
-            tracing::Level::ERROR => 0,
-            tracing::Level::WARN => 1,
-            tracing::Level::INFO => 2,
-            tracing::Level::DEBUG => 3,
-            tracing::Level::TRACE => 4,
-        };
+        let fields = EventFields::of(event);
+        let text = fields.message + &fields.rest;
+        let level = level_code(*event.metadata().level());
         let mut bytes = Vec::new();
-        for text in message.text.lines() {
-            let line = match &message.run {
+        for text in text.lines() {
+            let line = match &fields.run {
                 // A run of its own (one the task submitted): its label
                 // goes along, so the flow does not credit the task with it.
                 Some(run) if Some(run.as_str()) != current_run().as_deref() => {
@@ -588,7 +576,7 @@ impl Forward {
             };
             bytes.extend(output::encode(&line));
         }
-        let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sink = lock(&self.sink);
         let _ = sink.write_all(&bytes);
     }
 }
@@ -617,40 +605,6 @@ impl tracing::Subscriber for Forward {
     fn enter(&self, _: &tracing::span::Id) {}
 
     fn exit(&self, _: &tracing::span::Id) {}
-}
-
-#[derive(Default)]
-struct Message {
-    text: String,
-    /// The run the event names itself as about (`flowrun.run`).
-    run: Option<String>,
-}
-
-impl tracing::field::Visit for Message {
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        use std::fmt::Write as _;
-        match field.name() {
-            "message" => self.text.push_str(value),
-            "flowrun.run" => self.run = Some(value.to_owned()),
-            name => {
-                let _ = write!(self.text, " {name}={value}");
-            }
-        }
-    }
-
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        use std::fmt::Write as _;
-        match field.name() {
-            "message" => {
-                let _ = write!(self.text, "{value:?}");
-            }
-            "flowrun.run" => self.run = Some(format!("{value:?}").trim_matches('"').to_owned()),
-            name if name.starts_with("log.") => {}
-            name => {
-                let _ = write!(self.text, " {name}={value:?}");
-            }
-        }
-    }
 }
 
 /// The label of the task run this process runs now (`Task run 'name'`).

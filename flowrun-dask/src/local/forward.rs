@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::Sender;
-use flowrun_core::{ArgSlot, Execution, RemoteJob, RunRef, Scope, TaskCall, TaskRunner, Work};
+use flowrun_core::{ArgSlot, Execution, RunRef, Scope, SerializedJob, TaskCall, TaskRunner, Work};
 use serde_bytes::ByteBuf;
 
 use super::wire::{Submission, WireError};
@@ -23,7 +23,7 @@ use super::worker::Outgoing;
 pub(crate) struct Link {
     out: Sender<Outgoing>,
     next: AtomicU64,
-    pending: Mutex<HashMap<u64, RemoteJob>>,
+    pending: Mutex<HashMap<u64, SerializedJob>>,
     name: String,
 }
 
@@ -57,7 +57,7 @@ impl Link {
 
     /// The scheduler is gone: nothing submitted will come back.
     pub(crate) fn fail_all(&self, why: &str) {
-        let jobs: Vec<RemoteJob> = self
+        let jobs: Vec<SerializedJob> = self
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -85,7 +85,7 @@ impl TaskRunner for Forwarding {
     }
 
     fn execution(&self) -> Execution {
-        Execution::Remote
+        Execution::Serialized
     }
 
     fn handles_retries(&self) -> bool {
@@ -96,7 +96,7 @@ impl TaskRunner for Forwarding {
     fn submit(&self, call: TaskCall) {
         let (run, annotations, work) = call.into_parts();
         let job = match work {
-            Work::Remote(job) => job,
+            Work::Serialized(job) => job,
             Work::Local(job) => {
                 job.refuse("a worker forwards serialized calls only");
                 return;

@@ -204,7 +204,7 @@ impl LocalCluster {
     pub fn submit(&self, call: TaskCall) {
         let (run, annotations, work) = call.into_parts();
         let job = match work {
-            flowrun_core::Work::Remote(job) => job,
+            flowrun_core::Work::Serialized(job) => job,
             flowrun_core::Work::Local(job) => {
                 job.refuse("DaskTaskRunner runs serialized calls only");
                 return;

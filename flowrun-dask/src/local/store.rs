@@ -52,7 +52,7 @@ const PREFIX: &str = "flowrun-store-";
 
 /// A result or argument as it crosses a connection.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Payload {
+pub(crate) enum Payload {
     /// The encoded value.
     Inline(ByteBuf),
     /// The encoded value is a file of the cluster's store.
@@ -68,7 +68,7 @@ enum PayloadOut<'a> {
 
 /// Names a stored value: which store, which file, how long it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredRef {
+pub(crate) struct StoredRef {
     /// The store's id (each cluster's store has its own).
     pub store: u64,
     /// The worker that wrote it.

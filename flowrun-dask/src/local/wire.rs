@@ -8,11 +8,11 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of this message set; both sides must agree.
-pub const PROTOCOL: u32 = 1;
+pub(super) const PROTOCOL: u32 = 1;
 
 /// One task for a worker to run, as the worker reads it.
 #[derive(Debug, Clone, Deserialize)]
-pub struct Assignment {
+pub(super) struct Assignment {
     pub id: u64,
     pub key: String,
     /// The task's name; the run's name is `<name>-<index>`.
@@ -29,7 +29,7 @@ pub struct Assignment {
 impl Assignment {
     /// The run's name, such as `shout-3` (formatted here, not by the
     /// scheduler, whose thread is the cluster's busiest).
-    pub fn run_name(&self) -> String {
+    pub(super) fn run_name(&self) -> String {
         match &self.run_name {
             Some(name) => name.clone(),
             None => format!("{}-{}", self.name, self.index),
@@ -40,7 +40,7 @@ impl Assignment {
 /// One task for a worker to run, as the scheduler sends it: the same fields
 /// as [`Assignment`], sharing the argument bytes instead of copying them.
 #[derive(Debug, Serialize)]
-pub struct AssignmentOut {
+pub(super) struct AssignmentOut {
     pub id: u64,
     pub key: &'static str,
     pub name: std::sync::Arc<str>,
@@ -79,7 +79,7 @@ fn shared_args<S: serde::Serializer>(
 
 /// Why a task failed, as it crosses the connection.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WireError {
+pub(crate) struct WireError {
     pub panic: bool,
     pub message: String,
     /// Set for failures other than the task's own error or panic.
@@ -88,7 +88,7 @@ pub struct WireError {
 
 /// The kinds of failure besides a task's own error or panic.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum WireKind {
+pub(crate) enum WireKind {
     TimedOut,
     UpstreamFailed(String),
     Crashed,
@@ -99,7 +99,7 @@ pub enum WireKind {
 }
 
 impl WireError {
-    pub fn from_task_error(e: &flowrun_core::TaskError) -> WireError {
+    pub(crate) fn from_task_error(e: &flowrun_core::TaskError) -> WireError {
         use flowrun_core::TaskErrorKind as K;
         let kind = match e.kind() {
             K::Error | K::Panic => None,
@@ -118,7 +118,7 @@ impl WireError {
         }
     }
 
-    pub fn into_task_error(self) -> flowrun_core::TaskError {
+    pub(crate) fn into_task_error(self) -> flowrun_core::TaskError {
         use flowrun_core::TaskErrorKind as K;
         let kind = match self.kind {
             None if self.panic => K::Panic,
@@ -137,7 +137,7 @@ impl WireError {
 
 /// A task a task running on a worker submits to the cluster.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Submission {
+pub(crate) struct Submission {
     /// The worker's id for it.
     pub id: u64,
     pub key: String,
@@ -148,7 +148,7 @@ pub struct Submission {
 
 /// A task a worker started.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Start {
+pub(crate) struct Start {
     pub id: u64,
     /// Which of the worker's executor threads runs it.
     pub thread: u32,
@@ -158,7 +158,7 @@ pub struct Start {
 
 /// A finished task.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Completion {
+pub(crate) struct Completion {
     pub id: u64,
     /// The encoded result, inline or in the cluster's result store.
     pub result: Result<super::store::Payload, WireError>,
@@ -167,7 +167,7 @@ pub struct Completion {
 
 /// A line a task printed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct OutputLine {
+pub(crate) struct OutputLine {
     /// The runs executing when it was printed.
     pub runs: Vec<String>,
     pub stderr: bool,
@@ -176,7 +176,7 @@ pub struct OutputLine {
 
 /// A log event a task emitted.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LogLine {
+pub(crate) struct LogLine {
     pub run: Option<String>,
     /// 0 error, 1 warn, 2 info, 3 debug, 4 trace.
     pub level: u8,
@@ -184,12 +184,12 @@ pub struct LogLine {
 }
 
 /// What the flow's side sends to a worker.
-pub type ToWorkerOut = ToWorker<AssignmentOut>;
+pub(super) type ToWorkerOut = ToWorker<AssignmentOut>;
 
 /// Scheduler to worker. `A` is [`AssignmentOut`] on the sending side and
 /// [`Assignment`] on the receiving side; both encode the same.
 #[derive(Debug, Serialize, Deserialize)]
-pub enum ToWorker<A = Assignment> {
+pub(super) enum ToWorker<A = Assignment> {
     Challenge {
         nonce: [u8; 32],
         build: String,
@@ -209,7 +209,7 @@ pub enum ToWorker<A = Assignment> {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub enum ToScheduler {
+pub(super) enum ToScheduler {
     Hello {
         worker: u32,
         pid: u32,

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use flowrun_core::plumbing::lock;
 use rmpv::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -16,7 +17,7 @@ use super::graph::{update_graph_messages, SubprocessTask};
 use super::msg::{self, get, get_str, key_string, str_array, Incoming, OutMessage};
 use super::payload::decode_bytes;
 use super::stream::{
-    dispatch, event_channel, lock, reader_loop, writer_loop, EventReceiver, Outgoing, Shared,
+    dispatch, event_channel, reader_loop, writer_loop, EventReceiver, Outgoing, Shared,
 };
 use super::tls::Security;
 use super::version;

@@ -12,6 +12,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
+use flowrun_core::plumbing::lock;
 use rmpv::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -123,14 +124,6 @@ impl Shared {
     pub(crate) fn closed_reason(&self) -> Option<String> {
         lock(&self.closed).clone()
     }
-}
-
-/// Locks a mutex, ignoring poisoning: the data are plain sets and strings
-/// that a panicking holder cannot leave half-updated in a harmful way.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Keeps one stream message (and thus one frame 0) to a reasonable size.

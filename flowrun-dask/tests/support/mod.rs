@@ -24,7 +24,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The default Dask release the tests run against.
-pub const DEFAULT_DASK_VERSION: &str = "2026.8.0";
+pub(crate) const DEFAULT_DASK_VERSION: &str = "2026.8.0";
 
 /// How long a cluster may take to come up. Starting three Python processes
 /// on two loaded cores has been seen to take 13 s; allow far more.
@@ -34,7 +34,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(180);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// The Dask version selected for this test run.
-pub fn dask_version() -> String {
+pub(crate) fn dask_version() -> String {
     std::env::var("FLOWRUN_DASK_VERSION")
         .ok()
         .filter(|v| !v.trim().is_empty())
@@ -67,7 +67,7 @@ fn venv_dir() -> PathBuf {
 /// The `bin` directory of a venv with `distributed==version`, installing it
 /// if needed. Installs are cached per process and, through the script's lock
 /// file, shared between processes.
-pub fn venv_bin(version: &str) -> PathBuf {
+pub(crate) fn venv_bin(version: &str) -> PathBuf {
     static CACHE: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
     let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
     let cache = cache.get_or_insert_with(HashMap::new);
@@ -107,7 +107,7 @@ pub fn venv_bin(version: &str) -> PathBuf {
 
 /// How to start one worker.
 #[derive(Debug, Clone)]
-pub struct WorkerSpec {
+pub(crate) struct WorkerSpec {
     /// Threads, i.e. tasks run at once.
     pub nthreads: u32,
     /// `--resources`, e.g. `"GPU=1"`.
@@ -116,7 +116,7 @@ pub struct WorkerSpec {
 
 impl WorkerSpec {
     /// A worker with `nthreads` threads and no resources.
-    pub fn threads(nthreads: u32) -> Self {
+    pub(crate) fn threads(nthreads: u32) -> Self {
         WorkerSpec {
             nthreads,
             resources: None,
@@ -124,7 +124,7 @@ impl WorkerSpec {
     }
 
     /// Adds `--resources`.
-    pub fn with_resources(mut self, resources: &str) -> Self {
+    pub(crate) fn with_resources(mut self, resources: &str) -> Self {
         self.resources = Some(resources.to_string());
         self
     }
@@ -149,7 +149,7 @@ impl Proc {
 }
 
 /// A running cluster; stopped on drop.
-pub struct Cluster {
+pub(crate) struct Cluster {
     /// The scheduler address, `tcp://127.0.0.1:<port>`.
     pub address: String,
     /// The `distributed` version it runs.
@@ -205,7 +205,7 @@ fn spawn(bin: &Path, args: &[String], dir: &Path, name: &str) -> Proc {
 }
 
 /// Whether a process with this PID exists and is not a zombie.
-pub fn pid_alive(pid: u32) -> bool {
+pub(crate) fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name.
         Ok(stat) => stat
@@ -216,7 +216,7 @@ pub fn pid_alive(pid: u32) -> bool {
 }
 
 /// Whether any process of this process group is still running.
-pub fn group_alive(pgid: u32) -> bool {
+pub(crate) fn group_alive(pgid: u32) -> bool {
     // SAFETY: kill with signal 0 only checks for existence.
     unsafe { libc::kill(-(pgid as libc::pid_t), 0) == 0 }
 }
@@ -260,18 +260,18 @@ fn stop_all(procs: &mut [&mut Proc]) {
 impl Cluster {
     /// Starts a scheduler and the workers with the selected Dask version, and
     /// waits until every worker is registered.
-    pub fn start(workers: &[WorkerSpec]) -> Cluster {
+    pub(crate) fn start(workers: &[WorkerSpec]) -> Cluster {
         Cluster::start_version(&dask_version(), workers)
     }
 
     /// Like [`Cluster::start`] with an explicit Dask version.
-    pub fn start_version(version: &str, workers: &[WorkerSpec]) -> Cluster {
+    pub(crate) fn start_version(version: &str, workers: &[WorkerSpec]) -> Cluster {
         Cluster::start_with(version, workers, &[])
     }
 
     /// Like [`Cluster::start_version`], with `extra` arguments for the
     /// scheduler and every worker (for example TLS settings).
-    pub fn start_with(version: &str, workers: &[WorkerSpec], extra: &[String]) -> Cluster {
+    pub(crate) fn start_with(version: &str, workers: &[WorkerSpec], extra: &[String]) -> Cluster {
         let bin = venv_bin(version);
         let dir = tempfile::Builder::new()
             .prefix("flowrun-dask-test-")
@@ -323,7 +323,7 @@ impl Cluster {
     }
 
     /// Starts one more worker, named `w<n>`, and waits until it registered.
-    pub fn add_worker(&mut self, spec: WorkerSpec) {
+    pub(crate) fn add_worker(&mut self, spec: WorkerSpec) {
         self.spawn_worker(&spec);
         self.wait_worker(self.workers.len() - 1, Instant::now() + START_TIMEOUT);
     }
@@ -397,7 +397,7 @@ impl Cluster {
     }
 
     /// All logs, for failure messages.
-    pub fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         std::iter::once(&self.scheduler)
             .chain(&self.workers)
             .map(|p| format!("----- {} log -----\n{}", p.name, read(&p.log)))
@@ -406,39 +406,39 @@ impl Cluster {
     }
 
     /// The scheduler's log so far.
-    pub fn scheduler_log(&self) -> String {
+    pub(crate) fn scheduler_log(&self) -> String {
         read(&self.scheduler.log)
     }
 
     /// A private directory for the test's own files (markers, outputs).
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         self.dir.path()
     }
 
     /// The scheduler's PID.
-    pub fn scheduler_pid(&self) -> u32 {
+    pub(crate) fn scheduler_pid(&self) -> u32 {
         self.scheduler.pid()
     }
 
     /// The worker PIDs, in the order of the specs.
-    pub fn worker_pids(&self) -> Vec<u32> {
+    pub(crate) fn worker_pids(&self) -> Vec<u32> {
         self.workers.iter().map(Proc::pid).collect()
     }
 
     /// The address of worker `i`.
-    pub fn worker_address(&self, i: usize) -> &str {
+    pub(crate) fn worker_address(&self, i: usize) -> &str {
         self.workers[i].address.as_deref().unwrap_or_default()
     }
 
     /// Every PID this cluster started.
-    pub fn pids(&self) -> Vec<u32> {
+    pub(crate) fn pids(&self) -> Vec<u32> {
         std::iter::once(self.scheduler_pid())
             .chain(self.worker_pids())
             .collect()
     }
 
     /// Kills worker `i` with SIGKILL (no chance to say goodbye) and reaps it.
-    pub fn kill_worker(&mut self, i: usize) {
+    pub(crate) fn kill_worker(&mut self, i: usize) {
         let worker = &mut self.workers[i];
         let _ = worker.child.kill();
         let _ = worker.child.wait();
@@ -446,7 +446,7 @@ impl Cluster {
 
     /// Stops everything: workers first, so they do not linger trying to
     /// reach a scheduler that is gone.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let mut workers: Vec<&mut Proc> = self.workers.iter_mut().collect();
         stop_all(&mut workers);
         stop_all(&mut [&mut self.scheduler]);
@@ -465,7 +465,7 @@ impl Drop for Cluster {
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, or panics after `timeout`.
-pub fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = f() {

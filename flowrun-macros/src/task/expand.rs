@@ -232,7 +232,7 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
                     static SUPPORT: #fr::OnceLock<&'static (dyn ::core::any::Any + ::core::marker::Send + ::core::marker::Sync)> = #fr::OnceLock::new();
                     let __flowrun_support = *SUPPORT.get_or_init(|| ::std::boxed::Box::leak(::std::boxed::Box::new({
                         #[allow(unused_imports)]
-                        use #fr::{CloneNo as _, CloneYes as _, CodecNo as _, CodecYes as _, RemoteNo as _, RemoteYes as _};
+                        use #fr::{CloneNo as _, CloneYes as _, CodecNo as _, CodecYes as _, SerializedNo as _, SerializedYes as _};
                         #fr::TaskSupport::new(
                             (&#fr::Probe::<(#(#tys,)*)>::new()).cloner(),
                             (&#fr::Probe::<#output>::new()).cloner(),

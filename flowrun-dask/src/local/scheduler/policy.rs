@@ -93,7 +93,7 @@ pub(crate) struct Adapt {
 
 impl Adapt {
     /// `n` within the bounds.
-    pub fn clamp(&self, n: usize) -> usize {
+    pub(crate) fn clamp(&self, n: usize) -> usize {
         n.max(self.minimum).min(self.maximum.unwrap_or(usize::MAX))
     }
 }

@@ -40,7 +40,7 @@ pub(crate) struct ReadyQueue {
 
 impl ReadyQueue {
     /// Queues task `id`; returns its group.
-    pub fn push(&mut self, rank: Rank, id: u64, needs: Option<&Resources>) -> GroupId {
+    pub(super) fn push(&mut self, rank: Rank, id: u64, needs: Option<&Resources>) -> GroupId {
         let Some(needs) = needs else {
             self.plain.push((rank, id));
             return PLAIN;
@@ -74,13 +74,13 @@ impl ReadyQueue {
     }
 
     /// The most urgent task that needs nothing.
-    pub fn plain_head(&self) -> Option<(Rank, u64)> {
+    pub(super) fn plain_head(&self) -> Option<(Rank, u64)> {
         self.plain.peek().copied()
     }
 
     /// The most urgent resource group's head strictly below `below` (all of
     /// them when `None`).
-    pub fn resource_head(&self, below: Option<&Head>) -> Option<Head> {
+    pub(super) fn resource_head(&self, below: Option<&Head>) -> Option<Head> {
         match below {
             None => self.heads.last().copied(),
             Some(b) => self.heads.range(..*b).next_back().copied(),
@@ -88,12 +88,12 @@ impl ReadyQueue {
     }
 
     /// What the tasks of resource group `g` need.
-    pub fn needs(&self, g: GroupId) -> &Resources {
+    pub(super) fn needs(&self, g: GroupId) -> &Resources {
         &self.groups[g].needs
     }
 
     /// Takes the head of group `g`; an emptied resource group is removed.
-    pub fn pop(&mut self, g: GroupId) -> Option<u64> {
+    pub(super) fn pop(&mut self, g: GroupId) -> Option<u64> {
         if g == PLAIN {
             return self.plain.pop().map(|(_, id)| id);
         }
@@ -114,11 +114,11 @@ impl ReadyQueue {
 
     /// How many resource groups exist (empty ones never do).
     #[cfg(test)]
-    pub fn resource_groups(&self) -> usize {
+    pub(super) fn resource_groups(&self) -> usize {
         self.groups.len()
     }
 
-    pub fn clear(&mut self) {
+    pub(super) fn clear(&mut self) {
         *self = ReadyQueue::default();
     }
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use crossbeam_channel::Sender;
-use flowrun_core::{ArgSlot, RemoteJob, Resources, RunRef, TaskError};
+use flowrun_core::{ArgSlot, Resources, RunRef, SerializedJob, TaskError};
 use rustc_hash::FxHashSet;
 
 use super::super::wire::{AssignmentOut, ToWorkerOut};
@@ -41,11 +41,11 @@ pub(crate) trait Attempt: Send + 'static {
 /// An attempt the flow handed to the local cluster.
 pub(crate) struct Call {
     run: RunRef,
-    job: RemoteJob,
+    job: SerializedJob,
 }
 
 impl Call {
-    pub(crate) fn new(run: RunRef, job: RemoteJob) -> Call {
+    pub(crate) fn new(run: RunRef, job: SerializedJob) -> Call {
         Call { run, job }
     }
 }
@@ -127,7 +127,7 @@ pub(crate) struct Task<A> {
 
 impl<A> Task<A> {
     /// The worker that owns it, if any.
-    pub fn owner(&self) -> Option<u32> {
+    pub(super) fn owner(&self) -> Option<u32> {
         match self.state {
             TaskState::Assigned { worker } | TaskState::Running { worker } => Some(worker),
             TaskState::Queued | TaskState::NoWorker => None,
@@ -136,12 +136,12 @@ impl<A> Task<A> {
 
     /// Whether `worker` owns it now: the check every worker message passes.
     /// Worker ids are never reused, so the owner names the placement.
-    pub fn owned_by(&self, worker: u32) -> bool {
+    pub(super) fn owned_by(&self, worker: u32) -> bool {
         self.owner() == Some(worker)
     }
 
     /// `Queued -> Assigned`.
-    pub fn assign(&mut self, worker: u32) {
+    pub(super) fn assign(&mut self, worker: u32) {
         debug_assert_eq!(
             self.state,
             TaskState::Queued,
@@ -152,7 +152,7 @@ impl<A> Task<A> {
     }
 
     /// `Assigned -> Running`, if `worker` owns it and it has not started.
-    pub fn start(&mut self, worker: u32, thread: u32, at_us: u64) -> bool {
+    pub(super) fn start(&mut self, worker: u32, thread: u32, at_us: u64) -> bool {
         if self.state != (TaskState::Assigned { worker }) {
             return false;
         }
@@ -162,7 +162,7 @@ impl<A> Task<A> {
     }
 
     /// `Assigned | Running -> Queued`: its worker is gone.
-    pub fn requeue(&mut self) {
+    pub(super) fn requeue(&mut self) {
         debug_assert!(self.owner().is_some(), "requeueing a task no worker holds");
         self.state = TaskState::Queued;
         self.started = None;
@@ -188,7 +188,7 @@ impl<A> Default for TaskTable<A> {
 
 impl<A> TaskTable<A> {
     /// The id the next inserted task gets.
-    pub fn next_id(&mut self) -> u64 {
+    pub(super) fn next_id(&mut self) -> u64 {
         self.generation = self.generation.wrapping_add(1);
         (u64::from(self.generation) << 32) | self.slab.vacant_key() as u64
     }
@@ -197,35 +197,35 @@ impl<A> TaskTable<A> {
         (id & 0xffff_ffff) as usize
     }
 
-    pub fn insert(&mut self, id: u64, task: Task<A>) {
+    pub(super) fn insert(&mut self, id: u64, task: Task<A>) {
         debug_assert_eq!(self.slab.vacant_key(), Self::slot(id));
         self.slab.insert((id, task));
     }
 
-    pub fn get(&self, id: u64) -> Option<&Task<A>> {
+    pub(super) fn get(&self, id: u64) -> Option<&Task<A>> {
         self.slab
             .get(Self::slot(id))
             .filter(|(i, _)| *i == id)
             .map(|(_, t)| t)
     }
 
-    pub fn get_mut(&mut self, id: u64) -> Option<&mut Task<A>> {
+    pub(super) fn get_mut(&mut self, id: u64) -> Option<&mut Task<A>> {
         self.slab
             .get_mut(Self::slot(id))
             .filter(|(i, _)| *i == id)
             .map(|(_, t)| t)
     }
 
-    pub fn remove(&mut self, id: u64) -> Option<Task<A>> {
+    pub(super) fn remove(&mut self, id: u64) -> Option<Task<A>> {
         self.get(id)?;
         Some(self.slab.remove(Self::slot(id)).1)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (u64, &Task<A>)> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = (u64, &Task<A>)> {
         self.slab.iter().map(|(_, (id, t))| (*id, t))
     }
 
-    pub fn drain(&mut self) -> impl Iterator<Item = (u64, Task<A>)> + '_ {
+    pub(super) fn drain(&mut self) -> impl Iterator<Item = (u64, Task<A>)> + '_ {
         self.slab.drain()
     }
 }
@@ -263,7 +263,12 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub fn new(name: Arc<str>, nthreads: usize, resources: Resources, now: Instant) -> Worker {
+    pub(super) fn new(
+        name: Arc<str>,
+        nthreads: usize,
+        resources: Resources,
+        now: Instant,
+    ) -> Worker {
         Worker {
             name,
             state: WState::Starting,
@@ -282,12 +287,12 @@ impl Worker {
     }
 
     /// Counts toward the cluster's size (not leaving, not dead).
-    pub fn alive(&self) -> bool {
+    pub(super) fn alive(&self) -> bool {
         matches!(self.state, WState::Starting | WState::Running)
     }
 
     /// Takes `needs` out of its free resources.
-    pub fn acquire(&mut self, needs: &Resources) {
+    pub(super) fn acquire(&mut self, needs: &Resources) {
         for (k, v) in needs.iter() {
             let have = self.free.get(k).unwrap_or(0.0);
             self.free.insert(k, have - v);
@@ -295,7 +300,7 @@ impl Worker {
     }
 
     /// Gives `needs` back.
-    pub fn release(&mut self, needs: &Resources) {
+    pub(super) fn release(&mut self, needs: &Resources) {
         for (k, v) in needs.iter() {
             let have = self.free.get(k).unwrap_or(0.0);
             self.free.insert(k, have + v);

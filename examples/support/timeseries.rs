@@ -1,18 +1,8 @@
-//! A small partitioned collection, for the usage guide's second example: a
-//! synthetic timeseries whose partitions are built on the workers, summarised
-//! there, and combined into a `describe()`-like table (count, mean, std,
-//! min, quartiles, max) as pandas and Dask print it.
-//!
-//! ```no_run
-//! use flowrun_dask::collection::Timeseries;
-//! use flowrun_dask::get_dask_client;
-//!
-//! let client = get_dask_client().unwrap();
-//! // One row per second of 2000, one partition per 4 weeks.
-//! let df = Timeseries::new("2000-01-01", "2001-01-01").unwrap().partition_days(28).freq_seconds(1);
-//! let summary = df.describe(&client).unwrap();
-//! println!("{summary}");
-//! ```
+//! A small partitioned collection for the usage guide's second example
+//! (shared by `dask_client` and `async_dask_client`): a synthetic timeseries
+//! whose partitions are built on the workers, summarised there, and combined
+//! into a `describe()`-like table (count, mean, std, min, quartiles, max) as
+//! pandas and Dask print it.
 //!
 //! Only the per-partition statistics travel back to the caller; the rows
 //! never leave the worker that generated them. Quartiles come from merged
@@ -20,11 +10,9 @@
 
 use std::fmt;
 
-use flowrun_core::TaskError;
-use flowrun_macros::task;
+use flowrun::{task, TaskError};
+use flowrun_dask::Client;
 use serde::{Deserialize, Serialize};
-
-use crate::client::Client;
 
 /// Days since 1970-01-01 of a `YYYY-MM-DD` date.
 fn days_from_civil(date: &str) -> Result<i64, String> {
@@ -54,7 +42,7 @@ fn days_from_civil(date: &str) -> Result<i64, String> {
 /// `freq` between two dates, with an integer column `id` (around 1000) and
 /// two uniform columns `x`, `y` in [-1, 1), split into partitions.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Timeseries {
+pub(crate) struct Timeseries {
     start_s: i64,
     end_s: i64,
     partition_s: i64,
@@ -65,7 +53,7 @@ pub struct Timeseries {
 impl Timeseries {
     /// Rows from `start` (inclusive) to `end` (exclusive), `YYYY-MM-DD`;
     /// by default one row per second and one partition per 4 weeks.
-    pub fn new(start: &str, end: &str) -> Result<Timeseries, String> {
+    pub(crate) fn new(start: &str, end: &str) -> Result<Timeseries, String> {
         let start_s = days_from_civil(start)? * 86_400;
         let end_s = days_from_civil(end)? * 86_400;
         if end_s <= start_s {
@@ -81,25 +69,19 @@ impl Timeseries {
     }
 
     /// Days per partition (Dask's `partition_freq`).
-    pub fn partition_days(mut self, days: i64) -> Self {
+    pub(crate) fn partition_days(mut self, days: i64) -> Self {
         self.partition_s = days.max(1) * 86_400;
         self
     }
 
     /// Seconds between rows (Dask's `freq`).
-    pub fn freq_seconds(mut self, seconds: i64) -> Self {
+    pub(crate) fn freq_seconds(mut self, seconds: i64) -> Self {
         self.freq_s = seconds.max(1);
         self
     }
 
-    /// The random seed of the synthetic values.
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
-        self
-    }
-
     /// `(start, end)` in seconds since the epoch, one per partition.
-    pub fn partitions(&self) -> Vec<(i64, i64)> {
+    pub(crate) fn partitions(&self) -> Vec<(i64, i64)> {
         let mut out = Vec::new();
         let mut s = self.start_s;
         while s < self.end_s {
@@ -112,7 +94,7 @@ impl Timeseries {
 
     /// Builds and summarises every partition on the cluster, then combines
     /// the summaries.
-    pub fn describe(&self, client: &Client) -> Result<Describe, TaskError> {
+    pub(crate) fn describe(&self, client: &Client) -> Result<Describe, TaskError> {
         let futures = client.map(
             &describe_partition,
             self.partitions()
@@ -127,19 +109,19 @@ impl Timeseries {
 
 /// Statistics of one column of one partition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ColumnStats {
+pub(crate) struct ColumnStats {
     /// Rows.
-    pub count: u64,
+    pub(crate) count: u64,
     /// Mean.
-    pub mean: f64,
+    pub(crate) mean: f64,
     /// Sum of squared deviations from the mean.
-    pub m2: f64,
+    pub(crate) m2: f64,
     /// Smallest value.
-    pub min: f64,
+    pub(crate) min: f64,
     /// Largest value.
-    pub max: f64,
+    pub(crate) max: f64,
     /// The 0th, 1st, ..., 100th percentiles.
-    pub percentiles: Vec<f64>,
+    pub(crate) percentiles: Vec<f64>,
 }
 
 impl ColumnStats {
@@ -174,7 +156,12 @@ impl ColumnStats {
 /// Builds one partition of a [`Timeseries`] and summarises its columns `id`,
 /// `x`, `y`, on the worker that runs it.
 #[task(crate = flowrun_core)]
-pub fn describe_partition(start_s: i64, end_s: i64, freq_s: i64, seed: u64) -> Vec<ColumnStats> {
+pub(crate) fn describe_partition(
+    start_s: i64,
+    end_s: i64,
+    freq_s: i64,
+    seed: u64,
+) -> Vec<ColumnStats> {
     let rows = ((end_s - start_s) / freq_s.max(1)).max(0) as usize;
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut id = Vec::with_capacity(rows);
@@ -196,16 +183,16 @@ pub fn describe_partition(start_s: i64, end_s: i64, freq_s: i64, seed: u64) -> V
 
 /// Summary statistics of the columns of a collection, like `describe()`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Describe {
+pub(crate) struct Describe {
     /// Column names.
-    pub columns: Vec<&'static str>,
+    pub(crate) columns: Vec<&'static str>,
     /// Per column: count, mean, std, min, 25%, 50%, 75%, max.
-    pub stats: Vec<[f64; 8]>,
+    pub(crate) stats: Vec<[f64; 8]>,
 }
 
 impl Describe {
     /// Combines per-partition statistics (each a list of columns).
-    pub fn combine(parts: &[Vec<ColumnStats>]) -> Describe {
+    pub(crate) fn combine(parts: &[Vec<ColumnStats>]) -> Describe {
         let columns = vec!["id", "x", "y"];
         let ncols = parts.first().map_or(0, Vec::len);
         let stats = (0..ncols)
