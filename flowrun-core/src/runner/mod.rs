@@ -97,7 +97,7 @@ impl std::error::Error for RunnerError {}
 ///     fn submit(&self, call: TaskCall) {
 ///         match call.into_work() {
 ///             Work::Local(job) => job.run(),
-///             Work::Remote(job) => job.refuse("Inline runs tasks in this process only"),
+///             Work::Serialized(job) => job.refuse("Inline runs tasks in this process only"),
 ///         }
 ///     }
 /// }
