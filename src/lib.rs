@@ -392,6 +392,9 @@ pub use flowrun_macros::task;
 /// ```
 pub use flowrun_macros::flow;
 
+/// Concurrency limits: tag limits on task runs, named limits held around
+/// code ([`concurrency::concurrency`]) and rate limits.
+pub use flowrun_core::concurrency;
 pub use flowrun_core::{
     allow_failure, as_completed, as_completed_timeout, current_flow_run_id, current_flow_run_name,
     current_task_run, current_task_run_name, get_run_logger, results, runtime, unmapped, wait,

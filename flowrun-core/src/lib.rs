@@ -26,6 +26,7 @@
 //! - [`plumbing`]: helpers shared with runners in other crates.
 #![deny(missing_docs)]
 
+pub mod concurrency;
 mod engine;
 mod exec;
 pub mod external;

@@ -46,7 +46,9 @@ pub fn task(args: TokenStream, item: TokenStream) -> TokenStream {
 ///
 /// Options: `name = "..."`, `description = "..."`,
 /// `task_runner = <expr>` (a bare type path means its `Default`),
-/// `retries = n`, `retry_delay = ...`, `timeout = seconds`, `crate = path`.
+/// `retries = n`, `retry_delay = ...`, `timeout = seconds`, `crate = path`,
+/// `concurrency_limits = [("tag", slots), ...]` (tag limits for the flow's
+/// task runs, see `flowrun::concurrency`).
 #[proc_macro_attribute]
 pub fn flow(args: TokenStream, item: TokenStream) -> TokenStream {
     entry::run::<flow::Flow>(args.into(), item.into()).into()

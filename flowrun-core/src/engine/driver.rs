@@ -59,6 +59,8 @@ struct Driver<T: Task> {
     watchdog: Mutex<Option<TimerHandle>>,
     hooks: Option<Arc<TaskHooks>>,
     retry_condition: Option<RetryCondition>,
+    /// Slots of the run's limited tags; `None` when no tag has a limit.
+    slots: Option<Box<crate::concurrency::tags::RunSlots>>,
 }
 
 /// Submits a run of `T` with `inputs` to the current flow's runner (or, outside
@@ -117,6 +119,13 @@ pub(crate) fn submit_in<T: Task>(
     if !upstreams.is_empty() && flow.observed() {
         flow.emit_submitted(&RunRef(cell.clone()), &upstreams);
     }
+    let slots = {
+        let tags = config
+            .get()
+            .and_then(|o| o.options.tags.as_deref())
+            .unwrap_or(&meta.tags);
+        crate::concurrency::tags::RunSlots::new(&flow, tags)
+    };
     let driver = Arc::new(Driver::<T> {
         meta,
         support,
@@ -135,9 +144,23 @@ pub(crate) fn submit_in<T: Task>(
         watchdog: Mutex::new(None),
         hooks: r.hooks,
         retry_condition: r.retry_condition,
+        slots,
     });
+    if driver.slots.is_some() {
+        // Every way the run ends gives its slots back.
+        let weak = Arc::downgrade(&driver);
+        driver.cell.on_final(Box::new(move || {
+            if let Some(slots) = weak.upgrade().as_ref().and_then(|d| d.slots.as_ref()) {
+                slots.run_final();
+            }
+        }));
+    }
+    // A run that waits for a concurrency slot waits in this process, also
+    // for its upstream runs, so that it holds nothing on a cluster.
     if upstreams.is_empty()
-        || (flow.execution == Execution::SerializedWithDependencies && tolerated.is_empty())
+        || (flow.execution == Execution::SerializedWithDependencies
+            && tolerated.is_empty()
+            && driver.slots.is_none())
     {
         // A runner that wires dependencies itself reports an upstream's
         // failure through the downstream run, which fails in turn. (An
@@ -255,6 +278,36 @@ impl<T: Task> Driver<T> {
         if self.cell.is_final() {
             return;
         }
+        if let Some(slots) = &self.slots {
+            let driver = self.clone();
+            let admitted = slots.admit(&self.cell, attempt, move |permit| {
+                if let Some(slots) = &driver.slots {
+                    if slots.granted(&driver.cell, attempt, permit) {
+                        driver.launch_admitted(attempt);
+                    }
+                }
+            });
+            match admitted {
+                Ok(crate::concurrency::tags::Admit::Go) => {}
+                Ok(crate::concurrency::tags::Admit::Wait) => return,
+                Err(e) => {
+                    self.cell
+                        .fail(TaskError::new(TaskErrorKind::Runner, e.message()));
+                    return;
+                }
+            }
+            if self.cell.is_final() {
+                return;
+            }
+        }
+        self.launch_admitted(attempt);
+    }
+
+    /// Hands `attempt` to the runner (its concurrency slots, if any, held).
+    fn launch_admitted(self: &Arc<Self>, attempt: u32) {
+        if self.cell.is_final() {
+            return;
+        }
         self.attempt.store(attempt, Ordering::Release);
         let work = match &*lock(&self.source) {
             Source::Local(_) => Work::Local(LocalJob(crate::exec::pool::Job {
@@ -303,6 +356,10 @@ impl<T: Task> Driver<T> {
     }
 
     fn run_local(self: &Arc<Self>, attempt: u32, refusal: Option<TaskError>) {
+        // The attempt's slots go back when its code returns (or when it
+        // never runs), not when a timeout settles it: the limit counts code
+        // that runs.
+        let _slots = self.slots.as_deref().map(|s| BodySlots::enter(s, attempt));
         if let Some(e) = refusal {
             self.settle(attempt, Err(e));
             return;
@@ -350,12 +407,23 @@ impl<T: Task> Driver<T> {
             None
         };
         let result = invoke_blocking::<T>(args, async_timeout).and_then(T::outcome);
+        // The code returned: its slots go back before the run is final, so
+        // that whoever waits for the run sees them free.
+        if let Some(slots) = &self.slots {
+            slots.exit_body(attempt);
+        }
         self.settle(attempt, result.map(Done::Value));
     }
 
     /// Accepts the first outcome of the current attempt; later ones (a
     /// timed-out attempt that returned after all) are dropped.
     fn settle(self: &Arc<Self>, attempt: u32, result: Result<Done<T::Output>, TaskError>) {
+        if let Some(slots) = &self.slots {
+            // Elsewhere, an attempt that settled is over for this process.
+            if self.flow.execution != Execution::InProcess {
+                slots.release(attempt);
+            }
+        }
         if attempt != self.attempt.load(Ordering::Acquire) {
             return;
         }
@@ -422,6 +490,26 @@ impl<T: Task> Driver<T> {
 impl<T: Task> crate::exec::pool::Runnable for Driver<T> {
     fn run(self: Arc<Self>, attempt: u32, refusal: Option<TaskError>) {
         self.run_local(attempt, refusal)
+    }
+}
+
+/// Marks an attempt's code as running on this thread; gives its slots back
+/// when dropped.
+struct BodySlots<'a> {
+    slots: &'a crate::concurrency::tags::RunSlots,
+    attempt: u32,
+}
+
+impl<'a> BodySlots<'a> {
+    fn enter(slots: &'a crate::concurrency::tags::RunSlots, attempt: u32) -> BodySlots<'a> {
+        slots.enter_body(attempt);
+        BodySlots { slots, attempt }
+    }
+}
+
+impl Drop for BodySlots<'_> {
+    fn drop(&mut self) {
+        self.slots.exit_body(self.attempt);
     }
 }
 

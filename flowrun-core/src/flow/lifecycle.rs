@@ -35,6 +35,8 @@ struct Started {
     inherited: bool,
     hooks: FlowHooks,
     info: FlowRunInfo,
+    /// The flow run's own concurrency limits, dropped when it ends.
+    _limits: crate::concurrency::ScopeGuard,
 }
 
 fn begin<F: Flow>(
@@ -97,6 +99,7 @@ fn begin<F: Flow>(
     if let Some(p) = parent {
         shared.links.set_parent(p);
     }
+    let limits = crate::concurrency::open_scope(&shared);
     let span = tracing::info_span!("flow_run", run = %shared.name);
     let label = format!("Flow run '{}'", shared.name);
     crate::run_event!(
@@ -183,8 +186,13 @@ fn begin<F: Flow>(
             ))
         }
     }
+    // The flow's own limits win over its runner's (set in `start`).
+    for &(tag, slots) in &meta.concurrency_limits {
+        let _ = crate::concurrency::flow_limits(&info.flow).set_tag_limit(tag, slots);
+    }
     hooks.call(&info, &State::new(StateKind::Running));
     Ok(Started {
+        _limits: limits,
         shared,
         policy,
         timeout,

@@ -18,6 +18,8 @@ pub struct FlowMeta {
     pub(crate) timeout: Option<Duration>,
     pub(crate) config_error: Option<String>,
     pub(crate) hooks: crate::run::hooks::FlowHooks,
+    /// Tag limits for the flow's runs, from `concurrency_limits = [...]`.
+    pub(crate) concurrency_limits: Vec<(&'static str, u32)>,
 }
 
 impl FlowMeta {
@@ -31,6 +33,7 @@ impl FlowMeta {
                 timeout: None,
                 config_error: None,
                 hooks: Default::default(),
+                concurrency_limits: Vec::new(),
             },
         }
     }
@@ -64,6 +67,22 @@ impl FlowMetaBuilder {
     /// `on_cancellation`, `on_running`: the flow's hooks.
     pub fn hooks(mut self, options: FlowOptions) -> Self {
         self.meta.hooks = options.hooks;
+        self
+    }
+
+    /// `concurrency_limits = [("db", 3)]`: at most 3 runs tagged `db` of
+    /// each run of this flow (and its subflows) running at once. A limit of
+    /// 0 makes the flow invalid: it would block those runs forever.
+    pub fn concurrency_limits(mut self, limits: &[(&'static str, u32)]) -> Self {
+        for &(tag, slots) in limits {
+            if slots == 0 && self.meta.config_error.is_none() {
+                self.meta.config_error = Some(format!(
+                    "concurrency_limits: the limit of tag '{tag}' is 0, which would block every \
+                     run tagged '{tag}' forever; allow at least 1 slot or remove it"
+                ));
+            }
+        }
+        self.meta.concurrency_limits = limits.to_vec();
         self
     }
 }

@@ -180,6 +180,18 @@ impl<T: Send + 'static> RunCell<T> {
         message: Option<Arc<str>>,
         attempt: u32,
     ) -> bool {
+        self.transition_named(kind, None, message, attempt)
+    }
+
+    /// [`transition`](Self::transition) to a state with a refining name
+    /// (such as `AwaitingConcurrencySlot`, a Pending state).
+    pub(crate) fn transition_named(
+        self: &Arc<Self>,
+        kind: StateKind,
+        name: Option<&'static str>,
+        message: Option<Arc<str>>,
+        attempt: u32,
+    ) -> bool {
         let wakers;
         {
             let mut s = self.lock();
@@ -187,7 +199,7 @@ impl<T: Send + 'static> RunCell<T> {
                 return false;
             }
             s.kind = kind;
-            s.state_name = None;
+            s.state_name = name;
             s.message = message;
             s.entered = SystemTime::now();
             s.attempt = attempt;

@@ -24,6 +24,8 @@ use crate::task::{AcceptsTask, Task};
 pub struct ThreadPoolTaskRunner {
     max_workers: usize,
     pool: Mutex<Option<Arc<Pool>>>,
+    /// Tag limits for the flow runs it serves.
+    tag_limits: Vec<(String, u32)>,
 }
 
 impl ThreadPoolTaskRunner {
@@ -32,7 +34,17 @@ impl ThreadPoolTaskRunner {
         ThreadPoolTaskRunner {
             max_workers: max_workers.max(1),
             pool: Mutex::new(None),
+            tag_limits: Vec::new(),
         }
+    }
+
+    /// Limits the task runs tagged `tag` of each flow run this runner
+    /// serves to `slots` running at once (see [`crate::concurrency`]). A
+    /// limit the flow sets for the same tag wins; a limit of 0 makes the
+    /// flow run fail to start.
+    pub fn with_tag_limit(mut self, tag: impl Into<String>, slots: u32) -> Self {
+        self.tag_limits.push((tag.into(), slots));
+        self
     }
 
     /// The concurrency limit.
@@ -62,7 +74,10 @@ impl Default for ThreadPoolTaskRunner {
 impl Clone for ThreadPoolTaskRunner {
     /// A runner with the same settings and its own pool.
     fn clone(&self) -> Self {
-        ThreadPoolTaskRunner::new(self.max_workers)
+        ThreadPoolTaskRunner {
+            tag_limits: self.tag_limits.clone(),
+            ..ThreadPoolTaskRunner::new(self.max_workers)
+        }
     }
 }
 
@@ -79,7 +94,13 @@ impl TaskRunner for ThreadPoolTaskRunner {
         "ThreadPoolTaskRunner".into()
     }
 
-    fn start(&self, _flow: &FlowRunInfo) -> Result<(), RunnerError> {
+    fn start(&self, flow: &FlowRunInfo) -> Result<(), RunnerError> {
+        let limits = crate::concurrency::flow_limits(&flow.flow);
+        for (tag, slots) in &self.tag_limits {
+            limits
+                .set_tag_limit(tag, *slots)
+                .map_err(|e| RunnerError::new(e.to_string()))?;
+        }
         self.pool();
         Ok(())
     }

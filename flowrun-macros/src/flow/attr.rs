@@ -20,6 +20,7 @@ pub(crate) const VALID: &[&str] = &[
     "on_cancellation",
     "on_running",
     "flow_run_name",
+    "concurrency_limits",
     "crate",
 ];
 
@@ -36,6 +37,8 @@ pub(crate) enum Runner {
 pub(crate) struct FlowAttr {
     pub(crate) common: Common,
     pub(crate) task_runner: Option<Runner>,
+    /// `concurrency_limits = [("db", 3)]`: tag limits for the flow's runs.
+    pub(crate) concurrency_limits: Vec<(syn::LitStr, syn::LitInt)>,
 }
 
 pub(crate) fn parse(args: TokenStream, cx: &Ctxt) -> FlowAttr {
@@ -43,6 +46,7 @@ pub(crate) fn parse(args: TokenStream, cx: &Ctxt) -> FlowAttr {
     for (name, value) in options::accept(args, VALID, "flow", cx) {
         match name.as_str() {
             "task_runner" => attr.task_runner = runner(value, cx),
+            "concurrency_limits" => attr.concurrency_limits = concurrency_limits(&value, cx),
             _ => {
                 let shared = attr.common.read(&name, &value, cx);
                 debug_assert!(shared, "`accept` passes only the names in VALID");
@@ -79,4 +83,51 @@ fn looks_like_type(p: &ExprPath) -> bool {
         .map(|s| s.ident.to_string())
         .unwrap_or_default();
     last.chars().next().is_some_and(char::is_uppercase) && last.chars().any(char::is_lowercase)
+}
+
+/// `concurrency_limits = [("db", 3), ...]`: tag and slots, as literals so
+/// that a limit of 0 (which would block every run of the tag) is refused
+/// here.
+fn concurrency_limits(value: &Expr, cx: &Ctxt) -> Vec<(syn::LitStr, syn::LitInt)> {
+    const USAGE: &str =
+        "`concurrency_limits` must be a list of (tag, slots) pairs of literals, such as \
+         `concurrency_limits = [(\"db\", 3)]`";
+    let Expr::Array(list) = value else {
+        cx.at(syn::spanned::Spanned::span(value), USAGE);
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for item in &list.elems {
+        let pair = match item {
+            Expr::Tuple(t) if t.elems.len() == 2 => {
+                let lit = |e: &Expr| match e {
+                    Expr::Lit(l) => Some(l.lit.clone()),
+                    _ => None,
+                };
+                match (lit(&t.elems[0]), lit(&t.elems[1])) {
+                    (Some(syn::Lit::Str(tag)), Some(syn::Lit::Int(n))) => Some((tag, n)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let Some((tag, n)) = pair else {
+            cx.at(syn::spanned::Spanned::span(item), USAGE);
+            continue;
+        };
+        match n.base10_parse::<u32>() {
+            Ok(0) => cx.at(
+                n.span(),
+                format!(
+                    "the concurrency limit of tag '{}' is 0, which would block every run tagged \
+                     '{}' forever; allow at least 1 slot or remove it",
+                    tag.value(),
+                    tag.value()
+                ),
+            ),
+            Ok(_) => out.push((tag, n)),
+            Err(e) => cx.at(n.span(), format!("a concurrency limit must be a u32: {e}")),
+        }
+    }
+    out
 }

@@ -84,6 +84,10 @@ pub(crate) fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> Tok
         &attr.common.hooks,
         quote!(#fr::FlowOptions),
     ));
+    if !attr.concurrency_limits.is_empty() {
+        let (tags, slots): (Vec<_>, Vec<_>) = attr.concurrency_limits.iter().cloned().unzip();
+        builder.extend(quote!(.concurrency_limits(&[#((#tags, #slots)),*])));
+    }
     builder.extend(quote!(.build()));
 
     let invoke = if sig.is_async {
