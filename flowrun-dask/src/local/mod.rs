@@ -5,6 +5,7 @@ pub(crate) mod forward;
 mod launch;
 mod output;
 mod scheduler;
+mod slots;
 mod store;
 mod transport;
 mod wire;

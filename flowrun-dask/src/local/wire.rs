@@ -206,6 +206,8 @@ pub(super) enum ToWorker<A = Assignment> {
     /// Drop these tasks if they have not started; each dropped one is
     /// answered with a `Cancelled` completion.
     Cancel(Vec<u64>),
+    /// The answer to a request for concurrency slots (see `slots`).
+    Slots(super::slots::SlotAnswer),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -229,4 +231,6 @@ pub(super) enum ToScheduler {
     Submit(Vec<Submission>),
     /// Submissions whose failures the submitting task read (handled).
     Handled(Vec<u64>),
+    /// Task code takes or gives back concurrency slots (see `slots`).
+    Slots(super::slots::SlotAsk),
 }

@@ -87,6 +87,7 @@ pub(crate) enum Outgoing {
     Rejoin(u64),
     Submit(super::wire::Submission),
     Handled(Vec<u64>),
+    Slots(super::slots::SlotAsk),
 }
 
 /// Tasks by priority then submission order, and whether the queue closed.
@@ -384,6 +385,7 @@ fn send(
                 Outgoing::Rejoin(id) => other.push(ToScheduler::Rejoin(id)),
                 Outgoing::Submit(s) => submits.push(s),
                 Outgoing::Handled(ids) => other.push(ToScheduler::Handled(ids)),
+                Outgoing::Slots(a) => other.push(ToScheduler::Slots(a)),
             }
         }
         let mut batch = Vec::with_capacity(5);
@@ -495,6 +497,9 @@ pub(crate) fn serve(
         .name("flowrun-worker-writer".into())
         .spawn(move || write_loop(writer, out_rx, &writer_link))
         .map_err(|e| e.to_string())?;
+    if process {
+        super::slots::install(out_tx.clone());
+    }
     let logs = if process {
         log_forwarding(out_tx.clone())
     } else {
@@ -538,6 +543,7 @@ pub(crate) fn serve(
                     match m {
                         ToWorker::Run(tasks) => ex.queue.push(tasks),
                         ToWorker::Resolved(batch) => link.resolve(batch),
+                        ToWorker::Slots(a) => super::slots::answer(a),
                         ToWorker::Shutdown => stop = true,
                         ToWorker::Cancel(ids) => {
                             for id in ex.queue.cancel(&ids) {
@@ -565,6 +571,7 @@ pub(crate) fn serve(
     };
     ex.queue.close();
     link.fail_all("the worker lost its scheduler");
+    super::slots::scheduler_gone();
     let _ = std::io::stdout().flush();
     outcome
 }

@@ -110,6 +110,7 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
             self.running_changed(-1);
         }
         self.forwarded.retain(|(worker, _), _| *worker != id);
+        self.slots.worker_gone(id);
         let expected = w.state == WState::Closing || self.closing.is_some();
         if !expected {
             self.deaths += 1;

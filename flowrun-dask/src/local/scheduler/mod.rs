@@ -141,6 +141,8 @@ pub(crate) struct Scheduler<L: Launcher, A: Attempt> {
     to_cancel: rustc_hash::FxHashSet<u64>,
     /// Submissions from workers, by (worker, its id): the flow's run.
     forwarded: HashMap<(u32, u64), flowrun_core::RunRef>,
+    /// Concurrency slots held for workers' task code.
+    slots: super::slots::Leases,
     history: Vec<(std::time::SystemTime, usize)>,
     running_workers: usize,
     stream: std::collections::VecDeque<Bar>,
@@ -179,6 +181,7 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
             flow: None,
             to_cancel: Default::default(),
             forwarded: HashMap::default(),
+            slots: Default::default(),
             history: vec![(std::time::SystemTime::now(), 0)],
             running_workers: 0,
             stream: std::collections::VecDeque::new(),

@@ -231,6 +231,10 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
                     }
                 }
             }
+            ToScheduler::Slots(ask) => {
+                let writer = self.workers.get(&worker).and_then(|w| w.writer.clone());
+                self.slots.ask(worker, ask, self.flow.as_ref(), writer);
+            }
             ToScheduler::Hello { .. } => {}
         }
     }
