@@ -61,6 +61,8 @@ pub struct DaskTaskRunner {
     distributed: DistributedSettings,
     dashboard: crate::dashboard::RunnerDashboard,
     cluster: Mutex<Option<(String, Arc<dyn Cluster>)>>,
+    /// Tag limits for the flow runs it serves (`tag_limit`).
+    tag_limits: Vec<(String, u32)>,
 }
 
 impl Default for DaskTaskRunner {
@@ -81,6 +83,7 @@ impl Clone for DaskTaskRunner {
             distributed: self.distributed.clone(),
             dashboard: self.dashboard.clone(),
             cluster: Mutex::new(None),
+            tag_limits: self.tag_limits.clone(),
         }
     }
 }
@@ -114,7 +117,17 @@ impl DaskTaskRunner {
             distributed: DistributedSettings::default(),
             dashboard: Default::default(),
             cluster: Mutex::new(None),
+            tag_limits: Vec::new(),
         }
+    }
+
+    /// Limits the task runs tagged `tag` of each flow run this runner
+    /// serves to `slots` running at once across every worker of the
+    /// cluster (see `flowrun::concurrency`). A limit the flow sets for the
+    /// same tag wins; a limit of 0 keeps the flow run from starting.
+    pub fn tag_limit(mut self, tag: impl Into<String>, slots: u32) -> Self {
+        self.tag_limits.push((tag.into(), slots));
+        self
     }
 
     /// Runs tasks on the existing cluster whose scheduler is at `address`
@@ -318,6 +331,14 @@ impl TaskRunner for DaskTaskRunner {
     }
 
     fn start(&self, flow: &FlowRunInfo) -> Result<(), RunnerError> {
+        // Slots live in this process: the engine takes them before an
+        // attempt reaches the cluster, so they hold on every kind of cluster.
+        let limits = flowrun_core::concurrency::flow_limits(&flow.flow);
+        for (tag, slots) in &self.tag_limits {
+            limits
+                .set_tag_limit(tag, *slots)
+                .map_err(|e| RunnerError::new(e.to_string()))?;
+        }
         let cluster = self.start_cluster()?;
         let run = format!("Flow run '{}'", flow.flow_run_name);
         if self.address.is_some() {

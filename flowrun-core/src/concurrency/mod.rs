@@ -307,6 +307,26 @@ pub fn set_provider(provider: impl SlotProvider) -> bool {
     PROVIDER.set(Box::new(provider)).is_ok()
 }
 
+/// Makes every slot request of this process fail at once with `why`
+/// ([`ConcurrencyErrorKind::Unavailable`]): for processes that run task
+/// code but cannot reach the flow's limits, which must not run unlimited.
+pub fn set_unavailable(why: &'static str) -> bool {
+    struct Refuse(&'static str);
+    impl SlotProvider for Refuse {
+        fn acquire(&self, name: &str, _: u32, _: SlotKind) -> Result<u64, ConcurrencyError> {
+            Err(ConcurrencyError::new(
+                ConcurrencyErrorKind::Unavailable,
+                format!(
+                    "cannot take a slot of concurrency limit '{name}': {}",
+                    self.0
+                ),
+            ))
+        }
+        fn release(&self, _: u64) {}
+    }
+    set_provider(Refuse(why))
+}
+
 /// Slots held by a [`concurrency`] guard; released when dropped.
 #[must_use = "the slots are released as soon as the guard is dropped"]
 pub struct ConcurrencySlot {

@@ -173,6 +173,11 @@ impl DaskTask {
 
 /// The entry point of a task-mode process.
 fn task_main() -> ! {
+    // Task code here cannot reach the flow's slots (see flowrun::concurrency).
+    flowrun_core::concurrency::set_unavailable(
+        "concurrency guards are not available in task code on a real Dask cluster \
+         (tag limits are: give the task `tags = [...]` and a tag limit)",
+    );
     if std::env::var_os(SERVE_ENV).is_some() {
         serve()
     }
