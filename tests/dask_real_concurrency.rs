@@ -8,7 +8,7 @@
 //! test: every test begins with [`begin`].
 
 mod common;
-#[allow(unreachable_pub, dead_code)]
+#[allow(unreachable_pub)]
 #[path = "../flowrun-dask/tests/support/mod.rs"]
 mod support;
 
