@@ -610,3 +610,67 @@ fn on_the_local_cluster_a_failing_flow_cancels_running_runs_and_their_slots_go_b
     assert_eq!((status.active, status.waiting), (0, 0));
     concurrency::remove_tag_limit("cl-stop");
 }
+
+#[task(tags = ["dash-db"])]
+fn dash_hold(gate: String) {
+    while std::fs::metadata(&gate).is_err() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A GET of the dashboard's `/api/state` over a raw connection.
+fn dashboard_state(link: &str) -> String {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = link
+        .trim_start_matches("http://")
+        .trim_end_matches("/status")
+        .parse()
+        .unwrap();
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /api/state HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn the_dashboard_lists_a_run_waiting_for_a_slot_with_its_reason() {
+    #[flow(task_runner = two_workers(), concurrency_limits = [("dash-db", 1)])]
+    fn shown(gate: String) -> (String, String) {
+        let first = dash_hold.submit(gate.clone());
+        let second = dash_hold.submit(gate.clone());
+        assert!(common::eventually(Duration::from_secs(20), || first
+            .state()
+            .is_running()));
+        let link = flowrun_dask::dashboard_link().expect("the flow run's dashboard link");
+        let mut state = String::new();
+        common::eventually(Duration::from_secs(10), || {
+            state = dashboard_state(&link);
+            state.contains(&second.name())
+        });
+        std::fs::write(&gate, "go").unwrap();
+        flowrun::results([first, second]).unwrap();
+        let handle = flowrun::runner::current_flow_handle().unwrap();
+        (
+            state,
+            format!("{:?}", concurrency::flow_limits(&handle).waiting()),
+        )
+    }
+    let gate = common::scratch("dash-gate").to_string_lossy().into_owned();
+    let (during, after) = shown(gate.clone()).unwrap();
+    let _ = std::fs::remove_file(&gate);
+    assert!(
+        during.contains(
+            r#"{"reason":"AwaitingConcurrencySlot: waiting for a slot of concurrency limit 'tag:dash-db' (1 of 1 slots in use)","run":"dash_hold-1"}"#
+        ),
+        "{during}"
+    );
+    assert_eq!(after, "[]", "nothing waits once the runs ended");
+}

@@ -250,11 +250,11 @@ impl FlowLimits {
         self.limit(&tag_name(tag))
     }
 
-    /// The runs of any flow run of this process waiting for slots, with
-    /// why: `(run name, reason)`.
+    /// The task runs of this flow run waiting for slots of their tags,
+    /// with why: `(run name, reason)`.
     pub fn waiting(&self) -> Vec<(String, String)> {
         registry()
-            .waiting()
+            .waiting(&self.scope)
             .into_iter()
             .map(|(run, why)| (run.to_string(), why))
             .collect()
@@ -406,17 +406,10 @@ fn acquire_blocking(
     }
     let cell: Arc<(Mutex<Option<Permit>>, Condvar)> = Arc::default();
     let waiter = cell.clone();
-    let admission = request(
-        current_scope().as_ref(),
-        name,
-        occupy,
-        kind,
-        None,
-        move |p| {
-            *lock(&waiter.0) = Some(p);
-            waiter.1.notify_all();
-        },
-    )?;
+    let admission = request(current_scope().as_ref(), name, occupy, kind, move |p| {
+        *lock(&waiter.0) = Some(p);
+        waiter.1.notify_all();
+    })?;
     let permit = match admission {
         Admission::Free => Permit::empty(),
         Admission::Granted(p) => p,
@@ -453,10 +446,9 @@ fn request(
     name: &str,
     occupy: u32,
     kind: SlotKind,
-    label: Option<Arc<str>>,
     grant: impl FnOnce(Permit) + Send + 'static,
 ) -> Result<Admission, ConcurrencyError> {
-    let admission = registry().request(scope, &[(name, occupy)], false, label, Box::new(grant))?;
+    let admission = registry().request(scope, &[(name, occupy)], false, None, Box::new(grant))?;
     if let (SlotKind::Held, Admission::Granted(_) | Admission::Queued(..)) = (kind, &admission) {
         return Ok(admission);
     }
@@ -568,7 +560,6 @@ impl Future for SlotFuture {
                         &this.name,
                         this.occupy,
                         this.kind,
-                        None,
                         move |p| {
                             let waker = {
                                 let mut g = lock(&s);
@@ -690,7 +681,7 @@ pub fn request_for(
     let scope: Option<Arc<str>> = flow.map(|f| Arc::from(f.0.id.as_str()));
     let owned: Arc<str> = Arc::from(name);
     let n2 = owned.clone();
-    let admission = request(scope.as_ref(), name, occupy, kind, None, move |p| {
+    let admission = request(scope.as_ref(), name, occupy, kind, move |p| {
         on_grant(slot(&n2, occupy, kind, p))
     })?;
     Ok(match admission {

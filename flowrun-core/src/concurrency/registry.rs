@@ -61,8 +61,8 @@ struct Waiter {
     ticket: u64,
     wants: Vec<(Key, u32)>,
     grant: Grant,
-    /// The run or code that waits and why, for status displays.
-    label: Option<(Arc<str>, String)>,
+    /// The flow run and the run that wait, and why, for status displays.
+    label: Option<(Option<Arc<str>>, Arc<str>, String)>,
 }
 
 #[derive(Default)]
@@ -249,7 +249,7 @@ impl Registry {
         scope: Option<&Arc<str>>,
         wants: &[(&str, u32)],
         skip_unknown: bool,
-        label: Option<Arc<str>>,
+        label: Option<(Option<Arc<str>>, Arc<str>)>,
         grant: Grant,
     ) -> Result<Admission, ConcurrencyError> {
         let now = Instant::now();
@@ -311,7 +311,7 @@ impl Registry {
             ticket,
             wants: resolved,
             grant,
-            label: label.map(|l| (l, reason.clone())),
+            label: label.map(|(flow, run)| (flow, run, reason.clone())),
         });
         drop(inner);
         // A decaying limit frees slots on its own: arrange a wake-up.
@@ -344,12 +344,17 @@ impl Registry {
         removed
     }
 
-    /// Runs waiting on slots, with why, for status displays.
-    pub(crate) fn waiting(&self) -> Vec<(Arc<str>, String)> {
+    /// The runs of flow run `scope` waiting for slots, with why.
+    pub(crate) fn waiting(&self, scope: &str) -> Vec<(Arc<str>, String)> {
         self.lock()
             .queue
             .iter()
-            .filter_map(|w| w.label.clone())
+            .filter_map(|w| match &w.label {
+                Some((Some(flow), run, why)) if &**flow == scope => {
+                    Some((run.clone(), why.clone()))
+                }
+                _ => None,
+            })
             .collect()
     }
 

@@ -76,7 +76,7 @@ impl RunSlots {
     ) -> Result<Admit, ConcurrencyError> {
         let wants: Vec<(&str, u32)> = self.names.iter().map(|n| (n.as_str(), 1)).collect();
         lock(&self.gate).requesting = true;
-        let label: Arc<str> = Arc::from(cell.name().as_str());
+        let label = (self.scope.clone(), Arc::from(cell.name().as_str()));
         let result = registry().request(
             self.scope.as_ref(),
             &wants,

@@ -27,6 +27,8 @@ pub(crate) struct Source {
     pub flow_name: String,
     pub description: String,
     pub started: SystemTime,
+    /// The flow run's concurrency limits, for runs waiting for a slot.
+    pub limits: Option<flowrun_core::concurrency::FlowLimits>,
 }
 
 /// The dashboard's view of the cluster, refreshed by [`Model::poll`].
@@ -286,7 +288,30 @@ pub(crate) fn state_json(
             state.extend(extra);
         }
     }
+    add_slot_waiters(&mut state, source);
     state
+}
+
+/// Runs waiting for a concurrency slot wait in the flow's process, not on
+/// the cluster: they join the cluster's waiting runs, with their reason.
+fn add_slot_waiters(state: &mut Value, source: &Source) {
+    let Some(limits) = &source.limits else { return };
+    let waiting = limits.waiting();
+    if waiting.is_empty() {
+        return;
+    }
+    let Value::Object(map) = state else { return };
+    let list = map
+        .entry("waiting")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if let Value::Array(list) = list {
+        for (run, why) in waiting {
+            list.push(json!({
+                "run": run,
+                "reason": format!("{}: {why}", flowrun_core::concurrency::AWAITING_CONCURRENCY_SLOT),
+            }));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -339,6 +364,7 @@ mod tests {
             flow_name: "f".into(),
             description: String::new(),
             started: SystemTime::now(),
+            limits: None,
         })));
         let pollers: Vec<_> = (0..8)
             .map(|_| {
