@@ -51,8 +51,8 @@ fn a_flow_tag_limit_caps_running_runs_and_waiting_runs_say_so() {
     let lines = common::console_lines();
     #[flow(concurrency_limits = [("tl-db", 2)], task_runner = ThreadPoolTaskRunner::new(8))]
     fn limited() -> (Vec<u32>, Vec<String>, u32) {
+        // A run learns at submission whether it waits for a slot.
         let futures: Vec<_> = (0..8).map(|i| tagged_query.submit(i)).collect();
-        std::thread::sleep(Duration::from_millis(40));
         let states: Vec<String> = futures
             .iter()
             .map(|f| f.state().name().to_owned())

@@ -78,8 +78,8 @@ fn a_tag_limit_holds_across_the_workers_of_a_real_dask_cluster() {
     #[flow]
     fn limited(dir: String) -> (u32, Vec<String>, u32) {
         std::fs::create_dir_all(&dir).unwrap();
+        // A run learns at submission whether it waits for a slot.
         let futures: Vec<_> = (0..8).map(|i| dask_query.submit(dir.clone(), i)).collect();
-        std::thread::sleep(Duration::from_millis(100));
         let states = futures
             .iter()
             .map(|f| f.state().name().to_owned())
