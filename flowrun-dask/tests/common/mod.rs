@@ -80,3 +80,13 @@ pub(crate) fn console_lines() -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
         })
         .clone()
 }
+
+/// The kB of a line of /proc/self/status.
+pub(crate) fn status_kb(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
