@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use flowrun::runner::TaskRunner;
 use flowrun::{
-    allow_failure, flow, task, unmapped, FlowOptions, RunRef, State, StateKind, TaskError,
-    TaskErrorKind, TaskFuture, TaskOptions, ThreadPoolTaskRunner,
+    allow_failure, flow, task, unmapped, FlowOptions, MapError, RunRef, State, StateKind,
+    TaskError, TaskErrorKind, TaskFuture, TaskOptions, ThreadPoolTaskRunner,
 };
 use flowrun_dask::{ClientKwargs, ClusterKwargs, DaskTaskRunner};
 
@@ -55,7 +55,11 @@ scenarios! {
     // Not on a real Dask cluster yet: a run handed to Dask (which holds it
     // until its upstream is done) is marked Cancelled but still runs there.
     cancellation: threads, local_cluster;
-    subflows: threads, local_cluster, real_dask;
+    // Not on a real Dask cluster yet: a subflow shares its parent's
+    // cluster, whose Dask keys are `<run name>-<tag of the cluster>-<attempt>`,
+    // and run names restart in each flow run, so the child's `t-0` and the
+    // parent's `t-0` are one key (the parent then reads a released result).
+    subflows: threads, local_cluster;
     task_hooks: threads, local_cluster, real_dask;
 }
 
@@ -166,13 +170,16 @@ fn count_lines(path: &str) -> usize {
 }
 
 // ---------------------------------------------------------------------------
-// Dependencies: a future argument passes its value downstream; futures and
-// values mix; one future feeds many runs; `wait_for` orders without values;
-// a long chain completes.
+// Dependencies: a future argument makes the downstream run wait for it
+// and receive its value; futures and values mix and one future feeds many
+// runs; `wait_for` orders runs without passing values, and a failed run it
+// waits for fails the waiting run; a long chain completes in order.
+// (A failed upstream's dependents: `failures_propagate`.)
 
 #[task]
 fn load(n: u64) -> Vec<u64> {
-    (1..=n).collect()
+    std::thread::sleep(Duration::from_millis(200));
+    (0..n).collect()
 }
 
 #[task]
@@ -185,34 +192,44 @@ fn add(a: u64, b: u64) -> u64 {
     a + b
 }
 
-/// Appends `label` to `path` and returns the line count after it.
+/// Appends `line` to `path` and returns the line count after it.
 #[task]
-fn append_line(path: String, label: String) -> usize {
-    common::append(&path, &label);
+fn append_line(path: String, line: String) -> usize {
+    std::thread::sleep(Duration::from_millis(150));
+    common::append(&path, &line);
     count_lines(&path)
 }
 
 #[flow]
-fn dependent_runs(path: String) -> (u64, Vec<u64>, u64, (usize, usize)) {
-    let loaded = load.submit(4);
-    let summed = sum.submit(&loaded).result().unwrap();
-    let shared = add.submit(1, 2);
-    let fanned: Vec<u64> = (0..3)
-        .map(|i| add.submit(&shared, i).result().unwrap())
-        .collect();
+fn dependent_runs(path: String) -> (u64, Vec<u64>, u64, (usize, usize), StateKind) {
+    let loaded = load.submit(5);
+    let summed = sum.submit(loaded).result().unwrap();
+    let a = add.submit(1, 2);
+    let b = add.submit(&a, 10);
+    let c = add.submit(&a, &b);
+    let d = add.submit(a, c.clone());
+    let mixed = vec![
+        b.result().unwrap(),
+        c.result().unwrap(),
+        d.result().unwrap(),
+    ];
     let mut chain = add.submit(0, 0);
-    for i in 1..=30 {
+    for i in 1..=200 {
         chain = add.submit(chain, i);
     }
     let first = append_line.submit(path.clone(), "first".to_owned());
     let second = append_line
         .wait_for(&first)
-        .submit(path, "second".to_owned());
+        .submit(path.clone(), "second".to_owned());
+    let bad = kaboom.submit();
+    let waiting = append_line.wait_for(&bad).submit(path, "never".to_owned());
+    waiting.wait();
     (
         summed,
-        fanned,
+        mixed,
         chain.result().unwrap(),
         (first.result().unwrap(), second.result().unwrap()),
+        waiting.state().kind(),
     )
 }
 
@@ -222,7 +239,17 @@ fn dependencies<R: TaskRunner + Clone>(runner: R) {
         .with_runner(runner)
         .call(scratch.file("order"))
         .unwrap();
-    assert_eq!(got, (10, vec![3, 4, 5], 30 * 31 / 2, (1, 2)));
+    assert_eq!(
+        got,
+        (
+            10,
+            vec![13, 16, 19],
+            200 * 201 / 2,
+            (1, 2),
+            StateKind::Failed
+        )
+    );
+    assert_eq!(common::lines(&scratch.file("order")), ["first", "second"]);
 }
 
 // ---------------------------------------------------------------------------
@@ -482,7 +509,9 @@ fn timeouts<R: TaskRunner + Clone>(runner: R) {
 
 // ---------------------------------------------------------------------------
 // map: one run per element in order, zipped iterables, `unmapped`
-// arguments, futures as elements and as the unmapped argument.
+// arguments, futures as elements and as the unmapped argument, nothing for
+// an empty iterable; arguments of different lengths, or nothing to map, are
+// an error naming them.
 
 #[task]
 fn times(value: i64, factor: i64) -> i64 {
@@ -495,8 +524,9 @@ fn negate(value: i64) -> i64 {
 }
 
 #[flow]
-fn mapped() -> [Vec<i64>; 4] {
+fn mapped() -> [Vec<i64>; 5] {
     let negated = negate.map(vec![1, 2, 3]).unwrap();
+    assert_eq!(negated.len(), 3);
     let factor = times.submit(2, 5);
     let products = times.map(&negated, unmapped(factor)).unwrap();
     [
@@ -504,19 +534,36 @@ fn mapped() -> [Vec<i64>; 4] {
         flowrun::results(times.map([1, 2, 3], 10..13).unwrap()).unwrap(),
         flowrun::results(times.map(vec![1, 2, 3], unmapped(100)).unwrap()).unwrap(),
         flowrun::results(products).unwrap(),
+        flowrun::results(negate.map(Vec::<i64>::new()).unwrap()).unwrap(),
     ]
+}
+
+#[flow]
+fn bad_maps() -> (MapError, MapError) {
+    (
+        times.map(vec![1, 2, 3], vec![1, 2]).unwrap_err(),
+        times.map(unmapped(1), unmapped(2)).unwrap_err(),
+    )
 }
 
 fn map<R: TaskRunner + Clone>(runner: R) {
     assert_eq!(
-        mapped.with_runner(runner).call().unwrap(),
+        mapped.with_runner(runner.clone()).call().unwrap(),
         [
             vec![-1, -2, -3],
             vec![10, 22, 36],
             vec![100, 200, 300],
-            vec![-10, -20, -30]
+            vec![-10, -20, -30],
+            vec![],
         ]
     );
+    // Bad arguments are an error naming them, before anything is submitted.
+    let (unequal, all_unmapped) = bad_maps.with_runner(runner).call().unwrap();
+    assert!(matches!(unequal, MapError::UnequalLengths { .. }));
+    let message = unequal.to_string();
+    assert!(message.contains("`value` has 3"), "{message}");
+    assert!(message.contains("`factor` has 2"), "{message}");
+    assert!(matches!(all_unmapped, MapError::NothingToMap { .. }));
 }
 
 // ---------------------------------------------------------------------------
