@@ -891,8 +891,9 @@ fn subflows<R: TaskRunner + Clone>(runner: R) {
 }
 
 // ---------------------------------------------------------------------------
-// Hooks: task hooks run in the flow's process, once per final state, before
-// the result is handed out; flow hooks see the flow run's final state.
+// Hooks: task hooks run in the flow's process: `on_running` as a run starts,
+// the final-state hooks once, before the result is handed out; flow hooks
+// see the flow run's final state.
 
 /// What the hooks saw. The backends' hook scenarios take turns with it.
 static HOOKS_SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -919,11 +920,15 @@ fn hooked_failed(run: &RunRef, state: &State) {
     note(format!("failed {} {}", run.name(), state.kind()));
 }
 
+fn hooked_running(run: &RunRef, state: &State) {
+    note(format!("running {} {}", run.name(), state.kind()));
+}
+
 fn flow_completed(run: &flowrun::FlowRunInfo, state: &State) {
     note(format!("flow {} {}", run.flow_name, state.kind()));
 }
 
-#[task(on_completion = [hooked_completed], on_failure = [hooked_failed], retries = 1, retry_delay = 0)]
+#[task(on_completion = [hooked_completed], on_failure = [hooked_failed], on_running = [hooked_running])]
 fn checked(x: u32) -> Result<u32, String> {
     if x == 0 {
         Err("zero".into())
@@ -955,7 +960,9 @@ fn task_hooks<R: TaskRunner + Clone>(runner: R) {
         [
             "completed checked-0 Completed",
             "failed checked-1 Failed",
-            "flow hooked Completed"
+            "flow hooked Completed",
+            "running checked-0 Running",
+            "running checked-1 Running",
         ]
     );
 }
