@@ -28,72 +28,8 @@ fn sorted(seen: &Seen) -> Vec<String> {
     v
 }
 
-static ATTR_SEEN: Seen = Mutex::new(Vec::new());
-
-fn completed(run: &RunRef, state: &State) {
-    note(&ATTR_SEEN, "completed", &run.name(), state);
-}
-
-fn failed(run: &RunRef, state: &State) {
-    note(&ATTR_SEEN, "failed", &run.name(), state);
-}
-
-fn running(run: &RunRef, state: &State) {
-    note(&ATTR_SEEN, "running", &run.name(), state);
-}
-
-#[task(on_completion = [completed], on_failure = [failed], on_running = [running])]
-fn checked(x: u32) -> Result<u32, String> {
-    if x == 0 {
-        Err("zero".into())
-    } else {
-        Ok(x)
-    }
-}
-
-fn task_hooks_fire_once_per_final_state(label: &str, seen: Vec<String>) {
-    assert_eq!(
-        seen,
-        [
-            "completed checked-0 Completed",
-            "failed checked-1 Failed",
-            "running checked-0 Running",
-            "running checked-1 Running",
-        ],
-        "{label}"
-    );
-}
-
-#[test]
-fn task_hooks_from_the_attribute_run_with_the_final_state() {
-    #[flow]
-    fn threads() {
-        assert_eq!(checked.submit(1).result().unwrap(), 1);
-        // The hook ran before the result was handed out.
-        assert!(ATTR_SEEN
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|s| s.starts_with("completed")));
-        assert!(checked.submit(0).result().is_err());
-    }
-    #[flow(task_runner = cluster())]
-    fn local_cluster() {
-        assert_eq!(checked.submit(1).result().unwrap(), 1);
-        // The hook ran before the result was handed out.
-        assert!(ATTR_SEEN
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|s| s.starts_with("completed")));
-        assert!(checked.submit(0).result().is_err());
-    }
-    threads().unwrap();
-    task_hooks_fire_once_per_final_state("threads", sorted(&ATTR_SEEN));
-    ATTR_SEEN.lock().unwrap().clear();
-    local_cluster().unwrap();
-    task_hooks_fire_once_per_final_state("local cluster", sorted(&ATTR_SEEN));
-}
+// Task hooks from the attribute, on every runner: flowrun-dask's
+// `scenarios.rs` (`task_hooks`).
 
 static RETRY_SEEN: Seen = Mutex::new(Vec::new());
 

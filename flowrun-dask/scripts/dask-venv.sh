@@ -7,6 +7,9 @@
 #   The venv lives in $FLOWRUN_DASK_VENV_DIR/<VERSION>/ (the tests set it to
 #   <target dir>/dask-venv; default: target/dask-venv next to this crate).
 #   $PYTHON picks the interpreter that creates the venv (default: python3).
+#   $FLOWRUN_DASK_VENV_EXTRA lists more packages to install next to Dask
+#   (space-separated pip requirements, e.g. "numpy"); the marker records
+#   them, so a venv without them is installed again.
 #
 # This script ships inside the flowrun-dask crate so that its tests work from
 # the published package; the workspace's scripts/dask-venv.sh calls it.
@@ -28,10 +31,12 @@ base="${FLOWRUN_DASK_VENV_DIR:-$root/target/dask-venv}"
 venv="$base/$version"
 marker="$venv/.flowrun-dask-ready"
 python="${PYTHON:-python3}"
+read -r -a extra <<<"${FLOWRUN_DASK_VENV_EXTRA:-}"
+want="$version${extra[*]:+ ${extra[*]}}"
 
 mkdir -p "$base"
 
-ready() { [[ -f "$marker" && -x "$venv/bin/python" && -x "$venv/bin/dask" ]]; }
+ready() { [[ -f "$marker" && -x "$venv/bin/python" && -x "$venv/bin/dask" && "$(cat "$marker")" == "$want" ]]; }
 
 if ! ready; then
   exec 9>"$base/.lock-$version"
@@ -45,15 +50,15 @@ if ! ready; then
     if ! {
       "$python" -m venv "$venv" &&
         "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-          "distributed==$version" "dask==$version"
+          "distributed==$version" "dask==$version" "${extra[@]}"
     } >"$log" 2>&1; then
-      echo "dask-venv.sh: could not install distributed==$version and dask==$version into $venv" >&2
+      echo "dask-venv.sh: could not install distributed==$version and dask==$version${extra[*]:+ with ${extra[*]}} into $venv" >&2
       echo "dask-venv.sh: (needs '$python' with the venv module, and access to PyPI); log follows:" >&2
       tail -n 30 "$log" >&2
       rm -rf "$venv"
       exit 1
     fi
-    echo "$version" >"$marker"
+    echo "$want" >"$marker"
   fi
 fi
 

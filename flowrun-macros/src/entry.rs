@@ -4,28 +4,30 @@ use proc_macro2::TokenStream;
 use quote::quote;
 use syn::ItemFn;
 
+use crate::attr::Common;
 use crate::ctxt::Ctxt;
 use crate::signature::{self, Signature};
 
-/// What differs between `#[task]` and `#[flow]`.
-pub(crate) trait Kind {
+/// What differs between `#[task]` and `#[flow]`: each module describes
+/// its macro with one of these.
+pub(crate) struct Kind<A> {
     /// `task` or `flow`, as the user writes it.
-    const NAME: &'static str;
-    /// The typed options.
-    type Attr;
+    pub(crate) name: &'static str,
+    /// The option that holds a run-name template: `task_run_name` or
+    /// `flow_run_name`.
+    pub(crate) run_name_option: &'static str,
     /// Reads the options; shape errors go to `cx`, the bad option is left
     /// at its default.
-    fn parse(args: TokenStream, cx: &Ctxt) -> Self::Attr;
+    pub(crate) parse: fn(TokenStream, &Ctxt) -> A,
     /// Range checks; each bad value is reported and reset to its default.
-    fn check(attr: &mut Self::Attr, cx: &Ctxt);
-    /// Checks of options against the function's signature (run-name
-    /// templates name parameters).
-    fn check_signature(attr: &Self::Attr, sig: &Signature, cx: &Ctxt);
+    pub(crate) check: fn(&mut A, &Ctxt),
+    /// The options both macros have.
+    pub(crate) common: fn(&A) -> &Common,
     /// The generated code.
-    fn expand(attr: &Self::Attr, sig: &Signature, function: &ItemFn) -> TokenStream;
+    pub(crate) expand: fn(&A, &Signature, &ItemFn) -> TokenStream,
 }
 
-pub(crate) fn run<K: Kind>(args: TokenStream, item: TokenStream) -> TokenStream {
+pub(crate) fn run<A>(kind: &Kind<A>, args: TokenStream, item: TokenStream) -> TokenStream {
     let function: ItemFn = match syn::parse2(item.clone()) {
         Ok(f) => f,
         Err(_) => {
@@ -33,7 +35,7 @@ pub(crate) fn run<K: Kind>(args: TokenStream, item: TokenStream) -> TokenStream 
                 &item,
                 format!(
                     "#[{0}] applies to a function: `#[{0}] fn name(...) {{ ... }}`",
-                    K::NAME
+                    kind.name
                 ),
             )
             .to_compile_error();
@@ -41,17 +43,20 @@ pub(crate) fn run<K: Kind>(args: TokenStream, item: TokenStream) -> TokenStream 
         }
     };
     let cx = Ctxt::new();
-    let mut attr = K::parse(args, &cx);
-    K::check(&mut attr, &cx);
+    let mut attr = (kind.parse)(args, &cx);
+    (kind.check)(&mut attr, &cx);
     let before = cx.error_count();
-    signature::check(&function, K::NAME, &cx);
+    signature::check(&function, kind.name, &cx);
     // Bad options fall back to their defaults, so the item still exists for
     // IDEs and for the code that uses it; a bad signature cannot be
     // expanded, so the function is left as written.
     let expanded = if cx.error_count() == before {
         let sig = signature::model(&function);
-        K::check_signature(&attr, &sig, &cx);
-        K::expand(&attr, &sig, &function)
+        // Run-name templates name parameters.
+        if let Some(name) = &(kind.common)(&attr).run_name {
+            crate::names::check(name, kind.run_name_option, &sig, &cx);
+        }
+        (kind.expand)(&attr, &sig, &function)
     } else {
         quote!(#function)
     };

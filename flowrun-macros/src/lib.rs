@@ -39,7 +39,7 @@ use proc_macro::TokenStream;
 /// `crate = path`.
 #[proc_macro_attribute]
 pub fn task(args: TokenStream, item: TokenStream) -> TokenStream {
-    entry::run::<task::Task>(args.into(), item.into()).into()
+    entry::run(&task::TASK, args.into(), item.into()).into()
 }
 
 /// Turns a function into a flowrun flow (see `flowrun::flow` for examples).
@@ -51,5 +51,5 @@ pub fn task(args: TokenStream, item: TokenStream) -> TokenStream {
 /// task runs, see `flowrun::concurrency`).
 #[proc_macro_attribute]
 pub fn flow(args: TokenStream, item: TokenStream) -> TokenStream {
-    entry::run::<flow::Flow>(args.into(), item.into()).into()
+    entry::run(&flow::FLOW, args.into(), item.into()).into()
 }

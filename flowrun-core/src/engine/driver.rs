@@ -81,6 +81,9 @@ pub(crate) fn submit_in<T: Task>(
     let flow = flow.clone();
     let r = resolve(meta, config);
     let index = flow.next_index(&r.name);
+    // A runner that wires dependencies itself sees only the runs passed as
+    // arguments: `wait_for` runs are waited for here.
+    let waits_for = !r.wait_for.is_empty();
     let mut upstreams = r.wait_for;
     T::Args::upstreams(&inputs, &mut upstreams);
     let mut tolerated = Vec::new();
@@ -160,7 +163,8 @@ pub(crate) fn submit_in<T: Task>(
     if upstreams.is_empty()
         || (flow.execution == Execution::SerializedWithDependencies
             && tolerated.is_empty()
-            && driver.slots.is_none())
+            && driver.slots.is_none()
+            && !waits_for)
     {
         // A runner that wires dependencies itself reports an upstream's
         // failure through the downstream run, which fails in turn. (An

@@ -4,34 +4,14 @@ mod attr;
 mod expand;
 mod gates;
 
-use proc_macro2::TokenStream;
-use syn::ItemFn;
-
-use crate::ctxt::Ctxt;
 use crate::entry::Kind;
-use crate::signature::Signature;
 
-pub(crate) struct Flow;
-
-impl Kind for Flow {
-    const NAME: &'static str = "flow";
-    type Attr = attr::FlowAttr;
-
-    fn parse(args: TokenStream, cx: &Ctxt) -> Self::Attr {
-        attr::parse(args, cx)
-    }
-
-    fn check(attr: &mut Self::Attr, cx: &Ctxt) {
-        attr::check(attr, cx)
-    }
-
-    fn check_signature(attr: &Self::Attr, sig: &Signature, cx: &Ctxt) {
-        if let Some(name) = &attr.common.run_name {
-            crate::names::check(name, "flow_run_name", sig, cx);
-        }
-    }
-
-    fn expand(attr: &Self::Attr, sig: &Signature, function: &ItemFn) -> TokenStream {
-        expand::expand(attr, sig, function)
-    }
-}
+/// `#[flow]`.
+pub(crate) const FLOW: Kind<attr::FlowAttr> = Kind {
+    name: "flow",
+    run_name_option: "flow_run_name",
+    parse: attr::parse,
+    check: attr::check,
+    common: |attr| &attr.common,
+    expand: expand::expand,
+};

@@ -1,5 +1,5 @@
 //! flowrun tasks on a real Dask cluster: a scheduler and stock Python
-//! workers from PyPI (through `flowrun-dask/tests/support`), on 127.0.0.1.
+//! workers from PyPI (through `tests/support`), on 127.0.0.1.
 //!
 //! The Dask version is `FLOWRUN_DASK_VERSION` (default 2026.8.0); run the
 //! file once per supported version, e.g. `FLOWRUN_DASK_VERSION=2025.4.0`
@@ -12,9 +12,6 @@
 //! of its own: the `if __name__ == "__main__"` of a flowrun program.
 
 mod common;
-// Its helpers are `pub` for flowrun-dask's own tests, which share it.
-#[allow(unreachable_pub)]
-#[path = "../flowrun-dask/tests/support/mod.rs"]
 mod support;
 
 use std::collections::{BTreeSet, HashMap};

@@ -38,7 +38,7 @@ fn errors_and_panics_come_back_with_their_message_and_location() {
     assert!(
         got[1]
             .1
-            .starts_with("exploded on purpose (panicked at tests/dask_failures.rs:"),
+            .starts_with("exploded on purpose (panicked at flowrun-dask/tests/dask_failures.rs:"),
         "{}",
         got[1].1
     );

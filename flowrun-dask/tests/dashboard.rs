@@ -40,7 +40,8 @@ fn logged(needle: &str) -> Vec<String> {
 fn chromium() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/chromium.sh");
+        // The workspace's script (this test is not part of the package).
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/chromium.sh");
         let out = Command::new("bash")
             .arg(&script)
             .output()
