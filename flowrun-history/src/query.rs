@@ -48,13 +48,17 @@ pub struct FlowRunRow {
     pub start_ms: i64,
     /// End, once it ended.
     pub end_ms: Option<i64>,
-    /// The flow's parameters as JSON, where they were recorded.
+    /// The flow's parameters as a JSON object (`{"name": value}`), a
+    /// parameter whose type is not `Serialize` as `"<not serializable>"`;
+    /// `None` when they were not recorded. (`--json` prints it as the
+    /// object itself.)
+    #[serde(serialize_with = "as_json")]
     pub parameters: Option<String>,
     /// The id of the flow run this one is a subflow of.
     pub parent_flow_run: Option<String>,
     /// The id of the task run that started this subflow.
     pub parent_task_run: Option<String>,
-    /// Its tags.
+    /// Its tags (`#[flow(tags = [...])]`, `FlowOptions::tags`).
     pub tags: Vec<String>,
     /// The process that ran it.
     pub pid: Option<i64>,
@@ -243,6 +247,14 @@ const FLOW_COLUMNS: &str = "seq, id, name, flow, state, state_name, message, sta
 const TASK_COLUMNS: &str = "id, name, task, task_key, state, state_name, message, attempts,
     worker, upstreams, cache_key, created_ms, start_ms, end_ms";
 
+/// Stored JSON text as the JSON value it holds, not as a string.
+fn as_json<S: serde::Serializer>(text: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    let value = text
+        .as_deref()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok());
+    serde::Serialize::serialize(&value, s)
+}
+
 fn flow_row(r: &Row<'_>) -> rusqlite::Result<FlowRunRow> {
     let tags: Option<String> = r.get(12)?;
     Ok(FlowRunRow {
@@ -259,7 +271,7 @@ fn flow_row(r: &Row<'_>) -> rusqlite::Result<FlowRunRow> {
         parent_flow_run: r.get(10)?,
         parent_task_run: r.get(11)?,
         tags: tags
-            .map(|t| t.split(' ').map(str::to_owned).collect())
+            .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default(),
         pid: r.get(13)?,
         tasks: TaskCounts {

@@ -40,6 +40,10 @@ pub(crate) struct FlowStart {
     pub flow: String,
     pub parent_flow: Option<String>,
     pub parent_task: Option<RunId>,
+    /// A JSON object.
+    pub parameters: Option<String>,
+    /// A JSON array, `None` for no tags.
+    pub tags: Option<String>,
     pub time: SystemTime,
 }
 
@@ -532,7 +536,8 @@ impl Thread {
         {
             let mut insert_flow = tx.prepare_cached(
                 "INSERT INTO flow_runs (id, core_id, name, flow, state, start_ms, parent_flow_run,
-                 parent_task_run, pid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                 parent_task_run, pid, parameters, tags)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
             for token in &batch.flows {
                 let Some(f) = self.flows.get(token) else {
@@ -563,6 +568,8 @@ impl Thread {
                     parent_flow,
                     parent_task,
                     std::process::id(),
+                    f.start.parameters,
+                    f.start.tags,
                 ])?;
                 flow_seqs.insert(*token, tx.last_insert_rowid());
             }

@@ -46,7 +46,11 @@ pub fn task(args: TokenStream, item: TokenStream) -> TokenStream {
 ///
 /// Options: `name = "..."`, `description = "..."`,
 /// `task_runner = <expr>` (a bare type path means its `Default`),
-/// `retries = n`, `retry_delay = ...`, `timeout = seconds`, `crate = path`.
+/// `retries = n`, `retry_delay = ...`, `timeout = seconds`, `crate = path`,
+/// `tags = ["..."]` (kept in the run history with the flow's parameters),
+/// `history = false` (the run history does not record this flow's runs, nor
+/// their subflows that do not say otherwise; `FlowOptions::history` sets it
+/// per call).
 #[proc_macro_attribute]
 pub fn flow(args: TokenStream, item: TokenStream) -> TokenStream {
     entry::run::<flow::Flow>(args.into(), item.into()).into()

@@ -1,6 +1,7 @@
 //! What `#[flow]` generates code against: the [`Flow`] trait, the static
 //! [`FlowMeta`] of each flow, and the per-call [`FlowConfig`].
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,9 @@ pub struct FlowMeta {
     pub(crate) timeout: Option<Duration>,
     pub(crate) config_error: Option<String>,
     pub(crate) hooks: crate::run::hooks::FlowHooks,
+    pub(crate) tags: Vec<Cow<'static, str>>,
+    /// `history = ...`: `None` records as the parent flow run does.
+    pub(crate) history: Option<bool>,
 }
 
 impl FlowMeta {
@@ -31,6 +35,8 @@ impl FlowMeta {
                 timeout: None,
                 config_error: None,
                 hooks: Default::default(),
+                tags: Vec::new(),
+                history: None,
             },
         }
     }
@@ -43,6 +49,11 @@ impl FlowMeta {
     /// The description.
     pub fn description(&self) -> Option<&'static str> {
         self.description
+    }
+
+    /// The tags of its runs.
+    pub fn tags(&self) -> &[Cow<'static, str>] {
+        &self.tags
     }
 }
 
@@ -64,6 +75,18 @@ impl FlowMetaBuilder {
     /// `on_cancellation`, `on_running`: the flow's hooks.
     pub fn hooks(mut self, options: FlowOptions) -> Self {
         self.meta.hooks = options.hooks;
+        self
+    }
+
+    /// `tags = [...]`.
+    pub fn tags(mut self, tags: &[&'static str]) -> Self {
+        self.meta.tags = tags.iter().map(|t| Cow::Borrowed(*t)).collect();
+        self
+    }
+
+    /// `history = false`: the run history does not record its runs.
+    pub fn history(mut self, record: bool) -> Self {
+        self.meta.history = Some(record);
         self
     }
 }
@@ -101,6 +124,13 @@ pub trait Flow: Sized + Send + Sync + 'static {
         let _ = args;
         None
     }
+
+    /// The arguments by parameter name, each as JSON text, or `None` for
+    /// one whose type is not `Serialize` (for the run history).
+    fn parameters(args: &Self::Args) -> Vec<(&'static str, Option<String>)> {
+        let _ = args;
+        Vec::new()
+    }
 }
 
 /// Per-handle overrides of a flow: options and the task runner.
@@ -137,6 +167,8 @@ impl FlowConfig {
             retry_delay: options.retry_delay.or(prev.retry_delay),
             timeout: options.timeout.or(prev.timeout),
             hooks: prev.hooks.overridden_by(&options.hooks),
+            tags: options.tags.or(prev.tags),
+            history: options.history.or(prev.history),
         };
         self
     }

@@ -94,6 +94,8 @@ pub(crate) struct FlowShared {
     has_observers: AtomicBool,
     /// Its parent flow run and finished subflows.
     pub(crate) links: crate::flow::subflow::Links,
+    /// Whether the run history records it (its subflows follow it).
+    pub(crate) history: AtomicBool,
 }
 
 impl FlowShared {
@@ -127,6 +129,7 @@ impl FlowShared {
             observers: Mutex::new(Vec::new()),
             has_observers: AtomicBool::new(false),
             links: Default::default(),
+            history: AtomicBool::new(true),
         }
     }
 
@@ -187,6 +190,9 @@ impl FlowShared {
                     flow_run_id: shared.id.clone(),
                     parent_flow_run_id: None,
                     flow: crate::flow::scope::FlowHandle(shared.clone()),
+                    parameters: None,
+                    tags: Vec::new(),
+                    history: false,
                 };
                 let _ = runner.start(&info);
                 shared

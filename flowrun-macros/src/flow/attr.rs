@@ -1,7 +1,7 @@
 //! The options of `#[flow(...)]`, as typed values.
 
 use proc_macro2::TokenStream;
-use syn::{Expr, ExprPath};
+use syn::{Expr, ExprPath, LitBool, LitStr};
 
 use crate::attr::Common;
 use crate::ctxt::Ctxt;
@@ -21,6 +21,8 @@ pub(crate) const VALID: &[&str] = &[
     "on_running",
     "flow_run_name",
     "crate",
+    "tags",
+    "history",
 ];
 
 /// `task_runner = ...`.
@@ -36,6 +38,9 @@ pub(crate) enum Runner {
 pub(crate) struct FlowAttr {
     pub(crate) common: Common,
     pub(crate) task_runner: Option<Runner>,
+    pub(crate) tags: Vec<LitStr>,
+    /// `history = false`: its runs are not recorded.
+    pub(crate) history: Option<LitBool>,
 }
 
 pub(crate) fn parse(args: TokenStream, cx: &Ctxt) -> FlowAttr {
@@ -43,6 +48,8 @@ pub(crate) fn parse(args: TokenStream, cx: &Ctxt) -> FlowAttr {
     for (name, value) in options::accept(args, VALID, "flow", cx) {
         match name.as_str() {
             "task_runner" => attr.task_runner = runner(value, cx),
+            "tags" => attr.tags = options::tags(&value, cx),
+            "history" => attr.history = options::boolean(&value, "history", cx),
             _ => {
                 let shared = attr.common.read(&name, &value, cx);
                 debug_assert!(shared, "`accept` passes only the names in VALID");
