@@ -132,6 +132,20 @@ fn plain(n: u64) -> u64 {
     double(n)
 }
 
+/// Runs until the file `release` exists.
+#[task]
+fn wait_for_file(release: String) -> u64 {
+    while !Path::new(&release).exists() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    1
+}
+
+#[flow]
+fn waits(release: String) -> u64 {
+    wait_for_file(release)
+}
+
 /// The history of `home`, once this process's records there are committed.
 fn store(home: &Path) -> Store {
     flowrun::history::flush(home);
@@ -392,6 +406,42 @@ fn a_flow_with_history_false_records_nothing_nor_its_subflows() {
         3,
         "the recorded runs' task runs only: inner's double, unrecorded's add, plain's double"
     );
+}
+
+#[test]
+fn a_task_run_still_running_is_visible_before_it_ends_without_a_flush() {
+    let home = tempfile::tempdir().unwrap();
+    let release = home.path().join("release");
+    let flow = {
+        let (home, release) = (home.path().to_owned(), release.clone());
+        std::thread::spawn(move || {
+            let _guard = flowrun::history::use_home(&home);
+            waits(release.to_string_lossy().into_owned()).unwrap()
+        })
+    };
+    // Rows are written at a run's final state, or once it has waited a
+    // while: a reader sees the running task run while it runs.
+    let running = "SELECT count(*) FROM task_runs WHERE state = 'Running'";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while try_count(home.path(), running).unwrap_or(0) != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the running task run was not written within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(&release, "").unwrap();
+    assert_eq!(flow.join().unwrap(), 1);
+    flowrun::history::flush(home.path());
+    assert_eq!(
+        count(
+            home.path(),
+            "SELECT count(*) FROM task_runs WHERE state = 'Completed'"
+        ),
+        1,
+        "the same row, updated"
+    );
+    assert_eq!(count(home.path(), "SELECT count(*) FROM task_runs"), 1);
 }
 
 #[test]

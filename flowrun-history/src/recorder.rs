@@ -102,7 +102,9 @@ pub(crate) fn flush(home: &Path) {
 /// returns if it committed nothing for [`STALL_WAIT`].
 fn flush_writer(writer: &Writer) {
     let (done, wait) = crossbeam_channel::bounded(1);
-    if writer.tx.send(Event::Flush(done)).is_ok() && !wait_for_commit(writer, &wait) {
+    let sent = writer.tx.send(Event::Flush(done)).is_ok();
+    let _ = writer.wake.try_send(());
+    if sent && !wait_for_commit(writer, &wait) {
         tracing::warn!(
             target: "flowrun_history",
             "Run history: {} may miss runs: its writer committed nothing for {} s",
