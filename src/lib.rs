@@ -281,8 +281,15 @@ pub use flowrun_macros::task;
 /// `#[flow(name = "...", description = "...", task_runner = <runner>,
 /// retries = n, retry_delay = ..., timeout = seconds,
 /// flow_run_name = "...{param}..." (or a function), on_completion = [f, ...],
-/// on_failure, on_crashed, on_cancellation, on_running, crate = path)]`.
+/// on_failure, on_crashed, on_cancellation, on_running, crate = path,
+/// tags = ["..."], history = false)]`.
 /// Flow hooks receive the [`FlowRunInfo`] and the state.
+/// The run history records each flow run with its parameters (as JSON; a
+/// parameter whose type is not `Serialize` as `"<not serializable>"`) and
+/// its `tags`; `history = false` turns recording off for the flow's runs
+/// and the subflows that do not say otherwise (per call:
+/// `FlowOptions::new().history(false)`; for the whole process:
+/// `FLOWRUN_HISTORY=off` or `flowrun::history::set_recording(false)`).
 /// `task_runner` is an expression evaluated for each flow run, or a bare type
 /// path meaning its `Default` (`task_runner = ThreadPoolTaskRunner`); the
 /// default runner is a thread pool. With a runner that moves tasks between

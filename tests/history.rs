@@ -110,6 +110,42 @@ fn flow_in_task(x: u64) -> u64 {
     runs_a_flow(x)
 }
 
+/// A parameter type that is not `Serialize`.
+#[derive(Clone)]
+struct Connection {
+    _fd: i32,
+}
+
+#[flow(tags = ["etl", "nightly run"])]
+fn with_parameters(n: u64, label: String, scale: Option<f64>, conn: Connection) -> u64 {
+    let _ = (&label, scale, conn);
+    double(n)
+}
+
+#[flow(history = false)]
+fn unrecorded(n: u64) -> u64 {
+    inner(n).unwrap() + add(n, 1)
+}
+
+#[flow]
+fn plain(n: u64) -> u64 {
+    double(n)
+}
+
+/// Runs until the file `release` exists.
+#[task]
+fn wait_for_file(release: String) -> u64 {
+    while !Path::new(&release).exists() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    1
+}
+
+#[flow]
+fn waits(release: String) -> u64 {
+    wait_for_file(release)
+}
+
 /// The history of `home`, once this process's records there are committed.
 fn store(home: &Path) -> Store {
     flowrun::history::flush(home);
@@ -300,6 +336,112 @@ fn runs_are_found_by_id_prefix_and_name_and_filtered() {
     assert_eq!(store.find_run(&run.name).unwrap().id, run.id);
     let err = store.find_run("no-such-run").unwrap_err().to_string();
     assert!(err.contains("no flow run matches 'no-such-run'"), "{err}");
+}
+
+#[test]
+fn a_flow_run_records_its_parameters_and_tags() {
+    let home = temp_home();
+    let conn = Connection { _fd: 3 };
+    assert_eq!(
+        with_parameters(4, "a \"quoted\" label".into(), Some(0.5), conn.clone()).unwrap(),
+        8
+    );
+    let retagged = with_parameters.with_options(flowrun::FlowOptions::new().tags(["adhoc"]));
+    retagged.call(1, "b".into(), None, conn).unwrap();
+    let store = store(home.path());
+    let runs = store.runs(&RunsQuery::default()).unwrap();
+    assert_eq!(runs.len(), 2);
+    let (second, first) = (&runs[0], &runs[1]);
+    let parameters: serde_json::Value =
+        serde_json::from_str(first.parameters.as_deref().expect("parameters recorded")).unwrap();
+    assert_eq!(
+        parameters,
+        serde_json::json!({
+            "n": 4,
+            "label": "a \"quoted\" label",
+            "scale": 0.5,
+            "conn": "<not serializable>",
+        })
+    );
+    // In the order of the signature, as the user wrote them.
+    assert!(first
+        .parameters
+        .as_deref()
+        .unwrap()
+        .starts_with("{\"n\":4,\"label\""));
+    assert_eq!(first.tags, ["etl", "nightly run"]);
+    let parameters: serde_json::Value =
+        serde_json::from_str(second.parameters.as_deref().unwrap()).unwrap();
+    assert_eq!(parameters["scale"], serde_json::Value::Null);
+    assert_eq!(second.tags, ["adhoc"], "the call's tags replace the flow's");
+    // A flow without tags records none; one without parameters an empty object.
+    inner(2).unwrap();
+    let store = self::store(home.path());
+    let inner_run = &store.runs(&RunsQuery::default()).unwrap()[0];
+    assert!(inner_run.tags.is_empty());
+    assert_eq!(inner_run.parameters.as_deref(), Some("{\"x\":2}"));
+}
+
+#[test]
+fn a_flow_with_history_false_records_nothing_nor_its_subflows() {
+    let home = temp_home();
+    assert_eq!(unrecorded(3).unwrap(), 6 + 4);
+    // The option per call, both ways.
+    plain
+        .with_options(flowrun::FlowOptions::new().history(false))
+        .call(1)
+        .unwrap();
+    unrecorded
+        .with_options(flowrun::FlowOptions::new().history(true))
+        .call(2)
+        .unwrap();
+    plain(5).unwrap();
+    let store = store(home.path());
+    let runs = store.runs(&RunsQuery::default()).unwrap();
+    let flows: Vec<&str> = runs.iter().map(|r| r.flow.as_str()).collect();
+    assert_eq!(flows, ["plain", "inner", "unrecorded"], "newest first");
+    assert_eq!(count(home.path(), "SELECT count(*) FROM flow_runs"), 3);
+    assert_eq!(
+        count(home.path(), "SELECT count(*) FROM task_runs"),
+        3,
+        "the recorded runs' task runs only: inner's double, unrecorded's add, plain's double"
+    );
+}
+
+#[test]
+fn a_task_run_still_running_is_visible_before_it_ends_without_a_flush() {
+    let home = tempfile::tempdir().unwrap();
+    let release = home.path().join("release");
+    let flow = {
+        let (home, release) = (home.path().to_owned(), release.clone());
+        std::thread::spawn(move || {
+            let _guard = flowrun::history::use_home(&home);
+            waits(release.to_string_lossy().into_owned()).unwrap()
+        })
+    };
+    // Rows are written at a run's final state, or once it has waited a
+    // while: a reader sees the running task run while it runs.
+    let running = "SELECT count(*) FROM task_runs WHERE state = 'Running'";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while try_count(home.path(), running).unwrap_or(0) != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the running task run was not written within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(&release, "").unwrap();
+    assert_eq!(flow.join().unwrap(), 1);
+    flowrun::history::flush(home.path());
+    assert_eq!(
+        count(
+            home.path(),
+            "SELECT count(*) FROM task_runs WHERE state = 'Completed'"
+        ),
+        1,
+        "the same row, updated"
+    );
+    assert_eq!(count(home.path(), "SELECT count(*) FROM task_runs"), 1);
 }
 
 #[test]

@@ -199,6 +199,16 @@ pub fn show(d: &RunDetail, width: usize) -> String {
     if let Some(parent) = &r.parent_flow_run {
         let _ = writeln!(out, "Subflow of {parent}");
     }
+    if let Some(parameters) = &r.parameters {
+        let _ = writeln!(
+            out,
+            "Parameters {}",
+            cut(parameters, width.saturating_sub(11))
+        );
+    }
+    if !r.tags.is_empty() {
+        let _ = writeln!(out, "Tags      {}", r.tags.join(", "));
+    }
     let _ = writeln!(out, "Task runs {}", counts(&r.tasks));
     if !d.task_runs.is_empty() {
         out.push('\n');

@@ -266,6 +266,19 @@ async fn run_page(
         esc(&text::counts(&run.tasks)),
     );
     let mut body = String::new();
+    if run.parameters.is_some() || !run.tags.is_empty() {
+        let _ = write!(
+            body,
+            "<section class=\"card wide\"><h2>Parameters</h2>\
+             <pre id=\"parameters\">{}</pre><div id=\"tags\" class=\"meta\">{}</div></section>",
+            esc(run.parameters.as_deref().unwrap_or("{}")),
+            run.tags
+                .iter()
+                .map(|t| format!("<span class=\"tag\">{}</span>", esc(t)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
     let _ = write!(
         body,
         "<section class=\"card wide\"><h2>Task stream <small>one bar per task run{}</small></h2>\

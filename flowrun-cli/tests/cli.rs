@@ -20,7 +20,7 @@ fn fail_loudly(x: u64) -> Result<u64, String> {
     Err(format!("{x} is a bad number"))
 }
 
-#[flow]
+#[flow(tags = ["garden", "daily"])]
 fn squares(n: u64) -> u64 {
     (0..n)
         .map(|i| square.submit(i))
@@ -177,6 +177,25 @@ fn show_prints_task_runs_failures_and_subflows() {
     assert_eq!(detail["run"]["tasks"]["total"], 5);
     let out = ok(home(), &["show", top, "--limit", "3"]);
     assert!(out.contains("(the first 3 of 5 task runs"), "{out}");
+}
+
+#[test]
+fn show_prints_the_flow_run_s_parameters_and_tags() {
+    let runs = json(home(), &["runs", "--flow", "squares"]);
+    let top = runs[1]["id"].as_str().unwrap();
+    let out = ok(home(), &["show", top]);
+    assert!(out.contains("Parameters {\"n\":5}"), "{out}");
+    assert!(out.contains("Tags      garden, daily"), "{out}");
+    let detail = json(home(), &["show", top]);
+    assert_eq!(detail["run"]["parameters"], serde_json::json!({"n": 5}));
+    assert_eq!(
+        detail["run"]["tags"],
+        serde_json::json!(["garden", "daily"])
+    );
+    assert_eq!(runs[1]["parameters"]["n"], 5, "`runs --json` too");
+    let none = json(home(), &["show", &run_id("broken")]);
+    assert_eq!(none["run"]["parameters"], serde_json::json!({}));
+    assert_eq!(none["run"]["tags"], serde_json::json!([]));
 }
 
 #[test]
@@ -406,6 +425,19 @@ fn ui_serves_past_runs_to_a_browser() {
     assert!(
         logs.contains("greenhouse") && !logs.contains("cannot cope"),
         "{logs}"
+    );
+    let tagged = dump_dom(&format!("{url}runs/{}", run_id("squares")));
+    let parameters = tagged
+        .split("id=\"parameters\">")
+        .nth(1)
+        .expect("a parameters section");
+    assert!(
+        parameters.starts_with("{\"n\":2}") || parameters.starts_with("{&quot;n&quot;:2}"),
+        "{tagged}"
+    );
+    assert!(
+        tagged.contains("<span class=\"tag\">garden</span>"),
+        "{tagged}"
     );
     let missing = dump_dom(&format!("{url}runs/no-such-run"));
     assert!(missing.contains("no flow run matches"), "{missing}");

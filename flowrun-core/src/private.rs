@@ -6,6 +6,7 @@ pub use crate::task::names::InputDisplay;
 pub use crate::task::probe::{
     CloneNo, CloneYes, CodecNo, CodecYes, Probe, SerializedNo, SerializedYes,
 };
+pub use crate::task::probe::{JsonNo, JsonYes};
 pub use crate::task::registry::TaskRegistration;
 pub use crate::ArgsTuple;
 pub use crate::{

@@ -48,13 +48,17 @@ pub struct FlowRunRow {
     pub start_ms: i64,
     /// End, once it ended.
     pub end_ms: Option<i64>,
-    /// The flow's parameters as JSON, where they were recorded.
+    /// The flow's parameters as a JSON object (`{"name": value}`), a
+    /// parameter whose type is not `Serialize` as `"<not serializable>"`;
+    /// `None` when they were not recorded. (`--json` prints it as the
+    /// object itself.)
+    #[serde(serialize_with = "as_json")]
     pub parameters: Option<String>,
     /// The id of the flow run this one is a subflow of.
     pub parent_flow_run: Option<String>,
     /// The id of the task run that started this subflow.
     pub parent_task_run: Option<String>,
-    /// Its tags.
+    /// Its tags (`#[flow(tags = [...])]`, `FlowOptions::tags`).
     pub tags: Vec<String>,
     /// The process that ran it.
     pub pid: Option<i64>,
@@ -243,6 +247,14 @@ const FLOW_COLUMNS: &str = "seq, id, name, flow, state, state_name, message, sta
 const TASK_COLUMNS: &str = "id, name, task, task_key, state, state_name, message, attempts,
     worker, upstreams, cache_key, created_ms, start_ms, end_ms";
 
+/// Stored JSON text as the JSON value it holds, not as a string.
+fn as_json<S: serde::Serializer>(text: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    let value = text
+        .as_deref()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok());
+    serde::Serialize::serialize(&value, s)
+}
+
 fn flow_row(r: &Row<'_>) -> rusqlite::Result<FlowRunRow> {
     let tags: Option<String> = r.get(12)?;
     Ok(FlowRunRow {
@@ -259,7 +271,7 @@ fn flow_row(r: &Row<'_>) -> rusqlite::Result<FlowRunRow> {
         parent_flow_run: r.get(10)?,
         parent_task_run: r.get(11)?,
         tags: tags
-            .map(|t| t.split(' ').map(str::to_owned).collect())
+            .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default(),
         pid: r.get(13)?,
         tasks: TaskCounts {
@@ -346,6 +358,37 @@ impl Store {
         }
     }
 
+    /// Every row `sql` yields with `params`, each made by `row`.
+    fn all<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, HistoryError> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.err(e))?;
+        stmt.query_map(params, row)
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self.err(e))
+    }
+
+    /// The one flow run `sql` yields, if any.
+    fn one_flow(&self, sql: &str, text: &str) -> Result<Option<FlowRunRow>, HistoryError> {
+        self.conn
+            .query_row(sql, [text], flow_row)
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// The flow run `sql` (`LIMIT 2`) finds: none, one, or too many for `text`.
+    fn unique_flow(&self, sql: &str, text: &str) -> Result<Option<FlowRunRow>, HistoryError> {
+        let mut rows = self.all(sql, [text.to_ascii_lowercase()], flow_row)?;
+        match rows.len() {
+            0 => Ok(None),
+            1 => Ok(rows.pop()),
+            n => Err(HistoryError::Ambiguous(text.to_owned(), n)),
+        }
+    }
+
     /// Flow runs, newest first.
     pub fn runs(&self, q: &RunsQuery) -> Result<Vec<FlowRunRow>, HistoryError> {
         let sql = format!(
@@ -355,27 +398,18 @@ impl Store {
                AND (?3 IS NULL OR start_ms >= ?3)
              ORDER BY start_ms DESC, seq DESC LIMIT ?4"
         );
-        let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(
-                params![q.flow, q.state, q.since_ms, q.limit as i64],
-                flow_row,
-            )
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
+        self.all(
+            &sql,
+            params![q.flow, q.state, q.since_ms, q.limit as i64],
+            flow_row,
+        )
     }
 
     /// The flow run `text` names: an id, a unique id prefix or suffix (of
     /// at least 8 digits), or a flow-run name (the newest run of that name).
     pub fn find_run(&self, text: &str) -> Result<FlowRunRow, HistoryError> {
         let by_id = format!("SELECT {FLOW_COLUMNS} FROM flow_runs WHERE id = ?1");
-        if let Some(row) = self
-            .conn
-            .query_row(&by_id, [text], flow_row)
-            .optional()
-            .map_err(|e| self.err(e))?
-        {
+        if let Some(row) = self.one_flow(&by_id, text)? {
             return Ok(row);
         }
         // Ids are lowercase hex with dashes, so a prefix range scan on the
@@ -383,39 +417,22 @@ impl Store {
         let prefix = format!(
             "SELECT {FLOW_COLUMNS} FROM flow_runs WHERE id >= ?1 AND id < ?1 || '~' LIMIT 2"
         );
-        let mut stmt = self.conn.prepare_cached(&prefix).map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([text.to_ascii_lowercase()], flow_row)
-            .and_then(|r| r.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| self.err(e))?;
-        match rows.len() {
-            1 => return Ok(rows.into_iter().next().expect("one row")),
-            n if n > 1 => return Err(HistoryError::Ambiguous(text.to_owned(), n)),
-            _ => {}
+        if let Some(row) = self.unique_flow(&prefix, text)? {
+            return Ok(row);
         }
         // The short id the command prints is the id's random tail; flow
         // runs are few enough beside task runs to scan for it.
         if text.len() >= 8 && text.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
             let suffix =
                 format!("SELECT {FLOW_COLUMNS} FROM flow_runs WHERE id LIKE '%' || ?1 LIMIT 2");
-            let mut stmt = self.conn.prepare_cached(&suffix).map_err(|e| self.err(e))?;
-            let rows = stmt
-                .query_map([text.to_ascii_lowercase()], flow_row)
-                .and_then(|r| r.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| self.err(e))?;
-            match rows.len() {
-                1 => return Ok(rows.into_iter().next().expect("one row")),
-                n if n > 1 => return Err(HistoryError::Ambiguous(text.to_owned(), n)),
-                _ => {}
+            if let Some(row) = self.unique_flow(&suffix, text)? {
+                return Ok(row);
             }
         }
         let by_name = format!(
             "SELECT {FLOW_COLUMNS} FROM flow_runs WHERE name = ?1 ORDER BY start_ms DESC LIMIT 1"
         );
-        self.conn
-            .query_row(&by_name, [text], flow_row)
-            .optional()
-            .map_err(|e| self.err(e))?
+        self.one_flow(&by_name, text)?
             .ok_or_else(|| HistoryError::UnknownRun(text.to_owned()))
     }
 
@@ -432,29 +449,11 @@ impl Store {
         let subflows = format!(
             "SELECT {FLOW_COLUMNS} FROM flow_runs WHERE parent_flow_run = ?1 ORDER BY seq LIMIT ?2"
         );
-        let list = |sql: &str| -> Result<Vec<TaskRunRow>, HistoryError> {
-            let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.err(e))?;
-            let rows = stmt
-                .query_map(params![run.seq, limit as i64], task_row)
-                .and_then(|r| r.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| self.err(e))?;
-            Ok(rows)
-        };
-        let task_runs = list(&tasks)?;
-        let failures = list(&failures)?;
-        let mut stmt = self
-            .conn
-            .prepare_cached(&subflows)
-            .map_err(|e| self.err(e))?;
-        let subflows = stmt
-            .query_map(params![run.id, limit as i64], flow_row)
-            .and_then(|r| r.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| self.err(e))?;
         Ok(RunDetail {
             run: run.clone(),
-            task_runs,
-            failures,
-            subflows,
+            task_runs: self.all(&tasks, params![run.seq, limit as i64], task_row)?,
+            failures: self.all(&failures, params![run.seq, limit as i64], task_row)?,
+            subflows: self.all(&subflows, params![run.id, limit as i64], flow_row)?,
         })
     }
 
@@ -468,26 +467,21 @@ impl Store {
         let sql = format!(
             "SELECT {TASK_COLUMNS} FROM task_runs WHERE flow_run = ?1 ORDER BY seq LIMIT ?2 OFFSET ?3"
         );
-        let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![run.seq, limit as i64, offset as i64], task_row)
-            .and_then(|r| r.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
+        self.all(
+            &sql,
+            params![run.seq, limit as i64, offset as i64],
+            task_row,
+        )
     }
 
     /// Per task: how its runs in `run` ended and how long they took.
     pub fn task_summary(&self, run: &FlowRunRow) -> Result<Vec<TaskSummary>, HistoryError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT task, count(*), sum(state = 'Completed'), sum(state = 'Failed'),
-                 sum(state = 'Crashed'), sum(state = 'Cancelled'), avg(end_ms - start_ms)
-                 FROM task_runs WHERE flow_run = ?1 GROUP BY task ORDER BY min(seq)",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([run.seq], |r| {
+        self.all(
+            "SELECT task, count(*), sum(state = 'Completed'), sum(state = 'Failed'),
+             sum(state = 'Crashed'), sum(state = 'Cancelled'), avg(end_ms - start_ms)
+             FROM task_runs WHERE flow_run = ?1 GROUP BY task ORDER BY min(seq)",
+            [run.seq],
+            |r| {
                 Ok(TaskSummary {
                     task: r.get(0)?,
                     counts: TaskCounts {
@@ -499,10 +493,8 @@ impl Store {
                     },
                     mean_ms: r.get(6)?,
                 })
-            })
-            .and_then(|r| r.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
+            },
+        )
     }
 
     /// The state changes of `run` and of its first `limit` task runs, in
@@ -531,18 +523,11 @@ impl Store {
             )
             .map_err(|e| self.err(e))?;
         let mut rows = parse(None, &flow);
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT name, history FROM task_runs WHERE flow_run = ?1 ORDER BY seq LIMIT ?2",
-            )
-            .map_err(|e| self.err(e))?;
-        let tasks = stmt
-            .query_map(params![run.seq, limit as i64], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-            })
-            .and_then(|r| r.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| self.err(e))?;
+        let tasks = self.all(
+            "SELECT name, history FROM task_runs WHERE flow_run = ?1 ORDER BY seq LIMIT ?2",
+            params![run.seq, limit as i64],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        )?;
         for (name, history) in tasks {
             rows.extend(parse(Some(name), &history));
         }
@@ -593,13 +578,10 @@ impl Store {
                      WHERE logs_fts MATCH ?5 AND f.rowid BETWEEN ?6 AND ?7 AND {filters}
                      ORDER BY f.rowid DESC LIMIT ?4"
                 );
-                let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
                 let query = fts_query(grep);
                 let mut all: Vec<&dyn rusqlite::ToSql> = base.to_vec();
                 all.extend([&query as &dyn rusqlite::ToSql, &first, &last]);
-                stmt.query_map(&*all, row)
-                    .and_then(|r| r.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| self.err(e))?
+                self.all(&sql, &*all, row)?
             }
             None => {
                 let sql = if q.task.is_some() {
@@ -618,10 +600,7 @@ impl Store {
                          WHERE {filters} ORDER BY l.seq DESC LIMIT ?4"
                     )
                 };
-                let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
-                stmt.query_map(base, row)
-                    .and_then(|r| r.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| self.err(e))?
+                self.all(&sql, base, row)?
             }
         };
         rows.reverse();
@@ -632,17 +611,11 @@ impl Store {
     /// epoch), with their task runs, states and logs; one flow run per
     /// transaction, so flows writing the same home wait briefly at most.
     pub fn prune(&mut self, before_ms: i64) -> Result<Pruned, HistoryError> {
-        let old: Vec<i64> = {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT seq FROM flow_runs WHERE start_ms < ?1 AND end_ms IS NOT NULL")
-                .map_err(|e| self.err(e))?;
-            let seqs = stmt
-                .query_map([before_ms], |r| r.get(0))
-                .and_then(|r| r.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| self.err(e))?;
-            seqs
-        };
+        let old: Vec<i64> = self.all(
+            "SELECT seq FROM flow_runs WHERE start_ms < ?1 AND end_ms IS NOT NULL",
+            [before_ms],
+            |r| r.get(0),
+        )?;
         let mut pruned = Pruned::default();
         for seq in old {
             let counts = crate::writer::with_retries(|| {

@@ -102,7 +102,9 @@ pub(crate) fn flush(home: &Path) {
 /// returns if it committed nothing for [`STALL_WAIT`].
 fn flush_writer(writer: &Writer) {
     let (done, wait) = crossbeam_channel::bounded(1);
-    if writer.tx.send(Event::Flush(done)).is_ok() && !wait_for_commit(writer, &wait) {
+    let sent = writer.tx.send(Event::Flush(done)).is_ok();
+    let _ = writer.wake.try_send(());
+    if sent && !wait_for_commit(writer, &wait) {
         tracing::warn!(
             target: "flowrun_history",
             "Run history: {} may miss runs: its writer committed nothing for {} s",
@@ -221,7 +223,7 @@ impl RunObserver for Recorder {
 fn observer_for(info: &FlowRunInfo) -> Option<Arc<dyn RunObserver>> {
     // A subflow inside a worker process's task is the flow process's to
     // record; workers never open the database.
-    if !enabled() || flowrun_core::worker::is_worker() {
+    if !info.history || !enabled() || flowrun_core::worker::is_worker() {
         return None;
     }
     let Some(home) = home_for_new_flow() else {
@@ -240,6 +242,9 @@ fn observer_for(info: &FlowRunInfo) -> Option<Arc<dyn RunObserver>> {
         flow: info.flow_name.clone(),
         parent_flow: flowrun_core::current_flow_run_id(),
         parent_task: flowrun_core::current_task_run().map(|r| r.id()),
+        parameters: info.parameters.clone(),
+        tags: (!info.tags.is_empty())
+            .then(|| serde_json::to_string(&info.tags).unwrap_or_default()),
         time: SystemTime::now(),
     };
     writer.tx.send(Event::FlowStarted(Box::new(start))).ok()?;

@@ -5,22 +5,26 @@
 //! its state); names, ids and SQL are made here, off the flows' threads.
 //! A batch is everything that queued while the previous one committed, so
 //! batches grow with the load and a commit's fixed cost is shared by all of
-//! its events. Each batch is one short `BEGIN IMMEDIATE` transaction:
+//! its events. A task run's row is written once it is final, with every
+//! state change it went through, rather than inserted and then updated per
+//! state: a run still unfinished after [`DEFER`] (or named by a log line, or
+//! asked for by a flush) is written as it is and updated when it ends. Each batch is one short `BEGIN IMMEDIATE` transaction:
 //! it takes the write lock first, so two processes never deadlock upgrading
 //! a read lock, and waits `BUSY_TIMEOUT` for it, then retries, so a shared
 //! home never reports "database is locked". Row ids SQLite assigns inside a
 //! transaction are kept only once it committed, so a retried batch writes
 //! the same rows again, not duplicates.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
 use flowrun_core::{RunId, RunRef, State, StateKind};
 use rusqlite::{params, Connection, ErrorCode, TransactionBehavior};
+use rustc_hash::{FxHashMap, FxHashSet};
 use uuid::Uuid;
 
 use crate::HistoryError;
@@ -28,6 +32,17 @@ use crate::HistoryError;
 /// How many events one batch takes at most, so a commit stays short and
 /// other processes get the lock in turn.
 const MAX_BATCH: usize = 50_000;
+
+/// How long the writer lets events gather after the first of a batch
+/// (a flush cuts it short). It waits on the wake channel, not on the
+/// events', so the flow's threads send without waking it (no system call
+/// per event); one transaction then takes tens of thousands of events, so
+/// SQLite writes each hot index page once per batch, not once per handful.
+const GATHER: Duration = Duration::from_millis(100);
+
+/// How long a changed task run may wait in memory for its final state
+/// before its row is written anyway (so a reader sees a long run running).
+const DEFER: Duration = Duration::from_millis(250);
 
 /// How often a busy database is retried before the batch is given up.
 const BUSY_RETRIES: u32 = 120;
@@ -40,6 +55,10 @@ pub(crate) struct FlowStart {
     pub flow: String,
     pub parent_flow: Option<String>,
     pub parent_task: Option<RunId>,
+    /// A JSON object.
+    pub parameters: Option<String>,
+    /// A JSON array, `None` for no tags.
+    pub tags: Option<String>,
     pub time: SystemTime,
 }
 
@@ -76,6 +95,8 @@ pub(crate) enum Event {
 /// The writer of one home: a handle on its thread.
 pub(crate) struct Writer {
     pub tx: Sender<Event>,
+    /// Cuts the writer's gathering short (after a flush is sent).
+    pub wake: Sender<()>,
     pub home: PathBuf,
     /// Batches committed so far: waiters tell a slow writer from a stuck one.
     pub commits: Arc<AtomicU64>,
@@ -87,6 +108,7 @@ impl Writer {
     pub fn start(home: &Path) -> Result<Writer, HistoryError> {
         let conn = crate::schema::open(home)?;
         let (tx, rx) = crossbeam_channel::unbounded();
+        let (wake, wake_rx) = crossbeam_channel::bounded(1);
         let path = crate::schema::database_path(home);
         let commits = Arc::new(AtomicU64::new(0));
         let counter = commits.clone();
@@ -94,7 +116,7 @@ impl Writer {
             .name("flowrun-history".into())
             .spawn(move || {
                 lower_priority();
-                Thread::new(conn, path, counter).run(rx)
+                Thread::new(conn, path, counter).run(rx, wake_rx)
             })
             .map_err(|source| HistoryError::Home {
                 path: home.to_owned(),
@@ -102,6 +124,7 @@ impl Writer {
             })?;
         Ok(Writer {
             tx,
+            wake,
             home: home.to_owned(),
             commits,
         })
@@ -194,13 +217,29 @@ fn record(history: &mut Vec<Change>, change: Change) {
     }
 }
 
-/// The `history` column: `[[time_ms, state, name, message], ...]`.
+/// The `history` column: `[[time_ms, state, name, message], ...]`, written
+/// by hand: one string per run, where serde's generic path cost a vector too.
 fn history_json(changes: &[Change]) -> String {
-    let rows: Vec<_> = changes
-        .iter()
-        .map(|c| (c.time_ms, c.state, c.name.as_deref(), c.message.as_deref()))
-        .collect();
-    serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into())
+    use std::fmt::Write as _;
+    let text = |out: &mut String, value: Option<&str>| match value {
+        Some(v) => out.push_str(&serde_json::to_string(v).unwrap_or_else(|_| "null".into())),
+        None => out.push_str("null"),
+    };
+    let mut out = String::with_capacity(40 * changes.len() + 2);
+    out.push('[');
+    for (i, c) in changes.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        // State kinds are plain words: no escaping needed.
+        let _ = write!(out, "[{},\"{}\",", c.time_ms, c.state);
+        text(&mut out, c.name.as_deref());
+        out.push(',');
+        text(&mut out, c.message.as_deref());
+        out.push(']');
+    }
+    out.push(']');
+    out
 }
 
 /// A task run not yet final (or final but not yet committed).
@@ -218,6 +257,8 @@ struct TaskRow {
     end_ms: Option<i64>,
     upstreams: Option<String>,
     history: Vec<Change>,
+    /// It has changes its row does not hold yet.
+    dirty: bool,
 }
 
 /// What is left of a task run once it is final and committed: what later
@@ -240,7 +281,8 @@ struct LogRow {
 struct Batch {
     /// Flow runs to insert or update, parents (started first) first.
     flows: BTreeSet<u64>,
-    tasks: Vec<RunId>,
+    /// Task runs whose rows log lines of this batch refer to.
+    named: FxHashSet<RunId>,
     logs: Vec<LogRow>,
     done: Vec<Sender<()>>,
     finished: Vec<u64>,
@@ -251,8 +293,15 @@ struct Thread {
     path: PathBuf,
     flows: HashMap<u64, FlowRow>,
     by_core_id: HashMap<String, u64>,
-    tasks: HashMap<RunId, TaskRow>,
-    done: HashMap<RunId, Done>,
+    // Run ids count up from 1: Fx hashes them in a multiply, where the
+    // default hasher costs more than the rest of an event's bookkeeping.
+    tasks: FxHashMap<RunId, TaskRow>,
+    done: FxHashMap<RunId, Done>,
+    /// Task runs that became final: their rows are written next commit.
+    ready: Vec<RunId>,
+    /// Unfinished task runs with changes not written yet, by the time of
+    /// their first such change (oldest first); ids may be stale.
+    waiting: VecDeque<(Instant, RunId)>,
     failed: bool,
     commits: Arc<AtomicU64>,
 }
@@ -264,17 +313,38 @@ impl Thread {
             path,
             flows: HashMap::new(),
             by_core_id: HashMap::new(),
-            tasks: HashMap::new(),
-            done: HashMap::new(),
+            tasks: FxHashMap::default(),
+            done: FxHashMap::default(),
+            ready: Vec::new(),
+            waiting: VecDeque::new(),
             failed: false,
             commits,
         }
     }
 
-    fn run(mut self, rx: Receiver<Event>) {
-        while let Ok(first) = rx.recv() {
+    fn run(mut self, rx: Receiver<Event>, wake: Receiver<()>) {
+        loop {
+            let next = if self.waiting.is_empty() {
+                rx.recv().map_err(|_| true)
+            } else {
+                rx.recv_timeout(DEFER).map_err(|e| e.is_disconnected())
+            };
+            let first = match next {
+                Ok(e) => e,
+                // Nothing came for a while: write the runs kept waiting.
+                Err(false) => {
+                    self.commit(Batch::default());
+                    continue;
+                }
+                Err(true) => return,
+            };
             let mut batch = Batch::default();
+            let flush = matches!(first, Event::Flush(_));
             self.apply(first, &mut batch);
+            // A backlog is a batch already: no need to gather more.
+            if !flush && rx.len() < MAX_BATCH / 10 {
+                let _ = wake.recv_timeout(GATHER);
+            }
             let mut n = 1;
             while n < MAX_BATCH {
                 match rx.try_recv() {
@@ -327,7 +397,7 @@ impl Thread {
                     .collect();
                 if let Some(t) = self.tasks.get_mut(&run) {
                     t.upstreams = Some(ids.join(" "));
-                    batch.tasks.push(run);
+                    mark_dirty(t, &mut self.waiting, run);
                 }
             }
             Event::FlowFinished { flow, state } => {
@@ -344,6 +414,7 @@ impl Thread {
             }
             Event::Log(line) => {
                 if let Some((flow, task)) = self.resolve_log(&line) {
+                    batch.named.extend(task);
                     batch.logs.push(LogRow {
                         flow,
                         task,
@@ -385,6 +456,7 @@ impl Thread {
                     end_ms: None,
                     upstreams: None,
                     history: Vec::with_capacity(3),
+                    dirty: false,
                 })
             }
         };
@@ -405,7 +477,13 @@ impl Thread {
             task.start_ms = Some(task.start_ms.map_or(time_ms, |s| s.min(time_ms)));
         }
         record(&mut task.history, Change::of(&state));
-        batch.tasks.push(id);
+        if kind.is_final() && newer {
+            // Final once: its row is due now, whatever else waits.
+            task.dirty = true;
+            self.ready.push(id);
+        } else {
+            mark_dirty(task, &mut self.waiting, id);
+        }
         if kind.is_final() && newer {
             let slot = match kind {
                 StateKind::Completed => Some(0),
@@ -462,9 +540,12 @@ impl Thread {
     fn commit(&mut self, mut batch: Batch) {
         if self.failed {
             batch.done.clear();
+            self.ready.clear();
+            self.waiting.clear();
             return;
         }
-        match with_retries(|| self.write(&batch)) {
+        let rows = self.due(&batch);
+        match with_retries(|| self.write(&batch, &rows)) {
             Ok((flow_seqs, task_seqs)) => {
                 for (token, seq) in flow_seqs {
                     if let Some(f) = self.flows.get_mut(&token) {
@@ -476,7 +557,12 @@ impl Thread {
                         t.seq = Some(seq);
                     }
                 }
-                self.retire(&batch);
+                for id in &rows {
+                    if let Some(t) = self.tasks.get_mut(id) {
+                        t.dirty = false;
+                    }
+                }
+                self.retire(&batch, &rows);
                 self.commits.fetch_add(1, Ordering::Release);
             }
             Err(e) => {
@@ -492,9 +578,34 @@ impl Thread {
         }
     }
 
+    /// The task runs whose rows this batch writes: the final ones, those a
+    /// log line names, those waiting longer than [`DEFER`], and all of them
+    /// when a flush waits or a flow run ended. The others stay dirty.
+    fn due(&mut self, batch: &Batch) -> Vec<RunId> {
+        let mut due = std::mem::take(&mut self.ready);
+        due.extend(batch.named.iter().copied());
+        if !batch.done.is_empty() || !batch.finished.is_empty() {
+            due.extend(self.waiting.drain(..).map(|(_, id)| id));
+        } else {
+            let now = Instant::now();
+            while let Some((since, id)) = self.waiting.front().copied() {
+                if now.duration_since(since) < DEFER {
+                    break;
+                }
+                self.waiting.pop_front();
+                due.push(id);
+            }
+        }
+        let tasks = &self.tasks;
+        due.retain(|id| tasks.get(id).is_some_and(|t| t.dirty));
+        due.sort_unstable();
+        due.dedup();
+        due
+    }
+
     /// Forgets what no later event can change.
-    fn retire(&mut self, batch: &Batch) {
-        for id in &batch.tasks {
+    fn retire(&mut self, batch: &Batch, rows: &[RunId]) {
+        for id in rows {
             let finished = self
                 .tasks
                 .get(id)
@@ -523,16 +634,21 @@ impl Thread {
 
     /// Writes one batch in one transaction; returns the row ids it assigned.
     #[allow(clippy::type_complexity)]
-    fn write(&mut self, batch: &Batch) -> rusqlite::Result<(Vec<(u64, i64)>, Vec<(RunId, i64)>)> {
+    fn write(
+        &mut self,
+        batch: &Batch,
+        rows: &[RunId],
+    ) -> rusqlite::Result<(Vec<(u64, i64)>, Vec<(RunId, i64)>)> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut flow_seqs: HashMap<u64, i64> = HashMap::new();
-        let mut task_seqs: HashMap<RunId, i64> = HashMap::new();
+        let mut task_seqs: FxHashMap<RunId, i64> = FxHashMap::default();
         {
             let mut insert_flow = tx.prepare_cached(
                 "INSERT INTO flow_runs (id, core_id, name, flow, state, start_ms, parent_flow_run,
-                 parent_task_run, pid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                 parent_task_run, pid, parameters, tags)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
             for token in &batch.flows {
                 let Some(f) = self.flows.get(token) else {
@@ -563,6 +679,8 @@ impl Thread {
                     parent_flow,
                     parent_task,
                     std::process::id(),
+                    f.start.parameters,
+                    f.start.tags,
                 ])?;
                 flow_seqs.insert(*token, tx.last_insert_rowid());
             }
@@ -572,65 +690,47 @@ impl Thread {
                     .and_then(|f| f.seq)
                     .or_else(|| flow_seqs.get(&token).copied())
             };
-            let mut insert_task = tx.prepare_cached(
-                "INSERT INTO task_runs (id, flow_run, name, task, task_key, state, state_name,
+            // One statement for a new row and for one written before (a
+            // run that outlived DEFER): `seq` NULL inserts, a known `seq`
+            // updates what can change and leaves the other columns be.
+            let mut upsert_task = tx.prepare_cached(
+                "INSERT INTO task_runs (seq, id, flow_run, name, task, task_key, state, state_name,
                  message, attempts, worker, upstreams, created_ms, start_ms, end_ms, history)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                 ON CONFLICT (seq) DO UPDATE SET state = excluded.state,
+                 state_name = excluded.state_name, message = excluded.message,
+                 attempts = excluded.attempts, worker = excluded.worker,
+                 upstreams = excluded.upstreams, start_ms = excluded.start_ms,
+                 end_ms = excluded.end_ms, history = excluded.history",
             )?;
-            let mut update_task = tx.prepare_cached(
-                "UPDATE task_runs SET state = ?2, state_name = ?3, message = ?4, attempts = ?5,
-                 worker = ?6, upstreams = ?7, start_ms = ?8, end_ms = ?9, history = ?10
-                 WHERE seq = ?1",
-            )?;
-            let mut seen = HashSet::with_capacity(batch.tasks.len());
-            for id in &batch.tasks {
-                if !seen.insert(*id) {
-                    continue;
-                }
+            for id in rows {
                 let Some(t) = self.tasks.get(id) else {
                     continue;
                 };
-                let worker = t.run.location();
-                let attempts = t.run.attempts();
-                match t.seq {
-                    Some(seq) => {
-                        update_task.execute(params![
-                            seq,
-                            t.state.as_str(),
-                            t.state_name,
-                            t.message.as_deref(),
-                            attempts,
-                            worker.as_deref(),
-                            t.upstreams,
-                            t.start_ms,
-                            t.end_ms,
-                            history_json(&t.history),
-                        ])?;
-                    }
-                    None => {
-                        let Some(flow) = flow_seq(t.flow) else {
-                            continue;
-                        };
-                        let mut id_text = [0u8; 36];
-                        insert_task.execute(params![
-                            &*t.id.hyphenated().encode_lower(&mut id_text),
-                            flow,
-                            t.run.name(),
-                            t.run.task_name(),
-                            t.run.task_key(),
-                            t.state.as_str(),
-                            t.state_name,
-                            t.message.as_deref(),
-                            attempts,
-                            worker.as_deref(),
-                            t.upstreams,
-                            t.created_ms,
-                            t.start_ms,
-                            t.end_ms,
-                            history_json(&t.history),
-                        ])?;
-                        task_seqs.insert(*id, tx.last_insert_rowid());
-                    }
+                let Some(flow) = flow_seq(t.flow) else {
+                    continue;
+                };
+                let mut id_text = [0u8; 36];
+                upsert_task.execute(params![
+                    t.seq,
+                    &*t.id.hyphenated().encode_lower(&mut id_text),
+                    flow,
+                    t.run.name(),
+                    t.run.task_name(),
+                    t.run.task_key(),
+                    t.state.as_str(),
+                    t.state_name,
+                    t.message.as_deref(),
+                    t.run.attempts(),
+                    t.run.location().as_deref(),
+                    t.upstreams,
+                    t.created_ms,
+                    t.start_ms,
+                    t.end_ms,
+                    history_json(&t.history),
+                ])?;
+                if t.seq.is_none() {
+                    task_seqs.insert(*id, tx.last_insert_rowid());
                 }
             }
             let task_seq = |id: RunId| -> Option<i64> {
@@ -689,14 +789,22 @@ impl Thread {
 }
 
 fn uuid_of(
-    tasks: &HashMap<RunId, TaskRow>,
-    done: &HashMap<RunId, Done>,
+    tasks: &FxHashMap<RunId, TaskRow>,
+    done: &FxHashMap<RunId, Done>,
     run: RunId,
 ) -> Option<Uuid> {
     tasks
         .get(&run)
         .map(|t| t.id)
         .or_else(|| done.get(&run).map(|d| d.id))
+}
+
+/// Notes that `task` has changes its row does not hold yet.
+fn mark_dirty(task: &mut TaskRow, waiting: &mut VecDeque<(Instant, RunId)>, id: RunId) {
+    if !task.dirty {
+        task.dirty = true;
+        waiting.push_back((Instant::now(), id));
+    }
 }
 
 /// The text between `prefix` and the closing quote of `label`.

@@ -49,6 +49,10 @@ pub fn task(args: TokenStream, item: TokenStream) -> TokenStream {
 /// `retries = n`, `retry_delay = ...`, `timeout = seconds`, `crate = path`,
 /// `concurrency_limits = [("tag", slots), ...]` (tag limits for the flow's
 /// task runs, see `flowrun::concurrency`).
+/// `tags = ["..."]` (kept in the run history with the flow's parameters),
+/// `history = false` (the run history does not record this flow's runs, nor
+/// their subflows that do not say otherwise; `FlowOptions::history` sets it
+/// per call).
 #[proc_macro_attribute]
 pub fn flow(args: TokenStream, item: TokenStream) -> TokenStream {
     entry::run(&flow::FLOW, args.into(), item.into()).into()

@@ -303,3 +303,19 @@ pub(crate) fn krate(expr: &Expr, cx: &Ctxt) -> Option<syn::Path> {
     }
     path
 }
+
+/// A `true`/`false` literal option (`history = false`).
+pub(crate) fn boolean(expr: &Expr, option: &str, cx: &Ctxt) -> Option<syn::LitBool> {
+    match expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Bool(b), ..
+        }) => Some(b.clone()),
+        _ => {
+            cx.spanned(
+                expr,
+                format!("`{option}` must be `true` or `false`, such as `{option} = false`"),
+            );
+            None
+        }
+    }
+}

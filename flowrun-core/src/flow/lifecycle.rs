@@ -39,10 +39,8 @@ struct Started {
     _limits: crate::concurrency::ScopeGuard,
 }
 
-fn begin<F: Flow>(
-    config: &FlowConfig,
-    named: Option<String>,
-) -> Result<Started, Box<FlowRun<F::Output>>> {
+fn begin<F: Flow>(config: &FlowConfig, args: &F::Args) -> Result<Started, Box<FlowRun<F::Output>>> {
+    let named = F::run_name(args);
     crate::exec::worker::divert_if_worker();
     crate::logging::init();
     let began = Instant::now();
@@ -96,6 +94,31 @@ fn begin<F: Flow>(
         false,
     ));
     let parent_flow_run_id = parent.as_ref().map(|p| p.flow.id.clone());
+    let history = options
+        .and_then(|o| o.history)
+        .or(meta.history)
+        .unwrap_or_else(|| {
+            parent
+                .as_ref()
+                .is_none_or(|p| p.flow.history.load(std::sync::atomic::Ordering::Relaxed))
+        });
+    shared
+        .history
+        .store(history, std::sync::atomic::Ordering::Relaxed);
+    let tags = options
+        .and_then(|o| o.tags.as_ref())
+        .unwrap_or(&meta.tags)
+        .iter()
+        .map(|t| t.clone().into_owned())
+        .collect();
+    // Serialized once per flow run, and only for a run some observer (the
+    // run history) may record.
+    let recorded = history
+        && inventory::iter::<crate::observe::ObserverRegistration>
+            .into_iter()
+            .next()
+            .is_some();
+    let parameters = recorded.then(|| parameters_json(&F::parameters(args)));
     if let Some(p) = parent {
         shared.links.set_parent(p);
     }
@@ -115,6 +138,9 @@ fn begin<F: Flow>(
         flow_run_id: shared.id.clone(),
         parent_flow_run_id,
         flow: crate::flow::scope::FlowHandle(shared.clone()),
+        parameters,
+        tags,
+        history,
     };
     // A runner that cannot start is the infrastructure failing: Crashed,
     // as in Prefect; an invalid option is the flow's own failure.
@@ -202,6 +228,24 @@ fn begin<F: Flow>(
         hooks,
         info,
     })
+}
+
+/// What a parameter whose type is not `Serialize` is recorded as.
+const NOT_SERIALIZABLE: &str = "\"<not serializable>\"";
+
+/// `{"name": value, ...}` in the order given.
+fn parameters_json(parameters: &[(&'static str, Option<String>)]) -> String {
+    let mut json = String::from("{");
+    for (i, (name, value)) in parameters.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        json.push_str(&serde_json::to_string(name).unwrap_or_else(|_| "\"?\"".into()));
+        json.push(':');
+        json.push_str(value.as_deref().unwrap_or(NOT_SERIALIZABLE));
+    }
+    json.push('}');
+    json
 }
 
 impl Started {
@@ -440,7 +484,7 @@ impl Started {
 /// The attempt loop of a flow run, in either mode: blocking (every step
 /// finishes at once) or async.
 async fn drive<F: Flow>(config: &FlowConfig, args: F::Args, mode: Mode) -> FlowRun<F::Output> {
-    let started = match begin::<F>(config, F::run_name(&args)) {
+    let started = match begin::<F>(config, &args) {
         Ok(s) => s,
         Err(run) => return *run,
     };

@@ -1,6 +1,7 @@
 //! What `#[flow]` generates code against: the [`Flow`] trait, the static
 //! [`FlowMeta`] of each flow, and the per-call [`FlowConfig`].
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,9 @@ pub struct FlowMeta {
     pub(crate) hooks: crate::run::hooks::FlowHooks,
     /// Tag limits for the flow's runs, from `concurrency_limits = [...]`.
     pub(crate) concurrency_limits: Vec<(&'static str, u32)>,
+    pub(crate) tags: Vec<Cow<'static, str>>,
+    /// `history = ...`: `None` records as the parent flow run does.
+    pub(crate) history: Option<bool>,
 }
 
 impl FlowMeta {
@@ -34,6 +38,8 @@ impl FlowMeta {
                 config_error: None,
                 hooks: Default::default(),
                 concurrency_limits: Vec::new(),
+                tags: Vec::new(),
+                history: None,
             },
         }
     }
@@ -46,6 +52,11 @@ impl FlowMeta {
     /// The description.
     pub fn description(&self) -> Option<&'static str> {
         self.description
+    }
+
+    /// The tags of its runs.
+    pub fn tags(&self) -> &[Cow<'static, str>] {
+        &self.tags
     }
 }
 
@@ -85,6 +96,18 @@ impl FlowMetaBuilder {
         self.meta.concurrency_limits = limits.to_vec();
         self
     }
+
+    /// `tags = [...]`.
+    pub fn tags(mut self, tags: &[&'static str]) -> Self {
+        self.meta.tags = tags.iter().map(|t| Cow::Borrowed(*t)).collect();
+        self
+    }
+
+    /// `history = false`: the run history does not record its runs.
+    pub fn history(mut self, record: bool) -> Self {
+        self.meta.history = Some(record);
+        self
+    }
 }
 
 /// A flow: the type `#[flow]` generates for a function.
@@ -119,6 +142,13 @@ pub trait Flow: Sized + Send + Sync + 'static {
     fn run_name(args: &Self::Args) -> Option<String> {
         let _ = args;
         None
+    }
+
+    /// The arguments by parameter name, each as JSON text, or `None` for
+    /// one whose type is not `Serialize` (for the run history).
+    fn parameters(args: &Self::Args) -> Vec<(&'static str, Option<String>)> {
+        let _ = args;
+        Vec::new()
     }
 }
 
@@ -156,6 +186,8 @@ impl FlowConfig {
             retry_delay: options.retry_delay.or(prev.retry_delay),
             timeout: options.timeout.or(prev.timeout),
             hooks: prev.hooks.overridden_by(&options.hooks),
+            tags: options.tags.or(prev.tags),
+            history: options.history.or(prev.history),
         };
         self
     }

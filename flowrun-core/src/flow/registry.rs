@@ -90,10 +90,14 @@ pub(crate) struct FlowShared {
     timed_out: AtomicBool,
     closed: AtomicBool,
     counts: [AtomicUsize; 4],
-    observers: Mutex<Vec<Arc<dyn RunObserver>>>,
+    /// Replaced whole when one is added (before any task run): an event
+    /// takes a reference, not a copy of the list.
+    observers: Mutex<Arc<[Arc<dyn RunObserver>]>>,
     has_observers: AtomicBool,
     /// Its parent flow run and finished subflows.
     pub(crate) links: crate::flow::subflow::Links,
+    /// Whether the run history records it (its subflows follow it).
+    pub(crate) history: AtomicBool,
 }
 
 impl FlowShared {
@@ -124,9 +128,10 @@ impl FlowShared {
             timed_out: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             counts: Default::default(),
-            observers: Mutex::new(Vec::new()),
+            observers: Mutex::new(Arc::new([])),
             has_observers: AtomicBool::new(false),
             links: Default::default(),
+            history: AtomicBool::new(true),
         }
     }
 
@@ -136,7 +141,10 @@ impl FlowShared {
     }
 
     pub(crate) fn add_observer(&self, observer: Arc<dyn RunObserver>) {
-        lock(&self.observers).push(observer);
+        let mut observers = lock(&self.observers);
+        let mut list = observers.to_vec();
+        list.push(observer);
+        *observers = list.into();
         self.has_observers.store(true, Ordering::Release);
     }
 
@@ -148,21 +156,21 @@ impl FlowShared {
     pub(crate) fn emit(&self, run: RunRef, state: State) {
         let observers = lock(&self.observers).clone();
         let event = RunEvent { run, state };
-        for o in observers {
+        for o in observers.iter() {
             o.run_changed(&event);
         }
     }
 
     pub(crate) fn emit_submitted(&self, run: &RunRef, upstreams: &[RunRef]) {
         let observers = lock(&self.observers).clone();
-        for o in observers {
+        for o in observers.iter() {
             o.run_submitted(run, upstreams);
         }
     }
 
     pub(crate) fn emit_flow_finished(&self, state: &State) {
         let observers = lock(&self.observers).clone();
-        for o in observers {
+        for o in observers.iter() {
             o.flow_finished(state);
         }
     }
@@ -187,6 +195,9 @@ impl FlowShared {
                     flow_run_id: shared.id.clone(),
                     parent_flow_run_id: None,
                     flow: crate::flow::scope::FlowHandle(shared.clone()),
+                    parameters: None,
+                    tags: Vec::new(),
+                    history: false,
                 };
                 let _ = runner.start(&info);
                 shared

@@ -115,6 +115,9 @@ impl Scope {
             flow_run_id: handle.id().to_owned(),
             parent_flow_run_id: None,
             flow: handle.clone(),
+            parameters: None,
+            tags: Vec::new(),
+            history: false,
         })?;
         Ok(Scope { handle })
     }

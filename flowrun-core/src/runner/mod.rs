@@ -52,6 +52,16 @@ pub struct FlowRunInfo {
     pub parent_flow_run_id: Option<String>,
     /// The flow run itself, to submit more work into it.
     pub flow: crate::flow::scope::FlowHandle,
+    /// Its parameters as a JSON object of their names, in the order of the
+    /// flow's signature; a parameter whose type is not `Serialize` is
+    /// `"<not serializable>"`. `None` when no history records this run.
+    pub parameters: Option<String>,
+    /// Its tags (`#[flow(tags = [...])]`, [`FlowOptions::tags`](crate::FlowOptions::tags)).
+    pub tags: Vec<String>,
+    /// Whether the run history records it: `#[flow(history = false)]` and
+    /// [`FlowOptions::history`](crate::FlowOptions::history) say no; a
+    /// subflow that does not say follows its parent.
+    pub history: bool,
 }
 
 /// A runner could not start or could not run a call.

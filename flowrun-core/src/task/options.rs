@@ -386,6 +386,8 @@ pub struct FlowOptions {
     pub(crate) retry_delay: Option<RetryDelay>,
     pub(crate) timeout: Option<Option<Duration>>,
     pub(crate) hooks: FlowHooks,
+    pub(crate) tags: Option<Vec<Cow<'static, str>>>,
+    pub(crate) history: Option<bool>,
 }
 
 impl FlowOptions {
@@ -397,6 +399,26 @@ impl FlowOptions {
     /// The name of this flow run (by default a random `adjective-animal`).
     pub fn run_name(mut self, name: impl Into<String>) -> Self {
         self.run_name = Some(name.into());
+        self
+    }
+
+    /// Tags of these flow runs (replacing the flow's own `tags`), kept in
+    /// the run history.
+    pub fn tags<I, S>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<Cow<'static, str>>,
+    {
+        self.tags = Some(tags.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Whether the run history records these flow runs (and their
+    /// subflows that do not say otherwise); overrides the flow's
+    /// `history` option. `FLOWRUN_HISTORY=off` turns recording off for
+    /// every flow whatever this says.
+    pub fn history(mut self, record: bool) -> Self {
+        self.history = Some(record);
         self
     }
 

@@ -1,6 +1,6 @@
-//! Compile-time probes used by the generated code of `#[task]`: for a
-//! concrete type they answer "is it `Clone`?", "can it cross processes?"
-//! without requiring either (autoref specialization). Each question is a
+//! Compile-time probes used by the generated code of `#[task]` and
+//! `#[flow]`: for a concrete type they answer "is it `Clone`?", "can it
+//! cross processes?", "what is this value as JSON?" without requiring either (autoref specialization). Each question is a
 //! pair of traits with the same method; the first applies when the bound
 //! holds, the second (one reference deeper) otherwise.
 //!
@@ -11,6 +11,8 @@
 //! assert!((&Probe::<Opaque>::new()).cloner().is_none());
 //! assert!((&Probe::<String>::new()).serde_ok());
 //! assert!(!(&Probe::<Opaque>::new()).serde_ok());
+//! assert_eq!((&Probe::<u32>::new()).json(&7).as_deref(), Some("7"));
+//! assert_eq!((&Probe::<Opaque>::new()).json(&Opaque), None);
 //! ```
 
 use std::marker::PhantomData;
@@ -121,6 +123,29 @@ pub trait SerializedNo<T: Task> {
 }
 impl<T: Task> SerializedNo<T> for &Probe<T> {
     fn remote(&self) -> Option<SerializedFns<T>> {
+        None
+    }
+}
+
+/// `T: Serialize`: a value of it as JSON (a flow's parameters, for the run
+/// history).
+pub trait JsonYes<T> {
+    /// The value as JSON text, or `None` if its `Serialize` fails.
+    fn json(&self, value: &T) -> Option<String>;
+}
+impl<T: Serialize> JsonYes<T> for Probe<T> {
+    fn json(&self, value: &T) -> Option<String> {
+        serde_json::to_string(value).ok()
+    }
+}
+
+/// `T` is not `Serialize`.
+pub trait JsonNo<T> {
+    /// `None`.
+    fn json(&self, value: &T) -> Option<String>;
+}
+impl<T> JsonNo<T> for &Probe<T> {
+    fn json(&self, _value: &T) -> Option<String> {
         None
     }
 }

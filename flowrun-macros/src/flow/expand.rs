@@ -88,7 +88,22 @@ pub(crate) fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> Tok
         let (tags, slots): (Vec<_>, Vec<_>) = attr.concurrency_limits.iter().cloned().unzip();
         builder.extend(quote!(.concurrency_limits(&[#((#tags, #slots)),*])));
     }
+    if !attr.tags.is_empty() {
+        let tags = &attr.tags;
+        builder.extend(quote!(.tags(&[#(#tags),*])));
+    }
+    if let Some(history) = &attr.history {
+        builder.extend(quote!(.history(#history)));
+    }
     builder.extend(quote!(.build()));
+    let param_names = sig
+        .args
+        .iter()
+        .map(|a| a.name.to_string().trim_start_matches("r#").to_owned());
+    let param_json = sig.args.iter().enumerate().map(|(i, a)| {
+        let (ty, i) = (&a.ty, syn::Index::from(i));
+        quote!((&#fr::Probe::<#ty>::new()).json(&__flowrun_args.#i))
+    });
 
     let invoke = if sig.is_async {
         quote!(#fr::Invocation::Future(::std::boxed::Box::pin(__flowrun_body(#(#names),*))))
@@ -213,6 +228,15 @@ pub(crate) fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> Tok
 
                 fn config(&self) -> &#fr::FlowConfig {
                     &self.__flowrun_config
+                }
+
+                #[allow(unused_variables)]
+                fn parameters(
+                    __flowrun_args: &Self::Args,
+                ) -> ::std::vec::Vec<(&'static str, ::core::option::Option<::std::string::String>)> {
+                    #[allow(unused_imports)]
+                    use #fr::{JsonNo as _, JsonYes as _};
+                    ::std::vec![#((#param_names, #param_json)),*]
                 }
 
                 #run_name

@@ -1,6 +1,6 @@
 use flowrun::flow;
 
-#[flow(tags = ["x"])]
+#[flow(retry_jitter_factor = 0.5)]
 fn task_only_option() {}
 
 fn main() {}

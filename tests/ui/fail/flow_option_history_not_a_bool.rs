@@ -1,0 +1,6 @@
+use flowrun::flow;
+
+#[flow(history = "off")]
+fn quiet() {}
+
+fn main() {}
