@@ -34,6 +34,7 @@ pub mod logging;
 pub mod names;
 pub mod observe;
 pub mod plumbing;
+pub mod prints;
 pub mod progress;
 mod run;
 mod runner;

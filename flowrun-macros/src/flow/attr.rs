@@ -20,6 +20,7 @@ pub(crate) const VALID: &[&str] = &[
     "on_cancellation",
     "on_running",
     "flow_run_name",
+    "log_prints",
     "crate",
 ];
 
