@@ -11,9 +11,15 @@ use flowrun::{
     allow_failure, flow, task, wait_timeout, FlowRunInfo, RunRef, State, TaskError, TaskErrorKind,
 };
 
-/// Called with the run and its final state, in the flow process.
+/// Called with the run and its final state where the task ran: here, in
+/// the worker process, whose output the flow shows with the run's name.
 fn announce(run: &RunRef, state: &State) {
-    println!("hook: {} ended {}", run.name(), state.kind());
+    println!(
+        "hook: {} ended {} in process {}",
+        run.name(),
+        state.kind(),
+        std::process::id()
+    );
 }
 
 /// Retries what looks transient, never a bad request.

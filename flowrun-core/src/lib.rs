@@ -67,6 +67,7 @@ pub use run::future::{
 };
 pub use run::hooks::HookResult;
 pub use run::record::{RunId, RunRef};
+pub use run::remote::TaskHookCall;
 pub use run::state::{State, StateKind};
 pub use runner::serializing::SerializingTaskRunner;
 pub use runner::thread_pool::ThreadPoolTaskRunner;

@@ -317,6 +317,12 @@ impl TaskRunner for DaskTaskRunner {
         self.uses_real_dask()
     }
 
+    fn runs_task_hooks(&self) -> bool {
+        // Local workers and task-mode processes call a task's hooks around
+        // its attempt, as Prefect does where the task runs.
+        true
+    }
+
     fn start(&self, flow: &FlowRunInfo) -> Result<(), RunnerError> {
         let cluster = self.start_cluster()?;
         let run = format!("Flow run '{}'", flow.flow_run_name);
