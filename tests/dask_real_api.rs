@@ -9,7 +9,8 @@
 //! missing Dask install fails the tests; nothing is skipped.
 
 mod common;
-#[allow(unreachable_pub, dead_code)]
+// Its helpers are `pub` for flowrun-dask's own tests, which share it.
+#[allow(unreachable_pub)]
 #[path = "../flowrun-dask/tests/support/mod.rs"]
 mod support;
 
