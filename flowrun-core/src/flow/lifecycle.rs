@@ -95,6 +95,7 @@ fn begin<F: Flow>(
     ));
     let parent_flow_run_id = parent.as_ref().map(|p| p.flow.id.clone());
     if let Some(p) = parent {
+        p.flow.links.add_running(&shared, &p);
         shared.links.set_parent(p);
     }
     let span = tracing::info_span!("flow_run", run = %shared.name);

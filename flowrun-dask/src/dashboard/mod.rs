@@ -146,6 +146,7 @@ impl RunnerDashboard {
             flow_name: info.flow_name.clone(),
             description: cluster.describe(),
             started: SystemTime::now(),
+            flow: Some(info.flow.clone()),
         });
         let live = match (address, status) {
             (Some(address), Some(_)) => serve(info, &source, address, kwargs),
