@@ -1,6 +1,7 @@
 //! Prefect's everyday task API in one flow: run names from the call's
 //! parameters, hooks on final states, a retry condition, `allow_failure`,
-//! and waiting with a timeout. Runs on the local cluster; swap the runner
+//! waiting with a timeout, and prints logged as lines of their run
+//! (`log_prints`). Runs on the local cluster; swap the runner
 //! for `ThreadPoolTaskRunner` and it behaves the same.
 
 use std::time::Duration;
@@ -10,9 +11,15 @@ use flowrun::{
     allow_failure, flow, task, wait_timeout, FlowRunInfo, RunRef, State, TaskError, TaskErrorKind,
 };
 
-/// Called with the run and its final state, in the flow process.
+/// Called with the run and its final state where the task ran: here, in
+/// the worker process, whose output the flow shows with the run's name.
 fn announce(run: &RunRef, state: &State) {
-    println!("hook: {} ended {}", run.name(), state.kind());
+    println!(
+        "hook: {} ended {} in process {}",
+        run.name(),
+        state.kind(),
+        std::process::id()
+    );
 }
 
 /// Retries what looks transient, never a bad request.
@@ -38,6 +45,8 @@ fn fetch(city: String) -> Result<u32, String> {
 /// Runs in any case: a failed fetch arrives as an `Err`.
 #[task(task_run_name = "summarize-{city}")]
 fn summarize(city: String, temperature: Result<u32, TaskError>) -> String {
+    // Logged as `Task run 'summarize-paris' - summarizing paris`.
+    println!("summarizing {city}");
     match temperature {
         Ok(t) => format!("{city}: {t} degrees"),
         Err(e) if *e.kind() == TaskErrorKind::Error => format!("{city}: unknown ({})", e.message()),
@@ -45,8 +54,11 @@ fn summarize(city: String, temperature: Result<u32, TaskError>) -> String {
     }
 }
 
-#[task]
+/// `log_prints = false`: its prints are not rewritten (a local cluster's
+/// worker still attributes the output it captures to the run).
+#[task(log_prints = false)]
 fn slow_report() -> String {
+    println!("a plain print, not a log line");
     std::thread::sleep(Duration::from_secs(3));
     "late".to_owned()
 }

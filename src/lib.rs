@@ -59,7 +59,12 @@
 /// retry_jitter_factor = f, timeout = seconds, tags = ["..."],
 /// retry_condition_fn = f, task_run_name = "...{param}..." (or a function),
 /// on_completion = [f, ...], on_failure = [...], on_running = [...],
-/// crate = path)]`.
+/// log_prints = bool, crate = path)]`.
+/// `print!`, `println!`, `eprint!` and `eprintln!` written in the body log
+/// as lines of the task run (see [`prints`]); `log_prints = false` keeps
+/// them plain, `log_prints = true` logs them even when
+/// [`prints::set_log_prints`] turned that off. Prints in functions the body
+/// calls are not rewritten.
 /// `retry_delay` is seconds, a list of seconds (one per retry, the last
 /// repeated) or `exponential(base, max = m)`. Numbers may also be
 /// expressions (a constant, a `Duration`). An option the macro cannot use
@@ -281,8 +286,10 @@ pub use flowrun_macros::task;
 /// `#[flow(name = "...", description = "...", task_runner = <runner>,
 /// retries = n, retry_delay = ..., timeout = seconds,
 /// flow_run_name = "...{param}..." (or a function), on_completion = [f, ...],
-/// on_failure, on_crashed, on_cancellation, on_running, crate = path,
-/// tags = ["..."], history = false)]`.
+/// on_failure, on_crashed, on_cancellation, on_running, log_prints = bool,
+/// crate = path, tags = ["..."], history = false)]`.
+/// Prints written in the flow's body are log lines of the flow run, as in
+/// a task (see [`prints`]).
 /// Flow hooks receive the [`FlowRunInfo`] and the state.
 /// The run history records each flow run with its parameters (as JSON; a
 /// parameter whose type is not `Serialize` as `"<not serializable>"`) and
@@ -402,6 +409,9 @@ pub use flowrun_macros::flow;
 /// Concurrency limits: tag limits on task runs, named limits held around
 /// code ([`concurrency::concurrency`]) and rate limits.
 pub use flowrun_core::concurrency;
+/// Prints logged as lines of the current run (Prefect's `log_prints`): the
+/// setting, and `print!`-like macros to import where a task's helpers print.
+pub use flowrun_core::prints;
 pub use flowrun_core::{
     allow_failure, as_completed, as_completed_timeout, current_flow_run_id, current_flow_run_name,
     current_task_run, current_task_run_name, get_run_logger, results, runtime, unmapped, wait,

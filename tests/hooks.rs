@@ -1,7 +1,8 @@
 //! Hooks: task and flow runs call `on_completion`, `on_failure`,
 //! `on_running` (and flows `on_crashed`, `on_cancellation`) with the run
 //! and its state; a failing hook is logged and changes nothing. Each
-//! behaviour on the thread runner and on the local cluster.
+//! behaviour on the thread runner and on the local cluster, where the hooks
+//! of a task's attribute run in the worker process that runs the task.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -28,8 +29,184 @@ fn sorted(seen: &Seen) -> Vec<String> {
     v
 }
 
-// Task hooks from the attribute, on every runner: flowrun-dask's
-// `scenarios.rs` (`task_hooks`).
+static ATTR_SEEN: Seen = Mutex::new(Vec::new());
+
+/// The pid of the flow process: a local cluster's worker is its child.
+fn flow_pid() -> u32 {
+    if flowrun::worker::is_worker() {
+        std::os::unix::process::parent_id()
+    } else {
+        std::process::id()
+    }
+}
+
+/// Where the attribute's hooks also write what they saw, with the pid of
+/// the process they ran in (a worker's hooks cannot reach `ATTR_SEEN`).
+fn attr_log() -> String {
+    std::env::temp_dir()
+        .join(format!("flowrun-test-hooks-{}", flow_pid()))
+        .display()
+        .to_string()
+}
+
+fn attr_note(kind: &str, run: &RunRef, state: &State) {
+    note(&ATTR_SEEN, kind, &run.name(), state);
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(attr_log())
+        .unwrap();
+    writeln!(
+        f,
+        "{kind} {} {} {}",
+        run.name(),
+        state.kind(),
+        std::process::id()
+    )
+    .unwrap();
+}
+
+/// Tests that read the log of the attribute's hooks take turns.
+static LOG_TURN: Mutex<()> = Mutex::new(());
+
+/// The lines of the hooks' log (`kind run state`) with the pid each ran in;
+/// empties the log.
+fn take_attr_log() -> Vec<(String, u32)> {
+    let logged = std::fs::read_to_string(attr_log()).unwrap_or_default();
+    let _ = std::fs::remove_file(attr_log());
+    logged
+        .lines()
+        .map(|line| {
+            let (what, pid) = line.rsplit_once(' ').unwrap();
+            (what.to_owned(), pid.parse().unwrap())
+        })
+        .collect()
+}
+
+fn completed(run: &RunRef, state: &State) {
+    attr_note("completed", run, state);
+}
+
+fn failed(run: &RunRef, state: &State) {
+    attr_note("failed", run, state);
+}
+
+fn running(run: &RunRef, state: &State) {
+    attr_note("running", run, state);
+}
+
+#[task(on_completion = [completed], on_failure = [failed], on_running = [running])]
+fn checked(x: u32) -> Result<u32, String> {
+    if x == 0 {
+        Err("zero".into())
+    } else {
+        Ok(x)
+    }
+}
+
+fn task_hooks_fire_once_per_final_state(label: &str, seen: Vec<String>) {
+    assert_eq!(
+        seen,
+        [
+            "completed checked-0 Completed",
+            "failed checked-1 Failed",
+            "running checked-0 Running",
+            "running checked-1 Running",
+        ],
+        "{label}"
+    );
+}
+
+#[test]
+fn task_hooks_from_the_attribute_run_with_the_final_state() {
+    #[flow]
+    fn threads() {
+        assert_eq!(checked.submit(1).result().unwrap(), 1);
+        // The hook ran before the result was handed out.
+        assert!(ATTR_SEEN
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.starts_with("completed")));
+        assert!(checked.submit(0).result().is_err());
+    }
+    #[flow(task_runner = cluster())]
+    fn local_cluster() -> u32 {
+        let one = checked.submit(1);
+        assert_eq!(one.result().unwrap(), 1);
+        // The hook ran (on the worker) before the result was handed out.
+        assert!(std::fs::read_to_string(attr_log())
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with("completed")));
+        assert!(checked.submit(0).result().is_err());
+        checked.submit(2).result().unwrap()
+    }
+    let _turn = LOG_TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = std::fs::remove_file(attr_log());
+    ATTR_SEEN.lock().unwrap().clear();
+    threads().unwrap();
+    task_hooks_fire_once_per_final_state("threads", sorted(&ATTR_SEEN));
+    ATTR_SEEN.lock().unwrap().clear();
+    let _ = std::fs::remove_file(attr_log());
+    local_cluster().unwrap();
+    assert!(
+        ATTR_SEEN.lock().unwrap().is_empty(),
+        "no hook of the attribute ran in the flow process: {:?}",
+        ATTR_SEEN.lock().unwrap()
+    );
+    let mut seen = Vec::new();
+    for (what, pid) in take_attr_log() {
+        assert_ne!(pid, std::process::id(), "{what}: ran in the flow process");
+        if !what.contains("checked-2") {
+            seen.push(what);
+        }
+    }
+    seen.sort();
+    task_hooks_fire_once_per_final_state("local cluster", seen);
+}
+
+#[task(retries = 1, retry_delay = 0, on_failure = [failed], on_running = [running])]
+fn flaky_on_worker() -> Result<(), String> {
+    Err("always".into())
+}
+
+#[task(on_failure = [failed], on_completion = [completed], on_running = [running])]
+fn never_runs(_x: u32) {}
+
+#[test]
+fn on_a_local_cluster_failures_of_the_task_call_on_failure_on_the_worker_and_others_in_the_flow() {
+    #[flow(task_runner = cluster())]
+    fn local_cluster() {
+        let f = flaky_on_worker.submit();
+        f.wait();
+        assert_eq!(f.run_ref().attempts(), 2);
+        // Its upstream failed: it never reaches a worker, so the flow
+        // process calls its on_failure.
+        let h = never_runs.submit(checked.submit(0));
+        h.wait();
+    }
+    let _turn = LOG_TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = std::fs::remove_file(attr_log());
+    let _ = local_cluster();
+    let me = std::process::id();
+    let mut seen: Vec<_> = take_attr_log()
+        .into_iter()
+        .filter(|(w, _)| !w.contains("checked-"))
+        .map(|(what, pid)| format!("{what} {}", if pid == me { "flow" } else { "worker" }))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "failed flaky_on_worker-0 Failed worker",
+            "failed never_runs-0 Failed flow",
+            "running flaky_on_worker-0 Retrying worker",
+            "running flaky_on_worker-0 Running worker",
+        ]
+    );
+}
 
 static RETRY_SEEN: Seen = Mutex::new(Vec::new());
 

@@ -99,12 +99,17 @@ fn check(parent: FlowRun<Seen>, task_children: bool) {
     assert_eq!(first.state.kind(), StateKind::Completed);
     assert_eq!(first.counts.completed, 2);
     assert!(first.parent_task_run.is_none());
+    assert!(first.parent_task_run_name.is_none());
     if task_children {
         let by_task = subflows
             .iter()
             .find(|s| s.parent_task_run.is_some())
             .expect("the task's child is listed with its task run");
         assert_eq!(by_task.counts.completed, 2);
+        assert_eq!(
+            by_task.parent_task_run_name.as_deref(),
+            Some("calls_child-0")
+        );
     }
     let failed = subflows
         .iter()

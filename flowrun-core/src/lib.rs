@@ -35,6 +35,7 @@ pub mod logging;
 pub mod names;
 pub mod observe;
 pub mod plumbing;
+pub mod prints;
 pub mod progress;
 mod run;
 mod runner;
@@ -67,6 +68,7 @@ pub use run::future::{
 };
 pub use run::hooks::HookResult;
 pub use run::record::{RunId, RunRef};
+pub use run::remote::TaskHookCall;
 pub use run::state::{State, StateKind};
 pub use runner::serializing::SerializingTaskRunner;
 pub use runner::thread_pool::ThreadPoolTaskRunner;

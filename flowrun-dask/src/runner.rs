@@ -330,6 +330,12 @@ impl TaskRunner for DaskTaskRunner {
         self.uses_real_dask()
     }
 
+    fn runs_task_hooks(&self) -> bool {
+        // Local workers and task-mode processes call a task's hooks around
+        // its attempt, as Prefect does where the task runs.
+        true
+    }
+
     fn start(&self, flow: &FlowRunInfo) -> Result<(), RunnerError> {
         // Slots live in this process: the engine takes them before an
         // attempt reaches the cluster, so they hold on every kind of cluster.

@@ -662,3 +662,69 @@ fn a_loopback_dashboard_answers_only_to_loopback_names() {
         "{state}"
     );
 }
+
+// --------------------------------------------------------------- subflows
+
+#[flow]
+fn held_child(gate: String) -> bool {
+    hold.submit(gate).result().unwrap()
+}
+
+/// The page's state from `/api/state` (the body after the headers holds
+/// the state and the task stream).
+fn api_state(addr: SocketAddr) -> serde_json::Value {
+    let (_, response) = http_get(addr, "/api/state", "127.0.0.1");
+    let body = &response[response.find('{').expect("a JSON body")..];
+    let message: serde_json::Value = serde_json::from_str(body).expect("the state is JSON");
+    message["state"].clone()
+}
+
+/// The dashboard's entry of the `held-child` subflow, if it lists one.
+fn held_child_entry(state: &serde_json::Value) -> Option<serde_json::Value> {
+    state["subflows"]
+        .as_array()?
+        .iter()
+        .find(|s| s["flow"] == "held-child")
+        .cloned()
+}
+
+#[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(
+    ClusterKwargs::new().n_workers(1).dashboard_address(":0")))]
+fn with_a_subflow(gate: String) -> (serde_json::Value, serde_json::Value, String) {
+    let addr = socket_of(&flowrun_dask::dashboard_link().unwrap());
+    let opener = gate.clone();
+    // Looks at the page's data while the child runs, then lets it end.
+    let watcher = std::thread::spawn(move || {
+        let mut seen = None;
+        common::eventually(Duration::from_secs(60), || {
+            seen = held_child_entry(&api_state(addr)).filter(|s| s["state"] == "Running");
+            seen.is_some()
+        });
+        std::fs::write(&opener, "go").unwrap();
+        seen.unwrap_or_default()
+    });
+    let child = held_child.return_state(gate);
+    let running = watcher.join().unwrap();
+    // The page's data is refreshed at most a few times a second.
+    let mut ended = serde_json::Value::Null;
+    common::eventually(Duration::from_secs(10), || {
+        ended = held_child_entry(&api_state(addr)).unwrap_or_default();
+        ended["state"] != "Running"
+    });
+    (running, ended, child.name().to_owned())
+}
+
+#[test]
+fn the_dashboard_lists_subflow_runs_while_they_run_and_after() {
+    logs();
+    let gate = common::scratch("dashboard-subflow-gate");
+    let (running, ended, child_name) =
+        with_a_subflow(gate.display().to_string()).expect("the flow completes");
+    let _ = std::fs::remove_file(&gate);
+    assert_eq!(running["run"], child_name.as_str(), "{running}");
+    assert_eq!(running["state"], "Running", "{running}");
+    assert_eq!(running["task_run"], serde_json::Value::Null, "{running}");
+    assert_eq!(ended["state"], "Completed", "{ended}");
+    assert_eq!(ended["completed"], 1, "{ended}");
+    assert_eq!(ended["total"], 1, "{ended}");
+}

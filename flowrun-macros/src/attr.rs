@@ -18,6 +18,8 @@ pub(crate) struct Common {
     pub(crate) hooks: Vec<(syn::Ident, Vec<Expr>)>,
     /// `task_run_name` or `flow_run_name`.
     pub(crate) run_name: Option<crate::names::RunName>,
+    /// `log_prints = true | false`; unset follows the global setting.
+    pub(crate) log_prints: Option<bool>,
 }
 
 impl Default for Common {
@@ -31,6 +33,7 @@ impl Default for Common {
             timeout: None,
             hooks: Vec::new(),
             run_name: None,
+            log_prints: None,
         }
     }
 }
@@ -52,6 +55,7 @@ impl Common {
             "task_run_name" | "flow_run_name" => {
                 self.run_name = Some(crate::names::parse(value.clone()))
             }
+            "log_prints" => self.log_prints = crate::prints::parse(value, cx),
             hook if hook.starts_with("on_") => {
                 let ident = syn::Ident::new(hook, proc_macro2::Span::call_site());
                 self.hooks.push((ident, options::functions(value)));

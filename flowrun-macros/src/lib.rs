@@ -26,6 +26,7 @@ mod expand;
 mod flow;
 mod names;
 mod options;
+mod prints;
 mod signature;
 mod task;
 
@@ -36,7 +37,13 @@ use proc_macro::TokenStream;
 /// Options: `name = "..."`, `description = "..."`, `retries = n`,
 /// `retry_delay = seconds | [seconds, ...] | exponential(base, max = m)`,
 /// `retry_jitter_factor = f`, `timeout = seconds`, `tags = ["..."]`,
-/// `crate = path`.
+/// `log_prints = bool`, `crate = path`.
+///
+/// The body's `print!`, `println!`, `eprint!` and `eprintln!` invocations
+/// become `flowrun::prints::print_to_run` calls, which log the text as
+/// lines of the current run (`log_prints = false` leaves them as written).
+/// Invocations written with a path (`std::println!`) and prints in the
+/// functions the body calls are not rewritten.
 #[proc_macro_attribute]
 pub fn task(args: TokenStream, item: TokenStream) -> TokenStream {
     entry::run(&task::TASK, args.into(), item.into()).into()
@@ -47,6 +54,7 @@ pub fn task(args: TokenStream, item: TokenStream) -> TokenStream {
 /// Options: `name = "..."`, `description = "..."`,
 /// `task_runner = <expr>` (a bare type path means its `Default`),
 /// `retries = n`, `retry_delay = ...`, `timeout = seconds`, `crate = path`,
+/// `log_prints = bool` (prints in the body are rewritten as in `#[task]`),
 /// `concurrency_limits = [("tag", slots), ...]` (tag limits for the flow's
 /// task runs, see `flowrun::concurrency`).
 /// `tags = ["..."]` (kept in the run history with the flow's parameters),

@@ -58,6 +58,8 @@ struct Driver<T: Task> {
     source: Mutex<Source<T>>,
     watchdog: Mutex<Option<TimerHandle>>,
     hooks: Option<Arc<TaskHooks>>,
+    /// The process that executes each attempt calls the task's hooks.
+    hooks_remote: bool,
     retry_condition: Option<RetryCondition>,
     /// Slots of the run's limited tags; `None` when no tag has a limit.
     slots: Option<Box<crate::concurrency::tags::RunSlots>>,
@@ -112,8 +114,16 @@ pub(crate) fn submit_in<T: Task>(
         ));
         return future;
     }
+    let hooks_remote = r.hooks.is_some()
+        && !r.hooks_from_call
+        && flow.execution != Execution::InProcess
+        && flow.runner.runs_task_hooks();
     if let Some(hooks) = &r.hooks {
-        TaskHooks::attach(hooks.clone(), &cell);
+        if hooks_remote {
+            TaskHooks::attach_remote(hooks.clone(), &cell, r.policy.retries, flow.handles_retries);
+        } else {
+            TaskHooks::attach(hooks.clone(), &cell);
+        }
     }
     if let Some(e) = r.error {
         cell.fail(TaskError::new(TaskErrorKind::Runner, e));
@@ -146,6 +156,7 @@ pub(crate) fn submit_in<T: Task>(
         source: Mutex::new(Source::Waiting(inputs)),
         watchdog: Mutex::new(None),
         hooks: r.hooks,
+        hooks_remote,
         retry_condition: r.retry_condition,
         slots,
     });
@@ -324,6 +335,11 @@ impl<T: Task> Driver<T> {
                 run_name: self.cell.run_name.as_deref().map(Arc::from),
                 args: slots.clone(),
                 reporter: SerializedReporter::new(attempt, self.clone()),
+                hooks: self.hooks_remote.then(|| crate::TaskHookCall {
+                    run_id: self.cell.id.get(),
+                    attempt,
+                    last_attempt: attempt > self.policy.retries || self.flow.handles_retries,
+                }),
             }),
             Source::Waiting(_) | Source::Spent => return,
         };
@@ -534,7 +550,7 @@ impl<T: Task> SerializedCompletion for Driver<T> {
             self.cell.set_location(l);
         }
         self.cell.start_attempt(attempt);
-        if let Some(hooks) = &self.hooks {
+        if let Some(hooks) = self.hooks.as_ref().filter(|_| !self.hooks_remote) {
             hooks.running(&RunRef(self.cell.clone()));
         }
         // The attempt's clock starts when it starts, not when it was queued.

@@ -23,6 +23,8 @@ pub(super) struct Resolved {
     pub(super) error: Option<String>,
     /// `None` when the run has no hooks (most runs).
     pub(super) hooks: Option<Arc<TaskHooks>>,
+    /// Some hooks were given per call (closures of this process).
+    pub(super) hooks_from_call: bool,
     pub(super) retry_condition: Option<RetryCondition>,
 }
 
@@ -38,6 +40,7 @@ pub(super) fn resolve(meta: &'static TaskMeta, config: &CallConfig) -> Resolved 
             .as_ref()
             .map(|e| format!("task '{}' has an invalid option: {e}", meta.name)),
         hooks: None,
+        hooks_from_call: false,
         retry_condition: meta.retry_condition.clone(),
     };
     let mut hooks = std::borrow::Cow::Borrowed(&meta.hooks);
@@ -83,6 +86,7 @@ pub(super) fn resolve(meta: &'static TaskMeta, config: &CallConfig) -> Resolved 
             r.retry_condition = Some(c.clone());
         }
         if !opts.hooks.is_empty() {
+            r.hooks_from_call = true;
             hooks = std::borrow::Cow::Owned(hooks.overridden_by(&opts.hooks));
         }
     }

@@ -120,6 +120,7 @@ fn begin<F: Flow>(config: &FlowConfig, args: &F::Args) -> Result<Started, Box<Fl
             .is_some();
     let parameters = recorded.then(|| parameters_json(&F::parameters(args)));
     if let Some(p) = parent {
+        p.flow.links.add_running(&shared, &p);
         shared.links.set_parent(p);
     }
     let limits = crate::concurrency::open_scope(&shared);

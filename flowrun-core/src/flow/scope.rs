@@ -47,6 +47,14 @@ impl FlowHandle {
         crate::engine::encoded::submit(&self.0, key, args, &config)
     }
 
+    /// The flow runs this run called (its subflows): the finished ones, as [`FlowRun::subflows`](crate::FlowRun::subflows)
+    /// lists them at the end, then the running ones with state `Running`
+    /// and the counts of their task runs that finished so far. What a live
+    /// view of the run (the dashboard) shows of its children.
+    pub fn subflows(&self) -> Vec<crate::SubflowRun> {
+        self.0.links.all_children()
+    }
+
     /// Watches every change of state of this run's task runs.
     pub fn add_observer(&self, observer: Arc<dyn crate::observe::RunObserver>) {
         self.0.add_observer(observer);

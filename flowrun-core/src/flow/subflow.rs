@@ -6,7 +6,7 @@
 //! ([`FlowRun::subflows`](crate::FlowRun::subflows)); the parent's own
 //! counts stay its own task runs, as Prefect counts them.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use crate::exec::context::with_current;
 use crate::flow::outcome::TaskRunCounts;
@@ -25,7 +25,10 @@ pub struct SubflowRun {
     pub flow_name: String,
     /// The task run that called it, if a task (not the flow's body) did.
     pub parent_task_run: Option<RunId>,
-    /// Its final state.
+    /// That task run's name, such as `load-2`.
+    pub parent_task_run_name: Option<String>,
+    /// Its final state (`Running` while it runs, in
+    /// [`FlowHandle::subflows`](crate::FlowHandle::subflows)).
     pub state: State,
     /// Its task runs and those of its own subflows, by final state.
     pub counts: TaskRunCounts,
@@ -36,12 +39,19 @@ pub struct SubflowRun {
 pub(crate) struct Parent {
     pub(crate) flow: Arc<FlowShared>,
     pub(crate) task_run: Option<RunId>,
+    pub(crate) task_run_name: Option<String>,
 }
 
-/// A flow run's links: its parent, and its children once they finished.
+/// A child that has started: the run, and the parent's task run that
+/// called it (id and name).
+type RunningChild = (Weak<FlowShared>, Option<RunId>, Option<String>);
+
+/// A flow run's links: its parent, its children while they run, and its
+/// children once they finished.
 #[derive(Default)]
 pub(crate) struct Links {
     parent: OnceLock<Parent>,
+    running: Mutex<Vec<RunningChild>>,
     children: Mutex<Vec<SubflowRun>>,
 }
 
@@ -61,6 +71,54 @@ impl Links {
             .push(child);
     }
 
+    /// Notes a child that has started (until it reports its end).
+    pub(crate) fn add_running(&self, child: &Arc<FlowShared>, parent: &Parent) {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((
+                Arc::downgrade(child),
+                parent.task_run,
+                parent.task_run_name.clone(),
+            ));
+    }
+
+    fn remove_running(&self, id: &str) {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(c, _, _)| c.upgrade().is_some_and(|c| c.id != id));
+    }
+
+    /// Every child, running (state `Running`, the task runs finished so
+    /// far) or finished, in the order they started or ended.
+    pub(crate) fn all_children(&self) -> Vec<SubflowRun> {
+        let mut all = self.children();
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (child, task_run, task_run_name) in running {
+            let Some(child) = child.upgrade() else {
+                continue;
+            };
+            if all.iter().any(|c| c.id == child.id) {
+                continue;
+            }
+            all.push(SubflowRun {
+                id: child.id.clone(),
+                name: child.name.clone(),
+                flow_name: child.flow_name.clone(),
+                parent_task_run: task_run,
+                parent_task_run_name: task_run_name,
+                state: State::new(crate::run::state::StateKind::Running),
+                counts: add_counts(child.counts(), &child.links.all_children()),
+            });
+        }
+        all
+    }
+
     pub(crate) fn children(&self) -> Vec<SubflowRun> {
         self.children
             .lock()
@@ -77,6 +135,7 @@ pub(crate) fn current_parent() -> Option<Parent> {
         Some(Parent {
             flow,
             task_run: c.task_run.as_ref().map(|r| r.id()),
+            task_run_name: c.task_run.as_ref().map(|r| r.name()),
         })
     })
 }
@@ -86,11 +145,13 @@ pub(crate) fn report_to_parent(child: &FlowShared, state: &State) {
     let Some(parent) = child.links.parent() else {
         return;
     };
+    parent.flow.links.remove_running(&child.id);
     parent.flow.links.add_child(SubflowRun {
         id: child.id.clone(),
         name: child.name.clone(),
         flow_name: child.flow_name.clone(),
         parent_task_run: parent.task_run,
+        parent_task_run_name: parent.task_run_name.clone(),
         state: state.clone(),
         counts: add_counts(child.counts(), &child.links.children()),
     });

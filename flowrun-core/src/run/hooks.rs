@@ -3,13 +3,20 @@
 //!
 //! A hook is called with the run and its state. A hook that panics or
 //! returns `Err` is logged on the run and changes nothing: the run keeps
-//! its state. Final-state hooks of a task run are called where the run's
-//! final state is decided, before anyone waiting on the run is woken, so
-//! that a flow sees what its hooks did once it has a result. On the thread
-//! runner that is the thread that ran the task; on the local cluster it is
-//! the flow process, which decides retries (a worker only reports each
-//! attempt), so hooks may capture state of the flow process. This differs
-//! from Prefect, which calls task hooks in the task's own process.
+//! its state. Final-state hooks of a task run are called before anyone
+//! waiting on the run is woken, so that a flow sees what its hooks did once
+//! it has a result. On the thread runner they run on the thread that ran
+//! the task.
+//!
+//! On a runner with worker processes (a local cluster, real Dask), the
+//! hooks of the task's attribute run where the task runs, as in Prefect:
+//! the worker calls `on_running` before each attempt, `on_completion`
+//! after a success and `on_failure` after the task's own failure on its
+//! last attempt (see `run::remote`). The flow process calls `on_failure`
+//! for failures decided there: a timeout, a lost worker, a failed
+//! upstream, a retry condition that declined a retry. Hooks given per call
+//! (`TaskOptions`) are closures of the flow process: a run with any of
+//! them calls all its hooks in the flow process.
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -132,6 +139,33 @@ impl TaskHooks {
             };
             let label = format!("Task run '{}'", run.name());
             call_hooks(list, kind, &label, &run, &state);
+        }));
+    }
+
+    /// Like [`attach`](TaskHooks::attach) for a run whose attempts run
+    /// with the task's hooks in another process (see `run::remote`): that
+    /// process called `on_completion`, and `on_failure` when the task's
+    /// own code failed on the last attempt; this calls `on_failure` for the
+    /// failures decided here.
+    pub(crate) fn attach_remote<T: Send + 'static>(
+        hooks: Arc<TaskHooks>,
+        cell: &Arc<RunCell<T>>,
+        retries: u32,
+        runner_retries: bool,
+    ) {
+        if hooks.on_failure.is_empty() {
+            return;
+        }
+        let run = RunRef(cell.clone());
+        cell.on_final(Box::new(move || {
+            let state = run.state();
+            if state.kind() == StateKind::Completed
+                || crate::run::remote::failure_handled_remotely(&run, retries, runner_retries)
+            {
+                return;
+            }
+            let label = format!("Task run '{}'", run.name());
+            call_hooks(&hooks.on_failure, "on_failure", &label, &run, &state);
         }));
     }
 

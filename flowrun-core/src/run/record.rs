@@ -23,6 +23,11 @@ use crate::task::{Cloner, Decoder, Encoder};
 pub struct RunId(NonZeroU64);
 
 impl RunId {
+    /// The id `raw` (a flow's id sent to a worker); 0 reads as 1.
+    pub(crate) fn from_raw(raw: u64) -> RunId {
+        RunId(NonZeroU64::new(raw).unwrap_or(NonZeroU64::MIN))
+    }
+
     pub(crate) fn next() -> RunId {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -41,7 +46,7 @@ impl fmt::Display for RunId {
     }
 }
 
-type Callback = Box<dyn FnOnce() + Send>;
+pub(crate) type Callback = Box<dyn FnOnce() + Send>;
 
 /// Mutable part of a run, behind one lock.
 pub(crate) struct Status<T> {

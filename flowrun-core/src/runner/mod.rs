@@ -139,6 +139,17 @@ pub trait TaskRunner: Send + Sync + 'static {
         false
     }
 
+    /// Whether the process that executes a serialized attempt calls the
+    /// task's own hooks (`on_running`, `on_completion`, `on_failure` of its
+    /// attribute) around it, as Prefect calls task hooks where the task
+    /// runs. Such a runner passes [`SerializedJob::task_hooks`] to
+    /// [`RegistryEntry::run_attempt`](crate::registry::RegistryEntry::run_attempt);
+    /// the flow process then calls only what the executing process cannot
+    /// know of (see [`TaskHookCall`](crate::TaskHookCall)).
+    fn runs_task_hooks(&self) -> bool {
+        false
+    }
+
     /// Releases everything [`start`](TaskRunner::start) acquired. Called once,
     /// after every run of the flow run is final (also when the flow failed).
     fn shutdown(&self) {}
@@ -175,6 +186,9 @@ macro_rules! forward_runner {
             }
             fn handles_retries(&self) -> bool {
                 (**self).handles_retries()
+            }
+            fn runs_task_hooks(&self) -> bool {
+                (**self).runs_task_hooks()
             }
             fn shutdown(&self) {
                 (**self).shutdown()
@@ -293,6 +307,8 @@ pub struct SerializedJob {
     pub(crate) run_name: Option<Arc<str>>,
     pub(crate) args: Arc<[ArgSlot]>,
     pub(crate) reporter: SerializedReporter,
+    /// Set when the executing process calls the task's hooks.
+    pub(crate) hooks: Option<crate::TaskHookCall>,
 }
 
 impl SerializedJob {
@@ -320,6 +336,15 @@ impl SerializedJob {
     /// The serialized arguments, in order.
     pub fn args(&self) -> &[ArgSlot] {
         &self.args
+    }
+
+    /// What the executing process needs to call the task's own hooks around
+    /// the attempt, when the flow leaves them to it (the runner
+    /// [runs task hooks](TaskRunner::runs_task_hooks) and the run has no
+    /// per-call hooks). Pass it to
+    /// [`RegistryEntry::run_attempt`](crate::registry::RegistryEntry::run_attempt).
+    pub fn task_hooks(&self) -> Option<crate::TaskHookCall> {
+        self.hooks
     }
 
     /// A shared handle on the arguments (cheap to clone).

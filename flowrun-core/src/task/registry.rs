@@ -93,6 +93,24 @@ impl RegistryEntry {
         (self.signature)()
     }
 
+    /// Runs one attempt of the task run named `run_name` on behalf of the
+    /// flow process (logs carry the run's name), and, when `hooks` is set,
+    /// calls the task's own hooks around it as the flow asked (see
+    /// [`TaskHookCall`](crate::TaskHookCall)). What worker processes call.
+    pub fn run_attempt(
+        &self,
+        args: &[&[u8]],
+        run_name: &str,
+        hooks: Option<crate::TaskHookCall>,
+    ) -> Result<Vec<u8>, TaskError> {
+        crate::exec::context::with_task_run_name(run_name, || match hooks {
+            Some(call) => {
+                crate::run::remote::with_hooks(self.meta(), run_name, call, || self.run(args))
+            }
+            None => self.run(args),
+        })
+    }
+
     /// Runs one attempt of the task in this process from serialized
     /// arguments (one slot per argument) and returns its serialized result.
     /// Panics and `Err` returns become the error.

@@ -147,6 +147,7 @@ impl RunnerDashboard {
             description: cluster.describe(),
             started: SystemTime::now(),
             limits: Some(flowrun_core::concurrency::flow_limits(&info.flow)),
+            flow: Some(info.flow.clone()),
         });
         let live = match (address, status) {
             (Some(address), Some(_)) => serve(info, &source, address, kwargs),

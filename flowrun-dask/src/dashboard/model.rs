@@ -29,6 +29,8 @@ pub(crate) struct Source {
     pub started: SystemTime,
     /// The flow run's concurrency limits, for runs waiting for a slot.
     pub limits: Option<flowrun_core::concurrency::FlowLimits>,
+    /// The flow run, for the subflows it called (none in unit tests).
+    pub flow: Option<flowrun_core::FlowHandle>,
 }
 
 /// The dashboard's view of the cluster, refreshed by [`Model::poll`].
@@ -216,6 +218,28 @@ pub(crate) fn progress_json(counts: &[TaskCounts]) -> Value {
     )
 }
 
+/// The child flow runs of the flow run: their tasks run on the same
+/// cluster (their bars are in the task stream), their progress is theirs.
+pub(crate) fn subflows_json(subflows: &[flowrun_core::SubflowRun]) -> Value {
+    Value::Array(
+        subflows
+            .iter()
+            .map(|s| {
+                json!({
+                    "id": s.id,
+                    "run": s.name,
+                    "flow": s.flow_name,
+                    "state": s.state.kind().as_str(),
+                    "task_run": s.parent_task_run_name,
+                    "completed": s.counts.completed,
+                    "failed": s.counts.failed + s.counts.crashed + s.counts.cancelled,
+                    "total": s.counts.total(),
+                })
+            })
+            .collect(),
+    )
+}
+
 /// Everything a page shows but the bars.
 pub(crate) fn state_json(
     source: &Source,
@@ -247,6 +271,9 @@ pub(crate) fn state_json(
         },
         "progress": progress_json(&source.tally.counts()),
         "running": running,
+        "subflows": subflows_json(
+            &source.flow.as_ref().map(|f| f.subflows()).unwrap_or_default()
+        ),
     });
     if let Some(s) = status {
         let workers: Vec<Value> = s
@@ -354,6 +381,37 @@ mod tests {
     }
 
     #[test]
+    fn subflows_show_with_their_state_counts_and_calling_task_run() {
+        use flowrun_core::{State, StateKind, SubflowRun, TaskRunCounts};
+        let child = |name: &str, kind, task: Option<&str>| SubflowRun {
+            id: format!("id-{name}"),
+            name: name.into(),
+            flow_name: "child".into(),
+            parent_task_run: None,
+            parent_task_run_name: task.map(str::to_owned),
+            state: State::new(kind),
+            counts: TaskRunCounts {
+                completed: 2,
+                failed: 1,
+                ..TaskRunCounts::default()
+            },
+        };
+        let json = subflows_json(&[
+            child("brave-otter", StateKind::Completed, None),
+            child("calm-heron", StateKind::Running, Some("load-2")),
+        ]);
+        assert_eq!(
+            json,
+            json!([
+                {"id": "id-brave-otter", "run": "brave-otter", "flow": "child", "state": "Completed",
+                 "task_run": null, "completed": 2, "failed": 1, "total": 3},
+                {"id": "id-calm-heron", "run": "calm-heron", "flow": "child", "state": "Running",
+                 "task_run": "load-2", "completed": 2, "failed": 1, "total": 3},
+            ])
+        );
+    }
+
+    #[test]
     fn concurrent_polls_keep_each_bar_once_and_never_panic() {
         let model = Arc::new(Model::new(Arc::new(Source {
             cluster: Arc::new(Growing {
@@ -365,6 +423,7 @@ mod tests {
             description: String::new(),
             started: SystemTime::now(),
             limits: None,
+            flow: None,
         })));
         let pollers: Vec<_> = (0..8)
             .map(|_| {

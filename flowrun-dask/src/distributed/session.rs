@@ -369,6 +369,7 @@ impl Session {
             build: self.template.build.clone(),
             task_key: job.task_key().to_owned(),
             run_name: run.name(),
+            hooks: job.task_hooks(),
         };
         let mut stdin = vec![StdinPart::Literal(
             postcard::to_allocvec(&header).unwrap_or_default(),

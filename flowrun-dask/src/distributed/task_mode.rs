@@ -409,7 +409,7 @@ fn run_input(input: &[u8]) -> Result<Vec<u8>, Failure> {
         })?;
     *lock(&TASK_THREAD) = Some(std::thread::current().id());
     *lock(&CURRENT_RUN) = Some(format!("Task run '{}'", header.run_name));
-    let result = flowrun_core::with_task_run_name(&header.run_name, || entry.run(&args));
+    let result = entry.run_attempt(&args, &header.run_name, header.hooks);
     *lock(&TASK_THREAD) = None;
     *lock(&CURRENT_RUN) = None;
     result.map_err(|e| {

@@ -93,6 +93,11 @@ impl TaskRunner for Forwarding {
         true
     }
 
+    fn runs_task_hooks(&self) -> bool {
+        // The worker that executes the forwarded run calls them.
+        true
+    }
+
     fn submit(&self, call: TaskCall) {
         let (run, annotations, work) = call.into_parts();
         let job = match work {

@@ -24,6 +24,8 @@ pub(super) struct Assignment {
     pub seq: u64,
     /// Each argument, inline or in the cluster's result store.
     pub args: Vec<super::store::Payload>,
+    /// Set when the worker calls the task's hooks around the attempt.
+    pub hooks: Option<flowrun_core::TaskHookCall>,
 }
 
 impl Assignment {
@@ -50,6 +52,7 @@ pub(super) struct AssignmentOut {
     pub seq: u64,
     #[serde(serialize_with = "shared_args")]
     pub args: std::sync::Arc<[flowrun_core::ArgSlot]>,
+    pub hooks: Option<flowrun_core::TaskHookCall>,
 }
 
 fn shared_args<S: serde::Serializer>(

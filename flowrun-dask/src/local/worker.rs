@@ -316,7 +316,7 @@ fn run_assignment(task: &Assignment, run: &str, store: &WorkerStore) -> Result<P
     let args: Vec<&[u8]> = held.iter().map(|a| a.bytes()).collect();
     IN_TASK.with(|t| t.set(true));
     PANIC_AT.with(|p| p.borrow_mut().take());
-    let result = flowrun_core::with_task_run_name(run, || entry.run(&args));
+    let result = entry.run_attempt(&args, run, task.hooks);
     IN_TASK.with(|t| t.set(false));
     // Unmapped before the result is written: the worker holds one value less.
     drop(args);

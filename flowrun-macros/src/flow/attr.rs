@@ -21,6 +21,7 @@ pub(crate) const VALID: &[&str] = &[
     "on_running",
     "flow_run_name",
     "concurrency_limits",
+    "log_prints",
     "crate",
     "tags",
     "history",

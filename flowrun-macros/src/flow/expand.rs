@@ -55,6 +55,7 @@ pub(crate) fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> Tok
         None => quote!(),
     };
     let stmts = &block.stmts;
+    let stmts = crate::prints::body(&attr.common, quote!(#(#stmts)*), &fr);
 
     let doc = if docs.is_empty() {
         let text = format!(" The flowrun flow `{display}`: call it to run it.");
@@ -191,7 +192,7 @@ pub(crate) fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> Tok
             #[allow(clippy::too_many_arguments)]
             #asyncness fn __flowrun_body(#(#params),*) -> #raw {
                 #witness
-                #(#stmts)*
+                #stmts
             }
 
             #direct_items

@@ -20,6 +20,7 @@ pub(crate) const VALID: &[&str] = &[
     "on_running",
     "retry_condition_fn",
     "task_run_name",
+    "log_prints",
     "crate",
 ];
 

@@ -39,7 +39,7 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
     } else {
         quote!(#raw)
     };
-    let body = &function.block;
+    let body = crate::prints::body(&attr.common, &function.block, &fr);
     let asyncness = sig.is_async.then(|| quote!(async));
     let body_fn = format_ident!("__flowrun_body");
     let run_name = attr.common.run_name.as_ref().map(|n| {

@@ -75,6 +75,7 @@ function render() {
   renderWorkers(st);
   renderWorkerCount(st);
   renderWaiting(st);
+  renderSubflows(st);
   if (st.summary) renderSummary(st);
 }
 
@@ -286,6 +287,20 @@ function renderWaiting(st) {
   el.innerHTML = `<table><tr><th>Task run</th><th>Why it waits</th></tr>` +
     waiting.map(w => `<tr data-run="${esc(w.run)}"><td class="run">${esc(w.run)}</td><td class="reason">${esc(w.reason)}</td></tr>`).join("") +
     `</table>` + queued;
+}
+
+function renderSubflows(st) {
+  const el = document.getElementById("subflows");
+  const subflows = st.subflows || [];
+  if (!subflows.length) {
+    el.innerHTML = `<p class="note">No subflow run.</p>`;
+    return;
+  }
+  el.innerHTML = `<table><tr><th>Flow run</th><th>Flow</th><th>Called by</th><th>State</th><th>Task runs</th></tr>` +
+    subflows.map(s => `<tr data-subflow="${esc(s.run)}"><td class="run">${esc(s.run)}</td><td>${esc(s.flow)}</td>` +
+      `<td>${s.task_run ? "task run " + esc(s.task_run) : "the flow"}</td><td class="state">${esc(s.state)}</td>` +
+      `<td>${s.completed} completed${s.failed ? ", " + s.failed + " failed" : ""} of ${s.total}</td></tr>`).join("") +
+    `</table>`;
 }
 
 function renderSummary(st) {

@@ -497,6 +497,7 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
             // The worker runs its queue in this order too.
             seq: task.rank.1 .0,
             args: attempt.args(),
+            hooks: attempt.task_hooks(),
         };
         task.assign(wid);
         if let Some(n) = task.needs.as_deref() {

@@ -32,6 +32,10 @@ pub(crate) trait Attempt: Send + 'static {
     fn run_name(&self) -> Option<Arc<str>> {
         None
     }
+    /// What the worker needs to call the task's hooks, if it calls them.
+    fn task_hooks(&self) -> Option<flowrun_core::TaskHookCall> {
+        None
+    }
     /// The attempt started on `worker`.
     fn started(&self, worker: Arc<str>);
     /// The attempt's outcome.
@@ -71,6 +75,9 @@ impl Attempt for Call {
     }
     fn run_name(&self) -> Option<Arc<str>> {
         self.job.run_name()
+    }
+    fn task_hooks(&self) -> Option<flowrun_core::TaskHookCall> {
+        self.job.task_hooks()
     }
     fn started(&self, worker: Arc<str>) {
         self.job.started_at(worker);

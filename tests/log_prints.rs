@@ -1,0 +1,225 @@
+//! `log_prints`: what a task or flow body prints is a log line of its run
+//! (shown with the run's name, recorded in the run history) on the thread
+//! runner as on a local cluster; `log_prints = false` and the global
+//! setting turn it off.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use flowrun::history::{temp_home, LogQuery, RunsQuery, Store};
+use flowrun::{flow, task};
+use flowrun_dask::{ClusterKwargs, DaskTaskRunner};
+
+/// Every console line of this process, with the history's log tap beside
+/// the console.
+fn lines() -> Arc<Mutex<Vec<String>>> {
+    use tracing_subscriber::prelude::*;
+    static LINES: OnceLock<Arc<Mutex<Vec<String>>>> = OnceLock::new();
+    LINES
+        .get_or_init(|| {
+            let lines = Arc::new(Mutex::new(Vec::new()));
+            let sink = lines.clone();
+            tracing_subscriber::registry()
+                .with(
+                    flowrun::logging::ConsoleLayer::new(false)
+                        .with_sink(move |l| sink.lock().unwrap().push(l.to_owned())),
+                )
+                .with(flowrun::logging::TapLayer::registered())
+                .init();
+            lines
+        })
+        .clone()
+}
+
+fn console() -> Vec<String> {
+    lines().lock().unwrap().clone()
+}
+
+/// The global setting is per process: tests that depend on it take turns.
+fn setting() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn has(all: &[String], wanted: &str) -> bool {
+    all.iter().any(|l| l.contains(wanted))
+}
+
+fn store(home: &Path) -> Store {
+    flowrun::history::flush(home);
+    Store::open(home).expect("the history opens")
+}
+
+#[task]
+fn talker(n: u32) -> u32 {
+    println!("talker says {n}");
+    eprintln!("talker warns {n}");
+    print!("two lines {n}\nsecond of {n}");
+    // A path opts one print out.
+    std::println!("plain stdout {n}");
+    n
+}
+
+#[task(log_prints = false)]
+fn quiet_talker(n: u32) -> u32 {
+    println!("quiet talker says {n}");
+    n
+}
+
+#[task(log_prints = true)]
+fn insistent_talker(n: u32) -> u32 {
+    println!("insistent talker says {n}");
+    n
+}
+
+#[flow]
+fn talking_flow() -> u32 {
+    println!("the flow body says hi");
+    talker.submit(1).result().unwrap() + quiet_talker.submit(2).result().unwrap()
+}
+
+#[test]
+fn prints_in_tasks_and_flows_are_log_lines_of_their_runs_on_threads() {
+    let _turn = setting();
+    lines();
+    let home = temp_home();
+    let run = talking_flow.return_state();
+    assert_eq!(*run.result().unwrap(), 3);
+    let all = console();
+    for wanted in [
+        "| INFO    | Task run 'talker-0' - talker says 1".to_owned(),
+        "| WARNING | Task run 'talker-0' - talker warns 1".to_owned(),
+        "| INFO    | Task run 'talker-0' - two lines 1".to_owned(),
+        "| INFO    | Task run 'talker-0' - second of 1".to_owned(),
+        format!(
+            "| INFO    | Flow run '{}' - the flow body says hi",
+            run.name()
+        ),
+    ] {
+        assert!(
+            has(&all, &wanted),
+            "missing {wanted:?} in\n{}",
+            all.join("")
+        );
+    }
+    assert!(!has(&all, "plain stdout"), "{}", all.join(""));
+    assert!(!has(&all, "quiet talker says"), "{}", all.join(""));
+
+    // The history holds them as logs of the task run.
+    let store = store(home.path());
+    let recorded = &store.runs(&RunsQuery::default()).unwrap()[0];
+    let logs = store.logs(recorded, &LogQuery::default()).unwrap();
+    let line = logs
+        .iter()
+        .find(|l| l.text == "talker says 1")
+        .unwrap_or_else(|| panic!("not recorded: {logs:?}"));
+    assert_eq!(line.task_run.as_deref(), Some("talker-0"));
+    assert_eq!(line.level, "INFO");
+    assert!(logs
+        .iter()
+        .any(|l| l.text == "the flow body says hi" && l.task_run.is_none()));
+}
+
+#[flow]
+fn insistent_flow() -> u32 {
+    println!("flow body with the setting off");
+    talker.submit(7).result().unwrap() + insistent_talker.submit(8).result().unwrap()
+}
+
+#[test]
+fn the_global_setting_turns_it_off_except_where_a_task_asks_for_it() {
+    let _turn = setting();
+    lines();
+    flowrun::prints::set_log_prints(false);
+    let result = insistent_flow();
+    flowrun::prints::set_log_prints(true);
+    assert_eq!(result.unwrap(), 15);
+    let all = console();
+    assert!(!has(&all, "talker says 7"), "{}", all.join(""));
+    assert!(
+        !has(&all, "flow body with the setting off"),
+        "{}",
+        all.join("")
+    );
+    assert!(
+        has(
+            &all,
+            "| INFO    | Task run 'insistent_talker-0' - insistent talker says 8"
+        ),
+        "{}",
+        all.join("")
+    );
+}
+
+mod helpers {
+    // Helpers a task calls log their prints when they import the macros.
+    // (Named: a glob import would be ambiguous with the prelude's macros.)
+    use flowrun::prints::println;
+
+    pub(crate) fn helper(n: u32) {
+        println!("helper of {n} speaking");
+    }
+}
+
+#[task]
+fn uses_helper(n: u32) -> u32 {
+    helpers::helper(n);
+    n
+}
+
+#[test]
+fn helpers_that_import_the_macros_log_to_the_calling_run() {
+    let _turn = setting();
+    lines();
+    #[flow]
+    fn helped() -> u32 {
+        uses_helper.submit(5).result().unwrap()
+    }
+    assert_eq!(helped().unwrap(), 5);
+    let all = console();
+    assert!(
+        has(
+            &all,
+            "| INFO    | Task run 'uses_helper-0' - helper of 5 speaking"
+        ),
+        "{}",
+        all.join("")
+    );
+}
+
+#[task]
+fn slow_talker(n: u32) -> u32 {
+    println!("slow talker {n} starts");
+    std::thread::sleep(Duration::from_millis(400));
+    println!("slow talker {n} ends");
+    n
+}
+
+#[test]
+fn prints_of_tasks_sharing_a_worker_process_are_told_apart_on_a_local_cluster() {
+    let _turn = setting();
+    lines();
+    // Two tasks print at the same time in one worker process: its output
+    // capture could only say the worker ran both; the rewritten prints
+    // name their own run.
+    #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(1).threads_per_worker(2)))]
+    fn overlapping() -> u32 {
+        flowrun::results(slow_talker.map(0..2).unwrap())
+            .unwrap()
+            .iter()
+            .sum()
+    }
+    assert_eq!(overlapping().unwrap(), 1);
+    let all = console();
+    for n in 0..2 {
+        for when in ["starts", "ends"] {
+            let wanted = format!("| INFO    | Task run 'slow_talker-{n}' - slow talker {n} {when}");
+            assert!(
+                has(&all, &wanted),
+                "missing {wanted:?} in\n{}",
+                all.join("")
+            );
+        }
+    }
+}
