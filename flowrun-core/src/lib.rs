@@ -35,6 +35,7 @@ pub mod names;
 pub mod observe;
 pub mod plumbing;
 pub mod progress;
+pub mod results;
 mod run;
 mod runner;
 mod task;

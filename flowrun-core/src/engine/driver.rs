@@ -59,6 +59,10 @@ struct Driver<T: Task> {
     watchdog: Mutex<Option<TimerHandle>>,
     hooks: Option<Arc<TaskHooks>>,
     retry_condition: Option<RetryCondition>,
+    /// What happens to the result (persisted, cached), when anything does.
+    results: Option<Box<crate::results::Plan>>,
+    /// Where an executed attempt's result is written.
+    target: Mutex<Option<crate::results::Target>>,
 }
 
 /// Submits a run of `T` with `inputs` to the current flow's runner (or, outside
@@ -117,6 +121,15 @@ pub(crate) fn submit_in<T: Task>(
     if !upstreams.is_empty() && flow.observed() {
         flow.emit_submitted(&RunRef(cell.clone()), &upstreams);
     }
+    let results = crate::results::plan(
+        meta,
+        config.get().map(|o| &o.options.results),
+        support.result.encode.is_some(),
+    );
+    // A cached run whose key hashes an upstream's result (an upstream
+    // without a cache key of its own) waits for that result here.
+    let hashes_upstream_values = results.as_ref().is_some_and(|p| p.hashes_inputs())
+        && upstreams.iter().any(|up| up.cache_key().is_none());
     let driver = Arc::new(Driver::<T> {
         meta,
         support,
@@ -135,9 +148,13 @@ pub(crate) fn submit_in<T: Task>(
         watchdog: Mutex::new(None),
         hooks: r.hooks,
         retry_condition: r.retry_condition,
+        results,
+        target: Mutex::new(None),
     });
     if upstreams.is_empty()
-        || (flow.execution == Execution::SerializedWithDependencies && tolerated.is_empty())
+        || (flow.execution == Execution::SerializedWithDependencies
+            && tolerated.is_empty()
+            && !hashes_upstream_values)
     {
         // A runner that wires dependencies itself reports an upstream's
         // failure through the downstream run, which fails in turn. (An
@@ -211,6 +228,16 @@ impl<T: Task> Driver<T> {
             Source::Waiting(inputs) => inputs,
             _ => return,
         };
+        if let Some(plan) = &self.results {
+            match self.look_up(plan, &inputs) {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => {
+                    self.cell.fail(e);
+                    return;
+                }
+            }
+        }
         let prepared = match self.flow.execution {
             Execution::InProcess => T::Args::resolve(inputs)
                 .map(|args| Source::Local(ArgsHolder::new(args, self.support.args_clone))),
@@ -224,6 +251,83 @@ impl<T: Task> Driver<T> {
             Err(e) => {
                 self.cell.fail(e);
             }
+        }
+    }
+
+    /// Computes the run's cache key and looks its result up: `Ok(true)`
+    /// when the run completed from the cache.
+    fn look_up(
+        &self,
+        plan: &crate::results::Plan,
+        inputs: &<T::Args as ArgsTuple>::Inputs,
+    ) -> Result<bool, TaskError> {
+        let run_name = self.cell.name();
+        let prepared = crate::results::prepare(plan, self.meta, &run_name, &self.flow, || {
+            match &self.support.serialized {
+                Ok(fns) => (fns.encode_inputs)(inputs),
+                Err(why) => Err(TaskError::new(TaskErrorKind::Runner, why.clone())),
+            }
+        })?;
+        if let Some(k) = &prepared.cache_key {
+            let _ = self.cell.cache_key.set(k.as_str().into());
+        }
+        if let Some(bytes) = prepared.hit {
+            // A result that does not decode as this task's output is never
+            // a hit: the task runs again and rewrites it.
+            let decoded = match self.support.result.decode {
+                Some(decode) => decode(&bytes).map_err(|e| {
+                    format!(
+                        "{} does not hold a `{}`: {e}",
+                        prepared
+                            .target
+                            .storage
+                            .file(&prepared.target.file)
+                            .display(),
+                        self.support.result.type_name
+                    )
+                }),
+                None => Err(format!(
+                    "`{}` cannot be deserialized",
+                    self.support.result.type_name
+                )),
+            };
+            match decoded {
+                Ok(value) => {
+                    let value = (self.flow.execution == Execution::InProcess).then_some(value);
+                    self.cell.complete_cached(value, bytes);
+                    return Ok(true);
+                }
+                Err(why) => crate::run_event!(
+                    tracing::Level::WARN,
+                    format!("Task run '{run_name}'"),
+                    "Its cached result cannot be used, so it runs again: {why}"
+                ),
+            }
+        }
+        *lock(&self.target) = Some(prepared.target);
+        Ok(false)
+    }
+
+    /// Writes an executed run's result where its plan says.
+    fn persist_value(&self, value: &T::Output) {
+        let target = lock(&self.target);
+        let Some(target) = &*target else { return };
+        match self.support.result.encode {
+            Some(encode) => match encode(value) {
+                Ok(bytes) => crate::results::persist(target, &self.cell.name(), &bytes),
+                Err(e) => crate::run_event!(
+                    tracing::Level::WARN,
+                    format!("Task run '{}'", self.cell.name()),
+                    "Its result was not persisted: it could not be serialized: {e}"
+                ),
+            },
+            None => crate::results::no_codec(&self.cell.name(), self.support.result.type_name),
+        }
+    }
+
+    fn persist_bytes(&self, bytes: &[u8]) {
+        if let Some(target) = &*lock(&self.target) {
+            crate::results::persist(target, &self.cell.name(), bytes);
         }
     }
 
@@ -369,10 +473,40 @@ impl<T: Task> Driver<T> {
         self.disarm_watchdog();
         match result {
             Ok(Done::Value(v)) => {
+                self.persist_value(&v);
                 self.cell.complete_value(v);
             }
             Ok(Done::Encoded(b)) => {
+                self.persist_bytes(&b);
                 self.cell.complete_encoded(b);
+            }
+            Ok(Done::Deferred(f)) if lock(&self.target).is_some() => {
+                // The result is fetched from where it was computed and
+                // written before the run completes, off the runner's thread.
+                let driver = self.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("flowrun-persist".into())
+                    .spawn(move || match f() {
+                        Ok(bytes) => {
+                            driver.persist_bytes(&bytes);
+                            driver.cell.complete_encoded(bytes);
+                        }
+                        Err(e) => {
+                            crate::run_event!(
+                                tracing::Level::WARN,
+                                format!("Task run '{}'", driver.cell.name()),
+                                "Its result was not persisted: it could not be fetched: {}",
+                                e.message()
+                            );
+                            driver.cell.complete_deferred(f);
+                        }
+                    });
+                if let Err(e) = spawned {
+                    self.cell.fail(TaskError::new(
+                        TaskErrorKind::Runner,
+                        format!("could not start a thread to persist its result: {e}"),
+                    ));
+                }
             }
             Ok(Done::Deferred(f)) => {
                 self.cell.complete_deferred(f);

@@ -436,6 +436,7 @@ async fn drive<F: Flow>(config: &FlowConfig, args: F::Args, mode: Mode) -> FlowR
         Ok(s) => s,
         Err(run) => return *run,
     };
+    let _ = started.shared.parameters.set(F::parameters_key(&args));
     let mut holder = ArgsHolder::new(args, F::args_clone());
     let mut dropped = DroppedFlow(matches!(mode, Mode::Async).then(|| {
         (

@@ -101,6 +101,14 @@ pub trait Flow: Sized + Send + Sync + 'static {
         let _ = args;
         None
     }
+
+    /// A hash of the run's parameters, for the `FLOW_PARAMETERS` cache
+    /// policy of its tasks, or why there is none. `#[flow]` hashes the
+    /// serialized arguments when they implement serde's `Serialize`.
+    fn parameters_key(args: &Self::Args) -> Result<String, String> {
+        let _ = args;
+        Err("cannot be serialized".to_owned())
+    }
 }
 
 /// Per-handle overrides of a flow: options and the task runner.

@@ -2,6 +2,7 @@
 
 mod attr;
 mod expand;
+mod results;
 
 use proc_macro2::TokenStream;
 use syn::ItemFn;
