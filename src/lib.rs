@@ -392,6 +392,7 @@ pub use flowrun_macros::task;
 /// ```
 pub use flowrun_macros::flow;
 
+pub use flowrun_core::cache::CachePolicy;
 pub use flowrun_core::{
     allow_failure, as_completed, as_completed_timeout, current_flow_run_id, current_flow_run_name,
     current_task_run, current_task_run_name, get_run_logger, results, runtime, unmapped, wait,
@@ -401,7 +402,7 @@ pub use flowrun_core::{
     TaskErrorKind, TaskFuture, TaskOptions, TaskRunCounts, TaskRunFailure, ThreadPoolTaskRunner,
     Unmapped,
 };
-pub use flowrun_core::{annotations, logging, progress, registry, worker};
+pub use flowrun_core::{annotations, cache, logging, progress, registry, worker};
 
 /// The Dask-style task runner (`DaskTaskRunner`), its local cluster and
 /// its client of real Dask clusters.

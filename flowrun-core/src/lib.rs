@@ -26,6 +26,7 @@
 //! - [`plumbing`]: helpers shared with runners in other crates.
 #![deny(missing_docs)]
 
+pub mod cache;
 mod engine;
 mod exec;
 pub mod external;
@@ -35,7 +36,6 @@ pub mod names;
 pub mod observe;
 pub mod plumbing;
 pub mod progress;
-pub mod results;
 mod run;
 mod runner;
 mod task;

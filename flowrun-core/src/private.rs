@@ -1,8 +1,8 @@
 //! What the code `#[task]` and `#[flow]` generate refers to: re-exports
 //! at stable paths, and the compile-time checks that a flow's runner can
 //! run its tasks and that task types are `Send + 'static`. Not an API.
+pub use crate::cache::{parameters_key, CachePolicy};
 pub use crate::flow::lifecycle::flow_outcome;
-pub use crate::results::CachePolicy;
 pub use crate::task::names::InputDisplay;
 pub use crate::task::probe::{
     CloneNo, CloneYes, CodecNo, CodecYes, Probe, SerializedNo, SerializedYes,

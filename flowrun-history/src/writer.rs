@@ -574,12 +574,14 @@ impl Thread {
             };
             let mut insert_task = tx.prepare_cached(
                 "INSERT INTO task_runs (id, flow_run, name, task, task_key, state, state_name,
-                 message, attempts, worker, upstreams, created_ms, start_ms, end_ms, history)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                 message, attempts, worker, upstreams, created_ms, start_ms, end_ms, history,
+                 cache_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             )?;
             let mut update_task = tx.prepare_cached(
                 "UPDATE task_runs SET state = ?2, state_name = ?3, message = ?4, attempts = ?5,
-                 worker = ?6, upstreams = ?7, start_ms = ?8, end_ms = ?9, history = ?10
+                 worker = ?6, upstreams = ?7, start_ms = ?8, end_ms = ?9, history = ?10,
+                 cache_key = ?11
                  WHERE seq = ?1",
             )?;
             let mut seen = HashSet::with_capacity(batch.tasks.len());
@@ -605,6 +607,7 @@ impl Thread {
                             t.start_ms,
                             t.end_ms,
                             history_json(&t.history),
+                            t.run.cache_key(),
                         ])?;
                     }
                     None => {
@@ -628,6 +631,7 @@ impl Thread {
                             t.start_ms,
                             t.end_ms,
                             history_json(&t.history),
+                            t.run.cache_key(),
                         ])?;
                         task_seqs.insert(*id, tx.last_insert_rowid());
                     }

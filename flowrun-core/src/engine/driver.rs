@@ -60,9 +60,9 @@ struct Driver<T: Task> {
     hooks: Option<Arc<TaskHooks>>,
     retry_condition: Option<RetryCondition>,
     /// What happens to the result (persisted, cached), when anything does.
-    results: Option<Box<crate::results::Plan>>,
+    results: Option<Box<crate::cache::Plan>>,
     /// Where an executed attempt's result is written.
-    target: Mutex<Option<crate::results::Target>>,
+    target: Mutex<Option<crate::cache::Target>>,
 }
 
 /// Submits a run of `T` with `inputs` to the current flow's runner (or, outside
@@ -121,7 +121,7 @@ pub(crate) fn submit_in<T: Task>(
     if !upstreams.is_empty() && flow.observed() {
         flow.emit_submitted(&RunRef(cell.clone()), &upstreams);
     }
-    let results = crate::results::plan(
+    let results = crate::cache::plan(
         meta,
         config.get().map(|o| &o.options.results),
         support.result.encode.is_some(),
@@ -258,16 +258,17 @@ impl<T: Task> Driver<T> {
     /// when the run completed from the cache.
     fn look_up(
         &self,
-        plan: &crate::results::Plan,
+        plan: &crate::cache::Plan,
         inputs: &<T::Args as ArgsTuple>::Inputs,
     ) -> Result<bool, TaskError> {
         let run_name = self.cell.name();
-        let prepared = crate::results::prepare(plan, self.meta, &run_name, &self.flow, || {
-            match &self.support.serialized {
-                Ok(fns) => (fns.encode_inputs)(inputs),
-                Err(why) => Err(TaskError::new(TaskErrorKind::Runner, why.clone())),
-            }
-        })?;
+        let prepared =
+            crate::cache::prepare(plan, self.meta, &run_name, &self.flow, || {
+                match &self.support.serialized {
+                    Ok(fns) => (fns.encode_inputs)(inputs),
+                    Err(why) => Err(TaskError::new(TaskErrorKind::Runner, why.clone())),
+                }
+            })?;
         if let Some(k) = &prepared.cache_key {
             let _ = self.cell.cache_key.set(k.as_str().into());
         }
@@ -314,20 +315,20 @@ impl<T: Task> Driver<T> {
         let Some(target) = &*target else { return };
         match self.support.result.encode {
             Some(encode) => match encode(value) {
-                Ok(bytes) => crate::results::persist(target, &self.cell.name(), &bytes),
+                Ok(bytes) => crate::cache::persist(target, &self.cell.name(), &bytes),
                 Err(e) => crate::run_event!(
                     tracing::Level::WARN,
                     format!("Task run '{}'", self.cell.name()),
                     "Its result was not persisted: it could not be serialized: {e}"
                 ),
             },
-            None => crate::results::no_codec(&self.cell.name(), self.support.result.type_name),
+            None => crate::cache::no_codec(&self.cell.name(), self.support.result.type_name),
         }
     }
 
     fn persist_bytes(&self, bytes: &[u8]) {
         if let Some(target) = &*lock(&self.target) {
-            crate::results::persist(target, &self.cell.name(), bytes);
+            crate::cache::persist(target, &self.cell.name(), bytes);
         }
     }
 

@@ -100,7 +100,7 @@ pub(crate) struct RunCell<T: 'static> {
     pub(crate) order: u64,
     /// A name from `task_run_name`, instead of `<task>-<index>`.
     pub(crate) run_name: Option<Box<str>>,
-    /// Its cache key, when its result is cached (see `crate::results`).
+    /// Its cache key, when its result is cached (see `crate::cache`).
     pub(crate) cache_key: OnceLock<Box<str>>,
     status: Mutex<Status<T>>,
     cond: Condvar,

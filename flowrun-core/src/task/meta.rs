@@ -23,7 +23,7 @@ pub struct TaskMeta {
     pub(crate) hooks: crate::run::hooks::TaskHooks,
     pub(crate) retry_condition: Option<crate::run::hooks::RetryCondition>,
     /// `persist_result`, `cache_policy` and the other result options.
-    pub(crate) results: crate::results::ResultOptions,
+    pub(crate) results: crate::cache::ResultOptions,
     /// The hash of the task's source tokens, from `#[task]`.
     pub(crate) source_hash: Option<&'static str>,
 }

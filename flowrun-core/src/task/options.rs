@@ -264,7 +264,7 @@ pub struct TaskOptions {
     pub(crate) resources: Option<Resources>,
     pub(crate) retry_condition: Option<RetryCondition>,
     pub(crate) hooks: TaskHooks,
-    pub(crate) results: crate::results::ResultOptions,
+    pub(crate) results: crate::cache::ResultOptions,
     pub(crate) results_error: Option<String>,
 }
 
@@ -329,23 +329,23 @@ impl TaskOptions {
     }
 
     /// Writes the result to result storage (`true`), or neither persists
-    /// nor caches it (`false`). See [`crate::results`].
+    /// nor caches it (`false`). See [`crate::cache`].
     pub fn persist_result(mut self, persist: bool) -> Self {
         self.results.persist = Some(persist);
         self
     }
 
     /// What the cache key is made of: `CachePolicy::INPUTS +
-    /// CachePolicy::TASK_SOURCE`, ... ([`CachePolicy::NONE`](crate::results::CachePolicy::NONE)
+    /// CachePolicy::TASK_SOURCE`, ... ([`CachePolicy::NONE`](crate::cache::CachePolicy::NONE)
     /// turns caching off). Caching implies persistence.
     ///
     /// ```
-    /// use flowrun_core::results::CachePolicy;
+    /// use flowrun_core::cache::CachePolicy;
     /// use flowrun_core::TaskOptions;
     /// let options = TaskOptions::new().cache_policy(CachePolicy::INPUTS + CachePolicy::TASK_SOURCE);
     /// # let _ = options;
     /// ```
-    pub fn cache_policy(mut self, policy: crate::results::CachePolicy) -> Self {
+    pub fn cache_policy(mut self, policy: crate::cache::CachePolicy) -> Self {
         self.results.policy = Some(policy);
         self
     }
@@ -360,9 +360,9 @@ impl TaskOptions {
     /// ```
     pub fn cache_key_fn(
         mut self,
-        f: impl Fn(&crate::results::CacheKeyContext<'_>) -> Option<String> + Send + Sync + 'static,
+        f: impl Fn(&crate::cache::CacheKeyContext<'_>) -> Option<String> + Send + Sync + 'static,
     ) -> Self {
-        self.results.key_fn = Some(crate::results::CacheKeyFn::new(f));
+        self.results.key_fn = Some(crate::cache::CacheKeyFn::new(f));
         self
     }
 
@@ -381,16 +381,16 @@ impl TaskOptions {
     /// The folder results are written to (by default
     /// `$FLOWRUN_HOME/storage`).
     pub fn result_storage(mut self, dir: impl AsRef<std::path::Path>) -> Self {
-        self.results.storage = Some(crate::results::ResultStorage::new(dir));
+        self.results.storage = Some(crate::cache::ResultStorage::new(dir));
         self
     }
 
     /// The name of the result file, from a template such as
     /// `"{flow.name}-{task_run.name}"` (see
-    /// [`KeyTemplate`](crate::results::KeyTemplate)). An invalid template
+    /// [`KeyTemplate`](crate::cache::KeyTemplate)). An invalid template
     /// fails the runs with a message naming it.
     pub fn result_storage_key(mut self, template: &str) -> Self {
-        match crate::results::KeyTemplate::parse(template) {
+        match crate::cache::KeyTemplate::parse(template) {
             Ok(t) => self.results.template = Some(t),
             Err(e) => {
                 self.results_error.get_or_insert(e);

@@ -211,6 +211,12 @@ pub(crate) fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> Tok
                     &self.__flowrun_config
                 }
 
+                fn parameters_key(__flowrun_args: &Self::Args) -> ::core::result::Result<::std::string::String, ::std::string::String> {
+                    #[allow(unused_imports)]
+                    use #fr::{CodecNo as _, CodecYes as _};
+                    #fr::parameters_key((&#fr::Probe::<(#(#tys,)*)>::new()).codec().map(|__flowrun_codec| (__flowrun_codec.0)(__flowrun_args)))
+                }
+
                 #run_name
             }
 

@@ -3,9 +3,12 @@
 //! sees a whole file or none, even when the writer was killed half way.
 //!
 //! A file is `FRR1`, the expiry time (milliseconds since the Unix epoch,
-//! 0 for never, little endian), the BLAKE3 hash of the payload, and the
-//! payload: the result in the task's codec. A file whose hash does not
-//! match is corrupt and never read as a hit.
+//! 0 for never, little endian), the BLAKE3 hash of the cache key it was
+//! written under (zeros for none), the BLAKE3 hash of the payload, and the
+//! payload: the result in the task's codec. A file whose payload hash does
+//! not match is corrupt and never read as a hit; a file written under
+//! another cache key (one a `result_storage_key` template named) is not a
+//! hit either.
 
 use std::fmt;
 use std::io::Write;
@@ -15,12 +18,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const MAGIC: &[u8; 4] = b"FRR1";
-const HEADER: usize = 4 + 8 + 32;
+const HEADER: usize = 4 + 8 + 32 + 32;
+const KEY: std::ops::Range<usize> = 12..44;
+const SUM: std::ops::Range<usize> = 44..76;
 
 /// A folder that holds persisted results, one file per key.
 ///
 /// ```
-/// use flowrun_core::results::{Lookup, ResultStorage};
+/// use flowrun_core::cache::{Lookup, ResultStorage};
 /// let dir = std::env::temp_dir().join(format!("flowrun-doc-storage-{}", std::process::id()));
 /// let storage = ResultStorage::new(&dir);
 /// storage.write("answer", b"42", None).unwrap();
@@ -40,6 +45,8 @@ pub enum Lookup {
     Hit(bytes::Bytes),
     /// Nothing is stored under the key.
     Missing,
+    /// A result written under another cache key.
+    OtherKey,
     /// A result whose expiration has passed.
     Expired,
     /// A file that is not a whole result (truncated, overwritten, not
@@ -69,6 +76,12 @@ impl ResultStorage {
 
     /// Reads the result stored under `key`.
     pub fn read(&self, key: &str) -> Lookup {
+        self.read_keyed(key, None)
+    }
+
+    /// Reads the result in `file`, a hit only if it was written under
+    /// `cache_key` (when given).
+    pub(crate) fn read_keyed(&self, key: &str, cache_key: Option<&str>) -> Lookup {
         let path = self.file(key);
         let data = match std::fs::read(&path) {
             Ok(d) => d,
@@ -85,11 +98,14 @@ impl ResultStorage {
         expires.copy_from_slice(&data[4..12]);
         let expires = u64::from_le_bytes(expires);
         let payload = &data[HEADER..];
-        if blake3::hash(payload).as_bytes() != &data[12..HEADER] {
+        if blake3::hash(payload).as_bytes() != &data[SUM] {
             return Lookup::Unreadable(format!(
                 "{} is corrupt (its checksum does not match its contents)",
                 path.display()
             ));
+        }
+        if cache_key.is_some_and(|k| key_hash(Some(k)) != data[KEY]) {
+            return Lookup::OtherKey;
         }
         if expires != 0 && now_ms() >= expires {
             return Lookup::Expired;
@@ -104,6 +120,18 @@ impl ResultStorage {
     pub fn write(
         &self,
         key: &str,
+        payload: &[u8],
+        expiration: Option<Duration>,
+    ) -> Result<(), StorageError> {
+        self.write_keyed(key, None, payload, expiration)
+    }
+
+    /// [`write`](ResultStorage::write), recording the cache key the
+    /// result is stored under.
+    pub(crate) fn write_keyed(
+        &self,
+        key: &str,
+        cache_key: Option<&str>,
         payload: &[u8],
         expiration: Option<Duration>,
     ) -> Result<(), StorageError> {
@@ -128,7 +156,8 @@ impl ResultStorage {
             let mut header = [0u8; HEADER];
             header[..4].copy_from_slice(MAGIC);
             header[4..12].copy_from_slice(&expires.to_le_bytes());
-            header[12..].copy_from_slice(blake3::hash(payload).as_bytes());
+            header[KEY].copy_from_slice(&key_hash(cache_key));
+            header[SUM].copy_from_slice(blake3::hash(payload).as_bytes());
             f.write_all(&header)?;
             f.write_all(payload)?;
             Ok(())
@@ -153,6 +182,10 @@ impl ResultStorage {
             Err(source) => Err(StorageError { path, source }),
         }
     }
+}
+
+fn key_hash(cache_key: Option<&str>) -> [u8; 32] {
+    cache_key.map_or([0; 32], |k| *blake3::hash(k.as_bytes()).as_bytes())
 }
 
 fn now_ms() -> u64 {

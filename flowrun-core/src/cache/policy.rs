@@ -10,7 +10,7 @@ use std::ops::Add;
 /// share a cached result.
 ///
 /// ```
-/// use flowrun_core::results::CachePolicy;
+/// use flowrun_core::cache::CachePolicy;
 /// let policy = CachePolicy::INPUTS + CachePolicy::TASK_SOURCE;
 /// assert!(policy.contains(CachePolicy::INPUTS));
 /// assert!(!policy.contains(CachePolicy::RUN_ID));
@@ -59,6 +59,8 @@ impl CachePolicy {
 
 impl Add for CachePolicy {
     type Output = CachePolicy;
+    /// The union of both policies (Prefect's `+`).
+    #[allow(clippy::suspicious_arithmetic_impl)]
     fn add(self, rhs: CachePolicy) -> CachePolicy {
         CachePolicy(self.0 | rhs.0)
     }

@@ -38,7 +38,7 @@ enum Piece {
 /// `{flow.name}`, `{cache_key}`; `{{` and `}}` are literal braces.
 ///
 /// ```
-/// use flowrun_core::results::KeyTemplate;
+/// use flowrun_core::cache::KeyTemplate;
 /// assert!(KeyTemplate::parse("{flow.name}-{task_run.name}").is_ok());
 /// let err = KeyTemplate::parse("{task_run.nme}").unwrap_err();
 /// assert!(err.contains("task_run.nme"));
@@ -191,7 +191,7 @@ impl fmt::Debug for KeyTemplate {
 /// arguments.
 ///
 /// ```
-/// use flowrun_core::results::CacheKeyContext;
+/// use flowrun_core::cache::CacheKeyContext;
 /// // Cache by the first argument, case-insensitively.
 /// fn key(ctx: &CacheKeyContext<'_>) -> Option<String> {
 ///     ctx.input::<String>(0).map(|s| s.to_lowercase())
@@ -260,7 +260,9 @@ impl fmt::Debug for CacheKeyContext<'_> {
 /// A `cache_key_fn`: computes a run's cache key from its context and
 /// arguments; `None` means the run is not cached.
 #[derive(Clone)]
-pub struct CacheKeyFn(pub(crate) Arc<dyn Fn(&CacheKeyContext<'_>) -> Option<String> + Send + Sync>);
+pub struct CacheKeyFn(pub(crate) Arc<KeyFn>);
+
+type KeyFn = dyn Fn(&CacheKeyContext<'_>) -> Option<String> + Send + Sync;
 
 impl CacheKeyFn {
     /// Wraps `f`.

@@ -1,4 +1,5 @@
-//! Persisted results and caching, as Prefect 3 users know them.
+//! Persisted results and caching, as Prefect 3 users know them (Prefect's
+//! `results` and `cache_policies` modules).
 //!
 //! A task with `persist_result = true` writes its result, in its codec, to
 //! [`ResultStorage`] (a folder: `$FLOWRUN_HOME/storage/` unless
@@ -22,7 +23,7 @@
 //! resumes: every task that completed before executes no more.
 //!
 //! ```
-//! use flowrun_core::results::CachePolicy;
+//! use flowrun_core::cache::CachePolicy;
 //! use flowrun_core::TaskOptions;
 //! use std::time::Duration;
 //! let options = TaskOptions::new()
@@ -67,8 +68,8 @@ static DEFAULT_STORAGE: Mutex<Option<ResultStorage>> = Mutex::new(None);
 /// Overrides `FLOWRUN_PERSIST_RESULTS`.
 ///
 /// ```
-/// flowrun_core::results::set_persist_results(false);
-/// assert!(!flowrun_core::results::persist_results());
+/// flowrun_core::cache::set_persist_results(false);
+/// assert!(!flowrun_core::cache::persist_results());
 /// ```
 pub fn set_persist_results(on: bool) {
     PERSIST_DEFAULT.store(if on { 2 } else { 1 }, Ordering::Relaxed);
@@ -204,7 +205,7 @@ pub(crate) fn plan(
         || o.policy.is_some_and(|p| !p.is_none())
         || o.key_fn.is_some()
         || o.template.is_some();
-    if !asked && !(persist_results() && has_codec) {
+    if !(asked || persist_results() && has_codec) {
         return None;
     }
     Some(Box::new(Plan {
@@ -221,6 +222,7 @@ pub(crate) fn plan(
 #[derive(Debug)]
 pub(crate) struct Target {
     pub(crate) storage: ResultStorage,
+    pub(crate) cache_key: Option<String>,
     pub(crate) file: String,
     pub(crate) expiration: Option<Duration>,
 }
@@ -284,9 +286,9 @@ pub(crate) fn prepare(
     };
     let mut hit = None;
     if cache_key.is_some() && !plan.refresh {
-        match plan.storage.read(&file) {
+        match plan.storage.read_keyed(&file, cache_key.as_deref()) {
             Lookup::Hit(bytes) => hit = Some(bytes),
-            Lookup::Missing | Lookup::Expired => {}
+            Lookup::Missing | Lookup::Expired | Lookup::OtherKey => {}
             Lookup::Unreadable(why) => crate::run_event!(
                 tracing::Level::WARN,
                 label(),
@@ -295,10 +297,11 @@ pub(crate) fn prepare(
         }
     }
     Ok(Prepared {
-        cache_key,
+        cache_key: cache_key.clone(),
         hit,
         target: Target {
             storage: plan.storage.clone(),
+            cache_key,
             file,
             expiration: plan.expiration,
         },
@@ -382,13 +385,29 @@ fn cache_key(
     Ok(Some(h.finish()))
 }
 
+/// The hash of a flow run's serialized parameters (what `#[flow]`
+/// generates calls to): `None` when their types cannot be serialized.
+#[doc(hidden)]
+pub fn parameters_key(encoded: Option<Result<Vec<u8>, String>>) -> Result<String, String> {
+    match encoded {
+        Some(Ok(bytes)) => Ok(blake3::hash(&bytes).to_hex().to_string()),
+        Some(Err(e)) => Err(format!("cannot be serialized: {e}")),
+        None => Err(
+            "cannot be serialized: their types do not implement serde's Serialize and DeserializeOwned"
+                .to_owned(),
+        ),
+    }
+}
+
 /// Writes an executed run's result to its target. A failure is a warning:
 /// the run keeps its value, which is not cached.
 pub(crate) fn persist(target: &Target, run_name: &str, payload: &[u8]) {
-    if let Err(e) = target
-        .storage
-        .write(&target.file, payload, target.expiration)
-    {
+    if let Err(e) = target.storage.write_keyed(
+        &target.file,
+        target.cache_key.as_deref(),
+        payload,
+        target.expiration,
+    ) {
         crate::run_event!(
             tracing::Level::WARN,
             format!("Task run '{run_name}'"),
