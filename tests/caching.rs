@@ -712,6 +712,38 @@ mod cluster {
         x * x
     }
 
+    /// Its result is its process id, persisted under a name of its own.
+    #[task(persist_result = true, cache_policy = NONE, result_storage_key = "pid-{task_run.name}")]
+    fn my_pid() -> u32 {
+        std::process::id()
+    }
+
+    #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(1).threads_per_worker(1)))]
+    fn pid_on_cluster(dir: PathBuf) -> String {
+        let f = my_pid.with_options(at(&dir)).submit();
+        f.wait();
+        f.name()
+    }
+
+    #[test]
+    fn a_worker_writes_the_results_it_makes() {
+        let dir = common::scratch("cache-cluster-writer");
+        let name = pid_on_cluster(dir.clone()).unwrap();
+        let storage = ResultStorage::new(&dir);
+        let file = format!("pid-{name}");
+        let Lookup::Hit(bytes) = storage.read(&file) else {
+            panic!("no result file {file} in {:?}", files(&dir))
+        };
+        let worker: u32 = flowrun::runner::decode_value(&bytes).unwrap();
+        assert_ne!(worker, std::process::id(), "the task ran in a worker");
+        assert_eq!(
+            storage.info(&file).unwrap().writer_pid,
+            worker,
+            "the worker wrote it, not the flow process"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[task(cache_policy = INPUTS + TASK_SOURCE)]
     fn logged_sum(log: String, values: Vec<u64>) -> u64 {
         common::append(&log, "sum");

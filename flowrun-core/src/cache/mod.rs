@@ -35,11 +35,12 @@
 
 mod key;
 mod policy;
+pub(crate) mod remote;
 mod storage;
 
 pub use key::{CacheKeyContext, CacheKeyFn, KeyTemplate, TEMPLATE_PLACEHOLDERS};
 pub use policy::CachePolicy;
-pub use storage::{Lookup, ResultStorage, StorageError};
+pub use storage::{Lookup, ResultInfo, ResultStorage, StorageError};
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};

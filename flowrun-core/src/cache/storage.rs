@@ -3,7 +3,8 @@
 //! sees a whole file or none, even when the writer was killed half way.
 //!
 //! A file is `FRR1`, the expiry time (milliseconds since the Unix epoch,
-//! 0 for never, little endian), the BLAKE3 hash of the cache key it was
+//! 0 for never, little endian), the time it was written (likewise), the id
+//! of the process that wrote it (u32), the BLAKE3 hash of the cache key it was
 //! written under (zeros for none), the BLAKE3 hash of the payload, and the
 //! payload: the result in the task's codec. A file whose payload hash does
 //! not match is corrupt and never read as a hit; a file written under
@@ -18,9 +19,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const MAGIC: &[u8; 4] = b"FRR1";
-const HEADER: usize = 4 + 8 + 32 + 32;
-const KEY: std::ops::Range<usize> = 12..44;
-const SUM: std::ops::Range<usize> = 44..76;
+const HEADER: usize = 4 + 8 + 8 + 4 + 32 + 32;
+const EXPIRES: std::ops::Range<usize> = 4..12;
+const WRITTEN: std::ops::Range<usize> = 12..20;
+const PID: std::ops::Range<usize> = 20..24;
+const KEY: std::ops::Range<usize> = 24..56;
+const SUM: std::ops::Range<usize> = 56..88;
 
 /// A folder that holds persisted results, one file per key.
 ///
@@ -31,6 +35,7 @@ const SUM: std::ops::Range<usize> = 44..76;
 /// storage.write("answer", b"42", None).unwrap();
 /// assert!(matches!(storage.read("answer"), Lookup::Hit(b) if &b[..] == b"42"));
 /// assert!(matches!(storage.read("question"), Lookup::Missing));
+/// assert_eq!(storage.info("answer").unwrap().writer_pid, std::process::id());
 /// # std::fs::remove_dir_all(&dir).unwrap();
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -94,9 +99,7 @@ impl ResultStorage {
                 path.display()
             ));
         }
-        let mut expires = [0u8; 8];
-        expires.copy_from_slice(&data[4..12]);
-        let expires = u64::from_le_bytes(expires);
+        let expires = u64_at(&data, EXPIRES);
         let payload = &data[HEADER..];
         if blake3::hash(payload).as_bytes() != &data[SUM] {
             return Lookup::Unreadable(format!(
@@ -155,7 +158,9 @@ impl ResultStorage {
             let mut f = std::fs::File::create(&tmp)?;
             let mut header = [0u8; HEADER];
             header[..4].copy_from_slice(MAGIC);
-            header[4..12].copy_from_slice(&expires.to_le_bytes());
+            header[EXPIRES].copy_from_slice(&expires.to_le_bytes());
+            header[WRITTEN].copy_from_slice(&now_ms().to_le_bytes());
+            header[PID].copy_from_slice(&std::process::id().to_le_bytes());
             header[KEY].copy_from_slice(&key_hash(cache_key));
             header[SUM].copy_from_slice(blake3::hash(payload).as_bytes());
             f.write_all(&header)?;
@@ -173,6 +178,26 @@ impl ResultStorage {
         })
     }
 
+    /// When and by which process the result under `key` was written, and
+    /// when it expires; `None` when there is no whole result file.
+    pub fn info(&self, key: &str) -> Option<ResultInfo> {
+        let mut header = [0u8; HEADER];
+        let mut f = std::fs::File::open(self.file(key)).ok()?;
+        std::io::Read::read_exact(&mut f, &mut header).ok()?;
+        if &header[..4] != MAGIC {
+            return None;
+        }
+        let ms = |r| UNIX_EPOCH + Duration::from_millis(u64_at(&header, r));
+        let expires = u64_at(&header, EXPIRES);
+        let mut pid = [0u8; 4];
+        pid.copy_from_slice(&header[PID]);
+        Some(ResultInfo {
+            written: ms(WRITTEN),
+            writer_pid: u32::from_le_bytes(pid),
+            expires: (expires != 0).then(|| ms(EXPIRES)),
+        })
+    }
+
     /// Deletes the result stored under `key`; `Ok(false)` if there was none.
     pub fn remove(&self, key: &str) -> Result<bool, StorageError> {
         let path = self.file(key);
@@ -182,6 +207,12 @@ impl ResultStorage {
             Err(source) => Err(StorageError { path, source }),
         }
     }
+}
+
+fn u64_at(data: &[u8], range: std::ops::Range<usize>) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&data[range]);
+    u64::from_le_bytes(b)
 }
 
 fn key_hash(cache_key: Option<&str>) -> [u8; 32] {
@@ -198,6 +229,18 @@ impl fmt::Debug for ResultStorage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("ResultStorage").field(&self.dir).finish()
     }
+}
+
+/// The metadata of a stored result (see [`ResultStorage::info`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResultInfo {
+    /// When it was written.
+    pub written: SystemTime,
+    /// The id of the process that wrote it (a worker's, for a task that
+    /// ran on the local cluster).
+    pub writer_pid: u32,
+    /// When it expires, if ever.
+    pub expires: Option<SystemTime>,
 }
 
 /// A result could not be written.

@@ -63,6 +63,8 @@ struct Driver<T: Task> {
     results: Option<Box<crate::cache::Plan>>,
     /// Where an executed attempt's result is written.
     target: Mutex<Option<crate::cache::Target>>,
+    /// The process that runs the task writes the result.
+    persisted_remotely: std::sync::atomic::AtomicBool,
 }
 
 /// Submits a run of `T` with `inputs` to the current flow's runner (or, outside
@@ -150,6 +152,7 @@ pub(crate) fn submit_in<T: Task>(
         retry_condition: r.retry_condition,
         results,
         target: Mutex::new(None),
+        persisted_remotely: std::sync::atomic::AtomicBool::new(false),
     });
     if upstreams.is_empty()
         || (flow.execution == Execution::SerializedWithDependencies
@@ -327,6 +330,9 @@ impl<T: Task> Driver<T> {
     }
 
     fn persist_bytes(&self, bytes: &[u8]) {
+        if self.persisted_remotely.load(Ordering::Acquire) {
+            return;
+        }
         if let Some(target) = &*lock(&self.target) {
             crate::cache::persist(target, &self.cell.name(), bytes);
         }
@@ -343,6 +349,13 @@ impl<T: Task> Driver<T> {
             )
         })?;
         let mut slots = (fns.encode_inputs)(inputs)?;
+        // The result is written by the process that runs the task.
+        if let Some(target) = &*lock(&self.target) {
+            if let Some(slot) = crate::cache::remote::slot(target) {
+                slots.push(slot);
+                self.persisted_remotely.store(true, Ordering::Release);
+            }
+        }
         if self.flow.execution == Execution::Serialized {
             for slot in &mut slots {
                 if let ArgSlot::Upstream(up) = slot {
@@ -481,35 +494,15 @@ impl<T: Task> Driver<T> {
                 self.persist_bytes(&b);
                 self.cell.complete_encoded(b);
             }
-            Ok(Done::Deferred(f)) if lock(&self.target).is_some() => {
-                // The result is fetched from where it was computed and
-                // written before the run completes, off the runner's thread.
-                let driver = self.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("flowrun-persist".into())
-                    .spawn(move || match f() {
-                        Ok(bytes) => {
-                            driver.persist_bytes(&bytes);
-                            driver.cell.complete_encoded(bytes);
-                        }
-                        Err(e) => {
-                            crate::run_event!(
-                                tracing::Level::WARN,
-                                format!("Task run '{}'", driver.cell.name()),
-                                "Its result was not persisted: it could not be fetched: {}",
-                                e.message()
-                            );
-                            driver.cell.complete_deferred(f);
-                        }
-                    });
-                if let Err(e) = spawned {
-                    self.cell.fail(TaskError::new(
-                        TaskErrorKind::Runner,
-                        format!("could not start a thread to persist its result: {e}"),
-                    ));
-                }
-            }
             Ok(Done::Deferred(f)) => {
+                if lock(&self.target).is_some() && !self.persisted_remotely.load(Ordering::Acquire)
+                {
+                    crate::run_event!(
+                        tracing::Level::WARN,
+                        format!("Task run '{}'", self.cell.name()),
+                        "Its result was not persisted: its storage path could not be sent to the worker that ran it"
+                    );
+                }
                 self.cell.complete_deferred(f);
             }
             Err(e) => self.failed_attempt(attempt, e),
