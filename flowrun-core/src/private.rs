@@ -8,6 +8,7 @@ pub use crate::task::probe::{
     CloneNo, CloneYes, CodecNo, CodecYes, Probe, SerializedNo, SerializedYes,
 };
 pub use crate::task::registry::TaskRegistration;
+pub use crate::task::Encoder;
 pub use crate::ArgsTuple;
 pub use crate::{
     call, call_async, exponential, map_len, run_flow, run_flow_async, submit, BoxFuture,

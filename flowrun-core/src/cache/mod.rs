@@ -386,6 +386,66 @@ fn cache_key(
     Ok(Some(h.finish()))
 }
 
+/// Writes a completed flow run's value when its options (`persist_result`,
+/// or the process default) say so. Failures are warnings.
+pub(crate) fn persist_flow<T>(
+    meta: &crate::flow::meta::FlowMeta,
+    call: Option<&ResultOptions>,
+    flow: &FlowShared,
+    value: &T,
+    encoder: Option<crate::task::Encoder<T>>,
+) {
+    let merged;
+    let o = match call {
+        Some(c) if !c.is_empty() => {
+            merged = meta.results.overridden_by(c);
+            &merged
+        }
+        _ => &meta.results,
+    };
+    let asked = o.persist == Some(true) || (o.persist.is_none() && o.template.is_some());
+    let default = o.persist.is_none() && persist_results() && encoder.is_some();
+    if !(asked || default) {
+        return;
+    }
+    let label = format!("Flow run '{}'", flow.name);
+    let Some(encode) = encoder else {
+        crate::run_event!(
+            tracing::Level::WARN,
+            label.as_str(),
+            "Its result was not persisted: `{}` does not implement serde's Serialize and DeserializeOwned",
+            std::any::type_name::<T>()
+        );
+        return;
+    };
+    let values = TemplateValues {
+        task_run_name: &flow.name,
+        task_name: &flow.flow_name,
+        flow_run_id: &flow.id,
+        flow_run_name: &flow.name,
+        flow_name: &flow.flow_name,
+        cache_key: None,
+    };
+    let file = match &o.template {
+        Some(t) => t.render(&values),
+        None => Ok(format!("{}-{}", flow.flow_name, flow.id)),
+    };
+    let outcome = file.and_then(|file| {
+        let bytes = encode(value).map_err(|e| format!("it could not be serialized: {e}"))?;
+        let storage = o.storage.clone().unwrap_or_else(default_storage);
+        storage
+            .write(&file, &bytes, None)
+            .map_err(|e| e.to_string())
+    });
+    if let Err(why) = outcome {
+        crate::run_event!(
+            tracing::Level::WARN,
+            label.as_str(),
+            "Its result was not persisted: {why}"
+        );
+    }
+}
+
 /// The hash of a flow run's serialized parameters (what `#[flow]`
 /// generates calls to): `None` when their types cannot be serialized.
 #[doc(hidden)]

@@ -474,6 +474,15 @@ async fn drive<F: Flow>(config: &FlowConfig, args: F::Args, mode: Mode) -> FlowR
             _ => break (result, failures),
         }
     };
+    if let Ok(value) = &result {
+        crate::cache::persist_flow(
+            F::meta(),
+            config.inner.as_deref().map(|o| &o.options.results),
+            &started.shared,
+            value,
+            F::output_encoder(),
+        );
+    }
     // From here on the shutdown below runs to its end even if this future
     // is dropped.
     dropped.0 = None;

@@ -18,6 +18,8 @@ pub struct FlowMeta {
     pub(crate) timeout: Option<Duration>,
     pub(crate) config_error: Option<String>,
     pub(crate) hooks: crate::run::hooks::FlowHooks,
+    /// `persist_result`, `result_storage`, `result_storage_key`.
+    pub(crate) results: crate::cache::ResultOptions,
 }
 
 impl FlowMeta {
@@ -31,6 +33,7 @@ impl FlowMeta {
                 timeout: None,
                 config_error: None,
                 hooks: Default::default(),
+                results: Default::default(),
             },
         }
     }
@@ -57,6 +60,16 @@ impl FlowMetaBuilder {
     /// `description = "..."`.
     pub fn description(mut self, description: &'static str) -> Self {
         self.meta.description = Some(description);
+        self
+    }
+
+    /// `persist_result`, `result_storage`, `result_storage_key`: the
+    /// result options set on `options`.
+    pub fn results(mut self, options: FlowOptions) -> Self {
+        if let Some(e) = options.results_error {
+            self.meta.config_error.get_or_insert(e);
+        }
+        self.meta.results = options.results;
         self
     }
 
@@ -109,6 +122,12 @@ pub trait Flow: Sized + Send + Sync + 'static {
         let _ = args;
         Err("cannot be serialized".to_owned())
     }
+
+    /// Serializes the flow's value for `persist_result`; `None` when its
+    /// type cannot be serialized.
+    fn output_encoder() -> Option<crate::task::Encoder<Self::Output>> {
+        None
+    }
 }
 
 /// Per-handle overrides of a flow: options and the task runner.
@@ -145,6 +164,8 @@ impl FlowConfig {
             retry_delay: options.retry_delay.or(prev.retry_delay),
             timeout: options.timeout.or(prev.timeout),
             hooks: prev.hooks.overridden_by(&options.hooks),
+            results: prev.results.overridden_by(&options.results),
+            results_error: options.results_error.or(prev.results_error),
         };
         self
     }

@@ -459,12 +459,53 @@ pub struct FlowOptions {
     pub(crate) retry_delay: Option<RetryDelay>,
     pub(crate) timeout: Option<Option<Duration>>,
     pub(crate) hooks: FlowHooks,
+    pub(crate) results: crate::cache::ResultOptions,
+    pub(crate) results_error: Option<String>,
 }
 
 impl FlowOptions {
     /// No overrides.
     pub fn new() -> FlowOptions {
         FlowOptions::default()
+    }
+
+    /// Writes the flow run's value to result storage when it completes
+    /// (its type must implement serde's `Serialize`); see
+    /// [`crate::cache`]. The file is named `{flow.name}-{flow_run.id}`
+    /// unless [`result_storage_key`](FlowOptions::result_storage_key)
+    /// names it.
+    ///
+    /// ```
+    /// use flowrun_core::FlowOptions;
+    /// let options = FlowOptions::new()
+    ///     .persist_result(true)
+    ///     .result_storage(std::env::temp_dir().join("flow-results"))
+    ///     .result_storage_key("{flow.name}-latest");
+    /// # let _ = options;
+    /// ```
+    pub fn persist_result(mut self, persist: bool) -> Self {
+        self.results.persist = Some(persist);
+        self
+    }
+
+    /// The folder the flow run's value is written to (by default
+    /// `$FLOWRUN_HOME/storage`).
+    pub fn result_storage(mut self, dir: impl AsRef<std::path::Path>) -> Self {
+        self.results.storage = Some(crate::cache::ResultStorage::new(dir));
+        self
+    }
+
+    /// The name of the flow run's result file, from a template (see
+    /// [`KeyTemplate`](crate::cache::KeyTemplate); `{task_run.name}` and
+    /// `{task.name}` stand for the flow run's and the flow's names).
+    pub fn result_storage_key(mut self, template: &str) -> Self {
+        match crate::cache::KeyTemplate::parse(template) {
+            Ok(t) => self.results.template = Some(t),
+            Err(e) => {
+                self.results_error.get_or_insert(e);
+            }
+        }
+        self
     }
 
     /// The name of this flow run (by default a random `adjective-animal`).

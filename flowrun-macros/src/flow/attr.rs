@@ -21,6 +21,9 @@ pub(crate) const VALID: &[&str] = &[
     "on_running",
     "flow_run_name",
     "crate",
+    "persist_result",
+    "result_storage",
+    "result_storage_key",
 ];
 
 /// `task_runner = ...`.
@@ -36,6 +39,7 @@ pub(crate) enum Runner {
 pub(crate) struct FlowAttr {
     pub(crate) common: Common,
     pub(crate) task_runner: Option<Runner>,
+    pub(crate) results: crate::task::results::ResultAttr,
 }
 
 pub(crate) fn parse(args: TokenStream, cx: &Ctxt) -> FlowAttr {
@@ -43,6 +47,7 @@ pub(crate) fn parse(args: TokenStream, cx: &Ctxt) -> FlowAttr {
     for (name, value) in options::accept(args, VALID, "flow", cx) {
         match name.as_str() {
             "task_runner" => attr.task_runner = runner(value, cx),
+            _ if attr.results.read(&name, &value, cx) => {}
             _ => {
                 let shared = attr.common.read(&name, &value, cx);
                 debug_assert!(shared, "`accept` passes only the names in VALID");

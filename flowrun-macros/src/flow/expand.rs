@@ -84,6 +84,7 @@ pub(crate) fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> Tok
         &attr.common.hooks,
         quote!(#fr::FlowOptions),
     ));
+    builder.extend(attr.results.builder_of(&fr, quote!(#fr::FlowOptions)));
     builder.extend(quote!(.build()));
 
     let invoke = if sig.is_async {
@@ -209,6 +210,12 @@ pub(crate) fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> Tok
 
                 fn config(&self) -> &#fr::FlowConfig {
                     &self.__flowrun_config
+                }
+
+                fn output_encoder() -> ::core::option::Option<#fr::Encoder<Self::Output>> {
+                    #[allow(unused_imports)]
+                    use #fr::{CodecNo as _, CodecYes as _};
+                    (&#fr::Probe::<Self::Output>::new()).codec().map(|__flowrun_codec| __flowrun_codec.0)
                 }
 
                 fn parameters_key(__flowrun_args: &Self::Args) -> ::core::result::Result<::std::string::String, ::std::string::String> {

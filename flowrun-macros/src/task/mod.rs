@@ -2,7 +2,7 @@
 
 mod attr;
 mod expand;
-mod results;
+pub(crate) mod results;
 
 use proc_macro2::TokenStream;
 use syn::ItemFn;

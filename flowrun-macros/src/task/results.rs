@@ -61,9 +61,16 @@ impl ResultAttr {
         true
     }
 
-    /// The builder calls for these options.
+    /// The builder calls for these options of a task.
     pub(crate) fn builder(&self, fr: &TokenStream) -> TokenStream {
-        let mut options = quote!(#fr::TaskOptions::new());
+        self.builder_of(fr, quote!(#fr::TaskOptions))
+    }
+
+    /// The builder calls for these options, set on `options` (a
+    /// `TaskOptions` or, for a flow, `FlowOptions`, which has no cache
+    /// options: `#[flow]` accepts none).
+    pub(crate) fn builder_of(&self, fr: &TokenStream, options: TokenStream) -> TokenStream {
+        let mut options = quote!(#options::new());
         let mut any = false;
         let mut add = |call: TokenStream| {
             options.extend(call);
