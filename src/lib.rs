@@ -42,6 +42,8 @@
 //! - [`annotations`], [`progress`], [`registry`], [`logging`], [`worker`]:
 //!   annotation scopes, the progress display, the task registry, the
 //!   console log output, and worker mode.
+//! - [`cache`]: persisted results and caching (`persist_result`,
+//!   `cache_policy`, result storage).
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -59,7 +61,11 @@
 /// retry_jitter_factor = f, timeout = seconds, tags = ["..."],
 /// retry_condition_fn = f, task_run_name = "...{param}..." (or a function),
 /// on_completion = [f, ...], on_failure = [...], on_running = [...],
-/// log_prints = bool, crate = path)]`.
+/// log_prints = bool, crate = path)]`, and for persisted results and
+/// caching (see below): `persist_result = bool, cache_policy = INPUTS +
+/// TASK_SOURCE, cache_key_fn = f, cache_expiration = seconds, refresh_cache
+/// = bool, result_storage = path, result_storage_key =
+/// "...{task_run.name}..."`.
 /// `print!`, `println!`, `eprint!` and `eprintln!` written in the body log
 /// as lines of the task run (see [`prints`]); `log_prints = false` keeps
 /// them plain, `log_prints = true` logs them even when
@@ -70,6 +76,53 @@
 /// expressions (a constant, a `Duration`). An option the macro cannot use
 /// is a compile error at its token; the task is still generated with that
 /// option's default, so the code around it keeps compiling.
+///
+/// # Persisted results and caching
+///
+/// As in Prefect 3. `persist_result = true` writes the run's result (in its
+/// serde codec) to result storage: a folder, `$FLOWRUN_HOME/storage` unless
+/// `result_storage` names another. `cache_policy` names what the cache key
+/// is made of: `INPUTS`, `TASK_SOURCE` (a hash of the function's tokens,
+/// computed by the macro), `FLOW_PARAMETERS`, `RUN_ID`, `NONE`, combined
+/// with `+` and checked at compile time; `persist_result = true` alone uses
+/// Prefect's default, `INPUTS + TASK_SOURCE + RUN_ID`. `cache_key_fn =
+/// f` computes the key instead (`fn(&CacheKeyContext) -> Option<String>`,
+/// `None`: not cached). A submitted run whose key has a stored, unexpired
+/// (`cache_expiration`) result completes at once in a `Completed` state
+/// named `Cached`, without executing; `refresh_cache = true` executes and
+/// replaces it. `result_storage_key` names the file from a template of
+/// `{task_run.name}`, `{task.name}`, `{flow_run.id}`, `{flow_run.name}`,
+/// `{flow.name}`, `{cache_key}` (checked at compile time). An argument that
+/// cannot be serialized means no caching for that call, with a warning; a
+/// missing or corrupt result file means the task executes again. Every
+/// option also exists on [`TaskOptions`] for `.with_options`; see
+/// [`cache`] for the whole story. A direct call (`f(x)`, `.call`) always
+/// executes.
+///
+/// ```
+/// use flowrun::{flow, task, TaskOptions};
+///
+/// #[task(cache_policy = INPUTS + TASK_SOURCE, cache_expiration = 3600)]
+/// fn slow_square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// #[flow]
+/// fn squares(storage: std::path::PathBuf) -> Vec<String> {
+///     let task = slow_square.with_options(TaskOptions::new().result_storage(&storage));
+///     let first = task.submit(3);
+///     first.wait();
+///     let again = task.submit(3);
+///     assert_eq!(again.result().unwrap(), 9);
+///     vec![first.state().name().to_owned(), again.state().name().to_owned()]
+/// }
+///
+/// let storage = std::env::temp_dir().join(format!("flowrun-doc-cache-{}", std::process::id()));
+/// assert_eq!(squares(storage.clone()).unwrap(), ["Completed", "Cached"]);
+/// // The key spans flow runs: the next run reuses the result too.
+/// assert_eq!(squares(storage.clone()).unwrap(), ["Cached", "Cached"]);
+/// # std::fs::remove_dir_all(&storage).unwrap();
+/// ```
 ///
 /// # Call forms
 ///
@@ -287,7 +340,11 @@ pub use flowrun_macros::task;
 /// retries = n, retry_delay = ..., timeout = seconds,
 /// flow_run_name = "...{param}..." (or a function), on_completion = [f, ...],
 /// on_failure, on_crashed, on_cancellation, on_running, log_prints = bool,
-/// crate = path, tags = ["..."], history = false)]`.
+/// crate = path, tags = ["..."], history = false, persist_result = bool,
+/// result_storage = path, result_storage_key = "...")]`: `persist_result`
+/// writes the flow run's value to result storage when it completes (see
+/// [`cache`]). The flow's parameters are hashed for the `FLOW_PARAMETERS`
+/// cache policy of its tasks.
 /// Prints written in the flow's body are log lines of the flow run, as in
 /// a task (see [`prints`]).
 /// Flow hooks receive the [`FlowRunInfo`] and the state.
@@ -412,6 +469,7 @@ pub use flowrun_core::concurrency;
 /// Prints logged as lines of the current run (Prefect's `log_prints`): the
 /// setting, and `print!`-like macros to import where a task's helpers print.
 pub use flowrun_core::prints;
+pub use flowrun_core::cache::CachePolicy;
 pub use flowrun_core::{
     allow_failure, as_completed, as_completed_timeout, current_flow_run_id, current_flow_run_name,
     current_task_run, current_task_run_name, get_run_logger, results, runtime, unmapped, wait,
@@ -421,7 +479,7 @@ pub use flowrun_core::{
     TaskErrorKind, TaskFuture, TaskOptions, TaskRunCounts, TaskRunFailure, ThreadPoolTaskRunner,
     Unmapped,
 };
-pub use flowrun_core::{annotations, logging, progress, registry, worker};
+pub use flowrun_core::{annotations, cache, logging, progress, registry, worker};
 
 /// The Dask-style task runner (`DaskTaskRunner`), its local cluster and
 /// its client of real Dask clusters.

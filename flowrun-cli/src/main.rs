@@ -246,8 +246,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Cache {
             command: CacheCommand::Clear,
         } => {
-            let mut store = open()?;
-            let cleared = store.clear_cache()?;
+            // Results persisted with the history off are cleared too.
+            let cleared = if flowrun_history::database_path(&home).exists() {
+                open()?.clear_cache()?
+            } else {
+                clear_storage_only(&home)?
+            };
             if cli.json {
                 json(&cleared)?;
             } else {
@@ -259,4 +263,25 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
+}
+
+/// `cache clear` in a home without a history database: deletes the result
+/// files under `storage/`.
+fn clear_storage_only(
+    home: &std::path::Path,
+) -> Result<flowrun_history::Cleared, Box<dyn std::error::Error>> {
+    let storage = home.join("storage");
+    let mut files = 0;
+    if storage.exists() {
+        for entry in std::fs::read_dir(&storage)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+            files += 1;
+        }
+    }
+    Ok(flowrun_history::Cleared { keys: 0, files })
 }

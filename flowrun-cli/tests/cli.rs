@@ -319,6 +319,17 @@ fn cache_clear_forgets_keys_and_deletes_stored_results() {
 }
 
 #[test]
+fn cache_clear_deletes_results_persisted_with_the_history_off() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("storage")).unwrap();
+    std::fs::write(dir.path().join("storage/k-1"), b"result").unwrap();
+    let cleared = json(dir.path(), &["cache", "clear"]);
+    assert_eq!(cleared["keys"], 0);
+    assert_eq!(cleared["files"], 1);
+    assert!(!dir.path().join("storage/k-1").exists());
+}
+
+#[test]
 fn a_home_without_history_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let out = flowrun(dir.path(), &["runs"]);

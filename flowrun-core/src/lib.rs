@@ -27,6 +27,7 @@
 #![deny(missing_docs)]
 
 pub mod concurrency;
+pub mod cache;
 mod engine;
 mod exec;
 pub mod external;

@@ -1,6 +1,7 @@
 //! What the code `#[task]` and `#[flow]` generate refers to: re-exports
 //! at stable paths, and the compile-time checks that a flow's runner can
 //! run its tasks and that task types are `Send + 'static`. Not an API.
+pub use crate::cache::{parameters_key, CachePolicy};
 pub use crate::flow::lifecycle::flow_outcome;
 pub use crate::prints::{print_to_run, PrintStream};
 pub use crate::task::names::InputDisplay;
@@ -9,6 +10,7 @@ pub use crate::task::probe::{
 };
 pub use crate::task::probe::{JsonNo, JsonYes};
 pub use crate::task::registry::TaskRegistration;
+pub use crate::task::Encoder;
 pub use crate::ArgsTuple;
 pub use crate::{
     call, call_async, exponential, map_len, run_flow, run_flow_async, submit, BoxFuture,

@@ -695,13 +695,15 @@ impl Thread {
             // updates what can change and leaves the other columns be.
             let mut upsert_task = tx.prepare_cached(
                 "INSERT INTO task_runs (seq, id, flow_run, name, task, task_key, state, state_name,
-                 message, attempts, worker, upstreams, created_ms, start_ms, end_ms, history)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                 message, attempts, worker, upstreams, created_ms, start_ms, end_ms, history,
+                 cache_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
                  ON CONFLICT (seq) DO UPDATE SET state = excluded.state,
                  state_name = excluded.state_name, message = excluded.message,
                  attempts = excluded.attempts, worker = excluded.worker,
                  upstreams = excluded.upstreams, start_ms = excluded.start_ms,
-                 end_ms = excluded.end_ms, history = excluded.history",
+                 end_ms = excluded.end_ms, history = excluded.history,
+                 cache_key = excluded.cache_key",
             )?;
             for id in rows {
                 let Some(t) = self.tasks.get(id) else {
@@ -728,6 +730,7 @@ impl Thread {
                     t.start_ms,
                     t.end_ms,
                     history_json(&t.history),
+                    t.run.cache_key(),
                 ])?;
                 if t.seq.is_none() {
                     task_seqs.insert(*id, tx.last_insert_rowid());

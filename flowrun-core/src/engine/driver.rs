@@ -63,6 +63,12 @@ struct Driver<T: Task> {
     retry_condition: Option<RetryCondition>,
     /// Slots of the run's limited tags; `None` when no tag has a limit.
     slots: Option<Box<crate::concurrency::tags::RunSlots>>,
+    /// What happens to the result (persisted, cached), when anything does.
+    results: Option<Box<crate::cache::Plan>>,
+    /// Where an executed attempt's result is written.
+    target: Mutex<Option<crate::cache::Target>>,
+    /// The process that runs the task writes the result.
+    persisted_remotely: std::sync::atomic::AtomicBool,
 }
 
 /// Submits a run of `T` with `inputs` to the current flow's runner (or, outside
@@ -139,6 +145,15 @@ pub(crate) fn submit_in<T: Task>(
             .unwrap_or(&meta.tags);
         crate::concurrency::tags::RunSlots::new(&flow, tags)
     };
+    let results = crate::cache::plan(
+        meta,
+        config.get().map(|o| &o.options.results),
+        support.result.encode.is_some(),
+    );
+    // A cached run whose key hashes an upstream's result (an upstream
+    // without a cache key of its own) waits for that result here.
+    let hashes_upstream_values = results.as_ref().is_some_and(|p| p.hashes_inputs())
+        && upstreams.iter().any(|up| up.cache_key().is_none());
     let driver = Arc::new(Driver::<T> {
         meta,
         support,
@@ -159,6 +174,9 @@ pub(crate) fn submit_in<T: Task>(
         hooks_remote,
         retry_condition: r.retry_condition,
         slots,
+        results,
+        target: Mutex::new(None),
+        persisted_remotely: std::sync::atomic::AtomicBool::new(false),
     });
     if driver.slots.is_some() {
         // Every way the run ends gives its slots back.
@@ -175,7 +193,8 @@ pub(crate) fn submit_in<T: Task>(
         || (flow.execution == Execution::SerializedWithDependencies
             && tolerated.is_empty()
             && driver.slots.is_none()
-            && !waits_for)
+            && !waits_for
+            && !hashes_upstream_values)
     {
         // A runner that wires dependencies itself reports an upstream's
         // failure through the downstream run, which fails in turn. (An
@@ -249,6 +268,16 @@ impl<T: Task> Driver<T> {
             Source::Waiting(inputs) => inputs,
             _ => return,
         };
+        if let Some(plan) = &self.results {
+            match self.look_up(plan, &inputs) {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => {
+                    self.cell.fail(e);
+                    return;
+                }
+            }
+        }
         let prepared = match self.flow.execution {
             Execution::InProcess => T::Args::resolve(inputs)
                 .map(|args| Source::Local(ArgsHolder::new(args, self.support.args_clone))),
@@ -265,6 +294,87 @@ impl<T: Task> Driver<T> {
         }
     }
 
+    /// Computes the run's cache key and looks its result up: `Ok(true)`
+    /// when the run completed from the cache.
+    fn look_up(
+        &self,
+        plan: &crate::cache::Plan,
+        inputs: &<T::Args as ArgsTuple>::Inputs,
+    ) -> Result<bool, TaskError> {
+        let run_name = self.cell.name();
+        let prepared =
+            crate::cache::prepare(plan, self.meta, &run_name, &self.flow, || {
+                match &self.support.serialized {
+                    Ok(fns) => (fns.encode_inputs)(inputs),
+                    Err(why) => Err(TaskError::new(TaskErrorKind::Runner, why.clone())),
+                }
+            })?;
+        if let Some(k) = &prepared.cache_key {
+            let _ = self.cell.cache_key.set(k.as_str().into());
+        }
+        if let Some(bytes) = prepared.hit {
+            // A result that does not decode as this task's output is never
+            // a hit: the task runs again and rewrites it.
+            let decoded = match self.support.result.decode {
+                Some(decode) => decode(&bytes).map_err(|e| {
+                    format!(
+                        "{} does not hold a `{}`: {e}",
+                        prepared
+                            .target
+                            .storage
+                            .file(&prepared.target.file)
+                            .display(),
+                        self.support.result.type_name
+                    )
+                }),
+                None => Err(format!(
+                    "`{}` cannot be deserialized",
+                    self.support.result.type_name
+                )),
+            };
+            match decoded {
+                Ok(value) => {
+                    let value = (self.flow.execution == Execution::InProcess).then_some(value);
+                    self.cell.complete_cached(value, bytes);
+                    return Ok(true);
+                }
+                Err(why) => crate::run_event!(
+                    tracing::Level::WARN,
+                    format!("Task run '{run_name}'"),
+                    "Its cached result cannot be used, so it runs again: {why}"
+                ),
+            }
+        }
+        *lock(&self.target) = Some(prepared.target);
+        Ok(false)
+    }
+
+    /// Writes an executed run's result where its plan says.
+    fn persist_value(&self, value: &T::Output) {
+        let target = lock(&self.target);
+        let Some(target) = &*target else { return };
+        match self.support.result.encode {
+            Some(encode) => match encode(value) {
+                Ok(bytes) => crate::cache::persist(target, &self.cell.name(), &bytes),
+                Err(e) => crate::run_event!(
+                    tracing::Level::WARN,
+                    format!("Task run '{}'", self.cell.name()),
+                    "Its result was not persisted: it could not be serialized: {e}"
+                ),
+            },
+            None => crate::cache::no_codec(&self.cell.name(), self.support.result.type_name),
+        }
+    }
+
+    fn persist_bytes(&self, bytes: &[u8]) {
+        if self.persisted_remotely.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(target) = &*lock(&self.target) {
+            crate::cache::persist(target, &self.cell.name(), bytes);
+        }
+    }
+
     fn encode(&self, inputs: &<T::Args as ArgsTuple>::Inputs) -> Result<Source<T>, TaskError> {
         let fns = self.support.serialized.as_ref().map_err(|why| {
             TaskError::new(
@@ -276,6 +386,13 @@ impl<T: Task> Driver<T> {
             )
         })?;
         let mut slots = (fns.encode_inputs)(inputs)?;
+        // The result is written by the process that runs the task.
+        if let Some(target) = &*lock(&self.target) {
+            if let Some(slot) = crate::cache::remote::slot(target) {
+                slots.push(slot);
+                self.persisted_remotely.store(true, Ordering::Release);
+            }
+        }
         if self.flow.execution == Execution::Serialized {
             for slot in &mut slots {
                 if let ArgSlot::Upstream(up) = slot {
@@ -457,12 +574,22 @@ impl<T: Task> Driver<T> {
         self.disarm_watchdog();
         match result {
             Ok(Done::Value(v)) => {
+                self.persist_value(&v);
                 self.cell.complete_value(v);
             }
             Ok(Done::Encoded(b)) => {
+                self.persist_bytes(&b);
                 self.cell.complete_encoded(b);
             }
             Ok(Done::Deferred(f)) => {
+                if lock(&self.target).is_some() && !self.persisted_remotely.load(Ordering::Acquire)
+                {
+                    crate::run_event!(
+                        tracing::Level::WARN,
+                        format!("Task run '{}'", self.cell.name()),
+                        "Its result was not persisted: its storage path could not be sent to the worker that ran it"
+                    );
+                }
                 self.cell.complete_deferred(f);
             }
             Err(e) => self.failed_attempt(attempt, e),

@@ -81,6 +81,9 @@ pub(super) fn resolve(meta: &'static TaskMeta, config: &CallConfig) -> Resolved 
             }
             r.annotations.resources = opts.resources.clone();
         }
+        if let Some(e) = &opts.results_error {
+            r.error.get_or_insert(format!("with_options: {e}"));
+        }
         r.wait_for = o.wait_for.clone();
         if let Some(c) = &opts.retry_condition {
             r.retry_condition = Some(c.clone());

@@ -489,6 +489,7 @@ async fn drive<F: Flow>(config: &FlowConfig, args: F::Args, mode: Mode) -> FlowR
         Ok(s) => s,
         Err(run) => return *run,
     };
+    let _ = started.shared.parameters.set(F::parameters_key(&args));
     let mut holder = ArgsHolder::new(args, F::args_clone());
     let mut dropped = DroppedFlow(matches!(mode, Mode::Async).then(|| {
         (
@@ -526,6 +527,15 @@ async fn drive<F: Flow>(config: &FlowConfig, args: F::Args, mode: Mode) -> FlowR
             _ => break (result, failures),
         }
     };
+    if let Ok(value) = &result {
+        crate::cache::persist_flow(
+            F::meta(),
+            config.inner.as_deref().map(|o| &o.options.results),
+            &started.shared,
+            value,
+            F::output_encoder(),
+        );
+    }
     // From here on the shutdown below runs to its end even if this future
     // is dropped.
     dropped.0 = None;

@@ -24,6 +24,8 @@ pub struct FlowMeta {
     pub(crate) tags: Vec<Cow<'static, str>>,
     /// `history = ...`: `None` records as the parent flow run does.
     pub(crate) history: Option<bool>,
+    /// `persist_result`, `result_storage`, `result_storage_key`.
+    pub(crate) results: crate::cache::ResultOptions,
 }
 
 impl FlowMeta {
@@ -40,6 +42,7 @@ impl FlowMeta {
                 concurrency_limits: Vec::new(),
                 tags: Vec::new(),
                 history: None,
+                results: Default::default(),
             },
         }
     }
@@ -71,6 +74,16 @@ impl FlowMetaBuilder {
     /// `description = "..."`.
     pub fn description(mut self, description: &'static str) -> Self {
         self.meta.description = Some(description);
+        self
+    }
+
+    /// `persist_result`, `result_storage`, `result_storage_key`: the
+    /// result options set on `options`.
+    pub fn results(mut self, options: FlowOptions) -> Self {
+        if let Some(e) = options.results_error {
+            self.meta.config_error.get_or_insert(e);
+        }
+        self.meta.results = options.results;
         self
     }
 
@@ -150,6 +163,20 @@ pub trait Flow: Sized + Send + Sync + 'static {
         let _ = args;
         Vec::new()
     }
+
+    /// A hash of the run's parameters, for the `FLOW_PARAMETERS` cache
+    /// policy of its tasks, or why there is none. `#[flow]` hashes the
+    /// serialized arguments when they implement serde's `Serialize`.
+    fn parameters_key(args: &Self::Args) -> Result<String, String> {
+        let _ = args;
+        Err("cannot be serialized".to_owned())
+    }
+
+    /// Serializes the flow's value for `persist_result`; `None` when its
+    /// type cannot be serialized.
+    fn output_encoder() -> Option<crate::task::Encoder<Self::Output>> {
+        None
+    }
 }
 
 /// Per-handle overrides of a flow: options and the task runner.
@@ -188,6 +215,8 @@ impl FlowConfig {
             hooks: prev.hooks.overridden_by(&options.hooks),
             tags: options.tags.or(prev.tags),
             history: options.history.or(prev.history),
+            results: prev.results.overridden_by(&options.results),
+            results_error: options.results_error.or(prev.results_error),
         };
         self
     }

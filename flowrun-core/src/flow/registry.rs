@@ -98,6 +98,9 @@ pub(crate) struct FlowShared {
     pub(crate) links: crate::flow::subflow::Links,
     /// Whether the run history records it (its subflows follow it).
     pub(crate) history: AtomicBool,
+    /// A hash of its parameters, for the FLOW_PARAMETERS cache policy, or
+    /// why there is none.
+    pub(crate) parameters: OnceLock<Result<String, String>>,
 }
 
 impl FlowShared {
@@ -132,7 +135,20 @@ impl FlowShared {
             has_observers: AtomicBool::new(false),
             links: Default::default(),
             history: AtomicBool::new(true),
+            parameters: OnceLock::new(),
         }
+    }
+
+    /// The hash of the flow run's parameters; `None` outside a flow run.
+    pub(crate) fn parameters_key(&self) -> Option<Result<&str, String>> {
+        if self.detached {
+            return None;
+        }
+        Some(match self.parameters.get() {
+            Some(Ok(k)) => Ok(k.as_str()),
+            Some(Err(why)) => Err(why.clone()),
+            None => Err("are not known".to_owned()),
+        })
     }
 
     /// Whether this is the record of task runs made outside any flow run.

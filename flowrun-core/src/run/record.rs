@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::task::Waker;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -105,6 +105,8 @@ pub(crate) struct RunCell<T: 'static> {
     pub(crate) order: u64,
     /// A name from `task_run_name`, instead of `<task>-<index>`.
     pub(crate) run_name: Option<Box<str>>,
+    /// Its cache key, when its result is cached (see `crate::cache`).
+    pub(crate) cache_key: OnceLock<Box<str>>,
     status: Mutex<Status<T>>,
     cond: Condvar,
     observed: AtomicBool,
@@ -124,6 +126,7 @@ impl<T: Send + 'static> RunCell<T> {
             id,
             order: id.get(),
             run_name: None,
+            cache_key: OnceLock::new(),
             task_name,
             task_key,
             index,
@@ -238,6 +241,16 @@ impl<T: Send + 'static> RunCell<T> {
         self.finish(Slot::Encoded(bytes), None)
     }
 
+    /// Completes the run with a result read from the cache: a `Completed`
+    /// state named `Cached`, without executing.
+    pub(crate) fn complete_cached(self: &Arc<Self>, value: Option<T>, bytes: Bytes) -> bool {
+        let slot = match value {
+            Some(v) => Slot::Value(v),
+            None => Slot::Encoded(bytes),
+        };
+        self.finish_named(slot, None, Some("Cached"))
+    }
+
     /// Completes the run with a result that is fetched when first read.
     pub(crate) fn complete_deferred(self: &Arc<Self>, fetch: Fetch) -> bool {
         self.finish(Slot::Deferred(fetch), None)
@@ -271,6 +284,15 @@ impl<T: Send + 'static> RunCell<T> {
     }
 
     fn finish(self: &Arc<Self>, value: Slot<T>, error: Option<TaskError>) -> bool {
+        self.finish_named(value, error, None)
+    }
+
+    fn finish_named(
+        self: &Arc<Self>,
+        value: Slot<T>,
+        error: Option<TaskError>,
+        completed_name: Option<&'static str>,
+    ) -> bool {
         let (callbacks, wakers, notify, state) = {
             let mut s = self.lock();
             if s.kind.is_final() {
@@ -281,7 +303,7 @@ impl<T: Send + 'static> RunCell<T> {
             match error {
                 None => {
                     s.kind = StateKind::Completed;
-                    s.state_name = None;
+                    s.state_name = completed_name;
                     s.message = None;
                     s.value = value;
                 }
@@ -552,6 +574,7 @@ pub(crate) trait AnyRun: Send + Sync + 'static {
     fn location(&self) -> Option<Arc<str>>;
     /// The result encoded for another process.
     fn encoded_result(&self) -> Result<Bytes, TaskError>;
+    fn cache_key(&self) -> Option<&str>;
     fn fail_dyn(self: Arc<Self>, error: TaskError) -> bool;
 }
 
@@ -645,6 +668,10 @@ impl<T: Send + 'static> AnyRun for RunCell<T> {
             .in_run(RunCell::name(self))),
         }
     }
+    fn cache_key(&self) -> Option<&str> {
+        self.cache_key.get().map(|k| &**k)
+    }
+
     fn fail_dyn(self: Arc<Self>, error: TaskError) -> bool {
         self.fail(error)
     }
@@ -731,6 +758,12 @@ impl RunRef {
     /// The result encoded for another process, once the run completed.
     pub fn encoded_result(&self) -> Result<Bytes, TaskError> {
         self.0.encoded_result()
+    }
+
+    /// Its cache key, when its result is cached (`cache_policy`,
+    /// `cache_key_fn`): the same key in two runs means the same result.
+    pub fn cache_key(&self) -> Option<&str> {
+        self.0.cache_key()
     }
 
     /// Calls `callback` once the run is final (at once if it already is).

@@ -117,6 +117,9 @@ impl AnyRun for RemoteRun {
             "a hook running on a worker cannot read the run's result",
         ))
     }
+    fn cache_key(&self) -> Option<&str> {
+        None
+    }
     fn fail_dyn(self: Arc<Self>, _error: TaskError) -> bool {
         false
     }

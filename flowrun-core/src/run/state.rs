@@ -102,6 +102,24 @@ impl State {
         self
     }
 
+    /// A `Completed` state named `Cached`: the run's result was read from
+    /// the cache and its task did not execute (Prefect's `Cached` state).
+    ///
+    /// ```
+    /// use flowrun_core::State;
+    /// let state = State::cached();
+    /// assert_eq!(state.name(), "Cached");
+    /// assert!(state.is_completed() && state.is_cached());
+    /// ```
+    pub fn cached() -> State {
+        State::new(StateKind::Completed).with_name("Cached")
+    }
+
+    /// The run completed from the cache, without executing.
+    pub fn is_cached(&self) -> bool {
+        self.kind == StateKind::Completed && self.name == Some("Cached")
+    }
+
     /// The same state with a refining name, such as `"TimedOut"`.
     pub fn with_name(mut self, name: &'static str) -> State {
         self.name = Some(name);

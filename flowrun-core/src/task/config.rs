@@ -50,6 +50,8 @@ impl CallConfig {
             resources: options.resources.or(prev.resources),
             retry_condition: options.retry_condition.or(prev.retry_condition),
             hooks: prev.hooks.overridden_by(&options.hooks),
+            results: prev.results.overridden_by(&options.results),
+            results_error: options.results_error.or(prev.results_error),
         };
         self
     }

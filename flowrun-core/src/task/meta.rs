@@ -22,6 +22,10 @@ pub struct TaskMeta {
     pub(crate) config_error: Option<String>,
     pub(crate) hooks: crate::run::hooks::TaskHooks,
     pub(crate) retry_condition: Option<crate::run::hooks::RetryCondition>,
+    /// `persist_result`, `cache_policy` and the other result options.
+    pub(crate) results: crate::cache::ResultOptions,
+    /// The hash of the task's source tokens, from `#[task]`.
+    pub(crate) source_hash: Option<&'static str>,
 }
 
 impl TaskMeta {
@@ -40,6 +44,8 @@ impl TaskMeta {
                 config_error: None,
                 hooks: Default::default(),
                 retry_condition: None,
+                results: Default::default(),
+                source_hash: None,
             },
         }
     }
@@ -78,6 +84,13 @@ impl TaskMeta {
     pub fn is_async(&self) -> bool {
         self.is_async
     }
+
+    /// The hash of the task's source, computed by `#[task]` at compile
+    /// time (the `TASK_SOURCE` cache policy); `None` for tasks not made
+    /// by the macro.
+    pub fn source_hash(&self) -> Option<&'static str> {
+        self.source_hash
+    }
 }
 
 /// Builds a [`TaskMeta`]; values that are invalid at run time are recorded
@@ -110,6 +123,34 @@ impl TaskMetaBuilder {
     /// The task is an `async fn`.
     pub fn is_async(mut self, is_async: bool) -> Self {
         self.meta.is_async = is_async;
+        self
+    }
+
+    /// The hash of the task's source tokens (`#[task]` computes it).
+    pub fn source_hash(mut self, hash: &'static str) -> Self {
+        self.meta.source_hash = Some(hash);
+        self
+    }
+
+    /// `persist_result`, `cache_policy`, `cache_key_fn`,
+    /// `cache_expiration`, `refresh_cache`, `result_storage`,
+    /// `result_storage_key`: the result options set on `options`. An
+    /// invalid `result_storage_key` fails every run of the task.
+    pub fn results(mut self, options: crate::task::options::TaskOptions) -> Self {
+        if let Some(e) = options.results_error {
+            self.error(e);
+        }
+        self.meta.results = options.results;
+        self
+    }
+
+    /// `cache_expiration = seconds` (or a `Duration`): how long a cached
+    /// result stays valid.
+    pub fn cache_expiration(mut self, expiration: impl IntoSeconds) -> Self {
+        match expiration.into_duration() {
+            Ok(d) => self.meta.results.expiration = Some(d),
+            Err(e) => self.error(format!("cache_expiration: {e}")),
+        }
         self
     }
 

@@ -264,6 +264,8 @@ pub struct TaskOptions {
     pub(crate) resources: Option<Resources>,
     pub(crate) retry_condition: Option<RetryCondition>,
     pub(crate) hooks: TaskHooks,
+    pub(crate) results: crate::cache::ResultOptions,
+    pub(crate) results_error: Option<String>,
 }
 
 impl TaskOptions {
@@ -323,6 +325,77 @@ impl TaskOptions {
         condition: impl Fn(&RunRef, &TaskError) -> bool + Send + Sync + 'static,
     ) -> Self {
         self.retry_condition = Some(RetryCondition::new(condition));
+        self
+    }
+
+    /// Writes the result to result storage (`true`), or neither persists
+    /// nor caches it (`false`). See [`crate::cache`].
+    pub fn persist_result(mut self, persist: bool) -> Self {
+        self.results.persist = Some(persist);
+        self
+    }
+
+    /// What the cache key is made of: `CachePolicy::INPUTS +
+    /// CachePolicy::TASK_SOURCE`, ... ([`CachePolicy::NONE`](crate::cache::CachePolicy::NONE)
+    /// turns caching off). Caching implies persistence.
+    ///
+    /// ```
+    /// use flowrun_core::cache::CachePolicy;
+    /// use flowrun_core::TaskOptions;
+    /// let options = TaskOptions::new().cache_policy(CachePolicy::INPUTS + CachePolicy::TASK_SOURCE);
+    /// # let _ = options;
+    /// ```
+    pub fn cache_policy(mut self, policy: crate::cache::CachePolicy) -> Self {
+        self.results.policy = Some(policy);
+        self
+    }
+
+    /// Computes the cache key from the run's context and arguments
+    /// instead of a policy; `None` means the run is not cached.
+    ///
+    /// ```
+    /// use flowrun_core::TaskOptions;
+    /// let options = TaskOptions::new().cache_key_fn(|ctx| ctx.input::<String>(0));
+    /// # let _ = options;
+    /// ```
+    pub fn cache_key_fn(
+        mut self,
+        f: impl Fn(&crate::cache::CacheKeyContext<'_>) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.results.key_fn = Some(crate::cache::CacheKeyFn::new(f));
+        self
+    }
+
+    /// How long a cached result stays valid.
+    pub fn cache_expiration(mut self, expiration: Duration) -> Self {
+        self.results.expiration = Some(expiration);
+        self
+    }
+
+    /// Executes even when a cached result exists, and replaces it.
+    pub fn refresh_cache(mut self, refresh: bool) -> Self {
+        self.results.refresh = Some(refresh);
+        self
+    }
+
+    /// The folder results are written to (by default
+    /// `$FLOWRUN_HOME/storage`).
+    pub fn result_storage(mut self, dir: impl AsRef<std::path::Path>) -> Self {
+        self.results.storage = Some(crate::cache::ResultStorage::new(dir));
+        self
+    }
+
+    /// The name of the result file, from a template such as
+    /// `"{flow.name}-{task_run.name}"` (see
+    /// [`KeyTemplate`](crate::cache::KeyTemplate)). An invalid template
+    /// fails the runs with a message naming it.
+    pub fn result_storage_key(mut self, template: &str) -> Self {
+        match crate::cache::KeyTemplate::parse(template) {
+            Ok(t) => self.results.template = Some(t),
+            Err(e) => {
+                self.results_error.get_or_insert(e);
+            }
+        }
         self
     }
 
@@ -388,12 +461,53 @@ pub struct FlowOptions {
     pub(crate) hooks: FlowHooks,
     pub(crate) tags: Option<Vec<Cow<'static, str>>>,
     pub(crate) history: Option<bool>,
+    pub(crate) results: crate::cache::ResultOptions,
+    pub(crate) results_error: Option<String>,
 }
 
 impl FlowOptions {
     /// No overrides.
     pub fn new() -> FlowOptions {
         FlowOptions::default()
+    }
+
+    /// Writes the flow run's value to result storage when it completes
+    /// (its type must implement serde's `Serialize`); see
+    /// [`crate::cache`]. The file is named `{flow.name}-{flow_run.id}`
+    /// unless [`result_storage_key`](FlowOptions::result_storage_key)
+    /// names it.
+    ///
+    /// ```
+    /// use flowrun_core::FlowOptions;
+    /// let options = FlowOptions::new()
+    ///     .persist_result(true)
+    ///     .result_storage(std::env::temp_dir().join("flow-results"))
+    ///     .result_storage_key("{flow.name}-latest");
+    /// # let _ = options;
+    /// ```
+    pub fn persist_result(mut self, persist: bool) -> Self {
+        self.results.persist = Some(persist);
+        self
+    }
+
+    /// The folder the flow run's value is written to (by default
+    /// `$FLOWRUN_HOME/storage`).
+    pub fn result_storage(mut self, dir: impl AsRef<std::path::Path>) -> Self {
+        self.results.storage = Some(crate::cache::ResultStorage::new(dir));
+        self
+    }
+
+    /// The name of the flow run's result file, from a template (see
+    /// [`KeyTemplate`](crate::cache::KeyTemplate); `{task_run.name}` and
+    /// `{task.name}` stand for the flow run's and the flow's names).
+    pub fn result_storage_key(mut self, template: &str) -> Self {
+        match crate::cache::KeyTemplate::parse(template) {
+            Ok(t) => self.results.template = Some(t),
+            Err(e) => {
+                self.results_error.get_or_insert(e);
+            }
+        }
+        self
     }
 
     /// The name of this flow run (by default a random `adjective-animal`).

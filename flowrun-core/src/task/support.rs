@@ -125,6 +125,7 @@ where
     T::Args: SerializedArgs,
     T::Output: Serialize + DeserializeOwned,
 {
+    let (slots, target) = crate::cache::remote::split(slots);
     let args = <T::Args as SerializedArgs>::decode(slots).map_err(|e| {
         TaskError::new(
             TaskErrorKind::Runner,
@@ -136,7 +137,7 @@ where
     })?;
     let raw = crate::engine::adapters::invoke_blocking::<T>(args, None)?;
     let value = T::outcome(raw)?;
-    encode_owned(value).map_err(|e| {
+    let encoded = encode_owned(value).map_err(|e| {
         TaskError::new(
             TaskErrorKind::Runner,
             format!(
@@ -144,7 +145,15 @@ where
                 T::meta().name
             ),
         )
-    })
+    })?;
+    if let Some(target) = target {
+        // Written here, where the value was made, before the run is
+        // reported done.
+        let run = crate::exec::context::current_task_run_name()
+            .unwrap_or_else(|| T::meta().name.to_owned());
+        crate::cache::persist(&target, &run, &encoded);
+    }
+    Ok(encoded)
 }
 
 /// A task whose arguments and result can cross process boundaries. (No

@@ -25,6 +25,9 @@ pub(crate) const VALID: &[&str] = &[
     "crate",
     "tags",
     "history",
+    "persist_result",
+    "result_storage",
+    "result_storage_key",
 ];
 
 /// `task_runner = ...`.
@@ -45,6 +48,7 @@ pub(crate) struct FlowAttr {
     pub(crate) tags: Vec<LitStr>,
     /// `history = false`: its runs are not recorded.
     pub(crate) history: Option<LitBool>,
+    pub(crate) results: crate::task::results::ResultAttr,
 }
 
 pub(crate) fn parse(args: TokenStream, cx: &Ctxt) -> FlowAttr {
@@ -55,6 +59,7 @@ pub(crate) fn parse(args: TokenStream, cx: &Ctxt) -> FlowAttr {
             "concurrency_limits" => attr.concurrency_limits = concurrency_limits(&value, cx),
             "tags" => attr.tags = options::tags(&value, cx),
             "history" => attr.history = options::boolean(&value, "history", cx),
+            _ if attr.results.read(&name, &value, cx) => {}
             _ => {
                 let shared = attr.common.read(&name, &value, cx);
                 debug_assert!(shared, "`accept` passes only the names in VALID");

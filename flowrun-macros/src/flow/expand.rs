@@ -96,6 +96,7 @@ pub(crate) fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> Tok
     if let Some(history) = &attr.history {
         builder.extend(quote!(.history(#history)));
     }
+    builder.extend(attr.results.builder_of(&fr, quote!(#fr::FlowOptions)));
     builder.extend(quote!(.build()));
     let param_names = sig
         .args
@@ -238,6 +239,18 @@ pub(crate) fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> Tok
                     #[allow(unused_imports)]
                     use #fr::{JsonNo as _, JsonYes as _};
                     ::std::vec![#((#param_names, #param_json)),*]
+                }
+
+                fn output_encoder() -> ::core::option::Option<#fr::Encoder<Self::Output>> {
+                    #[allow(unused_imports)]
+                    use #fr::{CodecNo as _, CodecYes as _};
+                    (&#fr::Probe::<Self::Output>::new()).codec().map(|__flowrun_codec| __flowrun_codec.0)
+                }
+
+                fn parameters_key(__flowrun_args: &Self::Args) -> ::core::result::Result<::std::string::String, ::std::string::String> {
+                    #[allow(unused_imports)]
+                    use #fr::{CodecNo as _, CodecYes as _};
+                    #fr::parameters_key((&#fr::Probe::<(#(#tys,)*)>::new()).codec().map(|__flowrun_codec| (__flowrun_codec.0)(__flowrun_args)))
                 }
 
                 #run_name

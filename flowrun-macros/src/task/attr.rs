@@ -22,6 +22,13 @@ pub(crate) const VALID: &[&str] = &[
     "task_run_name",
     "log_prints",
     "crate",
+    "persist_result",
+    "cache_policy",
+    "cache_key_fn",
+    "cache_expiration",
+    "refresh_cache",
+    "result_storage",
+    "result_storage_key",
 ];
 
 #[derive(Default)]
@@ -29,6 +36,7 @@ pub(crate) struct TaskAttr {
     pub(crate) common: Common,
     pub(crate) retry_jitter_factor: Option<Number<f64>>,
     pub(crate) tags: Vec<LitStr>,
+    pub(crate) results: super::results::ResultAttr,
 }
 
 pub(crate) fn parse(args: TokenStream, cx: &Ctxt) -> TaskAttr {
@@ -41,6 +49,7 @@ pub(crate) fn parse(args: TokenStream, cx: &Ctxt) -> TaskAttr {
                 syn::Ident::new("retry_condition_fn", proc_macro2::Span::call_site()),
                 vec![value],
             )),
+            _ if attr.results.read(&name, &value, cx) => {}
             _ => {
                 let shared = attr.common.read(&name, &value, cx);
                 debug_assert!(shared, "`accept` passes only the names in VALID");

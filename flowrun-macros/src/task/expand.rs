@@ -92,6 +92,9 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
         &attr.common.hooks,
         quote!(#fr::TaskOptions),
     ));
+    builder.extend(attr.results.builder(&fr));
+    let source_hash = super::results::source_hash(function);
+    builder.extend(quote!(.source_hash(__FLOWRUN_SOURCE_HASH)));
     let is_async = sig.is_async;
     builder.extend(quote!(.is_async(#is_async).build()));
 
@@ -193,6 +196,9 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
         #(#cfgs)*
         const _: () = {
             #send_checks
+
+            /// The hash of this task's source (the `TASK_SOURCE` cache policy).
+            const __FLOWRUN_SOURCE_HASH: &str = #source_hash;
 
             #(#other_attrs)*
             #[allow(clippy::too_many_arguments)]

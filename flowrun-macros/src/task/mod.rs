@@ -2,6 +2,7 @@
 
 mod attr;
 mod expand;
+pub(crate) mod results;
 
 use crate::entry::Kind;
 

@@ -1,0 +1,488 @@
+//! Persisted results and caching, as Prefect 3 users know them (Prefect's
+//! `results` and `cache_policies` modules).
+//!
+//! A task with `persist_result = true` writes its result, in its codec, to
+//! [`ResultStorage`] (a folder: `$FLOWRUN_HOME/storage/` unless
+//! `result_storage` names another), in a file named by its cache key or by
+//! its `result_storage_key` template. A task with a [`CachePolicy`] (or a
+//! `cache_key_fn`) first looks its key up there: a whole, unexpired result
+//! completes the run at once in a `Completed` state named `Cached`, and the
+//! task does not execute. Caching implies persistence; `persist_result =
+//! false` turns both off.
+//!
+//! A key that cannot be computed (an argument that cannot be serialized,
+//! a flow whose parameters cannot be) means no caching for that call, with
+//! one warning. A result file that is missing, expired or corrupt under a
+//! cached key means the task executes again (with a warning when the file
+//! is corrupt) and the file is rewritten.
+//!
+//! Files are written to a temporary name and renamed into place, so a
+//! process killed while writing never leaves a file that reads as a hit;
+//! reading takes no lock, so any number of processes may share a folder.
+//! A flow rerun with a policy that spans runs (no `RUN_ID`) therefore
+//! resumes: every task that completed before executes no more.
+//!
+//! ```
+//! use flowrun_core::cache::CachePolicy;
+//! use flowrun_core::TaskOptions;
+//! use std::time::Duration;
+//! let options = TaskOptions::new()
+//!     .cache_policy(CachePolicy::INPUTS + CachePolicy::TASK_SOURCE)
+//!     .cache_expiration(Duration::from_secs(3600))
+//!     .result_storage(std::env::temp_dir().join("my-results"));
+//! # let _ = options;
+//! ```
+
+mod key;
+mod policy;
+pub(crate) mod remote;
+mod storage;
+
+pub use key::{CacheKeyContext, CacheKeyFn, KeyTemplate, TEMPLATE_PLACEHOLDERS};
+pub use policy::CachePolicy;
+pub use storage::{Lookup, ResultInfo, ResultStorage, StorageError};
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::flow::registry::FlowShared;
+use crate::run::error::{TaskError, TaskErrorKind};
+use crate::task::args::ArgSlot;
+use crate::task::TaskMeta;
+use key::{KeyHasher, TemplateValues};
+
+/// The environment variable that turns result persistence on for every
+/// task that does not say otherwise (`true`/`1`/`on`), as Prefect's
+/// `PREFECT_RESULTS_PERSIST_BY_DEFAULT` does.
+pub const PERSIST_RESULTS_ENV: &str = "FLOWRUN_PERSIST_RESULTS";
+
+// 0: unset (read the environment), 1: off, 2: on.
+static PERSIST_DEFAULT: AtomicU8 = AtomicU8::new(0);
+static DEFAULT_STORAGE: Mutex<Option<ResultStorage>> = Mutex::new(None);
+
+/// Sets whether tasks that do not set `persist_result` persist their
+/// results (and cache them with [`CachePolicy::DEFAULT`]), in this process.
+/// Overrides `FLOWRUN_PERSIST_RESULTS`.
+///
+/// ```
+/// flowrun_core::cache::set_persist_results(false);
+/// assert!(!flowrun_core::cache::persist_results());
+/// ```
+pub fn set_persist_results(on: bool) {
+    PERSIST_DEFAULT.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+}
+
+/// Whether tasks persist their results when they do not say
+/// (see [`set_persist_results`]; off by default, as in Prefect).
+pub fn persist_results() -> bool {
+    match PERSIST_DEFAULT.load(Ordering::Relaxed) {
+        0 => {
+            static ENV: OnceLock<bool> = OnceLock::new();
+            *ENV.get_or_init(|| {
+                std::env::var(PERSIST_RESULTS_ENV).is_ok_and(|v| {
+                    matches!(
+                        v.trim().to_ascii_lowercase().as_str(),
+                        "1" | "true" | "on" | "yes"
+                    )
+                })
+            })
+        }
+        v => v == 2,
+    }
+}
+
+/// Sets the storage of tasks that do not set `result_storage`, in this
+/// process (by default `$FLOWRUN_HOME/storage`, `~/.flowrun/storage`).
+pub fn set_default_storage(storage: ResultStorage) {
+    *crate::plumbing::lock(&DEFAULT_STORAGE) = Some(storage);
+}
+
+/// The storage of tasks that do not set `result_storage`:
+/// `$FLOWRUN_HOME/storage` (`~/.flowrun/storage` without `FLOWRUN_HOME`),
+/// unless [`set_default_storage`] chose another.
+pub fn default_storage() -> ResultStorage {
+    if let Some(s) = &*crate::plumbing::lock(&DEFAULT_STORAGE) {
+        return s.clone();
+    }
+    static FROM_ENV: OnceLock<ResultStorage> = OnceLock::new();
+    FROM_ENV
+        .get_or_init(|| {
+            let home = std::env::var_os("FLOWRUN_HOME")
+                .filter(|h| !h.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("HOME")
+                        .filter(|h| !h.is_empty())
+                        .map(|h| PathBuf::from(h).join(".flowrun"))
+                })
+                .unwrap_or_else(|| std::env::temp_dir().join("flowrun"));
+            ResultStorage::new(home.join("storage"))
+        })
+        .clone()
+}
+
+/// The result and cache options of a task or of one call.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ResultOptions {
+    pub(crate) persist: Option<bool>,
+    pub(crate) policy: Option<CachePolicy>,
+    pub(crate) key_fn: Option<CacheKeyFn>,
+    pub(crate) expiration: Option<Duration>,
+    pub(crate) refresh: Option<bool>,
+    pub(crate) storage: Option<ResultStorage>,
+    pub(crate) template: Option<KeyTemplate>,
+}
+
+impl ResultOptions {
+    /// These options, with those `over` sets replacing them.
+    pub(crate) fn overridden_by(&self, over: &ResultOptions) -> ResultOptions {
+        ResultOptions {
+            persist: over.persist.or(self.persist),
+            policy: over.policy.or(self.policy),
+            key_fn: over.key_fn.clone().or_else(|| self.key_fn.clone()),
+            expiration: over.expiration.or(self.expiration),
+            refresh: over.refresh.or(self.refresh),
+            storage: over.storage.clone().or_else(|| self.storage.clone()),
+            template: over.template.clone().or_else(|| self.template.clone()),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.persist.is_none()
+            && self.policy.is_none()
+            && self.key_fn.is_none()
+            && self.expiration.is_none()
+            && self.refresh.is_none()
+            && self.storage.is_none()
+            && self.template.is_none()
+    }
+}
+
+/// What a run does with its result: where it is stored, and how it is
+/// looked up first.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    storage: ResultStorage,
+    /// NONE: persisted, never looked up.
+    policy: CachePolicy,
+    key_fn: Option<CacheKeyFn>,
+    expiration: Option<Duration>,
+    refresh: bool,
+    template: Option<KeyTemplate>,
+}
+
+impl Plan {
+    /// The cache key hashes the run's arguments.
+    pub(crate) fn hashes_inputs(&self) -> bool {
+        self.key_fn.is_some() || self.policy.contains(CachePolicy::INPUTS)
+    }
+}
+
+/// The plan of a run of the task `meta` with the call's options, or `None`
+/// when the result is not persisted. `has_codec`: the result can be
+/// serialized (a default from the environment skips the tasks whose result
+/// cannot be).
+pub(crate) fn plan(
+    meta: &TaskMeta,
+    call: Option<&ResultOptions>,
+    has_codec: bool,
+) -> Option<Box<Plan>> {
+    let merged;
+    let o = match call {
+        Some(c) if !c.is_empty() => {
+            merged = meta.results.overridden_by(c);
+            &merged
+        }
+        _ => &meta.results,
+    };
+    if o.persist == Some(false) {
+        return None;
+    }
+    let asked = o.persist == Some(true)
+        || o.policy.is_some_and(|p| !p.is_none())
+        || o.key_fn.is_some()
+        || o.template.is_some();
+    if !(asked || persist_results() && has_codec) {
+        return None;
+    }
+    Some(Box::new(Plan {
+        storage: o.storage.clone().unwrap_or_else(default_storage),
+        policy: o.policy.unwrap_or(CachePolicy::DEFAULT),
+        key_fn: o.key_fn.clone(),
+        expiration: o.expiration,
+        refresh: o.refresh.unwrap_or(false),
+        template: o.template.clone(),
+    }))
+}
+
+/// Where a run's result goes, once its key is known.
+#[derive(Debug)]
+pub(crate) struct Target {
+    pub(crate) storage: ResultStorage,
+    pub(crate) cache_key: Option<String>,
+    pub(crate) file: String,
+    pub(crate) expiration: Option<Duration>,
+}
+
+/// What [`prepare`] decided for a run.
+pub(crate) struct Prepared {
+    /// The run's cache key, when it is cached.
+    pub(crate) cache_key: Option<String>,
+    /// A stored result to complete the run with, without executing it.
+    pub(crate) hit: Option<Bytes>,
+    /// Where the result is written after an execution.
+    pub(crate) target: Target,
+}
+
+/// Computes the run's cache key and storage file and looks the result up.
+/// `inputs` gives the run's arguments, serialized, when the key needs
+/// them. Fails only for a `result_storage_key` that gives no usable file
+/// name.
+pub(crate) fn prepare(
+    plan: &Plan,
+    meta: &TaskMeta,
+    run_name: &str,
+    flow: &FlowShared,
+    inputs: impl FnOnce() -> Result<Vec<ArgSlot>, TaskError>,
+) -> Result<Prepared, TaskError> {
+    let label = || format!("Task run '{run_name}'");
+    let needs_inputs = plan.hashes_inputs();
+    let slots = if needs_inputs { Some(inputs()) } else { None };
+    let cache_key = match cache_key(plan, meta, flow, slots.as_ref()) {
+        Ok(k) => k,
+        Err(why) => {
+            crate::run_event!(
+                tracing::Level::WARN,
+                label(),
+                "Not cached: its cache key cannot be computed: {why}"
+            );
+            None
+        }
+    };
+    let file = match &plan.template {
+        Some(t) => t
+            .render(&TemplateValues {
+                task_run_name: run_name,
+                task_name: meta.name,
+                flow_run_id: &flow.id,
+                flow_run_name: &flow.name,
+                flow_name: &flow.flow_name,
+                cache_key: cache_key.as_deref(),
+            })
+            .map_err(|e| TaskError::new(TaskErrorKind::Runner, e))?,
+        None => match &cache_key {
+            Some(k) => k.clone(),
+            // Persisted only: a file per run.
+            None => {
+                let mut h = KeyHasher::new(meta.key);
+                h.part(b"flow_run", flow.id.as_bytes());
+                h.part(b"task_run", run_name.as_bytes());
+                h.finish()
+            }
+        },
+    };
+    let mut hit = None;
+    if cache_key.is_some() && !plan.refresh {
+        match plan.storage.read_keyed(&file, cache_key.as_deref()) {
+            Lookup::Hit(bytes) => hit = Some(bytes),
+            Lookup::Missing | Lookup::Expired | Lookup::OtherKey => {}
+            Lookup::Unreadable(why) => crate::run_event!(
+                tracing::Level::WARN,
+                label(),
+                "Its cached result cannot be used, so it runs again: {why}"
+            ),
+        }
+    }
+    Ok(Prepared {
+        cache_key: cache_key.clone(),
+        hit,
+        target: Target {
+            storage: plan.storage.clone(),
+            cache_key,
+            file,
+            expiration: plan.expiration,
+        },
+    })
+}
+
+/// The run's cache key: `Ok(None)` when the run is not cached (policy
+/// `NONE`, or a `cache_key_fn` that returned `None`), `Err` when it cannot
+/// be computed.
+fn cache_key(
+    plan: &Plan,
+    meta: &TaskMeta,
+    flow: &FlowShared,
+    slots: Option<&Result<Vec<ArgSlot>, TaskError>>,
+) -> Result<Option<String>, String> {
+    let slots = match slots {
+        Some(Ok(s)) => Some(s.as_slice()),
+        Some(Err(e)) if plan.key_fn.is_none() => {
+            return Err(format!("an argument cannot be serialized: {}", e.message()))
+        }
+        _ => None,
+    };
+    if let Some(f) = &plan.key_fn {
+        let ctx = CacheKeyContext {
+            task_key: meta.key,
+            task_name: meta.name,
+            flow_run_id: &flow.id,
+            flow_name: &flow.flow_name,
+            inputs: slots,
+        };
+        let computed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (f.0)(&ctx)))
+            .map_err(|p| format!("cache_key_fn panicked: {}", crate::panic_message(&*p)))?;
+        return Ok(computed.map(|k| {
+            let mut h = KeyHasher::new(meta.key);
+            h.part(b"fn", k.as_bytes());
+            h.finish()
+        }));
+    }
+    if plan.policy.is_none() {
+        return Ok(None);
+    }
+    let mut h = KeyHasher::new(meta.key);
+    h.part(b"policy", &[plan.policy.bits()]);
+    if plan.policy.contains(CachePolicy::TASK_SOURCE) {
+        h.part(b"source", meta.source_hash.unwrap_or(meta.key).as_bytes());
+    }
+    if plan.policy.contains(CachePolicy::RUN_ID) {
+        h.part(b"run_id", flow.id.as_bytes());
+    }
+    if plan.policy.contains(CachePolicy::FLOW_PARAMETERS) {
+        match flow.parameters_key() {
+            Some(Ok(k)) => h.part(b"parameters", k.as_bytes()),
+            Some(Err(why)) => return Err(format!("the flow's parameters {why}")),
+            None => return Err(
+                "the run is not inside a flow run, so FLOW_PARAMETERS has no parameters to hash"
+                    .into(),
+            ),
+        }
+    }
+    if plan.policy.contains(CachePolicy::INPUTS) {
+        for (i, slot) in slots.unwrap_or_default().iter().enumerate() {
+            match slot {
+                ArgSlot::Bytes(b) => h.part(b"arg", b),
+                ArgSlot::Upstream(up) => match up.cache_key() {
+                    Some(k) => h.part(b"upstream", k.as_bytes()),
+                    None => {
+                        let b = up.encoded_result().map_err(|e| {
+                            format!(
+                                "argument {} (the result of '{}') cannot be serialized: {}",
+                                i + 1,
+                                up.name(),
+                                e.message()
+                            )
+                        })?;
+                        h.part(b"arg", &b);
+                    }
+                },
+            }
+        }
+    }
+    Ok(Some(h.finish()))
+}
+
+/// Writes a completed flow run's value when its options (`persist_result`,
+/// or the process default) say so. Failures are warnings.
+pub(crate) fn persist_flow<T>(
+    meta: &crate::flow::meta::FlowMeta,
+    call: Option<&ResultOptions>,
+    flow: &FlowShared,
+    value: &T,
+    encoder: Option<crate::task::Encoder<T>>,
+) {
+    let merged;
+    let o = match call {
+        Some(c) if !c.is_empty() => {
+            merged = meta.results.overridden_by(c);
+            &merged
+        }
+        _ => &meta.results,
+    };
+    let asked = o.persist == Some(true) || (o.persist.is_none() && o.template.is_some());
+    let default = o.persist.is_none() && persist_results() && encoder.is_some();
+    if !(asked || default) {
+        return;
+    }
+    let label = format!("Flow run '{}'", flow.name);
+    let Some(encode) = encoder else {
+        crate::run_event!(
+            tracing::Level::WARN,
+            label.as_str(),
+            "Its result was not persisted: `{}` does not implement serde's Serialize and DeserializeOwned",
+            std::any::type_name::<T>()
+        );
+        return;
+    };
+    let values = TemplateValues {
+        task_run_name: &flow.name,
+        task_name: &flow.flow_name,
+        flow_run_id: &flow.id,
+        flow_run_name: &flow.name,
+        flow_name: &flow.flow_name,
+        cache_key: None,
+    };
+    let file = match &o.template {
+        Some(t) => t.render(&values),
+        None => Ok(format!("{}-{}", flow.flow_name, flow.id)),
+    };
+    let outcome = file.and_then(|file| {
+        let bytes = encode(value).map_err(|e| format!("it could not be serialized: {e}"))?;
+        let storage = o.storage.clone().unwrap_or_else(default_storage);
+        storage
+            .write(&file, &bytes, None)
+            .map_err(|e| e.to_string())
+    });
+    if let Err(why) = outcome {
+        crate::run_event!(
+            tracing::Level::WARN,
+            label.as_str(),
+            "Its result was not persisted: {why}"
+        );
+    }
+}
+
+/// The hash of a flow run's serialized parameters (what `#[flow]`
+/// generates calls to): `None` when their types cannot be serialized.
+#[doc(hidden)]
+pub fn parameters_key(encoded: Option<Result<Vec<u8>, String>>) -> Result<String, String> {
+    match encoded {
+        Some(Ok(bytes)) => Ok(blake3::hash(&bytes).to_hex().to_string()),
+        Some(Err(e)) => Err(format!("cannot be serialized: {e}")),
+        None => Err(
+            "cannot be serialized: their types do not implement serde's Serialize and DeserializeOwned"
+                .to_owned(),
+        ),
+    }
+}
+
+/// Writes an executed run's result to its target. A failure is a warning:
+/// the run keeps its value, which is not cached.
+pub(crate) fn persist(target: &Target, run_name: &str, payload: &[u8]) {
+    if let Err(e) = target.storage.write_keyed(
+        &target.file,
+        target.cache_key.as_deref(),
+        payload,
+        target.expiration,
+    ) {
+        crate::run_event!(
+            tracing::Level::WARN,
+            format!("Task run '{run_name}'"),
+            "Its result was not persisted, so it will not be cached: {e}"
+        );
+    }
+}
+
+/// Warns that a run's result cannot be persisted because its type has no
+/// codec.
+pub(crate) fn no_codec(run_name: &str, type_name: &str) {
+    crate::run_event!(
+        tracing::Level::WARN,
+        format!("Task run '{run_name}'"),
+        "Its result was not persisted: `{type_name}` does not implement serde's Serialize and DeserializeOwned"
+    );
+}

@@ -1,0 +1,61 @@
+//! Results persisted where they are made. A serialized run (a worker
+//! process of the local cluster, a real Dask worker, the serializing
+//! runner) carries its result target as one extra argument slot, after the
+//! task's own: the code that runs the task from bytes (`run_encoded`) takes
+//! it off, and writes the result in the process that computed it, before
+//! that process reports the run done. Runners pass the slot along like any
+//! other argument, so none of them needs to know about it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::{ResultStorage, Target};
+use crate::task::args::ArgSlot;
+
+/// Starts the slot; no argument of a task starts this way in practice (an
+/// argument is the postcard encoding of a value, led by its own bytes).
+const MAGIC: &[u8; 24] = b"\xff\x00flowrun-result-target\x01";
+
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    dir: PathBuf,
+    file: String,
+    cache_key: Option<String>,
+    expiration_ms: Option<u64>,
+}
+
+/// The slot that carries `target` to the process that runs the task.
+pub(crate) fn slot(target: &Target) -> Option<ArgSlot> {
+    let wire = Wire {
+        dir: target.storage.path().to_owned(),
+        file: target.file.clone(),
+        cache_key: target.cache_key.clone(),
+        expiration_ms: target
+            .expiration
+            .map(|d| d.as_millis().min(u64::MAX as u128) as u64),
+    };
+    let mut out = MAGIC.to_vec();
+    out.extend(postcard::to_allocvec(&wire).ok()?);
+    Some(ArgSlot::Bytes(Bytes::from(out)))
+}
+
+/// The task's own slots, and the result target when the last slot is one.
+pub(crate) fn split<'a, 'b>(slots: &'a [&'b [u8]]) -> (&'a [&'b [u8]], Option<Target>) {
+    if let Some((last, rest)) = slots.split_last() {
+        if let Some(body) = last.strip_prefix(&MAGIC[..]) {
+            if let Ok(w) = postcard::from_bytes::<Wire>(body) {
+                let target = Target {
+                    storage: ResultStorage::new(w.dir),
+                    file: w.file,
+                    cache_key: w.cache_key,
+                    expiration: w.expiration_ms.map(Duration::from_millis),
+                };
+                return (rest, Some(target));
+            }
+        }
+    }
+    (slots, None)
+}

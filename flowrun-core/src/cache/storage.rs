@@ -1,0 +1,255 @@
+//! Result storage: one file per key in a folder, written atomically
+//! (a temporary file renamed into place), so that a reader in any process
+//! sees a whole file or none, even when the writer was killed half way.
+//!
+//! A file is `FRR1`, the expiry time (milliseconds since the Unix epoch,
+//! 0 for never, little endian), the time it was written (likewise), the id
+//! of the process that wrote it (u32), the BLAKE3 hash of the cache key it was
+//! written under (zeros for none), the BLAKE3 hash of the payload, and the
+//! payload: the result in the task's codec. A file whose payload hash does
+//! not match is corrupt and never read as a hit; a file written under
+//! another cache key (one a `result_storage_key` template named) is not a
+//! hit either.
+
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const MAGIC: &[u8; 4] = b"FRR1";
+const HEADER: usize = 4 + 8 + 8 + 4 + 32 + 32;
+const EXPIRES: std::ops::Range<usize> = 4..12;
+const WRITTEN: std::ops::Range<usize> = 12..20;
+const PID: std::ops::Range<usize> = 20..24;
+const KEY: std::ops::Range<usize> = 24..56;
+const SUM: std::ops::Range<usize> = 56..88;
+
+/// A folder that holds persisted results, one file per key.
+///
+/// ```
+/// use flowrun_core::cache::{Lookup, ResultStorage};
+/// let dir = std::env::temp_dir().join(format!("flowrun-doc-storage-{}", std::process::id()));
+/// let storage = ResultStorage::new(&dir);
+/// storage.write("answer", b"42", None).unwrap();
+/// assert!(matches!(storage.read("answer"), Lookup::Hit(b) if &b[..] == b"42"));
+/// assert!(matches!(storage.read("question"), Lookup::Missing));
+/// assert_eq!(storage.info("answer").unwrap().writer_pid, std::process::id());
+/// # std::fs::remove_dir_all(&dir).unwrap();
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ResultStorage {
+    dir: Arc<Path>,
+}
+
+/// What [`ResultStorage::read`] found under a key.
+#[derive(Debug)]
+pub enum Lookup {
+    /// A whole, unexpired result.
+    Hit(bytes::Bytes),
+    /// Nothing is stored under the key.
+    Missing,
+    /// A result written under another cache key.
+    OtherKey,
+    /// A result whose expiration has passed.
+    Expired,
+    /// A file that is not a whole result (truncated, overwritten, not
+    /// written by flowrun), or that could not be read; the text says why.
+    Unreadable(String),
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl ResultStorage {
+    /// Storage in the folder `dir` (created on the first write).
+    pub fn new(dir: impl AsRef<Path>) -> ResultStorage {
+        ResultStorage {
+            dir: Arc::from(dir.as_ref()),
+        }
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file that holds the result stored under `key`.
+    pub fn file(&self, key: &str) -> PathBuf {
+        self.dir.join(key)
+    }
+
+    /// Reads the result stored under `key`.
+    pub fn read(&self, key: &str) -> Lookup {
+        self.read_keyed(key, None)
+    }
+
+    /// Reads the result in `file`, a hit only if it was written under
+    /// `cache_key` (when given).
+    pub(crate) fn read_keyed(&self, key: &str, cache_key: Option<&str>) -> Lookup {
+        let path = self.file(key);
+        let data = match std::fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Missing,
+            Err(e) => return Lookup::Unreadable(format!("{}: {e}", path.display())),
+        };
+        if data.len() < HEADER || &data[..4] != MAGIC {
+            return Lookup::Unreadable(format!(
+                "{} is not a flowrun result file (bad header)",
+                path.display()
+            ));
+        }
+        let expires = u64_at(&data, EXPIRES);
+        let payload = &data[HEADER..];
+        if blake3::hash(payload).as_bytes() != &data[SUM] {
+            return Lookup::Unreadable(format!(
+                "{} is corrupt (its checksum does not match its contents)",
+                path.display()
+            ));
+        }
+        if cache_key.is_some_and(|k| key_hash(Some(k)) != data[KEY]) {
+            return Lookup::OtherKey;
+        }
+        if expires != 0 && now_ms() >= expires {
+            return Lookup::Expired;
+        }
+        let mut data = bytes::Bytes::from(data);
+        Lookup::Hit(data.split_off(HEADER))
+    }
+
+    /// Stores `payload` under `key`, replacing what was there; it expires
+    /// `expiration` from now (never when `None`). The file appears whole
+    /// or not at all.
+    pub fn write(
+        &self,
+        key: &str,
+        payload: &[u8],
+        expiration: Option<Duration>,
+    ) -> Result<(), StorageError> {
+        self.write_keyed(key, None, payload, expiration)
+    }
+
+    /// [`write`](ResultStorage::write), recording the cache key the
+    /// result is stored under.
+    pub(crate) fn write_keyed(
+        &self,
+        key: &str,
+        cache_key: Option<&str>,
+        payload: &[u8],
+        expiration: Option<Duration>,
+    ) -> Result<(), StorageError> {
+        let err = |source: std::io::Error, path: &Path| StorageError {
+            path: path.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(|e| err(e, &self.dir))?;
+        let expires = match expiration {
+            None => 0,
+            Some(d) => now_ms()
+                .saturating_add(d.as_millis().min(u64::MAX as u128) as u64)
+                .max(1),
+        };
+        let tmp = self.dir.join(format!(
+            ".tmp-{}-{}",
+            std::process::id(),
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            let mut header = [0u8; HEADER];
+            header[..4].copy_from_slice(MAGIC);
+            header[EXPIRES].copy_from_slice(&expires.to_le_bytes());
+            header[WRITTEN].copy_from_slice(&now_ms().to_le_bytes());
+            header[PID].copy_from_slice(&std::process::id().to_le_bytes());
+            header[KEY].copy_from_slice(&key_hash(cache_key));
+            header[SUM].copy_from_slice(blake3::hash(payload).as_bytes());
+            f.write_all(&header)?;
+            f.write_all(payload)?;
+            Ok(())
+        };
+        if let Err(e) = write() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(err(e, &tmp));
+        }
+        let target = self.file(key);
+        std::fs::rename(&tmp, &target).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            err(e, &target)
+        })
+    }
+
+    /// When and by which process the result under `key` was written, and
+    /// when it expires; `None` when there is no whole result file.
+    pub fn info(&self, key: &str) -> Option<ResultInfo> {
+        let mut header = [0u8; HEADER];
+        let mut f = std::fs::File::open(self.file(key)).ok()?;
+        std::io::Read::read_exact(&mut f, &mut header).ok()?;
+        if &header[..4] != MAGIC {
+            return None;
+        }
+        let ms = |r| UNIX_EPOCH + Duration::from_millis(u64_at(&header, r));
+        let expires = u64_at(&header, EXPIRES);
+        let mut pid = [0u8; 4];
+        pid.copy_from_slice(&header[PID]);
+        Some(ResultInfo {
+            written: ms(WRITTEN),
+            writer_pid: u32::from_le_bytes(pid),
+            expires: (expires != 0).then(|| ms(EXPIRES)),
+        })
+    }
+
+    /// Deletes the result stored under `key`; `Ok(false)` if there was none.
+    pub fn remove(&self, key: &str) -> Result<bool, StorageError> {
+        let path = self.file(key);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(StorageError { path, source }),
+        }
+    }
+}
+
+fn u64_at(data: &[u8], range: std::ops::Range<usize>) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&data[range]);
+    u64::from_le_bytes(b)
+}
+
+fn key_hash(cache_key: Option<&str>) -> [u8; 32] {
+    cache_key.map_or([0; 32], |k| *blake3::hash(k.as_bytes()).as_bytes())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl fmt::Debug for ResultStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ResultStorage").field(&self.dir).finish()
+    }
+}
+
+/// The metadata of a stored result (see [`ResultStorage::info`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResultInfo {
+    /// When it was written.
+    pub written: SystemTime,
+    /// The id of the process that wrote it (a worker's, for a task that
+    /// ran on the local cluster).
+    pub writer_pid: u32,
+    /// When it expires, if ever.
+    pub expires: Option<SystemTime>,
+}
+
+/// A result could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("could not write {}: {source}", path.display())]
+pub struct StorageError {
+    /// The file or folder that could not be written.
+    pub path: PathBuf,
+    /// Why.
+    #[source]
+    pub source: std::io::Error,
+}

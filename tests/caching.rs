@@ -1,0 +1,796 @@
+//! Caching: `cache_policy` (Prefect's `INPUTS`, `TASK_SOURCE`,
+//! `FLOW_PARAMETERS`, `RUN_ID`, `NONE`, combined with `+`),
+//! `cache_key_fn`, `cache_expiration`, `refresh_cache`; a hit is a
+//! `Completed` state named `Cached` that executes nothing. And what goes
+//! wrong: keys that cannot be computed, result files deleted or corrupt,
+//! storage that cannot be written. On the thread runner and the local
+//! cluster.
+//!
+//! Executions are counted by the tasks themselves (counters, or files for
+//! worker processes), never from the engine's own report.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
+
+use flowrun::cache::{CacheKeyContext, CachePolicy, Lookup, ResultStorage};
+use flowrun::{flow, task, TaskOptions};
+
+fn dir() -> tempfile::TempDir {
+    common::console_lines();
+    tempfile::Builder::new()
+        .prefix("flowrun-cache-test-")
+        .tempdir()
+        .unwrap()
+}
+
+fn at(dir: &Path) -> TaskOptions {
+    TaskOptions::new().result_storage(dir)
+}
+
+/// The result files in `dir` (not the temporary files of a write).
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|r| r.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    out.retain(|p| !p.file_name().unwrap().to_str().unwrap().starts_with('.'));
+    out.sort();
+    out
+}
+
+fn warnings_with(text: &str, run: &str) -> usize {
+    let lines = common::console_lines();
+    let lines = lines.lock().unwrap();
+    lines
+        .iter()
+        .filter(|l| l.contains(text) && l.contains(run))
+        .count()
+}
+
+// ---------------------------------------------------------------- policies
+
+static SQUARES: AtomicUsize = AtomicUsize::new(0);
+
+#[task(cache_policy = INPUTS + TASK_SOURCE)]
+fn square(x: u64) -> u64 {
+    SQUARES.fetch_add(1, SeqCst);
+    x * x
+}
+
+/// Each value and the name of the state its run ended in.
+#[flow]
+fn squares(dir: PathBuf, xs: Vec<u64>) -> Vec<(u64, String)> {
+    let task = square.with_options(at(&dir));
+    xs.into_iter()
+        .map(|x| {
+            let f = task.submit(x);
+            (f.result().unwrap(), f.state().name().to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn inputs_plus_task_source_reuses_results_across_flow_runs_without_executing() {
+    let d = dir();
+    let first = squares(d.path().into(), vec![2, 3]).unwrap();
+    assert_eq!(
+        first,
+        [(4, "Completed".to_owned()), (9, "Completed".to_owned())]
+    );
+    assert_eq!(SQUARES.load(SeqCst), 2);
+    assert_eq!(files(d.path()).len(), 2, "one result file per key");
+
+    let second = squares(d.path().into(), vec![2, 3, 4]).unwrap();
+    assert_eq!(
+        second,
+        [
+            (4, "Cached".to_owned()),
+            (9, "Cached".to_owned()),
+            (16, "Completed".to_owned())
+        ]
+    );
+    assert_eq!(SQUARES.load(SeqCst), 3, "only the new input executed");
+}
+
+static DEFAULTS: AtomicUsize = AtomicUsize::new(0);
+
+/// `persist_result = true` alone caches with Prefect's default policy:
+/// inputs + task source + run id.
+#[task(persist_result = true)]
+fn defaulted(x: u64) -> u64 {
+    DEFAULTS.fetch_add(1, SeqCst);
+    x + 1
+}
+
+#[flow]
+fn twice_in_one_run(dir: PathBuf) -> Vec<String> {
+    let task = defaulted.with_options(at(&dir));
+    let a = task.submit(1);
+    a.wait();
+    let b = task.submit(1);
+    let c = task.submit(2);
+    let values = (
+        a.result().unwrap(),
+        b.result().unwrap(),
+        c.result().unwrap(),
+    );
+    assert_eq!(values, (2, 2, 3));
+    vec![a.state().name().into(), b.state().name().into()]
+}
+
+#[test]
+fn the_default_policy_caches_within_a_flow_run_only() {
+    let d = dir();
+    assert_eq!(
+        twice_in_one_run(d.path().into()).unwrap(),
+        ["Completed", "Cached"]
+    );
+    assert_eq!(DEFAULTS.load(SeqCst), 2, "inputs 1 and 2");
+    // A new flow run has a new run id: nothing is reused.
+    assert_eq!(
+        twice_in_one_run(d.path().into()).unwrap(),
+        ["Completed", "Cached"]
+    );
+    assert_eq!(DEFAULTS.load(SeqCst), 4);
+}
+
+static RUN_IDS: AtomicUsize = AtomicUsize::new(0);
+
+/// `RUN_ID` alone: one result per flow run, whatever the inputs.
+#[task(cache_policy = RUN_ID)]
+fn per_run(x: u64) -> u64 {
+    RUN_IDS.fetch_add(1, SeqCst);
+    x
+}
+
+#[flow]
+fn per_run_flow(dir: PathBuf) -> (u64, u64) {
+    let task = per_run.with_options(at(&dir));
+    let a = task.submit(1).result().unwrap();
+    let b = task.submit(2).result().unwrap();
+    (a, b)
+}
+
+#[test]
+fn run_id_alone_ignores_inputs_and_spans_no_runs() {
+    let d = dir();
+    assert_eq!(per_run_flow(d.path().into()).unwrap(), (1, 1));
+    assert_eq!(RUN_IDS.load(SeqCst), 1);
+    assert_eq!(per_run_flow(d.path().into()).unwrap(), (1, 1));
+    assert_eq!(RUN_IDS.load(SeqCst), 2);
+}
+
+static PARAMS: AtomicUsize = AtomicUsize::new(0);
+
+#[task(cache_policy = FLOW_PARAMETERS + TASK_SOURCE)]
+fn by_parameters(x: u64) -> u64 {
+    PARAMS.fetch_add(1, SeqCst);
+    x * 10
+}
+
+#[flow]
+fn parameterised(dir: PathBuf, _p: u32, x: u64) -> (u64, String) {
+    let f = by_parameters.with_options(at(&dir)).submit(x);
+    (f.result().unwrap(), f.state().name().to_owned())
+}
+
+#[test]
+fn flow_parameters_policy_keys_on_the_flow_runs_parameters() {
+    let d = dir();
+    let path = || d.path().to_path_buf();
+    assert_eq!(parameterised(path(), 1, 5).unwrap().1, "Completed");
+    assert_eq!(PARAMS.load(SeqCst), 1);
+    assert_eq!(
+        parameterised(path(), 1, 5).unwrap(),
+        (50, "Cached".to_owned())
+    );
+    assert_eq!(PARAMS.load(SeqCst), 1, "same parameters: a hit");
+    assert_eq!(parameterised(path(), 2, 5).unwrap().1, "Completed");
+    assert_eq!(PARAMS.load(SeqCst), 2, "another p: a miss");
+    assert_eq!(parameterised(path(), 1, 6).unwrap().1, "Completed");
+    assert_eq!(PARAMS.load(SeqCst), 3, "another x is another parameter too");
+}
+
+static POLICY_VALUES: AtomicUsize = AtomicUsize::new(0);
+
+#[task]
+fn policy_per_call(x: u64) -> u64 {
+    POLICY_VALUES.fetch_add(1, SeqCst);
+    x
+}
+
+#[flow]
+fn with_policy(dir: PathBuf, policy: String, x: u64) -> String {
+    let policy = match policy.as_str() {
+        "inputs" => CachePolicy::INPUTS,
+        "none" => CachePolicy::NONE,
+        _ => CachePolicy::INPUTS + CachePolicy::RUN_ID,
+    };
+    let f = policy_per_call
+        .with_options(at(&dir).cache_policy(policy))
+        .submit(x);
+    f.wait();
+    f.state().name().to_owned()
+}
+
+#[test]
+fn policies_given_per_call_combine_with_plus() {
+    let d = dir();
+    let p = || d.path().to_path_buf();
+    assert_eq!(with_policy(p(), "inputs".into(), 1).unwrap(), "Completed");
+    assert_eq!(with_policy(p(), "inputs".into(), 1).unwrap(), "Cached");
+    assert_eq!(POLICY_VALUES.load(SeqCst), 1);
+    // INPUTS + RUN_ID: another key, and a new one in every flow run.
+    assert_eq!(
+        with_policy(p(), "inputs+run".into(), 1).unwrap(),
+        "Completed"
+    );
+    assert_eq!(
+        with_policy(p(), "inputs+run".into(), 1).unwrap(),
+        "Completed"
+    );
+    assert_eq!(POLICY_VALUES.load(SeqCst), 3);
+    // NONE: not cached, not persisted.
+    let before = files(d.path()).len();
+    assert_eq!(with_policy(p(), "none".into(), 1).unwrap(), "Completed");
+    assert_eq!(POLICY_VALUES.load(SeqCst), 4);
+    assert_eq!(files(d.path()).len(), before);
+}
+
+mod source_v1 {
+    #[flowrun::task(name = "same")]
+    pub fn same(x: u64) -> u64 {
+        x + 1
+    }
+}
+mod source_v2 {
+    #[flowrun::task(name = "same")]
+    pub fn same(x: u64) -> u64 {
+        x + 2
+    }
+}
+mod source_v3 {
+    #[flowrun::task(name = "same")]
+    pub fn same(x: u64) -> u64 {
+        x + 1
+    }
+}
+
+#[test]
+fn the_task_source_hash_is_fixed_at_compile_time_and_follows_the_code() {
+    use flowrun::Task;
+    let v1 = source_v1::same::meta().source_hash().unwrap();
+    let v2 = source_v2::same::meta().source_hash().unwrap();
+    let v3 = source_v3::same::meta().source_hash().unwrap();
+    assert_eq!(v1.len(), 64);
+    assert_ne!(v1, v2, "an edited body is another source");
+    assert_eq!(v1, v3, "the same tokens are the same source");
+}
+
+// ------------------------------------------- key functions, expiry, refresh
+
+static GREETINGS: AtomicUsize = AtomicUsize::new(0);
+
+fn case_insensitive(ctx: &CacheKeyContext<'_>) -> Option<String> {
+    let name: String = ctx.input(0)?;
+    (!name.starts_with("nocache")).then(|| name.to_lowercase())
+}
+
+#[task(cache_key_fn = case_insensitive)]
+fn greet(name: String) -> String {
+    GREETINGS.fetch_add(1, SeqCst);
+    format!("hello {name}")
+}
+
+#[flow]
+fn greetings(dir: PathBuf, names: Vec<String>) -> Vec<(String, String)> {
+    let task = greet.with_options(at(&dir));
+    names
+        .into_iter()
+        .map(|n| {
+            let f = task.submit(n);
+            (f.result().unwrap(), f.state().name().to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn cache_key_fn_decides_the_key_and_none_means_not_cached() {
+    let d = dir();
+    let out = greetings(
+        d.path().into(),
+        vec![
+            "Ada".into(),
+            "ADA".into(),
+            "nocache".into(),
+            "nocache".into(),
+        ],
+    )
+    .unwrap();
+    let states: Vec<&str> = out.iter().map(|(_, s)| s.as_str()).collect();
+    assert_eq!(states, ["Completed", "Cached", "Completed", "Completed"]);
+    // A hit returns the stored value, computed for the first spelling.
+    assert_eq!(out[1].0, "hello Ada");
+    assert_eq!(GREETINGS.load(SeqCst), 3);
+}
+
+static EXPIRING: AtomicUsize = AtomicUsize::new(0);
+
+#[task(cache_policy = INPUTS, cache_expiration = 0.4)]
+fn expiring(x: u64) -> u64 {
+    EXPIRING.fetch_add(1, SeqCst);
+    x
+}
+
+#[flow]
+fn expiring_flow(dir: PathBuf) -> String {
+    let f = expiring.with_options(at(&dir)).submit(7);
+    f.wait();
+    f.state().name().to_owned()
+}
+
+#[test]
+fn a_cached_result_expires_after_cache_expiration() {
+    let d = dir();
+    assert_eq!(expiring_flow(d.path().into()).unwrap(), "Completed");
+    assert_eq!(expiring_flow(d.path().into()).unwrap(), "Cached");
+    assert_eq!(EXPIRING.load(SeqCst), 1);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(expiring_flow(d.path().into()).unwrap(), "Completed");
+    assert_eq!(EXPIRING.load(SeqCst), 2, "expired: executed again");
+    assert_eq!(expiring_flow(d.path().into()).unwrap(), "Cached");
+}
+
+static REFRESHED: AtomicUsize = AtomicUsize::new(0);
+
+#[task(cache_policy = INPUTS)]
+fn counted(_x: u64) -> usize {
+    REFRESHED.fetch_add(1, SeqCst) + 1
+}
+
+#[flow]
+fn refreshing(dir: PathBuf, refresh: bool) -> (usize, String) {
+    let f = counted
+        .with_options(at(&dir).refresh_cache(refresh))
+        .submit(1);
+    (f.result().unwrap(), f.state().name().to_owned())
+}
+
+#[test]
+fn refresh_cache_executes_and_replaces_the_cached_result() {
+    let d = dir();
+    let p = || d.path().to_path_buf();
+    assert_eq!(refreshing(p(), false).unwrap(), (1, "Completed".into()));
+    assert_eq!(refreshing(p(), false).unwrap(), (1, "Cached".into()));
+    assert_eq!(refreshing(p(), true).unwrap(), (2, "Completed".into()));
+    // The refreshed value replaced the old one.
+    assert_eq!(refreshing(p(), false).unwrap(), (2, "Cached".into()));
+    assert_eq!(REFRESHED.load(SeqCst), 2);
+}
+
+// ----------------------------------------------------------- failure paths
+
+/// Serializes only when asked to: a key that cannot be computed.
+#[derive(Clone, serde::Deserialize)]
+struct Stubborn(bool);
+
+impl serde::Serialize for Stubborn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 {
+            s.serialize_bool(true)
+        } else {
+            Err(serde::ser::Error::custom(
+                "this value refuses to be serialized",
+            ))
+        }
+    }
+}
+
+static STUBBORN: AtomicUsize = AtomicUsize::new(0);
+
+#[task(cache_policy = INPUTS, task_run_name = "stubborn-{tag}")]
+fn stubborn(tag: String, value: Stubborn) -> bool {
+    let _ = tag;
+    STUBBORN.fetch_add(1, SeqCst);
+    value.0
+}
+
+#[flow]
+fn stubborn_flow(dir: PathBuf, tag: String, ok: bool) -> (bool, String) {
+    let f = stubborn.with_options(at(&dir)).submit(tag, Stubborn(ok));
+    (f.result().unwrap(), f.state().name().to_owned())
+}
+
+#[test]
+fn a_key_that_cannot_be_computed_means_no_caching_and_one_warning() {
+    let d = dir();
+    let tag = format!("uncomputable-{}", std::process::id());
+    for round in 1..=2 {
+        assert_eq!(
+            stubborn_flow(d.path().into(), tag.clone(), false).unwrap(),
+            (false, "Completed".into()),
+            "never a hit"
+        );
+        assert_eq!(STUBBORN.load(SeqCst), round);
+    }
+    assert_eq!(
+        warnings_with("cache key cannot be computed", &format!("stubborn-{tag}")),
+        2,
+        "one warning per call"
+    );
+    // Still persisted, each call in a file of its own run, never under a
+    // key another call could hit.
+    assert_eq!(files(d.path()).len(), 2);
+    // The same task with an input that serializes is cached.
+    let ok_tag = format!("computable-{}", std::process::id());
+    stubborn_flow(d.path().into(), ok_tag.clone(), true).unwrap();
+    assert_eq!(
+        stubborn_flow(d.path().into(), ok_tag, true).unwrap(),
+        (true, "Cached".into())
+    );
+}
+
+/// No serde at all: the key cannot be computed either.
+#[derive(Clone)]
+struct Opaque(u32);
+
+static OPAQUE: AtomicUsize = AtomicUsize::new(0);
+
+#[task(cache_policy = INPUTS + TASK_SOURCE)]
+fn opaque(x: Opaque) -> u32 {
+    OPAQUE.fetch_add(1, SeqCst);
+    x.0
+}
+
+#[flow]
+fn opaque_flow(dir: PathBuf) -> String {
+    let f = opaque.with_options(at(&dir)).submit(Opaque(3));
+    assert_eq!(f.result().unwrap(), 3);
+    f.state().name().to_owned()
+}
+
+#[test]
+fn arguments_without_serde_are_never_cached() {
+    let d = dir();
+    assert_eq!(opaque_flow(d.path().into()).unwrap(), "Completed");
+    assert_eq!(opaque_flow(d.path().into()).unwrap(), "Completed");
+    assert_eq!(OPAQUE.load(SeqCst), 2);
+}
+
+/// Executions of `fragile` by argument (each test uses its own).
+static FRAGILE: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
+
+fn fragile_runs(x: u64) -> usize {
+    FRAGILE.lock().unwrap().iter().filter(|v| **v == x).count()
+}
+
+#[task(cache_policy = INPUTS + TASK_SOURCE, task_run_name = "fragile-{x}")]
+fn fragile(x: u64) -> u64 {
+    FRAGILE.lock().unwrap().push(x);
+    x * 3
+}
+
+/// The value, the state's name and the run's cache key.
+#[flow]
+fn fragile_flow(dir: PathBuf, x: u64) -> (u64, String, String) {
+    let f = fragile.with_options(at(&dir)).submit(x);
+    (
+        f.result().unwrap(),
+        f.state().name().to_owned(),
+        f.run_ref().cache_key().unwrap().to_owned(),
+    )
+}
+
+#[test]
+fn a_deleted_result_file_is_recomputed_and_rewritten() {
+    let d = dir();
+    let (_, state, key) = fragile_flow(d.path().into(), 1).unwrap();
+    assert_eq!(state, "Completed");
+    let file = d.path().join(&key);
+    assert!(file.exists(), "the file is named by the cache key");
+    std::fs::remove_file(&file).unwrap();
+    let (value, state, again) = fragile_flow(d.path().into(), 1).unwrap();
+    assert_eq!((value, state.as_str()), (3, "Completed"));
+    assert_eq!(again, key);
+    assert_eq!(fragile_runs(1), 2, "the result was computed again");
+    assert!(file.exists(), "and written again");
+    assert_eq!(fragile_flow(d.path().into(), 1).unwrap().1, "Cached");
+}
+
+#[test]
+fn a_corrupt_or_truncated_result_file_is_never_a_hit() {
+    let d = dir();
+    let (_, _, key) = fragile_flow(d.path().into(), 2).unwrap();
+    let file = d.path().join(&key);
+    let whole = std::fs::read(&file).unwrap();
+    let before = fragile_runs(2);
+    // A changed bit in the value (which still decodes: 6 becomes 7, a
+    // wrong hit without the checksum), then a file cut short.
+    let mut flipped = whole.clone();
+    *flipped.last_mut().unwrap() ^= 0x01;
+    for (i, broken) in [flipped, whole[..whole.len() / 2].to_vec()]
+        .into_iter()
+        .enumerate()
+    {
+        std::fs::write(&file, broken).unwrap();
+        let (value, state, _) = fragile_flow(d.path().into(), 2).unwrap();
+        assert_eq!((value, state.as_str()), (6, "Completed"));
+        assert_eq!(fragile_runs(2), before + i + 1);
+        assert!(matches!(
+            ResultStorage::new(d.path()).read(&key),
+            Lookup::Hit(_)
+        ));
+    }
+    assert!(warnings_with("cached result cannot be used", "fragile-2") >= 2);
+}
+
+#[test]
+fn storage_that_cannot_be_written_leaves_the_run_completed_with_a_warning() {
+    let d = dir();
+    // A folder under a regular file cannot be created.
+    let blocker = d.path().join("a-file");
+    std::fs::write(&blocker, b"not a folder").unwrap();
+    let unwritable = blocker.join("storage");
+    for round in 1..=2 {
+        let (value, state, _) = fragile_flow(unwritable.clone(), 5).unwrap();
+        assert_eq!((value, state.as_str()), (15, "Completed"));
+        assert_eq!(fragile_runs(5), round);
+    }
+    assert!(warnings_with("was not persisted", "fragile-5") >= 2);
+}
+
+// ------------------------------------------------------------ persistence
+
+#[task(
+    persist_result = true,
+    cache_policy = NONE,
+    result_storage_key = "{flow.name}-{task_run.name}"
+)]
+fn kept(words: Vec<String>) -> Vec<String> {
+    words.into_iter().rev().collect()
+}
+
+#[flow]
+fn keeping(dir: PathBuf) -> String {
+    let f = kept
+        .with_options(at(&dir))
+        .submit(vec!["a".to_owned(), "b".to_owned()]);
+    f.wait();
+    f.state().name().to_owned()
+}
+
+#[test]
+fn persist_result_writes_the_result_in_its_codec_under_the_key_template() {
+    let d = dir();
+    assert_eq!(keeping(d.path().into()).unwrap(), "Completed");
+    assert_eq!(keeping(d.path().into()).unwrap(), "Completed", "not cached");
+    let storage = ResultStorage::new(d.path());
+    let Lookup::Hit(bytes) = storage.read("keeping-kept-0") else {
+        panic!("no file keeping-kept-0 in {:?}", files(d.path()))
+    };
+    let value: Vec<String> = flowrun::runner::decode_value(&bytes).unwrap();
+    assert_eq!(value, ["b", "a"]);
+}
+
+static NOT_PERSISTED: AtomicUsize = AtomicUsize::new(0);
+
+#[task(cache_policy = INPUTS)]
+fn maybe_persisted(x: u64) -> u64 {
+    NOT_PERSISTED.fetch_add(1, SeqCst);
+    x
+}
+
+#[flow]
+fn not_persisting(dir: PathBuf) -> String {
+    let f = maybe_persisted
+        .with_options(at(&dir).persist_result(false))
+        .submit(1);
+    f.wait();
+    f.state().name().to_owned()
+}
+
+#[test]
+fn persist_result_false_turns_caching_off() {
+    let d = dir();
+    assert_eq!(not_persisting(d.path().into()).unwrap(), "Completed");
+    assert_eq!(not_persisting(d.path().into()).unwrap(), "Completed");
+    assert_eq!(NOT_PERSISTED.load(SeqCst), 2);
+    assert!(files(d.path()).is_empty());
+}
+
+#[flow]
+fn bad_template(dir: PathBuf) -> String {
+    let f = maybe_persisted
+        .with_options(at(&dir).result_storage_key("{task_run.nmae}"))
+        .submit(1);
+    f.result().unwrap_err().message().to_owned()
+}
+
+#[test]
+fn an_invalid_key_template_fails_the_run_naming_it() {
+    let d = dir();
+    let message = bad_template(d.path().into()).unwrap();
+    assert!(
+        message.contains("unknown placeholder {task_run.nmae}"),
+        "{message}"
+    );
+}
+
+static UPSTREAM: AtomicUsize = AtomicUsize::new(0);
+static DOWNSTREAM: AtomicUsize = AtomicUsize::new(0);
+
+#[task(cache_policy = INPUTS + TASK_SOURCE)]
+fn source_value(x: u64) -> u64 {
+    UPSTREAM.fetch_add(1, SeqCst);
+    x + 100
+}
+
+#[task]
+fn uncached_value(x: u64) -> u64 {
+    x + 1
+}
+
+#[task(cache_policy = INPUTS + TASK_SOURCE)]
+fn combine(a: u64, b: u64) -> u64 {
+    DOWNSTREAM.fetch_add(1, SeqCst);
+    a * b
+}
+
+#[flow]
+fn chained(dir: PathBuf, x: u64) -> (u64, String) {
+    let a = source_value.with_options(at(&dir)).submit(x);
+    let b = uncached_value.submit(x);
+    let c = combine.with_options(at(&dir)).submit(a, b);
+    (c.result().unwrap(), c.state().name().to_owned())
+}
+
+#[test]
+fn downstream_keys_follow_upstream_keys_and_values() {
+    let d = dir();
+    let p = || d.path().to_path_buf();
+    assert_eq!(chained(p(), 1).unwrap(), (202, "Completed".into()));
+    assert_eq!(chained(p(), 1).unwrap(), (202, "Cached".into()));
+    assert_eq!((UPSTREAM.load(SeqCst), DOWNSTREAM.load(SeqCst)), (1, 1));
+    // Another upstream value (through the uncached task too): a miss.
+    assert_eq!(chained(p(), 2).unwrap(), (306, "Completed".into()));
+    assert_eq!(DOWNSTREAM.load(SeqCst), 2);
+}
+
+// ------------------------------------------------------------- run history
+
+static RECORDED: AtomicUsize = AtomicUsize::new(0);
+
+#[task(cache_policy = INPUTS)]
+fn recorded(x: u64) -> u64 {
+    RECORDED.fetch_add(1, SeqCst);
+    x
+}
+
+#[flow]
+fn recorded_flow(dir: PathBuf) -> u64 {
+    recorded.with_options(at(&dir)).submit(9).result().unwrap()
+}
+
+#[test]
+fn a_cache_hit_is_recorded_in_the_run_history_with_its_key() {
+    use flowrun::history::{RunsQuery, Store};
+    let d = dir();
+    let home = flowrun::history::temp_home();
+    recorded_flow(d.path().into()).unwrap();
+    recorded_flow(d.path().into()).unwrap();
+    assert_eq!(RECORDED.load(SeqCst), 1);
+    home.flush();
+    let store = Store::open(home.path()).unwrap();
+    let runs = store.runs(&RunsQuery::default()).unwrap();
+    assert_eq!(runs.len(), 2);
+    let mut seen = Vec::new();
+    for run in &runs {
+        let tasks = store.task_runs(run, 0, 10).unwrap();
+        assert_eq!(tasks.len(), 1);
+        let t = &tasks[0];
+        assert_eq!(t.state, "Completed");
+        seen.push((t.state_name.clone(), t.cache_key.clone().unwrap()));
+    }
+    seen.sort();
+    assert_eq!(seen[0].0, None, "the first run executed");
+    assert_eq!(seen[1].0.as_deref(), Some("Cached"));
+    assert_eq!(seen[0].1, seen[1].1, "both runs recorded the same key");
+}
+
+// ------------------------------------------------------------ local cluster
+
+mod cluster {
+    use super::*;
+    use flowrun_dask::{ClusterKwargs, DaskTaskRunner};
+
+    /// Counts executions in a file: the tasks run in worker processes.
+    #[task(cache_policy = INPUTS + TASK_SOURCE)]
+    fn logged_square(log: String, x: u64) -> u64 {
+        common::append(&log, &x.to_string());
+        x * x
+    }
+
+    /// Its result is its process id, persisted under a name of its own.
+    #[task(persist_result = true, cache_policy = NONE, result_storage_key = "pid-{task_run.name}")]
+    fn my_pid() -> u32 {
+        std::process::id()
+    }
+
+    #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(1).threads_per_worker(1)))]
+    fn pid_on_cluster(dir: PathBuf) -> String {
+        let f = my_pid.with_options(at(&dir)).submit();
+        f.wait();
+        f.name()
+    }
+
+    #[test]
+    fn a_worker_writes_the_results_it_makes() {
+        let dir = common::scratch("cache-cluster-writer");
+        let name = pid_on_cluster(dir.clone()).unwrap();
+        let storage = ResultStorage::new(&dir);
+        let file = format!("pid-{name}");
+        let Lookup::Hit(bytes) = storage.read(&file) else {
+            panic!("no result file {file} in {:?}", files(&dir))
+        };
+        let worker: u32 = flowrun::runner::decode_value(&bytes).unwrap();
+        assert_ne!(worker, std::process::id(), "the task ran in a worker");
+        assert_eq!(
+            storage.info(&file).unwrap().writer_pid,
+            worker,
+            "the worker wrote it, not the flow process"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[task(cache_policy = INPUTS + TASK_SOURCE)]
+    fn logged_sum(log: String, values: Vec<u64>) -> u64 {
+        common::append(&log, "sum");
+        values.iter().sum()
+    }
+
+    #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(2).threads_per_worker(1)))]
+    fn on_cluster(dir: PathBuf, log: String, n: u64) -> (u64, Vec<String>) {
+        let opts = || at(&dir);
+        let runs: Vec<_> = (0..n)
+            .map(|x| logged_square.with_options(opts()).submit(log.clone(), x))
+            .collect();
+        let values: Vec<u64> = runs.iter().map(|f| f.result().unwrap()).collect();
+        let total = logged_sum.with_options(opts()).submit(log.clone(), values);
+        let mut names: Vec<String> = runs.iter().map(|f| f.state().name().to_owned()).collect();
+        let sum = total.result().unwrap();
+        names.push(total.state().name().to_owned());
+        (sum, names)
+    }
+
+    #[test]
+    fn cached_tasks_on_the_local_cluster_execute_once() {
+        let dir = common::scratch("cache-cluster-results");
+        let log = common::scratch("cache-cluster-log");
+        let log_s = log.to_str().unwrap().to_owned();
+        let (sum, names) = on_cluster(dir.clone(), log_s.clone(), 4).unwrap();
+        assert_eq!(sum, 14);
+        assert!(names.iter().all(|n| n == "Completed"), "{names:?}");
+        assert_eq!(common::lines(&log_s).len(), 5);
+        assert_eq!(files(&dir).len(), 5, "every result persisted");
+
+        let (sum, names) = on_cluster(dir.clone(), log_s.clone(), 5).unwrap();
+        assert_eq!(sum, 30);
+        assert_eq!(
+            names,
+            [
+                "Cached",
+                "Cached",
+                "Cached",
+                "Cached",
+                "Completed",
+                "Completed"
+            ]
+        );
+        let lines = common::lines(&log_s);
+        assert_eq!(lines[5..], ["4".to_owned(), "sum".to_owned()]);
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_file(&log);
+    }
+}

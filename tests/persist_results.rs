@@ -1,0 +1,192 @@
+//! Persisted results: `persist_result` on flows, the process default
+//! (`FLOWRUN_PERSIST_RESULTS`, stored under `$FLOWRUN_HOME/storage`), and
+//! `flowrun cache clear` (the history store's `clear_cache`) forgetting
+//! what was stored there.
+//!
+//! The default is a process setting, so its tests run in a child process:
+//! this test binary again, with `--exact child_process`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+use flowrun::cache::{Lookup, ResultStorage};
+use flowrun::{flow, task, FlowOptions};
+
+#[flow(
+    persist_result = true,
+    result_storage_key = "{flow.name}-{flow_run.name}"
+)]
+fn summed(values: Vec<u64>) -> u64 {
+    values.iter().sum()
+}
+
+#[test]
+fn a_flow_with_persist_result_writes_its_value() {
+    common::console_lines();
+    let dir = tempfile::tempdir().unwrap();
+    let run = summed
+        .with_options(
+            FlowOptions::new()
+                .result_storage(dir.path())
+                .run_name("first"),
+        )
+        .return_state(vec![1, 2, 3]);
+    assert!(run.state().is_completed());
+    let Lookup::Hit(bytes) = ResultStorage::new(dir.path()).read("summed-first") else {
+        panic!("no result file summed-first")
+    };
+    assert_eq!(flowrun::runner::decode_value::<u64>(&bytes).unwrap(), 6);
+}
+
+/// Not serializable: persisting it can only warn.
+#[derive(Debug, PartialEq)]
+struct Opaque(u8);
+
+#[flow(persist_result = true)]
+fn opaque_flow() -> Opaque {
+    Opaque(1)
+}
+
+#[test]
+fn a_flow_value_that_cannot_be_serialized_is_not_persisted_with_a_warning() {
+    let lines = common::console_lines();
+    let dir = tempfile::tempdir().unwrap();
+    let run = opaque_flow
+        .with_options(FlowOptions::new().result_storage(dir.path()))
+        .return_state();
+    assert!(run.state().is_completed());
+    let name = run.name().to_owned();
+    assert_eq!(run.into_result().unwrap(), Opaque(1));
+    let warned = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains(&name) && l.contains("was not persisted"));
+    assert!(warned, "a warning names the flow run");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+// ------------------------------------------- the process default, in a child
+
+static PLAIN: AtomicUsize = AtomicUsize::new(0);
+
+#[task]
+fn plain(x: u64) -> u64 {
+    PLAIN.fetch_add(1, SeqCst);
+    x + 1
+}
+
+static KEYED: AtomicUsize = AtomicUsize::new(0);
+
+#[task(cache_policy = INPUTS)]
+fn keyed(x: u64) -> u64 {
+    KEYED.fetch_add(1, SeqCst);
+    x * 2
+}
+
+/// Not serializable: the default skips it.
+#[derive(Debug)]
+struct Handle(#[allow(dead_code)] u8);
+
+#[task]
+fn unserializable() -> Handle {
+    Handle(1)
+}
+
+#[flow]
+fn defaults() -> Vec<String> {
+    let a = plain.submit(1);
+    a.wait();
+    let b = plain.submit(1);
+    let k = keyed.submit(4);
+    let u = unserializable.submit();
+    u.wait();
+    b.wait();
+    k.wait();
+    vec![
+        a.state().name().to_owned(),
+        b.state().name().to_owned(),
+        k.state().name().to_owned(),
+        u.state().name().to_owned(),
+    ]
+}
+
+/// The flow process of the tests below (a no-op without its environment).
+#[test]
+fn child_process() {
+    common::console_lines();
+    if std::env::var_os("FLOWRUN_PERSIST_TEST_CHILD").is_none() {
+        return;
+    }
+    let states = defaults().unwrap();
+    println!(
+        "STATES {} EXECUTED {} {}",
+        states.join(","),
+        PLAIN.load(SeqCst),
+        KEYED.load(SeqCst)
+    );
+}
+
+/// Runs the child with the default on, in `home`; returns its STATES line.
+fn run_child(home: &Path) -> String {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_process", "--nocapture", "-q"])
+        .env("FLOWRUN_PERSIST_TEST_CHILD", "1")
+        .env("FLOWRUN_PERSIST_RESULTS", "true")
+        .env("FLOWRUN_HOME", home)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .find(|l| l.starts_with("STATES "))
+        .unwrap_or_else(|| panic!("no STATES line in {stdout}"))
+        .to_owned()
+}
+
+fn stored(home: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(home.join("storage"))
+        .map(|r| r.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_process_default_persists_under_flowrun_home_and_cache_clear_forgets_it() {
+    common::console_lines();
+    let home = tempfile::tempdir().unwrap();
+    // Every task persists and caches with Prefect's default policy (within
+    // the flow run); `keyed`'s own policy spans runs; a result that cannot
+    // be serialized is skipped.
+    assert_eq!(
+        run_child(home.path()),
+        "STATES Completed,Cached,Completed,Completed EXECUTED 1 1"
+    );
+    assert_eq!(
+        stored(home.path()).len(),
+        3,
+        "plain's and keyed's results, and the flow's own value"
+    );
+    assert_eq!(
+        run_child(home.path()),
+        "STATES Completed,Cached,Cached,Completed EXECUTED 1 0"
+    );
+
+    // What `flowrun cache clear` does.
+    let mut store = flowrun::history::Store::open(home.path()).unwrap();
+    let cleared = store.clear_cache().unwrap();
+    assert!(cleared.files >= 3, "{cleared:?}");
+    assert!(stored(home.path()).is_empty());
+    assert_eq!(
+        run_child(home.path()),
+        "STATES Completed,Cached,Completed,Completed EXECUTED 1 1",
+        "after clearing, keyed executes again"
+    );
+}
