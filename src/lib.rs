@@ -463,13 +463,13 @@ pub use flowrun_macros::task;
 /// ```
 pub use flowrun_macros::flow;
 
+pub use flowrun_core::cache::CachePolicy;
 /// Concurrency limits: tag limits on task runs, named limits held around
 /// code ([`concurrency::concurrency`]) and rate limits.
 pub use flowrun_core::concurrency;
 /// Prints logged as lines of the current run (Prefect's `log_prints`): the
 /// setting, and `print!`-like macros to import where a task's helpers print.
 pub use flowrun_core::prints;
-pub use flowrun_core::cache::CachePolicy;
 pub use flowrun_core::{
     allow_failure, as_completed, as_completed_timeout, current_flow_run_id, current_flow_run_name,
     current_task_run, current_task_run_name, get_run_logger, results, runtime, unmapped, wait,

@@ -26,8 +26,8 @@
 //! - [`plumbing`]: helpers shared with runners in other crates.
 #![deny(missing_docs)]
 
-pub mod concurrency;
 pub mod cache;
+pub mod concurrency;
 mod engine;
 mod exec;
 pub mod external;
@@ -69,8 +69,8 @@ pub use run::future::{
 };
 pub use run::hooks::HookResult;
 pub use run::record::{RunId, RunRef};
-pub use run::remote::TaskHookCall;
 pub use run::state::{State, StateKind};
+pub use run::task_hooks::TaskHookCall;
 pub use runner::serializing::SerializingTaskRunner;
 pub use runner::thread_pool::ThreadPoolTaskRunner;
 pub use runner::{

@@ -35,7 +35,7 @@
 
 mod key;
 mod policy;
-pub(crate) mod remote;
+pub(crate) mod serialized;
 mod storage;
 
 pub use key::{CacheKeyContext, CacheKeyFn, KeyTemplate, TEMPLATE_PLACEHOLDERS};

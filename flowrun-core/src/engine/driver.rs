@@ -68,7 +68,7 @@ struct Driver<T: Task> {
     /// Where an executed attempt's result is written.
     target: Mutex<Option<crate::cache::Target>>,
     /// The process that runs the task writes the result.
-    persisted_remotely: std::sync::atomic::AtomicBool,
+    persisted_by_executor: std::sync::atomic::AtomicBool,
 }
 
 /// Submits a run of `T` with `inputs` to the current flow's runner (or, outside
@@ -176,7 +176,7 @@ pub(crate) fn submit_in<T: Task>(
         slots,
         results,
         target: Mutex::new(None),
-        persisted_remotely: std::sync::atomic::AtomicBool::new(false),
+        persisted_by_executor: std::sync::atomic::AtomicBool::new(false),
     });
     if driver.slots.is_some() {
         // Every way the run ends gives its slots back.
@@ -367,7 +367,7 @@ impl<T: Task> Driver<T> {
     }
 
     fn persist_bytes(&self, bytes: &[u8]) {
-        if self.persisted_remotely.load(Ordering::Acquire) {
+        if self.persisted_by_executor.load(Ordering::Acquire) {
             return;
         }
         if let Some(target) = &*lock(&self.target) {
@@ -388,9 +388,9 @@ impl<T: Task> Driver<T> {
         let mut slots = (fns.encode_inputs)(inputs)?;
         // The result is written by the process that runs the task.
         if let Some(target) = &*lock(&self.target) {
-            if let Some(slot) = crate::cache::remote::slot(target) {
+            if let Some(slot) = crate::cache::serialized::slot(target) {
                 slots.push(slot);
-                self.persisted_remotely.store(true, Ordering::Release);
+                self.persisted_by_executor.store(true, Ordering::Release);
             }
         }
         if self.flow.execution == Execution::Serialized {
@@ -582,7 +582,8 @@ impl<T: Task> Driver<T> {
                 self.cell.complete_encoded(b);
             }
             Ok(Done::Deferred(f)) => {
-                if lock(&self.target).is_some() && !self.persisted_remotely.load(Ordering::Acquire)
+                if lock(&self.target).is_some()
+                    && !self.persisted_by_executor.load(Ordering::Acquire)
                 {
                     crate::run_event!(
                         tracing::Level::WARN,

@@ -160,7 +160,11 @@ impl TaskHooks {
         cell.on_final(Box::new(move || {
             let state = run.state();
             if state.kind() == StateKind::Completed
-                || crate::run::remote::failure_handled_remotely(&run, retries, runner_retries)
+                || crate::run::task_hooks::failure_handled_where_it_ran(
+                    &run,
+                    retries,
+                    runner_retries,
+                )
             {
                 return;
             }

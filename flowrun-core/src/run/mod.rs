@@ -7,5 +7,5 @@ pub(crate) mod error;
 pub(crate) mod future;
 pub(crate) mod hooks;
 pub(crate) mod record;
-pub(crate) mod remote;
 pub(crate) mod state;
+pub(crate) mod task_hooks;

@@ -105,7 +105,7 @@ impl RegistryEntry {
     ) -> Result<Vec<u8>, TaskError> {
         crate::exec::context::with_task_run_name(run_name, || match hooks {
             Some(call) => {
-                crate::run::remote::with_hooks(self.meta(), run_name, call, || self.run(args))
+                crate::run::task_hooks::with_hooks(self.meta(), run_name, call, || self.run(args))
             }
             None => self.run(args),
         })

@@ -125,7 +125,7 @@ where
     T::Args: SerializedArgs,
     T::Output: Serialize + DeserializeOwned,
 {
-    let (slots, target) = crate::cache::remote::split(slots);
+    let (slots, target) = crate::cache::serialized::split(slots);
     let args = <T::Args as SerializedArgs>::decode(slots).map_err(|e| {
         TaskError::new(
             TaskErrorKind::Runner,

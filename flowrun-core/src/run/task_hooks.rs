@@ -42,7 +42,11 @@ pub struct TaskHookCall {
 
 /// Whether the hooks of a failed remote run already ran where it ran: the
 /// task's own code failed on an attempt that was the last one.
-pub(crate) fn failure_handled_remotely(run: &RunRef, retries: u32, runner_retries: bool) -> bool {
+pub(crate) fn failure_handled_where_it_ran(
+    run: &RunRef,
+    retries: u32,
+    runner_retries: bool,
+) -> bool {
     let own_code = run
         .error()
         .is_some_and(|e| matches!(e.kind(), TaskErrorKind::Error | TaskErrorKind::Panic));
@@ -51,7 +55,7 @@ pub(crate) fn failure_handled_remotely(run: &RunRef, retries: u32, runner_retrie
 
 /// The run a hook on a worker receives: the flow's run as the worker knows
 /// it (id, name, attempt, state), without its result.
-struct RemoteRun {
+struct SerializedRun {
     id: RunId,
     name: String,
     key: &'static str,
@@ -61,7 +65,7 @@ struct RemoteRun {
     state: std::sync::Mutex<(State, Option<TaskError>, Option<Instant>)>,
 }
 
-impl AnyRun for RemoteRun {
+impl AnyRun for SerializedRun {
     fn id(&self) -> RunId {
         self.id
     }
@@ -142,7 +146,7 @@ pub(crate) fn with_hooks(
     } else {
         StateKind::Running
     };
-    let remote = Arc::new(RemoteRun {
+    let remote = Arc::new(SerializedRun {
         id: RunId::from_raw(call.run_id),
         name: run_name.to_owned(),
         key: meta.key,
