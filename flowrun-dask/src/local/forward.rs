@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::Sender;
+use flowrun_core::plumbing::lock;
 use flowrun_core::{ArgSlot, Execution, RunRef, Scope, SerializedJob, TaskCall, TaskRunner, Work};
 use serde_bytes::ByteBuf;
 
@@ -40,11 +41,7 @@ impl Link {
     /// Delivers outcomes the scheduler sent back.
     pub(crate) fn resolve(&self, batch: Vec<(u64, Result<ByteBuf, WireError>)>) {
         for (id, result) in batch {
-            let job = self
-                .pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+            let job = lock(&self.pending).remove(&id);
             if let Some(job) = job {
                 job.finish(
                     result
@@ -57,13 +54,7 @@ impl Link {
 
     /// The scheduler is gone: nothing submitted will come back.
     pub(crate) fn fail_all(&self, why: &str) {
-        let jobs: Vec<SerializedJob> = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .map(|(_, j)| j)
-            .collect();
+        let jobs: Vec<SerializedJob> = lock(&self.pending).drain().map(|(_, j)| j).collect();
         for job in jobs {
             job.finish(Err(flowrun_core::TaskError::new(
                 flowrun_core::TaskErrorKind::Crashed,
@@ -120,15 +111,8 @@ impl TaskRunner for Forwarding {
                 .resources
                 .map(|r| r.iter().map(|(k, v)| (k.to_owned(), v)).collect()),
         };
-        self.submitted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((id, run));
-        self.link
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, job);
+        lock(&self.submitted).push((id, run));
+        lock(&self.link.pending).insert(id, job);
         if self.link.out.send(Outgoing::Submit(submission)).is_err() {
             self.link.fail_all("the worker lost its scheduler");
         }
@@ -179,13 +163,7 @@ pub(crate) fn finish_task() -> Vec<flowrun_core::TaskRunFailure> {
         return Vec::new();
     };
     let unhandled = ts.scope.wait();
-    let submitted = std::mem::take(
-        &mut *ts
-            .runner
-            .submitted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()),
-    );
+    let submitted = std::mem::take(&mut *lock(&ts.runner.submitted));
     // Failures the task read are handled; the ones it ignored are carried by
     // the task's own failure (as a downstream carries its upstream's), so
     // the flow hears of each once.

@@ -19,6 +19,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
+use flowrun_core::plumbing::lock;
 use flowrun_core::{Resources, TaskCall};
 
 pub(crate) use crate::cluster::{ClusterStatus, TaskStream, TaskStreamEntry};
@@ -282,12 +283,7 @@ impl LocalCluster {
             tracing::warn!(target: "flowrun_dask::cluster", "The cluster did not close within {limit:?}");
             return;
         }
-        if let Some(h) = self
-            .scheduler
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
+        if let Some(h) = lock(&self.scheduler).take() {
             let _ = h.join();
         }
         self.store.close();

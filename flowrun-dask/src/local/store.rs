@@ -41,6 +41,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::Bytes;
 use flowrun_core::external::{external, external_bytes, External};
+use flowrun_core::plumbing::lock;
 use flowrun_core::{TaskError, TaskErrorKind};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -116,10 +117,7 @@ impl Store {
             held: Mutex::new(Some(dir)),
             closed: AtomicBool::new(false),
         });
-        stores()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(store.id, Arc::downgrade(&store));
+        lock(&stores()).insert(store.id, Arc::downgrade(&store));
         Ok(store)
     }
 
@@ -136,11 +134,8 @@ impl Store {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        stores()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
-        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).take();
+        lock(&stores()).remove(&self.id);
+        let held = lock(&self.held).take();
         if let Some(dir) = held {
             if let Err(e) = dir.close() {
                 tracing::warn!(target: "flowrun_dask::cluster", "Could not remove the cluster's result store {}: {e}", self.dir.display());
@@ -274,9 +269,7 @@ impl Payload {
         match self {
             Payload::Inline(b) => Ok(Bytes::from(b.into_vec())),
             Payload::Stored(reference) => {
-                let store = stores()
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
+                let store = lock(&stores())
                     .get(&reference.store)
                     .and_then(Weak::upgrade)
                     .ok_or_else(|| {

@@ -12,6 +12,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use flowrun_core::plumbing::{lock, wait};
 use serde::{Deserialize, Serialize};
 
 use super::output::Capture;
@@ -117,7 +118,7 @@ impl Ord for QueuedTask {
 
 impl Queue {
     fn push(&self, tasks: Vec<Assignment>) {
-        let mut g = self.heap.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = lock(&self.heap);
         let n = tasks.len();
         for t in tasks {
             g.0.push((t.priority, Reverse(t.seq), QueuedTask(t)));
@@ -131,7 +132,7 @@ impl Queue {
     }
 
     fn pop(&self) -> Option<Assignment> {
-        let mut g = self.heap.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = lock(&self.heap);
         loop {
             if let Some((_, _, t)) = g.0.pop() {
                 return Some(t.0);
@@ -139,13 +140,13 @@ impl Queue {
             if g.1 {
                 return None;
             }
-            g = self.cond.wait(g).unwrap_or_else(|p| p.into_inner());
+            g = wait(&self.cond, g);
         }
     }
 
     /// Takes out the tasks of `ids` that have not started; returns their ids.
     fn cancel(&self, ids: &[u64]) -> Vec<u64> {
-        let mut g = self.heap.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = lock(&self.heap);
         let mut dropped = Vec::new();
         g.0.retain(|(_, _, t)| {
             let hit = ids.contains(&t.0.id);
@@ -158,7 +159,7 @@ impl Queue {
     }
 
     fn close(&self) {
-        self.heap.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+        lock(&self.heap).1 = true;
         self.cond.notify_all();
     }
 }
