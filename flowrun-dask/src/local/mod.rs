@@ -132,6 +132,7 @@ impl LocalCluster {
             build,
             store_id: store.id(),
             store_dir: store.dir().to_owned(),
+            keep_bytes: store::keep_budget(memory_limit),
         };
         let sched_cfg = scheduler::Config {
             address: address.clone(),

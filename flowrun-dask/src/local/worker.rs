@@ -39,6 +39,8 @@ pub(crate) struct WorkerConfig {
     /// The cluster's result store.
     pub store_id: u64,
     pub store_dir: std::path::PathBuf,
+    /// How many bytes of stored results the worker keeps as values.
+    pub keep_bytes: u64,
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -307,19 +309,18 @@ fn run_assignment(task: &Assignment, run: &str, store: &WorkerStore) -> Result<P
         panic: false,
         message,
     };
-    let held = task
+    let mut held = task
         .args
         .iter()
         .map(|a| store.get(a))
         .collect::<Result<Vec<_>, _>>()
         .map_err(runner_error)?;
-    let args: Vec<&[u8]> = held.iter().map(|a| a.bytes()).collect();
+    let args = held.iter_mut().map(|a| a.value()).collect();
     IN_TASK.with(|t| t.set(true));
     PANIC_AT.with(|p| p.borrow_mut().take());
-    let result = flowrun_core::with_task_run_name(run, || entry.run(&args));
+    let result = flowrun_core::with_task_run_name(run, || entry.run_held(args));
     IN_TASK.with(|t| t.set(false));
     // Unmapped before the result is written: the worker holds one value less.
-    drop(args);
     drop(held);
     let result = result.map_err(|e| {
         let panic = *e.kind() == flowrun_core::TaskErrorKind::Panic;
@@ -515,7 +516,12 @@ pub(crate) fn serve(
     };
     let ex = Arc::new(Executors {
         link: link.clone(),
-        store: WorkerStore::new(config.store_id, config.store_dir.clone(), config.worker),
+        store: WorkerStore::new(
+            config.store_id,
+            config.store_dir.clone(),
+            config.worker,
+            config.keep_bytes,
+        ),
         queue: Queue {
             heap: Mutex::new((BinaryHeap::new(), false)),
             cond: Condvar::new(),

@@ -84,6 +84,7 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
             Reverse(attempt.order()),
             Reverse(attempt.run_id()),
         );
+        let home = attempt.home();
         let mut task = Task {
             key,
             task_name: attempt.task_name(),
@@ -97,6 +98,7 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
             started: None,
             deaths: None,
             cancelled: false,
+            home,
             since: Instant::now(),
         };
         if let Some(n) = task.needs.as_deref() {
@@ -451,7 +453,8 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
                 }
             };
             let needs = (group != PLAIN).then(|| self.queue.needs(group));
-            match policy::pick_worker(self.workers.iter(), needs, prefetch) {
+            let home = self.tasks.get(tid).and_then(|t| t.home);
+            match policy::pick_worker(self.workers.iter(), needs, prefetch, home) {
                 Some(wid) => {
                     self.queue.pop(group);
                     self.assign(tid, wid);

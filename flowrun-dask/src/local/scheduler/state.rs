@@ -32,6 +32,11 @@ pub(crate) trait Attempt: Send + 'static {
     fn run_name(&self) -> Option<Arc<str>> {
         None
     }
+    /// The worker that holds most of its stored arguments in memory, where
+    /// it runs without reading them (see `policy::pick_worker`).
+    fn home(&self) -> Option<u32> {
+        None
+    }
     /// The attempt started on `worker`.
     fn started(&self, worker: Arc<str>);
     /// The attempt's outcome.
@@ -71,6 +76,9 @@ impl Attempt for Call {
     }
     fn run_name(&self) -> Option<Arc<str>> {
         self.job.run_name()
+    }
+    fn home(&self) -> Option<u32> {
+        super::super::store::home(&self.job.shared_args())
     }
     fn started(&self, worker: Arc<str>) {
         self.job.started_at(worker);
@@ -122,6 +130,8 @@ pub(crate) struct Task<A> {
     pub deaths: Option<Box<Vec<String>>>,
     /// A cancel was sent to its worker; its slot frees when the worker answers.
     pub cancelled: bool,
+    /// The worker that keeps its largest stored arguments in memory.
+    pub home: Option<u32>,
     pub since: Instant,
 }
 
