@@ -17,6 +17,7 @@ use flowrun_core::plumbing::lock;
 use flowrun_core::{ArgSlot, Execution, RunRef, Scope, SerializedJob, TaskCall, TaskRunner, Work};
 use serde_bytes::ByteBuf;
 
+use super::store::Payload;
 use super::wire::{Submission, WireError};
 use super::worker::Outgoing;
 
@@ -26,27 +27,34 @@ pub(crate) struct Link {
     next: AtomicU64,
     pending: Mutex<HashMap<u64, SerializedJob>>,
     name: String,
+    /// The cluster's result store, where large results are read.
+    store_dir: std::path::PathBuf,
 }
 
 impl Link {
-    pub(crate) fn new(out: Sender<Outgoing>, name: String) -> Arc<Link> {
+    pub(crate) fn new(
+        out: Sender<Outgoing>,
+        name: String,
+        store_dir: std::path::PathBuf,
+    ) -> Arc<Link> {
         Arc::new(Link {
             out,
             next: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             name,
+            store_dir,
         })
     }
 
     /// Delivers outcomes the scheduler sent back.
-    pub(crate) fn resolve(&self, batch: Vec<(u64, Result<ByteBuf, WireError>)>) {
+    pub(crate) fn resolve(&self, batch: Vec<(u64, Result<Payload, WireError>)>) {
         for (id, result) in batch {
             let job = lock(&self.pending).remove(&id);
             if let Some(job) = job {
                 job.finish(
                     result
-                        .map(|b| bytes::Bytes::from(b.into_vec()))
-                        .map_err(WireError::into_task_error),
+                        .map_err(WireError::into_task_error)
+                        .map(|p| p.into_lent(&self.store_dir)),
                 );
             }
         }
@@ -98,10 +106,21 @@ impl TaskRunner for Forwarding {
             .args()
             .iter()
             .map(|a| match a {
-                ArgSlot::Bytes(b) => ByteBuf::from(b.to_vec()),
-                ArgSlot::Upstream(_) => ByteBuf::new(),
+                // A result read by reference is sent by value (as it
+                // would be read).
+                ArgSlot::Bytes(b) => {
+                    flowrun_core::external::resolve(b).map(|b| ByteBuf::from(b.to_vec()))
+                }
+                ArgSlot::Upstream(_) => Ok(ByteBuf::new()),
             })
-            .collect();
+            .collect::<Result<Vec<_>, _>>();
+        let args = match args {
+            Ok(args) => args,
+            Err(e) => {
+                job.finish(Err(e));
+                return;
+            }
+        };
         let submission = Submission {
             id,
             key: job.task_key().to_owned(),
@@ -174,6 +193,10 @@ pub(crate) fn finish_task() -> Vec<flowrun_core::TaskRunFailure> {
         .collect();
     if !handled.is_empty() {
         let _ = ts.runner.link.out.send(Outgoing::Handled(handled));
+    }
+    if !submitted.is_empty() {
+        let ids = submitted.iter().map(|(id, _)| *id).collect();
+        let _ = ts.runner.link.out.send(Outgoing::Released(ids));
     }
     unhandled
 }

@@ -25,7 +25,7 @@ use super::Event;
 type Tail = Arc<Mutex<VecDeque<String>>>;
 
 fn keep_tail(tail: &Tail, line: String) {
-    let mut t = lock(&tail);
+    let mut t = lock(tail);
     if t.len() == 20 {
         t.pop_front();
     }

@@ -23,9 +23,30 @@
 //!   of pending dependents all share those bytes, and the last of them to drop
 //!   deletes the file. Workers never delete; a worker that dies takes nothing
 //!   with it, so no completed result is lost or recomputed.
-//! - **Reads.** A worker maps the files of its arguments while its task runs.
-//!   The flow maps a file only when the program decodes the result, each time
-//!   it does (it keeps no copy).
+//! - **Writes.** A worker encodes a result straight into its file as the
+//!   encoding is made (a byte vector as its length prefix and its bytes), so
+//!   a large value never has a second, encoded copy in the worker's memory:
+//!   a 3 GiB result needs 3 GiB in its worker and 3 GiB of store, and one
+//!   whose size is known (a byte vector) and exceeds the store's free space
+//!   fails at once naming both. The file is complete before the result is
+//!   reported, so a completed result never depends on its worker living.
+//! - **Kept values.** The worker also keeps the value it stored, as the typed
+//!   value, within a budget (1 GiB, at most a quarter of its memory limit,
+//!   oldest dropped first, and dropped once its file is deleted). The
+//!   scheduler places a task on the worker that keeps most of its stored
+//!   arguments when that worker has room (`scheduler::policy::pick_worker`),
+//!   and there the first task to take a kept value gets the value itself:
+//!   no read, no decode, no copy (a chain link on 256 MiB was a decode of
+//!   256 MiB into fresh memory). Later readers, other workers and the flow
+//!   read the file, which stays the reference: the kept copy is only a
+//!   shortcut, so losing it (eviction, worker death) loses nothing.
+//! - **Reads.** A worker maps the files of the arguments it does not keep
+//!   while its task runs. The flow maps a file only when the program
+//!   decodes the result, each time it does (it keeps no copy).
+//! - **Runs submitted from a task.** Their results go to the submitting
+//!   worker by reference too; the flow keeps them (the run's future) until
+//!   the submitting task finishes, and the worker reads the file when the
+//!   task reads the result.
 //! - **End.** Closing the cluster (also when the flow fails or panics, and
 //!   when a [`super::LocalCluster`] drops) removes the directory with
 //!   everything in it; a later read fails with a message saying so. A flow
@@ -118,7 +139,7 @@ impl Store {
             held: Mutex::new(Some(dir)),
             closed: AtomicBool::new(false),
         });
-        lock(&stores()).insert(store.id, Arc::downgrade(&store));
+        lock(stores()).insert(store.id, Arc::downgrade(&store));
         Ok(store)
     }
 
@@ -135,7 +156,7 @@ impl Store {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        lock(&stores()).remove(&self.id);
+        lock(stores()).remove(&self.id);
         let held = lock(&self.held).take();
         if let Some(dir) = held {
             if let Err(e) = dir.close() {
@@ -270,7 +291,7 @@ impl Payload {
         match self {
             Payload::Inline(b) => Ok(Bytes::from(b.into_vec())),
             Payload::Stored(reference) => {
-                let store = lock(&stores())
+                let store = lock(stores())
                     .get(&reference.store)
                     .and_then(Weak::upgrade)
                     .ok_or_else(|| {
@@ -304,8 +325,63 @@ impl Payload {
 
     /// On the flow's side: the value itself, read from the store if it is
     /// stored there (for a worker that gets it in a message).
+    #[cfg(test)]
     pub(crate) fn inline(bytes: &Bytes) -> Result<ByteBuf, TaskError> {
         flowrun_core::external::resolve(bytes).map(|b| ByteBuf::from(b.to_vec()))
+    }
+
+    /// On the flow's side: a result for a worker, by reference when it is
+    /// stored (the caller keeps `bytes` alive while the worker may read it),
+    /// else inline.
+    pub(crate) fn by_reference(bytes: &Bytes) -> Result<Payload, TaskError> {
+        match stored(bytes) {
+            Some(r) => Ok(Payload::Stored(r)),
+            None => flowrun_core::external::resolve(bytes)
+                .map(|b| Payload::Inline(ByteBuf::from(b.to_vec()))),
+        }
+    }
+
+    /// On a worker's side: the bytes of a result the flow lent it (the
+    /// result of a run the worker's task submitted). A stored one is read
+    /// from the store in `dir` when the task reads it; the flow keeps its
+    /// file until the task that submitted the run finishes.
+    pub(crate) fn into_lent(self, dir: &Path) -> Bytes {
+        match self {
+            Payload::Inline(b) => Bytes::from(b.into_vec()),
+            Payload::Stored(reference) => {
+                let token = flowrun_core::encode_value(&reference).unwrap_or_default();
+                external_bytes(
+                    token,
+                    Arc::new(Lent {
+                        path: dir.join(reference.file_name()),
+                        len: reference.len,
+                    }),
+                )
+            }
+        }
+    }
+}
+
+/// A stored result lent to a worker: read from its file on demand.
+struct Lent {
+    path: PathBuf,
+    len: u64,
+}
+
+impl External for Lent {
+    fn read(&self) -> Result<Bytes, TaskError> {
+        map(&self.path, self.len)
+            .map(Bytes::from_owner)
+            .map_err(|e| {
+                TaskError::new(
+                    TaskErrorKind::ResultUnavailable,
+                    format!("{e} (a result lent to a task can be read while that task runs)"),
+                )
+            })
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
     }
 }
 

@@ -90,6 +90,7 @@ pub(crate) enum Outgoing {
     Rejoin(u64),
     Submit(super::wire::Submission),
     Handled(Vec<u64>),
+    Released(Vec<u64>),
 }
 
 /// Tasks by priority then submission order, and whether the queue closed.
@@ -386,6 +387,7 @@ fn send(
                 Outgoing::Rejoin(id) => other.push(ToScheduler::Rejoin(id)),
                 Outgoing::Submit(s) => submits.push(s),
                 Outgoing::Handled(ids) => other.push(ToScheduler::Handled(ids)),
+                Outgoing::Released(ids) => other.push(ToScheduler::Released(ids)),
             }
         }
         let mut batch = Vec::with_capacity(5);
@@ -490,7 +492,11 @@ pub(crate) fn serve(
     super::transport::handshake::join(&stream, &secret, config.worker, crate::build_id::current())?;
 
     let (out_tx, out_rx) = crossbeam_channel::unbounded::<Outgoing>();
-    let link = super::forward::Link::new(out_tx.clone(), config.name.clone());
+    let link = super::forward::Link::new(
+        out_tx.clone(),
+        config.name.clone(),
+        config.store_dir.clone(),
+    );
     let writer = stream.try_clone().map_err(|e| e.to_string())?;
     let writer_link = link.clone();
     std::thread::Builder::new()

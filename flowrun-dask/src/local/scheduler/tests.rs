@@ -718,13 +718,19 @@ fn a_task_runs_where_its_stored_arguments_are_kept_unless_that_worker_is_busy() 
     // Ties go to the lowest id: worker 0 would take it without a home.
     let a = h.submit_at_home("step", 1);
     h.pump();
-    assert_eq!(h.assigned(1).iter().map(|x| x.1).collect::<Vec<_>>(), vec![a]);
+    assert_eq!(
+        h.assigned(1).iter().map(|x| x.1).collect::<Vec<_>>(),
+        vec![a]
+    );
     assert!(h.assigned(0).is_empty());
     // Its home is busy (one thread, nothing prefetched for an unmeasured
     // task): the next one is not held back, it reads its arguments elsewhere.
     let b = h.submit_at_home("step", 1);
     h.pump();
-    assert_eq!(h.assigned(0).iter().map(|x| x.1).collect::<Vec<_>>(), vec![b]);
+    assert_eq!(
+        h.assigned(0).iter().map(|x| x.1).collect::<Vec<_>>(),
+        vec![b]
+    );
     // A home that died is no place: the task goes where there is room.
     let task_a = h.s.workers[&1].tasks.iter().copied().next().unwrap();
     h.done(1, task_a, true, Duration::from_millis(5));
@@ -733,5 +739,8 @@ fn a_task_runs_where_its_stored_arguments_are_kept_unless_that_worker_is_busy() 
     let task_b = h.s.workers[&0].tasks.iter().copied().next().unwrap();
     h.done(0, task_b, true, Duration::from_millis(5));
     h.pump();
-    assert_eq!(h.assigned(0).iter().map(|x| x.1).collect::<Vec<_>>(), vec![c]);
+    assert_eq!(
+        h.assigned(0).iter().map(|x| x.1).collect::<Vec<_>>(),
+        vec![c]
+    );
 }

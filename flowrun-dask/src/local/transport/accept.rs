@@ -185,7 +185,7 @@ fn report_refusal(
 ) {
     let mut reason = format!("{} (from {peer})", refusal.reason);
     if refusal.worker.is_none() {
-        let report = lock(&throttle).report(Instant::now());
+        let report = lock(throttle).report(Instant::now());
         match report {
             None => {
                 tracing::debug!(target: "flowrun_dask::cluster", "Refused a connection to the cluster: {reason}");
