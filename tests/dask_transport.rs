@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
-use flowrun::{flow, task, TaskErrorKind};
+use flowrun::{flow, task};
 use flowrun_dask::{current_cluster, ClusterKwargs, DaskTaskRunner};
 use serde_bytes::ByteBuf;
 
