@@ -132,7 +132,12 @@ impl LocalCluster {
             build,
             store_id: store.id(),
             store_dir: store.dir().to_owned(),
-            keep_bytes: store::keep_budget(memory_limit),
+            // Worker threads would keep values in the flow's own heap.
+            keep_bytes: if kwargs.processes.unwrap_or(true) {
+                store::keep_budget(memory_limit)
+            } else {
+                0
+            },
         };
         let sched_cfg = scheduler::Config {
             address: address.clone(),
