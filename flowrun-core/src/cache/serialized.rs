@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ResultStorage, Target};
 use crate::task::args::ArgSlot;
+use crate::task::held::ArgValue;
 
 /// Starts the slot; no argument of a task starts this way in practice (an
 /// argument is the postcard encoding of a value, led by its own bytes).
@@ -45,17 +46,32 @@ pub(crate) fn slot(target: &Target) -> Option<ArgSlot> {
 /// The task's own slots, and the result target when the last slot is one.
 pub(crate) fn split<'a, 'b>(slots: &'a [&'b [u8]]) -> (&'a [&'b [u8]], Option<Target>) {
     if let Some((last, rest)) = slots.split_last() {
-        if let Some(body) = last.strip_prefix(&MAGIC[..]) {
-            if let Ok(w) = postcard::from_bytes::<Wire>(body) {
-                let target = Target {
-                    storage: ResultStorage::new(w.dir),
-                    file: w.file,
-                    cache_key: w.cache_key,
-                    expiration: w.expiration_ms.map(Duration::from_millis),
-                };
-                return (rest, Some(target));
-            }
+        if let Some(target) = target_of(last) {
+            return (rest, Some(target));
         }
     }
     (slots, None)
+}
+
+/// [`split`] for arguments that may be held values (a local-cluster worker
+/// that keeps results): takes the target slot off the end.
+pub(crate) fn split_held(slots: &mut Vec<ArgValue<'_>>) -> Option<Target> {
+    let target = match slots.last() {
+        Some(ArgValue::Encoded(last)) => target_of(last)?,
+        _ => return None,
+    };
+    slots.pop();
+    Some(target)
+}
+
+/// The target a slot carries, when it is a target slot.
+fn target_of(slot: &[u8]) -> Option<Target> {
+    let body = slot.strip_prefix(&MAGIC[..])?;
+    let w = postcard::from_bytes::<Wire>(body).ok()?;
+    Some(Target {
+        storage: ResultStorage::new(w.dir),
+        file: w.file,
+        cache_key: w.cache_key,
+        expiration: w.expiration_ms.map(Duration::from_millis),
+    })
 }

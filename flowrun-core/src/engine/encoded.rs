@@ -103,6 +103,12 @@ impl Task for EncodedTask {
                         "encoded calls are run by key",
                     ))
                 },
+                run_held: |_| {
+                    Err(TaskError::new(
+                        TaskErrorKind::Runner,
+                        "encoded calls are run by key",
+                    ))
+                },
             }),
         })
     }

@@ -131,12 +131,12 @@ impl AnyRun for SerializedRun {
 
 /// Runs `attempt` (the task's code) between the task's hooks, as
 /// `call` says.
-pub(crate) fn with_hooks(
+pub(crate) fn with_hooks<R>(
     meta: &'static crate::task::TaskMeta,
     run_name: &str,
     call: TaskHookCall,
-    attempt: impl FnOnce() -> Result<Vec<u8>, TaskError>,
-) -> Result<Vec<u8>, TaskError> {
+    attempt: impl FnOnce() -> Result<R, TaskError>,
+) -> Result<R, TaskError> {
     let hooks: &TaskHooks = &meta.hooks;
     if hooks.is_empty() {
         return attempt();

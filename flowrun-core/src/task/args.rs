@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::run::error::{TaskError, TaskErrorKind};
 use crate::run::record::RunRef;
+use crate::task::held::ArgValue;
 use crate::task::input::Input;
 
 /// One argument of a serialized call: its bytes, or the upstream run
@@ -44,6 +45,48 @@ pub trait SerializedArgs: ArgsTuple {
 
     /// Decodes the arguments from their encoded slots.
     fn decode(slots: &[&[u8]]) -> Result<Self, String>;
+
+    /// The arguments from slots some of which are values this process
+    /// holds: those are moved in, not decoded, when they are of the
+    /// argument's type.
+    fn decode_held(slots: Vec<ArgValue<'_>>) -> Result<Self, String> {
+        decode_encoded(slots, Self::decode)
+    }
+}
+
+/// Decodes slots by encoding the held ones first.
+fn decode_encoded<R>(
+    slots: Vec<ArgValue<'_>>,
+    decode: impl FnOnce(&[&[u8]]) -> Result<R, String>,
+) -> Result<R, String> {
+    let owned: Vec<std::borrow::Cow<'_, [u8]>> = slots
+        .into_iter()
+        .map(|s| match s {
+            ArgValue::Encoded(b) => Ok(std::borrow::Cow::Borrowed(b)),
+            ArgValue::Held(h) => h.encode().map(std::borrow::Cow::Owned),
+        })
+        .collect::<Result<_, String>>()?;
+    let refs: Vec<&[u8]> = owned.iter().map(|b| &b[..]).collect();
+    decode(&refs)
+}
+
+/// Argument `index` from its slot: moved in when held, else decoded.
+fn take_slot<A: DeserializeOwned + 'static>(
+    slot: Option<ArgValue<'_>>,
+    index: usize,
+) -> Result<A, String> {
+    let decoded = match slot {
+        None => return Err(format!("argument {} is missing", index + 1)),
+        Some(ArgValue::Encoded(b)) => decode_fast(b),
+        Some(ArgValue::Held(h)) => h.take(),
+    };
+    decoded.map_err(|e| {
+        format!(
+            "argument {} does not decode as `{}`: {e}",
+            index + 1,
+            std::any::type_name::<A>()
+        )
+    })
 }
 
 /// Serializes a value the way flowrun moves data between processes.
@@ -278,6 +321,17 @@ macro_rules! tuple_impls {
                 let joined = join_pieces(slots, expected)?;
                 let args: Vec<&[u8]> = joined.iter().map(|a| &a[..]).collect();
                 Ok(($(decode_slot::<$name>(&args, $idx)?,)*))
+            }
+
+            #[allow(unused_variables, unused_mut, clippy::unused_unit)]
+            fn decode_held(slots: Vec<ArgValue<'_>>) -> Result<Self, String> {
+                let expected: usize = 0 $(+ { let _ = $idx; 1 })*;
+                // Pieces of gathered arguments are joined from their encodings.
+                if slots.len() != expected {
+                    return decode_encoded(slots, Self::decode);
+                }
+                let mut slots = slots.into_iter();
+                Ok(($(take_slot::<$name>(slots.next(), $idx)?,)*))
             }
         }
     )*};

@@ -10,6 +10,7 @@ pub(crate) mod args;
 pub(crate) mod config;
 pub(crate) mod convert;
 pub(crate) mod gather;
+pub(crate) mod held;
 pub(crate) mod input;
 pub(crate) mod meta;
 pub(crate) mod names;
@@ -17,6 +18,8 @@ pub(crate) mod options;
 pub mod probe;
 pub mod registry;
 pub(crate) mod support;
+
+pub(crate) use support::HeldRun;
 
 pub use config::{CallConfig, IntoRunRefs};
 pub use convert::{exponential, IntoCount, IntoRetryDelay, IntoSeconds};

@@ -14,7 +14,9 @@ use std::hash::{Hash, Hasher};
 use std::sync::OnceLock;
 
 use crate::run::error::{TaskError, TaskErrorKind};
-use crate::task::{EncodedRun, Task};
+use crate::task::{EncodedRun, HeldRun, Task};
+
+pub use crate::task::held::{ArgValue, Held};
 
 /// What `#[task]` submits to the registry.
 #[derive(Debug)]
@@ -34,6 +36,7 @@ pub struct RegistryEntry {
     name: &'static str,
     is_async: bool,
     run: Result<EncodedRun, &'static str>,
+    run_held: Result<HeldRun, &'static str>,
     signature: fn() -> String,
     meta: fn() -> &'static crate::task::TaskMeta,
 }
@@ -47,11 +50,16 @@ impl RegistryEntry {
             Ok(fns) => Ok(fns.run),
             Err(why) => Err(why.as_str()),
         };
+        let run_held = match &support.serialized {
+            Ok(fns) => Ok(fns.run_held),
+            Err(why) => Err(why.as_str()),
+        };
         RegistryEntry {
             key: meta.key,
             name: meta.name,
             is_async: meta.is_async,
             run,
+            run_held,
             signature: || {
                 format!(
                     "{} -> {}",
@@ -116,6 +124,42 @@ impl RegistryEntry {
     /// Panics and `Err` returns become the error.
     pub fn run(&self, args: &[&[u8]]) -> Result<Vec<u8>, TaskError> {
         match self.run {
+            Ok(run) => run(args),
+            Err(why) => Err(TaskError::new(
+                TaskErrorKind::Runner,
+                format!(
+                    "task '{}' cannot run from serialized arguments: {why}",
+                    self.name
+                ),
+            )),
+        }
+    }
+}
+
+impl RegistryEntry {
+    /// [`RegistryEntry::run_attempt`] for [`RegistryEntry::run_held`]: one
+    /// attempt of the run named `run_name`, calling the task's hooks here
+    /// when `hooks` says this process calls them.
+    pub fn run_held_attempt(
+        &self,
+        args: Vec<ArgValue<'_>>,
+        run_name: &str,
+        hooks: Option<crate::TaskHookCall>,
+    ) -> Result<Held, TaskError> {
+        crate::exec::context::with_task_run_name(run_name, || match hooks {
+            Some(call) => crate::run::task_hooks::with_hooks(self.meta(), run_name, call, || {
+                self.run_held(args)
+            }),
+            None => self.run_held(args),
+        })
+    }
+
+    /// [`RegistryEntry::run`] from arguments some of which this process
+    /// holds as values (moved into the call when of the argument's type),
+    /// to the result held as its value: a worker keeps it so that the next
+    /// task it runs on this worker takes it without decoding it.
+    pub fn run_held(&self, args: Vec<ArgValue<'_>>) -> Result<Held, TaskError> {
+        match self.run_held {
             Ok(run) => run(args),
             Err(why) => Err(TaskError::new(
                 TaskErrorKind::Runner,

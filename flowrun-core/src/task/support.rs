@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::run::error::{TaskError, TaskErrorKind};
 use crate::run::record::ValueFns;
 use crate::task::args::{encode_owned, ArgSlot, ArgsTuple, SerializedArgs};
+use crate::task::held::{ArgValue, Held};
 use crate::task::Task;
 
 /// What a task's types allow, found at compile time by the macros.
@@ -77,11 +78,15 @@ pub type Encoder<T> = fn(&T) -> Result<Vec<u8>, String>;
 pub type EncodedRun = fn(&[&[u8]]) -> Result<Vec<u8>, TaskError>;
 /// Decodes a value from another process.
 pub type Decoder<T> = fn(&[u8]) -> Result<T, String>;
+/// Runs one attempt of a task from arguments some of which this process
+/// holds as values, to its result held as a value (see [`Held`]).
+pub(crate) type HeldRun = fn(Vec<ArgValue<'_>>) -> Result<Held, TaskError>;
 
 /// The functions that move a task's calls and results between processes.
 pub struct SerializedFns<T: Task> {
     pub(crate) encode_inputs: InputsEncoder<T::Args>,
     pub(crate) run: EncodedRun,
+    pub(crate) run_held: HeldRun,
 }
 
 impl<T: Task> Clone for SerializedFns<T> {
@@ -102,6 +107,7 @@ where
         SerializedFns {
             encode_inputs: <T::Args as SerializedArgs>::encode,
             run: run_encoded::<T>,
+            run_held: run_held::<T>,
         }
     }
 }
@@ -154,6 +160,46 @@ where
         crate::cache::persist(&target, &run, &encoded);
     }
     Ok(encoded)
+}
+
+/// [`run_encoded`] from arguments that may be held values, to a held result:
+/// what a worker does when it keeps results as values (it encodes them only
+/// to store them). Keep the two in step.
+fn run_held<T>(mut slots: Vec<ArgValue<'_>>) -> Result<Held, TaskError>
+where
+    T: Task,
+    T::Args: SerializedArgs,
+    T::Output: Serialize + DeserializeOwned,
+{
+    let target = crate::cache::serialized::split_held(&mut slots);
+    let args = <T::Args as SerializedArgs>::decode_held(slots).map_err(|e| {
+        TaskError::new(
+            TaskErrorKind::Runner,
+            format!(
+                "task '{}' received arguments it cannot decode: {e}",
+                T::meta().name
+            ),
+        )
+    })?;
+    let raw = crate::engine::adapters::invoke_blocking::<T>(args, None)?;
+    let held = Held::new(T::outcome(raw)?);
+    if let Some(target) = target {
+        // As in `run_encoded`: written where the value was made, before the
+        // run is reported done.
+        let encoded = held.encode().map_err(|e| {
+            TaskError::new(
+                TaskErrorKind::Runner,
+                format!(
+                    "task '{}' returned a value that could not be serialized: {e}",
+                    T::meta().name
+                ),
+            )
+        })?;
+        let run = crate::exec::context::current_task_run_name()
+            .unwrap_or_else(|| T::meta().name.to_owned());
+        crate::cache::persist(&target, &run, &encoded);
+    }
+    Ok(held)
 }
 
 /// A task whose arguments and result can cross process boundaries. (No

@@ -13,9 +13,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::Sender;
+use flowrun_core::plumbing::lock;
 use flowrun_core::{ArgSlot, Execution, RunRef, Scope, SerializedJob, TaskCall, TaskRunner, Work};
 use serde_bytes::ByteBuf;
 
+use super::store::Payload;
 use super::wire::{Submission, WireError};
 use super::worker::Outgoing;
 
@@ -25,31 +27,34 @@ pub(crate) struct Link {
     next: AtomicU64,
     pending: Mutex<HashMap<u64, SerializedJob>>,
     name: String,
+    /// The cluster's result store, where large results are read.
+    store_dir: std::path::PathBuf,
 }
 
 impl Link {
-    pub(crate) fn new(out: Sender<Outgoing>, name: String) -> Arc<Link> {
+    pub(crate) fn new(
+        out: Sender<Outgoing>,
+        name: String,
+        store_dir: std::path::PathBuf,
+    ) -> Arc<Link> {
         Arc::new(Link {
             out,
             next: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             name,
+            store_dir,
         })
     }
 
     /// Delivers outcomes the scheduler sent back.
-    pub(crate) fn resolve(&self, batch: Vec<(u64, Result<ByteBuf, WireError>)>) {
+    pub(crate) fn resolve(&self, batch: Vec<(u64, Result<Payload, WireError>)>) {
         for (id, result) in batch {
-            let job = self
-                .pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+            let job = lock(&self.pending).remove(&id);
             if let Some(job) = job {
                 job.finish(
                     result
-                        .map(|b| bytes::Bytes::from(b.into_vec()))
-                        .map_err(WireError::into_task_error),
+                        .map_err(WireError::into_task_error)
+                        .map(|p| p.into_lent(&self.store_dir)),
                 );
             }
         }
@@ -57,13 +62,7 @@ impl Link {
 
     /// The scheduler is gone: nothing submitted will come back.
     pub(crate) fn fail_all(&self, why: &str) {
-        let jobs: Vec<SerializedJob> = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .map(|(_, j)| j)
-            .collect();
+        let jobs: Vec<SerializedJob> = lock(&self.pending).drain().map(|(_, j)| j).collect();
         for job in jobs {
             job.finish(Err(flowrun_core::TaskError::new(
                 flowrun_core::TaskErrorKind::Crashed,
@@ -112,10 +111,21 @@ impl TaskRunner for Forwarding {
             .args()
             .iter()
             .map(|a| match a {
-                ArgSlot::Bytes(b) => ByteBuf::from(b.to_vec()),
-                ArgSlot::Upstream(_) => ByteBuf::new(),
+                // A result read by reference is sent by value (as it
+                // would be read).
+                ArgSlot::Bytes(b) => {
+                    flowrun_core::external::resolve(b).map(|b| ByteBuf::from(b.to_vec()))
+                }
+                ArgSlot::Upstream(_) => Ok(ByteBuf::new()),
             })
-            .collect();
+            .collect::<Result<Vec<_>, _>>();
+        let args = match args {
+            Ok(args) => args,
+            Err(e) => {
+                job.finish(Err(e));
+                return;
+            }
+        };
         let submission = Submission {
             id,
             key: job.task_key().to_owned(),
@@ -125,15 +135,8 @@ impl TaskRunner for Forwarding {
                 .resources
                 .map(|r| r.iter().map(|(k, v)| (k.to_owned(), v)).collect()),
         };
-        self.submitted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((id, run));
-        self.link
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, job);
+        lock(&self.submitted).push((id, run));
+        lock(&self.link.pending).insert(id, job);
         if self.link.out.send(Outgoing::Submit(submission)).is_err() {
             self.link.fail_all("the worker lost its scheduler");
         }
@@ -184,13 +187,7 @@ pub(crate) fn finish_task() -> Vec<flowrun_core::TaskRunFailure> {
         return Vec::new();
     };
     let unhandled = ts.scope.wait();
-    let submitted = std::mem::take(
-        &mut *ts
-            .runner
-            .submitted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()),
-    );
+    let submitted = std::mem::take(&mut *lock(&ts.runner.submitted));
     // Failures the task read are handled; the ones it ignored are carried by
     // the task's own failure (as a downstream carries its upstream's), so
     // the flow hears of each once.
@@ -201,6 +198,10 @@ pub(crate) fn finish_task() -> Vec<flowrun_core::TaskRunFailure> {
         .collect();
     if !handled.is_empty() {
         let _ = ts.runner.link.out.send(Outgoing::Handled(handled));
+    }
+    if !submitted.is_empty() {
+        let ids = submitted.iter().map(|(id, _)| *id).collect();
+        let _ = ts.runner.link.out.send(Outgoing::Released(ids));
     }
     unhandled
 }

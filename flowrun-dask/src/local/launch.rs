@@ -16,6 +16,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::Sender;
+use flowrun_core::plumbing::lock;
 
 use super::scheduler::{Expected, Launcher};
 use super::worker::{self, WorkerConfig, WORKER_ENV};
@@ -24,7 +25,7 @@ use super::Event;
 type Tail = Arc<Mutex<VecDeque<String>>>;
 
 fn keep_tail(tail: &Tail, line: String) {
-    let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+    let mut t = lock(tail);
     if t.len() == 20 {
         t.pop_front();
     }
@@ -64,10 +65,7 @@ impl Launcher for ProcessLauncher {
             // the process list.
             let _ = stdin.write_all(line.as_bytes());
         }
-        self.expected
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id);
+        lock(&self.expected).insert(id);
         self.pids.insert(id, pid);
         let tail: Tail = Arc::new(Mutex::new(VecDeque::new()));
         let mut readers = Vec::new();
@@ -108,13 +106,7 @@ impl Launcher for ProcessLauncher {
                 for r in readers {
                     let _ = r.join();
                 }
-                let output_tail = tail
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join("\n");
+                let output_tail = lock(&tail).iter().cloned().collect::<Vec<_>>().join("\n");
                 let _ = events.send(Event::Exited {
                     worker: id,
                     status,
@@ -126,10 +118,7 @@ impl Launcher for ProcessLauncher {
     }
 
     fn kill(&mut self, id: u32) {
-        self.expected
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+        lock(&self.expected).remove(&id);
         if let Some(pid) = self.pids.remove(&id) {
             // SAFETY: signalling the process group we created for this worker.
             unsafe {
@@ -189,10 +178,7 @@ impl Launcher for ThreadLauncher {
         let mut config = self.config.clone();
         config.worker = id;
         config.name = name.to_owned();
-        self.expected
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id);
+        lock(&self.expected).insert(id);
         let events = self.events.clone();
         let sockets = self.sockets.clone();
         std::thread::Builder::new()
@@ -200,20 +186,14 @@ impl Launcher for ThreadLauncher {
             .spawn(move || {
                 let register = |s: &TcpStream| {
                     if let Ok(c) = s.try_clone() {
-                        sockets
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(id, c);
+                        lock(&sockets).insert(id, c);
                     }
                 };
                 let status = match worker::serve(config, false, Some(&register)) {
                     Ok(()) => "finished".to_owned(),
                     Err(e) => format!("failed: {e}"),
                 };
-                sockets
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
+                lock(&sockets).remove(&id);
                 let _ = events.send(Event::Exited {
                     worker: id,
                     status,
@@ -225,16 +205,8 @@ impl Launcher for ThreadLauncher {
     }
 
     fn kill(&mut self, id: u32) {
-        self.expected
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-        if let Some(s) = self
-            .sockets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id)
-        {
+        lock(&self.expected).remove(&id);
+        if let Some(s) = lock(&self.sockets).remove(&id) {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
     }

@@ -20,6 +20,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
+use flowrun_core::plumbing::lock;
 use flowrun_core::{Resources, TaskCall};
 
 pub(crate) use crate::cluster::{ClusterStatus, TaskStream, TaskStreamEntry};
@@ -132,6 +133,12 @@ impl LocalCluster {
             build,
             store_id: store.id(),
             store_dir: store.dir().to_owned(),
+            // Worker threads would keep values in the flow's own heap.
+            keep_bytes: if kwargs.processes.unwrap_or(true) {
+                store::keep_budget(memory_limit)
+            } else {
+                0
+            },
         };
         let sched_cfg = scheduler::Config {
             address: address.clone(),
@@ -283,12 +290,7 @@ impl LocalCluster {
             tracing::warn!(target: "flowrun_dask::cluster", "The cluster did not close within {limit:?}");
             return;
         }
-        if let Some(h) = self
-            .scheduler
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
+        if let Some(h) = lock(&self.scheduler).take() {
             let _ = h.join();
         }
         self.store.close();

@@ -13,6 +13,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
+use flowrun_core::plumbing::{lock, wait_timeout};
 
 use super::wire::OutputLine;
 use super::worker::Outgoing;
@@ -87,10 +88,7 @@ impl Capture {
     }
 
     pub(crate) fn task_started(&self, run: &str) -> Token {
-        self.active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(run.to_owned());
+        lock(&self.active).push(run.to_owned());
         Token {
             run: run.to_owned(),
             seen: [
@@ -118,7 +116,7 @@ impl Capture {
                 barrier(s);
             }
         }
-        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        let mut active = lock(&self.active);
         if let Some(pos) = active.iter().position(|r| *r == token.run) {
             active.swap_remove(pos);
         }
@@ -153,14 +151,11 @@ fn barrier(s: &Stream) {
         }
         written += n as usize;
     }
-    let mut acked = s.acked.lock().unwrap_or_else(|p| p.into_inner());
+    let mut acked = lock(&s.acked);
     while *acked < seq {
-        let (guard, timeout) = s
-            .acked_cond
-            .wait_timeout(acked, Duration::from_secs(2))
-            .unwrap_or_else(|p| p.into_inner());
+        let (guard, timed_out) = wait_timeout(&s.acked_cond, acked, Duration::from_secs(2));
         acked = guard;
-        if timeout.timed_out() {
+        if timed_out {
             return;
         }
     }
@@ -196,7 +191,7 @@ fn read_loop(s: Arc<Stream>, out: Sender<Outgoing>, active: Arc<Mutex<Vec<String
             let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
             if let Some(seq) = text.strip_prefix(MARKER) {
                 if let Ok(seq) = seq.trim().parse::<u64>() {
-                    let mut acked = s.acked.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut acked = lock(&s.acked);
                     *acked = (*acked).max(seq);
                     s.acked_cond.notify_all();
                 }
@@ -206,7 +201,7 @@ fn read_loop(s: Arc<Stream>, out: Sender<Outgoing>, active: Arc<Mutex<Vec<String
                 // The newline a barrier adds before its marker.
                 continue;
             }
-            let runs = active.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let runs = lock(&active).clone();
             let _ = out.send(Outgoing::Output(OutputLine {
                 runs,
                 stderr: s.stderr,

@@ -23,9 +23,30 @@
 //!   of pending dependents all share those bytes, and the last of them to drop
 //!   deletes the file. Workers never delete; a worker that dies takes nothing
 //!   with it, so no completed result is lost or recomputed.
-//! - **Reads.** A worker maps the files of its arguments while its task runs.
-//!   The flow maps a file only when the program decodes the result, each time
-//!   it does (it keeps no copy).
+//! - **Writes.** A worker encodes a result straight into its file as the
+//!   encoding is made (a byte vector as its length prefix and its bytes), so
+//!   a large value never has a second, encoded copy in the worker's memory:
+//!   a 3 GiB result needs 3 GiB in its worker and 3 GiB of store, and one
+//!   whose size is known (a byte vector) and exceeds the store's free space
+//!   fails at once naming both. The file is complete before the result is
+//!   reported, so a completed result never depends on its worker living.
+//! - **Kept values.** The worker also keeps the value it stored, as the typed
+//!   value, within a budget (1 GiB, at most a quarter of its memory limit,
+//!   oldest dropped first, and dropped once its file is deleted). The
+//!   scheduler places a task on the worker that keeps most of its stored
+//!   arguments when that worker has room (`scheduler::policy::pick_worker`),
+//!   and there the first task to take a kept value gets the value itself:
+//!   no read, no decode, no copy (a chain link on 256 MiB was a decode of
+//!   256 MiB into fresh memory). Later readers, other workers and the flow
+//!   read the file, which stays the reference: the kept copy is only a
+//!   shortcut, so losing it (eviction, worker death) loses nothing.
+//! - **Reads.** A worker maps the files of the arguments it does not keep
+//!   while its task runs. The flow maps a file only when the program
+//!   decodes the result, each time it does (it keeps no copy).
+//! - **Runs submitted from a task.** Their results go to the submitting
+//!   worker by reference too; the flow keeps them (the run's future) until
+//!   the submitting task finishes, and the worker reads the file when the
+//!   task reads the result.
 //! - **End.** Closing the cluster (also when the flow fails or panics, and
 //!   when a [`super::LocalCluster`] drops) removes the directory with
 //!   everything in it; a later read fails with a message saying so. A flow
@@ -41,6 +62,8 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::Bytes;
 use flowrun_core::external::{external, external_bytes, External};
+use flowrun_core::plumbing::lock;
+use flowrun_core::registry::{ArgValue, Held};
 use flowrun_core::{TaskError, TaskErrorKind};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -116,10 +139,7 @@ impl Store {
             held: Mutex::new(Some(dir)),
             closed: AtomicBool::new(false),
         });
-        stores()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(store.id, Arc::downgrade(&store));
+        lock(stores()).insert(store.id, Arc::downgrade(&store));
         Ok(store)
     }
 
@@ -136,11 +156,8 @@ impl Store {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        stores()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
-        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).take();
+        lock(stores()).remove(&self.id);
+        let held = lock(&self.held).take();
         if let Some(dir) = held {
             if let Err(e) = dir.close() {
                 tracing::warn!(target: "flowrun_dask::cluster", "Could not remove the cluster's result store {}: {e}", self.dir.display());
@@ -274,9 +291,7 @@ impl Payload {
         match self {
             Payload::Inline(b) => Ok(Bytes::from(b.into_vec())),
             Payload::Stored(reference) => {
-                let store = stores()
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
+                let store = lock(stores())
                     .get(&reference.store)
                     .and_then(Weak::upgrade)
                     .ok_or_else(|| {
@@ -310,68 +325,344 @@ impl Payload {
 
     /// On the flow's side: the value itself, read from the store if it is
     /// stored there (for a worker that gets it in a message).
+    #[cfg(test)]
     pub(crate) fn inline(bytes: &Bytes) -> Result<ByteBuf, TaskError> {
         flowrun_core::external::resolve(bytes).map(|b| ByteBuf::from(b.to_vec()))
     }
+
+    /// On the flow's side: a result for a worker, by reference when it is
+    /// stored (the caller keeps `bytes` alive while the worker may read it),
+    /// else inline.
+    pub(crate) fn by_reference(bytes: &Bytes) -> Result<Payload, TaskError> {
+        match stored(bytes) {
+            Some(r) => Ok(Payload::Stored(r)),
+            None => flowrun_core::external::resolve(bytes)
+                .map(|b| Payload::Inline(ByteBuf::from(b.to_vec()))),
+        }
+    }
+
+    /// On a worker's side: the bytes of a result the flow lent it (the
+    /// result of a run the worker's task submitted). A stored one is read
+    /// from the store in `dir` when the task reads it; the flow keeps its
+    /// file until the task that submitted the run finishes.
+    pub(crate) fn into_lent(self, dir: &Path) -> Bytes {
+        match self {
+            Payload::Inline(b) => Bytes::from(b.into_vec()),
+            Payload::Stored(reference) => {
+                let token = flowrun_core::encode_value(&reference).unwrap_or_default();
+                external_bytes(
+                    token,
+                    Arc::new(Lent {
+                        path: dir.join(reference.file_name()),
+                        len: reference.len,
+                    }),
+                )
+            }
+        }
+    }
 }
 
-/// A cluster's store, on a worker's side: where it writes its results.
+/// A stored result lent to a worker: read from its file on demand.
+struct Lent {
+    path: PathBuf,
+    len: u64,
+}
+
+impl External for Lent {
+    fn read(&self) -> Result<Bytes, TaskError> {
+        map(&self.path, self.len)
+            .map(Bytes::from_owner)
+            .map_err(|e| {
+                TaskError::new(
+                    TaskErrorKind::ResultUnavailable,
+                    format!("{e} (a result lent to a task can be read while that task runs)"),
+                )
+            })
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// The stored value `bytes` stand for, if they stand for one.
+pub(crate) fn stored(bytes: &Bytes) -> Option<StoredRef> {
+    let value = external(bytes)?;
+    value.as_any().downcast_ref::<Entry>().map(|e| e.reference)
+}
+
+/// The worker that keeps most of the bytes of stored arguments `args` in
+/// its memory (the worker that wrote them keeps them): where a task that
+/// takes them runs without reading them from the store.
+pub(crate) fn home(args: &[flowrun_core::ArgSlot]) -> Option<u32> {
+    let mut best: Option<(u64, u32)> = None;
+    let mut per_worker: Vec<(u32, u64)> = Vec::new();
+    for a in args {
+        let flowrun_core::ArgSlot::Bytes(b) = a else {
+            continue;
+        };
+        let Some(r) = stored(b) else { continue };
+        let total = match per_worker.iter_mut().find(|(w, _)| *w == r.worker) {
+            Some((_, n)) => {
+                *n += r.len;
+                *n
+            }
+            None => {
+                per_worker.push((r.worker, r.len));
+                r.len
+            }
+        };
+        if best.is_none_or(|(n, _)| total > n) {
+            best = Some((total, r.worker));
+        }
+    }
+    best.map(|(_, w)| w)
+}
+
+/// A cluster's store, on a worker's side: where it writes its results, and
+/// the values it keeps in memory after storing them (see the module docs).
 pub(crate) struct WorkerStore {
     id: u64,
     dir: PathBuf,
     worker: u32,
     next: AtomicU64,
+    kept: Mutex<Kept>,
+    /// How free space is measured ([`free_space`]; tests make it small).
+    free: fn(&Path) -> Option<u64>,
 }
 
-/// An argument a worker received, ready to decode.
+/// Results a worker stored and still holds as values, oldest first, within
+/// a budget of bytes: the next task that takes one of them on this worker
+/// gets it without reading and decoding its file.
+struct Kept {
+    values: std::collections::VecDeque<(StoredRef, Held)>,
+    bytes: u64,
+    budget: u64,
+}
+
+/// How many bytes of stored results a worker keeps as values by default:
+/// enough for a few large values in flight, and a quarter of a worker's
+/// memory limit at most.
+pub(crate) fn keep_budget(memory_limit: Option<u64>) -> u64 {
+    const DEFAULT: u64 = 1 << 30;
+    memory_limit.map_or(DEFAULT, |l| DEFAULT.min(l / 4))
+}
+
+/// An argument a worker received, ready to decode (or to move in).
 pub(crate) enum Arg<'a> {
     Inline(&'a [u8]),
     Mapped(Mapped),
+    /// A value this worker kept; taken when the call is made.
+    Kept(Option<Held>),
 }
 
 impl Arg<'_> {
-    pub(crate) fn bytes(&self) -> &[u8] {
+    /// The argument as the task's call takes it.
+    pub(crate) fn value(&mut self) -> ArgValue<'_> {
         match self {
-            Arg::Inline(b) => b,
-            Arg::Mapped(m) => m.as_ref(),
+            Arg::Inline(b) => ArgValue::Encoded(b),
+            Arg::Mapped(m) => ArgValue::Encoded(<Mapped as AsRef<[u8]>>::as_ref(m)),
+            Arg::Kept(h) => match h.take() {
+                Some(h) => ArgValue::Held(h),
+                None => ArgValue::Encoded(&[]),
+            },
         }
     }
 }
 
+/// Where a result's encoding goes while it is made: memory up to
+/// [`INLINE_MAX`] bytes, then a file of the store, written as it is encoded
+/// (never a second copy of a large value in memory).
+struct Spill<'a> {
+    store: &'a WorkerStore,
+    reference: StoredRef,
+    buf: Vec<u8>,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+    written: u64,
+    /// Free bytes in the store's file system when the file was created.
+    free: Option<u64>,
+}
+
+impl io::Write for Spill<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.file.is_none() {
+            if self.buf.len() + data.len() <= INLINE_MAX {
+                self.buf.extend_from_slice(data);
+                return Ok(data.len());
+            }
+            self.free = (self.store.free)(&self.store.dir);
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(self.store.path(&self.reference))?;
+            let mut file = std::io::BufWriter::with_capacity(1 << 20, file);
+            let head = std::mem::take(&mut self.buf);
+            file.write_all(&head)?;
+            self.written = head.len() as u64;
+            self.file = Some(file);
+        }
+        let file = self.file.as_mut().expect("created above");
+        file.write_all(data)?;
+        self.written += data.len() as u64;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.file {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Free bytes for this user in the file system of `dir`.
+fn free_space(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the struct it is given; the path is a
+    // NUL-terminated string that lives across the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// The error of a result that does not fit in the store: its size, the
+/// space there was, and where.
+fn too_large_for_store(size: &str, free: u64, dir: &Path) -> String {
+    format!(
+        "its result is {size} bytes encoded, more than the {free} bytes free in the cluster's result store {} (results larger than {INLINE_MAX} bytes are stored there; on /dev/shm that is memory: free some, or enlarge /dev/shm)",
+        dir.display()
+    )
+}
+
 impl WorkerStore {
-    pub(crate) fn new(id: u64, dir: PathBuf, worker: u32) -> WorkerStore {
+    pub(crate) fn new(id: u64, dir: PathBuf, worker: u32, keep_budget: u64) -> WorkerStore {
         WorkerStore {
             id,
             dir,
             worker,
             next: AtomicU64::new(1),
+            kept: Mutex::new(Kept {
+                values: Default::default(),
+                bytes: 0,
+                budget: keep_budget,
+            }),
+            free: free_space,
         }
     }
 
-    /// The payload of a result: inline when small, else written to the store.
-    pub(crate) fn put(&self, value: Vec<u8>) -> Result<Payload, String> {
-        if value.len() <= INLINE_MAX {
-            return Ok(Payload::Inline(ByteBuf::from(value)));
-        }
-        let reference = StoredRef {
+    fn path(&self, r: &StoredRef) -> PathBuf {
+        self.dir.join(r.file_name())
+    }
+
+    /// The payload of a result: inline when small, else written to the
+    /// store as it is encoded. A stored value is kept in memory too (within
+    /// the budget), for the next task on this worker that takes it.
+    pub(crate) fn put(&self, value: Held) -> Result<Payload, String> {
+        let mut reference = StoredRef {
             store: self.id,
             worker: self.worker,
             seq: self.next.fetch_add(1, Ordering::Relaxed),
-            len: value.len() as u64,
+            len: 0,
         };
-        let path = self.dir.join(reference.file_name());
-        std::fs::write(&path, &value).map_err(|e| {
-            let _ = std::fs::remove_file(&path);
-            format!(
-                "its result ({} bytes) could not be written to the cluster's result store {}: {e}",
-                value.len(),
-                self.dir.display()
-            )
-        })?;
+        if let Some(len) = value.encoded_len().filter(|&l| l > INLINE_MAX as u64) {
+            // Known before encoding: refused at once when it cannot fit.
+            if let Some(free) = (self.free)(&self.dir).filter(|&f| f < len) {
+                return Err(too_large_for_store(&len.to_string(), free, &self.dir));
+            }
+        }
+        let mut spill = Spill {
+            store: self,
+            reference,
+            buf: Vec::new(),
+            file: None,
+            written: 0,
+            free: None,
+        };
+        let encoded = value
+            .encode_into(&mut spill)
+            .and_then(|()| io::Write::flush(&mut spill).map_err(|e| e.to_string()));
+        let Spill {
+            buf,
+            file,
+            written,
+            free,
+            ..
+        } = spill;
+        let Some(file) = file else {
+            encoded.map_err(|e| format!("its result could not be serialized: {e}"))?;
+            return Ok(Payload::Inline(ByteBuf::from(buf)));
+        };
+        drop(file);
+        if let Err(e) = encoded {
+            let _ = std::fs::remove_file(self.path(&reference));
+            let short = free.is_some_and(|f| written + INLINE_MAX as u64 >= f);
+            return Err(if short {
+                let size = format!("at least {written}");
+                format!(
+                    "{} ({e})",
+                    too_large_for_store(&size, free.unwrap_or(0), &self.dir)
+                )
+            } else {
+                format!(
+                    "its result could not be written to the cluster's result store {} after {written} bytes: {e}",
+                    self.dir.display()
+                )
+            });
+        }
+        reference.len = written;
+        self.keep(reference, value);
         Ok(Payload::Stored(reference))
     }
 
-    /// An argument: its bytes, or its stored value mapped.
+    /// Keeps `value` of stored `reference`, dropping the oldest kept values
+    /// beyond the budget, and those whose files are gone (nothing can ask
+    /// for them any more).
+    fn keep(&self, reference: StoredRef, value: Held) {
+        let mut kept = lock(&self.kept);
+        if reference.len > kept.budget {
+            return;
+        }
+        let dir = &self.dir;
+        let before = kept.values.len();
+        kept.values
+            .retain(|(r, _)| dir.join(r.file_name()).exists());
+        if kept.values.len() != before {
+            kept.bytes = kept.values.iter().map(|(r, _)| r.len).sum();
+        }
+        while kept.bytes + reference.len > kept.budget {
+            match kept.values.pop_front() {
+                Some((r, _)) => kept.bytes -= r.len,
+                None => break,
+            }
+        }
+        kept.bytes += reference.len;
+        kept.values.push_back((reference, value));
+    }
+
+    /// Takes the value of `r` if this worker keeps it.
+    fn take_kept(&self, r: &StoredRef) -> Option<Held> {
+        if r.worker != self.worker {
+            return None;
+        }
+        let mut kept = lock(&self.kept);
+        let at = kept.values.iter().position(|(k, _)| k == r)?;
+        let (_, value) = kept.values.remove(at)?;
+        kept.bytes -= r.len;
+        Some(value)
+    }
+
+    /// How many values this worker keeps (for tests).
+    #[cfg(test)]
+    fn kept(&self) -> usize {
+        lock(&self.kept).values.len()
+    }
+
+    /// An argument: its bytes, the value this worker kept, or its stored
+    /// value mapped.
     pub(crate) fn get<'a>(&self, payload: &'a Payload) -> Result<Arg<'a>, String> {
         match payload {
             Payload::Inline(b) => Ok(Arg::Inline(b)),
@@ -379,7 +670,10 @@ impl WorkerStore {
                 "an argument refers to another cluster's result store ({:x}, this worker's is {:x})",
                 r.store, self.id
             )),
-            Payload::Stored(r) => map(&self.dir.join(r.file_name()), r.len).map(Arg::Mapped),
+            Payload::Stored(r) => match self.take_kept(r) {
+                Some(value) => Ok(Arg::Kept(Some(value))),
+                None => map(&self.path(r), r.len).map(Arg::Mapped),
+            },
         }
     }
 }
@@ -392,19 +686,39 @@ mod tests {
         std::fs::read_dir(dir).map_or(0, |d| d.count())
     }
 
+    const BUDGET: u64 = 1 << 30;
+
+    /// The encoded bytes of an argument that is not a kept value.
+    fn encoded(arg: &mut Arg<'_>) -> Vec<u8> {
+        match arg.value() {
+            ArgValue::Encoded(b) => b.to_vec(),
+            ArgValue::Held(h) => panic!("a kept {}, not bytes", h.type_name()),
+        }
+    }
+
     #[test]
     fn a_large_value_is_stored_read_by_reference_and_deleted_with_its_last_holder() {
         let store = Store::create().unwrap();
-        let worker = WorkerStore::new(store.id(), store.dir().to_owned(), 3);
-        let small = worker.put(vec![1; 10]).unwrap();
-        assert!(matches!(small, Payload::Inline(_)));
-        let value: Vec<u8> = (0..INLINE_MAX as u32 * 2).map(|i| i as u8).collect();
-        let payload = worker.put(value.clone()).unwrap();
+        let worker = WorkerStore::new(store.id(), store.dir().to_owned(), 3, BUDGET);
+        let small = worker.put(Held::new(vec![1u8; 10])).unwrap();
+        assert!(
+            matches!(&small, Payload::Inline(b) if b[..] == flowrun_core::encode_value(&vec![1u8; 10]).unwrap()[..])
+        );
+        let raw: Vec<u8> = (0..INLINE_MAX as u32 * 2).map(|i| i as u8).collect();
+        let value = flowrun_core::encode_value(&raw).unwrap();
+        let payload = worker.put(Held::new(raw.clone())).unwrap();
         let Payload::Stored(reference) = payload.clone() else {
             panic!("a large value goes to the store");
         };
         assert_eq!(reference.len, value.len() as u64);
-        assert_eq!(worker.get(&payload).unwrap().bytes(), &value[..]);
+        assert_eq!(std::fs::read(worker.path(&reference)).unwrap(), value);
+        // The first task on this worker takes the value itself; later ones
+        // read the file.
+        let ArgValue::Held(kept) = worker.get(&payload).unwrap().value() else {
+            panic!("the worker kept the value it stored");
+        };
+        assert_eq!(kept.encode().unwrap(), value);
+        assert_eq!(encoded(&mut worker.get(&payload).unwrap()), value);
         assert_eq!(entries(store.dir()), 1);
 
         // Through the wire encoding, as the scheduler moves it.
@@ -435,7 +749,7 @@ mod tests {
         assert_eq!(entries(store.dir()), 0, "the last holder deletes it");
 
         let dir = store.dir().to_owned();
-        let kept = worker.put(value).unwrap().into_bytes().unwrap();
+        let kept = worker.put(Held::new(raw)).unwrap().into_bytes().unwrap();
         store.close();
         assert!(!dir.exists(), "closing removes the store");
         let e = flowrun_core::external::resolve(&kept).unwrap_err();
@@ -445,8 +759,9 @@ mod tests {
     #[test]
     fn a_truncated_or_foreign_reference_is_a_clear_error() {
         let store = Store::create().unwrap();
-        let worker = WorkerStore::new(store.id(), store.dir().to_owned(), 0);
-        let Payload::Stored(mut r) = worker.put(vec![7; INLINE_MAX + 1]).unwrap() else {
+        let worker = WorkerStore::new(store.id(), store.dir().to_owned(), 0, 0);
+        let Payload::Stored(mut r) = worker.put(Held::new(vec![7u8; INLINE_MAX + 1])).unwrap()
+        else {
             panic!("stored");
         };
         r.len += 5;
@@ -455,5 +770,57 @@ mod tests {
         r.store ^= 1;
         let e = worker.get(&Payload::Stored(r)).err().unwrap();
         assert!(e.contains("another cluster"), "{e}");
+    }
+
+    #[test]
+    fn a_worker_keeps_stored_values_within_its_budget_and_forgets_deleted_ones() {
+        let store = Store::create().unwrap();
+        let size = INLINE_MAX * 4;
+        // Room for two values (and their length prefixes) but not three.
+        let worker = WorkerStore::new(
+            store.id(),
+            store.dir().to_owned(),
+            1,
+            (2 * size + 16) as u64,
+        );
+        let put = |fill: u8| worker.put(Held::new(vec![fill; size])).unwrap();
+        let (a, b, c) = (put(1), put(2), put(3));
+        assert_eq!(worker.kept(), 2, "the oldest went beyond the budget");
+        assert!(matches!(worker.get(&a).unwrap(), Arg::Mapped(_)));
+        assert!(matches!(worker.get(&c).unwrap(), Arg::Kept(Some(_))));
+        assert!(
+            matches!(worker.get(&c).unwrap(), Arg::Mapped(_)),
+            "taken once"
+        );
+        // A value whose file the flow deleted is dropped at the next store.
+        let Payload::Stored(rb) = b else {
+            panic!("stored")
+        };
+        std::fs::remove_file(worker.path(&rb)).unwrap();
+        let _d = put(4);
+        assert_eq!(worker.kept(), 1);
+        // A value larger than the budget is stored, not kept.
+        let small = WorkerStore::new(store.id(), store.dir().to_owned(), 2, 10);
+        let p = small.put(Held::new(vec![5u8; size])).unwrap();
+        assert!(matches!(small.get(&p).unwrap(), Arg::Mapped(_)));
+    }
+
+    #[test]
+    fn a_result_larger_than_the_free_space_fails_at_once_naming_its_size() {
+        let store = Store::create().unwrap();
+        assert!(free_space(store.dir()).is_some(), "statvfs of the store");
+        let mut worker = WorkerStore::new(store.id(), store.dir().to_owned(), 0, BUDGET);
+        worker.free = |_| Some(1000);
+        let e = worker.put(Held::new(vec![0u8; 1 << 20])).unwrap_err();
+        let size = (1u64 << 20) + 3;
+        assert!(
+            e.contains(&format!("{size} bytes")) && e.contains("1000 bytes free"),
+            "{e}"
+        );
+        assert_eq!(entries(store.dir()), 0, "refused before writing");
+        // Of a size known only once encoded: refused when the write fails,
+        // naming what was written (here it fits: the check is not guessed).
+        let p = worker.put(Held::new(vec![1u16; 1 << 16])).unwrap();
+        assert!(matches!(p, Payload::Stored(_)));
     }
 }

@@ -203,8 +203,9 @@ pub(super) enum ToWorker<A = Assignment> {
         reason: String,
     },
     Run(Vec<A>),
-    /// Outcomes of submissions this worker made.
-    Resolved(Vec<(u64, Result<serde_bytes::ByteBuf, WireError>)>),
+    /// Outcomes of submissions this worker made: a large result by
+    /// reference to the cluster's result store, as any other.
+    Resolved(Vec<(u64, Result<super::store::Payload, WireError>)>),
     Shutdown,
     /// Drop these tasks if they have not started; each dropped one is
     /// answered with a `Cancelled` completion.
@@ -236,4 +237,7 @@ pub(super) enum ToScheduler {
     Handled(Vec<u64>),
     /// Task code takes or gives back concurrency slots (see `slots`).
     Slots(super::slots::SlotAsk),
+    /// Submissions of a task that finished: their results, which the
+    /// worker read by reference, may be freed.
+    Released(Vec<u64>),
 }

@@ -12,6 +12,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use flowrun_core::plumbing::{lock, wait};
 use serde::{Deserialize, Serialize};
 
 use super::output::Capture;
@@ -38,6 +39,8 @@ pub(crate) struct WorkerConfig {
     /// The cluster's result store.
     pub store_id: u64,
     pub store_dir: std::path::PathBuf,
+    /// How many bytes of stored results the worker keeps as values.
+    pub keep_bytes: u64,
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -88,6 +91,7 @@ pub(crate) enum Outgoing {
     Submit(super::wire::Submission),
     Handled(Vec<u64>),
     Slots(super::slots::SlotAsk),
+    Released(Vec<u64>),
 }
 
 /// Tasks by priority then submission order, and whether the queue closed.
@@ -118,7 +122,7 @@ impl Ord for QueuedTask {
 
 impl Queue {
     fn push(&self, tasks: Vec<Assignment>) {
-        let mut g = self.heap.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = lock(&self.heap);
         let n = tasks.len();
         for t in tasks {
             g.0.push((t.priority, Reverse(t.seq), QueuedTask(t)));
@@ -132,7 +136,7 @@ impl Queue {
     }
 
     fn pop(&self) -> Option<Assignment> {
-        let mut g = self.heap.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = lock(&self.heap);
         loop {
             if let Some((_, _, t)) = g.0.pop() {
                 return Some(t.0);
@@ -140,13 +144,13 @@ impl Queue {
             if g.1 {
                 return None;
             }
-            g = self.cond.wait(g).unwrap_or_else(|p| p.into_inner());
+            g = wait(&self.cond, g);
         }
     }
 
     /// Takes out the tasks of `ids` that have not started; returns their ids.
     fn cancel(&self, ids: &[u64]) -> Vec<u64> {
-        let mut g = self.heap.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = lock(&self.heap);
         let mut dropped = Vec::new();
         g.0.retain(|(_, _, t)| {
             let hit = ids.contains(&t.0.id);
@@ -159,7 +163,7 @@ impl Queue {
     }
 
     fn close(&self) {
-        self.heap.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+        lock(&self.heap).1 = true;
         self.cond.notify_all();
     }
 }
@@ -307,19 +311,18 @@ fn run_assignment(task: &Assignment, run: &str, store: &WorkerStore) -> Result<P
         panic: false,
         message,
     };
-    let held = task
+    let mut held = task
         .args
         .iter()
         .map(|a| store.get(a))
         .collect::<Result<Vec<_>, _>>()
         .map_err(runner_error)?;
-    let args: Vec<&[u8]> = held.iter().map(|a| a.bytes()).collect();
+    let args = held.iter_mut().map(|a| a.value()).collect();
     IN_TASK.with(|t| t.set(true));
     PANIC_AT.with(|p| p.borrow_mut().take());
-    let result = entry.run_attempt(&args, run, task.hooks);
+    let result = entry.run_held_attempt(args, run, task.hooks);
     IN_TASK.with(|t| t.set(false));
     // Unmapped before the result is written: the worker holds one value less.
-    drop(args);
     drop(held);
     let result = result.map_err(|e| {
         let panic = *e.kind() == flowrun_core::TaskErrorKind::Panic;
@@ -386,6 +389,7 @@ fn send(
                 Outgoing::Submit(s) => submits.push(s),
                 Outgoing::Handled(ids) => other.push(ToScheduler::Handled(ids)),
                 Outgoing::Slots(a) => other.push(ToScheduler::Slots(a)),
+                Outgoing::Released(ids) => other.push(ToScheduler::Released(ids)),
             }
         }
         let mut batch = Vec::with_capacity(5);
@@ -490,7 +494,11 @@ pub(crate) fn serve(
     super::transport::handshake::join(&stream, &secret, config.worker, crate::build_id::current())?;
 
     let (out_tx, out_rx) = crossbeam_channel::unbounded::<Outgoing>();
-    let link = super::forward::Link::new(out_tx.clone(), config.name.clone());
+    let link = super::forward::Link::new(
+        out_tx.clone(),
+        config.name.clone(),
+        config.store_dir.clone(),
+    );
     let writer = stream.try_clone().map_err(|e| e.to_string())?;
     let writer_link = link.clone();
     std::thread::Builder::new()
@@ -519,7 +527,12 @@ pub(crate) fn serve(
     };
     let ex = Arc::new(Executors {
         link: link.clone(),
-        store: WorkerStore::new(config.store_id, config.store_dir.clone(), config.worker),
+        store: WorkerStore::new(
+            config.store_id,
+            config.store_dir.clone(),
+            config.worker,
+            config.keep_bytes,
+        ),
         queue: Queue {
             heap: Mutex::new((BinaryHeap::new(), false)),
             cond: Condvar::new(),

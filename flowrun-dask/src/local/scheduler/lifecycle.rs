@@ -106,6 +106,8 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
             return;
         };
         self.launcher.kill(id);
+        // What its tasks submitted needs no keeping for them any more.
+        self.forwarded.retain(|(w, _), _| *w != id);
         if w.state == WState::Running {
             self.running_changed(-1);
         }

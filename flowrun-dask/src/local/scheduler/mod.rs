@@ -139,10 +139,11 @@ pub(crate) struct Scheduler<L: Launcher, A: Attempt> {
     flow: Option<flowrun_core::FlowHandle>,
     /// Runs cancelled since the last round, by id.
     to_cancel: rustc_hash::FxHashSet<u64>,
-    /// Submissions from workers, by (worker, its id): the flow's run.
-    forwarded: HashMap<(u32, u64), flowrun_core::RunRef>,
     /// Concurrency slots held for workers' task code.
     slots: super::slots::Leases,
+    /// Submissions from workers, by (worker, its id): the flow's run, and
+    /// its future, which holds its result until the submitting task ends.
+    forwarded: HashMap<(u32, u64), (flowrun_core::RunRef, Forwarded)>,
     history: Vec<(std::time::SystemTime, usize)>,
     running_workers: usize,
     stream: std::collections::VecDeque<Bar>,
@@ -236,6 +237,9 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
         self.flush();
     }
 }
+
+/// The future of a run submitted from a worker.
+type Forwarded = flowrun_core::TaskFuture<bytes::Bytes>;
 
 /// Shared by the acceptor: which worker ids may still connect.
 pub(crate) type Expected = Arc<std::sync::Mutex<HashSet<u32>>>;

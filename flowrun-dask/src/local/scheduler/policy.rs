@@ -50,13 +50,18 @@ pub(crate) fn free_slots(w: &Worker, prefetch: usize) -> usize {
 }
 
 /// The running worker with the most free places that can hold a task
-/// needing `needs` (ties: the lowest id). Tasks with resources never wait
-/// in a worker's queue: they need a free thread, since they hold their
-/// resources from the moment they are placed.
+/// needing `needs` (ties: the lowest id), unless `home`, the worker that
+/// keeps the task's largest stored arguments in memory, has a place: then
+/// `home`, where the task takes them without reading and decoding them
+/// (Dask's `worker_objective` weighs the bytes to move the same way; a
+/// busy home is not waited for, the task reads its arguments elsewhere).
+/// Tasks with resources never wait in a worker's queue: they need a free
+/// thread, since they hold their resources from the moment they are placed.
 pub(crate) fn pick_worker<'a>(
     workers: impl Iterator<Item = (&'a u32, &'a Worker)>,
     needs: Option<&Resources>,
     prefetch: usize,
+    home: Option<u32>,
 ) -> Option<u32> {
     let prefetch = if needs.is_some() { 0 } else { prefetch };
     let mut best: Option<(usize, Reverse<u32>)> = None;
@@ -67,6 +72,9 @@ pub(crate) fn pick_worker<'a>(
         let slots = free_slots(w, prefetch);
         if slots == 0 || needs.is_some_and(|n| !w.free.covers(n)) {
             continue;
+        }
+        if home == Some(*id) {
+            return home;
         }
         let key = (slots, Reverse(*id));
         if best.is_none_or(|b| key > b) {

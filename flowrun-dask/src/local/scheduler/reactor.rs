@@ -6,9 +6,9 @@ use std::cmp::Reverse;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::local::store::Payload;
 use crossbeam_channel::Sender;
 use flowrun_core::{ArgSlot, Resources, TaskError, TaskErrorKind};
-use serde_bytes::ByteBuf;
 
 use super::super::wire::{
     AssignmentOut, Completion, Start, Submission, ToScheduler, ToWorker, ToWorkerOut, WireError,
@@ -84,6 +84,7 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
             Reverse(attempt.order()),
             Reverse(attempt.run_id()),
         );
+        let home = attempt.home();
         let mut task = Task {
             key,
             task_name: attempt.task_name(),
@@ -97,6 +98,7 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
             started: None,
             deaths: None,
             cancelled: false,
+            home,
             since: Instant::now(),
         };
         if let Some(n) = task.needs.as_deref() {
@@ -226,7 +228,7 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
             }
             ToScheduler::Handled(ids) => {
                 for id in ids {
-                    if let Some(run) = self.forwarded.remove(&(worker, id)) {
+                    if let Some((run, _)) = self.forwarded.get(&(worker, id)) {
                         run.mark_handled();
                     }
                 }
@@ -234,6 +236,11 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
             ToScheduler::Slots(ask) => {
                 let writer = self.workers.get(&worker).and_then(|w| w.writer.clone());
                 self.slots.ask(worker, ask, self.flow.as_ref(), writer);
+            }
+            ToScheduler::Released(ids) => {
+                for id in ids {
+                    self.forwarded.remove(&(worker, id));
+                }
             }
             ToScheduler::Hello { .. } => {}
         }
@@ -360,7 +367,7 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
     /// outcome back to that worker.
     fn forward(&mut self, worker: u32, s: Submission) {
         let writer = self.workers.get(&worker).and_then(|w| w.writer.clone());
-        let reply = move |result: Result<ByteBuf, WireError>| {
+        let reply = move |result: Result<Payload, WireError>| {
             if let Some(w) = &writer {
                 let _ = w.send(ToWorker::Resolved(vec![(s.id, result)]));
             }
@@ -388,14 +395,16 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
             Err(e) => reply(Err(WireError::from_task_error(&e))),
             Ok(future) => {
                 let run = future.run_ref();
-                self.forwarded.insert((worker, s.id), run.clone());
+                // The future keeps the result (and a stored one's file) for
+                // the worker to read until the submitting task finishes.
+                self.forwarded.insert((worker, s.id), (run.clone(), future));
                 let done = run.clone();
                 run.on_final(move || {
                     let result = match done.error() {
                         Some(e) => Err(WireError::from_task_error(&e)),
                         None => done
                             .encoded_result()
-                            .and_then(|b| crate::local::store::Payload::inline(&b))
+                            .and_then(|b| Payload::by_reference(&b))
                             .map_err(|e| WireError::from_task_error(&e)),
                     };
                     reply(result);
@@ -455,7 +464,8 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
                 }
             };
             let needs = (group != PLAIN).then(|| self.queue.needs(group));
-            match policy::pick_worker(self.workers.iter(), needs, prefetch) {
+            let home = self.tasks.get(tid).and_then(|t| t.home);
+            match policy::pick_worker(self.workers.iter(), needs, prefetch, home) {
                 Some(wid) => {
                     self.queue.pop(group);
                     self.assign(tid, wid);

@@ -36,6 +36,11 @@ pub(crate) trait Attempt: Send + 'static {
     fn task_hooks(&self) -> Option<flowrun_core::TaskHookCall> {
         None
     }
+    /// The worker that holds most of its stored arguments in memory, where
+    /// it runs without reading them (see `policy::pick_worker`).
+    fn home(&self) -> Option<u32> {
+        None
+    }
     /// The attempt started on `worker`.
     fn started(&self, worker: Arc<str>);
     /// The attempt's outcome.
@@ -78,6 +83,9 @@ impl Attempt for Call {
     }
     fn task_hooks(&self) -> Option<flowrun_core::TaskHookCall> {
         self.job.task_hooks()
+    }
+    fn home(&self) -> Option<u32> {
+        super::super::store::home(&self.job.shared_args())
     }
     fn started(&self, worker: Arc<str>) {
         self.job.started_at(worker);
@@ -129,6 +137,8 @@ pub(crate) struct Task<A> {
     pub deaths: Option<Box<Vec<String>>>,
     /// A cancel was sent to its worker; its slot frees when the worker answers.
     pub cancelled: bool,
+    /// The worker that keeps its largest stored arguments in memory.
+    pub home: Option<u32>,
     pub since: Instant,
 }
 

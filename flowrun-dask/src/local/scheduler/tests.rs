@@ -25,6 +25,8 @@ struct Fake {
     run_id: u64,
     order: u64,
     outcomes: Outcomes,
+    /// The worker keeping its stored arguments.
+    home: Option<u32>,
 }
 
 impl Attempt for Fake {
@@ -45,6 +47,9 @@ impl Attempt for Fake {
     }
     fn args(&self) -> Arc<[ArgSlot]> {
         Arc::from(Vec::new())
+    }
+    fn home(&self) -> Option<u32> {
+        self.home
     }
     fn started(&self, _worker: Arc<str>) {}
     fn finish(self, result: Result<Bytes, TaskError>) {
@@ -146,6 +151,24 @@ impl Harness {
         run
     }
 
+    /// Submits a run whose stored arguments worker `home` keeps.
+    fn submit_at_home(&mut self, key: &'static str, home: u32) -> u64 {
+        let run = self.next_run;
+        self.next_run += 1;
+        self.s.handle(Event::Submit {
+            attempt: Fake {
+                key,
+                run_id: run,
+                order: run,
+                outcomes: self.outcomes.clone(),
+                home: Some(home),
+            },
+            priority: 0,
+            needs: None,
+        });
+        run
+    }
+
     fn submit_needing(&mut self, key: &'static str, needs: Resources) -> u64 {
         let run = self.next_run;
         self.next_run += 1;
@@ -167,6 +190,7 @@ impl Harness {
             run_id: run,
             order,
             outcomes: self.outcomes.clone(),
+            home: None,
         };
         self.s.handle(Event::Submit {
             attempt,
@@ -686,4 +710,37 @@ fn a_closed_connection_waits_for_the_exit_status_before_requeueing() {
     assert!(h.s.tasks.get(t).is_some(), "requeued");
     assert_eq!(h.s.tasks.get(t).unwrap().deaths.as_ref().unwrap().len(), 1);
     assert!(h.s.tasks.get(t).unwrap().deaths.as_ref().unwrap()[0].contains("SIGSEGV"));
+}
+
+#[test]
+fn a_task_runs_where_its_stored_arguments_are_kept_unless_that_worker_is_busy() {
+    let mut h = Harness::running(2, 1, Resources::new());
+    // Ties go to the lowest id: worker 0 would take it without a home.
+    let a = h.submit_at_home("step", 1);
+    h.pump();
+    assert_eq!(
+        h.assigned(1).iter().map(|x| x.1).collect::<Vec<_>>(),
+        vec![a]
+    );
+    assert!(h.assigned(0).is_empty());
+    // Its home is busy (one thread, nothing prefetched for an unmeasured
+    // task): the next one is not held back, it reads its arguments elsewhere.
+    let b = h.submit_at_home("step", 1);
+    h.pump();
+    assert_eq!(
+        h.assigned(0).iter().map(|x| x.1).collect::<Vec<_>>(),
+        vec![b]
+    );
+    // A home that died is no place: the task goes where there is room.
+    let task_a = h.s.workers[&1].tasks.iter().copied().next().unwrap();
+    h.done(1, task_a, true, Duration::from_millis(5));
+    h.exited(1, "killed by signal 9");
+    let c = h.submit_at_home("step", 1);
+    let task_b = h.s.workers[&0].tasks.iter().copied().next().unwrap();
+    h.done(0, task_b, true, Duration::from_millis(5));
+    h.pump();
+    assert_eq!(
+        h.assigned(0).iter().map(|x| x.1).collect::<Vec<_>>(),
+        vec![c]
+    );
 }

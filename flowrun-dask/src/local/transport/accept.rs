@@ -8,6 +8,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use flowrun_core::plumbing::{lock, wait_timeout};
 
 use super::frame::{self, Oversized, FRAME_LIMIT};
 use super::handshake::{self, Gate, HANDSHAKE_DEADLINE};
@@ -56,7 +57,7 @@ struct Slot(Arc<Slots>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        *self.0.busy.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        *lock(&self.0.busy) -= 1;
         self.0.freed.notify_one();
     }
 }
@@ -64,16 +65,12 @@ impl Drop for Slot {
 impl Slots {
     /// Waits for a free slot; `None` once `closed`.
     fn take(self: &Arc<Self>, closed: &AtomicBool) -> Option<Slot> {
-        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        let mut busy = lock(&self.busy);
         while *busy >= MAX_HANDSHAKES {
             if closed.load(Ordering::Acquire) {
                 return None;
             }
-            busy = self
-                .freed
-                .wait_timeout(busy, Duration::from_millis(100))
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            busy = wait_timeout(&self.freed, busy, Duration::from_millis(100)).0;
         }
         *busy += 1;
         Some(Slot(self.clone()))
@@ -188,10 +185,7 @@ fn report_refusal(
 ) {
     let mut reason = format!("{} (from {peer})", refusal.reason);
     if refusal.worker.is_none() {
-        let report = throttle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .report(Instant::now());
+        let report = lock(throttle).report(Instant::now());
         match report {
             None => {
                 tracing::debug!(target: "flowrun_dask::cluster", "Refused a connection to the cluster: {reason}");

@@ -61,6 +61,7 @@ impl Split for ToScheduler {
             ToScheduler::Log(v) => map(v, ToScheduler::Log),
             ToScheduler::Submit(v) => map(v, ToScheduler::Submit),
             ToScheduler::Handled(v) => map(v, ToScheduler::Handled),
+            ToScheduler::Released(v) => map(v, ToScheduler::Released),
             other => Err(other),
         }
     }

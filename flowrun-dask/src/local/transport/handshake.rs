@@ -11,6 +11,7 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use flowrun_core::plumbing::lock;
 use serde::Deserialize;
 
 use super::frame::{self, HELLO_LIMIT, REPLY_LIMIT};
@@ -254,12 +255,7 @@ fn check(
     if !proof_matches(&given, &proof(&gate.secret, nonce, worker)) {
         return Err(Refusal::new(None, "it does not hold the cluster's secret"));
     }
-    if !gate
-        .expected
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&worker)
-    {
+    if !lock(&gate.expected).remove(&worker) {
         return Err(Refusal::new(
             None,
             format!("worker {worker} is not expected"),

@@ -1,0 +1,157 @@
+//! Task values held as themselves between runs in one process, so that a
+//! worker that computed a value can hand it to the next task it runs without
+//! encoding and decoding it (see [`RegistryEntry::run_held`]).
+//!
+//! [`RegistryEntry::run_held`]: crate::registry::RegistryEntry::run_held
+
+use std::any::Any;
+use std::io::Write;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::task::args::{decode_fast, length_prefix};
+
+/// A task's result held as its typed value, with how to encode it.
+pub struct Held {
+    value: Box<dyn Any + Send>,
+    encode: fn(&(dyn Any + Send), &mut dyn Write) -> Result<(), String>,
+    len: fn(&(dyn Any + Send)) -> Option<u64>,
+    type_name: &'static str,
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Held")
+            .field("type", &self.type_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Writes the encoding of `value` (a `T`) to `out` as it is made, without
+/// a buffer as large as the value: a byte vector as its length prefix and
+/// its bytes, anything else through postcard's writer.
+fn encode_as<T: Serialize + Send + 'static>(
+    value: &(dyn Any + Send),
+    out: &mut dyn Write,
+) -> Result<(), String> {
+    let value = value
+        .downcast_ref::<T>()
+        .ok_or_else(|| format!("a held value is not a `{}`", std::any::type_name::<T>()))?;
+    if let Some(bytes) = (value as &dyn Any).downcast_ref::<Vec<u8>>() {
+        return out
+            .write_all(&length_prefix(bytes.len()))
+            .and_then(|()| out.write_all(bytes))
+            .map_err(|e| e.to_string());
+    }
+    postcard::to_io(value, out).map(drop).map_err(|e| match e {
+        // postcard's own message hides the cause of a failed write.
+        postcard::Error::SerializeBufferFull => {
+            "the encoded value could not be written out".to_owned()
+        }
+        e => e.to_string(),
+    })
+}
+
+/// The encoded length of `value` (a `T`) when it is known without encoding
+/// it: for a byte vector.
+fn len_of<T: Send + 'static>(value: &(dyn Any + Send)) -> Option<u64> {
+    let bytes = value
+        .downcast_ref::<T>()
+        .and_then(|v| (v as &dyn Any).downcast_ref::<Vec<u8>>())?;
+    Some((length_prefix(bytes.len()).len() + bytes.len()) as u64)
+}
+
+impl Held {
+    /// Holds `value`.
+    pub fn new<T: Serialize + Send + 'static>(value: T) -> Held {
+        Held {
+            value: Box::new(value),
+            encode: encode_as::<T>,
+            len: len_of::<T>,
+            type_name: std::any::type_name::<T>(),
+        }
+    }
+
+    /// Writes the value's encoding (as [`crate::encode_value`] makes it) to
+    /// `out` as it is made: a large value is never encoded into memory
+    /// first.
+    pub fn encode_into(&self, out: &mut dyn Write) -> Result<(), String> {
+        (self.encode)(&*self.value, out)
+    }
+
+    /// The value's encoding in memory.
+    pub fn encode(&self) -> Result<Vec<u8>, String> {
+        let mut out = Vec::with_capacity(self.encoded_len().unwrap_or(0) as usize);
+        self.encode_into(&mut out)?;
+        Ok(out)
+    }
+
+    /// The length of the value's encoding when it is known without encoding
+    /// it (a byte vector's).
+    pub fn encoded_len(&self) -> Option<u64> {
+        (self.len)(&*self.value)
+    }
+
+    /// The name of the value's type.
+    pub fn type_name(&self) -> &'static str {
+        self.type_name
+    }
+
+    /// The value as an `A`: itself when it is one, else decoded from its
+    /// encoding (a type with the same encoding, such as a `Vec<u8>` result
+    /// passed to a `Box<[u8]>` argument).
+    pub(crate) fn take<A: DeserializeOwned + 'static>(self) -> Result<A, String> {
+        if self.value.is::<A>() {
+            let value = self.value.downcast::<A>().map_err(|_| "checked")?;
+            return Ok(*value);
+        }
+        decode_fast(&self.encode()?)
+    }
+}
+
+/// One argument slot of a call run in this process: encoded bytes, or a
+/// value this process holds.
+#[derive(Debug)]
+pub enum ArgValue<'a> {
+    /// The argument's encoding.
+    Encoded(&'a [u8]),
+    /// The argument itself.
+    Held(Held),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encode_value;
+
+    #[test]
+    fn a_held_value_encodes_as_encode_value_does_and_is_taken_without_a_copy() {
+        let v: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        let held = Held::new(v.clone());
+        assert_eq!(held.encode().unwrap(), encode_value(&v).unwrap());
+        assert_eq!(
+            held.encoded_len(),
+            Some(encode_value(&v).unwrap().len() as u64)
+        );
+        let ptr = match &held.value.downcast_ref::<Vec<u8>>() {
+            Some(v) => v.as_ptr(),
+            None => unreachable!(),
+        };
+        let back: Vec<u8> = held.take().unwrap();
+        assert_eq!(back.as_ptr(), ptr, "the same buffer, not a copy");
+        assert_eq!(back, v);
+
+        let s = Held::new((3u64, "x".to_owned()));
+        assert_eq!(
+            s.encode().unwrap(),
+            encode_value(&(3u64, "x".to_owned())).unwrap()
+        );
+        assert_eq!(s.encoded_len(), None, "not known without encoding");
+        // Another type with the same encoding decodes.
+        let as_bytes: Box<[u8]> = Held::new(vec![1u8, 2]).take().unwrap();
+        assert_eq!(&as_bytes[..], &[1, 2]);
+        // A type that does not decode is an error, not a panic.
+        assert!(Held::new(7u8).take::<String>().is_err());
+    }
+}
