@@ -4,7 +4,8 @@
 //! Both arrive as `Serialized` objects that the scheduler forwards unchanged.
 //! The result of `check_output` is `bytes`, which Dask ships with
 //! `serializer: "dask", type: "bytes"` and the raw bytes as frames, so no
-//! pickle is involved. An exception is a pickle carried inside such bytes;
+//! pickle is involved; a large result is a `memoryview` of shared memory,
+//! shipped the same way with `type: "memoryview"`. An exception is a pickle carried inside such bytes;
 //! it is read symbolically.
 
 use std::fmt;
@@ -138,7 +139,10 @@ pub(crate) fn decode_bytes(ser: Serialized) -> Result<Vec<u8>, PayloadError> {
         )));
     }
     if serializer != "dask"
-        || !matches!(type_name.as_str(), "bytes" | "builtins.bytes" | "bytearray")
+        || !matches!(
+            type_name.as_str(),
+            "bytes" | "builtins.bytes" | "bytearray" | "memoryview"
+        )
     {
         return Err(PayloadError::Unsupported {
             serializer,
