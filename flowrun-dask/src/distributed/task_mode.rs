@@ -758,6 +758,77 @@ mod tests {
     }
 
     #[test]
+    fn a_large_request_maps_its_file_parts_and_deletes_only_its_own() {
+        let dir = std::env::temp_dir().join(format!("flowrun-request-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (own, held) = (dir.join("own"), dir.join("held"));
+        std::fs::write(&own, b"written for this request").unwrap();
+        std::fs::write(&held, b"a result the worker holds").unwrap();
+        let mut request = 4u64.to_le_bytes().to_vec();
+        for (kind, payload) in [
+            (format::part::INLINE, &b"inline"[..]),
+            (format::part::FILE, own.as_os_str().as_bytes()),
+            (format::part::HELD, held.as_os_str().as_bytes()),
+            (format::part::INLINE, &b""[..]),
+        ] {
+            request.push(kind);
+            request.extend((payload.len() as u64).to_le_bytes());
+            request.extend(payload);
+        }
+        // What follows the request stays for the next read.
+        request.extend(b"next");
+        let path = dir.join("pipe");
+        std::fs::write(&path, &request).unwrap();
+        let mut requests = File::open(&path).unwrap();
+        let Ok(Input::Parts(parts)) = read_request(&mut requests, format::INPUT_IN_FILE) else {
+            panic!("the request was not read as parts");
+        };
+        let parts: Vec<&[u8]> = parts.iter().map(Part::bytes).collect();
+        assert_eq!(
+            parts,
+            [
+                &b"inline"[..],
+                b"written for this request",
+                b"a result the worker holds",
+                b""
+            ]
+        );
+        assert!(!own.exists(), "the request's own file is deleted");
+        assert!(held.exists(), "a held result stays");
+        let mut rest = Vec::new();
+        requests.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, b"next");
+
+        // A part that cannot be mapped fails the request, after all of it
+        // is read, and its own files still go.
+        std::fs::write(&own, b"x").unwrap();
+        let mut request = 2u64.to_le_bytes().to_vec();
+        for (kind, payload) in [
+            (
+                format::part::HELD,
+                dir.join("missing").as_os_str().as_bytes().to_vec(),
+            ),
+            (format::part::FILE, own.as_os_str().as_bytes().to_vec()),
+        ] {
+            request.push(kind);
+            request.extend((payload.len() as u64).to_le_bytes());
+            request.extend(payload);
+        }
+        request.extend(b"next");
+        std::fs::write(&path, &request).unwrap();
+        let mut requests = File::open(&path).unwrap();
+        let Err(e) = read_request(&mut requests, format::INPUT_IN_FILE) else {
+            panic!("a missing file was mapped");
+        };
+        assert!(e.to_string().contains("missing"), "{e}");
+        assert!(!own.exists());
+        let mut rest = Vec::new();
+        requests.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, b"next");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn long_output_keeps_its_end_from_a_line_start() {
         let mut text = vec![b'x'; OUTPUT_LIMIT];
         text.extend(b"\nlast line\n");

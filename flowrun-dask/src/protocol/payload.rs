@@ -362,6 +362,25 @@ mod tests {
     }
 
     #[test]
+    fn a_memoryview_result_is_its_bytes() {
+        // A large result is a worker's memoryview of shared memory, which
+        // Dask ships as `type: "memoryview"` with the raw bytes as frames.
+        let mut ser = dask_bytes(vec![b"large".to_vec()], Value::Array(vec![Value::Nil]));
+        ser.header = map(vec![
+            ("serializer", "dask".into()),
+            ("type", "memoryview".into()),
+            (
+                "sub-header",
+                map(vec![
+                    ("format", "B".into()),
+                    ("shape", Value::Array(vec![5.into()])),
+                ]),
+            ),
+        ]);
+        assert_eq!(decode_bytes(ser).unwrap(), b"large");
+    }
+
+    #[test]
     fn other_results_are_clear_errors() {
         let lz4 = dask_bytes(vec![b"x".to_vec()], Value::Array(vec!["lz4".into()]));
         let err = decode_bytes(lz4).unwrap_err().for_key("k");
