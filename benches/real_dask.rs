@@ -7,10 +7,16 @@
 //!   every result; Dask's `Client.map(inc, range(N), pure=False)` of a
 //!   Python function, then `gather`, from the cluster's own Python. Each
 //!   side is timed from the first submit; connecting is not timed.
-//! * A chain of 8 tasks passing 256 MiB: the first makes 256 MiB, each of
-//!   the next six returns its input with one byte more, the last returns the
-//!   length. flowrun with `String`s, Dask with `bytes`, timed from the first
-//!   submit until the length is read.
+//! * A chain of 8 tasks passing 256 MiB, in two kinds, each timed from the
+//!   first submit until the last task's small answer is read:
+//!   - *text*: the first makes 256 MiB, each of the next six returns its
+//!     input with one byte more, the last returns the length (flowrun with
+//!     `String`s, Dask with `bytes`);
+//!   - *numpy-style x + 1* (as in the local cluster's `data`
+//!     bench): the first makes 256 MiB of ones, each of the next six adds 1
+//!     to every byte, the last counts the bytes that are 7 (flowrun with
+//!     `Vec<u8>`, Dask with a numpy `uint8` array; numpy is installed into
+//!     the Dask venv with pip on first use).
 //!
 //! The cluster is one scheduler and 2 workers x 2 threads on 127.0.0.1
 //! (`flowrun-dask/tests/support`). Runs are interleaved (the side that goes
@@ -77,6 +83,37 @@ fn length(data: String) -> usize {
     data.len()
 }
 
+#[task]
+fn ones(mb: usize) -> Vec<u8> {
+    vec![1; mb << 20]
+}
+
+#[task]
+fn plus_one(mut x: Vec<u8>) -> Vec<u8> {
+    for b in &mut x {
+        *b = b.wrapping_add(1);
+    }
+    x
+}
+
+#[task]
+fn count_sevens(x: Vec<u8>) -> usize {
+    x.iter().filter(|&&b| b == 7).count()
+}
+
+#[flow(task_runner = DaskTaskRunner::new())]
+fn bytes_chain_of_eight(mb: usize) -> Duration {
+    let started = Instant::now();
+    let mut last = ones.submit(mb);
+    for _ in 0..6 {
+        last = plus_one.submit(last);
+    }
+    let n = count_sevens.submit(last).result().unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(n, mb << 20);
+    elapsed
+}
+
 #[flow(task_runner = DaskTaskRunner::new())]
 fn chain_of_eight(mb: usize) -> Duration {
     let started = Instant::now();
@@ -103,6 +140,17 @@ def chunk(mb):
 def pass_on(data):
     return data + b"b"
 
+def ones(mb):
+    import numpy as np
+    return np.ones(mb << 20, dtype=np.uint8)
+
+def plus_one(x):
+    return x + 1
+
+def count_sevens(x):
+    import numpy as np
+    return int(np.count_nonzero(x == 7))
+
 client = Client(sys.argv[1], timeout=60)
 what, n = sys.argv[2], int(sys.argv[3])
 started = time.perf_counter()
@@ -110,6 +158,11 @@ if what == "map":
     futures = client.map(inc, range(n), pure=False)
     results = client.gather(futures)
     assert len(results) == n
+elif what == "bytes":
+    last = client.submit(ones, n, pure=False)
+    for _ in range(6):
+        last = client.submit(plus_one, last, pure=False)
+    assert client.submit(count_sevens, last, pure=False).result() == n << 20
 else:
     last = client.submit(chunk, n, pure=False)
     for _ in range(6):
@@ -121,7 +174,7 @@ print(elapsed)
 "#;
 
 /// Runs Dask's side: `"map"` of `n` trivial tasks and a gather, or
-/// `"chain"` of eight tasks passing `n` MiB.
+/// `"chain"` (text) or `"bytes"` (+ 1) of eight tasks passing `n` MiB.
 fn dask_side(python: &std::path::Path, address: &str, what: &str, n: u64) -> Duration {
     let out = Command::new(python)
         .args(["-c", DASK_SIDE, address, what, &n.to_string()])
@@ -137,6 +190,39 @@ fn dask_side(python: &std::path::Path, address: &str, what: &str, n: u64) -> Dur
         .parse()
         .expect("the script prints its time");
     Duration::from_secs_f64(seconds)
+}
+
+/// A flowrun chain: runs it on a runner, passing so many MiB.
+type ChainFlow = fn(DaskTaskRunner, usize) -> Duration;
+
+/// Installs numpy into the Dask venv (its workers run the numpy chain)
+/// unless it is there.
+fn ensure_numpy(python: &std::path::Path) {
+    let has = |python| {
+        Command::new(python)
+            .args(["-c", "import numpy"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if has(python) {
+        return;
+    }
+    eprintln!("real_dask: installing numpy into the Dask venv for the numpy chain");
+    let installed = Command::new(python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "numpy",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        installed && has(python),
+        "could not install numpy into the Dask venv"
+    );
 }
 
 /// CPU seconds used so far by these processes and their finished children
@@ -288,44 +374,50 @@ fn main() {
         );
     }
 
-    let (mut ours, mut theirs) = (vec![], vec![]);
-    for run in 0..runs {
-        let mut flowrun_side = || {
-            ours.push(
-                chain_of_eight
-                    .with_runner(runner())
-                    .call(chain_mb)
-                    .expect("flow failed"),
-            )
-        };
-        let mut dask_run = || {
-            theirs.push(dask_side(
-                &python,
-                &cluster.address,
-                "chain",
-                chain_mb as u64,
-            ))
-        };
-        if run % 2 == 0 {
-            flowrun_side();
-            dask_run();
-        } else {
-            dask_run();
-            flowrun_side();
+    ensure_numpy(&python);
+    let chains: [(&str, &str, ChainFlow); 2] = [
+        ("text", "chain", |runner, mb| {
+            chain_of_eight
+                .with_runner(runner)
+                .call(mb)
+                .expect("flow failed")
+        }),
+        ("numpy-style x + 1", "bytes", |runner, mb| {
+            bytes_chain_of_eight
+                .with_runner(runner)
+                .call(mb)
+                .expect("flow failed")
+        }),
+    ];
+    for (name, what, flowrun_chain) in chains {
+        let (mut ours, mut theirs) = (vec![], vec![]);
+        for run in 0..runs {
+            let mut flowrun_side = || ours.push(flowrun_chain(runner(), chain_mb));
+            let mut dask_run =
+                || theirs.push(dask_side(&python, &cluster.address, what, chain_mb as u64));
+            if run % 2 == 0 {
+                flowrun_side();
+                dask_run();
+            } else {
+                dask_run();
+                flowrun_side();
+            }
+            eprintln!(
+                "chain ({name}) run {run}: flowrun {:.3} s, Dask {:.3} s",
+                ours[run].as_secs_f64(),
+                theirs[run].as_secs_f64()
+            );
         }
-        eprintln!(
-            "chain run {run}: flowrun {:.3} s, Dask {:.3} s",
-            ours[run].as_secs_f64(),
-            theirs[run].as_secs_f64()
+        let (m_ours, m_theirs) = (median(ours.clone()), median(theirs.clone()));
+        println!(
+            "chain of 8 tasks passing {chain_mb} MiB ({name}), median of {runs} runs (seconds):"
+        );
+        println!("  Dask: {:.3}  [{}]", m_theirs.as_secs_f64(), show(&theirs));
+        println!(
+            "  flowrun: {:.3}  [{}]  ratio to Dask {:.2}x",
+            m_ours.as_secs_f64(),
+            show(&ours),
+            m_ours.as_secs_f64() / m_theirs.as_secs_f64()
         );
     }
-    let (m_ours, m_theirs) = (median(ours.clone()), median(theirs.clone()));
-    println!("chain of 8 tasks passing {chain_mb} MiB, median of {runs} runs (seconds):");
-    println!("  Dask: {:.3}  [{}]", m_theirs.as_secs_f64(), show(&theirs));
-    println!(
-        "  flowrun: {:.3}  [{}]  ratio to Dask {:.2}x",
-        m_ours.as_secs_f64(),
-        show(&ours),
-        m_ours.as_secs_f64() / m_theirs.as_secs_f64()
-    );
 }

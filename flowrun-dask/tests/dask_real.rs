@@ -364,6 +364,101 @@ fn dependency_data_moves_between_workers_not_through_the_flow() {
     assert!(grown_read >= 48 << 20, "{grown_read}");
 }
 
+#[task]
+fn append_b(data: String) -> String {
+    let mut data = data;
+    data.push('b');
+    data
+}
+
+#[flow(task_runner = DaskTaskRunner::new())]
+fn appended(mb: usize, links: usize, read_last: bool) -> (usize, bool) {
+    let mut last = blob.submit(mb);
+    for _ in 0..links {
+        last = append_b.submit(last);
+    }
+    if !read_last {
+        return (measure.submit(last).result().unwrap(), true);
+    }
+    let value = last.result().unwrap();
+    let (head, tail) = value.split_at(mb << 20);
+    let intact = head.bytes().all(|b| b == b'a') && tail == "b".repeat(links);
+    (value.len(), intact)
+}
+
+/// Resets the peak resident memory (`VmHWM`) of process `pid`.
+fn reset_peak_memory_of(pid: u32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+}
+
+/// The peak resident memory of process `pid`, in bytes.
+fn peak_memory_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+/// The fds of process `pid` open on large results held in shared memory.
+fn held_results(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|target| target.to_string_lossy().contains("flowrun-result"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_large_value_passes_a_chain_in_shared_memory_and_arrives_intact() {
+    let _t = begin("a_large_value_passes_a_chain_in_shared_memory_and_arrives_intact");
+    // One worker: no value moves between workers (a move reads it).
+    let cluster = Cluster::start(&[WorkerSpec::threads(1)]);
+    let worker = cluster.worker_pids()[0];
+    let (mb, links) = (64, 4);
+    // The warm-up starts the task process and Python's imports.
+    appended
+        .with_runner(runner(&cluster))
+        .call(1, 1, false)
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    reset_peak_memory_of(worker);
+    let before = peak_memory_of(worker);
+    let (length, _) = appended
+        .with_runner(runner(&cluster))
+        .call(mb, links, false)
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert_eq!(length, (mb << 20) + links);
+    // Five values of 64 MiB went from task process to task process through
+    // the worker, which never touched them: they stayed in the shared
+    // memory the task processes wrote and mapped.
+    let grown = peak_memory_of(worker).saturating_sub(before);
+    assert!(
+        grown < 16 << 20,
+        "the worker's peak memory grew by {} MiB passing {mb} MiB values",
+        grown >> 20
+    );
+    // The same chain read by the flow: every byte arrives.
+    let (length, intact) = appended
+        .with_runner(runner(&cluster))
+        .call(mb, links, true)
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert_eq!(length, (mb << 20) + links);
+    assert!(
+        intact,
+        "the value read by the flow is not the one the chain made"
+    );
+    // Released values give their shared memory back.
+    support::poll(
+        "the worker to let go of the flow's results",
+        Duration::from_secs(20),
+        || (held_results(worker) == 0).then_some(()),
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Reads in batches: reading many results costs a few gathers, not one each.
 

@@ -40,9 +40,27 @@ pub(crate) mod reply {
     pub(crate) const RESULT_FILE: u8 = b'R';
 }
 
-/// The request length that says the input is in a file, whose path (u64
-/// length, bytes) follows; the task process deletes the file.
+/// The request length that says the parts of a large request follow one
+/// by one: a u64 count, then for each a [`part`] kind byte, a u64 length
+/// and the payload.
 pub(crate) const INPUT_IN_FILE: u64 = u64::MAX;
+
+/// Kinds of the parts of a large request (see [`INPUT_IN_FILE`]). Large
+/// values do not go through the pipe, which moves them in small pieces (a
+/// process switch each, seconds per 100 MiB on a busy machine), but as
+/// files in shared memory that the task process maps.
+pub(crate) mod part {
+    /// The payload is the part.
+    pub(crate) const INLINE: u8 = b'i';
+    /// The payload is the path of a file holding the part, written for
+    /// this request; the task process deletes it.
+    pub(crate) const FILE: u8 = b'f';
+    /// The payload is the path of a result the worker holds in shared
+    /// memory (`/proc/<worker>/fd/<n>`); it stays.
+    pub(crate) const HELD: u8 = b'p';
+    /// The most parts a request has (a task's arguments and its header).
+    pub(crate) const MOST: u64 = 1 << 20;
+}
 
 /// Results at least this large go through a file (see `reply`).
 pub(crate) const LARGE: usize = 1 << 20;

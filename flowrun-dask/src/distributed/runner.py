@@ -31,21 +31,31 @@ ends what the program printed before it became a task process):
 b"s" (empty) asks to secede, b"o" is
 the task's tagged output, then b"r" the result frame, b"R" the path of a
 file holding it (large results), or b"f" the failure frame ends the call.
-A large request is the length 2**64-1 and the path of a file holding the
-input: a pipe moves large data in small pieces, a process switch each,
-which on a busy machine costs seconds per 100 MiB. The session's Plugin (a Dask WorkerPlugin the flow
+A large request is the length 2**64-1, a u64 count of parts and each part
+as a kind byte, a u64 length and its payload: b"i" the part itself, b"f"
+the path of a file in shared memory holding it (the task process deletes
+it), b"p" the path of a result this worker holds in shared memory: a pipe
+moves large data in small pieces, a process switch each, which on a busy
+machine costs seconds per 100 MiB. A large result (b"R") stays in the
+shared-memory file the task process wrote: the task's value is a read-only
+memoryview of it (bytes-like, so Dask sizes, moves and spills it as any
+bytes), and a task on this worker that takes it as input maps the same
+memory: a value passing a chain is not copied between the worker and its
+task processes. The session's Plugin (a Dask WorkerPlugin the flow
 registers, so workers that join later have it too) stops them when the
 flow run ends; one that dies fails its running call and is replaced.
 """
 
 import heapq
 import itertools
+import mmap
 import os
 import select
 import selectors
 import subprocess
 import threading
 import time
+import weakref
 
 try:
     from distributed.diagnostics.plugin import WorkerPlugin
@@ -205,6 +215,52 @@ def _unlink(path):
         pass
 
 
+# The fd of each result held in shared memory, by the id of its mmap, while
+# the value lives (a finalizer closes it).
+_held = {}
+_proc_fd = os.path.isdir("/proc/self/fd")
+
+
+def _let_go(ident, fd):
+    _held.pop(ident, None)
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _map_result(path):
+    """A large result as a read-only view of the file the task process
+    wrote, not a copy. The name goes at once (a worker that dies leaves
+    nothing in shared memory); the fd stays open while the value lives,
+    so that a task that takes the value opens the same memory."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    _unlink(path)
+    try:
+        m = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    except BaseException:
+        os.close(fd)
+        raise
+    ident = id(m)
+    _held[ident] = fd
+    weakref.finalize(m, _let_go, ident, fd)
+    return memoryview(m)
+
+
+def _held_path(part):
+    """The path by which a task process opens `part`, when it is (all of)
+    a result held in shared memory by this worker, else None."""
+    if not _proc_fd or not isinstance(part, memoryview):
+        return None
+    m = part.obj
+    if not isinstance(m, mmap.mmap) or part.nbytes != len(m):
+        return None
+    fd = _held.get(id(m))
+    if fd is None:
+        return None
+    return "/proc/%d/fd/%d" % (os.getpid(), fd)
+
+
 class _Server:
     """One long-lived task process; one call at a time."""
 
@@ -258,9 +314,11 @@ class _Server:
                 self.hello = None
 
     def _send(self, stdin):
-        """Writes the request: through the pipe, or, when large, as a file
-        in the shared directory, whose path goes through the pipe (a pipe
-        moves large data in small pieces, a process switch each)."""
+        """Writes the request: through the pipe, or, when large, part by
+        part, large parts as files in shared memory whose paths go through
+        the pipe (a pipe moves large data in small pieces, a process switch
+        each). A result this worker holds in shared memory is not written
+        again: its path goes."""
         size = sum(8 + len(part) for part in stdin)
         write = self.proc.stdin.write
         if size < _LARGE:
@@ -268,21 +326,35 @@ class _Server:
             for part in stdin:
                 write(len(part).to_bytes(8, "little"))
                 write(part)
-        else:
-            path = _shared_path("input")
-            try:
+            self.proc.stdin.flush()
+            return
+        made = []
+        try:
+            entries = []
+            for part in stdin:
+                if len(part) < _LARGE:
+                    entries.append((b"i", part))
+                    continue
+                held = _held_path(part)
+                if held is not None:
+                    entries.append((b"p", os.fsencode(held)))
+                    continue
+                path = _shared_path("input")
+                made.append(path)
                 with open(path, "wb") as f:
-                    for part in stdin:
-                        f.write(len(part).to_bytes(8, "little"))
-                        f.write(part)
-            except BaseException:
-                _unlink(path)
-                raise
-            name = os.fsencode(path)
+                    f.write(part)
+                entries.append((b"f", os.fsencode(path)))
             write(_IN_FILE.to_bytes(8, "little"))
-            write(len(name).to_bytes(8, "little"))
-            write(name)
-        self.proc.stdin.flush()
+            write(len(entries).to_bytes(8, "little"))
+            for kind, payload in entries:
+                write(kind)
+                write(len(payload).to_bytes(8, "little"))
+                write(payload)
+            self.proc.stdin.flush()
+        except BaseException:
+            for path in made:
+                _unlink(path)
+            raise
 
     def call(self, stdin, on_secede):
         """(ok, frame, output) of one task."""
@@ -305,8 +377,7 @@ class _Server:
             elif kind == b"R":
                 path = os.fsdecode(bytes(self._read(n)))
                 try:
-                    with open(path, "rb") as f:
-                        return True, f.read(), output
+                    return True, _map_result(path), output
                 finally:
                     _unlink(path)
             else:

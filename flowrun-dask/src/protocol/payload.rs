@@ -4,7 +4,8 @@
 //! Both arrive as `Serialized` objects that the scheduler forwards unchanged.
 //! The result of `check_output` is `bytes`, which Dask ships with
 //! `serializer: "dask", type: "bytes"` and the raw bytes as frames, so no
-//! pickle is involved. An exception is a pickle carried inside such bytes;
+//! pickle is involved; a large result is a `memoryview` of shared memory,
+//! shipped the same way with `type: "memoryview"`. An exception is a pickle carried inside such bytes;
 //! it is read symbolically.
 
 use std::fmt;
@@ -138,7 +139,10 @@ pub(crate) fn decode_bytes(ser: Serialized) -> Result<Vec<u8>, PayloadError> {
         )));
     }
     if serializer != "dask"
-        || !matches!(type_name.as_str(), "bytes" | "builtins.bytes" | "bytearray")
+        || !matches!(
+            type_name.as_str(),
+            "bytes" | "builtins.bytes" | "bytearray" | "memoryview"
+        )
     {
         return Err(PayloadError::Unsupported {
             serializer,
@@ -355,6 +359,25 @@ mod tests {
             Value::Array(vec![Value::Nil, Value::Nil]),
         );
         assert_eq!(decode_bytes(ser).unwrap(), b"abcd");
+    }
+
+    #[test]
+    fn a_memoryview_result_is_its_bytes() {
+        // A large result is a worker's memoryview of shared memory, which
+        // Dask ships as `type: "memoryview"` with the raw bytes as frames.
+        let mut ser = dask_bytes(vec![b"large".to_vec()], Value::Array(vec![Value::Nil]));
+        ser.header = map(vec![
+            ("serializer", "dask".into()),
+            ("type", "memoryview".into()),
+            (
+                "sub-header",
+                map(vec![
+                    ("format", "B".into()),
+                    ("shape", Value::Array(vec![5.into()])),
+                ]),
+            ),
+        ]);
+        assert_eq!(decode_bytes(ser).unwrap(), b"large");
     }
 
     #[test]
