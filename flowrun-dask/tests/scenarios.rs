@@ -891,23 +891,38 @@ fn subflows<R: TaskRunner + Clone>(runner: R) {
 }
 
 // ---------------------------------------------------------------------------
-// Hooks: task hooks run in the flow's process: `on_running` as a run starts,
-// the final-state hooks once, before the result is handed out; flow hooks
-// see the flow run's final state.
+// Hooks: task hooks run where the task runs (the flow's process on the
+// thread pool, a worker's on a cluster): `on_running` as a run starts, the
+// final-state hooks once, before the result is handed out; flow hooks see
+// the flow run's final state.
 
-/// What the hooks saw. The backends' hook scenarios take turns with it.
-static HOOKS_SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// The backends' hook scenarios take turns with the hooks' log.
 static HOOKS_TURN: Mutex<()> = Mutex::new(());
 
+/// Where hooks write what they saw, from whichever process they run in:
+/// every process of a scenario (the flow's, a local worker, a Dask task
+/// process) runs this same test binary.
+fn hooks_log() -> std::path::PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::env::current_exe().ok().hash(&mut h);
+    std::env::temp_dir().join(format!("flowrun-scenario-hooks-{:x}.log", h.finish()))
+}
+
 fn note(seen: String) {
-    HOOKS_SEEN
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(seen);
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(hooks_log())
+        .unwrap();
+    // One write per line: appends from several processes do not interleave.
+    f.write_all(format!("{seen}\n").as_bytes()).unwrap();
 }
 
 fn hooks_seen() -> Vec<String> {
-    let mut seen = HOOKS_SEEN.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let text = std::fs::read_to_string(hooks_log()).unwrap_or_default();
+    let mut seen: Vec<String> = text.lines().map(str::to_owned).collect();
     seen.sort();
     seen
 }
@@ -947,7 +962,7 @@ fn hooked() -> (bool, bool) {
 
 fn task_hooks<R: TaskRunner + Clone>(runner: R) {
     let _turn = HOOKS_TURN.lock().unwrap_or_else(|p| p.into_inner());
-    HOOKS_SEEN.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    let _ = std::fs::remove_file(hooks_log());
     let options = FlowOptions::new().on_completion(flow_completed);
     let got = hooked
         .with_runner(runner)

@@ -189,7 +189,7 @@ impl RunObserver for Recorder {
     fn run_changed(&self, event: &RunEvent) {
         let _ = self.tx.send(Event::Task {
             flow: self.token,
-            run: event.run.clone(),
+            run: crate::writer::RunInfo::of(&event.run),
             state: event.state.clone(),
         });
     }

@@ -77,7 +77,7 @@ pub(crate) enum Event {
     FlowStarted(Box<FlowStart>),
     Task {
         flow: u64,
-        run: RunRef,
+        run: Box<RunInfo>,
         state: State,
     },
     Upstreams {
@@ -90,6 +90,35 @@ pub(crate) enum Event {
     },
     Log(Box<LogLine>),
     Flush(Sender<()>),
+}
+
+/// What a task run's row needs of the run, taken when its state changes.
+/// The writer never holds the run itself: that would keep its result alive
+/// (in the flow's heap, or a file of a cluster's store) until the next
+/// batch, after every future of it was dropped.
+pub(crate) struct RunInfo {
+    pub id: RunId,
+    pub name: String,
+    pub task_name: String,
+    pub task_key: &'static str,
+    pub attempts: u32,
+    pub location: Option<Arc<str>>,
+    pub cache_key: Option<String>,
+}
+
+impl RunInfo {
+    /// The run as it is now.
+    pub(crate) fn of(run: &RunRef) -> Box<RunInfo> {
+        Box::new(RunInfo {
+            id: run.id(),
+            name: run.name(),
+            task_name: run.task_name().to_owned(),
+            task_key: run.task_key(),
+            attempts: run.attempts(),
+            location: run.location(),
+            cache_key: run.cache_key().map(str::to_owned),
+        })
+    }
 }
 
 /// The writer of one home: a handle on its thread.
@@ -245,7 +274,7 @@ fn history_json(changes: &[Change]) -> String {
 /// A task run not yet final (or final but not yet committed).
 struct TaskRow {
     flow: u64,
-    run: RunRef,
+    run: Box<RunInfo>,
     id: Uuid,
     seq: Option<i64>,
     state: StateKind,
@@ -428,12 +457,19 @@ impl Thread {
         }
     }
 
-    fn task_event(&mut self, flow: u64, run: RunRef, state: State, batch: &mut Batch) {
-        let id = run.id();
+    fn task_event(&mut self, flow: u64, run: Box<RunInfo>, state: State, batch: &mut Batch) {
+        let id = run.id;
         let time_ms = millis(state.timestamp());
         let kind = state.kind();
         let task = match self.tasks.get_mut(&id) {
-            Some(t) => t,
+            Some(t) => {
+                // Attempts, worker and cache key as of this change; a late
+                // event of an older state does not take them back.
+                if state.timestamp() >= t.state_time {
+                    t.run = run;
+                }
+                t
+            }
             None => {
                 if self.done.contains_key(&id) || !self.flows.contains_key(&flow) {
                     return;
@@ -525,7 +561,7 @@ impl Thread {
         if let Some(name) = quoted(label, "Task run '") {
             // Lines a worker process sent name their run only; runs that
             // still live are the ones that can be printing.
-            if let Some((id, t)) = self.tasks.iter().find(|(_, t)| t.run.name() == name) {
+            if let Some((id, t)) = self.tasks.iter().find(|(_, t)| t.run.name == name) {
                 return Some((t.flow, Some(*id)));
             }
         }
@@ -717,20 +753,20 @@ impl Thread {
                     t.seq,
                     &*t.id.hyphenated().encode_lower(&mut id_text),
                     flow,
-                    t.run.name(),
-                    t.run.task_name(),
-                    t.run.task_key(),
+                    t.run.name,
+                    t.run.task_name,
+                    t.run.task_key,
                     t.state.as_str(),
                     t.state_name,
                     t.message.as_deref(),
-                    t.run.attempts(),
-                    t.run.location().as_deref(),
+                    t.run.attempts,
+                    t.run.location.as_deref(),
                     t.upstreams,
                     t.created_ms,
                     t.start_ms,
                     t.end_ms,
                     history_json(&t.history),
-                    t.run.cache_key(),
+                    t.run.cache_key.as_deref(),
                 ])?;
                 if t.seq.is_none() {
                     task_seqs.insert(*id, tx.last_insert_rowid());

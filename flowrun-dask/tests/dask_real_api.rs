@@ -9,9 +9,6 @@
 //! missing Dask install fails the tests; nothing is skipped.
 
 mod common;
-// Its helpers are `pub` for flowrun-dask's own tests, which share it.
-#[allow(unreachable_pub)]
-#[path = "../flowrun-dask/tests/support/mod.rs"]
 mod support;
 
 use std::path::PathBuf;

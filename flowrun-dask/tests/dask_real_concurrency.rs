@@ -8,8 +8,6 @@
 //! test: every test begins with [`begin`].
 
 mod common;
-#[allow(unreachable_pub)]
-#[path = "../flowrun-dask/tests/support/mod.rs"]
 mod support;
 
 use std::sync::{Mutex, MutexGuard};
