@@ -50,16 +50,6 @@ fn reset_peak() {
     std::fs::write("/proc/self/clear_refs", "5").expect("reset VmHWM");
 }
 
-/// The kB of a line of /proc/self/status.
-fn status_kb(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// This process's result store directories (one per open cluster).
 fn store_dirs() -> Vec<PathBuf> {
     let prefix = format!("flowrun-store-{}-", std::process::id());
@@ -89,13 +79,13 @@ fn a_large_value_passed_along_a_chain_never_enters_the_flows_memory() {
         // The cluster is up once a first task ran.
         let _ = summary.submit(Vec::<u8>::new()).result().unwrap();
         reset_peak();
-        let start = status_kb("VmRSS:");
+        let start = common::status_kb("VmRSS:");
         let mut value = make.submit(dir.clone(), b'a');
         for _ in 0..3 {
             value = step.submit(value);
         }
         let got = summary.submit(value).result().unwrap();
-        (got, status_kb("VmHWM:").saturating_sub(start))
+        (got, common::status_kb("VmHWM:").saturating_sub(start))
     }
     let dir = common::scratch("store-chain")
         .to_string_lossy()
@@ -142,7 +132,7 @@ fn a_stored_result_outlives_the_worker_that_made_it_and_is_not_recomputed() {
         std::fs::create_dir_all(&dir).unwrap();
         let _ = summary.submit(Vec::<u8>::new()).result().unwrap();
         reset_peak();
-        let start = status_kb("VmRSS:");
+        let start = common::status_kb("VmRSS:");
         let value = make.submit(dir.clone(), b'k');
         value.wait();
         let log = common::lines(&format!("{dir}/executions.log"));
@@ -155,7 +145,7 @@ fn a_stored_result_outlives_the_worker_that_made_it_and_is_not_recomputed() {
             !common::pid_alive(maker as u32)
         }));
         let got = summary.submit(&value).result().unwrap();
-        let peak = status_kb("VmHWM:").saturating_sub(start);
+        let peak = common::status_kb("VmHWM:").saturating_sub(start);
         let read = value.result().unwrap().len();
         (got, read, peak)
     }

@@ -125,16 +125,6 @@ fn through_client(fill: u8) -> (usize, u8) {
     (v.len(), v[BIG - 1])
 }
 
-/// The kB of a line of /proc/self/status.
-fn status_kb(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn a_result_of_a_run_submitted_from_a_task_reaches_it_by_reference_not_through_the_flow() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
@@ -144,9 +134,9 @@ fn a_result_of_a_run_submitted_from_a_task_reaches_it_by_reference_not_through_t
         // The cluster is up once a first task ran.
         let _ = first_and_len.submit(Blob(vec![1])).result().unwrap();
         std::fs::write("/proc/self/clear_refs", "5").expect("reset VmHWM");
-        let start = status_kb("VmRSS:");
+        let start = common::status_kb("VmRSS:");
         let got = through_client.submit(9).result().unwrap();
-        (got, status_kb("VmHWM:").saturating_sub(start))
+        (got, common::status_kb("VmHWM:").saturating_sub(start))
     }
     let ((len, last), peak_kb) = nested().unwrap();
     assert_eq!((len, last), (BIG, 9));
