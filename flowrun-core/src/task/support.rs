@@ -132,34 +132,42 @@ where
     T::Output: Serialize + DeserializeOwned,
 {
     let (slots, target) = crate::cache::serialized::split(slots);
-    let args = <T::Args as SerializedArgs>::decode(slots).map_err(|e| {
-        TaskError::new(
-            TaskErrorKind::Runner,
-            format!(
-                "task '{}' received arguments it cannot decode: {e}",
-                T::meta().name
-            ),
-        )
-    })?;
+    let args = <T::Args as SerializedArgs>::decode(slots).map_err(undecodable::<T>)?;
     let raw = crate::engine::adapters::invoke_blocking::<T>(args, None)?;
     let value = T::outcome(raw)?;
-    let encoded = encode_owned(value).map_err(|e| {
-        TaskError::new(
-            TaskErrorKind::Runner,
-            format!(
-                "task '{}' returned a value that could not be serialized: {e}",
-                T::meta().name
-            ),
-        )
-    })?;
+    let encoded = encode_owned(value).map_err(unserializable::<T>)?;
     if let Some(target) = target {
-        // Written here, where the value was made, before the run is
-        // reported done.
-        let run = crate::exec::context::current_task_run_name()
-            .unwrap_or_else(|| T::meta().name.to_owned());
-        crate::cache::persist(&target, &run, &encoded);
+        persist_here::<T>(&target, &encoded);
     }
     Ok(encoded)
+}
+
+fn undecodable<T: Task>(e: impl std::fmt::Display) -> TaskError {
+    TaskError::new(
+        TaskErrorKind::Runner,
+        format!(
+            "task '{}' received arguments it cannot decode: {e}",
+            T::meta().name
+        ),
+    )
+}
+
+fn unserializable<T: Task>(e: impl std::fmt::Display) -> TaskError {
+    TaskError::new(
+        TaskErrorKind::Runner,
+        format!(
+            "task '{}' returned a value that could not be serialized: {e}",
+            T::meta().name
+        ),
+    )
+}
+
+/// Writes a persisted result here, where the value was made, before the
+/// run is reported done.
+fn persist_here<T: Task>(target: &crate::cache::Target, encoded: &[u8]) {
+    let run =
+        crate::exec::context::current_task_run_name().unwrap_or_else(|| T::meta().name.to_owned());
+    crate::cache::persist(target, &run, encoded);
 }
 
 /// [`run_encoded`] from arguments that may be held values, to a held result:
@@ -172,32 +180,11 @@ where
     T::Output: Serialize + DeserializeOwned,
 {
     let target = crate::cache::serialized::split_held(&mut slots);
-    let args = <T::Args as SerializedArgs>::decode_held(slots).map_err(|e| {
-        TaskError::new(
-            TaskErrorKind::Runner,
-            format!(
-                "task '{}' received arguments it cannot decode: {e}",
-                T::meta().name
-            ),
-        )
-    })?;
+    let args = <T::Args as SerializedArgs>::decode_held(slots).map_err(undecodable::<T>)?;
     let raw = crate::engine::adapters::invoke_blocking::<T>(args, None)?;
     let held = Held::new(T::outcome(raw)?);
     if let Some(target) = target {
-        // As in `run_encoded`: written where the value was made, before the
-        // run is reported done.
-        let encoded = held.encode().map_err(|e| {
-            TaskError::new(
-                TaskErrorKind::Runner,
-                format!(
-                    "task '{}' returned a value that could not be serialized: {e}",
-                    T::meta().name
-                ),
-            )
-        })?;
-        let run = crate::exec::context::current_task_run_name()
-            .unwrap_or_else(|| T::meta().name.to_owned());
-        crate::cache::persist(&target, &run, &encoded);
+        persist_here::<T>(&target, &held.encode().map_err(unserializable::<T>)?);
     }
     Ok(held)
 }
