@@ -552,27 +552,6 @@ fn results_are_read_in_batches_and_a_single_read_is_one_gather() {
 // ---------------------------------------------------------------------------
 // Nothing left behind on a long-lived scheduler.
 
-/// Evaluates `expr` (a Python expression over `s`, the scheduler) on the
-/// scheduler, from a Python Dask client of its own; its repr.
-fn on_scheduler(address: &str, expr: &str) -> String {
-    let script = format!(
-        "from distributed import Client\n\
-         c = Client({address:?}, timeout=60)\n\
-         print(repr(c.run_on_scheduler(lambda dask_scheduler: (lambda s: {expr})(dask_scheduler))))\n\
-         c.close()\n"
-    );
-    let out = std::process::Command::new(venv_python())
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 /// The resident memory of a process, in bytes.
 fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -652,8 +631,11 @@ fn a_flow_of_ten_thousand_tasks_leaves_nothing_on_a_long_lived_scheduler() {
             .call(n)
             .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
         assert_eq!(total, n * (n + 1) / 2);
-        assert_eq!(on_scheduler(&cluster.address, LEFT_BEHIND), nothing);
-        let objects: u64 = on_scheduler(
+        assert_eq!(
+            support::on_scheduler(&cluster.address, LEFT_BEHIND),
+            nothing
+        );
+        let objects: u64 = support::on_scheduler(
             &cluster.address,
             "__import__('gc').collect() * 0 + len(__import__('gc').get_objects())",
         )

@@ -11,7 +11,6 @@
 mod common;
 mod support;
 
-use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -43,31 +42,6 @@ fn runner(cluster: &Cluster) -> DaskTaskRunner {
     DaskTaskRunner::new()
         .address(&cluster.address)
         .client_kwargs(ClientKwargs::new().timeout(Duration::from_secs(60)))
-}
-
-fn venv_python() -> PathBuf {
-    support::venv_bin(&support::dask_version()).join("python")
-}
-
-/// Evaluates `expr` (Python over `s`, the scheduler) on the scheduler, from
-/// a Python client of its own; its repr.
-fn on_scheduler(address: &str, expr: &str) -> String {
-    let script = format!(
-        "from distributed import Client\n\
-         c = Client({address:?}, timeout=60)\n\
-         print(repr(c.run_on_scheduler(lambda dask_scheduler: (lambda s: {expr})(dask_scheduler))))\n\
-         c.close()\n"
-    );
-    let out = std::process::Command::new(venv_python())
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 // ---------------------------------------------------------------------------
@@ -184,7 +158,7 @@ fn fan_in(address: String) -> (i64, (i64, i64), Vec<i64>, Vec<String>, String) {
     let id = flowrun::current_flow_run_id().unwrap();
     let key = |f: &TaskFuture<i64>| format!("{}-{}-1", f.name(), &id[..8]);
     let upstream_keys: Vec<String> = squares.iter().map(key).collect();
-    let deps = on_scheduler(
+    let deps = support::on_scheduler(
         &address,
         &format!(
             // Unquoted keys when the reducer is unknown, so none matches.

@@ -478,3 +478,24 @@ pub(crate) fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Opti
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Evaluates `expr` (a Python expression over `s`, the scheduler) on the
+/// scheduler at `address`, from a Python Dask client of its own; its repr.
+pub(crate) fn on_scheduler(address: &str, expr: &str) -> String {
+    let script = format!(
+        "from distributed import Client\n\
+         c = Client({address:?}, timeout=60)\n\
+         print(repr(c.run_on_scheduler(lambda dask_scheduler: (lambda s: {expr})(dask_scheduler))))\n\
+         c.close()\n"
+    );
+    let out = Command::new(venv_bin(&dask_version()).join("python"))
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
