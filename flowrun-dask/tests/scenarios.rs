@@ -55,11 +55,7 @@ scenarios! {
     // Not on a real Dask cluster yet: a run handed to Dask (which holds it
     // until its upstream is done) is marked Cancelled but still runs there.
     cancellation: threads, local_cluster;
-    // Not on a real Dask cluster yet: a subflow shares its parent's
-    // cluster, whose Dask keys are `<run name>-<tag of the cluster>-<attempt>`,
-    // and run names restart in each flow run, so the child's `t-0` and the
-    // parent's `t-0` are one key (the parent then reads a released result).
-    subflows: threads, local_cluster;
+    subflows: threads, local_cluster, real_dask;
     task_hooks: threads, local_cluster, real_dask;
 }
 

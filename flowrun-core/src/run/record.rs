@@ -576,6 +576,10 @@ pub(crate) trait AnyRun: Send + Sync + 'static {
     fn encoded_result(&self) -> Result<Bytes, TaskError>;
     fn cache_key(&self) -> Option<&str>;
     fn fail_dyn(self: Arc<Self>, error: TaskError) -> bool;
+    /// Empty where the flow run is not known (a hook's run on a worker).
+    fn flow_run_id(&self) -> &str {
+        ""
+    }
 }
 
 impl<T: Send + 'static> AnyRun for RunCell<T> {
@@ -674,6 +678,10 @@ impl<T: Send + 'static> AnyRun for RunCell<T> {
 
     fn fail_dyn(self: Arc<Self>, error: TaskError) -> bool {
         self.fail(error)
+    }
+
+    fn flow_run_id(&self) -> &str {
+        &self.flow.id
     }
 }
 
@@ -775,6 +783,14 @@ impl RunRef {
     /// run's outcome to code elsewhere that reads it.
     pub fn mark_handled(&self) {
         self.0.mark_observed()
+    }
+
+    /// The id of the flow run (or subflow run) the run belongs to: task
+    /// run names restart in each flow run, so a runner that names runs on
+    /// a shared scheduler needs both. Empty for the run a task hook gets on
+    /// a worker process.
+    pub fn flow_run_id(&self) -> &str {
+        self.0.flow_run_id()
     }
 }
 

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use flowrun_core::plumbing::lock;
-use flowrun_core::{Resources, TaskCall, TaskError, TaskErrorKind, Work};
+use flowrun_core::{Resources, RunRef, TaskCall, TaskError, TaskErrorKind, Work};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster::Cluster;
@@ -166,7 +166,8 @@ pub(crate) struct DaskCluster {
     address: String,
     client: Arc<DaskClient>,
     commands: mpsc::UnboundedSender<Command>,
-    /// Eight hex digits of the flow run id, for the keys.
+    /// Eight random hex digits, for the keys of runs whose flow run id is
+    /// not known.
     tag: OnceLock<String>,
     python: Option<PythonCluster>,
     closed: Mutex<bool>,
@@ -246,14 +247,37 @@ impl DaskCluster {
         })
     }
 
-    fn tag(&self) -> &str {
-        self.tag.get_or_init(|| {
-            flowrun_core::current_flow_run_id()
-                .map(|id| id.chars().filter(char::is_ascii_hexdigit).take(8).collect())
-                .filter(|t: &String| t.len() == 8)
-                .unwrap_or_else(|| format!("{:08x}", fastrand::u32(..)))
-        })
+    /// The short id of the flow run `run` belongs to, for its keys: task
+    /// run names restart in each flow run, and subflows share their
+    /// parent's cluster, so the name alone would give a subflow's `t-0` the
+    /// parent's key.
+    fn tag(&self, run: &RunRef) -> String {
+        match flow_tag(run.flow_run_id()) {
+            Some(tag) => tag,
+            None => self
+                .tag
+                .get_or_init(|| format!("{:08x}", fastrand::u32(..)))
+                .clone(),
+        }
     }
+}
+
+/// Eight hex digits of a flow run id (a UUID), if it has them. Dask's
+/// dashboard groups keys by their prefix up to the first word that is a
+/// number or eight hex digits, so `double-0-1a2b3c4d-1` groups as `double`.
+fn flow_tag(flow_run_id: &str) -> Option<String> {
+    let tag: String = flow_run_id
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(8)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    (tag.len() == 8).then_some(tag)
+}
+
+/// The Dask key of an attempt: `<run name>-<flow run tag>-<attempt>`.
+fn attempt_key(run_name: &str, tag: &str, attempt: u32) -> String {
+    format!("{run_name}-{tag}-{attempt}")
 }
 
 impl Cluster for DaskCluster {
@@ -272,7 +296,7 @@ impl Cluster for DaskCluster {
                 return;
             }
         };
-        let key = format!("{}-{}-{attempt}", run.name(), self.tag());
+        let key = attempt_key(&run.name(), &self.tag(&run), attempt);
         let command = Command::Submit(Box::new(Attempt {
             key,
             run,
@@ -433,4 +457,25 @@ pub(crate) fn start_python(
         settings,
         Some(cluster),
     )?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_name_the_run_and_its_flow_run() {
+        let tag = flow_tag("1A2B3C4D-0000-4000-8000-000000000000").unwrap();
+        assert_eq!(tag, "1a2b3c4d");
+        assert_eq!(attempt_key("double-0", &tag, 1), "double-0-1a2b3c4d-1");
+        // Another flow run (a subflow) gives the same run name another key.
+        let other = flow_tag("9f8e7d6c-0000-4000-8000-000000000000").unwrap();
+        assert_ne!(
+            attempt_key("double-0", &tag, 1),
+            attempt_key("double-0", &other, 1)
+        );
+        // Without a flow run id the cluster's random tag is used.
+        assert_eq!(flow_tag(""), None);
+        assert_eq!(flow_tag("abc"), None);
+    }
 }
