@@ -52,9 +52,7 @@ scenarios! {
     map: threads, local_cluster, real_dask;
     futures_inside_collections: threads, local_cluster, real_dask;
     results_and_waiting: threads, local_cluster, real_dask;
-    // Not on a real Dask cluster yet: a run handed to Dask (which holds it
-    // until its upstream is done) is marked Cancelled but still runs there.
-    cancellation: threads, local_cluster;
+    cancellation: threads, local_cluster, real_dask;
     subflows: threads, local_cluster, real_dask;
     task_hooks: threads, local_cluster, real_dask;
 }

@@ -315,6 +315,12 @@ impl Cluster for DaskCluster {
         }
     }
 
+    fn cancel(&self, run: &RunRef) {
+        // The session takes the run's key off the scheduler, if it holds
+        // one that has not finished.
+        let _ = self.commands.send(Command::Cancel(run.id().get()));
+    }
+
     fn close(&self) {
         {
             let mut closed = lock(&self.closed);

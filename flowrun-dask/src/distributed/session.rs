@@ -60,6 +60,9 @@ pub(crate) enum Command {
     Status(oneshot::Sender<Progress>),
     /// No future can read the key's result any more.
     Unheld(String),
+    /// The run (by id) was cancelled before it started: take its key off
+    /// the scheduler, with the keys that depend on it.
+    Cancel(u64),
 }
 
 /// Held by the read function of a completed key; when the run's last
@@ -203,6 +206,7 @@ impl Session {
     async fn commands(&mut self, batch: Vec<Command>) -> Option<oneshot::Sender<()>> {
         let mut tasks = Vec::new();
         let mut close = None;
+        let mut cancels = Vec::new();
         for command in batch {
             match command {
                 Command::Submit(attempt) => {
@@ -225,6 +229,7 @@ impl Session {
                     }
                     self.consider_release(&key);
                 }
+                Command::Cancel(run_id) => cancels.push(run_id),
             }
         }
         if !tasks.is_empty() {
@@ -247,8 +252,69 @@ impl Session {
                 }
             }
         }
+        // After the submission: a run submitted and cancelled in one batch
+        // is cancelled on the scheduler, which then knows its key.
+        self.cancel(cancels).await;
         self.release_pending().await;
         close
+    }
+
+    /// Cancels the keys of runs cancelled before they started (their runs
+    /// are final already) on the scheduler, which cancels the keys that
+    /// depend on them too and reports them all as cancelled: a dependent
+    /// then fails as its upstream's (see `event`). A key that completed or
+    /// failed meanwhile stays as it is; a key Dask already runs is dropped
+    /// there and its result discarded, as Dask cannot stop a running task.
+    async fn cancel(&mut self, runs: Vec<u64>) {
+        let mut keys = Vec::new();
+        for run_id in runs {
+            let Some(key) = self.by_run.get(&run_id).cloned() else {
+                continue;
+            };
+            let Some(entry) = self.entries.get_mut(&key) else {
+                continue;
+            };
+            if !matches!(entry.status, Status::Submitted) {
+                continue;
+            }
+            let error = TaskError::new(TaskErrorKind::Cancelled, "cancelled before it started");
+            entry.status = Status::Failed(error.clone());
+            if let Some(job) = entry.job.take() {
+                job.finish(Err(error));
+            }
+            keys.push(key);
+        }
+        if keys.is_empty() || self.lost.is_some() {
+            return;
+        }
+        // Before any release of these keys: the scheduler cancels only
+        // keys this client still wants.
+        if let Err(e) = self.client.cancel(&keys).await {
+            tracing::debug!(target: "flowrun_dask", "cancelling {} keys: {e}", keys.len());
+        }
+        // Dask reports the dependents cancelled too; they fail here at once
+        // rather than on that word.
+        let mut todo: Vec<String> = keys.clone();
+        while let Some(key) = todo.pop() {
+            let Some(entry) = self.entries.get(&key) else {
+                continue;
+            };
+            for dependent in entry.dependents.clone() {
+                if let Some(error) = self.failed_upstream(&dependent) {
+                    if self
+                        .entries
+                        .get(&dependent)
+                        .is_some_and(|e| matches!(e.status, Status::Submitted))
+                    {
+                        self.fail(&dependent, error);
+                        todo.push(dependent);
+                    }
+                }
+            }
+        }
+        for key in &keys {
+            self.settled(key);
+        }
     }
 
     /// Releases the keys found releasable, in one message.
@@ -362,6 +428,14 @@ impl Session {
         } = attempt;
         if let Some(lost) = &self.lost {
             job.finish(Err(TaskError::new(TaskErrorKind::Crashed, lost.clone())));
+            return None;
+        }
+        // Cancelled while it waited for an upstream of another runner.
+        if run.state().is_final() {
+            let error = run.error().unwrap_or_else(|| {
+                TaskError::new(TaskErrorKind::Cancelled, "cancelled before it started")
+            });
+            job.finish(Err(error));
             return None;
         }
         let header = TaskHeader {
@@ -534,13 +608,15 @@ impl Session {
             ClientEvent::TaskErred { key, error } => self.erred(&key, error),
             ClientEvent::CancelledKeys { keys, reason } => {
                 for key in keys {
-                    self.fail(
-                        &key,
+                    // A dependent of a cancelled run fails as its
+                    // upstream's, as on every runner.
+                    let error = self.failed_upstream(&key).unwrap_or_else(|| {
                         TaskError::new(
                             TaskErrorKind::Cancelled,
                             format!("the Dask scheduler cancelled it: {reason}"),
-                        ),
-                    );
+                        )
+                    });
+                    self.fail(&key, error);
                 }
             }
             ClientEvent::Restarted => self.lose("the Dask cluster was restarted".into()),
@@ -637,14 +713,7 @@ impl Session {
         let Some(blame) = &entry.blame else {
             return;
         };
-        let failed_upstream = entry.upstreams.iter().find_map(|u| {
-            let up = self.entries.get(u)?;
-            match &up.status {
-                Status::Failed(e) => Some(TaskError::upstream_failed(&up.run_name, e)),
-                _ => None,
-            }
-        });
-        let error = match failed_upstream {
+        let error = match self.failed_upstream(key) {
             Some(error) => error,
             None if entry.upstreams.iter().all(|u| {
                 self.entries
@@ -658,6 +727,17 @@ impl Session {
             None => return,
         };
         self.fail(key, error);
+    }
+
+    /// The failure of `key` as its first failed upstream's, if one failed.
+    fn failed_upstream(&self, key: &str) -> Option<TaskError> {
+        self.entries.get(key)?.upstreams.iter().find_map(|u| {
+            let up = self.entries.get(u)?;
+            match &up.status {
+                Status::Failed(e) => Some(TaskError::upstream_failed(&up.run_name, e)),
+                _ => None,
+            }
+        })
     }
 
     fn settle_dependents(&mut self, key: &str) {
@@ -761,7 +841,7 @@ fn refuse_queued(inbox: &mut mpsc::UnboundedReceiver<Command>) {
             Command::Close(done) => {
                 let _ = done.send(());
             }
-            Command::Status(_) | Command::Unheld(_) => {}
+            Command::Status(_) | Command::Unheld(_) | Command::Cancel(_) => {}
         }
     }
 }
