@@ -1,8 +1,9 @@
 //! Concurrency limits on a real Dask cluster (a scheduler and stock Python
-//! workers, as in `dask_real.rs`): tag limits hold across Dask workers,
-//! slots come back on failure, and guards in task code, which cannot reach
-//! the flow's limits there, fail with a clear error instead of running
-//! unlimited.
+//! workers, as in `dask_real.rs`): tag limits hold across Dask workers and
+//! slots come back on failure; guards in task code (`concurrency`, its
+//! async form) take Dask semaphores, so they hold across the workers too,
+//! show in Dask, and come back however the task ends; rate limits in task
+//! code, which Dask has no counterpart for, fail with a clear error.
 //!
 //! The Dask workers run this test binary in task mode, as the current
 //! test: every test begins with [`begin`].
@@ -122,13 +123,13 @@ fn dask_fails() -> Result<u32, String> {
 }
 
 #[task]
-fn dask_guarded() -> Result<u32, concurrency::ConcurrencyError> {
-    let _slot = concurrency("dask-guard", 1)?;
+fn dask_rate_limited() -> Result<u32, concurrency::ConcurrencyError> {
+    concurrency::rate_limit("dask-rate")?;
     Ok(1)
 }
 
 #[test]
-fn on_real_dask_a_failed_run_gives_its_slot_back_and_guards_fail_clearly() {
+fn on_real_dask_a_failed_run_gives_its_slot_back_and_rate_limits_fail_clearly() {
     let _serial = begin();
     let cluster = Cluster::start(&[WorkerSpec::threads(2)]);
     #[flow]
@@ -142,23 +143,135 @@ fn on_real_dask_a_failed_run_gives_its_slot_back_and_guards_fail_clearly() {
             })
             .collect();
         let in_use = concurrency::tag_limit("dask-fail").unwrap().active;
-        let guard = dask_guarded.submit().result().unwrap_err();
-        (kinds, in_use, guard.message().to_owned())
+        let rate = dask_rate_limited.submit().result().unwrap_err();
+        (kinds, in_use, rate.message().to_owned())
     }
-    concurrency::set_limit("dask-guard", 1).unwrap();
+    concurrency::set_rate_limit("dask-rate", 5.0).unwrap();
     let run = failing
         .with_runner(runner(&cluster).tag_limit("dask-fail", 1))
         .return_state();
-    let (kinds, in_use, guard) = run
+    let (kinds, in_use, rate) = run
         .result()
         .cloned()
         .unwrap_or_else(|_| panic!("{}\n{}", run.state(), cluster.logs()));
     assert_eq!(kinds, vec![StateKind::Failed; 3]);
     assert_eq!(in_use, 0);
     assert!(
-        guard.contains("cannot take a slot of concurrency limit 'dask-guard'")
-            && guard.contains("not available in task code on a real Dask cluster"),
-        "{guard}"
+        rate.contains("cannot take a slot of 'dask-rate'")
+            && rate.contains("rate limits are not available in task code on a real Dask cluster"),
+        "{rate}"
     );
+    concurrency::remove_limit("dask-rate");
+}
+
+/// Holds a slot of `dask-guard` for `ms`, recording the span; then ends as
+/// `end` says: "ok", "err" or "panic".
+#[task]
+fn guarded_span(dir: String, ms: u64, end: String) -> Result<u32, String> {
+    let _slot = concurrency("dask-guard", 1).map_err(|e| e.to_string())?;
+    let start = common::now_us();
+    if end == "hold" {
+        common::append(&format!("{dir}/holding"), "1");
+    }
+    std::thread::sleep(Duration::from_millis(ms));
+    let end_us = common::now_us();
+    common::append(
+        &format!("{dir}/spans.log"),
+        &format!("{start} {end_us} {}", std::process::id()),
+    );
+    match end.as_str() {
+        "err" => Err("gave up while holding the slot".into()),
+        "panic" => panic!("panicked while holding the slot"),
+        _ => Ok(1),
+    }
+}
+
+/// The async form, in an async task.
+#[task]
+async fn guarded_async(dir: String) -> Result<u32, String> {
+    let _slot = concurrency::concurrency_async("dask-guard", 1)
+        .await
+        .map_err(|e| e.to_string())?;
+    let start = common::now_us();
+    std::thread::sleep(Duration::from_millis(300));
+    let end = common::now_us();
+    common::append(
+        &format!("{dir}/spans.log"),
+        &format!("{start} {end} {}", std::process::id()),
+    );
+    Ok(1)
+}
+
+/// The leases of the Dask semaphores of limit `name` on the scheduler, as
+/// a Python Dask client sees them: `semaphore name -> (max, held)`.
+fn dask_semaphores(address: &str, name: &str) -> String {
+    support::on_scheduler(
+        address,
+        &format!(
+            "sorted((k, v, len(s.extensions['semaphores'].leases[k])) \
+             for k, v in s.extensions['semaphores'].max_leases.items() \
+             if k.startswith('flowrun-{name}-') and not k.endswith('-gate'))"
+        ),
+    )
+}
+
+#[test]
+fn a_guard_in_task_code_holds_across_dask_workers_and_shows_in_dask() {
+    let _serial = begin();
+    let cluster = Cluster::start(&[WorkerSpec::threads(2), WorkerSpec::threads(2)]);
+    #[flow]
+    fn guarded(dir: String) -> Vec<StateKind> {
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut runs: Vec<_> = ["ok", "err", "ok", "panic", "ok", "ok"]
+            .iter()
+            .map(|end| guarded_span.submit(dir.clone(), 300, end.to_string()))
+            .collect();
+        runs.push(guarded_span.submit(dir.clone(), 4_000, "hold".to_string()));
+        let asynchronous = guarded_async.submit(dir.clone());
+        let mut kinds: Vec<StateKind> = runs
+            .iter()
+            .map(|f| {
+                let _ = f.result();
+                f.state().kind()
+            })
+            .collect();
+        let _ = asynchronous.result();
+        kinds.push(asynchronous.state().kind());
+        kinds
+    }
+    concurrency::set_limit("dask-guard", 1).unwrap();
+    let dir = common::scratch("dask-guard").to_string_lossy().into_owned();
+    let flow_dir = dir.clone();
+    let runner = runner(&cluster);
+    let flow = std::thread::spawn(move || guarded.with_runner(runner).call(flow_dir));
+    // While a run holds the slot, Dask shows the lease.
+    support::poll("a run holding the slot", Duration::from_secs(120), || {
+        (!common::lines(&format!("{dir}/holding")).is_empty()).then_some(())
+    });
+    let during = dask_semaphores(&cluster.address, "dask-guard");
+    let kinds = flow
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let after = dask_semaphores(&cluster.address, "dask-guard");
+    let (most, n, processes) = most_at_once(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
     concurrency::remove_limit("dask-guard");
+    use StateKind::*;
+    assert_eq!(
+        kinds,
+        [Completed, Failed, Completed, Failed, Completed, Completed, Completed, Completed]
+    );
+    assert_eq!(
+        n, 8,
+        "every guarded run ran, also after runs that failed holding the slot"
+    );
+    assert_eq!(most, 1, "at most 1 guarded run at once on the cluster");
+    assert!(processes >= 2, "the runs spread over task processes");
+    // One semaphore of 1 lease, held by the run, then given back.
+    assert!(
+        during.starts_with("[('flowrun-dask-guard-") && during.ends_with(", 1, 1)]"),
+        "{during}"
+    );
+    assert!(after.ends_with(", 1, 0)]"), "{after}");
 }

@@ -59,10 +59,16 @@
 //! Guards in task code on a worker process ask the flow process through a
 //! [`SlotProvider`], which the runner installs in its workers (the local
 //! cluster's workers ask over their link to the scheduler, which takes the
-//! slots here and gives back those of a worker that dies). Task code on a
-//! real Dask cluster has no provider: `concurrency` there fails with a
-//! clear [`ConcurrencyErrorKind::Unavailable`] error, never silently
-//! unlimited. Tag limits do hold on a real Dask cluster.
+//! slots here and gives back those of a worker that dies). On a real Dask
+//! cluster the task processes cannot reach this process: there each named
+//! limit that applies to the flow run ([`limits_for`]) is a Dask semaphore
+//! on the scheduler, shared by every task of the flow run on every worker,
+//! whose leases the task process refreshes while it holds them (a dead
+//! process's leases expire by Dask's lease timeout). Guards in the flow's
+//! own code count in this process, apart from that semaphore. Rate limits
+//! in task code on a real Dask cluster fail with a clear
+//! [`ConcurrencyErrorKind::Unavailable`] error, never silently unlimited.
+//! Tag limits hold on every cluster (they are taken here).
 //!
 //! A limit of 0 is refused when set, and a request for more slots than the
 //! limit has fails at once: neither can hang.
@@ -259,6 +265,51 @@ impl FlowLimits {
             .map(|(run, why)| (run.to_string(), why))
             .collect()
     }
+}
+
+/// A named limit (not a tag limit) that applies to a flow run's runs, as
+/// [`limits_for`] lists them for a runner that enforces them in task code
+/// elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AppliedLimit {
+    /// The limit's name.
+    pub name: String,
+    /// The flow run that sets it, or `None` for a limit of the whole
+    /// process.
+    pub set_by: Option<String>,
+    /// Its number of slots.
+    pub slots: u32,
+    /// Whether it is a rate limit ([`set_rate_limit`]).
+    pub rate: bool,
+}
+
+/// The named limits that apply to the runs of flow run `flow_run_id`: its
+/// own, its parent flow runs', the process's; for each name the innermost.
+/// For runners whose task code runs where this process's limits cannot be
+/// asked (a real Dask cluster's workers enforce them with Dask semaphores).
+/// An empty id gives the process's limits.
+///
+/// ```
+/// use flowrun_core::concurrency;
+///
+/// concurrency::set_limit("limits-for-doc", 2).unwrap();
+/// let all = concurrency::limits_for("");
+/// let limit = all.iter().find(|l| l.name == "limits-for-doc").unwrap();
+/// assert_eq!((limit.slots, limit.set_by.as_deref(), limit.rate), (2, None, false));
+/// ```
+pub fn limits_for(flow_run_id: &str) -> Vec<AppliedLimit> {
+    let scope: Option<Arc<str>> = (!flow_run_id.is_empty()).then(|| Arc::from(flow_run_id));
+    registry()
+        .applying(scope.as_ref())
+        .into_iter()
+        .map(|(name, set_by, slots, rate)| AppliedLimit {
+            name: name.to_string(),
+            set_by: set_by.map(|s| s.to_string()),
+            slots,
+            rate,
+        })
+        .collect()
 }
 
 /// Opens the scope of a flow run's own limits; closed when dropped.

@@ -224,6 +224,33 @@ impl Registry {
         })
     }
 
+    /// Every limit that applies to a run of flow run `scope` (for each
+    /// name the innermost, as [`resolve`] finds it), tag limits left out:
+    /// `(name, the scope that sets it, slots, whether it is a rate limit)`.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn applying(
+        &self,
+        scope: Option<&Arc<str>>,
+    ) -> Vec<(Arc<str>, Option<Arc<str>>, u32, bool)> {
+        let inner = self.lock();
+        let mut names: Vec<Arc<str>> = inner
+            .limits
+            .keys()
+            .filter(|k| !k.name.starts_with("tag:"))
+            .map(|k| k.name.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let key = resolve(&inner, scope, &name)?;
+                let limit = inner.limits.get(&key)?;
+                Some((name, key.scope, limit.slots, limit.decay.is_some()))
+            })
+            .collect()
+    }
+
     /// Declares flow run `id` (child of `parent`): its own limits apply to
     /// its runs first, then its parent's, then the process's.
     pub(crate) fn open_scope(&self, id: Arc<str>, parent: Option<Arc<str>>) {

@@ -93,7 +93,7 @@ pub(crate) const ERROR_MAGIC: &[u8] = b"\x7fflowrun-error-1\x00";
 pub(crate) const FAILED_EXIT: i32 = 3;
 
 /// Bumped when the input layout changes.
-pub(crate) const INPUT_VERSION: u32 = 2;
+pub(crate) const INPUT_VERSION: u32 = 3;
 
 /// Part 0 of a task-mode process's input.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +107,8 @@ pub(crate) struct TaskHeader {
     pub run_name: String,
     /// Set when the task-mode process calls the task's hooks (version 2).
     pub hooks: Option<flowrun_core::TaskHookCall>,
+    /// The named concurrency limits of the task's flow run (version 3).
+    pub limits: Vec<super::slots::LimitSpec>,
 }
 
 /// How a task failed in task mode.

@@ -20,6 +20,7 @@ mod output;
 mod python;
 mod reads;
 mod session;
+mod slots;
 mod task_mode;
 
 pub(crate) use task_mode::dask_task;

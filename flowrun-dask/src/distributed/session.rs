@@ -444,6 +444,7 @@ impl Session {
             task_key: job.task_key().to_owned(),
             run_name: run.name(),
             hooks: job.task_hooks(),
+            limits: super::slots::limits_for(run.flow_run_id()),
         };
         let mut stdin = vec![StdinPart::Literal(
             postcard::to_allocvec(&header).unwrap_or_default(),

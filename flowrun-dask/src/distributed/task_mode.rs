@@ -173,11 +173,6 @@ impl DaskTask {
 
 /// The entry point of a task-mode process.
 fn task_main() -> ! {
-    // Task code here cannot reach the flow's slots (see flowrun::concurrency).
-    flowrun_core::concurrency::set_unavailable(
-        "concurrency guards are not available in task code on a real Dask cluster \
-         (tag limits are: give the task `tags = [...]` and a tag limit)",
-    );
     if std::env::var_os(SERVE_ENV).is_some() {
         serve()
     }
@@ -186,6 +181,7 @@ fn task_main() -> ! {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
     }
     let _ = DASK_TASK.set(DaskTask::from_env(None));
+    install_slots();
     let (mut result_out, mut report) = match (dup(1), dup(2)) {
         (Ok(out), Ok(err)) => (out, err),
         (Err(e), _) | (_, Err(e)) => {
@@ -229,6 +225,14 @@ fn task_main() -> ! {
     std::process::exit(code)
 }
 
+/// Concurrency guards in task code take Dask semaphores on the worker's
+/// scheduler (see `slots`).
+fn install_slots() {
+    if let Some(task) = DASK_TASK.get() {
+        super::slots::install(task.scheduler.clone(), task.security.clone());
+    }
+}
+
 /// A long-lived task process: runs the task of each request on stdin and
 /// answers on stdout, until stdin ends (the runner stopped it, or its
 /// worker is gone).
@@ -251,6 +255,7 @@ fn serve() -> ! {
     let shared: Option<PathBuf> = std::env::var_os(format::SHARED_ENV).map(PathBuf::from);
     std::env::remove_var(format::SHARED_ENV);
     let task = DASK_TASK.get_or_init(|| DaskTask::from_env(Some(replies.clone())));
+    install_slots();
     let capture = Capture::install();
     let sink = match &capture {
         Some(c) => c.stdout.try_clone().ok(),
@@ -518,7 +523,10 @@ fn run_parts(parts: &[&[u8]]) -> Result<Vec<u8>, Failure> {
         })?;
     *lock(&TASK_THREAD) = Some(std::thread::current().id());
     *lock(&CURRENT_RUN) = Some(format!("Task run '{}'", header.run_name));
+    super::slots::begin_task(header.limits);
     let result = entry.run_attempt(&args, &header.run_name, header.hooks);
+    // Its concurrency slots go back however it ended.
+    super::slots::end_task();
     *lock(&TASK_THREAD) = None;
     *lock(&CURRENT_RUN) = None;
     result.map_err(|e| {

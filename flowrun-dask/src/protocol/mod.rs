@@ -57,6 +57,7 @@ mod tls;
 mod version;
 
 pub use client::{ClusterInfo, DaskClient, WorkerInfo};
+pub(crate) use conn::Connection;
 pub use error::ProtocolError;
 pub use event::{EventValue, TopicEvent};
 pub use graph::{PythonRunner, StdinPart, SubprocessTask};
