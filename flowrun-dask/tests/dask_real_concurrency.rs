@@ -275,3 +275,178 @@ fn a_guard_in_task_code_holds_across_dask_workers_and_shows_in_dask() {
     );
     assert!(after.ends_with(", 1, 0)]"), "{after}");
 }
+
+/// Holds `occupy` slots of `dask-pair` for a while, recording the span.
+#[task]
+fn paired_span(dir: String, occupy: u32) -> Result<u32, String> {
+    let _slot = concurrency("dask-pair", occupy).map_err(|e| e.to_string())?;
+    let start = common::now_us();
+    std::thread::sleep(Duration::from_millis(250));
+    let end = common::now_us();
+    common::append(
+        &format!("{dir}/pairs.log"),
+        &format!("{start} {end} {occupy}"),
+    );
+    Ok(occupy)
+}
+
+/// The most slots held at any instant, from `start end slots` lines.
+fn most_slots(path: &str) -> (u32, usize) {
+    let mut points = Vec::new();
+    for l in common::lines(path) {
+        let p: Vec<&str> = l.split(' ').collect();
+        let n: i64 = p[2].parse().unwrap();
+        points.push((p[0].parse::<u64>().unwrap(), n));
+        points.push((p[1].parse::<u64>().unwrap(), -n));
+    }
+    let spans = points.len() / 2;
+    // At equal times a release comes before a take.
+    points.sort();
+    let (mut now, mut most) = (0i64, 0i64);
+    for (_, d) in points {
+        now += d;
+        most = most.max(now);
+    }
+    (most as u32, spans)
+}
+
+#[test]
+fn guards_of_several_slots_on_real_dask_share_the_limit_without_deadlock() {
+    let _serial = begin();
+    let cluster = Cluster::start(&[WorkerSpec::threads(2), WorkerSpec::threads(2)]);
+    #[flow]
+    fn pairs(dir: String) -> (u32, String) {
+        std::fs::create_dir_all(&dir).unwrap();
+        let runs: Vec<_> = [2, 1, 2, 1, 2, 1, 1, 2]
+            .into_iter()
+            .map(|n| paired_span.submit(dir.clone(), n))
+            .collect();
+        let total = flowrun::results(runs).unwrap().iter().sum();
+        // More slots than the limit has can never be granted: an error.
+        let too_many = paired_span.submit(dir, 3).result().unwrap_err();
+        (total, too_many.message().to_owned())
+    }
+    concurrency::set_limit("dask-pair", 2).unwrap();
+    let dir = common::scratch("dask-pair").to_string_lossy().into_owned();
+    let (total, too_many) = pairs
+        .with_runner(runner(&cluster))
+        .call(dir.clone())
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let (most, spans) = most_slots(&format!("{dir}/pairs.log"));
+    let _ = std::fs::remove_dir_all(&dir);
+    concurrency::remove_limit("dask-pair");
+    assert_eq!(total, 12);
+    assert_eq!(spans, 8);
+    assert_eq!(most, 2, "at most 2 slots of 'dask-pair' held at once");
+    assert!(
+        too_many.contains("asked for 3 slots of concurrency limit 'dask-pair', which has 2"),
+        "{too_many}"
+    );
+}
+
+/// A CA and a certificate it signs for 127.0.0.1 (server and client use),
+/// made with openssl in `dir`: `(ca, cert, key)`.
+fn certificates(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let req = ["req", "-nodes", "-newkey", "rsa:2048", "-days", "2"];
+    openssl(
+        &[
+            &req[..],
+            &[
+                "-x509", "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=ca",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &req[..2],
+            &req[2..4],
+            &[
+                "-keyout", "node.key", "-out", "node.csr", "-subj", "/CN=node",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("node.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "node.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "node.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "node.ext",
+    ]);
+    ["ca.pem", "node.pem", "node.key"].map(|f| dir.join(f))
+}
+
+#[test]
+fn guards_in_task_code_reach_a_tls_scheduler_with_the_workers_certificates() {
+    let _serial = begin();
+    let dir = tempfile::tempdir().unwrap();
+    let [ca, cert, key] = certificates(dir.path());
+    let extra: Vec<String> = [
+        ("--protocol", &*std::path::PathBuf::from("tls")),
+        ("--tls-ca-file", &ca),
+        ("--tls-cert", &cert),
+        ("--tls-key", &key),
+    ]
+    .iter()
+    .flat_map(|(flag, value)| [flag.to_string(), value.display().to_string()])
+    .collect();
+    let cluster = Cluster::start_with(&support::dask_version(), &[WorkerSpec::threads(2)], &extra);
+    assert!(cluster.address.starts_with("tls://"), "{}", cluster.address);
+    #[flow]
+    fn guarded_tls(dir: String) -> Vec<StateKind> {
+        std::fs::create_dir_all(&dir).unwrap();
+        let runs: Vec<_> = (0..3)
+            .map(|_| guarded_span.submit(dir.clone(), 200, "ok".to_string()))
+            .collect();
+        runs.iter()
+            .map(|f| {
+                if let Err(e) = f.result() {
+                    eprintln!("{e}");
+                }
+                f.state().kind()
+            })
+            .collect()
+    }
+    concurrency::set_limit("dask-guard", 1).unwrap();
+    let spans = dir.path().join("spans").to_string_lossy().into_owned();
+    let security = flowrun_dask::protocol::Security::new()
+        .tls_ca_file(&ca)
+        .tls_client_cert(&cert)
+        .tls_client_key(&key);
+    let kinds = guarded_tls
+        .with_runner(runner(&cluster).security(security))
+        .call(spans.clone())
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    concurrency::remove_limit("dask-guard");
+    assert_eq!(kinds, [StateKind::Completed; 3]);
+    assert_eq!(most_at_once(&spans).0, 1);
+}
