@@ -450,3 +450,55 @@ fn guards_in_task_code_reach_a_tls_scheduler_with_the_workers_certificates() {
     assert_eq!(kinds, [StateKind::Completed; 3]);
     assert_eq!(most_at_once(&spans).0, 1);
 }
+
+/// Takes the slot, says so, and dies holding it (as a process killed by
+/// the kernel would).
+#[task]
+fn dies_holding(dir: String) -> u32 {
+    let _slot = concurrency("dask-orphan", 1).unwrap();
+    common::append(&format!("{dir}/took"), &common::now_us().to_string());
+    // SAFETY: kill on this very process; nothing runs after it.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+    unreachable!("SIGKILL ends the process")
+}
+
+#[task]
+fn takes_after() -> Result<u64, String> {
+    let _slot = concurrency("dask-orphan", 1).map_err(|e| e.to_string())?;
+    Ok(common::now_us())
+}
+
+#[test]
+fn the_slot_of_a_task_process_that_died_comes_back_by_dasks_lease_timeout() {
+    let _serial = begin();
+    let cluster = Cluster::start(&[WorkerSpec::threads(2)]);
+    #[flow]
+    fn orphaned(dir: String) -> (StateKind, u64) {
+        std::fs::create_dir_all(&dir).unwrap();
+        let dead = dies_holding.submit(dir.clone());
+        let _ = dead.result();
+        let after = takes_after.submit().result().unwrap();
+        (dead.state().kind(), after)
+    }
+    concurrency::set_limit("dask-orphan", 1).unwrap();
+    let dir = common::scratch("dask-orphan")
+        .to_string_lossy()
+        .into_owned();
+    let (dead, after) = orphaned
+        .with_runner(runner(&cluster))
+        .call(dir.clone())
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let took: u64 = common::lines(&format!("{dir}/took"))[0].parse().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    concurrency::remove_limit("dask-orphan");
+    assert_eq!(dead, StateKind::Crashed);
+    // Nobody gave the dead process's lease back: Dask let it go once it
+    // was not refreshed for the lease timeout (30 s).
+    let waited = Duration::from_micros(after - took);
+    assert!(
+        waited >= Duration::from_secs(25) && waited < Duration::from_secs(120),
+        "the next guard got the slot after {waited:?}"
+    );
+}
