@@ -502,3 +502,39 @@ fn the_slot_of_a_task_process_that_died_comes_back_by_dasks_lease_timeout() {
         "the next guard got the slot after {waited:?}"
     );
 }
+
+#[test]
+fn guards_hold_with_a_process_per_attempt_too() {
+    let _serial = begin();
+    let cluster = Cluster::start(&[WorkerSpec::threads(2), WorkerSpec::threads(2)]);
+    #[flow]
+    fn isolated(dir: String) -> Vec<StateKind> {
+        std::fs::create_dir_all(&dir).unwrap();
+        let runs: Vec<_> = (0..4)
+            .map(|_| guarded_span.submit(dir.clone(), 300, "ok".to_string()))
+            .collect();
+        runs.iter()
+            .map(|f| {
+                let _ = f.result();
+                f.state().kind()
+            })
+            .collect()
+    }
+    concurrency::set_limit("dask-guard", 1).unwrap();
+    let dir = common::scratch("dask-guard-isolated")
+        .to_string_lossy()
+        .into_owned();
+    let kinds = isolated
+        .with_runner(runner(&cluster).isolate_tasks(true))
+        .call(dir.clone())
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let (most, n, processes) = most_at_once(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    concurrency::remove_limit("dask-guard");
+    assert_eq!(kinds, [StateKind::Completed; 4]);
+    assert_eq!(
+        (most, n, processes),
+        (1, 4, 4),
+        "one process per attempt, one at a time"
+    );
+}

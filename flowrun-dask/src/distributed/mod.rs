@@ -11,6 +11,11 @@
 //! What a task prints comes back as events of a scheduler topic, attributed
 //! to the task run.
 //!
+//! Keys are `<run name>-<flow run tag>-<attempt>`: a subflow's runs, whose
+//! names restart, never take its parent's keys. A run cancelled before it
+//! started is cancelled on the scheduler with the keys that depend on it.
+//! Concurrency guards in task code take Dask semaphore leases (`slots`).
+//!
 //! One Dask key per attempt keeps Dask's per-task cost (the bulk of the time
 //! of small tasks) as low as Dask's own clients have it: the alternative of
 //! separate keys for a task's data and its output would triple the keys.
