@@ -309,6 +309,42 @@ pub(crate) fn prepare(
     })
 }
 
+/// Decodes a cache hit as the task's output. A result that does not
+/// decode is never a hit: `None`, with a warning, and the run executes
+/// again and rewrites it.
+pub(crate) fn decode_hit<T>(
+    prepared: &Prepared,
+    bytes: &[u8],
+    fns: &crate::run::record::ValueFns<T>,
+    run_name: &str,
+) -> Option<T> {
+    let decoded = match fns.decode {
+        Some(decode) => decode(bytes).map_err(|e| {
+            format!(
+                "{} does not hold a `{}`: {e}",
+                prepared
+                    .target
+                    .storage
+                    .file(&prepared.target.file)
+                    .display(),
+                fns.type_name
+            )
+        }),
+        None => Err(format!("`{}` cannot be deserialized", fns.type_name)),
+    };
+    match decoded {
+        Ok(value) => Some(value),
+        Err(why) => {
+            crate::run_event!(
+                tracing::Level::WARN,
+                format!("Task run '{run_name}'"),
+                "Its cached result cannot be used, so it runs again: {why}"
+            );
+            None
+        }
+    }
+}
+
 /// The run's cache key: `Ok(None)` when the run is not cached (policy
 /// `NONE`, or a `cache_key_fn` that returned `None`), `Err` when it cannot
 /// be computed.
@@ -474,6 +510,27 @@ pub(crate) fn persist(target: &Target, run_name: &str, payload: &[u8]) {
             format!("Task run '{run_name}'"),
             "Its result was not persisted, so it will not be cached: {e}"
         );
+    }
+}
+
+/// Writes an executed run's value to its target, encoded with the task's
+/// codec. A failure is a warning: the run keeps its value.
+pub(crate) fn persist_value<T>(
+    target: &Target,
+    run_name: &str,
+    value: &T,
+    fns: &crate::run::record::ValueFns<T>,
+) {
+    match fns.encode {
+        Some(encode) => match encode(value) {
+            Ok(bytes) => persist(target, run_name, &bytes),
+            Err(e) => crate::run_event!(
+                tracing::Level::WARN,
+                format!("Task run '{run_name}'"),
+                "Its result was not persisted: it could not be serialized: {e}"
+            ),
+        },
+        None => no_codec(run_name, fns.type_name),
     }
 }
 

@@ -70,6 +70,14 @@ pub trait Task: Sized + Send + Sync + 'static {
     /// The failure message of a return value that is an `Err`.
     fn failure_message(raw: &Self::Raw) -> Option<String>;
 
+    /// The run's value inside a return value, when it is not a failure:
+    /// what a direct call persists.
+    fn output_ref(raw: &Self::Raw) -> Option<&Self::Output>;
+
+    /// The return value of a run whose value is `value`: what a direct
+    /// call returns when its result comes from the cache.
+    fn raw_from_output(value: Self::Output) -> Self::Raw;
+
     /// What the task's types allow.
     fn support() -> &'static TaskSupport<Self>;
 

@@ -114,6 +114,20 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
             quote! {{ let _ = __flowrun_raw; ::core::option::Option::None }},
         )
     };
+    // A direct call's value inside its return value, and back (cache hits).
+    let (output_ref, from_output) = if sig.returns_result {
+        (
+            quote!(::core::result::Result::ok(::core::result::Result::as_ref(
+                __flowrun_raw
+            ))),
+            quote!(::core::result::Result::Ok(__flowrun_value)),
+        )
+    } else {
+        (
+            quote!(::core::option::Option::Some(__flowrun_raw)),
+            quote!(__flowrun_value),
+        )
+    };
 
     let direct_ret = if sig.is_async {
         quote!(#fr::BoxFuture<#raw>)
@@ -228,6 +242,14 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
 
                 fn failure_message(__flowrun_raw: &Self::Raw) -> ::core::option::Option<::std::string::String> {
                     #failure
+                }
+
+                fn output_ref(__flowrun_raw: &Self::Raw) -> ::core::option::Option<&Self::Output> {
+                    #output_ref
+                }
+
+                fn raw_from_output(__flowrun_value: Self::Output) -> Self::Raw {
+                    #from_output
                 }
 
                 fn support() -> &'static #fr::TaskSupport<Self> {
