@@ -8,7 +8,10 @@
 //! `cache_key_fn`) first looks its key up there: a whole, unexpired result
 //! completes the run at once in a `Completed` state named `Cached`, and the
 //! task does not execute. Caching implies persistence; `persist_result =
-//! false` turns both off.
+//! false` turns both off. Direct calls (`f(x)`) are cached and persisted as
+//! submitted runs are. A task that does not set `persist_result` follows
+//! its flow run's (and uses its flow's `result_storage` when it names
+//! none), as in Prefect 3.
 //!
 //! A key that cannot be computed (an argument that cannot be serialized,
 //! a flow whose parameters cannot be) means no caching for that call, with
@@ -162,6 +165,36 @@ impl ResultOptions {
     }
 }
 
+/// What the task runs of a flow run inherit from it, as in Prefect: a task
+/// that does not set `persist_result` (and asks for no caching) persists
+/// when its flow run does, and does not when its flow run says
+/// `persist_result = false`; a task that names no `result_storage` uses
+/// its flow run's. A subflow that sets neither inherits its parent's.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Inherited {
+    persist: Option<bool>,
+    storage: Option<ResultStorage>,
+}
+
+/// What a flow run's task runs inherit from its options (`flow`, with the
+/// call's `call` over them) and its parent flow run's.
+pub(crate) fn inherited(
+    flow: &ResultOptions,
+    call: Option<&ResultOptions>,
+    parent: Option<&FlowShared>,
+) -> Inherited {
+    let from_parent = parent.and_then(|p| p.results.get());
+    let persist = call
+        .and_then(|c| c.persist)
+        .or(flow.persist)
+        .or_else(|| from_parent.and_then(|p| p.persist));
+    let storage = call
+        .and_then(|c| c.storage.clone())
+        .or_else(|| flow.storage.clone())
+        .or_else(|| from_parent.and_then(|p| p.storage.clone()));
+    Inherited { persist, storage }
+}
+
 /// What a run does with its result: where it is stored, and how it is
 /// looked up first.
 #[derive(Debug)]
@@ -182,13 +215,14 @@ impl Plan {
     }
 }
 
-/// The plan of a run of the task `meta` with the call's options, or `None`
-/// when the result is not persisted. `has_codec`: the result can be
-/// serialized (a default from the environment skips the tasks whose result
-/// cannot be).
+/// The plan of a run of the task `meta` with the call's options, in the
+/// flow run `flow`, or `None` when the result is not persisted.
+/// `has_codec`: the result can be serialized (a default, from the flow run
+/// or the environment, skips the tasks whose result cannot be).
 pub(crate) fn plan(
     meta: &TaskMeta,
     call: Option<&ResultOptions>,
+    flow: &FlowShared,
     has_codec: bool,
 ) -> Option<Box<Plan>> {
     let merged;
@@ -206,11 +240,22 @@ pub(crate) fn plan(
         || o.policy.is_some_and(|p| !p.is_none())
         || o.key_fn.is_some()
         || o.template.is_some();
-    if !(asked || persist_results() && has_codec) {
-        return None;
+    let inherited = flow.results.get();
+    if !asked {
+        // Not set on the task: its flow run's setting, else the process's.
+        let default = inherited
+            .and_then(|i| i.persist)
+            .unwrap_or_else(persist_results);
+        if !(default && has_codec) {
+            return None;
+        }
     }
+    let storage = match (&o.storage, inherited.and_then(|i| i.storage.as_ref())) {
+        (Some(s), _) | (None, Some(s)) => s.clone(),
+        (None, None) => default_storage(),
+    };
     Some(Box::new(Plan {
-        storage: o.storage.clone().unwrap_or_else(default_storage),
+        storage,
         policy: o.policy.unwrap_or(CachePolicy::DEFAULT),
         key_fn: o.key_fn.clone(),
         expiration: o.expiration,
@@ -439,8 +484,14 @@ pub(crate) fn persist_flow<T>(
         }
         _ => &meta.results,
     };
+    // A subflow that does not say follows its parent flow run.
+    let inherited = flow.results.get();
     let asked = o.persist == Some(true) || (o.persist.is_none() && o.template.is_some());
-    let default = o.persist.is_none() && persist_results() && encoder.is_some();
+    let default = o.persist.is_none()
+        && inherited
+            .and_then(|i| i.persist)
+            .unwrap_or_else(persist_results)
+        && encoder.is_some();
     if !(asked || default) {
         return;
     }
@@ -468,7 +519,11 @@ pub(crate) fn persist_flow<T>(
     };
     let outcome = file.and_then(|file| {
         let bytes = encode(value).map_err(|e| format!("it could not be serialized: {e}"))?;
-        let storage = o.storage.clone().unwrap_or_else(default_storage);
+        let storage = o
+            .storage
+            .clone()
+            .or_else(|| inherited.and_then(|i| i.storage.clone()))
+            .unwrap_or_else(default_storage);
         storage
             .write(&file, &bytes, None)
             .map_err(|e| e.to_string())

@@ -123,6 +123,7 @@ impl<T: Task> DirectRun<T> {
         let Some(plan) = crate::cache::plan(
             T::meta(),
             config.get().map(|o| &o.options.results),
+            &self.flow,
             support.result.encode.is_some(),
         ) else {
             return Ok(Looked::Execute(args));

@@ -148,6 +148,7 @@ pub(crate) fn submit_in<T: Task>(
     let results = crate::cache::plan(
         meta,
         config.get().map(|o| &o.options.results),
+        &flow,
         support.result.encode.is_some(),
     );
     // A cached run whose key hashes an upstream's result (an upstream
