@@ -658,6 +658,90 @@ fn downstream_keys_follow_upstream_keys_and_values() {
     assert_eq!(DOWNSTREAM.load(SeqCst), 2);
 }
 
+// ------------------------------------------------- parameters in key names
+
+static REPORTS: AtomicUsize = AtomicUsize::new(0);
+
+#[task(
+    cache_policy = INPUTS + TASK_SOURCE,
+    result_storage_key = "report-{parameters[day]}-{parameters[n]}-{task_run.task_name}"
+)]
+fn report(day: String, n: u64) -> u64 {
+    REPORTS.fetch_add(1, SeqCst);
+    day.len() as u64 * n
+}
+
+/// A submitted run and a direct call; the state of the submitted one.
+#[flow]
+fn reports(dir: PathBuf) -> (u64, u64, String) {
+    let task = report.with_options(at(&dir));
+    let f = task.submit("monday".to_owned(), 2);
+    let direct = task.call("tue".to_owned(), 3);
+    (f.result().unwrap(), direct, f.state().name().to_owned())
+}
+
+#[test]
+fn result_storage_key_names_files_after_the_runs_parameters() {
+    let d = dir();
+    assert_eq!(
+        reports(d.path().into()).unwrap(),
+        (12, 9, "Completed".to_owned())
+    );
+    let names: Vec<String> = files(d.path())
+        .iter()
+        .map(|p| p.file_name().unwrap().to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["report-monday-2-report", "report-tue-3-report"]);
+    let storage = ResultStorage::new(d.path());
+    let Lookup::Hit(bytes) = storage.read("report-monday-2-report") else {
+        panic!("no report-monday-2-report")
+    };
+    assert_eq!(flowrun::runner::decode_value::<u64>(&bytes).unwrap(), 12);
+    // The files are where the next flow run's lookups find them.
+    assert_eq!(
+        reports(d.path().into()).unwrap(),
+        (12, 9, "Cached".to_owned())
+    );
+    assert_eq!(REPORTS.load(SeqCst), 2);
+}
+
+#[task]
+fn day_name() -> String {
+    "wed".to_owned()
+}
+
+#[flow]
+fn report_of_upstream(dir: PathBuf) -> String {
+    let day = day_name.submit();
+    let f = report.with_options(at(&dir)).submit(&day, 1);
+    f.wait();
+    f.state().message().unwrap_or_default().to_owned()
+}
+
+#[flow]
+fn report_misnamed(dir: PathBuf) -> String {
+    let f = square
+        .with_options(at(&dir).result_storage_key("sq-{parameters[y]}"))
+        .submit(3);
+    f.wait();
+    f.state().message().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn a_parameter_a_key_cannot_name_fails_the_run_saying_why() {
+    let d = dir();
+    let message = report_of_upstream(d.path().into()).unwrap();
+    assert!(
+        message.contains("{parameters[day]}")
+            && message.contains("the result of task run 'day_name-0'"),
+        "{message}"
+    );
+    // A template given at run time names no parameter of the task.
+    let message = report_misnamed(d.path().into()).unwrap();
+    assert!(message.contains("`y` is not a parameter"), "{message}");
+    assert!(files(d.path()).is_empty());
+}
+
 // ------------------------------------------------------------ direct calls
 
 /// The storage of the tasks below, named in their attributes so that a

@@ -41,6 +41,8 @@ mod policy;
 pub(crate) mod serialized;
 mod storage;
 
+#[doc(hidden)]
+pub use key::{key_text_of_input, key_text_of_value};
 pub use key::{CacheKeyContext, CacheKeyFn, KeyTemplate, TEMPLATE_PLACEHOLDERS};
 pub use policy::CachePolicy;
 pub use storage::{Lookup, ResultInfo, ResultStorage, StorageError};
@@ -56,7 +58,7 @@ use crate::flow::registry::FlowShared;
 use crate::run::error::{TaskError, TaskErrorKind};
 use crate::task::args::ArgSlot;
 use crate::task::TaskMeta;
-use key::{KeyHasher, TemplateValues};
+use key::{KeyHasher, ParameterText, TemplateValues};
 
 /// The environment variable that turns result persistence on for every
 /// task that does not say otherwise (`true`/`1`/`on`), as Prefect's
@@ -285,13 +287,14 @@ pub(crate) struct Prepared {
 
 /// Computes the run's cache key and storage file and looks the result up.
 /// `inputs` gives the run's arguments, serialized, when the key needs
-/// them. Fails only for a `result_storage_key` that gives no usable file
-/// name.
+/// them; `parameter` their text, when the file name does. Fails only for
+/// a `result_storage_key` that gives no usable file name.
 pub(crate) fn prepare(
     plan: &Plan,
     meta: &TaskMeta,
     run_name: &str,
     flow: &FlowShared,
+    parameter: ParameterText<'_>,
     inputs: impl FnOnce() -> Result<Vec<ArgSlot>, TaskError>,
 ) -> Result<Prepared, TaskError> {
     let label = || format!("Task run '{run_name}'");
@@ -317,6 +320,7 @@ pub(crate) fn prepare(
                 flow_run_name: &flow.name,
                 flow_name: &flow.flow_name,
                 cache_key: cache_key.as_deref(),
+                parameter: Some(parameter),
             })
             .map_err(|e| TaskError::new(TaskErrorKind::Runner, e))?,
         None => match &cache_key {
@@ -512,6 +516,7 @@ pub(crate) fn persist_flow<T>(
         flow_run_name: &flow.name,
         flow_name: &flow.flow_name,
         cache_key: None,
+        parameter: None,
     };
     let file = match &o.template {
         Some(t) => t.render(&values),

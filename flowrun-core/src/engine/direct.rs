@@ -141,9 +141,11 @@ impl<T: Task> DirectRun<T> {
             args
         };
         let run_name = self.cell.name();
-        let prepared = crate::cache::prepare(&plan, T::meta(), &run_name, &self.flow, || {
-            encoded.unwrap_or_else(|| Ok(Vec::new()))
-        })?;
+        let parameter = |name: &str| T::direct_key_parameter(&args, name);
+        let prepared =
+            crate::cache::prepare(&plan, T::meta(), &run_name, &self.flow, &parameter, || {
+                encoded.unwrap_or_else(|| Ok(Vec::new()))
+            })?;
         if let Some(k) = &prepared.cache_key {
             let _ = self.cell.cache_key.set(k.as_str().into());
         }

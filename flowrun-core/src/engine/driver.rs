@@ -303,13 +303,17 @@ impl<T: Task> Driver<T> {
         inputs: &<T::Args as ArgsTuple>::Inputs,
     ) -> Result<bool, TaskError> {
         let run_name = self.cell.name();
-        let prepared =
-            crate::cache::prepare(plan, self.meta, &run_name, &self.flow, || {
-                match &self.support.serialized {
-                    Ok(fns) => (fns.encode_inputs)(inputs),
-                    Err(why) => Err(TaskError::new(TaskErrorKind::Runner, why.clone())),
-                }
-            })?;
+        let prepared = crate::cache::prepare(
+            plan,
+            self.meta,
+            &run_name,
+            &self.flow,
+            &|name| T::key_parameter(inputs, name),
+            || match &self.support.serialized {
+                Ok(fns) => (fns.encode_inputs)(inputs),
+                Err(why) => Err(TaskError::new(TaskErrorKind::Runner, why.clone())),
+            },
+        )?;
         if let Some(k) = &prepared.cache_key {
             let _ = self.cell.cache_key.set(k.as_str().into());
         }

@@ -97,6 +97,25 @@ pub trait Task: Sized + Send + Sync + 'static {
         None
     }
 
+    /// The text of the argument named `name` of a submitted call, for a
+    /// `{parameters[name]}` placeholder of its `result_storage_key`:
+    /// `None` when the task has no such parameter, `Some(Err(why))` when
+    /// the argument has no text to name a file with.
+    fn key_parameter(
+        inputs: &<Self::Args as ArgsTuple>::Inputs,
+        name: &str,
+    ) -> Option<Result<String, String>> {
+        let _ = (inputs, name);
+        None
+    }
+
+    /// [`key_parameter`](Task::key_parameter) of a direct call, from its
+    /// arguments.
+    fn direct_key_parameter(args: &Self::Args, name: &str) -> Option<Result<String, String>> {
+        let _ = (args, name);
+        None
+    }
+
     /// The task's registry entry (see [`crate::task::registry`]).
     fn registry_entry() -> crate::task::registry::RegistryEntry {
         crate::task::registry::RegistryEntry::of::<Self>()

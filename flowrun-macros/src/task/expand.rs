@@ -129,6 +129,81 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
         )
     };
 
+    // `{parameters[name]}` in a result_storage_key: each argument's text,
+    // by name (`None` for a type without `Display`, reported at run time
+    // when a template given then names it).
+    let key_arms: Vec<_> = sig
+        .args
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let name = a.name.to_string().trim_start_matches("r#").to_owned();
+            let ty = &a.ty;
+            let idx = syn::Index::from(i);
+            (
+                quote! {
+                    #name => ::core::option::Option::Some(#fr::key_text_of_input(
+                        &__flowrun_inputs.#idx,
+                        |__flowrun_v: &#ty| (&#fr::Probe::<#ty>::new()).display_text(__flowrun_v),
+                    )),
+                },
+                quote! {
+                    #name => ::core::option::Option::Some(#fr::key_text_of_value::<#ty>(
+                        (&#fr::Probe::<#ty>::new()).display_text(&__flowrun_args.#idx),
+                    )),
+                },
+            )
+        })
+        .collect();
+    let (input_arms, arg_arms): (Vec<_>, Vec<_>) = key_arms.into_iter().unzip();
+    let key_parameter = quote! {
+        #[allow(unused_variables)]
+        fn key_parameter(
+            __flowrun_inputs: &<Self::Args as #fr::ArgsTuple>::Inputs,
+            __flowrun_name: &str,
+        ) -> ::core::option::Option<::core::result::Result<::std::string::String, ::std::string::String>> {
+            #[allow(unused_imports)]
+            use #fr::{DisplayNo as _, DisplayYes as _};
+            match __flowrun_name {
+                #(#input_arms)*
+                _ => ::core::option::Option::None,
+            }
+        }
+
+        #[allow(unused_variables)]
+        fn direct_key_parameter(
+            __flowrun_args: &Self::Args,
+            __flowrun_name: &str,
+        ) -> ::core::option::Option<::core::result::Result<::std::string::String, ::std::string::String>> {
+            #[allow(unused_imports)]
+            use #fr::{DisplayNo as _, DisplayYes as _};
+            match __flowrun_name {
+                #(#arg_arms)*
+                _ => ::core::option::Option::None,
+            }
+        }
+    };
+    // The parameters the attribute's template names must be `Display`
+    // (the error points at the template).
+    let key_display_checks = attr.results.key().map(|key| {
+        let used = attr.results.key_parameters();
+        let tys = sig
+            .args
+            .iter()
+            .filter(|a| {
+                used.iter()
+                    .any(|u| *u == a.name.to_string().trim_start_matches("r#"))
+            })
+            .map(|a| &a.ty);
+        quote_spanned! {key.span()=>
+            #[allow(dead_code)]
+            fn __flowrun_key_parameters_are_display() {
+                fn __flowrun_display<T: ::core::fmt::Display + ?::core::marker::Sized>() {}
+                #(__flowrun_display::<#tys>();)*
+            }
+        }
+    });
+
     let direct_ret = if sig.is_async {
         quote!(#fr::BoxFuture<#raw>)
     } else {
@@ -220,6 +295,8 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
 
             #direct_items
 
+            #key_display_checks
+
             impl #fr::Task for #ident #bounds {
                 type Args = (#(#tys,)*);
                 type Raw = #raw;
@@ -251,6 +328,8 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
                 fn raw_from_output(__flowrun_value: Self::Output) -> Self::Raw {
                     #from_output
                 }
+
+                #key_parameter
 
                 fn support() -> &'static #fr::TaskSupport<Self> {
                     // Type-erased so that the static does not name
