@@ -658,6 +658,278 @@ fn downstream_keys_follow_upstream_keys_and_values() {
     assert_eq!(DOWNSTREAM.load(SeqCst), 2);
 }
 
+// ------------------------------------------------- parameters in key names
+
+static REPORTS: AtomicUsize = AtomicUsize::new(0);
+
+#[task(
+    cache_policy = INPUTS + TASK_SOURCE,
+    result_storage_key = "report-{parameters[day]}-{parameters[n]}-{task_run.task_name}"
+)]
+fn report(day: String, n: u64) -> u64 {
+    REPORTS.fetch_add(1, SeqCst);
+    day.len() as u64 * n
+}
+
+/// A submitted run and a direct call; the state of the submitted one.
+#[flow]
+fn reports(dir: PathBuf) -> (u64, u64, String) {
+    let task = report.with_options(at(&dir));
+    let f = task.submit("monday".to_owned(), 2);
+    let direct = task.call("tue".to_owned(), 3);
+    (f.result().unwrap(), direct, f.state().name().to_owned())
+}
+
+#[test]
+fn result_storage_key_names_files_after_the_runs_parameters() {
+    let d = dir();
+    assert_eq!(
+        reports(d.path().into()).unwrap(),
+        (12, 9, "Completed".to_owned())
+    );
+    let names: Vec<String> = files(d.path())
+        .iter()
+        .map(|p| p.file_name().unwrap().to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["report-monday-2-report", "report-tue-3-report"]);
+    let storage = ResultStorage::new(d.path());
+    let Lookup::Hit(bytes) = storage.read("report-monday-2-report") else {
+        panic!("no report-monday-2-report")
+    };
+    assert_eq!(flowrun::runner::decode_value::<u64>(&bytes).unwrap(), 12);
+    // The files are where the next flow run's lookups find them.
+    assert_eq!(
+        reports(d.path().into()).unwrap(),
+        (12, 9, "Cached".to_owned())
+    );
+    assert_eq!(REPORTS.load(SeqCst), 2);
+}
+
+#[task]
+fn day_name() -> String {
+    "wed".to_owned()
+}
+
+#[flow]
+fn report_of_upstream(dir: PathBuf) -> String {
+    let day = day_name.submit();
+    let f = report.with_options(at(&dir)).submit(&day, 1);
+    f.wait();
+    f.state().message().unwrap_or_default().to_owned()
+}
+
+#[flow]
+fn report_misnamed(dir: PathBuf) -> String {
+    let f = square
+        .with_options(at(&dir).result_storage_key("sq-{parameters[y]}"))
+        .submit(3);
+    f.wait();
+    f.state().message().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn a_parameter_a_key_cannot_name_fails_the_run_saying_why() {
+    let d = dir();
+    let message = report_of_upstream(d.path().into()).unwrap();
+    assert!(
+        message.contains("{parameters[day]}")
+            && message.contains("the result of task run 'day_name-0'"),
+        "{message}"
+    );
+    // A template given at run time names no parameter of the task.
+    let message = report_misnamed(d.path().into()).unwrap();
+    assert!(message.contains("`y` is not a parameter"), "{message}");
+    assert!(files(d.path()).is_empty());
+}
+
+// ------------------------------------------------------------ direct calls
+
+/// The storage of the tasks below, named in their attributes so that a
+/// plain direct call `cube(x)` uses it.
+fn direct_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(dir).path().to_owned()
+}
+
+/// `name state-name` of each completed run of the tasks below.
+static DIRECT_STATES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn note_state(run: &flowrun::RunRef, state: &flowrun::State) {
+    DIRECT_STATES
+        .lock()
+        .unwrap()
+        .push(format!("{} {}", run.name(), state.name()));
+}
+
+fn states_of(prefix: &str) -> Vec<String> {
+    let mut v: Vec<String> = DIRECT_STATES
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.starts_with(prefix))
+        .map(|s| s.split(' ').nth(1).unwrap().to_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+static CUBES: AtomicUsize = AtomicUsize::new(0);
+
+#[task(
+    cache_policy = INPUTS + TASK_SOURCE,
+    result_storage = direct_dir(),
+    on_completion = [note_state]
+)]
+fn cube(x: u64) -> u64 {
+    CUBES.fetch_add(1, SeqCst);
+    x * x * x
+}
+
+#[flow]
+fn cubes(xs: Vec<u64>) -> Vec<u64> {
+    let mut out = Vec::new();
+    for x in xs {
+        out.push(cube(x));
+    }
+    out
+}
+
+#[test]
+fn direct_calls_are_cached_and_a_hit_executes_nothing() {
+    assert_eq!(cubes(vec![2, 3]).unwrap(), [8, 27]);
+    assert_eq!(CUBES.load(SeqCst), 2);
+    assert_eq!(states_of("cube-"), ["Completed", "Completed"]);
+
+    assert_eq!(cubes(vec![2, 3, 4]).unwrap(), [8, 27, 64]);
+    assert_eq!(CUBES.load(SeqCst), 3, "only the new input executed");
+    assert_eq!(
+        states_of("cube-"),
+        ["Cached", "Cached", "Completed", "Completed", "Completed"]
+    );
+}
+
+static HALVES: AtomicUsize = AtomicUsize::new(0);
+
+/// A fallible task: a hit returns `Ok(value)`; an `Err` is never stored.
+#[task(cache_policy = INPUTS + TASK_SOURCE, on_completion = [note_state])]
+fn halve(x: u64) -> Result<u64, String> {
+    HALVES.fetch_add(1, SeqCst);
+    if x % 2 == 1 {
+        Err(format!("{x} is odd"))
+    } else {
+        Ok(x / 2)
+    }
+}
+
+/// A submitted run, then direct calls with the same arguments.
+#[flow]
+fn halves(dir: PathBuf) -> (u64, Result<u64, String>, Result<u64, String>) {
+    let task = halve.with_options(at(&dir));
+    let submitted = task.submit(10).result().unwrap();
+    (submitted, task.call(10), task.call(7))
+}
+
+#[test]
+fn a_direct_call_shares_the_key_of_a_submitted_run_and_returns_ok_on_a_hit() {
+    let d = dir();
+    let (submitted, direct, odd) = halves(d.path().into()).unwrap();
+    assert_eq!(submitted, 5);
+    assert_eq!(direct, Ok(5));
+    assert_eq!(odd, Err("7 is odd".to_owned()));
+    assert_eq!(HALVES.load(SeqCst), 2, "the direct call of 10 was a hit");
+    assert_eq!(states_of("halve-"), ["Cached", "Completed"]);
+    assert_eq!(files(d.path()).len(), 1, "a failure is not persisted");
+}
+
+#[task(
+    persist_result = true,
+    cache_policy = NONE,
+    result_storage_key = "direct-{flow_run.name}"
+)]
+fn kept_direct(words: Vec<String>) -> Vec<String> {
+    words.into_iter().rev().collect()
+}
+
+#[flow]
+fn keeping_direct(dir: PathBuf) -> String {
+    let value = kept_direct
+        .with_options(at(&dir))
+        .call(vec!["a".into(), "b".into()]);
+    assert_eq!(value, ["b", "a"]);
+    format!("direct-{}", flowrun::current_flow_run_name().unwrap())
+}
+
+#[test]
+fn a_direct_call_with_persist_result_writes_its_result() {
+    let d = dir();
+    let file = keeping_direct(d.path().into()).unwrap();
+    let storage = ResultStorage::new(d.path());
+    let Lookup::Hit(bytes) = storage.read(&file) else {
+        panic!("no result file {file} in {:?}", files(d.path()))
+    };
+    let value: Vec<String> = flowrun::runner::decode_value(&bytes).unwrap();
+    assert_eq!(value, ["b", "a"]);
+    assert_eq!(storage.info(&file).unwrap().writer_pid, std::process::id());
+}
+
+static OPAQUE_DIRECT: AtomicUsize = AtomicUsize::new(0);
+
+#[task(cache_policy = INPUTS + TASK_SOURCE, task_run_name = "opaque-direct-{tag}")]
+fn opaque_direct(tag: String, x: Opaque) -> u32 {
+    let _ = tag;
+    OPAQUE_DIRECT.fetch_add(1, SeqCst);
+    x.0
+}
+
+#[flow]
+fn opaque_direct_flow(dir: PathBuf, tag: String) -> u32 {
+    opaque_direct.with_options(at(&dir)).call(tag, Opaque(4))
+}
+
+#[test]
+fn a_direct_call_whose_key_cannot_be_computed_executes_with_one_warning() {
+    let d = dir();
+    let tag = format!("t{}", std::process::id());
+    assert_eq!(opaque_direct_flow(d.path().into(), tag.clone()).unwrap(), 4);
+    assert_eq!(opaque_direct_flow(d.path().into(), tag.clone()).unwrap(), 4);
+    assert_eq!(OPAQUE_DIRECT.load(SeqCst), 2);
+    assert_eq!(
+        files(d.path()).len(),
+        2,
+        "persisted once per run, under no key"
+    );
+    let run = format!("opaque-direct-{tag}");
+    assert_eq!(
+        warnings_with("its cache key cannot be computed", &run),
+        2,
+        "one warning per call"
+    );
+}
+
+static FETCHES: AtomicUsize = AtomicUsize::new(0);
+
+#[task(cache_policy = INPUTS + TASK_SOURCE, result_storage = direct_dir())]
+async fn fetch_cached(id: u64) -> String {
+    FETCHES.fetch_add(1, SeqCst);
+    format!("item-{id}")
+}
+
+#[flow]
+async fn fetching(ids: Vec<u64>) -> Vec<String> {
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(fetch_cached(id).await);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn async_direct_calls_are_cached_too() {
+    assert_eq!(fetching(vec![1]).await.unwrap(), ["item-1"]);
+    assert_eq!(fetching(vec![1, 2]).await.unwrap(), ["item-1", "item-2"]);
+    assert_eq!(FETCHES.load(SeqCst), 2);
+}
+
 // ------------------------------------------------------------- run history
 
 static RECORDED: AtomicUsize = AtomicUsize::new(0);

@@ -69,6 +69,92 @@ fn a_flow_value_that_cannot_be_serialized_is_not_persisted_with_a_warning() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
+// ------------------------------------------------ what tasks inherit
+
+static INHERITING: AtomicUsize = AtomicUsize::new(0);
+
+#[task]
+fn inheriting(x: u64) -> u64 {
+    INHERITING.fetch_add(1, SeqCst);
+    x * 3
+}
+
+#[task(persist_result = false)]
+fn opting_out(x: u64) -> u64 {
+    x * 5
+}
+
+#[flow]
+fn sub_of_persisting() -> u64 {
+    inheriting.submit(7).result().unwrap()
+}
+
+/// Runs the tasks above; the states of the two submitted runs of
+/// `inheriting(2)`.
+#[flow(persist_result = true)]
+fn persisting_flow() -> Vec<String> {
+    let a = inheriting.submit(2);
+    a.wait();
+    let b = inheriting.submit(2);
+    b.wait();
+    assert_eq!(inheriting(5), 15);
+    assert_eq!(opting_out.submit(2).result().unwrap(), 10);
+    assert_eq!(sub_of_persisting().unwrap(), 21);
+    vec![a.state().name().to_owned(), b.state().name().to_owned()]
+}
+
+fn files_in(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            !e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_str()
+                .unwrap()
+                .starts_with('.')
+        })
+        .count()
+}
+
+#[test]
+fn tasks_inherit_persist_result_and_result_storage_from_their_flow() {
+    common::console_lines();
+    let dir = tempfile::tempdir().unwrap();
+    let before = INHERITING.load(SeqCst);
+    let states = persisting_flow
+        .with_options(FlowOptions::new().result_storage(dir.path()))
+        .return_state()
+        .into_result()
+        .unwrap();
+    // Persisting implies Prefect's default policy, which caches within the
+    // flow run.
+    assert_eq!(states, ["Completed", "Cached"]);
+    assert_eq!(INHERITING.load(SeqCst) - before, 3, "2, 5 and 7");
+    assert_eq!(
+        files_in(dir.path()),
+        5,
+        "inheriting(2), the direct inheriting(5), the subflow's inheriting(7) \
+         and value, and the flow's value; not opting_out's"
+    );
+
+    // `persist_result = false` for the flow run: its tasks do not persist.
+    let off = tempfile::tempdir().unwrap();
+    let before = INHERITING.load(SeqCst);
+    let states = persisting_flow
+        .with_options(
+            FlowOptions::new()
+                .persist_result(false)
+                .result_storage(off.path()),
+        )
+        .return_state()
+        .into_result()
+        .unwrap();
+    assert_eq!(states, ["Completed", "Completed"]);
+    assert_eq!(INHERITING.load(SeqCst) - before, 4);
+    assert_eq!(files_in(off.path()), 0);
+}
+
 // ------------------------------------------- the process default, in a child
 
 static PLAIN: AtomicUsize = AtomicUsize::new(0);
@@ -114,14 +200,34 @@ fn defaults() -> Vec<String> {
     ]
 }
 
+/// The process default is on, but this flow says no for its tasks.
+#[flow(persist_result = false)]
+fn not_persisting() -> Vec<String> {
+    let a = plain.submit(10);
+    a.wait();
+    let b = plain.submit(10);
+    let k = keyed.submit(40);
+    b.wait();
+    k.wait();
+    vec![
+        a.state().name().to_owned(),
+        b.state().name().to_owned(),
+        k.state().name().to_owned(),
+    ]
+}
+
 /// The flow process of the tests below (a no-op without its environment).
 #[test]
 fn child_process() {
     common::console_lines();
-    if std::env::var_os("FLOWRUN_PERSIST_TEST_CHILD").is_none() {
+    let Some(which) = std::env::var_os("FLOWRUN_PERSIST_TEST_CHILD") else {
         return;
-    }
-    let states = defaults().unwrap();
+    };
+    let states = if which == "flow-off" {
+        not_persisting().unwrap()
+    } else {
+        defaults().unwrap()
+    };
     println!(
         "STATES {} EXECUTED {} {}",
         states.join(","),
@@ -132,9 +238,13 @@ fn child_process() {
 
 /// Runs the child with the default on, in `home`; returns its STATES line.
 fn run_child(home: &Path) -> String {
+    run_child_with(home, "1")
+}
+
+fn run_child_with(home: &Path, which: &str) -> String {
     let out = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "child_process", "--nocapture", "-q"])
-        .env("FLOWRUN_PERSIST_TEST_CHILD", "1")
+        .env("FLOWRUN_PERSIST_TEST_CHILD", which)
         .env("FLOWRUN_PERSIST_RESULTS", "true")
         .env("FLOWRUN_HOME", home)
         .output()
@@ -189,4 +299,17 @@ fn the_process_default_persists_under_flowrun_home_and_cache_clear_forgets_it() 
         "STATES Completed,Cached,Completed,Completed EXECUTED 1 1",
         "after clearing, keyed executes again"
     );
+}
+
+#[test]
+fn a_flow_with_persist_result_false_turns_the_process_default_off_for_its_tasks() {
+    common::console_lines();
+    let home = tempfile::tempdir().unwrap();
+    // `plain` follows the flow and neither persists nor caches; `keyed`
+    // asks for caching itself, which implies persisting.
+    assert_eq!(
+        run_child_with(home.path(), "flow-off"),
+        "STATES Completed,Completed,Completed EXECUTED 2 1"
+    );
+    assert_eq!(stored(home.path()).len(), 1, "keyed's result only");
 }

@@ -1,14 +1,14 @@
 //! What the code `#[task]` and `#[flow]` generate refers to: re-exports
 //! at stable paths, and the compile-time checks that a flow's runner can
 //! run its tasks and that task types are `Send + 'static`. Not an API.
-pub use crate::cache::{parameters_key, CachePolicy};
+pub use crate::cache::{key_text_of_input, key_text_of_value, parameters_key, CachePolicy};
 pub use crate::flow::lifecycle::flow_outcome;
 pub use crate::prints::{print_to_run, PrintStream};
 pub use crate::task::names::InputDisplay;
 pub use crate::task::probe::{
     CloneNo, CloneYes, CodecNo, CodecYes, Probe, SerializedNo, SerializedYes,
 };
-pub use crate::task::probe::{JsonNo, JsonYes};
+pub use crate::task::probe::{DisplayNo, DisplayYes, JsonNo, JsonYes};
 pub use crate::task::registry::TaskRegistration;
 pub use crate::task::Encoder;
 pub use crate::ArgsTuple;

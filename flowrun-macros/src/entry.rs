@@ -23,6 +23,8 @@ pub(crate) struct Kind<A> {
     pub(crate) check: fn(&mut A, &Ctxt),
     /// The options both macros have.
     pub(crate) common: fn(&A) -> &Common,
+    /// The result options (both macros read them; a flow accepts fewer).
+    pub(crate) results: fn(&A) -> &crate::task::results::ResultAttr,
     /// The generated code.
     pub(crate) expand: fn(&A, &Signature, &ItemFn) -> TokenStream,
 }
@@ -56,6 +58,8 @@ pub(crate) fn run<A>(kind: &Kind<A>, args: TokenStream, item: TokenStream) -> To
         if let Some(name) = &(kind.common)(&attr).run_name {
             crate::names::check(name, kind.run_name_option, &sig, &cx);
         }
+        // `{parameters[name]}` in a result_storage_key names parameters.
+        (kind.results)(&attr).check_parameters(&sig, kind.name, &cx);
         (kind.expand)(&attr, &sig, &function)
     } else {
         quote!(#function)

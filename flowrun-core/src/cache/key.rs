@@ -6,15 +6,33 @@ use std::sync::Arc;
 
 use crate::task::args::ArgSlot;
 
-/// The placeholders a `result_storage_key` template may use.
+/// The placeholders a `result_storage_key` template may use
+/// (`parameters[NAME]` with the name of one of the task's parameters).
 pub const TEMPLATE_PLACEHOLDERS: &[&str] = &[
     "task_run.name",
     "task.name",
+    "task_run.task_name",
     "flow_run.id",
     "flow_run.name",
     "flow.name",
+    "flow_run.flow_name",
     "cache_key",
+    "parameters[NAME]",
 ];
+
+/// The parameter name of a `parameters[NAME]` placeholder.
+fn parameter_of(placeholder: &str) -> Option<&str> {
+    let name = placeholder
+        .strip_prefix("parameters[")?
+        .strip_suffix(']')?
+        .trim();
+    let ident = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_alphanumeric() || c == '_');
+    ident.then_some(name)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Var {
@@ -30,16 +48,27 @@ enum Var {
 enum Piece {
     Text(String),
     Var(Var),
+    /// `{parameters[name]}`: the text of the run's argument `name`.
+    Parameter(Box<str>),
 }
 
 /// A `result_storage_key` template such as `"{flow.name}-{task_run.name}"`:
 /// the name of the file a run's result is stored in. Placeholders:
-/// `{task_run.name}`, `{task.name}`, `{flow_run.id}`, `{flow_run.name}`,
-/// `{flow.name}`, `{cache_key}`; `{{` and `}}` are literal braces.
+/// `{task_run.name}`, `{task.name}` (or Prefect's `{task_run.task_name}`),
+/// `{flow_run.id}`, `{flow_run.name}`, `{flow.name}` (or
+/// `{flow_run.flow_name}`), `{cache_key}`, and, as in Prefect,
+/// `{parameters[NAME]}`: the `Display` text of the task's argument `NAME`
+/// (passed as a value, not as an upstream run's future). `{{` and `}}`
+/// are literal braces. In `#[task(result_storage_key = "...")]` every
+/// placeholder, and every `parameters[NAME]` against the task's
+/// parameters, is checked at compile time; a template given at run time
+/// (`TaskOptions::result_storage_key`) naming no parameter of the task
+/// fails its runs with that reason.
 ///
 /// ```
 /// use flowrun_core::cache::KeyTemplate;
 /// assert!(KeyTemplate::parse("{flow.name}-{task_run.name}").is_ok());
+/// assert!(KeyTemplate::parse("report-{parameters[day]}").is_ok());
 /// let err = KeyTemplate::parse("{task_run.nme}").unwrap_err();
 /// assert!(err.contains("task_run.nme"));
 /// ```
@@ -49,6 +78,10 @@ pub struct KeyTemplate {
     pieces: Arc<[Piece]>,
 }
 
+/// The text of a run's argument by name, for `{parameters[name]}` (see
+/// [`crate::Task::key_parameter`]).
+pub(crate) type ParameterText<'a> = &'a dyn Fn(&str) -> Option<Result<String, String>>;
+
 /// What a template's placeholders stand for, for one run.
 pub(crate) struct TemplateValues<'a> {
     pub(crate) task_run_name: &'a str,
@@ -57,6 +90,10 @@ pub(crate) struct TemplateValues<'a> {
     pub(crate) flow_run_name: &'a str,
     pub(crate) flow_name: &'a str,
     pub(crate) cache_key: Option<&'a str>,
+    /// The text of the run's argument by name (see
+    /// [`crate::Task::key_parameter`]); `None` when the run has none (a
+    /// flow run's result).
+    pub(crate) parameter: Option<ParameterText<'a>>,
 }
 
 impl KeyTemplate {
@@ -91,12 +128,19 @@ impl KeyTemplate {
                             "result_storage_key \"{template}\": a '{{' is not closed"
                         ));
                     }
+                    if let Some(param) = parameter_of(name.trim()) {
+                        if !text.is_empty() {
+                            pieces.push(Piece::Text(std::mem::take(&mut text)));
+                        }
+                        pieces.push(Piece::Parameter(param.into()));
+                        continue;
+                    }
                     let var = match name.trim() {
                         "task_run.name" => Var::TaskRunName,
-                        "task.name" => Var::TaskName,
+                        "task.name" | "task_run.task_name" => Var::TaskName,
                         "flow_run.id" => Var::FlowRunId,
                         "flow_run.name" => Var::FlowRunName,
-                        "flow.name" => Var::FlowName,
+                        "flow.name" | "flow_run.flow_name" => Var::FlowName,
                         "cache_key" => Var::CacheKey,
                         other => {
                             return Err(format!(
@@ -143,6 +187,21 @@ impl KeyTemplate {
         for piece in self.pieces.iter() {
             match piece {
                 Piece::Text(t) => out.push_str(t),
+                Piece::Parameter(name) => match v.parameter.and_then(|f| f(name)) {
+                    Some(Ok(text)) => out.push_str(&text),
+                    Some(Err(why)) => {
+                        return Err(format!(
+                            "result_storage_key \"{}\" uses {{parameters[{name}]}}, but {why}",
+                            self.source
+                        ))
+                    }
+                    None => {
+                        return Err(format!(
+                            "result_storage_key \"{}\" uses {{parameters[{name}]}}, but `{name}` is not a parameter of this run's task",
+                            self.source
+                        ))
+                    }
+                },
                 Piece::Var(var) => out.push_str(match var {
                     Var::TaskRunName => v.task_run_name,
                     Var::TaskName => v.task_name,
@@ -299,4 +358,39 @@ impl KeyHasher {
     pub(crate) fn finish(self) -> String {
         self.0.finalize().to_hex().to_string()
     }
+}
+
+/// The text of one argument of a submitted call for a
+/// `{parameters[name]}` placeholder (what `#[task]` generates calls to):
+/// its `Display` text (`display` gives it, or `None` when its type has
+/// none) when it is a value.
+#[doc(hidden)]
+pub fn key_text_of_input<A: Send + 'static>(
+    input: &crate::Input<A>,
+    display: impl FnOnce(&A) -> Option<String>,
+) -> Result<String, String> {
+    match input {
+        crate::Input::Value(v) => key_text_of_value::<A>(display(v)),
+        other => {
+            let mut ups = Vec::new();
+            other.upstreams(&mut ups);
+            let names: Vec<String> = ups.iter().map(|up| format!("'{}'", up.name())).collect();
+            Err(format!(
+                "that argument is the result of task run {}, not a value the file can be named after",
+                names.join(", ")
+            ))
+        }
+    }
+}
+
+/// [`key_text_of_input`] of a value: `text` is its `Display` text, `None`
+/// when its type has none.
+#[doc(hidden)]
+pub fn key_text_of_value<A>(text: Option<String>) -> Result<String, String> {
+    text.ok_or_else(|| {
+        format!(
+            "its type `{}` does not implement Display",
+            std::any::type_name::<A>()
+        )
+    })
 }

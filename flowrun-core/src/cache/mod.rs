@@ -8,7 +8,10 @@
 //! `cache_key_fn`) first looks its key up there: a whole, unexpired result
 //! completes the run at once in a `Completed` state named `Cached`, and the
 //! task does not execute. Caching implies persistence; `persist_result =
-//! false` turns both off.
+//! false` turns both off. Direct calls (`f(x)`) are cached and persisted as
+//! submitted runs are. A task that does not set `persist_result` follows
+//! its flow run's (and uses its flow's `result_storage` when it names
+//! none), as in Prefect 3.
 //!
 //! A key that cannot be computed (an argument that cannot be serialized,
 //! a flow whose parameters cannot be) means no caching for that call, with
@@ -38,6 +41,8 @@ mod policy;
 pub(crate) mod serialized;
 mod storage;
 
+#[doc(hidden)]
+pub use key::{key_text_of_input, key_text_of_value};
 pub use key::{CacheKeyContext, CacheKeyFn, KeyTemplate, TEMPLATE_PLACEHOLDERS};
 pub use policy::CachePolicy;
 pub use storage::{Lookup, ResultInfo, ResultStorage, StorageError};
@@ -53,7 +58,7 @@ use crate::flow::registry::FlowShared;
 use crate::run::error::{TaskError, TaskErrorKind};
 use crate::task::args::ArgSlot;
 use crate::task::TaskMeta;
-use key::{KeyHasher, TemplateValues};
+use key::{KeyHasher, ParameterText, TemplateValues};
 
 /// The environment variable that turns result persistence on for every
 /// task that does not say otherwise (`true`/`1`/`on`), as Prefect's
@@ -162,6 +167,36 @@ impl ResultOptions {
     }
 }
 
+/// What the task runs of a flow run inherit from it, as in Prefect: a task
+/// that does not set `persist_result` (and asks for no caching) persists
+/// when its flow run does, and does not when its flow run says
+/// `persist_result = false`; a task that names no `result_storage` uses
+/// its flow run's. A subflow that sets neither inherits its parent's.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Inherited {
+    persist: Option<bool>,
+    storage: Option<ResultStorage>,
+}
+
+/// What a flow run's task runs inherit from its options (`flow`, with the
+/// call's `call` over them) and its parent flow run's.
+pub(crate) fn inherited(
+    flow: &ResultOptions,
+    call: Option<&ResultOptions>,
+    parent: Option<&FlowShared>,
+) -> Inherited {
+    let from_parent = parent.and_then(|p| p.results.get());
+    let persist = call
+        .and_then(|c| c.persist)
+        .or(flow.persist)
+        .or_else(|| from_parent.and_then(|p| p.persist));
+    let storage = call
+        .and_then(|c| c.storage.clone())
+        .or_else(|| flow.storage.clone())
+        .or_else(|| from_parent.and_then(|p| p.storage.clone()));
+    Inherited { persist, storage }
+}
+
 /// What a run does with its result: where it is stored, and how it is
 /// looked up first.
 #[derive(Debug)]
@@ -182,13 +217,14 @@ impl Plan {
     }
 }
 
-/// The plan of a run of the task `meta` with the call's options, or `None`
-/// when the result is not persisted. `has_codec`: the result can be
-/// serialized (a default from the environment skips the tasks whose result
-/// cannot be).
+/// The plan of a run of the task `meta` with the call's options, in the
+/// flow run `flow`, or `None` when the result is not persisted.
+/// `has_codec`: the result can be serialized (a default, from the flow run
+/// or the environment, skips the tasks whose result cannot be).
 pub(crate) fn plan(
     meta: &TaskMeta,
     call: Option<&ResultOptions>,
+    flow: &FlowShared,
     has_codec: bool,
 ) -> Option<Box<Plan>> {
     let merged;
@@ -206,11 +242,22 @@ pub(crate) fn plan(
         || o.policy.is_some_and(|p| !p.is_none())
         || o.key_fn.is_some()
         || o.template.is_some();
-    if !(asked || persist_results() && has_codec) {
-        return None;
+    let inherited = flow.results.get();
+    if !asked {
+        // Not set on the task: its flow run's setting, else the process's.
+        let default = inherited
+            .and_then(|i| i.persist)
+            .unwrap_or_else(persist_results);
+        if !(default && has_codec) {
+            return None;
+        }
     }
+    let storage = match (&o.storage, inherited.and_then(|i| i.storage.as_ref())) {
+        (Some(s), _) | (None, Some(s)) => s.clone(),
+        (None, None) => default_storage(),
+    };
     Some(Box::new(Plan {
-        storage: o.storage.clone().unwrap_or_else(default_storage),
+        storage,
         policy: o.policy.unwrap_or(CachePolicy::DEFAULT),
         key_fn: o.key_fn.clone(),
         expiration: o.expiration,
@@ -240,13 +287,14 @@ pub(crate) struct Prepared {
 
 /// Computes the run's cache key and storage file and looks the result up.
 /// `inputs` gives the run's arguments, serialized, when the key needs
-/// them. Fails only for a `result_storage_key` that gives no usable file
-/// name.
+/// them; `parameter` their text, when the file name does. Fails only for
+/// a `result_storage_key` that gives no usable file name.
 pub(crate) fn prepare(
     plan: &Plan,
     meta: &TaskMeta,
     run_name: &str,
     flow: &FlowShared,
+    parameter: ParameterText<'_>,
     inputs: impl FnOnce() -> Result<Vec<ArgSlot>, TaskError>,
 ) -> Result<Prepared, TaskError> {
     let label = || format!("Task run '{run_name}'");
@@ -272,6 +320,7 @@ pub(crate) fn prepare(
                 flow_run_name: &flow.name,
                 flow_name: &flow.flow_name,
                 cache_key: cache_key.as_deref(),
+                parameter: Some(parameter),
             })
             .map_err(|e| TaskError::new(TaskErrorKind::Runner, e))?,
         None => match &cache_key {
@@ -307,6 +356,42 @@ pub(crate) fn prepare(
             expiration: plan.expiration,
         },
     })
+}
+
+/// Decodes a cache hit as the task's output. A result that does not
+/// decode is never a hit: `None`, with a warning, and the run executes
+/// again and rewrites it.
+pub(crate) fn decode_hit<T>(
+    prepared: &Prepared,
+    bytes: &[u8],
+    fns: &crate::run::record::ValueFns<T>,
+    run_name: &str,
+) -> Option<T> {
+    let decoded = match fns.decode {
+        Some(decode) => decode(bytes).map_err(|e| {
+            format!(
+                "{} does not hold a `{}`: {e}",
+                prepared
+                    .target
+                    .storage
+                    .file(&prepared.target.file)
+                    .display(),
+                fns.type_name
+            )
+        }),
+        None => Err(format!("`{}` cannot be deserialized", fns.type_name)),
+    };
+    match decoded {
+        Ok(value) => Some(value),
+        Err(why) => {
+            crate::run_event!(
+                tracing::Level::WARN,
+                format!("Task run '{run_name}'"),
+                "Its cached result cannot be used, so it runs again: {why}"
+            );
+            None
+        }
+    }
 }
 
 /// The run's cache key: `Ok(None)` when the run is not cached (policy
@@ -403,8 +488,14 @@ pub(crate) fn persist_flow<T>(
         }
         _ => &meta.results,
     };
+    // A subflow that does not say follows its parent flow run.
+    let inherited = flow.results.get();
     let asked = o.persist == Some(true) || (o.persist.is_none() && o.template.is_some());
-    let default = o.persist.is_none() && persist_results() && encoder.is_some();
+    let default = o.persist.is_none()
+        && inherited
+            .and_then(|i| i.persist)
+            .unwrap_or_else(persist_results)
+        && encoder.is_some();
     if !(asked || default) {
         return;
     }
@@ -425,6 +516,7 @@ pub(crate) fn persist_flow<T>(
         flow_run_name: &flow.name,
         flow_name: &flow.flow_name,
         cache_key: None,
+        parameter: None,
     };
     let file = match &o.template {
         Some(t) => t.render(&values),
@@ -432,7 +524,11 @@ pub(crate) fn persist_flow<T>(
     };
     let outcome = file.and_then(|file| {
         let bytes = encode(value).map_err(|e| format!("it could not be serialized: {e}"))?;
-        let storage = o.storage.clone().unwrap_or_else(default_storage);
+        let storage = o
+            .storage
+            .clone()
+            .or_else(|| inherited.and_then(|i| i.storage.clone()))
+            .unwrap_or_else(default_storage);
         storage
             .write(&file, &bytes, None)
             .map_err(|e| e.to_string())
@@ -474,6 +570,27 @@ pub(crate) fn persist(target: &Target, run_name: &str, payload: &[u8]) {
             format!("Task run '{run_name}'"),
             "Its result was not persisted, so it will not be cached: {e}"
         );
+    }
+}
+
+/// Writes an executed run's value to its target, encoded with the task's
+/// codec. A failure is a warning: the run keeps its value.
+pub(crate) fn persist_value<T>(
+    target: &Target,
+    run_name: &str,
+    value: &T,
+    fns: &crate::run::record::ValueFns<T>,
+) {
+    match fns.encode {
+        Some(encode) => match encode(value) {
+            Ok(bytes) => persist(target, run_name, &bytes),
+            Err(e) => crate::run_event!(
+                tracing::Level::WARN,
+                format!("Task run '{run_name}'"),
+                "Its result was not persisted: it could not be serialized: {e}"
+            ),
+        },
+        None => no_codec(run_name, fns.type_name),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Direct calls: `shout(3)` inside a flow runs the task now, on the
 //! caller's thread (or in the caller's async task), as a tracked task run
-//! with retries and a timeout, and returns what the function returned.
+//! with retries, a timeout and the task's cache options, and returns what
+//! the function returned (or, on a cache hit, the stored value).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use crate::flow::registry::FlowShared;
 use crate::run::error::{panic_message, TaskError, TaskErrorKind};
 use crate::run::hooks::{RetryCondition, TaskHooks};
 use crate::run::record::{RunCell, RunRef};
+use crate::task::args::{ArgsTuple, IntoInputs};
 use crate::task::options::RetryPolicy;
 use crate::task::{CallConfig, Invocation, Task};
 
@@ -32,6 +34,16 @@ struct DirectRun<T: Task> {
     timeout: Option<Duration>,
     hooks: Option<Arc<TaskHooks>>,
     retry_condition: Option<RetryCondition>,
+    /// Where the value is persisted once the task returns, if anywhere.
+    target: Option<crate::cache::Target>,
+}
+
+/// What the cache decided for a direct call.
+enum Looked<T: Task> {
+    /// The run completed from the cache: what the call returns.
+    Hit(T::Raw),
+    /// The task executes, with these arguments.
+    Execute(T::Args),
 }
 
 fn start_direct<T: Task>(config: &CallConfig, args: &T::Args) -> DirectRun<T> {
@@ -63,6 +75,7 @@ fn start_direct<T: Task>(config: &CallConfig, args: &T::Args) -> DirectRun<T> {
         timeout: r.timeout,
         hooks: r.hooks,
         retry_condition: r.retry_condition,
+        target: None,
     }
 }
 
@@ -99,9 +112,67 @@ impl<T: Task> DirectRun<T> {
         Some(await_retry(&self.cell, attempt, &self.policy, &error).0)
     }
 
+    /// Computes the call's cache key (when the task caches or persists)
+    /// and looks its result up, as a submitted run does: the same task
+    /// with the same arguments has the same key either way.
+    fn look_up(&mut self, config: &CallConfig, args: T::Args) -> Result<Looked<T>, TaskError>
+    where
+        T::Args: IntoInputs<T::Args>,
+    {
+        let support = T::support();
+        let Some(plan) = crate::cache::plan(
+            T::meta(),
+            config.get().map(|o| &o.options.results),
+            &self.flow,
+            support.result.encode.is_some(),
+        ) else {
+            return Ok(Looked::Execute(args));
+        };
+        // The arguments are encoded as a submitted run's values are.
+        let mut encoded = None;
+        let args = if plan.hashes_inputs() {
+            let inputs = <T::Args as IntoInputs<T::Args>>::into_inputs(args);
+            encoded = Some(match &support.serialized {
+                Ok(fns) => (fns.encode_inputs)(&inputs),
+                Err(why) => Err(TaskError::new(TaskErrorKind::Runner, why.clone())),
+            });
+            <T::Args as ArgsTuple>::resolve(inputs)?
+        } else {
+            args
+        };
+        let run_name = self.cell.name();
+        let parameter = |name: &str| T::direct_key_parameter(&args, name);
+        let prepared =
+            crate::cache::prepare(&plan, T::meta(), &run_name, &self.flow, &parameter, || {
+                encoded.unwrap_or_else(|| Ok(Vec::new()))
+            })?;
+        if let Some(k) = &prepared.cache_key {
+            let _ = self.cell.cache_key.set(k.as_str().into());
+        }
+        if let Some(bytes) = &prepared.hit {
+            if let Some(value) =
+                crate::cache::decode_hit(&prepared, bytes, &support.result, &run_name)
+            {
+                self.cell.complete_returned_cached();
+                return Ok(Looked::Hit(T::raw_from_output(value)));
+            }
+        }
+        self.target = Some(prepared.target);
+        Ok(Looked::Execute(args))
+    }
+
     fn finish(self, outcome: Attempt<T::Raw>) -> T::Raw {
         match outcome {
             Attempt::Done(raw) => {
+                // Written before the run completes, as a worker does.
+                if let (Some(target), Some(value)) = (&self.target, T::output_ref(&raw)) {
+                    crate::cache::persist_value(
+                        target,
+                        &self.cell.name(),
+                        value,
+                        &T::support().result,
+                    );
+                }
                 self.cell.complete_returned();
                 raw
             }
@@ -191,8 +262,20 @@ fn invoke_now<T: Task>(args: T::Args, timeout: Option<Duration>) -> Attempt<T::R
 
 /// The attempt loop of a direct call, in either mode: blocking (every step
 /// finishes at once) or async.
-async fn run_direct<T: Task>(config: &CallConfig, args: T::Args, mode: Mode) -> T::Raw {
-    let run = start_direct::<T>(config, &args);
+async fn run_direct<T: Task>(config: &CallConfig, args: T::Args, mode: Mode) -> T::Raw
+where
+    T::Args: IntoInputs<T::Args>,
+{
+    let mut run = start_direct::<T>(config, &args);
+    let args = match run.look_up(config, args) {
+        Ok(Looked::Execute(args)) => args,
+        Ok(Looked::Hit(raw)) => return raw,
+        Err(e) => {
+            let e = e.in_run(run.cell.name());
+            run.cell.fail(e.clone());
+            panic!("{e}")
+        }
+    };
     let mut holder = ArgsHolder::new(args, T::support().args_clone);
     let mut attempt = 1;
     loop {
@@ -221,11 +304,23 @@ async fn run_direct<T: Task>(config: &CallConfig, args: T::Args, mode: Mode) -> 
 /// Runs `T` now, on this thread, as a tracked task run, and returns what the
 /// function returned. Retries and timeouts apply. A panic in the last
 /// attempt continues as a panic in the caller, as a failure does in Python.
-pub fn call<T: Task>(config: &CallConfig, args: T::Args) -> T::Raw {
+///
+/// The task's result and cache options apply as to a submitted run: a
+/// cache hit completes the run in a `Completed` state named `Cached` and
+/// returns the stored value without executing the task; an executed run
+/// with `persist_result` (or a cache policy) writes its value to result
+/// storage before it completes.
+pub fn call<T: Task>(config: &CallConfig, args: T::Args) -> T::Raw
+where
+    T::Args: IntoInputs<T::Args>,
+{
     block_here(run_direct::<T>(config, args, Mode::Blocking))
 }
 
 /// The async form of [`call`], for `async fn` tasks: `fetch(3).await`.
-pub async fn call_async<T: Task>(config: CallConfig, args: T::Args) -> T::Raw {
+pub async fn call_async<T: Task>(config: CallConfig, args: T::Args) -> T::Raw
+where
+    T::Args: IntoInputs<T::Args>,
+{
     run_direct::<T>(&config, args, Mode::Async).await
 }

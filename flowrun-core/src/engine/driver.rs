@@ -148,6 +148,7 @@ pub(crate) fn submit_in<T: Task>(
     let results = crate::cache::plan(
         meta,
         config.get().map(|o| &o.options.results),
+        &flow,
         support.result.encode.is_some(),
     );
     // A cached run whose key hashes an upstream's result (an upstream
@@ -302,47 +303,29 @@ impl<T: Task> Driver<T> {
         inputs: &<T::Args as ArgsTuple>::Inputs,
     ) -> Result<bool, TaskError> {
         let run_name = self.cell.name();
-        let prepared =
-            crate::cache::prepare(plan, self.meta, &run_name, &self.flow, || {
-                match &self.support.serialized {
-                    Ok(fns) => (fns.encode_inputs)(inputs),
-                    Err(why) => Err(TaskError::new(TaskErrorKind::Runner, why.clone())),
-                }
-            })?;
+        let prepared = crate::cache::prepare(
+            plan,
+            self.meta,
+            &run_name,
+            &self.flow,
+            &|name| T::key_parameter(inputs, name),
+            || match &self.support.serialized {
+                Ok(fns) => (fns.encode_inputs)(inputs),
+                Err(why) => Err(TaskError::new(TaskErrorKind::Runner, why.clone())),
+            },
+        )?;
         if let Some(k) = &prepared.cache_key {
             let _ = self.cell.cache_key.set(k.as_str().into());
         }
-        if let Some(bytes) = prepared.hit {
+        if let Some(bytes) = &prepared.hit {
             // A result that does not decode as this task's output is never
             // a hit: the task runs again and rewrites it.
-            let decoded = match self.support.result.decode {
-                Some(decode) => decode(&bytes).map_err(|e| {
-                    format!(
-                        "{} does not hold a `{}`: {e}",
-                        prepared
-                            .target
-                            .storage
-                            .file(&prepared.target.file)
-                            .display(),
-                        self.support.result.type_name
-                    )
-                }),
-                None => Err(format!(
-                    "`{}` cannot be deserialized",
-                    self.support.result.type_name
-                )),
-            };
-            match decoded {
-                Ok(value) => {
-                    let value = (self.flow.execution == Execution::InProcess).then_some(value);
-                    self.cell.complete_cached(value, bytes);
-                    return Ok(true);
-                }
-                Err(why) => crate::run_event!(
-                    tracing::Level::WARN,
-                    format!("Task run '{run_name}'"),
-                    "Its cached result cannot be used, so it runs again: {why}"
-                ),
+            if let Some(value) =
+                crate::cache::decode_hit(&prepared, bytes, &self.support.result, &run_name)
+            {
+                let value = (self.flow.execution == Execution::InProcess).then_some(value);
+                self.cell.complete_cached(value, bytes.clone());
+                return Ok(true);
             }
         }
         *lock(&self.target) = Some(prepared.target);
@@ -353,17 +336,7 @@ impl<T: Task> Driver<T> {
     fn persist_value(&self, value: &T::Output) {
         let target = lock(&self.target);
         let Some(target) = &*target else { return };
-        match self.support.result.encode {
-            Some(encode) => match encode(value) {
-                Ok(bytes) => crate::cache::persist(target, &self.cell.name(), &bytes),
-                Err(e) => crate::run_event!(
-                    tracing::Level::WARN,
-                    format!("Task run '{}'", self.cell.name()),
-                    "Its result was not persisted: it could not be serialized: {e}"
-                ),
-            },
-            None => crate::cache::no_codec(&self.cell.name(), self.support.result.type_name),
-        }
+        crate::cache::persist_value(target, &self.cell.name(), value, &self.support.result);
     }
 
     fn persist_bytes(&self, bytes: &[u8]) {

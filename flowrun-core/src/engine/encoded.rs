@@ -85,6 +85,14 @@ impl Task for EncodedTask {
         raw.as_ref().err().map(|e| e.message().to_owned())
     }
 
+    fn output_ref(raw: &Self::Raw) -> Option<&Bytes> {
+        raw.as_ref().ok()
+    }
+
+    fn raw_from_output(value: Bytes) -> Self::Raw {
+        Ok(value)
+    }
+
     fn support() -> &'static TaskSupport<Self> {
         static SUPPORT: OnceLock<TaskSupport<EncodedTask>> = OnceLock::new();
         SUPPORT.get_or_init(|| TaskSupport {

@@ -490,6 +490,11 @@ async fn drive<F: Flow>(config: &FlowConfig, args: F::Args, mode: Mode) -> FlowR
         Err(run) => return *run,
     };
     let _ = started.shared.parameters.set(F::parameters_key(&args));
+    let _ = started.shared.results.set(crate::cache::inherited(
+        &F::meta().results,
+        config.inner.as_deref().map(|o| &o.options.results),
+        started.shared.links.parent().map(|p| &*p.flow),
+    ));
     let mut holder = ArgsHolder::new(args, F::args_clone());
     let mut dropped = DroppedFlow(matches!(mode, Mode::Async).then(|| {
         (

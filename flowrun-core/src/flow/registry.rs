@@ -101,6 +101,9 @@ pub(crate) struct FlowShared {
     /// A hash of its parameters, for the FLOW_PARAMETERS cache policy, or
     /// why there is none.
     pub(crate) parameters: OnceLock<Result<String, String>>,
+    /// The result options its task runs inherit (`persist_result`,
+    /// `result_storage`), as in Prefect.
+    pub(crate) results: OnceLock<crate::cache::Inherited>,
 }
 
 impl FlowShared {
@@ -136,6 +139,7 @@ impl FlowShared {
             links: Default::default(),
             history: AtomicBool::new(true),
             parameters: OnceLock::new(),
+            results: OnceLock::new(),
         }
     }
 

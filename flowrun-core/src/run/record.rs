@@ -278,6 +278,16 @@ impl<T: Send + 'static> RunCell<T> {
         )
     }
 
+    /// Completes a direct call from the cache (a `Completed` state named
+    /// `Cached`): its value went straight to its caller.
+    pub(crate) fn complete_returned_cached(self: &Arc<Self>) -> bool {
+        self.finish_named(
+            Slot::Taken("its value was returned to the caller of the direct call".to_owned()),
+            None,
+            Some("Cached"),
+        )
+    }
+
     /// Ends the run with `error`. Returns false if it was already final.
     pub(crate) fn fail(self: &Arc<Self>, error: TaskError) -> bool {
         self.finish(Slot::Empty, Some(error))

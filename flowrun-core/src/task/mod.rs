@@ -70,6 +70,14 @@ pub trait Task: Sized + Send + Sync + 'static {
     /// The failure message of a return value that is an `Err`.
     fn failure_message(raw: &Self::Raw) -> Option<String>;
 
+    /// The run's value inside a return value, when it is not a failure:
+    /// what a direct call persists.
+    fn output_ref(raw: &Self::Raw) -> Option<&Self::Output>;
+
+    /// The return value of a run whose value is `value`: what a direct
+    /// call returns when its result comes from the cache.
+    fn raw_from_output(value: Self::Output) -> Self::Raw;
+
     /// What the task's types allow.
     fn support() -> &'static TaskSupport<Self>;
 
@@ -86,6 +94,25 @@ pub trait Task: Sized + Send + Sync + 'static {
     /// [`run_name`](Task::run_name) of a direct call, from its arguments.
     fn direct_run_name(args: &Self::Args) -> Option<String> {
         let _ = args;
+        None
+    }
+
+    /// The text of the argument named `name` of a submitted call, for a
+    /// `{parameters[name]}` placeholder of its `result_storage_key`:
+    /// `None` when the task has no such parameter, `Some(Err(why))` when
+    /// the argument has no text to name a file with.
+    fn key_parameter(
+        inputs: &<Self::Args as ArgsTuple>::Inputs,
+        name: &str,
+    ) -> Option<Result<String, String>> {
+        let _ = (inputs, name);
+        None
+    }
+
+    /// [`key_parameter`](Task::key_parameter) of a direct call, from its
+    /// arguments.
+    fn direct_key_parameter(args: &Self::Args, name: &str) -> Option<Result<String, String>> {
+        let _ = (args, name);
         None
     }
 

@@ -13,6 +13,8 @@
 //! assert!(!(&Probe::<Opaque>::new()).serde_ok());
 //! assert_eq!((&Probe::<u32>::new()).json(&7).as_deref(), Some("7"));
 //! assert_eq!((&Probe::<Opaque>::new()).json(&Opaque), None);
+//! assert_eq!((&Probe::<u32>::new()).display_text(&7).as_deref(), Some("7"));
+//! assert_eq!((&Probe::<Opaque>::new()).display_text(&Opaque), None);
 //! ```
 
 use std::marker::PhantomData;
@@ -146,6 +148,29 @@ pub trait JsonNo<T> {
 }
 impl<T> JsonNo<T> for &Probe<T> {
     fn json(&self, _value: &T) -> Option<String> {
+        None
+    }
+}
+
+/// `T: Display`: a value of it as text (a `{parameters[name]}` placeholder
+/// of a `result_storage_key`).
+pub trait DisplayYes<T> {
+    /// The value's `Display` text.
+    fn display_text(&self, value: &T) -> Option<String>;
+}
+impl<T: std::fmt::Display> DisplayYes<T> for Probe<T> {
+    fn display_text(&self, value: &T) -> Option<String> {
+        Some(value.to_string())
+    }
+}
+
+/// `T` is not `Display`.
+pub trait DisplayNo<T> {
+    /// `None`.
+    fn display_text(&self, value: &T) -> Option<String>;
+}
+impl<T> DisplayNo<T> for &Probe<T> {
+    fn display_text(&self, _value: &T) -> Option<String> {
         None
     }
 }

@@ -114,6 +114,95 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
             quote! {{ let _ = __flowrun_raw; ::core::option::Option::None }},
         )
     };
+    // A direct call's value inside its return value, and back (cache hits).
+    let (output_ref, from_output) = if sig.returns_result {
+        (
+            quote!(::core::result::Result::ok(::core::result::Result::as_ref(
+                __flowrun_raw
+            ))),
+            quote!(::core::result::Result::Ok(__flowrun_value)),
+        )
+    } else {
+        (
+            quote!(::core::option::Option::Some(__flowrun_raw)),
+            quote!(__flowrun_value),
+        )
+    };
+
+    // `{parameters[name]}` in a result_storage_key: each argument's text,
+    // by name (`None` for a type without `Display`, reported at run time
+    // when a template given then names it).
+    let key_arms: Vec<_> = sig
+        .args
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let name = a.name.to_string().trim_start_matches("r#").to_owned();
+            let ty = &a.ty;
+            let idx = syn::Index::from(i);
+            (
+                quote! {
+                    #name => ::core::option::Option::Some(#fr::key_text_of_input(
+                        &__flowrun_inputs.#idx,
+                        |__flowrun_v: &#ty| (&#fr::Probe::<#ty>::new()).display_text(__flowrun_v),
+                    )),
+                },
+                quote! {
+                    #name => ::core::option::Option::Some(#fr::key_text_of_value::<#ty>(
+                        (&#fr::Probe::<#ty>::new()).display_text(&__flowrun_args.#idx),
+                    )),
+                },
+            )
+        })
+        .collect();
+    let (input_arms, arg_arms): (Vec<_>, Vec<_>) = key_arms.into_iter().unzip();
+    let key_parameter = quote! {
+        #[allow(unused_variables)]
+        fn key_parameter(
+            __flowrun_inputs: &<Self::Args as #fr::ArgsTuple>::Inputs,
+            __flowrun_name: &str,
+        ) -> ::core::option::Option<::core::result::Result<::std::string::String, ::std::string::String>> {
+            #[allow(unused_imports)]
+            use #fr::{DisplayNo as _, DisplayYes as _};
+            match __flowrun_name {
+                #(#input_arms)*
+                _ => ::core::option::Option::None,
+            }
+        }
+
+        #[allow(unused_variables)]
+        fn direct_key_parameter(
+            __flowrun_args: &Self::Args,
+            __flowrun_name: &str,
+        ) -> ::core::option::Option<::core::result::Result<::std::string::String, ::std::string::String>> {
+            #[allow(unused_imports)]
+            use #fr::{DisplayNo as _, DisplayYes as _};
+            match __flowrun_name {
+                #(#arg_arms)*
+                _ => ::core::option::Option::None,
+            }
+        }
+    };
+    // The parameters the attribute's template names must be `Display`
+    // (the error points at the template).
+    let key_display_checks = attr.results.key().map(|key| {
+        let used = attr.results.key_parameters();
+        let tys = sig
+            .args
+            .iter()
+            .filter(|a| {
+                used.iter()
+                    .any(|u| *u == a.name.to_string().trim_start_matches("r#"))
+            })
+            .map(|a| &a.ty);
+        quote_spanned! {key.span()=>
+            #[allow(dead_code)]
+            fn __flowrun_key_parameters_are_display() {
+                fn __flowrun_display<T: ::core::fmt::Display + ?::core::marker::Sized>() {}
+                #(__flowrun_display::<#tys>();)*
+            }
+        }
+    });
 
     let direct_ret = if sig.is_async {
         quote!(#fr::BoxFuture<#raw>)
@@ -206,6 +295,8 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
 
             #direct_items
 
+            #key_display_checks
+
             impl #fr::Task for #ident #bounds {
                 type Args = (#(#tys,)*);
                 type Raw = #raw;
@@ -229,6 +320,16 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
                 fn failure_message(__flowrun_raw: &Self::Raw) -> ::core::option::Option<::std::string::String> {
                     #failure
                 }
+
+                fn output_ref(__flowrun_raw: &Self::Raw) -> ::core::option::Option<&Self::Output> {
+                    #output_ref
+                }
+
+                fn raw_from_output(__flowrun_value: Self::Output) -> Self::Raw {
+                    #from_output
+                }
+
+                #key_parameter
 
                 fn support() -> &'static #fr::TaskSupport<Self> {
                     // Type-erased so that the static does not name

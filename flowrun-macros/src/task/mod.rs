@@ -13,5 +13,6 @@ pub(crate) const TASK: Kind<attr::TaskAttr> = Kind {
     parse: attr::parse,
     check: attr::check,
     common: |attr| &attr.common,
+    results: |attr| &attr.results,
     expand: expand::expand,
 };

@@ -10,6 +10,7 @@ use syn::{BinOp, Expr, ItemFn, LitStr};
 
 use crate::ctxt::Ctxt;
 use crate::options::{self, Seconds};
+use crate::signature::Signature;
 
 /// Prefect's policy names, as `cache_policy = INPUTS + TASK_SOURCE` takes them.
 const POLICIES: &[&str] = &[
@@ -21,16 +22,46 @@ const POLICIES: &[&str] = &[
     "DEFAULT",
 ];
 
-/// The placeholders of `result_storage_key` (as flowrun_core::results
-/// accepts them).
+/// The placeholders of `result_storage_key` (as flowrun_core::cache
+/// accepts them), besides `parameters[NAME]`.
 const PLACEHOLDERS: &[&str] = &[
     "task_run.name",
     "task.name",
+    "task_run.task_name",
     "flow_run.id",
     "flow_run.name",
     "flow.name",
+    "flow_run.flow_name",
     "cache_key",
 ];
+
+/// The parameter name of a `parameters[NAME]` placeholder (Prefect's
+/// spelling), when `placeholder` is one.
+fn parameter_of(placeholder: &str) -> Option<&str> {
+    let name = placeholder
+        .strip_prefix("parameters[")?
+        .strip_suffix(']')?
+        .trim();
+    Some(name)
+}
+
+/// The placeholders of a template that `template_ok` accepted.
+fn placeholders(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(['{', '}']) {
+        let c = rest.as_bytes()[i];
+        let after = &rest[i + 1..];
+        if after.starts_with(c as char) {
+            rest = &after[1..];
+            continue;
+        }
+        let Some(end) = after.find('}') else { break };
+        out.push(after[..end].trim().to_owned());
+        rest = &after[end + 1..];
+    }
+    out
+}
 
 #[derive(Default)]
 pub(crate) struct ResultAttr {
@@ -59,6 +90,58 @@ impl ResultAttr {
             _ => return false,
         }
         true
+    }
+
+    /// The `result_storage_key` template as written, if any.
+    pub(crate) fn key(&self) -> Option<&LitStr> {
+        self.key.as_ref()
+    }
+
+    /// The parameters `{parameters[NAME]}` placeholders of the
+    /// `result_storage_key` name.
+    pub(crate) fn key_parameters(&self) -> Vec<String> {
+        let Some(key) = &self.key else {
+            return Vec::new();
+        };
+        placeholders(&key.value())
+            .iter()
+            .filter_map(|p| parameter_of(p).map(str::to_owned))
+            .collect()
+    }
+
+    /// Checks each `{parameters[NAME]}` of the `result_storage_key`
+    /// against the function's parameters (a flow's key has none: Prefect
+    /// names task runs' results by their parameters only).
+    pub(crate) fn check_parameters(&self, sig: &Signature, macro_name: &str, cx: &Ctxt) {
+        let Some(key) = &self.key else { return };
+        let params: Vec<String> = sig
+            .args
+            .iter()
+            .map(|a| a.name.to_string().trim_start_matches("r#").to_owned())
+            .collect();
+        for name in self.key_parameters() {
+            if macro_name != "task" {
+                cx.spanned(
+                    key,
+                    format!(
+                        "`result_storage_key`: {{parameters[{name}]}} names a task's argument; a flow's result file cannot use it"
+                    ),
+                );
+            } else if !params.contains(&name) {
+                let valid = if params.is_empty() {
+                    "the function has no parameters".to_owned()
+                } else {
+                    let list: Vec<String> = params.iter().map(|p| format!("`{p}`")).collect();
+                    format!("the parameters are: {}", list.join(", "))
+                };
+                cx.spanned(
+                    key,
+                    format!(
+                        "`result_storage_key` uses {{parameters[{name}]}}, but `{name}` is not a parameter; {valid}"
+                    ),
+                );
+            }
+        }
     }
 
     /// The builder calls for these options of a task.
@@ -181,11 +264,26 @@ fn template_ok(lit: &LitStr, cx: &Ctxt) -> bool {
             return false;
         };
         let name = after[..end].trim();
-        if !PLACEHOLDERS.contains(&name) {
+        if let Some(param) = parameter_of(name) {
+            let ident = param
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_alphabetic() || c == '_')
+                && param.chars().all(|c| c.is_alphanumeric() || c == '_');
+            if !ident {
+                cx.spanned(
+                    lit,
+                    format!(
+                        "`result_storage_key`: {{{name}}} must name a parameter, as in {{parameters[x]}}"
+                    ),
+                );
+                return false;
+            }
+        } else if !PLACEHOLDERS.contains(&name) {
             cx.spanned(
                 lit,
                 format!(
-                    "`result_storage_key`: unknown placeholder {{{name}}}; expected one of: {}",
+                    "`result_storage_key`: unknown placeholder {{{name}}}; expected one of: {}, {{parameters[NAME]}}",
                     PLACEHOLDERS
                         .iter()
                         .map(|p| format!("{{{p}}}"))
