@@ -17,9 +17,9 @@ use std::time::{Duration, SystemTime};
 use crossbeam_channel::Sender;
 use flowrun_core::logging::{LogRecord, LogTap};
 use flowrun_core::observe::{ObserverRegistration, RunEvent, RunObserver};
-use flowrun_core::{FlowRunInfo, RunRef, State};
+use flowrun_core::{FlowRunInfo, RunRef, State, StateKind};
 
-use crate::writer::{Event, FlowStart, LogLine, Writer};
+use crate::writer::{Event, FlowStart, LogLine, TaskEvent, Writer};
 
 /// How long a flush waits while the writer commits nothing at all (another
 /// process holds the database) before it gives up. While the writer makes
@@ -187,11 +187,24 @@ struct Recorder {
 
 impl RunObserver for Recorder {
     fn run_changed(&self, event: &RunEvent) {
-        let _ = self.tx.send(Event::Task {
+        // Called on the flow's threads (a cluster's scheduler thread among
+        // them) three times per task run: no allocation for a run named
+        // `<task>-<index>`, and the worker and cache key only once the run
+        // left Pending (they are not known before).
+        let run = &event.run;
+        let started = !matches!(event.state.kind(), StateKind::Pending);
+        let _ = self.tx.send(Event::Task(TaskEvent {
             flow: self.token,
-            run: crate::writer::RunInfo::of(&event.run),
+            id: run.id(),
+            task: self.writer.task_name(run.task_name()),
+            index: run.index(),
+            custom_name: run.custom_name().map(Box::from),
+            task_key: run.task_key(),
+            attempts: run.attempts(),
+            location: started.then(|| run.location()).flatten(),
+            cache_key: started.then(|| run.cache_key().map(Box::from)).flatten(),
             state: event.state.clone(),
-        });
+        }));
     }
 
     fn run_submitted(&self, run: &RunRef, upstreams: &[RunRef]) {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
-use flowrun_core::{RunId, RunRef, State, StateKind};
+use flowrun_core::{RunId, State, StateKind};
 use rusqlite::{params, Connection, ErrorCode, TransactionBehavior};
 use rustc_hash::{FxHashMap, FxHashSet};
 use uuid::Uuid;
@@ -75,11 +75,10 @@ pub(crate) struct LogLine {
 /// What flows send the writer.
 pub(crate) enum Event {
     FlowStarted(Box<FlowStart>),
-    Task {
-        flow: u64,
-        run: Box<RunInfo>,
-        state: State,
-    },
+    /// A task name seen for the first time: it is known by its number
+    /// (its place in the order of these events) from now on.
+    TaskName(Arc<str>),
+    Task(TaskEvent),
     Upstreams {
         run: RunId,
         upstreams: Vec<RunId>,
@@ -92,38 +91,57 @@ pub(crate) enum Event {
     Flush(Sender<()>),
 }
 
-/// What a task run's row needs of the run, taken when its state changes.
-/// The writer never holds the run itself: that would keep its result alive
-/// (in the flow's heap, or a file of a cluster's store) until the next
-/// batch, after every future of it was dropped.
-pub(crate) struct RunInfo {
+/// The task name of a [`TaskEvent`].
+pub(crate) enum TaskName {
+    /// The number of a name sent before as [`Event::TaskName`].
+    Known(u32),
+    /// The name itself (when the writer already knows too many names).
+    Text(Box<str>),
+}
+
+/// One state change of a task run, with what its row needs of the run.
+/// No allocation for a run named `<task>-<index>`: the name is made by the
+/// writer, and the task name travels as a number. The writer never holds
+/// the run itself: that would keep its result alive (in the flow's heap,
+/// or a file of a cluster's store) until the next batch, after every
+/// future of it was dropped.
+pub(crate) struct TaskEvent {
+    pub flow: u64,
     pub id: RunId,
-    pub name: String,
-    pub task_name: String,
+    pub task: TaskName,
+    pub index: u64,
+    /// Its name when `task_run_name` made it.
+    pub custom_name: Option<Box<str>>,
     pub task_key: &'static str,
     pub attempts: u32,
     pub location: Option<Arc<str>>,
-    pub cache_key: Option<String>,
+    pub cache_key: Option<Box<str>>,
+    pub state: State,
 }
 
-impl RunInfo {
-    /// The run as it is now.
-    pub(crate) fn of(run: &RunRef) -> Box<RunInfo> {
-        Box::new(RunInfo {
-            id: run.id(),
-            name: run.name(),
-            task_name: run.task_name().to_owned(),
-            task_key: run.task_key(),
-            attempts: run.attempts(),
-            location: run.location(),
-            cache_key: run.cache_key().map(str::to_owned),
-        })
-    }
+/// The task names a writer knows by number, shared by the flows sending it
+/// events. A name is sent to the writer once, under this lock, before any
+/// event that uses its number.
+#[derive(Default)]
+pub(crate) struct TaskNames {
+    numbers: HashMap<Arc<str>, u32>,
+}
+
+/// How many task names a writer learns by number; events of further names
+/// carry their name (a program making a task name per run stays bounded).
+const MAX_NAMES: usize = 4096;
+
+thread_local! {
+    /// The names this thread looked up last, by writer: the flows' threads
+    /// find a name's number without the lock (and without an atomic).
+    static NAME_CACHE: std::cell::RefCell<Vec<(usize, Arc<str>, u32)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The writer of one home: a handle on its thread.
 pub(crate) struct Writer {
     pub tx: Sender<Event>,
+    names: std::sync::Mutex<TaskNames>,
     /// Cuts the writer's gathering short (after a flush is sent).
     pub wake: Sender<()>,
     pub home: PathBuf,
@@ -153,10 +171,52 @@ impl Writer {
             })?;
         Ok(Writer {
             tx,
+            names: Default::default(),
             wake,
             home: home.to_owned(),
             commits,
         })
+    }
+}
+
+impl Writer {
+    /// How events name the task `name`: by number once the writer knows it.
+    pub(crate) fn task_name(&self, name: &str) -> TaskName {
+        let me = self as *const Writer as usize;
+        let cached = NAME_CACHE.with(|c| {
+            c.borrow()
+                .iter()
+                .find(|(w, n, _)| *w == me && **n == *name)
+                .map(|(_, _, number)| *number)
+        });
+        if let Some(number) = cached {
+            return TaskName::Known(number);
+        }
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        let (text, number) = match names.numbers.get_key_value(name) {
+            Some((text, number)) => (text.clone(), *number),
+            None if names.numbers.len() < MAX_NAMES => {
+                let text: Arc<str> = Arc::from(name);
+                let number = names.numbers.len() as u32;
+                // Sent under the lock: no event with this number can be
+                // queued before the name.
+                if self.tx.send(Event::TaskName(text.clone())).is_err() {
+                    return TaskName::Text(name.into());
+                }
+                names.numbers.insert(text.clone(), number);
+                (text, number)
+            }
+            None => return TaskName::Text(name.into()),
+        };
+        drop(names);
+        NAME_CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.len() >= 16 {
+                c.remove(0);
+            }
+            c.push((me, text, number));
+        });
+        TaskName::Known(number)
     }
 }
 
@@ -220,21 +280,21 @@ struct FlowRow {
 /// One state change, as the `history` column lists it.
 struct Change {
     time_ms: i64,
-    state: &'static str,
-    name: Option<String>,
-    message: Option<Arc<str>>,
+    state: State,
 }
 
 impl Change {
     fn of(state: &State) -> Change {
-        let kind = state.kind().as_str();
         Change {
             time_ms: millis(state.timestamp()),
-            state: kind,
-            name: (state.name() != kind).then(|| state.name().to_owned()),
-            message: state.message().map(Arc::from),
+            state: state.clone(),
         }
     }
+}
+
+/// A state's refining name, when it has one.
+fn refining_name(state: &State) -> Option<&str> {
+    Some(state.name()).filter(|n| *n != state.kind().as_str())
 }
 
 /// Adds `change` in time order (events of two threads can arrive swapped).
@@ -247,40 +307,43 @@ fn record(history: &mut Vec<Change>, change: Change) {
 }
 
 /// The `history` column: `[[time_ms, state, name, message], ...]`, written
-/// by hand: one string per run, where serde's generic path cost a vector too.
-fn history_json(changes: &[Change]) -> String {
+/// by hand into `out` (a buffer reused from row to row).
+fn history_json(changes: &[Change], out: &mut String) {
     use std::fmt::Write as _;
     let text = |out: &mut String, value: Option<&str>| match value {
         Some(v) => out.push_str(&serde_json::to_string(v).unwrap_or_else(|_| "null".into())),
         None => out.push_str("null"),
     };
-    let mut out = String::with_capacity(40 * changes.len() + 2);
+    out.clear();
     out.push('[');
     for (i, c) in changes.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
         // State kinds are plain words: no escaping needed.
-        let _ = write!(out, "[{},\"{}\",", c.time_ms, c.state);
-        text(&mut out, c.name.as_deref());
+        let _ = write!(out, "[{},\"{}\",", c.time_ms, c.state.kind().as_str());
+        text(out, refining_name(&c.state));
         out.push(',');
-        text(&mut out, c.message.as_deref());
+        text(out, c.state.message());
         out.push(']');
     }
     out.push(']');
-    out
 }
 
 /// A task run not yet final (or final but not yet committed).
 struct TaskRow {
     flow: u64,
-    run: Box<RunInfo>,
     id: Uuid,
     seq: Option<i64>,
-    state: StateKind,
-    state_time: SystemTime,
-    state_name: Option<String>,
-    message: Option<Arc<str>>,
+    task: Arc<str>,
+    index: u64,
+    custom_name: Option<Box<str>>,
+    task_key: &'static str,
+    attempts: u32,
+    location: Option<Arc<str>>,
+    cache_key: Option<Box<str>>,
+    /// Its newest state.
+    state: State,
     created_ms: i64,
     start_ms: Option<i64>,
     end_ms: Option<i64>,
@@ -288,6 +351,23 @@ struct TaskRow {
     history: Vec<Change>,
     /// It has changes its row does not hold yet.
     dirty: bool,
+    /// No change applied yet.
+    fresh: bool,
+}
+
+impl TaskRow {
+    /// Writes its name (`<task>-<index>` unless `task_run_name` gave one).
+    fn name_into<'a>(&'a self, buf: &'a mut String) -> &'a str {
+        use std::fmt::Write as _;
+        match &self.custom_name {
+            Some(name) => name,
+            None => {
+                buf.clear();
+                let _ = write!(buf, "{}-{}", self.task, self.index);
+                buf
+            }
+        }
+    }
 }
 
 /// What is left of a task run once it is final and committed: what later
@@ -326,6 +406,8 @@ struct Thread {
     // default hasher costs more than the rest of an event's bookkeeping.
     tasks: FxHashMap<RunId, TaskRow>,
     done: FxHashMap<RunId, Done>,
+    /// Task names by number (see [`TaskNames`]).
+    names: Vec<Arc<str>>,
     /// Task runs that became final: their rows are written next commit.
     ready: Vec<RunId>,
     /// Unfinished task runs with changes not written yet, by the time of
@@ -344,6 +426,7 @@ impl Thread {
             by_core_id: HashMap::new(),
             tasks: FxHashMap::default(),
             done: FxHashMap::default(),
+            names: Vec::new(),
             ready: Vec::new(),
             waiting: VecDeque::new(),
             failed: false,
@@ -393,9 +476,7 @@ impl Thread {
                 let time_ms = millis(start.time);
                 let running = Change {
                     time_ms,
-                    state: StateKind::Running.as_str(),
-                    name: None,
-                    message: None,
+                    state: State::new(StateKind::Running),
                 };
                 self.by_core_id.insert(start.core_id.clone(), token);
                 self.flows.insert(
@@ -417,7 +498,8 @@ impl Thread {
                 );
                 batch.flows.insert(token);
             }
-            Event::Task { flow, run, state } => self.task_event(flow, run, state, batch),
+            Event::TaskName(name) => self.names.push(name),
+            Event::Task(event) => self.task_event(event, batch),
             Event::Upstreams { run, upstreams } => {
                 let ids: Vec<String> = upstreams
                     .iter()
@@ -457,16 +539,36 @@ impl Thread {
         }
     }
 
-    fn task_event(&mut self, flow: u64, run: Box<RunInfo>, state: State, batch: &mut Batch) {
-        let id = run.id;
+    fn task_event(&mut self, event: TaskEvent, batch: &mut Batch) {
+        let TaskEvent {
+            flow,
+            id,
+            task,
+            index,
+            custom_name,
+            task_key,
+            attempts,
+            location,
+            cache_key,
+            state,
+        } = event;
         let time_ms = millis(state.timestamp());
         let kind = state.kind();
         let task = match self.tasks.get_mut(&id) {
             Some(t) => {
                 // Attempts, worker and cache key as of this change; a late
                 // event of an older state does not take them back.
-                if state.timestamp() >= t.state_time {
-                    t.run = run;
+                if state.timestamp() >= t.state.timestamp() {
+                    t.attempts = t.attempts.max(attempts);
+                    if location.is_some() {
+                        t.location = location;
+                    }
+                    if cache_key.is_some() {
+                        t.cache_key = cache_key;
+                    }
+                }
+                if t.custom_name.is_none() {
+                    t.custom_name = custom_name;
                 }
                 t
             }
@@ -474,37 +576,51 @@ impl Thread {
                 if self.done.contains_key(&id) || !self.flows.contains_key(&flow) {
                     return;
                 }
+                let task = match task {
+                    TaskName::Known(n) => self.names.get(n as usize).cloned(),
+                    TaskName::Text(text) => Some(Arc::from(text)),
+                };
+                // Names are sent before their numbers: a number unknown
+                // here would be a bug, and a row without its task's name
+                // is worse than none.
+                let Some(task) = task else {
+                    return;
+                };
                 if let Some(f) = self.flows.get_mut(&flow) {
                     f.total += 1;
                     batch.flows.insert(flow);
                 }
                 self.tasks.entry(id).or_insert(TaskRow {
                     flow,
-                    run,
                     id: new_id(state.timestamp()),
                     seq: None,
-                    state: StateKind::Pending,
-                    state_time: UNIX_EPOCH,
-                    state_name: None,
-                    message: None,
+                    task,
+                    index,
+                    custom_name,
+                    task_key,
+                    attempts,
+                    location,
+                    cache_key,
+                    // Replaced below: the first change is always the newest.
+                    state: state.clone(),
                     created_ms: time_ms,
                     start_ms: None,
                     end_ms: None,
                     upstreams: None,
                     history: Vec::with_capacity(3),
                     dirty: false,
+                    fresh: true,
                 })
             }
         };
         // Observers are called after the run's lock is released, so two
         // threads' events for one run can arrive swapped: the newest state
         // wins, and a final state is never left.
-        let newer = !task.state.is_final() && state.timestamp() >= task.state_time;
+        let newer = task.fresh
+            || (!task.state.kind().is_final() && state.timestamp() >= task.state.timestamp());
+        task.fresh = false;
         if newer {
-            task.state = kind;
-            task.state_time = state.timestamp();
-            task.state_name = (state.name() != kind.as_str()).then(|| state.name().to_owned());
-            task.message = state.message().map(Arc::from);
+            task.state = state.clone();
             if kind.is_final() {
                 task.end_ms = Some(time_ms);
             }
@@ -512,7 +628,13 @@ impl Thread {
         if matches!(kind, StateKind::Running) {
             task.start_ms = Some(task.start_ms.map_or(time_ms, |s| s.min(time_ms)));
         }
-        record(&mut task.history, Change::of(&state));
+        record(
+            &mut task.history,
+            Change {
+                time_ms,
+                state,
+            },
+        );
         if kind.is_final() && newer {
             // Final once: its row is due now, whatever else waits.
             task.dirty = true;
@@ -561,7 +683,12 @@ impl Thread {
         if let Some(name) = quoted(label, "Task run '") {
             // Lines a worker process sent name their run only; runs that
             // still live are the ones that can be printing.
-            if let Some((id, t)) = self.tasks.iter().find(|(_, t)| t.run.name == name) {
+            let mut buf = String::new();
+            if let Some((id, t)) = self
+                .tasks
+                .iter()
+                .find(|(_, t)| t.name_into(&mut buf) == name)
+            {
                 return Some((t.flow, Some(*id)));
             }
         }
@@ -741,6 +868,8 @@ impl Thread {
                  end_ms = excluded.end_ms, history = excluded.history,
                  cache_key = excluded.cache_key",
             )?;
+            // Reused from row to row: no allocation per row.
+            let (mut name, mut history) = (String::new(), String::new());
             for id in rows {
                 let Some(t) = self.tasks.get(id) else {
                     continue;
@@ -749,24 +878,25 @@ impl Thread {
                     continue;
                 };
                 let mut id_text = [0u8; 36];
+                history_json(&t.history, &mut history);
                 upsert_task.execute(params![
                     t.seq,
                     &*t.id.hyphenated().encode_lower(&mut id_text),
                     flow,
-                    t.run.name,
-                    t.run.task_name,
-                    t.run.task_key,
-                    t.state.as_str(),
-                    t.state_name,
-                    t.message.as_deref(),
-                    t.run.attempts,
-                    t.run.location.as_deref(),
+                    t.name_into(&mut name),
+                    &*t.task,
+                    t.task_key,
+                    t.state.kind().as_str(),
+                    refining_name(&t.state),
+                    t.state.message(),
+                    t.attempts,
+                    t.location.as_deref(),
                     t.upstreams,
                     t.created_ms,
                     t.start_ms,
                     t.end_ms,
-                    history_json(&t.history),
-                    t.run.cache_key.as_deref(),
+                    history,
+                    t.cache_key.as_deref(),
                 ])?;
                 if t.seq.is_none() {
                     task_seqs.insert(*id, tx.last_insert_rowid());
@@ -804,6 +934,7 @@ impl Thread {
                 let (Some(f), Some(seq)) = (self.flows.get(token), flow_seq(*token)) else {
                     continue;
                 };
+                history_json(&f.history, &mut history);
                 update_flow.execute(params![
                     seq,
                     f.state,
@@ -815,7 +946,7 @@ impl Thread {
                     f.counts[1],
                     f.counts[2],
                     f.counts[3],
-                    history_json(&f.history),
+                    history,
                 ])?;
             }
         }
