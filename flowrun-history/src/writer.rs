@@ -5,7 +5,9 @@
 //! its state); names, ids and SQL are made here, off the flows' threads.
 //! A batch is everything that queued while the previous one committed, so
 //! batches grow with the load and a commit's fixed cost is shared by all of
-//! its events. A task run's row is written once it is final, with every
+//! its events; while flows send events fast, the writer gathers on (up to a
+//! second) and commits when they pause or end, so the disk work does not
+//! take CPU from a flow that is using it all. A task run's row is written once it is final, with every
 //! state change it went through, rather than inserted and then updated per
 //! state: a run still unfinished after [`DEFER`] (or named by a log line, or
 //! asked for by a flush) is written as it is and updated when it ends. Each batch is one short `BEGIN IMMEDIATE` transaction:
@@ -29,9 +31,22 @@ use uuid::Uuid;
 
 use crate::HistoryError;
 
-/// How many events one batch takes at most, so a commit stays short and
-/// other processes get the lock in turn.
+/// How many events the writer takes from its channel between two looks at
+/// whether to commit.
 const MAX_BATCH: usize = 50_000;
+
+/// Events in one gathering ([`GATHER`]) from which the flows count as busy:
+/// the writer then gathers on rather than commit (see [`MAX_GATHER`]).
+const BUSY_EVENTS: usize = 2_000;
+
+/// How long a busy writer gathers at most before it commits, so readers
+/// see a busy flow's progress this often.
+const MAX_GATHER: Duration = Duration::from_secs(1);
+
+/// How many final task runs one commit writes at most (a busy writer
+/// commits once it holds this many), so a commit stays short and other
+/// processes get the lock in turn.
+const MAX_ROWS: usize = 100_000;
 
 /// How long the writer lets events gather after the first of a batch
 /// (a flush cuts it short). It waits on the wake channel, not on the
@@ -60,6 +75,8 @@ pub(crate) struct FlowStart {
     /// A JSON array, `None` for no tags.
     pub tags: Option<String>,
     pub time: SystemTime,
+    /// Where the flow run's threads put its events.
+    pub buffer: Arc<FlowBuffer>,
 }
 
 /// A log line.
@@ -72,23 +89,39 @@ pub(crate) struct LogLine {
     pub text: String,
 }
 
-/// What flows send the writer.
+/// What flows send the writer: flow starts, log lines and flushes through
+/// its channel, a flow run's own events through the flow's buffer.
 pub(crate) enum Event {
     FlowStarted(Box<FlowStart>),
-    /// A task name seen for the first time: it is known by its number
-    /// (its place in the order of these events) from now on.
-    TaskName(Arc<str>),
     Task(TaskEvent),
-    Upstreams {
-        run: RunId,
-        upstreams: Vec<RunId>,
-    },
-    FlowFinished {
-        flow: u64,
-        state: State,
-    },
+    Upstreams { run: RunId, upstreams: Vec<RunId> },
+    FlowFinished { flow: u64, state: State },
     Log(Box<LogLine>),
     Flush(Sender<()>),
+}
+
+/// The events of one flow run, in the order its threads pushed them, until
+/// the writer takes them: a push is a short lock and a move into a vector
+/// (no channel operation, no allocation once the vector has grown), and the
+/// writer takes them all at once every [`GATHER`].
+#[derive(Default)]
+pub(crate) struct FlowBuffer {
+    events: std::sync::Mutex<Vec<Event>>,
+}
+
+impl FlowBuffer {
+    pub(crate) fn push(&self, event: Event) {
+        self.lock().push(event);
+    }
+
+    /// Events not taken by the writer yet.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Event>> {
+        self.events.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The task name of a [`TaskEvent`].
@@ -120,11 +153,12 @@ pub(crate) struct TaskEvent {
 }
 
 /// The task names a writer knows by number, shared by the flows sending it
-/// events. A name is sent to the writer once, under this lock, before any
-/// event that uses its number.
+/// events and the writer. A number is given out only once its name is in
+/// `list`, where the writer finds it.
 #[derive(Default)]
 pub(crate) struct TaskNames {
     numbers: HashMap<Arc<str>, u32>,
+    list: Vec<Arc<str>>,
 }
 
 /// How many task names a writer learns by number; events of further names
@@ -141,7 +175,7 @@ thread_local! {
 /// The writer of one home: a handle on its thread.
 pub(crate) struct Writer {
     pub tx: Sender<Event>,
-    names: std::sync::Mutex<TaskNames>,
+    names: Arc<std::sync::Mutex<TaskNames>>,
     /// Cuts the writer's gathering short (after a flush is sent).
     pub wake: Sender<()>,
     pub home: PathBuf,
@@ -159,11 +193,13 @@ impl Writer {
         let path = crate::schema::database_path(home);
         let commits = Arc::new(AtomicU64::new(0));
         let counter = commits.clone();
+        let names: Arc<std::sync::Mutex<TaskNames>> = Default::default();
+        let shared = names.clone();
         std::thread::Builder::new()
             .name("flowrun-history".into())
             .spawn(move || {
                 lower_priority();
-                Thread::new(conn, path, counter).run(rx, wake_rx)
+                Thread::new(conn, path, counter, shared).run(rx, wake_rx)
             })
             .map_err(|source| HistoryError::Home {
                 path: home.to_owned(),
@@ -171,7 +207,7 @@ impl Writer {
             })?;
         Ok(Writer {
             tx,
-            names: Default::default(),
+            names,
             wake,
             home: home.to_owned(),
             commits,
@@ -195,14 +231,10 @@ impl Writer {
         let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
         let (text, number) = match names.numbers.get_key_value(name) {
             Some((text, number)) => (text.clone(), *number),
-            None if names.numbers.len() < MAX_NAMES => {
+            None if names.list.len() < MAX_NAMES => {
                 let text: Arc<str> = Arc::from(name);
-                let number = names.numbers.len() as u32;
-                // Sent under the lock: no event with this number can be
-                // queued before the name.
-                if self.tx.send(Event::TaskName(text.clone())).is_err() {
-                    return TaskName::Text(name.into());
-                }
+                let number = names.list.len() as u32;
+                names.list.push(text.clone());
                 names.numbers.insert(text.clone(), number);
                 (text, number)
             }
@@ -406,8 +438,14 @@ struct Thread {
     // default hasher costs more than the rest of an event's bookkeeping.
     tasks: FxHashMap<RunId, TaskRow>,
     done: FxHashMap<RunId, Done>,
-    /// Task names by number (see [`TaskNames`]).
+    /// Task names by number, copied from `shared_names` as needed.
     names: Vec<Arc<str>>,
+    shared_names: Arc<std::sync::Mutex<TaskNames>>,
+    /// The buffers of the flow runs recording now, by token.
+    live: Vec<(u64, Arc<FlowBuffer>)>,
+    /// An empty vector swapped with a buffer's when its events are taken,
+    /// so neither side allocates once both have grown.
+    spare: Vec<Event>,
     /// Task runs that became final: their rows are written next commit.
     ready: Vec<RunId>,
     /// Unfinished task runs with changes not written yet, by the time of
@@ -418,7 +456,12 @@ struct Thread {
 }
 
 impl Thread {
-    fn new(conn: Connection, path: PathBuf, commits: Arc<AtomicU64>) -> Thread {
+    fn new(
+        conn: Connection,
+        path: PathBuf,
+        commits: Arc<AtomicU64>,
+        shared_names: Arc<std::sync::Mutex<TaskNames>>,
+    ) -> Thread {
         Thread {
             conn,
             path,
@@ -427,6 +470,9 @@ impl Thread {
             tasks: FxHashMap::default(),
             done: FxHashMap::default(),
             names: Vec::new(),
+            shared_names,
+            live: Vec::new(),
+            spare: Vec::new(),
             ready: Vec::new(),
             waiting: VecDeque::new(),
             failed: false,
@@ -436,34 +482,47 @@ impl Thread {
 
     fn run(mut self, rx: Receiver<Event>, wake: Receiver<()>) {
         loop {
-            let next = if self.waiting.is_empty() {
+            // Live flows push into their buffers without a word to the
+            // writer: it looks at them every GATHER while any is live.
+            let next = if !self.live.is_empty() {
+                rx.recv_timeout(GATHER).map_err(|e| e.is_disconnected())
+            } else if self.waiting.is_empty() {
                 rx.recv().map_err(|_| true)
             } else {
                 rx.recv_timeout(DEFER).map_err(|e| e.is_disconnected())
             };
-            let first = match next {
-                Ok(e) => e,
-                // Nothing came for a while: write the runs kept waiting.
-                Err(false) => {
-                    self.commit(Batch::default());
-                    continue;
+            let mut batch = Batch::default();
+            // A timeout gathered already (or wrote the runs kept waiting).
+            let (mut first, mut gathered) = match next {
+                Ok(e) => {
+                    let flush = matches!(e, Event::Flush(_));
+                    (Some(e), flush)
                 }
+                Err(false) => (None, true),
                 Err(true) => return,
             };
-            let mut batch = Batch::default();
-            let flush = matches!(first, Event::Flush(_));
-            self.apply(first, &mut batch);
-            // A backlog is a batch already: no need to gather more.
-            if !flush && rx.len() < MAX_BATCH / 10 {
-                let _ = wake.recv_timeout(GATHER);
-            }
-            let mut n = 1;
-            while n < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(e) => self.apply(e, &mut batch),
-                    Err(_) => break,
+            let since = Instant::now();
+            loop {
+                // A backlog is a batch already: no need to gather more.
+                if !gathered && batch.done.is_empty() && rx.len() < MAX_BATCH / 10 {
+                    let _ = wake.recv_timeout(GATHER);
                 }
-                n += 1;
+                gathered = false;
+                let n = self.take(&rx, first.take(), &mut batch);
+                // While flows send events fast, their threads need the CPU
+                // more than the disk does (on a machine without a spare
+                // core, a commit is CPU the flow loses): gather on, and
+                // commit once they pause or end, someone waits for the
+                // records, or the batch is as large or old as allowed.
+                let busy = n >= BUSY_EVENTS;
+                if !busy
+                    || !batch.done.is_empty()
+                    || !batch.finished.is_empty()
+                    || self.ready.len() >= MAX_ROWS
+                    || since.elapsed() >= MAX_GATHER
+                {
+                    break;
+                }
             }
             self.commit(batch);
         }
@@ -474,6 +533,7 @@ impl Thread {
             Event::FlowStarted(start) => {
                 let token = start.token;
                 let time_ms = millis(start.time);
+                self.live.push((token, start.buffer.clone()));
                 let running = Change {
                     time_ms,
                     state: State::new(StateKind::Running),
@@ -498,7 +558,6 @@ impl Thread {
                 );
                 batch.flows.insert(token);
             }
-            Event::TaskName(name) => self.names.push(name),
             Event::Task(event) => self.task_event(event, batch),
             Event::Upstreams { run, upstreams } => {
                 let ids: Vec<String> = upstreams
@@ -577,12 +636,12 @@ impl Thread {
                     return;
                 }
                 let task = match task {
-                    TaskName::Known(n) => self.names.get(n as usize).cloned(),
+                    TaskName::Known(n) => self.task_name(n),
                     TaskName::Text(text) => Some(Arc::from(text)),
                 };
-                // Names are sent before their numbers: a number unknown
-                // here would be a bug, and a row without its task's name
-                // is worse than none.
+                // A number is given out once its name is listed: one
+                // unknown here would be a bug, and a row without its
+                // task's name is worse than none.
                 let Some(task) = task else {
                     return;
                 };
@@ -628,13 +687,7 @@ impl Thread {
         if matches!(kind, StateKind::Running) {
             task.start_ms = Some(task.start_ms.map_or(time_ms, |s| s.min(time_ms)));
         }
-        record(
-            &mut task.history,
-            Change {
-                time_ms,
-                state,
-            },
-        );
+        record(&mut task.history, Change { time_ms, state });
         if kind.is_final() && newer {
             // Final once: its row is due now, whatever else waits.
             task.dirty = true;
@@ -655,6 +708,58 @@ impl Thread {
                 batch.flows.insert(flow);
             }
         }
+    }
+
+    /// The task name numbered `n`.
+    fn task_name(&mut self, n: u32) -> Option<Arc<str>> {
+        let n = n as usize;
+        if n >= self.names.len() {
+            let shared = self.shared_names.lock().unwrap_or_else(|p| p.into_inner());
+            let known = self.names.len();
+            self.names.extend(shared.list.iter().skip(known).cloned());
+        }
+        self.names.get(n).cloned()
+    }
+
+    /// Takes what flows sent since the last look: the channel's events and
+    /// every live flow's buffer. Returns how many events it took.
+    fn take(&mut self, rx: &Receiver<Event>, first: Option<Event>, batch: &mut Batch) -> usize {
+        let mut sent: Vec<Event> = first.into_iter().collect();
+        while sent.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(e) => sent.push(e),
+                Err(_) => break,
+            }
+        }
+        let mut n = sent.len();
+        // Flow starts first, so their buffers are taken below; log lines
+        // and flushes last: they were sent after the task runs' events
+        // they refer to or wait for, which are in the buffers by now.
+        let mut rest = Vec::new();
+        for e in sent {
+            match e {
+                Event::FlowStarted(_) => self.apply(e, batch),
+                other => rest.push(other),
+            }
+        }
+        for i in 0..self.live.len() {
+            let buffer = self.live[i].1.clone();
+            let mut events = std::mem::take(&mut self.spare);
+            std::mem::swap(&mut *buffer.lock(), &mut events);
+            n += events.len();
+            for e in events.drain(..) {
+                self.apply(e, batch);
+            }
+            self.spare = events;
+        }
+        if !batch.finished.is_empty() {
+            let finished = &batch.finished;
+            self.live.retain(|(token, _)| !finished.contains(token));
+        }
+        for e in rest {
+            self.apply(e, batch);
+        }
+        n
     }
 
     fn uuid_of(&self, run: RunId) -> Option<Uuid> {
@@ -708,6 +813,14 @@ impl Thread {
             return;
         }
         let rows = self.due(&batch);
+        if rows.is_empty() && batch.flows.is_empty() && batch.logs.is_empty() {
+            // Nothing to write (a look at quiet flows' buffers): no
+            // transaction, which would take the lock from other processes.
+            for d in batch.done {
+                let _ = d.send(());
+            }
+            return;
+        }
         match with_retries(|| self.write(&batch, &rows)) {
             Ok((flow_seqs, task_seqs)) => {
                 for (token, seq) in flow_seqs {
