@@ -966,9 +966,9 @@ impl Thread {
                     .and_then(|f| f.seq)
                     .or_else(|| flow_seqs.get(&token).copied())
             };
-            // One statement for a new row and for one written before (a
-            // run that outlived DEFER): `seq` NULL inserts, a known `seq`
-            // updates what can change and leaves the other columns be.
+            // One statement for a row written before (a run that outlived
+            // DEFER), whose known `seq` updates what can change and leaves
+            // the other columns be, and for a new row with a new `seq`.
             let mut upsert_task = tx.prepare_cached(
                 "INSERT INTO task_runs (seq, id, flow_run, name, task, task_key, state, state_name,
                  message, attempts, worker, upstreams, created_ms, start_ms, end_ms, history,
@@ -981,8 +981,17 @@ impl Thread {
                  end_ms = excluded.end_ms, history = excluded.history,
                  cache_key = excluded.cache_key",
             )?;
+            // New rows go in INSERT_ROWS at a time, numbered here (the
+            // write lock is held, so the largest `seq` stays the largest):
+            // one statement per row cost more than its row's insert.
+            let mut insert_tasks = tx.prepare_cached(insert_tasks_sql())?;
+            let mut next_seq: i64 =
+                tx.query_row("SELECT coalesce(max(seq), 0) + 1 FROM task_runs", [], |r| {
+                    r.get(0)
+                })?;
             // Reused from row to row: no allocation per row.
             let (mut name, mut history) = (String::new(), String::new());
+            let mut new = Vec::with_capacity(rows.len());
             for id in rows {
                 let Some(t) = self.tasks.get(id) else {
                     continue;
@@ -990,30 +999,31 @@ impl Thread {
                 let Some(flow) = flow_seq(t.flow) else {
                     continue;
                 };
-                let mut id_text = [0u8; 36];
-                history_json(&t.history, &mut history);
-                upsert_task.execute(params![
-                    t.seq,
-                    &*t.id.hyphenated().encode_lower(&mut id_text),
-                    flow,
-                    t.name_into(&mut name),
-                    &*t.task,
-                    t.task_key,
-                    t.state.kind().as_str(),
-                    refining_name(&t.state),
-                    t.state.message(),
-                    t.attempts,
-                    t.location.as_deref(),
-                    t.upstreams,
-                    t.created_ms,
-                    t.start_ms,
-                    t.end_ms,
-                    history,
-                    t.cache_key.as_deref(),
-                ])?;
-                if t.seq.is_none() {
-                    task_seqs.insert(*id, tx.last_insert_rowid());
+                match t.seq {
+                    Some(seq) => {
+                        history_json(&t.history, &mut history);
+                        bind_task(&mut upsert_task, 0, seq, t, flow, &mut name, &history)?;
+                        upsert_task.raw_execute()?;
+                    }
+                    None => {
+                        task_seqs.insert(*id, next_seq);
+                        new.push((next_seq, t, flow));
+                        next_seq += 1;
+                    }
                 }
+            }
+            let mut chunks = new.chunks_exact(INSERT_ROWS);
+            for chunk in &mut chunks {
+                for (slot, (seq, t, flow)) in chunk.iter().enumerate() {
+                    history_json(&t.history, &mut history);
+                    bind_task(&mut insert_tasks, slot, *seq, t, *flow, &mut name, &history)?;
+                }
+                insert_tasks.raw_execute()?;
+            }
+            for (seq, t, flow) in chunks.remainder() {
+                history_json(&t.history, &mut history);
+                bind_task(&mut upsert_task, 0, *seq, t, *flow, &mut name, &history)?;
+                upsert_task.raw_execute()?;
             }
             let task_seq = |id: RunId| -> Option<i64> {
                 self.tasks
@@ -1069,6 +1079,57 @@ impl Thread {
             task_seqs.into_iter().collect(),
         ))
     }
+}
+
+/// Task rows one multi-row insert writes.
+const INSERT_ROWS: usize = 32;
+
+/// The columns of a task row, in the order [`bind_task`] binds them.
+const TASK_COLUMNS: &str = "seq, id, flow_run, name, task, task_key, state, state_name, message,
+     attempts, worker, upstreams, created_ms, start_ms, end_ms, history, cache_key";
+
+/// An insert of [`INSERT_ROWS`] new task rows.
+fn insert_tasks_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let row = format!("({})", vec!["?"; 17].join(", "));
+        format!(
+            "INSERT INTO task_runs ({TASK_COLUMNS}) VALUES {}",
+            vec![row; INSERT_ROWS].join(", ")
+        )
+    })
+}
+
+/// Binds task row `t` as the `slot`-th row of `stmt`'s values.
+fn bind_task(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    slot: usize,
+    seq: i64,
+    t: &TaskRow,
+    flow: i64,
+    name: &mut String,
+    history: &str,
+) -> rusqlite::Result<()> {
+    let at = slot * 17;
+    let mut id_text = [0u8; 36];
+    stmt.raw_bind_parameter(at + 1, seq)?;
+    stmt.raw_bind_parameter(at + 2, &*t.id.hyphenated().encode_lower(&mut id_text))?;
+    stmt.raw_bind_parameter(at + 3, flow)?;
+    stmt.raw_bind_parameter(at + 4, t.name_into(name))?;
+    stmt.raw_bind_parameter(at + 5, &*t.task)?;
+    stmt.raw_bind_parameter(at + 6, t.task_key)?;
+    stmt.raw_bind_parameter(at + 7, t.state.kind().as_str())?;
+    stmt.raw_bind_parameter(at + 8, refining_name(&t.state))?;
+    stmt.raw_bind_parameter(at + 9, t.state.message())?;
+    stmt.raw_bind_parameter(at + 10, t.attempts)?;
+    stmt.raw_bind_parameter(at + 11, t.location.as_deref())?;
+    stmt.raw_bind_parameter(at + 12, t.upstreams.as_deref())?;
+    stmt.raw_bind_parameter(at + 13, t.created_ms)?;
+    stmt.raw_bind_parameter(at + 14, t.start_ms)?;
+    stmt.raw_bind_parameter(at + 15, t.end_ms)?;
+    stmt.raw_bind_parameter(at + 16, history)?;
+    stmt.raw_bind_parameter(at + 17, t.cache_key.as_deref())?;
+    Ok(())
 }
 
 fn uuid_of(
