@@ -828,17 +828,34 @@ impl Thread {
                         f.seq = Some(seq);
                     }
                 }
-                for (id, seq) in task_seqs {
-                    if let Some(t) = self.tasks.get_mut(&id) {
-                        t.seq = Some(seq);
-                    }
-                }
+                // One pass over the rows (both lists are in id order): a
+                // lookup in a map of 100,000 runs is a cache miss or two.
+                let mut new = task_seqs.into_iter().peekable();
                 for id in &rows {
-                    if let Some(t) = self.tasks.get_mut(id) {
-                        t.dirty = false;
+                    let seq = new.next_if(|(n, _)| n == id).map(|(_, seq)| seq);
+                    let Some(t) = self.tasks.get_mut(id) else {
+                        continue;
+                    };
+                    t.seq = t.seq.or(seq);
+                    t.dirty = false;
+                    if let (true, Some(seq)) = (t.state.is_final(), t.seq) {
+                        // Final and written: forget all but what later
+                        // rows refer to it by (nothing, if its flow ended).
+                        let (flow, uuid) = (t.flow, t.id);
+                        self.tasks.remove(id);
+                        if !batch.finished.contains(&flow) {
+                            self.done.insert(
+                                *id,
+                                Done {
+                                    flow,
+                                    seq,
+                                    id: uuid,
+                                },
+                            );
+                        }
                     }
                 }
-                self.retire(&batch, &rows);
+                self.retire(&batch);
                 self.commits.fetch_add(1, Ordering::Release);
             }
             Err(e) => {
@@ -879,26 +896,8 @@ impl Thread {
         due
     }
 
-    /// Forgets what no later event can change.
-    fn retire(&mut self, batch: &Batch, rows: &[RunId]) {
-        for id in rows {
-            let finished = self
-                .tasks
-                .get(id)
-                .is_some_and(|t| t.state.is_final() && t.seq.is_some());
-            if finished {
-                if let Some(t) = self.tasks.remove(id) {
-                    self.done.insert(
-                        *id,
-                        Done {
-                            flow: t.flow,
-                            seq: t.seq.unwrap_or_default(),
-                            id: t.id,
-                        },
-                    );
-                }
-            }
-        }
+    /// Forgets the flow runs that ended, and their task runs.
+    fn retire(&mut self, batch: &Batch) {
         for token in &batch.finished {
             if let Some(f) = self.flows.remove(token) {
                 self.by_core_id.remove(&f.core_id);
@@ -919,7 +918,8 @@ impl Thread {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut flow_seqs: HashMap<u64, i64> = HashMap::new();
-        let mut task_seqs: FxHashMap<RunId, i64> = FxHashMap::default();
+        // New rows' seqs, in id order (as `rows` is).
+        let mut task_seqs: Vec<(RunId, i64)> = Vec::new();
         {
             let mut insert_flow = tx.prepare_cached(
                 "INSERT INTO flow_runs (id, core_id, name, flow, state, start_ms, parent_flow_run,
@@ -1006,7 +1006,7 @@ impl Thread {
                         upsert_task.raw_execute()?;
                     }
                     None => {
-                        task_seqs.insert(*id, next_seq);
+                        task_seqs.push((*id, next_seq));
                         new.push((next_seq, t, flow));
                         next_seq += 1;
                     }
@@ -1030,7 +1030,10 @@ impl Thread {
                     .get(&id)
                     .and_then(|t| t.seq)
                     .or_else(|| self.done.get(&id).map(|d| d.seq))
-                    .or_else(|| task_seqs.get(&id).copied())
+                    .or_else(|| {
+                        let at = task_seqs.binary_search_by_key(&id, |(n, _)| *n).ok()?;
+                        Some(task_seqs[at].1)
+                    })
             };
             let mut insert_log = tx.prepare_cached(
                 "INSERT INTO logs (flow_run, task_run, level, time_ms, text)
@@ -1074,10 +1077,7 @@ impl Thread {
             }
         }
         tx.commit()?;
-        Ok((
-            flow_seqs.into_iter().collect(),
-            task_seqs.into_iter().collect(),
-        ))
+        Ok((flow_seqs.into_iter().collect(), task_seqs))
     }
 }
 
