@@ -1,21 +1,27 @@
 //! The one writer of a process: a thread that owns the database connection
 //! and commits the events flows send it in batches.
 //!
-//! Flows only push events into a channel (a clone of the run handle and of
-//! its state); names, ids and SQL are made here, off the flows' threads.
-//! A batch is everything that queued while the previous one committed, so
-//! batches grow with the load and a commit's fixed cost is shared by all of
-//! its events; while flows send events fast, the writer gathers on (up to a
-//! second) and commits when they pause or end, so the disk work does not
-//! take CPU from a flow that is using it all. A task run's row is written once it is final, with every
-//! state change it went through, rather than inserted and then updated per
-//! state: a run still unfinished after [`DEFER`] (or named by a log line, or
-//! asked for by a flush) is written as it is and updated when it ends. Each batch is one short `BEGIN IMMEDIATE` transaction:
-//! it takes the write lock first, so two processes never deadlock upgrading
-//! a read lock, and waits `BUSY_TIMEOUT` for it, then retries, so a shared
-//! home never reports "database is locked". Row ids SQLite assigns inside a
-//! transaction are kept only once it committed, so a retried batch writes
-//! the same rows again, not duplicates.
+//! A flow run's threads push its events into the flow's [`FlowBuffer`]
+//! (the run's id, its task name as a number, its state: no allocation for
+//! a run named `<task>-<index>`); flow starts, log lines and flushes come
+//! through a channel. Names, ids and SQL are made here, off the flows'
+//! threads. The writer takes everything every [`GATHER`]; a batch is
+//! everything that queued while the previous one committed, so batches
+//! grow with the load and a commit's fixed cost is shared by all of its
+//! events. While flows send events fast, the writer gathers on (up to
+//! [`MAX_GATHER`] or [`MAX_ROWS`]) and commits when they pause or end, so
+//! the disk work does not take CPU from a flow that is using it all.
+//!
+//! A task run's row is written once it is final, with every state change
+//! it went through, rather than inserted and then updated per state: a run
+//! still unfinished after [`DEFER`] (or named by a log line, or asked for
+//! by a flush) is written as it is and updated when it ends. New rows go
+//! in [`INSERT_ROWS`] at a time. Each batch is one short `BEGIN IMMEDIATE`
+//! transaction: it takes the write lock first, so two processes never
+//! deadlock upgrading a read lock, and waits `BUSY_TIMEOUT` for it, then
+//! retries, so a shared home never reports "database is locked". Row ids
+//! given inside a transaction are kept only once it committed, so a
+//! retried batch writes the same rows again, not duplicates.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
