@@ -2,7 +2,9 @@
 //! as wall time per task over whole batches (median of several batches).
 //!
 //! `cargo bench --bench overhead` prints one line per configuration.
-//! `cargo bench --bench overhead -- thread 100000` runs one of them.
+//! `cargo bench --bench overhead -- thread 100000` runs one of them;
+//! `-- history 100000` the local cluster with the run history on and off,
+//! interleaved.
 //! Console logging is switched off (`FLOWRUN_LOG=off`) so the figure is
 //! the runtime's cost, not the terminal's.
 
@@ -86,6 +88,45 @@ fn measure(label: &str, n: u64, runs: usize, run: impl Fn(u64) -> u64) {
     );
 }
 
+/// [`measure`] with the run history on (the default) and off, interleaved
+/// run by run (on/off, then off/on, ...), so both see the same machine.
+fn measure_history(label: &str, n: u64, runs: usize, run: impl Fn(u64) -> u64) {
+    let expected = n * (n - 1) / 2;
+    let warm = n.min(1000);
+    assert_eq!(run(warm), warm * (warm - 1) / 2, "warm-up");
+    let timed = |on: bool| {
+        flowrun::history::set_recording(on);
+        let started = Instant::now();
+        assert_eq!(run(n), expected);
+        started.elapsed() / n as u32
+    };
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for round in 0..runs {
+        if round % 2 == 0 {
+            on.push(timed(true));
+            off.push(timed(false));
+        } else {
+            off.push(timed(false));
+            on.push(timed(true));
+        }
+    }
+    flowrun::history::set_recording(true);
+    on.sort();
+    off.sort();
+    for (what, v) in [("history on", &on), ("history off", &off)] {
+        println!(
+            "{label:<28} {n:>7} tasks  {what:<11} median {:>6.2} µs/task  (min {:.2}, max {:.2}, {runs} runs)",
+            v[runs / 2].as_secs_f64() * 1e6,
+            v[0].as_secs_f64() * 1e6,
+            v[runs - 1].as_secs_f64() * 1e6,
+        );
+    }
+    println!(
+        "{label:<28} {n:>7} tasks  on/off {:.3}x (medians, on and off interleaved)",
+        on[runs / 2].as_secs_f64() / off[runs / 2].as_secs_f64()
+    );
+}
+
 fn main() {
     std::env::set_var("FLOWRUN_LOG", "off");
     let args: Vec<String> = std::env::args()
@@ -109,6 +150,16 @@ fn main() {
         for &n in &sizes {
             let dask = submit_and_gather.with_runner(DaskTaskRunner::default());
             measure("dask local cluster (default)", n, 5, |n| {
+                dask.call(n).unwrap()
+            });
+        }
+    }
+    if wants("history") {
+        // `-- history`: the local cluster's overhead with the run history
+        // on and off, interleaved in this process.
+        for &n in &sizes {
+            let dask = submit_and_gather.with_runner(DaskTaskRunner::default());
+            measure_history("dask local cluster (default)", n, 7, |n| {
                 dask.call(n).unwrap()
             });
         }

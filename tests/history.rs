@@ -152,6 +152,89 @@ fn store(home: &Path) -> Store {
     Store::open(home).expect("the history opens")
 }
 
+#[task(task_run_name = "shout-at-{x}")]
+fn shout(x: u64) -> u64 {
+    x
+}
+
+/// Task runs of 4,200 task names, more than the writer knows by number
+/// (the later ones travel with their name), and a `task_run_name`.
+#[flow]
+fn named_many() -> u64 {
+    let renamed: Vec<_> = (0..4_200u64)
+        .map(|i| {
+            add.with_options(flowrun::TaskOptions::new().name(format!("add{i}")))
+                .submit(i, 0)
+        })
+        .collect();
+    let shouted = shout.submit(7);
+    renamed
+        .into_iter()
+        .map(|f| f.result().unwrap())
+        .sum::<u64>()
+        + shouted.result().unwrap()
+}
+
+/// Submits no-op task runs as fast as it can until `release` exists.
+#[flow]
+fn busy_until(release: String) -> u64 {
+    let release = Path::new(&release);
+    let mut rounds = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !release.exists() && std::time::Instant::now() < deadline {
+        let futures: Vec<_> = (0..2_000).map(|i| add.submit(i, 1)).collect();
+        futures.into_iter().for_each(|f| f.wait());
+        rounds += 1;
+    }
+    rounds
+}
+
+#[test]
+fn a_busy_flow_s_task_runs_are_visible_while_it_runs() {
+    // The writer gathers on while a flow sends events fast, but a reader
+    // still sees its finished task runs within about a second.
+    let home = tempfile::tempdir().unwrap();
+    let release = home.path().join("release");
+    let flow = {
+        let (home, release) = (home.path().to_owned(), release.clone());
+        std::thread::spawn(move || {
+            let _guard = flowrun::history::use_home(&home);
+            busy_until(release.to_string_lossy().into_owned()).unwrap()
+        })
+    };
+    let completed = "SELECT count(*) FROM task_runs WHERE state = 'Completed'";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while try_count(home.path(), completed).unwrap_or(0) < 4_000 {
+        assert!(
+            std::time::Instant::now() < deadline && !flow.is_finished(),
+            "no finished task run was written while the flow ran"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(&release, "").unwrap();
+    assert!(flow.join().unwrap() >= 2, "the flow ran until released");
+}
+
+#[test]
+fn task_runs_keep_their_names_past_the_writer_s_table_of_task_names() {
+    let home = temp_home();
+    named_many().unwrap();
+    let store = store(home.path());
+    let runs = store.runs(&RunsQuery::default()).unwrap();
+    let detail = store.detail(&runs[0], 10_000).unwrap();
+    assert_eq!(detail.task_runs.len(), 4_201);
+    for (i, t) in detail.task_runs[..4_200].iter().enumerate() {
+        assert_eq!(t.task, format!("add{i}"));
+        assert_eq!(t.name, format!("add{i}-0"));
+        assert_eq!(t.state, "Completed");
+    }
+    let shouted = &detail.task_runs[4_200];
+    assert_eq!(
+        (shouted.task.as_str(), shouted.name.as_str()),
+        ("shout", "shout-at-7")
+    );
+}
+
 #[test]
 fn a_flow_run_is_recorded_with_task_runs_upstreams_states_and_logs() {
     let home = temp_home();

@@ -21,8 +21,10 @@
 //! }
 //! ```
 //!
-//! The flow's threads only push events into a channel; one writer thread
-//! per process and home commits them in batches (see `writer.rs`). Worker
+//! The flow's threads only push events into their flow run's buffer (no
+//! allocation per state change); one writer thread per process and home
+//! takes them every 100 ms and commits them in batches, and while flows
+//! send events fast it commits when they pause or end (see `writer.rs`). Worker
 //! processes never open the database: their events reach the flow process,
 //! which records them.
 #![deny(missing_docs)]

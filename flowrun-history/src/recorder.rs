@@ -14,21 +14,20 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use crossbeam_channel::Sender;
 use flowrun_core::logging::{LogRecord, LogTap};
 use flowrun_core::observe::{ObserverRegistration, RunEvent, RunObserver};
-use flowrun_core::{FlowRunInfo, RunRef, State};
+use flowrun_core::{FlowRunInfo, RunRef, State, StateKind};
 
-use crate::writer::{Event, FlowStart, LogLine, Writer};
+use crate::writer::{Event, FlowBuffer, FlowStart, LogLine, TaskEvent, Writer};
 
 /// How long a flush waits while the writer commits nothing at all (another
 /// process holds the database) before it gives up. While the writer makes
 /// progress, it waits on.
 const STALL_WAIT: Duration = Duration::from_secs(60);
 
-/// Events a writer may hold queued when a flow run finishes; beyond, the
-/// flow run waits until they are committed (a bound on memory when flows
-/// outpace the disk).
+/// Events of a flow run its writer may not have taken yet when it
+/// finishes; beyond, the flow run waits until they are committed (a bound
+/// on memory when flows outpace the writer).
 const MAX_BACKLOG: usize = 1_000_000;
 
 static DISABLED: AtomicBool = AtomicBool::new(false);
@@ -181,21 +180,34 @@ fn home_for_new_flow() -> Option<PathBuf> {
 struct Recorder {
     token: u64,
     core_id: String,
-    tx: Sender<Event>,
+    buffer: Arc<FlowBuffer>,
     writer: Arc<Writer>,
 }
 
 impl RunObserver for Recorder {
     fn run_changed(&self, event: &RunEvent) {
-        let _ = self.tx.send(Event::Task {
+        // Called on the flow's threads (a cluster's scheduler thread among
+        // them) three times per task run: no allocation for a run named
+        // `<task>-<index>`, and the worker and cache key only once the run
+        // left Pending (they are not known before).
+        let run = &event.run;
+        let started = !matches!(event.state.kind(), StateKind::Pending);
+        self.buffer.push(Event::Task(TaskEvent {
             flow: self.token,
-            run: crate::writer::RunInfo::of(&event.run),
+            id: run.id(),
+            task: self.writer.task_name(run.task_name()),
+            index: run.index(),
+            custom_name: run.custom_name().map(Box::from),
+            task_key: run.task_key(),
+            attempts: run.attempts(),
+            location: started.then(|| run.location()).flatten(),
+            cache_key: started.then(|| run.cache_key().map(Box::from)).flatten(),
             state: event.state.clone(),
-        });
+        }));
     }
 
     fn run_submitted(&self, run: &RunRef, upstreams: &[RunRef]) {
-        let _ = self.tx.send(Event::Upstreams {
+        self.buffer.push(Event::Upstreams {
             run: run.id(),
             upstreams: upstreams.iter().map(RunRef::id).collect(),
         });
@@ -205,7 +217,7 @@ impl RunObserver for Recorder {
         // The records are committed in the background (and at exit), as
         // Prefect's client sends its events: the flow's caller does not
         // wait for the disk, unless the writer fell far behind.
-        let _ = self.tx.send(Event::FlowFinished {
+        self.buffer.push(Event::FlowFinished {
             flow: self.token,
             state: state.clone(),
         });
@@ -214,7 +226,7 @@ impl RunObserver for Recorder {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.core_id);
         LIVE.fetch_sub(1, Ordering::AcqRel);
-        if self.tx.len() > MAX_BACKLOG {
+        if self.buffer.len() > MAX_BACKLOG {
             flush_writer(&self.writer);
         }
     }
@@ -246,7 +258,9 @@ fn observer_for(info: &FlowRunInfo) -> Option<Arc<dyn RunObserver>> {
         tags: (!info.tags.is_empty())
             .then(|| serde_json::to_string(&info.tags).unwrap_or_default()),
         time: SystemTime::now(),
+        buffer: Arc::new(FlowBuffer::default()),
     };
+    let buffer = start.buffer.clone();
     writer.tx.send(Event::FlowStarted(Box::new(start))).ok()?;
     LIVE.fetch_add(1, Ordering::AcqRel);
     live_flows()
@@ -256,7 +270,7 @@ fn observer_for(info: &FlowRunInfo) -> Option<Arc<dyn RunObserver>> {
     Some(Arc::new(Recorder {
         token,
         core_id: info.flow_run_id.clone(),
-        tx: writer.tx.clone(),
+        buffer,
         writer,
     }))
 }

@@ -1,19 +1,27 @@
 //! The one writer of a process: a thread that owns the database connection
 //! and commits the events flows send it in batches.
 //!
-//! Flows only push events into a channel (a clone of the run handle and of
-//! its state); names, ids and SQL are made here, off the flows' threads.
-//! A batch is everything that queued while the previous one committed, so
-//! batches grow with the load and a commit's fixed cost is shared by all of
-//! its events. A task run's row is written once it is final, with every
-//! state change it went through, rather than inserted and then updated per
-//! state: a run still unfinished after [`DEFER`] (or named by a log line, or
-//! asked for by a flush) is written as it is and updated when it ends. Each batch is one short `BEGIN IMMEDIATE` transaction:
-//! it takes the write lock first, so two processes never deadlock upgrading
-//! a read lock, and waits `BUSY_TIMEOUT` for it, then retries, so a shared
-//! home never reports "database is locked". Row ids SQLite assigns inside a
-//! transaction are kept only once it committed, so a retried batch writes
-//! the same rows again, not duplicates.
+//! A flow run's threads push its events into the flow's [`FlowBuffer`]
+//! (the run's id, its task name as a number, its state: no allocation for
+//! a run named `<task>-<index>`); flow starts, log lines and flushes come
+//! through a channel. Names, ids and SQL are made here, off the flows'
+//! threads. The writer takes everything every [`GATHER`]; a batch is
+//! everything that queued while the previous one committed, so batches
+//! grow with the load and a commit's fixed cost is shared by all of its
+//! events. While flows send events fast, the writer gathers on (up to
+//! [`MAX_GATHER`] or [`MAX_ROWS`]) and commits when they pause or end, so
+//! the disk work does not take CPU from a flow that is using it all.
+//!
+//! A task run's row is written once it is final, with every state change
+//! it went through, rather than inserted and then updated per state: a run
+//! still unfinished after [`DEFER`] (or named by a log line, or asked for
+//! by a flush) is written as it is and updated when it ends. New rows go
+//! in [`INSERT_ROWS`] at a time. Each batch is one short `BEGIN IMMEDIATE`
+//! transaction: it takes the write lock first, so two processes never
+//! deadlock upgrading a read lock, and waits `BUSY_TIMEOUT` for it, then
+//! retries, so a shared home never reports "database is locked". Row ids
+//! given inside a transaction are kept only once it committed, so a
+//! retried batch writes the same rows again, not duplicates.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -22,16 +30,29 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
-use flowrun_core::{RunId, RunRef, State, StateKind};
+use flowrun_core::{RunId, State, StateKind};
 use rusqlite::{params, Connection, ErrorCode, TransactionBehavior};
 use rustc_hash::{FxHashMap, FxHashSet};
 use uuid::Uuid;
 
 use crate::HistoryError;
 
-/// How many events one batch takes at most, so a commit stays short and
-/// other processes get the lock in turn.
+/// How many events the writer takes from its channel between two looks at
+/// whether to commit.
 const MAX_BATCH: usize = 50_000;
+
+/// Events in one gathering ([`GATHER`]) from which the flows count as busy:
+/// the writer then gathers on rather than commit (see [`MAX_GATHER`]).
+const BUSY_EVENTS: usize = 2_000;
+
+/// How long a busy writer gathers at most before it commits, so readers
+/// see a busy flow's progress this often.
+const MAX_GATHER: Duration = Duration::from_secs(1);
+
+/// How many final task runs one commit writes at most (a busy writer
+/// commits once it holds this many), so a commit stays short and other
+/// processes get the lock in turn.
+const MAX_ROWS: usize = 100_000;
 
 /// How long the writer lets events gather after the first of a batch
 /// (a flush cuts it short). It waits on the wake channel, not on the
@@ -60,6 +81,8 @@ pub(crate) struct FlowStart {
     /// A JSON array, `None` for no tags.
     pub tags: Option<String>,
     pub time: SystemTime,
+    /// Where the flow run's threads put its events.
+    pub buffer: Arc<FlowBuffer>,
 }
 
 /// A log line.
@@ -72,58 +95,93 @@ pub(crate) struct LogLine {
     pub text: String,
 }
 
-/// What flows send the writer.
+/// What flows send the writer: flow starts, log lines and flushes through
+/// its channel, a flow run's own events through the flow's buffer.
 pub(crate) enum Event {
     FlowStarted(Box<FlowStart>),
-    Task {
-        flow: u64,
-        run: Box<RunInfo>,
-        state: State,
-    },
-    Upstreams {
-        run: RunId,
-        upstreams: Vec<RunId>,
-    },
-    FlowFinished {
-        flow: u64,
-        state: State,
-    },
+    Task(TaskEvent),
+    Upstreams { run: RunId, upstreams: Vec<RunId> },
+    FlowFinished { flow: u64, state: State },
     Log(Box<LogLine>),
     Flush(Sender<()>),
 }
 
-/// What a task run's row needs of the run, taken when its state changes.
-/// The writer never holds the run itself: that would keep its result alive
-/// (in the flow's heap, or a file of a cluster's store) until the next
-/// batch, after every future of it was dropped.
-pub(crate) struct RunInfo {
+/// The events of one flow run, in the order its threads pushed them, until
+/// the writer takes them: a push is a short lock and a move into a vector
+/// (no channel operation, no allocation once the vector has grown), and the
+/// writer takes them all at once every [`GATHER`].
+#[derive(Default)]
+pub(crate) struct FlowBuffer {
+    events: std::sync::Mutex<Vec<Event>>,
+}
+
+impl FlowBuffer {
+    pub(crate) fn push(&self, event: Event) {
+        self.lock().push(event);
+    }
+
+    /// Events not taken by the writer yet.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Event>> {
+        self.events.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The task name of a [`TaskEvent`].
+pub(crate) enum TaskName {
+    /// The number of a name sent before as [`Event::TaskName`].
+    Known(u32),
+    /// The name itself (when the writer already knows too many names).
+    Text(Box<str>),
+}
+
+/// One state change of a task run, with what its row needs of the run.
+/// No allocation for a run named `<task>-<index>`: the name is made by the
+/// writer, and the task name travels as a number. The writer never holds
+/// the run itself: that would keep its result alive (in the flow's heap,
+/// or a file of a cluster's store) until the next batch, after every
+/// future of it was dropped.
+pub(crate) struct TaskEvent {
+    pub flow: u64,
     pub id: RunId,
-    pub name: String,
-    pub task_name: String,
+    pub task: TaskName,
+    pub index: u64,
+    /// Its name when `task_run_name` made it.
+    pub custom_name: Option<Box<str>>,
     pub task_key: &'static str,
     pub attempts: u32,
     pub location: Option<Arc<str>>,
-    pub cache_key: Option<String>,
+    pub cache_key: Option<Box<str>>,
+    pub state: State,
 }
 
-impl RunInfo {
-    /// The run as it is now.
-    pub(crate) fn of(run: &RunRef) -> Box<RunInfo> {
-        Box::new(RunInfo {
-            id: run.id(),
-            name: run.name(),
-            task_name: run.task_name().to_owned(),
-            task_key: run.task_key(),
-            attempts: run.attempts(),
-            location: run.location(),
-            cache_key: run.cache_key().map(str::to_owned),
-        })
-    }
+/// The task names a writer knows by number, shared by the flows sending it
+/// events and the writer. A number is given out only once its name is in
+/// `list`, where the writer finds it.
+#[derive(Default)]
+pub(crate) struct TaskNames {
+    numbers: HashMap<Arc<str>, u32>,
+    list: Vec<Arc<str>>,
+}
+
+/// How many task names a writer learns by number; events of further names
+/// carry their name (a program making a task name per run stays bounded).
+const MAX_NAMES: usize = 4096;
+
+thread_local! {
+    /// The names this thread looked up last, by writer: the flows' threads
+    /// find a name's number without the lock (and without an atomic).
+    static NAME_CACHE: std::cell::RefCell<Vec<(usize, Arc<str>, u32)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The writer of one home: a handle on its thread.
 pub(crate) struct Writer {
     pub tx: Sender<Event>,
+    names: Arc<std::sync::Mutex<TaskNames>>,
     /// Cuts the writer's gathering short (after a flush is sent).
     pub wake: Sender<()>,
     pub home: PathBuf,
@@ -141,11 +199,13 @@ impl Writer {
         let path = crate::schema::database_path(home);
         let commits = Arc::new(AtomicU64::new(0));
         let counter = commits.clone();
+        let names: Arc<std::sync::Mutex<TaskNames>> = Default::default();
+        let shared = names.clone();
         std::thread::Builder::new()
             .name("flowrun-history".into())
             .spawn(move || {
                 lower_priority();
-                Thread::new(conn, path, counter).run(rx, wake_rx)
+                Thread::new(conn, path, counter, shared).run(rx, wake_rx)
             })
             .map_err(|source| HistoryError::Home {
                 path: home.to_owned(),
@@ -153,10 +213,48 @@ impl Writer {
             })?;
         Ok(Writer {
             tx,
+            names,
             wake,
             home: home.to_owned(),
             commits,
         })
+    }
+}
+
+impl Writer {
+    /// How events name the task `name`: by number once the writer knows it.
+    pub(crate) fn task_name(&self, name: &str) -> TaskName {
+        let me = self as *const Writer as usize;
+        let cached = NAME_CACHE.with(|c| {
+            c.borrow()
+                .iter()
+                .find(|(w, n, _)| *w == me && **n == *name)
+                .map(|(_, _, number)| *number)
+        });
+        if let Some(number) = cached {
+            return TaskName::Known(number);
+        }
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        let (text, number) = match names.numbers.get_key_value(name) {
+            Some((text, number)) => (text.clone(), *number),
+            None if names.list.len() < MAX_NAMES => {
+                let text: Arc<str> = Arc::from(name);
+                let number = names.list.len() as u32;
+                names.list.push(text.clone());
+                names.numbers.insert(text.clone(), number);
+                (text, number)
+            }
+            None => return TaskName::Text(name.into()),
+        };
+        drop(names);
+        NAME_CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.len() >= 16 {
+                c.remove(0);
+            }
+            c.push((me, text, number));
+        });
+        TaskName::Known(number)
     }
 }
 
@@ -220,21 +318,21 @@ struct FlowRow {
 /// One state change, as the `history` column lists it.
 struct Change {
     time_ms: i64,
-    state: &'static str,
-    name: Option<String>,
-    message: Option<Arc<str>>,
+    state: State,
 }
 
 impl Change {
     fn of(state: &State) -> Change {
-        let kind = state.kind().as_str();
         Change {
             time_ms: millis(state.timestamp()),
-            state: kind,
-            name: (state.name() != kind).then(|| state.name().to_owned()),
-            message: state.message().map(Arc::from),
+            state: state.clone(),
         }
     }
+}
+
+/// A state's refining name, when it has one.
+fn refining_name(state: &State) -> Option<&str> {
+    Some(state.name()).filter(|n| *n != state.kind().as_str())
 }
 
 /// Adds `change` in time order (events of two threads can arrive swapped).
@@ -247,40 +345,43 @@ fn record(history: &mut Vec<Change>, change: Change) {
 }
 
 /// The `history` column: `[[time_ms, state, name, message], ...]`, written
-/// by hand: one string per run, where serde's generic path cost a vector too.
-fn history_json(changes: &[Change]) -> String {
+/// by hand into `out` (a buffer reused from row to row).
+fn history_json(changes: &[Change], out: &mut String) {
     use std::fmt::Write as _;
     let text = |out: &mut String, value: Option<&str>| match value {
         Some(v) => out.push_str(&serde_json::to_string(v).unwrap_or_else(|_| "null".into())),
         None => out.push_str("null"),
     };
-    let mut out = String::with_capacity(40 * changes.len() + 2);
+    out.clear();
     out.push('[');
     for (i, c) in changes.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
         // State kinds are plain words: no escaping needed.
-        let _ = write!(out, "[{},\"{}\",", c.time_ms, c.state);
-        text(&mut out, c.name.as_deref());
+        let _ = write!(out, "[{},\"{}\",", c.time_ms, c.state.kind().as_str());
+        text(out, refining_name(&c.state));
         out.push(',');
-        text(&mut out, c.message.as_deref());
+        text(out, c.state.message());
         out.push(']');
     }
     out.push(']');
-    out
 }
 
 /// A task run not yet final (or final but not yet committed).
 struct TaskRow {
     flow: u64,
-    run: Box<RunInfo>,
     id: Uuid,
     seq: Option<i64>,
-    state: StateKind,
-    state_time: SystemTime,
-    state_name: Option<String>,
-    message: Option<Arc<str>>,
+    task: Arc<str>,
+    index: u64,
+    custom_name: Option<Box<str>>,
+    task_key: &'static str,
+    attempts: u32,
+    location: Option<Arc<str>>,
+    cache_key: Option<Box<str>>,
+    /// Its newest state.
+    state: State,
     created_ms: i64,
     start_ms: Option<i64>,
     end_ms: Option<i64>,
@@ -288,6 +389,23 @@ struct TaskRow {
     history: Vec<Change>,
     /// It has changes its row does not hold yet.
     dirty: bool,
+    /// No change applied yet.
+    fresh: bool,
+}
+
+impl TaskRow {
+    /// Writes its name (`<task>-<index>` unless `task_run_name` gave one).
+    fn name_into<'a>(&'a self, buf: &'a mut String) -> &'a str {
+        use std::fmt::Write as _;
+        match &self.custom_name {
+            Some(name) => name,
+            None => {
+                buf.clear();
+                let _ = write!(buf, "{}-{}", self.task, self.index);
+                buf
+            }
+        }
+    }
 }
 
 /// What is left of a task run once it is final and committed: what later
@@ -326,6 +444,14 @@ struct Thread {
     // default hasher costs more than the rest of an event's bookkeeping.
     tasks: FxHashMap<RunId, TaskRow>,
     done: FxHashMap<RunId, Done>,
+    /// Task names by number, copied from `shared_names` as needed.
+    names: Vec<Arc<str>>,
+    shared_names: Arc<std::sync::Mutex<TaskNames>>,
+    /// The buffers of the flow runs recording now, by token.
+    live: Vec<(u64, Arc<FlowBuffer>)>,
+    /// An empty vector swapped with a buffer's when its events are taken,
+    /// so neither side allocates once both have grown.
+    spare: Vec<Event>,
     /// Task runs that became final: their rows are written next commit.
     ready: Vec<RunId>,
     /// Unfinished task runs with changes not written yet, by the time of
@@ -336,7 +462,12 @@ struct Thread {
 }
 
 impl Thread {
-    fn new(conn: Connection, path: PathBuf, commits: Arc<AtomicU64>) -> Thread {
+    fn new(
+        conn: Connection,
+        path: PathBuf,
+        commits: Arc<AtomicU64>,
+        shared_names: Arc<std::sync::Mutex<TaskNames>>,
+    ) -> Thread {
         Thread {
             conn,
             path,
@@ -344,6 +475,10 @@ impl Thread {
             by_core_id: HashMap::new(),
             tasks: FxHashMap::default(),
             done: FxHashMap::default(),
+            names: Vec::new(),
+            shared_names,
+            live: Vec::new(),
+            spare: Vec::new(),
             ready: Vec::new(),
             waiting: VecDeque::new(),
             failed: false,
@@ -353,34 +488,47 @@ impl Thread {
 
     fn run(mut self, rx: Receiver<Event>, wake: Receiver<()>) {
         loop {
-            let next = if self.waiting.is_empty() {
+            // Live flows push into their buffers without a word to the
+            // writer: it looks at them every GATHER while any is live.
+            let next = if !self.live.is_empty() {
+                rx.recv_timeout(GATHER).map_err(|e| e.is_disconnected())
+            } else if self.waiting.is_empty() {
                 rx.recv().map_err(|_| true)
             } else {
                 rx.recv_timeout(DEFER).map_err(|e| e.is_disconnected())
             };
-            let first = match next {
-                Ok(e) => e,
-                // Nothing came for a while: write the runs kept waiting.
-                Err(false) => {
-                    self.commit(Batch::default());
-                    continue;
+            let mut batch = Batch::default();
+            // A timeout gathered already (or wrote the runs kept waiting).
+            let (mut first, mut gathered) = match next {
+                Ok(e) => {
+                    let flush = matches!(e, Event::Flush(_));
+                    (Some(e), flush)
                 }
+                Err(false) => (None, true),
                 Err(true) => return,
             };
-            let mut batch = Batch::default();
-            let flush = matches!(first, Event::Flush(_));
-            self.apply(first, &mut batch);
-            // A backlog is a batch already: no need to gather more.
-            if !flush && rx.len() < MAX_BATCH / 10 {
-                let _ = wake.recv_timeout(GATHER);
-            }
-            let mut n = 1;
-            while n < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(e) => self.apply(e, &mut batch),
-                    Err(_) => break,
+            let since = Instant::now();
+            loop {
+                // A backlog is a batch already: no need to gather more.
+                if !gathered && batch.done.is_empty() && rx.len() < MAX_BATCH / 10 {
+                    let _ = wake.recv_timeout(GATHER);
                 }
-                n += 1;
+                gathered = false;
+                let n = self.take(&rx, first.take(), &mut batch);
+                // While flows send events fast, their threads need the CPU
+                // more than the disk does (on a machine without a spare
+                // core, a commit is CPU the flow loses): gather on, and
+                // commit once they pause or end, someone waits for the
+                // records, or the batch is as large or old as allowed.
+                let busy = n >= BUSY_EVENTS;
+                if !busy
+                    || !batch.done.is_empty()
+                    || !batch.finished.is_empty()
+                    || self.ready.len() >= MAX_ROWS
+                    || since.elapsed() >= MAX_GATHER
+                {
+                    break;
+                }
             }
             self.commit(batch);
         }
@@ -391,11 +539,10 @@ impl Thread {
             Event::FlowStarted(start) => {
                 let token = start.token;
                 let time_ms = millis(start.time);
+                self.live.push((token, start.buffer.clone()));
                 let running = Change {
                     time_ms,
-                    state: StateKind::Running.as_str(),
-                    name: None,
-                    message: None,
+                    state: State::new(StateKind::Running),
                 };
                 self.by_core_id.insert(start.core_id.clone(), token);
                 self.flows.insert(
@@ -417,7 +564,7 @@ impl Thread {
                 );
                 batch.flows.insert(token);
             }
-            Event::Task { flow, run, state } => self.task_event(flow, run, state, batch),
+            Event::Task(event) => self.task_event(event, batch),
             Event::Upstreams { run, upstreams } => {
                 let ids: Vec<String> = upstreams
                     .iter()
@@ -457,16 +604,36 @@ impl Thread {
         }
     }
 
-    fn task_event(&mut self, flow: u64, run: Box<RunInfo>, state: State, batch: &mut Batch) {
-        let id = run.id;
+    fn task_event(&mut self, event: TaskEvent, batch: &mut Batch) {
+        let TaskEvent {
+            flow,
+            id,
+            task,
+            index,
+            custom_name,
+            task_key,
+            attempts,
+            location,
+            cache_key,
+            state,
+        } = event;
         let time_ms = millis(state.timestamp());
         let kind = state.kind();
         let task = match self.tasks.get_mut(&id) {
             Some(t) => {
                 // Attempts, worker and cache key as of this change; a late
                 // event of an older state does not take them back.
-                if state.timestamp() >= t.state_time {
-                    t.run = run;
+                if state.timestamp() >= t.state.timestamp() {
+                    t.attempts = t.attempts.max(attempts);
+                    if location.is_some() {
+                        t.location = location;
+                    }
+                    if cache_key.is_some() {
+                        t.cache_key = cache_key;
+                    }
+                }
+                if t.custom_name.is_none() {
+                    t.custom_name = custom_name;
                 }
                 t
             }
@@ -474,37 +641,51 @@ impl Thread {
                 if self.done.contains_key(&id) || !self.flows.contains_key(&flow) {
                     return;
                 }
+                let task = match task {
+                    TaskName::Known(n) => self.task_name(n),
+                    TaskName::Text(text) => Some(Arc::from(text)),
+                };
+                // A number is given out once its name is listed: one
+                // unknown here would be a bug, and a row without its
+                // task's name is worse than none.
+                let Some(task) = task else {
+                    return;
+                };
                 if let Some(f) = self.flows.get_mut(&flow) {
                     f.total += 1;
                     batch.flows.insert(flow);
                 }
                 self.tasks.entry(id).or_insert(TaskRow {
                     flow,
-                    run,
                     id: new_id(state.timestamp()),
                     seq: None,
-                    state: StateKind::Pending,
-                    state_time: UNIX_EPOCH,
-                    state_name: None,
-                    message: None,
+                    task,
+                    index,
+                    custom_name,
+                    task_key,
+                    attempts,
+                    location,
+                    cache_key,
+                    // Replaced below: the first change is always the newest.
+                    state: state.clone(),
                     created_ms: time_ms,
                     start_ms: None,
                     end_ms: None,
                     upstreams: None,
                     history: Vec::with_capacity(3),
                     dirty: false,
+                    fresh: true,
                 })
             }
         };
         // Observers are called after the run's lock is released, so two
         // threads' events for one run can arrive swapped: the newest state
         // wins, and a final state is never left.
-        let newer = !task.state.is_final() && state.timestamp() >= task.state_time;
+        let newer = task.fresh
+            || (!task.state.kind().is_final() && state.timestamp() >= task.state.timestamp());
+        task.fresh = false;
         if newer {
-            task.state = kind;
-            task.state_time = state.timestamp();
-            task.state_name = (state.name() != kind.as_str()).then(|| state.name().to_owned());
-            task.message = state.message().map(Arc::from);
+            task.state = state.clone();
             if kind.is_final() {
                 task.end_ms = Some(time_ms);
             }
@@ -512,7 +693,7 @@ impl Thread {
         if matches!(kind, StateKind::Running) {
             task.start_ms = Some(task.start_ms.map_or(time_ms, |s| s.min(time_ms)));
         }
-        record(&mut task.history, Change::of(&state));
+        record(&mut task.history, Change { time_ms, state });
         if kind.is_final() && newer {
             // Final once: its row is due now, whatever else waits.
             task.dirty = true;
@@ -533,6 +714,58 @@ impl Thread {
                 batch.flows.insert(flow);
             }
         }
+    }
+
+    /// The task name numbered `n`.
+    fn task_name(&mut self, n: u32) -> Option<Arc<str>> {
+        let n = n as usize;
+        if n >= self.names.len() {
+            let shared = self.shared_names.lock().unwrap_or_else(|p| p.into_inner());
+            let known = self.names.len();
+            self.names.extend(shared.list.iter().skip(known).cloned());
+        }
+        self.names.get(n).cloned()
+    }
+
+    /// Takes what flows sent since the last look: the channel's events and
+    /// every live flow's buffer. Returns how many events it took.
+    fn take(&mut self, rx: &Receiver<Event>, first: Option<Event>, batch: &mut Batch) -> usize {
+        let mut sent: Vec<Event> = first.into_iter().collect();
+        while sent.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(e) => sent.push(e),
+                Err(_) => break,
+            }
+        }
+        let mut n = sent.len();
+        // Flow starts first, so their buffers are taken below; log lines
+        // and flushes last: they were sent after the task runs' events
+        // they refer to or wait for, which are in the buffers by now.
+        let mut rest = Vec::new();
+        for e in sent {
+            match e {
+                Event::FlowStarted(_) => self.apply(e, batch),
+                other => rest.push(other),
+            }
+        }
+        for i in 0..self.live.len() {
+            let buffer = self.live[i].1.clone();
+            let mut events = std::mem::take(&mut self.spare);
+            std::mem::swap(&mut *buffer.lock(), &mut events);
+            n += events.len();
+            for e in events.drain(..) {
+                self.apply(e, batch);
+            }
+            self.spare = events;
+        }
+        if !batch.finished.is_empty() {
+            let finished = &batch.finished;
+            self.live.retain(|(token, _)| !finished.contains(token));
+        }
+        for e in rest {
+            self.apply(e, batch);
+        }
+        n
     }
 
     fn uuid_of(&self, run: RunId) -> Option<Uuid> {
@@ -561,7 +794,12 @@ impl Thread {
         if let Some(name) = quoted(label, "Task run '") {
             // Lines a worker process sent name their run only; runs that
             // still live are the ones that can be printing.
-            if let Some((id, t)) = self.tasks.iter().find(|(_, t)| t.run.name == name) {
+            let mut buf = String::new();
+            if let Some((id, t)) = self
+                .tasks
+                .iter()
+                .find(|(_, t)| t.name_into(&mut buf) == name)
+            {
                 return Some((t.flow, Some(*id)));
             }
         }
@@ -581,6 +819,14 @@ impl Thread {
             return;
         }
         let rows = self.due(&batch);
+        if rows.is_empty() && batch.flows.is_empty() && batch.logs.is_empty() {
+            // Nothing to write (a look at quiet flows' buffers): no
+            // transaction, which would take the lock from other processes.
+            for d in batch.done {
+                let _ = d.send(());
+            }
+            return;
+        }
         match with_retries(|| self.write(&batch, &rows)) {
             Ok((flow_seqs, task_seqs)) => {
                 for (token, seq) in flow_seqs {
@@ -588,17 +834,34 @@ impl Thread {
                         f.seq = Some(seq);
                     }
                 }
-                for (id, seq) in task_seqs {
-                    if let Some(t) = self.tasks.get_mut(&id) {
-                        t.seq = Some(seq);
-                    }
-                }
+                // One pass over the rows (both lists are in id order): a
+                // lookup in a map of 100,000 runs is a cache miss or two.
+                let mut new = task_seqs.into_iter().peekable();
                 for id in &rows {
-                    if let Some(t) = self.tasks.get_mut(id) {
-                        t.dirty = false;
+                    let seq = new.next_if(|(n, _)| n == id).map(|(_, seq)| seq);
+                    let Some(t) = self.tasks.get_mut(id) else {
+                        continue;
+                    };
+                    t.seq = t.seq.or(seq);
+                    t.dirty = false;
+                    if let (true, Some(seq)) = (t.state.is_final(), t.seq) {
+                        // Final and written: forget all but what later
+                        // rows refer to it by (nothing, if its flow ended).
+                        let (flow, uuid) = (t.flow, t.id);
+                        self.tasks.remove(id);
+                        if !batch.finished.contains(&flow) {
+                            self.done.insert(
+                                *id,
+                                Done {
+                                    flow,
+                                    seq,
+                                    id: uuid,
+                                },
+                            );
+                        }
                     }
                 }
-                self.retire(&batch, &rows);
+                self.retire(&batch);
                 self.commits.fetch_add(1, Ordering::Release);
             }
             Err(e) => {
@@ -639,26 +902,8 @@ impl Thread {
         due
     }
 
-    /// Forgets what no later event can change.
-    fn retire(&mut self, batch: &Batch, rows: &[RunId]) {
-        for id in rows {
-            let finished = self
-                .tasks
-                .get(id)
-                .is_some_and(|t| t.state.is_final() && t.seq.is_some());
-            if finished {
-                if let Some(t) = self.tasks.remove(id) {
-                    self.done.insert(
-                        *id,
-                        Done {
-                            flow: t.flow,
-                            seq: t.seq.unwrap_or_default(),
-                            id: t.id,
-                        },
-                    );
-                }
-            }
-        }
+    /// Forgets the flow runs that ended, and their task runs.
+    fn retire(&mut self, batch: &Batch) {
         for token in &batch.finished {
             if let Some(f) = self.flows.remove(token) {
                 self.by_core_id.remove(&f.core_id);
@@ -679,7 +924,8 @@ impl Thread {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut flow_seqs: HashMap<u64, i64> = HashMap::new();
-        let mut task_seqs: FxHashMap<RunId, i64> = FxHashMap::default();
+        // New rows' seqs, in id order (as `rows` is).
+        let mut task_seqs: Vec<(RunId, i64)> = Vec::new();
         {
             let mut insert_flow = tx.prepare_cached(
                 "INSERT INTO flow_runs (id, core_id, name, flow, state, start_ms, parent_flow_run,
@@ -726,9 +972,9 @@ impl Thread {
                     .and_then(|f| f.seq)
                     .or_else(|| flow_seqs.get(&token).copied())
             };
-            // One statement for a new row and for one written before (a
-            // run that outlived DEFER): `seq` NULL inserts, a known `seq`
-            // updates what can change and leaves the other columns be.
+            // One statement for a row written before (a run that outlived
+            // DEFER), whose known `seq` updates what can change and leaves
+            // the other columns be, and for a new row with a new `seq`.
             let mut upsert_task = tx.prepare_cached(
                 "INSERT INTO task_runs (seq, id, flow_run, name, task, task_key, state, state_name,
                  message, attempts, worker, upstreams, created_ms, start_ms, end_ms, history,
@@ -741,6 +987,17 @@ impl Thread {
                  end_ms = excluded.end_ms, history = excluded.history,
                  cache_key = excluded.cache_key",
             )?;
+            // New rows go in INSERT_ROWS at a time, numbered here (the
+            // write lock is held, so the largest `seq` stays the largest):
+            // one statement per row cost more than its row's insert.
+            let mut insert_tasks = tx.prepare_cached(insert_tasks_sql())?;
+            let mut next_seq: i64 =
+                tx.query_row("SELECT coalesce(max(seq), 0) + 1 FROM task_runs", [], |r| {
+                    r.get(0)
+                })?;
+            // Reused from row to row: no allocation per row.
+            let (mut name, mut history) = (String::new(), String::new());
+            let mut new = Vec::with_capacity(rows.len());
             for id in rows {
                 let Some(t) = self.tasks.get(id) else {
                     continue;
@@ -748,36 +1005,41 @@ impl Thread {
                 let Some(flow) = flow_seq(t.flow) else {
                     continue;
                 };
-                let mut id_text = [0u8; 36];
-                upsert_task.execute(params![
-                    t.seq,
-                    &*t.id.hyphenated().encode_lower(&mut id_text),
-                    flow,
-                    t.run.name,
-                    t.run.task_name,
-                    t.run.task_key,
-                    t.state.as_str(),
-                    t.state_name,
-                    t.message.as_deref(),
-                    t.run.attempts,
-                    t.run.location.as_deref(),
-                    t.upstreams,
-                    t.created_ms,
-                    t.start_ms,
-                    t.end_ms,
-                    history_json(&t.history),
-                    t.run.cache_key.as_deref(),
-                ])?;
-                if t.seq.is_none() {
-                    task_seqs.insert(*id, tx.last_insert_rowid());
+                match t.seq {
+                    Some(seq) => {
+                        history_json(&t.history, &mut history);
+                        bind_task(&mut upsert_task, 0, seq, t, flow, &mut name, &history)?;
+                        upsert_task.raw_execute()?;
+                    }
+                    None => {
+                        task_seqs.push((*id, next_seq));
+                        new.push((next_seq, t, flow));
+                        next_seq += 1;
+                    }
                 }
+            }
+            let mut chunks = new.chunks_exact(INSERT_ROWS);
+            for chunk in &mut chunks {
+                for (slot, (seq, t, flow)) in chunk.iter().enumerate() {
+                    history_json(&t.history, &mut history);
+                    bind_task(&mut insert_tasks, slot, *seq, t, *flow, &mut name, &history)?;
+                }
+                insert_tasks.raw_execute()?;
+            }
+            for (seq, t, flow) in chunks.remainder() {
+                history_json(&t.history, &mut history);
+                bind_task(&mut upsert_task, 0, *seq, t, *flow, &mut name, &history)?;
+                upsert_task.raw_execute()?;
             }
             let task_seq = |id: RunId| -> Option<i64> {
                 self.tasks
                     .get(&id)
                     .and_then(|t| t.seq)
                     .or_else(|| self.done.get(&id).map(|d| d.seq))
-                    .or_else(|| task_seqs.get(&id).copied())
+                    .or_else(|| {
+                        let at = task_seqs.binary_search_by_key(&id, |(n, _)| *n).ok()?;
+                        Some(task_seqs[at].1)
+                    })
             };
             let mut insert_log = tx.prepare_cached(
                 "INSERT INTO logs (flow_run, task_run, level, time_ms, text)
@@ -804,6 +1066,7 @@ impl Thread {
                 let (Some(f), Some(seq)) = (self.flows.get(token), flow_seq(*token)) else {
                     continue;
                 };
+                history_json(&f.history, &mut history);
                 update_flow.execute(params![
                     seq,
                     f.state,
@@ -815,16 +1078,64 @@ impl Thread {
                     f.counts[1],
                     f.counts[2],
                     f.counts[3],
-                    history_json(&f.history),
+                    history,
                 ])?;
             }
         }
         tx.commit()?;
-        Ok((
-            flow_seqs.into_iter().collect(),
-            task_seqs.into_iter().collect(),
-        ))
+        Ok((flow_seqs.into_iter().collect(), task_seqs))
     }
+}
+
+/// Task rows one multi-row insert writes.
+const INSERT_ROWS: usize = 32;
+
+/// The columns of a task row, in the order [`bind_task`] binds them.
+const TASK_COLUMNS: &str = "seq, id, flow_run, name, task, task_key, state, state_name, message,
+     attempts, worker, upstreams, created_ms, start_ms, end_ms, history, cache_key";
+
+/// An insert of [`INSERT_ROWS`] new task rows.
+fn insert_tasks_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let row = format!("({})", vec!["?"; 17].join(", "));
+        format!(
+            "INSERT INTO task_runs ({TASK_COLUMNS}) VALUES {}",
+            vec![row; INSERT_ROWS].join(", ")
+        )
+    })
+}
+
+/// Binds task row `t` as the `slot`-th row of `stmt`'s values.
+fn bind_task(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    slot: usize,
+    seq: i64,
+    t: &TaskRow,
+    flow: i64,
+    name: &mut String,
+    history: &str,
+) -> rusqlite::Result<()> {
+    let at = slot * 17;
+    let mut id_text = [0u8; 36];
+    stmt.raw_bind_parameter(at + 1, seq)?;
+    stmt.raw_bind_parameter(at + 2, &*t.id.hyphenated().encode_lower(&mut id_text))?;
+    stmt.raw_bind_parameter(at + 3, flow)?;
+    stmt.raw_bind_parameter(at + 4, t.name_into(name))?;
+    stmt.raw_bind_parameter(at + 5, &*t.task)?;
+    stmt.raw_bind_parameter(at + 6, t.task_key)?;
+    stmt.raw_bind_parameter(at + 7, t.state.kind().as_str())?;
+    stmt.raw_bind_parameter(at + 8, refining_name(&t.state))?;
+    stmt.raw_bind_parameter(at + 9, t.state.message())?;
+    stmt.raw_bind_parameter(at + 10, t.attempts)?;
+    stmt.raw_bind_parameter(at + 11, t.location.as_deref())?;
+    stmt.raw_bind_parameter(at + 12, t.upstreams.as_deref())?;
+    stmt.raw_bind_parameter(at + 13, t.created_ms)?;
+    stmt.raw_bind_parameter(at + 14, t.start_ms)?;
+    stmt.raw_bind_parameter(at + 15, t.end_ms)?;
+    stmt.raw_bind_parameter(at + 16, history)?;
+    stmt.raw_bind_parameter(at + 17, t.cache_key.as_deref())?;
+    Ok(())
 }
 
 fn uuid_of(

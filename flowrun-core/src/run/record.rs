@@ -570,6 +570,7 @@ pub(crate) trait AnyRun: Send + Sync + 'static {
     fn id(&self) -> RunId;
     fn order(&self) -> u64;
     fn name(&self) -> String;
+    fn custom_name(&self) -> Option<&str>;
     fn task_name(&self) -> &str;
     fn index(&self) -> u64;
     fn task_key(&self) -> &'static str;
@@ -601,6 +602,9 @@ impl<T: Send + 'static> AnyRun for RunCell<T> {
     }
     fn name(&self) -> String {
         RunCell::name(self)
+    }
+    fn custom_name(&self) -> Option<&str> {
+        self.run_name.as_deref()
     }
     fn task_name(&self) -> &str {
         &self.task_name
@@ -725,6 +729,13 @@ impl RunRef {
     /// The run's name, such as `shout-3`.
     pub fn name(&self) -> String {
         self.0.name()
+    }
+
+    /// The name `task_run_name` gave the run, if any; without one its
+    /// name is `<task name>-<index>`. Lets an observer keep the name
+    /// without formatting it on the run's thread.
+    pub fn custom_name(&self) -> Option<&str> {
+        self.0.custom_name()
     }
 
     /// The name of the task this is a run of.

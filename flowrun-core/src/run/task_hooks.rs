@@ -75,6 +75,10 @@ impl AnyRun for SerializedRun {
     fn name(&self) -> String {
         self.name.clone()
     }
+    fn custom_name(&self) -> Option<&str> {
+        // The worker knows the name whole, not how it was made.
+        Some(&self.name)
+    }
     fn task_name(&self) -> &str {
         self.task_name
     }
