@@ -286,16 +286,6 @@ impl TaskOptions {
         self
     }
 
-    /// Tags of these runs.
-    pub fn tags<I, S>(mut self, tags: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<Cow<'static, str>>,
-    {
-        self.tags = Some(tags.into_iter().map(Into::into).collect());
-        self
-    }
-
     /// Scheduling priority: higher runs first on runners that order work.
     pub fn priority(mut self, priority: i64) -> Self {
         self.priority = Some(priority);
@@ -375,27 +365,6 @@ impl TaskOptions {
     /// Executes even when a cached result exists, and replaces it.
     pub fn refresh_cache(mut self, refresh: bool) -> Self {
         self.results.refresh = Some(refresh);
-        self
-    }
-
-    /// The folder results are written to (by default
-    /// `$FLOWRUN_HOME/storage`).
-    pub fn result_storage(mut self, dir: impl AsRef<std::path::Path>) -> Self {
-        self.results.storage = Some(crate::cache::ResultStorage::new(dir));
-        self
-    }
-
-    /// The name of the result file, from a template such as
-    /// `"{flow.name}-{task_run.name}"` (see
-    /// [`KeyTemplate`](crate::cache::KeyTemplate)). An invalid template
-    /// fails the runs with a message naming it.
-    pub fn result_storage_key(mut self, template: &str) -> Self {
-        match crate::cache::KeyTemplate::parse(template) {
-            Ok(t) => self.results.template = Some(t),
-            Err(e) => {
-                self.results_error.get_or_insert(e);
-            }
-        }
         self
     }
 
@@ -490,40 +459,9 @@ impl FlowOptions {
         self
     }
 
-    /// The folder the flow run's value is written to (by default
-    /// `$FLOWRUN_HOME/storage`).
-    pub fn result_storage(mut self, dir: impl AsRef<std::path::Path>) -> Self {
-        self.results.storage = Some(crate::cache::ResultStorage::new(dir));
-        self
-    }
-
-    /// The name of the flow run's result file, from a template (see
-    /// [`KeyTemplate`](crate::cache::KeyTemplate); `{task_run.name}` and
-    /// `{task.name}` stand for the flow run's and the flow's names).
-    pub fn result_storage_key(mut self, template: &str) -> Self {
-        match crate::cache::KeyTemplate::parse(template) {
-            Ok(t) => self.results.template = Some(t),
-            Err(e) => {
-                self.results_error.get_or_insert(e);
-            }
-        }
-        self
-    }
-
     /// The name of this flow run (by default a random `adjective-animal`).
     pub fn run_name(mut self, name: impl Into<String>) -> Self {
         self.run_name = Some(name.into());
-        self
-    }
-
-    /// Tags of these flow runs (replacing the flow's own `tags`), kept in
-    /// the run history.
-    pub fn tags<I, S>(mut self, tags: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<Cow<'static, str>>,
-    {
-        self.tags = Some(tags.into_iter().map(Into::into).collect());
         self
     }
 
@@ -626,6 +564,40 @@ macro_rules! shared_options {
             /// `timeout`.
             pub fn timeout(mut self, timeout: Duration) -> Self {
                 self.timeout = Some(Some(timeout));
+                self
+            }
+
+            /// Tags of these runs, replacing the task's or the flow's own
+            /// `tags` (a flow run's tags are kept in the run history).
+            pub fn tags<I, S>(mut self, tags: I) -> Self
+            where
+                I: IntoIterator<Item = S>,
+                S: Into<Cow<'static, str>>,
+            {
+                self.tags = Some(tags.into_iter().map(Into::into).collect());
+                self
+            }
+
+            /// The folder results are written to (by default
+            /// `$FLOWRUN_HOME/storage`).
+            pub fn result_storage(mut self, dir: impl AsRef<std::path::Path>) -> Self {
+                self.results.storage = Some(crate::cache::ResultStorage::new(dir));
+                self
+            }
+
+            /// The name of the result file, from a template such as
+            /// `"{flow.name}-{task_run.name}"` (see
+            /// [`KeyTemplate`](crate::cache::KeyTemplate); for a flow run,
+            /// `{task_run.name}` and `{task.name}` stand for the flow run's
+            /// and the flow's names). An invalid template fails the runs
+            /// with a message naming it.
+            pub fn result_storage_key(mut self, template: &str) -> Self {
+                match crate::cache::KeyTemplate::parse(template) {
+                    Ok(t) => self.results.template = Some(t),
+                    Err(e) => {
+                        self.results_error.get_or_insert(e);
+                    }
+                }
                 self
             }
         }
