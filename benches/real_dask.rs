@@ -34,6 +34,8 @@
 #[path = "../flowrun-dask/tests/support/mod.rs"]
 mod support;
 
+mod common;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -176,14 +178,9 @@ print(elapsed)
 /// Runs Dask's side: `"map"` of `n` trivial tasks and a gather, or
 /// `"chain"` (text) or `"bytes"` (+ 1) of eight tasks passing `n` MiB.
 fn dask_side(python: &std::path::Path, address: &str, what: &str, n: u64) -> Duration {
-    let out = Command::new(python)
-        .args(["-c", DASK_SIDE, address, what, &n.to_string()])
-        .output()
-        .expect("run the venv's python");
-    assert!(
-        out.status.success(),
-        "Dask's side failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::output_ok(
+        Command::new(python).args(["-c", DASK_SIDE, address, what, &n.to_string()]),
+        "Dask's side",
     );
     let seconds: f64 = String::from_utf8_lossy(&out.stdout)
         .trim()

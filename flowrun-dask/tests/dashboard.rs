@@ -42,15 +42,7 @@ fn chromium() -> PathBuf {
     PATH.get_or_init(|| {
         // The workspace's script (this test is not part of the package).
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/chromium.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .output()
-            .expect("run scripts/chromium.sh");
-        assert!(
-            out.status.success(),
-            "scripts/chromium.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = common::output_ok(Command::new("bash").arg(&script), "scripts/chromium.sh");
         let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         assert!(Path::new(&path).exists(), "no chromium at {path:?}");
         PathBuf::from(path)
@@ -92,12 +84,7 @@ fn chromium_run(url: &str, args: &[&str], offline: bool) -> String {
             "--proxy-server=127.0.0.1:9",
         ]);
     }
-    let out = cmd.arg(url).output().expect("start chromium");
-    assert!(
-        out.status.success(),
-        "chromium failed on {url}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::output_ok(cmd.arg(url), &format!("chromium on {url}"));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

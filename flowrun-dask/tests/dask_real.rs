@@ -22,13 +22,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use common::{pid_alive, HangGuard};
 use flowrun::{flow, task, FlowErrorKind, StateKind, TaskErrorKind};
 use flowrun_dask::protocol::{DaskClient, Security};
 use flowrun_dask::{
     annotate, current_cluster, AdaptKwargs, ClientKwargs, ClusterKwargs, DaskTaskRunner,
     WaitingTask,
 };
-use support::{pid_alive, Cluster, WorkerSpec};
+use support::{Cluster, WorkerSpec};
 
 /// The longest a test may take before it is declared hung.
 const HANG: Duration = Duration::from_secs(300);
@@ -41,30 +42,7 @@ fn begin(test: &'static str) -> (MutexGuard<'static, ()>, HangGuard) {
     static SERIAL: Mutex<()> = Mutex::new(());
     let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     console();
-    (guard, HangGuard::new(test))
-}
-
-/// Ends the test process if a test hangs, naming it, rather than letting
-/// the suite wait forever.
-struct HangGuard(std::sync::mpsc::Sender<()>);
-
-impl HangGuard {
-    fn new(test: &'static str) -> HangGuard {
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        std::thread::spawn(move || {
-            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(HANG) {
-                eprintln!("{test} did not finish within {HANG:?}; stopping the test process");
-                std::process::exit(101);
-            }
-        });
-        HangGuard(tx)
-    }
-}
-
-impl Drop for HangGuard {
-    fn drop(&mut self) {
-        let _ = self.0.send(());
-    }
+    (guard, HangGuard::new(test, HANG))
 }
 
 /// Every console line of the flows, as flowrun formats them.
@@ -293,26 +271,14 @@ fn peak_memory() -> u64 {
 /// The bytes Dask's workers sent, from their own transfer records: to
 /// other workers, and to anyone else (the scheduler's gathers for the flow).
 fn worker_transfers(address: &str) -> (u64, u64) {
-    let script = format!(
-        "from distributed import Client\n\
-         c = Client({address:?}, timeout=60)\n\
-         workers = set(c.scheduler_info()['workers'])\n\
+    let text = support::with_client(
+        address,
+        "workers = set(c.scheduler_info()['workers'])\n\
          logs = c.run(lambda dask_worker: list(dask_worker.transfer_outgoing_log))\n\
          peers = sum(t['total'] for l in logs.values() for t in l if t['who'] in workers)\n\
          other = sum(t['total'] for l in logs.values() for t in l if t['who'] not in workers)\n\
-         print(peers, other)\n\
-         c.close()\n"
+         print(peers, other)",
     );
-    let out = std::process::Command::new(venv_python())
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
     let mut numbers = text.split_whitespace().map(|n| n.parse::<u64>().unwrap());
     (numbers.next().unwrap(), numbers.next().unwrap())
 }
@@ -1185,15 +1151,11 @@ fn get_dask_client_submits_to_the_same_real_cluster() {
 fn certificates(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
     let path = |file: &str| dir.join(format!("{name}{file}"));
     let openssl = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        common::output_ok(
+            std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir),
+            "openssl",
         );
     };
     let s = |p: PathBuf| p.display().to_string();
@@ -1332,14 +1294,10 @@ fn adaptive() -> (u64, Vec<(u32, String)>) {
     (total, descendants())
 }
 
-fn venv_python() -> PathBuf {
-    support::venv_bin(&support::dask_version()).join("python")
-}
-
 #[test]
 fn a_python_cluster_class_is_started_adapted_and_closed() {
     let _t = begin("a_python_cluster_class_is_started_adapted_and_closed");
-    let python = venv_python();
+    let python = support::python();
     let runner = DaskTaskRunner::new()
         .cluster_class("distributed.LocalCluster")
         .cluster_kwargs(
@@ -1419,7 +1377,7 @@ fn runner_failure(runner: DaskTaskRunner) -> String {
 #[test]
 fn a_python_cluster_class_that_cannot_start_says_why() {
     let _t = begin("a_python_cluster_class_that_cannot_start_says_why");
-    let python = venv_python();
+    let python = support::python();
     let missing_python = runner_failure(
         DaskTaskRunner::new()
             .cluster_class("distributed.LocalCluster")

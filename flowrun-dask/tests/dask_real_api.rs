@@ -23,19 +23,12 @@ const HANG: Duration = Duration::from_secs(300);
 
 /// Diverts a task-mode process; otherwise serialises the tests (each starts
 /// Python processes) and ends the process if the test hangs.
-fn begin(test: &'static str) -> (MutexGuard<'static, ()>, std::sync::mpsc::Sender<()>) {
+fn begin(test: &'static str) -> (MutexGuard<'static, ()>, common::HangGuard) {
     flowrun::worker::divert_if_worker();
     static SERIAL: Mutex<()> = Mutex::new(());
     let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     common::console_lines();
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(HANG) {
-            eprintln!("{test} did not finish within {HANG:?}; stopping the test process");
-            std::process::exit(101);
-        }
-    });
-    (guard, tx)
+    (guard, common::HangGuard::new(test, HANG))
 }
 
 fn runner(cluster: &Cluster) -> DaskTaskRunner {

@@ -130,19 +130,10 @@ const HANG: Duration = Duration::from_secs(300);
 /// Diverts a process that is a worker of a cluster (local or Dask's task
 /// mode, both run this binary as the current test) before the test does
 /// anything; then guards against a hang.
-fn begin(test: &'static str) -> HangGuard {
+fn begin(test: &'static str) -> common::HangGuard {
     flowrun::worker::divert_if_worker();
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(HANG) {
-            eprintln!("{test} did not finish within {HANG:?}; stopping the test process");
-            std::process::exit(101);
-        }
-    });
-    HangGuard(tx)
+    common::HangGuard::new(test, HANG)
 }
-
-struct HangGuard(#[allow(dead_code)] std::sync::mpsc::Sender<()>);
 
 /// A directory for files that tasks in other processes write; removed on
 /// drop.

@@ -14,11 +14,46 @@ pub(crate) fn scratch(name: &str) -> PathBuf {
 /// Whether a process with this PID exists and is not a zombie.
 pub(crate) fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
         Ok(stat) => stat
             .rsplit_once(") ")
             .is_none_or(|(_, rest)| !rest.starts_with('Z')),
         Err(_) => false,
     }
+}
+
+/// Ends the test process if the test `test` does not finish within
+/// `limit`, naming it, rather than letting the suite wait forever.
+/// Dropping the guard (at the end of the test) disarms it.
+#[derive(Debug)]
+pub(crate) struct HangGuard(#[allow(dead_code)] std::sync::mpsc::Sender<()>);
+
+impl HangGuard {
+    pub(crate) fn new(test: &'static str, limit: Duration) -> HangGuard {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                eprintln!("{test} did not finish within {limit:?}; stopping the test process");
+                std::process::exit(101);
+            }
+        });
+        HangGuard(tx)
+    }
+}
+
+/// Runs `command` to its end and returns its output; panics naming `what`
+/// (and showing its stderr) if it cannot start or does not succeed.
+pub(crate) fn output_ok(command: &mut std::process::Command, what: &str) -> std::process::Output {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// Waits until `cond` holds, up to `limit`.
