@@ -60,21 +60,23 @@ fn runner(cluster: &Cluster) -> DaskTaskRunner {
         .client_kwargs(ClientKwargs::new().timeout(Duration::from_secs(60)))
 }
 
+/// Every process of this machine: (pid, its `/proc` directory).
+fn processes() -> impl Iterator<Item = (u32, PathBuf)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((pid, entry.path()))
+        })
+}
+
 /// Task-mode processes of this machine that are still running.
 fn task_mode_processes() -> Vec<u32> {
     let mut found = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+    for (pid, dir) in processes() {
+        let environ = std::fs::read(dir.join("environ")).unwrap_or_default();
         if environ
             .split(|b| *b == 0)
             .any(|v| v == b"FLOWRUN_DASK_TASK=1")
@@ -97,15 +99,8 @@ fn no_task_mode_left() {
 /// Every process below this one: (pid, command line).
 fn descendants() -> Vec<(u32, String)> {
     let mut parent_of = HashMap::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+    for (pid, dir) in processes() {
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
         let ppid = stat
             .rsplit_once(") ")
             .and_then(|(_, rest)| rest.split_whitespace().nth(1))
@@ -259,13 +254,7 @@ fn reset_peak_memory() {
 
 /// This process's peak resident memory, in bytes.
 fn peak_memory() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap()
-        * 1024
+    common::status_kb("VmHWM:") * 1024
 }
 
 /// The bytes Dask's workers sent, from their own transfer records: to
@@ -359,13 +348,7 @@ fn reset_peak_memory_of(pid: u32) {
 
 /// The peak resident memory of process `pid`, in bytes.
 fn peak_memory_of(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap()
-        * 1024
+    common::status_kb_of(pid, "VmHWM:") * 1024
 }
 
 /// The fds of process `pid` open on large results held in shared memory.
@@ -520,13 +503,7 @@ fn results_are_read_in_batches_and_a_single_read_is_one_gather() {
 
 /// The resident memory of a process, in bytes.
 fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap()
-        * 1024
+    common::status_kb_of(pid, "VmRSS:") * 1024
 }
 
 #[flow(task_runner = DaskTaskRunner::new())]

@@ -118,7 +118,13 @@ pub(crate) fn console_lines() -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
 
 /// The kB of a line of /proc/self/status.
 pub(crate) fn status_kb(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status_kb_of("self", field)
+}
+
+/// The kB of a line of `/proc/<process>/status` (`process`: a pid, or
+/// `self`).
+pub(crate) fn status_kb_of(process: impl std::fmt::Display, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).unwrap();
     status
         .lines()
         .find_map(|l| l.strip_prefix(field))
