@@ -1355,41 +1355,46 @@ fn runner_failure(runner: DaskTaskRunner) -> String {
 fn a_python_cluster_class_that_cannot_start_says_why() {
     let _t = begin("a_python_cluster_class_that_cannot_start_says_why");
     let python = support::python();
-    let missing_python = runner_failure(
-        DaskTaskRunner::new()
-            .cluster_class("distributed.LocalCluster")
-            .python("/nonexistent/bin/python3"),
-    );
-    assert!(
-        missing_python.contains("/nonexistent/bin/python3")
-            && missing_python.contains("No such file"),
-        "{missing_python}"
-    );
-    let missing_module = runner_failure(
-        DaskTaskRunner::new()
-            .cluster_class("no_such_module.Cluster")
-            .python(&python),
-    );
-    assert!(
-        missing_module.contains("cannot import module 'no_such_module'"),
-        "{missing_module}"
-    );
-    let missing_class = runner_failure(
-        DaskTaskRunner::new()
-            .cluster_class("distributed.NoSuchCluster")
-            .python(&python),
-    );
-    assert!(
-        missing_class.contains("module 'distributed' has no attribute 'NoSuchCluster'"),
-        "{missing_class}"
-    );
-    let bad_kwarg = runner_failure(
-        DaskTaskRunner::new()
-            .cluster_class("distributed.LocalCluster")
-            .cluster_kwargs(ClusterKwargs::new().set("no_such_option", 1))
-            .python(&python),
-    );
-    assert!(bad_kwarg.contains("no_such_option"), "{bad_kwarg}");
+    let missing = PathBuf::from("/nonexistent/bin/python3");
+    let bad_kwarg = ClusterKwargs::new().set("no_such_option", 1);
+    // (class, python, kwargs, what the message names)
+    let cases: [(&str, &Path, ClusterKwargs, &[&str]); 4] = [
+        (
+            "distributed.LocalCluster",
+            &missing,
+            ClusterKwargs::new(),
+            &["/nonexistent/bin/python3", "No such file"],
+        ),
+        (
+            "no_such_module.Cluster",
+            &python,
+            ClusterKwargs::new(),
+            &["cannot import module 'no_such_module'"],
+        ),
+        (
+            "distributed.NoSuchCluster",
+            &python,
+            ClusterKwargs::new(),
+            &["module 'distributed' has no attribute 'NoSuchCluster'"],
+        ),
+        (
+            "distributed.LocalCluster",
+            &python,
+            bad_kwarg,
+            &["no_such_option"],
+        ),
+    ];
+    for (class, python, kwargs, expected) in cases {
+        let message = runner_failure(
+            DaskTaskRunner::new()
+                .cluster_class(class)
+                .cluster_kwargs(kwargs)
+                .python(python),
+        );
+        for part in expected {
+            assert!(message.contains(part), "{class}: {message}");
+        }
+    }
     assert!(descendants().is_empty(), "{:?}", descendants());
 }
 
