@@ -807,27 +807,10 @@ fn a_failure_is_the_tasks_own_error_and_fails_its_dependents() {
         "{output:?}"
     );
     assert_eq!(*state, StateKind::Failed);
-    assert_eq!(
-        seen[1].0,
-        TaskErrorKind::UpstreamFailed {
-            upstream: "fragile-0".into()
-        }
-    );
-    assert_eq!(
-        seen[1].1,
-        "upstream task run 'fragile-0' did not complete: disk full (a)"
-    );
-    assert_eq!(
-        seen[2].0,
-        TaskErrorKind::UpstreamFailed {
-            upstream: "after-0".into()
-        }
-    );
-    assert_eq!(
-        seen[2].1,
-        "upstream task run 'after-0' did not complete: \
-         upstream task run 'fragile-0' did not complete: disk full (a)"
-    );
+    let b = common::upstream_failed("fragile-0", "disk full (a)");
+    assert_eq!((&seen[1].0, &seen[1].1), (&b.0, &b.1));
+    let c = common::upstream_failed("after-0", &b.1);
+    assert_eq!((&seen[2].0, &seen[2].1), (&c.0, &c.1));
     assert_eq!(seen[3].0, TaskErrorKind::Panic);
     assert!(
         seen[3].1.starts_with("kaboom (panicked at "),

@@ -304,27 +304,10 @@ fn failures_propagate<R: TaskRunner + Clone>(runner: R) {
             StateKind::Failed
         )
     );
-    assert_eq!(
-        seen[1],
-        (
-            TaskErrorKind::UpstreamFailed {
-                upstream: "disk_full-0".into()
-            },
-            "upstream task run 'disk_full-0' did not complete: disk full (a)".to_owned(),
-            StateKind::Failed
-        )
-    );
-    assert_eq!(
-        seen[2].0,
-        TaskErrorKind::UpstreamFailed {
-            upstream: "after-0".into()
-        }
-    );
-    assert_eq!(
-        seen[2].1,
-        "upstream task run 'after-0' did not complete: \
-         upstream task run 'disk_full-0' did not complete: disk full (a)"
-    );
+    let b = common::upstream_failed("disk_full-0", "disk full (a)");
+    assert_eq!(seen[1], (b.0.clone(), b.1.clone(), StateKind::Failed));
+    let c = common::upstream_failed("after-0", &b.1);
+    assert_eq!((&seen[2].0, &seen[2].1), (&c.0, &c.1));
     assert_eq!(seen[3].0, TaskErrorKind::Panic);
     // Workers add where the panic happened (" (panicked at file:line)"):
     // the panic's own report went to their stderr.

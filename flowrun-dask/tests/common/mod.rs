@@ -116,6 +116,17 @@ pub(crate) fn console_lines() -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
         .clone()
 }
 
+/// The error kind and message of a run whose upstream run `upstream` failed
+/// with `message`: it names the upstream and carries its message.
+pub(crate) fn upstream_failed(upstream: &str, message: &str) -> (flowrun::TaskErrorKind, String) {
+    (
+        flowrun::TaskErrorKind::UpstreamFailed {
+            upstream: upstream.into(),
+        },
+        format!("upstream task run '{upstream}' did not complete: {message}"),
+    )
+}
+
 /// The kB of a line of /proc/self/status.
 pub(crate) fn status_kb(field: &str) -> u64 {
     status_kb_of("self", field)
