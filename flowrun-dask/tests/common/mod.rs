@@ -98,6 +98,18 @@ pub(crate) fn lines(path: &str) -> Vec<String> {
 /// Every console line flowrun writes in this test process, in order, as
 /// its console layer formats them (installed on first use).
 pub(crate) fn console_lines() -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    capture_console(false)
+}
+
+/// [`console_lines`], with the run history's log tap beside the console so
+/// that the history records the lines too.
+pub(crate) fn console_lines_and_history() -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    capture_console(true)
+}
+
+/// Installs the capture on first use; the first call decides `with_tap`
+/// for the whole process.
+fn capture_console(with_tap: bool) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
     use std::sync::{Arc, Mutex, OnceLock};
     use tracing_subscriber::prelude::*;
     static LINES: OnceLock<Arc<Mutex<Vec<String>>>> = OnceLock::new();
@@ -105,11 +117,17 @@ pub(crate) fn console_lines() -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
         .get_or_init(|| {
             let lines = Arc::new(Mutex::new(Vec::new()));
             let sink = lines.clone();
+            let tap = if with_tap {
+                flowrun::logging::TapLayer::registered()
+            } else {
+                None
+            };
             tracing_subscriber::registry()
                 .with(
                     flowrun::logging::ConsoleLayer::new(false)
                         .with_sink(move |l| sink.lock().unwrap().push(l.to_owned())),
                 )
+                .with(tap)
                 .init();
             lines
         })
