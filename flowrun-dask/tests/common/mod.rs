@@ -134,6 +134,44 @@ fn capture_console(with_tap: bool) -> std::sync::Arc<std::sync::Mutex<Vec<String
         .clone()
 }
 
+/// Sleeps for `hold`, then appends when it ran (start and end, in
+/// microseconds), as `what`, and in which process to `dir`'s span log.
+pub(crate) fn record_span(dir: &str, what: &str, hold: Duration) {
+    let start = now_us();
+    std::thread::sleep(hold);
+    let end = now_us();
+    append(
+        &format!("{dir}/spans.log"),
+        &format!("{what} {start} {end} {}", std::process::id()),
+    );
+}
+
+/// Of the spans of `what` in `dir`'s span log: the most that overlap at any
+/// instant, how many there are, and how many processes ran them.
+pub(crate) fn most_at_once(dir: &str, what: &str) -> (usize, usize, usize) {
+    let mut points = Vec::new();
+    let mut pids = std::collections::HashSet::new();
+    let mut n = 0;
+    for l in lines(&format!("{dir}/spans.log")) {
+        let p: Vec<&str> = l.split(' ').collect();
+        if p[0] != what {
+            continue;
+        }
+        n += 1;
+        points.push((p[1].parse::<u64>().unwrap(), 1i32));
+        points.push((p[2].parse::<u64>().unwrap(), -1i32));
+        pids.insert(p[3].to_owned());
+    }
+    // Ends sort before starts at the same instant.
+    points.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, d) in points {
+        now += d;
+        most = most.max(now);
+    }
+    (most as usize, n, pids.len())
+}
+
 /// The error kind and message of a run whose upstream run `upstream` failed
 /// with `message`: it names the upstream and carries its message.
 pub(crate) fn upstream_failed(upstream: &str, message: &str) -> (flowrun::TaskErrorKind, String) {
