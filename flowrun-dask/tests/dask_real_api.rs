@@ -192,39 +192,20 @@ fn futures_inside_collections_are_dask_dependencies_of_the_reducer() {
 /// task-mode processes from this process).
 const HOOK_LOG_ENV: &str = "FLOWRUN_TEST_HOOK_LOG";
 
-fn hook_note(kind: &str, run: &RunRef, state: &State) {
-    use std::io::Write;
-    let Some(path) = std::env::var_os(HOOK_LOG_ENV) else {
-        return;
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    writeln!(
-        f,
-        "{kind} {} {} {}",
-        run.name(),
-        state.kind(),
-        std::process::id()
-    )
-    .unwrap();
+/// A hook that notes `kind` in the log named by [`HOOK_LOG_ENV`], if set.
+fn noting(kind: &'static str) -> impl Fn(&RunRef, &State) + Send + Sync + 'static {
+    move |run, state| {
+        if let Some(path) = std::env::var_os(HOOK_LOG_ENV) {
+            common::note_hook(path, kind, run, state);
+        }
+    }
 }
 
-fn on_completed(run: &RunRef, state: &State) {
-    hook_note("completed", run, state);
-}
-
-fn on_failed(run: &RunRef, state: &State) {
-    hook_note("failed", run, state);
-}
-
-fn on_running(run: &RunRef, state: &State) {
-    hook_note("running", run, state);
-}
-
-#[task(on_completion = [on_completed], on_failure = [on_failed], on_running = [on_running])]
+#[task(
+    on_completion = [noting("completed")],
+    on_failure = [noting("failed")],
+    on_running = [noting("running")]
+)]
 fn hooked(x: u32) -> Result<(u32, u32), String> {
     if x == 0 {
         Err("zero".into())
@@ -266,12 +247,10 @@ fn task_hooks_run_in_the_task_mode_process_that_runs_the_task() {
     assert!(never_failed);
     let me = std::process::id();
     assert_ne!(task_pid, me);
-    let mut seen: Vec<String> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let (what, pid) = l.rsplit_once(' ').unwrap();
-            let pid: u32 = pid.parse().unwrap();
+    assert!(log.exists(), "no hook wrote to {}", log.display());
+    let mut seen: Vec<String> = common::hook_notes(&log)
+        .into_iter()
+        .map(|(what, pid)| {
             let place = if pid == me { "flow" } else { "task process" };
             format!("{what} in {place}")
         })

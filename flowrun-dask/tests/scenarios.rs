@@ -884,14 +884,7 @@ fn hooks_log() -> std::path::PathBuf {
 }
 
 fn note(seen: String) {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(hooks_log())
-        .unwrap();
-    // One write per line: appends from several processes do not interleave.
-    f.write_all(format!("{seen}\n").as_bytes()).unwrap();
+    common::append(&hooks_log().display().to_string(), &seen);
 }
 
 fn hooks_seen() -> Vec<String> {

@@ -172,6 +172,42 @@ pub(crate) fn most_at_once(dir: &str, what: &str) -> (usize, usize, usize) {
     (most as usize, n, pids.len())
 }
 
+/// Appends what a hook saw to `path` as `kind run state pid`, with the pid
+/// of the process it ran in (one write per line, so hooks in several
+/// processes do not interleave).
+pub(crate) fn note_hook(
+    path: impl AsRef<std::path::Path>,
+    kind: &str,
+    run: &flowrun::RunRef,
+    state: &flowrun::State,
+) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    let line = format!(
+        "{kind} {} {} {}\n",
+        run.name(),
+        state.kind(),
+        std::process::id()
+    );
+    f.write_all(line.as_bytes()).unwrap();
+}
+
+/// The lines [`note_hook`] wrote to `path`: (`kind run state`, pid).
+pub(crate) fn hook_notes(path: impl AsRef<std::path::Path>) -> Vec<(String, u32)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let (what, pid) = line.rsplit_once(' ').unwrap();
+            (what.to_owned(), pid.parse().unwrap())
+        })
+        .collect()
+}
+
 /// The error kind and message of a run whose upstream run `upstream` failed
 /// with `message`: it names the upstream and carries its message.
 pub(crate) fn upstream_failed(upstream: &str, message: &str) -> (flowrun::TaskErrorKind, String) {
