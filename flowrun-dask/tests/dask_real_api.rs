@@ -10,6 +10,9 @@
 
 mod common;
 mod support;
+mod tasks;
+
+use tasks::{first_and_last, square, total};
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -121,26 +124,11 @@ fn subflows_run_on_the_parents_real_dask_cluster_and_are_listed_by_the_parent() 
 // Futures inside collections: each is a Dask dependency of the reducer,
 // which reads the upstream values on its worker.
 
-#[task]
-fn square(x: i64) -> i64 {
-    x * x
-}
-
-#[task]
-fn total(values: Vec<i64>) -> i64 {
-    values.iter().sum()
-}
-
-#[task]
-fn ends(values: [i64; 3]) -> (i64, i64) {
-    (values[0], values[2])
-}
-
 #[flow(task_runner = DaskTaskRunner::new())]
 fn fan_in(address: String) -> (i64, (i64, i64), Vec<i64>, Vec<String>, String) {
     let squares: Vec<TaskFuture<i64>> = (1..=4).map(|x| square.submit(x)).collect();
     let summed = total.submit(&squares);
-    let array = ends.submit([square.submit(2), square.submit(3), square.submit(4)]);
+    let array = first_and_last.submit([square.submit(2), square.submit(3), square.submit(4)]);
     let groups = vec![
         vec![square.submit(5), square.submit(6)],
         vec![square.submit(7)],

@@ -18,6 +18,9 @@
 
 mod common;
 mod support;
+mod tasks;
+
+use tasks::{first_and_last, square, total};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, OnceLock};
@@ -545,21 +548,6 @@ fn map<R: TaskRunner + Clone>(runner: R) {
 // `Option<T>`, a tuple, a map of `T`s) takes the same collection of
 // futures, each a dependency; `map` takes the future of a list; a failed
 // element fails the reducer without running it.
-
-#[task]
-fn square(x: i64) -> i64 {
-    x * x
-}
-
-#[task]
-fn total(values: Vec<i64>) -> i64 {
-    values.iter().sum()
-}
-
-#[task]
-fn first_and_last(values: [i64; 3]) -> (i64, i64) {
-    (values[0], values[2])
-}
 
 #[task]
 fn or_zero(value: Option<i64>) -> i64 {
