@@ -584,24 +584,7 @@ fn dash_hold(gate: String) {
 
 /// A GET of the dashboard's `/api/state` over a raw connection.
 fn dashboard_state(link: &str) -> String {
-    use std::io::{Read, Write};
-    let addr: std::net::SocketAddr = link
-        .trim_start_matches("http://")
-        .trim_end_matches("/status")
-        .parse()
-        .unwrap();
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET /api/state HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
+    common::http_get(common::socket_of(link), "/api/state", "127.0.0.1").1
 }
 
 #[test]

@@ -56,6 +56,69 @@ pub(crate) fn output_ok(command: &mut std::process::Command, what: &str) -> std:
     out
 }
 
+/// The socket address of a dashboard link such as
+/// `http://127.0.0.1:8787/status`.
+pub(crate) fn socket_of(link: &str) -> std::net::SocketAddr {
+    link.trim_start_matches("http://")
+        .trim_end_matches("/status")
+        .parse()
+        .expect("a socket address in the link")
+}
+
+/// Sends a GET of `path` with `Host: host` and one more header over a raw
+/// connection to `addr` (no client library: the tests see what the server
+/// sends); reads from the connection time out after `read_timeout`.
+pub(crate) fn send_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    host: &str,
+    header: &str,
+    read_timeout: Duration,
+) -> std::io::Result<std::net::TcpStream> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(read_timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\n{header}\r\n\r\n"
+    )?;
+    Ok(stream)
+}
+
+/// A GET over a raw connection: (status line, whole response).
+pub(crate) fn http_get(addr: std::net::SocketAddr, path: &str, host: &str) -> (String, String) {
+    use std::io::Read;
+    let mut stream = send_get(
+        addr,
+        path,
+        host,
+        "Connection: close",
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.lines().next().unwrap_or("").to_owned();
+    (status, response)
+}
+
+/// The dashboard's event stream at `addr`, line by line; reads time out
+/// after `read_timeout`.
+pub(crate) fn event_stream(
+    addr: std::net::SocketAddr,
+    read_timeout: Duration,
+) -> std::io::BufReader<std::net::TcpStream> {
+    let stream = send_get(
+        addr,
+        "/api/events",
+        "127.0.0.1",
+        "Accept: text/event-stream",
+        read_timeout,
+    )
+    .unwrap();
+    std::io::BufReader::new(stream)
+}
+
 /// Waits until `cond` holds, up to `limit`.
 pub(crate) fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
