@@ -1,6 +1,7 @@
 //! What the benchmarks share: the workspace tests' helpers (as in
 //! `tests/common`), which the modules the benchmarks include from the tests
-//! (`flowrun-dask/tests/support`) find as `crate::common`.
+//! (`flowrun-dask/tests/support`, `tests/cached_chains`) find as
+//! `crate::common`.
 #![allow(dead_code)] // each benchmark uses a different part
 
 #[allow(unreachable_pub, unused_imports)]
