@@ -49,11 +49,6 @@ fn cached(n: u64, storage: PathBuf) -> (u64, usize) {
     (sum, hits)
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn per_task(d: Duration, n: u64) -> f64 {
     d.as_secs_f64() * 1e6 / n as f64
 }
@@ -89,7 +84,11 @@ fn hits(n: u64) {
         }
         std::fs::remove_dir_all(&fresh).unwrap();
     }
-    let (ex, miss, hit) = (median(ex), median(miss), median(hit));
+    let (ex, miss, hit) = (
+        common::median(ex),
+        common::median(miss),
+        common::median(hit),
+    );
     println!("{n} tasks, thread pool, median of {rounds} interleaved rounds:");
     println!(
         "  executed, no caching:     {:>8.2} µs/task",

@@ -256,11 +256,6 @@ fn own_cpu_seconds() -> f64 {
     seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn show(v: &[Duration]) -> String {
     v.iter()
         .map(|d| format!("{:.3}", d.as_secs_f64()))
@@ -306,7 +301,7 @@ fn main() {
         let (mut waited, mut read, mut dask) = (vec![], vec![], vec![]);
         let (mut flowrun_cpu, mut dask_cpu, mut flow_cpu) = (vec![], vec![], vec![]);
         for run in 0..runs {
-            let mut flowrun_side = || {
+            let flowrun_side = || {
                 let cpu = cpu_seconds(&pids);
                 let own = own_cpu_seconds();
                 waited.push(
@@ -324,18 +319,12 @@ fn main() {
                         .expect("flow failed"),
                 );
             };
-            let mut dask_run = || {
+            let dask_run = || {
                 let cpu = cpu_seconds(&pids);
                 dask.push(dask_side(&python, &cluster.address, "map", n));
                 dask_cpu.push(Duration::from_secs_f64(cpu_seconds(&pids) - cpu));
             };
-            if run % 2 == 0 {
-                flowrun_side();
-                dask_run();
-            } else {
-                dask_run();
-                flowrun_side();
-            }
+            common::alternate(run, flowrun_side, dask_run);
             eprintln!(
                 "N={n} run {run}: flowrun wait {:.3} s, read {:.3} s; Dask map+gather {:.3} s",
                 waited[run].as_secs_f64(),
@@ -343,7 +332,7 @@ fn main() {
                 dask[run].as_secs_f64(),
             );
         }
-        let base = median(dask.clone());
+        let base = common::median(dask.clone());
         println!("N={n} trivial tasks, median of {runs} runs (seconds):");
         println!(
             "  Dask Client.map(inc) + gather: {:.3}  [{}]",
@@ -354,7 +343,7 @@ fn main() {
             ("flowrun submit + wait", &waited),
             ("flowrun submit + read every result", &read),
         ] {
-            let m = median(v.clone());
+            let m = common::median(v.clone());
             println!(
                 "  {name}: {:.3}  [{}]  ratio to Dask {:.2}x",
                 m.as_secs_f64(),
@@ -365,9 +354,9 @@ fn main() {
         println!(
             "  cluster CPU (scheduler + workers + task processes): flowrun {:.2}, Dask {:.2}; \
              flow process CPU {:.2}",
-            median(flowrun_cpu).as_secs_f64(),
-            median(dask_cpu).as_secs_f64(),
-            median(flow_cpu).as_secs_f64()
+            common::median(flowrun_cpu).as_secs_f64(),
+            common::median(dask_cpu).as_secs_f64(),
+            common::median(flow_cpu).as_secs_f64()
         );
     }
 
@@ -389,23 +378,17 @@ fn main() {
     for (name, what, flowrun_chain) in chains {
         let (mut ours, mut theirs) = (vec![], vec![]);
         for run in 0..runs {
-            let mut flowrun_side = || ours.push(flowrun_chain(runner(), chain_mb));
-            let mut dask_run =
+            let flowrun_side = || ours.push(flowrun_chain(runner(), chain_mb));
+            let dask_run =
                 || theirs.push(dask_side(&python, &cluster.address, what, chain_mb as u64));
-            if run % 2 == 0 {
-                flowrun_side();
-                dask_run();
-            } else {
-                dask_run();
-                flowrun_side();
-            }
+            common::alternate(run, flowrun_side, dask_run);
             eprintln!(
                 "chain ({name}) run {run}: flowrun {:.3} s, Dask {:.3} s",
                 ours[run].as_secs_f64(),
                 theirs[run].as_secs_f64()
             );
         }
-        let (m_ours, m_theirs) = (median(ours.clone()), median(theirs.clone()));
+        let (m_ours, m_theirs) = (common::median(ours.clone()), common::median(theirs.clone()));
         println!(
             "chain of 8 tasks passing {chain_mb} MiB ({name}), median of {runs} runs (seconds):"
         );
