@@ -39,7 +39,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use flowrun::{flow, task};
+use flowrun::{flow, task, TaskFuture};
 use flowrun_dask::{ClientKwargs, DaskTaskRunner};
 use support::{Cluster, WorkerSpec};
 
@@ -103,28 +103,40 @@ fn count_sevens(x: Vec<u8>) -> usize {
     x.iter().filter(|&&b| b == 7).count()
 }
 
+/// Times a chain of eight runs: `first`, six of `step`, each taking the
+/// one before, and `last`, whose result it returns beside the time.
+fn timed_chain<T: Send + 'static>(
+    first: impl FnOnce() -> TaskFuture<T>,
+    step: impl Fn(TaskFuture<T>) -> TaskFuture<T>,
+    last: impl FnOnce(TaskFuture<T>) -> TaskFuture<usize>,
+) -> (Duration, usize) {
+    let started = Instant::now();
+    let mut future = first();
+    for _ in 0..6 {
+        future = step(future);
+    }
+    let n = last(future).result().unwrap();
+    (started.elapsed(), n)
+}
+
 #[flow(task_runner = DaskTaskRunner::new())]
 fn bytes_chain_of_eight(mb: usize) -> Duration {
-    let started = Instant::now();
-    let mut last = ones.submit(mb);
-    for _ in 0..6 {
-        last = plus_one.submit(last);
-    }
-    let n = count_sevens.submit(last).result().unwrap();
-    let elapsed = started.elapsed();
+    let (elapsed, n) = timed_chain(
+        || ones.submit(mb),
+        |x| plus_one.submit(x),
+        |x| count_sevens.submit(x),
+    );
     assert_eq!(n, mb << 20);
     elapsed
 }
 
 #[flow(task_runner = DaskTaskRunner::new())]
 fn chain_of_eight(mb: usize) -> Duration {
-    let started = Instant::now();
-    let mut last = chunk.submit(mb);
-    for _ in 0..6 {
-        last = pass_on.submit(last);
-    }
-    let n = length.submit(last).result().unwrap();
-    let elapsed = started.elapsed();
+    let (elapsed, n) = timed_chain(
+        || chunk.submit(mb),
+        |data| pass_on.submit(data),
+        |data| length.submit(data),
+    );
     assert_eq!(n, (mb << 20) + 6);
     elapsed
 }
