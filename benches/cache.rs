@@ -19,6 +19,10 @@ use std::time::{Duration, Instant};
 
 use flowrun::{flow, task, TaskOptions};
 
+#[path = "../tests/cached_chains/mod.rs"]
+mod cached_chains;
+mod common;
+
 #[task]
 fn noop(i: u64) -> u64 {
     i
@@ -43,11 +47,6 @@ fn cached(n: u64, storage: PathBuf) -> (u64, usize) {
     let hits = futures.iter().filter(|f| f.state().is_cached()).count();
     let sum = futures.into_iter().map(|f| f.into_result().unwrap()).sum();
     (sum, hits)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn per_task(d: Duration, n: u64) -> f64 {
@@ -85,7 +84,11 @@ fn hits(n: u64) {
         }
         std::fs::remove_dir_all(&fresh).unwrap();
     }
-    let (ex, miss, hit) = (median(ex), median(miss), median(hit));
+    let (ex, miss, hit) = (
+        common::median(ex),
+        common::median(miss),
+        common::median(hit),
+    );
     println!("{n} tasks, thread pool, median of {rounds} interleaved rounds:");
     println!(
         "  executed, no caching:     {:>8.2} µs/task",
@@ -108,48 +111,10 @@ fn hits(n: u64) {
 const CHAINS: u64 = 100;
 const DEPTH: u64 = 100;
 
-#[task(
-    cache_policy = INPUTS + TASK_SOURCE,
-    task_run_name = "s-{chain}-{level}",
-    result_storage_key = "{task_run.name}"
-)]
-fn step(log: PathBuf, chain: u64, level: u64, prev: u64) -> u64 {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .unwrap();
-    f.write_all(format!("s-{chain}-{level}\n").as_bytes())
-        .unwrap();
-    prev + level
-}
-
 #[flow]
-fn dag(storage: PathBuf, log: PathBuf) -> u64 {
-    let opts = || TaskOptions::new().result_storage(&storage);
-    let ends: Vec<_> = (0..CHAINS)
-        .map(|chain| {
-            let mut prev = step
-                .with_options(opts())
-                .submit(log.clone(), chain, 0, 0u64);
-            for level in 1..DEPTH {
-                prev = step
-                    .with_options(opts())
-                    .submit(log.clone(), chain, level, prev);
-            }
-            prev
-        })
-        .collect();
+fn dag(storage: PathBuf, log: String) -> u64 {
+    let ends = cached_chains::submit_chains(&storage, &log, CHAINS, DEPTH, 0);
     ends.into_iter().map(|f| f.into_result().unwrap()).sum()
-}
-
-fn lines(log: &Path) -> Vec<String> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
 }
 
 fn child(dir: &Path) -> std::process::Child {
@@ -164,24 +129,22 @@ fn child(dir: &Path) -> std::process::Child {
 fn resume() {
     let total = (CHAINS * DEPTH) as usize;
     let dir = tempfile::tempdir().unwrap();
-    let (log, storage) = (dir.path().join("log"), dir.path().join("storage"));
+    let log = dir.path().join("log").display().to_string();
+    let storage = dir.path().join("storage");
     let mut first = child(dir.path());
-    while lines(&log).len() < total / 2 {
+    while common::lines(&log).len() < total / 2 {
         assert!(first.try_wait().unwrap().is_none(), "ended before the kill");
         std::thread::sleep(Duration::from_millis(1));
     }
     first.kill().unwrap();
     first.wait().unwrap();
-    let executed_before = lines(&log).len();
-    let completed: std::collections::HashSet<String> = std::fs::read_dir(&storage)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
+    let executed_before = common::lines(&log).len();
+    let completed: std::collections::HashSet<String> =
+        cached_chains::completed(&storage).into_iter().collect();
     let t = Instant::now();
     assert!(child(dir.path()).wait().unwrap().success());
     let rerun_time = t.elapsed();
-    let all = lines(&log);
+    let all = common::lines(&log);
     let rerun = &all[executed_before..];
     let again = rerun.iter().filter(|n| completed.contains(*n)).count();
     println!("resume, {total}-task DAG ({CHAINS} chains x {DEPTH} steps), SIGKILL half way:");
@@ -203,8 +166,9 @@ fn main() {
     std::env::set_var("FLOWRUN_HISTORY", "off");
     if let Some(dir) = std::env::var_os("FLOWRUN_CACHE_BENCH_CHILD") {
         let dir = PathBuf::from(dir);
-        let want: u64 = (0..CHAINS).map(|_| (0..DEPTH).sum::<u64>()).sum();
-        assert_eq!(dag(dir.join("storage"), dir.join("log")).unwrap(), want);
+        let log = dir.join("log").display().to_string();
+        let want = cached_chains::chains_total(CHAINS, DEPTH);
+        assert_eq!(dag(dir.join("storage"), log).unwrap(), want);
         return;
     }
     let args: Vec<String> = std::env::args()

@@ -34,10 +34,12 @@
 #[path = "../flowrun-dask/tests/support/mod.rs"]
 mod support;
 
+mod common;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use flowrun::{flow, task};
+use flowrun::{flow, task, TaskFuture};
 use flowrun_dask::{ClientKwargs, DaskTaskRunner};
 use support::{Cluster, WorkerSpec};
 
@@ -101,28 +103,40 @@ fn count_sevens(x: Vec<u8>) -> usize {
     x.iter().filter(|&&b| b == 7).count()
 }
 
+/// Times a chain of eight runs: `first`, six of `step`, each taking the
+/// one before, and `last`, whose result it returns beside the time.
+fn timed_chain<T: Send + 'static>(
+    first: impl FnOnce() -> TaskFuture<T>,
+    step: impl Fn(TaskFuture<T>) -> TaskFuture<T>,
+    last: impl FnOnce(TaskFuture<T>) -> TaskFuture<usize>,
+) -> (Duration, usize) {
+    let started = Instant::now();
+    let mut future = first();
+    for _ in 0..6 {
+        future = step(future);
+    }
+    let n = last(future).result().unwrap();
+    (started.elapsed(), n)
+}
+
 #[flow(task_runner = DaskTaskRunner::new())]
 fn bytes_chain_of_eight(mb: usize) -> Duration {
-    let started = Instant::now();
-    let mut last = ones.submit(mb);
-    for _ in 0..6 {
-        last = plus_one.submit(last);
-    }
-    let n = count_sevens.submit(last).result().unwrap();
-    let elapsed = started.elapsed();
+    let (elapsed, n) = timed_chain(
+        || ones.submit(mb),
+        |x| plus_one.submit(x),
+        |x| count_sevens.submit(x),
+    );
     assert_eq!(n, mb << 20);
     elapsed
 }
 
 #[flow(task_runner = DaskTaskRunner::new())]
 fn chain_of_eight(mb: usize) -> Duration {
-    let started = Instant::now();
-    let mut last = chunk.submit(mb);
-    for _ in 0..6 {
-        last = pass_on.submit(last);
-    }
-    let n = length.submit(last).result().unwrap();
-    let elapsed = started.elapsed();
+    let (elapsed, n) = timed_chain(
+        || chunk.submit(mb),
+        |data| pass_on.submit(data),
+        |data| length.submit(data),
+    );
     assert_eq!(n, (mb << 20) + 6);
     elapsed
 }
@@ -176,14 +190,9 @@ print(elapsed)
 /// Runs Dask's side: `"map"` of `n` trivial tasks and a gather, or
 /// `"chain"` (text) or `"bytes"` (+ 1) of eight tasks passing `n` MiB.
 fn dask_side(python: &std::path::Path, address: &str, what: &str, n: u64) -> Duration {
-    let out = Command::new(python)
-        .args(["-c", DASK_SIDE, address, what, &n.to_string()])
-        .output()
-        .expect("run the venv's python");
-    assert!(
-        out.status.success(),
-        "Dask's side failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::output_ok(
+        Command::new(python).args(["-c", DASK_SIDE, address, what, &n.to_string()]),
+        "Dask's side",
     );
     let seconds: f64 = String::from_utf8_lossy(&out.stdout)
         .trim()
@@ -259,11 +268,6 @@ fn own_cpu_seconds() -> f64 {
     seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn show(v: &[Duration]) -> String {
     v.iter()
         .map(|d| format!("{:.3}", d.as_secs_f64()))
@@ -309,7 +313,7 @@ fn main() {
         let (mut waited, mut read, mut dask) = (vec![], vec![], vec![]);
         let (mut flowrun_cpu, mut dask_cpu, mut flow_cpu) = (vec![], vec![], vec![]);
         for run in 0..runs {
-            let mut flowrun_side = || {
+            let flowrun_side = || {
                 let cpu = cpu_seconds(&pids);
                 let own = own_cpu_seconds();
                 waited.push(
@@ -327,18 +331,12 @@ fn main() {
                         .expect("flow failed"),
                 );
             };
-            let mut dask_run = || {
+            let dask_run = || {
                 let cpu = cpu_seconds(&pids);
                 dask.push(dask_side(&python, &cluster.address, "map", n));
                 dask_cpu.push(Duration::from_secs_f64(cpu_seconds(&pids) - cpu));
             };
-            if run % 2 == 0 {
-                flowrun_side();
-                dask_run();
-            } else {
-                dask_run();
-                flowrun_side();
-            }
+            common::alternate(run, flowrun_side, dask_run);
             eprintln!(
                 "N={n} run {run}: flowrun wait {:.3} s, read {:.3} s; Dask map+gather {:.3} s",
                 waited[run].as_secs_f64(),
@@ -346,7 +344,7 @@ fn main() {
                 dask[run].as_secs_f64(),
             );
         }
-        let base = median(dask.clone());
+        let base = common::median(dask.clone());
         println!("N={n} trivial tasks, median of {runs} runs (seconds):");
         println!(
             "  Dask Client.map(inc) + gather: {:.3}  [{}]",
@@ -357,7 +355,7 @@ fn main() {
             ("flowrun submit + wait", &waited),
             ("flowrun submit + read every result", &read),
         ] {
-            let m = median(v.clone());
+            let m = common::median(v.clone());
             println!(
                 "  {name}: {:.3}  [{}]  ratio to Dask {:.2}x",
                 m.as_secs_f64(),
@@ -368,9 +366,9 @@ fn main() {
         println!(
             "  cluster CPU (scheduler + workers + task processes): flowrun {:.2}, Dask {:.2}; \
              flow process CPU {:.2}",
-            median(flowrun_cpu).as_secs_f64(),
-            median(dask_cpu).as_secs_f64(),
-            median(flow_cpu).as_secs_f64()
+            common::median(flowrun_cpu).as_secs_f64(),
+            common::median(dask_cpu).as_secs_f64(),
+            common::median(flow_cpu).as_secs_f64()
         );
     }
 
@@ -392,23 +390,17 @@ fn main() {
     for (name, what, flowrun_chain) in chains {
         let (mut ours, mut theirs) = (vec![], vec![]);
         for run in 0..runs {
-            let mut flowrun_side = || ours.push(flowrun_chain(runner(), chain_mb));
-            let mut dask_run =
+            let flowrun_side = || ours.push(flowrun_chain(runner(), chain_mb));
+            let dask_run =
                 || theirs.push(dask_side(&python, &cluster.address, what, chain_mb as u64));
-            if run % 2 == 0 {
-                flowrun_side();
-                dask_run();
-            } else {
-                dask_run();
-                flowrun_side();
-            }
+            common::alternate(run, flowrun_side, dask_run);
             eprintln!(
                 "chain ({name}) run {run}: flowrun {:.3} s, Dask {:.3} s",
                 ours[run].as_secs_f64(),
                 theirs[run].as_secs_f64()
             );
         }
-        let (m_ours, m_theirs) = (median(ours.clone()), median(theirs.clone()));
+        let (m_ours, m_theirs) = (common::median(ours.clone()), common::median(theirs.clone()));
         println!(
             "chain of 8 tasks passing {chain_mb} MiB ({name}), median of {runs} runs (seconds):"
         );

@@ -386,51 +386,15 @@ fn two_workers() -> DaskTaskRunner {
     DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(2).threads_per_worker(2))
 }
 
-/// Writes when it ran (start and end, in microseconds) and where.
-fn record(dir: &str, what: &str, hold: Duration) {
-    let start = common::now_us();
-    std::thread::sleep(hold);
-    let end = common::now_us();
-    common::append(
-        &format!("{dir}/spans.log"),
-        &format!("{what} {start} {end} {}", std::process::id()),
-    );
-}
-
-/// The most spans of `what` that overlap at any instant.
-fn most_at_once(dir: &str, what: &str) -> (usize, usize, usize) {
-    let mut points = Vec::new();
-    let mut pids = std::collections::HashSet::new();
-    let mut n = 0;
-    for l in common::lines(&format!("{dir}/spans.log")) {
-        let p: Vec<&str> = l.split(' ').collect();
-        if p[0] != what {
-            continue;
-        }
-        n += 1;
-        points.push((p[1].parse::<u64>().unwrap(), 1i32));
-        points.push((p[2].parse::<u64>().unwrap(), -1i32));
-        pids.insert(p[3].to_owned());
-    }
-    // Ends sort before starts at the same instant.
-    points.sort();
-    let (mut now, mut most) = (0i32, 0i32);
-    for (_, d) in points {
-        now += d;
-        most = most.max(now);
-    }
-    (most as usize, n, pids.len())
-}
-
 #[task(tags = ["cl-db"])]
 fn cluster_tagged(dir: String) {
-    record(&dir, "tagged", Duration::from_millis(150));
+    common::record_span(&dir, "tagged", Duration::from_millis(150));
 }
 
 #[task]
 fn cluster_guarded(dir: String) -> Result<(), concurrency::ConcurrencyError> {
     let _slot = concurrency("cl-guard", 1)?;
-    record(&dir, "guarded", Duration::from_millis(100));
+    common::record_span(&dir, "guarded", Duration::from_millis(100));
     Ok(())
 }
 
@@ -458,8 +422,8 @@ fn on_the_local_cluster_tag_limits_and_guards_hold_across_worker_processes() {
         .to_string_lossy()
         .into_owned();
     let (states, in_use) = across(dir.clone()).unwrap();
-    let tagged = most_at_once(&dir, "tagged");
-    let guards = most_at_once(&dir, "guarded");
+    let tagged = common::most_at_once(&dir, "tagged");
+    let guards = common::most_at_once(&dir, "guarded");
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(in_use, 0);
     assert!(
@@ -620,24 +584,7 @@ fn dash_hold(gate: String) {
 
 /// A GET of the dashboard's `/api/state` over a raw connection.
 fn dashboard_state(link: &str) -> String {
-    use std::io::{Read, Write};
-    let addr: std::net::SocketAddr = link
-        .trim_start_matches("http://")
-        .trim_end_matches("/status")
-        .parse()
-        .unwrap();
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET /api/state HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
+    common::http_get(common::socket_of(link), "/api/state", "127.0.0.1").1
 }
 
 #[test]

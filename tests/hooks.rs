@@ -4,6 +4,8 @@
 //! behaviour on the thread runner and on the local cluster, where the hooks
 //! of a task's attribute run in the worker process that runs the task.
 
+mod common;
+
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -49,22 +51,12 @@ fn attr_log() -> String {
         .to_string()
 }
 
-fn attr_note(kind: &str, run: &RunRef, state: &State) {
-    note(&ATTR_SEEN, kind, &run.name(), state);
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(attr_log())
-        .unwrap();
-    writeln!(
-        f,
-        "{kind} {} {} {}",
-        run.name(),
-        state.kind(),
-        std::process::id()
-    )
-    .unwrap();
+/// A hook of the attribute: notes `kind` in `ATTR_SEEN` and the log.
+fn attr_noting(kind: &'static str) -> impl Fn(&RunRef, &State) + Send + Sync + 'static {
+    move |run, state| {
+        note(&ATTR_SEEN, kind, &run.name(), state);
+        common::note_hook(attr_log(), kind, run, state);
+    }
 }
 
 /// Tests that read the log of the attribute's hooks take turns.
@@ -73,30 +65,16 @@ static LOG_TURN: Mutex<()> = Mutex::new(());
 /// The lines of the hooks' log (`kind run state`) with the pid each ran in;
 /// empties the log.
 fn take_attr_log() -> Vec<(String, u32)> {
-    let logged = std::fs::read_to_string(attr_log()).unwrap_or_default();
+    let logged = common::hook_notes(attr_log());
     let _ = std::fs::remove_file(attr_log());
     logged
-        .lines()
-        .map(|line| {
-            let (what, pid) = line.rsplit_once(' ').unwrap();
-            (what.to_owned(), pid.parse().unwrap())
-        })
-        .collect()
 }
 
-fn completed(run: &RunRef, state: &State) {
-    attr_note("completed", run, state);
-}
-
-fn failed(run: &RunRef, state: &State) {
-    attr_note("failed", run, state);
-}
-
-fn running(run: &RunRef, state: &State) {
-    attr_note("running", run, state);
-}
-
-#[task(on_completion = [completed], on_failure = [failed], on_running = [running])]
+#[task(
+    on_completion = [attr_noting("completed")],
+    on_failure = [attr_noting("failed")],
+    on_running = [attr_noting("running")]
+)]
 fn checked(x: u32) -> Result<u32, String> {
     if x == 0 {
         Err("zero".into())
@@ -167,12 +145,16 @@ fn task_hooks_from_the_attribute_run_with_the_final_state() {
     task_hooks_fire_once_per_final_state("local cluster", seen);
 }
 
-#[task(retries = 1, retry_delay = 0, on_failure = [failed], on_running = [running])]
+#[task(retries = 1, retry_delay = 0, on_failure = [attr_noting("failed")], on_running = [attr_noting("running")])]
 fn flaky_on_worker() -> Result<(), String> {
     Err("always".into())
 }
 
-#[task(on_failure = [failed], on_completion = [completed], on_running = [running])]
+#[task(
+    on_failure = [attr_noting("failed")],
+    on_completion = [attr_noting("completed")],
+    on_running = [attr_noting("running")]
+)]
 fn never_runs(_x: u32) {}
 
 #[test]

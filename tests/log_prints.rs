@@ -3,8 +3,10 @@
 //! runner as on a local cluster; `log_prints = false` and the global
 //! setting turn it off.
 
+mod common;
+
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use flowrun::history::{temp_home, LogQuery, RunsQuery, Store};
@@ -14,22 +16,7 @@ use flowrun_dask::{ClusterKwargs, DaskTaskRunner};
 /// Every console line of this process, with the history's log tap beside
 /// the console.
 fn lines() -> Arc<Mutex<Vec<String>>> {
-    use tracing_subscriber::prelude::*;
-    static LINES: OnceLock<Arc<Mutex<Vec<String>>>> = OnceLock::new();
-    LINES
-        .get_or_init(|| {
-            let lines = Arc::new(Mutex::new(Vec::new()));
-            let sink = lines.clone();
-            tracing_subscriber::registry()
-                .with(
-                    flowrun::logging::ConsoleLayer::new(false)
-                        .with_sink(move |l| sink.lock().unwrap().push(l.to_owned())),
-                )
-                .with(flowrun::logging::TapLayer::registered())
-                .init();
-            lines
-        })
-        .clone()
+    common::console_lines_and_history()
 }
 
 fn console() -> Vec<String> {

@@ -7,6 +7,7 @@
 //! themselves, one line each in a log file; a task counts as completed
 //! when its result file exists (named by `result_storage_key`).
 
+mod cached_chains;
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -19,17 +20,6 @@ const CHAINS: u64 = 12;
 const DEPTH: u64 = 10;
 /// Every step, plus the final sum.
 const TASKS: usize = (CHAINS * DEPTH) as usize + 1;
-
-#[task(
-    cache_policy = INPUTS + TASK_SOURCE,
-    task_run_name = "step-{chain}-{level}",
-    result_storage_key = "{task_run.name}"
-)]
-fn step(log: String, chain: u64, level: u64, prev: u64) -> u64 {
-    common::append(&log, &format!("step-{chain}-{level}"));
-    std::thread::sleep(Duration::from_millis(20));
-    prev + chain * 100 + level
-}
 
 #[task(
     cache_policy = INPUTS + TASK_SOURCE,
@@ -55,19 +45,7 @@ fn chains_on_cluster(storage: PathBuf, log: String) -> u64 {
 
 fn submit_chains(storage: PathBuf, log: String) -> u64 {
     let opts = || TaskOptions::new().result_storage(&storage);
-    let ends: Vec<_> = (0..CHAINS)
-        .map(|chain| {
-            let mut prev = step
-                .with_options(opts())
-                .submit(log.clone(), chain, 0, 0u64);
-            for level in 1..DEPTH {
-                prev = step
-                    .with_options(opts())
-                    .submit(log.clone(), chain, level, prev);
-            }
-            prev
-        })
-        .collect();
+    let ends = cached_chains::submit_chains(&storage, &log, CHAINS, DEPTH, 20);
     let values: Vec<u64> = ends.iter().map(|f| f.result().unwrap()).collect();
     total
         .with_options(opts())
@@ -77,9 +55,7 @@ fn submit_chains(storage: PathBuf, log: String) -> u64 {
 }
 
 fn expected_total() -> u64 {
-    (0..CHAINS)
-        .map(|c| (0..DEPTH).map(|l| c * 100 + l).sum::<u64>())
-        .sum()
+    cached_chains::chains_total(CHAINS, DEPTH)
 }
 
 /// The flow process of the tests below (a no-op without its environment).
@@ -115,19 +91,6 @@ fn child(dir: &Path, cluster: bool) -> std::process::Child {
         .unwrap()
 }
 
-/// The names of the tasks whose result file exists.
-fn completed(storage: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(storage)
-        .map(|r| {
-            r.map(|e| e.unwrap().file_name().to_str().unwrap().to_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.retain(|n| !n.starts_with('.'));
-    names.sort();
-    names
-}
-
 #[test]
 fn a_flow_killed_half_way_resumes_without_re_executing_completed_tasks() {
     kill_and_resume(false);
@@ -154,7 +117,7 @@ fn kill_and_resume(cluster: bool) {
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
     let before_kill = common::lines(log_s);
-    let done = completed(&storage);
+    let done = cached_chains::completed(&storage);
     assert!(
         !done.is_empty() && done.len() < TASKS,
         "killed half way: {} of {TASKS} completed",
@@ -171,7 +134,7 @@ fn kill_and_resume(cluster: bool) {
         "completed before the kill, executed again: {re_executed:?}"
     );
     // Everything else ran, and now every task has its result.
-    assert_eq!(completed(&storage).len(), TASKS);
+    assert_eq!(cached_chains::completed(&storage).len(), TASKS);
     let mut ran: Vec<&String> = all.iter().collect();
     ran.sort();
     ran.dedup();

@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -42,15 +42,7 @@ fn chromium() -> PathBuf {
     PATH.get_or_init(|| {
         // The workspace's script (this test is not part of the package).
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/chromium.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .output()
-            .expect("run scripts/chromium.sh");
-        assert!(
-            out.status.success(),
-            "scripts/chromium.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = common::output_ok(Command::new("bash").arg(&script), "scripts/chromium.sh");
         let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         assert!(Path::new(&path).exists(), "no chromium at {path:?}");
         PathBuf::from(path)
@@ -92,12 +84,7 @@ fn chromium_run(url: &str, args: &[&str], offline: bool) -> String {
             "--proxy-server=127.0.0.1:9",
         ]);
     }
-    let out = cmd.arg(url).output().expect("start chromium");
-    assert!(
-        out.status.success(),
-        "chromium failed on {url}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::output_ok(cmd.arg(url), &format!("chromium on {url}"));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -153,30 +140,6 @@ fn with_attr<'a>(
     elements
         .iter()
         .find(|e| e.get(name).map(String::as_str) == Some(value))
-}
-
-fn socket_of(link: &str) -> SocketAddr {
-    link.trim_start_matches("http://")
-        .trim_end_matches("/status")
-        .parse()
-        .expect("a socket address in the link")
-}
-
-/// A GET over a raw connection: (status line, whole response).
-fn http_get(addr: SocketAddr, path: &str, host: &str) -> (String, String) {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.lines().next().unwrap_or("").to_owned();
-    (status, response)
 }
 
 /// The number of pages following the events, from `/api/state`.
@@ -275,12 +238,12 @@ fn watched(gate: String) -> Watched {
 
     // The pages above followed the events too; their connections count
     // until the server's keep-alives find them closed.
-    let addr = socket_of(&link);
+    let addr = common::socket_of(&link);
     wait_for(
         "the pages that were closed to stop counting as viewers",
         Duration::from_secs(30),
         || {
-            let (_, body) = http_get(addr, "/api/state", "127.0.0.1");
+            let (_, body) = common::http_get(addr, "/api/state", "127.0.0.1");
             viewers(&body) == 0
         },
     );
@@ -292,7 +255,7 @@ fn watched(gate: String) -> Watched {
         "the browser to follow the events",
         Duration::from_secs(60),
         || {
-            let (_, body) = http_get(addr, "/api/state", "127.0.0.1");
+            let (_, body) = common::http_get(addr, "/api/state", "127.0.0.1");
             viewers(&body) > 0
         },
     );
@@ -410,7 +373,9 @@ fn the_dashboard_shows_a_running_flow_in_a_browser() {
     }
 
     // The server stopped with the cluster.
-    assert!(TcpStream::connect_timeout(&socket_of(&seen.link), Duration::from_secs(1)).is_err());
+    assert!(
+        TcpStream::connect_timeout(&common::socket_of(&seen.link), Duration::from_secs(1)).is_err()
+    );
 }
 
 #[flow]
@@ -509,17 +474,8 @@ struct Events {
 
 impl Events {
     fn open(addr: SocketAddr) -> Events {
-        let mut stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        write!(
-            stream,
-            "GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
-        )
-        .unwrap();
         Events {
-            reader: BufReader::new(stream),
+            reader: common::event_stream(addr, Duration::from_secs(10)),
         }
     }
 
@@ -542,7 +498,7 @@ impl Events {
     ClusterKwargs::new().n_workers(1).dashboard_address(":0")))]
 fn followed() -> (String, Events, String) {
     let link = flowrun_dask::dashboard_link().unwrap();
-    let mut events = Events::open(socket_of(&link));
+    let mut events = Events::open(common::socket_of(&link));
     let first = events.next_data().expect("a first event");
     quick.submit().result().unwrap();
     (link, events, first)
@@ -567,7 +523,7 @@ fn the_server_stops_with_the_cluster_even_with_a_page_open() {
         "the page is told the flow run ended"
     );
     assert!(link.starts_with("http://127.0.0.1:"), "{link}");
-    assert!(TcpStream::connect_timeout(&socket_of(&link), Duration::from_secs(1)).is_err());
+    assert!(TcpStream::connect_timeout(&common::socket_of(&link), Duration::from_secs(1)).is_err());
 }
 
 #[test]
@@ -604,7 +560,7 @@ fn dashboard_addresses_ports_and_failures() {
         .call()
         .unwrap()
         .expect("a dashboard on another port");
-    assert_ne!(socket_of(&link).port(), port);
+    assert_ne!(common::socket_of(&link).port(), port);
     let warned = logged(&format!("Port {port} is in use"));
     assert_eq!(warned.len(), 1);
     assert!(warned[0].contains("WARNING"), "{}", warned[0]);
@@ -643,10 +599,10 @@ fn dashboard_addresses_ports_and_failures() {
 #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(
     ClusterKwargs::new().n_workers(1).dashboard_address(":0")))]
 fn host_checked() -> (String, String, String) {
-    let addr = socket_of(&flowrun_dask::dashboard_link().unwrap());
-    let (ok, _) = http_get(addr, "/status", &format!("localhost:{}", addr.port()));
-    let (rebound, _) = http_get(addr, "/status", "attacker.example");
-    let (state, body) = http_get(addr, "/api/state", "127.0.0.1");
+    let addr = common::socket_of(&flowrun_dask::dashboard_link().unwrap());
+    let (ok, _) = common::http_get(addr, "/status", &format!("localhost:{}", addr.port()));
+    let (rebound, _) = common::http_get(addr, "/status", "attacker.example");
+    let (state, body) = common::http_get(addr, "/api/state", "127.0.0.1");
     quick.submit().result().unwrap();
     (ok, rebound, format!("{state}\n{body}"))
 }
@@ -673,7 +629,7 @@ fn held_child(gate: String) -> bool {
 /// The page's state from `/api/state` (the body after the headers holds
 /// the state and the task stream).
 fn api_state(addr: SocketAddr) -> serde_json::Value {
-    let (_, response) = http_get(addr, "/api/state", "127.0.0.1");
+    let (_, response) = common::http_get(addr, "/api/state", "127.0.0.1");
     let body = &response[response.find('{').expect("a JSON body")..];
     let message: serde_json::Value = serde_json::from_str(body).expect("the state is JSON");
     message["state"].clone()
@@ -691,7 +647,7 @@ fn held_child_entry(state: &serde_json::Value) -> Option<serde_json::Value> {
 #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(
     ClusterKwargs::new().n_workers(1).dashboard_address(":0")))]
 fn with_a_subflow(gate: String) -> (serde_json::Value, serde_json::Value, String) {
-    let addr = socket_of(&flowrun_dask::dashboard_link().unwrap());
+    let addr = common::socket_of(&flowrun_dask::dashboard_link().unwrap());
     let opener = gate.clone();
     // Looks at the page's data while the child runs, then lets it end.
     let watcher = std::thread::spawn(move || {

@@ -4,8 +4,10 @@
 //! `FLOWRUN_TEST_VIEWERS_SECS` sets how long the 20 viewers watch (default
 //! 8 s; the figure is 60).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+mod common;
+
+use std::io::{BufRead, Read};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,13 +23,6 @@ fn short(i: u64) -> u64 {
     i
 }
 
-fn socket_of(link: &str) -> SocketAddr {
-    link.trim_start_matches("http://")
-        .trim_end_matches("/status")
-        .parse()
-        .expect("a socket address in the link")
-}
-
 /// What one viewer saw.
 #[derive(Debug, Default)]
 struct Seen {
@@ -40,18 +35,15 @@ struct Seen {
 }
 
 fn state_ok(addr: SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
+    let Ok(mut s) = common::send_get(
+        addr,
+        "/api/state",
+        "127.0.0.1",
+        "Connection: close",
+        Duration::from_secs(10),
+    ) else {
         return false;
     };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    if write!(
-        s,
-        "GET /api/state HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .is_err()
-    {
-        return false;
-    }
     let mut response = String::new();
     let _ = s.read_to_string(&mut response);
     response.starts_with("HTTP/1.1 200")
@@ -61,16 +53,7 @@ fn state_ok(addr: SocketAddr) -> bool {
 /// such request may poll the cluster, beside the dashboard's own poller).
 fn view(addr: SocketAddr, began: Instant, stop: Arc<AtomicBool>) -> Seen {
     let mut seen = Seen::default();
-    let mut events = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    events
-        .set_read_timeout(Some(Duration::from_millis(50)))
-        .unwrap();
-    write!(
-        events,
-        "GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
-    )
-    .unwrap();
-    let mut lines = BufReader::new(events);
+    let mut lines = common::event_stream(addr, Duration::from_millis(50));
     let mut next_state = Instant::now();
     let mut line = String::new();
     while !stop.load(Ordering::Acquire) {
@@ -105,7 +88,7 @@ fn view(addr: SocketAddr, began: Instant, stop: Arc<AtomicBool>) -> Seen {
     ClusterKwargs::new().n_workers(2).threads_per_worker(2).dashboard_address("127.0.0.1:0")))]
 fn watched_by_many(secs: u64) -> (Vec<Seen>, u64) {
     let link = flowrun_dask::dashboard_link().expect("the flow run's dashboard link");
-    let addr = socket_of(&link);
+    let addr = common::socket_of(&link);
     let began = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let viewers: Vec<_> = (0..VIEWERS)

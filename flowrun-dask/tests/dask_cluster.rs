@@ -2,6 +2,9 @@
 //! and gone after it.
 
 mod common;
+mod tasks;
+
+use tasks::{square, total};
 
 use std::time::{Duration, Instant};
 
@@ -72,28 +75,18 @@ fn threads_instead_of_processes_run_tasks_in_the_flows_process() {
     assert!(pids.iter().all(|p| *p == std::process::id()), "{pids:?}");
 }
 
-#[task]
-fn square(x: u64) -> u64 {
-    x * x
-}
-
-#[task]
-fn sum(values: Vec<u64>) -> u64 {
-    values.into_iter().sum()
-}
-
 #[test]
 fn dependencies_map_and_a_reduce_run_through_the_cluster() {
     #[flow(task_runner = DaskTaskRunner::default())]
-    fn map_reduce(n: u64) -> u64 {
+    fn map_reduce(n: i64) -> i64 {
         let squares = square.map(0..n).unwrap();
         let values = flowrun::results(squares).unwrap();
-        let total = sum.submit(values);
-        let doubled = square.submit(total);
+        let summed = total.submit(values);
+        let doubled = square.submit(summed);
         doubled.result().unwrap()
     }
-    let total: u64 = (0..50u64).map(|x| x * x).sum();
-    assert_eq!(map_reduce(50).unwrap(), total * total);
+    let sum_of_squares: i64 = (0..50i64).map(|x| x * x).sum();
+    assert_eq!(map_reduce(50).unwrap(), sum_of_squares * sum_of_squares);
 }
 
 #[task]
@@ -119,7 +112,7 @@ fn a_task_that_submits_and_waits_does_not_deadlock_a_one_thread_worker() {
 #[test]
 fn cluster_class_takes_a_cluster_type_or_a_function() {
     #[flow(task_runner = DaskTaskRunner::new().cluster_class(ClusterClass::of::<LocalCluster>()))]
-    fn by_type() -> u64 {
+    fn by_type() -> i64 {
         square.submit(7).result().unwrap()
     }
     assert_eq!(by_type().unwrap(), 49);
@@ -128,7 +121,7 @@ fn cluster_class_takes_a_cluster_type_or_a_function() {
         let one = kwargs.clone().n_workers(1);
         Ok(Box::new(LocalCluster::start(&one, client)?) as Box<dyn flowrun_dask::Cluster>)
     })))]
-    fn by_function() -> (u64, usize) {
+    fn by_function() -> (i64, usize) {
         let workers = current_cluster().unwrap().status().unwrap().workers.len();
         (square.submit(8).result().unwrap(), workers)
     }

@@ -22,13 +22,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use common::{pid_alive, HangGuard};
 use flowrun::{flow, task, FlowErrorKind, StateKind, TaskErrorKind};
 use flowrun_dask::protocol::{DaskClient, Security};
 use flowrun_dask::{
     annotate, current_cluster, AdaptKwargs, ClientKwargs, ClusterKwargs, DaskTaskRunner,
     WaitingTask,
 };
-use support::{pid_alive, Cluster, WorkerSpec};
+use support::{Cluster, WorkerSpec};
 
 /// The longest a test may take before it is declared hung.
 const HANG: Duration = Duration::from_secs(300);
@@ -41,30 +42,7 @@ fn begin(test: &'static str) -> (MutexGuard<'static, ()>, HangGuard) {
     static SERIAL: Mutex<()> = Mutex::new(());
     let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     console();
-    (guard, HangGuard::new(test))
-}
-
-/// Ends the test process if a test hangs, naming it, rather than letting
-/// the suite wait forever.
-struct HangGuard(std::sync::mpsc::Sender<()>);
-
-impl HangGuard {
-    fn new(test: &'static str) -> HangGuard {
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        std::thread::spawn(move || {
-            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(HANG) {
-                eprintln!("{test} did not finish within {HANG:?}; stopping the test process");
-                std::process::exit(101);
-            }
-        });
-        HangGuard(tx)
-    }
-}
-
-impl Drop for HangGuard {
-    fn drop(&mut self) {
-        let _ = self.0.send(());
-    }
+    (guard, HangGuard::new(test, HANG))
 }
 
 /// Every console line of the flows, as flowrun formats them.
@@ -82,21 +60,23 @@ fn runner(cluster: &Cluster) -> DaskTaskRunner {
         .client_kwargs(ClientKwargs::new().timeout(Duration::from_secs(60)))
 }
 
+/// Every process of this machine: (pid, its `/proc` directory).
+fn processes() -> impl Iterator<Item = (u32, PathBuf)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((pid, entry.path()))
+        })
+}
+
 /// Task-mode processes of this machine that are still running.
 fn task_mode_processes() -> Vec<u32> {
     let mut found = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+    for (pid, dir) in processes() {
+        let environ = std::fs::read(dir.join("environ")).unwrap_or_default();
         if environ
             .split(|b| *b == 0)
             .any(|v| v == b"FLOWRUN_DASK_TASK=1")
@@ -119,15 +99,8 @@ fn no_task_mode_left() {
 /// Every process below this one: (pid, command line).
 fn descendants() -> Vec<(u32, String)> {
     let mut parent_of = HashMap::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+    for (pid, dir) in processes() {
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
         let ppid = stat
             .rsplit_once(") ")
             .and_then(|(_, rest)| rest.split_whitespace().nth(1))
@@ -281,38 +254,20 @@ fn reset_peak_memory() {
 
 /// This process's peak resident memory, in bytes.
 fn peak_memory() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap()
-        * 1024
+    common::status_kb("VmHWM:") * 1024
 }
 
 /// The bytes Dask's workers sent, from their own transfer records: to
 /// other workers, and to anyone else (the scheduler's gathers for the flow).
 fn worker_transfers(address: &str) -> (u64, u64) {
-    let script = format!(
-        "from distributed import Client\n\
-         c = Client({address:?}, timeout=60)\n\
-         workers = set(c.scheduler_info()['workers'])\n\
+    let text = support::with_client(
+        address,
+        "workers = set(c.scheduler_info()['workers'])\n\
          logs = c.run(lambda dask_worker: list(dask_worker.transfer_outgoing_log))\n\
          peers = sum(t['total'] for l in logs.values() for t in l if t['who'] in workers)\n\
          other = sum(t['total'] for l in logs.values() for t in l if t['who'] not in workers)\n\
-         print(peers, other)\n\
-         c.close()\n"
+         print(peers, other)",
     );
-    let out = std::process::Command::new(venv_python())
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
     let mut numbers = text.split_whitespace().map(|n| n.parse::<u64>().unwrap());
     (numbers.next().unwrap(), numbers.next().unwrap())
 }
@@ -393,13 +348,7 @@ fn reset_peak_memory_of(pid: u32) {
 
 /// The peak resident memory of process `pid`, in bytes.
 fn peak_memory_of(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap()
-        * 1024
+    common::status_kb_of(pid, "VmHWM:") * 1024
 }
 
 /// The fds of process `pid` open on large results held in shared memory.
@@ -554,13 +503,7 @@ fn results_are_read_in_batches_and_a_single_read_is_one_gather() {
 
 /// The resident memory of a process, in bytes.
 fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap()
-        * 1024
+    common::status_kb_of(pid, "VmRSS:") * 1024
 }
 
 #[flow(task_runner = DaskTaskRunner::new())]
@@ -864,27 +807,10 @@ fn a_failure_is_the_tasks_own_error_and_fails_its_dependents() {
         "{output:?}"
     );
     assert_eq!(*state, StateKind::Failed);
-    assert_eq!(
-        seen[1].0,
-        TaskErrorKind::UpstreamFailed {
-            upstream: "fragile-0".into()
-        }
-    );
-    assert_eq!(
-        seen[1].1,
-        "upstream task run 'fragile-0' did not complete: disk full (a)"
-    );
-    assert_eq!(
-        seen[2].0,
-        TaskErrorKind::UpstreamFailed {
-            upstream: "after-0".into()
-        }
-    );
-    assert_eq!(
-        seen[2].1,
-        "upstream task run 'after-0' did not complete: \
-         upstream task run 'fragile-0' did not complete: disk full (a)"
-    );
+    let b = common::upstream_failed("fragile-0", "disk full (a)");
+    assert_eq!((&seen[1].0, &seen[1].1), (&b.0, &b.1));
+    let c = common::upstream_failed("after-0", &b.1);
+    assert_eq!((&seen[2].0, &seen[2].1), (&c.0, &c.1));
     assert_eq!(seen[3].0, TaskErrorKind::Panic);
     assert!(
         seen[3].1.starts_with("kaboom (panicked at "),
@@ -1185,15 +1111,11 @@ fn get_dask_client_submits_to_the_same_real_cluster() {
 fn certificates(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
     let path = |file: &str| dir.join(format!("{name}{file}"));
     let openssl = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        common::output_ok(
+            std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir),
+            "openssl",
         );
     };
     let s = |p: PathBuf| p.display().to_string();
@@ -1332,14 +1254,10 @@ fn adaptive() -> (u64, Vec<(u32, String)>) {
     (total, descendants())
 }
 
-fn venv_python() -> PathBuf {
-    support::venv_bin(&support::dask_version()).join("python")
-}
-
 #[test]
 fn a_python_cluster_class_is_started_adapted_and_closed() {
     let _t = begin("a_python_cluster_class_is_started_adapted_and_closed");
-    let python = venv_python();
+    let python = support::python();
     let runner = DaskTaskRunner::new()
         .cluster_class("distributed.LocalCluster")
         .cluster_kwargs(
@@ -1419,42 +1337,47 @@ fn runner_failure(runner: DaskTaskRunner) -> String {
 #[test]
 fn a_python_cluster_class_that_cannot_start_says_why() {
     let _t = begin("a_python_cluster_class_that_cannot_start_says_why");
-    let python = venv_python();
-    let missing_python = runner_failure(
-        DaskTaskRunner::new()
-            .cluster_class("distributed.LocalCluster")
-            .python("/nonexistent/bin/python3"),
-    );
-    assert!(
-        missing_python.contains("/nonexistent/bin/python3")
-            && missing_python.contains("No such file"),
-        "{missing_python}"
-    );
-    let missing_module = runner_failure(
-        DaskTaskRunner::new()
-            .cluster_class("no_such_module.Cluster")
-            .python(&python),
-    );
-    assert!(
-        missing_module.contains("cannot import module 'no_such_module'"),
-        "{missing_module}"
-    );
-    let missing_class = runner_failure(
-        DaskTaskRunner::new()
-            .cluster_class("distributed.NoSuchCluster")
-            .python(&python),
-    );
-    assert!(
-        missing_class.contains("module 'distributed' has no attribute 'NoSuchCluster'"),
-        "{missing_class}"
-    );
-    let bad_kwarg = runner_failure(
-        DaskTaskRunner::new()
-            .cluster_class("distributed.LocalCluster")
-            .cluster_kwargs(ClusterKwargs::new().set("no_such_option", 1))
-            .python(&python),
-    );
-    assert!(bad_kwarg.contains("no_such_option"), "{bad_kwarg}");
+    let python = support::python();
+    let missing = PathBuf::from("/nonexistent/bin/python3");
+    let bad_kwarg = ClusterKwargs::new().set("no_such_option", 1);
+    // (class, python, kwargs, what the message names)
+    let cases: [(&str, &Path, ClusterKwargs, &[&str]); 4] = [
+        (
+            "distributed.LocalCluster",
+            &missing,
+            ClusterKwargs::new(),
+            &["/nonexistent/bin/python3", "No such file"],
+        ),
+        (
+            "no_such_module.Cluster",
+            &python,
+            ClusterKwargs::new(),
+            &["cannot import module 'no_such_module'"],
+        ),
+        (
+            "distributed.NoSuchCluster",
+            &python,
+            ClusterKwargs::new(),
+            &["module 'distributed' has no attribute 'NoSuchCluster'"],
+        ),
+        (
+            "distributed.LocalCluster",
+            &python,
+            bad_kwarg,
+            &["no_such_option"],
+        ),
+    ];
+    for (class, python, kwargs, expected) in cases {
+        let message = runner_failure(
+            DaskTaskRunner::new()
+                .cluster_class(class)
+                .cluster_kwargs(kwargs)
+                .python(python),
+        );
+        for part in expected {
+            assert!(message.contains(part), "{class}: {message}");
+        }
+    }
     assert!(descendants().is_empty(), "{:?}", descendants());
 }
 

@@ -10,6 +10,9 @@
 
 mod common;
 mod support;
+mod tasks;
+
+use tasks::{first_and_last, square, total};
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -23,19 +26,12 @@ const HANG: Duration = Duration::from_secs(300);
 
 /// Diverts a task-mode process; otherwise serialises the tests (each starts
 /// Python processes) and ends the process if the test hangs.
-fn begin(test: &'static str) -> (MutexGuard<'static, ()>, std::sync::mpsc::Sender<()>) {
+fn begin(test: &'static str) -> (MutexGuard<'static, ()>, common::HangGuard) {
     flowrun::worker::divert_if_worker();
     static SERIAL: Mutex<()> = Mutex::new(());
     let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     common::console_lines();
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(HANG) {
-            eprintln!("{test} did not finish within {HANG:?}; stopping the test process");
-            std::process::exit(101);
-        }
-    });
-    (guard, tx)
+    (guard, common::HangGuard::new(test, HANG))
 }
 
 fn runner(cluster: &Cluster) -> DaskTaskRunner {
@@ -128,26 +124,11 @@ fn subflows_run_on_the_parents_real_dask_cluster_and_are_listed_by_the_parent() 
 // Futures inside collections: each is a Dask dependency of the reducer,
 // which reads the upstream values on its worker.
 
-#[task]
-fn square(x: i64) -> i64 {
-    x * x
-}
-
-#[task]
-fn total(values: Vec<i64>) -> i64 {
-    values.iter().sum()
-}
-
-#[task]
-fn ends(values: [i64; 3]) -> (i64, i64) {
-    (values[0], values[2])
-}
-
 #[flow(task_runner = DaskTaskRunner::new())]
 fn fan_in(address: String) -> (i64, (i64, i64), Vec<i64>, Vec<String>, String) {
     let squares: Vec<TaskFuture<i64>> = (1..=4).map(|x| square.submit(x)).collect();
     let summed = total.submit(&squares);
-    let array = ends.submit([square.submit(2), square.submit(3), square.submit(4)]);
+    let array = first_and_last.submit([square.submit(2), square.submit(3), square.submit(4)]);
     let groups = vec![
         vec![square.submit(5), square.submit(6)],
         vec![square.submit(7)],
@@ -199,39 +180,20 @@ fn futures_inside_collections_are_dask_dependencies_of_the_reducer() {
 /// task-mode processes from this process).
 const HOOK_LOG_ENV: &str = "FLOWRUN_TEST_HOOK_LOG";
 
-fn hook_note(kind: &str, run: &RunRef, state: &State) {
-    use std::io::Write;
-    let Some(path) = std::env::var_os(HOOK_LOG_ENV) else {
-        return;
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    writeln!(
-        f,
-        "{kind} {} {} {}",
-        run.name(),
-        state.kind(),
-        std::process::id()
-    )
-    .unwrap();
+/// A hook that notes `kind` in the log named by [`HOOK_LOG_ENV`], if set.
+fn noting(kind: &'static str) -> impl Fn(&RunRef, &State) + Send + Sync + 'static {
+    move |run, state| {
+        if let Some(path) = std::env::var_os(HOOK_LOG_ENV) {
+            common::note_hook(path, kind, run, state);
+        }
+    }
 }
 
-fn on_completed(run: &RunRef, state: &State) {
-    hook_note("completed", run, state);
-}
-
-fn on_failed(run: &RunRef, state: &State) {
-    hook_note("failed", run, state);
-}
-
-fn on_running(run: &RunRef, state: &State) {
-    hook_note("running", run, state);
-}
-
-#[task(on_completion = [on_completed], on_failure = [on_failed], on_running = [on_running])]
+#[task(
+    on_completion = [noting("completed")],
+    on_failure = [noting("failed")],
+    on_running = [noting("running")]
+)]
 fn hooked(x: u32) -> Result<(u32, u32), String> {
     if x == 0 {
         Err("zero".into())
@@ -273,12 +235,10 @@ fn task_hooks_run_in_the_task_mode_process_that_runs_the_task() {
     assert!(never_failed);
     let me = std::process::id();
     assert_ne!(task_pid, me);
-    let mut seen: Vec<String> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let (what, pid) = l.rsplit_once(' ').unwrap();
-            let pid: u32 = pid.parse().unwrap();
+    assert!(log.exists(), "no hook wrote to {}", log.display());
+    let mut seen: Vec<String> = common::hook_notes(&log)
+        .into_iter()
+        .map(|(what, pid)| {
             let place = if pid == me { "flow" } else { "task process" };
             format!("{what} in {place}")
         })

@@ -34,40 +34,13 @@ fn runner(cluster: &Cluster) -> DaskTaskRunner {
 /// Records when it ran, in microseconds, and in which process.
 #[task(tags = ["dask-db"])]
 fn dask_query(dir: String, i: u32) -> u32 {
-    let start = common::now_us();
-    std::thread::sleep(Duration::from_millis(300));
-    let end = common::now_us();
-    common::append(
-        &format!("{dir}/spans.log"),
-        &format!("{start} {end} {}", std::process::id()),
-    );
+    common::record_span(&dir, "query", Duration::from_millis(300));
     i
 }
 
 #[task(tags = ["dask-db"])]
 fn dask_sum(a: u32, b: u32) -> u32 {
     a + b
-}
-
-/// The most spans that overlap at any instant, the span count, and how
-/// many processes ran them.
-fn most_at_once(dir: &str) -> (usize, usize, usize) {
-    let mut points = Vec::new();
-    let mut pids = std::collections::HashSet::new();
-    for l in common::lines(&format!("{dir}/spans.log")) {
-        let p: Vec<&str> = l.split(' ').collect();
-        points.push((p[0].parse::<u64>().unwrap(), 1i32));
-        points.push((p[1].parse::<u64>().unwrap(), -1i32));
-        pids.insert(p[2].to_owned());
-    }
-    let n = points.len() / 2;
-    points.sort();
-    let (mut now, mut most) = (0i32, 0i32);
-    for (_, d) in points {
-        now += d;
-        most = most.max(now);
-    }
-    (most as usize, n, pids.len())
 }
 
 #[test]
@@ -100,7 +73,7 @@ fn a_tag_limit_holds_across_the_workers_of_a_real_dask_cluster() {
         .with_runner(runner(&cluster).tag_limit("dask-db", 2))
         .call(dir.clone())
         .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
-    let (most, n, processes) = most_at_once(&dir);
+    let (most, n, processes) = common::most_at_once(&dir, "query");
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(total, 7);
     assert_eq!(in_use, 0);

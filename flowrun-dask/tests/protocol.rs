@@ -5,6 +5,7 @@
 //! suite once per supported version, e.g. with `FLOWRUN_DASK_VERSION=2025.4.0`
 //! for the oldest. The version-gate test always uses 2025.3.0.
 
+mod common;
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
@@ -13,11 +14,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::pid_alive;
 use flowrun_dask::protocol::{
     ClientEvent, DaskClient, EventReceiver, EventValue, ProtocolError, PythonRunner, StdinPart,
     SubprocessTask, TaskException, MIN_SUPPORTED_VERSION,
 };
-use support::{group_alive, pid_alive, Cluster, WorkerSpec};
+use support::{group_alive, Cluster, WorkerSpec};
 
 /// The longest any single wait may take; generous because two cores may be
 /// shared by several clusters at once.

@@ -18,6 +18,9 @@
 
 mod common;
 mod support;
+mod tasks;
+
+use tasks::{first_and_last, square, total};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, OnceLock};
@@ -124,19 +127,10 @@ const HANG: Duration = Duration::from_secs(300);
 /// Diverts a process that is a worker of a cluster (local or Dask's task
 /// mode, both run this binary as the current test) before the test does
 /// anything; then guards against a hang.
-fn begin(test: &'static str) -> HangGuard {
+fn begin(test: &'static str) -> common::HangGuard {
     flowrun::worker::divert_if_worker();
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(HANG) {
-            eprintln!("{test} did not finish within {HANG:?}; stopping the test process");
-            std::process::exit(101);
-        }
-    });
-    HangGuard(tx)
+    common::HangGuard::new(test, HANG)
 }
-
-struct HangGuard(#[allow(dead_code)] std::sync::mpsc::Sender<()>);
 
 /// A directory for files that tasks in other processes write; removed on
 /// drop.
@@ -307,27 +301,10 @@ fn failures_propagate<R: TaskRunner + Clone>(runner: R) {
             StateKind::Failed
         )
     );
-    assert_eq!(
-        seen[1],
-        (
-            TaskErrorKind::UpstreamFailed {
-                upstream: "disk_full-0".into()
-            },
-            "upstream task run 'disk_full-0' did not complete: disk full (a)".to_owned(),
-            StateKind::Failed
-        )
-    );
-    assert_eq!(
-        seen[2].0,
-        TaskErrorKind::UpstreamFailed {
-            upstream: "after-0".into()
-        }
-    );
-    assert_eq!(
-        seen[2].1,
-        "upstream task run 'after-0' did not complete: \
-         upstream task run 'disk_full-0' did not complete: disk full (a)"
-    );
+    let b = common::upstream_failed("disk_full-0", "disk full (a)");
+    assert_eq!(seen[1], (b.0.clone(), b.1.clone(), StateKind::Failed));
+    let c = common::upstream_failed("after-0", &b.1);
+    assert_eq!((&seen[2].0, &seen[2].1), (&c.0, &c.1));
     assert_eq!(seen[3].0, TaskErrorKind::Panic);
     // Workers add where the panic happened (" (panicked at file:line)"):
     // the panic's own report went to their stderr.
@@ -565,21 +542,6 @@ fn map<R: TaskRunner + Clone>(runner: R) {
 // `Option<T>`, a tuple, a map of `T`s) takes the same collection of
 // futures, each a dependency; `map` takes the future of a list; a failed
 // element fails the reducer without running it.
-
-#[task]
-fn square(x: i64) -> i64 {
-    x * x
-}
-
-#[task]
-fn total(values: Vec<i64>) -> i64 {
-    values.iter().sum()
-}
-
-#[task]
-fn first_and_last(values: [i64; 3]) -> (i64, i64) {
-    (values[0], values[2])
-}
 
 #[task]
 fn or_zero(value: Option<i64>) -> i64 {
@@ -904,14 +866,7 @@ fn hooks_log() -> std::path::PathBuf {
 }
 
 fn note(seen: String) {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(hooks_log())
-        .unwrap();
-    // One write per line: appends from several processes do not interleave.
-    f.write_all(format!("{seen}\n").as_bytes()).unwrap();
+    common::append(&hooks_log().display().to_string(), &seen);
 }
 
 fn hooks_seen() -> Vec<String> {

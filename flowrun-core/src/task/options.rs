@@ -12,6 +12,22 @@ use crate::run::record::RunRef;
 use crate::run::state::State;
 use crate::runner::FlowRunInfo;
 
+/// Adds the methods that add a hook of each kind named, in an `impl` of
+/// options whose hooks take `$run` (a `RunRef` or a `FlowRunInfo`) and the
+/// state; each method's docs come first, as on a method.
+macro_rules! hook_adders {
+    ($run:ty: $($(#[$doc:meta])* $kind:ident,)*) => {$(
+        $(#[$doc])*
+        pub fn $kind<O: HookResult>(
+            mut self,
+            hook: impl Fn(&$run, &State) -> O + Send + Sync + 'static,
+        ) -> Self {
+            self.hooks.$kind.push(Hook::new(hook));
+            self
+        }
+    )*};
+}
+
 /// How long to wait before each retry.
 ///
 /// ```
@@ -286,16 +302,6 @@ impl TaskOptions {
         self
     }
 
-    /// Tags of these runs.
-    pub fn tags<I, S>(mut self, tags: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<Cow<'static, str>>,
-    {
-        self.tags = Some(tags.into_iter().map(Into::into).collect());
-        self
-    }
-
     /// Scheduling priority: higher runs first on runners that order work.
     pub fn priority(mut self, priority: i64) -> Self {
         self.priority = Some(priority);
@@ -378,74 +384,36 @@ impl TaskOptions {
         self
     }
 
-    /// The folder results are written to (by default
-    /// `$FLOWRUN_HOME/storage`).
-    pub fn result_storage(mut self, dir: impl AsRef<std::path::Path>) -> Self {
-        self.results.storage = Some(crate::cache::ResultStorage::new(dir));
-        self
-    }
-
-    /// The name of the result file, from a template such as
-    /// `"{flow.name}-{task_run.name}"` (see
-    /// [`KeyTemplate`](crate::cache::KeyTemplate)). An invalid template
-    /// fails the runs with a message naming it.
-    pub fn result_storage_key(mut self, template: &str) -> Self {
-        match crate::cache::KeyTemplate::parse(template) {
-            Ok(t) => self.results.template = Some(t),
-            Err(e) => {
-                self.results_error.get_or_insert(e);
-            }
-        }
-        self
-    }
-
-    /// Adds a hook called with the run and its state when the run
-    /// completes. It returns `()` or a `Result`; one that panics or returns
-    /// `Err` is logged and changes nothing. Hooks given per call replace
-    /// the task's own hooks of the same kind.
-    ///
-    /// ```
-    /// use flowrun_core::{RunRef, State, TaskOptions};
-    ///
-    /// fn announce(run: &RunRef, state: &State) {
-    ///     println!("{} ended {state}", run.name());
-    /// }
-    ///
-    /// let options = TaskOptions::new()
-    ///     .on_completion(announce)
-    ///     .on_failure(|run: &RunRef, _state: &State| -> Result<(), String> {
-    ///         Err(format!("paging nobody about {}", run.name()))
-    ///     });
-    /// # let _ = options;
-    /// ```
-    pub fn on_completion<O: HookResult>(
-        mut self,
-        hook: impl Fn(&RunRef, &State) -> O + Send + Sync + 'static,
-    ) -> Self {
-        self.hooks.on_completion.push(Hook::new(hook));
-        self
-    }
-
-    /// Adds a hook called when the run ends in any state but Completed
-    /// (Failed, Crashed, Cancelled), after its last retry. See
-    /// [`on_completion`](TaskOptions::on_completion).
-    pub fn on_failure<O: HookResult>(
-        mut self,
-        hook: impl Fn(&RunRef, &State) -> O + Send + Sync + 'static,
-    ) -> Self {
-        self.hooks.on_failure.push(Hook::new(hook));
-        self
-    }
-
-    /// Adds a hook called when an attempt of the run starts running, on
-    /// the thread runner in the thread that runs it, on the local cluster
-    /// in the flow process when the worker reports the start.
-    pub fn on_running<O: HookResult>(
-        mut self,
-        hook: impl Fn(&RunRef, &State) -> O + Send + Sync + 'static,
-    ) -> Self {
-        self.hooks.on_running.push(Hook::new(hook));
-        self
+    hook_adders! {
+        RunRef:
+        /// Adds a hook called with the run and its state when the run
+        /// completes. It returns `()` or a `Result`; one that panics or returns
+        /// `Err` is logged and changes nothing. Hooks given per call replace
+        /// the task's own hooks of the same kind.
+        ///
+        /// ```
+        /// use flowrun_core::{RunRef, State, TaskOptions};
+        ///
+        /// fn announce(run: &RunRef, state: &State) {
+        ///     println!("{} ended {state}", run.name());
+        /// }
+        ///
+        /// let options = TaskOptions::new()
+        ///     .on_completion(announce)
+        ///     .on_failure(|run: &RunRef, _state: &State| -> Result<(), String> {
+        ///         Err(format!("paging nobody about {}", run.name()))
+        ///     });
+        /// # let _ = options;
+        /// ```
+        on_completion,
+        /// Adds a hook called when the run ends in any state but Completed
+        /// (Failed, Crashed, Cancelled), after its last retry. See
+        /// [`on_completion`](TaskOptions::on_completion).
+        on_failure,
+        /// Adds a hook called when an attempt of the run starts running, on
+        /// the thread runner in the thread that runs it, on the local cluster
+        /// in the flow process when the worker reports the start.
+        on_running,
     }
 }
 
@@ -490,40 +458,9 @@ impl FlowOptions {
         self
     }
 
-    /// The folder the flow run's value is written to (by default
-    /// `$FLOWRUN_HOME/storage`).
-    pub fn result_storage(mut self, dir: impl AsRef<std::path::Path>) -> Self {
-        self.results.storage = Some(crate::cache::ResultStorage::new(dir));
-        self
-    }
-
-    /// The name of the flow run's result file, from a template (see
-    /// [`KeyTemplate`](crate::cache::KeyTemplate); `{task_run.name}` and
-    /// `{task.name}` stand for the flow run's and the flow's names).
-    pub fn result_storage_key(mut self, template: &str) -> Self {
-        match crate::cache::KeyTemplate::parse(template) {
-            Ok(t) => self.results.template = Some(t),
-            Err(e) => {
-                self.results_error.get_or_insert(e);
-            }
-        }
-        self
-    }
-
     /// The name of this flow run (by default a random `adjective-animal`).
     pub fn run_name(mut self, name: impl Into<String>) -> Self {
         self.run_name = Some(name.into());
-        self
-    }
-
-    /// Tags of these flow runs (replacing the flow's own `tags`), kept in
-    /// the run history.
-    pub fn tags<I, S>(mut self, tags: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<Cow<'static, str>>,
-    {
-        self.tags = Some(tags.into_iter().map(Into::into).collect());
         self
     }
 
@@ -536,67 +473,36 @@ impl FlowOptions {
         self
     }
 
-    /// Adds a hook called with the flow run and its final state when it
-    /// completes. It returns `()` or a `Result`; one that panics or returns
-    /// `Err` is logged and changes nothing. Hooks given per call replace
-    /// the flow's own hooks of the same kind.
-    ///
-    /// ```
-    /// use flowrun_core::{FlowOptions, FlowRunInfo, State};
-    /// let options = FlowOptions::new()
-    ///     .on_completion(|run: &FlowRunInfo, state: &State| {
-    ///         println!("{} ended {state}", run.flow_run_name);
-    ///     })
-    ///     .on_failure(|run: &FlowRunInfo, _: &State| -> Result<(), String> {
-    ///         Err(format!("could not page anyone about {}", run.flow_run_name))
-    ///     });
-    /// # let _ = options;
-    /// ```
-    pub fn on_completion<O: HookResult>(
-        mut self,
-        hook: impl Fn(&FlowRunInfo, &State) -> O + Send + Sync + 'static,
-    ) -> Self {
-        self.hooks.on_completion.push(Hook::new(hook));
-        self
-    }
-
-    /// Adds a hook called when the flow run ends Failed.
-    pub fn on_failure<O: HookResult>(
-        mut self,
-        hook: impl Fn(&FlowRunInfo, &State) -> O + Send + Sync + 'static,
-    ) -> Self {
-        self.hooks.on_failure.push(Hook::new(hook));
-        self
-    }
-
-    /// Adds a hook called when the flow run ends Crashed: its task runner
-    /// could not start.
-    pub fn on_crashed<O: HookResult>(
-        mut self,
-        hook: impl Fn(&FlowRunInfo, &State) -> O + Send + Sync + 'static,
-    ) -> Self {
-        self.hooks.on_crashed.push(Hook::new(hook));
-        self
-    }
-
-    /// Adds a hook called when the flow run ends Cancelled: the future of
-    /// an async flow was dropped before it finished.
-    pub fn on_cancellation<O: HookResult>(
-        mut self,
-        hook: impl Fn(&FlowRunInfo, &State) -> O + Send + Sync + 'static,
-    ) -> Self {
-        self.hooks.on_cancellation.push(Hook::new(hook));
-        self
-    }
-
-    /// Adds a hook called when the flow run starts running (once, before
-    /// its first attempt).
-    pub fn on_running<O: HookResult>(
-        mut self,
-        hook: impl Fn(&FlowRunInfo, &State) -> O + Send + Sync + 'static,
-    ) -> Self {
-        self.hooks.on_running.push(Hook::new(hook));
-        self
+    hook_adders! {
+        FlowRunInfo:
+        /// Adds a hook called with the flow run and its final state when it
+        /// completes. It returns `()` or a `Result`; one that panics or returns
+        /// `Err` is logged and changes nothing. Hooks given per call replace
+        /// the flow's own hooks of the same kind.
+        ///
+        /// ```
+        /// use flowrun_core::{FlowOptions, FlowRunInfo, State};
+        /// let options = FlowOptions::new()
+        ///     .on_completion(|run: &FlowRunInfo, state: &State| {
+        ///         println!("{} ended {state}", run.flow_run_name);
+        ///     })
+        ///     .on_failure(|run: &FlowRunInfo, _: &State| -> Result<(), String> {
+        ///         Err(format!("could not page anyone about {}", run.flow_run_name))
+        ///     });
+        /// # let _ = options;
+        /// ```
+        on_completion,
+        /// Adds a hook called when the flow run ends Failed.
+        on_failure,
+        /// Adds a hook called when the flow run ends Crashed: its task runner
+        /// could not start.
+        on_crashed,
+        /// Adds a hook called when the flow run ends Cancelled: the future of
+        /// an async flow was dropped before it finished.
+        on_cancellation,
+        /// Adds a hook called when the flow run starts running (once, before
+        /// its first attempt).
+        on_running,
     }
 }
 
@@ -626,6 +532,40 @@ macro_rules! shared_options {
             /// `timeout`.
             pub fn timeout(mut self, timeout: Duration) -> Self {
                 self.timeout = Some(Some(timeout));
+                self
+            }
+
+            /// Tags of these runs, replacing the task's or the flow's own
+            /// `tags` (a flow run's tags are kept in the run history).
+            pub fn tags<I, S>(mut self, tags: I) -> Self
+            where
+                I: IntoIterator<Item = S>,
+                S: Into<Cow<'static, str>>,
+            {
+                self.tags = Some(tags.into_iter().map(Into::into).collect());
+                self
+            }
+
+            /// The folder results are written to (by default
+            /// `$FLOWRUN_HOME/storage`).
+            pub fn result_storage(mut self, dir: impl AsRef<std::path::Path>) -> Self {
+                self.results.storage = Some(crate::cache::ResultStorage::new(dir));
+                self
+            }
+
+            /// The name of the result file, from a template such as
+            /// `"{flow.name}-{task_run.name}"` (see
+            /// [`KeyTemplate`](crate::cache::KeyTemplate); for a flow run,
+            /// `{task_run.name}` and `{task.name}` stand for the flow run's
+            /// and the flow's names). An invalid template fails the runs
+            /// with a message naming it.
+            pub fn result_storage_key(mut self, template: &str) -> Self {
+                match crate::cache::KeyTemplate::parse(template) {
+                    Ok(t) => self.results.template = Some(t),
+                    Err(e) => {
+                        self.results_error.get_or_insert(e);
+                    }
+                }
                 self
             }
         }

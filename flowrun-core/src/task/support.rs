@@ -143,22 +143,18 @@ where
 }
 
 fn undecodable<T: Task>(e: impl std::fmt::Display) -> TaskError {
-    TaskError::new(
-        TaskErrorKind::Runner,
-        format!(
-            "task '{}' received arguments it cannot decode: {e}",
-            T::meta().name
-        ),
-    )
+    runner_error::<T>("received arguments it cannot decode", e)
 }
 
 fn unserializable<T: Task>(e: impl std::fmt::Display) -> TaskError {
+    runner_error::<T>("returned a value that could not be serialized", e)
+}
+
+/// A runner error of a run of `T`: "task '<name>' <what>: <e>".
+fn runner_error<T: Task>(what: &str, e: impl std::fmt::Display) -> TaskError {
     TaskError::new(
         TaskErrorKind::Runner,
-        format!(
-            "task '{}' returned a value that could not be serialized: {e}",
-            T::meta().name
-        ),
+        format!("task '{}' {what}: {e}", T::meta().name),
     )
 }
 

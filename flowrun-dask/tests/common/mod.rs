@@ -14,11 +14,109 @@ pub(crate) fn scratch(name: &str) -> PathBuf {
 /// Whether a process with this PID exists and is not a zombie.
 pub(crate) fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
         Ok(stat) => stat
             .rsplit_once(") ")
             .is_none_or(|(_, rest)| !rest.starts_with('Z')),
         Err(_) => false,
     }
+}
+
+/// Ends the test process if the test `test` does not finish within
+/// `limit`, naming it, rather than letting the suite wait forever.
+/// Dropping the guard (at the end of the test) disarms it.
+#[derive(Debug)]
+pub(crate) struct HangGuard(#[allow(dead_code)] std::sync::mpsc::Sender<()>);
+
+impl HangGuard {
+    pub(crate) fn new(test: &'static str, limit: Duration) -> HangGuard {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                eprintln!("{test} did not finish within {limit:?}; stopping the test process");
+                std::process::exit(101);
+            }
+        });
+        HangGuard(tx)
+    }
+}
+
+/// Runs `command` to its end and returns its output; panics naming `what`
+/// (and showing its stderr) if it cannot start or does not succeed.
+pub(crate) fn output_ok(command: &mut std::process::Command, what: &str) -> std::process::Output {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The socket address of a dashboard link such as
+/// `http://127.0.0.1:8787/status`.
+pub(crate) fn socket_of(link: &str) -> std::net::SocketAddr {
+    link.trim_start_matches("http://")
+        .trim_end_matches("/status")
+        .parse()
+        .expect("a socket address in the link")
+}
+
+/// Sends a GET of `path` with `Host: host` and one more header over a raw
+/// connection to `addr` (no client library: the tests see what the server
+/// sends); reads from the connection time out after `read_timeout`.
+pub(crate) fn send_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    host: &str,
+    header: &str,
+    read_timeout: Duration,
+) -> std::io::Result<std::net::TcpStream> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(read_timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\n{header}\r\n\r\n"
+    )?;
+    Ok(stream)
+}
+
+/// A GET over a raw connection: (status line, whole response).
+pub(crate) fn http_get(addr: std::net::SocketAddr, path: &str, host: &str) -> (String, String) {
+    use std::io::Read;
+    let mut stream = send_get(
+        addr,
+        path,
+        host,
+        "Connection: close",
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.lines().next().unwrap_or("").to_owned();
+    (status, response)
+}
+
+/// The dashboard's event stream at `addr`, line by line; reads time out
+/// after `read_timeout`.
+pub(crate) fn event_stream(
+    addr: std::net::SocketAddr,
+    read_timeout: Duration,
+) -> std::io::BufReader<std::net::TcpStream> {
+    let stream = send_get(
+        addr,
+        "/api/events",
+        "127.0.0.1",
+        "Accept: text/event-stream",
+        read_timeout,
+    )
+    .unwrap();
+    std::io::BufReader::new(stream)
 }
 
 /// Waits until `cond` holds, up to `limit`.
@@ -63,6 +161,18 @@ pub(crate) fn lines(path: &str) -> Vec<String> {
 /// Every console line flowrun writes in this test process, in order, as
 /// its console layer formats them (installed on first use).
 pub(crate) fn console_lines() -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    capture_console(false)
+}
+
+/// [`console_lines`], with the run history's log tap beside the console so
+/// that the history records the lines too.
+pub(crate) fn console_lines_and_history() -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    capture_console(true)
+}
+
+/// Installs the capture on first use; the first call decides `with_tap`
+/// for the whole process.
+fn capture_console(with_tap: bool) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
     use std::sync::{Arc, Mutex, OnceLock};
     use tracing_subscriber::prelude::*;
     static LINES: OnceLock<Arc<Mutex<Vec<String>>>> = OnceLock::new();
@@ -70,20 +180,117 @@ pub(crate) fn console_lines() -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
         .get_or_init(|| {
             let lines = Arc::new(Mutex::new(Vec::new()));
             let sink = lines.clone();
+            let tap = if with_tap {
+                flowrun::logging::TapLayer::registered()
+            } else {
+                None
+            };
             tracing_subscriber::registry()
                 .with(
                     flowrun::logging::ConsoleLayer::new(false)
                         .with_sink(move |l| sink.lock().unwrap().push(l.to_owned())),
                 )
+                .with(tap)
                 .init();
             lines
         })
         .clone()
 }
 
+/// Sleeps for `hold`, then appends when it ran (start and end, in
+/// microseconds), as `what`, and in which process to `dir`'s span log.
+pub(crate) fn record_span(dir: &str, what: &str, hold: Duration) {
+    let start = now_us();
+    std::thread::sleep(hold);
+    let end = now_us();
+    append(
+        &format!("{dir}/spans.log"),
+        &format!("{what} {start} {end} {}", std::process::id()),
+    );
+}
+
+/// Of the spans of `what` in `dir`'s span log: the most that overlap at any
+/// instant, how many there are, and how many processes ran them.
+pub(crate) fn most_at_once(dir: &str, what: &str) -> (usize, usize, usize) {
+    let mut points = Vec::new();
+    let mut pids = std::collections::HashSet::new();
+    let mut n = 0;
+    for l in lines(&format!("{dir}/spans.log")) {
+        let p: Vec<&str> = l.split(' ').collect();
+        if p[0] != what {
+            continue;
+        }
+        n += 1;
+        points.push((p[1].parse::<u64>().unwrap(), 1i32));
+        points.push((p[2].parse::<u64>().unwrap(), -1i32));
+        pids.insert(p[3].to_owned());
+    }
+    // Ends sort before starts at the same instant.
+    points.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, d) in points {
+        now += d;
+        most = most.max(now);
+    }
+    (most as usize, n, pids.len())
+}
+
+/// Appends what a hook saw to `path` as `kind run state pid`, with the pid
+/// of the process it ran in (one write per line, so hooks in several
+/// processes do not interleave).
+pub(crate) fn note_hook(
+    path: impl AsRef<std::path::Path>,
+    kind: &str,
+    run: &flowrun::RunRef,
+    state: &flowrun::State,
+) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    let line = format!(
+        "{kind} {} {} {}\n",
+        run.name(),
+        state.kind(),
+        std::process::id()
+    );
+    f.write_all(line.as_bytes()).unwrap();
+}
+
+/// The lines [`note_hook`] wrote to `path`: (`kind run state`, pid).
+pub(crate) fn hook_notes(path: impl AsRef<std::path::Path>) -> Vec<(String, u32)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let (what, pid) = line.rsplit_once(' ').unwrap();
+            (what.to_owned(), pid.parse().unwrap())
+        })
+        .collect()
+}
+
+/// The error kind and message of a run whose upstream run `upstream` failed
+/// with `message`: it names the upstream and carries its message.
+pub(crate) fn upstream_failed(upstream: &str, message: &str) -> (flowrun::TaskErrorKind, String) {
+    (
+        flowrun::TaskErrorKind::UpstreamFailed {
+            upstream: upstream.into(),
+        },
+        format!("upstream task run '{upstream}' did not complete: {message}"),
+    )
+}
+
 /// The kB of a line of /proc/self/status.
 pub(crate) fn status_kb(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status_kb_of("self", field)
+}
+
+/// The kB of a line of `/proc/<process>/status` (`process`: a pid, or
+/// `self`).
+pub(crate) fn status_kb_of(process: impl std::fmt::Display, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).unwrap();
     status
         .lines()
         .find_map(|l| l.strip_prefix(field))

@@ -13,6 +13,8 @@
 //!   child is reaped. The children also get SIGKILL from the kernel if the
 //!   test process dies first.
 //! * `FLOWRUN_DASK_SHOW_LOGS=1` prints the Dask logs when a cluster stops.
+//! * Uses the includer's `common` module (`flowrun-dask/tests/common`), which
+//!   every includer has.
 #![allow(dead_code)] // each test binary uses a different part of the helper
 
 use std::collections::HashMap;
@@ -201,17 +203,6 @@ fn spawn(bin: &Path, args: &[String], dir: &Path, name: &str) -> Proc {
         child,
         log,
         address: None,
-    }
-}
-
-/// Whether a process with this PID exists and is not a zombie.
-pub(crate) fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_none_or(|(_, rest)| !rest.starts_with('Z')),
-        Err(_) => false,
     }
 }
 
@@ -479,23 +470,34 @@ pub(crate) fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Opti
     }
 }
 
+/// The venv's Python, with the Dask version selected for this run.
+pub(crate) fn python() -> PathBuf {
+    venv_bin(&dask_version()).join("python")
+}
+
 /// Evaluates `expr` (a Python expression over `s`, the scheduler) on the
 /// scheduler at `address`, from a Python Dask client of its own; its repr.
 pub(crate) fn on_scheduler(address: &str, expr: &str) -> String {
+    with_client(
+        address,
+        &format!(
+            "print(repr(c.run_on_scheduler(lambda dask_scheduler: (lambda s: {expr})(dask_scheduler))))"
+        ),
+    )
+}
+
+/// Runs the Python lines `body` with `c`, a Dask client of its own
+/// connected to `address`; what they print, trimmed.
+pub(crate) fn with_client(address: &str, body: &str) -> String {
     let script = format!(
         "from distributed import Client\n\
          c = Client({address:?}, timeout=60)\n\
-         print(repr(c.run_on_scheduler(lambda dask_scheduler: (lambda s: {expr})(dask_scheduler))))\n\
+         {body}\n\
          c.close()\n"
     );
-    let out = Command::new(venv_bin(&dask_version()).join("python"))
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = crate::common::output_ok(
+        Command::new(python()).args(["-c", &script]),
+        &format!("the Python\n{script}\n"),
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
