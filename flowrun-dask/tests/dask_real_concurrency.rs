@@ -150,7 +150,7 @@ fn guarded_span(dir: String, ms: u64, end: String) -> Result<u32, String> {
     let end_us = common::now_us();
     common::append(
         &format!("{dir}/spans.log"),
-        &format!("{start} {end_us} {}", std::process::id()),
+        &format!("guard {start} {end_us} {}", std::process::id()),
     );
     match end.as_str() {
         "err" => Err("gave up while holding the slot".into()),
@@ -170,7 +170,7 @@ async fn guarded_async(dir: String) -> Result<u32, String> {
     let end = common::now_us();
     common::append(
         &format!("{dir}/spans.log"),
-        &format!("{start} {end} {}", std::process::id()),
+        &format!("guard {start} {end} {}", std::process::id()),
     );
     Ok(1)
 }
@@ -227,7 +227,7 @@ fn a_guard_in_task_code_holds_across_dask_workers_and_shows_in_dask() {
         .unwrap()
         .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
     let after = dask_semaphores(&cluster.address, "dask-guard");
-    let (most, n, processes) = most_at_once(&dir);
+    let (most, n, processes) = common::most_at_once(&dir, "guard");
     let _ = std::fs::remove_dir_all(&dir);
     concurrency::remove_limit("dask-guard");
     use StateKind::*;
@@ -421,7 +421,7 @@ fn guards_in_task_code_reach_a_tls_scheduler_with_the_workers_certificates() {
         .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
     concurrency::remove_limit("dask-guard");
     assert_eq!(kinds, [StateKind::Completed; 3]);
-    assert_eq!(most_at_once(&spans).0, 1);
+    assert_eq!(common::most_at_once(&spans, "guard").0, 1);
 }
 
 /// Takes the slot, says so, and dies holding it (as a process killed by
@@ -501,7 +501,7 @@ fn guards_hold_with_a_process_per_attempt_too() {
         .with_runner(runner(&cluster).isolate_tasks(true))
         .call(dir.clone())
         .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
-    let (most, n, processes) = most_at_once(&dir);
+    let (most, n, processes) = common::most_at_once(&dir, "guard");
     let _ = std::fs::remove_dir_all(&dir);
     concurrency::remove_limit("dask-guard");
     assert_eq!(kinds, [StateKind::Completed; 4]);
