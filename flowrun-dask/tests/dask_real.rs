@@ -19,31 +19,17 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{pid_alive, HangGuard};
+use common::pid_alive;
 use flowrun::{flow, task, FlowErrorKind, StateKind, TaskErrorKind};
 use flowrun_dask::protocol::{DaskClient, Security};
 use flowrun_dask::{
     annotate, current_cluster, AdaptKwargs, ClientKwargs, ClusterKwargs, DaskTaskRunner,
     WaitingTask,
 };
-use support::{Cluster, WorkerSpec};
-
-/// The longest a test may take before it is declared hung.
-const HANG: Duration = Duration::from_secs(300);
-
-/// Diverts a task-mode process; otherwise serialises the tests (each starts
-/// Python processes on a small machine, and some measure time or traffic),
-/// installs the console capture and a hang guard.
-fn begin(test: &'static str) -> (MutexGuard<'static, ()>, HangGuard) {
-    flowrun::worker::divert_if_worker();
-    static SERIAL: Mutex<()> = Mutex::new(());
-    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    console();
-    (guard, HangGuard::new(test, HANG))
-}
+use support::{begin, runner, Cluster, WorkerSpec};
 
 /// Every console line of the flows, as flowrun formats them.
 fn console() -> Arc<Mutex<Vec<String>>> {
@@ -52,12 +38,6 @@ fn console() -> Arc<Mutex<Vec<String>>> {
 
 fn console_has(text: &str) -> bool {
     console().lock().unwrap().iter().any(|l| l.contains(text))
-}
-
-fn runner(cluster: &Cluster) -> DaskTaskRunner {
-    DaskTaskRunner::new()
-        .address(&cluster.address)
-        .client_kwargs(ClientKwargs::new().timeout(Duration::from_secs(60)))
 }
 
 /// Every process of this machine: (pid, its `/proc` directory).
@@ -1106,88 +1086,14 @@ fn get_dask_client_submits_to_the_same_real_cluster() {
 // ---------------------------------------------------------------------------
 // TLS: a cluster that requires it, with certificates made here.
 
-/// Makes a CA and a certificate it signs (for 127.0.0.1, server and client
-/// use) in `dir`, named `<name>-ca.pem`, `<name>.pem`, `<name>.key`.
-fn certificates(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
-    let path = |file: &str| dir.join(format!("{name}{file}"));
-    let openssl = |args: &[&str]| {
-        common::output_ok(
-            std::process::Command::new("openssl")
-                .args(args)
-                .current_dir(dir),
-            "openssl",
-        );
-    };
-    let s = |p: PathBuf| p.display().to_string();
-    let (ca_key, ca, key, csr, cert, ext) = (
-        s(path("-ca.key")),
-        s(path("-ca.pem")),
-        s(path(".key")),
-        s(path(".csr")),
-        s(path(".pem")),
-        s(path(".ext")),
-    );
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        &ca_key,
-        "-out",
-        &ca,
-        "-days",
-        "2",
-        "-subj",
-        &format!("/CN={name} test CA"),
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        &key,
-        "-out",
-        &csr,
-        "-subj",
-        &format!("/CN={name} node"),
-    ]);
-    std::fs::write(
-        &ext,
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &csr,
-        "-CA",
-        &ca,
-        "-CAkey",
-        &ca_key,
-        "-CAcreateserial",
-        "-out",
-        &cert,
-        "-days",
-        "2",
-        "-extfile",
-        &ext,
-    ]);
-    (path("-ca.pem"), path(".pem"), path(".key"))
-}
-
 #[test]
 fn a_tls_cluster_is_reached_with_dask_security_and_a_wrong_certificate_names_the_address() {
     let _t = begin(
         "a_tls_cluster_is_reached_with_dask_security_and_a_wrong_certificate_names_the_address",
     );
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = certificates(dir.path(), "cluster");
-    let (other_ca, other_cert, other_key) = certificates(dir.path(), "other");
+    let (ca, cert, key) = support::certificates(dir.path(), "cluster");
+    let (other_ca, other_cert, other_key) = support::certificates(dir.path(), "other");
     let tls = |flag: &str, path: &Path| [flag.to_owned(), path.display().to_string()];
     let extra: Vec<String> = [
         ["--protocol".to_owned(), "tls".to_owned()],

@@ -14,31 +14,9 @@ mod tasks;
 
 use tasks::{first_and_last, square, total};
 
-use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
-
 use flowrun::{flow, task, RunRef, State, StateKind, TaskFuture};
-use flowrun_dask::{ClientKwargs, DaskTaskRunner};
-use support::{Cluster, WorkerSpec};
-
-/// The longest a test may take before it is declared hung.
-const HANG: Duration = Duration::from_secs(300);
-
-/// Diverts a task-mode process; otherwise serialises the tests (each starts
-/// Python processes) and ends the process if the test hangs.
-fn begin(test: &'static str) -> (MutexGuard<'static, ()>, common::HangGuard) {
-    flowrun::worker::divert_if_worker();
-    static SERIAL: Mutex<()> = Mutex::new(());
-    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    common::console_lines();
-    (guard, common::HangGuard::new(test, HANG))
-}
-
-fn runner(cluster: &Cluster) -> DaskTaskRunner {
-    DaskTaskRunner::new()
-        .address(&cluster.address)
-        .client_kwargs(ClientKwargs::new().timeout(Duration::from_secs(60)))
-}
+use flowrun_dask::DaskTaskRunner;
+use support::{begin, runner, Cluster, WorkerSpec};
 
 // ---------------------------------------------------------------------------
 // Subflows: a child called in the parent's body runs on the parent's Dask

@@ -8,24 +8,10 @@
 mod common;
 mod support;
 
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use flowrun::{flow, task, StateKind};
-use flowrun_dask::{ClientKwargs, DaskTaskRunner};
-use support::{Cluster, WorkerSpec};
-
-fn begin() -> MutexGuard<'static, ()> {
-    flowrun::worker::divert_if_worker();
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn runner(cluster: &Cluster) -> DaskTaskRunner {
-    DaskTaskRunner::new()
-        .address(&cluster.address)
-        .client_kwargs(ClientKwargs::new().timeout(Duration::from_secs(60)))
-}
+use support::{begin, runner, Cluster, WorkerSpec};
 
 // ---------------------------------------------------------------------------
 // Subflows share their parent's cluster, and task run names restart in each
@@ -61,7 +47,7 @@ fn top() -> (u64, (u64, u64), (u64, u64)) {
 
 #[test]
 fn subflows_on_real_dask_keep_their_own_results() {
-    let _serial = begin();
+    let _t = begin("subflows_on_real_dask_keep_their_own_results");
     let cluster = Cluster::start(&[WorkerSpec::threads(2)]);
     let got = top
         .with_runner(runner(&cluster))
@@ -126,7 +112,7 @@ fn cancel_chain(dir: String) -> (bool, bool, Vec<String>, bool) {
 
 #[test]
 fn cancelling_a_run_dask_holds_cancels_it_and_fails_its_dependents() {
-    let _serial = begin();
+    let _t = begin("cancelling_a_run_dask_holds_cancels_it_and_fails_its_dependents");
     let cluster = Cluster::start(&[WorkerSpec::threads(2)]);
     let dir = common::scratch("dask-cancel")
         .to_string_lossy()

@@ -15,39 +15,11 @@ mod common;
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
 
 use flowrun::cache::{Lookup, ResultStorage};
 use flowrun::{flow, task, TaskOptions};
-use flowrun_dask::{ClientKwargs, DaskTaskRunner};
-use support::{Cluster, WorkerSpec};
-
-/// The longest a test may take before it is declared hung.
-const HANG: Duration = Duration::from_secs(300);
-
-/// Diverts a task-mode process; otherwise serialises the tests (each starts
-/// Python processes) and ends the process if the test hangs.
-fn begin(test: &'static str) -> (MutexGuard<'static, ()>, std::sync::mpsc::Sender<()>) {
-    flowrun::worker::divert_if_worker();
-    static SERIAL: Mutex<()> = Mutex::new(());
-    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    common::console_lines();
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(HANG) {
-            eprintln!("{test} did not finish within {HANG:?}; stopping the test process");
-            std::process::exit(101);
-        }
-    });
-    (guard, tx)
-}
-
-fn runner(cluster: &Cluster) -> DaskTaskRunner {
-    DaskTaskRunner::new()
-        .address(&cluster.address)
-        .client_kwargs(ClientKwargs::new().timeout(Duration::from_secs(60)))
-}
+use flowrun_dask::DaskTaskRunner;
+use support::{begin, runner, Cluster, WorkerSpec};
 
 /// The result files in `dir` (not the temporary files of a write).
 fn files(dir: &Path) -> Vec<String> {

@@ -11,25 +11,11 @@
 mod common;
 mod support;
 
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use flowrun::concurrency::{self, concurrency, AWAITING_CONCURRENCY_SLOT};
 use flowrun::{flow, task, StateKind};
-use flowrun_dask::{ClientKwargs, DaskTaskRunner};
-use support::{Cluster, WorkerSpec};
-
-fn begin() -> MutexGuard<'static, ()> {
-    flowrun::worker::divert_if_worker();
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn runner(cluster: &Cluster) -> DaskTaskRunner {
-    DaskTaskRunner::new()
-        .address(&cluster.address)
-        .client_kwargs(ClientKwargs::new().timeout(Duration::from_secs(60)))
-}
+use support::{begin, runner, Cluster, WorkerSpec};
 
 /// Records when it ran, in microseconds, and in which process.
 #[task(tags = ["dask-db"])]
@@ -45,7 +31,7 @@ fn dask_sum(a: u32, b: u32) -> u32 {
 
 #[test]
 fn a_tag_limit_holds_across_the_workers_of_a_real_dask_cluster() {
-    let _serial = begin();
+    let _t = begin("a_tag_limit_holds_across_the_workers_of_a_real_dask_cluster");
     let cluster = Cluster::start(&[WorkerSpec::threads(2), WorkerSpec::threads(2)]);
     #[flow]
     fn limited(dir: String) -> (u32, Vec<String>, u32) {
@@ -103,7 +89,7 @@ fn dask_rate_limited() -> Result<u32, concurrency::ConcurrencyError> {
 
 #[test]
 fn on_real_dask_a_failed_run_gives_its_slot_back_and_rate_limits_fail_clearly() {
-    let _serial = begin();
+    let _t = begin("on_real_dask_a_failed_run_gives_its_slot_back_and_rate_limits_fail_clearly");
     let cluster = Cluster::start(&[WorkerSpec::threads(2)]);
     #[flow]
     fn failing() -> (Vec<StateKind>, u32, String) {
@@ -190,7 +176,7 @@ fn dask_semaphores(address: &str, name: &str) -> String {
 
 #[test]
 fn a_guard_in_task_code_holds_across_dask_workers_and_shows_in_dask() {
-    let _serial = begin();
+    let _t = begin("a_guard_in_task_code_holds_across_dask_workers_and_shows_in_dask");
     let cluster = Cluster::start(&[WorkerSpec::threads(2), WorkerSpec::threads(2)]);
     #[flow]
     fn guarded(dir: String) -> Vec<StateKind> {
@@ -285,7 +271,7 @@ fn most_slots(path: &str) -> (u32, usize) {
 
 #[test]
 fn guards_of_several_slots_on_real_dask_share_the_limit_without_deadlock() {
-    let _serial = begin();
+    let _t = begin("guards_of_several_slots_on_real_dask_share_the_limit_without_deadlock");
     let cluster = Cluster::start(&[WorkerSpec::threads(2), WorkerSpec::threads(2)]);
     #[flow]
     fn pairs(dir: String) -> (u32, String) {
@@ -317,72 +303,11 @@ fn guards_of_several_slots_on_real_dask_share_the_limit_without_deadlock() {
     );
 }
 
-/// A CA and a certificate it signs for 127.0.0.1 (server and client use),
-/// made with openssl in `dir`: `(ca, cert, key)`.
-fn certificates(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
-    let openssl = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let req = ["req", "-nodes", "-newkey", "rsa:2048", "-days", "2"];
-    openssl(
-        &[
-            &req[..],
-            &[
-                "-x509", "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=ca",
-            ],
-        ]
-        .concat(),
-    );
-    openssl(
-        &[
-            &req[..2],
-            &req[2..4],
-            &[
-                "-keyout", "node.key", "-out", "node.csr", "-subj", "/CN=node",
-            ],
-        ]
-        .concat(),
-    );
-    std::fs::write(
-        dir.join("node.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "node.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "node.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "node.ext",
-    ]);
-    ["ca.pem", "node.pem", "node.key"].map(|f| dir.join(f))
-}
-
 #[test]
 fn guards_in_task_code_reach_a_tls_scheduler_with_the_workers_certificates() {
-    let _serial = begin();
+    let _t = begin("guards_in_task_code_reach_a_tls_scheduler_with_the_workers_certificates");
     let dir = tempfile::tempdir().unwrap();
-    let [ca, cert, key] = certificates(dir.path());
+    let (ca, cert, key) = support::certificates(dir.path(), "guards");
     let extra: Vec<String> = [
         ("--protocol", &*std::path::PathBuf::from("tls")),
         ("--tls-ca-file", &ca),
@@ -445,7 +370,7 @@ fn takes_after() -> Result<u64, String> {
 
 #[test]
 fn the_slot_of_a_task_process_that_died_comes_back_by_dasks_lease_timeout() {
-    let _serial = begin();
+    let _t = begin("the_slot_of_a_task_process_that_died_comes_back_by_dasks_lease_timeout");
     let cluster = Cluster::start(&[WorkerSpec::threads(2)]);
     #[flow]
     fn orphaned(dir: String) -> (StateKind, u64) {
@@ -478,7 +403,7 @@ fn the_slot_of_a_task_process_that_died_comes_back_by_dasks_lease_timeout() {
 
 #[test]
 fn guards_hold_with_a_process_per_attempt_too() {
-    let _serial = begin();
+    let _t = begin("guards_hold_with_a_process_per_attempt_too");
     let cluster = Cluster::start(&[WorkerSpec::threads(2), WorkerSpec::threads(2)]);
     #[flow]
     fn isolated(dir: String) -> Vec<StateKind> {

@@ -47,6 +47,7 @@ pub use key::{CacheKeyContext, CacheKeyFn, KeyTemplate, TEMPLATE_PLACEHOLDERS};
 pub use policy::CachePolicy;
 pub use storage::{Lookup, ResultInfo, ResultStorage, StorageError};
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -156,6 +157,15 @@ impl ResultOptions {
         }
     }
 
+    /// An item's options for one call: its own, with those the call sets
+    /// (`with_options`) replacing them.
+    fn for_call<'a>(&'a self, call: Option<&ResultOptions>) -> Cow<'a, ResultOptions> {
+        match call {
+            Some(c) if !c.is_empty() => Cow::Owned(self.overridden_by(c)),
+            _ => Cow::Borrowed(self),
+        }
+    }
+
     fn is_empty(&self) -> bool {
         self.persist.is_none()
             && self.policy.is_none()
@@ -227,14 +237,8 @@ pub(crate) fn plan(
     flow: &FlowShared,
     has_codec: bool,
 ) -> Option<Box<Plan>> {
-    let merged;
-    let o = match call {
-        Some(c) if !c.is_empty() => {
-            merged = meta.results.overridden_by(c);
-            &merged
-        }
-        _ => &meta.results,
-    };
+    let o = meta.results.for_call(call);
+    let o = &*o;
     if o.persist == Some(false) {
         return None;
     }
@@ -480,14 +484,8 @@ pub(crate) fn persist_flow<T>(
     value: &T,
     encoder: Option<crate::task::Encoder<T>>,
 ) {
-    let merged;
-    let o = match call {
-        Some(c) if !c.is_empty() => {
-            merged = meta.results.overridden_by(c);
-            &merged
-        }
-        _ => &meta.results,
-    };
+    let o = meta.results.for_call(call);
+    let o = &*o;
     // A subflow that does not say follows its parent flow run.
     let inherited = flow.results.get();
     let asked = o.persist == Some(true) || (o.persist.is_none() && o.template.is_some());

@@ -501,3 +501,103 @@ pub(crate) fn with_client(address: &str, body: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
+
+/// The longest a real-Dask test may take before it is declared hung.
+pub(crate) const HANG: Duration = Duration::from_secs(300);
+
+/// Starts a real-Dask test. In a task-mode process (the test binary started
+/// again beside a Dask worker) it runs tasks and never returns. Otherwise it
+/// serialises the tests of this binary (each starts Python processes on a
+/// small machine, and some measure time or traffic), installs the console
+/// capture and ends the process if `test` hangs for [`HANG`].
+pub(crate) fn begin(
+    test: &'static str,
+) -> (std::sync::MutexGuard<'static, ()>, crate::common::HangGuard) {
+    flowrun::worker::divert_if_worker();
+    static SERIAL: Mutex<()> = Mutex::new(());
+    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    crate::common::console_lines();
+    (guard, crate::common::HangGuard::new(test, HANG))
+}
+
+/// A runner that joins `cluster`, with a connect timeout long enough for a
+/// loaded machine.
+pub(crate) fn runner(cluster: &Cluster) -> flowrun_dask::DaskTaskRunner {
+    flowrun_dask::DaskTaskRunner::new()
+        .address(&cluster.address)
+        .client_kwargs(flowrun_dask::ClientKwargs::new().timeout(Duration::from_secs(60)))
+}
+
+/// Makes a CA and a certificate it signs (for 127.0.0.1, server and client
+/// use) in `dir`, named `<name>-ca.pem`, `<name>.pem`, `<name>.key`.
+pub(crate) fn certificates(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let path = |file: &str| dir.join(format!("{name}{file}"));
+    let openssl = |args: &[&str]| {
+        crate::common::output_ok(
+            std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir),
+            "openssl",
+        );
+    };
+    let s = |p: PathBuf| p.display().to_string();
+    let (ca_key, ca, key, csr, cert, ext) = (
+        s(path("-ca.key")),
+        s(path("-ca.pem")),
+        s(path(".key")),
+        s(path(".csr")),
+        s(path(".pem")),
+        s(path(".ext")),
+    );
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={name} test CA"),
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+        "-subj",
+        &format!("/CN={name} node"),
+    ]);
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-out",
+        &cert,
+        "-days",
+        "2",
+        "-extfile",
+        &ext,
+    ]);
+    (path("-ca.pem"), path(".pem"), path(".key"))
+}
