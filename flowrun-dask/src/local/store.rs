@@ -703,7 +703,7 @@ impl WorkerStore {
     /// The payload of a result: inline when small, else written to the
     /// store as it is encoded. A stored value is kept in memory too (within
     /// the budget), for the next task on this worker that takes it.
-    pub(crate) fn put(&self, value: Held) -> Result<Payload, String> {
+    pub(crate) fn put(&self, mut value: Held) -> Result<Payload, String> {
         let mut reference = StoredRef {
             store: self.id,
             worker: self.worker,
@@ -770,6 +770,8 @@ impl WorkerStore {
             });
         }
         reference.len = written;
+        // Written out: a persisted result's encoding is not kept twice.
+        value.forget_encoding();
         self.keep(reference, value);
         Ok(Payload::Stored(reference))
     }
