@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use flowrun_core::plumbing::{level_code, lock, EventFields};
+use flowrun_core::registry::{ArgValue, Held};
 use tracing::level_filters::LevelFilter;
 
 use super::format::{
@@ -295,15 +296,7 @@ fn serve() -> ! {
                 send_reply(&replies, reply::OUTPUT, &output)?;
             }
             match &outcome {
-                Ok(bytes) if bytes.len() >= format::LARGE && shared.is_some() => {
-                    match write_result_file(shared.as_deref().unwrap_or(Path::new("")), bytes) {
-                        Ok(path) => {
-                            send_reply(&replies, reply::RESULT_FILE, path.as_os_str().as_bytes())
-                        }
-                        Err(_) => send_reply(&replies, reply::RESULT, &format::result_frame(bytes)),
-                    }
-                }
-                Ok(bytes) => send_reply(&replies, reply::RESULT, &format::result_frame(bytes)),
+                Ok(held) => send_result(&replies, shared.as_deref(), held),
                 Err(failure) => send_reply(&replies, reply::FAILURE, &format::error_frame(failure)),
             }
         })();
@@ -434,8 +427,43 @@ fn map_file(path: &Path) -> std::io::Result<Part> {
     Ok(Part::Mapped(map))
 }
 
-/// Writes a large result frame to a new file in `dir`, for the runner.
-fn write_result_file(dir: &Path, bytes: &[u8]) -> std::io::Result<PathBuf> {
+/// Sends a task's result: a large one (in `shared`, when the runner gave a
+/// directory) as a file, written as it is encoded when its size is known
+/// (a byte vector or a string: no encoded copy in memory), else inline.
+fn send_result(replies: &Replies, shared: Option<&Path>, held: &Held) -> std::io::Result<()> {
+    let known_large = held
+        .encoded_len()
+        .is_some_and(|len| len >= format::LARGE as u64);
+    if let Some(dir) = shared.filter(|_| known_large) {
+        if let Ok(path) = write_result_file(dir, |f| held.encode_into(f)) {
+            return send_reply(replies, reply::RESULT_FILE, path.as_os_str().as_bytes());
+        }
+    }
+    let bytes = match held.encode() {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let failure = Failure::runner(format!(
+                "the task returned a value that could not be serialized: {e}"
+            ));
+            tracing::warn!("Attempt failed: {}", failure.message);
+            return send_reply(replies, reply::FAILURE, &format::error_frame(&failure));
+        }
+    };
+    if let Some(dir) = shared.filter(|_| bytes.len() >= format::LARGE) {
+        let written = write_result_file(dir, |f| f.write_all(&bytes).map_err(|e| e.to_string()));
+        if let Ok(path) = written {
+            return send_reply(replies, reply::RESULT_FILE, path.as_os_str().as_bytes());
+        }
+    }
+    send_reply(replies, reply::RESULT, &format::result_frame(&bytes))
+}
+
+/// Writes a large result frame to a new file in `dir`, for the runner:
+/// the magic, then what `write` writes.
+fn write_result_file(
+    dir: &Path,
+    write: impl FnOnce(&mut dyn Write) -> Result<(), String>,
+) -> std::io::Result<PathBuf> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let path = dir.join(format!(
         "flowrun-result-{}-{}",
@@ -444,7 +472,7 @@ fn write_result_file(dir: &Path, bytes: &[u8]) -> std::io::Result<PathBuf> {
     ));
     let written = File::create(&path).and_then(|mut f| {
         f.write_all(format::RESULT_MAGIC)?;
-        f.write_all(bytes)
+        write(&mut f).map_err(std::io::Error::other)
     });
     match written {
         Ok(()) => Ok(path),
@@ -462,18 +490,23 @@ fn run_from_stdin() -> Result<Vec<u8>, Failure> {
         .lock()
         .read_to_end(&mut input)
         .map_err(|e| Failure::runner(format!("task mode could not read its input: {e}")))?;
-    run_input(&input)
+    run_input(&input)?.encode().map_err(|e| {
+        Failure::runner(format!(
+            "the task returned a value that could not be serialized: {e}"
+        ))
+    })
 }
 
 /// Splits length-prefixed input into its parts, and runs the task.
-fn run_input(input: &[u8]) -> Result<Vec<u8>, Failure> {
+fn run_input(input: &[u8]) -> Result<Held, Failure> {
     let parts = format::split_input(input)
         .map_err(|e| Failure::runner(format!("task mode received a broken input: {e}")))?;
     run_parts(&parts)
 }
 
-/// Checks the input is meant for this build, and runs the task.
-fn run_parts(parts: &[&[u8]]) -> Result<Vec<u8>, Failure> {
+/// Checks the input is meant for this build, and runs the task, to its
+/// result as a value (encoded where it is written out).
+fn run_parts(parts: &[&[u8]]) -> Result<Held, Failure> {
     let (header, args) = parts
         .split_first()
         .ok_or_else(|| Failure::runner("task mode received an empty input"))?;
@@ -518,7 +551,8 @@ fn run_parts(parts: &[&[u8]]) -> Result<Vec<u8>, Failure> {
         })?;
     *lock(&TASK_THREAD) = Some(std::thread::current().id());
     *lock(&CURRENT_RUN) = Some(format!("Task run '{}'", header.run_name));
-    let result = entry.run_attempt(&args, &header.run_name, header.hooks);
+    let args = args.into_iter().map(ArgValue::Encoded).collect();
+    let result = entry.run_held_attempt(args, &header.run_name, header.hooks);
     *lock(&TASK_THREAD) = None;
     *lock(&CURRENT_RUN) = None;
     result.map_err(|e| {
