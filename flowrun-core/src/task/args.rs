@@ -168,13 +168,7 @@ pub(crate) fn decode_fast<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result
         Box::new(decode_value_borrowed(bytes)?.to_vec())
     } else if TypeId::of::<T>() == TypeId::of::<String>() {
         let raw = decode_value_borrowed(bytes)?;
-        if simdutf8::basic::from_utf8(raw).is_err() {
-            // The standard library's check says where.
-            return Err(match std::str::from_utf8(raw) {
-                Err(e) => format!("the string is not UTF-8: {e}"),
-                Ok(_) => "the string is not UTF-8".to_owned(),
-            });
-        }
+        check_utf8(raw)?;
         // SAFETY: checked to be UTF-8 just above.
         Box::new(unsafe { String::from_utf8_unchecked(raw.to_vec()) })
     } else {
@@ -184,6 +178,25 @@ pub(crate) fn decode_fast<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result
         .downcast::<T>()
         .map(|v| *v)
         .map_err(|_| "a byte vector is not the expected type".to_owned())
+}
+
+/// Checks `raw` is UTF-8, with SIMD; the standard library's check says
+/// where it is not.
+fn check_utf8(raw: &[u8]) -> Result<(), String> {
+    if simdutf8::basic::from_utf8(raw).is_ok() {
+        return Ok(());
+    }
+    Err(match std::str::from_utf8(raw) {
+        Err(e) => format!("the string is not UTF-8: {e}"),
+        Ok(_) => "the string is not UTF-8".to_owned(),
+    })
+}
+
+/// A string of `bytes`, without a copy, once they are checked to be UTF-8.
+pub(crate) fn string_from_utf8(bytes: Vec<u8>) -> Result<String, String> {
+    check_utf8(&bytes)?;
+    // SAFETY: checked to be UTF-8 just above.
+    Ok(unsafe { String::from_utf8_unchecked(bytes) })
 }
 
 fn decode_value_borrowed(bytes: &[u8]) -> Result<&[u8], String> {

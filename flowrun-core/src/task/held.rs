@@ -10,7 +10,7 @@ use std::io::Write;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::task::args::{as_bytes, decode_fast, length_prefix};
+use crate::task::args::{as_bytes, decode_fast, length_prefix, string_from_utf8};
 
 /// A task's result held as its typed value, with how to encode it.
 pub struct Held {
@@ -130,10 +130,22 @@ impl Held {
     /// The value as an `A`: itself when it is one, else decoded from its
     /// encoding (a type with the same encoding, such as a `Vec<u8>` result
     /// passed to a `Box<[u8]>` argument).
-    pub(crate) fn take<A: DeserializeOwned + 'static>(self) -> Result<A, String> {
+    pub fn take<A: DeserializeOwned + 'static>(self) -> Result<A, String> {
         if self.value.is::<A>() {
             let value = self.value.downcast::<A>().map_err(|_| "checked")?;
             return Ok(*value);
+        }
+        // A byte vector taken as a string (they encode alike) becomes one
+        // in place once its UTF-8 is checked.
+        if std::any::TypeId::of::<A>() == std::any::TypeId::of::<String>()
+            && self.value.is::<Vec<u8>>()
+        {
+            let bytes = self.value.downcast::<Vec<u8>>().map_err(|_| "checked")?;
+            let text: Box<dyn Any> = Box::new(string_from_utf8(*bytes)?);
+            return text
+                .downcast::<A>()
+                .map(|v| *v)
+                .map_err(|_| "checked".into());
         }
         decode_fast(&self.encode()?)
     }
@@ -182,6 +194,13 @@ mod tests {
         assert_eq!(&as_bytes[..], &[1, 2]);
         // A type that does not decode is an error, not a panic.
         assert!(Held::new(7u8).take::<String>().is_err());
+        // Bytes taken as a string become one without a copy, once checked.
+        let bytes = "text".as_bytes().to_vec();
+        let ptr = bytes.as_ptr();
+        let text: String = Held::new(bytes).take().unwrap();
+        assert_eq!((text.as_str(), text.as_ptr()), ("text", ptr));
+        let e = Held::new(vec![b'a', 0xff]).take::<String>().unwrap_err();
+        assert!(e.contains("not UTF-8"), "{e}");
         // A string's length is known without encoding it.
         let text = Held::new("é".repeat(100));
         assert_eq!(
