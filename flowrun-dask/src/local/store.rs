@@ -21,7 +21,8 @@
 //!   bytes made by [`flowrun_core::external::external_bytes`] whose owner is an
 //!   [`Entry`]: the run's result slot, its future's clones and the arguments
 //!   of pending dependents all share those bytes, and the last of them to drop
-//!   deletes the file. Workers never delete; a worker that dies takes nothing
+//!   deletes the file (or pools it for reuse, see below). Workers never delete
+//!   a value; a worker that dies takes nothing
 //!   with it, so no completed result is lost or recomputed.
 //! - **Writes.** A worker encodes a result straight into its file as the
 //!   encoding is made (a byte vector as its length prefix and its bytes), so
