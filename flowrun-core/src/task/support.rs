@@ -178,9 +178,10 @@ where
     let target = crate::cache::serialized::split_held(&mut slots);
     let args = <T::Args as SerializedArgs>::decode_held(slots).map_err(undecodable::<T>)?;
     let raw = crate::engine::adapters::invoke_blocking::<T>(args, None)?;
-    let held = Held::new(T::outcome(raw)?);
+    let mut held = Held::new(T::outcome(raw)?);
     if let Some(target) = target {
-        persist_here::<T>(&target, &held.encode().map_err(unserializable::<T>)?);
+        // Encoded once: whoever writes the result out next reuses these bytes.
+        persist_here::<T>(&target, held.encoded().map_err(unserializable::<T>)?);
     }
     Ok(held)
 }

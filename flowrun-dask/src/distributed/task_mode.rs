@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use flowrun_core::plumbing::{level_code, lock, EventFields};
+use flowrun_core::registry::{ArgValue, Held};
 use tracing::level_filters::LevelFilter;
 
 use super::format::{
@@ -274,7 +275,7 @@ fn serve() -> ! {
         if requests.read_exact(&mut len).is_err() {
             std::process::exit(0);
         }
-        let input = match read_request(&mut requests, u64::from_le_bytes(len)) {
+        let mut input = match read_request(&mut requests, u64::from_le_bytes(len)) {
             Ok(input) => input,
             Err(e) => {
                 let failure =
@@ -286,9 +287,9 @@ fn serve() -> ! {
             }
         };
         task.seceded.store(false, Ordering::Release);
-        let outcome = match &input {
+        let outcome = match &mut input {
             Input::Inline(bytes) => run_input(bytes),
-            Input::Parts(parts) => run_parts(&parts.iter().map(Part::bytes).collect::<Vec<_>>()),
+            Input::Parts(parts) => run_request_parts(parts),
         };
         drop(input);
         if let Err(failure) = &outcome {
@@ -300,15 +301,7 @@ fn serve() -> ! {
                 send_reply(&replies, reply::OUTPUT, &output)?;
             }
             match &outcome {
-                Ok(bytes) if bytes.len() >= format::LARGE && shared.is_some() => {
-                    match write_result_file(shared.as_deref().unwrap_or(Path::new("")), bytes) {
-                        Ok(path) => {
-                            send_reply(&replies, reply::RESULT_FILE, path.as_os_str().as_bytes())
-                        }
-                        Err(_) => send_reply(&replies, reply::RESULT, &format::result_frame(bytes)),
-                    }
-                }
-                Ok(bytes) => send_reply(&replies, reply::RESULT, &format::result_frame(bytes)),
+                Ok(held) => send_result(&replies, shared.as_deref(), held),
                 Err(failure) => send_reply(&replies, reply::FAILURE, &format::error_frame(failure)),
             }
         })();
@@ -350,13 +343,20 @@ enum Part {
     /// A file in shared memory, mapped: a large value is not copied on its
     /// way in.
     Mapped(memmap2::Mmap),
+    /// A file in shared memory holding a byte string (the encoding of a
+    /// `Vec<u8>` or a `String`), read into a vector of its own: the task
+    /// takes it as its argument, one copy in all (a mapping would cost the
+    /// mapping, then a copy to decode it). Taken by the call.
+    Value(Option<Held>),
 }
 
 impl Part {
+    #[cfg(test)]
     fn bytes(&self) -> &[u8] {
         match self {
             Part::Bytes(bytes) => bytes,
             Part::Mapped(map) => map,
+            Part::Value(_) => panic!("a value read from its file"),
         }
     }
 }
@@ -402,7 +402,7 @@ fn read_request(requests: &mut File, len: u64) -> std::io::Result<Input> {
             format::part::INLINE => Ok(Part::Bytes(payload)),
             format::part::FILE | format::part::HELD => {
                 let path = Path::new(std::ffi::OsStr::from_bytes(&payload));
-                let mapped = map_file(path);
+                let mapped = read_file_part(path);
                 if kind == format::part::FILE {
                     let _ = std::fs::remove_file(path);
                 }
@@ -423,6 +423,54 @@ fn read_request(requests: &mut File, len: u64) -> std::io::Result<Input> {
     }
 }
 
+/// A file part: its byte string read into a vector when it holds one of
+/// at least [`format::LARGE`] bytes (see [`Part::Value`]), else mapped.
+fn read_file_part(path: &Path) -> std::io::Result<Part> {
+    let mut file = File::open(path).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))
+    })?;
+    let size = file.metadata()?.len();
+    let magic = format::RESULT_MAGIC.len() as u64;
+    if size < magic + format::LARGE as u64 {
+        return map_file(path);
+    }
+    // The magic and a varint length (at most 10 bytes).
+    let mut head = vec![0u8; format::RESULT_MAGIC.len() + 10];
+    file.read_exact(&mut head)?;
+    let byte_string = head
+        .strip_prefix(format::RESULT_MAGIC)
+        .and_then(varint)
+        .filter(|&(len, prefix)| magic + prefix as u64 + len == size);
+    let Some((len, prefix)) = byte_string else {
+        return map_file(path);
+    };
+    let len = usize::try_from(len).map_err(|_| std::io::Error::other("longer than memory"))?;
+    let mut value = Vec::with_capacity(len);
+    value.extend_from_slice(&head[format::RESULT_MAGIC.len() + prefix..]);
+    let rest = (len - value.len()) as u64;
+    file.take(rest).read_to_end(&mut value)?;
+    if value.len() != len {
+        return Err(std::io::Error::other(format!(
+            "{} ended after {} of its {len} bytes",
+            path.display(),
+            value.len()
+        )));
+    }
+    Ok(Part::Value(Some(Held::new(value))))
+}
+
+/// A LEB128 varint at the start of `bytes`: its value and its length.
+fn varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
 /// Maps a file the runner hands over (read-only, pages populated up front:
 /// the task reads all of it).
 fn map_file(path: &Path) -> std::io::Result<Part> {
@@ -439,8 +487,43 @@ fn map_file(path: &Path) -> std::io::Result<Part> {
     Ok(Part::Mapped(map))
 }
 
-/// Writes a large result frame to a new file in `dir`, for the runner.
-fn write_result_file(dir: &Path, bytes: &[u8]) -> std::io::Result<PathBuf> {
+/// Sends a task's result: a large one (in `shared`, when the runner gave a
+/// directory) as a file, written as it is encoded when its size is known
+/// (a byte vector or a string: no encoded copy in memory), else inline.
+fn send_result(replies: &Replies, shared: Option<&Path>, held: &Held) -> std::io::Result<()> {
+    let known_large = held
+        .encoded_len()
+        .is_some_and(|len| len >= format::LARGE as u64);
+    if let Some(dir) = shared.filter(|_| known_large) {
+        if let Ok(path) = write_result_file(dir, |f| held.encode_into(f)) {
+            return send_reply(replies, reply::RESULT_FILE, path.as_os_str().as_bytes());
+        }
+    }
+    let bytes = match held.encode() {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let failure = Failure::runner(format!(
+                "the task returned a value that could not be serialized: {e}"
+            ));
+            tracing::warn!("Attempt failed: {}", failure.message);
+            return send_reply(replies, reply::FAILURE, &format::error_frame(&failure));
+        }
+    };
+    if let Some(dir) = shared.filter(|_| bytes.len() >= format::LARGE) {
+        let written = write_result_file(dir, |f| f.write_all(&bytes).map_err(|e| e.to_string()));
+        if let Ok(path) = written {
+            return send_reply(replies, reply::RESULT_FILE, path.as_os_str().as_bytes());
+        }
+    }
+    send_reply(replies, reply::RESULT, &format::result_frame(&bytes))
+}
+
+/// Writes a large result frame to a new file in `dir`, for the runner:
+/// the magic, then what `write` writes.
+fn write_result_file(
+    dir: &Path,
+    write: impl FnOnce(&mut dyn Write) -> Result<(), String>,
+) -> std::io::Result<PathBuf> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let path = dir.join(format!(
         "flowrun-result-{}-{}",
@@ -449,7 +532,7 @@ fn write_result_file(dir: &Path, bytes: &[u8]) -> std::io::Result<PathBuf> {
     ));
     let written = File::create(&path).and_then(|mut f| {
         f.write_all(format::RESULT_MAGIC)?;
-        f.write_all(bytes)
+        write(&mut f).map_err(std::io::Error::other)
     });
     match written {
         Ok(()) => Ok(path),
@@ -467,21 +550,68 @@ fn run_from_stdin() -> Result<Vec<u8>, Failure> {
         .lock()
         .read_to_end(&mut input)
         .map_err(|e| Failure::runner(format!("task mode could not read its input: {e}")))?;
-    run_input(&input)
+    run_input(&input)?.encode().map_err(|e| {
+        Failure::runner(format!(
+            "the task returned a value that could not be serialized: {e}"
+        ))
+    })
 }
 
 /// Splits length-prefixed input into its parts, and runs the task.
-fn run_input(input: &[u8]) -> Result<Vec<u8>, Failure> {
+fn run_input(input: &[u8]) -> Result<Held, Failure> {
     let parts = format::split_input(input)
         .map_err(|e| Failure::runner(format!("task mode received a broken input: {e}")))?;
-    run_parts(&parts)
-}
-
-/// Checks the input is meant for this build, and runs the task.
-fn run_parts(parts: &[&[u8]]) -> Result<Vec<u8>, Failure> {
     let (header, args) = parts
         .split_first()
         .ok_or_else(|| Failure::runner("task mode received an empty input"))?;
+    let args = args
+        .iter()
+        .enumerate()
+        .map(|(i, part)| encoded_arg(i, part))
+        .collect::<Result<_, _>>()?;
+    run_parts(header, args)
+}
+
+/// Runs the task of a request read in parts.
+fn run_request_parts(parts: &mut [Part]) -> Result<Held, Failure> {
+    let (header, args) = parts
+        .split_first_mut()
+        .ok_or_else(|| Failure::runner("task mode received an empty input"))?;
+    let header = match header {
+        Part::Bytes(bytes) => &bytes[..],
+        Part::Mapped(map) => &map[..],
+        Part::Value(_) => return Err(Failure::runner("task mode received a broken header")),
+    };
+    let args = args
+        .iter_mut()
+        .enumerate()
+        .map(|(i, part)| match part {
+            Part::Bytes(bytes) => encoded_arg(i, bytes),
+            Part::Mapped(map) => encoded_arg(i, map),
+            Part::Value(held) => held
+                .take()
+                .map(ArgValue::Held)
+                .ok_or_else(|| Failure::runner("an argument was taken twice")),
+        })
+        .collect::<Result<_, _>>()?;
+    run_parts(header, args)
+}
+
+/// An argument's encoding from its result frame.
+fn encoded_arg(index: usize, part: &[u8]) -> Result<ArgValue<'_>, Failure> {
+    format::strip_result(part)
+        .map(ArgValue::Encoded)
+        .map_err(|e| {
+            Failure::runner(format!(
+                "argument {} of the task is not flowrun data: {e}",
+                index + 1
+            ))
+        })
+}
+
+/// Checks the input is meant for this build, and runs the task, to its
+/// result as a value (encoded where it is written out).
+fn run_parts(header: &[u8], args: Vec<ArgValue<'_>>) -> Result<Held, Failure> {
     let header: TaskHeader = postcard::from_bytes(header)
         .map_err(|e| Failure::runner(format!("task mode received a broken header: {e}")))?;
     if header.version != INPUT_VERSION {
@@ -501,18 +631,6 @@ fn run_parts(parts: &[&[u8]]) -> Result<Vec<u8>, Failure> {
             header.build
         )));
     }
-    let args = args
-        .iter()
-        .enumerate()
-        .map(|(i, part)| {
-            format::strip_result(part).map_err(|e| {
-                Failure::runner(format!(
-                    "argument {} of the task is not flowrun data: {e}",
-                    i + 1
-                ))
-            })
-        })
-        .collect::<Result<Vec<&[u8]>, Failure>>()?;
     let entry = flowrun_core::registry::registry()
         .get(&header.task_key)
         .ok_or_else(|| {
@@ -524,7 +642,7 @@ fn run_parts(parts: &[&[u8]]) -> Result<Vec<u8>, Failure> {
     *lock(&TASK_THREAD) = Some(std::thread::current().id());
     *lock(&CURRENT_RUN) = Some(format!("Task run '{}'", header.run_name));
     super::slots::begin_task(header.limits);
-    let result = entry.run_attempt(&args, &header.run_name, header.hooks);
+    let result = entry.run_held_attempt(args, &header.run_name, header.hooks);
     // Its concurrency slots go back however it ended.
     super::slots::end_task();
     *lock(&TASK_THREAD) = None;
@@ -768,6 +886,51 @@ mod tests {
                 Line::Stderr("warning".into()),
             ]
         );
+    }
+
+    #[test]
+    fn a_large_byte_string_file_part_is_read_as_the_value_and_anything_else_is_mapped() {
+        let dir = std::env::temp_dir().join(format!("flowrun-bytes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let value: Vec<u8> = (0..format::LARGE as u32 + 300).map(|i| i as u8).collect();
+        let bytes_file = dir.join("bytes");
+        let frame = format::result_frame(&flowrun_core::encode_value(&value).unwrap());
+        std::fs::write(&bytes_file, &frame).unwrap();
+        let Part::Value(Some(held)) = read_file_part(&bytes_file).unwrap() else {
+            panic!("a byte string is read as its value");
+        };
+        assert_eq!(held.take::<Vec<u8>>().unwrap(), value);
+        // Taken as a string when it is one.
+        let text = "ab".repeat(format::LARGE);
+        let frame = format::result_frame(&flowrun_core::encode_value(&text).unwrap());
+        std::fs::write(&bytes_file, &frame).unwrap();
+        let Part::Value(Some(held)) = read_file_part(&bytes_file).unwrap() else {
+            panic!("a string is read as its value");
+        };
+        assert_eq!(held.take::<String>().unwrap(), text);
+        // A value of another type whose encoding looks like a byte string
+        // (small u16s are one byte each) still arrives as itself.
+        let small = vec![7u16; format::LARGE];
+        let frame = format::result_frame(&flowrun_core::encode_value(&small).unwrap());
+        std::fs::write(&bytes_file, &frame).unwrap();
+        let Part::Value(Some(held)) = read_file_part(&bytes_file).unwrap() else {
+            panic!("it looks like a byte string");
+        };
+        assert_eq!(held.take::<Vec<u16>>().unwrap(), small);
+        // Other values, and a frame whose length prefix does not match its
+        // file, are mapped as they are.
+        let other = vec![300u16; format::LARGE];
+        let frame = format::result_frame(&flowrun_core::encode_value(&other).unwrap());
+        std::fs::write(&bytes_file, &frame).unwrap();
+        let part = read_file_part(&bytes_file).unwrap();
+        assert!(matches!(part, Part::Mapped(_)));
+        assert_eq!(part.bytes(), &frame[..]);
+        let mut cut = format::result_frame(&flowrun_core::encode_value(&value).unwrap());
+        cut.truncate(cut.len() - 1);
+        std::fs::write(&bytes_file, &cut).unwrap();
+        let part = read_file_part(&bytes_file).unwrap();
+        assert_eq!(part.bytes(), &cut[..]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -21,7 +21,8 @@
 //!   bytes made by [`flowrun_core::external::external_bytes`] whose owner is an
 //!   [`Entry`]: the run's result slot, its future's clones and the arguments
 //!   of pending dependents all share those bytes, and the last of them to drop
-//!   deletes the file. Workers never delete; a worker that dies takes nothing
+//!   deletes the file (or pools it for reuse, see below). Workers never delete
+//!   a value; a worker that dies takes nothing
 //!   with it, so no completed result is lost or recomputed.
 //! - **Writes.** A worker encodes a result straight into its file as the
 //!   encoding is made (a byte vector as its length prefix and its bytes), so
@@ -40,6 +41,20 @@
 //!   256 MiB into fresh memory). Later readers, other workers and the flow
 //!   read the file, which stays the reference: the kept copy is only a
 //!   shortcut, so losing it (eviction, worker death) loses nothing.
+//! - **Reused files.** Deleting a large file frees its pages, and writing
+//!   the next result allocates fresh ones (a 256 MiB write into a new file
+//!   took twice as long as into an existing one, and the delete itself some
+//!   40 ms of the scheduler's thread). So when the flow lets go of a file of
+//!   at least [`REUSE_MIN`] bytes, it renames it into the store's pool of
+//!   free files (`free-<len>-…`) instead, and a worker that stores a result
+//!   of a known size takes the pooled file of the nearest size by renaming
+//!   it to its own new name and overwrites it. The pool is bounded: at most
+//!   [`POOL_MAX`] bytes, each file deleted after [`POOL_IDLE`] unused, and
+//!   emptied when a result would not fit in the store otherwise; a thread of
+//!   the flow does those deletes. Only a file nobody maps is pooled: every
+//!   reader holds a shared `flock` on the file while it maps it, and the
+//!   flow pools a file only under an exclusive one (else it deletes it, and
+//!   the reader's mapping keeps the value as before).
 //! - **Reads.** A worker maps the files of the arguments it does not keep
 //!   while its task runs. The flow maps a file only when the program
 //!   decodes the result, each time it does (it keeps no copy).
@@ -56,9 +71,11 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::io;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{mpsc, Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flowrun_core::external::{external, external_bytes, External};
@@ -72,6 +89,19 @@ use serde_bytes::ByteBuf;
 pub(crate) const INLINE_MAX: usize = 32 * 1024;
 
 const PREFIX: &str = "flowrun-store-";
+
+/// Stored files at least this large are pooled for reuse when freed
+/// (smaller ones are deleted: their pages cost little to allocate).
+pub(crate) const REUSE_MIN: u64 = 1 << 20;
+
+/// At most this many bytes of freed files wait in a store's pool.
+pub(crate) const POOL_MAX: u64 = 1 << 30;
+
+/// A pooled file no worker took within this time is deleted.
+pub(crate) const POOL_IDLE: Duration = Duration::from_secs(2);
+
+/// The name prefix of pooled (free) files.
+const FREE: &str = "free-";
 
 /// A result or argument as it crosses a connection.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -115,6 +145,14 @@ pub(crate) struct Store {
     dir: PathBuf,
     held: Mutex<Option<tempfile::TempDir>>,
     closed: AtomicBool,
+    /// The thread that deletes pooled files, started with the first one.
+    reaper: Mutex<Option<Reaper>>,
+}
+
+/// The thread that bounds a store's pool of free files.
+struct Reaper {
+    pooled: mpsc::Sender<(PathBuf, u64)>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 fn stores() -> &'static Mutex<HashMap<u64, Weak<Store>>> {
@@ -138,6 +176,7 @@ impl Store {
             dir: dir.path().to_owned(),
             held: Mutex::new(Some(dir)),
             closed: AtomicBool::new(false),
+            reaper: Mutex::new(None),
         });
         lock(stores()).insert(store.id, Arc::downgrade(&store));
         Ok(store)
@@ -157,11 +196,98 @@ impl Store {
             return;
         }
         lock(stores()).remove(&self.id);
+        // The pool's thread stops before the directory goes.
+        let reaper = lock(&self.reaper).take();
+        if let Some(Reaper { pooled, thread }) = reaper {
+            drop(pooled);
+            let _ = thread.join();
+        }
         let held = lock(&self.held).take();
         if let Some(dir) = held {
             if let Err(e) = dir.close() {
                 tracing::warn!(target: "flowrun_dask::cluster", "Could not remove the cluster's result store {}: {e}", self.dir.display());
             }
+        }
+    }
+}
+
+impl Store {
+    /// Lets go of the stored file at `path` (`len` bytes): a large one
+    /// nobody maps goes to the pool of free files, anything else is deleted.
+    fn release(&self, path: &Path, reference: &StoredRef) {
+        if reference.len < REUSE_MIN || !self.pool(path, reference) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Renames the file at `path` into the pool, if nobody maps it.
+    fn pool(&self, path: &Path, reference: &StoredRef) -> bool {
+        let Ok(file) = std::fs::File::open(path) else {
+            return false;
+        };
+        // SAFETY: flock on an open file descriptor; no memory is involved.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            // Mapped somewhere: deleting it keeps that mapping's value.
+            return false;
+        }
+        let free = self
+            .dir
+            .join(format!("{FREE}{}-{}", reference.len, reference.file_name()));
+        if std::fs::rename(path, &free).is_err() {
+            return false;
+        }
+        drop(file);
+        let mut reaper = lock(&self.reaper);
+        if reaper.is_none() {
+            let (tx, rx) = mpsc::channel();
+            let spawned = std::thread::Builder::new()
+                .name("flowrun-store-pool".into())
+                .spawn(move || reap(rx));
+            match spawned {
+                Ok(thread) => *reaper = Some(Reaper { pooled: tx, thread }),
+                Err(_) => {
+                    let _ = std::fs::remove_file(&free);
+                    return true;
+                }
+            }
+        }
+        if let Some(r) = reaper.as_ref() {
+            if r.pooled.send((free.clone(), reference.len)).is_err() {
+                let _ = std::fs::remove_file(&free);
+            }
+        }
+        true
+    }
+}
+
+/// The pool's thread: deletes pooled files beyond [`POOL_MAX`] bytes and
+/// those older than [`POOL_IDLE`], until the store closes. A file a worker
+/// took has another name by then, so deleting its pooled name does nothing.
+fn reap(pooled: mpsc::Receiver<(PathBuf, u64)>) {
+    let mut pool: std::collections::VecDeque<(PathBuf, u64, Instant)> = Default::default();
+    let mut bytes = 0u64;
+    loop {
+        let next = match pool.front() {
+            None => pooled
+                .recv()
+                .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            Some((_, _, at)) => pooled.recv_timeout(POOL_IDLE.saturating_sub(at.elapsed())),
+        };
+        match next {
+            Ok((path, len)) => {
+                bytes += len;
+                pool.push_back((path, len, Instant::now()));
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        while let Some((path, len, at)) = pool.front() {
+            if bytes <= POOL_MAX && at.elapsed() < POOL_IDLE {
+                break;
+            }
+            let _ = std::fs::remove_file(path);
+            bytes -= len;
+            pool.pop_front();
         }
     }
 }
@@ -222,7 +348,7 @@ impl Entry {
 impl Drop for Entry {
     fn drop(&mut self) {
         if !self.store.closed.load(Ordering::Acquire) {
-            let _ = std::fs::remove_file(self.path());
+            self.store.release(&self.path(), &self.reference);
         }
     }
 }
@@ -245,16 +371,18 @@ impl External for Entry {
     }
 }
 
-/// A stored value mapped into memory (or an empty one).
+/// A stored value mapped into memory (or an empty one). The open file
+/// holds a shared `flock` while the mapping lives, so that the flow never
+/// pools (and a worker never overwrites) a file that is mapped.
 pub(crate) enum Mapped {
-    Map(memmap2::Mmap),
+    Map(memmap2::Mmap, #[allow(dead_code)] std::fs::File),
     Empty,
 }
 
 impl AsRef<[u8]> for Mapped {
     fn as_ref(&self) -> &[u8] {
         match self {
-            Mapped::Map(m) => m,
+            Mapped::Map(m, _) => m,
             Mapped::Empty => &[],
         }
     }
@@ -263,10 +391,23 @@ impl AsRef<[u8]> for Mapped {
 fn map(path: &Path, len: u64) -> Result<Mapped, String> {
     let what = || format!("the stored value {}", path.display());
     let file = std::fs::File::open(path).map_err(|e| format!("{} cannot be read: {e}", what()))?;
-    let size = file
+    // SAFETY: flock on an open file descriptor; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(format!("{} cannot be locked for reading: {e}", what()));
+    }
+    let meta = file
         .metadata()
-        .map_err(|e| format!("{} cannot be read: {e}", what()))?
-        .len();
+        .map_err(|e| format!("{} cannot be read: {e}", what()))?;
+    // Pooled between the open and the lock: it no longer holds the value.
+    let same = std::fs::metadata(path).is_ok_and(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.ino() == meta.ino() && m.dev() == meta.dev()
+    });
+    if !same {
+        return Err(format!("{} cannot be read: it was deleted", what()));
+    }
+    let size = meta.len();
     if size != len {
         return Err(format!(
             "{} is {size} bytes, but {len} were written",
@@ -277,11 +418,13 @@ fn map(path: &Path, len: u64) -> Result<Mapped, String> {
         return Ok(Mapped::Empty);
     }
     // SAFETY: the store's files are written once, before their reference is
-    // sent, and never modified; they are only deleted (which leaves an
-    // existing mapping intact).
+    // sent, and not modified while a reference to them exists. A freed file
+    // is reused (overwritten) only once it is pooled, which takes an
+    // exclusive flock that the shared one held here (as long as the
+    // mapping) excludes; else it is deleted, which leaves the mapping intact.
     let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
         .map_err(|e| format!("{} cannot be mapped: {e}", what()))?;
-    Ok(Mapped::Map(map))
+    Ok(Mapped::Map(map, file))
 }
 
 impl Payload {
@@ -561,24 +704,33 @@ impl WorkerStore {
     /// The payload of a result: inline when small, else written to the
     /// store as it is encoded. A stored value is kept in memory too (within
     /// the budget), for the next task on this worker that takes it.
-    pub(crate) fn put(&self, value: Held) -> Result<Payload, String> {
+    pub(crate) fn put(&self, mut value: Held) -> Result<Payload, String> {
         let mut reference = StoredRef {
             store: self.id,
             worker: self.worker,
             seq: self.next.fetch_add(1, Ordering::Relaxed),
             len: 0,
         };
+        let mut reused = None;
         if let Some(len) = value.encoded_len().filter(|&l| l > INLINE_MAX as u64) {
-            // Known before encoding: refused at once when it cannot fit.
-            if let Some(free) = (self.free)(&self.dir).filter(|&f| f < len) {
-                return Err(too_large_for_store(&len.to_string(), free, &self.dir));
+            // A freed file of about this size is overwritten, not allocated anew.
+            reused = self.claim(len, &self.path(&reference));
+            // Known before encoding: refused at once when it cannot fit, once
+            // the pool of free files is emptied.
+            let short = || (self.free)(&self.dir).filter(|&f| f < len);
+            if reused.is_none() && short().is_some() {
+                self.empty_pool();
+                if let Some(free) = short() {
+                    return Err(too_large_for_store(&len.to_string(), free, &self.dir));
+                }
             }
         }
+        let is_reused = reused.is_some();
         let mut spill = Spill {
             store: self,
             reference,
             buf: Vec::new(),
-            file: None,
+            file: reused.map(|f| std::io::BufWriter::with_capacity(1 << 20, f)),
             written: 0,
             free: None,
         };
@@ -596,7 +748,12 @@ impl WorkerStore {
             encoded.map_err(|e| format!("its result could not be serialized: {e}"))?;
             return Ok(Payload::Inline(ByteBuf::from(buf)));
         };
-        drop(file);
+        // A reused file longer than this value loses its tail.
+        let encoded = encoded.and_then(|()| match file.into_inner() {
+            Ok(f) if is_reused => f.set_len(written).map_err(|e| e.to_string()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.error().to_string()),
+        });
         if let Err(e) = encoded {
             let _ = std::fs::remove_file(self.path(&reference));
             let short = free.is_some_and(|f| written + INLINE_MAX as u64 >= f);
@@ -614,8 +771,51 @@ impl WorkerStore {
             });
         }
         reference.len = written;
+        // Written out: a persisted result's encoding is not kept twice.
+        value.forget_encoding();
         self.keep(reference, value);
         Ok(Payload::Stored(reference))
+    }
+
+    /// Takes a pooled free file for a value of `len` bytes, renamed to
+    /// `path`: the smallest at least as long, else the longest. `None` when
+    /// the pool has none (or other workers took them first).
+    fn claim(&self, len: u64, path: &Path) -> Option<std::fs::File> {
+        if len < REUSE_MIN {
+            return None;
+        }
+        let mut free: Vec<(u64, PathBuf)> = std::fs::read_dir(&self.dir)
+            .ok()?
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name();
+                let size = name.to_str()?.strip_prefix(FREE)?.split('-').next()?;
+                Some((size.parse().ok()?, e.path()))
+            })
+            .collect();
+        // The fitting ones first, smallest first; then the others, longest first.
+        free.sort_by_key(|(size, _)| {
+            if *size >= len {
+                (0, *size)
+            } else {
+                (1, u64::MAX - size)
+            }
+        });
+        for (_, candidate) in free.iter().take(4) {
+            if std::fs::rename(candidate, path).is_ok() {
+                return std::fs::OpenOptions::new().write(true).open(path).ok();
+            }
+        }
+        None
+    }
+
+    /// Deletes the pooled free files (their space is needed).
+    fn empty_pool(&self) {
+        for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            if e.file_name().to_str().is_some_and(|n| n.starts_with(FREE)) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 
     /// Keeps `value` of stored `reference`, dropping the oldest kept values
@@ -803,6 +1003,73 @@ mod tests {
         let small = WorkerStore::new(store.id(), store.dir().to_owned(), 2, 10);
         let p = small.put(Held::new(vec![5u8; size])).unwrap();
         assert!(matches!(small.get(&p).unwrap(), Arg::Mapped(_)));
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_freed_large_file_is_reused_unless_mapped_and_the_idle_pool_empties() {
+        use std::os::unix::fs::MetadataExt;
+        let store = Store::create().unwrap();
+        // No kept values: every read goes through the file.
+        let worker = WorkerStore::new(store.id(), store.dir().to_owned(), 0, 0);
+        let size = 2 * REUSE_MIN as usize;
+        let put = |fill: u8, len: usize| {
+            let bytes = worker.put(Held::new(vec![fill; len])).unwrap();
+            bytes.into_bytes().unwrap()
+        };
+        let inode = |b: &Bytes| {
+            let r = stored(b).expect("stored");
+            std::fs::metadata(worker.path(&r)).unwrap().ino()
+        };
+        let read = |b: &Bytes| flowrun_core::external::resolve(b).unwrap();
+        let encoded = |fill: u8, len: usize| flowrun_core::encode_value(&vec![fill; len]).unwrap();
+
+        let first = put(1, size);
+        let first_inode = inode(&first);
+        drop(first);
+        let pooled = names(store.dir());
+        assert!(
+            pooled.len() == 1 && pooled[0].starts_with(FREE),
+            "{pooled:?}"
+        );
+        // A shorter value overwrites the freed file, which loses its tail.
+        let second = put(2, size - 10);
+        assert_eq!(inode(&second), first_inode, "the freed file was reused");
+        assert_eq!(&read(&second)[..], &encoded(2, size - 10)[..]);
+
+        // A file that is mapped when freed is deleted, not pooled: the
+        // mapping keeps its value while later results are written.
+        let mapped = read(&second);
+        drop(second);
+        assert_eq!(names(store.dir()), Vec::<String>::new());
+        let third = put(3, size);
+        assert_ne!(inode(&third), first_inode);
+        assert_eq!(&mapped[..], &encoded(2, size - 10)[..]);
+        drop(mapped);
+
+        // Small files are deleted at once; a pooled file no one takes goes
+        // once the pool has been idle.
+        drop(put(4, INLINE_MAX + 1));
+        drop(third);
+        assert_eq!(names(store.dir()).len(), 1, "only the large one is pooled");
+        let deadline = Instant::now() + POOL_IDLE * 3;
+        while !names(store.dir()).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            names(store.dir()),
+            Vec::<String>::new(),
+            "the idle pool emptied"
+        );
     }
 
     #[test]
