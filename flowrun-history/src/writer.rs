@@ -54,6 +54,13 @@ const MAX_GATHER: Duration = Duration::from_secs(1);
 /// processes get the lock in turn.
 const MAX_ROWS: usize = 100_000;
 
+/// How many events a busy writer holds, unapplied, before it applies and
+/// commits them (a task run sends about three).
+const MAX_HELD: usize = 3 * MAX_ROWS;
+
+/// How many emptied event vectors the writer keeps for reuse.
+const SPARE_BUFFERS: usize = 2;
+
 /// How long the writer lets events gather after the first of a batch
 /// (a flush cuts it short). It waits on the wake channel, not on the
 /// events', so the flow's threads send without waking it (no system call
@@ -107,26 +114,35 @@ pub(crate) enum Event {
 }
 
 /// The events of one flow run, in the order its threads pushed them, until
-/// the writer takes them: a push is a short lock and a move into a vector
-/// (no channel operation, no allocation once the vector has grown), and the
-/// writer takes them all at once every [`GATHER`].
+/// the writer takes them: a push is a lock-free append to a queue (no
+/// channel operation, no wake-up, no lock that a busy pool's threads would
+/// wait on each other for), and the writer takes them all every
+/// [`GATHER`].
 #[derive(Default)]
 pub(crate) struct FlowBuffer {
-    events: std::sync::Mutex<Vec<Event>>,
+    events: crossbeam_queue::SegQueue<Event>,
 }
 
 impl FlowBuffer {
     pub(crate) fn push(&self, event: Event) {
-        self.lock().push(event);
+        self.events.push(event);
     }
 
     /// Events not taken by the writer yet.
     pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+        self.events.len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Event>> {
-        self.events.lock().unwrap_or_else(|p| p.into_inner())
+    /// Moves the events pushed so far into `out`, oldest first.
+    fn take_into(&self, out: &mut Vec<Event>) {
+        // Only what is there now: threads that push on meanwhile do not
+        // keep the writer here.
+        for _ in 0..self.events.len() {
+            match self.events.pop() {
+                Some(e) => out.push(e),
+                None => break,
+            }
+        }
     }
 }
 
@@ -449,9 +465,13 @@ struct Thread {
     shared_names: Arc<std::sync::Mutex<TaskNames>>,
     /// The buffers of the flow runs recording now, by token.
     live: Vec<(u64, Arc<FlowBuffer>)>,
-    /// An empty vector swapped with a buffer's when its events are taken,
+    /// Empty vectors swapped with a buffer's when its events are taken,
     /// so neither side allocates once both have grown.
-    spare: Vec<Event>,
+    spare: Vec<Vec<Event>>,
+    /// Events taken but not applied yet (while flows are busy), in order.
+    held: Vec<Vec<Event>>,
+    /// How many events `held` holds.
+    held_len: usize,
     /// Task runs that became final: their rows are written next commit.
     ready: Vec<RunId>,
     /// Unfinished task runs with changes not written yet, by the time of
@@ -479,6 +499,8 @@ impl Thread {
             shared_names,
             live: Vec::new(),
             spare: Vec::new(),
+            held: Vec::new(),
+            held_len: 0,
             ready: Vec::new(),
             waiting: VecDeque::new(),
             failed: false,
@@ -514,13 +536,19 @@ impl Thread {
                     let _ = wake.recv_timeout(GATHER);
                 }
                 gathered = false;
-                let n = self.take(&rx, first.take(), &mut batch);
+                let (n, urgent) = self.take(&rx, first.take(), &mut batch);
                 // While flows send events fast, their threads need the CPU
                 // more than the disk does (on a machine without a spare
-                // core, a commit is CPU the flow loses): gather on, and
-                // commit once they pause or end, someone waits for the
-                // records, or the batch is as large or old as allowed.
+                // core, the writer's work is CPU the flow loses): gather
+                // on, without even looking at the events, and apply and
+                // commit them once the flows pause or end, someone waits
+                // for the records, or the batch is as large or old as
+                // allowed.
                 let busy = n >= BUSY_EVENTS;
+                if busy && !urgent && self.held_len < MAX_HELD && since.elapsed() < MAX_GATHER {
+                    continue;
+                }
+                self.apply_held(&mut batch);
                 if !busy
                     || !batch.done.is_empty()
                     || !batch.finished.is_empty()
@@ -728,8 +756,17 @@ impl Thread {
     }
 
     /// Takes what flows sent since the last look: the channel's events and
-    /// every live flow's buffer. Returns how many events it took.
-    fn take(&mut self, rx: &Receiver<Event>, first: Option<Event>, batch: &mut Batch) -> usize {
+    /// every live flow's buffer. Flow starts are applied at once (their
+    /// buffers are taken below); the rest is held, in order, for
+    /// [`Thread::apply_held`]. Returns how many events it took, and whether
+    /// they must be applied and committed now: someone waits for a flush,
+    /// or a flow run ended.
+    fn take(
+        &mut self,
+        rx: &Receiver<Event>,
+        first: Option<Event>,
+        batch: &mut Batch,
+    ) -> (usize, bool) {
         let mut sent: Vec<Event> = first.into_iter().collect();
         while sent.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -738,6 +775,7 @@ impl Thread {
             }
         }
         let mut n = sent.len();
+        let mut urgent = false;
         // Flow starts first, so their buffers are taken below; log lines
         // and flushes last: they were sent after the task runs' events
         // they refer to or wait for, which are in the buffers by now.
@@ -745,27 +783,51 @@ impl Thread {
         for e in sent {
             match e {
                 Event::FlowStarted(_) => self.apply(e, batch),
-                other => rest.push(other),
+                other => {
+                    urgent |= matches!(other, Event::Flush(_));
+                    rest.push(other);
+                }
             }
         }
         for i in 0..self.live.len() {
             let buffer = self.live[i].1.clone();
-            let mut events = std::mem::take(&mut self.spare);
-            std::mem::swap(&mut *buffer.lock(), &mut events);
+            let mut events = self.spare.pop().unwrap_or_default();
+            buffer.take_into(&mut events);
+            if events.is_empty() {
+                self.spare.push(events);
+                continue;
+            }
             n += events.len();
+            urgent |= events
+                .iter()
+                .any(|e| matches!(e, Event::FlowFinished { .. }));
+            self.held_len += events.len();
+            self.held.push(events);
+        }
+        if !rest.is_empty() {
+            self.held_len += rest.len();
+            self.held.push(rest);
+        }
+        (n, urgent)
+    }
+
+    /// Applies the events [`Thread::take`] held, in the order they came.
+    fn apply_held(&mut self, batch: &mut Batch) {
+        let mut held = std::mem::take(&mut self.held);
+        for mut events in held.drain(..) {
             for e in events.drain(..) {
                 self.apply(e, batch);
             }
-            self.spare = events;
+            if self.spare.len() < SPARE_BUFFERS {
+                self.spare.push(events);
+            }
         }
+        self.held = held;
+        self.held_len = 0;
         if !batch.finished.is_empty() {
             let finished = &batch.finished;
             self.live.retain(|(token, _)| !finished.contains(token));
         }
-        for e in rest {
-            self.apply(e, batch);
-        }
-        n
     }
 
     fn uuid_of(&self, run: RunId) -> Option<Uuid> {
