@@ -193,26 +193,50 @@ fn busy_until(release: String) -> u64 {
 fn a_busy_flow_s_task_runs_are_visible_while_it_runs() {
     // The writer gathers on while a flow sends events fast, but a reader
     // still sees its finished task runs within about a second.
+    let (home, release, flow) = until_released(|r| busy_until(r).unwrap());
+    let completed = "SELECT count(*) FROM task_runs WHERE state = 'Completed'";
+    await_count(
+        home.path(),
+        completed,
+        |n| n >= 4_000,
+        || !flow.is_finished(),
+    );
+    std::fs::write(&release, "").unwrap();
+    assert!(flow.join().unwrap() >= 2, "the flow ran until released");
+}
+
+/// Runs `flow` on a thread of its own, recording into a new home, with
+/// the path of a file that does not exist yet: the flow's release.
+fn until_released<T: Send + 'static>(
+    flow: impl FnOnce(String) -> T + Send + 'static,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::thread::JoinHandle<T>,
+) {
     let home = tempfile::tempdir().unwrap();
     let release = home.path().join("release");
-    let flow = {
+    let handle = {
         let (home, release) = (home.path().to_owned(), release.clone());
         std::thread::spawn(move || {
             let _guard = flowrun::history::use_home(&home);
-            busy_until(release.to_string_lossy().into_owned()).unwrap()
+            flow(release.to_string_lossy().into_owned())
         })
     };
-    let completed = "SELECT count(*) FROM task_runs WHERE state = 'Completed'";
+    (home, release, handle)
+}
+
+/// Waits until the count `sql` reads in `home` is `done`, failing after
+/// 30 s or once `running` says the flow that should write it has ended.
+fn await_count(home: &Path, sql: &str, done: impl Fn(i64) -> bool, running: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while try_count(home.path(), completed).unwrap_or(0) < 4_000 {
+    while !done(try_count(home, sql).unwrap_or(0)) {
         assert!(
-            std::time::Instant::now() < deadline && !flow.is_finished(),
-            "no finished task run was written while the flow ran"
+            std::time::Instant::now() < deadline && running(),
+            "`{sql}` did not reach its count while the flow ran (30 s at most)"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::fs::write(&release, "").unwrap();
-    assert!(flow.join().unwrap() >= 2, "the flow ran until released");
 }
 
 #[test]
@@ -493,26 +517,11 @@ fn a_flow_with_history_false_records_nothing_nor_its_subflows() {
 
 #[test]
 fn a_task_run_still_running_is_visible_before_it_ends_without_a_flush() {
-    let home = tempfile::tempdir().unwrap();
-    let release = home.path().join("release");
-    let flow = {
-        let (home, release) = (home.path().to_owned(), release.clone());
-        std::thread::spawn(move || {
-            let _guard = flowrun::history::use_home(&home);
-            waits(release.to_string_lossy().into_owned()).unwrap()
-        })
-    };
+    let (home, release, flow) = until_released(|r| waits(r).unwrap());
     // Rows are written at a run's final state, or once it has waited a
     // while: a reader sees the running task run while it runs.
     let running = "SELECT count(*) FROM task_runs WHERE state = 'Running'";
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while try_count(home.path(), running).unwrap_or(0) != 1 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the running task run was not written within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    await_count(home.path(), running, |n| n == 1, || true);
     std::fs::write(&release, "").unwrap();
     assert_eq!(flow.join().unwrap(), 1);
     flowrun::history::flush(home.path());
