@@ -27,8 +27,9 @@ pub(crate) fn parse(value: Expr) -> RunName {
     }
 }
 
-/// The placeholder names of `template`, in order, or why it is malformed.
-fn placeholders(template: &str) -> Result<Vec<String>, String> {
+/// The placeholders of `template` (what each `{...}` holds, trimmed), in
+/// order, or why it is malformed. `{{` and `}}` are braces.
+pub(crate) fn placeholders(template: &str) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     let mut chars = template.chars().peekable();
     while let Some(c) = chars.next() {
@@ -45,8 +46,7 @@ fn placeholders(template: &str) -> Result<Vec<String>, String> {
                         None => return Err("a `{` is not closed (write `{{` for a brace)".into()),
                     }
                 }
-                let name = inner.split(':').next().unwrap_or("").trim().to_owned();
-                out.push(name);
+                out.push(inner.trim().to_owned());
             }
             '}' if chars.peek() == Some(&'}') => {
                 chars.next();
@@ -56,6 +56,15 @@ fn placeholders(template: &str) -> Result<Vec<String>, String> {
         }
     }
     Ok(out)
+}
+
+/// The parameter names of a run-name template, in order (a placeholder
+/// may add a format spec: `{n:>3}`), or why it is malformed.
+fn parameters_of(template: &str) -> Result<Vec<String>, String> {
+    Ok(placeholders(template)?
+        .into_iter()
+        .map(|p| p.split(':').next().unwrap_or("").trim().to_owned())
+        .collect())
 }
 
 /// Checks every placeholder of a template against the parameters.
@@ -70,7 +79,7 @@ pub(crate) fn check(name: &RunName, option: &str, sig: &Signature, cx: &Ctxt) {
         let list: Vec<String> = params.iter().map(|p| format!("`{p}`")).collect();
         format!("the parameters are: {}", list.join(", "))
     };
-    match placeholders(&template.value()) {
+    match parameters_of(&template.value()) {
         Err(e) => cx.spanned(template, format!("`{option}`: {e}")),
         Ok(found) => {
             for p in found {
@@ -105,7 +114,7 @@ pub(crate) fn expand(
             let params: Vec<String> = sig.args.iter().map(|a| a.name.to_string()).collect();
             // A template `check` rejected expands to no name, so that its
             // error is the only one.
-            let used = match placeholders(&template.value()) {
+            let used = match parameters_of(&template.value()) {
                 Ok(used) if used.iter().all(|p| params.contains(p)) => used,
                 _ => return quote!(::core::option::Option::None),
             };

@@ -45,24 +45,6 @@ fn parameter_of(placeholder: &str) -> Option<&str> {
     Some(name)
 }
 
-/// The placeholders of a template that `template_ok` accepted.
-fn placeholders(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut rest = text;
-    while let Some(i) = rest.find(['{', '}']) {
-        let c = rest.as_bytes()[i];
-        let after = &rest[i + 1..];
-        if after.starts_with(c as char) {
-            rest = &after[1..];
-            continue;
-        }
-        let Some(end) = after.find('}') else { break };
-        out.push(after[..end].trim().to_owned());
-        rest = &after[end + 1..];
-    }
-    out
-}
-
 #[derive(Default)]
 pub(crate) struct ResultAttr {
     persist: Option<Expr>,
@@ -103,7 +85,8 @@ impl ResultAttr {
         let Some(key) = &self.key else {
             return Vec::new();
         };
-        placeholders(&key.value())
+        crate::names::placeholders(&key.value())
+            .unwrap_or_default()
             .iter()
             .filter_map(|p| parameter_of(p).map(str::to_owned))
             .collect()
@@ -243,27 +226,14 @@ fn policy(expr: &Expr, cx: &Ctxt) -> Option<Policy> {
 
 /// Checks a `result_storage_key` template's placeholders.
 fn template_ok(lit: &LitStr, cx: &Ctxt) -> bool {
-    let text = lit.value();
-    let mut rest = text.as_str();
-    while let Some(i) = rest.find(['{', '}']) {
-        let c = rest.as_bytes()[i];
-        let after = &rest[i + 1..];
-        if after.starts_with(c as char) {
-            rest = &after[1..];
-            continue;
-        }
-        if c == b'}' {
-            cx.spanned(
-                lit,
-                "`result_storage_key`: a '}' has no matching '{' (write '}}' for a brace)",
-            );
+    let found = match crate::names::placeholders(&lit.value()) {
+        Ok(found) => found,
+        Err(e) => {
+            cx.spanned(lit, format!("`result_storage_key`: {e}"));
             return false;
         }
-        let Some(end) = after.find('}') else {
-            cx.spanned(lit, "`result_storage_key`: a '{' is not closed");
-            return false;
-        };
-        let name = after[..end].trim();
+    };
+    for name in &found {
         if let Some(param) = parameter_of(name) {
             let ident = param
                 .chars()
@@ -279,7 +249,7 @@ fn template_ok(lit: &LitStr, cx: &Ctxt) -> bool {
                 );
                 return false;
             }
-        } else if !PLACEHOLDERS.contains(&name) {
+        } else if !PLACEHOLDERS.contains(&name.as_str()) {
             cx.spanned(
                 lit,
                 format!(
@@ -293,7 +263,6 @@ fn template_ok(lit: &LitStr, cx: &Ctxt) -> bool {
             );
             return false;
         }
-        rest = &after[end + 1..];
     }
     true
 }
