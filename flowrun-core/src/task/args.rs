@@ -203,6 +203,19 @@ fn decode_value_borrowed(bytes: &[u8]) -> Result<&[u8], String> {
     postcard::from_bytes(bytes).map_err(|e| e.to_string())
 }
 
+/// The error of argument `index` (from 0), of type `A`, that could not be
+/// serialized because of `why`.
+pub(crate) fn not_serializable<A>(index: usize, why: impl std::fmt::Display) -> TaskError {
+    TaskError::new(
+        TaskErrorKind::Runner,
+        format!(
+            "argument {} (of type `{}`) could not be serialized: {why}",
+            index + 1,
+            std::any::type_name::<A>()
+        ),
+    )
+}
+
 /// Encodes one input as the pieces whose concatenation is its encoding:
 /// one piece for a value or a future, several for a collection of futures.
 fn encode_input<A: Serialize + Send + 'static>(
@@ -212,16 +225,7 @@ fn encode_input<A: Serialize + Send + 'static>(
     match input {
         Input::Value(v) => encode_fast(v)
             .map(|b| vec![ArgSlot::Bytes(Bytes::from(b))])
-            .map_err(|e| {
-                TaskError::new(
-                    TaskErrorKind::Runner,
-                    format!(
-                        "argument {} (of type `{}`) could not be serialized: {e}",
-                        index + 1,
-                        std::any::type_name::<A>()
-                    ),
-                )
-            }),
+            .map_err(|e| not_serializable::<A>(index, e)),
         Input::Future(f) => Ok(vec![ArgSlot::Upstream(f.run_ref())]),
         Input::Gather(g) => g.pieces(index),
         Input::AllowFailure(a) => match a.peek() {

@@ -52,16 +52,9 @@ impl<A: Send + 'static> Gather<A> {
 
     /// The argument's encoding as pieces to join.
     pub(crate) fn pieces(&self, index: usize) -> Result<Vec<ArgSlot>, TaskError> {
-        self.pieces.clone().map_err(|e| {
-            TaskError::new(
-                TaskErrorKind::Runner,
-                format!(
-                    "argument {} (of type `{}`) could not be serialized: {e}",
-                    index + 1,
-                    std::any::type_name::<A>()
-                ),
-            )
-        })
+        self.pieces
+            .clone()
+            .map_err(|e| crate::task::args::not_serializable::<A>(index, e))
     }
 }
 
