@@ -119,19 +119,25 @@ impl RegistryEntry {
         })
     }
 
+    /// Why this task cannot run from serialized arguments (`why`: what its
+    /// types lack).
+    fn cannot_run(&self, why: &str) -> TaskError {
+        TaskError::new(
+            TaskErrorKind::Runner,
+            format!(
+                "task '{}' cannot run from serialized arguments: {why}",
+                self.name
+            ),
+        )
+    }
+
     /// Runs one attempt of the task in this process from serialized
     /// arguments (one slot per argument) and returns its serialized result.
     /// Panics and `Err` returns become the error.
     pub fn run(&self, args: &[&[u8]]) -> Result<Vec<u8>, TaskError> {
         match self.run {
             Ok(run) => run(args),
-            Err(why) => Err(TaskError::new(
-                TaskErrorKind::Runner,
-                format!(
-                    "task '{}' cannot run from serialized arguments: {why}",
-                    self.name
-                ),
-            )),
+            Err(why) => Err(self.cannot_run(why)),
         }
     }
 }
@@ -161,13 +167,7 @@ impl RegistryEntry {
     pub fn run_held(&self, args: Vec<ArgValue<'_>>) -> Result<Held, TaskError> {
         match self.run_held {
             Ok(run) => run(args),
-            Err(why) => Err(TaskError::new(
-                TaskErrorKind::Runner,
-                format!(
-                    "task '{}' cannot run from serialized arguments: {why}",
-                    self.name
-                ),
-            )),
+            Err(why) => Err(self.cannot_run(why)),
         }
     }
 }
