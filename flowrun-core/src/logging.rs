@@ -37,8 +37,7 @@ pub const LOG_ENV: &str = "FLOWRUN_LOG";
 /// each task run out of the console (see [`set_log_completed_task_runs`]).
 pub const COMPLETED_TASK_RUNS_ENV: &str = "FLOWRUN_LOG_COMPLETED_TASK_RUNS";
 
-/// 0: not read yet, 1: shown, 2: hidden.
-static COMPLETED_TASK_RUNS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+static COMPLETED_TASK_RUNS: EnvSwitch = EnvSwitch::new(COMPLETED_TASK_RUNS_ENV);
 
 /// Whether each completed task run logs `Finished in state Completed` at
 /// INFO (the default). Turned off, those lines go to DEBUG, which keeps a
@@ -50,32 +49,60 @@ static COMPLETED_TASK_RUNS: std::sync::atomic::AtomicU8 = std::sync::atomic::Ato
 /// flowrun_core::logging::set_log_completed_task_runs(false);
 /// ```
 pub fn set_log_completed_task_runs(shown: bool) {
-    COMPLETED_TASK_RUNS.store(
-        if shown { 1 } else { 2 },
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    COMPLETED_TASK_RUNS.set(shown);
 }
 
 /// Whether completed task runs log their final state at INFO.
 pub(crate) fn log_completed_task_runs() -> bool {
-    use std::sync::atomic::Ordering;
-    match COMPLETED_TASK_RUNS.load(Ordering::Relaxed) {
-        1 => true,
-        2 => false,
-        _ => {
-            let hidden = std::env::var(COMPLETED_TASK_RUNS_ENV).is_ok_and(|v| {
-                matches!(
-                    v.trim().to_ascii_lowercase().as_str(),
-                    "0" | "false" | "off" | "no"
-                )
-            });
-            let _ = COMPLETED_TASK_RUNS.compare_exchange(
-                0,
-                if hidden { 2 } else { 1 },
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
-            !hidden
+    COMPLETED_TASK_RUNS.get()
+}
+
+/// A per-process setting that is on unless the program turns it off or,
+/// before that, its environment variable says `0`, `false`, `off` or `no`
+/// (read once, at the first question).
+#[derive(Debug)]
+pub(crate) struct EnvSwitch {
+    /// 0: not read yet, 1: on, 2: off.
+    state: std::sync::atomic::AtomicU8,
+    env: &'static str,
+}
+
+impl EnvSwitch {
+    /// A switch read from the environment variable `env`.
+    pub(crate) const fn new(env: &'static str) -> EnvSwitch {
+        EnvSwitch {
+            state: std::sync::atomic::AtomicU8::new(0),
+            env,
+        }
+    }
+
+    /// Turns the switch on or off, whatever the environment says.
+    pub(crate) fn set(&self, on: bool) {
+        self.state
+            .store(if on { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the switch is on.
+    pub(crate) fn get(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        match self.state.load(Ordering::Relaxed) {
+            1 => true,
+            2 => false,
+            _ => {
+                let off = std::env::var(self.env).is_ok_and(|v| {
+                    matches!(
+                        v.trim().to_ascii_lowercase().as_str(),
+                        "0" | "false" | "off" | "no"
+                    )
+                });
+                let _ = self.state.compare_exchange(
+                    0,
+                    if off { 2 } else { 1 },
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                !off
+            }
         }
     }
 }

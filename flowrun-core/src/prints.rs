@@ -27,7 +27,6 @@
 //! ```
 
 use std::fmt;
-use std::sync::atomic::{AtomicU8, Ordering};
 
 use tracing::Level;
 
@@ -35,8 +34,7 @@ use tracing::Level;
 /// tasks and flows print (see [`set_log_prints`]).
 pub const LOG_PRINTS_ENV: &str = "FLOWRUN_LOG_PRINTS";
 
-/// 0: not read yet, 1: on, 2: off.
-static LOG_PRINTS: AtomicU8 = AtomicU8::new(0);
+static LOG_PRINTS: crate::logging::EnvSwitch = crate::logging::EnvSwitch::new(LOG_PRINTS_ENV);
 
 /// Whether prints in task and flow bodies are logged as lines of their run
 /// (the default) or printed as plain output. A task or flow written with
@@ -51,30 +49,12 @@ static LOG_PRINTS: AtomicU8 = AtomicU8::new(0);
 /// # flowrun_core::prints::set_log_prints(true);
 /// ```
 pub fn set_log_prints(on: bool) {
-    LOG_PRINTS.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+    LOG_PRINTS.set(on);
 }
 
 /// Whether prints in task and flow bodies are logged (see [`set_log_prints`]).
 pub fn log_prints() -> bool {
-    match LOG_PRINTS.load(Ordering::Relaxed) {
-        1 => true,
-        2 => false,
-        _ => {
-            let off = std::env::var(LOG_PRINTS_ENV).is_ok_and(|v| {
-                matches!(
-                    v.trim().to_ascii_lowercase().as_str(),
-                    "0" | "false" | "off" | "no"
-                )
-            });
-            let _ = LOG_PRINTS.compare_exchange(
-                0,
-                if off { 2 } else { 1 },
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
-            !off
-        }
-    }
+    LOG_PRINTS.get()
 }
 
 /// Where a print goes when it is not logged.
