@@ -12,21 +12,6 @@ pub trait IntoSeconds {
     fn into_duration(self) -> Result<Duration, String>;
 }
 
-macro_rules! seconds_from_int {
-    ($($t:ty),*) => {$(
-        impl IntoSeconds for $t {
-            #[allow(unused_comparisons)]
-            fn into_duration(self) -> Result<Duration, String> {
-                if self < 0 {
-                    return Err(format!("must be positive, got {self}"));
-                }
-                Ok(Duration::from_secs(self as u64))
-            }
-        }
-    )*};
-}
-seconds_from_int!(u8, u16, u32, u64, usize, i8, i16, i32, i64, isize);
-
 impl IntoSeconds for f64 {
     fn into_duration(self) -> Result<Duration, String> {
         if !(self.is_finite() && self >= 0.0) {
@@ -56,17 +41,28 @@ pub trait IntoCount {
     fn into_count(self) -> Result<u32, String>;
 }
 
-macro_rules! count_from_int {
+/// Every integer type is a count and a whole number of seconds; a
+/// negative one is neither.
+macro_rules! from_int {
     ($($t:ty),*) => {$(
-        impl IntoCount for $t {
+        impl IntoSeconds for $t {
             #[allow(unused_comparisons)]
+            fn into_duration(self) -> Result<Duration, String> {
+                if self < 0 {
+                    return Err(format!("must be positive, got {self}"));
+                }
+                Ok(Duration::from_secs(self as u64))
+            }
+        }
+
+        impl IntoCount for $t {
             fn into_count(self) -> Result<u32, String> {
                 u32::try_from(self).map_err(|_| format!("must be a whole number >= 0, got {self}"))
             }
         }
     )*};
 }
-count_from_int!(u8, u16, u32, u64, usize, i8, i16, i32, i64, isize);
+from_int!(u8, u16, u32, u64, usize, i8, i16, i32, i64, isize);
 
 /// Values accepted by `retry_delay = ...`.
 pub trait IntoRetryDelay {
