@@ -122,8 +122,10 @@ fn table(header: &[&str], rows: &[Vec<String>], width: usize) -> String {
     out
 }
 
-fn run_rows(runs: &[FlowRunRow]) -> Vec<Vec<String>> {
-    runs.iter()
+/// Flow runs a line, in `flowrun runs` and in a run's subflows.
+fn run_table(runs: &[FlowRunRow], width: usize) -> String {
+    let rows: Vec<Vec<String>> = runs
+        .iter()
         .map(|r| {
             vec![
                 short_id(&r.id).to_owned(),
@@ -135,14 +137,7 @@ fn run_rows(runs: &[FlowRunRow]) -> Vec<Vec<String>> {
                 counts(&r.tasks),
             ]
         })
-        .collect()
-}
-
-/// `flowrun runs`.
-pub fn runs(runs: &[FlowRunRow], width: usize) -> String {
-    if runs.is_empty() {
-        return "No flow runs recorded (that match).\n".into();
-    }
+        .collect();
     table(
         &[
             "ID",
@@ -153,9 +148,17 @@ pub fn runs(runs: &[FlowRunRow], width: usize) -> String {
             "DURATION",
             "TASK RUNS",
         ],
-        &run_rows(runs),
+        &rows,
         width,
     )
+}
+
+/// `flowrun runs`.
+pub fn runs(runs: &[FlowRunRow], width: usize) -> String {
+    if runs.is_empty() {
+        return "No flow runs recorded (that match).\n".into();
+    }
+    run_table(runs, width)
 }
 
 fn task_rows(tasks: &[TaskRunRow]) -> Vec<Vec<String>> {
@@ -247,19 +250,7 @@ pub fn show(d: &RunDetail, width: usize) -> String {
     }
     if !d.subflows.is_empty() {
         let _ = writeln!(out, "\nSubflows");
-        out.push_str(&table(
-            &[
-                "ID",
-                "NAME",
-                "FLOW",
-                "STATE",
-                "START",
-                "DURATION",
-                "TASK RUNS",
-            ],
-            &run_rows(&d.subflows),
-            width,
-        ));
+        out.push_str(&run_table(&d.subflows, width));
     }
     out
 }
