@@ -20,6 +20,11 @@ pub(crate) struct Common {
     pub(crate) run_name: Option<crate::names::RunName>,
     /// `log_prints = true | false`; unset follows the global setting.
     pub(crate) log_prints: Option<bool>,
+    /// `tags = ["a", "b"]`.
+    pub(crate) tags: Vec<LitStr>,
+    /// The result options (a flow accepts fewer: its `VALID` list says
+    /// which).
+    pub(crate) results: crate::task::results::ResultAttr,
 }
 
 impl Default for Common {
@@ -34,6 +39,8 @@ impl Default for Common {
             hooks: Vec::new(),
             run_name: None,
             log_prints: None,
+            tags: Vec::new(),
+            results: Default::default(),
         }
     }
 }
@@ -56,11 +63,12 @@ impl Common {
                 self.run_name = Some(crate::names::parse(value.clone()))
             }
             "log_prints" => self.log_prints = crate::prints::parse(value, cx),
+            "tags" => self.tags = options::tags(value, cx),
             hook if hook.starts_with("on_") => {
                 let ident = syn::Ident::new(hook, proc_macro2::Span::call_site());
                 self.hooks.push((ident, options::functions(value)));
             }
-            _ => return false,
+            _ => return self.results.read(name, value, cx),
         }
         true
     }

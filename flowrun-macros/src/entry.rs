@@ -23,8 +23,6 @@ pub(crate) struct Kind<A> {
     pub(crate) check: fn(&mut A, &Ctxt),
     /// The options both macros have.
     pub(crate) common: fn(&A) -> &Common,
-    /// The result options (both macros read them; a flow accepts fewer).
-    pub(crate) results: fn(&A) -> &crate::task::results::ResultAttr,
     /// The generated code.
     pub(crate) expand: fn(&A, &Signature, &ItemFn) -> TokenStream,
 }
@@ -59,7 +57,9 @@ pub(crate) fn run<A>(kind: &Kind<A>, args: TokenStream, item: TokenStream) -> To
             crate::names::check(name, kind.run_name_option, &sig, &cx);
         }
         // `{parameters[name]}` in a result_storage_key names parameters.
-        (kind.results)(&attr).check_parameters(&sig, kind.name, &cx);
+        (kind.common)(&attr)
+            .results
+            .check_parameters(&sig, kind.name, &cx);
         (kind.expand)(&attr, &sig, &function)
     } else {
         quote!(#function)

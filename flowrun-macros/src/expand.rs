@@ -7,14 +7,18 @@ use syn::spanned::Spanned;
 use crate::attr::Common;
 use crate::options::{Count, Number, RetryDelay, Seconds};
 
-/// The `TaskMeta`/`FlowMeta` builder calls for the shared options
-/// (`description` falls back to the doc comment).
+/// The `TaskMeta`/`FlowMeta` builder calls for the shared options but
+/// hooks and results (`description` falls back to the doc comment).
 pub(crate) fn common_builder(
     common: &Common,
     doc_text: Option<&String>,
     fr: &TokenStream,
 ) -> TokenStream {
     let mut calls = TokenStream::new();
+    if !common.tags.is_empty() {
+        let tags = &common.tags;
+        calls.extend(quote!(.tags(&[#(#tags),*])));
+    }
     if let Some(d) = common
         .description
         .as_ref()
@@ -174,6 +178,98 @@ pub(crate) fn direct_call_items(
             fn fmt(&self, __flowrun_f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
                 __flowrun_f.write_str(#debug)
             }
+        }
+    }
+}
+
+/// The handle `#[task]` and `#[flow]` both generate: a struct named like
+/// the function holding the handle's `config` overrides, and a constant
+/// of the same name with none (`__flowrun_config: config::NONE`).
+pub(crate) fn handle(
+    sig: &crate::signature::Signature,
+    doc: &TokenStream,
+    config: &TokenStream,
+) -> TokenStream {
+    let (vis, ident, cfgs) = (&sig.vis, &sig.ident, &sig.cfgs);
+    quote! {
+        #(#cfgs)*
+        #doc
+        #[allow(non_camel_case_types)]
+        #[derive(Clone)]
+        #vis struct #ident {
+            #[doc(hidden)]
+            pub __flowrun_config: #config,
+        }
+
+        #(#cfgs)*
+        #doc
+        #[allow(non_upper_case_globals)]
+        #vis const #ident: #ident = #ident { __flowrun_config: #config::NONE };
+    }
+}
+
+/// What the function's run yields: its return type, or the `Ok` type of a
+/// `Result` it returns.
+pub(crate) fn output(sig: &crate::signature::Signature, fr: &TokenStream) -> TokenStream {
+    let raw = &sig.raw;
+    if sig.returns_result {
+        quote!(<#raw as #fr::TaskResult>::Ok)
+    } else {
+        quote!(#raw)
+    }
+}
+
+/// The `Task`/`Flow` impl items both share: the argument, return and
+/// output types, `meta` (a `meta_ty` built once by `builder`), `invoke`
+/// (calling `__flowrun_body`, boxed when async) and `outcome`.
+pub(crate) fn run_items(
+    sig: &crate::signature::Signature,
+    fr: &TokenStream,
+    meta_ty: &TokenStream,
+    builder: &TokenStream,
+    outcome: &TokenStream,
+) -> TokenStream {
+    let names: Vec<_> = sig.args.iter().map(|a| &a.name).collect();
+    let tys = sig.args.iter().map(|a| &a.ty);
+    let raw = &sig.raw;
+    let output = output(sig, fr);
+    let invoke = if sig.is_async {
+        quote!(#fr::Invocation::Future(::std::boxed::Box::pin(__flowrun_body(#(#names),*))))
+    } else {
+        quote!(#fr::Invocation::Ready(__flowrun_body(#(#names),*)))
+    };
+    quote! {
+        type Args = (#(#tys,)*);
+        type Raw = #raw;
+        type Output = #output;
+
+        fn meta() -> &'static #meta_ty {
+            static META: #fr::OnceLock<#meta_ty> = #fr::OnceLock::new();
+            META.get_or_init(|| #builder)
+        }
+
+        #[allow(clippy::unused_unit)]
+        fn invoke(__flowrun_args: Self::Args) -> #fr::Invocation<Self::Raw> {
+            let (#(#names,)*) = __flowrun_args;
+            #invoke
+        }
+
+        fn outcome(__flowrun_raw: Self::Raw) -> ::core::result::Result<Self::Output, #fr::TaskError> {
+            #outcome
+        }
+    }
+}
+
+/// The handle's `with_options` method; `kind` is `task` or `flow`,
+/// `options` its options type.
+pub(crate) fn with_options(ident: &syn::Ident, kind: &str, options: &TokenStream) -> TokenStream {
+    let doc = format!(
+        " The same {kind} with `options` overriding its own for the calls\n made through the returned handle."
+    );
+    quote! {
+        #[doc = #doc]
+        pub fn with_options(self, __flowrun_options: #options) -> Self {
+            #ident { __flowrun_config: self.__flowrun_config.with_options(__flowrun_options) }
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The options of `#[flow(...)]`, as typed values.
 
 use proc_macro2::TokenStream;
-use syn::{Expr, ExprPath, LitBool, LitStr};
+use syn::{Expr, ExprPath, LitBool};
 
 use crate::attr::Common;
 use crate::ctxt::Ctxt;
@@ -45,10 +45,8 @@ pub(crate) struct FlowAttr {
     pub(crate) task_runner: Option<Runner>,
     /// `concurrency_limits = [("db", 3)]`: tag limits for the flow's runs.
     pub(crate) concurrency_limits: Vec<(syn::LitStr, syn::LitInt)>,
-    pub(crate) tags: Vec<LitStr>,
     /// `history = false`: its runs are not recorded.
     pub(crate) history: Option<LitBool>,
-    pub(crate) results: crate::task::results::ResultAttr,
 }
 
 pub(crate) fn parse(args: TokenStream, cx: &Ctxt) -> FlowAttr {
@@ -57,9 +55,7 @@ pub(crate) fn parse(args: TokenStream, cx: &Ctxt) -> FlowAttr {
         match name.as_str() {
             "task_runner" => attr.task_runner = runner(value, cx),
             "concurrency_limits" => attr.concurrency_limits = concurrency_limits(&value, cx),
-            "tags" => attr.tags = options::tags(&value, cx),
             "history" => attr.history = options::boolean(&value, "history", cx),
-            _ if attr.results.read(&name, &value, cx) => {}
             _ => {
                 let shared = attr.common.read(&name, &value, cx);
                 debug_assert!(shared, "`accept` passes only the names in VALID");

@@ -15,7 +15,6 @@ pub(crate) fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> Tok
     let krate = &attr.common.krate;
     let fr = quote!(#krate::__private);
     let ident = &sig.ident;
-    let vis = &sig.vis;
     let cfgs = &sig.cfgs;
     let docs = &sig.docs;
     let other_attrs = &sig.other_attrs;
@@ -34,11 +33,7 @@ pub(crate) fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> Tok
         quote!(#pat: #ty)
     });
     let raw = &sig.raw;
-    let output = if sig.returns_result {
-        quote!(<#raw as #fr::TaskResult>::Ok)
-    } else {
-        quote!(#raw)
-    };
+    let output = crate::expand::output(sig, &fr);
     let asyncness = sig.is_async.then(|| quote!(async));
 
     let mut block = (*function.block).clone();
@@ -89,14 +84,14 @@ pub(crate) fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> Tok
         let (tags, slots): (Vec<_>, Vec<_>) = attr.concurrency_limits.iter().cloned().unzip();
         builder.extend(quote!(.concurrency_limits(&[#((#tags, #slots)),*])));
     }
-    if !attr.tags.is_empty() {
-        let tags = &attr.tags;
-        builder.extend(quote!(.tags(&[#(#tags),*])));
-    }
     if let Some(history) = &attr.history {
         builder.extend(quote!(.history(#history)));
     }
-    builder.extend(attr.results.builder_of(&fr, quote!(#fr::FlowOptions)));
+    builder.extend(
+        attr.common
+            .results
+            .builder_of(&fr, quote!(#fr::FlowOptions)),
+    );
     builder.extend(quote!(.build()));
     let param_names = sig
         .args
@@ -107,11 +102,6 @@ pub(crate) fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> Tok
         quote!((&#fr::Probe::<#ty>::new()).json(&__flowrun_args.#i))
     });
 
-    let invoke = if sig.is_async {
-        quote!(#fr::Invocation::Future(::std::boxed::Box::pin(__flowrun_body(#(#names),*))))
-    } else {
-        quote!(#fr::Invocation::Ready(__flowrun_body(#(#names),*)))
-    };
     let outcome = if sig.returns_result {
         quote!(#fr::flow_outcome(__flowrun_raw))
     } else {
@@ -170,20 +160,11 @@ pub(crate) fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> Tok
     let (send_checks, bounds) = crate::expand::send_checks(sig, &fr);
     let direct_items =
         crate::expand::direct_call_items(sig, &bounds, &direct_ret, &direct_body, "Flow", &display);
+    let handle = crate::expand::handle(sig, &doc, &quote!(#fr::FlowConfig));
+    let run_items = crate::expand::run_items(sig, &fr, &quote!(#fr::FlowMeta), &builder, &outcome);
+    let with_options = crate::expand::with_options(ident, "flow", &quote!(#fr::FlowOptions));
     quote! {
-        #(#cfgs)*
-        #doc
-        #[allow(non_camel_case_types)]
-        #[derive(Clone)]
-        #vis struct #ident {
-            #[doc(hidden)]
-            pub __flowrun_config: #fr::FlowConfig,
-        }
-
-        #(#cfgs)*
-        #doc
-        #[allow(non_upper_case_globals)]
-        #vis const #ident: #ident = #ident { __flowrun_config: #fr::FlowConfig::NONE };
+        #handle
 
         #(#cfgs)*
         const _: () = {
@@ -199,24 +180,7 @@ pub(crate) fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> Tok
             #direct_items
 
             impl #fr::Flow for #ident #bounds {
-                type Args = (#(#tys,)*);
-                type Raw = #raw;
-                type Output = #output;
-
-                fn meta() -> &'static #fr::FlowMeta {
-                    static META: #fr::OnceLock<#fr::FlowMeta> = #fr::OnceLock::new();
-                    META.get_or_init(|| #builder)
-                }
-
-                #[allow(clippy::unused_unit)]
-                fn invoke(__flowrun_args: Self::Args) -> #fr::Invocation<Self::Raw> {
-                    let (#(#names,)*) = __flowrun_args;
-                    #invoke
-                }
-
-                fn outcome(__flowrun_raw: Self::Raw) -> ::core::result::Result<Self::Output, #fr::TaskError> {
-                    #outcome
-                }
+                #run_items
 
                 fn default_runner() -> ::std::boxed::Box<dyn #fr::TaskRunner> {
                     #runner
@@ -259,11 +223,7 @@ pub(crate) fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> Tok
             impl #ident #bounds {
                 #methods
 
-                /// The same flow with `options` overriding its own for the calls
-                /// made through the returned handle.
-                pub fn with_options(self, __flowrun_options: #fr::FlowOptions) -> Self {
-                    #ident { __flowrun_config: self.__flowrun_config.with_options(__flowrun_options) }
-                }
+                #with_options
 
                 /// The same flow, running its tasks on a copy of `runner` for each
                 /// flow run instead of its own task runner.

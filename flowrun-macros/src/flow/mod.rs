@@ -13,6 +13,5 @@ pub(crate) const FLOW: Kind<attr::FlowAttr> = Kind {
     parse: attr::parse,
     check: attr::check,
     common: |attr| &attr.common,
-    results: |attr| &attr.results,
     expand: expand::expand,
 };

@@ -1,7 +1,6 @@
 //! The options of `#[task(...)]`, as typed values.
 
 use proc_macro2::TokenStream;
-use syn::LitStr;
 
 use crate::attr::Common;
 use crate::ctxt::Ctxt;
@@ -35,8 +34,6 @@ pub(crate) const VALID: &[&str] = &[
 pub(crate) struct TaskAttr {
     pub(crate) common: Common,
     pub(crate) retry_jitter_factor: Option<Number<f64>>,
-    pub(crate) tags: Vec<LitStr>,
-    pub(crate) results: super::results::ResultAttr,
 }
 
 pub(crate) fn parse(args: TokenStream, cx: &Ctxt) -> TaskAttr {
@@ -44,12 +41,10 @@ pub(crate) fn parse(args: TokenStream, cx: &Ctxt) -> TaskAttr {
     for (name, value) in options::accept(args, VALID, "task", cx) {
         match name.as_str() {
             "retry_jitter_factor" => attr.retry_jitter_factor = Some(options::seconds(&value)),
-            "tags" => attr.tags = options::tags(&value, cx),
             "retry_condition_fn" => attr.common.hooks.push((
                 syn::Ident::new("retry_condition_fn", proc_macro2::Span::call_site()),
                 vec![value],
             )),
-            _ if attr.results.read(&name, &value, cx) => {}
             _ => {
                 let shared = attr.common.read(&name, &value, cx);
                 debug_assert!(shared, "`accept` passes only the names in VALID");

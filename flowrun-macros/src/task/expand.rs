@@ -4,7 +4,7 @@
 //! `Task` implementation, and the registry entry.
 
 use proc_macro2::TokenStream;
-use quote::{format_ident, quote, quote_spanned};
+use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::ItemFn;
 
@@ -15,7 +15,6 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
     let krate = &attr.common.krate;
     let fr = quote!(#krate::__private);
     let ident = &sig.ident;
-    let vis = &sig.vis;
     let cfgs = &sig.cfgs;
     let docs = &sig.docs;
     let other_attrs = &sig.other_attrs;
@@ -34,14 +33,9 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
         quote!(#pat: #ty)
     });
     let raw = &sig.raw;
-    let output = if sig.returns_result {
-        quote!(<#raw as #fr::TaskResult>::Ok)
-    } else {
-        quote!(#raw)
-    };
+    let output = crate::expand::output(sig, &fr);
     let body = crate::prints::body(&attr.common, &function.block, &fr);
     let asyncness = sig.is_async.then(|| quote!(async));
-    let body_fn = format_ident!("__flowrun_body");
     let run_name = attr.common.run_name.as_ref().map(|n| {
         let from_inputs =
             crate::names::expand(n, sig, |i| quote!(#fr::InputDisplay(&__flowrun_inputs.#i)));
@@ -75,10 +69,6 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
         ::core::concat!(::core::module_path!(), "::", #fn_name),
         #display
     ));
-    if !attr.tags.is_empty() {
-        let tags = &attr.tags;
-        builder.extend(quote!(.tags(&[#(#tags),*])));
-    }
     builder.extend(crate::expand::common_builder(
         &attr.common,
         sig.doc_text.as_ref(),
@@ -92,17 +82,12 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
         &attr.common.hooks,
         quote!(#fr::TaskOptions),
     ));
-    builder.extend(attr.results.builder(&fr));
+    builder.extend(attr.common.results.builder(&fr));
     let source_hash = super::results::source_hash(function);
     builder.extend(quote!(.source_hash(__FLOWRUN_SOURCE_HASH)));
     let is_async = sig.is_async;
     builder.extend(quote!(.is_async(#is_async).build()));
 
-    let invoke = if sig.is_async {
-        quote!(#fr::Invocation::Future(::std::boxed::Box::pin(#body_fn(#(#names),*))))
-    } else {
-        quote!(#fr::Invocation::Ready(#body_fn(#(#names),*)))
-    };
     let (outcome, failure) = if sig.returns_result {
         (
             quote!(#fr::TaskResult::into_outcome(__flowrun_raw)),
@@ -185,8 +170,8 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
     };
     // The parameters the attribute's template names must be `Display`
     // (the error points at the template).
-    let key_display_checks = attr.results.key().map(|key| {
-        let used = attr.results.key_parameters();
+    let key_display_checks = attr.common.results.key().map(|key| {
+        let used = attr.common.results.key_parameters();
         let tys = sig
             .args
             .iter()
@@ -267,20 +252,11 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
 
     let direct_items =
         crate::expand::direct_call_items(sig, &bounds, &direct_ret, &direct_body, "Task", &display);
+    let handle = crate::expand::handle(sig, &doc, &quote!(#fr::CallConfig));
+    let run_items = crate::expand::run_items(sig, &fr, &quote!(#fr::TaskMeta), &builder, &outcome);
+    let with_options = crate::expand::with_options(ident, "task", &quote!(#fr::TaskOptions));
     quote! {
-        #(#cfgs)*
-        #doc
-        #[allow(non_camel_case_types)]
-        #[derive(Clone)]
-        #vis struct #ident {
-            #[doc(hidden)]
-            pub __flowrun_config: #fr::CallConfig,
-        }
-
-        #(#cfgs)*
-        #doc
-        #[allow(non_upper_case_globals)]
-        #vis const #ident: #ident = #ident { __flowrun_config: #fr::CallConfig::NONE };
+        #handle
 
         #(#cfgs)*
         const _: () = {
@@ -291,31 +267,14 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
 
             #(#other_attrs)*
             #[allow(clippy::too_many_arguments)]
-            #asyncness fn #body_fn(#(#params),*) -> #raw #body
+            #asyncness fn __flowrun_body(#(#params),*) -> #raw #body
 
             #direct_items
 
             #key_display_checks
 
             impl #fr::Task for #ident #bounds {
-                type Args = (#(#tys,)*);
-                type Raw = #raw;
-                type Output = #output;
-
-                fn meta() -> &'static #fr::TaskMeta {
-                    static META: #fr::OnceLock<#fr::TaskMeta> = #fr::OnceLock::new();
-                    META.get_or_init(|| #builder)
-                }
-
-                #[allow(clippy::unused_unit)]
-                fn invoke(__flowrun_args: Self::Args) -> #fr::Invocation<Self::Raw> {
-                    let (#(#names,)*) = __flowrun_args;
-                    #invoke
-                }
-
-                fn outcome(__flowrun_raw: Self::Raw) -> ::core::result::Result<Self::Output, #fr::TaskError> {
-                    #outcome
-                }
+                #run_items
 
                 fn failure_message(__flowrun_raw: &Self::Raw) -> ::core::option::Option<::std::string::String> {
                     #failure
@@ -376,11 +335,7 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
 
                 #call_method
 
-                /// The same task with `options` overriding its own for the calls
-                /// made through the returned handle.
-                pub fn with_options(self, __flowrun_options: #fr::TaskOptions) -> Self {
-                    #ident { __flowrun_config: self.__flowrun_config.with_options(__flowrun_options) }
-                }
+                #with_options
 
                 /// The same task, whose runs also wait for `runs` (without taking
                 /// their values) before they start.
