@@ -27,41 +27,10 @@ pub(crate) fn parse(value: Expr) -> RunName {
     }
 }
 
-/// The placeholders of `template` (what each `{...}` holds, trimmed), in
-/// order, or why it is malformed. `{{` and `}}` are braces.
-pub(crate) fn placeholders(template: &str) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
-    let mut chars = template.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '{' if chars.peek() == Some(&'{') => {
-                chars.next();
-            }
-            '{' => {
-                let mut inner = String::new();
-                loop {
-                    match chars.next() {
-                        Some('}') => break,
-                        Some(c) => inner.push(c),
-                        None => return Err("a `{` is not closed (write `{{` for a brace)".into()),
-                    }
-                }
-                out.push(inner.trim().to_owned());
-            }
-            '}' if chars.peek() == Some(&'}') => {
-                chars.next();
-            }
-            '}' => return Err("a `}` is not opened (write `}}` for a brace)".into()),
-            _ => {}
-        }
-    }
-    Ok(out)
-}
-
 /// The parameter names of a run-name template, in order (a placeholder
 /// may add a format spec: `{n:>3}`), or why it is malformed.
 fn parameters_of(template: &str) -> Result<Vec<String>, String> {
-    Ok(placeholders(template)?
+    Ok(flowrun_template::placeholders(template)?
         .into_iter()
         .map(|p| p.split(':').next().unwrap_or("").trim().to_owned())
         .collect())

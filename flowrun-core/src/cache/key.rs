@@ -4,53 +4,13 @@
 use std::fmt;
 use std::sync::Arc;
 
+use flowrun_template::{KeyPiece, KeyVar};
+
 use crate::task::args::ArgSlot;
 
 /// The placeholders a `result_storage_key` template may use
 /// (`parameters[NAME]` with the name of one of the task's parameters).
-pub const TEMPLATE_PLACEHOLDERS: &[&str] = &[
-    "task_run.name",
-    "task.name",
-    "task_run.task_name",
-    "flow_run.id",
-    "flow_run.name",
-    "flow.name",
-    "flow_run.flow_name",
-    "cache_key",
-    "parameters[NAME]",
-];
-
-/// The parameter name of a `parameters[NAME]` placeholder.
-fn parameter_of(placeholder: &str) -> Option<&str> {
-    let name = placeholder
-        .strip_prefix("parameters[")?
-        .strip_suffix(']')?
-        .trim();
-    let ident = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_alphabetic() || c == '_')
-        && name.chars().all(|c| c.is_alphanumeric() || c == '_');
-    ident.then_some(name)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Var {
-    TaskRunName,
-    TaskName,
-    FlowRunId,
-    FlowRunName,
-    FlowName,
-    CacheKey,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Piece {
-    Text(String),
-    Var(Var),
-    /// `{parameters[name]}`: the text of the run's argument `name`.
-    Parameter(Box<str>),
-}
+pub const TEMPLATE_PLACEHOLDERS: &[&str] = flowrun_template::KEY_PLACEHOLDERS;
 
 /// A `result_storage_key` template such as `"{flow.name}-{task_run.name}"`:
 /// the name of the file a run's result is stored in. Placeholders:
@@ -75,7 +35,7 @@ enum Piece {
 #[derive(Clone, PartialEq, Eq)]
 pub struct KeyTemplate {
     source: Arc<str>,
-    pieces: Arc<[Piece]>,
+    pieces: Arc<[KeyPiece]>,
 }
 
 /// The text of a run's argument by name, for `{parameters[name]}` (see
@@ -100,75 +60,8 @@ impl KeyTemplate {
     /// Parses `template`; an unknown placeholder or an unbalanced brace is
     /// an error naming it.
     pub fn parse(template: &str) -> Result<KeyTemplate, String> {
-        let mut pieces = Vec::new();
-        let mut text = String::new();
-        let mut chars = template.chars().peekable();
-        while let Some(c) = chars.next() {
-            match c {
-                '{' if chars.peek() == Some(&'{') => {
-                    chars.next();
-                    text.push('{');
-                }
-                '}' if chars.peek() == Some(&'}') => {
-                    chars.next();
-                    text.push('}');
-                }
-                '{' => {
-                    let mut name = String::new();
-                    let mut closed = false;
-                    for c in chars.by_ref() {
-                        if c == '}' {
-                            closed = true;
-                            break;
-                        }
-                        name.push(c);
-                    }
-                    if !closed {
-                        return Err(format!(
-                            "result_storage_key \"{template}\": a '{{' is not closed"
-                        ));
-                    }
-                    if let Some(param) = parameter_of(name.trim()) {
-                        if !text.is_empty() {
-                            pieces.push(Piece::Text(std::mem::take(&mut text)));
-                        }
-                        pieces.push(Piece::Parameter(param.into()));
-                        continue;
-                    }
-                    let var = match name.trim() {
-                        "task_run.name" => Var::TaskRunName,
-                        "task.name" | "task_run.task_name" => Var::TaskName,
-                        "flow_run.id" => Var::FlowRunId,
-                        "flow_run.name" => Var::FlowRunName,
-                        "flow.name" | "flow_run.flow_name" => Var::FlowName,
-                        "cache_key" => Var::CacheKey,
-                        other => {
-                            return Err(format!(
-                                "result_storage_key \"{template}\": unknown placeholder {{{other}}}; expected one of: {}",
-                                TEMPLATE_PLACEHOLDERS
-                                    .iter()
-                                    .map(|p| format!("{{{p}}}"))
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            ))
-                        }
-                    };
-                    if !text.is_empty() {
-                        pieces.push(Piece::Text(std::mem::take(&mut text)));
-                    }
-                    pieces.push(Piece::Var(var));
-                }
-                '}' => {
-                    return Err(format!(
-                        "result_storage_key \"{template}\": a '}}' has no matching '{{' (write '}}}}' for a brace)"
-                    ))
-                }
-                c => text.push(c),
-            }
-        }
-        if !text.is_empty() {
-            pieces.push(Piece::Text(text));
-        }
+        let pieces = flowrun_template::key_pieces(template)
+            .map_err(|why| format!("result_storage_key \"{template}\": {why}"))?;
         Ok(KeyTemplate {
             source: Arc::from(template),
             pieces: pieces.into(),
@@ -186,8 +79,8 @@ impl KeyTemplate {
         let mut out = String::new();
         for piece in self.pieces.iter() {
             match piece {
-                Piece::Text(t) => out.push_str(t),
-                Piece::Parameter(name) => match v.parameter.and_then(|f| f(name)) {
+                KeyPiece::Text(t) => out.push_str(t),
+                KeyPiece::Parameter(name) => match v.parameter.and_then(|f| f(name)) {
                     Some(Ok(text)) => out.push_str(&text),
                     Some(Err(why)) => {
                         return Err(format!(
@@ -202,13 +95,13 @@ impl KeyTemplate {
                         ))
                     }
                 },
-                Piece::Var(var) => out.push_str(match var {
-                    Var::TaskRunName => v.task_run_name,
-                    Var::TaskName => v.task_name,
-                    Var::FlowRunId => v.flow_run_id,
-                    Var::FlowRunName => v.flow_run_name,
-                    Var::FlowName => v.flow_name,
-                    Var::CacheKey => v.cache_key.ok_or_else(|| {
+                KeyPiece::Var(var) => out.push_str(match var {
+                    KeyVar::TaskRunName => v.task_run_name,
+                    KeyVar::TaskName => v.task_name,
+                    KeyVar::FlowRunId => v.flow_run_id,
+                    KeyVar::FlowRunName => v.flow_run_name,
+                    KeyVar::FlowName => v.flow_name,
+                    KeyVar::CacheKey => v.cache_key.ok_or_else(|| {
                         format!(
                             "result_storage_key \"{}\" uses {{cache_key}}, but this run has no cache key",
                             self.source

@@ -8,6 +8,8 @@ use quote::{quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
 use syn::{BinOp, Expr, ItemFn, LitStr};
 
+use flowrun_template::KeyPiece;
+
 use crate::ctxt::Ctxt;
 use crate::options::{self, Seconds};
 use crate::signature::Signature;
@@ -21,29 +23,6 @@ const POLICIES: &[&str] = &[
     "NONE",
     "DEFAULT",
 ];
-
-/// The placeholders of `result_storage_key` (as flowrun_core::cache
-/// accepts them), besides `parameters[NAME]`.
-const PLACEHOLDERS: &[&str] = &[
-    "task_run.name",
-    "task.name",
-    "task_run.task_name",
-    "flow_run.id",
-    "flow_run.name",
-    "flow.name",
-    "flow_run.flow_name",
-    "cache_key",
-];
-
-/// The parameter name of a `parameters[NAME]` placeholder (Prefect's
-/// spelling), when `placeholder` is one.
-fn parameter_of(placeholder: &str) -> Option<&str> {
-    let name = placeholder
-        .strip_prefix("parameters[")?
-        .strip_suffix(']')?
-        .trim();
-    Some(name)
-}
 
 #[derive(Default)]
 pub(crate) struct ResultAttr {
@@ -85,10 +64,13 @@ impl ResultAttr {
         let Some(key) = &self.key else {
             return Vec::new();
         };
-        crate::names::placeholders(&key.value())
+        flowrun_template::key_pieces(&key.value())
             .unwrap_or_default()
-            .iter()
-            .filter_map(|p| parameter_of(p).map(str::to_owned))
+            .into_iter()
+            .filter_map(|p| match p {
+                KeyPiece::Parameter(name) => Some(name.into()),
+                _ => None,
+            })
             .collect()
     }
 
@@ -224,47 +206,16 @@ fn policy(expr: &Expr, cx: &Ctxt) -> Option<Policy> {
     }
 }
 
-/// Checks a `result_storage_key` template's placeholders.
+/// Checks a `result_storage_key` template's placeholders (with the
+/// grammar flowrun-core renders it by).
 fn template_ok(lit: &LitStr, cx: &Ctxt) -> bool {
-    let found = match crate::names::placeholders(&lit.value()) {
-        Ok(found) => found,
+    match flowrun_template::key_pieces(&lit.value()) {
+        Ok(_) => true,
         Err(e) => {
             cx.spanned(lit, format!("`result_storage_key`: {e}"));
-            return false;
-        }
-    };
-    for name in &found {
-        if let Some(param) = parameter_of(name) {
-            let ident = param
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_alphabetic() || c == '_')
-                && param.chars().all(|c| c.is_alphanumeric() || c == '_');
-            if !ident {
-                cx.spanned(
-                    lit,
-                    format!(
-                        "`result_storage_key`: {{{name}}} must name a parameter, as in {{parameters[x]}}"
-                    ),
-                );
-                return false;
-            }
-        } else if !PLACEHOLDERS.contains(&name.as_str()) {
-            cx.spanned(
-                lit,
-                format!(
-                    "`result_storage_key`: unknown placeholder {{{name}}}; expected one of: {}, {{parameters[NAME]}}",
-                    PLACEHOLDERS
-                        .iter()
-                        .map(|p| format!("{{{p}}}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            );
-            return false;
+            false
         }
     }
-    true
 }
 
 /// The hash of the task's signature and body tokens, in hex: the
