@@ -64,6 +64,12 @@ impl<R: ?Sized + 'static> Hook<R> {
     }
 }
 
+/// The hooks of one kind a run calls: the call's own when it gives any,
+/// else the task's or flow's (hooks are replaced, not added up).
+fn pick<R: ?Sized + 'static>(own: &[Hook<R>], over: &[Hook<R>]) -> Vec<Hook<R>> {
+    if over.is_empty() { own } else { over }.to_vec()
+}
+
 impl<R: ?Sized + 'static> Clone for Hook<R> {
     fn clone(&self) -> Self {
         Hook(self.0.clone())
@@ -113,9 +119,6 @@ impl TaskHooks {
 
     /// Per-call hooks replace the task's own, one kind at a time.
     pub(crate) fn overridden_by(&self, call: &TaskHooks) -> TaskHooks {
-        let pick = |own: &Vec<Hook<RunRef>>, over: &Vec<Hook<RunRef>>| {
-            if over.is_empty() { own } else { over }.clone()
-        };
         TaskHooks {
             on_completion: pick(&self.on_completion, &call.on_completion),
             on_failure: pick(&self.on_failure, &call.on_failure),
@@ -197,9 +200,6 @@ pub(crate) struct FlowHooks {
 impl FlowHooks {
     /// Per-call hooks replace the flow's own, one kind at a time.
     pub(crate) fn overridden_by(&self, call: &FlowHooks) -> FlowHooks {
-        let pick = |own: &Vec<Hook<FlowRunInfo>>, over: &Vec<Hook<FlowRunInfo>>| {
-            if over.is_empty() { own } else { over }.clone()
-        };
         FlowHooks {
             on_completion: pick(&self.on_completion, &call.on_completion),
             on_failure: pick(&self.on_failure, &call.on_failure),
