@@ -107,7 +107,8 @@ pub enum ConcurrencyErrorKind {
 
 /// A concurrency limit could not be set or taken; the message names the
 /// limit and the cause.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
 pub struct ConcurrencyError {
     kind: ConcurrencyErrorKind,
     message: String,
@@ -132,14 +133,6 @@ impl ConcurrencyError {
         &self.message
     }
 }
-
-impl fmt::Display for ConcurrencyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for ConcurrencyError {}
 
 /// A limit and how much of it is in use.
 #[derive(Debug, Clone, Copy, PartialEq)]

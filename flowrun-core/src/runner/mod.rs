@@ -65,7 +65,8 @@ pub struct FlowRunInfo {
 }
 
 /// A runner could not start or could not run a call.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
 pub struct RunnerError {
     message: String,
 }
@@ -83,14 +84,6 @@ impl RunnerError {
         &self.message
     }
 }
-
-impl fmt::Display for RunnerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for RunnerError {}
 
 /// Executes the task runs of a flow run.
 ///
