@@ -15,6 +15,13 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use flowrun::cache::{Lookup, ResultStorage};
 use flowrun::{flow, task, FlowOptions};
 
+/// The state names of task futures (of any output types), in order.
+macro_rules! state_names {
+    ($($future:expr),*) => {
+        vec![$($future.state().name().to_owned()),*]
+    };
+}
+
 #[flow(
     persist_result = true,
     result_storage_key = "{flow.name}-{flow_run.name}"
@@ -100,7 +107,7 @@ fn persisting_flow() -> Vec<String> {
     assert_eq!(inheriting(5), 15);
     assert_eq!(opting_out.submit(2).result().unwrap(), 10);
     assert_eq!(sub_of_persisting().unwrap(), 21);
-    vec![a.state().name().to_owned(), b.state().name().to_owned()]
+    state_names![a, b]
 }
 
 fn files_in(dir: &Path) -> usize {
@@ -192,12 +199,7 @@ fn defaults() -> Vec<String> {
     u.wait();
     b.wait();
     k.wait();
-    vec![
-        a.state().name().to_owned(),
-        b.state().name().to_owned(),
-        k.state().name().to_owned(),
-        u.state().name().to_owned(),
-    ]
+    state_names![a, b, k, u]
 }
 
 /// The process default is on, but this flow says no for its tasks.
@@ -209,11 +211,7 @@ fn not_persisting() -> Vec<String> {
     let k = keyed.submit(40);
     b.wait();
     k.wait();
-    vec![
-        a.state().name().to_owned(),
-        b.state().name().to_owned(),
-        k.state().name().to_owned(),
-    ]
+    state_names![a, b, k]
 }
 
 /// The flow process of the tests below (a no-op without its environment).
