@@ -46,6 +46,20 @@ impl Default for Common {
 }
 
 impl Common {
+    /// The path of the facade's support items the generated code calls.
+    pub(crate) fn private_path(&self) -> proc_macro2::TokenStream {
+        let krate = &self.krate;
+        quote::quote!(#krate::__private)
+    }
+
+    /// The name runs show: `name = "..."`, or `default()`.
+    pub(crate) fn display_name(&self, default: impl FnOnce() -> String) -> String {
+        self.name
+            .as_ref()
+            .map(|n| n.value())
+            .unwrap_or_else(default)
+    }
+
     /// Reads option `name` if it is a shared one; false if it is not.
     pub(crate) fn read(&mut self, name: &str, value: &Expr, cx: &Ctxt) -> bool {
         match name {

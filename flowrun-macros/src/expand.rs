@@ -182,6 +182,20 @@ pub(crate) fn direct_call_items(
     }
 }
 
+/// The item's doc comment, or `default()` as its doc when it has none.
+pub(crate) fn doc(
+    sig: &crate::signature::Signature,
+    default: impl FnOnce() -> String,
+) -> TokenStream {
+    if sig.docs.is_empty() {
+        let text = default();
+        quote!(#[doc = #text])
+    } else {
+        let docs = &sig.docs;
+        quote!(#(#docs)*)
+    }
+}
+
 /// The handle `#[task]` and `#[flow]` both generate: a struct named like
 /// the function holding the handle's `config` overrides, and a constant
 /// of the same name with none (`__flowrun_config: config::NONE`).

@@ -13,6 +13,13 @@ pub(crate) struct Arg {
     pub(crate) ty: Type,
 }
 
+impl Arg {
+    /// The name as the user reads it (`r#type` is `type`).
+    pub(crate) fn plain_name(&self) -> String {
+        self.name.to_string().trim_start_matches("r#").to_owned()
+    }
+}
+
 /// What the expansion needs from the function.
 pub(crate) struct Signature {
     pub(crate) vis: Visibility,
@@ -29,6 +36,21 @@ pub(crate) struct Signature {
     pub(crate) cfgs: Vec<Attribute>,
     pub(crate) other_attrs: Vec<Attribute>,
     pub(crate) doc_text: Option<String>,
+}
+
+impl Signature {
+    /// The function's name as the user reads it (`r#type` is `type`).
+    pub(crate) fn fn_name(&self) -> String {
+        self.ident.to_string().trim_start_matches("r#").to_owned()
+    }
+
+    /// The parameters as written, `pattern: Type`.
+    pub(crate) fn params(&self) -> impl Iterator<Item = proc_macro2::TokenStream> + '_ {
+        self.args.iter().map(|a| {
+            let (pat, ty) = (&a.pat, &a.ty);
+            quote::quote!(#pat: #ty)
+        })
+    }
 }
 
 /// Finds borrowed and `impl Trait` types, which cannot cross threads or be named.

@@ -12,26 +12,15 @@ use super::gates::{witness_ident, Gates};
 use crate::signature::Signature;
 
 pub(crate) fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> TokenStream {
-    let krate = &attr.common.krate;
-    let fr = quote!(#krate::__private);
+    let fr = attr.common.private_path();
     let ident = &sig.ident;
     let cfgs = &sig.cfgs;
-    let docs = &sig.docs;
     let other_attrs = &sig.other_attrs;
-    let fn_name = ident.to_string().trim_start_matches("r#").to_owned();
-    let display = attr
-        .common
-        .name
-        .as_ref()
-        .map(|n| n.value())
-        .unwrap_or_else(|| fn_name.replace('_', "-"));
-
+    // Prefect names a flow after its function with dashes.
+    let display = attr.common.display_name(|| sig.fn_name().replace('_', "-"));
     let names: Vec<_> = sig.args.iter().map(|a| &a.name).collect();
     let tys: Vec<_> = sig.args.iter().map(|a| &a.ty).collect();
-    let params = sig.args.iter().map(|a| {
-        let (pat, ty) = (&a.pat, &a.ty);
-        quote!(#pat: #ty)
-    });
+    let params = sig.params();
     let raw = &sig.raw;
     let output = crate::expand::output(sig, &fr);
     let asyncness = sig.is_async.then(|| quote!(async));
@@ -52,12 +41,9 @@ pub(crate) fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> Tok
     let stmts = &block.stmts;
     let stmts = crate::prints::body(&attr.common, quote!(#(#stmts)*), &fr);
 
-    let doc = if docs.is_empty() {
-        let text = format!(" The flowrun flow `{display}`: call it to run it.");
-        quote!(#[doc = #text])
-    } else {
-        quote!(#(#docs)*)
-    };
+    let doc = crate::expand::doc(sig, || {
+        format!(" The flowrun flow `{display}`: call it to run it.")
+    });
 
     let run_name = attr.common.run_name.as_ref().map(|n| {
         let from_args = crate::names::expand(n, sig, |i| quote!(&__flowrun_args.#i));
@@ -93,10 +79,7 @@ pub(crate) fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> Tok
             .builder_of(&fr, quote!(#fr::FlowOptions)),
     );
     builder.extend(quote!(.build()));
-    let param_names = sig
-        .args
-        .iter()
-        .map(|a| a.name.to_string().trim_start_matches("r#").to_owned());
+    let param_names = sig.args.iter().map(|a| a.plain_name());
     let param_json = sig.args.iter().enumerate().map(|(i, a)| {
         let (ty, i) = (&a.ty, syn::Index::from(i));
         quote!((&#fr::Probe::<#ty>::new()).json(&__flowrun_args.#i))

@@ -12,26 +12,15 @@ use super::attr::TaskAttr;
 use crate::signature::Signature;
 
 pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> TokenStream {
-    let krate = &attr.common.krate;
-    let fr = quote!(#krate::__private);
+    let fr = attr.common.private_path();
     let ident = &sig.ident;
     let cfgs = &sig.cfgs;
-    let docs = &sig.docs;
     let other_attrs = &sig.other_attrs;
-    let fn_name = ident.to_string().trim_start_matches("r#").to_owned();
-    let display = attr
-        .common
-        .name
-        .as_ref()
-        .map(|n| n.value())
-        .unwrap_or_else(|| fn_name.clone());
-
+    let fn_name = sig.fn_name();
+    let display = attr.common.display_name(|| fn_name.clone());
     let names: Vec<_> = sig.args.iter().map(|a| &a.name).collect();
     let tys: Vec<_> = sig.args.iter().map(|a| &a.ty).collect();
-    let params = sig.args.iter().map(|a| {
-        let (pat, ty) = (&a.pat, &a.ty);
-        quote!(#pat: #ty)
-    });
+    let params = sig.params();
     let raw = &sig.raw;
     let output = crate::expand::output(sig, &fr);
     let body = crate::prints::body(&attr.common, &function.block, &fr);
@@ -57,13 +46,9 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
         }
     });
 
-    let doc = if docs.is_empty() {
-        let text =
-            format!(" The flowrun task `{display}`: call it, `.submit(...)` it or `.map(...)` it.");
-        quote!(#[doc = #text])
-    } else {
-        quote!(#(#docs)*)
-    };
+    let doc = crate::expand::doc(sig, || {
+        format!(" The flowrun task `{display}`: call it, `.submit(...)` it or `.map(...)` it.")
+    });
 
     let mut builder = quote!(#fr::TaskMeta::builder(
         ::core::concat!(::core::module_path!(), "::", #fn_name),
@@ -122,7 +107,7 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
         .iter()
         .enumerate()
         .map(|(i, a)| {
-            let name = a.name.to_string().trim_start_matches("r#").to_owned();
+            let name = a.plain_name();
             let ty = &a.ty;
             let idx = syn::Index::from(i);
             (
@@ -141,33 +126,34 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
         })
         .collect();
     let (input_arms, arg_arms): (Vec<_>, Vec<_>) = key_arms.into_iter().unzip();
-    let key_parameter = quote! {
-        #[allow(unused_variables)]
-        fn key_parameter(
-            __flowrun_inputs: &<Self::Args as #fr::ArgsTuple>::Inputs,
-            __flowrun_name: &str,
-        ) -> ::core::option::Option<::core::result::Result<::std::string::String, ::std::string::String>> {
-            #[allow(unused_imports)]
-            use #fr::{DisplayNo as _, DisplayYes as _};
-            match __flowrun_name {
-                #(#input_arms)*
-                _ => ::core::option::Option::None,
-            }
-        }
-
-        #[allow(unused_variables)]
-        fn direct_key_parameter(
-            __flowrun_args: &Self::Args,
-            __flowrun_name: &str,
-        ) -> ::core::option::Option<::core::result::Result<::std::string::String, ::std::string::String>> {
-            #[allow(unused_imports)]
-            use #fr::{DisplayNo as _, DisplayYes as _};
-            match __flowrun_name {
-                #(#arg_arms)*
-                _ => ::core::option::Option::None,
+    // The same lookup by name over a run's inputs and over a direct call's
+    // arguments.
+    let by_name = |method: TokenStream, args: TokenStream, arms: Vec<TokenStream>| {
+        quote! {
+            #[allow(unused_variables)]
+            fn #method(
+                #args,
+                __flowrun_name: &str,
+            ) -> ::core::option::Option<::core::result::Result<::std::string::String, ::std::string::String>> {
+                #[allow(unused_imports)]
+                use #fr::{DisplayNo as _, DisplayYes as _};
+                match __flowrun_name {
+                    #(#arms)*
+                    _ => ::core::option::Option::None,
+                }
             }
         }
     };
+    let key_parameter = by_name(
+        quote!(key_parameter),
+        quote!(__flowrun_inputs: &<Self::Args as #fr::ArgsTuple>::Inputs),
+        input_arms,
+    );
+    let direct_key_parameter = by_name(
+        quote!(direct_key_parameter),
+        quote!(__flowrun_args: &Self::Args),
+        arg_arms,
+    );
     // The parameters the attribute's template names must be `Display`
     // (the error points at the template).
     let key_display_checks = attr.common.results.key().map(|key| {
@@ -175,10 +161,7 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
         let tys = sig
             .args
             .iter()
-            .filter(|a| {
-                used.iter()
-                    .any(|u| *u == a.name.to_string().trim_start_matches("r#"))
-            })
+            .filter(|a| used.iter().any(|u| *u == a.plain_name()))
             .map(|a| &a.ty);
         quote_spanned! {key.span()=>
             #[allow(dead_code)]
@@ -289,6 +272,8 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
                 }
 
                 #key_parameter
+
+                #direct_key_parameter
 
                 fn support() -> &'static #fr::TaskSupport<Self> {
                     // Type-erased so that the static does not name

@@ -79,11 +79,7 @@ impl ResultAttr {
     /// names task runs' results by their parameters only).
     pub(crate) fn check_parameters(&self, sig: &Signature, macro_name: &str, cx: &Ctxt) {
         let Some(key) = &self.key else { return };
-        let params: Vec<String> = sig
-            .args
-            .iter()
-            .map(|a| a.name.to_string().trim_start_matches("r#").to_owned())
-            .collect();
+        let params: Vec<String> = sig.args.iter().map(|a| a.plain_name()).collect();
         for name in self.key_parameters() {
             if macro_name != "task" {
                 cx.spanned(
