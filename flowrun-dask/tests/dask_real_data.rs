@@ -197,3 +197,56 @@ fn a_task_process_that_dies_with_a_taken_value_leaves_it_for_the_retry() {
     assert!(all_right, "the retry did not get the value");
     let _ = std::fs::remove_file(&marker);
 }
+
+#[task]
+fn tick(n: u64) -> u64 {
+    n + 1
+}
+
+/// How many fds the worker running this task has open on result files
+/// (held values and freed files kept for reuse).
+#[task]
+fn result_files_of_worker() -> usize {
+    let worker = std::os::unix::process::parent_id();
+    std::fs::read_dir(format!("/proc/{worker}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().contains("flowrun-result"))
+        .count()
+}
+
+/// A chain of large values, then small tasks one after another for
+/// `busy_ms`; returns the worker's result files after the chain and at
+/// the end.
+#[flow(task_runner = DaskTaskRunner::new())]
+fn chain_then_small_tasks(mb: usize, busy_ms: u64) -> (usize, usize) {
+    let mut last = ones.submit(mb);
+    for _ in 0..4 {
+        last = plus_one.submit(last);
+    }
+    assert!(inspect.submit(last, 5).result().unwrap().0);
+    let after_chain = result_files_of_worker.submit().result().unwrap();
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    while started.elapsed() < std::time::Duration::from_millis(busy_ms) {
+        n = tick.submit(n).result().unwrap();
+    }
+    (
+        after_chain,
+        result_files_of_worker.submit().result().unwrap(),
+    )
+}
+
+#[test]
+fn freed_files_offered_to_small_tasks_still_close_when_idle() {
+    let _t = begin("freed_files_offered_to_small_tasks_still_close_when_idle");
+    let cluster = Cluster::start(&[WorkerSpec::threads(1)]);
+    // Each small task is offered a freed file it does not use; the files
+    // still close 2 s after they were freed, not after they were offered.
+    let (after_chain, at_end) = chain_then_small_tasks
+        .with_runner(runner(&cluster))
+        .call(8, 5_000)
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert!(after_chain > 0, "the chain left no freed file to reuse");
+    assert_eq!(at_end, 0, "freed files stayed open while small tasks ran");
+}

@@ -250,7 +250,8 @@ class _Spares:
     maps it any more (its mmap unmaps before the finalizer runs, and a
     task process that read it did so within a call that held the value);
     one is handed to one call at a time. Bounded as the local store's
-    pool: at most _SPARE_MAX bytes, each closed after _SPARE_IDLE unused."""
+    pool: at most _SPARE_MAX bytes, each closed after _SPARE_IDLE unused
+    (a file offered to calls that did not use it keeps its age)."""
 
     def __init__(self):
         self.cond = threading.Condition()
@@ -258,7 +259,8 @@ class _Spares:
         self.bytes = 0
         self.thread = None
 
-    def put(self, fd):
+    def put(self, fd, since=None):
+        """Pools `fd`, freed at `since` (now, if not given)."""
         try:
             size = os.fstat(fd).st_size
         except OSError:
@@ -267,8 +269,13 @@ class _Spares:
             _close(fd)
             return
         drop = []
+        if since is None:
+            since = time.monotonic()
         with self.cond:
-            self.files.append((fd, size, time.monotonic()))
+            at = len(self.files)
+            while at > 0 and self.files[at - 1][2] > since:
+                at -= 1
+            self.files.insert(at, (fd, size, since))
             self.bytes += size
             while self.bytes > _SPARE_MAX:
                 old, old_size, _ = self.files.pop(0)
@@ -284,13 +291,14 @@ class _Spares:
             _close(old)
 
     def take(self):
-        """The most recently freed file's fd (the caller owns it), or None."""
+        """(fd, freed at) of the most recently freed file (the caller owns
+        the fd), or None."""
         with self.cond:
             if not self.files:
                 return None
-            fd, size, _ = self.files.pop()
+            fd, size, since = self.files.pop()
             self.bytes -= size
-            return fd
+            return fd, since
 
     def _run(self):
         while True:
@@ -458,8 +466,9 @@ class _Server:
                     path, name = held
                     entries.append((b"n", name + b"\0" + os.fsencode(path)))
                     continue
-                fd = _spares.take()
-                if fd is not None:
+                taken = _spares.take()
+                if taken is not None:
+                    fd = taken[0]
                     try:
                         _write_spare(fd, part)
                     except OSError:
@@ -489,7 +498,7 @@ class _Server:
 
     def call(self, stdin, on_secede):
         """(ok, frame, output) of one task."""
-        spare = _spares.take()
+        spare, since = _spares.take() or (None, None)
         borrowed = []
         clean = False
         try:
@@ -530,11 +539,16 @@ class _Server:
             # Files lent to a call that ended cleanly are free again (its
             # task process no longer uses them); after anything else the
             # process may still write them: they go.
-            for fd in borrowed + ([spare] if spare is not None else []):
+            for fd in borrowed:
                 if clean:
                     _spares.put(fd)
                 else:
                     _close(fd)
+            if spare is not None:
+                if clean:
+                    _spares.put(spare, since)
+                else:
+                    _close(spare)
 
     def died(self):
         """The exit status of a process that failed a call."""
