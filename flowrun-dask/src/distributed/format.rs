@@ -38,7 +38,17 @@ pub(crate) mod reply {
     /// The path of a file holding the result frame (a large result); ends
     /// the call. The runner deletes the file.
     pub(crate) const RESULT_FILE: u8 = b'R';
+    /// The result frame is in the spare file the request offered (see
+    /// [`SPARE_FILE`](super::SPARE_FILE)); the payload names this write,
+    /// as a [`RESULT_FILE`]'s file name does. Ends the call.
+    pub(crate) const RESULT_IN_SPARE: u8 = b'U';
 }
+
+/// The request length that offers, before the request itself, a freed
+/// result file to write a large result over (a u64 length and its path,
+/// `/proc/<worker>/fd/<n>`): overwriting pages costs less than faulting
+/// in fresh ones. The task process may leave it unused.
+pub(crate) const SPARE_FILE: u64 = u64::MAX - 1;
 
 /// The request length that says the parts of a large request follow one
 /// by one: a u64 count, then for each a [`part`] kind byte, a u64 length
@@ -58,6 +68,10 @@ pub(crate) mod part {
     /// The payload is the path of a result the worker holds in shared
     /// memory (`/proc/<worker>/fd/<n>`); it stays.
     pub(crate) const HELD: u8 = b'p';
+    /// As [`HELD`], the payload being the name of the write that made the
+    /// result (see `reply`), a NUL and the path: the task process that
+    /// made it may still have the value, and take it without a read.
+    pub(crate) const HELD_NAMED: u8 = b'n';
     /// The most parts a request has (a task's arguments and its header).
     pub(crate) const MOST: u64 = 1 << 20;
 }

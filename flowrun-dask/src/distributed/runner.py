@@ -41,7 +41,14 @@ shared-memory file the task process wrote: the task's value is a read-only
 memoryview of it (bytes-like, so Dask sizes, moves and spills it as any
 bytes), and a task on this worker that takes it as input maps the same
 memory: a value passing a chain is not copied between the worker and its
-task processes. The session's Plugin (a Dask WorkerPlugin the flow
+task processes. A held result goes as b"n", the name of the write that
+made it, a NUL and its path: the task process that wrote it keeps its
+last large result as a value for a while and takes it without a read. A
+released result's file is not closed but kept (_Spares, bounded) and
+offered to the next call before its request (length 2**64-2, then a u64
+length and its path): the task process writes a large result over it and
+answers b"U" with the write's name, since overwriting pages costs less
+than faulting in fresh ones; freed files also take large inputs. The session's Plugin (a Dask WorkerPlugin the flow
 registers, so workers that join later have it too) stops them when the
 flow run ends; one that dies fails its running call and is replaced.
 """
@@ -195,6 +202,8 @@ class _Died(Exception):
 _LARGE = 1 << 20
 # The request length that says "the input is in this file".
 _IN_FILE = (1 << 64) - 1
+# The request length that says "write a large result over this file".
+_SPARE = (1 << 64) - 2
 _SHARED = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 _names = itertools.count()
 
@@ -215,50 +224,160 @@ def _unlink(path):
         pass
 
 
-# The fd of each result held in shared memory, by the id of its mmap, while
-# the value lives (a finalizer closes it).
+# The fd and name of each result held in shared memory, by the id of its
+# mmap, while the value lives (a finalizer gives the fd to _spares).
 _held = {}
 _proc_fd = os.path.isdir("/proc/self/fd")
 
+# Freed result files wait this long, and at most this many bytes of them,
+# for a task process to write its next large result into.
+_SPARE_MAX = 1 << 30
+_SPARE_IDLE = 2.0
 
-def _let_go(ident, fd):
-    _held.pop(ident, None)
+
+def _close(fd):
     try:
         os.close(fd)
     except OSError:
         pass
 
 
-def _map_result(path):
-    """A large result as a read-only view of the file the task process
-    wrote, not a copy. The name goes at once (a worker that dies leaves
-    nothing in shared memory); the fd stays open while the value lives,
-    so that a task that takes the value opens the same memory."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    _unlink(path)
+class _Spares:
+    """Freed large result files of this worker (deleted, kept open), for
+    the next large result: a task process overwrites one rather than
+    faulting in fresh shared-memory pages, which cost as much as writing
+    the value. A file comes here only once its value is gone, so nothing
+    maps it any more (its mmap unmaps before the finalizer runs, and a
+    task process that read it did so within a call that held the value);
+    one is handed to one call at a time. Bounded as the local store's
+    pool: at most _SPARE_MAX bytes, each closed after _SPARE_IDLE unused
+    (a file offered to calls that did not use it keeps its age)."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.files = []  # (fd, size, freed at), oldest first
+        self.bytes = 0
+        self.thread = None
+
+    def put(self, fd, since=None):
+        """Pools `fd`, freed at `since` (now, if not given)."""
+        try:
+            size = os.fstat(fd).st_size
+        except OSError:
+            size = -1
+        if not _proc_fd or size < _LARGE or size > _SPARE_MAX:
+            _close(fd)
+            return
+        drop = []
+        if since is None:
+            since = time.monotonic()
+        with self.cond:
+            at = len(self.files)
+            while at > 0 and self.files[at - 1][2] > since:
+                at -= 1
+            self.files.insert(at, (fd, size, since))
+            self.bytes += size
+            while self.bytes > _SPARE_MAX:
+                old, old_size, _ = self.files.pop(0)
+                self.bytes -= old_size
+                drop.append(old)
+            if self.thread is None:
+                self.thread = threading.Thread(
+                    target=self._run, name="flowrun-spares", daemon=True
+                )
+                self.thread.start()
+            self.cond.notify()
+        for old in drop:
+            _close(old)
+
+    def take(self):
+        """(fd, freed at) of the most recently freed file (the caller owns
+        the fd), or None."""
+        with self.cond:
+            if not self.files:
+                return None
+            fd, size, since = self.files.pop()
+            self.bytes -= size
+            return fd, since
+
+    def _run(self):
+        while True:
+            drop = []
+            with self.cond:
+                if not self.files:
+                    self.cond.wait()
+                    continue
+                now = time.monotonic()
+                while self.files and now - self.files[0][2] >= _SPARE_IDLE:
+                    fd, size, _ = self.files.pop(0)
+                    self.bytes -= size
+                    drop.append(fd)
+                if not drop:
+                    self.cond.wait(_SPARE_IDLE - (now - self.files[0][2]))
+            for fd in drop:
+                _close(fd)
+
+
+_spares = _Spares()
+
+
+def _let_go(ident, fd):
+    _held.pop(ident, None)
+    _spares.put(fd)
+
+
+def _map_fd(fd, name):
+    """A large result as a read-only view of the file (open at `fd`, which
+    the value owns from here on) that a task process wrote, not a copy;
+    `name` names that write, for the task process that keeps the value."""
     try:
         m = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
     except BaseException:
         os.close(fd)
         raise
     ident = id(m)
-    _held[ident] = fd
+    _held[ident] = (fd, name)
     weakref.finalize(m, _let_go, ident, fd)
     return memoryview(m)
 
 
-def _held_path(part):
-    """The path by which a task process opens `part`, when it is (all of)
-    a result held in shared memory by this worker, else None."""
+def _map_result(path):
+    """A large result in the file at `path`. The name goes at once (a
+    worker that dies leaves nothing in shared memory); the fd stays open
+    while the value lives, so that a task that takes the value opens the
+    same memory."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    _unlink(path)
+    return _map_fd(fd, os.fsencode(os.path.basename(path)))
+
+
+def _held_entry(part):
+    """(path, name): the path by which a task process opens `part`, when
+    it is (all of) a result held in shared memory by this worker, and the
+    name of the write that made it; else None."""
     if not _proc_fd or not isinstance(part, memoryview):
         return None
     m = part.obj
     if not isinstance(m, mmap.mmap) or part.nbytes != len(m):
         return None
-    fd = _held.get(id(m))
-    if fd is None:
+    entry = _held.get(id(m))
+    if entry is None:
         return None
-    return "/proc/%d/fd/%d" % (os.getpid(), fd)
+    fd, name = entry
+    return "/proc/%d/fd/%d" % (os.getpid(), fd), name
+
+
+def _write_spare(fd, part):
+    """Writes `part` over the spare file at `fd` (opened again for writing
+    through /proc: the held fd is read-only) and cuts it to its length."""
+    w = os.open("/proc/self/fd/%d" % fd, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    try:
+        view, pos = memoryview(part).cast("B"), 0
+        while pos < len(view):
+            pos += os.pwrite(w, view[pos : pos + (1 << 30)], pos)
+        os.ftruncate(w, len(view))
+    finally:
+        os.close(w)
 
 
 class _Server:
@@ -313,14 +432,21 @@ class _Server:
             if seen == self.hello:
                 self.hello = None
 
-    def _send(self, stdin):
+    def _send(self, stdin, spare, borrowed):
         """Writes the request: through the pipe, or, when large, part by
         part, large parts as files in shared memory whose paths go through
         the pipe (a pipe moves large data in small pieces, a process switch
         each). A result this worker holds in shared memory is not written
-        again: its path goes."""
+        again: its path and name go. `spare`, a freed result file, is
+        offered first for the result; other freed files take large parts
+        (their fds go to `borrowed`, back to _spares after the call)."""
         size = sum(8 + len(part) for part in stdin)
         write = self.proc.stdin.write
+        if spare is not None:
+            path = os.fsencode("/proc/%d/fd/%d" % (os.getpid(), spare))
+            write(_SPARE.to_bytes(8, "little"))
+            write(len(path).to_bytes(8, "little"))
+            write(path)
         if size < _LARGE:
             write(size.to_bytes(8, "little"))
             for part in stdin:
@@ -335,10 +461,24 @@ class _Server:
                 if len(part) < _LARGE:
                     entries.append((b"i", part))
                     continue
-                held = _held_path(part)
+                held = _held_entry(part)
                 if held is not None:
-                    entries.append((b"p", os.fsencode(held)))
+                    path, name = held
+                    entries.append((b"n", name + b"\0" + os.fsencode(path)))
                     continue
+                taken = _spares.take()
+                if taken is not None:
+                    fd = taken[0]
+                    try:
+                        _write_spare(fd, part)
+                    except OSError:
+                        # Only a saving lost: a fresh file will do.
+                        _close(fd)
+                    else:
+                        borrowed.append(fd)
+                        path = "/proc/%d/fd/%d" % (os.getpid(), fd)
+                        entries.append((b"p", os.fsencode(path)))
+                        continue
                 path = _shared_path("input")
                 made.append(path)
                 with open(path, "wb") as f:
@@ -358,30 +498,57 @@ class _Server:
 
     def call(self, stdin, on_secede):
         """(ok, frame, output) of one task."""
+        spare, since = _spares.take() or (None, None)
+        borrowed = []
+        clean = False
         try:
-            self._send(stdin)
-        except OSError:
-            raise _Died() from None
-        self._greeted()
-        output = b""
-        while True:
-            head = self._read(9)
-            n = int.from_bytes(head[1:], "little")
-            kind = bytes(head[:1])
-            if kind == b"s":
-                on_secede()
-            elif kind == b"o":
-                output = bytes(self._read(n))
-            elif kind in (b"r", b"f"):
-                return kind == b"r", bytes(self._read(n)), output
-            elif kind == b"R":
-                path = os.fsdecode(bytes(self._read(n)))
-                try:
-                    return True, _map_result(path), output
-                finally:
-                    _unlink(path)
-            else:
-                raise _Died()
+            try:
+                self._send(stdin, spare, borrowed)
+            except OSError:
+                raise _Died() from None
+            self._greeted()
+            output = b""
+            while True:
+                head = self._read(9)
+                n = int.from_bytes(head[1:], "little")
+                kind = bytes(head[:1])
+                if kind == b"s":
+                    on_secede()
+                elif kind == b"o":
+                    output = bytes(self._read(n))
+                elif kind in (b"r", b"f"):
+                    frame = bytes(self._read(n))
+                    clean = True
+                    return kind == b"r", frame, output
+                elif kind == b"R":
+                    path = os.fsdecode(bytes(self._read(n)))
+                    try:
+                        result = _map_result(path)
+                    finally:
+                        _unlink(path)
+                    clean = True
+                    return True, result, output
+                elif kind == b"U" and spare is not None:
+                    name = bytes(self._read(n))
+                    fd, spare = spare, None
+                    clean = True
+                    return True, _map_fd(fd, name), output
+                else:
+                    raise _Died()
+        finally:
+            # Files lent to a call that ended cleanly are free again (its
+            # task process no longer uses them); after anything else the
+            # process may still write them: they go.
+            for fd in borrowed:
+                if clean:
+                    _spares.put(fd)
+                else:
+                    _close(fd)
+            if spare is not None:
+                if clean:
+                    _spares.put(spare, since)
+                else:
+                    _close(spare)
 
     def died(self):
         """The exit status of a process that failed a call."""

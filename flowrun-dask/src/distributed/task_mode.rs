@@ -270,12 +270,33 @@ fn serve() -> ! {
     if send_raw(&replies, format::RESULT_MAGIC).is_err() {
         std::process::exit(0);
     }
+    // The last large result, while the next request may take it.
+    let mut kept: Option<Kept> = None;
     loop {
-        let mut len = [0u8; 8];
-        if requests.read_exact(&mut len).is_err() {
-            std::process::exit(0);
+        if kept.is_some() && !readable_within(&requests, KEEP_IDLE) {
+            kept = None;
         }
-        let mut input = match read_request(&mut requests, u64::from_le_bytes(len)) {
+        let Ok(mut len) = read_u64(&mut requests) else {
+            std::process::exit(0);
+        };
+        let mut spare = None;
+        if len == format::SPARE_FILE {
+            let offered = read_u64(&mut requests).and_then(|n| read_payload(&mut requests, n));
+            let Ok(path) = offered else {
+                std::process::exit(0);
+            };
+            // A spare that cannot be opened is only a saving lost.
+            spare = open_spare(Path::new(std::ffi::OsStr::from_bytes(&path))).ok();
+            let Ok(next) = read_u64(&mut requests) else {
+                std::process::exit(0);
+            };
+            len = next;
+        }
+        let read = read_request(&mut requests, len, &mut kept);
+        // Not taken by this request: it goes before the task runs, so that
+        // a process holds at most one value beside its task's.
+        kept = None;
+        let mut input = match read {
             Ok(input) => input,
             Err(e) => {
                 let failure =
@@ -296,13 +317,22 @@ fn serve() -> ! {
             tracing::warn!("Attempt failed: {}", failure.message);
         }
         let output = capture.as_ref().map(Capture::take).unwrap_or_default();
-        let sent = (|| {
+        let sent = (|| -> std::io::Result<()> {
             if !output.is_empty() {
                 send_reply(&replies, reply::OUTPUT, &output)?;
             }
-            match &outcome {
-                Ok(held) => send_result(&replies, shared.as_deref(), held),
-                Err(failure) => send_reply(&replies, reply::FAILURE, &format::error_frame(failure)),
+            match outcome {
+                Ok(held) => {
+                    let written = send_result(&replies, shared.as_deref(), &held, spare)?;
+                    kept = written
+                        .filter(|(_, len)| *len <= KEEP_MAX)
+                        .map(|(name, _)| Kept { name, held });
+                    Ok(())
+                }
+                Err(failure) => {
+                    drop(spare);
+                    send_reply(&replies, reply::FAILURE, &format::error_frame(&failure))
+                }
             }
         })();
         if sent.is_err() {
@@ -326,6 +356,52 @@ fn keep_freed_memory() {
         libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
     }
+}
+
+/// A large result a long-lived task process keeps after writing it out,
+/// by the name of that write (see [`format::part::HELD_NAMED`]): the next
+/// task of a chain often runs in the same process, and takes the value
+/// itself instead of reading it back from its file. Only the last one is
+/// kept, at most [`KEEP_MAX`] bytes, and only until the next request is
+/// read or for [`KEEP_IDLE`] without one.
+struct Kept {
+    name: Vec<u8>,
+    held: Held,
+}
+
+/// The largest result kept as a value (see [`Kept`]).
+const KEEP_MAX: u64 = 1 << 30;
+
+/// How long a kept result waits for the next request.
+const KEEP_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether `file` has something to read (or has ended) within `timeout`.
+fn readable_within(file: &File, timeout: std::time::Duration) -> bool {
+    let mut fd = libc::pollfd {
+        fd: file.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    loop {
+        // SAFETY: one pollfd that lives across the call.
+        let n = unsafe { libc::poll(&mut fd, 1, ms) };
+        if n >= 0 {
+            return n > 0;
+        }
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            // Cannot tell: the read that follows will.
+            return true;
+        }
+    }
+}
+
+/// Opens a spare file the runner offers for a large result, for writing.
+fn open_spare(path: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
 }
 
 /// One request's input.
@@ -367,14 +443,21 @@ fn read_u64(requests: &mut File) -> std::io::Result<u64> {
     Ok(u64::from_le_bytes(bytes))
 }
 
+/// Reads `len` bytes of a request.
+fn read_payload(requests: &mut File, len: u64) -> std::io::Result<Vec<u8>> {
+    let len = usize::try_from(len)
+        .map_err(|_| std::io::Error::other("the request is longer than memory"))?;
+    let mut payload = vec![0u8; len];
+    requests.read_exact(&mut payload)?;
+    Ok(payload)
+}
+
 /// Reads one request's input: `len` bytes from the pipe, or, for
-/// [`format::INPUT_IN_FILE`], its parts one by one.
-fn read_request(requests: &mut File, len: u64) -> std::io::Result<Input> {
-    let too_long = || std::io::Error::other("the request is longer than memory");
+/// [`format::INPUT_IN_FILE`], its parts one by one. A part naming the
+/// result in `kept` takes that value instead of reading its file.
+fn read_request(requests: &mut File, len: u64, kept: &mut Option<Kept>) -> std::io::Result<Input> {
     if len != format::INPUT_IN_FILE {
-        let mut input = vec![0u8; usize::try_from(len).map_err(|_| too_long())?];
-        requests.read_exact(&mut input)?;
-        return Ok(Input::Inline(input));
+        return Ok(Input::Inline(read_payload(requests, len)?));
     }
     let count = read_u64(requests)?;
     if count > format::part::MOST {
@@ -391,9 +474,7 @@ fn read_request(requests: &mut File, len: u64) -> std::io::Result<Input> {
         let mut kind = [0u8; 1];
         requests.read_exact(&mut kind)?;
         let len = read_u64(requests)?;
-        let mut payload = vec![0u8; usize::try_from(len).map_err(|_| too_long())?];
-        requests.read_exact(&mut payload)?;
-        entries.push((kind[0], payload));
+        entries.push((kind[0], read_payload(requests, len)?));
     }
     let mut parts = Vec::with_capacity(entries.len());
     let mut failed = None;
@@ -407,6 +488,16 @@ fn read_request(requests: &mut File, len: u64) -> std::io::Result<Input> {
                     let _ = std::fs::remove_file(path);
                 }
                 mapped
+            }
+            format::part::HELD_NAMED => {
+                let (name, path) = match payload.iter().position(|&b| b == 0) {
+                    Some(at) => (&payload[..at], &payload[at + 1..]),
+                    None => (&payload[..0], &payload[..]),
+                };
+                match kept.take_if(|k| k.name == name) {
+                    Some(k) => Ok(Part::Value(Some(k.held))),
+                    None => read_file_part(Path::new(std::ffi::OsStr::from_bytes(path))),
+                }
             }
             other => Err(std::io::Error::other(format!(
                 "a part of kind {other:#04x} is not one the runner sends"
@@ -490,13 +581,29 @@ fn map_file(path: &Path) -> std::io::Result<Part> {
 /// Sends a task's result: a large one (in `shared`, when the runner gave a
 /// directory) as a file, written as it is encoded when its size is known
 /// (a byte vector or a string: no encoded copy in memory), else inline.
-fn send_result(replies: &Replies, shared: Option<&Path>, held: &Held) -> std::io::Result<()> {
+/// A large result goes over the `spare` file when the runner offered one.
+/// Returns the name of the write and the file's length when the result
+/// went to a file.
+fn send_result(
+    replies: &Replies,
+    shared: Option<&Path>,
+    held: &Held,
+    spare: Option<File>,
+) -> std::io::Result<Option<(Vec<u8>, u64)>> {
     let known_large = held
         .encoded_len()
         .is_some_and(|len| len >= format::LARGE as u64);
+    let mut spare = spare.filter(|_| shared.is_some());
     if let Some(dir) = shared.filter(|_| known_large) {
-        if let Ok(path) = write_result_file(dir, |f| held.encode_into(f)) {
-            return send_reply(replies, reply::RESULT_FILE, path.as_os_str().as_bytes());
+        if let Some(file) = spare.take() {
+            if let Ok(written) = write_spare(file, |f| held.encode_into(f)) {
+                send_reply(replies, reply::RESULT_IN_SPARE, &written.0)?;
+                return Ok(Some(written));
+            }
+        }
+        if let Ok((path, len)) = write_result_file(dir, |f| held.encode_into(f)) {
+            send_reply(replies, reply::RESULT_FILE, path.as_os_str().as_bytes())?;
+            return Ok(path.file_name().map(|n| (n.as_bytes().to_vec(), len)));
         }
     }
     let bytes = match held.encode() {
@@ -506,36 +613,67 @@ fn send_result(replies: &Replies, shared: Option<&Path>, held: &Held) -> std::io
                 "the task returned a value that could not be serialized: {e}"
             ));
             tracing::warn!("Attempt failed: {}", failure.message);
-            return send_reply(replies, reply::FAILURE, &format::error_frame(&failure));
+            send_reply(replies, reply::FAILURE, &format::error_frame(&failure))?;
+            return Ok(None);
         }
     };
     if let Some(dir) = shared.filter(|_| bytes.len() >= format::LARGE) {
-        let written = write_result_file(dir, |f| f.write_all(&bytes).map_err(|e| e.to_string()));
-        if let Ok(path) = written {
-            return send_reply(replies, reply::RESULT_FILE, path.as_os_str().as_bytes());
+        let write = |f: &mut dyn Write| f.write_all(&bytes).map_err(|e| e.to_string());
+        if let Some(file) = spare.take() {
+            if let Ok(written) = write_spare(file, write) {
+                send_reply(replies, reply::RESULT_IN_SPARE, &written.0)?;
+                return Ok(Some(written));
+            }
+        }
+        if let Ok((path, len)) = write_result_file(dir, write) {
+            send_reply(replies, reply::RESULT_FILE, path.as_os_str().as_bytes())?;
+            return Ok(path.file_name().map(|n| (n.as_bytes().to_vec(), len)));
         }
     }
-    send_reply(replies, reply::RESULT, &format::result_frame(&bytes))
+    send_reply(replies, reply::RESULT, &format::result_frame(&bytes))?;
+    Ok(None)
 }
 
-/// Writes a large result frame to a new file in `dir`, for the runner:
-/// the magic, then what `write` writes.
-fn write_result_file(
-    dir: &Path,
-    write: impl FnOnce(&mut dyn Write) -> Result<(), String>,
-) -> std::io::Result<PathBuf> {
+/// A name for one large result written out, unique to this write:
+/// `flowrun-result-<pid>-<n>`.
+fn result_name() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let path = dir.join(format!(
+    format!(
         "flowrun-result-{}-{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
+    )
+}
+
+/// Writes a large result frame over a spare file from its start (its pages
+/// are there already) and cuts it to the frame's length. Returns the
+/// write's name and that length.
+fn write_spare(
+    file: File,
+    write: impl FnOnce(&mut dyn Write) -> Result<(), String>,
+) -> std::io::Result<(Vec<u8>, u64)> {
+    let mut out = &file;
+    out.write_all(format::RESULT_MAGIC)?;
+    write(&mut out).map_err(std::io::Error::other)?;
+    let end = out.stream_position()?;
+    file.set_len(end)?;
+    Ok((result_name().into_bytes(), end))
+}
+
+/// Writes a large result frame to a new file in `dir`, for the runner:
+/// the magic, then what `write` writes. Returns its path and length.
+fn write_result_file(
+    dir: &Path,
+    write: impl FnOnce(&mut dyn Write) -> Result<(), String>,
+) -> std::io::Result<(PathBuf, u64)> {
+    let path = dir.join(result_name());
     let written = File::create(&path).and_then(|mut f| {
         f.write_all(format::RESULT_MAGIC)?;
-        write(&mut f).map_err(std::io::Error::other)
+        write(&mut f).map_err(std::io::Error::other)?;
+        f.stream_position()
     });
     match written {
-        Ok(()) => Ok(path),
+        Ok(len) => Ok((path, len)),
         Err(e) => {
             let _ = std::fs::remove_file(&path);
             Err(e)
@@ -956,7 +1094,8 @@ mod tests {
         let path = dir.join("pipe");
         std::fs::write(&path, &request).unwrap();
         let mut requests = File::open(&path).unwrap();
-        let Ok(Input::Parts(parts)) = read_request(&mut requests, format::INPUT_IN_FILE) else {
+        let Ok(Input::Parts(parts)) = read_request(&mut requests, format::INPUT_IN_FILE, &mut None)
+        else {
             panic!("the request was not read as parts");
         };
         let parts: Vec<&[u8]> = parts.iter().map(Part::bytes).collect();
@@ -993,7 +1132,7 @@ mod tests {
         request.extend(b"next");
         std::fs::write(&path, &request).unwrap();
         let mut requests = File::open(&path).unwrap();
-        let Err(e) = read_request(&mut requests, format::INPUT_IN_FILE) else {
+        let Err(e) = read_request(&mut requests, format::INPUT_IN_FILE, &mut None) else {
             panic!("a missing file was mapped");
         };
         assert!(e.to_string().contains("missing"), "{e}");
@@ -1001,6 +1140,80 @@ mod tests {
         let mut rest = Vec::new();
         requests.read_to_end(&mut rest).unwrap();
         assert_eq!(rest, b"next");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A large request of the given parts, as the runner writes it.
+    fn request_of(parts: &[(u8, Vec<u8>)]) -> Vec<u8> {
+        let mut request = (parts.len() as u64).to_le_bytes().to_vec();
+        for (kind, payload) in parts {
+            request.push(*kind);
+            request.extend((payload.len() as u64).to_le_bytes());
+            request.extend(payload);
+        }
+        request
+    }
+
+    #[test]
+    fn a_held_part_named_as_the_kept_result_takes_it_without_a_read() {
+        let dir = std::env::temp_dir().join(format!("flowrun-kept-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let value: Vec<u8> = (0..format::LARGE as u32 + 7).map(|i| i as u8).collect();
+        let in_file = vec![9u8; format::LARGE + 1];
+        let file = dir.join("held");
+        std::fs::write(
+            &file,
+            format::result_frame(&flowrun_core::encode_value(&in_file).unwrap()),
+        )
+        .unwrap();
+        let named = |name: &[u8]| {
+            let mut payload = name.to_vec();
+            payload.push(0);
+            payload.extend(file.as_os_str().as_bytes());
+            (format::part::HELD_NAMED, payload)
+        };
+        // The same name twice: the first takes the kept value, the second
+        // (as any other name) reads the file.
+        let path = dir.join("pipe");
+        let request = request_of(&[named(b"w-1"), named(b"w-1"), named(b"w-0")]);
+        std::fs::write(&path, &request).unwrap();
+        let mut kept = Some(Kept {
+            name: b"w-1".to_vec(),
+            held: Held::new(value.clone()),
+        });
+        let mut requests = File::open(&path).unwrap();
+        let Ok(Input::Parts(parts)) = read_request(&mut requests, format::INPUT_IN_FILE, &mut kept)
+        else {
+            panic!("the request was not read as parts");
+        };
+        assert!(kept.is_none(), "the kept value was taken");
+        let values: Vec<Vec<u8>> = parts
+            .into_iter()
+            .map(|part| match part {
+                Part::Value(Some(held)) => held.take().unwrap(),
+                _ => panic!("a byte string is taken as a value"),
+            })
+            .collect();
+        assert_eq!(values, [value, in_file.clone(), in_file]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_result_written_over_a_spare_file_replaces_all_of_it() {
+        let dir = std::env::temp_dir().join(format!("flowrun-spare-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("spare");
+        std::fs::write(&path, vec![0xaau8; 3 * format::LARGE]).unwrap();
+        let held = Held::new(vec![5u8; format::LARGE]);
+        let (first, len) =
+            write_spare(open_spare(&path).unwrap(), |f| held.encode_into(f)).unwrap();
+        let frame =
+            format::result_frame(&flowrun_core::encode_value(&vec![5u8; format::LARGE]).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), frame, "cut to the new frame");
+        assert_eq!(len, frame.len() as u64);
+        // Each write has a name of its own, also over the same file.
+        let (second, _) = write_spare(open_spare(&path).unwrap(), |f| held.encode_into(f)).unwrap();
+        assert_ne!(first, second);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
