@@ -52,35 +52,43 @@ struct Inner {
     gather: Duration,
 }
 
-#[flow]
-fn submit_and_gather(n: u64) -> Inner {
+/// Times `submit()`, then `gather` of what it submitted, whose result is
+/// the workload's check value.
+fn timed<S>(submit: impl FnOnce() -> S, gather: impl FnOnce(S) -> u64) -> Inner {
     let t0 = Instant::now();
-    let futures: Vec<_> = (0..n).map(|i| noop.submit(i)).collect();
+    let submitted = submit();
     let t1 = Instant::now();
-    let mut check = 0;
-    for f in futures {
-        check += f.into_result().expect("noop task failed");
-    }
     Inner {
-        check,
+        check: gather(submitted),
         submit: t1 - t0,
         gather: t1.elapsed(),
     }
 }
 
 #[flow]
+fn submit_and_gather(n: u64) -> Inner {
+    timed(
+        || (0..n).map(|i| noop.submit(i)).collect::<Vec<_>>(),
+        |futures| {
+            futures
+                .into_iter()
+                .map(|f| f.into_result().expect("noop task failed"))
+                .sum()
+        },
+    )
+}
+
+#[flow]
 fn count_to(n: u64) -> Inner {
-    let t0 = Instant::now();
-    let futures: Vec<_> = (0..n).map(|i| shout.submit(i)).collect();
-    let t1 = Instant::now();
-    for f in &futures {
-        f.result().expect("shout task failed");
-    }
-    Inner {
-        check: futures.len() as u64,
-        submit: t1 - t0,
-        gather: t1.elapsed(),
-    }
+    timed(
+        || (0..n).map(|i| shout.submit(i)).collect::<Vec<_>>(),
+        |futures| {
+            for f in &futures {
+                f.result().expect("shout task failed");
+            }
+            futures.len() as u64
+        },
+    )
 }
 
 /// Fan-out of `n` tasks into one reducer. flowrun has no "list of futures"
@@ -88,16 +96,13 @@ fn count_to(n: u64) -> Inner {
 /// (the pattern of `examples/map_reduce.rs`).
 #[flow]
 fn fan_out_in(n: u64) -> Inner {
-    let t0 = Instant::now();
-    let futures: Vec<_> = (0..n).map(|i| noop.submit(i)).collect();
-    let t1 = Instant::now();
-    let values = flowrun::results(futures).expect("fan-out task failed");
-    let sum = total.submit(values).into_result().expect("reducer failed");
-    Inner {
-        check: sum,
-        submit: t1 - t0,
-        gather: t1.elapsed(),
-    }
+    timed(
+        || (0..n).map(|i| noop.submit(i)).collect::<Vec<_>>(),
+        |futures| {
+            let values = flowrun::results(futures).expect("fan-out task failed");
+            total.submit(values).into_result().expect("reducer failed")
+        },
+    )
 }
 
 /// One no-op task; returns its result and when it arrived.
