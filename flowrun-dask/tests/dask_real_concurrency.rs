@@ -14,7 +14,7 @@ mod support;
 use std::time::Duration;
 
 use flowrun::concurrency::{self, concurrency, AWAITING_CONCURRENCY_SLOT};
-use flowrun::{flow, task, StateKind};
+use flowrun::{flow, task, StateKind, TaskFuture};
 use support::{begin, runner, Cluster, WorkerSpec};
 
 /// Records when it ran, in microseconds, and in which process.
@@ -94,13 +94,7 @@ fn on_real_dask_a_failed_run_gives_its_slot_back_and_rate_limits_fail_clearly() 
     #[flow]
     fn failing() -> (Vec<StateKind>, u32, String) {
         let runs: Vec<_> = (0..3).map(|_| dask_fails.submit()).collect();
-        let kinds = runs
-            .iter()
-            .map(|f| {
-                let _ = f.result();
-                f.state().kind()
-            })
-            .collect();
+        let kinds = final_kinds(&runs);
         let in_use = concurrency::tag_limit("dask-fail").unwrap().active;
         let rate = dask_rate_limited.submit().result().unwrap_err();
         (kinds, in_use, rate.message().to_owned())
@@ -174,6 +168,29 @@ fn dask_semaphores(address: &str, name: &str) -> String {
     )
 }
 
+/// Waits for each run and gives its final state (a failure, which some
+/// tests expect, is printed rather than raised).
+fn final_kinds<T: Clone + Send + 'static>(runs: &[TaskFuture<T>]) -> Vec<StateKind> {
+    runs.iter()
+        .map(|f| {
+            if let Err(e) = f.result() {
+                eprintln!("{e}");
+            }
+            f.state().kind()
+        })
+        .collect()
+}
+
+/// Runs `n` guarded spans of `ms` each that end well, in a flow: their
+/// final states.
+fn guarded_spans(dir: &str, n: usize, ms: u64) -> Vec<StateKind> {
+    std::fs::create_dir_all(dir).unwrap();
+    let runs: Vec<_> = (0..n)
+        .map(|_| guarded_span.submit(dir.to_owned(), ms, "ok".to_string()))
+        .collect();
+    final_kinds(&runs)
+}
+
 #[test]
 fn a_guard_in_task_code_holds_across_dask_workers_and_shows_in_dask() {
     let _t = begin("a_guard_in_task_code_holds_across_dask_workers_and_shows_in_dask");
@@ -187,13 +204,7 @@ fn a_guard_in_task_code_holds_across_dask_workers_and_shows_in_dask() {
             .collect();
         runs.push(guarded_span.submit(dir.clone(), 4_000, "hold".to_string()));
         let asynchronous = guarded_async.submit(dir.clone());
-        let mut kinds: Vec<StateKind> = runs
-            .iter()
-            .map(|f| {
-                let _ = f.result();
-                f.state().kind()
-            })
-            .collect();
+        let mut kinds = final_kinds(&runs);
         let _ = asynchronous.result();
         kinds.push(asynchronous.state().kind());
         kinds
@@ -321,18 +332,7 @@ fn guards_in_task_code_reach_a_tls_scheduler_with_the_workers_certificates() {
     assert!(cluster.address.starts_with("tls://"), "{}", cluster.address);
     #[flow]
     fn guarded_tls(dir: String) -> Vec<StateKind> {
-        std::fs::create_dir_all(&dir).unwrap();
-        let runs: Vec<_> = (0..3)
-            .map(|_| guarded_span.submit(dir.clone(), 200, "ok".to_string()))
-            .collect();
-        runs.iter()
-            .map(|f| {
-                if let Err(e) = f.result() {
-                    eprintln!("{e}");
-                }
-                f.state().kind()
-            })
-            .collect()
+        guarded_spans(&dir, 3, 200)
     }
     concurrency::set_limit("dask-guard", 1).unwrap();
     let spans = dir.path().join("spans").to_string_lossy().into_owned();
@@ -407,16 +407,7 @@ fn guards_hold_with_a_process_per_attempt_too() {
     let cluster = Cluster::start(&[WorkerSpec::threads(2), WorkerSpec::threads(2)]);
     #[flow]
     fn isolated(dir: String) -> Vec<StateKind> {
-        std::fs::create_dir_all(&dir).unwrap();
-        let runs: Vec<_> = (0..4)
-            .map(|_| guarded_span.submit(dir.clone(), 300, "ok".to_string()))
-            .collect();
-        runs.iter()
-            .map(|f| {
-                let _ = f.result();
-                f.state().kind()
-            })
-            .collect()
+        guarded_spans(&dir, 4, 300)
     }
     concurrency::set_limit("dask-guard", 1).unwrap();
     let dir = common::scratch("dask-guard-isolated")
