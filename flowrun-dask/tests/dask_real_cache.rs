@@ -80,10 +80,11 @@ fn a_second_flow_run_on_real_dask_is_all_cached_and_executes_nothing() {
     let log_s = log.to_str().unwrap().to_owned();
     let cluster = Cluster::start(&[WorkerSpec::threads(2), WorkerSpec::threads(1)]);
     let run = |n: u64| {
-        cubes
-            .with_runner(runner(&cluster))
-            .call(dir.clone(), log_s.clone(), n)
-            .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()))
+        cluster.or_logs(
+            cubes
+                .with_runner(runner(&cluster))
+                .call(dir.clone(), log_s.clone(), n),
+        )
     };
 
     let (value, names) = run(3);

@@ -55,10 +55,11 @@ fn a_tag_limit_holds_across_the_workers_of_a_real_dask_cluster() {
     let dir = common::scratch("dask-tag-limit")
         .to_string_lossy()
         .into_owned();
-    let (total, states, in_use) = limited
-        .with_runner(runner(&cluster).tag_limit("dask-db", 2))
-        .call(dir.clone())
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let (total, states, in_use) = cluster.or_logs(
+        limited
+            .with_runner(runner(&cluster).tag_limit("dask-db", 2))
+            .call(dir.clone()),
+    );
     let (most, n, processes) = common::most_at_once(&dir, "query");
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(total, 7);
@@ -219,10 +220,7 @@ fn a_guard_in_task_code_holds_across_dask_workers_and_shows_in_dask() {
         (!common::lines(&format!("{dir}/holding")).is_empty()).then_some(())
     });
     let during = dask_semaphores(&cluster.address, "dask-guard");
-    let kinds = flow
-        .join()
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let kinds = cluster.or_logs(flow.join().unwrap());
     let after = dask_semaphores(&cluster.address, "dask-guard");
     let (most, n, processes) = common::most_at_once(&dir, "guard");
     let _ = std::fs::remove_dir_all(&dir);
@@ -298,10 +296,7 @@ fn guards_of_several_slots_on_real_dask_share_the_limit_without_deadlock() {
     }
     concurrency::set_limit("dask-pair", 2).unwrap();
     let dir = common::scratch("dask-pair").to_string_lossy().into_owned();
-    let (total, too_many) = pairs
-        .with_runner(runner(&cluster))
-        .call(dir.clone())
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let (total, too_many) = cluster.or_logs(pairs.with_runner(runner(&cluster)).call(dir.clone()));
     let (most, spans) = most_slots(&format!("{dir}/pairs.log"));
     let _ = std::fs::remove_dir_all(&dir);
     concurrency::remove_limit("dask-pair");
@@ -340,10 +335,11 @@ fn guards_in_task_code_reach_a_tls_scheduler_with_the_workers_certificates() {
         .tls_ca_file(&ca)
         .tls_client_cert(&cert)
         .tls_client_key(&key);
-    let kinds = guarded_tls
-        .with_runner(runner(&cluster).security(security))
-        .call(spans.clone())
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let kinds = cluster.or_logs(
+        guarded_tls
+            .with_runner(runner(&cluster).security(security))
+            .call(spans.clone()),
+    );
     concurrency::remove_limit("dask-guard");
     assert_eq!(kinds, [StateKind::Completed; 3]);
     assert_eq!(common::most_at_once(&spans, "guard").0, 1);
@@ -384,10 +380,7 @@ fn the_slot_of_a_task_process_that_died_comes_back_by_dasks_lease_timeout() {
     let dir = common::scratch("dask-orphan")
         .to_string_lossy()
         .into_owned();
-    let (dead, after) = orphaned
-        .with_runner(runner(&cluster))
-        .call(dir.clone())
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let (dead, after) = cluster.or_logs(orphaned.with_runner(runner(&cluster)).call(dir.clone()));
     let took: u64 = common::lines(&format!("{dir}/took"))[0].parse().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     concurrency::remove_limit("dask-orphan");
@@ -413,10 +406,11 @@ fn guards_hold_with_a_process_per_attempt_too() {
     let dir = common::scratch("dask-guard-isolated")
         .to_string_lossy()
         .into_owned();
-    let kinds = isolated
-        .with_runner(runner(&cluster).isolate_tasks(true))
-        .call(dir.clone())
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let kinds = cluster.or_logs(
+        isolated
+            .with_runner(runner(&cluster).isolate_tasks(true))
+            .call(dir.clone()),
+    );
     let (most, n, processes) = common::most_at_once(&dir, "guard");
     let _ = std::fs::remove_dir_all(&dir);
     concurrency::remove_limit("dask-guard");

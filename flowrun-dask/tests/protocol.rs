@@ -891,10 +891,11 @@ def run(key, argv, stdin, env, params):
         installed: true,
     };
     let plugin = format!("{ns}-plugin");
-    client
-        .register_worker_plugin(&plugin, runner.plugin_pickle("Plugin"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    cluster.or_logs(
+        client
+            .register_worker_plugin(&plugin, runner.plugin_pickle("Plugin"))
+            .await,
+    );
     let runner = Arc::new(runner);
     let sized = |key: &str, n: usize| {
         let mut task = SubprocessTask::new(key, ["unused"]);
