@@ -22,6 +22,8 @@
 //! call. So `main` only parses its arguments before calling the flow.
 //! Console logging is off unless `FLOWRUN_LOG` says otherwise.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use flowrun::{flow, task};
@@ -50,79 +52,57 @@ struct Inner {
     gather: Duration,
 }
 
-fn submit_and_gather(n: u64) -> Inner {
+/// Times `submit()`, then `gather` of what it submitted, whose result is
+/// the workload's check value.
+fn timed<S>(submit: impl FnOnce() -> S, gather: impl FnOnce(S) -> u64) -> Inner {
     let t0 = Instant::now();
-    let futures: Vec<_> = (0..n).map(|i| noop.submit(i)).collect();
+    let submitted = submit();
     let t1 = Instant::now();
-    let mut check = 0;
-    for f in futures {
-        check += f.into_result().expect("noop task failed");
-    }
     Inner {
-        check,
+        check: gather(submitted),
         submit: t1 - t0,
         gather: t1.elapsed(),
     }
 }
 
+#[flow]
+fn submit_and_gather(n: u64) -> Inner {
+    timed(
+        || (0..n).map(|i| noop.submit(i)).collect::<Vec<_>>(),
+        |futures| {
+            futures
+                .into_iter()
+                .map(|f| f.into_result().expect("noop task failed"))
+                .sum()
+        },
+    )
+}
+
+#[flow]
 fn count_to(n: u64) -> Inner {
-    let t0 = Instant::now();
-    let futures: Vec<_> = (0..n).map(|i| shout.submit(i)).collect();
-    let t1 = Instant::now();
-    for f in &futures {
-        f.result().expect("shout task failed");
-    }
-    Inner {
-        check: futures.len() as u64,
-        submit: t1 - t0,
-        gather: t1.elapsed(),
-    }
+    timed(
+        || (0..n).map(|i| shout.submit(i)).collect::<Vec<_>>(),
+        |futures| {
+            for f in &futures {
+                f.result().expect("shout task failed");
+            }
+            futures.len() as u64
+        },
+    )
 }
 
 /// Fan-out of `n` tasks into one reducer. flowrun has no "list of futures"
 /// argument, so the flow gathers the values and hands them to the reducer
 /// (the pattern of `examples/map_reduce.rs`).
+#[flow]
 fn fan_out_in(n: u64) -> Inner {
-    let t0 = Instant::now();
-    let futures: Vec<_> = (0..n).map(|i| noop.submit(i)).collect();
-    let t1 = Instant::now();
-    let values = flowrun::results(futures).expect("fan-out task failed");
-    let sum = total.submit(values).into_result().expect("reducer failed");
-    Inner {
-        check: sum,
-        submit: t1 - t0,
-        gather: t1.elapsed(),
-    }
-}
-
-#[flow(task_runner = DaskTaskRunner::default())]
-fn noop_dask(n: u64) -> Inner {
-    submit_and_gather(n)
-}
-
-#[flow]
-fn noop_thread(n: u64) -> Inner {
-    submit_and_gather(n)
-}
-
-#[flow(task_runner = DaskTaskRunner::default())]
-fn count_to_dask(n: u64) -> Inner {
-    count_to(n)
-}
-
-#[flow]
-fn count_to_thread(n: u64) -> Inner {
-    count_to(n)
-}
-
-#[flow(task_runner = DaskTaskRunner::default())]
-fn fanout_dask(n: u64) -> Inner {
-    fan_out_in(n)
-}
-
-#[flow]
-fn fanout_thread(n: u64) -> Inner {
-    fan_out_in(n)
+    timed(
+        || (0..n).map(|i| noop.submit(i)).collect::<Vec<_>>(),
+        |futures| {
+            let values = flowrun::results(futures).expect("fan-out task failed");
+            total.submit(values).into_result().expect("reducer failed")
+        },
+    )
 }
 
 /// One no-op task; returns its result and when it arrived.
@@ -144,10 +124,7 @@ fn main() {
     let start = Instant::now();
     // Arguments only: a worker process re-runs main up to the first flow call.
     // (`cargo bench` adds `--bench`; skip dashes.)
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
+    let args = common::args();
     let Some(workload) = args.first().cloned() else {
         // A plain `cargo bench` runs every bench target without arguments:
         // say how this one is used and succeed.
@@ -176,14 +153,16 @@ fn main() {
         _ => usage(),
     };
 
+    let dask = DaskTaskRunner::default;
     let call = Instant::now();
     let (inner, first_result) = match workload.as_str() {
-        "noop-dask" => (noop_dask(n).expect("flow failed"), None),
-        "noop-thread" => (noop_thread(n).expect("flow failed"), None),
-        "count_to-dask" => (count_to_dask(n).expect("flow failed"), None),
-        "count_to-thread" => (count_to_thread(n).expect("flow failed"), None),
-        "fanout-dask" => (fanout_dask(n).expect("flow failed"), None),
-        "fanout-thread" => (fanout_thread(n).expect("flow failed"), None),
+        // Each workload is one flow; its `-dask` form runs it on the Dask runner.
+        "noop-dask" => (submit_and_gather.with_runner(dask()).call(n), None),
+        "noop-thread" => (submit_and_gather(n), None),
+        "count_to-dask" => (count_to.with_runner(dask()).call(n), None),
+        "count_to-thread" => (count_to(n), None),
+        "fanout-dask" => (fan_out_in.with_runner(dask()).call(n), None),
+        "fanout-thread" => (fan_out_in(n), None),
         "startup-dask" => {
             let (r, at) = startup_dask().expect("flow failed");
             let inner = Inner {
@@ -191,10 +170,11 @@ fn main() {
                 submit: Duration::ZERO,
                 gather: at - call,
             };
-            (inner, Some(at))
+            (Ok(inner), Some(at))
         }
         _ => usage(),
     };
+    let inner = inner.expect("flow failed");
     let returned = Instant::now();
 
     let expected = match kind {

@@ -25,6 +25,8 @@
 // The 8-argument reducers: the macro's generated items inherit the arity.
 #![allow(clippy::too_many_arguments)]
 
+mod common;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -123,36 +125,25 @@ fn chain() -> (u64, Duration, u64) {
 fn fan_in() -> (u64, Duration, u64) {
     measured(|| {
         let mut xs: Vec<_> = (0..64u8).map(|i| make.submit(16 * MIB, i)).collect();
-        let mut partial = Vec::new();
-        while !xs.is_empty() {
-            let mut g = xs.drain(..8);
-            let mut next = || g.next().expect("64 is 8 x 8");
-            partial.push(total8.submit(
-                next(),
-                next(),
-                next(),
-                next(),
-                next(),
-                next(),
-                next(),
-                next(),
-            ));
-        }
-        let mut p = partial.into_iter();
-        let mut next = || p.next().expect("8 partial sums");
-        add8.submit(
-            next(),
-            next(),
-            next(),
-            next(),
-            next(),
-            next(),
-            next(),
-            next(),
-        )
-        .into_result()
-        .expect("fan-in")
+        let partial: Vec<_> = (0..8)
+            .map(|_| {
+                let [a, b, c, d, e, f, g, h] = eight(xs.drain(..8).collect());
+                total8.submit(a, b, c, d, e, f, g, h)
+            })
+            .collect();
+        let [a, b, c, d, e, f, g, h] = eight(partial);
+        add8.submit(a, b, c, d, e, f, g, h)
+            .into_result()
+            .expect("fan-in")
     })
+}
+
+/// The arguments of one 8-argument reducer.
+fn eight<T>(group: Vec<T>) -> [T; 8] {
+    match group.try_into() {
+        Ok(args) => args,
+        Err(group) => panic!("a reducer takes 8 futures, not {}", group.len()),
+    }
 }
 
 fn expected(workload: &str) -> u64 {
@@ -217,9 +208,8 @@ fn main() {
     // Worker processes of the flows below become workers here.
     flowrun::worker::divert_if_worker();
     std::env::set_var("FLOWRUN_LOG", "off");
-    let rounds: usize = std::env::args()
-        .skip(1)
-        .find(|a| !a.starts_with("--"))
+    let rounds: usize = common::args()
+        .first()
         .map_or(3, |n| n.parse().expect("a number of rounds"));
     let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/data-venv.sh");
     let out = Command::new(venv).output().expect("run bench/data-venv.sh");

@@ -8,6 +8,8 @@
 //! a second argument sets the task count. Console logging is off
 //! (`FLOWRUN_LOG=off`), and the home is a temporary folder.
 
+mod common;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -59,29 +61,22 @@ fn timed(on: bool, home: &Path, run: &impl Fn() -> u64) -> Sample {
     }
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn compare(label: &str, n: u64, rounds: usize, home: &Path, run: impl Fn() -> u64) {
     // Warm-up: thread start-up, the database file and its schema.
     timed(true, home, &run);
     timed(false, home, &run);
     let (mut on, mut off) = (Vec::new(), Vec::new());
     for round in 0..rounds {
-        if round % 2 == 0 {
-            on.push(timed(true, home, &run));
-            off.push(timed(false, home, &run));
-        } else {
-            off.push(timed(false, home, &run));
-            on.push(timed(true, home, &run));
-        }
+        common::alternate(
+            round,
+            || on.push(timed(true, home, &run)),
+            || off.push(timed(false, home, &run)),
+        );
     }
     let per_task = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
     let line = |what: &str, f: fn(&Sample) -> Duration| {
-        let a = median(on.iter().map(f).collect());
-        let b = median(off.iter().map(f).collect());
+        let a = common::median(on.iter().map(f).collect());
+        let b = common::median(off.iter().map(f).collect());
         println!(
             "{label:<20} {n:>7} tasks  {what:<17} on {:>7.1} ms ({:>5.2} µs/task)  off {:>7.1} ms ({:>5.2} µs/task)  on/off {:.3}x",
             a.as_secs_f64() * 1e3,
@@ -102,10 +97,7 @@ fn main() {
     // they divert here, before making a home of their own.
     flowrun::worker::divert_if_worker();
     std::env::set_var("FLOWRUN_LOG", "off");
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
+    let args = common::args();
     let only = args.first().cloned();
     let n: u64 = args
         .get(1)

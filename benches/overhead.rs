@@ -8,6 +8,8 @@
 //! Console logging is switched off (`FLOWRUN_LOG=off`) so the figure is
 //! the runtime's cost, not the terminal's.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use flowrun::{flow, task, ThreadPoolTaskRunner};
@@ -102,13 +104,7 @@ fn measure_history(label: &str, n: u64, runs: usize, run: impl Fn(u64) -> u64) {
     };
     let (mut on, mut off) = (Vec::new(), Vec::new());
     for round in 0..runs {
-        if round % 2 == 0 {
-            on.push(timed(true));
-            off.push(timed(false));
-        } else {
-            off.push(timed(false));
-            on.push(timed(true));
-        }
+        common::alternate(round, || on.push(timed(true)), || off.push(timed(false)));
     }
     flowrun::history::set_recording(true);
     on.sort();
@@ -129,10 +125,7 @@ fn measure_history(label: &str, n: u64, runs: usize, run: impl Fn(u64) -> u64) {
 
 fn main() {
     std::env::set_var("FLOWRUN_LOG", "off");
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
+    let args = common::args();
     let only = args.first().cloned();
     let sizes: Vec<u64> = match args.get(1) {
         Some(n) => vec![n.parse().expect("a task count")],

@@ -8,6 +8,8 @@
 //! `cargo bench --bench scale -- growth dask` or `-- stream` or `-- dag`
 //! runs one part. Console logging is off.
 
+mod common;
+
 use std::time::Instant;
 
 use flowrun::{flow, task, TaskFuture};
@@ -170,10 +172,7 @@ fn dag() {
 
 fn main() {
     std::env::set_var("FLOWRUN_LOG", "off");
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
+    let args = common::args();
     let wants = |part: &str| args.is_empty() || args.iter().any(|a| a == part);
     if wants("growth") {
         if args.is_empty()

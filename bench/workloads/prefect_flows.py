@@ -51,41 +51,37 @@ def total(values):
     return sum(values)
 
 
+def timed(submit, gather):
+    """Times `submit()`, then `gather(what it submitted)`: (check, submit_s, gather_s)."""
+    t0 = time.time()
+    submitted = submit()
+    t1 = time.time()
+    check = gather(submitted)
+    return check, t1 - t0, time.time() - t1
+
+
+def results(futures):
+    wait(futures)
+    return [f.result() for f in futures]
+
+
 @flow(task_runner=make_runner())
 def noop_flow(n):
-    t0 = time.time()
-    futs = [noop.submit(i) for i in range(n)]
-    t1 = time.time()
-    wait(futs)
-    res = [f.result() for f in futs]
-    t2 = time.time()
-    return sum(res), t1 - t0, t2 - t1
+    return timed(lambda: [noop.submit(i) for i in range(n)], lambda futs: sum(results(futs)))
 
 
 @flow(task_runner=make_runner())
 def count_to(highest_number):
     # The waited form (shared/baselines/prefect/count_to_wait.py): without
     # wait(), DaskTaskRunner cancels the running tasks at flow exit.
-    t0 = time.time()
-    futures = [shout.submit(number) for number in range(highest_number)]
-    t1 = time.time()
-    wait(futures)
-    for f in futures:
-        f.result()
-    t2 = time.time()
-    return len(futures), t1 - t0, t2 - t1
+    return timed(lambda: [shout.submit(number) for number in range(highest_number)],
+                 lambda futures: len(results(futures)))
 
 
 @flow(task_runner=make_runner())
 def fanout_flow(n):
     # As chain.py: the reducer takes the list of futures; Prefect resolves them.
-    t0 = time.time()
-    futs = [noop.submit(i) for i in range(n)]
-    tot = total.submit(futs)
-    t1 = time.time()
-    r = tot.result()
-    t2 = time.time()
-    return r, t1 - t0, t2 - t1
+    return timed(lambda: total.submit([noop.submit(i) for i in range(n)]), lambda tot: tot.result())
 
 
 @flow(task_runner=make_runner())

@@ -25,6 +25,15 @@ pub(crate) fn alternate(round: usize, mut a: impl FnMut(), mut b: impl FnMut()) 
     }
 }
 
+/// The benchmark's own command-line arguments: those after the program
+/// name, without the `--bench`-style flags `cargo bench` adds.
+pub(crate) fn args() -> Vec<String> {
+    std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect()
+}
+
 /// The median of `v` (the upper one of an even count).
 pub(crate) fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();

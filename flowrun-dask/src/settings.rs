@@ -301,15 +301,8 @@ impl ClusterKwargs {
     pub fn shape(&self) -> Result<(usize, usize), SettingsError> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let processes = self.processes.unwrap_or(true);
-        let positive = |v: i64, name: &str| -> Result<usize, SettingsError> {
-            if v < 1 {
-                Err(SettingsError::new(
-                    format!("cluster_kwargs.{name}"),
-                    format!("must be at least 1, got {v}"),
-                ))
-            } else {
-                Ok(v as usize)
-            }
+        let positive = |v: i64, name: &str| {
+            at_least(&format!("cluster_kwargs.{name}"), v, 1).map(|v| v as usize)
         };
         let n = self
             .n_workers
@@ -502,19 +495,9 @@ impl AdaptKwargs {
 
     /// Checks the bounds and durations.
     pub fn validate(&self) -> Result<(), SettingsError> {
-        if self.minimum < 0 {
-            return Err(SettingsError::new(
-                "adapt_kwargs.minimum",
-                format!("must be at least 0, got {}", self.minimum),
-            ));
-        }
+        at_least("adapt_kwargs.minimum", self.minimum, 0)?;
         if let Some(max) = self.maximum {
-            if max < 1 {
-                return Err(SettingsError::new(
-                    "adapt_kwargs.maximum",
-                    format!("must be at least 1, got {max}"),
-                ));
-            }
+            at_least("adapt_kwargs.maximum", max, 1)?;
             if max < self.minimum {
                 return Err(SettingsError::new(
                     "adapt_kwargs",
@@ -522,25 +505,9 @@ impl AdaptKwargs {
                 ));
             }
         }
-        if self.wait_count < 1 {
-            return Err(SettingsError::new(
-                "adapt_kwargs.wait_count",
-                format!("must be at least 1, got {}", self.wait_count),
-            ));
-        }
-        if self.interval.is_zero() {
-            return Err(SettingsError::new(
-                "adapt_kwargs.interval",
-                "must be longer than zero",
-            ));
-        }
-        if self.target_duration.is_zero() {
-            return Err(SettingsError::new(
-                "adapt_kwargs.target_duration",
-                "must be longer than zero",
-            ));
-        }
-        Ok(())
+        at_least("adapt_kwargs.wait_count", self.wait_count, 1)?;
+        longer_than_zero("adapt_kwargs.interval", self.interval)?;
+        longer_than_zero("adapt_kwargs.target_duration", self.target_duration)
     }
 }
 
@@ -588,20 +555,28 @@ impl ClientKwargs {
 
     /// Checks the timeouts.
     pub fn validate(&self) -> Result<(), SettingsError> {
-        if self.timeout.is_zero() {
-            return Err(SettingsError::new(
-                "client_kwargs.timeout",
-                "must be longer than zero",
-            ));
-        }
-        if self.startup_timeout.is_zero() {
-            return Err(SettingsError::new(
-                "client_kwargs.startup_timeout",
-                "must be longer than zero",
-            ));
-        }
-        Ok(())
+        longer_than_zero("client_kwargs.timeout", self.timeout)?;
+        longer_than_zero("client_kwargs.startup_timeout", self.startup_timeout)
     }
+}
+
+/// `value`, the number the setting `setting` holds, if it is at least `min`.
+fn at_least(setting: &str, value: i64, min: i64) -> Result<i64, SettingsError> {
+    if value < min {
+        return Err(SettingsError::new(
+            setting,
+            format!("must be at least {min}, got {value}"),
+        ));
+    }
+    Ok(value)
+}
+
+/// Refuses a setting that is a zero duration.
+fn longer_than_zero(setting: &str, duration: Duration) -> Result<(), SettingsError> {
+    if duration.is_zero() {
+        return Err(SettingsError::new(setting, "must be longer than zero"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -171,10 +171,11 @@ fn count_to_runs_in_parallel_on_two_workers() {
     let cluster = Cluster::start(&[WorkerSpec::threads(2), WorkerSpec::threads(2)]);
     let seen = console().lock().unwrap().len();
     let started = Instant::now();
-    let (keys, locations) = count_to
-        .with_runner(runner(&cluster))
-        .call(10, cluster.address.clone())
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let (keys, locations) = cluster.or_logs(
+        count_to
+            .with_runner(runner(&cluster))
+            .call(10, cluster.address.clone()),
+    );
     let elapsed = started.elapsed();
     // Ten sleeps in a row would take 5 s; four slots take three waves.
     assert!(elapsed < Duration::from_millis(4500), "{elapsed:?}");
@@ -273,10 +274,7 @@ fn dependency_data_moves_between_workers_not_through_the_flow() {
         let cluster = Cluster::start(&[WorkerSpec::threads(1), WorkerSpec::threads(1)]);
         reset_peak_memory();
         let before = peak_memory();
-        let length = chain
-            .with_runner(runner(&cluster))
-            .call(mb, read_last)
-            .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+        let length = cluster.or_logs(chain.with_runner(runner(&cluster)).call(mb, read_last));
         assert_eq!(length, 3 * (mb << 20));
         let grown = peak_memory().saturating_sub(before);
         let (peers, to_flow) = worker_transfers(&cluster.address);
@@ -350,16 +348,14 @@ fn a_large_value_passes_a_chain_in_shared_memory_and_arrives_intact() {
     let worker = cluster.worker_pids()[0];
     let (mb, links) = (64, 4);
     // The warm-up starts the task process and Python's imports.
-    appended
-        .with_runner(runner(&cluster))
-        .call(1, 1, false)
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    cluster.or_logs(appended.with_runner(runner(&cluster)).call(1, 1, false));
     reset_peak_memory_of(worker);
     let before = peak_memory_of(worker);
-    let (length, _) = appended
-        .with_runner(runner(&cluster))
-        .call(mb, links, false)
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let (length, _) = cluster.or_logs(
+        appended
+            .with_runner(runner(&cluster))
+            .call(mb, links, false),
+    );
     assert_eq!(length, (mb << 20) + links);
     // Five values of 64 MiB went from task process to task process through
     // the worker, which never touched them: they stayed in the shared
@@ -371,10 +367,8 @@ fn a_large_value_passes_a_chain_in_shared_memory_and_arrives_intact() {
         grown >> 20
     );
     // The same chain read by the flow: every byte arrives.
-    let (length, intact) = appended
-        .with_runner(runner(&cluster))
-        .call(mb, links, true)
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let (length, intact) =
+        cluster.or_logs(appended.with_runner(runner(&cluster)).call(mb, links, true));
     assert_eq!(length, (mb << 20) + links);
     assert!(
         intact,
@@ -466,10 +460,11 @@ fn results_are_read_in_batches_and_a_single_read_is_one_gather() {
     let cluster = Cluster::start(&[WorkerSpec::threads(2)]);
     let proxy = CountingProxy::start(&cluster.address);
     let n = 300;
-    let (total, first) = read_every_result
-        .with_runner(runner(&cluster).address(&proxy.address))
-        .call(n)
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let (total, first) = cluster.or_logs(
+        read_every_result
+            .with_runner(runner(&cluster).address(&proxy.address))
+            .call(n),
+    );
     assert_eq!(total, n * (n + 1) / 2);
     assert_eq!(first, 1, "a result read twice is read again");
     // Every result read ahead by the first read, plus the second read of
@@ -520,10 +515,11 @@ fn drops_a_future(address: String) -> Vec<Option<String>> {
 fn a_key_is_released_once_no_future_and_no_dependent_needs_it() {
     let _t = begin("a_key_is_released_once_no_future_and_no_dependent_needs_it");
     let cluster = Cluster::start(&[WorkerSpec::threads(2)]);
-    let states = drops_a_future
-        .with_runner(runner(&cluster))
-        .call(cluster.address.clone())
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let states = cluster.or_logs(
+        drops_a_future
+            .with_runner(runner(&cluster))
+            .call(cluster.address.clone()),
+    );
     assert_eq!(states, vec![Some("memory".to_owned()), None, None]);
 }
 
@@ -549,10 +545,7 @@ fn a_flow_of_ten_thousand_tasks_leaves_nothing_on_a_long_lived_scheduler() {
     let nothing = "(0, [], [])";
     let n = 10_000;
     let flow = || {
-        let total = many
-            .with_runner(runner(&cluster))
-            .call(n)
-            .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+        let total = cluster.or_logs(many.with_runner(runner(&cluster)).call(n));
         assert_eq!(total, n * (n + 1) / 2);
         assert_eq!(
             support::on_scheduler(&cluster.address, LEFT_BEHIND),
@@ -640,10 +633,11 @@ fn priority_orders_queued_tasks_on_a_one_thread_worker() {
     let _t = begin("priority_orders_queued_tasks_on_a_one_thread_worker");
     let cluster = Cluster::start(&[WorkerSpec::threads(1)]);
     let path = cluster.dir().join("order");
-    prioritised
-        .with_runner(runner(&cluster))
-        .call(path.display().to_string())
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    cluster.or_logs(
+        prioritised
+            .with_runner(runner(&cluster))
+            .call(path.display().to_string()),
+    );
     let ran: Vec<String> = std::fs::read_to_string(&path)
         .unwrap()
         .lines()
@@ -690,10 +684,7 @@ fn a_resource_task_runs_only_where_the_resource_is() {
         WorkerSpec::threads(2).with_resources("GPU=1"),
     ]);
     let gpu_pid = cluster.worker_pids()[1];
-    let (gpu, plain) = placed
-        .with_runner(runner(&cluster))
-        .call()
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let (gpu, plain) = cluster.or_logs(placed.with_runner(runner(&cluster)).call());
     for (pid, location) in &gpu {
         assert_eq!(*pid, gpu_pid, "a GPU task ran on the wrong worker");
         assert_eq!(location, cluster.worker_address(1));
@@ -701,10 +692,7 @@ fn a_resource_task_runs_only_where_the_resource_is() {
     assert!(plain.iter().all(|p| cluster.worker_pids().contains(p)));
 
     // A resource no worker offers: the task waits, and the runner says why.
-    let (waiting, cancelled) = unplaceable
-        .with_runner(runner(&cluster))
-        .call()
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let (waiting, cancelled) = cluster.or_logs(unplaceable.with_runner(runner(&cluster)).call());
     assert_eq!(waiting.len(), 1, "{waiting:?}");
     assert_eq!(waiting[0].run, "which_worker-0");
     assert!(waiting[0].reason.contains("TPU"), "{waiting:?}");
@@ -775,10 +763,7 @@ fn failing() -> Vec<Seen> {
 fn a_failure_is_the_tasks_own_error_and_fails_its_dependents() {
     let _t = begin("a_failure_is_the_tasks_own_error_and_fails_its_dependents");
     let cluster = Cluster::start(&[WorkerSpec::threads(2)]);
-    let seen = failing
-        .with_runner(runner(&cluster))
-        .call()
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let seen = cluster.or_logs(failing.with_runner(runner(&cluster)).call());
     let (kind, message, output, state) = &seen[0];
     assert_eq!(kind, &TaskErrorKind::Error);
     assert_eq!(message, "disk full (a)");
@@ -835,10 +820,11 @@ fn dask_retries_a_flaky_task_until_it_succeeds() {
     let _t = begin("dask_retries_a_flaky_task_until_it_succeeds");
     let cluster = Cluster::start(&[WorkerSpec::threads(1)]);
     let counter = cluster.dir().join("attempts");
-    let (value, attempts) = retried
-        .with_runner(runner(&cluster))
-        .call(counter.display().to_string())
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let (value, attempts) = cluster.or_logs(
+        retried
+            .with_runner(runner(&cluster))
+            .call(counter.display().to_string()),
+    );
     assert_eq!(value, 2, "succeeded on its second run");
     assert_eq!(attempts, 1, "the retry happened inside Dask");
     assert!(console_has("Task run 'flaky-0' - attempt 1"));
@@ -877,10 +863,7 @@ fn tasks_are_calls_into_a_long_lived_task_process_unless_isolated() {
     let _t = begin("tasks_are_calls_into_a_long_lived_task_process_unless_isolated");
     let cluster = Cluster::start(&[WorkerSpec::threads(1)]);
     let worker = cluster.worker_pids()[0];
-    let served = process_ids
-        .with_runner(runner(&cluster))
-        .call(4)
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let served = cluster.or_logs(process_ids.with_runner(runner(&cluster)).call(4));
     let pids: BTreeSet<u32> = served.iter().map(|(pid, _, _)| *pid).collect();
     assert_eq!(
         pids.len(),
@@ -894,10 +877,11 @@ fn tasks_are_calls_into_a_long_lived_task_process_unless_isolated() {
     );
     // The flow run's end stops it.
     no_task_mode_left();
-    let isolated = process_ids
-        .with_runner(runner(&cluster).isolate_tasks(true))
-        .call(4)
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let isolated = cluster.or_logs(
+        process_ids
+            .with_runner(runner(&cluster).isolate_tasks(true))
+            .call(4),
+    );
     let pids: BTreeSet<u32> = isolated.iter().map(|(pid, _, _)| *pid).collect();
     assert_eq!(pids.len(), 4, "a process per task: {isolated:?}");
     no_task_mode_left();
@@ -943,10 +927,11 @@ fn a_task_process_that_dies_is_a_crash_dask_retries_and_a_new_one_serves() {
     let _t = begin("a_task_process_that_dies_is_a_crash_dask_retries_and_a_new_one_serves");
     let cluster = Cluster::start(&[WorkerSpec::threads(1)]);
     let marker = cluster.dir().join("dies-once");
-    let (kind, message, first, survivor) = dying
-        .with_runner(runner(&cluster))
-        .call(marker.display().to_string())
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let (kind, message, first, survivor) = cluster.or_logs(
+        dying
+            .with_runner(runner(&cluster))
+            .call(marker.display().to_string()),
+    );
     assert_eq!(kind, TaskErrorKind::Crashed, "{message}");
     assert!(message.contains("signal 9"), "{message}");
     let killed_in: u32 = std::fs::read_to_string(&marker).unwrap().parse().unwrap();
@@ -1006,10 +991,11 @@ fn a_task_on_a_killed_worker_is_rerun_elsewhere() {
             first
         })
     };
-    let ran_on = survives
-        .with_runner(runner(&cluster))
-        .call(dir.display().to_string())
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let ran_on = cluster.or_logs(
+        survives
+            .with_runner(runner(&cluster))
+            .call(dir.display().to_string()),
+    );
     let killed = killer.join().unwrap();
     assert_ne!(ran_on, killed);
     let mut starts = started_on(&dir);
@@ -1062,10 +1048,8 @@ fn get_dask_client_submits_to_the_same_real_cluster() {
     let cluster = Cluster::start(&[WorkerSpec::threads(1)]);
     let worker = cluster.worker_pids()[0];
     let seen = console().lock().unwrap().len();
-    let ((inside, inside_pids), (from_flow, flow_pids)) = nested
-        .with_runner(runner(&cluster))
-        .call(5)
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let ((inside, inside_pids), (from_flow, flow_pids)) =
+        cluster.or_logs(nested.with_runner(runner(&cluster)).call(5));
     assert_eq!(inside, 55);
     assert_eq!(from_flow, 55);
     // The inner runs' lines carry their own names, not the outer task's.
@@ -1112,10 +1096,11 @@ fn a_tls_cluster_is_reached_with_dask_security_and_a_wrong_certificate_names_the
             .tls_client_cert(cert)
             .tls_client_key(key)
     };
-    let ((inside, _), (from_flow, _)) = nested
-        .with_runner(runner(&cluster).security(security(&ca, &cert, &key)))
-        .call(3)
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let ((inside, _), (from_flow, _)) = cluster.or_logs(
+        nested
+            .with_runner(runner(&cluster).security(security(&ca, &cert, &key)))
+            .call(3),
+    );
     assert_eq!((inside, from_flow), (14, 14));
     no_task_mode_left();
     for (wrong, what) in [
@@ -1213,10 +1198,10 @@ fn a_performance_report_is_written_for_a_real_cluster() {
     let _t = begin("a_performance_report_is_written_for_a_real_cluster");
     let cluster = Cluster::start(&[WorkerSpec::threads(2)]);
     let path = cluster.dir().join("report.html");
-    let total = naps
-        .with_runner(runner(&cluster).performance_report_path(&path))
-        .call(4)
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let total = cluster.or_logs(
+        naps.with_runner(runner(&cluster).performance_report_path(&path))
+            .call(4),
+    );
     assert_eq!(total, 60);
     let html = std::fs::read_to_string(&path).expect("the report was written");
     for run in ["nap-0", "nap-3"] {
@@ -1369,10 +1354,11 @@ fn a_task_program_of_another_build_is_refused() {
     let _t = begin("a_task_program_of_another_build_is_refused");
     let cluster = Cluster::start(&[WorkerSpec::threads(1)]);
     let copy = other_build(cluster.dir());
-    let (kind, message) = refused
-        .with_runner(runner(&cluster).task_program(&copy))
-        .call()
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let (kind, message) = cluster.or_logs(
+        refused
+            .with_runner(runner(&cluster).task_program(&copy))
+            .call(),
+    );
     assert_eq!(kind, TaskErrorKind::Runner, "{message}");
     assert!(
         message.contains(flowrun_dask::build_id()) && message.contains("task_program"),
@@ -1381,10 +1367,11 @@ fn a_task_program_of_another_build_is_refused() {
     assert!(message.contains(&copy.display().to_string()), "{message}");
 
     // A task program the workers do not have is named in the error.
-    let (kind, message) = refused
-        .with_runner(runner(&cluster).task_program("/nonexistent/flow-program"))
-        .call()
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let (kind, message) = cluster.or_logs(
+        refused
+            .with_runner(runner(&cluster).task_program("/nonexistent/flow-program"))
+            .call(),
+    );
     assert_eq!(kind, TaskErrorKind::Runner, "{message}");
     assert!(
         message.contains("cannot start the task program /nonexistent/flow-program"),
@@ -1398,10 +1385,11 @@ fn a_task_program_of_another_build_is_refused() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let started = Instant::now();
-    let (kind, message) = refused
-        .with_runner(runner(&cluster).task_program(&script))
-        .call()
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let (kind, message) = cluster.or_logs(
+        refused
+            .with_runner(runner(&cluster).task_program(&script))
+            .call(),
+    );
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "waited for the leftover process: {:?}",

@@ -135,10 +135,11 @@ fn fan_in(address: String) -> (i64, (i64, i64), Vec<i64>, Vec<String>, String) {
 fn futures_inside_collections_are_dask_dependencies_of_the_reducer() {
     let _t = begin("futures_inside_collections_are_dask_dependencies_of_the_reducer");
     let cluster = Cluster::start(&[WorkerSpec::threads(2), WorkerSpec::threads(2)]);
-    let (value, array, mapped, upstream_keys, deps) = fan_in
-        .with_runner(runner(&cluster))
-        .call(cluster.address.clone())
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let (value, array, mapped, upstream_keys, deps) = cluster.or_logs(
+        fan_in
+            .with_runner(runner(&cluster))
+            .call(cluster.address.clone()),
+    );
     assert_eq!(value, 1 + 4 + 9 + 16);
     assert_eq!(array, (4, 16));
     assert_eq!(mapped, [25 + 36, 49]);
@@ -204,10 +205,8 @@ fn task_hooks_run_in_the_task_mode_process_that_runs_the_task() {
     // Set before the cluster starts, so its workers inherit it.
     std::env::set_var(HOOK_LOG_ENV, &log);
     let cluster = Cluster::start(&[WorkerSpec::threads(1)]);
-    let (task_pid, bad_failed, never_failed) = with_hooks
-        .with_runner(runner(&cluster))
-        .call()
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let (task_pid, bad_failed, never_failed) =
+        cluster.or_logs(with_hooks.with_runner(runner(&cluster)).call());
     std::env::remove_var(HOOK_LOG_ENV);
     assert!(bad_failed);
     assert!(never_failed);

@@ -14,25 +14,12 @@
 mod common;
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use flowrun::cache::{Lookup, ResultStorage};
 use flowrun::{flow, task, TaskOptions};
 use flowrun_dask::DaskTaskRunner;
 use support::{begin, runner, Cluster, WorkerSpec};
-
-/// The result files in `dir` (not the temporary files of a write).
-fn files(dir: &Path) -> Vec<String> {
-    let mut out: Vec<String> = std::fs::read_dir(dir)
-        .map(|r| {
-            r.map(|e| e.unwrap().file_name().to_str().unwrap().to_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    out.retain(|n| !n.starts_with('.'));
-    out.sort();
-    out
-}
 
 /// Logs `what pid` for each execution, in the process that executes it.
 fn executed(log: &str, what: &str) {
@@ -80,10 +67,11 @@ fn a_second_flow_run_on_real_dask_is_all_cached_and_executes_nothing() {
     let log_s = log.to_str().unwrap().to_owned();
     let cluster = Cluster::start(&[WorkerSpec::threads(2), WorkerSpec::threads(1)]);
     let run = |n: u64| {
-        cubes
-            .with_runner(runner(&cluster))
-            .call(dir.clone(), log_s.clone(), n)
-            .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()))
+        cluster.or_logs(
+            cubes
+                .with_runner(runner(&cluster))
+                .call(dir.clone(), log_s.clone(), n),
+        )
     };
 
     let (value, names) = run(3);
@@ -91,7 +79,10 @@ fn a_second_flow_run_on_real_dask_is_all_cached_and_executes_nothing() {
     assert!(names.iter().all(|n| n == "Completed"), "{names:?}");
     let lines = common::lines(&log_s);
     assert_eq!(lines.len(), 4, "{lines:?}");
-    assert_eq!(files(&dir), ["cube-0", "cube-1", "cube-2", "sum-3"]);
+    assert_eq!(
+        common::result_files(&dir),
+        ["cube-0", "cube-1", "cube-2", "sum-3"]
+    );
 
     // Each file was written by the process that executed its task: a
     // task process of a Dask worker, not this flow process.

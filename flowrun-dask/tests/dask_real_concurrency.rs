@@ -14,7 +14,7 @@ mod support;
 use std::time::Duration;
 
 use flowrun::concurrency::{self, concurrency, AWAITING_CONCURRENCY_SLOT};
-use flowrun::{flow, task, StateKind};
+use flowrun::{flow, task, StateKind, TaskFuture};
 use support::{begin, runner, Cluster, WorkerSpec};
 
 /// Records when it ran, in microseconds, and in which process.
@@ -55,10 +55,11 @@ fn a_tag_limit_holds_across_the_workers_of_a_real_dask_cluster() {
     let dir = common::scratch("dask-tag-limit")
         .to_string_lossy()
         .into_owned();
-    let (total, states, in_use) = limited
-        .with_runner(runner(&cluster).tag_limit("dask-db", 2))
-        .call(dir.clone())
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let (total, states, in_use) = cluster.or_logs(
+        limited
+            .with_runner(runner(&cluster).tag_limit("dask-db", 2))
+            .call(dir.clone()),
+    );
     let (most, n, processes) = common::most_at_once(&dir, "query");
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(total, 7);
@@ -94,13 +95,7 @@ fn on_real_dask_a_failed_run_gives_its_slot_back_and_rate_limits_fail_clearly() 
     #[flow]
     fn failing() -> (Vec<StateKind>, u32, String) {
         let runs: Vec<_> = (0..3).map(|_| dask_fails.submit()).collect();
-        let kinds = runs
-            .iter()
-            .map(|f| {
-                let _ = f.result();
-                f.state().kind()
-            })
-            .collect();
+        let kinds = final_kinds(&runs);
         let in_use = concurrency::tag_limit("dask-fail").unwrap().active;
         let rate = dask_rate_limited.submit().result().unwrap_err();
         (kinds, in_use, rate.message().to_owned())
@@ -174,6 +169,29 @@ fn dask_semaphores(address: &str, name: &str) -> String {
     )
 }
 
+/// Waits for each run and gives its final state (a failure, which some
+/// tests expect, is printed rather than raised).
+fn final_kinds<T: Clone + Send + 'static>(runs: &[TaskFuture<T>]) -> Vec<StateKind> {
+    runs.iter()
+        .map(|f| {
+            if let Err(e) = f.result() {
+                eprintln!("{e}");
+            }
+            f.state().kind()
+        })
+        .collect()
+}
+
+/// Runs `n` guarded spans of `ms` each that end well, in a flow: their
+/// final states.
+fn guarded_spans(dir: &str, n: usize, ms: u64) -> Vec<StateKind> {
+    std::fs::create_dir_all(dir).unwrap();
+    let runs: Vec<_> = (0..n)
+        .map(|_| guarded_span.submit(dir.to_owned(), ms, "ok".to_string()))
+        .collect();
+    final_kinds(&runs)
+}
+
 #[test]
 fn a_guard_in_task_code_holds_across_dask_workers_and_shows_in_dask() {
     let _t = begin("a_guard_in_task_code_holds_across_dask_workers_and_shows_in_dask");
@@ -187,13 +205,7 @@ fn a_guard_in_task_code_holds_across_dask_workers_and_shows_in_dask() {
             .collect();
         runs.push(guarded_span.submit(dir.clone(), 4_000, "hold".to_string()));
         let asynchronous = guarded_async.submit(dir.clone());
-        let mut kinds: Vec<StateKind> = runs
-            .iter()
-            .map(|f| {
-                let _ = f.result();
-                f.state().kind()
-            })
-            .collect();
+        let mut kinds = final_kinds(&runs);
         let _ = asynchronous.result();
         kinds.push(asynchronous.state().kind());
         kinds
@@ -208,10 +220,7 @@ fn a_guard_in_task_code_holds_across_dask_workers_and_shows_in_dask() {
         (!common::lines(&format!("{dir}/holding")).is_empty()).then_some(())
     });
     let during = dask_semaphores(&cluster.address, "dask-guard");
-    let kinds = flow
-        .join()
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let kinds = cluster.or_logs(flow.join().unwrap());
     let after = dask_semaphores(&cluster.address, "dask-guard");
     let (most, n, processes) = common::most_at_once(&dir, "guard");
     let _ = std::fs::remove_dir_all(&dir);
@@ -287,10 +296,7 @@ fn guards_of_several_slots_on_real_dask_share_the_limit_without_deadlock() {
     }
     concurrency::set_limit("dask-pair", 2).unwrap();
     let dir = common::scratch("dask-pair").to_string_lossy().into_owned();
-    let (total, too_many) = pairs
-        .with_runner(runner(&cluster))
-        .call(dir.clone())
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let (total, too_many) = cluster.or_logs(pairs.with_runner(runner(&cluster)).call(dir.clone()));
     let (most, spans) = most_slots(&format!("{dir}/pairs.log"));
     let _ = std::fs::remove_dir_all(&dir);
     concurrency::remove_limit("dask-pair");
@@ -321,18 +327,7 @@ fn guards_in_task_code_reach_a_tls_scheduler_with_the_workers_certificates() {
     assert!(cluster.address.starts_with("tls://"), "{}", cluster.address);
     #[flow]
     fn guarded_tls(dir: String) -> Vec<StateKind> {
-        std::fs::create_dir_all(&dir).unwrap();
-        let runs: Vec<_> = (0..3)
-            .map(|_| guarded_span.submit(dir.clone(), 200, "ok".to_string()))
-            .collect();
-        runs.iter()
-            .map(|f| {
-                if let Err(e) = f.result() {
-                    eprintln!("{e}");
-                }
-                f.state().kind()
-            })
-            .collect()
+        guarded_spans(&dir, 3, 200)
     }
     concurrency::set_limit("dask-guard", 1).unwrap();
     let spans = dir.path().join("spans").to_string_lossy().into_owned();
@@ -340,10 +335,11 @@ fn guards_in_task_code_reach_a_tls_scheduler_with_the_workers_certificates() {
         .tls_ca_file(&ca)
         .tls_client_cert(&cert)
         .tls_client_key(&key);
-    let kinds = guarded_tls
-        .with_runner(runner(&cluster).security(security))
-        .call(spans.clone())
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let kinds = cluster.or_logs(
+        guarded_tls
+            .with_runner(runner(&cluster).security(security))
+            .call(spans.clone()),
+    );
     concurrency::remove_limit("dask-guard");
     assert_eq!(kinds, [StateKind::Completed; 3]);
     assert_eq!(common::most_at_once(&spans, "guard").0, 1);
@@ -384,10 +380,7 @@ fn the_slot_of_a_task_process_that_died_comes_back_by_dasks_lease_timeout() {
     let dir = common::scratch("dask-orphan")
         .to_string_lossy()
         .into_owned();
-    let (dead, after) = orphaned
-        .with_runner(runner(&cluster))
-        .call(dir.clone())
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let (dead, after) = cluster.or_logs(orphaned.with_runner(runner(&cluster)).call(dir.clone()));
     let took: u64 = common::lines(&format!("{dir}/took"))[0].parse().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     concurrency::remove_limit("dask-orphan");
@@ -407,25 +400,17 @@ fn guards_hold_with_a_process_per_attempt_too() {
     let cluster = Cluster::start(&[WorkerSpec::threads(2), WorkerSpec::threads(2)]);
     #[flow]
     fn isolated(dir: String) -> Vec<StateKind> {
-        std::fs::create_dir_all(&dir).unwrap();
-        let runs: Vec<_> = (0..4)
-            .map(|_| guarded_span.submit(dir.clone(), 300, "ok".to_string()))
-            .collect();
-        runs.iter()
-            .map(|f| {
-                let _ = f.result();
-                f.state().kind()
-            })
-            .collect()
+        guarded_spans(&dir, 4, 300)
     }
     concurrency::set_limit("dask-guard", 1).unwrap();
     let dir = common::scratch("dask-guard-isolated")
         .to_string_lossy()
         .into_owned();
-    let kinds = isolated
-        .with_runner(runner(&cluster).isolate_tasks(true))
-        .call(dir.clone())
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let kinds = cluster.or_logs(
+        isolated
+            .with_runner(runner(&cluster).isolate_tasks(true))
+            .call(dir.clone()),
+    );
     let (most, n, processes) = common::most_at_once(&dir, "guard");
     let _ = std::fs::remove_dir_all(&dir);
     concurrency::remove_limit("dask-guard");

@@ -90,18 +90,45 @@ fn bad_resources_memory_and_unknown_keys_name_their_setting() {
 
 #[test]
 fn bad_adaptive_bounds_and_timeouts_are_refused() {
-    fails_with(
-        DaskTaskRunner::new().adapt_kwargs(AdaptKwargs::new().minimum(5).maximum(2)),
-        &["adapt_kwargs", "minimum (5) is greater than maximum (2)"],
-    );
-    fails_with(
-        DaskTaskRunner::new().adapt_kwargs(AdaptKwargs::new().minimum(-1)),
-        &["adapt_kwargs.minimum"],
-    );
-    fails_with(
-        DaskTaskRunner::new().client_kwargs(ClientKwargs::new().timeout(std::time::Duration::ZERO)),
-        &["client_kwargs.timeout"],
-    );
+    use std::time::Duration;
+    let adapt = |kwargs| DaskTaskRunner::new().adapt_kwargs(kwargs);
+    let client = |kwargs| DaskTaskRunner::new().client_kwargs(kwargs);
+    for (runner, expected) in [
+        (
+            adapt(AdaptKwargs::new().minimum(5).maximum(2)),
+            ["adapt_kwargs", "minimum (5) is greater than maximum (2)"],
+        ),
+        (
+            adapt(AdaptKwargs::new().minimum(-1)),
+            ["adapt_kwargs.minimum", "at least 0, got -1"],
+        ),
+        (
+            adapt(AdaptKwargs::new().maximum(0)),
+            ["adapt_kwargs.maximum", "at least 1, got 0"],
+        ),
+        (
+            adapt(AdaptKwargs::new().wait_count(0)),
+            ["adapt_kwargs.wait_count", "at least 1, got 0"],
+        ),
+        (
+            adapt(AdaptKwargs::new().interval(Duration::ZERO)),
+            ["adapt_kwargs.interval", "longer than zero"],
+        ),
+        (
+            adapt(AdaptKwargs::new().target_duration(Duration::ZERO)),
+            ["adapt_kwargs.target_duration", "longer than zero"],
+        ),
+        (
+            client(ClientKwargs::new().timeout(Duration::ZERO)),
+            ["client_kwargs.timeout", "longer than zero"],
+        ),
+        (
+            client(ClientKwargs::new().startup_timeout(Duration::ZERO)),
+            ["client_kwargs.startup_timeout", "longer than zero"],
+        ),
+    ] {
+        fails_with(runner, &expected);
+    }
 }
 
 #[test]

@@ -139,6 +139,15 @@ async fn connect(cluster: &Cluster) -> DaskClient {
     client
 }
 
+/// What most tests start from: a cluster of `workers`, a client connected
+/// to it, the client's events, and the namespace of the test `test`'s keys.
+async fn setup(test: &str, workers: &[WorkerSpec]) -> (Cluster, DaskClient, Tracker, String) {
+    let cluster = Cluster::start(workers);
+    let client = connect(&cluster).await;
+    let tracker = Tracker::new(&client);
+    (cluster, client, tracker, namespace(test))
+}
+
 async fn gather(client: &DaskClient, keys: &[&str]) -> HashMap<String, Vec<u8>> {
     let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
     tokio::time::timeout(WAIT, client.gather(&keys))
@@ -147,29 +156,36 @@ async fn gather(client: &DaskClient, keys: &[&str]) -> HashMap<String, Vec<u8>> 
         .expect("gather failed")
 }
 
-async fn wait_for_file(path: &Path) -> String {
+/// Waits until `path` holds text that `ready` accepts, and returns it.
+async fn wait_for_text(path: &Path, ready: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + WAIT;
     loop {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            if !text.is_empty() {
-                return text;
-            }
+        match std::fs::read_to_string(path) {
+            Ok(text) if ready(&text) => return text,
+            _ => assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {}",
+                path.display()
+            ),
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {}",
-            path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits for what a task writes to `path`.
+async fn wait_for_file(path: &Path) -> String {
+    wait_for_text(path, |text| !text.is_empty()).await
+}
+
+/// Waits until a task has created `path`.
+async fn wait_for_file_exists(path: &Path) {
+    wait_for_text(path, |_| true).await;
 }
 
 /// 1. Subprocess round trip: argv, literal stdin (binary-safe), env, gather.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subprocess_round_trip_and_gather() {
-    let cluster = Cluster::start(&[WorkerSpec::threads(2)]);
-    let client = connect(&cluster).await;
-    let mut tracker = Tracker::new(&client);
+    let (cluster, client, mut tracker, ns) = setup("roundtrip", &[WorkerSpec::threads(2)]).await;
     assert!(client.events().is_none(), "one receiver per client");
 
     let info = client.identity().await.unwrap();
@@ -180,7 +196,6 @@ async fn subprocess_round_trip_and_gather() {
     assert!(info.workers[0].memory_limit > 0);
     assert_eq!(info.total_threads(), 2);
 
-    let ns = namespace("roundtrip");
     let echo = format!("{ns}-echo");
     let cat_key = format!("{ns}-cat");
     let env_key = format!("{ns}-env");
@@ -218,10 +233,7 @@ async fn subprocess_round_trip_and_gather() {
 /// A's output + literal bytes, a single-dependency task and a 2-way join.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dependency_chain_across_submits_and_join() {
-    let cluster = Cluster::start(&[WorkerSpec::threads(2)]);
-    let client = connect(&cluster).await;
-    let mut tracker = Tracker::new(&client);
-    let ns = namespace("chain");
+    let (_cluster, client, mut tracker, ns) = setup("chain", &[WorkerSpec::threads(2)]).await;
     let [a, b, c, d, e] = ["a", "b", "c", "d", "e"].map(|s| format!("{ns}-{s}"));
 
     client
@@ -253,10 +265,7 @@ async fn dependency_chain_across_submits_and_join() {
 /// 3. On a one-thread worker, queued tasks run by priority (higher first).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn priorities_order_execution() {
-    let cluster = Cluster::start(&[WorkerSpec::threads(1)]);
-    let client = connect(&cluster).await;
-    let mut tracker = Tracker::new(&client);
-    let ns = namespace("prio");
+    let (cluster, client, mut tracker, ns) = setup("prio", &[WorkerSpec::threads(1)]).await;
     let started = cluster.dir().join("blocker-started");
     let order = cluster.dir().join("order");
 
@@ -305,28 +314,18 @@ async fn priorities_order_execution() {
     client.close().await.unwrap();
 }
 
-async fn wait_for_file_exists(path: &Path) {
-    let deadline = Instant::now() + WAIT;
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {}",
-            path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// 4. A task needing {"GPU": 1} runs only on the worker that offers it, even
 /// when it depends on an unannotated task of the same submit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resources_restrict_placement() {
-    let cluster = Cluster::start(&[
-        WorkerSpec::threads(2).with_resources("GPU=1"),
-        WorkerSpec::threads(2),
-    ]);
-    let client = connect(&cluster).await;
-    let mut tracker = Tracker::new(&client);
+    let (cluster, client, mut tracker, ns) = setup(
+        "res",
+        &[
+            WorkerSpec::threads(2).with_resources("GPU=1"),
+            WorkerSpec::threads(2),
+        ],
+    )
+    .await;
     let gpu_pid = cluster.worker_pids()[0];
 
     let info = client.identity().await.unwrap();
@@ -341,7 +340,6 @@ async fn resources_restrict_placement() {
         .unwrap();
     assert_eq!(gpu_worker.resources, gpu);
 
-    let ns = namespace("res");
     // The shell's parent is the worker process (no nanny), so $PPID tells
     // where the task ran.
     let mut tasks = Vec::new();
@@ -389,10 +387,7 @@ async fn resources_restrict_placement() {
 /// dependents (same submit and a later one) get the same error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failure_carries_returncode_stdout_stderr_to_dependents() {
-    let cluster = Cluster::start(&[WorkerSpec::threads(2)]);
-    let client = connect(&cluster).await;
-    let mut tracker = Tracker::new(&client);
-    let ns = namespace("fail");
+    let (_cluster, client, mut tracker, ns) = setup("fail", &[WorkerSpec::threads(2)]).await;
     let [fail, dependent, later] = ["fail", "dependent", "later"].map(|s| format!("{ns}-{s}"));
 
     client
@@ -457,10 +452,7 @@ async fn failure_carries_returncode_stdout_stderr_to_dependents() {
 /// and the same task without retries fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_rerun_a_flaky_task() {
-    let cluster = Cluster::start(&[WorkerSpec::threads(2)]);
-    let client = connect(&cluster).await;
-    let mut tracker = Tracker::new(&client);
-    let ns = namespace("retry");
+    let (cluster, client, mut tracker, ns) = setup("retry", &[WorkerSpec::threads(2)]).await;
     let flaky = |key: &str, marker: &Path| {
         sh(
             key,
@@ -499,10 +491,8 @@ async fn retries_rerun_a_flaky_task() {
 /// task on the other worker and the key still completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_worker_task_is_rescheduled() {
-    let mut cluster = Cluster::start(&[WorkerSpec::threads(1), WorkerSpec::threads(1)]);
-    let client = connect(&cluster).await;
-    let mut tracker = Tracker::new(&client);
-    let ns = namespace("kill");
+    let (mut cluster, client, mut tracker, ns) =
+        setup("kill", &[WorkerSpec::threads(1), WorkerSpec::threads(1)]).await;
     let pids_file = cluster.dir().join("pids");
     let long = format!("{ns}-long");
     client
@@ -694,10 +684,7 @@ async fn wait_until_forgotten(client: &DaskClient, keys: &[String]) {
 /// confirms with cancelled-keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_drops_a_task_and_its_dependents() {
-    let cluster = Cluster::start(&[WorkerSpec::threads(1)]);
-    let client = connect(&cluster).await;
-    let mut tracker = Tracker::new(&client);
-    let ns = namespace("cancel");
+    let (cluster, client, mut tracker, ns) = setup("cancel", &[WorkerSpec::threads(1)]).await;
     let started = cluster.dir().join("started");
     let [blocker, queued, dependent] =
         ["blocker", "queued", "dependent"].map(|s| format!("{ns}-{s}"));
@@ -734,10 +721,8 @@ async fn cancel_drops_a_task_and_its_dependents() {
 /// client's ~1.9-2.3 s for the same shape, on 2 workers x 2 threads).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_subprocess_tasks_in_one_submit() {
-    let cluster = Cluster::start(&[WorkerSpec::threads(2), WorkerSpec::threads(2)]);
-    let client = connect(&cluster).await;
-    let mut tracker = Tracker::new(&client);
-    let ns = namespace("bulk");
+    let (cluster, client, mut tracker, ns) =
+        setup("bulk", &[WorkerSpec::threads(2), WorkerSpec::threads(2)]).await;
     let tasks: Vec<SubprocessTask> = (0..1000)
         .map(|i| {
             cat(
@@ -806,10 +791,7 @@ async fn scheduler_going_away_closes_the_stream() {
 /// address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_runner_returns_raises_and_publishes() {
-    let cluster = Cluster::start(&[WorkerSpec::threads(1)]);
-    let client = connect(&cluster).await;
-    let mut tracker = Tracker::new(&client);
-    let ns = namespace("runner");
+    let (cluster, client, mut tracker, ns) = setup("runner", &[WorkerSpec::threads(1)]).await;
     let topic = format!("{ns}-topic");
     client.subscribe_topic(&topic).await.unwrap();
     let runner = Arc::new(PythonRunner {
@@ -884,10 +866,7 @@ def run(key, argv, stdin, env, params):
 /// teardown; a topic is removed with its history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_plugin_installs_the_module_everywhere_and_tears_down() {
-    let mut cluster = Cluster::start(&[WorkerSpec::threads(1)]);
-    let client = connect(&cluster).await;
-    let mut tracker = Tracker::new(&client);
-    let ns = namespace("plugin");
+    let (mut cluster, client, mut tracker, ns) = setup("plugin", &[WorkerSpec::threads(1)]).await;
     let marks = cluster.dir().join(format!("{ns}-marks"));
     std::fs::create_dir(&marks).unwrap();
     let runner = PythonRunner {
@@ -912,10 +891,11 @@ def run(key, argv, stdin, env, params):
         installed: true,
     };
     let plugin = format!("{ns}-plugin");
-    client
-        .register_worker_plugin(&plugin, runner.plugin_pickle("Plugin"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    cluster.or_logs(
+        client
+            .register_worker_plugin(&plugin, runner.plugin_pickle("Plugin"))
+            .await,
+    );
     let runner = Arc::new(runner);
     let sized = |key: &str, n: usize| {
         let mut task = SubprocessTask::new(key, ["unused"]);

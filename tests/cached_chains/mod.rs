@@ -56,13 +56,5 @@ pub(crate) fn chains_total(chains: u64, depth: u64) -> u64 {
 
 /// The names of the runs whose result file exists in `storage`, sorted.
 pub(crate) fn completed(storage: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(storage)
-        .map(|r| {
-            r.map(|e| e.unwrap().file_name().to_str().unwrap().to_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.retain(|n| !n.starts_with('.'));
-    names.sort();
-    names
+    crate::common::result_files(storage)
 }

@@ -627,45 +627,16 @@ impl DaskClient {
         &self,
         keys: &[String],
     ) -> Result<HashMap<String, Option<String>>, ProtocolError> {
-        let reply = self
-            .call(
-                "get_task_status",
-                vec![("keys", str_array(keys.iter().map(String::as_str)))],
-            )
-            .await?
-            .body;
-        let entries = reply.as_map().ok_or_else(|| {
-            ProtocolError::Malformed(format!(
-                "unexpected get_task_status reply {}",
-                msg::short(&reply)
-            ))
-        })?;
-        Ok(entries
-            .iter()
-            .map(|(k, v)| (key_string(k), v.as_str().map(str::to_owned)))
-            .collect())
+        let status = |v: &Value| v.as_str().map(str::to_owned);
+        self.per_key("get_task_status", keys, vec![], status).await
     }
 
     /// The size in bytes of each key's result, as its worker measured it
     /// (-1 while unknown). Every key must be one the scheduler holds.
     pub async fn nbytes(&self, keys: &[String]) -> Result<HashMap<String, i64>, ProtocolError> {
-        let reply = self
-            .call(
-                "nbytes",
-                vec![
-                    ("keys", str_array(keys.iter().map(String::as_str))),
-                    ("summary", false.into()),
-                ],
-            )
-            .await?
-            .body;
-        let entries = reply.as_map().ok_or_else(|| {
-            ProtocolError::Malformed(format!("unexpected nbytes reply {}", msg::short(&reply)))
-        })?;
-        Ok(entries
-            .iter()
-            .map(|(k, v)| (key_string(k), v.as_i64().unwrap_or(-1)))
-            .collect())
+        let size = |v: &Value| v.as_i64().unwrap_or(-1);
+        self.per_key("nbytes", keys, vec![("summary", false.into())], size)
+            .await
     }
 
     /// The addresses of the workers holding each key's result.
@@ -673,19 +644,29 @@ impl DaskClient {
         &self,
         keys: &[String],
     ) -> Result<HashMap<String, Vec<String>>, ProtocolError> {
-        let reply = self
-            .call(
-                "who_has",
-                vec![("keys", str_array(keys.iter().map(String::as_str)))],
-            )
-            .await?
-            .body;
+        let addresses = |v: &Value| msg::key_list(v).unwrap_or_default();
+        self.per_key("who_has", keys, vec![], addresses).await
+    }
+
+    /// Asks the scheduler's handler `op` about `keys` (with `more`
+    /// arguments) and reads its reply, a map from key to a value that
+    /// `value` converts.
+    async fn per_key<T>(
+        &self,
+        op: &str,
+        keys: &[String],
+        more: Vec<(&str, Value)>,
+        value: impl Fn(&Value) -> T,
+    ) -> Result<HashMap<String, T>, ProtocolError> {
+        let mut args = vec![("keys", str_array(keys.iter().map(String::as_str)))];
+        args.extend(more);
+        let reply = self.call(op, args).await?.body;
         let entries = reply.as_map().ok_or_else(|| {
-            ProtocolError::Malformed(format!("unexpected who_has reply {}", msg::short(&reply)))
+            ProtocolError::Malformed(format!("unexpected {op} reply {}", msg::short(&reply)))
         })?;
         Ok(entries
             .iter()
-            .map(|(k, v)| (key_string(k), msg::key_list(v).unwrap_or_default()))
+            .map(|(k, v)| (key_string(k), value(v)))
             .collect())
     }
 

@@ -354,6 +354,25 @@ impl<'a> Machine<'a> {
         usize::try_from(n).map_err(|_| self.fail("length out of range"))
     }
 
+    /// Reads the length or index after `opcode`, whose short form carries it
+    /// in one byte, long form in four and any other form in eight.
+    fn operand(&mut self, opcode: u8, short: u8, long: u8) -> Result<u64, PickleError> {
+        if opcode == short {
+            Ok(self.u8()?.into())
+        } else if opcode == long {
+            Ok(self.u32()?.into())
+        } else {
+            self.u64()
+        }
+    }
+
+    /// Reads a length operand (see [`Machine::operand`]) and that many bytes.
+    fn sized(&mut self, opcode: u8, short: u8, long: u8) -> Result<&'a [u8], PickleError> {
+        let len = self.operand(opcode, short, long)?;
+        let len = self.usize_from(len)?;
+        self.take(len)
+    }
+
     /// Reads a line for the text-mode GLOBAL opcode.
     fn line(&mut self) -> Result<String, PickleError> {
         let rest = &self.data[self.pos..];
@@ -491,12 +510,7 @@ impl<'a> Machine<'a> {
                     self.push(Sym::Int(n.into()));
                 }
                 op::LONG1 | op::LONG4 => {
-                    let len = if opcode == op::LONG1 {
-                        self.u8()?.into()
-                    } else {
-                        self.u32()?
-                    };
-                    let bytes = self.take(len as usize)?;
+                    let bytes = self.sized(opcode, op::LONG1, op::LONG4)?;
                     self.push(long_from_le(bytes));
                 }
                 op::BINFLOAT => {
@@ -504,35 +518,18 @@ impl<'a> Machine<'a> {
                     self.push(Sym::Float(f));
                 }
                 op::SHORT_BINUNICODE | op::BINUNICODE | op::BINUNICODE8 => {
-                    let len = match opcode {
-                        op::SHORT_BINUNICODE => self.u8()?.into(),
-                        op::BINUNICODE => self.u32()?.into(),
-                        _ => self.u64()?,
-                    };
-                    let len = self.usize_from(len)?;
-                    let bytes = self.take(len)?;
+                    let bytes = self.sized(opcode, op::SHORT_BINUNICODE, op::BINUNICODE)?;
                     let text = self.text(bytes);
                     self.push(text);
                 }
                 op::SHORT_BINBYTES | op::BINBYTES | op::BINBYTES8 | op::BYTEARRAY8 => {
-                    let len = match opcode {
-                        op::SHORT_BINBYTES => self.u8()?.into(),
-                        op::BINBYTES => self.u32()?.into(),
-                        _ => self.u64()?,
-                    };
-                    let len = self.usize_from(len)?;
-                    let bytes = self.take(len)?.to_vec();
-                    self.push(Sym::Bytes(bytes));
+                    let bytes = self.sized(opcode, op::SHORT_BINBYTES, op::BINBYTES)?;
+                    self.push(Sym::Bytes(bytes.to_vec()));
                 }
                 // Python 2 strings; only seen from very old picklers.
                 op::SHORT_BINSTRING | op::BINSTRING => {
-                    let len = if opcode == op::SHORT_BINSTRING {
-                        self.u8()?.into()
-                    } else {
-                        self.u32()?
-                    };
-                    let bytes = self.take(len as usize)?.to_vec();
-                    self.push(Sym::Bytes(bytes));
+                    let bytes = self.sized(opcode, op::SHORT_BINSTRING, op::BINSTRING)?;
+                    self.push(Sym::Bytes(bytes.to_vec()));
                 }
                 op::EMPTY_TUPLE => self.push_node(Node::Tuple(Vec::new())),
                 op::TUPLE1 | op::TUPLE2 | op::TUPLE3 => {
@@ -643,21 +640,13 @@ impl<'a> Machine<'a> {
                     let index = self.memo.len() as u64;
                     self.memo_put(index)?;
                 }
-                op::BINPUT => {
-                    let index = self.u8()?;
-                    self.memo_put(index.into())?;
+                op::BINPUT | op::LONG_BINPUT => {
+                    let index = self.operand(opcode, op::BINPUT, op::LONG_BINPUT)?;
+                    self.memo_put(index)?;
                 }
-                op::LONG_BINPUT => {
-                    let index = self.u32()?;
-                    self.memo_put(index.into())?;
-                }
-                op::BINGET => {
-                    let index = self.u8()?;
-                    self.memo_get(index.into())?;
-                }
-                op::LONG_BINGET => {
-                    let index = self.u32()?;
-                    self.memo_get(index.into())?;
+                op::BINGET | op::LONG_BINGET => {
+                    let index = self.operand(opcode, op::BINGET, op::LONG_BINGET)?;
+                    self.memo_get(index)?;
                 }
                 other => {
                     self.pos -= 1;
@@ -848,15 +837,11 @@ impl Sym {
                 out.push('}');
             }
             Sym::Global { module, name } => out.push_str(&format!("{module}.{name}")),
-            Sym::Call { func, args } => {
-                func.write_repr(out, depth + 1);
-                match args.items() {
-                    Some(items) => seq(out, items, "(", ")"),
-                    None => args.write_repr(out, depth + 1),
-                }
-            }
-            Sym::New { cls, args, .. } => {
-                cls.write_repr(out, depth + 1);
+            Sym::Call { func: callee, args }
+            | Sym::New {
+                cls: callee, args, ..
+            } => {
+                callee.write_repr(out, depth + 1);
                 match args.items() {
                     Some(items) => seq(out, items, "(", ")"),
                     None => args.write_repr(out, depth + 1),
@@ -1020,6 +1005,35 @@ mod tests {
             loads(&hex("80058a09000000000000000001 2e")).unwrap(),
             Sym::BigInt(hex("000000000000000001"))
         );
+    }
+
+    #[test]
+    fn every_operand_width_reads_the_same_value() {
+        let hi = || Sym::Bytes(b"hi".to_vec());
+        for (case, expected) in [
+            ("8005 8a01 05 2e", Sym::Int(5)),                           // LONG1
+            ("8005 8b01000000 05 2e", Sym::Int(5)),                     // LONG4
+            ("8005 8c02 6869 2e", Sym::Str("hi".into())),               // SHORT_BINUNICODE
+            ("8005 5802000000 6869 2e", Sym::Str("hi".into())),         // BINUNICODE
+            ("8005 8d0200000000000000 6869 2e", Sym::Str("hi".into())), // BINUNICODE8
+            ("8005 4302 6869 2e", hi()),                                // SHORT_BINBYTES
+            ("8005 4202000000 6869 2e", hi()),                          // BINBYTES
+            ("8005 8e0200000000000000 6869 2e", hi()),                  // BINBYTES8
+            ("8005 960200000000000000 6869 2e", hi()),                  // BYTEARRAY8
+            ("8005 5502 6869 2e", hi()),                                // SHORT_BINSTRING
+            ("8005 5402000000 6869 2e", hi()),                          // BINSTRING
+            // BINPUT 3, BINGET 3 and LONG_BINPUT 9, LONG_BINGET 9.
+            (
+                "8005 4b07 7103 6803 86 2e",
+                Sym::Tuple(vec![Sym::Int(7), Sym::Int(7)]),
+            ),
+            (
+                "8005 4b07 7209000000 6a09000000 86 2e",
+                Sym::Tuple(vec![Sym::Int(7), Sym::Int(7)]),
+            ),
+        ] {
+            assert_eq!(loads(&hex(case)).unwrap(), expected, "{case}");
+        }
     }
 
     #[test]

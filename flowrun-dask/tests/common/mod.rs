@@ -150,6 +150,20 @@ pub(crate) fn append(path: &str, line: &str) {
     f.write_all(format!("{line}\n").as_bytes()).unwrap();
 }
 
+/// The names of the result files in `dir`, sorted (without the hidden
+/// temporary file of a write still going); none if `dir` does not exist.
+pub(crate) fn result_files(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|r| {
+            r.map(|e| e.unwrap().file_name().to_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.retain(|n| !n.starts_with('.'));
+    names.sort();
+    names
+}
+
 pub(crate) fn lines(path: &str) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()

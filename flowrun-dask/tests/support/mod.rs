@@ -396,6 +396,12 @@ impl Cluster {
             .join("\n")
     }
 
+    /// The value of `result`, the outcome of work on this cluster; an error
+    /// fails the test with the cluster's logs beside it.
+    pub(crate) fn or_logs<T, E: std::fmt::Display>(&self, result: Result<T, E>) -> T {
+        result.unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+    }
+
     /// The scheduler's log so far.
     pub(crate) fn scheduler_log(&self) -> String {
         read(&self.scheduler.log)
