@@ -1,13 +1,12 @@
 //! Counting task runs per task name by state, from a flow run's events.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::observe::{RunEvent, RunObserver};
 use crate::plumbing::lock;
-use crate::run::record::{RunId, RunRef};
+use crate::run::record::{RunIdMap, RunRef};
 use crate::run::state::StateKind;
 
 /// The progress of one task: how many of its task runs are in each state.
@@ -160,37 +159,7 @@ pub struct TaskRunTally {
 struct Inner {
     tasks: Vec<TaskProgress>,
     index: HashMap<Arc<str>, usize>,
-    live: HashMap<RunId, Live, BuildHasherDefault<SequenceHasher>>,
-}
-
-/// Hashes run ids so that neighbouring ids land in neighbouring slots.
-///
-/// Run ids are handed out in sequence, and a flow's task runs start and end
-/// roughly in that order, so the runs touched together are close in id. A
-/// general-purpose hash scatters them over the whole table: with 100,000
-/// runs in flight every event was a cache miss, a third of the local
-/// cluster's scheduler thread. This one keeps the id's low bits (the slot,
-/// in a `hashbrown` table) and mixes the top seven bits (the tag it
-/// compares before the keys), so probing still skips the other entries of
-/// a group.
-#[derive(Debug, Default)]
-struct SequenceHasher(u64);
-
-impl Hasher for SequenceHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-
-    fn finish(&self) -> u64 {
-        const TAG: u64 = 0x7f << 57;
-        (self.0 & !TAG) ^ (self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) & TAG)
-    }
+    live: RunIdMap<Live>,
 }
 
 #[derive(Debug)]
@@ -286,28 +255,5 @@ impl TaskRunTally {
 impl RunObserver for TaskRunTally {
     fn run_changed(&self, event: &RunEvent) {
         self.record(event);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::hash::BuildHasher;
-
-    use super::*;
-
-    fn hash(id: u64) -> u64 {
-        BuildHasherDefault::<SequenceHasher>::default().hash_one(RunId::from_raw(id))
-    }
-
-    #[test]
-    fn neighbouring_run_ids_get_neighbouring_slots_and_varied_tags() {
-        let base = 1_000_000;
-        let mask = (1 << 17) - 1;
-        for i in 0..1000 {
-            assert_eq!(hash(base + i) & mask, (base + i) & mask, "id {}", base + i);
-        }
-        let tags: std::collections::HashSet<u64> =
-            (0..1000).map(|i| hash(base + i) >> 57).collect();
-        assert!(tags.len() > 64, "only {} distinct tags", tags.len());
     }
 }
