@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::task::Waker;
@@ -14,49 +14,37 @@ use crate::names;
 use crate::observe::{RunEvent, RunObserver};
 use crate::plumbing::{lock, wait};
 use crate::run::error::{TaskError, TaskErrorKind, TaskRunFailure};
-use crate::run::record::{AnyRun, RunId, RunRef};
+use crate::run::record::{AnyRun, RunId, RunRef, SequenceHasher};
 use crate::run::state::{State, StateKind};
 use crate::runner::thread_pool::ThreadPoolTaskRunner;
 use crate::runner::{Execution, FlowRunInfo, TaskRunner};
 
 /// The runs of a flow run that are not final, so a failing or timed-out flow
 /// can cancel them. Sharded: the submitting thread inserts and worker
-/// threads remove at the same time.
+/// threads remove at the same time. Shard `id % 16` holds its runs by
+/// `id / 16`: consecutive keys, which [`SequenceHasher`] puts in
+/// neighbouring slots (keyed by the id itself, a shard's keys would share
+/// their low four bits and crowd into a sixteenth of the slots).
 #[derive(Default)]
 struct Live {
-    shards: [Mutex<HashMap<RunId, RunRef, BuildHasherDefault<IdHasher>>>; 16],
+    shards: [Shard; 16],
 }
 
-/// Run ids are sequential numbers: they need no hashing.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        // Spread sequential ids over the table's buckets.
-        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) | u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
+type Shard = Mutex<HashMap<u64, RunRef, BuildHasherDefault<SequenceHasher>>>;
 
 impl Live {
-    fn shard(&self, id: RunId) -> &Mutex<HashMap<RunId, RunRef, BuildHasherDefault<IdHasher>>> {
-        &self.shards[(id.get() % 16) as usize]
+    fn shard(&self, id: RunId) -> (&Shard, u64) {
+        (&self.shards[(id.get() % 16) as usize], id.get() / 16)
     }
 
     fn insert(&self, run: RunRef) {
-        lock(self.shard(run.id())).insert(run.id(), run);
+        let (shard, key) = self.shard(run.id());
+        lock(shard).insert(key, run);
     }
 
     fn remove(&self, id: RunId) {
-        let removed = lock(self.shard(id)).remove(&id);
+        let (shard, key) = self.shard(id);
+        let removed = lock(shard).remove(&key);
         // Dropped outside the lock: it may be the last reference.
         drop(removed);
     }

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use crate::observe::{RunEvent, RunObserver};
 use crate::plumbing::lock;
-use crate::run::record::{RunId, RunRef};
+use crate::run::record::{RunIdMap, RunRef};
 use crate::run::state::StateKind;
 
 /// The progress of one task: how many of its task runs are in each state.
@@ -159,7 +159,7 @@ pub struct TaskRunTally {
 struct Inner {
     tasks: Vec<TaskProgress>,
     index: HashMap<Arc<str>, usize>,
-    live: HashMap<RunId, Live>,
+    live: RunIdMap<Live>,
 }
 
 #[derive(Debug)]

@@ -102,6 +102,8 @@ impl Capture {
         use std::io::Write;
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
+        // Both pipes in one system call (a task's end used to take two).
+        let unread = unread([self.streams[0].read_fd, self.streams[1].read_fd]);
         for (i, s) in self.streams.iter().enumerate() {
             // The order matters: the reader marks itself busy before it
             // reads and counts what it read before it is idle again. Empty
@@ -109,7 +111,7 @@ impl Capture {
             // the task wrote is unread or still being handled; checked the
             // other way round, a read between the checks went unseen and a
             // task's last unterminated output went to the next task.
-            let quiet = pending(s.read_fd) == 0
+            let quiet = !unread[i]
                 && !s.busy.load(Ordering::SeqCst)
                 && s.bytes_seen.load(Ordering::SeqCst) == token.seen[i];
             if !quiet {
@@ -123,13 +125,20 @@ impl Capture {
     }
 }
 
-fn pending(fd: RawFd) -> libc::c_int {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int.
-    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } != 0 {
-        return 1;
+/// Whether each pipe holds bytes not read yet (when in doubt, yes).
+fn unread(fds: [RawFd; 2]) -> [bool; 2] {
+    let mut polled = fds.map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    // SAFETY: `polled` holds two initialised pollfds; a zero timeout
+    // returns at once.
+    let n = unsafe { libc::poll(polled.as_mut_ptr(), 2, 0) };
+    if n < 0 {
+        return [true; 2];
     }
-    n
+    polled.map(|p| p.revents != 0)
 }
 
 /// Writes a marker into the stream and waits until the reader passed it.

@@ -349,7 +349,9 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
         let expired: Vec<u64> = self
             .tasks
             .iter()
-            .filter(|(_, t)| t.state == TaskState::NoWorker && now - t.since > limit)
+            .filter(|(_, t)| {
+                t.state == TaskState::NoWorker && t.since.is_some_and(|s| now - s > limit)
+            })
             .map(|(id, _)| id)
             .collect();
         for id in expired {

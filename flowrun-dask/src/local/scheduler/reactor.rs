@@ -20,7 +20,8 @@ use super::{policy, Attempt, Event, Launcher, Scheduler};
 
 impl<L: Launcher, A: Attempt> Scheduler<L, A> {
     pub(super) fn handle(&mut self, ev: Event<A>) {
-        let now = Instant::now();
+        // Read only for the events that use it: not per task.
+        let now = Instant::now;
         match ev {
             Event::Submit {
                 attempt,
@@ -40,13 +41,13 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
                     self.on_message(worker, m);
                 }
             }
-            Event::Disconnected { worker } => self.on_disconnected(worker, now),
+            Event::Disconnected { worker } => self.on_disconnected(worker, now()),
             Event::Exited {
                 worker,
                 status,
                 output_tail,
-            } => self.on_exited(worker, status, output_tail, now),
-            Event::Refused { worker, reason } => self.on_refused(worker, reason, now),
+            } => self.on_exited(worker, status, output_tail, now()),
+            Event::Refused { worker, reason } => self.on_refused(worker, reason, now()),
             Event::Status(reply) => {
                 let _ = reply.send(self.status());
             }
@@ -55,11 +56,12 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
             }
             Event::Scale(n) => {
                 self.target = n;
+                let now = now();
                 self.fill_to_target(now);
                 self.retire_extra(now);
             }
             Event::BindFlow(handle) => self.flow = Some(handle),
-            Event::Close => self.close(now),
+            Event::Close => self.close(now()),
         }
     }
 
@@ -99,11 +101,12 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
             deaths: None,
             cancelled: false,
             home,
-            since: Instant::now(),
+            since: None,
         };
         if let Some(n) = task.needs.as_deref() {
             if !self.cfg.resources.covers(n) {
                 task.state = TaskState::NoWorker;
+                task.since = Some(Instant::now());
                 tracing::warn!(
                     target: "flowrun_dask::cluster",
                     { flowrun.run = format!("Task run '{}-{}'", task.task_name, task.index) },
