@@ -169,6 +169,9 @@ pub(crate) struct TaskEvent {
     pub rare: Option<Box<Rare>>,
 }
 
+// What a push writes (and what the queue holds per event) stays this small.
+const _: () = assert!(std::mem::size_of::<FlowEvent>() <= 64);
+
 /// The parts of a [`TaskEvent`] most events do without.
 #[derive(Default)]
 pub(crate) struct Rare {
