@@ -2,15 +2,16 @@
 //! and commits the events flows send it in batches.
 //!
 //! A flow run's threads push its events into the flow's [`FlowBuffer`]
-//! (the run's id, its task name as a number, its state: no allocation for
-//! a run named `<task>-<index>`); flow starts, log lines and flushes come
-//! through a channel. Names, ids and SQL are made here, off the flows'
-//! threads. The writer takes everything every [`GATHER`]; a batch is
-//! everything that queued while the previous one committed, so batches
-//! grow with the load and a commit's fixed cost is shared by all of its
-//! events. While flows send events fast, the writer gathers on (up to
-//! [`MAX_GATHER`] or [`MAX_ROWS`]) and commits when they pause or end, so
-//! the disk work does not take CPU from a flow that is using it all.
+//! (64 bytes each: the run's id, its task as a number, its state kind and
+//! time; no allocation for a run named `<task>-<index>`); flow starts, log
+//! lines and flushes come through a channel. Names, ids and SQL are made
+//! here, off the flows' threads. The writer looks every [`GATHER`]; a
+//! batch is everything that queued while the previous one committed, so
+//! batches grow with the load and a commit's fixed cost is shared by all
+//! of its events. While flows send events fast, the writer only counts
+//! them (up to [`MAX_GATHER`] or [`MAX_HELD`]) and applies and commits
+//! them when the flows pause or end, so neither moving the events nor the
+//! disk work takes CPU from a flow that is using it all.
 //!
 //! A task run's row is written once it is final, with every state change
 //! it went through, rather than inserted and then updated per state: a run
