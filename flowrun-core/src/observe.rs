@@ -28,6 +28,12 @@ pub struct RunEvent {
     pub run: RunRef,
     /// Its new state.
     pub state: State,
+    /// Its attempts so far as of this state (0 before the first started),
+    /// as [`RunRef::attempts`] says, read with the state.
+    pub attempts: u32,
+    /// Where it runs or ran as of this state, once the runner said (as
+    /// [`RunRef::location`] says), read with the state.
+    pub location: Option<Arc<str>>,
 }
 
 /// Watches the task runs of a flow run. Called on the thread that changed

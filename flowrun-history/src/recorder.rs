@@ -18,7 +18,9 @@ use flowrun_core::logging::{LogRecord, LogTap};
 use flowrun_core::observe::{ObserverRegistration, RunEvent, RunObserver};
 use flowrun_core::{FlowRunInfo, RunRef, State, StateKind};
 
-use crate::writer::{Event, FlowBuffer, FlowStart, LogLine, TaskEvent, Writer};
+use crate::writer::{
+    nanos, Event, FlowBuffer, FlowEvent, FlowStart, LogLine, Rare, TaskEvent, Writer, UNNUMBERED,
+};
 
 /// How long a flush waits while the writer commits nothing at all (another
 /// process holds the database) before it gives up. While the writer makes
@@ -178,7 +180,6 @@ fn home_for_new_flow() -> Option<PathBuf> {
 }
 
 struct Recorder {
-    token: u64,
     core_id: String,
     buffer: Arc<FlowBuffer>,
     writer: Arc<Writer>,
@@ -187,27 +188,45 @@ struct Recorder {
 impl RunObserver for Recorder {
     fn run_changed(&self, event: &RunEvent) {
         // Called on the flow's threads (a cluster's scheduler thread among
-        // them) three times per task run: no allocation for a run named
-        // `<task>-<index>`, and the worker and cache key only once the run
-        // left Pending (they are not known before).
+        // them) three times per task run: a 64-byte event, no lock, and no
+        // allocation for a run named `<task>-<index>` in a state without a
+        // refining name or message. The cache key only once the run left
+        // Pending (it is not known before).
         let run = &event.run;
-        let started = !matches!(event.state.kind(), StateKind::Pending);
-        self.buffer.push(Event::Task(TaskEvent {
-            flow: self.token,
+        let state = &event.state;
+        let kind = state.kind();
+        let key = run.task_key();
+        let task = self.writer.task_number(run.task_name(), key);
+        let custom_name = run.custom_name();
+        let cache_key = match kind {
+            StateKind::Pending => None,
+            _ => run.cache_key(),
+        };
+        let plain_state = state.message().is_none() && state.name() == kind.as_str();
+        let rare =
+            (task == UNNUMBERED || custom_name.is_some() || cache_key.is_some() || !plain_state)
+                .then(|| {
+                    Box::new(Rare {
+                        task: (task == UNNUMBERED).then(|| (Box::from(run.task_name()), key)),
+                        custom_name: custom_name.map(Box::from),
+                        cache_key: cache_key.map(Box::from),
+                        state: (!plain_state).then(|| state.clone()),
+                    })
+                });
+        self.buffer.push(FlowEvent::Task(TaskEvent {
             id: run.id(),
-            task: self.writer.task_name(run.task_name()),
             index: run.index(),
-            custom_name: run.custom_name().map(Box::from),
-            task_key: run.task_key(),
-            attempts: run.attempts(),
-            location: started.then(|| run.location()).flatten(),
-            cache_key: started.then(|| run.cache_key().map(Box::from)).flatten(),
-            state: event.state.clone(),
+            time: nanos(state.timestamp()),
+            task,
+            attempts: event.attempts,
+            kind,
+            location: event.location.clone(),
+            rare,
         }));
     }
 
     fn run_submitted(&self, run: &RunRef, upstreams: &[RunRef]) {
-        self.buffer.push(Event::Upstreams {
+        self.buffer.push(FlowEvent::Upstreams {
             run: run.id(),
             upstreams: upstreams.iter().map(RunRef::id).collect(),
         });
@@ -217,10 +236,7 @@ impl RunObserver for Recorder {
         // The records are committed in the background (and at exit), as
         // Prefect's client sends its events: the flow's caller does not
         // wait for the disk, unless the writer fell far behind.
-        self.buffer.push(Event::FlowFinished {
-            flow: self.token,
-            state: state.clone(),
-        });
+        self.buffer.end(state.clone());
         live_flows()
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -268,7 +284,6 @@ fn observer_for(info: &FlowRunInfo) -> Option<Arc<dyn RunObserver>> {
         .unwrap_or_else(|p| p.into_inner())
         .insert(info.flow_run_id.clone(), writer.clone());
     Some(Arc::new(Recorder {
-        token,
         core_id: info.flow_run_id.clone(),
         buffer,
         writer,

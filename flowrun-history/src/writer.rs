@@ -2,15 +2,16 @@
 //! and commits the events flows send it in batches.
 //!
 //! A flow run's threads push its events into the flow's [`FlowBuffer`]
-//! (the run's id, its task name as a number, its state: no allocation for
-//! a run named `<task>-<index>`); flow starts, log lines and flushes come
-//! through a channel. Names, ids and SQL are made here, off the flows'
-//! threads. The writer takes everything every [`GATHER`]; a batch is
-//! everything that queued while the previous one committed, so batches
-//! grow with the load and a commit's fixed cost is shared by all of its
-//! events. While flows send events fast, the writer gathers on (up to
-//! [`MAX_GATHER`] or [`MAX_ROWS`]) and commits when they pause or end, so
-//! the disk work does not take CPU from a flow that is using it all.
+//! (64 bytes each: the run's id, its task as a number, its state kind and
+//! time; no allocation for a run named `<task>-<index>`); flow starts, log
+//! lines and flushes come through a channel. Names, ids and SQL are made
+//! here, off the flows' threads. The writer looks every [`GATHER`]; a
+//! batch is everything that queued while the previous one committed, so
+//! batches grow with the load and a commit's fixed cost is shared by all
+//! of its events. While flows send events fast, the writer only counts
+//! them (up to [`MAX_GATHER`] or [`MAX_HELD`]) and applies and commits
+//! them when the flows pause or end, so neither moving the events nor the
+//! disk work takes CPU from a flow that is using it all.
 //!
 //! A task run's row is written once it is final, with every state change
 //! it went through, rather than inserted and then updated per state: a run
@@ -25,7 +26,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -57,9 +58,6 @@ const MAX_ROWS: usize = 100_000;
 /// How many events a busy writer holds, unapplied, before it applies and
 /// commits them (a task run sends about three).
 const MAX_HELD: usize = 3 * MAX_ROWS;
-
-/// How many emptied event vectors the writer keeps for reuse.
-const SPARE_BUFFERS: usize = 2;
 
 /// How long the writer lets events gather after the first of a batch
 /// (a flush cuts it short). It waits on the wake channel, not on the
@@ -102,95 +100,113 @@ pub(crate) struct LogLine {
     pub text: String,
 }
 
-/// What flows send the writer: flow starts, log lines and flushes through
-/// its channel, a flow run's own events through the flow's buffer.
+/// What the writer's channel carries: flow starts, log lines and flushes.
+/// A flow run's own events go through its [`FlowBuffer`].
 pub(crate) enum Event {
     FlowStarted(Box<FlowStart>),
-    Task(TaskEvent),
-    Upstreams { run: RunId, upstreams: Vec<RunId> },
-    FlowFinished { flow: u64, state: State },
     Log(Box<LogLine>),
     Flush(Sender<()>),
+}
+
+/// An event of one flow run, pushed by its threads into its buffer.
+pub(crate) enum FlowEvent {
+    Task(TaskEvent),
+    Upstreams { run: RunId, upstreams: Box<[RunId]> },
+    Finished(Box<State>),
 }
 
 /// The events of one flow run, in the order its threads pushed them, until
 /// the writer takes them: a push is a lock-free append to a queue (no
 /// channel operation, no wake-up, no lock that a busy pool's threads would
-/// wait on each other for), and the writer takes them all every
-/// [`GATHER`].
+/// wait on each other for). While the flow sends events fast the writer
+/// only counts them, and takes them once the flow pauses or ends.
 #[derive(Default)]
 pub(crate) struct FlowBuffer {
-    events: crossbeam_queue::SegQueue<Event>,
+    events: crossbeam_queue::SegQueue<FlowEvent>,
+    /// The flow run's last event is in.
+    ended: AtomicBool,
 }
 
 impl FlowBuffer {
-    pub(crate) fn push(&self, event: Event) {
+    pub(crate) fn push(&self, event: FlowEvent) {
         self.events.push(event);
+    }
+
+    /// Pushes the flow run's last event, and says it was the last.
+    pub(crate) fn end(&self, state: State) {
+        self.events.push(FlowEvent::Finished(Box::new(state)));
+        self.ended.store(true, Ordering::Release);
     }
 
     /// Events not taken by the writer yet.
     pub(crate) fn len(&self) -> usize {
         self.events.len()
     }
-
-    /// Moves the events pushed so far into `out`, oldest first.
-    fn take_into(&self, out: &mut Vec<Event>) {
-        // Only what is there now: threads that push on meanwhile do not
-        // keep the writer here.
-        for _ in 0..self.events.len() {
-            match self.events.pop() {
-                Some(e) => out.push(e),
-                None => break,
-            }
-        }
-    }
 }
 
-/// The task name of a [`TaskEvent`].
-pub(crate) enum TaskName {
-    /// The number of a name sent before as [`Event::TaskName`].
-    Known(u32),
-    /// The name itself (when the writer already knows too many names).
-    Text(Box<str>),
-}
+/// [`TaskEvent::task`] of a task whose name and key travel in
+/// [`Rare::task`] (when the writer already knows too many names).
+pub(crate) const UNNUMBERED: u32 = u32::MAX;
 
-/// One state change of a task run, with what its row needs of the run.
-/// No allocation for a run named `<task>-<index>`: the name is made by the
-/// writer, and the task name travels as a number. The writer never holds
-/// the run itself: that would keep its result alive (in the flow's heap,
-/// or a file of a cluster's store) until the next batch, after every
-/// future of it was dropped.
+/// One state change of a task run, with what its row needs of the run:
+/// 64 bytes, and no allocation for a run named `<task>-<index>` in a state
+/// without a refining name or message. The name is made by the writer, the
+/// task's name and key travel as a number. The writer never holds the run
+/// itself: that would keep its result alive (in the flow's heap, or a file
+/// of a cluster's store) until the next batch, after every future of it
+/// was dropped.
 pub(crate) struct TaskEvent {
-    pub flow: u64,
     pub id: RunId,
-    pub task: TaskName,
     pub index: u64,
+    /// When the run entered the state, in nanoseconds since the Unix epoch.
+    pub time: u64,
+    /// The number of its task's name and key (see [`Writer::task_number`]),
+    /// or [`UNNUMBERED`].
+    pub task: u32,
+    pub attempts: u32,
+    pub kind: StateKind,
+    pub location: Option<Arc<str>>,
+    /// What few runs or states have.
+    pub rare: Option<Box<Rare>>,
+}
+
+// What a push writes (and what the queue holds per event) stays this small.
+const _: () = assert!(std::mem::size_of::<FlowEvent>() <= 64);
+
+/// The parts of a [`TaskEvent`] most events do without.
+#[derive(Default)]
+pub(crate) struct Rare {
+    /// The task's name and key, for an [`UNNUMBERED`] task.
+    pub task: Option<(Box<str>, &'static str)>,
     /// Its name when `task_run_name` made it.
     pub custom_name: Option<Box<str>>,
-    pub task_key: &'static str,
-    pub attempts: u32,
-    pub location: Option<Arc<str>>,
     pub cache_key: Option<Box<str>>,
-    pub state: State,
+    /// The state, when it has a refining name or a message.
+    pub state: Option<State>,
 }
 
-/// The task names a writer knows by number, shared by the flows sending it
-/// events and the writer. A number is given out only once its name is in
-/// `list`, where the writer finds it.
+/// The tasks (name and key) a writer knows by number, shared by the flows
+/// sending it events and the writer. A number is given out only once its
+/// task is in `list`, where the writer finds it.
 #[derive(Default)]
 pub(crate) struct TaskNames {
-    numbers: HashMap<Arc<str>, u32>,
-    list: Vec<Arc<str>>,
+    /// Numbers by task key, then name.
+    numbers: HashMap<&'static str, Vec<(Arc<str>, u32)>>,
+    list: Vec<(Arc<str>, &'static str)>,
 }
 
 /// How many task names a writer learns by number; events of further names
 /// carry their name (a program making a task name per run stays bounded).
 const MAX_NAMES: usize = 4096;
 
+/// A task's number, as a thread remembers it: the writer (its address),
+/// the task's name and key, the number.
+type CachedName = (usize, Arc<str>, &'static str, u32);
+
 thread_local! {
-    /// The names this thread looked up last, by writer: the flows' threads
-    /// find a name's number without the lock (and without an atomic).
-    static NAME_CACHE: std::cell::RefCell<Vec<(usize, Arc<str>, u32)>> =
+    /// The tasks this thread looked up last, by writer: the flows' threads
+    /// find a task's number without the lock (and without an atomic).
+    static NAME_CACHE: std::cell::RefCell<Vec<CachedName>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -238,29 +254,39 @@ impl Writer {
 }
 
 impl Writer {
-    /// How events name the task `name`: by number once the writer knows it.
-    pub(crate) fn task_name(&self, name: &str) -> TaskName {
+    /// How events name the task `name` of key `key`: by number once the
+    /// writer knows it, else [`UNNUMBERED`].
+    pub(crate) fn task_number(&self, name: &str, key: &'static str) -> u32 {
         let me = self as *const Writer as usize;
         let cached = NAME_CACHE.with(|c| {
             c.borrow()
                 .iter()
-                .find(|(w, n, _)| *w == me && **n == *name)
-                .map(|(_, _, number)| *number)
+                .find(|(w, n, k, _)| *w == me && std::ptr::eq(*k, key) && **n == *name)
+                .map(|(_, _, _, number)| *number)
         });
         if let Some(number) = cached {
-            return TaskName::Known(number);
+            return number;
         }
         let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
-        let (text, number) = match names.numbers.get_key_value(name) {
-            Some((text, number)) => (text.clone(), *number),
+        let known = names
+            .numbers
+            .get(key)
+            .and_then(|l| l.iter().find(|(n, _)| **n == *name))
+            .map(|(n, number)| (n.clone(), *number));
+        let (text, number) = match known {
+            Some(known) => known,
             None if names.list.len() < MAX_NAMES => {
                 let text: Arc<str> = Arc::from(name);
                 let number = names.list.len() as u32;
-                names.list.push(text.clone());
-                names.numbers.insert(text.clone(), number);
+                names.list.push((text.clone(), key));
+                names
+                    .numbers
+                    .entry(key)
+                    .or_default()
+                    .push((text.clone(), number));
                 (text, number)
             }
-            None => return TaskName::Text(name.into()),
+            None => return UNNUMBERED,
         };
         drop(names);
         NAME_CACHE.with(|c| {
@@ -268,9 +294,9 @@ impl Writer {
             if c.len() >= 16 {
                 c.remove(0);
             }
-            c.push((me, text, number));
+            c.push((me, text, key, number));
         });
-        TaskName::Known(number)
+        number
     }
 }
 
@@ -315,6 +341,13 @@ pub(crate) fn millis(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
+/// `t` in nanoseconds since the Unix epoch (0 before it).
+pub(crate) fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
 struct FlowRow {
     seq: Option<i64>,
     id: Uuid,
@@ -332,17 +365,35 @@ struct FlowRow {
 }
 
 /// One state change, as the `history` column lists it.
+#[derive(Clone)]
 struct Change {
-    time_ms: i64,
-    state: State,
+    /// When, in nanoseconds since the Unix epoch.
+    time: u64,
+    kind: StateKind,
+    /// The state, when it has a refining name or a message.
+    detail: Option<Box<State>>,
 }
 
 impl Change {
     fn of(state: &State) -> Change {
         Change {
-            time_ms: millis(state.timestamp()),
-            state: state.clone(),
+            time: nanos(state.timestamp()),
+            kind: state.kind(),
+            detail: Some(Box::new(state.clone())),
         }
+    }
+
+    fn time_ms(&self) -> i64 {
+        (self.time / 1_000_000) as i64
+    }
+
+    /// Its refining name, when it has one.
+    fn refining_name(&self) -> Option<&str> {
+        self.detail.as_deref().and_then(refining_name)
+    }
+
+    fn message(&self) -> Option<&str> {
+        self.detail.as_deref().and_then(State::message)
     }
 }
 
@@ -355,8 +406,8 @@ fn refining_name(state: &State) -> Option<&str> {
 fn record(history: &mut Vec<Change>, change: Change) {
     history.push(change);
     let n = history.len();
-    if n > 1 && history[n - 2].time_ms > history[n - 1].time_ms {
-        history.sort_by_key(|c| c.time_ms);
+    if n > 1 && history[n - 2].time > history[n - 1].time {
+        history.sort_by_key(|c| c.time);
     }
 }
 
@@ -375,10 +426,10 @@ fn history_json(changes: &[Change], out: &mut String) {
             out.push(',');
         }
         // State kinds are plain words: no escaping needed.
-        let _ = write!(out, "[{},\"{}\",", c.time_ms, c.state.kind().as_str());
-        text(out, refining_name(&c.state));
+        let _ = write!(out, "[{},\"{}\",", c.time_ms(), c.kind.as_str());
+        text(out, c.refining_name());
         out.push(',');
-        text(out, c.state.message());
+        text(out, c.message());
         out.push(']');
     }
     out.push(']');
@@ -397,7 +448,7 @@ struct TaskRow {
     location: Option<Arc<str>>,
     cache_key: Option<Box<str>>,
     /// Its newest state.
-    state: State,
+    state: Change,
     created_ms: i64,
     start_ms: Option<i64>,
     end_ms: Option<i64>,
@@ -451,6 +502,14 @@ struct Batch {
     finished: Vec<u64>,
 }
 
+/// A flow run recording now.
+struct Live {
+    token: u64,
+    buffer: Arc<FlowBuffer>,
+    /// Events of its buffer counted by [`Thread::take`] already.
+    counted: usize,
+}
+
 struct Thread {
     conn: Connection,
     path: PathBuf,
@@ -461,16 +520,15 @@ struct Thread {
     tasks: FxHashMap<RunId, TaskRow>,
     done: FxHashMap<RunId, Done>,
     /// Task names by number, copied from `shared_names` as needed.
-    names: Vec<Arc<str>>,
+    names: Vec<(Arc<str>, &'static str)>,
     shared_names: Arc<std::sync::Mutex<TaskNames>>,
-    /// The buffers of the flow runs recording now, by token.
-    live: Vec<(u64, Arc<FlowBuffer>)>,
-    /// Empty vectors swapped with a buffer's when its events are taken,
-    /// so neither side allocates once both have grown.
-    spare: Vec<Vec<Event>>,
-    /// Events taken but not applied yet (while flows are busy), in order.
-    held: Vec<Vec<Event>>,
-    /// How many events `held` holds.
+    /// The flow runs recording now.
+    live: Vec<Live>,
+    /// Channel events taken but not applied yet (while flows are busy),
+    /// in order.
+    held: Vec<Event>,
+    /// Events not applied yet: `held` and what the live flows' buffers
+    /// hold, as of the last look.
     held_len: usize,
     /// Task runs that became final: their rows are written next commit.
     ready: Vec<RunId>,
@@ -498,7 +556,6 @@ impl Thread {
             names: Vec::new(),
             shared_names,
             live: Vec::new(),
-            spare: Vec::new(),
             held: Vec::new(),
             held_len: 0,
             ready: Vec::new(),
@@ -566,18 +623,22 @@ impl Thread {
         match event {
             Event::FlowStarted(start) => {
                 let token = start.token;
-                let time_ms = millis(start.time);
-                self.live.push((token, start.buffer.clone()));
+                self.live.push(Live {
+                    token,
+                    buffer: start.buffer.clone(),
+                    counted: 0,
+                });
                 let running = Change {
-                    time_ms,
-                    state: State::new(StateKind::Running),
+                    time: nanos(start.time),
+                    kind: StateKind::Running,
+                    detail: None,
                 };
                 self.by_core_id.insert(start.core_id.clone(), token);
                 self.flows.insert(
                     token,
                     FlowRow {
                         seq: None,
-                        id: new_id(start.time),
+                        id: new_id(millis(start.time)),
                         core_id: start.core_id.clone(),
                         name: start.name.clone(),
                         start,
@@ -591,30 +652,6 @@ impl Thread {
                     },
                 );
                 batch.flows.insert(token);
-            }
-            Event::Task(event) => self.task_event(event, batch),
-            Event::Upstreams { run, upstreams } => {
-                let ids: Vec<String> = upstreams
-                    .iter()
-                    .filter_map(|u| self.uuid_of(*u))
-                    .map(|u| u.to_string())
-                    .collect();
-                if let Some(t) = self.tasks.get_mut(&run) {
-                    t.upstreams = Some(ids.join(" "));
-                    mark_dirty(t, &mut self.waiting, run);
-                }
-            }
-            Event::FlowFinished { flow, state } => {
-                if let Some(f) = self.flows.get_mut(&flow) {
-                    f.state = state.kind().as_str();
-                    f.state_name =
-                        (state.name() != state.kind().as_str()).then(|| state.name().to_owned());
-                    f.message = state.message().map(Arc::from);
-                    f.end_ms = Some(millis(state.timestamp()));
-                    record(&mut f.history, Change::of(&state));
-                    batch.flows.insert(flow);
-                    batch.finished.push(flow);
-                }
             }
             Event::Log(line) => {
                 if let Some((flow, task)) = self.resolve_log(&line) {
@@ -632,26 +669,64 @@ impl Thread {
         }
     }
 
-    fn task_event(&mut self, event: TaskEvent, batch: &mut Batch) {
+    /// Applies an event of the flow run `flow` from its buffer.
+    fn apply_flow_event(&mut self, flow: u64, event: FlowEvent, batch: &mut Batch) {
+        match event {
+            FlowEvent::Task(event) => self.task_event(flow, event, batch),
+            FlowEvent::Upstreams { run, upstreams } => {
+                let ids: Vec<String> = upstreams
+                    .iter()
+                    .filter_map(|u| self.uuid_of(*u))
+                    .map(|u| u.to_string())
+                    .collect();
+                if let Some(t) = self.tasks.get_mut(&run) {
+                    t.upstreams = Some(ids.join(" "));
+                    mark_dirty(t, &mut self.waiting, run);
+                }
+            }
+            FlowEvent::Finished(state) => {
+                if let Some(f) = self.flows.get_mut(&flow) {
+                    f.state = state.kind().as_str();
+                    f.state_name =
+                        (state.name() != state.kind().as_str()).then(|| state.name().to_owned());
+                    f.message = state.message().map(Arc::from);
+                    f.end_ms = Some(millis(state.timestamp()));
+                    record(&mut f.history, Change::of(&state));
+                    batch.flows.insert(flow);
+                    batch.finished.push(flow);
+                }
+            }
+        }
+    }
+
+    fn task_event(&mut self, flow: u64, event: TaskEvent, batch: &mut Batch) {
         let TaskEvent {
-            flow,
             id,
-            task,
             index,
-            custom_name,
-            task_key,
+            time,
+            task,
             attempts,
+            kind,
             location,
+            rare,
+        } = event;
+        let Rare {
+            task: named_task,
+            custom_name,
             cache_key,
             state,
-        } = event;
-        let time_ms = millis(state.timestamp());
-        let kind = state.kind();
+        } = rare.map(|r| *r).unwrap_or_default();
+        let change = Change {
+            time,
+            kind,
+            detail: state.map(Box::new),
+        };
+        let time_ms = change.time_ms();
         let task = match self.tasks.get_mut(&id) {
             Some(t) => {
                 // Attempts, worker and cache key as of this change; a late
                 // event of an older state does not take them back.
-                if state.timestamp() >= t.state.timestamp() {
+                if time >= t.state.time {
                     t.attempts = t.attempts.max(attempts);
                     if location.is_some() {
                         t.location = location;
@@ -669,14 +744,14 @@ impl Thread {
                 if self.done.contains_key(&id) || !self.flows.contains_key(&flow) {
                     return;
                 }
-                let task = match task {
-                    TaskName::Known(n) => self.task_name(n),
-                    TaskName::Text(text) => Some(Arc::from(text)),
+                let named = match named_task {
+                    Some((name, key)) => Some((Arc::from(name), key)),
+                    None => self.task_name(task),
                 };
-                // A number is given out once its name is listed: one
+                // A number is given out once its task is listed: one
                 // unknown here would be a bug, and a row without its
                 // task's name is worse than none.
-                let Some(task) = task else {
+                let Some((task, task_key)) = named else {
                     return;
                 };
                 if let Some(f) = self.flows.get_mut(&flow) {
@@ -685,7 +760,7 @@ impl Thread {
                 }
                 self.tasks.entry(id).or_insert(TaskRow {
                     flow,
-                    id: new_id(state.timestamp()),
+                    id: new_id(time_ms),
                     seq: None,
                     task,
                     index,
@@ -695,7 +770,7 @@ impl Thread {
                     location,
                     cache_key,
                     // Replaced below: the first change is always the newest.
-                    state: state.clone(),
+                    state: change.clone(),
                     created_ms: time_ms,
                     start_ms: None,
                     end_ms: None,
@@ -709,11 +784,10 @@ impl Thread {
         // Observers are called after the run's lock is released, so two
         // threads' events for one run can arrive swapped: the newest state
         // wins, and a final state is never left.
-        let newer = task.fresh
-            || (!task.state.kind().is_final() && state.timestamp() >= task.state.timestamp());
+        let newer = task.fresh || (!task.state.kind.is_final() && time >= task.state.time);
         task.fresh = false;
         if newer {
-            task.state = state.clone();
+            task.state = change.clone();
             if kind.is_final() {
                 task.end_ms = Some(time_ms);
             }
@@ -721,7 +795,7 @@ impl Thread {
         if matches!(kind, StateKind::Running) {
             task.start_ms = Some(task.start_ms.map_or(time_ms, |s| s.min(time_ms)));
         }
-        record(&mut task.history, Change { time_ms, state });
+        record(&mut task.history, change);
         if kind.is_final() && newer {
             // Final once: its row is due now, whatever else waits.
             task.dirty = true;
@@ -744,8 +818,8 @@ impl Thread {
         }
     }
 
-    /// The task name numbered `n`.
-    fn task_name(&mut self, n: u32) -> Option<Arc<str>> {
+    /// The task (name and key) numbered `n`.
+    fn task_name(&mut self, n: u32) -> Option<(Arc<str>, &'static str)> {
         let n = n as usize;
         if n >= self.names.len() {
             let shared = self.shared_names.lock().unwrap_or_else(|p| p.into_inner());
@@ -755,78 +829,73 @@ impl Thread {
         self.names.get(n).cloned()
     }
 
-    /// Takes what flows sent since the last look: the channel's events and
-    /// every live flow's buffer. Flow starts are applied at once (their
-    /// buffers are taken below); the rest is held, in order, for
-    /// [`Thread::apply_held`]. Returns how many events it took, and whether
-    /// they must be applied and committed now: someone waits for a flush,
-    /// or a flow run ended.
+    /// Takes what flows sent since the last look: the channel's events,
+    /// and a count of what every live flow's buffer received. Flow starts
+    /// are applied at once (so their buffers are counted below); the rest
+    /// is held, in order, for [`Thread::apply_held`]. Returns how many
+    /// events came, and whether they must be applied and committed now:
+    /// someone waits for a flush, or a flow run ended.
     fn take(
         &mut self,
         rx: &Receiver<Event>,
         first: Option<Event>,
         batch: &mut Batch,
     ) -> (usize, bool) {
-        let mut sent: Vec<Event> = first.into_iter().collect();
-        while sent.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(e) => sent.push(e),
-                Err(_) => break,
-            }
-        }
-        let mut n = sent.len();
+        let mut n = 0;
         let mut urgent = false;
-        // Flow starts first, so their buffers are taken below; log lines
-        // and flushes last: they were sent after the task runs' events
-        // they refer to or wait for, which are in the buffers by now.
-        let mut rest = Vec::new();
-        for e in sent {
+        let mut next = first;
+        while n < MAX_BATCH {
+            let Some(e) = next.take().or_else(|| rx.try_recv().ok()) else {
+                break;
+            };
+            n += 1;
             match e {
                 Event::FlowStarted(_) => self.apply(e, batch),
                 other => {
                     urgent |= matches!(other, Event::Flush(_));
-                    rest.push(other);
+                    self.held.push(other);
                 }
             }
         }
-        for i in 0..self.live.len() {
-            let buffer = self.live[i].1.clone();
-            let mut events = self.spare.pop().unwrap_or_default();
-            buffer.take_into(&mut events);
-            if events.is_empty() {
-                self.spare.push(events);
-                continue;
-            }
-            n += events.len();
-            urgent |= events
-                .iter()
-                .any(|e| matches!(e, Event::FlowFinished { .. }));
-            self.held_len += events.len();
-            self.held.push(events);
+        // The buffers' events stay where they are until applied: counting
+        // them costs the flows' CPU nothing, moving them would.
+        let mut buffered = 0;
+        for live in &mut self.live {
+            let len = live.buffer.len();
+            n += len.saturating_sub(live.counted);
+            live.counted = len;
+            buffered += len;
+            urgent |= live.buffer.ended.load(Ordering::Acquire);
         }
-        if !rest.is_empty() {
-            self.held_len += rest.len();
-            self.held.push(rest);
-        }
+        self.held_len = self.held.len() + buffered;
         (n, urgent)
     }
 
-    /// Applies the events [`Thread::take`] held, in the order they came.
+    /// Applies the live flows' buffered events, then the channel events
+    /// [`Thread::take`] held: log lines and flushes come after the task
+    /// runs' events they refer to or wait for.
     fn apply_held(&mut self, batch: &mut Batch) {
+        for i in 0..self.live.len() {
+            let (token, buffer) = (self.live[i].token, self.live[i].buffer.clone());
+            // Only what is there now: threads that push on meanwhile do
+            // not keep the writer here.
+            for _ in 0..buffer.len() {
+                let Some(e) = buffer.events.pop() else {
+                    break;
+                };
+                self.apply_flow_event(token, e, batch);
+            }
+            self.live[i].counted = 0;
+        }
         let mut held = std::mem::take(&mut self.held);
-        for mut events in held.drain(..) {
-            for e in events.drain(..) {
-                self.apply(e, batch);
-            }
-            if self.spare.len() < SPARE_BUFFERS {
-                self.spare.push(events);
-            }
+        for e in held.drain(..) {
+            self.apply(e, batch);
         }
         self.held = held;
         self.held_len = 0;
         if !batch.finished.is_empty() {
             let finished = &batch.finished;
-            self.live.retain(|(token, _)| !finished.contains(token));
+            self.live.retain(|l| !finished.contains(&l.token));
         }
     }
 
@@ -906,7 +975,7 @@ impl Thread {
                     };
                     t.seq = t.seq.or(seq);
                     t.dirty = false;
-                    if let (true, Some(seq)) = (t.state.is_final(), t.seq) {
+                    if let (true, Some(seq)) = (t.state.kind.is_final(), t.seq) {
                         // Final and written: forget all but what later
                         // rows refer to it by (nothing, if its flow ended).
                         let (flow, uuid) = (t.flow, t.id);
@@ -1186,8 +1255,8 @@ fn bind_task(
     stmt.raw_bind_parameter(at + 4, t.name_into(name))?;
     stmt.raw_bind_parameter(at + 5, &*t.task)?;
     stmt.raw_bind_parameter(at + 6, t.task_key)?;
-    stmt.raw_bind_parameter(at + 7, t.state.kind().as_str())?;
-    stmt.raw_bind_parameter(at + 8, refining_name(&t.state))?;
+    stmt.raw_bind_parameter(at + 7, t.state.kind.as_str())?;
+    stmt.raw_bind_parameter(at + 8, t.state.refining_name())?;
     stmt.raw_bind_parameter(at + 9, t.state.message())?;
     stmt.raw_bind_parameter(at + 10, t.attempts)?;
     stmt.raw_bind_parameter(at + 11, t.location.as_deref())?;
@@ -1227,11 +1296,11 @@ fn quoted<'a>(label: &'a str, prefix: &str) -> Option<&'a str> {
 /// A UUIDv7 of `time`: its first 48 bits are the time in milliseconds, so
 /// ids sort by creation time; the rest is random, so a few of its digits
 /// tell runs apart.
-fn new_id(time: SystemTime) -> Uuid {
+fn new_id(time_ms: i64) -> Uuid {
     // fastrand, not the system's generator: ids need to differ, not to be
     // secret, and a system call per task run shows in the recording cost.
     let mut random = [0u8; 10];
     random[..8].copy_from_slice(&fastrand::u64(..).to_le_bytes());
     random[8..].copy_from_slice(&fastrand::u16(..).to_le_bytes());
-    uuid::Builder::from_unix_timestamp_millis(millis(time) as u64, &random).into_uuid()
+    uuid::Builder::from_unix_timestamp_millis(time_ms.max(0) as u64, &random).into_uuid()
 }

@@ -161,9 +161,8 @@ impl FlowShared {
         self.has_observers.load(Ordering::Acquire)
     }
 
-    pub(crate) fn emit(&self, run: RunRef, state: State) {
+    pub(crate) fn emit(&self, event: RunEvent) {
         let observers = lock(&self.observers).clone();
-        let event = RunEvent { run, state };
         for o in observers.iter() {
             o.run_changed(&event);
         }
@@ -241,17 +240,29 @@ impl FlowShared {
         }
         self.outstanding.fetch_add(1, Ordering::AcqRel);
         if self.observed() {
-            self.emit(run.clone(), run.state());
+            self.emit(run.0.event(run.clone()));
         }
         self.live.insert(run);
         true
     }
 
     /// Called once by every run when it becomes final.
-    pub(crate) fn run_finished(&self, run: Arc<dyn AnyRun>, state: &State) {
+    /// `attempts` and `location` are the run's as it became final.
+    pub(crate) fn run_finished(
+        &self,
+        run: Arc<dyn AnyRun>,
+        state: &State,
+        attempts: u32,
+        location: Option<Arc<str>>,
+    ) {
         log_task_finished(&*run, state);
         if self.observed() {
-            self.emit(RunRef(run.clone()), state.clone());
+            self.emit(RunEvent {
+                run: RunRef(run.clone()),
+                state: state.clone(),
+                attempts,
+                location,
+            });
         }
         let slot = match state.kind() {
             StateKind::Completed => 0,

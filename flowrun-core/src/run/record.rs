@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 
 use crate::flow::registry::FlowShared;
+use crate::observe::RunEvent;
 use crate::plumbing::{lock, wait, wait_timeout};
 use crate::run::error::{TaskError, TaskErrorKind};
 use crate::run::state::{State, StateKind};
@@ -234,7 +235,7 @@ impl<T: Send + 'static> RunCell<T> {
         message: Option<Arc<str>>,
         attempt: u32,
     ) -> bool {
-        let wakers;
+        let (wakers, event);
         {
             let mut s = self.lock();
             if s.kind.is_final() {
@@ -249,9 +250,20 @@ impl<T: Send + 'static> RunCell<T> {
                 s.started = Some(Instant::now());
             }
             wakers = std::mem::take(&mut s.wakers);
+            // What observers get, read under this lock rather than taking
+            // it again for each.
+            event = self
+                .flow
+                .observed()
+                .then(|| (snapshot(&s), s.attempt, s.location.clone()));
         }
-        if self.flow.observed() {
-            self.flow.emit(RunRef(self.clone()), self.state());
+        if let Some((state, attempts, location)) = event {
+            self.flow.emit(RunEvent {
+                run: RunRef(self.clone()),
+                state,
+                attempts,
+                location,
+            });
         }
         // Async waiters poll again and re-register; they only care about final
         // states, but waking keeps `state()` observers in async code current.
@@ -337,7 +349,7 @@ impl<T: Send + 'static> RunCell<T> {
         error: Option<TaskError>,
         completed_name: Option<&'static str>,
     ) -> bool {
-        let (callbacks, wakers, notify, state) = {
+        let (callbacks, wakers, notify, state, attempts, location) = {
             let mut s = self.lock();
             if s.kind.is_final() {
                 return false;
@@ -365,11 +377,14 @@ impl<T: Send + 'static> RunCell<T> {
                 }
             }
             let state = snapshot(&s);
+            let location = self.flow.observed().then(|| s.location.clone()).flatten();
             (
                 std::mem::take(&mut s.callbacks),
                 std::mem::take(&mut s.wakers),
                 s.blocked_waiters > 0,
                 state,
+                s.attempt,
+                location,
             )
         };
         // Callbacks (a task's final-state hooks among them) run before
@@ -383,7 +398,8 @@ impl<T: Send + 'static> RunCell<T> {
         for w in wakers {
             w.wake();
         }
-        self.flow.run_finished(self.clone(), &state);
+        self.flow
+            .run_finished(self.clone(), &state, attempts, location);
         true
     }
 
@@ -617,6 +633,15 @@ pub(crate) trait AnyRun: Send + Sync + 'static {
     fn attempts(&self) -> u32;
     fn duration(&self) -> Option<Duration>;
     fn location(&self) -> Option<Arc<str>>;
+    /// An observers' event of its current state, `run` being this run.
+    fn event(&self, run: RunRef) -> RunEvent {
+        RunEvent {
+            run,
+            state: self.state(),
+            attempts: self.attempts(),
+            location: self.location(),
+        }
+    }
     /// The result encoded for another process.
     fn encoded_result(&self) -> Result<Bytes, TaskError>;
     fn cache_key(&self) -> Option<&str>;
@@ -676,6 +701,15 @@ impl<T: Send + 'static> AnyRun for RunCell<T> {
     }
     fn location(&self) -> Option<Arc<str>> {
         self.lock().location.clone()
+    }
+    fn event(&self, run: RunRef) -> RunEvent {
+        let s = self.lock();
+        RunEvent {
+            run,
+            state: snapshot(&s),
+            attempts: s.attempt,
+            location: s.location.clone(),
+        }
     }
     fn encoded_result(&self) -> Result<Bytes, TaskError> {
         self.resolve_deferred()?;
