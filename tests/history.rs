@@ -259,6 +259,39 @@ fn task_runs_keep_their_names_past_the_writer_s_table_of_task_names() {
     );
 }
 
+#[task]
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// The first task runs past the writer's first commit; the second ends
+/// before it.
+#[flow]
+fn slow_then_fast() -> u64 {
+    let slow = sleep_ms.submit(600);
+    let fast = sleep_ms.submit(0);
+    fast.result().unwrap() + slow.result().unwrap()
+}
+
+#[test]
+fn task_runs_list_in_the_order_they_were_submitted_not_the_order_they_ended() {
+    let home = temp_home();
+    slow_then_fast().unwrap();
+    let store = store(home.path());
+    let runs = store.runs(&RunsQuery::default()).unwrap();
+    let detail = store.detail(&runs[0], 10).unwrap();
+    let listed: Vec<_> = detail
+        .task_runs
+        .iter()
+        .map(|t| (t.name.as_str(), t.state.as_str()))
+        .collect();
+    assert_eq!(
+        listed,
+        [("sleep_ms-0", "Completed"), ("sleep_ms-1", "Completed")]
+    );
+}
+
 #[test]
 fn a_flow_run_is_recorded_with_task_runs_upstreams_states_and_logs() {
     let home = temp_home();

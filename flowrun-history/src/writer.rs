@@ -1027,6 +1027,19 @@ impl Thread {
             }
         }
         let tasks = &self.tasks;
+        let unwritten = |id: &RunId| tasks.get(id).is_some_and(|t| t.seq.is_none());
+        // A row's `seq` is given when it is first written, and a flow run's
+        // task runs list in `seq` order. A run that ends while one submitted
+        // before it still waits unwritten would list first: those earlier
+        // runs are written now too, as they are, and updated when they end.
+        if let Some(last_new) = due.iter().copied().filter(unwritten).max() {
+            due.extend(
+                self.waiting
+                    .iter()
+                    .map(|(_, id)| *id)
+                    .filter(|id| *id < last_new && unwritten(id)),
+            );
+        }
         due.retain(|id| tasks.get(id).is_some_and(|t| t.dirty));
         due.sort_unstable();
         due.dedup();
