@@ -3,6 +3,7 @@
 //! names its own, and shows in the parent's `FlowRun`; its failure reaches
 //! the parent as an `Err` the parent handles or passes on.
 
+use flowrun::history::{temp_home, RunsQuery, Store};
 use flowrun::{flow, task, FlowRun, StateKind, ThreadPoolTaskRunner};
 use flowrun_dask::{ClusterKwargs, DaskTaskRunner};
 
@@ -70,9 +71,9 @@ fn parent_body() -> Seen {
     }
 }
 
-/// `task_children`: whether the child a task called is listed. A task on a
-/// worker process of a local cluster runs its subflow there as a nested
-/// flow, which is not linked back to the flow process yet.
+/// `task_children`: whether the child a task called is listed (it is on
+/// every runner; a task on a worker process runs it there as a nested flow,
+/// which the flow process links to the task's run).
 fn check(parent: FlowRun<Seen>, task_children: bool) {
     assert!(parent.state().is_completed(), "{:?}", parent.state());
     let seen = parent.result().unwrap();
@@ -140,7 +141,7 @@ fn subflows_are_linked_to_their_parent_on_a_local_cluster() {
     fn parent() -> Seen {
         parent_body()
     }
-    check(parent.return_state(), false);
+    check(parent.return_state(), true);
 }
 
 #[test]
@@ -220,4 +221,121 @@ fn observers_see_a_subflows_parent_when_it_starts() {
         .find(|(name, _, _)| name == "observed-child")
         .expect("the child's start was seen");
     assert_eq!(seen.2.as_deref(), Some(parent_id.as_str()));
+}
+
+#[task]
+fn calls_failing_child() -> String {
+    failing_child().unwrap_err().to_string()
+}
+
+/// A flow whose tasks each call a subflow: one completes, one fails.
+fn tasks_call_flows_body() -> (String, String) {
+    let ok = calls_child.submit(3);
+    let failed = calls_failing_child.submit();
+    assert_eq!(ok.result().unwrap(), 6 + 8);
+    (
+        failed.result().unwrap(),
+        flowrun::current_flow_run_id().unwrap(),
+    )
+}
+
+/// The subflows that tasks called are listed by the parent with their task
+/// runs and states, and the run history records each with the task run that
+/// called it, as `flowrun show` prints it.
+fn check_tasks_call_flows(home: &flowrun::history::TempHome, run: FlowRun<(String, String)>) {
+    assert!(run.state().is_completed(), "{:?}", run.state());
+    let (message, parent_id) = run.result().unwrap().clone();
+    assert!(message.contains("the child gave up"), "{message}");
+    assert_eq!(parent_id, run.id());
+    let subflows = run.subflows();
+    assert_eq!(subflows.len(), 2, "{subflows:?}");
+    let called = subflows.iter().find(|s| s.flow_name == "child").unwrap();
+    assert_eq!(called.state.kind(), StateKind::Completed);
+    assert_eq!(called.counts.completed, 2);
+    assert_eq!(
+        called.parent_task_run_name.as_deref(),
+        Some("calls_child-0")
+    );
+    let failed = subflows
+        .iter()
+        .find(|s| s.flow_name == "failing-child")
+        .unwrap();
+    assert_eq!(failed.state.kind(), StateKind::Failed);
+    assert!(
+        failed
+            .state
+            .message()
+            .is_some_and(|m| m.contains("the child gave up")),
+        "{failed:?}"
+    );
+    assert_eq!(
+        failed.parent_task_run_name.as_deref(),
+        Some("calls_failing_child-0")
+    );
+    assert_eq!(failed.counts.completed, 1);
+    assert_eq!(run.task_run_counts_with_subflows().completed, 2 + 2 + 1);
+
+    flowrun::history::flush(home.path());
+    let store = Store::open(home.path()).expect("the history opens");
+    let rows = store.runs(&RunsQuery::default()).unwrap();
+    let parent = rows.iter().find(|r| r.flow == "tasks-call-flows").unwrap();
+    let detail = store.detail(parent, 10).unwrap();
+    let task_id = |name: &str| {
+        detail
+            .task_runs
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| panic!("{name} is recorded: {:?}", detail.task_runs))
+            .id
+            .clone()
+    };
+    let child_row = store.find_run(&called.name).expect("the child is recorded");
+    assert_eq!(child_row.flow, "child");
+    assert_eq!(child_row.name, called.name);
+    assert_eq!(child_row.state, "Completed");
+    assert_eq!(
+        child_row.parent_flow_run.as_deref(),
+        Some(parent.id.as_str())
+    );
+    assert_eq!(
+        child_row.parent_task_run.as_deref(),
+        Some(task_id("calls_child-0").as_str())
+    );
+    assert_eq!(child_row.parameters.as_deref(), Some("{\"x\":3}"));
+    let failed_row = store
+        .find_run(&failed.name)
+        .expect("the failed child is recorded");
+    assert_eq!(failed_row.state, "Failed");
+    assert!(
+        failed_row
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("the child gave up")),
+        "{failed_row:?}"
+    );
+    assert_eq!(
+        failed_row.parent_task_run.as_deref(),
+        Some(task_id("calls_failing_child-0").as_str())
+    );
+    assert_eq!(detail.subflows.len(), 2, "{:?}", detail.subflows);
+}
+
+#[test]
+fn subflows_called_by_tasks_are_recorded_with_their_task_run_on_threads() {
+    #[flow]
+    fn tasks_call_flows() -> (String, String) {
+        tasks_call_flows_body()
+    }
+    let home = temp_home();
+    check_tasks_call_flows(&home, tasks_call_flows.return_state());
+}
+
+#[test]
+fn subflows_called_by_tasks_on_workers_are_recorded_with_their_task_run() {
+    #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(1).threads_per_worker(2)))]
+    fn tasks_call_flows() -> (String, String) {
+        tasks_call_flows_body()
+    }
+    let home = temp_home();
+    check_tasks_call_flows(&home, tasks_call_flows.return_state());
 }

@@ -6,13 +6,16 @@
 //! ([`FlowRun::subflows`](crate::FlowRun::subflows)); the parent's own
 //! counts stay its own task runs, as Prefect counts them.
 
+use std::cell::RefCell;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use serde::{Deserialize, Serialize};
 
 use crate::exec::context::with_current;
 use crate::flow::outcome::TaskRunCounts;
 use crate::flow::registry::FlowShared;
-use crate::run::record::RunId;
-use crate::run::state::State;
+use crate::run::record::{RunId, RunRef};
+use crate::run::state::{State, StateKind};
 
 /// A child flow run as its parent's [`FlowRun`](crate::FlowRun) shows it.
 #[derive(Debug, Clone)]
@@ -53,6 +56,9 @@ pub(crate) struct Links {
     parent: OnceLock<Parent>,
     running: Mutex<Vec<RunningChild>>,
     children: Mutex<Vec<SubflowRun>>,
+    /// Children running in another process (a task on a worker called
+    /// them), held here until they report their end.
+    remote: Mutex<Vec<Arc<FlowShared>>>,
 }
 
 impl Links {
@@ -142,6 +148,13 @@ pub(crate) fn current_parent() -> Option<Parent> {
 
 /// Records a finished child in its parent.
 pub(crate) fn report_to_parent(child: &FlowShared, state: &State) {
+    let counts = add_counts(child.counts(), &child.links.children());
+    report_counts_to_parent(child, state, counts);
+}
+
+/// Records a finished child with `counts` (its task runs and its own
+/// children's) in its parent.
+fn report_counts_to_parent(child: &FlowShared, state: &State, counts: TaskRunCounts) {
     let Some(parent) = child.links.parent() else {
         return;
     };
@@ -153,8 +166,233 @@ pub(crate) fn report_to_parent(child: &FlowShared, state: &State) {
         parent_task_run: parent.task_run,
         parent_task_run_name: parent.task_run_name.clone(),
         state: state.clone(),
-        counts: add_counts(child.counts(), &child.links.children()),
+        counts,
     });
+}
+
+/// What a flow run called by a task in another process (a worker of a
+/// cluster) tells the flow process, which links it to the task run that
+/// called it: once when it starts, once when it ends. Runners carry it
+/// from the worker ([`report_subflows_to`]) to the flow process
+/// ([`SerializedJob::report_subflow`](crate::SerializedJob::report_subflow)).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubflowReport {
+    id: String,
+    name: String,
+    flow_name: String,
+    /// The parameters as JSON, when some observer records them.
+    parameters: Option<String>,
+    tags: Vec<String>,
+    /// Set when it ended.
+    end: Option<ReportedEnd>,
+}
+
+/// How a reported child ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ReportedEnd {
+    kind: String,
+    name: Option<String>,
+    message: Option<String>,
+    /// Completed, failed, crashed, cancelled task runs (its subflows' too).
+    counts: [usize; 4],
+}
+
+impl SubflowReport {
+    /// The child flow run's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Its final state, once it ended (`None` in the report of its start).
+    pub fn state(&self) -> Option<State> {
+        let end = self.end.as_ref()?;
+        let kind = [
+            StateKind::Completed,
+            StateKind::Failed,
+            StateKind::Crashed,
+            StateKind::Cancelled,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == end.kind)
+        .unwrap_or(StateKind::Crashed);
+        let mut state = State::new(kind);
+        // The one refining name flow runs end with.
+        if end.name.as_deref() == Some("TimedOut") {
+            state = state.with_name("TimedOut");
+        }
+        if let Some(m) = &end.message {
+            state = state.with_message(m.as_str());
+        }
+        Some(state)
+    }
+
+    fn started(child: &FlowShared, parameters: Option<String>, tags: Vec<String>) -> SubflowReport {
+        SubflowReport {
+            id: child.id.clone(),
+            name: child.name.clone(),
+            flow_name: child.flow_name.clone(),
+            parameters,
+            tags,
+            end: None,
+        }
+    }
+
+    fn ended(child: &FlowShared, state: &State) -> SubflowReport {
+        let c = add_counts(child.counts(), &child.links.children());
+        SubflowReport {
+            id: child.id.clone(),
+            name: child.name.clone(),
+            flow_name: child.flow_name.clone(),
+            parameters: None,
+            tags: Vec::new(),
+            end: Some(ReportedEnd {
+                kind: state.kind().as_str().to_owned(),
+                name: (state.name() != state.kind().as_str()).then(|| state.name().to_owned()),
+                message: state.message().map(str::to_owned),
+                counts: [c.completed, c.failed, c.crashed, c.cancelled],
+            }),
+        }
+    }
+
+    fn counts(&self) -> TaskRunCounts {
+        let [completed, failed, crashed, cancelled] =
+            self.end.as_ref().map_or([0; 4], |e| e.counts);
+        TaskRunCounts {
+            completed,
+            failed,
+            crashed,
+            cancelled,
+        }
+    }
+}
+
+/// Where the flow runs called on this thread without a parent in this
+/// process report themselves.
+pub type SubflowSink = Arc<dyn Fn(SubflowReport) + Send + Sync>;
+
+thread_local! {
+    static REMOTE: RefCell<Option<SubflowSink>> = const { RefCell::new(None) };
+}
+
+/// Makes flow runs that task code on this thread calls, outside any flow
+/// run of this process, report their start and end to `sink` (`None`
+/// stops it): a worker's executor thread sets it once, and sends each
+/// report to the flow process with the task it runs now, which links the
+/// child to that task run. Flows called with a parent in this process are
+/// not reported.
+pub fn report_subflows_to(sink: Option<SubflowSink>) {
+    REMOTE.with(|r| *r.borrow_mut() = sink);
+}
+
+/// The sink of this thread, for a flow run that has no parent here.
+pub(crate) fn remote_sink() -> Option<SubflowSink> {
+    REMOTE.with(|r| r.borrow().clone())
+}
+
+/// Tells the flow process that `child` started.
+pub(crate) fn report_start(
+    sink: &SubflowSink,
+    child: &FlowShared,
+    parameters: Option<String>,
+    tags: Vec<String>,
+) {
+    sink(SubflowReport::started(child, parameters, tags));
+}
+
+/// Tells the flow process that `child` ended in `state`.
+pub(crate) fn report_end(sink: &SubflowSink, child: &FlowShared, state: &State) {
+    sink(SubflowReport::ended(child, state));
+}
+
+/// In the flow process: a child that task run `run` (of `flow`) called in
+/// another process started or ended. It is linked as a child called in
+/// this process is: listed by the parent, seen by its observers (the run
+/// history records it with the parent task run) from its start to its end.
+pub(crate) fn record_remote(flow: &Arc<FlowShared>, run: RunRef, report: SubflowReport) {
+    let known = {
+        let remote = flow.links.remote.lock().unwrap_or_else(|p| p.into_inner());
+        remote.iter().find(|c| c.id == report.id).cloned()
+    };
+    let child = match known {
+        Some(c) => c,
+        None => start_remote(flow, &run, &report),
+    };
+    let Some(state) = report.state() else {
+        return;
+    };
+    finish_remote(flow, &child, &state, report.counts());
+}
+
+fn start_remote(flow: &Arc<FlowShared>, run: &RunRef, report: &SubflowReport) -> Arc<FlowShared> {
+    let child = Arc::new(FlowShared::new(
+        report.id.clone(),
+        report.name.clone(),
+        report.flow_name.clone(),
+        flow.runner.clone(),
+        false,
+    ));
+    let history = flow.history.load(std::sync::atomic::Ordering::Relaxed);
+    child
+        .history
+        .store(history, std::sync::atomic::Ordering::Relaxed);
+    let parent = Parent {
+        flow: flow.clone(),
+        task_run: Some(run.id()),
+        task_run_name: Some(run.name()),
+    };
+    flow.links.add_running(&child, &parent);
+    child.links.set_parent(parent);
+    flow.links
+        .remote
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(child.clone());
+    let info = crate::runner::FlowRunInfo {
+        flow_name: child.flow_name.clone(),
+        flow_run_name: child.name.clone(),
+        flow_run_id: child.id.clone(),
+        parent_flow_run_id: Some(flow.id.clone()),
+        flow: crate::flow::scope::FlowHandle(child.clone()),
+        parameters: report.parameters.clone(),
+        tags: report.tags.clone(),
+        history,
+    };
+    // Observers see the child start inside the task run that called it,
+    // as they would on its own thread.
+    let _in = crate::exec::context::enter(crate::exec::context::Context {
+        flow: Some(flow.clone()),
+        task_run: Some(run.clone()),
+        ..Default::default()
+    });
+    for registration in inventory::iter::<crate::observe::ObserverRegistration> {
+        if let Some(observer) = (registration.factory)(&info) {
+            child.add_observer(observer);
+        }
+    }
+    // A child whose end never comes (its worker died) ends with the task
+    // run that called it.
+    let (weak_flow, weak_child) = (Arc::downgrade(flow), Arc::downgrade(&child));
+    run.0.on_final(Box::new(move || {
+        let (Some(flow), Some(child)) = (weak_flow.upgrade(), weak_child.upgrade()) else {
+            return;
+        };
+        let state = State::new(StateKind::Crashed)
+            .with_message("the task run that called it ended before it reported its end");
+        finish_remote(&flow, &child, &state, TaskRunCounts::default());
+    }));
+    child
+}
+
+fn finish_remote(flow: &FlowShared, child: &Arc<FlowShared>, state: &State, counts: TaskRunCounts) {
+    let mut remote = flow.links.remote.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(at) = remote.iter().position(|c| Arc::ptr_eq(c, child)) else {
+        return;
+    };
+    remote.swap_remove(at);
+    drop(remote);
+    child.close();
+    child.emit_flow_finished(state);
+    report_counts_to_parent(child, state, counts);
 }
 
 /// `own` plus the counts of `children`.
