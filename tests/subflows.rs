@@ -339,3 +339,80 @@ fn subflows_called_by_tasks_on_workers_are_recorded_with_their_task_run() {
     let home = temp_home();
     check_tasks_call_flows(&home, tasks_call_flows.return_state());
 }
+
+/// Dies with its worker process after its first task run.
+#[flow]
+fn dies_with_its_worker() -> u64 {
+    double(1);
+    // Gives the worker time to send the start of this flow run.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::process::exit(3)
+}
+
+#[task]
+fn calls_a_dying_flow() -> u64 {
+    dies_with_its_worker().unwrap()
+}
+
+#[test]
+fn a_subflow_whose_worker_dies_ends_crashed_with_its_task_run() {
+    #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(1).threads_per_worker(1)))]
+    fn parent_of_a_dying_flow() -> StateKind {
+        let run = calls_a_dying_flow.submit();
+        run.wait();
+        run.state().kind()
+    }
+    let run = parent_of_a_dying_flow.return_state();
+    assert_eq!(*run.result().unwrap(), StateKind::Crashed);
+    let subflows = run.subflows();
+    assert!(!subflows.is_empty(), "the child that started is listed");
+    for s in subflows {
+        assert_eq!(s.flow_name, "dies-with-its-worker");
+        assert_eq!(s.state.kind(), StateKind::Crashed, "{s:?}");
+        assert_eq!(
+            s.parent_task_run_name.as_deref(),
+            Some("calls_a_dying_flow-0")
+        );
+    }
+}
+
+#[task]
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    ms
+}
+
+#[flow(timeout = 0.2)]
+fn too_slow_child() -> u64 {
+    let slow = sleep_ms.submit(3_000);
+    slow.wait();
+    0
+}
+
+#[task]
+fn calls_too_slow_child() -> String {
+    too_slow_child().unwrap_err().to_string()
+}
+
+#[test]
+fn a_subflow_timing_out_on_a_worker_shows_timed_out_in_its_parent() {
+    #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(1).threads_per_worker(1)))]
+    fn parent_of_a_slow_flow() -> String {
+        calls_too_slow_child.submit().result().unwrap()
+    }
+    let run = parent_of_a_slow_flow.return_state();
+    let message = run.result().unwrap();
+    assert!(message.contains("timed out after"), "{message}");
+    let subflows = run.subflows();
+    assert_eq!(subflows.len(), 1, "{subflows:?}");
+    let slow = &subflows[0];
+    assert_eq!(slow.state.kind(), StateKind::Failed);
+    assert_eq!(slow.state.name(), "TimedOut");
+    assert!(
+        slow.state
+            .message()
+            .is_some_and(|m| m.contains("timed out after")),
+        "{slow:?}"
+    );
+    assert_eq!(slow.counts.cancelled, 1);
+}
