@@ -28,9 +28,17 @@ fn child(x: u64) -> (u64, Option<String>) {
     )
 }
 
+#[task(retries = 1, retry_delay = 0)]
+fn refuse(x: u64) -> Result<u64, String> {
+    Err(format!("refused {x}"))
+}
+
 #[flow]
 fn failing_child() -> Result<u64, String> {
     double(1);
+    // A task run that fails on both attempts, which the run history of a
+    // child on a worker shows too.
+    let _ = refuse.submit(7).result();
     Err("the child gave up".to_owned())
 }
 
@@ -302,6 +310,23 @@ fn check_tasks_call_flows(home: &flowrun::history::TempHome, run: FlowRun<(Strin
         Some(task_id("calls_child-0").as_str())
     );
     assert_eq!(child_row.parameters.as_deref(), Some("{\"x\":3}"));
+    // `flowrun show CHILD` lists the child's own task runs, wherever it ran.
+    assert_eq!(child_row.tasks.completed, 2, "{child_row:?}");
+    let child_detail = store.detail(&child_row, 10).unwrap();
+    let mut child_tasks: Vec<(&str, &str, i64)> = child_detail
+        .task_runs
+        .iter()
+        .map(|t| (t.name.as_str(), t.state.as_str(), t.attempts))
+        .collect();
+    child_tasks.sort();
+    assert_eq!(
+        child_tasks,
+        [("double-0", "Completed", 1), ("double-1", "Completed", 1)]
+    );
+    assert!(child_detail
+        .task_runs
+        .iter()
+        .all(|t| t.task == "double" && t.duration_ms().is_some_and(|d| d >= 0)));
     let failed_row = store
         .find_run(&failed.name)
         .expect("the failed child is recorded");
@@ -317,6 +342,27 @@ fn check_tasks_call_flows(home: &flowrun::history::TempHome, run: FlowRun<(Strin
         failed_row.parent_task_run.as_deref(),
         Some(task_id("calls_failing_child-0").as_str())
     );
+    assert_eq!(
+        (failed_row.tasks.completed, failed_row.tasks.failed),
+        (1, 1),
+        "{failed_row:?}"
+    );
+    let failed_detail = store.detail(&failed_row, 10).unwrap();
+    let refused = failed_detail
+        .task_runs
+        .iter()
+        .find(|t| t.name == "refuse-0")
+        .unwrap_or_else(|| panic!("refuse-0 is recorded: {:?}", failed_detail.task_runs));
+    assert_eq!(refused.state, "Failed");
+    assert_eq!(refused.attempts, 2);
+    assert!(
+        refused
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("refused 7")),
+        "{refused:?}"
+    );
+    assert!(failed_detail.failures.iter().any(|t| t.name == "refuse-0"));
     assert_eq!(detail.subflows.len(), 2, "{:?}", detail.subflows);
 }
 

@@ -809,8 +809,15 @@ fn child(x: u64) -> (u64, bool) {
     )
 }
 
+#[task]
+fn refuse(x: u64) -> Result<u64, String> {
+    Err(format!("refused {x}"))
+}
+
 #[flow]
 fn failing_child() -> Result<u64, String> {
+    // A failed task run, which the run history shows in this child.
+    let _ = refuse.submit(7).result();
     Err("the child gave up".to_owned())
 }
 
@@ -938,6 +945,33 @@ fn subflows_in_tasks<R: TaskRunner + Clone>(runner: R) {
             .find(|t| Some(&t.name) == called.parent_task_run_name.as_ref())
             .expect("the calling task run is recorded");
         assert_eq!(row.parent_task_run.as_deref(), Some(task.id.as_str()));
+        // `flowrun show CHILD` lists the child's own task runs, wherever
+        // the child ran.
+        let child_detail = store.detail(&row, 10).unwrap();
+        let mut tasks: Vec<(&str, &str)> = child_detail
+            .task_runs
+            .iter()
+            .map(|t| (t.name.as_str(), t.state.as_str()))
+            .collect();
+        tasks.sort();
+        if called.flow_name == "task-child" {
+            assert_eq!(
+                tasks,
+                [("double-0", "Completed"), ("double-1", "Completed")]
+            );
+            assert_eq!(row.tasks.completed, 2, "{row:?}");
+        } else {
+            assert_eq!(tasks, [("refuse-0", "Failed")]);
+            assert_eq!(row.tasks.failed, 1, "{row:?}");
+            let refused = &child_detail.task_runs[0];
+            assert!(
+                refused
+                    .message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("refused 7")),
+                "{refused:?}"
+            );
+        }
     }
 }
 

@@ -39,6 +39,8 @@ struct Started {
     _limits: crate::concurrency::ScopeGuard,
     /// Where it reports its end when its parent is in another process.
     remote: Option<crate::flow::subflow::SubflowSink>,
+    /// Its task runs as they end, for that process's run history.
+    relay: Option<Arc<crate::flow::subflow::TaskRelay>>,
 }
 
 fn begin<F: Flow>(config: &FlowConfig, args: &F::Args) -> Result<Started, Box<FlowRun<F::Output>>> {
@@ -164,7 +166,7 @@ fn begin<F: Flow>(config: &FlowConfig, args: &F::Args) -> Result<Started, Box<Fl
         // Observers added before the failure see the flow run end.
         shared.emit_flow_finished(&state);
         if let Some(sink) = &remote {
-            crate::flow::subflow::report_end(sink, &shared, &state);
+            crate::flow::subflow::report_end(sink, &shared, &state, None);
         }
         crate::run_event!(
             tracing::Level::ERROR,
@@ -201,6 +203,13 @@ fn begin<F: Flow>(config: &FlowConfig, args: &F::Args) -> Result<Started, Box<Fl
             shared.add_observer(observer);
         }
     }
+    // Its task runs go to the flow process with its end, for the run
+    // history there (only flows that report to another process).
+    let relay = (history && remote.is_some()).then(|| {
+        let relay = Arc::new(crate::flow::subflow::TaskRelay::default());
+        shared.add_observer(relay.clone());
+        relay
+    });
     let start = || {
         if inherited {
             Ok(())
@@ -236,6 +245,7 @@ fn begin<F: Flow>(config: &FlowConfig, args: &F::Args) -> Result<Started, Box<Fl
     hooks.call(&info, &State::new(StateKind::Running));
     Ok(Started {
         remote,
+        relay,
         _limits: limits,
         shared,
         policy,
@@ -351,7 +361,7 @@ impl Started {
         shared.emit_flow_finished(&state);
         crate::flow::subflow::report_to_parent(shared, &state);
         if let Some(sink) = &self.remote {
-            crate::flow::subflow::report_end(sink, shared, &state);
+            crate::flow::subflow::report_end(sink, shared, &state, self.relay.as_deref());
         }
         let subflows = shared.links.children();
         if let Some(line) = crate::flow::subflow::summary(&subflows) {

@@ -185,7 +185,41 @@ pub struct SubflowReport {
     tags: Vec<String>,
     /// Set when it ended.
     end: Option<ReportedEnd>,
+    /// Task runs of the child that ended since the last report (at most
+    /// [`TASKS_PER_REPORT`]).
+    /// (Always written: the local cluster's wire format is not
+    /// self-describing.)
+    #[serde(default)]
+    tasks: Vec<ReportedTask>,
 }
+
+/// A task run of a child flow run in another process, as it ended: the
+/// flow process replays it to the child's observers (the run history).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ReportedTask {
+    task: String,
+    key: String,
+    index: u64,
+    custom_name: Option<String>,
+    attempts: u32,
+    kind: String,
+    state_name: Option<String>,
+    message: Option<String>,
+    /// When it started and ended, in milliseconds since the Unix epoch.
+    start_ms: Option<u64>,
+    end_ms: u64,
+    location: Option<String>,
+    cache_key: Option<String>,
+}
+
+/// Task runs a report carries at most: a child with many task runs sends
+/// them in several reports, none too big for a worker's link.
+const TASKS_PER_REPORT: usize = 1_000;
+
+/// Task runs of one child relayed to the flow process at most; the ones
+/// past it are only counted (in its end report), so a child with 100,000
+/// task runs holds and sends a bounded amount.
+pub(crate) const MAX_RELAYED_TASK_RUNS: usize = 10_000;
 
 /// How a reported child ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -234,6 +268,7 @@ impl SubflowReport {
             parameters,
             tags,
             end: None,
+            tasks: Vec::new(),
         }
     }
 
@@ -251,6 +286,7 @@ impl SubflowReport {
                 message: state.message().map(str::to_owned),
                 counts: [c.completed, c.failed, c.crashed, c.cancelled],
             }),
+            tasks: Vec::new(),
         }
     }
 
@@ -299,9 +335,75 @@ pub(crate) fn report_start(
     sink(SubflowReport::started(child, parameters, tags));
 }
 
-/// Tells the flow process that `child` ended in `state`.
-pub(crate) fn report_end(sink: &SubflowSink, child: &FlowShared, state: &State) {
-    sink(SubflowReport::ended(child, state));
+/// Tells the flow process that `child` ended in `state`, with the task
+/// runs `tasks` kept (in reports of at most [`TASKS_PER_REPORT`]).
+pub(crate) fn report_end(
+    sink: &SubflowSink,
+    child: &FlowShared,
+    state: &State,
+    tasks: Option<&TaskRelay>,
+) {
+    let mut end = SubflowReport::ended(child, state);
+    let mut tasks = tasks.map(TaskRelay::take).unwrap_or_default();
+    while tasks.len() > TASKS_PER_REPORT {
+        let rest = tasks.split_off(TASKS_PER_REPORT);
+        sink(SubflowReport {
+            end: None,
+            parameters: None,
+            tasks: std::mem::replace(&mut tasks, rest),
+            ..end.clone()
+        });
+    }
+    end.tasks = tasks;
+    sink(end);
+}
+
+/// On a worker: keeps the task runs of a child flow run (one the flow
+/// process records) as they end, up to [`MAX_RELAYED_TASK_RUNS`], for its
+/// end report. Only such children have one.
+#[derive(Default)]
+pub(crate) struct TaskRelay {
+    tasks: Mutex<Vec<ReportedTask>>,
+}
+
+impl TaskRelay {
+    fn take(&self) -> Vec<ReportedTask> {
+        std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+fn millis(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl crate::observe::RunObserver for TaskRelay {
+    fn run_changed(&self, event: &crate::observe::RunEvent) {
+        let state = &event.state;
+        if !state.is_final() {
+            return;
+        }
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        if tasks.len() >= MAX_RELAYED_TASK_RUNS {
+            return;
+        }
+        let run = &event.run;
+        let end = state.timestamp();
+        tasks.push(ReportedTask {
+            task: run.task_name().to_owned(),
+            key: run.task_key().to_owned(),
+            index: run.index(),
+            custom_name: run.custom_name().map(str::to_owned),
+            attempts: run.attempts(),
+            kind: state.kind().as_str().to_owned(),
+            state_name: (state.name() != state.kind().as_str()).then(|| state.name().to_owned()),
+            message: state.message().map(str::to_owned),
+            start_ms: run.duration().and_then(|d| end.checked_sub(d)).map(millis),
+            end_ms: millis(end),
+            location: run.location().map(|l| l.to_string()),
+            cache_key: run.cache_key().map(str::to_owned),
+        });
+    }
 }
 
 /// In the flow process: a child that task run `run` (of `flow`) called in
@@ -317,10 +419,64 @@ pub(crate) fn record_remote(flow: &Arc<FlowShared>, run: RunRef, report: Subflow
         Some(c) => c,
         None => start_remote(flow, &run, &report),
     };
+    for task in &report.tasks {
+        replay_task(&child, task);
+    }
     let Some(state) = report.state() else {
         return;
     };
     finish_remote(flow, &child, &state, report.counts());
+}
+
+/// Tells `child`'s observers that one of its task runs in another process
+/// ran and ended, as they would have seen it run here.
+fn replay_task(child: &Arc<FlowShared>, task: &ReportedTask) {
+    let at = |ms: u64| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    let kind = [
+        StateKind::Completed,
+        StateKind::Failed,
+        StateKind::Crashed,
+        StateKind::Cancelled,
+    ]
+    .into_iter()
+    .find(|k| k.as_str() == task.kind)
+    .unwrap_or(StateKind::Crashed);
+    let mut state = State::new(kind).at(at(task.end_ms));
+    // The refining names task runs end with (names are static).
+    if let Some(name) = ["Cached", "TimedOut", "NotReady"]
+        .into_iter()
+        .find(|n| task.state_name.as_deref() == Some(*n))
+    {
+        state = state.with_name(name);
+    }
+    if let Some(m) = &task.message {
+        state = state.with_message(m.as_str());
+    }
+    let run = RunRef(Arc::new(ReplayedRun {
+        id: RunId::next(),
+        task_name: task.task.clone(),
+        task_key: crate::task::registry::registry()
+            .get(&task.key)
+            .map_or("", |e| e.key()),
+        index: task.index,
+        custom_name: task.custom_name.clone().map(Box::from),
+        attempts: task.attempts,
+        duration: task
+            .start_ms
+            .map(|s| std::time::Duration::from_millis(task.end_ms.saturating_sub(s))),
+        location: task.location.as_deref().map(Arc::from),
+        cache_key: task.cache_key.clone().map(Box::from),
+        state: state.clone(),
+        flow_run_id: child.id.clone(),
+    }));
+    child.emit(
+        run.clone(),
+        State::new(StateKind::Pending).at(at(task.start_ms.unwrap_or(task.end_ms))),
+    );
+    if let Some(start) = task.start_ms {
+        child.emit(run.clone(), State::new(StateKind::Running).at(at(start)));
+    }
+    child.emit(run, state);
 }
 
 fn start_remote(flow: &Arc<FlowShared>, run: &RunRef, report: &SubflowReport) -> Arc<FlowShared> {
@@ -393,6 +549,89 @@ fn finish_remote(flow: &FlowShared, child: &Arc<FlowShared>, state: &State, coun
     child.close();
     child.emit_flow_finished(state);
     report_counts_to_parent(child, state, counts);
+}
+
+/// A task run of a child in another process, as the flow process replays
+/// it: ended, with no result here.
+struct ReplayedRun {
+    id: RunId,
+    task_name: String,
+    task_key: &'static str,
+    index: u64,
+    custom_name: Option<Box<str>>,
+    attempts: u32,
+    duration: Option<std::time::Duration>,
+    location: Option<Arc<str>>,
+    cache_key: Option<Box<str>>,
+    state: State,
+    flow_run_id: String,
+}
+
+impl crate::run::record::AnyRun for ReplayedRun {
+    fn id(&self) -> RunId {
+        self.id
+    }
+    fn order(&self) -> u64 {
+        self.id.get()
+    }
+    fn name(&self) -> String {
+        match &self.custom_name {
+            Some(n) => n.to_string(),
+            None => format!("{}-{}", self.task_name, self.index),
+        }
+    }
+    fn custom_name(&self) -> Option<&str> {
+        self.custom_name.as_deref()
+    }
+    fn task_name(&self) -> &str {
+        &self.task_name
+    }
+    fn index(&self) -> u64 {
+        self.index
+    }
+    fn task_key(&self) -> &'static str {
+        self.task_key
+    }
+    fn state(&self) -> State {
+        self.state.clone()
+    }
+    fn error(&self) -> Option<crate::run::error::TaskError> {
+        None
+    }
+    fn on_final(&self, callback: crate::run::record::Callback) {
+        callback();
+    }
+    fn block_until_final(&self, _deadline: Option<std::time::Instant>) -> bool {
+        true
+    }
+    fn mark_observed(&self) {}
+    fn observed(&self) -> bool {
+        true
+    }
+    fn attempts(&self) -> u32 {
+        self.attempts
+    }
+    fn duration(&self) -> Option<std::time::Duration> {
+        self.duration
+    }
+    fn location(&self) -> Option<Arc<str>> {
+        self.location.clone()
+    }
+    fn encoded_result(&self) -> Result<bytes::Bytes, crate::run::error::TaskError> {
+        Err(crate::run::error::TaskError::new(
+            crate::run::error::TaskErrorKind::ResultUnavailable,
+            "the task run ran in another process; its result stayed there",
+        ))
+    }
+    fn cache_key(&self) -> Option<&str> {
+        self.cache_key.as_deref()
+    }
+    fn fail_dyn(self: Arc<Self>, _error: crate::run::error::TaskError) -> bool {
+        false
+    }
+    fn flow_run_id(&self) -> &str {
+        &self.flow_run_id
+    }
 }
 
 /// `own` plus the counts of `children`.
