@@ -690,3 +690,74 @@ pub(crate) fn made_default<R>(make: impl FnOnce() -> R) -> (R, bool) {
     let made = make();
     (made, DEFAULT_MADE.with(|d| d.replace(false)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::{RunEvent, RunObserver};
+
+    fn ended_run(index: u64) -> RunRef {
+        RunRef(Arc::new(ReplayedRun {
+            id: RunId::next(),
+            task_name: "double".to_owned(),
+            task_key: "",
+            index,
+            custom_name: None,
+            attempts: 1,
+            duration: Some(std::time::Duration::from_millis(3)),
+            location: None,
+            cache_key: None,
+            state: State::new(StateKind::Completed),
+            flow_run_id: String::new(),
+        }))
+    }
+
+    #[test]
+    fn a_child_relays_a_bounded_number_of_task_runs_in_bounded_reports() {
+        let relay = TaskRelay::default();
+        let extra = 5;
+        for i in 0..(MAX_RELAYED_TASK_RUNS + extra) as u64 {
+            let run = ended_run(i);
+            // Only final states are kept.
+            relay.run_changed(&RunEvent {
+                run: run.clone(),
+                state: State::new(StateKind::Running),
+            });
+            relay.run_changed(&RunEvent {
+                run,
+                state: State::new(StateKind::Completed),
+            });
+        }
+        let sent = Arc::new(Mutex::new(Vec::<SubflowReport>::new()));
+        let sink: SubflowSink = {
+            let sent = sent.clone();
+            Arc::new(move |r| sent.lock().unwrap().push(r))
+        };
+        let child = FlowShared::detached();
+        report_end(
+            &sink,
+            &child,
+            &State::new(StateKind::Completed),
+            Some(&relay),
+        );
+        let sent = sent.lock().unwrap();
+        assert_eq!(sent.len(), MAX_RELAYED_TASK_RUNS / TASKS_PER_REPORT);
+        assert!(sent.iter().all(|r| r.tasks.len() <= TASKS_PER_REPORT));
+        let relayed: usize = sent.iter().map(|r| r.tasks.len()).sum();
+        assert_eq!(relayed, MAX_RELAYED_TASK_RUNS);
+        // Batches first, then the end, so the flow process has every task
+        // run before the child ends there.
+        let (last, batches) = sent.split_last().unwrap();
+        assert!(batches.iter().all(|r| r.end.is_none()));
+        assert!(last.state().is_some_and(|s| s.is_completed()));
+        let first = &sent[0].tasks[0];
+        assert_eq!((first.task.as_str(), first.index), ("double", 0));
+        assert_eq!(
+            first.start_ms.map(|s| first.end_ms - s),
+            Some(3),
+            "its duration travels"
+        );
+        // Nothing is held once sent.
+        assert!(relay.take().is_empty());
+    }
+}
