@@ -178,6 +178,7 @@ fn tasks_call_flows_in_their_own_process() -> u64 {
 fn a_flow_called_by_a_task_in_its_own_process_is_linked_to_that_task_run() {
     let _t = begin("a_flow_called_by_a_task_in_its_own_process_is_linked_to_that_task_run");
     let cluster = Cluster::start(&[WorkerSpec::threads(1)]);
+    let home = flowrun::history::temp_home();
     let run = tasks_call_flows_in_their_own_process
         .with_runner(runner(&cluster).isolate_tasks(true))
         .return_state();
@@ -216,4 +217,19 @@ fn a_flow_called_by_a_task_in_its_own_process_is_linked_to_that_task_run() {
     let failed = &run.subflows()[1];
     assert_eq!(failed.state.message(), Some("gave up at 4"));
     assert!(failed.parent_task_run.is_some());
+    // The run history of the flow process lists each child's own task
+    // runs (`flowrun show CHILD`).
+    flowrun::history::flush(home.path());
+    let store = flowrun::history::Store::open(home.path()).unwrap();
+    for child in run.subflows() {
+        let row = store.find_run(&child.name).expect("the child is recorded");
+        let detail = store.detail(&row, 10).unwrap();
+        let tasks: Vec<_> = detail
+            .task_runs
+            .iter()
+            .map(|t| (t.name.as_str(), t.state.as_str(), t.attempts))
+            .collect();
+        assert_eq!(tasks, [("triple-0", "Completed", 1)], "{row:?}");
+        assert_eq!(row.tasks.completed, 1);
+    }
 }
