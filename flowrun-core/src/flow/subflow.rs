@@ -372,6 +372,21 @@ impl TaskRelay {
     }
 }
 
+/// A relayed failure message keeps at most this many bytes, so that a
+/// report's size stays bounded.
+const MAX_RELAYED_MESSAGE: usize = 4096;
+
+fn clipped(message: &str) -> String {
+    if message.len() <= MAX_RELAYED_MESSAGE {
+        return message.to_owned();
+    }
+    let mut end = MAX_RELAYED_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} [cut]", &message[..end])
+}
+
 fn millis(t: std::time::SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -397,7 +412,7 @@ impl crate::observe::RunObserver for TaskRelay {
             attempts: run.attempts(),
             kind: state.kind().as_str().to_owned(),
             state_name: (state.name() != state.kind().as_str()).then(|| state.name().to_owned()),
-            message: state.message().map(str::to_owned),
+            message: state.message().map(clipped),
             start_ms: run.duration().and_then(|d| end.checked_sub(d)).map(millis),
             end_ms: millis(end),
             location: run.location().map(|l| l.to_string()),
@@ -759,5 +774,18 @@ mod tests {
         );
         // Nothing is held once sent.
         assert!(relay.take().is_empty());
+    }
+
+    #[test]
+    fn a_relayed_failure_message_is_clipped() {
+        let relay = TaskRelay::default();
+        let long = "é".repeat(MAX_RELAYED_MESSAGE);
+        relay.run_changed(&RunEvent {
+            run: ended_run(0),
+            state: State::new(StateKind::Failed).with_message(long.as_str()),
+        });
+        let message = relay.take()[0].message.clone().unwrap();
+        assert!(message.len() <= MAX_RELAYED_MESSAGE + " [cut]".len());
+        assert!(message.starts_with("éé") && message.ends_with(" [cut]"));
     }
 }
