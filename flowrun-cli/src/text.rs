@@ -202,6 +202,9 @@ pub fn show(d: &RunDetail, width: usize) -> String {
     if let Some(parent) = &r.parent_flow_run {
         let _ = writeln!(out, "Subflow of {parent}");
     }
+    if let Some(task) = &r.parent_task_run {
+        let _ = writeln!(out, "Called by task run {task}");
+    }
     if let Some(parameters) = &r.parameters {
         let _ = writeln!(
             out,

@@ -453,3 +453,33 @@ fn ui_serves_past_runs_to_a_browser() {
     let missing = dump_dom(&format!("{url}runs/no-such-run"));
     assert!(missing.contains("no flow run matches"), "{missing}");
 }
+
+#[task]
+fn calls_a_flow(n: u64) -> u64 {
+    squares(n).unwrap()
+}
+
+#[flow]
+fn flow_in_a_task() -> u64 {
+    calls_a_flow.submit(2).result().unwrap()
+}
+
+#[test]
+fn show_names_the_task_run_that_called_a_subflow() {
+    let home = tempfile::tempdir().unwrap();
+    {
+        let _guard = flowrun::history::use_home(home.path());
+        flow_in_a_task().unwrap();
+    }
+    flowrun::history::flush(home.path());
+    let parent = json(home.path(), &["runs", "--flow", "flow-in-a-task"]);
+    let parent = parent[0]["id"].as_str().unwrap();
+    let task = json(home.path(), &["show", parent])["task_runs"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let child = json(home.path(), &["runs", "--flow", "squares"]);
+    let out = ok(home.path(), &["show", child[0]["id"].as_str().unwrap()]);
+    assert!(out.contains(&format!("Subflow of {parent}")), "{out}");
+    assert!(out.contains(&format!("Called by task run {task}")), "{out}");
+}

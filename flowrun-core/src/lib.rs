@@ -57,7 +57,7 @@ pub use flow::lifecycle::{run_flow, run_flow_async};
 pub use flow::meta::{Flow, FlowConfig, FlowMeta, FlowMetaBuilder};
 pub use flow::outcome::{FlowRun, TaskRunCounts};
 pub use flow::scope::{FlowHandle, Scope};
-pub use flow::subflow::SubflowRun;
+pub use flow::subflow::{report_subflows_to, SubflowReport, SubflowRun, SubflowSink};
 pub use logging::{get_run_logger, RunLogger};
 pub use run::allow::{allow_failure, AllowFailure, AllowedUpstream};
 pub use run::error::{

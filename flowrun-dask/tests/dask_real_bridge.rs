@@ -144,3 +144,92 @@ fn cancelling_a_run_dask_holds_cancels_it_and_fails_its_dependents() {
     assert_eq!(on_dask, on_threads);
     assert_eq!((on_dask.0, on_dask.1, on_dask.3), (true, false, false));
 }
+
+// ---------------------------------------------------------------------------
+// A flow that a task calls in a one-task process (`isolate_tasks`) is the
+// child of that task's run in the flow process: listed by the parent with
+// its task run and final state, a failing one too.
+
+#[flow]
+fn called_by_a_task(x: u64) -> u64 {
+    triple.submit(x).result().unwrap()
+}
+
+#[flow]
+fn gives_up(x: u64) -> Result<u64, String> {
+    triple(x);
+    Err(format!("gave up at {x}"))
+}
+
+#[task]
+fn calls_flows(x: u64) -> Result<u64, String> {
+    let ok = called_by_a_task(x).map_err(|e| e.to_string())?;
+    let failed = gives_up(x).unwrap_err().to_string();
+    assert!(failed.contains("gave up at"), "{failed}");
+    Ok(ok)
+}
+
+#[flow]
+fn tasks_call_flows_in_their_own_process() -> u64 {
+    calls_flows.submit(4).result().unwrap()
+}
+
+#[test]
+fn a_flow_called_by_a_task_in_its_own_process_is_linked_to_that_task_run() {
+    let _t = begin("a_flow_called_by_a_task_in_its_own_process_is_linked_to_that_task_run");
+    let cluster = Cluster::start(&[WorkerSpec::threads(1)]);
+    let home = flowrun::history::temp_home();
+    let run = tasks_call_flows_in_their_own_process
+        .with_runner(runner(&cluster).isolate_tasks(true))
+        .return_state();
+    assert!(
+        run.state().is_completed(),
+        "{:?}\n{}",
+        run.state(),
+        cluster.logs()
+    );
+    assert_eq!(*run.result().unwrap(), 12);
+    let children: Vec<_> = run
+        .subflows()
+        .iter()
+        .map(|s| {
+            (
+                s.flow_name.clone(),
+                s.state.kind(),
+                s.parent_task_run_name.clone(),
+                s.counts.completed,
+            )
+        })
+        .collect();
+    let by_task = Some("calls_flows-0".to_owned());
+    assert_eq!(
+        children,
+        [
+            (
+                "called-by-a-task".to_owned(),
+                StateKind::Completed,
+                by_task.clone(),
+                1
+            ),
+            ("gives-up".to_owned(), StateKind::Failed, by_task, 1),
+        ]
+    );
+    let failed = &run.subflows()[1];
+    assert_eq!(failed.state.message(), Some("gave up at 4"));
+    assert!(failed.parent_task_run.is_some());
+    // The run history of the flow process lists each child's own task
+    // runs (`flowrun show CHILD`).
+    flowrun::history::flush(home.path());
+    let store = flowrun::history::Store::open(home.path()).unwrap();
+    for child in run.subflows() {
+        let row = store.find_run(&child.name).expect("the child is recorded");
+        let detail = store.detail(&row, 10).unwrap();
+        let tasks: Vec<_> = detail
+            .task_runs
+            .iter()
+            .map(|t| (t.name.as_str(), t.state.as_str(), t.attempts))
+            .collect();
+        assert_eq!(tasks, [("triple-0", "Completed", 1)], "{row:?}");
+        assert_eq!(row.tasks.completed, 1);
+    }
+}

@@ -665,4 +665,8 @@ impl<T: Task> SerializedCompletion for Driver<T> {
     fn finished_deferred(self: Arc<Self>, attempt: u32, fetch: Fetch) {
         self.settle(attempt, Ok(Done::Deferred(fetch)));
     }
+
+    fn subflow(&self, report: crate::flow::subflow::SubflowReport) {
+        crate::flow::subflow::record_remote(&self.flow, RunRef(self.cell.clone()), report);
+    }
 }

@@ -37,6 +37,10 @@ struct Started {
     info: FlowRunInfo,
     /// The flow run's own concurrency limits, dropped when it ends.
     _limits: crate::concurrency::ScopeGuard,
+    /// Where it reports its end when its parent is in another process.
+    remote: Option<crate::flow::subflow::SubflowSink>,
+    /// Its task runs as they end, for that process's run history.
+    relay: Option<Arc<crate::flow::subflow::TaskRelay>>,
 }
 
 fn begin<F: Flow>(config: &FlowConfig, args: &F::Args) -> Result<Started, Box<FlowRun<F::Output>>> {
@@ -56,6 +60,13 @@ fn begin<F: Flow>(config: &FlowConfig, args: &F::Args) -> Result<Started, Box<Fl
         .or(named)
         .unwrap_or_else(names::random_run_name);
     let parent = crate::flow::subflow::current_parent();
+    // Called by a task that runs here for a flow in another process: that
+    // process links it (one thread-local read, only for flows without a
+    // parent here).
+    let remote = match parent {
+        None => crate::flow::subflow::remote_sink(),
+        Some(_) => None,
+    };
     // A subflow that names no runner of its own runs on its parent's, which
     // is already started and which the parent shuts down.
     let (runner, inherited): (Arc<dyn TaskRunner>, bool) =
@@ -105,7 +116,7 @@ fn begin<F: Flow>(config: &FlowConfig, args: &F::Args) -> Result<Started, Box<Fl
     shared
         .history
         .store(history, std::sync::atomic::Ordering::Relaxed);
-    let tags = options
+    let tags: Vec<String> = options
         .and_then(|o| o.tags.as_ref())
         .unwrap_or(&meta.tags)
         .iter()
@@ -118,7 +129,10 @@ fn begin<F: Flow>(config: &FlowConfig, args: &F::Args) -> Result<Started, Box<Fl
             .into_iter()
             .next()
             .is_some();
-    let parameters = recorded.then(|| parameters_json(&F::parameters(args)));
+    let parameters = (recorded || remote.is_some()).then(|| parameters_json(&F::parameters(args)));
+    if let Some(sink) = &remote {
+        crate::flow::subflow::report_start(sink, &shared, parameters.clone(), tags.clone());
+    }
     if let Some(p) = parent {
         p.flow.links.add_running(&shared, &p);
         shared.links.set_parent(p);
@@ -141,7 +155,8 @@ fn begin<F: Flow>(config: &FlowConfig, args: &F::Args) -> Result<Started, Box<Fl
         flow: crate::flow::scope::FlowHandle(shared.clone()),
         parameters,
         tags,
-        history,
+        // The flow process records it (see `subflow::record_remote`).
+        history: history && remote.is_none(),
     };
     // A runner that cannot start is the infrastructure failing: Crashed,
     // as in Prefect; an invalid option is the flow's own failure.
@@ -150,6 +165,9 @@ fn begin<F: Flow>(config: &FlowConfig, args: &F::Args) -> Result<Started, Box<Fl
         let state = State::new(state_kind).with_message(message);
         // Observers added before the failure see the flow run end.
         shared.emit_flow_finished(&state);
+        if let Some(sink) = &remote {
+            crate::flow::subflow::report_end(sink, &shared, &state, None);
+        }
         crate::run_event!(
             tracing::Level::ERROR,
             label.as_str(),
@@ -185,6 +203,13 @@ fn begin<F: Flow>(config: &FlowConfig, args: &F::Args) -> Result<Started, Box<Fl
             shared.add_observer(observer);
         }
     }
+    // Its task runs go to the flow process with its end, for the run
+    // history there (only flows that report to another process).
+    let relay = (history && remote.is_some()).then(|| {
+        let relay = Arc::new(crate::flow::subflow::TaskRelay::default());
+        shared.add_observer(relay.clone());
+        relay
+    });
     let start = || {
         if inherited {
             Ok(())
@@ -219,6 +244,8 @@ fn begin<F: Flow>(config: &FlowConfig, args: &F::Args) -> Result<Started, Box<Fl
     }
     hooks.call(&info, &State::new(StateKind::Running));
     Ok(Started {
+        remote,
+        relay,
         _limits: limits,
         shared,
         policy,
@@ -333,6 +360,9 @@ impl Started {
         };
         shared.emit_flow_finished(&state);
         crate::flow::subflow::report_to_parent(shared, &state);
+        if let Some(sink) = &self.remote {
+            crate::flow::subflow::report_end(sink, shared, &state, self.relay.as_deref());
+        }
         let subflows = shared.links.children();
         if let Some(line) = crate::flow::subflow::summary(&subflows) {
             crate::run_event!(tracing::Level::INFO, self.label().as_str(), "{line}");

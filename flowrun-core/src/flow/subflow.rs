@@ -6,13 +6,17 @@
 //! ([`FlowRun::subflows`](crate::FlowRun::subflows)); the parent's own
 //! counts stay its own task runs, as Prefect counts them.
 
+use std::cell::RefCell;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use serde::{Deserialize, Serialize};
 
 use crate::exec::context::with_current;
 use crate::flow::outcome::TaskRunCounts;
 use crate::flow::registry::FlowShared;
-use crate::run::record::RunId;
-use crate::run::state::State;
+use crate::observe::RunEvent;
+use crate::run::record::{RunId, RunRef};
+use crate::run::state::{State, StateKind};
 
 /// A child flow run as its parent's [`FlowRun`](crate::FlowRun) shows it.
 #[derive(Debug, Clone)]
@@ -53,6 +57,9 @@ pub(crate) struct Links {
     parent: OnceLock<Parent>,
     running: Mutex<Vec<RunningChild>>,
     children: Mutex<Vec<SubflowRun>>,
+    /// Children running in another process (a task on a worker called
+    /// them), held here until they report their end.
+    remote: Mutex<Vec<Arc<FlowShared>>>,
 }
 
 impl Links {
@@ -142,6 +149,13 @@ pub(crate) fn current_parent() -> Option<Parent> {
 
 /// Records a finished child in its parent.
 pub(crate) fn report_to_parent(child: &FlowShared, state: &State) {
+    let counts = add_counts(child.counts(), &child.links.children());
+    report_counts_to_parent(child, state, counts);
+}
+
+/// Records a finished child with `counts` (its task runs and its own
+/// children's) in its parent.
+fn report_counts_to_parent(child: &FlowShared, state: &State, counts: TaskRunCounts) {
     let Some(parent) = child.links.parent() else {
         return;
     };
@@ -153,8 +167,499 @@ pub(crate) fn report_to_parent(child: &FlowShared, state: &State) {
         parent_task_run: parent.task_run,
         parent_task_run_name: parent.task_run_name.clone(),
         state: state.clone(),
-        counts: add_counts(child.counts(), &child.links.children()),
+        counts,
     });
+}
+
+/// What a flow run called by a task in another process (a worker of a
+/// cluster) tells the flow process, which links it to the task run that
+/// called it: once when it starts, once when it ends. Runners carry it
+/// from the worker ([`report_subflows_to`]) to the flow process
+/// ([`SerializedJob::report_subflow`](crate::SerializedJob::report_subflow)).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubflowReport {
+    id: String,
+    name: String,
+    flow_name: String,
+    /// The parameters as JSON, when some observer records them.
+    parameters: Option<String>,
+    tags: Vec<String>,
+    /// Set when it ended.
+    end: Option<ReportedEnd>,
+    /// Task runs of the child that ended since the last report (at most
+    /// [`TASKS_PER_REPORT`]).
+    /// (Always written: the local cluster's wire format is not
+    /// self-describing.)
+    #[serde(default)]
+    tasks: Vec<ReportedTask>,
+}
+
+/// A task run of a child flow run in another process, as it ended: the
+/// flow process replays it to the child's observers (the run history).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ReportedTask {
+    task: String,
+    key: String,
+    index: u64,
+    custom_name: Option<String>,
+    attempts: u32,
+    kind: String,
+    state_name: Option<String>,
+    message: Option<String>,
+    /// When it started and ended, in milliseconds since the Unix epoch.
+    start_ms: Option<u64>,
+    end_ms: u64,
+    location: Option<String>,
+    cache_key: Option<String>,
+}
+
+/// Task runs a report carries at most: a child with many task runs sends
+/// them in several reports, none too big for a worker's link.
+const TASKS_PER_REPORT: usize = 1_000;
+
+/// Task runs of one child relayed to the flow process at most; the ones
+/// past it are only counted (in its end report), so a child with 100,000
+/// task runs holds and sends a bounded amount.
+pub(crate) const MAX_RELAYED_TASK_RUNS: usize = 10_000;
+
+/// How a reported child ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ReportedEnd {
+    kind: String,
+    name: Option<String>,
+    message: Option<String>,
+    /// Completed, failed, crashed, cancelled task runs (its subflows' too).
+    counts: [usize; 4],
+}
+
+impl SubflowReport {
+    /// The child flow run's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Its final state, once it ended (`None` in the report of its start).
+    pub fn state(&self) -> Option<State> {
+        let end = self.end.as_ref()?;
+        let kind = [
+            StateKind::Completed,
+            StateKind::Failed,
+            StateKind::Crashed,
+            StateKind::Cancelled,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == end.kind)
+        .unwrap_or(StateKind::Crashed);
+        let mut state = State::new(kind);
+        // The one refining name flow runs end with.
+        if end.name.as_deref() == Some("TimedOut") {
+            state = state.with_name("TimedOut");
+        }
+        if let Some(m) = &end.message {
+            state = state.with_message(m.as_str());
+        }
+        Some(state)
+    }
+
+    fn started(child: &FlowShared, parameters: Option<String>, tags: Vec<String>) -> SubflowReport {
+        SubflowReport {
+            id: child.id.clone(),
+            name: child.name.clone(),
+            flow_name: child.flow_name.clone(),
+            parameters,
+            tags,
+            end: None,
+            tasks: Vec::new(),
+        }
+    }
+
+    fn ended(child: &FlowShared, state: &State) -> SubflowReport {
+        let c = add_counts(child.counts(), &child.links.children());
+        SubflowReport {
+            id: child.id.clone(),
+            name: child.name.clone(),
+            flow_name: child.flow_name.clone(),
+            parameters: None,
+            tags: Vec::new(),
+            end: Some(ReportedEnd {
+                kind: state.kind().as_str().to_owned(),
+                name: (state.name() != state.kind().as_str()).then(|| state.name().to_owned()),
+                message: state.message().map(str::to_owned),
+                counts: [c.completed, c.failed, c.crashed, c.cancelled],
+            }),
+            tasks: Vec::new(),
+        }
+    }
+
+    fn counts(&self) -> TaskRunCounts {
+        let [completed, failed, crashed, cancelled] =
+            self.end.as_ref().map_or([0; 4], |e| e.counts);
+        TaskRunCounts {
+            completed,
+            failed,
+            crashed,
+            cancelled,
+        }
+    }
+}
+
+/// Where the flow runs called on this thread without a parent in this
+/// process report themselves.
+pub type SubflowSink = Arc<dyn Fn(SubflowReport) + Send + Sync>;
+
+thread_local! {
+    static REMOTE: RefCell<Option<SubflowSink>> = const { RefCell::new(None) };
+}
+
+/// Makes flow runs that task code on this thread calls, outside any flow
+/// run of this process, report their start and end to `sink` (`None`
+/// stops it): a worker's executor thread sets it once, and sends each
+/// report to the flow process with the task it runs now, which links the
+/// child to that task run. Flows called with a parent in this process are
+/// not reported.
+pub fn report_subflows_to(sink: Option<SubflowSink>) {
+    REMOTE.with(|r| *r.borrow_mut() = sink);
+}
+
+/// The sink of this thread, for a flow run that has no parent here.
+pub(crate) fn remote_sink() -> Option<SubflowSink> {
+    REMOTE.with(|r| r.borrow().clone())
+}
+
+/// Tells the flow process that `child` started.
+pub(crate) fn report_start(
+    sink: &SubflowSink,
+    child: &FlowShared,
+    parameters: Option<String>,
+    tags: Vec<String>,
+) {
+    sink(SubflowReport::started(child, parameters, tags));
+}
+
+/// Tells the flow process that `child` ended in `state`, with the task
+/// runs `tasks` kept (in reports of at most [`TASKS_PER_REPORT`]).
+pub(crate) fn report_end(
+    sink: &SubflowSink,
+    child: &FlowShared,
+    state: &State,
+    tasks: Option<&TaskRelay>,
+) {
+    let mut end = SubflowReport::ended(child, state);
+    let mut tasks = tasks.map(TaskRelay::take).unwrap_or_default();
+    while tasks.len() > TASKS_PER_REPORT {
+        let rest = tasks.split_off(TASKS_PER_REPORT);
+        sink(SubflowReport {
+            end: None,
+            parameters: None,
+            tasks: std::mem::replace(&mut tasks, rest),
+            ..end.clone()
+        });
+    }
+    end.tasks = tasks;
+    sink(end);
+}
+
+/// On a worker: keeps the task runs of a child flow run (one the flow
+/// process records) as they end, up to [`MAX_RELAYED_TASK_RUNS`], for its
+/// end report. Only such children have one.
+#[derive(Default)]
+pub(crate) struct TaskRelay {
+    tasks: Mutex<Vec<ReportedTask>>,
+}
+
+impl TaskRelay {
+    fn take(&self) -> Vec<ReportedTask> {
+        std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// A relayed failure message keeps at most this many bytes, so that a
+/// report's size stays bounded.
+const MAX_RELAYED_MESSAGE: usize = 4096;
+
+fn clipped(message: &str) -> String {
+    if message.len() <= MAX_RELAYED_MESSAGE {
+        return message.to_owned();
+    }
+    let mut end = MAX_RELAYED_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} [cut]", &message[..end])
+}
+
+fn millis(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl crate::observe::RunObserver for TaskRelay {
+    fn run_changed(&self, event: &RunEvent) {
+        let state = &event.state;
+        if !state.is_final() {
+            return;
+        }
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        if tasks.len() >= MAX_RELAYED_TASK_RUNS {
+            return;
+        }
+        let run = &event.run;
+        let end = state.timestamp();
+        tasks.push(ReportedTask {
+            task: run.task_name().to_owned(),
+            key: run.task_key().to_owned(),
+            index: run.index(),
+            custom_name: run.custom_name().map(str::to_owned),
+            attempts: event.attempts,
+            kind: state.kind().as_str().to_owned(),
+            state_name: (state.name() != state.kind().as_str()).then(|| state.name().to_owned()),
+            message: state.message().map(clipped),
+            start_ms: run.duration().and_then(|d| end.checked_sub(d)).map(millis),
+            end_ms: millis(end),
+            location: event.location.as_deref().map(str::to_owned),
+            cache_key: run.cache_key().map(str::to_owned),
+        });
+    }
+}
+
+/// In the flow process: a child that task run `run` (of `flow`) called in
+/// another process started or ended. It is linked as a child called in
+/// this process is: listed by the parent, seen by its observers (the run
+/// history records it with the parent task run) from its start to its end.
+pub(crate) fn record_remote(flow: &Arc<FlowShared>, run: RunRef, report: SubflowReport) {
+    let known = {
+        let remote = flow.links.remote.lock().unwrap_or_else(|p| p.into_inner());
+        remote.iter().find(|c| c.id == report.id).cloned()
+    };
+    let child = match known {
+        Some(c) => c,
+        None => start_remote(flow, &run, &report),
+    };
+    for task in &report.tasks {
+        replay_task(&child, task);
+    }
+    let Some(state) = report.state() else {
+        return;
+    };
+    finish_remote(flow, &child, &state, report.counts());
+}
+
+/// Tells `child`'s observers that one of its task runs in another process
+/// ran and ended, as they would have seen it run here.
+fn replay_task(child: &Arc<FlowShared>, task: &ReportedTask) {
+    let at = |ms: u64| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    let kind = [
+        StateKind::Completed,
+        StateKind::Failed,
+        StateKind::Crashed,
+        StateKind::Cancelled,
+    ]
+    .into_iter()
+    .find(|k| k.as_str() == task.kind)
+    .unwrap_or(StateKind::Crashed);
+    let mut state = State::new(kind).at(at(task.end_ms));
+    // The refining names task runs end with (names are static).
+    if let Some(name) = ["Cached", "TimedOut", "NotReady"]
+        .into_iter()
+        .find(|n| task.state_name.as_deref() == Some(*n))
+    {
+        state = state.with_name(name);
+    }
+    if let Some(m) = &task.message {
+        state = state.with_message(m.as_str());
+    }
+    let run = RunRef(Arc::new(ReplayedRun {
+        id: RunId::next(),
+        task_name: task.task.clone(),
+        task_key: crate::task::registry::registry()
+            .get(&task.key)
+            .map_or("", |e| e.key()),
+        index: task.index,
+        custom_name: task.custom_name.clone().map(Box::from),
+        attempts: task.attempts,
+        duration: task
+            .start_ms
+            .map(|s| std::time::Duration::from_millis(task.end_ms.saturating_sub(s))),
+        location: task.location.as_deref().map(Arc::from),
+        cache_key: task.cache_key.clone().map(Box::from),
+        state: state.clone(),
+        flow_run_id: child.id.clone(),
+    }));
+    let location: Option<Arc<str>> = task.location.as_deref().map(Arc::from);
+    let event = |state: State, attempts: u32, location: Option<Arc<str>>| RunEvent {
+        run: run.clone(),
+        state,
+        attempts,
+        location,
+    };
+    child.emit(event(
+        State::new(StateKind::Pending).at(at(task.start_ms.unwrap_or(task.end_ms))),
+        0,
+        None,
+    ));
+    if let Some(start) = task.start_ms {
+        child.emit(event(
+            State::new(StateKind::Running).at(at(start)),
+            task.attempts,
+            location.clone(),
+        ));
+    }
+    child.emit(event(state, task.attempts, location));
+}
+
+fn start_remote(flow: &Arc<FlowShared>, run: &RunRef, report: &SubflowReport) -> Arc<FlowShared> {
+    let child = Arc::new(FlowShared::new(
+        report.id.clone(),
+        report.name.clone(),
+        report.flow_name.clone(),
+        flow.runner.clone(),
+        false,
+    ));
+    let history = flow.history.load(std::sync::atomic::Ordering::Relaxed);
+    child
+        .history
+        .store(history, std::sync::atomic::Ordering::Relaxed);
+    let parent = Parent {
+        flow: flow.clone(),
+        task_run: Some(run.id()),
+        task_run_name: Some(run.name()),
+    };
+    flow.links.add_running(&child, &parent);
+    child.links.set_parent(parent);
+    flow.links
+        .remote
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(child.clone());
+    let info = crate::runner::FlowRunInfo {
+        flow_name: child.flow_name.clone(),
+        flow_run_name: child.name.clone(),
+        flow_run_id: child.id.clone(),
+        parent_flow_run_id: Some(flow.id.clone()),
+        flow: crate::flow::scope::FlowHandle(child.clone()),
+        parameters: report.parameters.clone(),
+        tags: report.tags.clone(),
+        history,
+    };
+    // Observers see the child start inside the task run that called it,
+    // as they would on its own thread.
+    let _in = crate::exec::context::enter(crate::exec::context::Context {
+        flow: Some(flow.clone()),
+        task_run: Some(run.clone()),
+        ..Default::default()
+    });
+    for registration in inventory::iter::<crate::observe::ObserverRegistration> {
+        if let Some(observer) = (registration.factory)(&info) {
+            child.add_observer(observer);
+        }
+    }
+    // A child whose end never comes (its worker died) ends with the task
+    // run that called it.
+    let (weak_flow, weak_child) = (Arc::downgrade(flow), Arc::downgrade(&child));
+    run.0.on_final(Box::new(move || {
+        let (Some(flow), Some(child)) = (weak_flow.upgrade(), weak_child.upgrade()) else {
+            return;
+        };
+        let state = State::new(StateKind::Crashed)
+            .with_message("the task run that called it ended before it reported its end");
+        finish_remote(&flow, &child, &state, TaskRunCounts::default());
+    }));
+    child
+}
+
+fn finish_remote(flow: &FlowShared, child: &Arc<FlowShared>, state: &State, counts: TaskRunCounts) {
+    let mut remote = flow.links.remote.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(at) = remote.iter().position(|c| Arc::ptr_eq(c, child)) else {
+        return;
+    };
+    remote.swap_remove(at);
+    drop(remote);
+    child.close();
+    child.emit_flow_finished(state);
+    report_counts_to_parent(child, state, counts);
+}
+
+/// A task run of a child in another process, as the flow process replays
+/// it: ended, with no result here.
+struct ReplayedRun {
+    id: RunId,
+    task_name: String,
+    task_key: &'static str,
+    index: u64,
+    custom_name: Option<Box<str>>,
+    attempts: u32,
+    duration: Option<std::time::Duration>,
+    location: Option<Arc<str>>,
+    cache_key: Option<Box<str>>,
+    state: State,
+    flow_run_id: String,
+}
+
+impl crate::run::record::AnyRun for ReplayedRun {
+    fn id(&self) -> RunId {
+        self.id
+    }
+    fn order(&self) -> u64 {
+        self.id.get()
+    }
+    fn name(&self) -> String {
+        match &self.custom_name {
+            Some(n) => n.to_string(),
+            None => format!("{}-{}", self.task_name, self.index),
+        }
+    }
+    fn custom_name(&self) -> Option<&str> {
+        self.custom_name.as_deref()
+    }
+    fn task_name(&self) -> &str {
+        &self.task_name
+    }
+    fn index(&self) -> u64 {
+        self.index
+    }
+    fn task_key(&self) -> &'static str {
+        self.task_key
+    }
+    fn state(&self) -> State {
+        self.state.clone()
+    }
+    fn error(&self) -> Option<crate::run::error::TaskError> {
+        None
+    }
+    fn on_final(&self, callback: crate::run::record::Callback) {
+        callback();
+    }
+    fn block_until_final(&self, _deadline: Option<std::time::Instant>) -> bool {
+        true
+    }
+    fn mark_observed(&self) {}
+    fn observed(&self) -> bool {
+        true
+    }
+    fn attempts(&self) -> u32 {
+        self.attempts
+    }
+    fn duration(&self) -> Option<std::time::Duration> {
+        self.duration
+    }
+    fn location(&self) -> Option<Arc<str>> {
+        self.location.clone()
+    }
+    fn encoded_result(&self) -> Result<bytes::Bytes, crate::run::error::TaskError> {
+        Err(crate::run::error::TaskError::new(
+            crate::run::error::TaskErrorKind::ResultUnavailable,
+            "the task run ran in another process; its result stayed there",
+        ))
+    }
+    fn cache_key(&self) -> Option<&str> {
+        self.cache_key.as_deref()
+    }
+    fn fail_dyn(self: Arc<Self>, _error: crate::run::error::TaskError) -> bool {
+        false
+    }
+    fn flow_run_id(&self) -> &str {
+        &self.flow_run_id
+    }
 }
 
 /// `own` plus the counts of `children`.
@@ -212,4 +717,94 @@ pub(crate) fn made_default<R>(make: impl FnOnce() -> R) -> (R, bool) {
     DEFAULT_MADE.with(|d| d.set(false));
     let made = make();
     (made, DEFAULT_MADE.with(|d| d.replace(false)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::RunObserver;
+
+    fn ended_run(index: u64) -> RunRef {
+        RunRef(Arc::new(ReplayedRun {
+            id: RunId::next(),
+            task_name: "double".to_owned(),
+            task_key: "",
+            index,
+            custom_name: None,
+            attempts: 1,
+            duration: Some(std::time::Duration::from_millis(3)),
+            location: None,
+            cache_key: None,
+            state: State::new(StateKind::Completed),
+            flow_run_id: String::new(),
+        }))
+    }
+
+    #[test]
+    fn a_child_relays_a_bounded_number_of_task_runs_in_bounded_reports() {
+        let relay = TaskRelay::default();
+        let extra = 5;
+        for i in 0..(MAX_RELAYED_TASK_RUNS + extra) as u64 {
+            let run = ended_run(i);
+            // Only final states are kept.
+            relay.run_changed(&RunEvent {
+                run: run.clone(),
+                state: State::new(StateKind::Running),
+                attempts: 1,
+                location: None,
+            });
+            relay.run_changed(&RunEvent {
+                run,
+                state: State::new(StateKind::Completed),
+                attempts: 1,
+                location: None,
+            });
+        }
+        let sent = Arc::new(Mutex::new(Vec::<SubflowReport>::new()));
+        let sink: SubflowSink = {
+            let sent = sent.clone();
+            Arc::new(move |r| sent.lock().unwrap().push(r))
+        };
+        let child = FlowShared::detached();
+        report_end(
+            &sink,
+            &child,
+            &State::new(StateKind::Completed),
+            Some(&relay),
+        );
+        let sent = sent.lock().unwrap();
+        assert_eq!(sent.len(), MAX_RELAYED_TASK_RUNS / TASKS_PER_REPORT);
+        assert!(sent.iter().all(|r| r.tasks.len() <= TASKS_PER_REPORT));
+        let relayed: usize = sent.iter().map(|r| r.tasks.len()).sum();
+        assert_eq!(relayed, MAX_RELAYED_TASK_RUNS);
+        // Batches first, then the end, so the flow process has every task
+        // run before the child ends there.
+        let (last, batches) = sent.split_last().unwrap();
+        assert!(batches.iter().all(|r| r.end.is_none()));
+        assert!(last.state().is_some_and(|s| s.is_completed()));
+        let first = &sent[0].tasks[0];
+        assert_eq!((first.task.as_str(), first.index), ("double", 0));
+        assert_eq!(
+            first.start_ms.map(|s| first.end_ms - s),
+            Some(3),
+            "its duration travels"
+        );
+        // Nothing is held once sent.
+        assert!(relay.take().is_empty());
+    }
+
+    #[test]
+    fn a_relayed_failure_message_is_clipped() {
+        let relay = TaskRelay::default();
+        let long = "é".repeat(MAX_RELAYED_MESSAGE);
+        relay.run_changed(&RunEvent {
+            run: ended_run(0),
+            state: State::new(StateKind::Failed).with_message(long.as_str()),
+            attempts: 1,
+            location: None,
+        });
+        let message = relay.take()[0].message.clone().unwrap();
+        assert!(message.len() <= MAX_RELAYED_MESSAGE + " [cut]".len());
+        assert!(message.starts_with("éé") && message.ends_with(" [cut]"));
+    }
 }

@@ -289,6 +289,9 @@ pub(crate) trait SerializedCompletion: Send + Sync {
     fn started(self: Arc<Self>, attempt: u32, location: Option<Arc<str>>);
     fn finished(self: Arc<Self>, attempt: u32, result: Result<Bytes, TaskError>);
     fn finished_deferred(self: Arc<Self>, attempt: u32, fetch: crate::run::record::Fetch);
+    /// A flow run the attempt called in the executing process started or
+    /// ended (see [`SerializedJob::report_subflow`]).
+    fn subflow(&self, report: crate::flow::subflow::SubflowReport);
 }
 
 /// An attempt to execute elsewhere: the task's registry key and its
@@ -354,6 +357,17 @@ impl SerializedJob {
     /// Marks the run as running, at `location` (a worker's name, say).
     pub fn started(&self, location: Option<&str>) {
         self.reporter.started(location);
+    }
+
+    /// Links a flow run that the attempt called where it executes (its
+    /// start or its end, as [`report_subflows_to`](crate::report_subflows_to)
+    /// gave it there) to this task run: the flow process lists it among its
+    /// flow run's subflows and its observers see it. Report it before the
+    /// attempt's outcome.
+    pub fn report_subflow(&self, report: crate::SubflowReport) {
+        if let Some(c) = &self.reporter.completion {
+            c.subflow(report);
+        }
     }
 
     /// Reports the attempt's outcome: the serialized result, or the failure.

@@ -26,6 +26,10 @@ pub(crate) enum Line {
     /// run the task submitted through `get_dask_client`): level, the run's
     /// label, and the message.
     RunLog(u8, String, String),
+    /// A flow run the task called started or ended: a
+    /// [`flowrun_core::SubflowReport`] as JSON, for the flow to link to the
+    /// task's run (never shown).
+    Subflow(String),
 }
 
 /// Ends the run label of a [`Line::RunLog`].
@@ -37,6 +41,7 @@ pub(crate) fn encode(line: &Line) -> Vec<u8> {
         Line::Stdout(t) => (b'o', t),
         Line::Stderr(t) => (b'e', t),
         Line::Log(level, t) => (b'0' + (*level).min(4), t),
+        Line::Subflow(t) => (b's', t),
         Line::RunLog(level, run, t) => {
             let mut out = vec![TAG, b'r', b'0' + (*level).min(4)];
             out.extend(run.bytes().filter(|b| *b != UNIT && *b != b'\n'));
@@ -67,6 +72,7 @@ pub(crate) fn parse(data: &[u8]) -> Vec<Line> {
                 [TAG, b'o', rest @ ..] => Line::Stdout(text(rest)),
                 [TAG, b'e', rest @ ..] => Line::Stderr(text(rest)),
                 [TAG, level @ b'0'..=b'4', rest @ ..] => Line::Log(level - b'0', text(rest)),
+                [TAG, b's', rest @ ..] => Line::Subflow(text(rest)),
                 [TAG, b'r', level @ b'0'..=b'4', rest @ ..] => {
                     match rest.iter().position(|b| *b == UNIT) {
                         Some(at) => {
@@ -93,6 +99,7 @@ pub(crate) fn readable(lines: &[Line]) -> String {
             Line::RunLog(level, run, t) => {
                 let _ = write!(out, "{} {run} - {t}", level_from_code(*level));
             }
+            Line::Subflow(_) => continue,
         }
         out.push('\n');
     }
@@ -123,6 +130,7 @@ pub(crate) fn emit(run: &str, lines: &[Line]) {
             }
             Line::RunLog(level, run, m) => log(*level, run, m),
             Line::Log(level, m) => log(*level, w, m),
+            Line::Subflow(_) => {}
         }
     }
 }
@@ -143,6 +151,7 @@ mod tests {
             Line::Stderr("warning: x".into()),
             Line::Log(2, "hello from the task".into()),
             Line::RunLog(2, "Task run 'inner-0'".into(), "Finished".into()),
+            Line::Subflow("{\"id\":\"c\"}".into()),
         ];
         let mut data: Vec<u8> = lines.iter().flat_map(encode).collect();
         data.extend_from_slice(b"thread 'main' panicked\n");

@@ -649,6 +649,20 @@ impl Session {
         }
         if let Some(text) = message.get("o").and_then(EventValue::as_bytes) {
             let lines = output::parse(text);
+            if let Some(job) = &entry.job {
+                for line in &lines {
+                    if let output::Line::Subflow(json) = line {
+                        match serde_json::from_str(json) {
+                            Ok(report) => job.report_subflow(report),
+                            Err(e) => tracing::debug!(
+                                target: "flowrun_dask::cluster",
+                                "Ignored an unreadable subflow report of '{}': {e}",
+                                entry.run_name
+                            ),
+                        }
+                    }
+                }
+            }
             output::emit(&entry.run_name, &lines);
             entry.output.push_str(&output::readable(&lines));
         }

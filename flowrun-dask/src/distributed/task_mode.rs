@@ -202,6 +202,7 @@ fn task_main() -> ! {
         install_log_forwarding(Arc::new(Mutex::new(sink)));
     }
     install_panic_hook();
+    collect_subflows();
     let outcome = run_from_stdin();
     if let Err(failure) = &outcome {
         // Dask may retry the task without the flow hearing of this attempt;
@@ -211,6 +212,7 @@ fn task_main() -> ! {
     if let Some(capture) = capture {
         let _ = report.write_all(&capture.finish());
     }
+    let _ = report.write_all(&subflow_lines());
     let (frame, code) = match outcome {
         Ok(bytes) => (format::result_frame(&bytes), 0),
         Err(failure) => (format::error_frame(&failure), FAILED_EXIT),
@@ -232,6 +234,30 @@ fn install_slots() {
     if let Some(task) = DASK_TASK.get() {
         super::slots::install(task.scheduler.clone(), task.security.clone());
     }
+}
+
+/// Starts and ends of flow runs the current task called, until they go to
+/// the flow with the task's output (see [`subflow_lines`]).
+static SUBFLOWS: Mutex<Vec<flowrun_core::SubflowReport>> = Mutex::new(Vec::new());
+
+/// Flows the task calls (on this thread, the one tasks run on) report to
+/// [`SUBFLOWS`]: the flow links them to the task's run.
+fn collect_subflows() {
+    flowrun_core::report_subflows_to(Some(Arc::new(|report| lock(&SUBFLOWS).push(report))));
+}
+
+/// The subflow reports of the task that just ran, as tagged lines. They go
+/// after its output: output too long for the flow is cut from its start,
+/// so they are never cut off.
+fn subflow_lines() -> Vec<u8> {
+    let reports = std::mem::take(&mut *lock(&SUBFLOWS));
+    let mut out = Vec::new();
+    for report in reports {
+        if let Ok(json) = serde_json::to_string(&report) {
+            out.extend(output::encode(&Line::Subflow(json)));
+        }
+    }
+    out
 }
 
 /// A long-lived task process: runs the task of each request on stdin and
@@ -266,6 +292,7 @@ fn serve() -> ! {
         install_log_forwarding(Arc::new(Mutex::new(sink)));
     }
     install_panic_hook();
+    collect_subflows();
     // What the program printed before task mode came first; this ends it.
     if send_raw(&replies, format::RESULT_MAGIC).is_err() {
         std::process::exit(0);
@@ -316,7 +343,8 @@ fn serve() -> ! {
         if let Err(failure) = &outcome {
             tracing::warn!("Attempt failed: {}", failure.message);
         }
-        let output = capture.as_ref().map(Capture::take).unwrap_or_default();
+        let mut output = capture.as_ref().map(Capture::take).unwrap_or_default();
+        output.extend(subflow_lines());
         let sent = (|| -> std::io::Result<()> {
             if !output.is_empty() {
                 send_reply(&replies, reply::OUTPUT, &output)?;

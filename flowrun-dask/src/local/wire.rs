@@ -240,4 +240,7 @@ pub(super) enum ToScheduler {
     /// Submissions of a task that finished: their results, which the
     /// worker read by reference, may be freed.
     Released(Vec<u64>),
+    /// A flow run that task `0` called on the worker started or ended; the
+    /// flow links it to the task's run.
+    Subflow(u64, Box<flowrun_core::SubflowReport>),
 }

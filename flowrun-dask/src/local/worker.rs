@@ -92,6 +92,7 @@ pub(crate) enum Outgoing {
     Handled(Vec<u64>),
     Slots(super::slots::SlotAsk),
     Released(Vec<u64>),
+    Subflow(u64, Box<flowrun_core::SubflowReport>),
 }
 
 /// Tasks by priority then submission order, and whether the queue closed.
@@ -189,6 +190,16 @@ thread_local! {
     static PANIC_AT: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
+/// Sends the start or end of a flow run that the task executing on this
+/// thread called to the flow, which links it to the task's run.
+fn report_subflow(report: flowrun_core::SubflowReport) {
+    CURRENT.with(|c| {
+        if let Some((ex, id)) = &*c.borrow() {
+            let _ = ex.out.send(Outgoing::Subflow(*id, Box::new(report)));
+        }
+    });
+}
+
 /// Frees the slot of the task that blocks on another run, and takes it back.
 fn blocking_hook(entering: bool) {
     CURRENT.with(|c| {
@@ -233,6 +244,7 @@ impl Executors {
     fn execute(self: Arc<Self>, thread: u32) {
         flowrun_core::set_blocking_hook(Some(blocking_hook));
         super::forward::bind_thread(self.link.clone());
+        flowrun_core::report_subflows_to(Some(Arc::new(report_subflow)));
         let _logs = self.logs.as_ref().map(tracing::dispatcher::set_default);
         loop {
             // Shrink back after a seceded task rejoined.
@@ -390,6 +402,7 @@ fn send(
                 Outgoing::Handled(ids) => other.push(ToScheduler::Handled(ids)),
                 Outgoing::Slots(a) => other.push(ToScheduler::Slots(a)),
                 Outgoing::Released(ids) => other.push(ToScheduler::Released(ids)),
+                Outgoing::Subflow(id, r) => other.push(ToScheduler::Subflow(id, r)),
             }
         }
         let mut batch = Vec::with_capacity(5);

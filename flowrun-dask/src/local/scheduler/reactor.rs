@@ -245,6 +245,16 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
                     self.forwarded.remove(&(worker, id));
                 }
             }
+            ToScheduler::Subflow(id, report) => {
+                if let Some(a) = self
+                    .tasks
+                    .get(id)
+                    .filter(|t| t.owned_by(worker))
+                    .and_then(|t| t.attempt.as_ref())
+                {
+                    a.subflow(*report);
+                }
+            }
             ToScheduler::Hello { .. } => {}
         }
     }

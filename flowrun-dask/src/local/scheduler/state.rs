@@ -43,6 +43,8 @@ pub(crate) trait Attempt: Send + 'static {
     }
     /// The attempt started on `worker`.
     fn started(&self, worker: Arc<str>);
+    /// A flow run the attempt called on its worker started or ended.
+    fn subflow(&self, _report: flowrun_core::SubflowReport) {}
     /// The attempt's outcome.
     fn finish(self, result: Result<Bytes, TaskError>);
 }
@@ -89,6 +91,9 @@ impl Attempt for Call {
     }
     fn started(&self, worker: Arc<str>) {
         self.job.started_at(worker);
+    }
+    fn subflow(&self, report: flowrun_core::SubflowReport) {
+        self.job.report_subflow(report);
     }
     fn finish(self, result: Result<Bytes, TaskError>) {
         self.job.finish(result);
