@@ -189,18 +189,7 @@ fn a_flow_called_by_a_task_in_its_own_process_is_linked_to_that_task_run() {
         cluster.logs()
     );
     assert_eq!(*run.result().unwrap(), 12);
-    let children: Vec<_> = run
-        .subflows()
-        .iter()
-        .map(|s| {
-            (
-                s.flow_name.clone(),
-                s.state.kind(),
-                s.parent_task_run_name.clone(),
-                s.counts.completed,
-            )
-        })
-        .collect();
+    let children = common::subflow_rows(run.subflows());
     let by_task = Some("calls_flows-0".to_owned());
     assert_eq!(
         children,

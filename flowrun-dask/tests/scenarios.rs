@@ -893,18 +893,7 @@ fn subflows_in_tasks<R: TaskRunner + Clone>(runner: R) {
     let (value, failed) = run.result().unwrap().clone();
     assert_eq!(value, 6 + 8);
     assert!(failed.contains("the child gave up"), "{failed}");
-    let mut children: Vec<(String, StateKind, Option<String>, usize)> = run
-        .subflows()
-        .iter()
-        .map(|s| {
-            (
-                s.flow_name.clone(),
-                s.state.kind(),
-                s.parent_task_run_name.clone(),
-                s.counts.completed,
-            )
-        })
-        .collect();
+    let mut children = common::subflow_rows(run.subflows());
     children.sort();
     assert_eq!(
         children,

@@ -241,15 +241,7 @@ impl SubflowReport {
     /// Its final state, once it ended (`None` in the report of its start).
     pub fn state(&self) -> Option<State> {
         let end = self.end.as_ref()?;
-        let kind = [
-            StateKind::Completed,
-            StateKind::Failed,
-            StateKind::Crashed,
-            StateKind::Cancelled,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == end.kind)
-        .unwrap_or(StateKind::Crashed);
+        let kind = final_kind(&end.kind);
         let mut state = State::new(kind);
         // The one refining name flow runs end with.
         if end.name.as_deref() == Some("TimedOut") {
@@ -444,19 +436,25 @@ pub(crate) fn record_remote(flow: &Arc<FlowShared>, run: RunRef, report: Subflow
     finish_remote(flow, &child, &state, report.counts());
 }
 
-/// Tells `child`'s observers that one of its task runs in another process
-/// ran and ended, as they would have seen it run here.
-fn replay_task(child: &Arc<FlowShared>, task: &ReportedTask) {
-    let at = |ms: u64| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    let kind = [
+/// The final state kind a report names (`Crashed` for one this build does
+/// not know).
+fn final_kind(name: &str) -> StateKind {
+    [
         StateKind::Completed,
         StateKind::Failed,
         StateKind::Crashed,
         StateKind::Cancelled,
     ]
     .into_iter()
-    .find(|k| k.as_str() == task.kind)
-    .unwrap_or(StateKind::Crashed);
+    .find(|k| k.as_str() == name)
+    .unwrap_or(StateKind::Crashed)
+}
+
+/// Tells `child`'s observers that one of its task runs in another process
+/// ran and ended, as they would have seen it run here.
+fn replay_task(child: &Arc<FlowShared>, task: &ReportedTask) {
+    let at = |ms: u64| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    let kind = final_kind(&task.kind);
     let mut state = State::new(kind).at(at(task.end_ms));
     // The refining names task runs end with (names are static).
     if let Some(name) = ["Cached", "TimedOut", "NotReady"]

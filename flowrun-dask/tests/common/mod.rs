@@ -311,3 +311,22 @@ pub(crate) fn status_kb_of(process: impl std::fmt::Display, field: &str) -> u64 
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }
+
+/// What a test checks of each subflow a run called: its flow's name, its
+/// final state, the task run that called it and how many task runs it
+/// completed.
+pub(crate) fn subflow_rows(
+    subflows: &[flowrun::SubflowRun],
+) -> Vec<(String, flowrun::StateKind, Option<String>, usize)> {
+    subflows
+        .iter()
+        .map(|s| {
+            (
+                s.flow_name.clone(),
+                s.state.kind(),
+                s.parent_task_run_name.clone(),
+                s.counts.completed,
+            )
+        })
+        .collect()
+}
