@@ -219,7 +219,9 @@ const TASKS_PER_REPORT: usize = 1_000;
 
 /// Task runs of one child relayed to the flow process at most; the ones
 /// past it are only counted (in its end report), so a child with 100,000
-/// task runs holds and sends a bounded amount.
+/// task runs holds and sends a bounded amount. Failed and crashed runs
+/// past it are still relayed, up to as many again, so that the history
+/// keeps the failures of a large child.
 pub(crate) const MAX_RELAYED_TASK_RUNS: usize = 10_000;
 
 /// How a reported child ended.
@@ -357,6 +359,8 @@ pub(crate) fn report_end(
 #[derive(Default)]
 pub(crate) struct TaskRelay {
     tasks: Mutex<Vec<ReportedTask>>,
+    /// Whether a task run was left out (said once, as a warning).
+    left_out: std::sync::atomic::AtomicBool,
 }
 
 impl TaskRelay {
@@ -392,7 +396,19 @@ impl crate::observe::RunObserver for TaskRelay {
             return;
         }
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        if tasks.len() >= MAX_RELAYED_TASK_RUNS {
+        let failed = matches!(state.kind(), StateKind::Failed | StateKind::Crashed);
+        let room = if failed { 2 } else { 1 } * MAX_RELAYED_TASK_RUNS;
+        if tasks.len() >= room {
+            if !self
+                .left_out
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::warn!(
+                    "this subflow has more than {MAX_RELAYED_TASK_RUNS} task runs: the flow \
+                     process's run history lists the first ones (and failures), its counts \
+                     all of them"
+                );
+            }
             return;
         }
         let run = &event.run;
@@ -736,6 +752,29 @@ mod tests {
             state: State::new(StateKind::Completed),
             flow_run_id: String::new(),
         }))
+    }
+
+    #[test]
+    fn failures_past_the_relay_s_bound_are_still_relayed() {
+        let relay = TaskRelay::default();
+        let ended = |i: usize, kind: StateKind| RunEvent {
+            run: ended_run(i as u64),
+            state: State::new(kind),
+            attempts: 1,
+            location: None,
+        };
+        for i in 0..MAX_RELAYED_TASK_RUNS {
+            relay.run_changed(&ended(i, StateKind::Completed));
+        }
+        relay.run_changed(&ended(MAX_RELAYED_TASK_RUNS, StateKind::Completed));
+        relay.run_changed(&ended(MAX_RELAYED_TASK_RUNS + 1, StateKind::Failed));
+        let kept = relay.take();
+        assert_eq!(kept.len(), MAX_RELAYED_TASK_RUNS + 1);
+        let last = kept.last().unwrap();
+        assert_eq!(
+            (last.index, last.kind.as_str()),
+            (MAX_RELAYED_TASK_RUNS as u64 + 1, "Failed")
+        );
     }
 
     #[test]
