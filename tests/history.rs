@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use flowrun::history::{temp_home, LogQuery, RunsQuery, Store};
+use flowrun::history::{temp_home, LogQuery, RunDetail, RunsQuery, Store};
 use flowrun::{flow, get_run_logger, task};
 
 mod common;
@@ -152,6 +152,14 @@ fn store(home: &Path) -> Store {
     Store::open(home).expect("the history opens")
 }
 
+/// What the history holds of the newest flow run (`limit` rows of each
+/// kind at most).
+fn newest_detail(home: &Path, limit: usize) -> RunDetail {
+    let store = store(home);
+    let runs = store.runs(&RunsQuery::default()).unwrap();
+    store.detail(&runs[0], limit).unwrap()
+}
+
 #[task(task_run_name = "shout-at-{x}")]
 fn shout(x: u64) -> u64 {
     x
@@ -243,9 +251,7 @@ fn await_count(home: &Path, sql: &str, done: impl Fn(i64) -> bool, running: impl
 fn task_runs_keep_their_names_past_the_writer_s_table_of_task_names() {
     let home = temp_home();
     named_many().unwrap();
-    let store = store(home.path());
-    let runs = store.runs(&RunsQuery::default()).unwrap();
-    let detail = store.detail(&runs[0], 10_000).unwrap();
+    let detail = newest_detail(home.path(), 10_000);
     assert_eq!(detail.task_runs.len(), 4_201);
     for (i, t) in detail.task_runs[..4_200].iter().enumerate() {
         assert_eq!(t.task, format!("add{i}"));
@@ -278,9 +284,7 @@ fn slow_then_fast() -> u64 {
 fn task_runs_list_in_the_order_they_were_submitted_not_the_order_they_ended() {
     let home = temp_home();
     slow_then_fast().unwrap();
-    let store = store(home.path());
-    let runs = store.runs(&RunsQuery::default()).unwrap();
-    let detail = store.detail(&runs[0], 10).unwrap();
+    let detail = newest_detail(home.path(), 10);
     let listed: Vec<_> = detail
         .task_runs
         .iter()

@@ -4,7 +4,7 @@
 //! the parent as an `Err` the parent handles or passes on.
 
 use flowrun::history::{temp_home, RunsQuery, Store};
-use flowrun::{flow, task, FlowRun, StateKind, ThreadPoolTaskRunner};
+use flowrun::{flow, task, FlowRun, StateKind, SubflowRun, ThreadPoolTaskRunner};
 use flowrun_dask::{ClusterKwargs, DaskTaskRunner};
 
 #[task]
@@ -82,6 +82,17 @@ fn parent_body() -> Seen {
 /// `task_children`: whether the child a task called is listed (it is on
 /// every runner; a task on a worker process runs it there as a nested flow,
 /// which the flow process links to the task's run).
+/// The subflow of flow `flow_name` that a parent lists, which must have
+/// ended in `kind`.
+fn subflow<'a>(subflows: &'a [SubflowRun], flow_name: &str, kind: StateKind) -> &'a SubflowRun {
+    let run = subflows
+        .iter()
+        .find(|s| s.flow_name == flow_name)
+        .unwrap_or_else(|| panic!("the subflow {flow_name} is listed: {subflows:?}"));
+    assert_eq!(run.state.kind(), kind, "{run:?}");
+    run
+}
+
 fn check(parent: FlowRun<Seen>, task_children: bool) {
     assert!(parent.state().is_completed(), "{:?}", parent.state());
     let seen = parent.result().unwrap();
@@ -120,11 +131,7 @@ fn check(parent: FlowRun<Seen>, task_children: bool) {
             Some("calls_child-0")
         );
     }
-    let failed = subflows
-        .iter()
-        .find(|s| s.flow_name == "failing-child")
-        .expect("the failed child is listed");
-    assert_eq!(failed.state.kind(), StateKind::Failed);
+    subflow(subflows, "failing-child", StateKind::Failed);
     // The parent's own task runs: the one task that called a child.
     assert_eq!(parent.task_run_counts().total(), 1);
     let from_children = if task_children { 2 + 2 + 1 } else { 2 + 1 };
@@ -257,18 +264,13 @@ fn check_tasks_call_flows(home: &flowrun::history::TempHome, run: FlowRun<(Strin
     assert_eq!(parent_id, run.id());
     let subflows = run.subflows();
     assert_eq!(subflows.len(), 2, "{subflows:?}");
-    let called = subflows.iter().find(|s| s.flow_name == "child").unwrap();
-    assert_eq!(called.state.kind(), StateKind::Completed);
+    let called = subflow(subflows, "child", StateKind::Completed);
     assert_eq!(called.counts.completed, 2);
     assert_eq!(
         called.parent_task_run_name.as_deref(),
         Some("calls_child-0")
     );
-    let failed = subflows
-        .iter()
-        .find(|s| s.flow_name == "failing-child")
-        .unwrap();
-    assert_eq!(failed.state.kind(), StateKind::Failed);
+    let failed = subflow(subflows, "failing-child", StateKind::Failed);
     assert!(
         failed
             .state

@@ -339,12 +339,9 @@ impl TaskRunner for DaskTaskRunner {
     fn start(&self, flow: &FlowRunInfo) -> Result<(), RunnerError> {
         // Slots live in this process: the engine takes them before an
         // attempt reaches the cluster, so they hold on every kind of cluster.
-        let limits = flowrun_core::concurrency::flow_limits(&flow.flow);
-        for (tag, slots) in &self.tag_limits {
-            limits
-                .set_tag_limit(tag, *slots)
-                .map_err(|e| RunnerError::new(e.to_string()))?;
-        }
+        flowrun_core::concurrency::flow_limits(&flow.flow)
+            .set_tag_limits(&self.tag_limits)
+            .map_err(|e| RunnerError::new(e.to_string()))?;
         let cluster = self.start_cluster()?;
         let run = format!("Flow run '{}'", flow.flow_run_name);
         if self.address.is_some() {

@@ -239,6 +239,15 @@ impl FlowLimits {
         registry().set(Some(self.scope.clone()), &tag_name(tag), slots, None)
     }
 
+    /// Sets each `(tag, slots)` of `limits` as a tag limit for this flow
+    /// run, in order; the first that is refused stops it with its error.
+    /// What a runner does in `start` with the tag limits it was built with.
+    pub fn set_tag_limits(&self, limits: &[(String, u32)]) -> Result<(), ConcurrencyError> {
+        limits
+            .iter()
+            .try_for_each(|(tag, slots)| self.set_tag_limit(tag, *slots))
+    }
+
     /// The limit `name` that applies to this flow run's runs.
     pub fn limit(&self, name: &str) -> Option<LimitStatus> {
         registry().snapshot(Some(&self.scope), name).map(status)

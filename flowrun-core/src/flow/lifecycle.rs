@@ -164,16 +164,7 @@ fn begin<F: Flow>(config: &FlowConfig, args: &F::Args) -> Result<Started, Box<Fl
         let error = FlowError::new(kind, shared.name.clone(), message.clone());
         let state = State::new(state_kind).with_message(message);
         // Observers added before the failure see the flow run end.
-        shared.emit_flow_finished(&state);
-        if let Some(sink) = &remote {
-            crate::flow::subflow::report_end(sink, &shared, &state, None);
-        }
-        crate::run_event!(
-            tracing::Level::ERROR,
-            label.as_str(),
-            "Finished in state {state}"
-        );
-        hooks.call(&info, &state);
+        announce_end(&shared, remote.as_ref(), &label, &hooks, &info, &state);
         Box::new(FlowRun {
             id: shared.id.clone(),
             name: shared.name.clone(),
@@ -367,19 +358,7 @@ impl Started {
         if let Some(line) = crate::flow::subflow::summary(&subflows) {
             crate::run_event!(tracing::Level::INFO, self.label().as_str(), "{line}");
         }
-        if state.is_completed() {
-            crate::run_event!(
-                tracing::Level::INFO,
-                self.label().as_str(),
-                "Finished in state {state}"
-            );
-        } else {
-            crate::run_event!(
-                tracing::Level::ERROR,
-                self.label().as_str(),
-                "Finished in state {state}"
-            );
-        }
+        log_finished(&self.label(), &state);
         self.hooks.call(&self.info, &state);
         FlowRun {
             id: shared.id.clone(),
@@ -581,6 +560,37 @@ async fn drive<F: Flow>(config: &FlowConfig, args: F::Args, mode: Mode) -> FlowR
     started.finish(result, failures)
 }
 
+/// The end of a flow run that did not get to run its body to a result
+/// (it failed before it started, or its future was dropped), as everyone
+/// hears it, in order: its observers, the flow process when this run is a
+/// subflow relayed from a worker (`remote`), the log and its hooks.
+fn announce_end(
+    shared: &FlowShared,
+    remote: Option<&crate::flow::subflow::SubflowSink>,
+    label: &str,
+    hooks: &FlowHooks,
+    info: &FlowRunInfo,
+    state: &State,
+) {
+    shared.emit_flow_finished(state);
+    if let Some(sink) = remote {
+        crate::flow::subflow::report_end(sink, shared, state, None);
+    }
+    log_finished(label, state);
+    hooks.call(info, state);
+}
+
+/// Logs "Finished in state ..." for a flow run: INFO when it completed,
+/// WARN when it was cancelled, ERROR otherwise.
+fn log_finished(label: &str, state: &State) {
+    let level = match state.kind() {
+        StateKind::Completed => tracing::Level::INFO,
+        StateKind::Cancelled => tracing::Level::WARN,
+        _ => tracing::Level::ERROR,
+    };
+    crate::run_event!(level, label, "Finished in state {state}");
+}
+
 /// Ends an async flow run whose future is dropped before it finished
 /// (`tokio::time::timeout`, `select!`, an aborted task): its task runs end
 /// `Cancelled`, the flow run ends `Cancelled`, and its runner shuts down on
@@ -596,13 +606,7 @@ impl Drop for DroppedFlow {
         shared.abandon_all(why);
         shared.close();
         let state = State::new(StateKind::Cancelled).with_message(why);
-        shared.emit_flow_finished(&state);
-        crate::run_event!(
-            tracing::Level::WARN,
-            label.as_str(),
-            "Finished in state {state}"
-        );
-        hooks.call(&info, &state);
+        announce_end(&shared, None, &label, &hooks, &info, &state);
         let (runner, runner_name) = (shared.runner.clone(), shared.runner_name.clone());
         let _ = std::thread::Builder::new()
             .name("flowrun-shutdown".into())

@@ -95,12 +95,9 @@ impl TaskRunner for ThreadPoolTaskRunner {
     }
 
     fn start(&self, flow: &FlowRunInfo) -> Result<(), RunnerError> {
-        let limits = crate::concurrency::flow_limits(&flow.flow);
-        for (tag, slots) in &self.tag_limits {
-            limits
-                .set_tag_limit(tag, *slots)
-                .map_err(|e| RunnerError::new(e.to_string()))?;
-        }
+        crate::concurrency::flow_limits(&flow.flow)
+            .set_tag_limits(&self.tag_limits)
+            .map_err(|e| RunnerError::new(e.to_string()))?;
         self.pool();
         Ok(())
     }

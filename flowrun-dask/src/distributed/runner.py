@@ -53,6 +53,7 @@ registers, so workers that join later have it too) stops them when the
 flow run ends; one that dies fails its running call and is replaced.
 """
 
+import contextlib
 import heapq
 import itertools
 import mmap
@@ -712,30 +713,40 @@ def _served(key, argv, stdin, env, params, worker, on_secede):
     return ok, frame, output
 
 
+@contextlib.contextmanager
+def _attempt(worker, topic, key, quiet):
+    """The frame of one task attempt: it reports the start once the task has
+    run `quiet` seconds, yields the function that gives the worker thread
+    back (once) when the task waits on tasks it submitted, and takes the
+    thread again when the attempt ends."""
+    seceded = []
+
+    def secede_once():
+        if worker is not None and not seceded:
+            from distributed import secede
+
+            secede()
+            seceded.append(True)
+
+    watch = _starts.watch(
+        float(quiet), lambda: _publish(worker, topic, {"k": key, "s": 1})
+    )
+    try:
+        yield secede_once
+    finally:
+        _starts.done(watch)
+        if seceded:
+            from distributed import rejoin
+
+            rejoin()
+
+
 def run(key, argv, stdin, env, params):
     topic = params["topic"]
     worker = _worker()
     if "session" in params:
-        seceded = []
-
-        def secede_once():
-            if worker is not None and not seceded:
-                from distributed import secede
-
-                secede()
-                seceded.append(True)
-
-        watch = _starts.watch(
-            float(params["quiet"]), lambda: _publish(worker, topic, {"k": key, "s": 1})
-        )
-        try:
+        with _attempt(worker, topic, key, params["quiet"]) as secede_once:
             served = _served(key, argv, stdin, env, params, worker, secede_once)
-        finally:
-            _starts.done(watch)
-            if seceded:
-                from distributed import rejoin
-
-                rejoin()
         if served is not None:
             ok, frame, output = served
             err = _tail(output)
@@ -754,19 +765,7 @@ def run(key, argv, stdin, env, params):
     # tasks it submitted itself (get_dask_client in the task).
     control_r, control_w = os.pipe()
     env[params["control_env"]] = str(control_w)
-    seceded = []
-
-    def on_secede():
-        if worker is not None and not seceded:
-            from distributed import secede
-
-            secede()
-            seceded.append(True)
-
-    watch = _starts.watch(
-        float(params["quiet"]), lambda: _publish(worker, topic, {"k": key, "s": 1})
-    )
-    try:
+    with _attempt(worker, topic, key, params["quiet"]) as on_secede:
         try:
             proc = subprocess.Popen(
                 argv,
@@ -788,12 +787,6 @@ def run(key, argv, stdin, env, params):
             os.close(control_w)
         with proc, open(control_r, "rb", buffering=0) as control:
             stdout, stderr = _exchange(proc, data, control, on_secede)
-    finally:
-        _starts.done(watch)
-        if seceded:
-            from distributed import rejoin
-
-            rejoin()
     err = _tail(stderr)
     if err:
         _publish(worker, topic, {"k": key, "o": err})
