@@ -277,7 +277,7 @@ impl SubflowReport {
             tags: Vec::new(),
             end: Some(ReportedEnd {
                 kind: state.kind().as_str().to_owned(),
-                name: (state.name() != state.kind().as_str()).then(|| state.name().to_owned()),
+                name: refining_name(state),
                 message: state.message().map(str::to_owned),
                 counts: [c.completed, c.failed, c.crashed, c.cancelled],
             }),
@@ -420,7 +420,7 @@ impl crate::observe::RunObserver for TaskRelay {
             custom_name: run.custom_name().map(str::to_owned),
             attempts: event.attempts,
             kind: state.kind().as_str().to_owned(),
-            state_name: (state.name() != state.kind().as_str()).then(|| state.name().to_owned()),
+            state_name: refining_name(state),
             message: state.message().map(clipped),
             start_ms: run.duration().and_then(|d| end.checked_sub(d)).map(millis),
             end_ms: millis(end),
@@ -450,6 +450,11 @@ pub(crate) fn record_remote(flow: &Arc<FlowShared>, run: RunRef, report: Subflow
         return;
     };
     finish_remote(flow, &child, &state, report.counts());
+}
+
+/// The name that refines `state`'s kind (`TimedOut`, `Cached`, ...), if any.
+fn refining_name(state: &State) -> Option<String> {
+    (state.name() != state.kind().as_str()).then(|| state.name().to_owned())
 }
 
 /// The final state kind a report names (`Crashed` for one this build does
@@ -482,6 +487,7 @@ fn replay_task(child: &Arc<FlowShared>, task: &ReportedTask) {
     if let Some(m) = &task.message {
         state = state.with_message(m.as_str());
     }
+    let location: Option<Arc<str>> = task.location.as_deref().map(Arc::from);
     let run = RunRef(Arc::new(ReplayedRun {
         id: RunId::next(),
         task_name: task.task.clone(),
@@ -494,12 +500,11 @@ fn replay_task(child: &Arc<FlowShared>, task: &ReportedTask) {
         duration: task
             .start_ms
             .map(|s| std::time::Duration::from_millis(task.end_ms.saturating_sub(s))),
-        location: task.location.as_deref().map(Arc::from),
+        location: location.clone(),
         cache_key: task.cache_key.clone().map(Box::from),
         state: state.clone(),
         flow_run_id: child.id.clone(),
     }));
-    let location: Option<Arc<str>> = task.location.as_deref().map(Arc::from);
     let event = |state: State, attempts: u32, location: Option<Arc<str>>| RunEvent {
         run: run.clone(),
         state,
