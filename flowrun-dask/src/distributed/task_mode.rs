@@ -623,15 +623,8 @@ fn send_result(
         .is_some_and(|len| len >= format::LARGE as u64);
     let mut spare = spare.filter(|_| shared.is_some());
     if let Some(dir) = shared.filter(|_| known_large) {
-        if let Some(file) = spare.take() {
-            if let Ok(written) = write_spare(file, |f| held.encode_into(f)) {
-                send_reply(replies, reply::RESULT_IN_SPARE, &written.0)?;
-                return Ok(Some(written));
-            }
-        }
-        if let Ok((path, len)) = write_result_file(dir, |f| held.encode_into(f)) {
-            send_reply(replies, reply::RESULT_FILE, path.as_os_str().as_bytes())?;
-            return Ok(path.file_name().map(|n| (n.as_bytes().to_vec(), len)));
+        if let Some(sent) = write_out(replies, dir, &mut spare, |f| held.encode_into(f))? {
+            return Ok(sent);
         }
     }
     let bytes = match held.encode() {
@@ -647,18 +640,35 @@ fn send_result(
     };
     if let Some(dir) = shared.filter(|_| bytes.len() >= format::LARGE) {
         let write = |f: &mut dyn Write| f.write_all(&bytes).map_err(|e| e.to_string());
-        if let Some(file) = spare.take() {
-            if let Ok(written) = write_spare(file, write) {
-                send_reply(replies, reply::RESULT_IN_SPARE, &written.0)?;
-                return Ok(Some(written));
-            }
-        }
-        if let Ok((path, len)) = write_result_file(dir, write) {
-            send_reply(replies, reply::RESULT_FILE, path.as_os_str().as_bytes())?;
-            return Ok(path.file_name().map(|n| (n.as_bytes().to_vec(), len)));
+        if let Some(sent) = write_out(replies, dir, &mut spare, write)? {
+            return Ok(sent);
         }
     }
     send_reply(replies, reply::RESULT, &format::result_frame(&bytes))?;
+    Ok(None)
+}
+
+/// Writes a large result over the `spare` file if there is one, else to a
+/// new file in `dir`, and tells the runner which. `None` when neither
+/// write worked (the caller sends the result inline); otherwise what
+/// [`send_result`] returns.
+#[allow(clippy::type_complexity)]
+fn write_out(
+    replies: &Replies,
+    dir: &Path,
+    spare: &mut Option<File>,
+    write: impl Fn(&mut dyn Write) -> Result<(), String>,
+) -> std::io::Result<Option<Option<(Vec<u8>, u64)>>> {
+    if let Some(file) = spare.take() {
+        if let Ok(written) = write_spare(file, &write) {
+            send_reply(replies, reply::RESULT_IN_SPARE, &written.0)?;
+            return Ok(Some(Some(written)));
+        }
+    }
+    if let Ok((path, len)) = write_result_file(dir, &write) {
+        send_reply(replies, reply::RESULT_FILE, path.as_os_str().as_bytes())?;
+        return Ok(Some(path.file_name().map(|n| (n.as_bytes().to_vec(), len))));
+    }
     Ok(None)
 }
 
