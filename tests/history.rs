@@ -718,6 +718,42 @@ fn a_flow_process_killed_while_it_commits_leaves_a_sound_database() {
 }
 
 #[test]
+fn a_flow_starts_while_another_process_holds_the_database_and_its_rows_follow() {
+    // Another process's long commit (a starved writer on a loaded machine)
+    // holds the write lock: a flow starting meanwhile runs at once, and
+    // its rows are written once the lock is free, before the process exits.
+    let home = tempfile::tempdir().unwrap();
+    assert!(child(home.path(), 1, &[]).status.success());
+    let db = rusqlite::Connection::open(flowrun::history::database_path(home.path())).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut proc = child_command(home.path(), 50, &[("FLOWRUN_LOG", "warn")])
+        .spawn()
+        .unwrap();
+    let stdout = proc.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let _ = tx.send(line.unwrap_or_default());
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let ran = loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            Ok(line) if line.contains("FLOW OK") => break true,
+            Ok(_) => {}
+            Err(_) => break false,
+        }
+    };
+    db.execute_batch("COMMIT").unwrap();
+    let out = proc.wait_with_output().unwrap();
+    assert!(ran, "the flow waited for the lock: {}", text(&out));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(count(home.path(), "SELECT count(*) FROM flow_runs"), 2);
+    assert_eq!(count(home.path(), "SELECT count(*) FROM task_runs"), 51);
+}
+
+#[test]
 fn four_processes_share_one_home_with_no_lost_rows_and_no_errors() {
     let home = tempfile::tempdir().unwrap();
     let procs: Vec<_> = (0..4)
@@ -727,14 +763,21 @@ fn four_processes_share_one_home_with_no_lost_rows_and_no_errors() {
                 .unwrap()
         })
         .collect();
+    let mut outputs = String::new();
     for p in procs {
         let out = p.wait_with_output().unwrap();
         let all = text(&out);
         assert!(out.status.success(), "{all}");
         assert!(!all.contains("Run history"), "no history warning: {all}");
         assert!(!all.contains("locked"), "{all}");
+        assert!(!all.contains("panicked"), "{all}");
+        outputs.push_str(&all);
     }
-    assert_eq!(count(home.path(), "SELECT count(*) FROM flow_runs"), 4);
+    assert_eq!(
+        count(home.path(), "SELECT count(*) FROM flow_runs"),
+        4,
+        "{outputs}"
+    );
     let db = rusqlite::Connection::open(flowrun::history::database_path(home.path())).unwrap();
     let flows: Vec<(String, i64, i64)> = db
         .prepare("SELECT state, tasks_total, tasks_completed FROM flow_runs")

@@ -22,9 +22,9 @@ use crate::writer::{
     nanos, Event, FlowBuffer, FlowEvent, FlowStart, LogLine, Rare, TaskEvent, Writer, UNNUMBERED,
 };
 
-/// How long a flush waits while the writer commits nothing at all (another
-/// process holds the database) before it gives up. While the writer makes
-/// progress, it waits on.
+/// How long a flush waits while the writer does nothing at all (another
+/// process holds the database, or it is stuck) before it gives up. While
+/// the writer makes progress, however slowly, it waits on.
 const STALL_WAIT: Duration = Duration::from_secs(60);
 
 /// Events of a flow run its writer may not have taken yet when it
@@ -74,8 +74,9 @@ pub(crate) fn writer_for(home: &Path) -> Option<Arc<Writer>> {
     }
     let writer = match Writer::start(home) {
         Ok(w) => {
-            flush_at_exit_once();
-            Some(Arc::new(w))
+            let w = Arc::new(w);
+            flush_at_exit(&w);
+            Some(w)
         }
         Err(e) => {
             crate::warn_off(home, &e.to_string());
@@ -100,7 +101,7 @@ pub(crate) fn flush(home: &Path) {
 }
 
 /// Waits until everything sent to `writer` so far is committed; warns and
-/// returns if it committed nothing for [`STALL_WAIT`].
+/// returns if it made no progress for [`STALL_WAIT`].
 fn flush_writer(writer: &Writer) {
     let (done, wait) = crossbeam_channel::bounded(1);
     let sent = writer.tx.send(Event::Flush(done)).is_ok();
@@ -108,42 +109,54 @@ fn flush_writer(writer: &Writer) {
     if sent && !wait_for_commit(writer, &wait) {
         tracing::warn!(
             target: "flowrun_history",
-            "Run history: {} may miss runs: its writer committed nothing for {} s",
+            "Run history: {} may miss runs: its writer made no progress for {} s",
             writer.home.display(),
             STALL_WAIT.as_secs()
         );
     }
 }
 
+/// The writers the exit flushes: a list of its own, held only to push or
+/// copy it, so no thread can hold it for long when the process exits (the
+/// map of [`writers`] stays held while a home opens, which waits for the
+/// database).
+fn exit_writers() -> &'static Mutex<Vec<Arc<Writer>>> {
+    static W: OnceLock<Mutex<Vec<Arc<Writer>>>> = OnceLock::new();
+    W.get_or_init(Default::default)
+}
+
 /// Flushes every writer when the process exits normally, so a program that
 /// returns from `main` right after a flow run keeps its records.
-extern "C" fn flush_at_exit() {
-    // try_lock: a thread that held the lock when `exit` was called will
-    // never release it.
-    let writers: Vec<Arc<Writer>> = match writers().try_lock() {
-        Ok(w) => w.values().flatten().cloned().collect(),
-        Err(_) => return,
-    };
+extern "C" fn flush_all_at_exit() {
+    let writers = exit_writers()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     for w in writers {
         flush_writer(&w);
     }
 }
 
-fn flush_at_exit_once() {
+/// Has `writer` flushed when the process exits.
+fn flush_at_exit(writer: &Arc<Writer>) {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // SAFETY: registers a plain function with no arguments; it only
         // sends on channels and waits, which is sound while the process
         // exits (the writer threads run until exit's handlers are done).
         unsafe {
-            libc::atexit(flush_at_exit);
+            libc::atexit(flush_all_at_exit);
         }
     });
+    exit_writers()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(writer.clone());
 }
 
 /// Waits for `done` while the writer makes progress; false if it stalled.
 fn wait_for_commit(writer: &Writer, done: &crossbeam_channel::Receiver<()>) -> bool {
-    let mut seen = writer.commits.load(Ordering::Acquire);
+    let mut seen = writer.progress.load(Ordering::Acquire);
     let mut stalled = Duration::ZERO;
     let step = Duration::from_millis(500);
     loop {
@@ -152,7 +165,7 @@ fn wait_for_commit(writer: &Writer, done: &crossbeam_channel::Receiver<()>) -> b
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return false,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
         }
-        let now = writer.commits.load(Ordering::Acquire);
+        let now = writer.progress.load(Ordering::Acquire);
         if now != seen {
             seen = now;
             stalled = Duration::ZERO;

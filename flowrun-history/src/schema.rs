@@ -170,6 +170,15 @@ enum Step {
 /// Brings the schema to [`SCHEMA_VERSION`], refusing a newer one.
 fn migrate(conn: &mut Connection) -> Result<(), HistoryError> {
     let path = conn.path().map(PathBuf::from).unwrap_or_default();
+    // A current schema needs only a read (WAL readers never wait): a flow
+    // starting while another process commits a long batch does not wait
+    // for the write lock.
+    let version = crate::writer::with_retries(|| {
+        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+    });
+    if version.is_ok_and(|v| v == SCHEMA_VERSION) {
+        return Ok(());
+    }
     loop {
         // The check and the migration share one write transaction, so two
         // processes starting on a fresh home do not both migrate.

@@ -217,8 +217,10 @@ pub(crate) struct Writer {
     /// Cuts the writer's gathering short (after a flush is sent).
     pub wake: Sender<()>,
     pub home: PathBuf,
-    /// Batches committed so far: waiters tell a slow writer from a stuck one.
-    pub commits: Arc<AtomicU64>,
+    /// Work done so far (events applied, rows written, batches committed):
+    /// a flush tells a slow writer (a loaded machine, a large batch) from a
+    /// stuck one by it.
+    pub progress: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -229,15 +231,22 @@ impl Writer {
         let (tx, rx) = crossbeam_channel::unbounded();
         let (wake, wake_rx) = crossbeam_channel::bounded(1);
         let path = crate::schema::database_path(home);
-        let commits = Arc::new(AtomicU64::new(0));
-        let counter = commits.clone();
+        let progress = Arc::new(AtomicU64::new(0));
+        let counter = progress.clone();
         let names: Arc<std::sync::Mutex<TaskNames>> = Default::default();
         let shared = names.clone();
         std::thread::Builder::new()
             .name("flowrun-history".into())
             .spawn(move || {
                 lower_priority();
-                Thread::new(conn, path, counter, shared).run(rx, wake_rx)
+                let db = path.clone();
+                let run = move || Thread::new(conn, path, counter, shared).run(rx, wake_rx);
+                // A bug here must not pass in silence: flows would go on
+                // unrecorded and flushes would return at once.
+                if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+                    let why = flowrun_core::panic_message(&*panic);
+                    crate::warn_off(&db, &format!("its writer stopped ({why})"));
+                }
             })
             .map_err(|source| HistoryError::Home {
                 path: home.to_owned(),
@@ -248,7 +257,7 @@ impl Writer {
             names,
             wake,
             home: home.to_owned(),
-            commits,
+            progress,
         })
     }
 }
@@ -536,14 +545,15 @@ struct Thread {
     /// their first such change (oldest first); ids may be stale.
     waiting: VecDeque<(Instant, RunId)>,
     failed: bool,
-    commits: Arc<AtomicU64>,
+    /// See [`Writer::progress`].
+    progress: Arc<AtomicU64>,
 }
 
 impl Thread {
     fn new(
         conn: Connection,
         path: PathBuf,
-        commits: Arc<AtomicU64>,
+        progress: Arc<AtomicU64>,
         shared_names: Arc<std::sync::Mutex<TaskNames>>,
     ) -> Thread {
         Thread {
@@ -561,7 +571,7 @@ impl Thread {
             ready: Vec::new(),
             waiting: VecDeque::new(),
             failed: false,
-            commits,
+            progress,
         }
     }
 
@@ -879,11 +889,14 @@ impl Thread {
             let (token, buffer) = (self.live[i].token, self.live[i].buffer.clone());
             // Only what is there now: threads that push on meanwhile do
             // not keep the writer here.
-            for _ in 0..buffer.len() {
+            for n in 1..=buffer.len() {
                 let Some(e) = buffer.events.pop() else {
                     break;
                 };
                 self.apply_flow_event(token, e, batch);
+                if n % 4096 == 0 {
+                    self.progress.fetch_add(1, Ordering::Release);
+                }
             }
             self.live[i].counted = 0;
         }
@@ -993,7 +1006,7 @@ impl Thread {
                     }
                 }
                 self.retire(&batch);
-                self.commits.fetch_add(1, Ordering::Release);
+                self.progress.fetch_add(1, Ordering::Release);
             }
             Err(e) => {
                 self.failed = true;
@@ -1169,6 +1182,7 @@ impl Thread {
                     bind_task(&mut insert_tasks, slot, *seq, t, *flow, &mut name, &history)?;
                 }
                 insert_tasks.raw_execute()?;
+                self.progress.fetch_add(1, Ordering::Release);
             }
             for (seq, t, flow) in chunks.remainder() {
                 history_json(&t.history, &mut history);
