@@ -47,8 +47,15 @@ fn the_scheduler_listens_on_loopback_and_refuses_a_process_without_the_secret() 
 }
 
 /// A copy of this test binary with its build id changed: a different build
-/// that still runs.
-fn other_build() -> std::path::PathBuf {
+/// that still runs, and the guard that deletes it whatever the test's
+/// outcome. A worker process runs the test up to the flow call too: there
+/// it makes nothing and owns nothing, the path is its flow process's copy.
+fn other_build() -> (std::path::PathBuf, Option<tempfile::TempPath>) {
+    if flowrun::worker::is_worker() {
+        let flow = std::os::unix::process::parent_id();
+        let path = std::env::temp_dir().join(format!("flowrun-test-{flow}-other-build"));
+        return (path, None);
+    }
     let exe = std::env::current_exe().unwrap();
     let mut bytes = std::fs::read(&exe).unwrap();
     let id = flowrun_dask::build_id();
@@ -66,7 +73,7 @@ fn other_build() -> std::path::PathBuf {
     std::fs::write(&copy, &bytes).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
-    copy
+    (copy.clone(), Some(tempfile::TempPath::from_path(copy)))
 }
 
 #[test]
@@ -76,11 +83,10 @@ fn a_worker_program_of_another_build_is_refused_with_a_clear_error() {
         let e = add.submit(1, 1).result().unwrap_err();
         (e.kind().clone(), e.message().to_owned())
     }
-    let copy = other_build();
+    let (copy, _delete) = other_build();
     let runner = DaskTaskRunner::new()
         .cluster_kwargs(ClusterKwargs::new().n_workers(1).worker_program(&copy));
     let (kind, message) = with_other_build.with_runner(runner).call().unwrap();
-    let _ = std::fs::remove_file(&copy);
     assert_eq!(kind, TaskErrorKind::Crashed);
     assert!(
         message.contains("different build than the flow"),
