@@ -73,7 +73,7 @@ fn other_build() -> (std::path::PathBuf, Option<tempfile::TempPath>) {
     std::fs::write(&copy, &bytes).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
-    (copy.clone(), Some(tempfile::TempPath::from_path(copy)))
+    (copy.clone(), tempfile::TempPath::try_from_path(copy).ok())
 }
 
 #[test]
