@@ -250,3 +250,48 @@ fn freed_files_offered_to_small_tasks_still_close_when_idle() {
     assert!(after_chain > 0, "the chain left no freed file to reuse");
     assert_eq!(at_end, 0, "freed files stayed open while small tasks ran");
 }
+
+/// `plus_one`, after a pause long enough for Dask to release the value
+/// two links back while it runs.
+#[task]
+fn plus_one_slowly(mut x: Vec<u8>) -> Vec<u8> {
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    for b in &mut x {
+        *b = b.wrapping_add(1);
+    }
+    x
+}
+
+#[flow(task_runner = DaskTaskRunner::new())]
+fn slowly_bumped(mb: usize, links: u8) -> (bool, u64, u32) {
+    let mut last = ones.submit(mb);
+    for _ in 0..links {
+        last = plus_one_slowly.submit(last);
+    }
+    inspect.submit(last, 1 + links).result().unwrap()
+}
+
+#[test]
+fn a_result_goes_over_a_file_freed_while_its_task_ran() {
+    let _t = begin("a_result_goes_over_a_file_freed_while_its_task_ran");
+    let cluster = Cluster::start(&[WorkerSpec::threads(1)]);
+    let (mb, links) = (16, 5);
+    let creations = Creations::watch();
+    let (all_right, _, pid) = slowly_bumped
+        .with_runner(runner(&cluster))
+        .call(mb, links)
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert!(all_right, "the last link did not get the chain's value");
+    // When a link starts, the value two links back is not yet released
+    // (that waits for the flow to hear of the link before); by the time
+    // its result is ready it is, and the result goes over its file. Only
+    // the first two results (the first is the second's input) need new
+    // files.
+    let prefix = format!("flowrun-result-{pid}-");
+    let created = creations
+        .names()
+        .iter()
+        .filter(|n| n.starts_with(&prefix))
+        .count();
+    assert_eq!(created, 2, "result files created for {} results", links + 1);
+}

@@ -42,6 +42,11 @@ pub(crate) mod reply {
     /// [`SPARE_FILE`](super::SPARE_FILE)); the payload names this write,
     /// as a [`RESULT_FILE`]'s file name does. Ends the call.
     pub(crate) const RESULT_IN_SPARE: u8 = b'U';
+    /// (Empty.) The task has a large result and its request offered no
+    /// spare file: the runner answers on the request pipe with a u64
+    /// length and the path of a result file freed while the task ran
+    /// (empty: none), which the result may go over as over an offered one.
+    pub(crate) const ASK_SPARE: u8 = b'A';
 }
 
 /// The request length that offers, before the request itself, a freed

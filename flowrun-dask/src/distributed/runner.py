@@ -48,7 +48,10 @@ released result's file is not closed but kept (_Spares, bounded) and
 offered to the next call before its request (length 2**64-2, then a u64
 length and its path): the task process writes a large result over it and
 answers b"U" with the write's name, since overwriting pages costs less
-than faulting in fresh ones; freed files also take large inputs. The session's Plugin (a Dask WorkerPlugin the flow
+than faulting in fresh ones; freed files also take large inputs. A
+task process offered none asks once its large result is ready (b"A",
+empty): the runner answers on stdin with a u64 length and the path of a
+file freed meanwhile (or nothing). The session's Plugin (a Dask WorkerPlugin the flow
 registers, so workers that join later have it too) stops them when the
 flow run ends; one that dies fails its running call and is replaced.
 """
@@ -529,6 +532,21 @@ class _Server:
                         _unlink(path)
                     clean = True
                     return True, result, output
+                elif kind == b"A":
+                    # A large result and no file offered with the request:
+                    # one freed while the task ran (in a chain, the file of
+                    # the value two links back) saves fresh pages.
+                    if spare is None:
+                        spare, since = _spares.take() or (None, None)
+                    path = b""
+                    if spare is not None:
+                        path = os.fsencode("/proc/%d/fd/%d" % (os.getpid(), spare))
+                    try:
+                        self.proc.stdin.write(len(path).to_bytes(8, "little"))
+                        self.proc.stdin.write(path)
+                        self.proc.stdin.flush()
+                    except OSError:
+                        raise _Died() from None
                 elif kind == b"U" and spare is not None:
                     name = bytes(self._read(n))
                     fd, spare = spare, None

@@ -351,6 +351,10 @@ fn serve() -> ! {
             }
             match outcome {
                 Ok(held) => {
+                    let spare = Spare {
+                        file: spare,
+                        ask: Some(&mut requests),
+                    };
                     let written = send_result(&replies, shared.as_deref(), &held, spare)?;
                     kept = written
                         .filter(|(_, len)| *len <= KEEP_MAX)
@@ -606,22 +610,57 @@ fn map_file(path: &Path) -> std::io::Result<Part> {
     Ok(Part::Mapped(map))
 }
 
+/// The freed result file a large result may go over: the one the runner
+/// offered with the request, else one asked for once the result is ready
+/// (see [`reply::ASK_SPARE`]): in a chain, the file of the value two links
+/// back is often freed while the task runs, and a result written over it
+/// faults in no fresh shared memory.
+struct Spare<'a> {
+    file: Option<File>,
+    /// The request pipe, until a file has been asked for.
+    ask: Option<&'a mut File>,
+}
+
+impl Spare<'_> {
+    /// The file to write a large result over, if any: asks the runner
+    /// (once) when none was offered.
+    fn take(&mut self, replies: &Replies) -> std::io::Result<Option<File>> {
+        if self.file.is_none() {
+            if let Some(requests) = self.ask.take() {
+                send_reply(replies, reply::ASK_SPARE, &[])?;
+                let len = read_u64(requests)?;
+                if len > 1 << 12 {
+                    return Err(std::io::Error::other(format!(
+                        "the runner answered with a path of {len} bytes"
+                    )));
+                }
+                let path = read_payload(requests, len)?;
+                // A file that cannot be opened is only a saving lost.
+                if !path.is_empty() {
+                    self.file = open_spare(Path::new(std::ffi::OsStr::from_bytes(&path))).ok();
+                }
+            }
+        }
+        Ok(self.file.take())
+    }
+}
+
 /// Sends a task's result: a large one (in `shared`, when the runner gave a
 /// directory) as a file, written as it is encoded when its size is known
 /// (a byte vector or a string: no encoded copy in memory), else inline.
-/// A large result goes over the `spare` file when the runner offered one.
+/// A large result goes over a `spare` file when the runner has one.
 /// Returns the name of the write and the file's length when the result
 /// went to a file.
 fn send_result(
     replies: &Replies,
     shared: Option<&Path>,
     held: &Held,
-    spare: Option<File>,
+    spare: Spare<'_>,
 ) -> std::io::Result<Option<(Vec<u8>, u64)>> {
     let known_large = held
         .encoded_len()
         .is_some_and(|len| len >= format::LARGE as u64);
-    let mut spare = spare.filter(|_| shared.is_some());
+    let mut spare = spare;
     if let Some(dir) = shared.filter(|_| known_large) {
         if let Some(sent) = write_out(replies, dir, &mut spare, |f| held.encode_into(f))? {
             return Ok(sent);
@@ -656,10 +695,10 @@ fn send_result(
 fn write_out(
     replies: &Replies,
     dir: &Path,
-    spare: &mut Option<File>,
+    spare: &mut Spare<'_>,
     write: impl Fn(&mut dyn Write) -> Result<(), String>,
 ) -> std::io::Result<Option<Option<(Vec<u8>, u64)>>> {
-    if let Some(file) = spare.take() {
+    if let Some(file) = spare.take(replies)? {
         if let Ok(written) = write_spare(file, &write) {
             send_reply(replies, reply::RESULT_IN_SPARE, &written.0)?;
             return Ok(Some(Some(written)));
@@ -1252,6 +1291,42 @@ mod tests {
         // Each write has a name of its own, also over the same file.
         let (second, _) = write_spare(open_spare(&path).unwrap(), |f| held.encode_into(f)).unwrap();
         assert_ne!(first, second);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_large_result_offered_no_spare_asks_for_one_and_goes_over_it() {
+        let dir = std::env::temp_dir().join(format!("flowrun-ask-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let spare = dir.join("spare");
+        std::fs::write(&spare, vec![0xaau8; 2 * format::LARGE]).unwrap();
+        // The runner's answer, waiting on the request pipe.
+        let mut answer = Vec::new();
+        let path = spare.as_os_str().as_bytes();
+        answer.extend((path.len() as u64).to_le_bytes());
+        answer.extend(path);
+        std::fs::write(dir.join("requests"), &answer).unwrap();
+        let mut requests = File::open(dir.join("requests")).unwrap();
+        let replies: Replies = Arc::new(Mutex::new(File::create(dir.join("replies")).unwrap()));
+        let value = vec![7u8; format::LARGE];
+        let asking = Spare {
+            file: None,
+            ask: Some(&mut requests),
+        };
+        let sent = send_result(&replies, Some(&dir), &Held::new(value.clone()), asking)
+            .unwrap()
+            .unwrap();
+        let replied = std::fs::read(dir.join("replies")).unwrap();
+        // The ask (empty), then the result's place: the spare, by name.
+        assert_eq!(replied[0], reply::ASK_SPARE);
+        assert_eq!(&replied[1..9], &0u64.to_le_bytes());
+        assert_eq!(replied[9], reply::RESULT_IN_SPARE);
+        assert_eq!(&replied[18..], &sent.0[..]);
+        let frame = format::result_frame(&flowrun_core::encode_value(&value).unwrap());
+        assert_eq!(std::fs::read(&spare).unwrap(), frame);
+        // No new result file was made.
+        let made = std::fs::read_dir(&dir).unwrap().count();
+        assert_eq!(made, 3, "spare, requests and replies only");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
