@@ -34,31 +34,36 @@ use flowrun::{
 use flowrun_dask::{ClientKwargs, ClusterKwargs, DaskTaskRunner};
 
 /// One test per scenario and backend it runs on: `<scenario>::<backend>`.
+/// Every scenario runs on every backend of the one list.
 macro_rules! scenarios {
-    ($($scenario:ident: $($backend:ident),+;)*) => {
-        $(mod $scenario {
+    (on $backends:tt: $($scenario:ident),+ $(,)?) => {
+        $(scenarios!(@one $scenario $backends);)+
+    };
+    (@one $scenario:ident [$($backend:ident),+]) => {
+        mod $scenario {
             $(#[test]
             fn $backend() {
                 let _watch = super::begin(concat!(stringify!($scenario), "::", stringify!($backend)));
                 super::$scenario(super::$backend());
             })+
-        })*
+        }
     };
 }
 
 scenarios! {
-    dependencies: threads, local_cluster, real_dask;
-    failures_propagate: threads, local_cluster, real_dask;
-    allow_failure_hands_over_the_outcome: threads, local_cluster, real_dask;
-    retries: threads, local_cluster, real_dask;
-    timeouts: threads, local_cluster, real_dask;
-    map: threads, local_cluster, real_dask;
-    futures_inside_collections: threads, local_cluster, real_dask;
-    results_and_waiting: threads, local_cluster, real_dask;
-    cancellation: threads, local_cluster, real_dask;
-    subflows: threads, local_cluster, real_dask;
-    subflows_in_tasks: threads, local_cluster, real_dask;
-    task_hooks: threads, local_cluster, real_dask;
+    on [threads, local_cluster, real_dask]:
+    dependencies,
+    failures_propagate,
+    allow_failure_hands_over_the_outcome,
+    retries,
+    timeouts,
+    map,
+    futures_inside_collections,
+    results_and_waiting,
+    cancellation,
+    subflows,
+    subflows_in_tasks,
+    task_hooks,
 }
 
 // ---------------------------------------------------------------------------
