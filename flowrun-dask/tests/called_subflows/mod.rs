@@ -71,6 +71,14 @@ pub(crate) fn subflow<'a>(
     run
 }
 
+/// Asserts that `message`, the message of `of`, says `what`.
+fn says(message: Option<&str>, what: &str, of: &impl std::fmt::Debug) {
+    assert!(
+        message.is_some_and(|m| m.contains(what)),
+        "the message does not say {what:?}: {of:?}"
+    );
+}
+
 /// A run of [`tasks_call_flows`] lists the subflows its tasks called with
 /// their task runs and states, and the run history in `home` records each
 /// with the task run that called it and its own task runs, as `flowrun
@@ -89,13 +97,7 @@ pub(crate) fn check(home: &TempHome, run: FlowRun<(String, String)>) {
         Some("calls_child-0")
     );
     let failed = subflow(subflows, "failing-child", StateKind::Failed);
-    assert!(
-        failed
-            .state
-            .message()
-            .is_some_and(|m| m.contains("the child gave up")),
-        "{failed:?}"
-    );
+    says(failed.state.message(), "the child gave up", failed);
     assert_eq!(
         failed.parent_task_run_name.as_deref(),
         Some("calls_failing_child-0")
@@ -151,12 +153,10 @@ pub(crate) fn check(home: &TempHome, run: FlowRun<(String, String)>) {
         .find_run(&failed.name)
         .expect("the failed child is recorded");
     assert_eq!(failed_row.state, "Failed");
-    assert!(
-        failed_row
-            .message
-            .as_deref()
-            .is_some_and(|m| m.contains("the child gave up")),
-        "{failed_row:?}"
+    says(
+        failed_row.message.as_deref(),
+        "the child gave up",
+        &failed_row,
     );
     assert_eq!(
         failed_row.parent_task_run.as_deref(),
@@ -175,13 +175,7 @@ pub(crate) fn check(home: &TempHome, run: FlowRun<(String, String)>) {
         .unwrap_or_else(|| panic!("refuse-0 is recorded: {:?}", failed_detail.task_runs));
     assert_eq!(refused.state, "Failed");
     assert_eq!(refused.attempts, 2);
-    assert!(
-        refused
-            .message
-            .as_deref()
-            .is_some_and(|m| m.contains("refused 7")),
-        "{refused:?}"
-    );
+    says(refused.message.as_deref(), "refused 7", refused);
     assert!(failed_detail.failures.iter().any(|t| t.name == "refuse-0"));
     assert_eq!(detail.subflows.len(), 2, "{:?}", detail.subflows);
 }
