@@ -49,7 +49,9 @@ struct Seen {
     failed: String,
 }
 
-fn parent_body() -> Seen {
+/// A parent of a child it calls, one a task calls and one that fails.
+#[flow]
+fn parent_of_three() -> Seen {
     let child_run = child.return_state(1);
     let from_task = calls_child.submit(10).result().unwrap();
     let failed = failing_child().unwrap_err().to_string();
@@ -114,20 +116,14 @@ fn check(parent: FlowRun<Seen>, task_children: bool) {
 
 #[test]
 fn subflows_are_linked_to_their_parent_on_threads() {
-    #[flow]
-    fn parent() -> Seen {
-        parent_body()
-    }
-    check(parent.return_state(), true);
+    check(parent_of_three.return_state(), true);
 }
 
 #[test]
 fn subflows_are_linked_to_their_parent_on_a_local_cluster() {
-    #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(2).threads_per_worker(2)))]
-    fn parent() -> Seen {
-        parent_body()
-    }
-    check(parent.return_state(), true);
+    let cluster = DaskTaskRunner::new()
+        .cluster_kwargs(ClusterKwargs::new().n_workers(2).threads_per_worker(2));
+    check(parent_of_three.with_runner(cluster).return_state(), true);
 }
 
 #[test]
