@@ -36,12 +36,18 @@ mod support;
 
 mod common;
 
+// The byte tasks of the numpy-style chain, shared with flowrun-dask's
+// tests of large values on real Dask.
+#[path = "../flowrun-dask/tests/tasks/mod.rs"]
+mod tasks;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flowrun::{flow, task, TaskFuture};
 use flowrun_dask::{ClientKwargs, DaskTaskRunner};
 use support::{Cluster, WorkerSpec};
+use tasks::{ones, plus_one};
 
 #[task]
 fn bump(x: u64) -> u64 {
@@ -83,19 +89,6 @@ fn pass_on(data: String) -> String {
 #[task]
 fn length(data: String) -> usize {
     data.len()
-}
-
-#[task]
-fn ones(mb: usize) -> Vec<u8> {
-    vec![1; mb << 20]
-}
-
-#[task]
-fn plus_one(mut x: Vec<u8>) -> Vec<u8> {
-    for b in &mut x {
-        *b = b.wrapping_add(1);
-    }
-    x
 }
 
 #[task]

@@ -2,7 +2,9 @@
 //! of that state, read with it (an observer needs no lock of its own to
 //! learn them).
 
-use std::sync::atomic::{AtomicU32, Ordering};
+mod common;
+
+use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 
 use flowrun::runner::observe::{ObserverRegistration, RunEvent, RunObserver};
@@ -35,12 +37,7 @@ static CALLS: AtomicU32 = AtomicU32::new(0);
 
 #[task(retries = 2)]
 fn fails_twice() -> Result<u32, String> {
-    let n = CALLS.fetch_add(1, Ordering::SeqCst) + 1;
-    if n < 3 {
-        Err(format!("attempt {n} failed"))
-    } else {
-        Ok(n)
-    }
+    common::fails_before(&CALLS, 3)
 }
 
 #[flow]

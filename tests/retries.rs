@@ -1,6 +1,8 @@
 //! Retries: counts, delays (fixed, listed, exponential), jitter, and
 //! per-call overrides.
 
+mod common;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -11,12 +13,7 @@ static FLAKY_CALLS: AtomicU32 = AtomicU32::new(0);
 
 #[task(retries = 3)]
 fn flaky() -> Result<u32, String> {
-    let n = FLAKY_CALLS.fetch_add(1, Ordering::SeqCst) + 1;
-    if n < 3 {
-        Err(format!("attempt {n} failed"))
-    } else {
-        Ok(n)
-    }
+    common::fails_before(&FLAKY_CALLS, 3)
 }
 
 #[test]
@@ -113,12 +110,7 @@ static OVERRIDE_CALLS: AtomicU32 = AtomicU32::new(0);
 
 #[task]
 fn fails_twice() -> Result<u32, String> {
-    let n = OVERRIDE_CALLS.fetch_add(1, Ordering::SeqCst) + 1;
-    if n <= 2 {
-        Err("not yet".to_owned())
-    } else {
-        Ok(n)
-    }
+    common::fails_before(&OVERRIDE_CALLS, 3)
 }
 
 #[test]
@@ -157,12 +149,7 @@ static DIRECT: AtomicU32 = AtomicU32::new(0);
 
 #[task(retries = 2)]
 fn direct_flaky() -> Result<u32, String> {
-    let n = DIRECT.fetch_add(1, Ordering::SeqCst) + 1;
-    if n < 2 {
-        Err("first".into())
-    } else {
-        Ok(n)
-    }
+    common::fails_before(&DIRECT, 2)
 }
 
 #[test]

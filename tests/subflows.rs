@@ -3,14 +3,15 @@
 //! names its own, and shows in the parent's `FlowRun`; its failure reaches
 //! the parent as an `Err` the parent handles or passes on.
 
-use flowrun::history::{temp_home, RunsQuery, Store};
-use flowrun::{flow, task, FlowRun, StateKind, SubflowRun, ThreadPoolTaskRunner};
-use flowrun_dask::{ClusterKwargs, DaskTaskRunner};
+// The subflows tasks call, shared with flowrun-dask's scenarios, which run
+// them on real Dask too.
+#[path = "../flowrun-dask/tests/called_subflows/mod.rs"]
+mod called_subflows;
 
-#[task]
-fn double(x: u64) -> u64 {
-    x * 2
-}
+use called_subflows::{calls_child, double, failing_child, subflow, tasks_call_flows};
+use flowrun::history::temp_home;
+use flowrun::{flow, task, FlowRun, StateKind, ThreadPoolTaskRunner};
+use flowrun_dask::{ClusterKwargs, DaskTaskRunner};
 
 #[task]
 fn pid() -> u32 {
@@ -28,20 +29,6 @@ fn child(x: u64) -> (u64, Option<String>) {
     )
 }
 
-#[task(retries = 1, retry_delay = 0)]
-fn refuse(x: u64) -> Result<u64, String> {
-    Err(format!("refused {x}"))
-}
-
-#[flow]
-fn failing_child() -> Result<u64, String> {
-    double(1);
-    // A task run that fails on both attempts, which the run history of a
-    // child on a worker shows too.
-    let _ = refuse.submit(7).result();
-    Err("the child gave up".to_owned())
-}
-
 /// Where a child's task ran: the child runs on its parent's runner.
 #[flow]
 fn where_child() -> u32 {
@@ -54,11 +41,6 @@ fn own_runner_child() -> u32 {
     pid.submit().result().unwrap()
 }
 
-#[task]
-fn calls_child(x: u64) -> u64 {
-    child(x).expect("child flow").0
-}
-
 /// What a parent saw of its children.
 struct Seen {
     parent_id: String,
@@ -67,7 +49,9 @@ struct Seen {
     failed: String,
 }
 
-fn parent_body() -> Seen {
+/// A parent of a child it calls, one a task calls and one that fails.
+#[flow]
+fn parent_of_three() -> Seen {
     let child_run = child.return_state(1);
     let from_task = calls_child.submit(10).result().unwrap();
     let failed = failing_child().unwrap_err().to_string();
@@ -82,17 +66,6 @@ fn parent_body() -> Seen {
 /// `task_children`: whether the child a task called is listed (it is on
 /// every runner; a task on a worker process runs it there as a nested flow,
 /// which the flow process links to the task's run).
-/// The subflow of flow `flow_name` that a parent lists, which must have
-/// ended in `kind`.
-fn subflow<'a>(subflows: &'a [SubflowRun], flow_name: &str, kind: StateKind) -> &'a SubflowRun {
-    let run = subflows
-        .iter()
-        .find(|s| s.flow_name == flow_name)
-        .unwrap_or_else(|| panic!("the subflow {flow_name} is listed: {subflows:?}"));
-    assert_eq!(run.state.kind(), kind, "{run:?}");
-    run
-}
-
 fn check(parent: FlowRun<Seen>, task_children: bool) {
     assert!(parent.state().is_completed(), "{:?}", parent.state());
     let seen = parent.result().unwrap();
@@ -143,20 +116,14 @@ fn check(parent: FlowRun<Seen>, task_children: bool) {
 
 #[test]
 fn subflows_are_linked_to_their_parent_on_threads() {
-    #[flow]
-    fn parent() -> Seen {
-        parent_body()
-    }
-    check(parent.return_state(), true);
+    check(parent_of_three.return_state(), true);
 }
 
 #[test]
 fn subflows_are_linked_to_their_parent_on_a_local_cluster() {
-    #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(2).threads_per_worker(2)))]
-    fn parent() -> Seen {
-        parent_body()
-    }
-    check(parent.return_state(), true);
+    let cluster = DaskTaskRunner::new()
+        .cluster_kwargs(ClusterKwargs::new().n_workers(2).threads_per_worker(2));
+    check(parent_of_three.with_runner(cluster).return_state(), true);
 }
 
 #[test]
@@ -238,154 +205,21 @@ fn observers_see_a_subflows_parent_when_it_starts() {
     assert_eq!(seen.2.as_deref(), Some(parent_id.as_str()));
 }
 
-#[task]
-fn calls_failing_child() -> String {
-    failing_child().unwrap_err().to_string()
-}
-
-/// A flow whose tasks each call a subflow: one completes, one fails.
-fn tasks_call_flows_body() -> (String, String) {
-    let ok = calls_child.submit(3);
-    let failed = calls_failing_child.submit();
-    assert_eq!(ok.result().unwrap(), 6 + 8);
-    (
-        failed.result().unwrap(),
-        flowrun::current_flow_run_id().unwrap(),
-    )
-}
-
-/// The subflows that tasks called are listed by the parent with their task
-/// runs and states, and the run history records each with the task run that
-/// called it, as `flowrun show` prints it.
-fn check_tasks_call_flows(home: &flowrun::history::TempHome, run: FlowRun<(String, String)>) {
-    assert!(run.state().is_completed(), "{:?}", run.state());
-    let (message, parent_id) = run.result().unwrap().clone();
-    assert!(message.contains("the child gave up"), "{message}");
-    assert_eq!(parent_id, run.id());
-    let subflows = run.subflows();
-    assert_eq!(subflows.len(), 2, "{subflows:?}");
-    let called = subflow(subflows, "child", StateKind::Completed);
-    assert_eq!(called.counts.completed, 2);
-    assert_eq!(
-        called.parent_task_run_name.as_deref(),
-        Some("calls_child-0")
-    );
-    let failed = subflow(subflows, "failing-child", StateKind::Failed);
-    assert!(
-        failed
-            .state
-            .message()
-            .is_some_and(|m| m.contains("the child gave up")),
-        "{failed:?}"
-    );
-    assert_eq!(
-        failed.parent_task_run_name.as_deref(),
-        Some("calls_failing_child-0")
-    );
-    assert_eq!(failed.counts.completed, 1);
-    assert_eq!(run.task_run_counts_with_subflows().completed, 2 + 2 + 1);
-
-    flowrun::history::flush(home.path());
-    let store = Store::open(home.path()).expect("the history opens");
-    let rows = store.runs(&RunsQuery::default()).unwrap();
-    let parent = rows.iter().find(|r| r.flow == "tasks-call-flows").unwrap();
-    let detail = store.detail(parent, 10).unwrap();
-    let task_id = |name: &str| {
-        detail
-            .task_runs
-            .iter()
-            .find(|t| t.name == name)
-            .unwrap_or_else(|| panic!("{name} is recorded: {:?}", detail.task_runs))
-            .id
-            .clone()
-    };
-    let child_row = store.find_run(&called.name).expect("the child is recorded");
-    assert_eq!(child_row.flow, "child");
-    assert_eq!(child_row.name, called.name);
-    assert_eq!(child_row.state, "Completed");
-    assert_eq!(
-        child_row.parent_flow_run.as_deref(),
-        Some(parent.id.as_str())
-    );
-    assert_eq!(
-        child_row.parent_task_run.as_deref(),
-        Some(task_id("calls_child-0").as_str())
-    );
-    assert_eq!(child_row.parameters.as_deref(), Some("{\"x\":3}"));
-    // `flowrun show CHILD` lists the child's own task runs, wherever it ran.
-    assert_eq!(child_row.tasks.completed, 2, "{child_row:?}");
-    let child_detail = store.detail(&child_row, 10).unwrap();
-    let mut child_tasks: Vec<(&str, &str, i64)> = child_detail
-        .task_runs
-        .iter()
-        .map(|t| (t.name.as_str(), t.state.as_str(), t.attempts))
-        .collect();
-    child_tasks.sort();
-    assert_eq!(
-        child_tasks,
-        [("double-0", "Completed", 1), ("double-1", "Completed", 1)]
-    );
-    assert!(child_detail
-        .task_runs
-        .iter()
-        .all(|t| t.task == "double" && t.duration_ms().is_some_and(|d| d >= 0)));
-    let failed_row = store
-        .find_run(&failed.name)
-        .expect("the failed child is recorded");
-    assert_eq!(failed_row.state, "Failed");
-    assert!(
-        failed_row
-            .message
-            .as_deref()
-            .is_some_and(|m| m.contains("the child gave up")),
-        "{failed_row:?}"
-    );
-    assert_eq!(
-        failed_row.parent_task_run.as_deref(),
-        Some(task_id("calls_failing_child-0").as_str())
-    );
-    assert_eq!(
-        (failed_row.tasks.completed, failed_row.tasks.failed),
-        (1, 1),
-        "{failed_row:?}"
-    );
-    let failed_detail = store.detail(&failed_row, 10).unwrap();
-    let refused = failed_detail
-        .task_runs
-        .iter()
-        .find(|t| t.name == "refuse-0")
-        .unwrap_or_else(|| panic!("refuse-0 is recorded: {:?}", failed_detail.task_runs));
-    assert_eq!(refused.state, "Failed");
-    assert_eq!(refused.attempts, 2);
-    assert!(
-        refused
-            .message
-            .as_deref()
-            .is_some_and(|m| m.contains("refused 7")),
-        "{refused:?}"
-    );
-    assert!(failed_detail.failures.iter().any(|t| t.name == "refuse-0"));
-    assert_eq!(detail.subflows.len(), 2, "{:?}", detail.subflows);
-}
-
 #[test]
 fn subflows_called_by_tasks_are_recorded_with_their_task_run_on_threads() {
-    #[flow]
-    fn tasks_call_flows() -> (String, String) {
-        tasks_call_flows_body()
-    }
     let home = temp_home();
-    check_tasks_call_flows(&home, tasks_call_flows.return_state());
+    called_subflows::check(&home, tasks_call_flows.return_state());
 }
 
 #[test]
 fn subflows_called_by_tasks_on_workers_are_recorded_with_their_task_run() {
-    #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(1).threads_per_worker(2)))]
-    fn tasks_call_flows() -> (String, String) {
-        tasks_call_flows_body()
-    }
     let home = temp_home();
-    check_tasks_call_flows(&home, tasks_call_flows.return_state());
+    let on_workers = DaskTaskRunner::new()
+        .cluster_kwargs(ClusterKwargs::new().n_workers(1).threads_per_worker(2));
+    called_subflows::check(
+        &home,
+        tasks_call_flows.with_runner(on_workers).return_state(),
+    );
 }
 
 /// Dies with its worker process after its first task run.

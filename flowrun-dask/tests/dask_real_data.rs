@@ -16,25 +16,14 @@
 
 mod common;
 mod support;
+mod tasks;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use flowrun::{flow, task};
 use flowrun_dask::DaskTaskRunner;
 use support::{begin, runner, Cluster, WorkerSpec};
-
-#[task]
-fn ones(mb: usize) -> Vec<u8> {
-    vec![1; mb << 20]
-}
-
-#[task]
-fn plus_one(mut x: Vec<u8>) -> Vec<u8> {
-    for b in &mut x {
-        *b = b.wrapping_add(1);
-    }
-    x
-}
+use tasks::{ones, plus_one};
 
 /// What the last link saw: whether every byte is `expect`, the bytes its
 /// task process has read through `read` calls so far, and its pid.

@@ -16,10 +16,12 @@
 //! Task state that must survive the process boundary (a retry counter, a
 //! "this ran" marker) lives in files under [`Scratch`].
 
+mod called_subflows;
 mod common;
 mod support;
 mod tasks;
 
+use called_subflows::{double, failing_child, tasks_call_flows};
 use tasks::{first_and_last, square, total};
 
 use std::collections::{BTreeMap, HashMap};
@@ -34,31 +36,36 @@ use flowrun::{
 use flowrun_dask::{ClientKwargs, ClusterKwargs, DaskTaskRunner};
 
 /// One test per scenario and backend it runs on: `<scenario>::<backend>`.
+/// Every scenario runs on every backend of the one list.
 macro_rules! scenarios {
-    ($($scenario:ident: $($backend:ident),+;)*) => {
-        $(mod $scenario {
+    (on $backends:tt: $($scenario:ident),+ $(,)?) => {
+        $(scenarios!(@one $scenario $backends);)+
+    };
+    (@one $scenario:ident [$($backend:ident),+]) => {
+        mod $scenario {
             $(#[test]
             fn $backend() {
                 let _watch = super::begin(concat!(stringify!($scenario), "::", stringify!($backend)));
                 super::$scenario(super::$backend());
             })+
-        })*
+        }
     };
 }
 
 scenarios! {
-    dependencies: threads, local_cluster, real_dask;
-    failures_propagate: threads, local_cluster, real_dask;
-    allow_failure_hands_over_the_outcome: threads, local_cluster, real_dask;
-    retries: threads, local_cluster, real_dask;
-    timeouts: threads, local_cluster, real_dask;
-    map: threads, local_cluster, real_dask;
-    futures_inside_collections: threads, local_cluster, real_dask;
-    results_and_waiting: threads, local_cluster, real_dask;
-    cancellation: threads, local_cluster, real_dask;
-    subflows: threads, local_cluster, real_dask;
-    subflows_in_tasks: threads, local_cluster, real_dask;
-    task_hooks: threads, local_cluster, real_dask;
+    on [threads, local_cluster, real_dask]:
+    dependencies,
+    failures_propagate,
+    allow_failure_hands_over_the_outcome,
+    retries,
+    timeouts,
+    map,
+    futures_inside_collections,
+    results_and_waiting,
+    cancellation,
+    subflows,
+    subflows_in_tasks,
+    task_hooks,
 }
 
 // ---------------------------------------------------------------------------
@@ -789,11 +796,6 @@ fn cancellation<R: TaskRunner + Clone>(runner: R) {
 // as an `Err`.
 
 #[task]
-fn double(x: u64) -> u64 {
-    x * 2
-}
-
-#[task]
 fn in_flow_process(flow_pid: u32) -> bool {
     std::process::id() == flow_pid
 }
@@ -807,18 +809,6 @@ fn child(x: u64) -> (u64, bool) {
         a.result().unwrap() + b.result().unwrap(),
         here.result().unwrap(),
     )
-}
-
-#[task]
-fn refuse(x: u64) -> Result<u64, String> {
-    Err(format!("refused {x}"))
-}
-
-#[flow]
-fn failing_child() -> Result<u64, String> {
-    // A failed task run, which the run history shows in this child.
-    let _ = refuse.submit(7).result();
-    Err("the child gave up".to_owned())
 }
 
 #[flow]
@@ -859,109 +849,9 @@ fn subflows<R: TaskRunner + Clone>(runner: R) {
 // with its task run and state, and the run history records it with the
 // task run that called it.
 
-#[flow]
-fn task_child(x: u64) -> u64 {
-    double.submit(x).result().unwrap() + double.submit(x + 1).result().unwrap()
-}
-
-#[task]
-fn calls_child(x: u64) -> u64 {
-    task_child(x).unwrap()
-}
-
-#[task]
-fn calls_failing_child() -> String {
-    failing_child().unwrap_err().to_string()
-}
-
-#[flow]
-fn tasks_call_flows() -> (u64, String) {
-    let ok = calls_child.submit(3);
-    let failed = calls_failing_child.submit();
-    (ok.result().unwrap(), failed.result().unwrap())
-}
-
 fn subflows_in_tasks<R: TaskRunner + Clone>(runner: R) {
     let home = flowrun::history::temp_home();
-    let run = tasks_call_flows.with_runner(runner).return_state();
-    assert_eq!(
-        run.state().kind(),
-        StateKind::Completed,
-        "{:?}",
-        run.state()
-    );
-    let (value, failed) = run.result().unwrap().clone();
-    assert_eq!(value, 6 + 8);
-    assert!(failed.contains("the child gave up"), "{failed}");
-    let mut children = common::subflow_rows(run.subflows());
-    children.sort();
-    assert_eq!(
-        children,
-        [
-            (
-                "failing-child".to_owned(),
-                StateKind::Failed,
-                Some("calls_failing_child-0".to_owned()),
-                0
-            ),
-            (
-                "task-child".to_owned(),
-                StateKind::Completed,
-                Some("calls_child-0".to_owned()),
-                2
-            ),
-        ]
-    );
-    assert_eq!(run.task_run_counts_with_subflows().completed, 2 + 2);
-
-    flowrun::history::flush(home.path());
-    let store = flowrun::history::Store::open(home.path()).unwrap();
-    let top = store
-        .runs(&flowrun::history::RunsQuery::default())
-        .unwrap()
-        .into_iter()
-        .find(|r| r.flow == "tasks-call-flows")
-        .expect("the parent is recorded");
-    let detail = store.detail(&top, 10).unwrap();
-    for called in run.subflows() {
-        let row = store.find_run(&called.name).expect("the child is recorded");
-        assert_eq!(row.flow, called.flow_name);
-        assert_eq!(row.state, called.state.kind().as_str());
-        assert_eq!(row.parent_flow_run.as_deref(), Some(top.id.as_str()));
-        let task = detail
-            .task_runs
-            .iter()
-            .find(|t| Some(&t.name) == called.parent_task_run_name.as_ref())
-            .expect("the calling task run is recorded");
-        assert_eq!(row.parent_task_run.as_deref(), Some(task.id.as_str()));
-        // `flowrun show CHILD` lists the child's own task runs, wherever
-        // the child ran.
-        let child_detail = store.detail(&row, 10).unwrap();
-        let mut tasks: Vec<(&str, &str)> = child_detail
-            .task_runs
-            .iter()
-            .map(|t| (t.name.as_str(), t.state.as_str()))
-            .collect();
-        tasks.sort();
-        if called.flow_name == "task-child" {
-            assert_eq!(
-                tasks,
-                [("double-0", "Completed"), ("double-1", "Completed")]
-            );
-            assert_eq!(row.tasks.completed, 2, "{row:?}");
-        } else {
-            assert_eq!(tasks, [("refuse-0", "Failed")]);
-            assert_eq!(row.tasks.failed, 1, "{row:?}");
-            let refused = &child_detail.task_runs[0];
-            assert!(
-                refused
-                    .message
-                    .as_deref()
-                    .is_some_and(|m| m.contains("refused 7")),
-                "{refused:?}"
-            );
-        }
-    }
+    called_subflows::check(&home, tasks_call_flows.with_runner(runner).return_state());
 }
 
 // ---------------------------------------------------------------------------

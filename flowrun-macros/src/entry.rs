@@ -27,6 +27,24 @@ pub(crate) struct Kind<A> {
     pub(crate) expand: fn(&A, &Signature, &ItemFn) -> TokenStream,
 }
 
+/// The [`Kind`] of the macro `#[$name]` whose module has the same layout as
+/// `flow` and `task`: `attr::parse` and `attr::check` read its options into
+/// an attribute with a `common` field, `expand::expand` writes its code, and
+/// its run-name option is `<name>_run_name`. Only the name differs.
+macro_rules! kind {
+    ($name:literal) => {
+        $crate::entry::Kind {
+            name: $name,
+            run_name_option: concat!($name, "_run_name"),
+            parse: attr::parse,
+            check: attr::check,
+            common: |attr| &attr.common,
+            expand: expand::expand,
+        }
+    };
+}
+pub(crate) use kind;
+
 pub(crate) fn run<A>(kind: &Kind<A>, args: TokenStream, item: TokenStream) -> TokenStream {
     let function: ItemFn = match syn::parse2(item.clone()) {
         Ok(f) => f,

@@ -57,7 +57,7 @@ fn start_direct<T: Task>(config: &CallConfig, args: &T::Args) -> DirectRun<T> {
         flow.clone(),
         &T::support().result,
     );
-    cell.run_name = T::direct_run_name(args).map(String::into_boxed_str);
+    cell.label.run_name = T::direct_run_name(args).map(String::into_boxed_str);
     let cell = Arc::new(cell);
     flow.track(RunRef(cell.clone()));
     cell.mark_observed();

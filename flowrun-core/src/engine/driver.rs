@@ -107,7 +107,7 @@ pub(crate) fn submit_in<T: Task>(
     if let Some(order) = upstreams.iter().map(RunRef::order).max() {
         cell.order = order;
     }
-    cell.run_name = T::run_name(&inputs).map(String::into_boxed_str);
+    cell.label.run_name = T::run_name(&inputs).map(String::into_boxed_str);
     let cell = Arc::new(cell);
     let future = TaskFuture::new(cell.clone());
     if !flow.track(RunRef(cell.clone())) {
@@ -422,7 +422,7 @@ impl<T: Task> Driver<T> {
             Source::Serialized(slots) => Work::Serialized(SerializedJob {
                 task_key: self.meta.key,
                 task_name: self.task_name.clone(),
-                run_name: self.cell.run_name.as_deref().map(Arc::from),
+                run_name: self.cell.label.run_name.as_deref().map(Arc::from),
                 args: slots.clone(),
                 reporter: SerializedReporter::new(attempt, self.clone()),
                 hooks: self.hooks_remote.then(|| crate::TaskHookCall {

@@ -490,12 +490,14 @@ fn replay_task(child: &Arc<FlowShared>, task: &ReportedTask) {
     let location: Option<Arc<str>> = task.location.as_deref().map(Arc::from);
     let run = RunRef(Arc::new(ReplayedRun {
         id: RunId::next(),
-        task_name: task.task.clone(),
-        task_key: crate::task::registry::registry()
-            .get(&task.key)
-            .map_or("", |e| e.key()),
-        index: task.index,
-        custom_name: task.custom_name.clone().map(Box::from),
+        label: crate::run::record::RunLabel {
+            task_name: task.task.clone().into(),
+            task_key: crate::task::registry::registry()
+                .get(&task.key)
+                .map_or("", |e| e.key()),
+            index: task.index,
+            run_name: task.custom_name.clone().map(Box::from),
+        },
         attempts: task.attempts,
         duration: task
             .start_ms
@@ -602,10 +604,7 @@ fn finish_remote(flow: &FlowShared, child: &Arc<FlowShared>, state: &State, coun
 /// it: ended, with no result here.
 struct ReplayedRun {
     id: RunId,
-    task_name: String,
-    task_key: &'static str,
-    index: u64,
-    custom_name: Option<Box<str>>,
+    label: crate::run::record::RunLabel,
     attempts: u32,
     duration: Option<std::time::Duration>,
     location: Option<Arc<str>>,
@@ -621,23 +620,8 @@ impl crate::run::record::AnyRun for ReplayedRun {
     fn order(&self) -> u64 {
         self.id.get()
     }
-    fn name(&self) -> String {
-        match &self.custom_name {
-            Some(n) => n.to_string(),
-            None => format!("{}-{}", self.task_name, self.index),
-        }
-    }
-    fn custom_name(&self) -> Option<&str> {
-        self.custom_name.as_deref()
-    }
-    fn task_name(&self) -> &str {
-        &self.task_name
-    }
-    fn index(&self) -> u64 {
-        self.index
-    }
-    fn task_key(&self) -> &'static str {
-        self.task_key
+    fn label(&self) -> &crate::run::record::RunLabel {
+        &self.label
     }
     fn state(&self) -> State {
         self.state.clone()
@@ -746,10 +730,12 @@ mod tests {
     fn ended_run(index: u64) -> RunRef {
         RunRef(Arc::new(ReplayedRun {
             id: RunId::next(),
-            task_name: "double".to_owned(),
-            task_key: "",
-            index,
-            custom_name: None,
+            label: crate::run::record::RunLabel {
+                task_name: "double".into(),
+                task_key: "",
+                index,
+                run_name: None,
+            },
             attempts: 1,
             duration: Some(std::time::Duration::from_millis(3)),
             location: None,

@@ -128,18 +128,36 @@ impl<T> Clone for ValueFns<T> {
 }
 impl<T> Copy for ValueFns<T> {}
 
-/// The record of one task run, typed by its result.
-pub(crate) struct RunCell<T: 'static> {
-    pub(crate) id: RunId,
+/// What names a task run: its task, its place among the task's runs and
+/// the name `task_run_name` gave it. Every kind of run (a run of this
+/// process, a child's replayed run, a worker's view of a run) keeps one, so
+/// that [`AnyRun`] answers the naming questions once for all of them.
+pub(crate) struct RunLabel {
     pub(crate) task_name: Cow<'static, str>,
     pub(crate) task_key: &'static str,
     pub(crate) index: u64,
+    /// A name from `task_run_name`, instead of `<task>-<index>`.
+    pub(crate) run_name: Option<Box<str>>,
+}
+
+impl RunLabel {
+    /// The run's name: its own, or `<task>-<index>`.
+    pub(crate) fn name(&self) -> String {
+        match &self.run_name {
+            Some(name) => name.to_string(),
+            None => format!("{}-{}", self.task_name, self.index),
+        }
+    }
+}
+
+/// The record of one task run, typed by its result.
+pub(crate) struct RunCell<T: 'static> {
+    pub(crate) id: RunId,
+    pub(crate) label: RunLabel,
     pub(crate) flow: Arc<FlowShared>,
     pub(crate) fns: &'static ValueFns<T>,
     /// Its place in the graph as submitted (see [`RunRef::order`]).
     pub(crate) order: u64,
-    /// A name from `task_run_name`, instead of `<task>-<index>`.
-    pub(crate) run_name: Option<Box<str>>,
     /// Its cache key, when its result is cached (see `crate::cache`).
     pub(crate) cache_key: OnceLock<Box<str>>,
     status: Mutex<Status<T>>,
@@ -160,11 +178,13 @@ impl<T: Send + 'static> RunCell<T> {
         RunCell {
             id,
             order: id.get(),
-            run_name: None,
             cache_key: OnceLock::new(),
-            task_name,
-            task_key,
-            index,
+            label: RunLabel {
+                task_name,
+                task_key,
+                index,
+                run_name: None,
+            },
             flow,
             fns,
             status: Mutex::new(Status {
@@ -195,10 +215,7 @@ impl<T: Send + 'static> RunCell<T> {
     }
 
     pub(crate) fn name(&self) -> String {
-        match &self.run_name {
-            Some(name) => name.to_string(),
-            None => format!("{}-{}", self.task_name, self.index),
-        }
+        self.label.name()
     }
 
     pub(crate) fn is_final(&self) -> bool {
@@ -619,11 +636,22 @@ fn snapshot<T>(s: &Status<T>) -> State {
 pub(crate) trait AnyRun: Send + Sync + 'static {
     fn id(&self) -> RunId;
     fn order(&self) -> u64;
-    fn name(&self) -> String;
-    fn custom_name(&self) -> Option<&str>;
-    fn task_name(&self) -> &str;
-    fn index(&self) -> u64;
-    fn task_key(&self) -> &'static str;
+    fn label(&self) -> &RunLabel;
+    fn name(&self) -> String {
+        self.label().name()
+    }
+    fn custom_name(&self) -> Option<&str> {
+        self.label().run_name.as_deref()
+    }
+    fn task_name(&self) -> &str {
+        &self.label().task_name
+    }
+    fn index(&self) -> u64 {
+        self.label().index
+    }
+    fn task_key(&self) -> &'static str {
+        self.label().task_key
+    }
     fn state(&self) -> State;
     fn error(&self) -> Option<TaskError>;
     fn on_final(&self, callback: Callback);
@@ -659,20 +687,8 @@ impl<T: Send + 'static> AnyRun for RunCell<T> {
     fn order(&self) -> u64 {
         self.order
     }
-    fn name(&self) -> String {
-        RunCell::name(self)
-    }
-    fn custom_name(&self) -> Option<&str> {
-        self.run_name.as_deref()
-    }
-    fn task_name(&self) -> &str {
-        &self.task_name
-    }
-    fn index(&self) -> u64 {
-        self.index
-    }
-    fn task_key(&self) -> &'static str {
-        self.task_key
+    fn label(&self) -> &RunLabel {
+        &self.label
     }
     fn state(&self) -> State {
         RunCell::state(self)

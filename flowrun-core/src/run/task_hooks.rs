@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::run::error::{TaskError, TaskErrorKind};
 use crate::run::hooks::TaskHooks;
-use crate::run::record::{AnyRun, Callback, RunId, RunRef};
+use crate::run::record::{AnyRun, Callback, RunId, RunLabel, RunRef};
 use crate::run::state::{State, StateKind};
 
 /// What the process that executes a serialized attempt needs to call the
@@ -57,9 +57,7 @@ pub(crate) fn failure_handled_where_it_ran(
 /// it (id, name, attempt, state), without its result.
 struct SerializedRun {
     id: RunId,
-    name: String,
-    key: &'static str,
-    task_name: &'static str,
+    label: RunLabel,
     attempt: u32,
     started: Instant,
     state: std::sync::Mutex<(State, Option<TaskError>, Option<Instant>)>,
@@ -72,25 +70,8 @@ impl AnyRun for SerializedRun {
     fn order(&self) -> u64 {
         self.id.get()
     }
-    fn name(&self) -> String {
-        self.name.clone()
-    }
-    fn custom_name(&self) -> Option<&str> {
-        // The worker knows the name whole, not how it was made.
-        Some(&self.name)
-    }
-    fn task_name(&self) -> &str {
-        self.task_name
-    }
-    fn index(&self) -> u64 {
-        // The name carries the index; a worker has no other use for it.
-        self.name
-            .rsplit_once('-')
-            .and_then(|(_, i)| i.parse().ok())
-            .unwrap_or(0)
-    }
-    fn task_key(&self) -> &'static str {
-        self.key
+    fn label(&self) -> &RunLabel {
+        &self.label
     }
     fn state(&self) -> State {
         crate::plumbing::lock(&self.state).0.clone()
@@ -152,9 +133,17 @@ pub(crate) fn with_hooks<R>(
     };
     let remote = Arc::new(SerializedRun {
         id: RunId::from_raw(call.run_id),
-        name: run_name.to_owned(),
-        key: meta.key,
-        task_name: meta.name,
+        label: RunLabel {
+            task_name: meta.name.into(),
+            task_key: meta.key,
+            // The name carries the index; a worker has no other use for it.
+            index: run_name
+                .rsplit_once('-')
+                .and_then(|(_, i)| i.parse().ok())
+                .unwrap_or(0),
+            // The worker knows the name whole, not how it was made.
+            run_name: Some(run_name.into()),
+        },
         attempt: call.attempt,
         started: Instant::now(),
         state: std::sync::Mutex::new((State::new(running), None, None)),

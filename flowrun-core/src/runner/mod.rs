@@ -239,6 +239,38 @@ impl TaskCall {
     pub fn into_parts(self) -> (RunRef, Annotations, Work) {
         (self.run, self.annotations, self.work)
     }
+
+    /// The parts a runner of serialized work needs: the run, its
+    /// annotations and the serialized job. Work that can only run in this
+    /// process (which a runner saying [`Execution::Serialized`] is not
+    /// handed, unless a runner wrapping it says otherwise) is refused with
+    /// `why`, which fails the attempt with a `Runner` error; then there is
+    /// nothing to run and `None` comes back.
+    ///
+    /// ```no_run
+    /// # use flowrun_core::TaskCall;
+    /// fn submit(call: TaskCall) {
+    ///     let Some((run, annotations, job)) =
+    ///         call.into_serialized_parts("this runner runs serialized calls only")
+    ///     else {
+    ///         return;
+    ///     };
+    ///     // ... send `job.args()` away, then `job.finish(...)`.
+    /// #   let _ = (run, annotations, job);
+    /// }
+    /// ```
+    pub fn into_serialized_parts(
+        self,
+        why: impl Into<String>,
+    ) -> Option<(RunRef, Annotations, SerializedJob)> {
+        match self.work {
+            Work::Serialized(job) => Some((self.run, self.annotations, job)),
+            Work::Local(job) => {
+                job.refuse(why);
+                None
+            }
+        }
+    }
 }
 
 impl fmt::Debug for TaskCall {

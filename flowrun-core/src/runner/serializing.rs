@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use crate::exec::pool::Pool;
 use crate::plumbing::lock;
-use crate::runner::{Execution, FlowRunInfo, RunnerError, TaskCall, TaskRunner, Work};
+use crate::runner::{Execution, FlowRunInfo, RunnerError, TaskCall, TaskRunner};
 use crate::task::args::ArgSlot;
 use crate::task::registry;
 use crate::task::{AcceptsTask, SerializedTask};
@@ -76,13 +76,10 @@ impl TaskRunner for SerializingTaskRunner {
     }
 
     fn submit(&self, call: TaskCall) {
-        let (run, _annotations, work) = call.into_parts();
-        let job = match work {
-            Work::Serialized(job) => job,
-            Work::Local(job) => {
-                job.refuse("SerializingTaskRunner only runs serialized calls");
-                return;
-            }
+        let Some((run, _annotations, job)) =
+            call.into_serialized_parts("SerializingTaskRunner only runs serialized calls")
+        else {
+            return;
         };
         let pool = lock(&self.pool).clone();
         let Some(pool) = pool else {

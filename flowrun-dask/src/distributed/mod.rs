@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use flowrun_core::plumbing::lock;
-use flowrun_core::{Resources, RunRef, TaskCall, TaskError, TaskErrorKind, Work};
+use flowrun_core::{Resources, RunRef, TaskCall, TaskError, TaskErrorKind};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster::Cluster;
@@ -294,13 +294,10 @@ impl Cluster for DaskCluster {
     fn submit(&self, call: TaskCall) {
         let attempt = call.attempt();
         let retries = call.retries();
-        let (run, annotations, work) = call.into_parts();
-        let job = match work {
-            Work::Serialized(job) => job,
-            Work::Local(job) => {
-                job.refuse("a real Dask cluster runs tasks in other processes only");
-                return;
-            }
+        let Some((run, annotations, job)) =
+            call.into_serialized_parts("a real Dask cluster runs tasks in other processes only")
+        else {
+            return;
         };
         let key = attempt_key(&run.name(), &self.tag(&run), attempt);
         let command = Command::Submit(Box::new(Attempt {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::Sender;
 use flowrun_core::plumbing::lock;
-use flowrun_core::{ArgSlot, Execution, RunRef, Scope, SerializedJob, TaskCall, TaskRunner, Work};
+use flowrun_core::{ArgSlot, Execution, RunRef, Scope, SerializedJob, TaskCall, TaskRunner};
 use serde_bytes::ByteBuf;
 
 use super::store::Payload;
@@ -98,13 +98,10 @@ impl TaskRunner for Forwarding {
     }
 
     fn submit(&self, call: TaskCall) {
-        let (run, annotations, work) = call.into_parts();
-        let job = match work {
-            Work::Serialized(job) => job,
-            Work::Local(job) => {
-                job.refuse("a worker forwards serialized calls only");
-                return;
-            }
+        let Some((run, annotations, job)) =
+            call.into_serialized_parts("a worker forwards serialized calls only")
+        else {
+            return;
         };
         let id = self.link.next.fetch_add(1, Ordering::Relaxed);
         let args = job

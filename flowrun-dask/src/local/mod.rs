@@ -210,13 +210,10 @@ impl LocalCluster {
 
     /// Hands an attempt to the scheduler.
     pub fn submit(&self, call: TaskCall) {
-        let (run, annotations, work) = call.into_parts();
-        let job = match work {
-            flowrun_core::Work::Serialized(job) => job,
-            flowrun_core::Work::Local(job) => {
-                job.refuse("DaskTaskRunner runs serialized calls only");
-                return;
-            }
+        let Some((run, annotations, job)) =
+            call.into_serialized_parts("DaskTaskRunner runs serialized calls only")
+        else {
+            return;
         };
         let event = Event::Submit {
             attempt: Call::new(run, job),

@@ -2,8 +2,9 @@
 //! messages, one batch per frame (see `transport::frame`). Batching is what
 //! keeps per-task overhead low.
 //!
-//! A connection starts with the scheduler's [`ToWorker::Challenge`] (see
-//! `transport::handshake`); anything but a worker's proof closes it.
+//! A connection starts with the handshake (`transport::handshake`, which
+//! has its own messages); only an admitted worker's connection carries
+//! these.
 
 use serde::{Deserialize, Serialize};
 
@@ -193,15 +194,6 @@ pub(super) type ToWorkerOut = ToWorker<AssignmentOut>;
 /// [`Assignment`] on the receiving side; both encode the same.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) enum ToWorker<A = Assignment> {
-    Challenge {
-        nonce: [u8; 32],
-        build: String,
-        protocol: u32,
-    },
-    Welcome,
-    Rejected {
-        reason: String,
-    },
     Run(Vec<A>),
     /// Outcomes of submissions this worker made: a large result by
     /// reference to the cluster's result store, as any other.
@@ -216,13 +208,6 @@ pub(super) enum ToWorker<A = Assignment> {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) enum ToScheduler {
-    Hello {
-        worker: u32,
-        pid: u32,
-        build: String,
-        protocol: u32,
-        proof: [u8; 32],
-    },
     Started(Vec<Start>),
     Done(Vec<Completion>),
     Output(Vec<OutputLine>),

@@ -584,7 +584,6 @@ pub(crate) fn serve(
                                 }));
                             }
                         }
-                        _ => {}
                     }
                 }
                 if stop {

@@ -4,14 +4,7 @@ mod attr;
 mod expand;
 mod gates;
 
-use crate::entry::Kind;
+use crate::entry::{kind, Kind};
 
 /// `#[flow]`.
-pub(crate) const FLOW: Kind<attr::FlowAttr> = Kind {
-    name: "flow",
-    run_name_option: "flow_run_name",
-    parse: attr::parse,
-    check: attr::check,
-    common: |attr| &attr.common,
-    expand: expand::expand,
-};
+pub(crate) const FLOW: Kind<attr::FlowAttr> = kind!("flow");

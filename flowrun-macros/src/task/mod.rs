@@ -4,14 +4,7 @@ mod attr;
 mod expand;
 pub(crate) mod results;
 
-use crate::entry::Kind;
+use crate::entry::{kind, Kind};
 
 /// `#[task]`.
-pub(crate) const TASK: Kind<attr::TaskAttr> = Kind {
-    name: "task",
-    run_name_option: "task_run_name",
-    parse: attr::parse,
-    check: attr::check,
-    common: |attr| &attr.common,
-    expand: expand::expand,
-};
+pub(crate) const TASK: Kind<attr::TaskAttr> = kind!("task");

@@ -255,7 +255,6 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
                     a.subflow(*report);
                 }
             }
-            ToScheduler::Hello { .. } => {}
         }
     }
 

@@ -68,7 +68,7 @@ fn peak_of<R>(f: impl FnOnce() -> R) -> (R, usize) {
 
 /// A genuine hello, as a worker sends it (length and body).
 fn hello_frame(secret: &[u8; 32], nonce: &[u8; 32]) -> Vec<u8> {
-    let hello = ToScheduler::Hello {
+    let hello = handshake::Hello::Hello {
         worker: 1,
         pid: 7,
         build: "gnu-0123456789abcdef".into(),

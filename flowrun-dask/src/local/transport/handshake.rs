@@ -12,10 +12,10 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use flowrun_core::plumbing::lock;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::frame::{self, HELLO_LIMIT, REPLY_LIMIT};
-use crate::local::wire::{self, ToScheduler, ToWorkerOut};
+use crate::local::wire;
 
 /// How long a new connection has to authenticate, all reads and writes
 /// together.
@@ -125,11 +125,13 @@ impl Write for Deadline<'_> {
     }
 }
 
-/// The one message a stranger may send: `ToScheduler::Hello`, decoded on
-/// its own so that nothing else is accepted before authentication.
-#[derive(Debug, Deserialize)]
+/// The one message a stranger may send, and the only one the scheduler
+/// decodes before authentication (the messages of `wire` come after it).
+/// An enum of one variant: it encodes as variant 0 and the fields, as
+/// workers of protocol 1 have always sent it.
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Hello {
-    /// Same fields, same variant index (0) as `ToScheduler::Hello`.
+    /// Who the worker is, and its proof that it holds the secret.
     Hello {
         worker: u32,
         pid: u32,
@@ -139,10 +141,12 @@ pub(crate) enum Hello {
     },
 }
 
-/// What a worker may read during the handshake: the first three variants
-/// of `ToWorker`, in their order.
-#[derive(Debug, Deserialize)]
-enum Reply {
+/// What the scheduler says during the handshake, and all a worker reads
+/// until it is admitted. Its own type, apart from `wire::ToWorker`, so that
+/// a worker of another build still reads the challenge and can say which
+/// build it met.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Reply {
     Challenge {
         nonce: [u8; 32],
         build: String,
@@ -196,7 +200,7 @@ pub(crate) fn admit(
     let mut buf = Vec::new();
     let mut nonce = [0u8; 32];
     random_bytes(&mut nonce).map_err(|e| Refusal::new(None, e.to_string()))?;
-    let challenge = ToWorkerOut::Challenge {
+    let challenge = Reply::Challenge {
         nonce,
         build: gate.build.clone(),
         protocol: wire::PROTOCOL,
@@ -205,7 +209,7 @@ pub(crate) fn admit(
         .map_err(|e| Refusal::new(None, format!("it did not take the challenge: {e}")))?;
     let outcome = check(&mut io, gate, &nonce, &mut buf);
     match &outcome {
-        Ok(_) => frame::write_frame(&mut io, &[ToWorkerOut::Welcome], &mut buf, REPLY_LIMIT)
+        Ok(_) => frame::write_frame(&mut io, &[Reply::Welcome], &mut buf, REPLY_LIMIT)
             .map_err(|e| Refusal::new(None, format!("it left during the handshake: {e}")))?,
         Err(refusal) => {
             let mut reason = refusal.reason.clone();
@@ -219,7 +223,7 @@ pub(crate) fn admit(
             }
             let _ = frame::write_frame(
                 &mut io,
-                &[ToWorkerOut::Rejected { reason }],
+                &[Reply::Rejected { reason }],
                 &mut buf,
                 REPLY_LIMIT,
             );
@@ -310,7 +314,7 @@ pub(crate) fn join(
             wire::PROTOCOL
         ));
     }
-    let hello = ToScheduler::Hello {
+    let hello = Hello::Hello {
         worker,
         pid: std::process::id(),
         build: own_build.to_owned(),
@@ -379,8 +383,9 @@ mod tests {
     }
 
     #[test]
-    fn the_hello_and_replies_decode_as_the_messages_workers_and_schedulers_send() {
-        let hello = ToScheduler::Hello {
+    fn the_handshake_keeps_protocol_1_s_encoding_and_refuses_other_messages() {
+        // A batch of one message: its length (1), the variant, the fields.
+        let hello = Hello::Hello {
             worker: 3,
             pid: 42,
             build: "gnu-abc".into(),
@@ -389,33 +394,34 @@ mod tests {
         };
         let body = postcard::to_allocvec(&[hello][..]).unwrap();
         assert!(body.len() < HELLO_LIMIT);
+        assert_eq!(body[..5], [1, 0, 3, 42, 7]);
         let Hello::Hello {
             worker, pid, build, ..
         } = frame::decode_one::<Hello>(&body).unwrap();
         assert_eq!((worker, pid, build.as_str()), (3, 42, "gnu-abc"));
-        for (msg, want) in [
+        for (msg, variant) in [
             (
-                ToWorkerOut::Challenge {
+                Reply::Challenge {
                     nonce: [1; 32],
                     build: "b".into(),
                     protocol: 1,
                 },
-                "Challenge",
+                0,
             ),
-            (ToWorkerOut::Welcome, "Welcome"),
+            (Reply::Welcome, 1),
             (
-                ToWorkerOut::Rejected {
+                Reply::Rejected {
                     reason: "no".into(),
                 },
-                "Rejected",
+                2,
             ),
         ] {
             let body = postcard::to_allocvec(&[msg][..]).unwrap();
-            let got = frame::decode_one::<Reply>(&body).unwrap();
-            assert!(format!("{got:?}").starts_with(want), "{got:?}");
+            assert_eq!(body[..2], [1, variant]);
+            frame::decode_one::<Reply>(&body).unwrap();
         }
-        // Any other message is refused before authentication.
-        let body = postcard::to_allocvec(&[ToScheduler::Handled(vec![1])][..]).unwrap();
+        // Any message of an admitted worker is refused before authentication.
+        let body = postcard::to_allocvec(&[wire::ToScheduler::Handled(vec![1])][..]).unwrap();
         assert!(frame::decode_one::<Hello>(&body).is_err());
     }
 }
