@@ -77,6 +77,16 @@ impl Creations {
         Creations(fd)
     }
 
+    /// How many result files the task process `pid` created since the
+    /// last look.
+    fn results_of(&self, pid: u32) -> usize {
+        let prefix = format!("flowrun-result-{pid}-");
+        self.names()
+            .iter()
+            .filter(|n| n.starts_with(&prefix))
+            .count()
+    }
+
     /// The names of the files created since the last call.
     fn names(&self) -> Vec<String> {
         let mut names = Vec::new();
@@ -125,12 +135,7 @@ fn a_chain_in_one_task_process_takes_each_value_in_memory_and_overwrites_freed_f
     );
     // Nine large results were written; after the first few, over the
     // files of results Dask had released.
-    let prefix = format!("flowrun-result-{pid}-");
-    let created = creations
-        .names()
-        .iter()
-        .filter(|n| n.starts_with(&prefix))
-        .count();
+    let created = creations.results_of(pid);
     assert!(
         (1..=4).contains(&created),
         "{created} result files were created for {} results",
@@ -276,11 +281,6 @@ fn a_result_goes_over_a_file_freed_while_its_task_ran() {
     // its result is ready it is, and the result goes over its file. Only
     // the first two results (the first is the second's input) need new
     // files.
-    let prefix = format!("flowrun-result-{pid}-");
-    let created = creations
-        .names()
-        .iter()
-        .filter(|n| n.starts_with(&prefix))
-        .count();
+    let created = creations.results_of(pid);
     assert_eq!(created, 2, "result files created for {} results", links + 1);
 }
