@@ -1,8 +1,11 @@
 //! What recording the run history costs: 100,000 no-op tasks with history
 //! on and off, interleaved in one process (on/off, then off/on, ...), on the
 //! thread pool and on the local cluster: when the flow call returns, when
-//! its records are committed (the writer works on in the background), and
-//! the CPU time of the process's threads (the cluster's workers excluded).
+//! its records are committed (the writer works on in the background), the
+//! CPU time of the process's threads (the cluster's workers excluded), and
+//! the CPU time of the flow's threads until it returned (the history's
+//! writer excluded: on a loaded machine this varies less than the wall
+//! clock).
 //!
 //! `cargo bench --bench history` runs both; `-- thread` or `-- dask` one;
 //! a second argument sets the task count. Console logging is off
@@ -39,25 +42,53 @@ fn cpu() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
+/// CPU time so far of this process's threads other than the history's
+/// writer: the flow's own threads (those of finished flows included),
+/// whose time a loaded machine stretches less than the wall clock. The
+/// writer's time is read from its `/proc/self/task/*/schedstat`
+/// (nanoseconds on a CPU).
+fn flow_cpu() -> Duration {
+    let mut writer = 0u64;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() != "flowrun-history" {
+                continue;
+            }
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            writer += stat
+                .split_whitespace()
+                .next()
+                .and_then(|ns| ns.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    cpu().saturating_sub(Duration::from_nanos(writer))
+}
+
 /// One flow call: when it returned, when its records were committed (the
-/// writer works on after the flow returns), and the CPU time spent by
-/// then, all threads of this process.
+/// writer works on after the flow returns), the CPU time spent by then,
+/// all threads of this process, and the CPU time of the flow's threads
+/// (all but the writer) until it returned.
 struct Sample {
     returned: Duration,
     committed: Duration,
     cpu: Duration,
+    flow_cpu: Duration,
 }
 
 fn timed(on: bool, home: &Path, run: &impl Fn() -> u64) -> Sample {
     flowrun::history::set_recording(on);
-    let (started, cpu0) = (Instant::now(), cpu());
+    let (started, cpu0, flow0) = (Instant::now(), cpu(), flow_cpu());
     run();
     let returned = started.elapsed();
+    let flow_cpu = flow_cpu().saturating_sub(flow0);
     flowrun::history::flush(home);
     Sample {
         returned,
         committed: started.elapsed(),
         cpu: cpu() - cpu0,
+        flow_cpu,
     }
 }
 
@@ -89,6 +120,7 @@ fn compare(label: &str, n: u64, rounds: usize, home: &Path, run: impl Fn() -> u6
     line("flow returned", |s| s.returned);
     line("records committed", |s| s.committed);
     line("CPU time", |s| s.cpu);
+    line("flow threads' CPU", |s| s.flow_cpu);
     println!("{label:<20} (medians of {rounds} rounds, on and off interleaved)");
 }
 
