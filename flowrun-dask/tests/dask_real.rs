@@ -535,13 +535,16 @@ const LEFT_BEHIND: &str = "(len(s.tasks), \
 #[test]
 fn a_flow_of_ten_thousand_tasks_leaves_nothing_on_a_long_lived_scheduler() {
     let _t = begin("a_flow_of_ten_thousand_tasks_leaves_nothing_on_a_long_lived_scheduler");
-    // Dask's transition log keeps the last 100,000 transitions (some five
-    // per task) by default; a short one lets the first flow fill it, so
-    // that what the second flow adds is only what a flow leaves behind.
-    const LOG: &str = "DASK_DISTRIBUTED__SCHEDULER__TRANSITION_LOG_LENGTH";
-    std::env::set_var(LOG, "1000");
+    // Dask keeps its last transitions (100,000 by default, some five per
+    // task) and, per worker connection, its last 1,000 message batches
+    // (compute-task messages hold a task's whole spec: as many tasks as the
+    // batches were long, which varies with the load). One setting bounds
+    // both; short, the first flow fills them, so that what the second flow
+    // adds is only what a flow leaves behind.
+    const LOGS: &str = "DASK_DISTRIBUTED__ADMIN__LOW_LEVEL_LOG_LENGTH";
+    std::env::set_var(LOGS, "10");
     let cluster = Cluster::start(&[WorkerSpec::threads(2), WorkerSpec::threads(2)]);
-    std::env::remove_var(LOG);
+    std::env::remove_var(LOGS);
     let nothing = "(0, [], [])";
     let n = 10_000;
     let flow = || {
