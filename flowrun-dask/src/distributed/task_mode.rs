@@ -1105,8 +1105,8 @@ mod tests {
 
     #[test]
     fn a_large_byte_string_file_part_is_read_as_the_value_and_anything_else_is_mapped() {
-        let dir = std::env::temp_dir().join(format!("flowrun-bytes-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let value: Vec<u8> = (0..format::LARGE as u32 + 300).map(|i| i as u8).collect();
         let bytes_file = dir.join("bytes");
         let frame = format::result_frame(&flowrun_core::encode_value(&value).unwrap());
@@ -1145,13 +1145,12 @@ mod tests {
         std::fs::write(&bytes_file, &cut).unwrap();
         let part = read_file_part(&bytes_file).unwrap();
         assert_eq!(part.bytes(), &cut[..]);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_large_request_maps_its_file_parts_and_deletes_only_its_own() {
-        let dir = std::env::temp_dir().join(format!("flowrun-request-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let (own, held) = (dir.join("own"), dir.join("held"));
         std::fs::write(&own, b"written for this request").unwrap();
         std::fs::write(&held, b"a result the worker holds").unwrap();
@@ -1217,7 +1216,6 @@ mod tests {
         let mut rest = Vec::new();
         requests.read_to_end(&mut rest).unwrap();
         assert_eq!(rest, b"next");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A large request of the given parts, as the runner writes it.
@@ -1233,8 +1231,8 @@ mod tests {
 
     #[test]
     fn a_held_part_named_as_the_kept_result_takes_it_without_a_read() {
-        let dir = std::env::temp_dir().join(format!("flowrun-kept-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let value: Vec<u8> = (0..format::LARGE as u32 + 7).map(|i| i as u8).collect();
         let in_file = vec![9u8; format::LARGE + 1];
         let file = dir.join("held");
@@ -1272,13 +1270,12 @@ mod tests {
             })
             .collect();
         assert_eq!(values, [value, in_file.clone(), in_file]);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_result_written_over_a_spare_file_replaces_all_of_it() {
-        let dir = std::env::temp_dir().join(format!("flowrun-spare-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let path = dir.join("spare");
         std::fs::write(&path, vec![0xaau8; 3 * format::LARGE]).unwrap();
         let held = Held::new(vec![5u8; format::LARGE]);
@@ -1291,13 +1288,12 @@ mod tests {
         // Each write has a name of its own, also over the same file.
         let (second, _) = write_spare(open_spare(&path).unwrap(), |f| held.encode_into(f)).unwrap();
         assert_ne!(first, second);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_large_result_offered_no_spare_asks_for_one_and_goes_over_it() {
-        let dir = std::env::temp_dir().join(format!("flowrun-ask-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let spare = dir.join("spare");
         std::fs::write(&spare, vec![0xaau8; 2 * format::LARGE]).unwrap();
         // The runner's answer, waiting on the request pipe.
@@ -1327,7 +1323,6 @@ mod tests {
         // No new result file was made.
         let made = std::fs::read_dir(&dir).unwrap().count();
         assert_eq!(made, 3, "spare, requests and replies only");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
