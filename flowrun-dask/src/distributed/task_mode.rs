@@ -1309,7 +1309,7 @@ mod tests {
             file: None,
             ask: Some(&mut requests),
         };
-        let sent = send_result(&replies, Some(&dir), &Held::new(value.clone()), asking)
+        let sent = send_result(&replies, Some(dir), &Held::new(value.clone()), asking)
             .unwrap()
             .unwrap();
         let replied = std::fs::read(dir.join("replies")).unwrap();
@@ -1321,7 +1321,7 @@ mod tests {
         let frame = format::result_frame(&flowrun_core::encode_value(&value).unwrap());
         assert_eq!(std::fs::read(&spare).unwrap(), frame);
         // No new result file was made.
-        let made = std::fs::read_dir(&dir).unwrap().count();
+        let made = std::fs::read_dir(dir).unwrap().count();
         assert_eq!(made, 3, "spare, requests and replies only");
     }
 
