@@ -163,28 +163,43 @@ impl Drop for HomeGuard {
 pub struct TempHome {
     // Dropped first: the thread stops using the folder before it goes.
     _guard: HomeGuard,
-    dir: tempfile::TempDir,
+    path: PathBuf,
+    /// `None` in a cluster's worker process (see [`temp_home`]).
+    _dir: Option<tempfile::TempDir>,
 }
 
 /// A fresh temporary home for flow runs started on this thread.
 ///
+/// In a local cluster's worker process, which runs the program's code up
+/// to the flow call too but never records and never returns to drop it,
+/// no folder is made (there would be one left behind per worker).
+///
 /// # Panics
 /// When no temporary folder can be created.
 pub fn temp_home() -> TempHome {
+    if flowrun_core::worker::is_worker() {
+        let path = std::env::temp_dir().join(format!("flowrun-home-worker-{}", std::process::id()));
+        return TempHome {
+            _guard: use_home(&path),
+            path,
+            _dir: None,
+        };
+    }
     let dir = tempfile::Builder::new()
         .prefix("flowrun-home-")
         .tempdir()
         .expect("cannot create a temporary folder for a flowrun home");
     TempHome {
         _guard: use_home(dir.path()),
-        dir,
+        path: dir.path().to_owned(),
+        _dir: Some(dir),
     }
 }
 
 impl TempHome {
     /// The home folder.
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.path
     }
 
     /// Waits until this process's records in this home are committed.
