@@ -3,7 +3,8 @@
 //! processes and task-mode processes on Dask workers both start it this way.
 //!
 //! It runs with the same arguments. Inside a `cargo test` binary the program
-//! is the test harness: it runs only the current test (`--exact <name>`),
+//! is the test harness: it runs only the current test (`--exact <name>`,
+//! ignored or not),
 //! whose flow call diverts it the same way. The current test is the calling
 //! thread's name when that names a test; from a thread the test started
 //! (named or not, a tokio worker, `spawn_blocking`), it is the test whose
@@ -37,9 +38,17 @@ pub(crate) fn worker_command(program: Option<&Path>) -> Result<(PathBuf, Vec<OsS
             .into_iter()
             .map(OsString::from)
             .chain(
-                ["--exact", "--nocapture", "--test-threads=1", "-q"]
-                    .into_iter()
-                    .map(OsString::from),
+                // `--include-ignored`: an `#[ignore]` test, run with
+                // `-- --ignored`, is run by its workers too.
+                [
+                    "--exact",
+                    "--include-ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                    "-q",
+                ]
+                .into_iter()
+                .map(OsString::from),
             )
             .collect()
     };
