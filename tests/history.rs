@@ -592,6 +592,45 @@ fn child_flow() {
     println!("FLOW OK");
 }
 
+/// Runs a flow on a local cluster under a temporary home, in a process of
+/// its own (whose `TMPDIR` the caller chooses).
+#[test]
+#[ignore = "run as a child process by the other tests"]
+fn child_on_cluster_with_temp_home() {
+    let home = flowrun::history::temp_home();
+    assert_eq!(on_cluster(3).unwrap(), 3);
+    home.flush();
+    println!("FLOW OK");
+}
+
+#[test]
+fn a_temporary_home_used_with_a_local_cluster_leaves_no_folder() {
+    // The cluster's workers run the test up to the flow call too, and
+    // never return to drop what they made there.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "child_on_cluster_with_temp_home",
+            "--nocapture",
+        ])
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && text(&out).contains("FLOW OK"),
+        "{}",
+        text(&out)
+    );
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("flowrun-home-"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
 fn child_command(home: &Path, n: u64, env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args(["--ignored", "--exact", "child_flow", "--nocapture"])
