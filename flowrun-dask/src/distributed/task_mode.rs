@@ -1272,12 +1272,17 @@ mod tests {
         assert_eq!(values, [value, in_file.clone(), in_file]);
     }
 
+    /// A freed result file: `len` bytes of an older value.
+    fn stale_spare(dir: &Path, len: usize) -> PathBuf {
+        let path = dir.join("spare");
+        std::fs::write(&path, vec![0xaau8; len]).unwrap();
+        path
+    }
+
     #[test]
     fn a_result_written_over_a_spare_file_replaces_all_of_it() {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path();
-        let path = dir.join("spare");
-        std::fs::write(&path, vec![0xaau8; 3 * format::LARGE]).unwrap();
+        let path = stale_spare(tmp.path(), 3 * format::LARGE);
         let held = Held::new(vec![5u8; format::LARGE]);
         let (first, len) =
             write_spare(open_spare(&path).unwrap(), |f| held.encode_into(f)).unwrap();
@@ -1294,8 +1299,7 @@ mod tests {
     fn a_large_result_offered_no_spare_asks_for_one_and_goes_over_it() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let spare = dir.join("spare");
-        std::fs::write(&spare, vec![0xaau8; 2 * format::LARGE]).unwrap();
+        let spare = stale_spare(dir, 2 * format::LARGE);
         // The runner's answer, waiting on the request pipe.
         let mut answer = Vec::new();
         let path = spare.as_os_str().as_bytes();
