@@ -655,12 +655,11 @@ fn send_result(
     replies: &Replies,
     shared: Option<&Path>,
     held: &Held,
-    spare: Spare<'_>,
+    mut spare: Spare<'_>,
 ) -> std::io::Result<Option<(Vec<u8>, u64)>> {
     let known_large = held
         .encoded_len()
         .is_some_and(|len| len >= format::LARGE as u64);
-    let mut spare = spare;
     if let Some(dir) = shared.filter(|_| known_large) {
         if let Some(sent) = write_out(replies, dir, &mut spare, |f| held.encode_into(f))? {
             return Ok(sent);
