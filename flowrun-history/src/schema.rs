@@ -134,9 +134,12 @@ pub fn open(home: &Path) -> Result<Connection, HistoryError> {
     conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
     // WAL lets readers (the `flowrun` command) read while flows write;
     // NORMAL syncs at checkpoints only, which WAL keeps consistent on a crash.
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-        .map_err(db_err)?;
+    // Switching a new database to WAL needs it to itself for a moment, and
+    // SQLite reports "database is locked" at once, without its busy
+    // timeout, when another process starting on the same fresh home has it.
+    let mode: String =
+        crate::writer::with_retries(|| conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)))
+            .map_err(db_err)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(HistoryError::Unsupported {
             path,
