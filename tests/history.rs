@@ -675,6 +675,10 @@ fn an_unwritable_home_warns_once_and_the_flow_runs() {
     std::fs::write(&file, "not a folder").unwrap();
     let out = child(&file.join("home"), 20, &[]);
     assert_ran_unrecorded(&out, "cannot be used: Not a directory");
+    // A console that shows warnings only shows this one too (the flow
+    // asks whether INFO is on before it, which once hid it).
+    let out = child(&file.join("home"), 20, &[("FLOWRUN_LOG", "warn")]);
+    assert_ran_unrecorded(&out, "cannot be used: Not a directory");
 }
 
 #[test]

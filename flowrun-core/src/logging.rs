@@ -22,8 +22,9 @@ use std::fmt;
 use std::io::{IsTerminal, Write as _};
 use std::sync::OnceLock;
 
+use tracing::subscriber::Interest;
 use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::layer::{Context as LayerContext, Layer};
+use tracing_subscriber::layer::{Context as LayerContext, Filter, Layer};
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
 
@@ -128,7 +129,7 @@ pub fn init() {
             let layer = ConsoleLayer::new(
                 std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
             );
-            Some(layer.with_filter(filter))
+            Some(layer.with_filter(Fresh(filter)))
         };
         if console.is_none() && tap.is_none() {
             return;
@@ -189,7 +190,71 @@ impl TapLayer {
         let filter = tracing_subscriber::filter::Targets::new()
             .with_default(Level::INFO)
             .with_target("flowrun_core::flow", Level::WARN);
-        (!taps.is_empty()).then(|| TapLayer { taps }.with_filter(filter))
+        (!taps.is_empty()).then(|| TapLayer { taps }.with_filter(Fresh(filter)))
+    }
+}
+
+/// A per-layer filter whose verdict is asked afresh at every event.
+///
+/// `tracing-subscriber` hands each per-layer filter's verdict from
+/// `enabled` to its layer through a thread-local. A callsite every filter
+/// accepts is cached as always wanted, and its events skip `enabled`, so
+/// the layer reads whatever verdict the last question on that thread left:
+/// after `tracing::enabled!(Level::INFO)` with a console showing WARN and
+/// up, the next warning never reached the console (tokio-rs/tracing#2519).
+/// Capping the callsite's interest at "sometimes" has every event asked.
+struct Fresh<F>(F);
+
+impl<S, F: Filter<S>> Filter<S> for Fresh<F> {
+    fn enabled(&self, meta: &tracing::Metadata<'_>, cx: &LayerContext<'_, S>) -> bool {
+        self.0.enabled(meta, cx)
+    }
+
+    fn callsite_enabled(&self, meta: &'static tracing::Metadata<'static>) -> Interest {
+        let interest = self.0.callsite_enabled(meta);
+        if interest.is_always() {
+            Interest::sometimes()
+        } else {
+            interest
+        }
+    }
+
+    fn event_enabled(&self, event: &Event<'_>, cx: &LayerContext<'_, S>) -> bool {
+        self.0.event_enabled(event, cx)
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        self.0.max_level_hint()
+    }
+
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        cx: LayerContext<'_, S>,
+    ) {
+        self.0.on_new_span(attrs, id, cx)
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        cx: LayerContext<'_, S>,
+    ) {
+        self.0.on_record(id, values, cx)
+    }
+
+    fn on_enter(&self, id: &tracing::span::Id, cx: LayerContext<'_, S>) {
+        self.0.on_enter(id, cx)
+    }
+
+    fn on_exit(&self, id: &tracing::span::Id, cx: LayerContext<'_, S>) {
+        self.0.on_exit(id, cx)
+    }
+
+    fn on_close(&self, id: tracing::span::Id, cx: LayerContext<'_, S>) {
+        self.0.on_close(id, cx)
     }
 }
 

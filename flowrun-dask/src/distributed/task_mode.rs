@@ -997,14 +997,14 @@ fn install_log_forwarding(sink: Sink) {
     }
     let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The filter filters the whole subscriber, not one layer: a per-layer
+    // filter's verdict can go stale (see flowrun_core::logging).
     let _ = tracing_subscriber::registry()
-        .with(
-            Forward {
-                sink,
-                level: LevelFilter::TRACE,
-            }
-            .with_filter(filter),
-        )
+        .with(filter)
+        .with(Forward {
+            sink,
+            level: LevelFilter::TRACE,
+        })
         .try_init();
 }
 

@@ -612,7 +612,9 @@ fn log_forwarding(out: Sender<Outgoing>) -> Option<tracing::Dispatch> {
     let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     Some(tracing::Dispatch::new(
-        tracing_subscriber::registry().with(Forward { out }.with_filter(filter)),
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(Forward { out }),
     ))
 }
 
