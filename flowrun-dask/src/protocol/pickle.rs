@@ -67,59 +67,34 @@ impl PickleValue {
     }
 }
 
-mod op {
-    pub(super) const PROTO: u8 = 0x80;
-    pub(super) const FRAME: u8 = 0x95;
-    pub(super) const STOP: u8 = b'.';
-    pub(super) const MARK: u8 = b'(';
-    pub(super) const POP: u8 = b'0';
-    pub(super) const POP_MARK: u8 = b'1';
-    pub(super) const DUP: u8 = b'2';
-    pub(super) const NONE: u8 = b'N';
-    pub(super) const NEWTRUE: u8 = 0x88;
-    pub(super) const NEWFALSE: u8 = 0x89;
-    pub(super) const BININT: u8 = b'J';
-    pub(super) const BININT1: u8 = b'K';
-    pub(super) const BININT2: u8 = b'M';
-    pub(super) const LONG1: u8 = 0x8a;
-    pub(super) const LONG4: u8 = 0x8b;
-    pub(super) const BINFLOAT: u8 = b'G';
-    pub(super) const SHORT_BINUNICODE: u8 = 0x8c;
-    pub(super) const BINUNICODE: u8 = b'X';
-    pub(super) const BINUNICODE8: u8 = 0x8d;
-    pub(super) const SHORT_BINBYTES: u8 = b'C';
-    pub(super) const BINBYTES: u8 = b'B';
-    pub(super) const BINBYTES8: u8 = 0x8e;
-    pub(super) const BYTEARRAY8: u8 = 0x96;
-    pub(super) const SHORT_BINSTRING: u8 = b'U';
-    pub(super) const BINSTRING: u8 = b'T';
-    pub(super) const EMPTY_TUPLE: u8 = b')';
-    pub(super) const TUPLE1: u8 = 0x85;
-    pub(super) const TUPLE2: u8 = 0x86;
-    pub(super) const TUPLE3: u8 = 0x87;
-    pub(super) const TUPLE: u8 = b't';
-    pub(super) const EMPTY_LIST: u8 = b']';
-    pub(super) const LIST: u8 = b'l';
-    pub(super) const APPEND: u8 = b'a';
-    pub(super) const APPENDS: u8 = b'e';
-    pub(super) const EMPTY_DICT: u8 = b'}';
-    pub(super) const DICT: u8 = b'd';
-    pub(super) const SETITEM: u8 = b's';
-    pub(super) const SETITEMS: u8 = b'u';
-    pub(super) const EMPTY_SET: u8 = 0x8f;
-    pub(super) const ADDITEMS: u8 = 0x90;
-    pub(super) const FROZENSET: u8 = 0x91;
-    pub(super) const GLOBAL: u8 = b'c';
-    pub(super) const STACK_GLOBAL: u8 = 0x93;
-    pub(super) const REDUCE: u8 = b'R';
-    pub(super) const NEWOBJ: u8 = 0x81;
-    pub(super) const NEWOBJ_EX: u8 = 0x92;
-    pub(super) const BUILD: u8 = b'b';
-    pub(super) const MEMOIZE: u8 = 0x94;
-    pub(super) const BINPUT: u8 = b'q';
-    pub(super) const LONG_BINPUT: u8 = b'r';
-    pub(super) const BINGET: u8 = b'h';
-    pub(super) const LONG_BINGET: u8 = b'j';
+/// Declares each opcode as a `u8` constant of the module `op`.
+macro_rules! opcodes {
+    ($($name:ident = $byte:expr),* $(,)?) => {
+        mod op {
+            $(pub(super) const $name: u8 = $byte;)*
+        }
+    };
+}
+
+opcodes! {
+    // Framing and the stack.
+    PROTO = 0x80, FRAME = 0x95, STOP = b'.', MARK = b'(', POP = b'0', POP_MARK = b'1', DUP = b'2',
+    // Scalars.
+    NONE = b'N', NEWTRUE = 0x88, NEWFALSE = 0x89, BINFLOAT = b'G',
+    BININT = b'J', BININT1 = b'K', BININT2 = b'M', LONG1 = 0x8a, LONG4 = 0x8b,
+    // Text and bytes, by the width of their length.
+    SHORT_BINUNICODE = 0x8c, BINUNICODE = b'X', BINUNICODE8 = 0x8d,
+    SHORT_BINBYTES = b'C', BINBYTES = b'B', BINBYTES8 = 0x8e, BYTEARRAY8 = 0x96,
+    SHORT_BINSTRING = b'U', BINSTRING = b'T',
+    // Containers.
+    EMPTY_TUPLE = b')', TUPLE1 = 0x85, TUPLE2 = 0x86, TUPLE3 = 0x87, TUPLE = b't',
+    EMPTY_LIST = b']', LIST = b'l', APPEND = b'a', APPENDS = b'e',
+    EMPTY_DICT = b'}', DICT = b'd', SETITEM = b's', SETITEMS = b'u',
+    EMPTY_SET = 0x8f, ADDITEMS = 0x90, FROZENSET = 0x91,
+    // Objects.
+    GLOBAL = b'c', STACK_GLOBAL = 0x93, REDUCE = b'R', NEWOBJ = 0x81, NEWOBJ_EX = 0x92, BUILD = b'b',
+    // The memo.
+    MEMOIZE = 0x94, BINPUT = b'q', LONG_BINPUT = b'r', BINGET = b'h', LONG_BINGET = b'j',
 }
 
 /// Serialises `value` as a protocol-4 pickle.
