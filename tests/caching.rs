@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
 use flowrun::cache::{CacheKeyContext, CachePolicy, Lookup, ResultStorage};
-use flowrun::{flow, task, TaskOptions};
+use flowrun::{flow, task, TaskFuture, TaskOptions};
 
 fn dir() -> tempfile::TempDir {
     common::console_lines();
@@ -40,6 +40,25 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// A run's value and the name of the state it ended in (`Cached` on a hit).
+fn outcome<T: Clone + Send + 'static>(f: TaskFuture<T>) -> (T, String) {
+    (f.result().unwrap(), f.state().name().to_owned())
+}
+
+/// The name of the state a run ends in.
+fn final_state<T: Send + 'static>(f: TaskFuture<T>) -> String {
+    f.wait();
+    f.state().name().to_owned()
+}
+
+/// The value persisted under `key` in `dir`.
+fn persisted<T: serde::de::DeserializeOwned>(dir: &Path, key: &str) -> T {
+    let Lookup::Hit(bytes) = ResultStorage::new(dir).read(key) else {
+        panic!("no result file {key} in {:?}", files(dir))
+    };
+    flowrun::runner::decode_value(&bytes).unwrap()
+}
+
 fn warnings_with(text: &str, run: &str) -> usize {
     let lines = common::console_lines();
     let lines = lines.lock().unwrap();
@@ -47,6 +66,21 @@ fn warnings_with(text: &str, run: &str) -> usize {
         .iter()
         .filter(|l| l.contains(text) && l.contains(run))
         .count()
+}
+
+/// Declares the static counter `$count` and a task `$name(x: u64) -> u64`
+/// with the given attributes that counts its executions there and returns
+/// `x`: the tests below differ only in the task's options.
+macro_rules! counting_task {
+    ($count:ident, $(#[$attr:meta])* fn $name:ident) => {
+        static $count: AtomicUsize = AtomicUsize::new(0);
+
+        $(#[$attr])*
+        fn $name(x: u64) -> u64 {
+            $count.fetch_add(1, SeqCst);
+            x
+        }
+    };
 }
 
 // ---------------------------------------------------------------- policies
@@ -63,12 +97,7 @@ fn square(x: u64) -> u64 {
 #[flow]
 fn squares(dir: PathBuf, xs: Vec<u64>) -> Vec<(u64, String)> {
     let task = square.with_options(at(&dir));
-    xs.into_iter()
-        .map(|x| {
-            let f = task.submit(x);
-            (f.result().unwrap(), f.state().name().to_owned())
-        })
-        .collect()
+    xs.into_iter().map(|x| outcome(task.submit(x))).collect()
 }
 
 #[test]
@@ -136,14 +165,12 @@ fn the_default_policy_caches_within_a_flow_run_only() {
     assert_eq!(DEFAULTS.load(SeqCst), 4);
 }
 
-static RUN_IDS: AtomicUsize = AtomicUsize::new(0);
-
-/// `RUN_ID` alone: one result per flow run, whatever the inputs.
-#[task(cache_policy = RUN_ID)]
-fn per_run(x: u64) -> u64 {
-    RUN_IDS.fetch_add(1, SeqCst);
-    x
-}
+counting_task!(
+    RUN_IDS,
+    /// `RUN_ID` alone: one result per flow run, whatever the inputs.
+    #[task(cache_policy = RUN_ID)]
+    fn per_run
+);
 
 #[flow]
 fn per_run_flow(dir: PathBuf) -> (u64, u64) {
@@ -172,8 +199,7 @@ fn by_parameters(x: u64) -> u64 {
 
 #[flow]
 fn parameterised(dir: PathBuf, _p: u32, x: u64) -> (u64, String) {
-    let f = by_parameters.with_options(at(&dir)).submit(x);
-    (f.result().unwrap(), f.state().name().to_owned())
+    outcome(by_parameters.with_options(at(&dir)).submit(x))
 }
 
 #[test]
@@ -193,13 +219,11 @@ fn flow_parameters_policy_keys_on_the_flow_runs_parameters() {
     assert_eq!(PARAMS.load(SeqCst), 3, "another x is another parameter too");
 }
 
-static POLICY_VALUES: AtomicUsize = AtomicUsize::new(0);
-
-#[task]
-fn policy_per_call(x: u64) -> u64 {
-    POLICY_VALUES.fetch_add(1, SeqCst);
-    x
-}
+counting_task!(
+    POLICY_VALUES,
+    #[task]
+    fn policy_per_call
+);
 
 #[flow]
 fn with_policy(dir: PathBuf, policy: String, x: u64) -> String {
@@ -208,11 +232,11 @@ fn with_policy(dir: PathBuf, policy: String, x: u64) -> String {
         "none" => CachePolicy::NONE,
         _ => CachePolicy::INPUTS + CachePolicy::RUN_ID,
     };
-    let f = policy_per_call
-        .with_options(at(&dir).cache_policy(policy))
-        .submit(x);
-    f.wait();
-    f.state().name().to_owned()
+    final_state(
+        policy_per_call
+            .with_options(at(&dir).cache_policy(policy))
+            .submit(x),
+    )
 }
 
 #[test]
@@ -287,13 +311,7 @@ fn greet(name: String) -> String {
 #[flow]
 fn greetings(dir: PathBuf, names: Vec<String>) -> Vec<(String, String)> {
     let task = greet.with_options(at(&dir));
-    names
-        .into_iter()
-        .map(|n| {
-            let f = task.submit(n);
-            (f.result().unwrap(), f.state().name().to_owned())
-        })
-        .collect()
+    names.into_iter().map(|n| outcome(task.submit(n))).collect()
 }
 
 #[test]
@@ -316,19 +334,15 @@ fn cache_key_fn_decides_the_key_and_none_means_not_cached() {
     assert_eq!(GREETINGS.load(SeqCst), 3);
 }
 
-static EXPIRING: AtomicUsize = AtomicUsize::new(0);
-
-#[task(cache_policy = INPUTS, cache_expiration = 0.4)]
-fn expiring(x: u64) -> u64 {
-    EXPIRING.fetch_add(1, SeqCst);
-    x
-}
+counting_task!(
+    EXPIRING,
+    #[task(cache_policy = INPUTS, cache_expiration = 0.4)]
+    fn expiring
+);
 
 #[flow]
 fn expiring_flow(dir: PathBuf) -> String {
-    let f = expiring.with_options(at(&dir)).submit(7);
-    f.wait();
-    f.state().name().to_owned()
+    final_state(expiring.with_options(at(&dir)).submit(7))
 }
 
 #[test]
@@ -352,10 +366,11 @@ fn counted(_x: u64) -> usize {
 
 #[flow]
 fn refreshing(dir: PathBuf, refresh: bool) -> (usize, String) {
-    let f = counted
-        .with_options(at(&dir).refresh_cache(refresh))
-        .submit(1);
-    (f.result().unwrap(), f.state().name().to_owned())
+    outcome(
+        counted
+            .with_options(at(&dir).refresh_cache(refresh))
+            .submit(1),
+    )
 }
 
 #[test]
@@ -399,8 +414,7 @@ fn stubborn(tag: String, value: Stubborn) -> bool {
 
 #[flow]
 fn stubborn_flow(dir: PathBuf, tag: String, ok: bool) -> (bool, String) {
-    let f = stubborn.with_options(at(&dir)).submit(tag, Stubborn(ok));
-    (f.result().unwrap(), f.state().name().to_owned())
+    outcome(stubborn.with_options(at(&dir)).submit(tag, Stubborn(ok)))
 }
 
 #[test]
@@ -554,11 +568,10 @@ fn kept(words: Vec<String>) -> Vec<String> {
 
 #[flow]
 fn keeping(dir: PathBuf) -> String {
-    let f = kept
-        .with_options(at(&dir))
-        .submit(vec!["a".to_owned(), "b".to_owned()]);
-    f.wait();
-    f.state().name().to_owned()
+    final_state(
+        kept.with_options(at(&dir))
+            .submit(vec!["a".to_owned(), "b".to_owned()]),
+    )
 }
 
 #[test]
@@ -566,29 +579,23 @@ fn persist_result_writes_the_result_in_its_codec_under_the_key_template() {
     let d = dir();
     assert_eq!(keeping(d.path().into()).unwrap(), "Completed");
     assert_eq!(keeping(d.path().into()).unwrap(), "Completed", "not cached");
-    let storage = ResultStorage::new(d.path());
-    let Lookup::Hit(bytes) = storage.read("keeping-kept-0") else {
-        panic!("no file keeping-kept-0 in {:?}", files(d.path()))
-    };
-    let value: Vec<String> = flowrun::runner::decode_value(&bytes).unwrap();
+    let value: Vec<String> = persisted(d.path(), "keeping-kept-0");
     assert_eq!(value, ["b", "a"]);
 }
 
-static NOT_PERSISTED: AtomicUsize = AtomicUsize::new(0);
-
-#[task(cache_policy = INPUTS)]
-fn maybe_persisted(x: u64) -> u64 {
-    NOT_PERSISTED.fetch_add(1, SeqCst);
-    x
-}
+counting_task!(
+    NOT_PERSISTED,
+    #[task(cache_policy = INPUTS)]
+    fn maybe_persisted
+);
 
 #[flow]
 fn not_persisting(dir: PathBuf) -> String {
-    let f = maybe_persisted
-        .with_options(at(&dir).persist_result(false))
-        .submit(1);
-    f.wait();
-    f.state().name().to_owned()
+    final_state(
+        maybe_persisted
+            .with_options(at(&dir).persist_result(false))
+            .submit(1),
+    )
 }
 
 #[test]
@@ -692,11 +699,7 @@ fn result_storage_key_names_files_after_the_runs_parameters() {
         .map(|p| p.file_name().unwrap().to_str().unwrap().to_owned())
         .collect();
     assert_eq!(names, ["report-monday-2-report", "report-tue-3-report"]);
-    let storage = ResultStorage::new(d.path());
-    let Lookup::Hit(bytes) = storage.read("report-monday-2-report") else {
-        panic!("no report-monday-2-report")
-    };
-    assert_eq!(flowrun::runner::decode_value::<u64>(&bytes).unwrap(), 12);
+    assert_eq!(persisted::<u64>(d.path(), "report-monday-2-report"), 12);
     // The files are where the next flow run's lookups find them.
     assert_eq!(
         reports(d.path().into()).unwrap(),
@@ -841,19 +844,10 @@ fn a_direct_call_shares_the_key_of_a_submitted_run_and_returns_ok_on_a_hit() {
     assert_eq!(files(d.path()).len(), 1, "a failure is not persisted");
 }
 
-#[task(
-    persist_result = true,
-    cache_policy = NONE,
-    result_storage_key = "direct-{flow_run.name}"
-)]
-fn kept_direct(words: Vec<String>) -> Vec<String> {
-    words.into_iter().rev().collect()
-}
-
 #[flow]
 fn keeping_direct(dir: PathBuf) -> String {
-    let value = kept_direct
-        .with_options(at(&dir))
+    let value = kept
+        .with_options(at(&dir).result_storage_key("direct-{flow_run.name}"))
         .call(vec!["a".into(), "b".into()]);
     assert_eq!(value, ["b", "a"]);
     format!("direct-{}", flowrun::current_flow_run_name().unwrap())
@@ -863,12 +857,9 @@ fn keeping_direct(dir: PathBuf) -> String {
 fn a_direct_call_with_persist_result_writes_its_result() {
     let d = dir();
     let file = keeping_direct(d.path().into()).unwrap();
-    let storage = ResultStorage::new(d.path());
-    let Lookup::Hit(bytes) = storage.read(&file) else {
-        panic!("no result file {file} in {:?}", files(d.path()))
-    };
-    let value: Vec<String> = flowrun::runner::decode_value(&bytes).unwrap();
+    let value: Vec<String> = persisted(d.path(), &file);
     assert_eq!(value, ["b", "a"]);
+    let storage = ResultStorage::new(d.path());
     assert_eq!(storage.info(&file).unwrap().writer_pid, std::process::id());
 }
 
@@ -932,13 +923,11 @@ async fn async_direct_calls_are_cached_too() {
 
 // ------------------------------------------------------------- run history
 
-static RECORDED: AtomicUsize = AtomicUsize::new(0);
-
-#[task(cache_policy = INPUTS)]
-fn recorded(x: u64) -> u64 {
-    RECORDED.fetch_add(1, SeqCst);
-    x
-}
+counting_task!(
+    RECORDED,
+    #[task(cache_policy = INPUTS)]
+    fn recorded
+);
 
 #[flow]
 fn recorded_flow(dir: PathBuf) -> u64 {
@@ -1001,12 +990,9 @@ mod cluster {
     fn a_worker_writes_the_results_it_makes() {
         let dir = common::scratch("cache-cluster-writer");
         let name = pid_on_cluster(dir.clone()).unwrap();
-        let storage = ResultStorage::new(&dir);
         let file = format!("pid-{name}");
-        let Lookup::Hit(bytes) = storage.read(&file) else {
-            panic!("no result file {file} in {:?}", files(&dir))
-        };
-        let worker: u32 = flowrun::runner::decode_value(&bytes).unwrap();
+        let worker: u32 = persisted(&dir, &file);
+        let storage = ResultStorage::new(&dir);
         assert_ne!(worker, std::process::id(), "the task ran in a worker");
         assert_eq!(
             storage.info(&file).unwrap().writer_pid,
