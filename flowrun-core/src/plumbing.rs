@@ -86,6 +86,24 @@ macro_rules! run_event_enabled {
     }};
 }
 
+/// Builder setters, one a line: `pub fn name(arg: Type) => field = value;`
+/// becomes `pub fn name(mut self, arg: Type) -> Self` that stores `value`
+/// in `self.field` (a path such as `results.persist` also works) and
+/// returns `self`. Attributes and docs before a line go on its setter. For
+/// the options types of flowrun's crates, so that each setter is written
+/// once as what it stores.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __setters {
+    ($($(#[$meta:meta])* $vis:vis fn $name:ident($arg:ident: $ty:ty) => $($field:ident).+ = $value:expr;)*) => {$(
+        $(#[$meta])*
+        $vis fn $name(mut self, $arg: $ty) -> Self {
+            self.$($field).+ = $value;
+            self
+        }
+    )*};
+}
+
 /// A log level as one byte on the wire: 0 (error) to 4 (trace).
 pub fn level_code(level: Level) -> u8 {
     match level {

@@ -100,14 +100,25 @@ pub fn print_to_run(forced: bool, stream: PrintStream, newline: bool, args: fmt:
     }
 }
 
+/// What the four print macros below expand to: `print_to_run` on `$stream`,
+/// with a newline if `$newline`, of the format arguments after the `;`.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! __run_print_to {
+    ($stream:ident, $newline:literal;) => {
+        $crate::__run_print_to!($stream, $newline; "")
+    };
+    ($stream:ident, $newline:literal; $($arg:tt)+) => {
+        $crate::prints::print_to_run(false, $crate::prints::PrintStream::$stream, $newline, ::core::format_args!($($arg)+))
+    };
+}
+
 /// Like `std::print!`, but logged as a line of the current run (see the
 /// [module docs](self)).
 #[macro_export]
 #[doc(hidden)]
 macro_rules! __run_print {
-    ($($arg:tt)*) => {
-        $crate::prints::print_to_run(false, $crate::prints::PrintStream::Stdout, false, ::core::format_args!($($arg)*))
-    };
+    ($($arg:tt)*) => { $crate::__run_print_to!(Stdout, false; $($arg)*) };
 }
 
 /// Like `std::println!`, but logged as a line of the current run (see the
@@ -115,12 +126,7 @@ macro_rules! __run_print {
 #[macro_export]
 #[doc(hidden)]
 macro_rules! __run_println {
-    () => {
-        $crate::prints::print_to_run(false, $crate::prints::PrintStream::Stdout, true, ::core::format_args!(""))
-    };
-    ($($arg:tt)*) => {
-        $crate::prints::print_to_run(false, $crate::prints::PrintStream::Stdout, true, ::core::format_args!($($arg)*))
-    };
+    ($($arg:tt)*) => { $crate::__run_print_to!(Stdout, true; $($arg)*) };
 }
 
 /// Like `std::eprint!`, but logged as a line of the current run (see the
@@ -128,9 +134,7 @@ macro_rules! __run_println {
 #[macro_export]
 #[doc(hidden)]
 macro_rules! __run_eprint {
-    ($($arg:tt)*) => {
-        $crate::prints::print_to_run(false, $crate::prints::PrintStream::Stderr, false, ::core::format_args!($($arg)*))
-    };
+    ($($arg:tt)*) => { $crate::__run_print_to!(Stderr, false; $($arg)*) };
 }
 
 /// Like `std::eprintln!`, but logged as a line of the current run (see the
@@ -138,12 +142,7 @@ macro_rules! __run_eprint {
 #[macro_export]
 #[doc(hidden)]
 macro_rules! __run_eprintln {
-    () => {
-        $crate::prints::print_to_run(false, $crate::prints::PrintStream::Stderr, true, ::core::format_args!(""))
-    };
-    ($($arg:tt)*) => {
-        $crate::prints::print_to_run(false, $crate::prints::PrintStream::Stderr, true, ::core::format_args!($($arg)*))
-    };
+    ($($arg:tt)*) => { $crate::__run_print_to!(Stderr, true; $($arg)*) };
 }
 
 #[doc(inline)]

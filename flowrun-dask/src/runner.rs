@@ -130,93 +130,68 @@ impl DaskTaskRunner {
         self
     }
 
-    /// Runs tasks on the existing cluster whose scheduler is at `address`
-    /// (`tcp://host:8786`) instead of starting one.
-    pub fn address(mut self, address: impl Into<String>) -> Self {
-        self.address = Some(address.into());
-        self
-    }
+    flowrun_core::__setters! {
+        /// Runs tasks on the existing cluster whose scheduler is at `address`
+        /// (`tcp://host:8786`) instead of starting one.
+        pub fn address(address: impl Into<String>) => address = Some(address.into());
 
-    /// Which cluster to start for each flow run (by default [`LocalCluster`]).
-    pub fn cluster_class(mut self, class: impl Into<ClusterClass>) -> Self {
-        self.cluster_class = Some(class.into());
-        self
-    }
+        /// Which cluster to start for each flow run (by default [`LocalCluster`]).
+        pub fn cluster_class(class: impl Into<ClusterClass>) => cluster_class = Some(class.into());
 
-    /// Settings of the cluster to start.
-    pub fn cluster_kwargs(mut self, kwargs: ClusterKwargs) -> Self {
-        self.cluster_kwargs = kwargs;
-        self
-    }
+        /// Settings of the cluster to start.
+        pub fn cluster_kwargs(kwargs: ClusterKwargs) => cluster_kwargs = kwargs;
 
-    /// Scale the cluster adaptively between a minimum and a maximum.
-    pub fn adapt_kwargs(mut self, kwargs: AdaptKwargs) -> Self {
-        self.adapt_kwargs = Some(kwargs);
-        self
-    }
+        /// Scale the cluster adaptively between a minimum and a maximum.
+        pub fn adapt_kwargs(kwargs: AdaptKwargs) => adapt_kwargs = Some(kwargs);
 
-    /// Settings of the connection to the cluster.
-    pub fn client_kwargs(mut self, kwargs: ClientKwargs) -> Self {
-        self.client_kwargs = kwargs;
-        self
-    }
+        /// Settings of the connection to the cluster.
+        pub fn client_kwargs(kwargs: ClientKwargs) => client_kwargs = kwargs;
 
-    /// On a real Dask cluster: the path of this program on the workers,
-    /// which start it in task mode for every task (by default the path of
-    /// the running program, for workers that share this machine's files).
-    /// Set it when the workers run a container image with the program at
-    /// another path. It must be the same build as the flow: a task-mode
-    /// program of another build refuses the task with an error naming both
-    /// builds.
-    pub fn task_program(mut self, path: impl Into<std::path::PathBuf>) -> Self {
-        self.distributed.task_program = Some(path.into());
-        self
-    }
+        /// On a real Dask cluster: the path of this program on the workers,
+        /// which start it in task mode for every task (by default the path of
+        /// the running program, for workers that share this machine's files).
+        /// Set it when the workers run a container image with the program at
+        /// another path. It must be the same build as the flow: a task-mode
+        /// program of another build refuses the task with an error naming both
+        /// builds.
+        pub fn task_program(path: impl Into<std::path::PathBuf>) => distributed.task_program = Some(path.into());
 
-    /// On a real Dask cluster: run every task attempt in a process of its
-    /// own instead of in the flow's long-lived task processes.
-    ///
-    /// By default each Dask worker keeps task processes of the flow's
-    /// program for the whole flow run (started on its first task, stopped
-    /// when the flow run ends, at most one per worker thread) and each task
-    /// is a call into one of them, which costs about as much as a Dask
-    /// task of Python code. With `isolate_tasks(true)` each attempt starts
-    /// the program afresh: nothing a task leaves behind (globals, threads,
-    /// memory) reaches the next task, at the cost of a process start per
-    /// task. Either way a task whose process dies fails as `Crashed`, and
-    /// Dask's retries apply.
-    pub fn isolate_tasks(mut self, isolate: bool) -> Self {
-        self.distributed.isolate_tasks = isolate;
-        self
-    }
+        /// On a real Dask cluster: run every task attempt in a process of its
+        /// own instead of in the flow's long-lived task processes.
+        ///
+        /// By default each Dask worker keeps task processes of the flow's
+        /// program for the whole flow run (started on its first task, stopped
+        /// when the flow run ends, at most one per worker thread) and each task
+        /// is a call into one of them, which costs about as much as a Dask
+        /// task of Python code. With `isolate_tasks(true)` each attempt starts
+        /// the program afresh: nothing a task leaves behind (globals, threads,
+        /// memory) reaches the next task, at the cost of a process start per
+        /// task. Either way a task whose process dies fails as `Crashed`, and
+        /// Dask's retries apply.
+        pub fn isolate_tasks(isolate: bool) => distributed.isolate_tasks = isolate;
 
-    /// TLS settings for a `tls://` address: the cluster's CA and this
-    /// client's certificate and key, as Dask's
-    /// `distributed.security.Security` takes them. A task that calls
-    /// [`get_dask_client`](crate::get_dask_client) on such a cluster uses
-    /// its worker's.
-    ///
-    /// ```
-    /// use flowrun_dask::{protocol::Security, DaskTaskRunner};
-    /// let runner = DaskTaskRunner::new().address("tls://scheduler:8786").security(
-    ///     Security::new()
-    ///         .tls_ca_file("ca.pem")
-    ///         .tls_client_cert("client.pem")
-    ///         .tls_client_key("client-key.pem"),
-    /// );
-    /// # let _ = runner;
-    /// ```
-    pub fn security(mut self, security: crate::protocol::Security) -> Self {
-        self.distributed.security = security;
-        self
-    }
+        /// TLS settings for a `tls://` address: the cluster's CA and this
+        /// client's certificate and key, as Dask's
+        /// `distributed.security.Security` takes them. A task that calls
+        /// [`get_dask_client`](crate::get_dask_client) on such a cluster uses
+        /// its worker's.
+        ///
+        /// ```
+        /// use flowrun_dask::{protocol::Security, DaskTaskRunner};
+        /// let runner = DaskTaskRunner::new().address("tls://scheduler:8786").security(
+        ///     Security::new()
+        ///         .tls_ca_file("ca.pem")
+        ///         .tls_client_cert("client.pem")
+        ///         .tls_client_key("client-key.pem"),
+        /// );
+        /// # let _ = runner;
+        /// ```
+        pub fn security(security: crate::protocol::Security) => distributed.security = security;
 
-    /// The Python executable that starts a Python `cluster_class` (by
-    /// default `$FLOWRUN_PYTHON`, else `python3`). It needs the class's
-    /// package installed (`distributed` for `distributed.LocalCluster`).
-    pub fn python(mut self, executable: impl Into<std::path::PathBuf>) -> Self {
-        self.distributed.python = Some(executable.into());
-        self
+        /// The Python executable that starts a Python `cluster_class` (by
+        /// default `$FLOWRUN_PYTHON`, else `python3`). It needs the class's
+        /// package installed (`distributed` for `distributed.LocalCluster`).
+        pub fn python(executable: impl Into<std::path::PathBuf>) => distributed.python = Some(executable.into());
     }
 
     /// At the end of each flow run, write a performance report to `path`:

@@ -178,80 +178,52 @@ impl ClusterKwargs {
         ClusterKwargs::default()
     }
 
-    /// Number of worker processes (or worker thread groups when `processes(false)`).
-    pub fn n_workers(mut self, n: u32) -> Self {
-        self.n_workers = Some(i64::from(n));
-        self
-    }
+    flowrun_core::__setters! {
+        /// Number of worker processes (or worker thread groups when `processes(false)`).
+        pub fn n_workers(n: u32) => n_workers = Some(i64::from(n));
 
-    /// Threads per worker.
-    pub fn threads_per_worker(mut self, n: u32) -> Self {
-        self.threads_per_worker = Some(i64::from(n));
-        self
-    }
+        /// Threads per worker.
+        pub fn threads_per_worker(n: u32) => threads_per_worker = Some(i64::from(n));
 
-    /// `false`: workers are threads in the flow's process instead of processes.
-    pub fn processes(mut self, processes: bool) -> Self {
-        self.processes = Some(processes);
-        self
-    }
+        /// `false`: workers are threads in the flow's process instead of processes.
+        pub fn processes(processes: bool) => processes = Some(processes);
 
-    /// Abstract resources every worker offers, such as `{"GPU": 1}`.
-    pub fn resources(mut self, resources: impl Into<Resources>) -> Self {
-        self.resources = Some(resources.into());
-        self
-    }
+        /// Abstract resources every worker offers, such as `{"GPU": 1}`.
+        pub fn resources(resources: impl Into<Resources>) => resources = Some(resources.into());
 
-    /// The same in Dask's text form, `"GPU=1,process=1"`.
-    pub fn resources_spec(mut self, spec: impl Into<String>) -> Self {
-        self.resources_spec = Some(spec.into());
-        self
-    }
+        /// The same in Dask's text form, `"GPU=1,process=1"`.
+        pub fn resources_spec(spec: impl Into<String>) => resources_spec = Some(spec.into());
 
-    /// Memory per worker (`"4GB"`, `"auto"`, `"0"` for none); a worker above
-    /// it is restarted, and its running tasks are rescheduled.
-    pub fn memory_limit(mut self, limit: impl Into<String>) -> Self {
-        self.memory_limit = Some(limit.into());
-        self
-    }
+        /// Memory per worker (`"4GB"`, `"auto"`, `"0"` for none); a worker above
+        /// it is restarted, and its running tasks are rescheduled.
+        pub fn memory_limit(limit: impl Into<String>) => memory_limit = Some(limit.into());
 
-    /// How many workers may die while running a task before the task ends
-    /// `Crashed` with `KilledWorker` (Dask's `allowed-failures`, default 3).
-    pub fn allowed_failures(mut self, n: u32) -> Self {
-        self.allowed_failures = Some(n);
-        self
-    }
+        /// How many workers may die while running a task before the task ends
+        /// `Crashed` with `KilledWorker` (Dask's `allowed-failures`, default 3).
+        pub fn allowed_failures(n: u32) => allowed_failures = Some(n);
 
-    /// Fail tasks that no worker can run (their resources exist nowhere)
-    /// after this long, instead of letting them wait (Dask's
-    /// `no-workers-timeout`; by default they wait).
-    pub fn no_workers_timeout(mut self, timeout: Duration) -> Self {
-        self.no_workers_timeout = Some(timeout);
-        self
-    }
+        /// Fail tasks that no worker can run (their resources exist nowhere)
+        /// after this long, instead of letting them wait (Dask's
+        /// `no-workers-timeout`; by default they wait).
+        pub fn no_workers_timeout(timeout: Duration) => no_workers_timeout = Some(timeout);
 
-    /// The program worker processes run (by default this program). It must
-    /// be the same build: another build is refused when it connects.
-    pub fn worker_program(mut self, path: impl Into<std::path::PathBuf>) -> Self {
-        self.worker_program = Some(path.into());
-        self
-    }
+        /// The program worker processes run (by default this program). It must
+        /// be the same build: another build is refused when it connects.
+        pub fn worker_program(path: impl Into<std::path::PathBuf>) => worker_program = Some(path.into());
 
-    /// Where the cluster's dashboard listens (by default `127.0.0.1:8787`):
-    /// `"127.0.0.1:8787"`, `":8787"` or `"8787"` (on loopback), `":0"` for a
-    /// free port. An address without a host, or `localhost`, is loopback:
-    /// the dashboard listens beyond this machine only when you name such an
-    /// address (`"0.0.0.0:8787"`), and it has no login. When the port is
-    /// taken the dashboard takes a free one and says so.
-    ///
-    /// ```
-    /// use flowrun_dask::ClusterKwargs;
-    /// let kwargs = ClusterKwargs::new().dashboard_address(":0");
-    /// assert_eq!(kwargs.dashboard_socket_address().unwrap().unwrap().to_string(), "127.0.0.1:0");
-    /// ```
-    pub fn dashboard_address(mut self, address: impl Into<String>) -> Self {
-        self.dashboard_address = Some(Some(address.into()));
-        self
+        /// Where the cluster's dashboard listens (by default `127.0.0.1:8787`):
+        /// `"127.0.0.1:8787"`, `":8787"` or `"8787"` (on loopback), `":0"` for a
+        /// free port. An address without a host, or `localhost`, is loopback:
+        /// the dashboard listens beyond this machine only when you name such an
+        /// address (`"0.0.0.0:8787"`), and it has no login. When the port is
+        /// taken the dashboard takes a free one and says so.
+        ///
+        /// ```
+        /// use flowrun_dask::ClusterKwargs;
+        /// let kwargs = ClusterKwargs::new().dashboard_address(":0");
+        /// assert_eq!(kwargs.dashboard_socket_address().unwrap().unwrap().to_string(), "127.0.0.1:0");
+        /// ```
+        pub fn dashboard_address(address: impl Into<String>) => dashboard_address = Some(Some(address.into()));
     }
 
     /// No dashboard for this cluster (Dask's `dashboard_address=None`).
@@ -452,35 +424,22 @@ impl AdaptKwargs {
         AdaptKwargs::default()
     }
 
-    /// Never fewer workers than this.
-    pub fn minimum(mut self, n: i64) -> Self {
-        self.minimum = n;
-        self
-    }
+    flowrun_core::__setters! {
+        /// Never fewer workers than this.
+        pub fn minimum(n: i64) => minimum = n;
 
-    /// Never more workers than this (`None`: no bound).
-    pub fn maximum(mut self, n: impl Into<Option<i64>>) -> Self {
-        self.maximum = n.into();
-        self
-    }
+        /// Never more workers than this (`None`: no bound).
+        pub fn maximum(n: impl Into<Option<i64>>) => maximum = n.into();
 
-    /// How often the cluster checks whether to scale.
-    pub fn interval(mut self, interval: Duration) -> Self {
-        self.interval = interval;
-        self
-    }
+        /// How often the cluster checks whether to scale.
+        pub fn interval(interval: Duration) => interval = interval;
 
-    /// How many checks in a row a worker must be idle before it is removed.
-    pub fn wait_count(mut self, n: i64) -> Self {
-        self.wait_count = n;
-        self
-    }
+        /// How many checks in a row a worker must be idle before it is removed.
+        pub fn wait_count(n: i64) => wait_count = n;
 
-    /// How long the queued work may take on the current workers before the
-    /// cluster adds workers.
-    pub fn target_duration(mut self, d: Duration) -> Self {
-        self.target_duration = d;
-        self
+        /// How long the queued work may take on the current workers before the
+        /// cluster adds workers.
+        pub fn target_duration(d: Duration) => target_duration = d;
     }
 
     /// The minimum number of workers.
@@ -535,22 +494,15 @@ impl ClientKwargs {
         ClientKwargs::default()
     }
 
-    /// How long connecting to a cluster may take.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
+    flowrun_core::__setters! {
+        /// How long connecting to a cluster may take.
+        pub fn timeout(timeout: Duration) => timeout = timeout;
 
-    /// How long a worker may take to start and connect.
-    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
-        self.startup_timeout = timeout;
-        self
-    }
+        /// How long a worker may take to start and connect.
+        pub fn startup_timeout(timeout: Duration) => startup_timeout = timeout;
 
-    /// The client's name, shown in logs (and to a Dask scheduler).
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
+        /// The client's name, shown in logs (and to a Dask scheduler).
+        pub fn name(name: impl Into<String>) => name = Some(name.into());
     }
 
     /// Checks the timeouts.

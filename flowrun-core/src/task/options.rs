@@ -302,16 +302,12 @@ impl TaskOptions {
         self
     }
 
-    /// Scheduling priority: higher runs first on runners that order work.
-    pub fn priority(mut self, priority: i64) -> Self {
-        self.priority = Some(priority);
-        self
-    }
+    crate::__setters! {
+        /// Scheduling priority: higher runs first on runners that order work.
+        pub fn priority(priority: i64) => priority = Some(priority);
 
-    /// Abstract resources each run holds while it runs (see [`Resources`]).
-    pub fn resources(mut self, resources: impl Into<Resources>) -> Self {
-        self.resources = Some(resources.into());
-        self
+        /// Abstract resources each run holds while it runs (see [`Resources`]).
+        pub fn resources(resources: impl Into<Resources>) => resources = Some(resources.into());
     }
 
     /// Decides, from the run and the error of a failed attempt, whether the
@@ -334,26 +330,22 @@ impl TaskOptions {
         self
     }
 
-    /// Writes the result to result storage (`true`), or neither persists
-    /// nor caches it (`false`). See [`crate::cache`].
-    pub fn persist_result(mut self, persist: bool) -> Self {
-        self.results.persist = Some(persist);
-        self
-    }
+    crate::__setters! {
+        /// Writes the result to result storage (`true`), or neither persists
+        /// nor caches it (`false`). See [`crate::cache`].
+        pub fn persist_result(persist: bool) => results.persist = Some(persist);
 
-    /// What the cache key is made of: `CachePolicy::INPUTS +
-    /// CachePolicy::TASK_SOURCE`, ... ([`CachePolicy::NONE`](crate::cache::CachePolicy::NONE)
-    /// turns caching off). Caching implies persistence.
-    ///
-    /// ```
-    /// use flowrun_core::cache::CachePolicy;
-    /// use flowrun_core::TaskOptions;
-    /// let options = TaskOptions::new().cache_policy(CachePolicy::INPUTS + CachePolicy::TASK_SOURCE);
-    /// # let _ = options;
-    /// ```
-    pub fn cache_policy(mut self, policy: crate::cache::CachePolicy) -> Self {
-        self.results.policy = Some(policy);
-        self
+        /// What the cache key is made of: `CachePolicy::INPUTS +
+        /// CachePolicy::TASK_SOURCE`, ... ([`CachePolicy::NONE`](crate::cache::CachePolicy::NONE)
+        /// turns caching off). Caching implies persistence.
+        ///
+        /// ```
+        /// use flowrun_core::cache::CachePolicy;
+        /// use flowrun_core::TaskOptions;
+        /// let options = TaskOptions::new().cache_policy(CachePolicy::INPUTS + CachePolicy::TASK_SOURCE);
+        /// # let _ = options;
+        /// ```
+        pub fn cache_policy(policy: crate::cache::CachePolicy) => results.policy = Some(policy);
     }
 
     /// Computes the cache key from the run's context and arguments
@@ -372,16 +364,12 @@ impl TaskOptions {
         self
     }
 
-    /// How long a cached result stays valid.
-    pub fn cache_expiration(mut self, expiration: Duration) -> Self {
-        self.results.expiration = Some(expiration);
-        self
-    }
+    crate::__setters! {
+        /// How long a cached result stays valid.
+        pub fn cache_expiration(expiration: Duration) => results.expiration = Some(expiration);
 
-    /// Executes even when a cached result exists, and replaces it.
-    pub fn refresh_cache(mut self, refresh: bool) -> Self {
-        self.results.refresh = Some(refresh);
-        self
+        /// Executes even when a cached result exists, and replaces it.
+        pub fn refresh_cache(refresh: bool) => results.refresh = Some(refresh);
     }
 
     hook_adders! {
@@ -439,38 +427,31 @@ impl FlowOptions {
         FlowOptions::default()
     }
 
-    /// Writes the flow run's value to result storage when it completes
-    /// (its type must implement serde's `Serialize`); see
-    /// [`crate::cache`]. The file is named `{flow.name}-{flow_run.id}`
-    /// unless [`result_storage_key`](FlowOptions::result_storage_key)
-    /// names it.
-    ///
-    /// ```
-    /// use flowrun_core::FlowOptions;
-    /// let options = FlowOptions::new()
-    ///     .persist_result(true)
-    ///     .result_storage(std::env::temp_dir().join("flow-results"))
-    ///     .result_storage_key("{flow.name}-latest");
-    /// # let _ = options;
-    /// ```
-    pub fn persist_result(mut self, persist: bool) -> Self {
-        self.results.persist = Some(persist);
-        self
-    }
+    crate::__setters! {
+        /// Writes the flow run's value to result storage when it completes
+        /// (its type must implement serde's `Serialize`); see
+        /// [`crate::cache`]. The file is named `{flow.name}-{flow_run.id}`
+        /// unless [`result_storage_key`](FlowOptions::result_storage_key)
+        /// names it.
+        ///
+        /// ```
+        /// use flowrun_core::FlowOptions;
+        /// let options = FlowOptions::new()
+        ///     .persist_result(true)
+        ///     .result_storage(std::env::temp_dir().join("flow-results"))
+        ///     .result_storage_key("{flow.name}-latest");
+        /// # let _ = options;
+        /// ```
+        pub fn persist_result(persist: bool) => results.persist = Some(persist);
 
-    /// The name of this flow run (by default a random `adjective-animal`).
-    pub fn run_name(mut self, name: impl Into<String>) -> Self {
-        self.run_name = Some(name.into());
-        self
-    }
+        /// The name of this flow run (by default a random `adjective-animal`).
+        pub fn run_name(name: impl Into<String>) => run_name = Some(name.into());
 
-    /// Whether the run history records these flow runs (and their
-    /// subflows that do not say otherwise); overrides the flow's
-    /// `history` option. `FLOWRUN_HISTORY=off` turns recording off for
-    /// every flow whatever this says.
-    pub fn history(mut self, record: bool) -> Self {
-        self.history = Some(record);
-        self
+        /// Whether the run history records these flow runs (and their
+        /// subflows that do not say otherwise); overrides the flow's
+        /// `history` option. `FLOWRUN_HISTORY=off` turns recording off for
+        /// every flow whatever this says.
+        pub fn history(record: bool) => history = Some(record);
     }
 
     hook_adders! {
@@ -510,29 +491,19 @@ impl FlowOptions {
 macro_rules! shared_options {
     ($($options:ty),*) => {$(
         impl $options {
-            /// The name shown in logs (task runs are named `<name>-<n>`).
-            pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
-                self.name = Some(name.into());
-                self
-            }
+            crate::__setters! {
+                /// The name shown in logs (task runs are named `<name>-<n>`).
+                pub fn name(name: impl Into<Cow<'static, str>>) => name = Some(name.into());
 
-            /// How many times a failed run is retried.
-            pub fn retries(mut self, retries: u32) -> Self {
-                self.retries = Some(retries);
-                self
-            }
+                /// How many times a failed run is retried.
+                pub fn retries(retries: u32) => retries = Some(retries);
 
-            /// The delay before each retry.
-            pub fn retry_delay(mut self, delay: RetryDelay) -> Self {
-                self.retry_delay = Some(delay);
-                self
-            }
+                /// The delay before each retry.
+                pub fn retry_delay(delay: RetryDelay) => retry_delay = Some(delay);
 
-            /// A run (each attempt of a task run) fails as timed out after
-            /// `timeout`.
-            pub fn timeout(mut self, timeout: Duration) -> Self {
-                self.timeout = Some(Some(timeout));
-                self
+                /// A run (each attempt of a task run) fails as timed out after
+                /// `timeout`.
+                pub fn timeout(timeout: Duration) => timeout = Some(Some(timeout));
             }
 
             /// Tags of these runs, replacing the task's or the flow's own

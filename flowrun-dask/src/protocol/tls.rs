@@ -51,22 +51,15 @@ impl Security {
         Security::default()
     }
 
-    /// Sets [`tls_ca_file`](Self::tls_ca_file).
-    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
-        self.tls_ca_file = Some(path.into());
-        self
-    }
+    flowrun_core::__setters! {
+        /// Sets [`tls_ca_file`](Self::tls_ca_file).
+        pub fn tls_ca_file(path: impl Into<PathBuf>) => tls_ca_file = Some(path.into());
 
-    /// Sets [`tls_client_cert`](Self::tls_client_cert).
-    pub fn tls_client_cert(mut self, path: impl Into<PathBuf>) -> Self {
-        self.tls_client_cert = Some(path.into());
-        self
-    }
+        /// Sets [`tls_client_cert`](Self::tls_client_cert).
+        pub fn tls_client_cert(path: impl Into<PathBuf>) => tls_client_cert = Some(path.into());
 
-    /// Sets [`tls_client_key`](Self::tls_client_key).
-    pub fn tls_client_key(mut self, path: impl Into<PathBuf>) -> Self {
-        self.tls_client_key = Some(path.into());
-        self
+        /// Sets [`tls_client_key`](Self::tls_client_key).
+        pub fn tls_client_key(path: impl Into<PathBuf>) => tls_client_key = Some(path.into());
     }
 
     /// The connector for `address`, a `tls://` address; errors name it.
