@@ -60,6 +60,26 @@ impl Common {
             .unwrap_or_else(default)
     }
 
+    /// Reads the options in `args` (checked against `valid` for macro
+    /// `what`): `own` reads the options of one macro (it may add to these
+    /// shared ones, such as a hook) and hands back the value of any other,
+    /// which is a shared option read here.
+    pub(crate) fn read_all(
+        &mut self,
+        args: proc_macro2::TokenStream,
+        valid: &[&str],
+        what: &str,
+        cx: &Ctxt,
+        mut own: impl FnMut(&mut Common, &str, Expr) -> Option<Expr>,
+    ) {
+        for (name, value) in options::accept(args, valid, what, cx) {
+            if let Some(value) = own(self, &name, value) {
+                let shared = self.read(&name, &value, cx);
+                debug_assert!(shared, "`accept` passes only the names in `valid`");
+            }
+        }
+    }
+
     /// Reads option `name` if it is a shared one; false if it is not.
     pub(crate) fn read(&mut self, name: &str, value: &Expr, cx: &Ctxt) -> bool {
         match name {

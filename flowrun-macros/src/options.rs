@@ -241,20 +241,36 @@ pub(crate) fn retry_delay(expr: &Expr, cx: &Ctxt) -> Option<RetryDelay> {
     }
 }
 
+/// The literal of `expr` that `pick` accepts, or `None` after reporting
+/// `wanted` (what the option must be) on `expr`.
+fn literal_of<T>(
+    expr: &Expr,
+    cx: &Ctxt,
+    pick: impl FnOnce(&Lit) -> Option<T>,
+    wanted: impl FnOnce() -> String,
+) -> Option<T> {
+    let found = match expr {
+        Expr::Lit(ExprLit { lit, .. }) => pick(lit),
+        _ => None,
+    };
+    if found.is_none() {
+        cx.spanned(expr, wanted());
+    }
+    found
+}
+
+fn str_lit(lit: &Lit) -> Option<LitStr> {
+    match lit {
+        Lit::Str(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
 /// A string literal option (`name = "..."`).
 pub(crate) fn string(expr: &Expr, option: &str, cx: &Ctxt) -> Option<LitStr> {
-    match expr {
-        Expr::Lit(ExprLit {
-            lit: Lit::Str(s), ..
-        }) => Some(s.clone()),
-        _ => {
-            cx.spanned(
-                expr,
-                format!("`{option}` must be a string literal, such as `{option} = \"...\"`"),
-            );
-            None
-        }
-    }
+    literal_of(expr, cx, str_lit, || {
+        format!("`{option}` must be a string literal, such as `{option} = \"...\"`")
+    })
 }
 
 /// `tags = ["a", "b"]`.
@@ -269,14 +285,10 @@ pub(crate) fn tags(expr: &Expr, cx: &Ctxt) -> Vec<LitStr> {
     array
         .elems
         .iter()
-        .filter_map(|e| match e {
-            Expr::Lit(ExprLit {
-                lit: Lit::Str(s), ..
-            }) => Some(s.clone()),
-            other => {
-                cx.spanned(other, "each tag must be a string literal");
-                None
-            }
+        .filter_map(|e| {
+            literal_of(e, cx, str_lit, || {
+                "each tag must be a string literal".into()
+            })
         })
         .collect()
 }
@@ -306,16 +318,11 @@ pub(crate) fn krate(expr: &Expr, cx: &Ctxt) -> Option<syn::Path> {
 
 /// A `true`/`false` literal option (`history = false`).
 pub(crate) fn boolean(expr: &Expr, option: &str, cx: &Ctxt) -> Option<syn::LitBool> {
-    match expr {
-        Expr::Lit(ExprLit {
-            lit: Lit::Bool(b), ..
-        }) => Some(b.clone()),
-        _ => {
-            cx.spanned(
-                expr,
-                format!("`{option}` must be `true` or `false`, such as `{option} = false`"),
-            );
-            None
-        }
-    }
+    let pick = |lit: &Lit| match lit {
+        Lit::Bool(b) => Some(b.clone()),
+        _ => None,
+    };
+    literal_of(expr, cx, pick, || {
+        format!("`{option}` must be `true` or `false`, such as `{option} = false`")
+    })
 }

@@ -51,17 +51,16 @@ pub(crate) struct FlowAttr {
 
 pub(crate) fn parse(args: TokenStream, cx: &Ctxt) -> FlowAttr {
     let mut attr = FlowAttr::default();
-    for (name, value) in options::accept(args, VALID, "flow", cx) {
-        match name.as_str() {
-            "task_runner" => attr.task_runner = runner(value, cx),
-            "concurrency_limits" => attr.concurrency_limits = concurrency_limits(&value, cx),
-            "history" => attr.history = options::boolean(&value, "history", cx),
-            _ => {
-                let shared = attr.common.read(&name, &value, cx);
-                debug_assert!(shared, "`accept` passes only the names in VALID");
+    attr.common
+        .read_all(args, VALID, "flow", cx, |_, name, value| {
+            match name {
+                "task_runner" => attr.task_runner = runner(value, cx),
+                "concurrency_limits" => attr.concurrency_limits = concurrency_limits(&value, cx),
+                "history" => attr.history = options::boolean(&value, "history", cx),
+                _ => return Some(value),
             }
-        }
-    }
+            None
+        });
     attr
 }
 

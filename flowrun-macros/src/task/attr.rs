@@ -38,19 +38,18 @@ pub(crate) struct TaskAttr {
 
 pub(crate) fn parse(args: TokenStream, cx: &Ctxt) -> TaskAttr {
     let mut attr = TaskAttr::default();
-    for (name, value) in options::accept(args, VALID, "task", cx) {
-        match name.as_str() {
-            "retry_jitter_factor" => attr.retry_jitter_factor = Some(options::seconds(&value)),
-            "retry_condition_fn" => attr.common.hooks.push((
-                syn::Ident::new("retry_condition_fn", proc_macro2::Span::call_site()),
-                vec![value],
-            )),
-            _ => {
-                let shared = attr.common.read(&name, &value, cx);
-                debug_assert!(shared, "`accept` passes only the names in VALID");
+    attr.common
+        .read_all(args, VALID, "task", cx, |common, name, value| {
+            match name {
+                "retry_jitter_factor" => attr.retry_jitter_factor = Some(options::seconds(&value)),
+                "retry_condition_fn" => common.hooks.push((
+                    syn::Ident::new("retry_condition_fn", proc_macro2::Span::call_site()),
+                    vec![value],
+                )),
+                _ => return Some(value),
             }
-        }
-    }
+            None
+        });
     attr
 }
 
