@@ -5,6 +5,7 @@
 //! re-exports them), so there is one copy of each.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -38,6 +39,40 @@ pub fn wait_timeout<'a, T>(
         .wait_timeout(guard, timeout)
         .unwrap_or_else(|p| p.into_inner());
     (guard, result.timed_out())
+}
+
+/// Grows a pool by one thread unless `threads` already counts `limit()`:
+/// claims the next number in `threads` and starts a thread named
+/// `name(number)` running `work(number)`. A thread the OS refuses is
+/// given back, leaving the work to the threads that exist. Returns whether
+/// a thread started.
+pub fn spawn_below_limit<W>(
+    threads: &AtomicUsize,
+    limit: impl Fn() -> usize,
+    name: impl FnOnce(usize) -> String,
+    work: W,
+) -> bool
+where
+    W: FnOnce(usize) + Send + 'static,
+{
+    loop {
+        let n = threads.load(Ordering::SeqCst);
+        if n >= limit() {
+            return false;
+        }
+        if threads
+            .compare_exchange(n, n + 1, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            let spawned = std::thread::Builder::new()
+                .name(name(n))
+                .spawn(move || work(n));
+            if spawned.is_err() {
+                threads.fetch_sub(1, Ordering::SeqCst);
+            }
+            return spawned.is_ok();
+        }
+    }
 }
 
 /// Emits a `tracing` event at a level chosen at run time, attributed to a

@@ -133,28 +133,15 @@ impl Pool {
     }
 
     fn start_thread(self: &Arc<Self>) {
-        loop {
-            let threads = self.threads.load(Ordering::Acquire);
-            if threads >= self.limit() {
-                return;
-            }
-            if self
-                .threads
-                .compare_exchange(threads, threads + 1, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                let pool = self.clone();
-                let spawned = std::thread::Builder::new()
-                    .name(format!("{}-{}", self.name, threads))
-                    .spawn(move || pool.work());
-                if spawned.is_err() {
-                    // The OS refused a thread; the jobs stay queued for the
-                    // threads that exist.
-                    self.threads.fetch_sub(1, Ordering::AcqRel);
-                }
-                return;
-            }
-        }
+        // The OS may refuse a thread; the jobs then stay queued for the
+        // threads that exist.
+        let pool = self.clone();
+        crate::plumbing::spawn_below_limit(
+            &self.threads,
+            || self.limit(),
+            |n| format!("{}-{}", self.name, n),
+            move |_| pool.work(),
+        );
     }
 
     /// Leaves if the pool has more threads than its limit (after a seceded

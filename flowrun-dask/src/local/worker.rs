@@ -218,27 +218,13 @@ fn blocking_hook(entering: bool) {
 
 impl Executors {
     fn spawn_if_needed(self: &Arc<Self>) {
-        loop {
-            let limit = self.nthreads + self.seceded.load(Ordering::SeqCst);
-            let n = self.threads.load(Ordering::SeqCst);
-            if n >= limit {
-                return;
-            }
-            if self
-                .threads
-                .compare_exchange(n, n + 1, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-            {
-                let ex = self.clone();
-                let spawned = std::thread::Builder::new()
-                    .name(format!("flowrun-executor-{n}"))
-                    .spawn(move || ex.execute(n as u32));
-                if spawned.is_err() {
-                    self.threads.fetch_sub(1, Ordering::SeqCst);
-                }
-                return;
-            }
-        }
+        let ex = self.clone();
+        flowrun_core::plumbing::spawn_below_limit(
+            &self.threads,
+            || self.nthreads + self.seceded.load(Ordering::SeqCst),
+            |n| format!("flowrun-executor-{n}"),
+            move |n| ex.execute(n as u32),
+        );
     }
 
     fn execute(self: Arc<Self>, thread: u32) {
