@@ -122,7 +122,7 @@ impl<T: Task> DirectRun<T> {
         let support = T::support();
         let Some(plan) = crate::cache::plan(
             T::meta(),
-            config.get().map(|o| &o.options.results),
+            config.get().map(|o| &o.options.shared.results),
             &self.flow,
             support.result.encode.is_some(),
         ) else {

@@ -141,13 +141,13 @@ pub(crate) fn submit_in<T: Task>(
     let slots = {
         let tags = config
             .get()
-            .and_then(|o| o.options.tags.as_deref())
+            .and_then(|o| o.options.shared.tags.as_deref())
             .unwrap_or(&meta.tags);
         crate::concurrency::tags::RunSlots::new(&flow, tags)
     };
     let results = crate::cache::plan(
         meta,
-        config.get().map(|o| &o.options.results),
+        config.get().map(|o| &o.options.shared.results),
         &flow,
         support.result.encode.is_some(),
     );

@@ -46,18 +46,18 @@ pub(super) fn resolve(meta: &'static TaskMeta, config: &CallConfig) -> Resolved 
     let mut hooks = std::borrow::Cow::Borrowed(&meta.hooks);
     if let Some(o) = config.get() {
         let opts = &o.options;
-        if let Some(name) = &opts.name {
+        if let Some(name) = &opts.shared.name {
             r.name = name.clone();
         }
-        if opts.retries.is_some()
-            || opts.retry_delay.is_some()
+        if opts.shared.retries.is_some()
+            || opts.shared.retry_delay.is_some()
             || opts.retry_jitter_factor.is_some()
         {
             let p = r.policy.to_mut();
-            if let Some(n) = opts.retries {
+            if let Some(n) = opts.shared.retries {
                 p.retries = n;
             }
-            if let Some(d) = &opts.retry_delay {
+            if let Some(d) = &opts.shared.retry_delay {
                 p.delay = d.clone();
             }
             if let Some(j) = opts.retry_jitter_factor {
@@ -67,7 +67,7 @@ pub(super) fn resolve(meta: &'static TaskMeta, config: &CallConfig) -> Resolved 
                 r.error.get_or_insert(format!("with_options: {e}"));
             }
         }
-        if let Some(t) = opts.timeout {
+        if let Some(t) = opts.shared.timeout {
             r.timeout = t;
         }
         if o.explicit.priority {
@@ -81,7 +81,7 @@ pub(super) fn resolve(meta: &'static TaskMeta, config: &CallConfig) -> Resolved 
             }
             r.annotations.resources = opts.resources.clone();
         }
-        if let Some(e) = &opts.results_error {
+        if let Some(e) = &opts.shared.results_error {
             r.error.get_or_insert(format!("with_options: {e}"));
         }
         r.wait_for = o.wait_for.clone();

@@ -52,7 +52,7 @@ fn begin<F: Flow>(config: &FlowConfig, args: &F::Args) -> Result<Started, Box<Fl
     let overrides = config.inner.as_deref();
     let options = overrides.map(|o| &o.options);
     let flow_name = options
-        .and_then(|o| o.name.clone())
+        .and_then(|o| o.shared.name.clone())
         .map(Cow::into_owned)
         .unwrap_or_else(|| meta.name.clone());
     let run_name = options
@@ -87,13 +87,13 @@ fn begin<F: Flow>(config: &FlowConfig, args: &F::Args) -> Result<Started, Box<Fl
     let mut policy = meta.policy.clone();
     let mut timeout = meta.timeout;
     if let Some(o) = options {
-        if let Some(n) = o.retries {
+        if let Some(n) = o.shared.retries {
             policy.retries = n;
         }
-        if let Some(d) = &o.retry_delay {
+        if let Some(d) = &o.shared.retry_delay {
             policy.delay = d.clone();
         }
-        if let Some(t) = o.timeout {
+        if let Some(t) = o.shared.timeout {
             timeout = t;
         }
     }
@@ -117,7 +117,7 @@ fn begin<F: Flow>(config: &FlowConfig, args: &F::Args) -> Result<Started, Box<Fl
         .history
         .store(history, std::sync::atomic::Ordering::Relaxed);
     let tags: Vec<String> = options
-        .and_then(|o| o.tags.as_ref())
+        .and_then(|o| o.shared.tags.as_ref())
         .unwrap_or(&meta.tags)
         .iter()
         .map(|t| t.clone().into_owned())
@@ -501,7 +501,7 @@ async fn drive<F: Flow>(config: &FlowConfig, args: F::Args, mode: Mode) -> FlowR
     let _ = started.shared.parameters.set(F::parameters_key(&args));
     let _ = started.shared.results.set(crate::cache::inherited(
         &F::meta().results,
-        config.inner.as_deref().map(|o| &o.options.results),
+        config.inner.as_deref().map(|o| &o.options.shared.results),
         started.shared.links.parent().map(|p| &*p.flow),
     ));
     let mut holder = ArgsHolder::new(args, F::args_clone());
@@ -544,7 +544,7 @@ async fn drive<F: Flow>(config: &FlowConfig, args: F::Args, mode: Mode) -> FlowR
     if let Ok(value) = &result {
         crate::cache::persist_flow(
             F::meta(),
-            config.inner.as_deref().map(|o| &o.options.results),
+            config.inner.as_deref().map(|o| &o.options.shared.results),
             &started.shared,
             value,
             F::output_encoder(),

@@ -80,10 +80,10 @@ impl FlowMetaBuilder {
     /// `persist_result`, `result_storage`, `result_storage_key`: the
     /// result options set on `options`.
     pub fn results(mut self, options: FlowOptions) -> Self {
-        if let Some(e) = options.results_error {
+        if let Some(e) = options.shared.results_error {
             self.meta.config_error.get_or_insert(e);
         }
-        self.meta.results = options.results;
+        self.meta.results = options.shared.results;
         self
     }
 
@@ -207,16 +207,10 @@ impl FlowConfig {
         let o = self.overrides();
         let prev = std::mem::take(&mut o.options);
         o.options = FlowOptions {
-            name: options.name.or(prev.name),
+            shared: prev.shared.overridden_by(options.shared),
             run_name: options.run_name.or(prev.run_name),
-            retries: options.retries.or(prev.retries),
-            retry_delay: options.retry_delay.or(prev.retry_delay),
-            timeout: options.timeout.or(prev.timeout),
             hooks: prev.hooks.overridden_by(&options.hooks),
-            tags: options.tags.or(prev.tags),
             history: options.history.or(prev.history),
-            results: prev.results.overridden_by(&options.results),
-            results_error: options.results_error.or(prev.results_error),
         };
         self
     }

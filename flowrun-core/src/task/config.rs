@@ -40,18 +40,12 @@ impl CallConfig {
         o.explicit.priority |= options.priority.is_some();
         o.explicit.resources |= options.resources.is_some();
         o.options = TaskOptions {
-            name: options.name.or(prev.name),
-            retries: options.retries.or(prev.retries),
-            retry_delay: options.retry_delay.or(prev.retry_delay),
+            shared: prev.shared.overridden_by(options.shared),
             retry_jitter_factor: options.retry_jitter_factor.or(prev.retry_jitter_factor),
-            timeout: options.timeout.or(prev.timeout),
-            tags: options.tags.or(prev.tags),
             priority: options.priority.or(prev.priority),
             resources: options.resources.or(prev.resources),
             retry_condition: options.retry_condition.or(prev.retry_condition),
             hooks: prev.hooks.overridden_by(&options.hooks),
-            results: prev.results.overridden_by(&options.results),
-            results_error: options.results_error.or(prev.results_error),
         };
         self
     }

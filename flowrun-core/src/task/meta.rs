@@ -137,10 +137,10 @@ impl TaskMetaBuilder {
     /// `result_storage_key`: the result options set on `options`. An
     /// invalid `result_storage_key` fails every run of the task.
     pub fn results(mut self, options: crate::task::options::TaskOptions) -> Self {
-        if let Some(e) = options.results_error {
+        if let Some(e) = options.shared.results_error {
             self.error(e);
         }
-        self.meta.results = options.results;
+        self.meta.results = options.shared.results;
         self
     }
 

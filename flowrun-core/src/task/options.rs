@@ -270,18 +270,40 @@ impl fmt::Display for Resources {
 #[derive(Debug, Clone, Default)]
 #[must_use]
 pub struct TaskOptions {
-    pub(crate) name: Option<Cow<'static, str>>,
-    pub(crate) retries: Option<u32>,
-    pub(crate) retry_delay: Option<RetryDelay>,
+    pub(crate) shared: SharedOptions,
     pub(crate) retry_jitter_factor: Option<f64>,
-    pub(crate) timeout: Option<Option<Duration>>,
-    pub(crate) tags: Option<Vec<Cow<'static, str>>>,
     pub(crate) priority: Option<i64>,
     pub(crate) resources: Option<Resources>,
     pub(crate) retry_condition: Option<RetryCondition>,
     pub(crate) hooks: TaskHooks,
+}
+
+/// The overrides task runs and flow runs share.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SharedOptions {
+    pub(crate) name: Option<Cow<'static, str>>,
+    pub(crate) retries: Option<u32>,
+    pub(crate) retry_delay: Option<RetryDelay>,
+    pub(crate) timeout: Option<Option<Duration>>,
+    pub(crate) tags: Option<Vec<Cow<'static, str>>>,
     pub(crate) results: crate::cache::ResultOptions,
+    /// Why `result_storage_key` was refused, reported when a run starts.
     pub(crate) results_error: Option<String>,
+}
+
+impl SharedOptions {
+    /// These options, with those `over` sets replacing them.
+    pub(crate) fn overridden_by(self, over: SharedOptions) -> SharedOptions {
+        SharedOptions {
+            name: over.name.or(self.name),
+            retries: over.retries.or(self.retries),
+            retry_delay: over.retry_delay.or(self.retry_delay),
+            timeout: over.timeout.or(self.timeout),
+            tags: over.tags.or(self.tags),
+            results: self.results.overridden_by(&over.results),
+            results_error: over.results_error.or(self.results_error),
+        }
+    }
 }
 
 impl TaskOptions {
@@ -298,7 +320,7 @@ impl TaskOptions {
 
     /// Removes the task's timeout for these runs.
     pub fn no_timeout(mut self) -> Self {
-        self.timeout = Some(None);
+        self.shared.timeout = Some(None);
         self
     }
 
@@ -333,7 +355,7 @@ impl TaskOptions {
     crate::__setters! {
         /// Writes the result to result storage (`true`), or neither persists
         /// nor caches it (`false`). See [`crate::cache`].
-        pub fn persist_result(persist: bool) => results.persist = Some(persist);
+        pub fn persist_result(persist: bool) => shared.results.persist = Some(persist);
 
         /// What the cache key is made of: `CachePolicy::INPUTS +
         /// CachePolicy::TASK_SOURCE`, ... ([`CachePolicy::NONE`](crate::cache::CachePolicy::NONE)
@@ -345,7 +367,7 @@ impl TaskOptions {
         /// let options = TaskOptions::new().cache_policy(CachePolicy::INPUTS + CachePolicy::TASK_SOURCE);
         /// # let _ = options;
         /// ```
-        pub fn cache_policy(policy: crate::cache::CachePolicy) => results.policy = Some(policy);
+        pub fn cache_policy(policy: crate::cache::CachePolicy) => shared.results.policy = Some(policy);
     }
 
     /// Computes the cache key from the run's context and arguments
@@ -360,16 +382,16 @@ impl TaskOptions {
         mut self,
         f: impl Fn(&crate::cache::CacheKeyContext<'_>) -> Option<String> + Send + Sync + 'static,
     ) -> Self {
-        self.results.key_fn = Some(crate::cache::CacheKeyFn::new(f));
+        self.shared.results.key_fn = Some(crate::cache::CacheKeyFn::new(f));
         self
     }
 
     crate::__setters! {
         /// How long a cached result stays valid.
-        pub fn cache_expiration(expiration: Duration) => results.expiration = Some(expiration);
+        pub fn cache_expiration(expiration: Duration) => shared.results.expiration = Some(expiration);
 
         /// Executes even when a cached result exists, and replaces it.
-        pub fn refresh_cache(refresh: bool) => results.refresh = Some(refresh);
+        pub fn refresh_cache(refresh: bool) => shared.results.refresh = Some(refresh);
     }
 
     hook_adders! {
@@ -409,16 +431,10 @@ impl TaskOptions {
 #[derive(Debug, Clone, Default)]
 #[must_use]
 pub struct FlowOptions {
-    pub(crate) name: Option<Cow<'static, str>>,
+    pub(crate) shared: SharedOptions,
     pub(crate) run_name: Option<String>,
-    pub(crate) retries: Option<u32>,
-    pub(crate) retry_delay: Option<RetryDelay>,
-    pub(crate) timeout: Option<Option<Duration>>,
     pub(crate) hooks: FlowHooks,
-    pub(crate) tags: Option<Vec<Cow<'static, str>>>,
     pub(crate) history: Option<bool>,
-    pub(crate) results: crate::cache::ResultOptions,
-    pub(crate) results_error: Option<String>,
 }
 
 impl FlowOptions {
@@ -442,7 +458,7 @@ impl FlowOptions {
         ///     .result_storage_key("{flow.name}-latest");
         /// # let _ = options;
         /// ```
-        pub fn persist_result(persist: bool) => results.persist = Some(persist);
+        pub fn persist_result(persist: bool) => shared.results.persist = Some(persist);
 
         /// The name of this flow run (by default a random `adjective-animal`).
         pub fn run_name(name: impl Into<String>) => run_name = Some(name.into());
@@ -493,17 +509,17 @@ macro_rules! shared_options {
         impl $options {
             crate::__setters! {
                 /// The name shown in logs (task runs are named `<name>-<n>`).
-                pub fn name(name: impl Into<Cow<'static, str>>) => name = Some(name.into());
+                pub fn name(name: impl Into<Cow<'static, str>>) => shared.name = Some(name.into());
 
                 /// How many times a failed run is retried.
-                pub fn retries(retries: u32) => retries = Some(retries);
+                pub fn retries(retries: u32) => shared.retries = Some(retries);
 
                 /// The delay before each retry.
-                pub fn retry_delay(delay: RetryDelay) => retry_delay = Some(delay);
+                pub fn retry_delay(delay: RetryDelay) => shared.retry_delay = Some(delay);
 
                 /// A run (each attempt of a task run) fails as timed out after
                 /// `timeout`.
-                pub fn timeout(timeout: Duration) => timeout = Some(Some(timeout));
+                pub fn timeout(timeout: Duration) => shared.timeout = Some(Some(timeout));
             }
 
             /// Tags of these runs, replacing the task's or the flow's own
@@ -513,14 +529,14 @@ macro_rules! shared_options {
                 I: IntoIterator<Item = S>,
                 S: Into<Cow<'static, str>>,
             {
-                self.tags = Some(tags.into_iter().map(Into::into).collect());
+                self.shared.tags = Some(tags.into_iter().map(Into::into).collect());
                 self
             }
 
             /// The folder results are written to (by default
             /// `$FLOWRUN_HOME/storage`).
             pub fn result_storage(mut self, dir: impl AsRef<std::path::Path>) -> Self {
-                self.results.storage = Some(crate::cache::ResultStorage::new(dir));
+                self.shared.results.storage = Some(crate::cache::ResultStorage::new(dir));
                 self
             }
 
@@ -532,9 +548,9 @@ macro_rules! shared_options {
             /// with a message naming it.
             pub fn result_storage_key(mut self, template: &str) -> Self {
                 match crate::cache::KeyTemplate::parse(template) {
-                    Ok(t) => self.results.template = Some(t),
+                    Ok(t) => self.shared.results.template = Some(t),
                     Err(e) => {
-                        self.results_error.get_or_insert(e);
+                        self.shared.results_error.get_or_insert(e);
                     }
                 }
                 self
