@@ -76,7 +76,6 @@
 mod registry;
 pub(crate) mod tags;
 
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -416,14 +415,7 @@ impl Drop for ConcurrencySlot {
     }
 }
 
-impl fmt::Debug for ConcurrencySlot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConcurrencySlot")
-            .field("name", &self.name)
-            .field("occupy", &self.occupy)
-            .finish()
-    }
-}
+debug_fields!(ConcurrencySlot { name, occupy });
 
 /// Takes `occupy` slots of the limit `name` (the current flow run's, else
 /// the process's), waiting as long as it takes; they are held until the
@@ -567,14 +559,7 @@ impl SlotFuture {
     }
 }
 
-impl fmt::Debug for SlotFuture {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SlotFuture")
-            .field("name", &self.name)
-            .field("occupy", &self.occupy)
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(SlotFuture { name, occupy, .. });
 
 impl Future for SlotFuture {
     type Output = Result<ConcurrencySlot, ConcurrencyError>;

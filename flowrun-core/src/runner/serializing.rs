@@ -41,13 +41,7 @@ impl SerializingTaskRunner {
     }
 }
 
-impl std::fmt::Debug for SerializingTaskRunner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SerializingTaskRunner")
-            .field("max_workers", &self.max_workers)
-            .finish()
-    }
-}
+debug_fields!(SerializingTaskRunner { max_workers });
 
 impl Default for SerializingTaskRunner {
     fn default() -> Self {

@@ -81,13 +81,7 @@ impl Clone for ThreadPoolTaskRunner {
     }
 }
 
-impl std::fmt::Debug for ThreadPoolTaskRunner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ThreadPoolTaskRunner")
-            .field("max_workers", &self.max_workers)
-            .finish()
-    }
-}
+debug_fields!(ThreadPoolTaskRunner { max_workers });
 
 impl TaskRunner for ThreadPoolTaskRunner {
     fn name(&self) -> Cow<'static, str> {
