@@ -26,26 +26,6 @@
 //! - [`plumbing`]: helpers shared with runners in other crates.
 #![deny(missing_docs)]
 
-/// `impl Debug` for a type showing only the fields named (the others hold
-/// locks, closures or handles); `..` after them marks the output
-/// non-exhaustive.
-macro_rules! debug_fields {
-    ($ty:ty { $($field:ident),* }) => {
-        impl ::std::fmt::Debug for $ty {
-            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
-                f.debug_struct(stringify!($ty))$(.field(stringify!($field), &self.$field))*.finish()
-            }
-        }
-    };
-    ($ty:ty { $($field:ident),*, .. }) => {
-        impl ::std::fmt::Debug for $ty {
-            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
-                f.debug_struct(stringify!($ty))$(.field(stringify!($field), &self.$field))*.finish_non_exhaustive()
-            }
-        }
-    };
-}
-
 pub mod cache;
 pub mod concurrency;
 mod engine;

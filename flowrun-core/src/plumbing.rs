@@ -41,6 +41,28 @@ pub fn wait_timeout<'a, T>(
     (guard, result.timed_out())
 }
 
+/// `impl Debug` for a type showing only the fields named (the others hold
+/// locks, closures or handles); `..` after them marks the output
+/// non-exhaustive.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __debug_fields {
+    ($ty:ty { $($field:ident),* }) => {
+        impl ::std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.debug_struct(stringify!($ty))$(.field(stringify!($field), &self.$field))*.finish()
+            }
+        }
+    };
+    ($ty:ty { $($field:ident),*, .. }) => {
+        impl ::std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.debug_struct(stringify!($ty))$(.field(stringify!($field), &self.$field))*.finish_non_exhaustive()
+            }
+        }
+    };
+}
+
 /// Grows a pool by one thread unless `threads` already counts `limit()`:
 /// claims the next number in `threads` and starts a thread named
 /// `name(number)` running `work(number)`. A thread the OS refuses is

@@ -415,7 +415,7 @@ impl Drop for ConcurrencySlot {
     }
 }
 
-debug_fields!(ConcurrencySlot { name, occupy });
+crate::__debug_fields!(ConcurrencySlot { name, occupy });
 
 /// Takes `occupy` slots of the limit `name` (the current flow run's, else
 /// the process's), waiting as long as it takes; they are held until the
@@ -559,7 +559,7 @@ impl SlotFuture {
     }
 }
 
-debug_fields!(SlotFuture { name, occupy, .. });
+crate::__debug_fields!(SlotFuture { name, occupy, .. });
 
 impl Future for SlotFuture {
     type Output = Result<ConcurrencySlot, ConcurrencyError>;

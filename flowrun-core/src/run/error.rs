@@ -336,15 +336,11 @@ impl fmt::Display for FlowError {
     }
 }
 
-impl fmt::Debug for FlowError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FlowError")
-            .field("kind", &self.kind)
-            .field("flow_run", &self.flow_run)
-            .field("message", &self.message)
-            .field("task_failures", &self.task_failures)
-            .finish()
-    }
-}
+crate::__debug_fields!(FlowError {
+    kind,
+    flow_run,
+    message,
+    task_failures
+});
 
 impl std::error::Error for FlowError {}

@@ -493,13 +493,7 @@ impl Drop for SerializedReporter {
     }
 }
 
-impl fmt::Debug for SerializedReporter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SerializedReporter")
-            .field("attempt", &self.attempt)
-            .finish()
-    }
-}
+crate::__debug_fields!(SerializedReporter { attempt });
 
 impl fmt::Debug for LocalJob {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -41,7 +41,7 @@ impl SerializingTaskRunner {
     }
 }
 
-debug_fields!(SerializingTaskRunner { max_workers });
+crate::__debug_fields!(SerializingTaskRunner { max_workers });
 
 impl Default for SerializingTaskRunner {
     fn default() -> Self {

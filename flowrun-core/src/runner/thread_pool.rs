@@ -81,7 +81,7 @@ impl Clone for ThreadPoolTaskRunner {
     }
 }
 
-debug_fields!(ThreadPoolTaskRunner { max_workers });
+crate::__debug_fields!(ThreadPoolTaskRunner { max_workers });
 
 impl TaskRunner for ThreadPoolTaskRunner {
     fn name(&self) -> Cow<'static, str> {

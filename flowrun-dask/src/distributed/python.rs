@@ -132,14 +132,7 @@ pub(crate) struct PythonCluster {
     stdin: Mutex<Option<ChildStdin>>,
 }
 
-impl std::fmt::Debug for PythonCluster {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PythonCluster")
-            .field("class", &self.class)
-            .field("address", &self.address)
-            .finish()
-    }
-}
+flowrun_core::__debug_fields!(PythonCluster { class, address });
 
 type Tail = Arc<Mutex<VecDeque<String>>>;
 

@@ -104,15 +104,12 @@ pub struct DaskClient {
     tls: Option<TlsConnector>,
 }
 
-impl std::fmt::Debug for DaskClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DaskClient")
-            .field("address", &self.address)
-            .field("client_id", &self.client_id)
-            .field("version", &self.version)
-            .finish_non_exhaustive()
-    }
-}
+flowrun_core::__debug_fields!(DaskClient {
+    address,
+    client_id,
+    version,
+    ..
+});
 
 /// A client id unique across processes and within one.
 fn new_client_id() -> String {
