@@ -43,10 +43,9 @@ impl EventValue {
     /// The entry of a dict message under a str key.
     pub fn get(&self, key: &str) -> Option<&EventValue> {
         match self {
-            EventValue::Map(entries) => entries
-                .iter()
-                .find(|(k, _)| matches!(k, EventValue::Str(s) if s == key))
-                .map(|(_, v)| v),
+            EventValue::Map(entries) => {
+                super::dict_get(entries, |k| matches!(k, EventValue::Str(s) if s == key))
+            }
             _ => None,
         }
     }

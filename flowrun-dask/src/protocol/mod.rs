@@ -56,6 +56,11 @@ mod stream;
 mod tls;
 mod version;
 
+/// The value of the first entry of a dict whose key `is_key` accepts.
+pub(crate) fn dict_get<V>(entries: &[(V, V)], is_key: impl Fn(&V) -> bool) -> Option<&V> {
+    entries.iter().find(|(k, _)| is_key(k)).map(|(_, v)| v)
+}
+
 pub use client::{ClusterInfo, DaskClient, WorkerInfo};
 pub(crate) use conn::Connection;
 pub use error::ProtocolError;

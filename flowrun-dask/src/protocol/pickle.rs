@@ -741,10 +741,9 @@ impl Sym {
     /// Looks up a str key in a dict.
     pub(crate) fn get(&self, key: &str) -> Option<&Sym> {
         match self {
-            Sym::Dict(entries) => entries
-                .iter()
-                .find(|(k, _)| matches!(k, Sym::Str(s) if s == key))
-                .map(|(_, v)| v),
+            Sym::Dict(entries) => {
+                super::dict_get(entries, |k| matches!(k, Sym::Str(s) if s == key))
+            }
             _ => None,
         }
     }
