@@ -1,6 +1,8 @@
 //! Failures: panics and `Err` fail a run with their message; a failure
 //! nobody handled fails the flow run, which lists every failure.
 
+mod common;
+
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -182,23 +184,11 @@ fn when_the_flow_fails_runs_that_had_not_started_are_cancelled() {
     assert_eq!(counts.cancelled, 1, "{counts:?}");
 }
 
-/// Loses every attempt it is given.
-#[derive(Default)]
-struct Forgetful;
-
-impl flowrun::runner::TaskRunner for Forgetful {
-    fn name(&self) -> std::borrow::Cow<'static, str> {
-        "Forgetful".into()
-    }
-    fn execution(&self) -> flowrun::runner::Execution {
-        flowrun::runner::Execution::Serialized
-    }
-    fn submit(&self, call: flowrun::runner::TaskCall) {
-        drop(call);
-    }
-}
-
-impl<T: flowrun::runner::SerializedTask> flowrun::runner::AcceptsTask<T> for Forgetful {}
+common::serialized_runner!(
+    /// Loses every attempt it is given.
+    Forgetful,
+    drop
+);
 
 #[task]
 fn forty_two() -> u32 {

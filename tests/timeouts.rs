@@ -1,6 +1,8 @@
 //! Timeouts end an attempt as Failed (TimedOut) with a message that says so;
 //! retries apply; flows time out too.
 
+mod common;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -159,19 +161,11 @@ fn an_async_flow_that_runs_too_long_is_stopped() {
     assert!(started.elapsed() < Duration::from_secs(2));
 }
 
-/// Runs each attempt "elsewhere": it starts, its worker dies after 0.6 s,
-/// it starts again on another worker and completes 0.6 s later.
-#[derive(Default)]
-struct Restarting;
-
-impl flowrun::runner::TaskRunner for Restarting {
-    fn name(&self) -> std::borrow::Cow<'static, str> {
-        "Restarting".into()
-    }
-    fn execution(&self) -> flowrun::runner::Execution {
-        flowrun::runner::Execution::Serialized
-    }
-    fn submit(&self, call: flowrun::runner::TaskCall) {
+common::serialized_runner!(
+    /// Runs each attempt "elsewhere": it starts, its worker dies after 0.6 s,
+    /// it starts again on another worker and completes 0.6 s later.
+    Restarting,
+    |call: flowrun::runner::TaskCall| {
         let flowrun::runner::Work::Serialized(job) = call.into_work() else {
             panic!("a remote runner gets remote work");
         };
@@ -183,9 +177,7 @@ impl flowrun::runner::TaskRunner for Restarting {
             job.finish(Ok(flowrun::runner::encode_value(&7u32).unwrap().into()));
         });
     }
-}
-
-impl<T: flowrun::runner::SerializedTask> flowrun::runner::AcceptsTask<T> for Restarting {}
+);
 
 #[task(timeout = 1.0)]
 fn seven() -> u32 {

@@ -18,3 +18,30 @@ pub(crate) fn fails_before(calls: &std::sync::atomic::AtomicU32, nth: u32) -> Re
         Ok(n)
     }
 }
+
+/// Declares a test runner `$name` that takes serialized work (any task
+/// with a codec runs on it) and hands each call to `$submit`.
+#[allow(unused_macros)]
+macro_rules! serialized_runner {
+    ($(#[$doc:meta])* $name:ident, $submit:expr) => {
+        $(#[$doc])*
+        #[derive(Default)]
+        struct $name;
+
+        impl flowrun::runner::TaskRunner for $name {
+            fn name(&self) -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+            fn execution(&self) -> flowrun::runner::Execution {
+                flowrun::runner::Execution::Serialized
+            }
+            fn submit(&self, call: flowrun::runner::TaskCall) {
+                ($submit)(call)
+            }
+        }
+
+        impl<T: flowrun::runner::SerializedTask> flowrun::runner::AcceptsTask<T> for $name {}
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use serialized_runner;
