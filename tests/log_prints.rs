@@ -24,13 +24,27 @@ fn console() -> Vec<String> {
 }
 
 /// The global setting is per process: tests that depend on it take turns.
-fn setting() -> MutexGuard<'static, ()> {
+/// Taking one also starts capturing the console.
+fn turn() -> MutexGuard<'static, ()> {
     static TURN: Mutex<()> = Mutex::new(());
-    TURN.lock().unwrap_or_else(|p| p.into_inner())
+    let turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    lines();
+    turn
 }
 
 fn has(all: &[String], wanted: &str) -> bool {
     all.iter().any(|l| l.contains(wanted))
+}
+
+/// Asserts that a line of `all` holds `wanted` (`shown`), or that none does.
+fn assert_shown(all: &[String], wanted: &str, shown: bool) {
+    assert_eq!(
+        has(all, wanted),
+        shown,
+        "{wanted:?} shown: {}, expected {shown}, in\n{}",
+        !shown,
+        all.join("")
+    );
 }
 
 fn store(home: &Path) -> Store {
@@ -60,19 +74,22 @@ fn insistent_talker(n: u32) -> u32 {
     n
 }
 
+/// Prints `line` in the flow body and runs each talker on `n` (the
+/// insistent one on `n + 1`, so that its line does not hold the others').
 #[flow]
-fn talking_flow() -> u32 {
-    println!("the flow body says hi");
-    talker.submit(1).result().unwrap() + quiet_talker.submit(2).result().unwrap()
+fn talking_flow(line: String, n: u32) -> u32 {
+    println!("{line}");
+    talker.submit(n).result().unwrap()
+        + quiet_talker.submit(n).result().unwrap()
+        + insistent_talker.submit(n + 1).result().unwrap()
 }
 
 #[test]
 fn prints_in_tasks_and_flows_are_log_lines_of_their_runs_on_threads() {
-    let _turn = setting();
-    lines();
+    let _turn = turn();
     let home = temp_home();
-    let run = talking_flow.return_state();
-    assert_eq!(*run.result().unwrap(), 3);
+    let run = talking_flow.return_state("the flow body says hi".into(), 1);
+    assert_eq!(*run.result().unwrap(), 4);
     let all = console();
     for wanted in [
         "| INFO    | Task run 'talker-0' - talker says 1".to_owned(),
@@ -84,14 +101,10 @@ fn prints_in_tasks_and_flows_are_log_lines_of_their_runs_on_threads() {
             run.name()
         ),
     ] {
-        assert!(
-            has(&all, &wanted),
-            "missing {wanted:?} in\n{}",
-            all.join("")
-        );
+        assert_shown(&all, &wanted, true);
     }
-    assert!(!has(&all, "plain stdout"), "{}", all.join(""));
-    assert!(!has(&all, "quiet talker says"), "{}", all.join(""));
+    assert_shown(&all, "plain stdout", false);
+    assert_shown(&all, "quiet talker says", false);
 
     // The history holds them as logs of the task run.
     let store = store(home.path());
@@ -108,34 +121,20 @@ fn prints_in_tasks_and_flows_are_log_lines_of_their_runs_on_threads() {
         .any(|l| l.text == "the flow body says hi" && l.task_run.is_none()));
 }
 
-#[flow]
-fn insistent_flow() -> u32 {
-    println!("flow body with the setting off");
-    talker.submit(7).result().unwrap() + insistent_talker.submit(8).result().unwrap()
-}
-
 #[test]
 fn the_global_setting_turns_it_off_except_where_a_task_asks_for_it() {
-    let _turn = setting();
-    lines();
+    let _turn = turn();
     flowrun::prints::set_log_prints(false);
-    let result = insistent_flow();
+    let result = talking_flow("flow body with the setting off".into(), 7);
     flowrun::prints::set_log_prints(true);
-    assert_eq!(result.unwrap(), 15);
+    assert_eq!(result.unwrap(), 22);
     let all = console();
-    assert!(!has(&all, "talker says 7"), "{}", all.join(""));
-    assert!(
-        !has(&all, "flow body with the setting off"),
-        "{}",
-        all.join("")
-    );
-    assert!(
-        has(
-            &all,
-            "| INFO    | Task run 'insistent_talker-0' - insistent talker says 8"
-        ),
-        "{}",
-        all.join("")
+    assert_shown(&all, "talker says 7", false);
+    assert_shown(&all, "flow body with the setting off", false);
+    assert_shown(
+        &all,
+        "| INFO    | Task run 'insistent_talker-0' - insistent talker says 8",
+        true,
     );
 }
 
@@ -157,21 +156,17 @@ fn uses_helper(n: u32) -> u32 {
 
 #[test]
 fn helpers_that_import_the_macros_log_to_the_calling_run() {
-    let _turn = setting();
-    lines();
+    let _turn = turn();
     #[flow]
     fn helped() -> u32 {
         uses_helper.submit(5).result().unwrap()
     }
     assert_eq!(helped().unwrap(), 5);
     let all = console();
-    assert!(
-        has(
-            &all,
-            "| INFO    | Task run 'uses_helper-0' - helper of 5 speaking"
-        ),
-        "{}",
-        all.join("")
+    assert_shown(
+        &all,
+        "| INFO    | Task run 'uses_helper-0' - helper of 5 speaking",
+        true,
     );
 }
 
@@ -185,8 +180,7 @@ fn slow_talker(n: u32) -> u32 {
 
 #[test]
 fn prints_of_tasks_sharing_a_worker_process_are_told_apart_on_a_local_cluster() {
-    let _turn = setting();
-    lines();
+    let _turn = turn();
     // Two tasks print at the same time in one worker process: its output
     // capture could only say the worker ran both; the rewritten prints
     // name their own run.
@@ -202,11 +196,7 @@ fn prints_of_tasks_sharing_a_worker_process_are_told_apart_on_a_local_cluster() 
     for n in 0..2 {
         for when in ["starts", "ends"] {
             let wanted = format!("| INFO    | Task run 'slow_talker-{n}' - slow talker {n} {when}");
-            assert!(
-                has(&all, &wanted),
-                "missing {wanted:?} in\n{}",
-                all.join("")
-            );
+            assert_shown(&all, &wanted, true);
         }
     }
 }
