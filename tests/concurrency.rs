@@ -158,33 +158,50 @@ fn ends_body(how: &str) -> Result<u32, String> {
     out
 }
 
+/// Submits a run that ends `ok`, `err`, `panic` (through `end_as`) and
+/// `timeout` (through `time_out`), one after the other, and hands each to
+/// `seen` once it is final.
+fn each_way_a_run_ends<T: Clone + Send + 'static>(
+    end_as: impl Fn(String) -> flowrun::TaskFuture<T>,
+    time_out: impl Fn() -> flowrun::TaskFuture<T>,
+    mut seen: impl FnMut(&str, &flowrun::TaskFuture<T>),
+) {
+    for how in ["ok", "err", "panic", "timeout"] {
+        let f = if how == "timeout" {
+            time_out()
+        } else {
+            end_as(how.to_owned())
+        };
+        let _ = f.result();
+        seen(how, &f);
+    }
+}
+
 #[test]
 fn every_way_a_run_ends_gives_its_slot_back() {
     #[flow(concurrency_limits = [("paths", 1)], task_runner = ThreadPoolTaskRunner::new(8))]
     fn paths() -> Vec<(String, StateKind, u32)> {
         let mut seen = Vec::new();
-        for how in ["ok", "err", "panic", "slow"] {
-            let f = if how == "slow" {
-                times_out.submit()
-            } else {
-                ends.submit(how.to_owned())
-            };
-            let _ = f.result();
-            let kind = f.state().kind();
-            // A timed-out run keeps its slot until its code returns.
-            if how == "slow" {
-                assert_eq!(f.state().name(), "TimedOut");
-                assert_eq!(concurrency::tag_limit("paths").unwrap().active, 1);
-                assert!(common::eventually(Duration::from_secs(5), || {
-                    concurrency::tag_limit("paths").unwrap().active == 0
-                }));
-            }
-            seen.push((
-                how.to_owned(),
-                kind,
-                concurrency::tag_limit("paths").unwrap().active,
-            ));
-        }
+        each_way_a_run_ends(
+            |how| ends.submit(how),
+            || times_out.submit(),
+            |how, f| {
+                let kind = f.state().kind();
+                // A timed-out run keeps its slot until its code returns.
+                if how == "timeout" {
+                    assert_eq!(f.state().name(), "TimedOut");
+                    assert_eq!(concurrency::tag_limit("paths").unwrap().active, 1);
+                    assert!(common::eventually(Duration::from_secs(5), || {
+                        concurrency::tag_limit("paths").unwrap().active == 0
+                    }));
+                }
+                seen.push((
+                    how.to_owned(),
+                    kind,
+                    concurrency::tag_limit("paths").unwrap().active,
+                ));
+            },
+        );
         // Cancelled while waiting for its slot: takes none.
         let holder = ends.submit("slow".to_owned());
         std::thread::sleep(Duration::from_millis(50));
@@ -213,7 +230,7 @@ fn every_way_a_run_ends_gives_its_slot_back() {
             ("ok".to_owned(), StateKind::Completed, 0),
             ("err".to_owned(), StateKind::Failed, 0),
             ("panic".to_owned(), StateKind::Failed, 0),
-            ("slow".to_owned(), StateKind::Failed, 0),
+            ("timeout".to_owned(), StateKind::Failed, 0),
             ("cancelled".to_owned(), StateKind::Cancelled, 0),
         ]
     );
@@ -482,15 +499,11 @@ fn on_the_local_cluster_every_way_a_run_ends_gives_its_slots_back() {
                 + concurrency::limit("cl-held").unwrap().active
         };
         let mut seen = Vec::new();
-        for how in ["ok", "err", "panic", "timeout"] {
-            let f = if how == "timeout" {
-                cl_times_out.submit()
-            } else {
-                cl_ends.submit(how.to_owned())
-            };
-            let _ = f.result();
-            seen.push((how.to_owned(), f.state().name().to_owned(), active()));
-        }
+        each_way_a_run_ends(
+            |how| cl_ends.submit(how),
+            || cl_times_out.submit(),
+            |how, f| seen.push((how.to_owned(), f.state().name().to_owned(), active())),
+        );
         // Cancelled while waiting for its slot: takes none.
         let holder = cl_ends.submit("slow".to_owned());
         assert!(common::eventually(Duration::from_secs(10), || holder
