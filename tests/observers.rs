@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 
 use flowrun::runner::observe::{ObserverRegistration, RunEvent, RunObserver};
@@ -33,12 +32,7 @@ flowrun::__private::inventory::submit! {
     ObserverRegistration { factory: watch }
 }
 
-static CALLS: AtomicU32 = AtomicU32::new(0);
-
-#[task(retries = 2)]
-fn fails_twice() -> Result<u32, String> {
-    common::fails_before(&CALLS, 3)
-}
+common::flaky_task!(CALLS, #[task(retries = 2)] fn fails_twice succeeds at 3);
 
 #[flow]
 fn watched_flow() -> u32 {

@@ -9,12 +9,7 @@ use std::time::{Duration, Instant};
 
 use flowrun::{flow, task, RetryDelay, RetryPolicy, StateKind, TaskOptions};
 
-static FLAKY_CALLS: AtomicU32 = AtomicU32::new(0);
-
-#[task(retries = 3)]
-fn flaky() -> Result<u32, String> {
-    common::fails_before(&FLAKY_CALLS, 3)
-}
+common::flaky_task!(FLAKY_CALLS, #[task(retries = 3)] fn flaky succeeds at 3);
 
 #[test]
 fn a_failing_task_is_retried_until_it_succeeds() {
@@ -106,12 +101,7 @@ fn jitter_spreads_delays_within_its_bound() {
     );
 }
 
-static OVERRIDE_CALLS: AtomicU32 = AtomicU32::new(0);
-
-#[task]
-fn fails_twice() -> Result<u32, String> {
-    common::fails_before(&OVERRIDE_CALLS, 3)
-}
+common::flaky_task!(OVERRIDE_CALLS, #[task] fn fails_twice succeeds at 3);
 
 #[test]
 fn with_options_sets_retries_for_one_call() {
@@ -145,12 +135,7 @@ fn panics_are_retried_like_errors() {
     assert_eq!(flow_under_test().unwrap(), 7);
 }
 
-static DIRECT: AtomicU32 = AtomicU32::new(0);
-
-#[task(retries = 2)]
-fn direct_flaky() -> Result<u32, String> {
-    common::fails_before(&DIRECT, 2)
-}
+common::flaky_task!(DIRECT, #[task(retries = 2)] fn direct_flaky succeeds at 2);
 
 #[test]
 fn direct_calls_retry_too() {

@@ -108,12 +108,7 @@ fn a_direct_call_that_times_out_fails_the_flow_with_the_reason() {
         sleeps(2_000)
     }
     let error = flow_under_test().unwrap_err();
-    assert_eq!(error.kind(), &FlowErrorKind::Panic);
-    assert!(
-        error.message().contains("timed out after 200ms"),
-        "{}",
-        error.message()
-    );
+    common::assert_flow_error(&error, FlowErrorKind::Panic, &["timed out after 200ms"]);
 }
 
 #[task]
@@ -140,12 +135,7 @@ fn a_flow_that_runs_too_long_fails_as_timed_out_and_cancels_its_task_runs() {
     );
     assert_eq!(run.state().name(), "TimedOut");
     let error = run.result().unwrap_err();
-    assert_eq!(error.kind(), &FlowErrorKind::TimedOut);
-    assert!(
-        error.message().contains("timed out after"),
-        "{}",
-        error.message()
-    );
+    common::assert_flow_error(error, FlowErrorKind::TimedOut, &["timed out after"]);
     assert_eq!(run.task_run_counts().cancelled, 2);
 }
 

@@ -45,3 +45,38 @@ macro_rules! serialized_runner {
 }
 #[allow(unused_imports)]
 pub(crate) use serialized_runner;
+
+/// Declares the call counter `$calls` and a task `$name` (with the given
+/// attributes) whose calls fail until the `$nth`, which answers `Ok($nth)`
+/// (see [`fails_before`]).
+#[allow(unused_macros)]
+macro_rules! flaky_task {
+    ($calls:ident, $(#[$attr:meta])* fn $name:ident succeeds at $nth:literal) => {
+        static $calls: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+        $(#[$attr])*
+        fn $name() -> Result<u32, String> {
+            common::fails_before(&$calls, $nth)
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use flaky_task;
+
+/// Asserts that a flow run failed as `kind`, with a message holding each
+/// of `parts`.
+#[allow(dead_code)]
+pub(crate) fn assert_flow_error(
+    error: &flowrun::FlowError,
+    kind: flowrun::FlowErrorKind,
+    parts: &[&str],
+) {
+    assert_eq!(error.kind(), &kind, "{error}");
+    for part in parts {
+        assert!(
+            error.message().contains(part),
+            "{part:?} in {}",
+            error.message()
+        );
+    }
+}
