@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use flowrun::history::{temp_home, LogQuery, RunDetail, RunsQuery, Store};
+use flowrun::history::{temp_home, FlowRunRow, LogQuery, RunDetail, RunsQuery, Store};
 use flowrun::{flow, get_run_logger, task};
 
 mod common;
@@ -426,17 +426,23 @@ fn a_flow_run_whose_runner_cannot_start_is_recorded_as_crashed() {
     assert!(run.end_ms.is_some());
 }
 
+/// The only two flow runs recorded in `home`, of flow `parent` and of its
+/// subflow `inner` (checked to name its parent), and the parent's detail.
+fn parent_and_child(home: &Path, parent: &str) -> (FlowRunRow, RunDetail) {
+    let store = store(home);
+    let runs = store.runs(&RunsQuery::default()).unwrap();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let find = |flow: &str| runs.iter().find(|r| r.flow == flow).unwrap();
+    let (parent, child) = (find(parent), find("inner"));
+    assert_eq!(child.parent_flow_run.as_deref(), Some(parent.id.as_str()));
+    (child.clone(), store.detail(parent, 10).unwrap())
+}
+
 #[test]
 fn a_subflow_records_its_parent_flow_run() {
     let home = temp_home();
     assert_eq!(outer(5).unwrap(), 11);
-    let store = store(home.path());
-    let runs = store.runs(&RunsQuery::default()).unwrap();
-    assert_eq!(runs.len(), 2);
-    let parent = runs.iter().find(|r| r.flow == "outer").unwrap();
-    let child = runs.iter().find(|r| r.flow == "inner").unwrap();
-    assert_eq!(child.parent_flow_run.as_deref(), Some(parent.id.as_str()));
-    let detail = store.detail(parent, 10).unwrap();
+    let (child, detail) = parent_and_child(home.path(), "outer");
     assert_eq!(detail.subflows.len(), 1);
     assert_eq!(detail.subflows[0].id, child.id);
 }
@@ -445,14 +451,10 @@ fn a_subflow_records_its_parent_flow_run() {
 fn a_subflow_called_in_a_task_records_that_task_run() {
     let home = temp_home();
     assert_eq!(flow_in_task(4).unwrap(), 8);
-    let store = store(home.path());
-    let runs = store.runs(&RunsQuery::default()).unwrap();
-    let parent = runs.iter().find(|r| r.flow == "flow-in-task").unwrap();
-    let child = runs.iter().find(|r| r.flow == "inner").unwrap();
-    let task = &store.detail(parent, 10).unwrap().task_runs[0];
+    let (child, detail) = parent_and_child(home.path(), "flow-in-task");
+    let task = &detail.task_runs[0];
     assert_eq!(task.name, "runs_a_flow-0");
     assert_eq!(child.parent_task_run.as_deref(), Some(task.id.as_str()));
-    assert_eq!(child.parent_flow_run.as_deref(), Some(parent.id.as_str()));
 }
 
 #[test]
