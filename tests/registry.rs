@@ -2,6 +2,8 @@
 //! arguments, as a worker process does; tasks whose types cannot be
 //! serialized say which type stops them.
 
+mod common;
+
 use std::time::Duration;
 
 use flowrun::registry::registry;
@@ -156,9 +158,10 @@ fn a_runner_that_moves_tasks_refuses_a_non_serializable_one_at_submit() {
         .with_runner(SerializingTaskRunner::default())
         .call()
         .unwrap();
-    assert!(message.contains("uses_handle"), "{message}");
-    assert!(message.contains("SerializingTaskRunner"), "{message}");
-    assert!(message.contains("registry::Handle"), "{message}");
+    common::assert_holds(
+        &message,
+        &["uses_handle", "SerializingTaskRunner", "registry::Handle"],
+    );
     assert_eq!(
         chooses_runner_at_run_time.call().unwrap_err().kind(),
         &flowrun::FlowErrorKind::Panic

@@ -165,6 +165,5 @@ fn a_run_whose_arguments_are_not_clone_fails_with_a_reason_instead_of_retrying()
             .to_string()
     }
     let message = flow_under_test().unwrap();
-    assert!(message.contains("needs a retry"), "{message}");
-    assert!(message.contains("not Clone"), "{message}");
+    common::assert_holds(&message, &["needs a retry", "not Clone"]);
 }

@@ -135,8 +135,7 @@ fn a_task_that_keeps_killing_its_workers_ends_crashed_with_killed_worker() {
     let (state, kind, message, ok) = doomed().unwrap();
     assert_eq!(state, StateKind::Crashed);
     assert_eq!(kind, TaskErrorKind::KilledWorker);
-    assert!(message.contains("KilledWorker"), "{message}");
-    assert!(message.contains("on 4 different workers"), "{message}");
+    common::assert_holds(&message, &["KilledWorker", "on 4 different workers"]);
     // Each death says why the worker died.
     assert_eq!(
         message.matches("killed by signal 9 (SIGKILL").count(),

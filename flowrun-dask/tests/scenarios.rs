@@ -540,8 +540,7 @@ fn map<R: TaskRunner + Clone>(runner: R) {
     let (unequal, all_unmapped) = bad_maps.with_runner(runner).call().unwrap();
     assert!(matches!(unequal, MapError::UnequalLengths { .. }));
     let message = unequal.to_string();
-    assert!(message.contains("`value` has 3"), "{message}");
-    assert!(message.contains("`factor` has 2"), "{message}");
+    common::assert_holds(&message, &["`value` has 3", "`factor` has 2"]);
     assert!(matches!(all_unmapped, MapError::NothingToMap { .. }));
 }
 

@@ -11,6 +11,13 @@ pub(crate) fn scratch(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("flowrun-test-{}-{name}", std::process::id()))
 }
 
+/// Asserts that `text` holds each of `parts`, showing `text` where not.
+pub(crate) fn assert_holds(text: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(text.contains(part), "{part:?} is not in {text}");
+    }
+}
+
 /// Whether a process with this PID exists and is not a zombie.
 pub(crate) fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
