@@ -76,11 +76,7 @@ fn take_attr_log() -> Vec<(String, u32)> {
     on_running = [attr_noting("running")]
 )]
 fn checked(x: u32) -> Result<u32, String> {
-    if x == 0 {
-        Err("zero".into())
-    } else {
-        Ok(x)
-    }
+    common::ok_unless(x, 0, "zero")
 }
 
 fn task_hooks_fire_once_per_final_state(label: &str, seen: Vec<String>) {

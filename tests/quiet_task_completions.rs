@@ -13,11 +13,7 @@ fn cluster() -> DaskTaskRunner {
 
 #[task]
 fn check(x: u32) -> Result<u32, String> {
-    if x == 13 {
-        Err("unlucky".into())
-    } else {
-        Ok(x)
-    }
+    common::ok_unless(x, 13, "unlucky")
 }
 
 fn map_forty() -> usize {

@@ -71,11 +71,7 @@ fn an_async_task_awaiting_its_client_does_not_deadlock_either() {
 
 #[task]
 fn fails_on(x: u64) -> Result<u64, String> {
-    if x == 2 {
-        Err("two is not allowed".into())
-    } else {
-        Ok(x)
-    }
+    common::ok_unless(x, 2, "two is not allowed")
 }
 
 #[task]

@@ -901,11 +901,7 @@ fn flow_completed(run: &flowrun::FlowRunInfo, state: &State) {
 
 #[task(on_completion = [hooked_completed], on_failure = [hooked_failed], on_running = [hooked_running])]
 fn checked(x: u32) -> Result<u32, String> {
-    if x == 0 {
-        Err("zero".into())
-    } else {
-        Ok(x)
-    }
+    common::ok_unless(x, 0, "zero")
 }
 
 #[flow]

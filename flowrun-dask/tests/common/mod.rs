@@ -18,6 +18,16 @@ pub(crate) fn assert_holds(text: &str, parts: &[&str]) {
     }
 }
 
+/// The body of a task that fails for one input: `Err(why)` for `bad`,
+/// else `Ok(x)`.
+pub(crate) fn ok_unless<T: PartialEq>(x: T, bad: T, why: &str) -> Result<T, String> {
+    if x == bad {
+        Err(why.to_owned())
+    } else {
+        Ok(x)
+    }
+}
+
 /// Whether a process with this PID exists and is not a zombie.
 pub(crate) fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
