@@ -31,8 +31,8 @@ fn dask_sum(a: u32, b: u32) -> u32 {
 
 #[test]
 fn a_tag_limit_holds_across_the_workers_of_a_real_dask_cluster() {
-    let _t = begin("a_tag_limit_holds_across_the_workers_of_a_real_dask_cluster");
-    let cluster = Cluster::start(&[WorkerSpec::threads(2), WorkerSpec::threads(2)]);
+    let (_t, cluster) =
+        begin_on_two_workers("a_tag_limit_holds_across_the_workers_of_a_real_dask_cluster");
     #[flow]
     fn limited(dir: String) -> (u32, Vec<String>, u32) {
         std::fs::create_dir_all(&dir).unwrap();
@@ -182,27 +182,41 @@ fn final_kinds<T: Clone + Send + 'static>(runs: &[TaskFuture<T>]) -> Vec<StateKi
         .collect()
 }
 
+/// What [`begin`] returns: held until the test ends.
+type Turn = (std::sync::MutexGuard<'static, ()>, common::HangGuard);
+
+/// Starts the test `test` (see [`begin`]) with a new cluster of two
+/// workers of two threads each.
+fn begin_on_two_workers(test: &'static str) -> (Turn, Cluster) {
+    let turn = begin(test);
+    (
+        turn,
+        Cluster::start(&[WorkerSpec::threads(2), WorkerSpec::threads(2)]),
+    )
+}
+
+/// Submits a guarded span of `ms` for each of `ends` (how it ends), in a
+/// flow, writing into `dir`.
+fn submit_guarded_spans(dir: &str, ms: u64, ends: &[&str]) -> Vec<TaskFuture<u32>> {
+    std::fs::create_dir_all(dir).unwrap();
+    ends.iter()
+        .map(|end| guarded_span.submit(dir.to_owned(), ms, end.to_string()))
+        .collect()
+}
+
 /// Runs `n` guarded spans of `ms` each that end well, in a flow: their
 /// final states.
 fn guarded_spans(dir: &str, n: usize, ms: u64) -> Vec<StateKind> {
-    std::fs::create_dir_all(dir).unwrap();
-    let runs: Vec<_> = (0..n)
-        .map(|_| guarded_span.submit(dir.to_owned(), ms, "ok".to_string()))
-        .collect();
-    final_kinds(&runs)
+    final_kinds(&submit_guarded_spans(dir, ms, &vec!["ok"; n]))
 }
 
 #[test]
 fn a_guard_in_task_code_holds_across_dask_workers_and_shows_in_dask() {
-    let _t = begin("a_guard_in_task_code_holds_across_dask_workers_and_shows_in_dask");
-    let cluster = Cluster::start(&[WorkerSpec::threads(2), WorkerSpec::threads(2)]);
+    let (_t, cluster) =
+        begin_on_two_workers("a_guard_in_task_code_holds_across_dask_workers_and_shows_in_dask");
     #[flow]
     fn guarded(dir: String) -> Vec<StateKind> {
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut runs: Vec<_> = ["ok", "err", "ok", "panic", "ok", "ok"]
-            .iter()
-            .map(|end| guarded_span.submit(dir.clone(), 300, end.to_string()))
-            .collect();
+        let mut runs = submit_guarded_spans(&dir, 300, &["ok", "err", "ok", "panic", "ok", "ok"]);
         runs.push(guarded_span.submit(dir.clone(), 4_000, "hold".to_string()));
         let asynchronous = guarded_async.submit(dir.clone());
         let mut kinds = final_kinds(&runs);
@@ -280,8 +294,9 @@ fn most_slots(path: &str) -> (u32, usize) {
 
 #[test]
 fn guards_of_several_slots_on_real_dask_share_the_limit_without_deadlock() {
-    let _t = begin("guards_of_several_slots_on_real_dask_share_the_limit_without_deadlock");
-    let cluster = Cluster::start(&[WorkerSpec::threads(2), WorkerSpec::threads(2)]);
+    let (_t, cluster) = begin_on_two_workers(
+        "guards_of_several_slots_on_real_dask_share_the_limit_without_deadlock",
+    );
     #[flow]
     fn pairs(dir: String) -> (u32, String) {
         std::fs::create_dir_all(&dir).unwrap();
@@ -396,8 +411,7 @@ fn the_slot_of_a_task_process_that_died_comes_back_by_dasks_lease_timeout() {
 
 #[test]
 fn guards_hold_with_a_process_per_attempt_too() {
-    let _t = begin("guards_hold_with_a_process_per_attempt_too");
-    let cluster = Cluster::start(&[WorkerSpec::threads(2), WorkerSpec::threads(2)]);
+    let (_t, cluster) = begin_on_two_workers("guards_hold_with_a_process_per_attempt_too");
     #[flow]
     fn isolated(dir: String) -> Vec<StateKind> {
         guarded_spans(&dir, 4, 300)

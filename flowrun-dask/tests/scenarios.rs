@@ -165,6 +165,16 @@ fn count_lines(path: &str) -> usize {
     common::lines(path).len()
 }
 
+/// Calls `run` with the path of a fresh marker file that a run which must
+/// not happen writes to, and checks that none did (`what` names that run).
+fn never_marked<T>(what: &str, run: impl FnOnce(String) -> T) -> T {
+    let scratch = Scratch::new();
+    let marker = scratch.file("marker");
+    let got = run(marker.clone());
+    assert_eq!(count_lines(&marker), 0, "{what} ran");
+    got
+}
+
 // ---------------------------------------------------------------------------
 // Dependencies: a future argument makes the downstream run wait for it
 // and receive its value; futures and values mix and one future feeds many
@@ -295,12 +305,9 @@ fn unhandled() -> u64 {
 }
 
 fn failures_propagate<R: TaskRunner + Clone>(runner: R) {
-    let scratch = Scratch::new();
-    let marker = scratch.file("dependent-ran");
-    let seen = failing
-        .with_runner(runner.clone())
-        .call(marker.clone())
-        .unwrap();
+    let seen = never_marked("a dependent of a failure", |marker| {
+        failing.with_runner(runner.clone()).call(marker).unwrap()
+    });
     assert_eq!(
         seen[0],
         (
@@ -317,7 +324,6 @@ fn failures_propagate<R: TaskRunner + Clone>(runner: R) {
     // Workers add where the panic happened (" (panicked at file:line)"):
     // the panic's own report went to their stderr.
     assert!(seen[3].1.starts_with("kaboom"), "{}", seen[3].1);
-    assert_eq!(count_lines(&marker), 0, "a dependent of a failure ran");
 
     let error = unhandled.with_runner(runner).call().unwrap_err();
     assert!(error.to_string().contains("kaboom"), "{error}");
@@ -690,12 +696,9 @@ fn futures_inside_collections<R: TaskRunner + Clone>(runner: R) {
             vec![0, 1, 4, 9],
         )
     );
-    let scratch = Scratch::new();
-    let marker = scratch.file("reducer-ran");
-    let got = failed_elements
-        .with_runner(runner)
-        .call(marker.clone())
-        .unwrap();
+    let got = never_marked("the reducer", |marker| {
+        failed_elements.with_runner(runner).call(marker).unwrap()
+    });
     assert_eq!(
         got,
         (
@@ -705,7 +708,6 @@ fn futures_inside_collections<R: TaskRunner + Clone>(runner: R) {
             "no_numbers-0".to_owned()
         )
     );
-    assert_eq!(count_lines(&marker), 0, "the reducer ran");
 }
 
 // ---------------------------------------------------------------------------
@@ -778,14 +780,10 @@ fn cancel_waiting(marker: String) -> (bool, bool, StateKind, u64) {
 }
 
 fn cancellation<R: TaskRunner + Clone>(runner: R) {
-    let scratch = Scratch::new();
-    let marker = scratch.file("cancelled-ran");
-    let got = cancel_waiting
-        .with_runner(runner)
-        .call(marker.clone())
-        .unwrap();
+    let got = never_marked("the cancelled run", |marker| {
+        cancel_waiting.with_runner(runner).call(marker).unwrap()
+    });
     assert_eq!(got, (true, true, StateKind::Cancelled, 4));
-    assert_eq!(count_lines(&marker), 0, "the cancelled run ran");
 }
 
 // ---------------------------------------------------------------------------
