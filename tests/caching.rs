@@ -964,7 +964,6 @@ fn a_cache_hit_is_recorded_in_the_run_history_with_its_key() {
 
 mod cluster {
     use super::*;
-    use flowrun_dask::{ClusterKwargs, DaskTaskRunner};
 
     /// Counts executions in a file: the tasks run in worker processes.
     #[task(cache_policy = INPUTS + TASK_SOURCE)]
@@ -979,7 +978,7 @@ mod cluster {
         std::process::id()
     }
 
-    #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(1).threads_per_worker(1)))]
+    #[flow(task_runner = common::local_cluster(1, 1))]
     fn pid_on_cluster(dir: PathBuf) -> String {
         let f = my_pid.with_options(at(&dir)).submit();
         f.wait();
@@ -1008,7 +1007,7 @@ mod cluster {
         values.iter().sum()
     }
 
-    #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(2).threads_per_worker(1)))]
+    #[flow(task_runner = common::local_cluster(2, 1))]
     fn on_cluster(dir: PathBuf, log: String, n: u64) -> (u64, Vec<String>) {
         let opts = || at(&dir);
         let runs: Vec<_> = (0..n)

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use flowrun::concurrency::{self, concurrency, ConcurrencyErrorKind, AWAITING_CONCURRENCY_SLOT};
 use flowrun::{flow, task, StateKind, TaskErrorKind, ThreadPoolTaskRunner};
-use flowrun_dask::{ClusterKwargs, DaskTaskRunner};
 
 /// Counts how many holders run at once and remembers the most.
 #[derive(Default)]
@@ -399,10 +398,6 @@ fn bad_limits_and_requests_are_clear_errors_never_hangs() {
 
 // ---- the local cluster: worker processes of this test program ----------
 
-fn two_workers() -> DaskTaskRunner {
-    DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(2).threads_per_worker(2))
-}
-
 #[task(tags = ["cl-db"])]
 fn cluster_tagged(dir: String) {
     common::record_span(&dir, "tagged", Duration::from_millis(150));
@@ -417,7 +412,7 @@ fn cluster_guarded(dir: String) -> Result<(), concurrency::ConcurrencyError> {
 
 #[test]
 fn on_the_local_cluster_tag_limits_and_guards_hold_across_worker_processes() {
-    #[flow(task_runner = two_workers(), concurrency_limits = [("cl-db", 1)])]
+    #[flow(task_runner = common::local_cluster(2, 2), concurrency_limits = [("cl-db", 1)])]
     fn across(dir: String) -> (Vec<String>, u32) {
         std::fs::create_dir_all(&dir).unwrap();
         concurrency::flow_limits(&flowrun::runner::current_flow_handle().unwrap())
@@ -487,7 +482,7 @@ fn cl_victim(dir: String) -> Result<u32, concurrency::ConcurrencyError> {
 
 #[test]
 fn on_the_local_cluster_every_way_a_run_ends_gives_its_slots_back() {
-    #[flow(task_runner = two_workers(), concurrency_limits = [("cl-paths", 1)])]
+    #[flow(task_runner = common::local_cluster(2, 2), concurrency_limits = [("cl-paths", 1)])]
     fn cluster_paths(dir: String) -> Vec<(String, String, u32)> {
         std::fs::create_dir_all(&dir).unwrap();
         let handle = flowrun::runner::current_flow_handle().unwrap();
@@ -570,7 +565,7 @@ fn cl_long() -> u32 {
 #[test]
 fn on_the_local_cluster_a_failing_flow_cancels_running_runs_and_their_slots_go_back() {
     concurrency::set_tag_limit("cl-stop", 1).unwrap();
-    #[flow(task_runner = two_workers())]
+    #[flow(task_runner = common::local_cluster(2, 2))]
     fn stops() {
         let running = cl_long.submit();
         let _waiting = cl_long.submit();
@@ -602,7 +597,7 @@ fn dashboard_state(link: &str) -> String {
 
 #[test]
 fn the_dashboard_lists_a_run_waiting_for_a_slot_with_its_reason() {
-    #[flow(task_runner = two_workers(), concurrency_limits = [("dash-db", 1)])]
+    #[flow(task_runner = common::local_cluster(2, 2), concurrency_limits = [("dash-db", 1)])]
     fn shown(gate: String) -> (String, String) {
         let first = dash_hold.submit(gate.clone());
         let second = dash_hold.submit(gate.clone());

@@ -64,9 +64,7 @@ fn greet(x: u64) -> u64 {
     x
 }
 
-#[flow(task_runner = flowrun_dask::DaskTaskRunner::new().cluster_kwargs(
-    flowrun_dask::ClusterKwargs::new().n_workers(1).threads_per_worker(1)
-))]
+#[flow(task_runner = common::local_cluster(1, 1))]
 fn on_cluster(n: u64) -> u64 {
     (0..n)
         .map(|i| greet.submit(i))

@@ -12,10 +12,6 @@ use std::time::Duration;
 use flowrun::{flow, task, FlowOptions, FlowRunInfo, RunRef, State, StateKind, TaskOptions};
 use flowrun_dask::{ClusterKwargs, DaskTaskRunner};
 
-fn cluster() -> DaskTaskRunner {
-    DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(1).threads_per_worker(2))
-}
-
 /// What the hooks of one test saw, as `kind name state`.
 type Seen = Mutex<Vec<String>>;
 
@@ -105,7 +101,7 @@ fn task_hooks_from_the_attribute_run_with_the_final_state() {
             .any(|s| s.starts_with("completed")));
         assert!(checked.submit(0).result().is_err());
     }
-    #[flow(task_runner = cluster())]
+    #[flow(task_runner = common::local_cluster(1, 2))]
     fn local_cluster() -> u32 {
         let one = checked.submit(1);
         assert_eq!(one.result().unwrap(), 1);
@@ -155,7 +151,7 @@ fn never_runs(_x: u32) {}
 
 #[test]
 fn on_a_local_cluster_failures_of_the_task_call_on_failure_on_the_worker_and_others_in_the_flow() {
-    #[flow(task_runner = cluster())]
+    #[flow(task_runner = common::local_cluster(1, 2))]
     fn local_cluster() {
         let f = flaky_on_worker.submit();
         f.wait();
@@ -207,7 +203,7 @@ fn on_failure_runs_once_after_the_last_retry_and_on_running_per_attempt() {
         assert_eq!(f.state().kind(), StateKind::Failed);
         f.run_ref().attempts()
     }
-    #[flow(task_runner = cluster())]
+    #[flow(task_runner = common::local_cluster(1, 2))]
     fn local_cluster() -> u32 {
         let f = always_fails.with_options(options()).submit();
         f.wait();
@@ -251,7 +247,7 @@ fn a_hook_that_fails_is_logged_and_does_not_change_the_state() {
         let f = fine.with_options(options()).submit();
         (f.result().unwrap(), f.state().kind())
     }
-    #[flow(task_runner = cluster())]
+    #[flow(task_runner = common::local_cluster(1, 2))]
     fn local_cluster() -> (u32, StateKind) {
         let f = fine.with_options(options()).submit();
         (f.result().unwrap(), f.state().kind())
@@ -288,7 +284,7 @@ fn flow_hooks_run_with_the_flow_runs_final_state() {
             Ok(fine())
         }
     }
-    #[flow(task_runner = cluster(), on_completion = [flow_completed], on_failure = [flow_failed], on_running = [flow_running])]
+    #[flow(task_runner = common::local_cluster(1, 2), on_completion = [flow_completed], on_failure = [flow_failed], on_running = [flow_running])]
     fn local_cluster(fail: bool) -> Result<u32, String> {
         if fail {
             Err("asked to fail".into())

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use flowrun::history::{temp_home, LogQuery, RunsQuery, Store};
 use flowrun::{flow, task};
-use flowrun_dask::{ClusterKwargs, DaskTaskRunner};
 
 /// Every console line of this process, with the history's log tap beside
 /// the console.
@@ -184,7 +183,7 @@ fn prints_of_tasks_sharing_a_worker_process_are_told_apart_on_a_local_cluster() 
     // Two tasks print at the same time in one worker process: its output
     // capture could only say the worker ran both; the rewritten prints
     // name their own run.
-    #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(1).threads_per_worker(2)))]
+    #[flow(task_runner = common::local_cluster(1, 2))]
     fn overlapping() -> u32 {
         flowrun::results(slow_talker.map(0..2).unwrap())
             .unwrap()

@@ -12,7 +12,6 @@ use flowrun::runner::{
     AcceptsTask, FlowRunInfo, RunnerError, SerializedTask, TaskCall, TaskRunner,
 };
 use flowrun::{flow, task, SerializingTaskRunner, TaskErrorKind};
-use flowrun_dask::{ClusterKwargs, DaskTaskRunner};
 
 /// Passes every call on to `R` but keeps the default execution (in this
 /// process), so the flow hands it local work.
@@ -66,8 +65,7 @@ fn the_serializing_runner_refuses_local_work_with_a_runner_error() {
 fn a_local_cluster_refuses_local_work_with_a_runner_error() {
     flowrun::worker::divert_if_worker();
     let _guard = common::HangGuard::new("local cluster refusal", Duration::from_secs(60));
-    let cluster = DaskTaskRunner::new()
-        .cluster_kwargs(ClusterKwargs::new().n_workers(1).threads_per_worker(1));
+    let cluster = common::local_cluster(1, 1);
     let (kind, message, after) = refused_on(Mislabeled(cluster));
     assert_eq!(kind, TaskErrorKind::Runner);
     assert_eq!(message, "DaskTaskRunner runs serialized calls only");

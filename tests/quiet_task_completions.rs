@@ -5,11 +5,6 @@
 mod common;
 
 use flowrun::{flow, task};
-use flowrun_dask::{ClusterKwargs, DaskTaskRunner};
-
-fn cluster() -> DaskTaskRunner {
-    DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(1).threads_per_worker(2))
-}
 
 #[task]
 fn check(x: u32) -> Result<u32, String> {
@@ -48,7 +43,7 @@ fn completed_task_runs_stay_out_of_the_console_and_failures_do_not() {
     fn threads() -> usize {
         map_forty()
     }
-    #[flow(task_runner = cluster())]
+    #[flow(task_runner = common::local_cluster(1, 2))]
     fn local_cluster() -> usize {
         map_forty()
     }

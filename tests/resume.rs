@@ -38,7 +38,7 @@ fn chains(storage: PathBuf, log: String) -> u64 {
 }
 
 /// The same on the local cluster: the steps run in worker processes.
-#[flow(task_runner = flowrun_dask::DaskTaskRunner::new().cluster_kwargs(flowrun_dask::ClusterKwargs::new().n_workers(2).threads_per_worker(2)))]
+#[flow(task_runner = common::local_cluster(2, 2))]
 fn chains_on_cluster(storage: PathBuf, log: String) -> u64 {
     submit_chains(storage, log)
 }

@@ -208,7 +208,7 @@ struct Watched {
 }
 
 #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(
-    ClusterKwargs::new().n_workers(2).threads_per_worker(2).dashboard_address("127.0.0.1:0")))]
+    common::cluster_of(2, 2).dashboard_address("127.0.0.1:0")))]
 fn watched(gate: String) -> Watched {
     let link = flowrun_dask::dashboard_link().expect("the flow run's dashboard link");
     let steps: Vec<_> = (0..6).map(|i| step.submit(i)).collect();

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flowrun::{flow, task};
-use flowrun_dask::{ClusterKwargs, DaskTaskRunner};
+use flowrun_dask::DaskTaskRunner;
 
 const VIEWERS: usize = 20;
 
@@ -85,7 +85,7 @@ fn view(addr: SocketAddr, began: Instant, stop: Arc<AtomicBool>) -> Seen {
 }
 
 #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(
-    ClusterKwargs::new().n_workers(2).threads_per_worker(2).dashboard_address("127.0.0.1:0")))]
+    common::cluster_of(2, 2).dashboard_address("127.0.0.1:0")))]
 fn watched_by_many(secs: u64) -> (Vec<Seen>, u64) {
     let link = flowrun_dask::dashboard_link().expect("the flow run's dashboard link");
     let addr = common::socket_of(&link);

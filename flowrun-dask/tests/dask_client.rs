@@ -7,10 +7,6 @@ mod common;
 use flowrun::{flow, task, FlowErrorKind};
 use flowrun_dask::{get_async_dask_client, get_dask_client, Client, ClusterKwargs, DaskTaskRunner};
 
-fn one_slot() -> DaskTaskRunner {
-    DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(1).threads_per_worker(1))
-}
-
 #[task]
 fn square(x: u64) -> u64 {
     x * x
@@ -43,7 +39,7 @@ fn sum_of_squares(n: u64) -> u64 {
 
 #[test]
 fn a_task_blocking_on_its_client_frees_its_slot_on_a_one_thread_worker() {
-    #[flow(task_runner = one_slot())]
+    #[flow(task_runner = common::local_cluster(1, 1))]
     fn nested() -> Vec<u64> {
         flowrun::results(sum_of_squares.map([3, 5]).unwrap()).unwrap()
     }
@@ -62,7 +58,7 @@ async fn async_sum(n: u64) -> u64 {
 
 #[test]
 fn an_async_task_awaiting_its_client_does_not_deadlock_either() {
-    #[flow(task_runner = one_slot())]
+    #[flow(task_runner = common::local_cluster(1, 1))]
     fn nested_async() -> u64 {
         async_sum.submit(4).result().unwrap()
     }

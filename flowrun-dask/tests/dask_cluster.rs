@@ -19,7 +19,7 @@ fn pid_after(millis: u64) -> u32 {
 
 #[test]
 fn tasks_run_in_parallel_worker_processes_that_are_gone_after_the_flow() {
-    #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(2).threads_per_worker(1)))]
+    #[flow(task_runner = common::local_cluster(2, 1))]
     fn spread() -> Vec<u32> {
         let futures: Vec<_> = (0..4).map(|_| pid_after.submit(400)).collect();
         flowrun::results(futures).unwrap()
@@ -102,7 +102,7 @@ fn outer(x: u64) -> u64 {
 
 #[test]
 fn a_task_that_submits_and_waits_does_not_deadlock_a_one_thread_worker() {
-    #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(1).threads_per_worker(1)))]
+    #[flow(task_runner = common::local_cluster(1, 1))]
     fn nested() -> Vec<u64> {
         flowrun::results(outer.map([1, 2, 3]).unwrap()).unwrap()
     }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use flowrun::{flow, task};
-use flowrun_dask::{ClusterKwargs, DaskTaskRunner};
+use flowrun_dask::DaskTaskRunner;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -61,8 +61,7 @@ fn first_and_len(b: Blob) -> (u8, usize) {
 #[test]
 fn a_chain_runs_on_the_worker_that_keeps_its_value_and_never_decodes_it() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    #[flow(task_runner = DaskTaskRunner::new()
-        .cluster_kwargs(ClusterKwargs::new().n_workers(2).threads_per_worker(1)))]
+    #[flow(task_runner = common::local_cluster(2, 1))]
     fn chain(log: String) -> (u8, usize) {
         let mut b = make_blob.submit(10);
         for _ in 0..4 {
@@ -102,7 +101,7 @@ fn a_3_gib_result_is_stored_and_arrives_whole() {
     // The worker encodes the result straight into the store: it needs room
     // for the value, not for an encoded copy beside it.
     #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(
-        ClusterKwargs::new().n_workers(1).threads_per_worker(1).memory_limit("4.5GiB")))]
+        common::cluster_of(1, 1).memory_limit("4.5GiB")))]
     fn huge() -> (usize, u8, u8) {
         let b = bytes_of.submit(N, 7).result().unwrap();
         (b.len(), b[0], b[N - 1])
@@ -128,8 +127,7 @@ fn through_client(fill: u8) -> (usize, u8) {
 #[test]
 fn a_result_of_a_run_submitted_from_a_task_reaches_it_by_reference_not_through_the_flow() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    #[flow(task_runner = DaskTaskRunner::new()
-        .cluster_kwargs(ClusterKwargs::new().n_workers(2).threads_per_worker(1)))]
+    #[flow(task_runner = common::local_cluster(2, 1))]
     fn nested() -> ((usize, u8), u64) {
         // The cluster is up once a first task ran.
         let _ = first_and_len.submit(Blob(vec![1])).result().unwrap();

@@ -6,11 +6,6 @@ mod common;
 use std::time::Duration;
 
 use flowrun::{flow, task, StateKind, TaskErrorKind};
-use flowrun_dask::{ClusterKwargs, DaskTaskRunner};
-
-fn two_workers() -> DaskTaskRunner {
-    DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(2).threads_per_worker(1))
-}
 
 #[task]
 fn fails(kind: String) -> Result<u32, String> {
@@ -22,7 +17,7 @@ fn fails(kind: String) -> Result<u32, String> {
 
 #[test]
 fn errors_and_panics_come_back_with_their_message_and_location() {
-    #[flow(task_runner = two_workers())]
+    #[flow(task_runner = common::local_cluster(2, 1))]
     fn failing() -> Vec<(TaskErrorKind, String)> {
         ["err", "panic"]
             .iter()
@@ -70,7 +65,7 @@ fn quick(dir: String, i: u32) -> u32 {
 
 #[test]
 fn a_worker_killed_mid_run_has_its_task_rescheduled_and_finished_work_kept() {
-    #[flow(task_runner = two_workers())]
+    #[flow(task_runner = common::local_cluster(2, 1))]
     fn survives(dir: String) -> (u32, u32, Vec<u32>) {
         std::fs::create_dir_all(&dir).unwrap();
         let done: Vec<_> = (0..4).map(|i| quick.submit(dir.clone(), i)).collect();
@@ -120,7 +115,7 @@ fn suicidal() -> u32 {
 
 #[test]
 fn a_task_that_keeps_killing_its_workers_ends_crashed_with_killed_worker() {
-    #[flow(task_runner = two_workers())]
+    #[flow(task_runner = common::local_cluster(2, 1))]
     fn doomed() -> (StateKind, TaskErrorKind, String, u32) {
         let f = suicidal.submit();
         let e = f.result().unwrap_err();
@@ -165,7 +160,7 @@ fn dies_four_times(dir: String) -> u32 {
 
 #[test]
 fn retries_apply_to_a_run_that_crashed_with_killed_worker() {
-    #[flow(task_runner = two_workers())]
+    #[flow(task_runner = common::local_cluster(2, 1))]
     fn recovers(dir: String) -> (u32, u32) {
         std::fs::create_dir_all(&dir).unwrap();
         let f = dies_four_times.submit(dir.clone());
@@ -195,7 +190,7 @@ fn aborts_once(dir: String) -> String {
 
 #[test]
 fn a_task_that_aborts_its_worker_is_rescheduled() {
-    #[flow(task_runner = two_workers())]
+    #[flow(task_runner = common::local_cluster(2, 1))]
     fn aborting(dir: String) -> String {
         std::fs::create_dir_all(&dir).unwrap();
         aborts_once.submit(dir).result().unwrap()

@@ -6,7 +6,6 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use flowrun::{flow, get_run_logger, task};
-use flowrun_dask::{ClusterKwargs, DaskTaskRunner};
 
 fn lines() -> Arc<Mutex<Vec<String>>> {
     common::console_lines()
@@ -24,7 +23,7 @@ fn chatty(n: u32) -> u32 {
 
 #[test]
 fn prints_and_logs_are_attributed_to_the_task_run_that_made_them() {
-    #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(1).threads_per_worker(1)))]
+    #[flow(task_runner = common::local_cluster(1, 1))]
     fn talks() -> Vec<u32> {
         flowrun::results(chatty.map(0..6).unwrap()).unwrap()
     }

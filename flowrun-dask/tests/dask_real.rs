@@ -1155,9 +1155,7 @@ fn a_python_cluster_class_is_started_adapted_and_closed() {
     let runner = DaskTaskRunner::new()
         .cluster_class("distributed.LocalCluster")
         .cluster_kwargs(
-            ClusterKwargs::new()
-                .n_workers(0)
-                .threads_per_worker(2)
+            common::cluster_of(0, 2)
                 .processes(true)
                 .set("host", "127.0.0.1")
                 .no_dashboard(),

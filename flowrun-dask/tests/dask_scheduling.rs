@@ -16,7 +16,7 @@ fn record(path: String, label: String, millis: u64) {
 
 #[test]
 fn higher_priority_runs_first_and_equal_priorities_in_submission_order() {
-    #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(1).threads_per_worker(1)))]
+    #[flow(task_runner = common::local_cluster(1, 1))]
     fn ordered(path: String) {
         // Occupies the only slot while the rest queue up.
         let blocker = record.submit(path.clone(), "blocker", 400);
@@ -88,7 +88,7 @@ fn hold(path: String, millis: u64) {
 #[test]
 fn a_resource_is_held_by_one_task_at_a_time_per_worker() {
     #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(
-        ClusterKwargs::new().n_workers(2).threads_per_worker(2).resources([("process", 1.0)])
+        common::cluster_of(2, 2).resources([("process", 1.0)])
     ))]
     fn exclusive(path: String) {
         let futures: Vec<_> = (0..8)
@@ -196,7 +196,7 @@ fn check(path: String, value: u32) {
 
 #[test]
 fn a_dependent_of_an_early_task_runs_before_independent_tasks_submitted_later() {
-    #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(1).threads_per_worker(1)))]
+    #[flow(task_runner = common::local_cluster(1, 1))]
     fn pipeline(path: String) {
         let loads: Vec<_> = (0..12).map(|i| load.submit(path.clone(), i)).collect();
         let checks: Vec<_> = loads
@@ -226,7 +226,7 @@ fn marks(path: String) {
 
 #[test]
 fn a_cancelled_run_the_cluster_already_holds_never_runs() {
-    #[flow(task_runner = DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(1).threads_per_worker(1)))]
+    #[flow(task_runner = common::local_cluster(1, 1))]
     fn cancelling(path: String) -> bool {
         let blocker = record.submit(path.clone(), "blocker", 600);
         let running = || blocker.run_ref().state().is_running();

@@ -12,13 +12,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use flowrun::{flow, task};
-use flowrun_dask::{ClusterKwargs, DaskTaskRunner};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn two_workers() -> DaskTaskRunner {
-    DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(2).threads_per_worker(1))
-}
 
 /// Large enough to dwarf what the flow allocates for itself.
 const BIG: usize = 32 << 20;
@@ -77,7 +72,7 @@ fn stored_files() -> usize {
 #[test]
 fn a_large_value_passed_along_a_chain_never_enters_the_flows_memory() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    #[flow(task_runner = two_workers())]
+    #[flow(task_runner = common::local_cluster(2, 1))]
     fn chain(dir: String) -> ((usize, u8), u64) {
         std::fs::create_dir_all(&dir).unwrap();
         // The cluster is up once a first task ran.
@@ -108,7 +103,7 @@ fn a_large_value_passed_along_a_chain_never_enters_the_flows_memory() {
 #[test]
 fn the_flow_reads_a_stored_value_when_it_asks() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    #[flow(task_runner = two_workers())]
+    #[flow(task_runner = common::local_cluster(2, 1))]
     fn reads(dir: String) -> (bool, bool, usize) {
         std::fs::create_dir_all(&dir).unwrap();
         let value = step.submit(make.submit(dir.clone(), b'x'));
@@ -131,7 +126,7 @@ fn the_flow_reads_a_stored_value_when_it_asks() {
 #[test]
 fn a_stored_result_outlives_the_worker_that_made_it_and_is_not_recomputed() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    #[flow(task_runner = two_workers())]
+    #[flow(task_runner = common::local_cluster(2, 1))]
     fn survives(dir: String) -> ((usize, u8), usize, u64) {
         std::fs::create_dir_all(&dir).unwrap();
         let _ = summary.submit(Vec::<u8>::new()).result().unwrap();
@@ -171,7 +166,7 @@ fn a_stored_result_outlives_the_worker_that_made_it_and_is_not_recomputed() {
 #[test]
 fn stored_values_are_deleted_once_unreadable_and_with_their_cluster() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    #[flow(task_runner = two_workers())]
+    #[flow(task_runner = common::local_cluster(2, 1))]
     fn frees(dir: String) -> (usize, usize, usize, Vec<PathBuf>) {
         std::fs::create_dir_all(&dir).unwrap();
         let values: Vec<_> = [b'a', b'b', b'c']
@@ -206,7 +201,7 @@ fn stored_values_are_deleted_once_unreadable_and_with_their_cluster() {
     assert_eq!(dirs.len(), 1);
     assert!(store_dirs().is_empty(), "the store left with the cluster");
 
-    #[flow(task_runner = two_workers())]
+    #[flow(task_runner = common::local_cluster(2, 1))]
     fn panics(dir: String) -> usize {
         let value = make.submit(dir, b'p');
         value.wait();

@@ -93,10 +93,6 @@ fn sleeps(seconds: u64) {
     std::thread::sleep(Duration::from_secs(seconds));
 }
 
-fn one_worker() -> DaskTaskRunner {
-    DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(1).threads_per_worker(1))
-}
-
 /// Submits a long task and returns once it runs, with the worker pids.
 fn long_task_running() -> (flowrun::TaskFuture<()>, Vec<u32>) {
     let f = sleeps.submit(60);
@@ -108,17 +104,17 @@ fn long_task_running() -> (flowrun::TaskFuture<()>, Vec<u32>) {
 #[test]
 fn a_failing_panicking_or_timed_out_flow_stops_its_running_tasks_and_returns_at_once() {
     static PIDS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
-    #[flow(task_runner = one_worker())]
+    #[flow(task_runner = common::local_cluster(1, 1))]
     fn fails() -> Result<(), String> {
         PIDS.lock().unwrap().extend(long_task_running().1);
         Err("the flow failed".into())
     }
-    #[flow(task_runner = one_worker())]
+    #[flow(task_runner = common::local_cluster(1, 1))]
     fn panics() {
         PIDS.lock().unwrap().extend(long_task_running().1);
         panic!("the flow panicked");
     }
-    #[flow(task_runner = one_worker(), timeout = 10)]
+    #[flow(task_runner = common::local_cluster(1, 1), timeout = 10)]
     fn times_out() {
         let (f, pids) = long_task_running();
         PIDS.lock().unwrap().extend(pids);
@@ -152,7 +148,7 @@ fn a_failing_panicking_or_timed_out_flow_stops_its_running_tasks_and_returns_at_
 #[test]
 fn close_kills_a_worker_that_does_not_leave() {
     static PID: std::sync::Mutex<Option<u32>> = std::sync::Mutex::new(None);
-    #[flow(task_runner = one_worker())]
+    #[flow(task_runner = common::local_cluster(1, 1))]
     fn stops_its_worker() {
         let _ = my_pid.submit().result();
         let pid = worker_pids()[0];
@@ -197,7 +193,7 @@ async fn dropping_an_async_flows_future_tears_its_cluster_down_and_ends_it_cance
             *FINAL.lock().unwrap() = Some(state.clone());
         }
     }
-    #[flow(task_runner = one_worker())]
+    #[flow(task_runner = common::local_cluster(1, 1))]
     async fn endless() {
         flowrun::runner::current_flow_handle()
             .unwrap()

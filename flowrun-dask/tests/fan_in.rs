@@ -5,11 +5,6 @@
 mod common;
 
 use flowrun::{flow, task};
-use flowrun_dask::{ClusterKwargs, DaskTaskRunner};
-
-fn two_workers() -> DaskTaskRunner {
-    DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(2).threads_per_worker(1))
-}
 
 /// Large enough to dwarf what the flow allocates for itself.
 const BIG: usize = 16 << 20;
@@ -28,7 +23,7 @@ fn sizes(parts: Vec<Vec<u8>>) -> (usize, u64) {
 
 #[test]
 fn a_fan_in_of_large_values_goes_to_the_reducer_not_through_the_flow() {
-    #[flow(task_runner = two_workers())]
+    #[flow(task_runner = common::local_cluster(2, 1))]
     fn fan_in() -> ((usize, u64), u64) {
         // The cluster is up once a first task ran.
         let _ = sizes.submit(Vec::<Vec<u8>>::new()).result().unwrap();

@@ -33,7 +33,7 @@ use flowrun::{
     allow_failure, flow, task, unmapped, FlowOptions, MapError, RunRef, State, StateKind,
     TaskError, TaskErrorKind, TaskFuture, TaskOptions, ThreadPoolTaskRunner,
 };
-use flowrun_dask::{ClientKwargs, ClusterKwargs, DaskTaskRunner};
+use flowrun_dask::{ClientKwargs, DaskTaskRunner};
 
 /// One test per scenario and backend it runs on: `<scenario>::<backend>`.
 /// Every scenario runs on every backend of the one list.
@@ -76,7 +76,7 @@ fn threads() -> ThreadPoolTaskRunner {
 }
 
 fn local_cluster() -> DaskTaskRunner {
-    DaskTaskRunner::new().cluster_kwargs(ClusterKwargs::new().n_workers(2).threads_per_worker(2))
+    common::local_cluster(2, 2)
 }
 
 /// A runner on the shared real Dask cluster.

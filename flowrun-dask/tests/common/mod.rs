@@ -28,6 +28,20 @@ pub(crate) fn ok_unless<T: PartialEq>(x: T, bad: T, why: &str) -> Result<T, Stri
     }
 }
 
+/// A runner that starts, for each flow run, a local cluster of `workers`
+/// worker processes of `threads` threads each.
+pub(crate) fn local_cluster(workers: u32, threads: u32) -> flowrun_dask::DaskTaskRunner {
+    flowrun_dask::DaskTaskRunner::new().cluster_kwargs(cluster_of(workers, threads))
+}
+
+/// The settings of a local cluster of `workers` worker processes of
+/// `threads` threads each, for tests that set more.
+pub(crate) fn cluster_of(workers: u32, threads: u32) -> flowrun_dask::ClusterKwargs {
+    flowrun_dask::ClusterKwargs::new()
+        .n_workers(workers)
+        .threads_per_worker(threads)
+}
+
 /// Whether a process with this PID exists and is not a zombie.
 pub(crate) fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
