@@ -1,5 +1,7 @@
 //! Futures: submit returns at once; result, wait, state, await, as_completed.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use flowrun::{as_completed, flow, task, StateKind, TaskErrorKind};
@@ -164,12 +166,7 @@ fn result_timeout_gives_up_on_a_run_still_going_and_returns_a_finished_one() {
     #[flow]
     fn f() -> (bool, u64) {
         let slow = slow_square.submit(3, 1000);
-        let gave_up = slow.result_timeout(Duration::from_millis(20)).is_none();
-        let value = slow
-            .result_timeout(Duration::from_secs(30))
-            .expect("the run finishes within 30s")
-            .unwrap();
-        (gave_up, value)
+        common::gives_up_then_gets(&slow, Duration::from_secs(30))
     }
     assert_eq!(f().unwrap(), (true, 9));
 }

@@ -735,19 +735,8 @@ fn read_results() -> (u64, u64, Vec<u64>, bool, Vec<u64>, (bool, u64)) {
         .collect();
     completed.sort();
     let slow = slow_square.submit(4, 2_000);
-    let gave_up = slow.result_timeout(Duration::from_millis(20)).is_none();
-    let value = slow
-        .result_timeout(Duration::from_secs(60))
-        .expect("the run finishes within 60s")
-        .unwrap();
-    (
-        first,
-        again,
-        in_order,
-        all_final,
-        completed,
-        (gave_up, value),
-    )
+    let waits = common::gives_up_then_gets(&slow, Duration::from_secs(60));
+    (first, again, in_order, all_final, completed, waits)
 }
 
 fn results_and_waiting<R: TaskRunner + Clone>(runner: R) {

@@ -42,6 +42,21 @@ pub(crate) fn cluster_of(workers: u32, threads: u32) -> flowrun_dask::ClusterKwa
         .threads_per_worker(threads)
 }
 
+/// Asks for the result of `slow`, a run still going, giving up after
+/// 20 ms, then waits up to `within` for it: whether the first ask gave up,
+/// and the value.
+pub(crate) fn gives_up_then_gets<T: Clone + Send + 'static>(
+    slow: &flowrun::TaskFuture<T>,
+    within: Duration,
+) -> (bool, T) {
+    let gave_up = slow.result_timeout(Duration::from_millis(20)).is_none();
+    let value = slow
+        .result_timeout(within)
+        .unwrap_or_else(|| panic!("the run finishes within {within:?}"))
+        .unwrap();
+    (gave_up, value)
+}
+
 /// Whether a process with this PID exists and is not a zombie.
 pub(crate) fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
