@@ -49,7 +49,7 @@ fn begin<F: Flow>(config: &FlowConfig, args: &F::Args) -> Result<Started, Box<Fl
     crate::logging::init();
     let began = Instant::now();
     let meta = F::meta();
-    let overrides = config.inner.as_deref();
+    let overrides = config.inner.get();
     let options = overrides.map(|o| &o.options);
     let flow_name = options
         .and_then(|o| o.shared.name.clone())
@@ -501,7 +501,7 @@ async fn drive<F: Flow>(config: &FlowConfig, args: F::Args, mode: Mode) -> FlowR
     let _ = started.shared.parameters.set(F::parameters_key(&args));
     let _ = started.shared.results.set(crate::cache::inherited(
         &F::meta().results,
-        config.inner.as_deref().map(|o| &o.options.shared.results),
+        config.inner.get().map(|o| &o.options.shared.results),
         started.shared.links.parent().map(|p| &*p.flow),
     ));
     let mut holder = ArgsHolder::new(args, F::args_clone());
@@ -544,7 +544,7 @@ async fn drive<F: Flow>(config: &FlowConfig, args: F::Args, mode: Mode) -> FlowR
     if let Ok(value) = &result {
         crate::cache::persist_flow(
             F::meta(),
-            config.inner.as_deref().map(|o| &o.options.shared.results),
+            config.inner.get().map(|o| &o.options.shared.results),
             &started.shared,
             value,
             F::output_encoder(),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::run::error::TaskError;
 use crate::runner::TaskRunner;
+use crate::task::config::LazyBox;
 use crate::task::options::{FlowOptions, RetryPolicy};
 use crate::task::{Cloner, Invocation};
 
@@ -183,7 +184,7 @@ pub trait Flow: Sized + Send + Sync + 'static {
 #[derive(Clone, Default)]
 #[must_use]
 pub struct FlowConfig {
-    pub(crate) inner: Option<Box<FlowOverrides>>,
+    pub(crate) inner: LazyBox<FlowOverrides>,
 }
 
 type RunnerFactory = Arc<dyn Fn() -> Box<dyn TaskRunner> + Send + Sync>;
@@ -196,35 +197,27 @@ pub(crate) struct FlowOverrides {
 
 impl FlowConfig {
     /// No overrides.
-    pub const NONE: FlowConfig = FlowConfig { inner: None };
-
-    fn overrides(&mut self) -> &mut FlowOverrides {
-        self.inner.get_or_insert_with(Default::default)
-    }
+    pub const NONE: FlowConfig = FlowConfig {
+        inner: LazyBox::NONE,
+    };
 
     /// Adds `options` on top of earlier overrides.
     pub fn with_options(mut self, options: FlowOptions) -> FlowConfig {
-        let o = self.overrides();
-        let prev = std::mem::take(&mut o.options);
-        o.options = FlowOptions {
-            shared: prev.shared.overridden_by(options.shared),
-            run_name: options.run_name.or(prev.run_name),
-            hooks: prev.hooks.overridden_by(&options.hooks),
-            history: options.history.or(prev.history),
-        };
+        let o = self.inner.make_mut();
+        o.options = std::mem::take(&mut o.options).overridden_by(options);
         self
     }
 
     /// Runs the flow's tasks on a copy of `runner` for each flow run.
     pub fn with_runner<R: TaskRunner + Clone>(mut self, runner: R) -> FlowConfig {
-        self.overrides().runner = Some(Arc::new(move || Box::new(runner.clone())));
+        self.inner.make_mut().runner = Some(Arc::new(move || Box::new(runner.clone())));
         self
     }
 }
 
 impl std::fmt::Debug for FlowConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let o = self.inner.as_deref();
+        let o = self.inner.get();
         f.debug_struct("FlowConfig")
             .field("options", &o.map(|o| &o.options))
             .field("runner", &o.is_some_and(|o| o.runner.is_some()))

@@ -8,7 +8,28 @@ use crate::task::options::TaskOptions;
 #[derive(Debug, Clone, Default)]
 #[must_use]
 pub struct CallConfig {
-    inner: Option<Box<CallOverrides>>,
+    inner: LazyBox<CallOverrides>,
+}
+
+/// A handle's overrides, boxed on the first one, so that a handle with
+/// none stays a null pointer (and can be a `const`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LazyBox<T>(Option<Box<T>>);
+
+impl<T> LazyBox<T> {
+    /// No overrides.
+    pub(crate) const NONE: LazyBox<T> = LazyBox(None);
+
+    pub(crate) fn get(&self) -> Option<&T> {
+        self.0.as_deref()
+    }
+}
+
+impl<T: Default> LazyBox<T> {
+    /// The overrides, made empty first if there were none.
+    pub(crate) fn make_mut(&mut self) -> &mut T {
+        self.0.get_or_insert_with(Default::default)
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -27,37 +48,27 @@ pub(crate) struct Explicit {
 
 impl CallConfig {
     /// No overrides.
-    pub const NONE: CallConfig = CallConfig { inner: None };
-
-    fn overrides(&mut self) -> &mut CallOverrides {
-        self.inner.get_or_insert_with(Default::default)
-    }
+    pub const NONE: CallConfig = CallConfig {
+        inner: LazyBox::NONE,
+    };
 
     /// Adds `options` on top of earlier overrides.
     pub fn with_options(mut self, options: TaskOptions) -> CallConfig {
-        let o = self.overrides();
-        let prev = std::mem::take(&mut o.options);
+        let o = self.inner.make_mut();
         o.explicit.priority |= options.priority.is_some();
         o.explicit.resources |= options.resources.is_some();
-        o.options = TaskOptions {
-            shared: prev.shared.overridden_by(options.shared),
-            retry_jitter_factor: options.retry_jitter_factor.or(prev.retry_jitter_factor),
-            priority: options.priority.or(prev.priority),
-            resources: options.resources.or(prev.resources),
-            retry_condition: options.retry_condition.or(prev.retry_condition),
-            hooks: prev.hooks.overridden_by(&options.hooks),
-        };
+        o.options = std::mem::take(&mut o.options).overridden_by(options);
         self
     }
 
     /// Adds upstream runs the call waits for without taking their values.
     pub fn wait_for(mut self, runs: impl IntoIterator<Item = RunRef>) -> CallConfig {
-        self.overrides().wait_for.extend(runs);
+        self.inner.make_mut().wait_for.extend(runs);
         self
     }
 
     pub(crate) fn get(&self) -> Option<&CallOverrides> {
-        self.inner.as_deref()
+        self.inner.get()
     }
 }
 

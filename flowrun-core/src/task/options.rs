@@ -291,6 +291,32 @@ pub(crate) struct SharedOptions {
     pub(crate) results_error: Option<String>,
 }
 
+impl TaskOptions {
+    /// These options, with those `over` sets replacing them.
+    pub(crate) fn overridden_by(self, over: TaskOptions) -> TaskOptions {
+        TaskOptions {
+            shared: self.shared.overridden_by(over.shared),
+            retry_jitter_factor: over.retry_jitter_factor.or(self.retry_jitter_factor),
+            priority: over.priority.or(self.priority),
+            resources: over.resources.or(self.resources),
+            retry_condition: over.retry_condition.or(self.retry_condition),
+            hooks: self.hooks.overridden_by(&over.hooks),
+        }
+    }
+}
+
+impl FlowOptions {
+    /// These options, with those `over` sets replacing them.
+    pub(crate) fn overridden_by(self, over: FlowOptions) -> FlowOptions {
+        FlowOptions {
+            shared: self.shared.overridden_by(over.shared),
+            run_name: over.run_name.or(self.run_name),
+            hooks: self.hooks.overridden_by(&over.hooks),
+            history: over.history.or(self.history),
+        }
+    }
+}
+
 impl SharedOptions {
     /// These options, with those `over` sets replacing them.
     pub(crate) fn overridden_by(self, over: SharedOptions) -> SharedOptions {
