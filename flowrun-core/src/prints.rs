@@ -101,12 +101,13 @@ pub fn print_to_run(forced: bool, stream: PrintStream, newline: bool, args: fmt:
 }
 
 /// What the four print macros below expand to: `print_to_run` on `$stream`,
-/// with a newline if `$newline`, of the format arguments after the `;`.
+/// with a newline if `$newline`, of the format arguments after the `;`
+/// (which only the newline forms may leave out, as with `std`).
 #[macro_export]
 #[doc(hidden)]
 macro_rules! __run_print_to {
-    ($stream:ident, $newline:literal;) => {
-        $crate::__run_print_to!($stream, $newline; "")
+    ($stream:ident, true;) => {
+        $crate::__run_print_to!($stream, true; "")
     };
     ($stream:ident, $newline:literal; $($arg:tt)+) => {
         $crate::prints::print_to_run(false, $crate::prints::PrintStream::$stream, $newline, ::core::format_args!($($arg)+))
