@@ -143,8 +143,12 @@ const CHUNK: usize = 1024;
 /// leaving `None`, and gives the chunk back for reuse.
 type Chunk = Vec<Option<FlowEvent>>;
 
-/// Empty chunks kept for reuse (4 MiB); the writer frees those beyond.
-const SPARE_CHUNKS: usize = 64;
+/// Empty chunks kept for reuse: as many as a busy writer holds at most
+/// ([`MAX_HELD`] events, 20 MiB), so flow after flow writes into memory
+/// already mapped rather than fault in fresh pages (each chunk a process
+/// frees and allocates again was a page fault per 4 KiB, a few percent of a
+/// flow of no-op tasks). The writer frees those beyond.
+const SPARE_CHUNKS: usize = MAX_HELD.div_ceil(CHUNK);
 
 /// One thread's events (or a few threads', when more than [`SLOTS`] push),
 /// on a cache line of its own.
@@ -193,6 +197,8 @@ impl FlowBuffer {
     pub(crate) fn push(&self, event: FlowEvent) {
         let slot = SLOT.try_with(|s| *s).unwrap_or(0);
         let mut events = self.slots[slot].0.lock().unwrap_or_else(|p| p.into_inner());
+        // A slot's first chunk grows from a few events (a small flow, of
+        // which many may be live, holds little); the next ones are spares.
         if events.open.len() == CHUNK {
             let spare = spare_chunks()
                 .lock()
