@@ -135,6 +135,7 @@ pub(crate) struct FlowBuffer {
 
 /// How many slots a flow's buffer has: threads beyond share them.
 const SLOTS: usize = 16;
+const _: () = assert!(SLOTS <= 32);
 
 /// Events per chunk of a slot (64 KiB).
 const CHUNK: usize = 1024;
@@ -176,12 +177,64 @@ fn spare_chunks() -> &'static std::sync::Mutex<Vec<Chunk>> {
     &SPARE
 }
 
+/// The slots live threads hold, a bit each.
+static TAKEN_SLOTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A thread's slot in every flow's buffer: one no other live thread holds
+/// while there are free ones (given back when the thread exits), so the
+/// threads of a pool that each flow run starts anew never share a slot
+/// with the thread submitting the runs, whose lock would then pass between
+/// the two at every event.
+struct ThreadSlot {
+    index: usize,
+    /// Held alone, and given back at exit.
+    owned: bool,
+}
+
+impl ThreadSlot {
+    fn claim() -> ThreadSlot {
+        static SHARED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let all = u32::MAX >> (32 - SLOTS);
+        let mut taken = TAKEN_SLOTS.load(Ordering::Relaxed);
+        loop {
+            let free = !taken & all;
+            if free == 0 {
+                // More live threads push than there are slots: share one.
+                let index = SHARED.fetch_add(1, Ordering::Relaxed) % SLOTS;
+                return ThreadSlot {
+                    index,
+                    owned: false,
+                };
+            }
+            let index = free.trailing_zeros();
+            match TAKEN_SLOTS.compare_exchange_weak(
+                taken,
+                taken | (1 << index),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return ThreadSlot {
+                        index: index as usize,
+                        owned: true,
+                    }
+                }
+                Err(now) => taken = now,
+            }
+        }
+    }
+}
+
+impl Drop for ThreadSlot {
+    fn drop(&mut self) {
+        if self.owned {
+            TAKEN_SLOTS.fetch_and(!(1 << self.index), Ordering::AcqRel);
+        }
+    }
+}
+
 thread_local! {
-    /// This thread's slot in every flow's buffer.
-    static SLOT: usize = {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        NEXT.fetch_add(1, Ordering::Relaxed) % SLOTS
-    };
+    static SLOT: ThreadSlot = ThreadSlot::claim();
 }
 
 impl Default for FlowBuffer {
@@ -195,7 +248,7 @@ impl Default for FlowBuffer {
 
 impl FlowBuffer {
     pub(crate) fn push(&self, event: FlowEvent) {
-        let slot = SLOT.try_with(|s| *s).unwrap_or(0);
+        let slot = SLOT.try_with(|s| s.index).unwrap_or(0);
         let mut events = self.slots[slot].0.lock().unwrap_or_else(|p| p.into_inner());
         // A slot's first chunk grows from a few events (a small flow, of
         // which many may be live, holds little); the next ones are spares.
@@ -1622,6 +1675,20 @@ mod tests {
         // Eight chunks, all of them full-sized: every one is reusable.
         assert_eq!(empty.len(), 8);
         assert!(empty.iter().all(|c| c.is_empty() && c.capacity() == CHUNK));
+    }
+
+    #[test]
+    fn a_thread_never_shares_its_slot_with_a_live_one_while_slots_are_free() {
+        let mine = SLOT.with(|s| s.index);
+        // Short-lived threads, one after another, as a pool started per
+        // flow run makes them: each may take a slot an exited one gave
+        // back, never this live thread's.
+        for _ in 0..3 * SLOTS {
+            let theirs = std::thread::spawn(|| SLOT.with(|s| s.index))
+                .join()
+                .unwrap();
+            assert_ne!(theirs, mine);
+        }
     }
 
     fn finished(message: &str) -> FlowEvent {
