@@ -8,8 +8,14 @@
 //! clock).
 //!
 //! `cargo bench --bench history` runs both; `-- thread` or `-- dask` one;
-//! a second argument sets the task count. Console logging is off
-//! (`FLOWRUN_LOG=off`), and the home is a temporary folder.
+//! a second argument sets the task count, a third (`on` or `off`) runs
+//! only that side's rounds (for a profiler: `valgrind --tool=callgrind`
+//! or `perf record` of one side against the other). Console logging is
+//! off (`FLOWRUN_LOG=off`), and the home is a temporary folder.
+//!
+//! It also prints the page faults of the flow's threads: the memory a
+//! task run touches for the first time (the recording's queue blocks are
+//! most of it), a count that does not depend on the machine's load.
 
 mod common;
 
@@ -42,28 +48,57 @@ fn cpu() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-/// CPU time so far of this process's threads other than the history's
-/// writer: the flow's own threads (those of finished flows included),
-/// whose time a loaded machine stretches less than the wall clock. The
-/// writer's time is read from its `/proc/self/task/*/schedstat`
-/// (nanoseconds on a CPU).
-fn flow_cpu() -> Duration {
-    let mut writer = 0u64;
+/// Minor page faults of every thread of this process so far.
+fn faults() -> u64 {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    usage.ru_minflt as u64
+}
+
+/// Sums, over the history's writer threads, `pick` of the text of their
+/// `/proc/self/task/<tid>/<file>`.
+fn writer_sum(file: &str, pick: impl Fn(&str) -> Option<u64>) -> u64 {
+    let mut sum = 0u64;
     if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
         for task in tasks.flatten() {
             let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
             if comm.trim_end() != "flowrun-history" {
                 continue;
             }
-            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-            writer += stat
-                .split_whitespace()
-                .next()
-                .and_then(|ns| ns.parse::<u64>().ok())
-                .unwrap_or(0);
+            let text = std::fs::read_to_string(task.path().join(file)).unwrap_or_default();
+            sum += pick(&text).unwrap_or(0);
         }
     }
+    sum
+}
+
+/// CPU time so far of this process's threads other than the history's
+/// writer: the flow's own threads (those of finished flows included),
+/// whose time a loaded machine stretches less than the wall clock. The
+/// writer's time is read from its `/proc/self/task/*/schedstat`
+/// (nanoseconds on a CPU).
+fn flow_cpu() -> Duration {
+    let writer = writer_sum("schedstat", |s| s.split_whitespace().next()?.parse().ok());
     cpu().saturating_sub(Duration::from_nanos(writer))
+}
+
+/// Minor page faults so far of this process's threads other than the
+/// history's writer (its `/proc/self/task/*/stat`, the 10th field).
+fn flow_faults() -> u64 {
+    let writer = writer_sum("stat", |s| {
+        // After the parenthesized name: state is field 3, minflt field 10.
+        s.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(7)?
+            .parse()
+            .ok()
+    });
+    faults().saturating_sub(writer)
 }
 
 /// One flow call: when it returned, when its records were committed (the
@@ -75,24 +110,41 @@ struct Sample {
     committed: Duration,
     cpu: Duration,
     flow_cpu: Duration,
+    /// Minor page faults of the flow's threads until it returned.
+    flow_faults: u64,
 }
 
 fn timed(on: bool, home: &Path, run: &impl Fn() -> u64) -> Sample {
     flowrun::history::set_recording(on);
-    let (started, cpu0, flow0) = (Instant::now(), cpu(), flow_cpu());
+    let (faults0, started, cpu0, flow0) = (flow_faults(), Instant::now(), cpu(), flow_cpu());
     run();
     let returned = started.elapsed();
     let flow_cpu = flow_cpu().saturating_sub(flow0);
+    let flow_faults = flow_faults().saturating_sub(faults0);
     flowrun::history::flush(home);
     Sample {
         returned,
         committed: started.elapsed(),
         cpu: cpu() - cpu0,
         flow_cpu,
+        flow_faults,
     }
 }
 
-fn compare(label: &str, n: u64, rounds: usize, home: &Path, run: impl Fn() -> u64) {
+/// Which sides of the comparison run.
+#[derive(Clone, Copy)]
+enum Sides {
+    Both,
+    On,
+    Off,
+}
+
+fn compare(label: &str, n: u64, rounds: usize, sides: Sides, home: &Path, run: impl Fn() -> u64) {
+    let (with_on, with_off) = match sides {
+        Sides::Both => (true, true),
+        Sides::On => (true, false),
+        Sides::Off => (false, true),
+    };
     // Warm-up: thread start-up, the database file and its schema.
     timed(true, home, &run);
     timed(false, home, &run);
@@ -100,9 +152,21 @@ fn compare(label: &str, n: u64, rounds: usize, home: &Path, run: impl Fn() -> u6
     for round in 0..rounds {
         common::alternate(
             round,
-            || on.push(timed(true, home, &run)),
-            || off.push(timed(false, home, &run)),
+            || on.extend(with_on.then(|| timed(true, home, &run))),
+            || off.extend(with_off.then(|| timed(false, home, &run))),
         );
+    }
+    if !(with_on && with_off) {
+        let side = if with_on { &on } else { &off };
+        let returned = common::median(side.iter().map(|s| s.returned).collect());
+        let flow_cpu = common::median(side.iter().map(|s| s.flow_cpu).collect());
+        println!(
+            "{label:<20} {n:>7} tasks  history {} only: flow returned {:.1} ms, flow threads' CPU {:.1} ms (medians of {rounds} rounds)",
+            if with_on { "on" } else { "off" },
+            returned.as_secs_f64() * 1e3,
+            flow_cpu.as_secs_f64() * 1e3,
+        );
+        return;
     }
     let per_task = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
     let line = |what: &str, f: fn(&Sample) -> Duration| {
@@ -121,6 +185,19 @@ fn compare(label: &str, n: u64, rounds: usize, home: &Path, run: impl Fn() -> u6
     line("records committed", |s| s.committed);
     line("CPU time", |s| s.cpu);
     line("flow threads' CPU", |s| s.flow_cpu);
+    let faults = |v: &[Sample]| {
+        let mut f: Vec<u64> = v.iter().map(|s| s.flow_faults).collect();
+        f.sort_unstable();
+        f[f.len() / 2]
+    };
+    let (a, b) = (faults(&on), faults(&off));
+    println!(
+        "{label:<20} {n:>7} tasks  {:<17} on {a:>9} ({:>5.3} /task)  off {b:>9} ({:>5.3} /task)  on - off {:.3} /task",
+        "flow page faults",
+        a as f64 / n as f64,
+        b as f64 / n as f64,
+        (a as f64 - b as f64) / n as f64,
+    );
     println!("{label:<20} (medians of {rounds} rounds, on and off interleaved)");
 }
 
@@ -134,16 +211,22 @@ fn main() {
     let n: u64 = args
         .get(1)
         .map_or(100_000, |a| a.parse().expect("a task count"));
+    let sides = match args.get(2).map(String::as_str) {
+        None => Sides::Both,
+        Some("on") => Sides::On,
+        Some("off") => Sides::Off,
+        Some(other) => panic!("the third argument is `on` or `off`, not {other:?}"),
+    };
     let wants = |name: &str| only.as_deref().is_none_or(|o| name.starts_with(o));
     let home = flowrun::history::temp_home();
     if wants("thread") {
-        compare("thread pool", n, 9, home.path(), || {
+        compare("thread pool", n, 9, sides, home.path(), || {
             submit_and_gather(n).unwrap()
         });
     }
     if wants("dask") {
         let dask = submit_and_gather.with_runner(DaskTaskRunner::default());
-        compare("dask local cluster", n, 5, home.path(), || {
+        compare("dask local cluster", n, 5, sides, home.path(), || {
             dask.call(n).unwrap()
         });
     }

@@ -215,7 +215,11 @@ impl RunObserver for Recorder {
             StateKind::Pending => None,
             _ => run.cache_key(),
         };
-        let plain_state = state.message().is_none() && state.name() == kind.as_str();
+        // A state without a refining name answers its kind's own static
+        // text: the same pointer, no need to compare the bytes.
+        let (name, plain_name) = (state.name(), kind.as_str());
+        let plain_state =
+            state.message().is_none() && (std::ptr::eq(name, plain_name) || name == plain_name);
         let rare =
             (task == UNNUMBERED || custom_name.is_some() || cache_key.is_some() || !plain_state)
                 .then(|| {

@@ -115,33 +115,303 @@ pub(crate) enum FlowEvent {
     Finished(Box<State>),
 }
 
-/// The events of one flow run, in the order its threads pushed them, until
-/// the writer takes them: a push is a lock-free append to a queue (no
-/// channel operation, no wake-up, no lock that a busy pool's threads would
-/// wait on each other for). While the flow sends events fast the writer
-/// only counts them, and takes them once the flow pauses or ends.
-#[derive(Default)]
+/// The events of one flow run until the writer takes them. Each thread
+/// appends to a slot of its own (one of [`SLOTS`], by a thread-local
+/// number): an uncontended lock on a cache line no other thread writes, and
+/// a plain store into a chunk of [`CHUNK`] events reused from flow to flow,
+/// rather than an atomic append to a queue every thread of the flow writes
+/// (whose shared end travelled between the cores at each event) and a
+/// fresh, zeroed block every 31 events. The writer takes every slot at
+/// once (holding all their locks) and merges them by the events' times, so
+/// a run's changes made on two threads, and a run submitted after another
+/// (whose upstream it may be), apply in the order they happened. While the
+/// flow sends events fast the writer only counts them, and takes them once
+/// the flow pauses or ends.
 pub(crate) struct FlowBuffer {
-    events: crossbeam_queue::SegQueue<FlowEvent>,
+    slots: [Slot; SLOTS],
     /// The flow run's last event is in.
     ended: AtomicBool,
 }
 
+/// How many slots a flow's buffer has: threads beyond share them.
+const SLOTS: usize = 16;
+const _: () = assert!(SLOTS <= 32);
+
+/// Events per chunk of a slot (64 KiB).
+const CHUNK: usize = 1024;
+
+/// Events in the order a slot received them; the writer takes each out,
+/// leaving `None`, and gives the chunk back for reuse.
+type Chunk = Vec<Option<FlowEvent>>;
+
+/// Empty chunks kept for reuse: as many as a busy writer holds at most
+/// ([`MAX_HELD`] events, 20 MiB), so flow after flow writes into memory
+/// already mapped rather than fault in fresh pages (each chunk a process
+/// frees and allocates again was a page fault per 4 KiB, a few percent of a
+/// flow of no-op tasks). The writer frees those beyond.
+const SPARE_CHUNKS: usize = MAX_HELD.div_ceil(CHUNK);
+
+/// One thread's events (or a few threads', when more than [`SLOTS`] push),
+/// on a cache line of its own.
+#[repr(align(128))]
+#[derive(Default)]
+struct Slot(std::sync::Mutex<SlotEvents>);
+
+#[derive(Default)]
+struct SlotEvents {
+    /// Chunks of exactly [`CHUNK`] events, oldest first.
+    full: Vec<Chunk>,
+    /// The chunk being filled.
+    open: Chunk,
+}
+
+impl SlotEvents {
+    fn len(&self) -> usize {
+        self.full.len() * CHUNK + self.open.len()
+    }
+}
+
+/// Emptied chunks, for the next ones a slot fills.
+fn spare_chunks() -> &'static std::sync::Mutex<Vec<Chunk>> {
+    static SPARE: std::sync::Mutex<Vec<Chunk>> = std::sync::Mutex::new(Vec::new());
+    &SPARE
+}
+
+/// The slots live threads hold, a bit each.
+static TAKEN_SLOTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A thread's slot in every flow's buffer: one no other live thread holds
+/// while there are free ones (given back when the thread exits), so the
+/// threads of a pool that each flow run starts anew never share a slot
+/// with the thread submitting the runs, whose lock would then pass between
+/// the two at every event.
+struct ThreadSlot {
+    index: usize,
+    /// Held alone, and given back at exit.
+    owned: bool,
+}
+
+impl ThreadSlot {
+    fn claim() -> ThreadSlot {
+        static SHARED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let all = u32::MAX >> (32 - SLOTS);
+        let mut taken = TAKEN_SLOTS.load(Ordering::Relaxed);
+        loop {
+            let free = !taken & all;
+            if free == 0 {
+                // More live threads push than there are slots: share one.
+                let index = SHARED.fetch_add(1, Ordering::Relaxed) % SLOTS;
+                return ThreadSlot {
+                    index,
+                    owned: false,
+                };
+            }
+            let index = free.trailing_zeros();
+            match TAKEN_SLOTS.compare_exchange_weak(
+                taken,
+                taken | (1 << index),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return ThreadSlot {
+                        index: index as usize,
+                        owned: true,
+                    }
+                }
+                Err(now) => taken = now,
+            }
+        }
+    }
+}
+
+impl Drop for ThreadSlot {
+    fn drop(&mut self) {
+        if self.owned {
+            TAKEN_SLOTS.fetch_and(!(1 << self.index), Ordering::AcqRel);
+        }
+    }
+}
+
+thread_local! {
+    static SLOT: ThreadSlot = ThreadSlot::claim();
+}
+
+impl Default for FlowBuffer {
+    fn default() -> FlowBuffer {
+        FlowBuffer {
+            slots: std::array::from_fn(|_| Slot::default()),
+            ended: AtomicBool::new(false),
+        }
+    }
+}
+
 impl FlowBuffer {
     pub(crate) fn push(&self, event: FlowEvent) {
-        self.events.push(event);
+        let slot = SLOT.try_with(|s| s.index).unwrap_or(0);
+        let mut events = self.slots[slot].0.lock().unwrap_or_else(|p| p.into_inner());
+        // A slot's first chunk grows from a few events (a small flow, of
+        // which many may be live, holds little); the next ones are spares.
+        if events.open.len() == CHUNK {
+            let spare = spare_chunks()
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop();
+            let next = spare.unwrap_or_else(|| Vec::with_capacity(CHUNK));
+            let full = std::mem::replace(&mut events.open, next);
+            events.full.push(full);
+        }
+        events.open.push(Some(event));
     }
 
     /// Pushes the flow run's last event, and says it was the last.
     pub(crate) fn end(&self, state: State) {
-        self.events.push(FlowEvent::Finished(Box::new(state)));
+        self.push(FlowEvent::Finished(Box::new(state)));
         self.ended.store(true, Ordering::Release);
     }
 
     /// Events not taken by the writer yet.
     pub(crate) fn len(&self) -> usize {
-        self.events.len()
+        self.slots
+            .iter()
+            .map(|s| s.0.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
     }
+
+    /// Takes every event pushed so far, all slots at once (so an event in
+    /// one slot is taken whenever one pushed after it in another is),
+    /// each slot's chunks oldest first.
+    fn take(&self) -> Vec<Vec<Chunk>> {
+        let mut held: Vec<_> = self
+            .slots
+            .iter()
+            .map(|s| s.0.lock().unwrap_or_else(|p| p.into_inner()))
+            .collect();
+        let mut taken = Vec::new();
+        for events in held.iter_mut() {
+            if events.len() == 0 {
+                continue;
+            }
+            let mut chunks = std::mem::take(&mut events.full);
+            chunks.push(std::mem::take(&mut events.open));
+            taken.push(chunks);
+        }
+        taken
+    }
+}
+
+/// Where an event goes among the flow's events: by the time of its change
+/// (a run's Pending first when its Running has the same time); `None` for
+/// an event that follows the one before it in its slot.
+fn merge_key(event: &FlowEvent) -> Option<(u64, u8)> {
+    match event {
+        FlowEvent::Task(t) => {
+            let rank = match t.kind {
+                StateKind::Pending => 0,
+                k if k.is_final() => 2,
+                _ => 1,
+            };
+            Some((t.time, rank))
+        }
+        FlowEvent::Upstreams { .. } => None,
+        // After every change of its task runs.
+        FlowEvent::Finished(_) => Some((u64::MAX, u8::MAX)),
+    }
+}
+
+/// One slot's taken events, read in order.
+struct SlotCursor<T> {
+    /// Chunks not read yet, newest first.
+    chunks: Vec<Vec<Option<T>>>,
+    /// The chunk being read, and where.
+    current: Vec<Option<T>>,
+    at: usize,
+    /// The merge key of the event at its head.
+    key: (u64, u8),
+    head: Option<T>,
+}
+
+impl<T> SlotCursor<T> {
+    /// Moves the next event to the head; keeps emptied chunks in `empty`.
+    fn advance(
+        &mut self,
+        merge_key: &impl Fn(&T) -> Option<(u64, u8)>,
+        empty: &mut Vec<Vec<Option<T>>>,
+    ) {
+        loop {
+            if let Some(e) = self.current.get_mut(self.at).and_then(Option::take) {
+                self.at += 1;
+                if let Some(key) = merge_key(&e) {
+                    self.key = key;
+                }
+                self.head = Some(e);
+                return;
+            }
+            let next = self.chunks.pop();
+            let mut done = std::mem::replace(&mut self.current, next.unwrap_or_default());
+            self.at = 0;
+            if done.capacity() == CHUNK {
+                done.clear();
+                empty.push(done);
+            }
+            if self.current.is_empty() && self.chunks.is_empty() {
+                self.head = None;
+                return;
+            }
+        }
+    }
+}
+
+/// The events of several slots (each a list of chunks, oldest first),
+/// merged by `merge_key` (an event without one keeps the key of the one
+/// before it in its slot), each slot's in its order, ties to the slot
+/// listed first; `apply` gets each. Returns the emptied chunks of
+/// [`CHUNK`] events, for reuse.
+fn merge_slots<T>(
+    taken: Vec<Vec<Vec<Option<T>>>>,
+    merge_key: impl Fn(&T) -> Option<(u64, u8)>,
+    mut apply: impl FnMut(T),
+) -> Vec<Vec<Option<T>>> {
+    let mut empty = Vec::new();
+    let mut cursors: Vec<SlotCursor<T>> = taken
+        .into_iter()
+        .map(|mut chunks| {
+            chunks.reverse();
+            let mut c = SlotCursor {
+                chunks,
+                current: Vec::new(),
+                at: 0,
+                key: (0, 0),
+                head: None,
+            };
+            c.advance(&merge_key, &mut empty);
+            c
+        })
+        .collect();
+    loop {
+        let mut first: Option<usize> = None;
+        for (i, c) in cursors.iter().enumerate() {
+            if c.head.is_some() && first.is_none_or(|f| c.key < cursors[f].key) {
+                first = Some(i);
+            }
+        }
+        let Some(i) = first else { break };
+        let event = cursors[i].head.take();
+        cursors[i].advance(&merge_key, &mut empty);
+        if let Some(event) = event {
+            apply(event);
+        }
+    }
+    empty
+}
+
+/// Applies, via `apply`, the events taken from a flow's buffer in the order
+/// they happened, and keeps their chunks for reuse.
+fn apply_taken(taken: Vec<Vec<Chunk>>, apply: impl FnMut(FlowEvent)) {
+    let empty = merge_slots(taken, merge_key, apply);
+    let mut spare = spare_chunks().lock().unwrap_or_else(|p| p.into_inner());
+    let room = SPARE_CHUNKS.saturating_sub(spare.len());
+    spare.extend(empty.into_iter().take(room));
 }
 
 /// [`TaskEvent::task`] of a task whose name and key travel in
@@ -170,8 +440,8 @@ pub(crate) struct TaskEvent {
     pub rare: Option<Box<Rare>>,
 }
 
-// What a push writes (and what the queue holds per event) stays this small.
-const _: () = assert!(std::mem::size_of::<FlowEvent>() <= 64);
+// What a push writes (and what a chunk holds per event) stays this small.
+const _: () = assert!(std::mem::size_of::<Option<FlowEvent>>() <= 64);
 
 /// The parts of a [`TaskEvent`] most events do without.
 #[derive(Default)]
@@ -889,15 +1159,14 @@ impl Thread {
             let (token, buffer) = (self.live[i].token, self.live[i].buffer.clone());
             // Only what is there now: threads that push on meanwhile do
             // not keep the writer here.
-            for n in 1..=buffer.len() {
-                let Some(e) = buffer.events.pop() else {
-                    break;
-                };
+            let mut n = 0u64;
+            apply_taken(buffer.take(), |e| {
                 self.apply_flow_event(token, e, batch);
-                if n % 4096 == 0 {
+                n += 1;
+                if n.is_multiple_of(4096) {
                     self.progress.fetch_add(1, Ordering::Release);
                 }
-            }
+            });
             self.live[i].counted = 0;
         }
         let mut held = std::mem::take(&mut self.held);
@@ -1330,4 +1599,150 @@ fn new_id(time_ms: i64) -> Uuid {
     random[..8].copy_from_slice(&fastrand::u64(..).to_le_bytes());
     random[8..].copy_from_slice(&fastrand::u16(..).to_le_bytes());
     uuid::Builder::from_unix_timestamp_millis(time_ms.max(0) as u64, &random).into_uuid()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The chunks of one slot holding `events` in order.
+    fn slot<T>(events: Vec<T>) -> Vec<Vec<Option<T>>> {
+        let mut chunks = Vec::new();
+        let mut events = events.into_iter().peekable();
+        while events.peek().is_some() {
+            let mut chunk = Vec::with_capacity(CHUNK);
+            chunk.extend(events.by_ref().take(CHUNK).map(Some));
+            chunks.push(chunk);
+        }
+        chunks
+    }
+
+    type Ev = (Option<(u64, u8)>, &'static str);
+
+    #[allow(clippy::type_complexity)]
+    fn merged(taken: Vec<Vec<Vec<Option<Ev>>>>) -> (Vec<&'static str>, Vec<Vec<Option<Ev>>>) {
+        let mut out = Vec::new();
+        let empty = merge_slots(taken, |e: &Ev| e.0, |e| out.push(e.1));
+        (out, empty)
+    }
+
+    #[test]
+    fn slots_merge_by_time_and_a_keyless_event_follows_its_predecessor() {
+        // The submitting thread: A's Pending, B's Pending and its
+        // upstreams (no key of its own); a worker: A runs and ends, then B.
+        let submitter = slot(vec![
+            (Some((10, 0)), "A pending"),
+            (Some((20, 0)), "B pending"),
+            (None, "B upstreams"),
+        ]);
+        let worker = slot(vec![
+            (Some((15, 1)), "A running"),
+            (Some((25, 2)), "A completed"),
+            (Some((30, 1)), "B running"),
+        ]);
+        let (order, _) = merged(vec![worker, submitter]);
+        assert_eq!(
+            order,
+            [
+                "A pending",
+                "A running",
+                "B pending",
+                "B upstreams",
+                "A completed",
+                "B running"
+            ]
+        );
+    }
+
+    #[test]
+    fn at_the_same_time_pending_comes_before_running_and_running_before_the_end() {
+        let (order, _) = merged(vec![
+            slot(vec![(Some((7, 2)), "end")]),
+            slot(vec![(Some((7, 1)), "running")]),
+            slot(vec![(Some((7, 0)), "pending")]),
+        ]);
+        assert_eq!(order, ["pending", "running", "end"]);
+    }
+
+    #[test]
+    fn every_event_of_many_chunks_comes_out_once_in_order_and_the_chunks_come_back() {
+        let n = 3 * CHUNK + 5;
+        let a: Vec<Ev> = (0..n).map(|i| (Some((2 * i as u64, 1)), "a")).collect();
+        let b: Vec<Ev> = (0..n).map(|i| (Some((2 * i as u64 + 1, 1)), "b")).collect();
+        let (order, empty) = merged(vec![slot(a), slot(b)]);
+        assert_eq!(order.len(), 2 * n);
+        assert!(order.chunks(2).all(|pair| pair == ["a", "b"]));
+        // Eight chunks, all of them full-sized: every one is reusable.
+        assert_eq!(empty.len(), 8);
+        assert!(empty.iter().all(|c| c.is_empty() && c.capacity() == CHUNK));
+    }
+
+    #[test]
+    fn a_thread_never_shares_its_slot_with_a_live_one_while_slots_are_free() {
+        let mine = SLOT.with(|s| s.index);
+        // Short-lived threads, one after another, as a pool started per
+        // flow run makes them: each may take a slot an exited one gave
+        // back, never this live thread's.
+        for _ in 0..3 * SLOTS {
+            let theirs = std::thread::spawn(|| SLOT.with(|s| s.index))
+                .join()
+                .unwrap();
+            assert_ne!(theirs, mine);
+        }
+    }
+
+    fn finished(message: &str) -> FlowEvent {
+        FlowEvent::Finished(Box::new(
+            State::new(StateKind::Completed).with_message(message),
+        ))
+    }
+
+    fn message(e: FlowEvent) -> String {
+        match e {
+            FlowEvent::Finished(state) => state.message().unwrap_or_default().to_owned(),
+            _ => panic!("only flow ends were pushed"),
+        }
+    }
+
+    #[test]
+    fn a_buffer_gives_every_event_of_every_thread_once_each_thread_s_in_order() {
+        let buffer = Arc::new(FlowBuffer::default());
+        let per_thread = 2 * CHUNK + 3;
+        let threads: Vec<_> = (0..3)
+            .map(|t| {
+                let buffer = buffer.clone();
+                std::thread::spawn(move || {
+                    for i in 0..per_thread {
+                        buffer.push(finished(&format!("{t} {i}")));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(buffer.len(), 3 * per_thread);
+        let mut seen: Vec<Vec<usize>> = vec![Vec::new(); 3];
+        apply_taken(buffer.take(), |e| {
+            let text = message(e);
+            let (t, i) = text.split_once(' ').unwrap();
+            seen[t.parse::<usize>().unwrap()].push(i.parse().unwrap());
+        });
+        for s in &seen {
+            assert_eq!(*s, (0..per_thread).collect::<Vec<_>>());
+        }
+        assert_eq!(buffer.len(), 0, "taking empties the buffer");
+        // A flow after it fills chunks the writer gave back.
+        assert!(!spare_chunks().lock().unwrap().is_empty());
+        let next = FlowBuffer::default();
+        for i in 0..CHUNK + 1 {
+            next.push(finished(&i.to_string()));
+        }
+        let mut order = Vec::new();
+        apply_taken(next.take(), |e| order.push(message(e)));
+        assert_eq!(
+            order,
+            (0..CHUNK + 1).map(|i| i.to_string()).collect::<Vec<_>>()
+        );
+    }
 }

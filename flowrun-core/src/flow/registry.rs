@@ -78,9 +78,11 @@ pub(crate) struct FlowShared {
     timed_out: AtomicBool,
     closed: AtomicBool,
     counts: [AtomicUsize; 4],
-    /// Replaced whole when one is added (before any task run): an event
-    /// takes a reference, not a copy of the list.
-    observers: Mutex<Arc<[Arc<dyn RunObserver>]>>,
+    /// Only ever appended to (before any task run, as a rule), so an event
+    /// reads the list without a lock or a reference count: every thread of
+    /// a busy pool changing a shared lock word or count per event made the
+    /// cache line holding it travel between the cores each time.
+    observers: Observers,
     has_observers: AtomicBool,
     /// Its parent flow run and finished subflows.
     pub(crate) links: crate::flow::subflow::Links,
@@ -122,7 +124,7 @@ impl FlowShared {
             timed_out: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             counts: Default::default(),
-            observers: Mutex::new(Arc::new([])),
+            observers: Observers::default(),
             has_observers: AtomicBool::new(false),
             links: Default::default(),
             history: AtomicBool::new(true),
@@ -149,10 +151,7 @@ impl FlowShared {
     }
 
     pub(crate) fn add_observer(&self, observer: Arc<dyn RunObserver>) {
-        let mut observers = lock(&self.observers);
-        let mut list = observers.to_vec();
-        list.push(observer);
-        *observers = list.into();
+        self.observers.push(observer);
         self.has_observers.store(true, Ordering::Release);
     }
 
@@ -162,22 +161,19 @@ impl FlowShared {
     }
 
     pub(crate) fn emit(&self, event: RunEvent) {
-        let observers = lock(&self.observers).clone();
-        for o in observers.iter() {
+        for o in self.observers.iter() {
             o.run_changed(&event);
         }
     }
 
     pub(crate) fn emit_submitted(&self, run: &RunRef, upstreams: &[RunRef]) {
-        let observers = lock(&self.observers).clone();
-        for o in observers.iter() {
+        for o in self.observers.iter() {
             o.run_submitted(run, upstreams);
         }
     }
 
     pub(crate) fn emit_flow_finished(&self, state: &State) {
-        let observers = lock(&self.observers).clone();
-        for o in observers.iter() {
+        for o in self.observers.iter() {
             o.flow_finished(state);
         }
     }
@@ -419,5 +415,38 @@ fn log_task_finished(run: &dyn AnyRun, state: &State) {
             format!("Task run '{}'", run.name()),
             "Finished in state {state}"
         );
+    }
+}
+
+/// A flow run's observers: a list only appended to, whose readers take no
+/// lock and change no shared count (each link is set once, and read with an
+/// acquire load). Adding one takes `adding`, so two never race for a link.
+#[derive(Default)]
+struct Observers {
+    first: OnceLock<Box<ObserverLink>>,
+    adding: Mutex<()>,
+}
+
+struct ObserverLink {
+    observer: Arc<dyn RunObserver>,
+    next: OnceLock<Box<ObserverLink>>,
+}
+
+impl Observers {
+    fn push(&self, observer: Arc<dyn RunObserver>) {
+        let _adding = lock(&self.adding);
+        let mut end = &self.first;
+        while let Some(link) = end.get() {
+            end = &link.next;
+        }
+        let _ = end.set(Box::new(ObserverLink {
+            observer,
+            next: OnceLock::new(),
+        }));
+    }
+
+    /// The observers, in the order they were added.
+    fn iter(&self) -> impl Iterator<Item = &Arc<dyn RunObserver>> {
+        std::iter::successors(self.first.get(), |link| link.next.get()).map(|l| &l.observer)
     }
 }
