@@ -9,6 +9,7 @@
 //! drops too, and its owner frees the value. flowrun reads the value with
 //! [`External::read`] whenever the program decodes the result.
 
+use crate::plumbing::lock;
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -55,10 +56,7 @@ impl AsRef<[u8]> for Owner {
 
 impl Drop for Owner {
     fn drop(&mut self) {
-        let removed = table()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(self.token.as_ptr() as usize));
+        let removed = lock(table()).remove(&(self.token.as_ptr() as usize));
         if removed.is_some() {
             LIVE.fetch_sub(1, Ordering::AcqRel);
         }
@@ -76,10 +74,7 @@ pub fn external_bytes(token: Vec<u8>, value: Arc<dyn External>) -> Bytes {
         token.push(0);
     }
     let token = token.into_boxed_slice();
-    table()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(token.as_ptr() as usize, value);
+    lock(table()).insert(token.as_ptr() as usize, value);
     LIVE.fetch_add(1, Ordering::AcqRel);
     Bytes::from_owner(Owner { token })
 }
@@ -90,11 +85,7 @@ pub fn external(bytes: &Bytes) -> Option<Arc<dyn External>> {
     if LIVE.load(Ordering::Acquire) == 0 || bytes.is_empty() {
         return None;
     }
-    table()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&(bytes.as_ptr() as usize))
-        .cloned()
+    lock(table()).get(&(bytes.as_ptr() as usize)).cloned()
 }
 
 /// The encoded value behind `bytes`: read from where it lives when they

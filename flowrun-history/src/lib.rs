@@ -30,7 +30,7 @@
 #![deny(missing_docs)]
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 mod query;
 mod recorder;
@@ -210,11 +210,8 @@ impl TempHome {
 
 /// Warns once per home and process that history is off there, and why.
 pub(crate) fn warn_off(home: &Path, why: &str) {
-    static WARNED: OnceLock<Mutex<Vec<PathBuf>>> = OnceLock::new();
-    let mut warned = WARNED
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+    static WARNED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    let mut warned = flowrun_core::plumbing::lock(&WARNED);
     if warned.iter().any(|h| h == home) {
         return;
     }

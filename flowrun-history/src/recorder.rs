@@ -7,6 +7,7 @@
 //! opened at the first flow run that records there; a home that cannot be
 //! opened is reported once and then skipped, and its flows run unrecorded.
 
+use flowrun_core::plumbing::lock;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -68,7 +69,7 @@ pub(crate) fn enabled() -> bool {
 
 /// The writer of `home`, opening it the first time.
 pub(crate) fn writer_for(home: &Path) -> Option<Arc<Writer>> {
-    let mut writers = writers().lock().unwrap_or_else(|p| p.into_inner());
+    let mut writers = lock(writers());
     if let Some(w) = writers.get(home) {
         return w.clone();
     }
@@ -89,12 +90,7 @@ pub(crate) fn writer_for(home: &Path) -> Option<Arc<Writer>> {
 
 /// Waits until every event sent to `home`'s writer so far is committed.
 pub(crate) fn flush(home: &Path) {
-    let writer = writers()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(home)
-        .cloned()
-        .flatten();
+    let writer = lock(writers()).get(home).cloned().flatten();
     if let Some(w) = writer {
         flush_writer(&w);
     }
@@ -128,10 +124,7 @@ fn exit_writers() -> &'static Mutex<Vec<Arc<Writer>>> {
 /// Flushes every writer when the process exits normally, so a program that
 /// returns from `main` right after a flow run keeps its records.
 extern "C" fn flush_all_at_exit() {
-    let writers = exit_writers()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let writers = lock(exit_writers()).clone();
     for w in writers {
         flush_writer(&w);
     }
@@ -148,10 +141,7 @@ fn flush_at_exit(writer: &Arc<Writer>) {
             libc::atexit(flush_all_at_exit);
         }
     });
-    exit_writers()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(writer.clone());
+    lock(exit_writers()).push(writer.clone());
 }
 
 /// Waits for `done` while the writer makes progress; false if it stalled.
@@ -182,13 +172,8 @@ fn home_for_new_flow() -> Option<PathBuf> {
     if let Some(home) = THREAD_HOME.with(|h| h.borrow().clone()) {
         return Some(home);
     }
-    let parent = flowrun_core::current_flow_run_id().and_then(|id| {
-        live_flows()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .map(|w| w.home.clone())
-    });
+    let parent = flowrun_core::current_flow_run_id()
+        .and_then(|id| lock(live_flows()).get(&id).map(|w| w.home.clone()));
     parent.or_else(crate::default_home)
 }
 
@@ -254,10 +239,7 @@ impl RunObserver for Recorder {
         // Prefect's client sends its events: the flow's caller does not
         // wait for the disk, unless the writer fell far behind.
         self.buffer.end(state.clone());
-        live_flows()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.core_id);
+        lock(live_flows()).remove(&self.core_id);
         LIVE.fetch_sub(1, Ordering::AcqRel);
         if self.buffer.len() > MAX_BACKLOG {
             flush_writer(&self.writer);
@@ -296,10 +278,7 @@ fn observer_for(info: &FlowRunInfo) -> Option<Arc<dyn RunObserver>> {
     let buffer = start.buffer.clone();
     writer.tx.send(Event::FlowStarted(Box::new(start))).ok()?;
     LIVE.fetch_add(1, Ordering::AcqRel);
-    live_flows()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(info.flow_run_id.clone(), writer.clone());
+    lock(live_flows()).insert(info.flow_run_id.clone(), writer.clone());
     Some(Arc::new(Recorder {
         core_id: info.flow_run_id.clone(),
         buffer,
@@ -319,7 +298,7 @@ fn tap(record: &LogRecord<'_>) {
         time: SystemTime::now(),
         text: record.message.to_owned(),
     };
-    let flows = live_flows().lock().unwrap_or_else(|p| p.into_inner());
+    let flows = lock(live_flows());
     if let Some(w) = record.flow_run_id.and_then(|id| flows.get(id)) {
         let _ = w.tx.send(Event::Log(Box::new(line())));
         return;

@@ -24,6 +24,7 @@
 //! given inside a transaction are kept only once it committed, so a
 //! retried batch writes the same rows again, not duplicates.
 
+use flowrun_core::plumbing::lock;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -249,14 +250,11 @@ impl Default for FlowBuffer {
 impl FlowBuffer {
     pub(crate) fn push(&self, event: FlowEvent) {
         let slot = SLOT.try_with(|s| s.index).unwrap_or(0);
-        let mut events = self.slots[slot].0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut events = lock(&self.slots[slot].0);
         // A slot's first chunk grows from a few events (a small flow, of
         // which many may be live, holds little); the next ones are spares.
         if events.open.len() == CHUNK {
-            let spare = spare_chunks()
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop();
+            let spare = lock(spare_chunks()).pop();
             let next = spare.unwrap_or_else(|| Vec::with_capacity(CHUNK));
             let full = std::mem::replace(&mut events.open, next);
             events.full.push(full);
@@ -272,21 +270,14 @@ impl FlowBuffer {
 
     /// Events not taken by the writer yet.
     pub(crate) fn len(&self) -> usize {
-        self.slots
-            .iter()
-            .map(|s| s.0.lock().unwrap_or_else(|p| p.into_inner()).len())
-            .sum()
+        self.slots.iter().map(|s| lock(&s.0).len()).sum()
     }
 
     /// Takes every event pushed so far, all slots at once (so an event in
     /// one slot is taken whenever one pushed after it in another is),
     /// each slot's chunks oldest first.
     fn take(&self) -> Vec<Vec<Chunk>> {
-        let mut held: Vec<_> = self
-            .slots
-            .iter()
-            .map(|s| s.0.lock().unwrap_or_else(|p| p.into_inner()))
-            .collect();
+        let mut held: Vec<_> = self.slots.iter().map(|s| lock(&s.0)).collect();
         let mut taken = Vec::new();
         for events in held.iter_mut() {
             if events.len() == 0 {
@@ -409,7 +400,7 @@ fn merge_slots<T>(
 /// they happened, and keeps their chunks for reuse.
 fn apply_taken(taken: Vec<Vec<Chunk>>, apply: impl FnMut(FlowEvent)) {
     let empty = merge_slots(taken, merge_key, apply);
-    let mut spare = spare_chunks().lock().unwrap_or_else(|p| p.into_inner());
+    let mut spare = lock(spare_chunks());
     let room = SPARE_CHUNKS.saturating_sub(spare.len());
     spare.extend(empty.into_iter().take(room));
 }
@@ -546,7 +537,7 @@ impl Writer {
         if let Some(number) = cached {
             return number;
         }
-        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        let mut names = lock(&self.names);
         let known = names
             .numbers
             .get(key)
@@ -1102,7 +1093,7 @@ impl Thread {
     fn task_name(&mut self, n: u32) -> Option<(Arc<str>, &'static str)> {
         let n = n as usize;
         if n >= self.names.len() {
-            let shared = self.shared_names.lock().unwrap_or_else(|p| p.into_inner());
+            let shared = lock(&self.shared_names);
             let known = self.names.len();
             self.names.extend(shared.list.iter().skip(known).cloned());
         }

@@ -6,6 +6,7 @@
 //! ([`FlowRun::subflows`](crate::FlowRun::subflows)); the parent's own
 //! counts stay its own task runs, as Prefect counts them.
 
+use crate::plumbing::lock;
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
@@ -72,40 +73,27 @@ impl Links {
     }
 
     pub(crate) fn add_child(&self, child: SubflowRun) {
-        self.children
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(child);
+        lock(&self.children).push(child);
     }
 
     /// Notes a child that has started (until it reports its end).
     pub(crate) fn add_running(&self, child: &Arc<FlowShared>, parent: &Parent) {
-        self.running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((
-                Arc::downgrade(child),
-                parent.task_run,
-                parent.task_run_name.clone(),
-            ));
+        lock(&self.running).push((
+            Arc::downgrade(child),
+            parent.task_run,
+            parent.task_run_name.clone(),
+        ));
     }
 
     fn remove_running(&self, id: &str) {
-        self.running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(c, _, _)| c.upgrade().is_some_and(|c| c.id != id));
+        lock(&self.running).retain(|(c, _, _)| c.upgrade().is_some_and(|c| c.id != id));
     }
 
     /// Every child, running (state `Running`, the task runs finished so
     /// far) or finished, in the order they started or ended.
     pub(crate) fn all_children(&self) -> Vec<SubflowRun> {
         let mut all = self.children();
-        let running = self
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let running = lock(&self.running).clone();
         for (child, task_run, task_run_name) in running {
             let Some(child) = child.upgrade() else {
                 continue;
@@ -127,10 +115,7 @@ impl Links {
     }
 
     pub(crate) fn children(&self) -> Vec<SubflowRun> {
-        self.children
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.children).clone()
     }
 }
 
@@ -365,7 +350,7 @@ pub(crate) struct TaskRelay {
 
 impl TaskRelay {
     fn take(&self) -> Vec<ReportedTask> {
-        std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *lock(&self.tasks))
     }
 }
 
@@ -395,7 +380,7 @@ impl crate::observe::RunObserver for TaskRelay {
         if !state.is_final() {
             return;
         }
-        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tasks = lock(&self.tasks);
         let failed = matches!(state.kind(), StateKind::Failed | StateKind::Crashed);
         let room = if failed { 2 } else { 1 } * MAX_RELAYED_TASK_RUNS;
         if tasks.len() >= room {
@@ -436,7 +421,7 @@ impl crate::observe::RunObserver for TaskRelay {
 /// history records it with the parent task run) from its start to its end.
 pub(crate) fn record_remote(flow: &Arc<FlowShared>, run: RunRef, report: SubflowReport) {
     let known = {
-        let remote = flow.links.remote.lock().unwrap_or_else(|p| p.into_inner());
+        let remote = lock(&flow.links.remote);
         remote.iter().find(|c| c.id == report.id).cloned()
     };
     let child = match known {
@@ -547,11 +532,7 @@ fn start_remote(flow: &Arc<FlowShared>, run: &RunRef, report: &SubflowReport) ->
     };
     flow.links.add_running(&child, &parent);
     child.links.set_parent(parent);
-    flow.links
-        .remote
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(child.clone());
+    lock(&flow.links.remote).push(child.clone());
     let info = crate::runner::FlowRunInfo {
         flow_name: child.flow_name.clone(),
         flow_run_name: child.name.clone(),
@@ -589,7 +570,7 @@ fn start_remote(flow: &Arc<FlowShared>, run: &RunRef, report: &SubflowReport) ->
 }
 
 fn finish_remote(flow: &FlowShared, child: &Arc<FlowShared>, state: &State, counts: TaskRunCounts) {
-    let mut remote = flow.links.remote.lock().unwrap_or_else(|p| p.into_inner());
+    let mut remote = lock(&flow.links.remote);
     let Some(at) = remote.iter().position(|c| Arc::ptr_eq(c, child)) else {
         return;
     };
