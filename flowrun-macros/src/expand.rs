@@ -1,4 +1,5 @@
-//! Quoting the typed option values that both macros share.
+//! Quoting what both macros share: the typed option values, and the
+//! skeleton of the generated item that each fills with its own parts.
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned, ToTokens};
