@@ -112,25 +112,36 @@ fn timed_chain<T: Send + 'static>(
     (started.elapsed(), n)
 }
 
-#[flow(task_runner = DaskTaskRunner::new())]
-fn bytes_chain_of_eight(mb: usize) -> Duration {
-    let (elapsed, n) = timed_chain(
-        || ones.submit(mb),
-        |x| plus_one.submit(x),
-        |x| count_sevens.submit(x),
-    );
-    assert_eq!(n, mb << 20);
-    elapsed
+/// The two kinds of chain the bench times.
+#[derive(Debug, Clone, Copy)]
+enum Chain {
+    /// `String`s, one byte longer at each step.
+    Text,
+    /// Bytes, each one plus 1 at each step.
+    Bytes,
 }
 
 #[flow(task_runner = DaskTaskRunner::new())]
-fn chain_of_eight(mb: usize) -> Duration {
-    let (elapsed, n) = timed_chain(
-        || chunk.submit(mb),
-        |data| pass_on.submit(data),
-        |data| length.submit(data),
-    );
-    assert_eq!(n, (mb << 20) + 6);
+fn chain_of_eight(chain: Chain, mb: usize) -> Duration {
+    let ((elapsed, n), expected) = match chain {
+        Chain::Text => (
+            timed_chain(
+                || chunk.submit(mb),
+                |data| pass_on.submit(data),
+                |data| length.submit(data),
+            ),
+            (mb << 20) + 6,
+        ),
+        Chain::Bytes => (
+            timed_chain(
+                || ones.submit(mb),
+                |x| plus_one.submit(x),
+                |x| count_sevens.submit(x),
+            ),
+            mb << 20,
+        ),
+    };
+    assert_eq!(n, expected);
     elapsed
 }
 
@@ -193,9 +204,6 @@ fn dask_side(python: &std::path::Path, address: &str, what: &str, n: u64) -> Dur
         .expect("the script prints its time");
     Duration::from_secs_f64(seconds)
 }
-
-/// A flowrun chain: runs it on a runner, passing so many MiB.
-type ChainFlow = fn(DaskTaskRunner, usize) -> Duration;
 
 /// Installs numpy into the Dask venv (its workers run the numpy chain)
 /// unless it is there.
@@ -366,24 +374,21 @@ fn main() {
     }
 
     ensure_numpy(&python);
-    let chains: [(&str, &str, ChainFlow); 2] = [
-        ("text", "chain", |runner, mb| {
-            chain_of_eight
-                .with_runner(runner)
-                .call(mb)
-                .expect("flow failed")
-        }),
-        ("numpy-style x + 1", "bytes", |runner, mb| {
-            bytes_chain_of_eight
-                .with_runner(runner)
-                .call(mb)
-                .expect("flow failed")
-        }),
+    let chains = [
+        ("text", "chain", Chain::Text),
+        ("numpy-style x + 1", "bytes", Chain::Bytes),
     ];
-    for (name, what, flowrun_chain) in chains {
+    for (name, what, chain) in chains {
         let (mut ours, mut theirs) = (vec![], vec![]);
         for run in 0..runs {
-            let flowrun_side = || ours.push(flowrun_chain(runner(), chain_mb));
+            let flowrun_side = || {
+                ours.push(
+                    chain_of_eight
+                        .with_runner(runner())
+                        .call(chain, chain_mb)
+                        .expect("flow failed"),
+                )
+            };
             let dask_run =
                 || theirs.push(dask_side(&python, &cluster.address, what, chain_mb as u64));
             common::alternate(run, flowrun_side, dask_run);

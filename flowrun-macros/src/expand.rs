@@ -1,4 +1,5 @@
-//! Quoting the typed option values that both macros share.
+//! Quoting what both macros share: the typed option values, and the
+//! skeleton of the generated item that each fills with its own parts.
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned, ToTokens};
@@ -285,5 +286,122 @@ pub(crate) fn with_options(ident: &syn::Ident, kind: &str, options: &TokenStream
         pub fn with_options(self, __flowrun_options: #options) -> Self {
             #ident { __flowrun_config: self.__flowrun_config.with_options(__flowrun_options) }
         }
+    }
+}
+
+/// Which of the two macros an expansion is for.
+#[derive(Clone, Copy)]
+pub(crate) enum Macro {
+    /// `#[task]`.
+    Task,
+    /// `#[flow]`.
+    Flow,
+}
+
+/// What one `#[task]` or `#[flow]` expansion has of its own; [`item`]
+/// writes everything else.
+pub(crate) struct Parts {
+    /// The handle's doc comment.
+    pub(crate) doc: TokenStream,
+    /// The name the runs get, shown in `Debug` too.
+    pub(crate) display: String,
+    /// The block of `__flowrun_body`, the function as the user wrote it.
+    pub(crate) body: TokenStream,
+    /// The expression that builds the `meta` value.
+    pub(crate) builder: TokenStream,
+    /// The body of `outcome`.
+    pub(crate) outcome: TokenStream,
+    /// What calling the value like its function returns.
+    pub(crate) direct_ret: TokenStream,
+    /// The body of that call.
+    pub(crate) direct_body: TokenStream,
+    /// Further items beside the impls (constants, checks, registrations).
+    pub(crate) items: TokenStream,
+    /// Further items of the trait impl.
+    pub(crate) impl_items: TokenStream,
+    /// The handle's methods before `with_options`.
+    pub(crate) methods: TokenStream,
+    /// The handle's methods after `with_options`.
+    pub(crate) more_methods: TokenStream,
+}
+
+/// The whole expansion of `#[task]` or `#[flow]`: the [`handle`] and, in
+/// an anonymous `const`, the [`send_checks`], the user's function as
+/// `__flowrun_body`, the [`direct_call_items`], the trait impl with its
+/// [`run_items`] and `config`, and the handle's methods with
+/// [`with_options`].
+pub(crate) fn item(
+    sig: &crate::signature::Signature,
+    fr: &TokenStream,
+    which: Macro,
+    parts: Parts,
+) -> TokenStream {
+    // How the docs say the kind, the trait the handle implements (and its
+    // `Debug` output starts with), the overrides the handle holds, the
+    // metadata type and the type `with_options` takes.
+    let (word, trait_str, config, meta, options) = match which {
+        Macro::Task => ("task", "Task", "CallConfig", "TaskMeta", "TaskOptions"),
+        Macro::Flow => ("flow", "Flow", "FlowConfig", "FlowMeta", "FlowOptions"),
+    };
+    let name = |s: &str| syn::Ident::new(s, proc_macro2::Span::call_site());
+    let (trait_name, config) = (name(trait_str), name(config));
+    let (meta, options) = (name(meta), name(options));
+    let (ident, cfgs, other_attrs) = (&sig.ident, &sig.cfgs, &sig.other_attrs);
+    let (params, raw) = (sig.params(), &sig.raw);
+    let asyncness = sig.is_async.then(|| quote!(async));
+
+    let (send_checks, bounds) = send_checks(sig, fr);
+    let direct_items = direct_call_items(
+        sig,
+        &bounds,
+        &parts.direct_ret,
+        &parts.direct_body,
+        trait_str,
+        &parts.display,
+    );
+    let handle = handle(sig, &parts.doc, &quote!(#fr::#config));
+    let run_items = run_items(sig, fr, &quote!(#fr::#meta), &parts.builder, &parts.outcome);
+    let with_options = with_options(ident, word, &quote!(#fr::#options));
+    let Parts {
+        body,
+        items,
+        impl_items,
+        methods,
+        more_methods,
+        ..
+    } = parts;
+    quote! {
+        #handle
+
+        #(#cfgs)*
+        const _: () = {
+            #send_checks
+
+            #(#other_attrs)*
+            #[allow(clippy::too_many_arguments)]
+            #asyncness fn __flowrun_body(#(#params),*) -> #raw #body
+
+            #direct_items
+
+            #items
+
+            impl #fr::#trait_name for #ident #bounds {
+                #run_items
+
+                fn config(&self) -> &#fr::#config {
+                    &self.__flowrun_config
+                }
+
+                #impl_items
+            }
+
+            impl #ident #bounds {
+                #methods
+
+                #with_options
+
+                #more_methods
+            }
+        };
     }
 }

@@ -14,16 +14,11 @@ use crate::signature::Signature;
 pub(crate) fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> TokenStream {
     let fr = attr.common.private_path();
     let ident = &sig.ident;
-    let cfgs = &sig.cfgs;
-    let other_attrs = &sig.other_attrs;
     // Prefect names a flow after its function with dashes.
     let display = attr.common.display_name(|| sig.fn_name().replace('_', "-"));
     let names: Vec<_> = sig.args.iter().map(|a| &a.name).collect();
     let tys: Vec<_> = sig.args.iter().map(|a| &a.ty).collect();
-    let params = sig.params();
-    let raw = &sig.raw;
     let output = crate::expand::output(sig, &fr);
-    let asyncness = sig.is_async.then(|| quote!(async));
 
     let mut block = (*function.block).clone();
     let runner_expr = attr.task_runner.as_ref().map(|r| match r {
@@ -140,80 +135,60 @@ pub(crate) fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> Tok
         )
     };
 
-    let (send_checks, bounds) = crate::expand::send_checks(sig, &fr);
-    let direct_items =
-        crate::expand::direct_call_items(sig, &bounds, &direct_ret, &direct_body, "Flow", &display);
-    let handle = crate::expand::handle(sig, &doc, &quote!(#fr::FlowConfig));
-    let run_items = crate::expand::run_items(sig, &fr, &quote!(#fr::FlowMeta), &builder, &outcome);
-    let with_options = crate::expand::with_options(ident, "flow", &quote!(#fr::FlowOptions));
-    quote! {
-        #handle
-
-        #(#cfgs)*
-        const _: () = {
-            #send_checks
-
-            #(#other_attrs)*
-            #[allow(clippy::too_many_arguments)]
-            #asyncness fn __flowrun_body(#(#params),*) -> #raw {
-                #witness
-                #stmts
+    let parts = crate::expand::Parts {
+        doc,
+        display,
+        body: quote!({
+            #witness
+            #stmts
+        }),
+        builder,
+        outcome,
+        direct_ret,
+        direct_body,
+        items: quote!(),
+        impl_items: quote! {
+            fn default_runner() -> ::std::boxed::Box<dyn #fr::TaskRunner> {
+                #runner
             }
 
-            #direct_items
-
-            impl #fr::Flow for #ident #bounds {
-                #run_items
-
-                fn default_runner() -> ::std::boxed::Box<dyn #fr::TaskRunner> {
-                    #runner
-                }
-
-                fn args_clone() -> ::core::option::Option<fn(&Self::Args) -> Self::Args> {
-                    #[allow(unused_imports)]
-                    use #fr::{CloneNo as _, CloneYes as _};
-                    (&#fr::Probe::<(#(#tys,)*)>::new()).cloner()
-                }
-
-                fn config(&self) -> &#fr::FlowConfig {
-                    &self.__flowrun_config
-                }
-
-                #[allow(unused_variables)]
-                fn parameters(
-                    __flowrun_args: &Self::Args,
-                ) -> ::std::vec::Vec<(&'static str, ::core::option::Option<::std::string::String>)> {
-                    #[allow(unused_imports)]
-                    use #fr::{JsonNo as _, JsonYes as _};
-                    ::std::vec![#((#param_names, #param_json)),*]
-                }
-
-                fn output_encoder() -> ::core::option::Option<#fr::Encoder<Self::Output>> {
-                    #[allow(unused_imports)]
-                    use #fr::{CodecNo as _, CodecYes as _};
-                    (&#fr::Probe::<Self::Output>::new()).codec().map(|__flowrun_codec| __flowrun_codec.0)
-                }
-
-                fn parameters_key(__flowrun_args: &Self::Args) -> ::core::result::Result<::std::string::String, ::std::string::String> {
-                    #[allow(unused_imports)]
-                    use #fr::{CodecNo as _, CodecYes as _};
-                    #fr::parameters_key((&#fr::Probe::<(#(#tys,)*)>::new()).codec().map(|__flowrun_codec| (__flowrun_codec.0)(__flowrun_args)))
-                }
-
-                #run_name
+            fn args_clone() -> ::core::option::Option<fn(&Self::Args) -> Self::Args> {
+                #[allow(unused_imports)]
+                use #fr::{CloneNo as _, CloneYes as _};
+                (&#fr::Probe::<(#(#tys,)*)>::new()).cloner()
             }
 
-            impl #ident #bounds {
-                #methods
-
-                #with_options
-
-                /// The same flow, running its tasks on a copy of `runner` for each
-                /// flow run instead of its own task runner.
-                pub fn with_runner<R: #fr::TaskRunner + ::core::clone::Clone>(self, __flowrun_runner: R) -> Self {
-                    #ident { __flowrun_config: self.__flowrun_config.with_runner(__flowrun_runner) }
-                }
+            #[allow(unused_variables)]
+            fn parameters(
+                __flowrun_args: &Self::Args,
+            ) -> ::std::vec::Vec<(&'static str, ::core::option::Option<::std::string::String>)> {
+                #[allow(unused_imports)]
+                use #fr::{JsonNo as _, JsonYes as _};
+                ::std::vec![#((#param_names, #param_json)),*]
             }
-        };
-    }
+
+            fn output_encoder() -> ::core::option::Option<#fr::Encoder<Self::Output>> {
+                #[allow(unused_imports)]
+                use #fr::{CodecNo as _, CodecYes as _};
+                (&#fr::Probe::<Self::Output>::new()).codec().map(|__flowrun_codec| __flowrun_codec.0)
+            }
+
+            fn parameters_key(__flowrun_args: &Self::Args) -> ::core::result::Result<::std::string::String, ::std::string::String> {
+                #[allow(unused_imports)]
+                use #fr::{CodecNo as _, CodecYes as _};
+                #fr::parameters_key((&#fr::Probe::<(#(#tys,)*)>::new()).codec().map(|__flowrun_codec| (__flowrun_codec.0)(__flowrun_args)))
+            }
+
+            #run_name
+        },
+        methods,
+        more_methods: quote! {
+            /// The same flow, running its tasks on a copy of `runner` for each
+            /// flow run instead of its own task runner.
+            pub fn with_runner<R: #fr::TaskRunner + ::core::clone::Clone>(self, __flowrun_runner: R) -> Self {
+                #ident { __flowrun_config: self.__flowrun_config.with_runner(__flowrun_runner) }
+            }
+        },
+    };
+    crate::expand::item(sig, &fr, crate::expand::Macro::Flow, parts)
 }

@@ -14,17 +14,13 @@ use crate::signature::Signature;
 pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> TokenStream {
     let fr = attr.common.private_path();
     let ident = &sig.ident;
-    let cfgs = &sig.cfgs;
-    let other_attrs = &sig.other_attrs;
     let fn_name = sig.fn_name();
     let display = attr.common.display_name(|| fn_name.clone());
     let names: Vec<_> = sig.args.iter().map(|a| &a.name).collect();
     let tys: Vec<_> = sig.args.iter().map(|a| &a.ty).collect();
-    let params = sig.params();
     let raw = &sig.raw;
     let output = crate::expand::output(sig, &fr);
     let body = crate::prints::body(&attr.common, &function.block, &fr);
-    let asyncness = sig.is_async.then(|| quote!(async));
     let run_name = attr.common.run_name.as_ref().map(|n| {
         let from_inputs =
             crate::names::expand(n, sig, |i| quote!(#fr::InputDisplay(&__flowrun_inputs.#i)));
@@ -225,114 +221,25 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
         }
     };
 
-    let (send_checks, bounds) = crate::expand::send_checks(sig, &fr);
-
     let serde_probes = tys.iter().map(|ty| {
         quote_spanned! {ty.span()=>
             (::core::any::type_name::<#ty>(), (&#fr::Probe::<#ty>::new()).serde_ok())
         }
     });
 
-    let direct_items =
-        crate::expand::direct_call_items(sig, &bounds, &direct_ret, &direct_body, "Task", &display);
-    let handle = crate::expand::handle(sig, &doc, &quote!(#fr::CallConfig));
-    let run_items = crate::expand::run_items(sig, &fr, &quote!(#fr::TaskMeta), &builder, &outcome);
-    let with_options = crate::expand::with_options(ident, "task", &quote!(#fr::TaskOptions));
-    quote! {
-        #handle
-
-        #(#cfgs)*
-        const _: () = {
-            #send_checks
-
+    let parts = crate::expand::Parts {
+        doc,
+        display,
+        body,
+        builder,
+        outcome,
+        direct_ret,
+        direct_body,
+        items: quote! {
             /// The hash of this task's source (the `TASK_SOURCE` cache policy).
             const __FLOWRUN_SOURCE_HASH: &str = #source_hash;
 
-            #(#other_attrs)*
-            #[allow(clippy::too_many_arguments)]
-            #asyncness fn __flowrun_body(#(#params),*) -> #raw #body
-
-            #direct_items
-
             #key_display_checks
-
-            impl #fr::Task for #ident #bounds {
-                #run_items
-
-                fn failure_message(__flowrun_raw: &Self::Raw) -> ::core::option::Option<::std::string::String> {
-                    #failure
-                }
-
-                fn output_ref(__flowrun_raw: &Self::Raw) -> ::core::option::Option<&Self::Output> {
-                    #output_ref
-                }
-
-                fn raw_from_output(__flowrun_value: Self::Output) -> Self::Raw {
-                    #from_output
-                }
-
-                #key_parameter
-
-                #direct_key_parameter
-
-                fn support() -> &'static #fr::TaskSupport<Self> {
-                    // Type-erased so that the static does not name
-                    // `TaskSupport<Self>`, whose bounds a static cannot
-                    // assume: a non-`Send` argument then fails only at
-                    // `__flowrun_checks`.
-                    static SUPPORT: #fr::OnceLock<&'static (dyn ::core::any::Any + ::core::marker::Send + ::core::marker::Sync)> = #fr::OnceLock::new();
-                    let __flowrun_support = *SUPPORT.get_or_init(|| ::std::boxed::Box::leak(::std::boxed::Box::new({
-                        #[allow(unused_imports)]
-                        use #fr::{CloneNo as _, CloneYes as _, CodecNo as _, CodecYes as _, SerializedNo as _, SerializedYes as _};
-                        #fr::TaskSupport::new(
-                            (&#fr::Probe::<(#(#tys,)*)>::new()).cloner(),
-                            (&#fr::Probe::<#output>::new()).cloner(),
-                            (&#fr::Probe::<#output>::new()).codec(),
-                            (&#fr::Probe::<#ident>::new()).remote(),
-                            &[
-                                #(#serde_probes,)*
-                                (::core::any::type_name::<#output>(), (&#fr::Probe::<#output>::new()).serde_ok()),
-                            ],
-                        )
-                    })));
-                    match __flowrun_support.downcast_ref::<#fr::TaskSupport<Self>>() {
-                        ::core::option::Option::Some(__flowrun_support) => __flowrun_support,
-                        ::core::option::Option::None => ::core::unreachable!("only this function fills its own static"),
-                    }
-                }
-
-                fn config(&self) -> &#fr::CallConfig {
-                    &self.__flowrun_config
-                }
-
-                #run_name
-            }
-
-            impl #ident #bounds {
-                /// Submits a run of the task and returns its future at once.
-                /// Each argument may be a value or the `TaskFuture` of an upstream
-                /// run, which makes this run wait for it and receive its value.
-                pub fn submit(&self, #(#names: impl #fr::IntoInput<#tys>),*) -> #fr::TaskFuture<#output> {
-                    #fr::submit(self, (#(#fr::IntoInput::into_input(#names),)*))
-                }
-
-                #map_method
-
-                #call_method
-
-                #with_options
-
-                /// The same task, whose runs also wait for `runs` (without taking
-                /// their values) before they start.
-                pub fn wait_for(self, __flowrun_runs: impl #fr::IntoRunRefs) -> Self {
-                    #ident { __flowrun_config: self.__flowrun_config.wait_for(#fr::IntoRunRefs::into_run_refs(__flowrun_runs)) }
-                }
-
-                /// The key this task is registered under, for running it by name.
-                pub fn registry_key(&self) -> &'static str {
-                    <Self as #fr::Task>::meta().key()
-                }
-            }
 
             #fr::inventory::submit! {
                 #fr::TaskRegistration {
@@ -340,6 +247,76 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
                     entry: <#ident as #fr::Task>::registry_entry,
                 }
             }
-        };
-    }
+        },
+        impl_items: quote! {
+            fn failure_message(__flowrun_raw: &Self::Raw) -> ::core::option::Option<::std::string::String> {
+                #failure
+            }
+
+            fn output_ref(__flowrun_raw: &Self::Raw) -> ::core::option::Option<&Self::Output> {
+                #output_ref
+            }
+
+            fn raw_from_output(__flowrun_value: Self::Output) -> Self::Raw {
+                #from_output
+            }
+
+            #key_parameter
+
+            #direct_key_parameter
+
+            fn support() -> &'static #fr::TaskSupport<Self> {
+                // Type-erased so that the static does not name
+                // `TaskSupport<Self>`, whose bounds a static cannot
+                // assume: a non-`Send` argument then fails only at
+                // `__flowrun_checks`.
+                static SUPPORT: #fr::OnceLock<&'static (dyn ::core::any::Any + ::core::marker::Send + ::core::marker::Sync)> = #fr::OnceLock::new();
+                let __flowrun_support = *SUPPORT.get_or_init(|| ::std::boxed::Box::leak(::std::boxed::Box::new({
+                    #[allow(unused_imports)]
+                    use #fr::{CloneNo as _, CloneYes as _, CodecNo as _, CodecYes as _, SerializedNo as _, SerializedYes as _};
+                    #fr::TaskSupport::new(
+                        (&#fr::Probe::<(#(#tys,)*)>::new()).cloner(),
+                        (&#fr::Probe::<#output>::new()).cloner(),
+                        (&#fr::Probe::<#output>::new()).codec(),
+                        (&#fr::Probe::<#ident>::new()).remote(),
+                        &[
+                            #(#serde_probes,)*
+                            (::core::any::type_name::<#output>(), (&#fr::Probe::<#output>::new()).serde_ok()),
+                        ],
+                    )
+                })));
+                match __flowrun_support.downcast_ref::<#fr::TaskSupport<Self>>() {
+                    ::core::option::Option::Some(__flowrun_support) => __flowrun_support,
+                    ::core::option::Option::None => ::core::unreachable!("only this function fills its own static"),
+                }
+            }
+
+            #run_name
+        },
+        methods: quote! {
+            /// Submits a run of the task and returns its future at once.
+            /// Each argument may be a value or the `TaskFuture` of an upstream
+            /// run, which makes this run wait for it and receive its value.
+            pub fn submit(&self, #(#names: impl #fr::IntoInput<#tys>),*) -> #fr::TaskFuture<#output> {
+                #fr::submit(self, (#(#fr::IntoInput::into_input(#names),)*))
+            }
+
+            #map_method
+
+            #call_method
+        },
+        more_methods: quote! {
+            /// The same task, whose runs also wait for `runs` (without taking
+            /// their values) before they start.
+            pub fn wait_for(self, __flowrun_runs: impl #fr::IntoRunRefs) -> Self {
+                #ident { __flowrun_config: self.__flowrun_config.wait_for(#fr::IntoRunRefs::into_run_refs(__flowrun_runs)) }
+            }
+
+            /// The key this task is registered under, for running it by name.
+            pub fn registry_key(&self) -> &'static str {
+                <Self as #fr::Task>::meta().key()
+            }
+        },
+    };
+    crate::expand::item(sig, &fr, crate::expand::Macro::Task, parts)
 }
