@@ -299,9 +299,11 @@ fn serve() -> ! {
     }
     // The last large result, while the next request may take it.
     let mut kept: Option<Kept> = None;
+    let mut maps = SpareMaps::default();
     loop {
-        if kept.is_some() && !readable_within(&requests, KEEP_IDLE) {
+        if (kept.is_some() || !maps.is_empty()) && !readable_within(&requests, KEEP_IDLE) {
             kept = None;
+            maps.clear();
         }
         let Ok(mut len) = read_u64(&mut requests) else {
             std::process::exit(0);
@@ -354,6 +356,7 @@ fn serve() -> ! {
                     let spare = Spare {
                         file: spare,
                         ask: Some(&mut requests),
+                        maps: &mut maps,
                     };
                     let written = send_result(&replies, shared.as_deref(), &held, spare)?;
                     kept = written
@@ -619,6 +622,87 @@ struct Spare<'a> {
     file: Option<File>,
     /// The request pipe, until a file has been asked for.
     ask: Option<&'a mut File>,
+    /// The spare files this process keeps mapped.
+    maps: &'a mut SpareMaps,
+}
+
+/// Spare files this process wrote a result over, kept mapped: the runner
+/// offers the same few files again and again (in a chain, the file of the
+/// value two links back), and a copy into a mapping whose pages are there
+/// already is a plain memory copy, where `write` added the kernel's work
+/// for every 4 KiB page (for 256 MiB, about 24 ms against 60; the first
+/// write over a file, mapping it, about 45). A mapping keeps its file's
+/// pages even once the runner closed the file (the runner's spares are
+/// deleted files it keeps open, so nothing here can tell), so it is kept
+/// only as the runner keeps an unused spare: one not written over for
+/// [`KEEP_IDLE`] is let go at the next write, all of them after as long
+/// without a request; and at most [`KEEP_MAX`] bytes in all.
+#[derive(Default)]
+struct SpareMaps {
+    maps: Vec<SpareMap>,
+}
+
+struct SpareMap {
+    /// The file's device and inode: the same file under any open.
+    id: (u64, u64),
+    map: memmap2::MmapMut,
+    /// When a result was last written into it.
+    used: std::time::Instant,
+}
+
+impl SpareMaps {
+    fn is_empty(&self) -> bool {
+        self.maps.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.maps.clear();
+    }
+
+    /// A mapping of the first `len` bytes (at least) of `file`, whose
+    /// length is at least `len` by now; `id` is its device and inode.
+    fn map(&mut self, file: &File, id: (u64, u64), len: u64) -> std::io::Result<&mut [u8]> {
+        let now = std::time::Instant::now();
+        self.maps.retain(|m| now.duration_since(m.used) < KEEP_IDLE);
+        let len = usize::try_from(len).map_err(std::io::Error::other)?;
+        // Whole pages: a result a few bytes longer than the last one over
+        // the same file (a chain's text grows so) finds its mapping. The
+        // last page is partly the file's, and so mapped; its bytes beyond
+        // the file's end are never written.
+        let whole = len.next_multiple_of(4096);
+        let found = self.maps.iter().position(|m| m.id == id);
+        let index = match found {
+            Some(i) if self.maps[i].map.len() >= len => i,
+            _ => {
+                if let Some(i) = found {
+                    self.maps.swap_remove(i);
+                }
+                let max = usize::try_from(KEEP_MAX).unwrap_or(usize::MAX);
+                while !self.maps.is_empty()
+                    && self.maps.iter().map(|m| m.map.len()).sum::<usize>() + whole > max
+                {
+                    self.maps.remove(0);
+                }
+                // SAFETY: the runner handed this spare file to this process
+                // alone, once no value of the worker's mapped it any more:
+                // nobody else writes to it or changes its length while this
+                // process writes, and the caller made it at least `len`
+                // bytes long, so no page of the mapping lies wholly beyond
+                // its end. Only the first bytes of the current write's
+                // length are ever touched, all of them within the file.
+                let map = unsafe {
+                    memmap2::MmapOptions::new()
+                        .len(whole)
+                        .populate()
+                        .map_mut(file)?
+                };
+                self.maps.push(SpareMap { id, map, used: now });
+                self.maps.len() - 1
+            }
+        };
+        self.maps[index].used = now;
+        Ok(&mut self.maps[index].map[..len])
+    }
 }
 
 impl Spare<'_> {
@@ -659,9 +743,10 @@ fn send_result(
 ) -> std::io::Result<Option<(Vec<u8>, u64)>> {
     let known_large = held
         .encoded_len()
-        .is_some_and(|len| len >= format::LARGE as u64);
-    if let Some(dir) = shared.filter(|_| known_large) {
-        if let Some(sent) = write_out(replies, dir, &mut spare, |f| held.encode_into(f))? {
+        .filter(|len| *len >= format::LARGE as u64);
+    if let (Some(dir), Some(len)) = (shared, known_large) {
+        let write = |f: &mut dyn Write| held.encode_into(f);
+        if let Some(sent) = write_out(replies, dir, &mut spare, frame_len(len), write)? {
             return Ok(sent);
         }
     }
@@ -678,7 +763,8 @@ fn send_result(
     };
     if let Some(dir) = shared.filter(|_| bytes.len() >= format::LARGE) {
         let write = |f: &mut dyn Write| f.write_all(&bytes).map_err(|e| e.to_string());
-        if let Some(sent) = write_out(replies, dir, &mut spare, write)? {
+        let len = frame_len(bytes.len() as u64);
+        if let Some(sent) = write_out(replies, dir, &mut spare, len, write)? {
             return Ok(sent);
         }
     }
@@ -695,10 +781,11 @@ fn write_out(
     replies: &Replies,
     dir: &Path,
     spare: &mut Spare<'_>,
+    len: u64,
     write: impl Fn(&mut dyn Write) -> Result<(), String>,
 ) -> std::io::Result<Option<Option<(Vec<u8>, u64)>>> {
     if let Some(file) = spare.take(replies)? {
-        if let Ok(written) = write_spare(file, &write) {
+        if let Ok(written) = write_spare(file, len, spare.maps, &write) {
             send_reply(replies, reply::RESULT_IN_SPARE, &written.0)?;
             return Ok(Some(Some(written)));
         }
@@ -721,19 +808,36 @@ fn result_name() -> String {
     )
 }
 
-/// Writes a large result frame over a spare file from its start (its pages
-/// are there already) and cuts it to the frame's length. Returns the
-/// write's name and that length.
+/// The length of a result frame whose value encodes to `encoded` bytes.
+fn frame_len(encoded: u64) -> u64 {
+    format::RESULT_MAGIC.len() as u64 + encoded
+}
+
+/// Writes a large result frame of `len` bytes over a spare file from its
+/// start (its pages are there already), through a mapping `maps` keeps,
+/// and cuts the file to that length. Returns the write's name and length.
 fn write_spare(
     file: File,
+    len: u64,
+    maps: &mut SpareMaps,
     write: impl FnOnce(&mut dyn Write) -> Result<(), String>,
 ) -> std::io::Result<(Vec<u8>, u64)> {
-    let mut out = &file;
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata()?;
+    if meta.len() < len {
+        file.set_len(len)?;
+    }
+    let mut out = std::io::Cursor::new(maps.map(&file, (meta.dev(), meta.ino()), len)?);
     out.write_all(format::RESULT_MAGIC)?;
     write(&mut out).map_err(std::io::Error::other)?;
-    let end = out.stream_position()?;
-    file.set_len(end)?;
-    Ok((result_name().into_bytes(), end))
+    if out.position() != len {
+        return Err(std::io::Error::other(format!(
+            "the result's encoding took {} bytes where its length said {len}",
+            out.position()
+        )));
+    }
+    file.set_len(len)?;
+    Ok((result_name().into_bytes(), len))
 }
 
 /// Writes a large result frame to a new file in `dir`, for the runner:
@@ -1283,15 +1387,88 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = stale_spare(tmp.path(), 3 * format::LARGE);
         let held = Held::new(vec![5u8; format::LARGE]);
-        let (first, len) =
-            write_spare(open_spare(&path).unwrap(), |f| held.encode_into(f)).unwrap();
+        let len = frame_len(held.encoded_len().unwrap());
+        let mut maps = SpareMaps::default();
+        let write = |f: &mut dyn Write| held.encode_into(f);
+        let (first, written) =
+            write_spare(open_spare(&path).unwrap(), len, &mut maps, write).unwrap();
         let frame =
             format::result_frame(&flowrun_core::encode_value(&vec![5u8; format::LARGE]).unwrap());
         assert_eq!(std::fs::read(&path).unwrap(), frame, "cut to the new frame");
-        assert_eq!(len, frame.len() as u64);
+        assert_eq!(written, frame.len() as u64);
         // Each write has a name of its own, also over the same file.
-        let (second, _) = write_spare(open_spare(&path).unwrap(), |f| held.encode_into(f)).unwrap();
+        let (second, _) = write_spare(open_spare(&path).unwrap(), len, &mut maps, write).unwrap();
         assert_ne!(first, second);
+    }
+
+    #[test]
+    fn results_written_again_and_again_over_kept_mappings_are_whole_and_exact() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = stale_spare(tmp.path(), format::LARGE);
+        let mut maps = SpareMaps::default();
+        // Longer than the file, then shorter, then longer again than the
+        // mapping the first write made: each read back is its own frame.
+        for (n, byte) in [(3, 1u8), (1, 2), (2, 3), (5, 4)] {
+            let value = vec![byte; n * format::LARGE + 7];
+            let held = Held::new(value.clone());
+            let len = frame_len(held.encoded_len().unwrap());
+            let file = open_spare(&path).unwrap();
+            write_spare(file, len, &mut maps, |f| held.encode_into(f)).unwrap();
+            let frame = format::result_frame(&flowrun_core::encode_value(&value).unwrap());
+            assert_eq!(std::fs::read(&path).unwrap(), frame, "{n} x LARGE");
+        }
+        assert_eq!(maps.maps.len(), 1, "one file, one mapping kept");
+        // An encoding longer or shorter than its length said is an error,
+        // not a frame cut short or run over.
+        let held = Held::new(vec![9u8; format::LARGE]);
+        let len = frame_len(held.encoded_len().unwrap());
+        for wrong in [len - 1, len + 1] {
+            let file = open_spare(&path).unwrap();
+            assert!(write_spare(file, wrong, &mut maps, |f| held.encode_into(f)).is_err());
+        }
+    }
+
+    #[test]
+    fn a_result_a_byte_longer_over_the_same_file_goes_through_the_same_mapping() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = stale_spare(tmp.path(), 0);
+        let mut maps = SpareMaps::default();
+        let mut mapped_at = Vec::new();
+        // A chain's text: each link one byte longer.
+        for extra in 0..3 {
+            let text = "x".repeat(2 * format::LARGE + extra);
+            let held = Held::new(text.clone());
+            let len = frame_len(held.encoded_len().unwrap());
+            let file = open_spare(&path).unwrap();
+            write_spare(file, len, &mut maps, |f| held.encode_into(f)).unwrap();
+            let frame = format::result_frame(&flowrun_core::encode_value(&text).unwrap());
+            assert_eq!(std::fs::read(&path).unwrap(), frame);
+            mapped_at.push(maps.maps[0].map.as_ptr());
+        }
+        assert_eq!(maps.maps.len(), 1);
+        assert!(mapped_at.windows(2).all(|w| w[0] == w[1]), "mapped once");
+    }
+
+    #[test]
+    fn a_mapping_not_written_into_for_the_idle_time_is_let_go_at_the_next_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        std::fs::write(&a, b"").unwrap();
+        std::fs::write(&b, b"").unwrap();
+        let mut maps = SpareMaps::default();
+        let held = Held::new(vec![1u8; format::LARGE]);
+        let len = frame_len(held.encoded_len().unwrap());
+        let write = |f: &mut dyn Write| held.encode_into(f);
+        for path in [&a, &b] {
+            write_spare(open_spare(path).unwrap(), len, &mut maps, write).unwrap();
+        }
+        assert_eq!(maps.maps.len(), 2);
+        // `a` was last written into longer ago than the runner keeps an
+        // unused spare: its pages may be the runner's to free by now.
+        maps.maps[0].used -= KEEP_IDLE;
+        write_spare(open_spare(&b).unwrap(), len, &mut maps, write).unwrap();
+        assert_eq!(maps.maps.len(), 1, "only b's mapping is kept");
+        assert_eq!(std::fs::read(&b).unwrap().len() as u64, len);
     }
 
     #[test]
@@ -1308,9 +1485,11 @@ mod tests {
         let mut requests = File::open(dir.join("requests")).unwrap();
         let replies: Replies = Arc::new(Mutex::new(File::create(dir.join("replies")).unwrap()));
         let value = vec![7u8; format::LARGE];
+        let mut maps = SpareMaps::default();
         let asking = Spare {
             file: None,
             ask: Some(&mut requests),
+            maps: &mut maps,
         };
         let sent = send_result(&replies, Some(dir), &Held::new(value.clone()), asking)
             .unwrap()
