@@ -305,6 +305,8 @@ fn serve() -> ! {
             kept = None;
             maps.clear();
         }
+        // Also while small tasks keep it busy.
+        maps.let_go_unused();
         let Ok(mut len) = read_u64(&mut requests) else {
             std::process::exit(0);
         };
@@ -635,8 +637,8 @@ struct Spare<'a> {
 /// pages even once the runner closed the file (the runner's spares are
 /// deleted files it keeps open, so nothing here can tell), so it is kept
 /// only as the runner keeps an unused spare: one not written over for
-/// [`KEEP_IDLE`] is let go at the next write, all of them after as long
-/// without a request; and at most [`KEEP_MAX`] bytes in all.
+/// [`KEEP_IDLE`] is let go at the next request or write, all of them after
+/// as long without a request; and at most [`KEEP_MAX`] bytes in all.
 #[derive(Default)]
 struct SpareMaps {
     maps: Vec<SpareMap>,
@@ -659,11 +661,17 @@ impl SpareMaps {
         self.maps.clear();
     }
 
+    /// Lets go of the mappings not written into for [`KEEP_IDLE`].
+    fn let_go_unused(&mut self) {
+        let now = std::time::Instant::now();
+        self.maps.retain(|m| now.duration_since(m.used) < KEEP_IDLE);
+    }
+
     /// A mapping of the first `len` bytes (at least) of `file`, whose
     /// length is at least `len` by now; `id` is its device and inode.
     fn map(&mut self, file: &File, id: (u64, u64), len: u64) -> std::io::Result<&mut [u8]> {
+        self.let_go_unused();
         let now = std::time::Instant::now();
-        self.maps.retain(|m| now.duration_since(m.used) < KEEP_IDLE);
         let len = usize::try_from(len).map_err(std::io::Error::other)?;
         // Whole pages: a result a few bytes longer than the last one over
         // the same file (a chain's text grows so) finds its mapping. The
@@ -1450,7 +1458,7 @@ mod tests {
     }
 
     #[test]
-    fn a_mapping_not_written_into_for_the_idle_time_is_let_go_at_the_next_write() {
+    fn a_mapping_not_written_into_for_the_idle_time_is_let_go() {
         let tmp = tempfile::tempdir().unwrap();
         let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
         std::fs::write(&a, b"").unwrap();
@@ -1469,6 +1477,10 @@ mod tests {
         write_spare(open_spare(&b).unwrap(), len, &mut maps, write).unwrap();
         assert_eq!(maps.maps.len(), 1, "only b's mapping is kept");
         assert_eq!(std::fs::read(&b).unwrap().len() as u64, len);
+        // Between writes too (a request for a small task).
+        maps.maps[0].used -= KEEP_IDLE;
+        maps.let_go_unused();
+        assert!(maps.is_empty());
     }
 
     #[test]
