@@ -188,11 +188,29 @@ impl RunObserver for Recorder {
         // Called on the flow's threads (a cluster's scheduler thread among
         // them) three times per task run: a 64-byte event, no lock, and no
         // allocation for a run named `<task>-<index>` in a state without a
-        // refining name or message. The cache key only once the run left
-        // Pending (it is not known before).
+        // refining name or message; a plain first start only says when.
+        // The cache key only once the run left Pending (it is not known
+        // before).
         let run = &event.run;
         let state = &event.state;
         let kind = state.kind();
+        // A state without a refining name answers its kind's own static
+        // text: the same pointer, no need to compare the bytes.
+        let (name, plain_name) = (state.name(), kind.as_str());
+        let plain_state =
+            state.message().is_none() && (std::ptr::eq(name, plain_name) || name == plain_name);
+        if kind == StateKind::Running
+            && event.attempts == 1
+            && plain_state
+            && event.location.is_none()
+            && run.custom_name().is_none()
+        {
+            self.buffer.push(FlowEvent::Started {
+                id: run.id(),
+                time: nanos(state.timestamp()),
+            });
+            return;
+        }
         let key = run.task_key();
         let task = self.writer.task_number(run.task_name(), key);
         let custom_name = run.custom_name();
@@ -200,11 +218,6 @@ impl RunObserver for Recorder {
             StateKind::Pending => None,
             _ => run.cache_key(),
         };
-        // A state without a refining name answers its kind's own static
-        // text: the same pointer, no need to compare the bytes.
-        let (name, plain_name) = (state.name(), kind.as_str());
-        let plain_state =
-            state.message().is_none() && (std::ptr::eq(name, plain_name) || name == plain_name);
         let rare =
             (task == UNNUMBERED || custom_name.is_some() || cache_key.is_some() || !plain_state)
                 .then(|| {

@@ -112,7 +112,17 @@ pub(crate) enum Event {
 /// An event of one flow run, pushed by its threads into its buffer.
 pub(crate) enum FlowEvent {
     Task(TaskEvent),
-    Upstreams { run: RunId, upstreams: Box<[RunId]> },
+    /// A run's first attempt started, in a plain `Running` state with no
+    /// worker named yet: all the writer needs of the run's most common
+    /// change, made without looking up its task (its `Pending` event did).
+    Started {
+        id: RunId,
+        time: u64,
+    },
+    Upstreams {
+        run: RunId,
+        upstreams: Box<[RunId]>,
+    },
     Finished(Box<State>),
 }
 
@@ -304,6 +314,7 @@ fn merge_key(event: &FlowEvent) -> Option<(u64, u8)> {
             };
             Some((t.time, rank))
         }
+        FlowEvent::Started { time, .. } => Some((*time, 1)),
         FlowEvent::Upstreams { .. } => None,
         // After every change of its task runs.
         FlowEvent::Finished(_) => Some((u64::MAX, u8::MAX)),
@@ -452,8 +463,10 @@ pub(crate) struct Rare {
 #[derive(Default)]
 pub(crate) struct TaskNames {
     /// Numbers by task key, then name.
-    numbers: HashMap<&'static str, Vec<(Arc<str>, u32)>>,
-    list: Vec<(Arc<str>, &'static str)>,
+    numbers: HashMap<&'static str, Vec<(&'static str, u32)>>,
+    /// The names are kept for the life of the program (a writer lives as
+    /// long), at most [`MAX_NAMES`] of them, so threads may hold them.
+    list: Vec<(&'static str, &'static str)>,
 }
 
 /// How many task names a writer learns by number; events of further names
@@ -461,12 +474,15 @@ pub(crate) struct TaskNames {
 const MAX_NAMES: usize = 4096;
 
 /// A task's number, as a thread remembers it: the writer (its address),
-/// the task's name and key, the number.
-type CachedName = (usize, Arc<str>, &'static str, u32);
+/// the task's name (the writer's copy) and key, the number.
+type CachedName = (usize, &'static str, &'static str, u32);
 
 thread_local! {
-    /// The tasks this thread looked up last, by writer: the flows' threads
-    /// find a task's number without the lock (and without an atomic).
+    /// The task this thread looked up last: a plain copy, so the lookup of
+    /// a thread's runs of one task is a few compares, with no lock, atomic
+    /// or reference count.
+    static LAST_NAME: std::cell::Cell<Option<CachedName>> = const { std::cell::Cell::new(None) };
+    /// The tasks this thread looked up before, by writer.
     static NAME_CACHE: std::cell::RefCell<Vec<CachedName>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -528,43 +544,41 @@ impl Writer {
     /// writer knows it, else [`UNNUMBERED`].
     pub(crate) fn task_number(&self, name: &str, key: &'static str) -> u32 {
         let me = self as *const Writer as usize;
-        let cached = NAME_CACHE.with(|c| {
-            c.borrow()
-                .iter()
-                .find(|(w, n, k, _)| *w == me && std::ptr::eq(*k, key) && **n == *name)
-                .map(|(_, _, _, number)| *number)
-        });
-        if let Some(number) = cached {
-            return number;
+        let hit = |(w, n, k, _): &CachedName| *w == me && std::ptr::eq(*k, key) && *n == name;
+        if let Some(last) = LAST_NAME.get().filter(hit) {
+            return last.3;
+        }
+        let cached = NAME_CACHE.with(|c| c.borrow().iter().copied().find(hit));
+        if let Some(found) = cached {
+            LAST_NAME.set(Some(found));
+            return found.3;
         }
         let mut names = lock(&self.names);
         let known = names
             .numbers
             .get(key)
-            .and_then(|l| l.iter().find(|(n, _)| **n == *name))
-            .map(|(n, number)| (n.clone(), *number));
+            .and_then(|l| l.iter().find(|(n, _)| *n == name))
+            .copied();
         let (text, number) = match known {
             Some(known) => known,
             None if names.list.len() < MAX_NAMES => {
-                let text: Arc<str> = Arc::from(name);
+                let text: &'static str = Box::leak(Box::from(name));
                 let number = names.list.len() as u32;
-                names.list.push((text.clone(), key));
-                names
-                    .numbers
-                    .entry(key)
-                    .or_default()
-                    .push((text.clone(), number));
+                names.list.push((text, key));
+                names.numbers.entry(key).or_default().push((text, number));
                 (text, number)
             }
             None => return UNNUMBERED,
         };
         drop(names);
+        let found = (me, text, key, number);
+        LAST_NAME.set(Some(found));
         NAME_CACHE.with(|c| {
             let mut c = c.borrow_mut();
             if c.len() >= 16 {
                 c.remove(0);
             }
-            c.push((me, text, key, number));
+            c.push(found);
         });
         number
     }
@@ -944,6 +958,20 @@ impl Thread {
     fn apply_flow_event(&mut self, flow: u64, event: FlowEvent, batch: &mut Batch) {
         match event {
             FlowEvent::Task(event) => self.task_event(flow, event, batch),
+            // The run's Pending event came first and made its row.
+            FlowEvent::Started { id, time } => {
+                let started = TaskEvent {
+                    id,
+                    index: 0,
+                    time,
+                    task: UNNUMBERED,
+                    attempts: 1,
+                    kind: StateKind::Running,
+                    location: None,
+                    rare: None,
+                };
+                self.task_event(flow, started, batch);
+            }
             FlowEvent::Upstreams { run, upstreams } => {
                 let ids: Vec<String> = upstreams
                     .iter()
@@ -1095,7 +1123,9 @@ impl Thread {
         if n >= self.names.len() {
             let shared = lock(&self.shared_names);
             let known = self.names.len();
-            self.names.extend(shared.list.iter().skip(known).cloned());
+            let new = shared.list.iter().skip(known);
+            self.names
+                .extend(new.map(|(text, key)| (Arc::from(*text), *key)));
         }
         self.names.get(n).cloned()
     }
