@@ -851,3 +851,124 @@ fn four_processes_share_one_home_with_no_lost_rows_and_no_errors() {
         120_000
     );
 }
+
+common::flaky_task!(FLAKY_CALLS, #[task(retries = 1, retry_delay = 0)] fn flaky_once succeeds at 2);
+
+#[task]
+fn pause(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[flow]
+fn retried_then_spaced() -> u32 {
+    let attempts = flaky_once.submit().result().unwrap();
+    // Each run created a few milliseconds after the one before.
+    for _ in 0..3 {
+        pause.submit(3).result().unwrap();
+    }
+    attempts
+}
+
+#[test]
+fn a_retried_run_keeps_its_attempts_key_and_every_state_with_its_time_and_message() {
+    let home = temp_home();
+    assert_eq!(retried_then_spaced().unwrap(), 2);
+    let store = store(home.path());
+    let runs = store.runs(&RunsQuery::default()).unwrap();
+    let detail = store.detail(&runs[0], 10).unwrap();
+    let flaky = &detail.task_runs[0];
+    assert_eq!(flaky.name, "flaky_once-0");
+    assert_eq!(flaky.task_key, "history::flaky_once");
+    assert_eq!(flaky.attempts, 2);
+    assert_eq!(flaky.state, "Completed");
+
+    let states: Vec<_> = store
+        .states(&runs[0], 100)
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.task_run.as_deref() == Some("flaky_once-0"))
+        .collect();
+    let kinds: Vec<_> = states.iter().map(|s| s.state.as_str()).collect();
+    // As observers see it: back to Pending between the attempts.
+    assert_eq!(
+        kinds,
+        [
+            "Pending",
+            "Running",
+            "AwaitingRetry",
+            "Pending",
+            "Retrying",
+            "Completed"
+        ]
+    );
+    assert!(states.windows(2).all(|w| w[0].time_ms <= w[1].time_ms));
+    assert_eq!(states[0].time_ms, flaky.created_ms);
+    assert_eq!(Some(states[1].time_ms), flaky.start_ms);
+    let why = states[2].message.as_deref().unwrap_or_default();
+    assert!(why.contains("attempt 1 failed"), "{why}");
+
+    // Ids sort by creation time: runs created milliseconds apart.
+    let paused: Vec<_> = detail.task_runs[1..].iter().collect();
+    assert_eq!(paused.len(), 3);
+    assert!(paused.windows(2).all(|w| w[0].created_ms < w[1].created_ms));
+    let mut by_id = detail.task_runs.clone();
+    by_id.sort_by(|a, b| a.id.cmp(&b.id));
+    let sorted: Vec<_> = by_id.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(sorted, ["flaky_once-0", "pause-0", "pause-1", "pause-2"]);
+}
+
+#[test]
+fn without_flowrun_home_runs_are_recorded_under_the_user_s_home() {
+    let user = tempfile::tempdir().unwrap();
+    let out = child_command(user.path(), 3, &[])
+        .env_remove("FLOWRUN_HOME")
+        .env("HOME", user.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let home = user.path().join(".flowrun");
+    assert!(flowrun::history::database_path(&home).exists());
+    let runs = store(&home).runs(&RunsQuery::default()).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].tasks.completed, 3);
+}
+
+/// Runs `many` after turning recording off in code.
+#[test]
+#[ignore = "run as a child process by the other tests"]
+fn child_flow_with_recording_turned_off() {
+    flowrun::history::set_recording(false);
+    assert_eq!(many(3).unwrap(), 6);
+    flowrun::history::set_recording(true);
+    assert_eq!(plain(2).unwrap(), 4);
+    println!("FLOW OK");
+}
+
+#[test]
+fn recording_can_be_turned_off_and_on_in_code() {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "child_flow_with_recording_turned_off",
+            "--nocapture",
+        ])
+        .env("FLOWRUN_HOME", home.path())
+        .env_remove("FLOWRUN_HISTORY")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && text(&out).contains("FLOW OK"),
+        "{}",
+        text(&out)
+    );
+    let runs = store(home.path()).runs(&RunsQuery::default()).unwrap();
+    let flows: Vec<_> = runs.iter().map(|r| r.flow.as_str()).collect();
+    assert_eq!(
+        flows,
+        ["plain"],
+        "only the run after recording was turned on again"
+    );
+}
