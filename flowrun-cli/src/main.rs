@@ -240,6 +240,11 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         Command::Ui { addr } => {
+            if cli.json {
+                return Err(
+                    "--json does not apply to `ui`, which serves pages to a browser".into(),
+                );
+            }
             open()?;
             ui::serve(home, addr)?;
         }

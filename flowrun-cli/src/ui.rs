@@ -375,3 +375,17 @@ async fn run_page(
     );
     page(&format!("flowrun: {}", run.name), &header, &body).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    /// Past runs look as the live dashboard does: one stylesheet, copied
+    /// here so that each crate packages on its own.
+    #[test]
+    fn the_stylesheet_is_the_live_dashboard_s() {
+        let live = include_str!("../../flowrun-dask/src/dashboard/assets/dashboard.css");
+        assert!(
+            super::CSS == live,
+            "copy flowrun-dask's dashboard.css to flowrun-cli/assets"
+        );
+    }
+}

@@ -483,3 +483,11 @@ fn show_names_the_task_run_that_called_a_subflow() {
     assert!(out.contains(&format!("Subflow of {parent}")), "{out}");
     assert!(out.contains(&format!("Called by task run {task}")), "{out}");
 }
+
+#[test]
+fn ui_refuses_json_instead_of_ignoring_it() {
+    let out = flowrun(home(), &["ui", "--json", "--addr", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--json does not apply to `ui`"), "{err}");
+}
