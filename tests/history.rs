@@ -608,20 +608,9 @@ fn a_temporary_home_used_with_a_local_cluster_leaves_no_folder() {
     // The cluster's workers run the test up to the flow call too, and
     // never return to drop what they made there.
     let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "child_on_cluster_with_temp_home",
-            "--nocapture",
-        ])
-        .env("TMPDIR", tmp.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success() && text(&out).contains("FLOW OK"),
-        "{}",
-        text(&out)
+    run_child(
+        "child_on_cluster_with_temp_home",
+        &[("TMPDIR", tmp.path().as_os_str())],
     );
     let left: Vec<_> = std::fs::read_dir(tmp.path())
         .unwrap()
@@ -643,6 +632,23 @@ fn child_command(home: &Path, n: u64, env: &[(&str, &str)]) -> Command {
         cmd.env(k, v);
     }
     cmd
+}
+
+/// Runs the ignored test `name` in a process of its own, recording (with
+/// `env` set), and asserts that it ran its flows.
+fn run_child(name: &str, env: &[(&str, &std::ffi::OsStr)]) {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--ignored", "--exact", name, "--nocapture"])
+        .env_remove("FLOWRUN_HISTORY");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success() && text(&out).contains("FLOW OK"),
+        "{}",
+        text(&out)
+    );
 }
 
 fn child(home: &Path, n: u64, env: &[(&str, &str)]) -> Output {
@@ -948,21 +954,9 @@ fn child_flow_with_recording_turned_off() {
 #[test]
 fn recording_can_be_turned_off_and_on_in_code() {
     let home = tempfile::tempdir().unwrap();
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "child_flow_with_recording_turned_off",
-            "--nocapture",
-        ])
-        .env("FLOWRUN_HOME", home.path())
-        .env_remove("FLOWRUN_HISTORY")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success() && text(&out).contains("FLOW OK"),
-        "{}",
-        text(&out)
+    run_child(
+        "child_flow_with_recording_turned_off",
+        &[("FLOWRUN_HOME", home.path().as_os_str())],
     );
     let runs = store(home.path()).runs(&RunsQuery::default()).unwrap();
     let flows: Vec<_> = runs.iter().map(|r| r.flow.as_str()).collect();
