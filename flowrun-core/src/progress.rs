@@ -133,12 +133,19 @@ struct FlowProgress {
     label: String,
     tally: Arc<TaskRunTally>,
     live: Mutex<Option<live::LiveDisplay>>,
+    /// A live block draws the tally's counts of unfinished runs too.
+    live_shown: bool,
     summary: bool,
 }
 
 impl RunObserver for FlowProgress {
     fn run_changed(&self, event: &RunEvent) {
-        self.tally.record(event);
+        // The summary needs only how runs ended (every run is final when
+        // the flow run ends): without a live block, a run costs one count
+        // under the tally's lock, not three.
+        if self.live_shown || event.state.kind().is_final() {
+            self.tally.record(event);
+        }
     }
 
     fn flow_finished(&self, _state: &State) {
@@ -176,6 +183,7 @@ fn observer_for(info: &FlowRunInfo) -> Option<Arc<dyn RunObserver>> {
     Some(Arc::new(FlowProgress {
         label,
         tally,
+        live_shown: live.is_some(),
         live: Mutex::new(live),
         summary,
     }))
