@@ -129,16 +129,17 @@ fn a_non_clone_result_moves_out_of_its_only_future() {
 #[test]
 fn a_non_clone_result_taken_twice_is_an_error_not_a_panic() {
     #[flow]
-    fn f() -> (Unique, TaskErrorKind) {
+    fn f() -> (Unique, TaskErrorKind, String) {
         let future = make_unique.submit(6);
         let copy = future.clone();
         let first = future.into_result().unwrap();
         let second = copy.into_result().unwrap_err();
-        (first, second.kind().clone())
+        (first, second.kind().clone(), second.message().to_owned())
     }
-    let (first, kind) = f().unwrap();
+    let (first, kind, why) = f().unwrap();
     assert_eq!(first, Unique(6));
     assert_eq!(kind, TaskErrorKind::ResultUnavailable);
+    assert!(why.contains("Unique`, which is not Clone) was already taken"), "{why}");
 }
 
 #[test]

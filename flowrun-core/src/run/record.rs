@@ -106,7 +106,28 @@ enum Slot<T> {
     Encoded(Bytes),
     /// Still where it was computed; fetched on first read.
     Deferred(Fetch),
-    Taken(String),
+    Taken(Gone),
+}
+
+/// Where a run's value went: said only when someone asks for it again, so
+/// that taking a value formats nothing.
+#[derive(Clone, Copy)]
+enum Gone {
+    /// Moved out to its last reader.
+    Moved,
+    /// Returned to the caller of a direct call.
+    Returned,
+}
+
+impl Gone {
+    fn why(self, type_name: &str) -> String {
+        match self {
+            Gone::Moved => {
+                format!("its result (of type `{type_name}`, which is not Clone) was already taken")
+            }
+            Gone::Returned => "its value was returned to the caller of the direct call".to_owned(),
+        }
+    }
 }
 
 /// Fetches a result that stayed where it was computed.
@@ -335,20 +356,13 @@ impl<T: Send + 'static> RunCell<T> {
 
     /// Completes a direct call, whose value went straight to its caller.
     pub(crate) fn complete_returned(self: &Arc<Self>) -> bool {
-        self.finish(
-            Slot::Taken("its value was returned to the caller of the direct call".to_owned()),
-            None,
-        )
+        self.finish(Slot::Taken(Gone::Returned), None)
     }
 
     /// Completes a direct call from the cache (a `Completed` state named
     /// `Cached`): its value went straight to its caller.
     pub(crate) fn complete_returned_cached(self: &Arc<Self>) -> bool {
-        self.finish_named(
-            Slot::Taken("its value was returned to the caller of the direct call".to_owned()),
-            None,
-            Some("Cached"),
-        )
+        self.finish_named(Slot::Taken(Gone::Returned), None, Some("Cached"))
     }
 
     /// Ends the run with `error`. Returns false if it was already final.
@@ -506,10 +520,7 @@ impl<T: Send + 'static> RunCell<T> {
         match std::mem::replace(&mut s.value, Slot::Empty) {
             Slot::Value(v) => {
                 if can_move {
-                    s.value = Slot::Taken(format!(
-                        "its result (of type `{}`, which is not Clone) was already taken",
-                        self.fns.type_name
-                    ));
+                    s.value = Slot::Taken(Gone::Moved);
                     Ok(v)
                 } else {
                     let out = (self.fns.clone.expect("checked above"))(&v);
@@ -537,11 +548,13 @@ impl<T: Send + 'static> RunCell<T> {
                 )
                 .in_run(self.name()))
             }
-            Slot::Taken(why) => {
-                let err = TaskError::new(TaskErrorKind::ResultUnavailable, why.clone())
-                    .in_run(self.name());
-                s.value = Slot::Taken(why);
-                Err(err)
+            Slot::Taken(gone) => {
+                s.value = Slot::Taken(gone);
+                Err(TaskError::new(
+                    TaskErrorKind::ResultUnavailable,
+                    gone.why(self.fns.type_name),
+                )
+                .in_run(self.name()))
             }
             Slot::Empty => {
                 s.value = Slot::Empty;
@@ -574,9 +587,11 @@ impl<T: Send + 'static> RunCell<T> {
                 "the result could not be fetched",
             )
             .in_run(self.name())),
-            Slot::Taken(why) => Err(
-                TaskError::new(TaskErrorKind::ResultUnavailable, why.clone()).in_run(self.name()),
-            ),
+            Slot::Taken(gone) => Err(TaskError::new(
+                TaskErrorKind::ResultUnavailable,
+                gone.why(self.fns.type_name),
+            )
+            .in_run(self.name())),
             Slot::Empty => Err(TaskError::new(
                 TaskErrorKind::ResultUnavailable,
                 format!("the run is {} and has no result", s.kind),
@@ -759,10 +774,11 @@ impl<T: Send + 'static> AnyRun for RunCell<T> {
                     .in_run(RunCell::name(self))
                 })
             }
-            Slot::Taken(why) => Err(
-                TaskError::new(TaskErrorKind::ResultUnavailable, why.clone())
-                    .in_run(RunCell::name(self)),
-            ),
+            Slot::Taken(gone) => Err(TaskError::new(
+                TaskErrorKind::ResultUnavailable,
+                gone.why(self.fns.type_name),
+            )
+            .in_run(RunCell::name(self))),
             Slot::Empty => Err(TaskError::new(
                 TaskErrorKind::ResultUnavailable,
                 "the run has no result",
