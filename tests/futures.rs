@@ -139,7 +139,10 @@ fn a_non_clone_result_taken_twice_is_an_error_not_a_panic() {
     let (first, kind, why) = f().unwrap();
     assert_eq!(first, Unique(6));
     assert_eq!(kind, TaskErrorKind::ResultUnavailable);
-    assert!(why.contains("Unique`, which is not Clone) was already taken"), "{why}");
+    assert!(
+        why.contains("Unique`, which is not Clone) was already taken"),
+        "{why}"
+    );
 }
 
 #[test]

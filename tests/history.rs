@@ -869,7 +869,9 @@ fn pause(ms: u64) -> u64 {
 #[flow]
 fn retried_then_spaced() -> u32 {
     let attempts = flaky_once.submit().result().unwrap();
-    // Each run created a few milliseconds after the one before.
+    // Each run created a few milliseconds after the one before (ids sort
+    // by their creation's millisecond).
+    std::thread::sleep(Duration::from_millis(3));
     for _ in 0..3 {
         pause.submit(3).result().unwrap();
     }

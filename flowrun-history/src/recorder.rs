@@ -20,7 +20,7 @@ use flowrun_core::observe::{ObserverRegistration, RunEvent, RunObserver};
 use flowrun_core::{FlowRunInfo, RunRef, State, StateKind};
 
 use crate::writer::{
-    nanos, Event, FlowBuffer, FlowEvent, FlowStart, LogLine, Rare, TaskEvent, Writer, UNNUMBERED,
+    Event, FlowBuffer, FlowEvent, FlowStart, LogLine, Rare, TaskEvent, Writer, ROW_MADE, UNNUMBERED,
 };
 
 /// How long a flush waits while the writer does nothing at all (another
@@ -189,8 +189,8 @@ impl RunObserver for Recorder {
         // them) three times per task run: a 64-byte event, no lock, and no
         // allocation for a run named `<task>-<index>` in a state without a
         // refining name or message; a plain first start only says when.
-        // The cache key only once the run left Pending (it is not known
-        // before).
+        // The time stays a `SystemTime` (the writer makes it a number). The
+        // cache key only once the run left Pending (it is not known before).
         let run = &event.run;
         let state = &event.state;
         let kind = state.kind();
@@ -207,31 +207,46 @@ impl RunObserver for Recorder {
         {
             self.buffer.push(FlowEvent::Started {
                 id: run.id(),
-                time: nanos(state.timestamp()),
+                time: state.timestamp(),
             });
             return;
         }
-        let key = run.task_key();
-        let task = self.writer.task_number(run.task_name(), key);
-        let custom_name = run.custom_name();
+        // Only the event that makes the run's row names its task: the
+        // writer applies a run's later events to that row.
+        let creation = kind == StateKind::Pending && event.attempts == 0;
+        let (task, unnumbered) = if creation {
+            let key = run.task_key();
+            let task = self.writer.task_number(run.task_name(), key);
+            let unnumbered = (task == UNNUMBERED).then(|| (Box::from(run.task_name()), key));
+            (task, unnumbered)
+        } else {
+            (ROW_MADE, None)
+        };
+        // A run past the 4,294,967,295th of its task keeps its name whole.
+        let index = u32::try_from(run.index()).ok();
+        let custom_name = match (run.custom_name(), index) {
+            (Some(name), _) => Some(Box::from(name)),
+            (None, None) => Some(run.name().into_boxed_str()),
+            (None, Some(_)) => None,
+        };
         let cache_key = match kind {
             StateKind::Pending => None,
             _ => run.cache_key(),
         };
         let rare =
-            (task == UNNUMBERED || custom_name.is_some() || cache_key.is_some() || !plain_state)
+            (unnumbered.is_some() || custom_name.is_some() || cache_key.is_some() || !plain_state)
                 .then(|| {
                     Box::new(Rare {
-                        task: (task == UNNUMBERED).then(|| (Box::from(run.task_name()), key)),
-                        custom_name: custom_name.map(Box::from),
+                        task: unnumbered,
+                        custom_name,
                         cache_key: cache_key.map(Box::from),
                         state: (!plain_state).then(|| state.clone()),
                     })
                 });
         self.buffer.push(FlowEvent::Task(TaskEvent {
             id: run.id(),
-            index: run.index(),
-            time: nanos(state.timestamp()),
+            index: index.unwrap_or(u32::MAX),
+            time: state.timestamp(),
             task,
             attempts: event.attempts,
             kind,

@@ -117,7 +117,7 @@ pub(crate) enum FlowEvent {
     /// change, made without looking up its task (its `Pending` event did).
     Started {
         id: RunId,
-        time: u64,
+        time: SystemTime,
     },
     Upstreams {
         run: RunId,
@@ -312,9 +312,9 @@ fn merge_key(event: &FlowEvent) -> Option<(u64, u8)> {
                 k if k.is_final() => 2,
                 _ => 1,
             };
-            Some((t.time, rank))
+            Some((nanos(t.time), rank))
         }
-        FlowEvent::Started { time, .. } => Some((*time, 1)),
+        FlowEvent::Started { time, .. } => Some((nanos(*time), 1)),
         FlowEvent::Upstreams { .. } => None,
         // After every change of its task runs.
         FlowEvent::Finished(_) => Some((u64::MAX, u8::MAX)),
@@ -420,6 +420,10 @@ fn apply_taken(taken: Vec<Vec<Chunk>>, apply: impl FnMut(FlowEvent)) {
 /// [`Rare::task`] (when the writer already knows too many names).
 pub(crate) const UNNUMBERED: u32 = u32::MAX;
 
+/// [`TaskEvent::task`] of an event after the one that made the run's row
+/// (its first `Pending`): the writer knows the run's task by its row.
+pub(crate) const ROW_MADE: u32 = u32::MAX - 1;
+
 /// One state change of a task run, with what its row needs of the run:
 /// 64 bytes, and no allocation for a run named `<task>-<index>` in a state
 /// without a refining name or message. The name is made by the writer, the
@@ -429,11 +433,13 @@ pub(crate) const UNNUMBERED: u32 = u32::MAX;
 /// was dropped.
 pub(crate) struct TaskEvent {
     pub id: RunId,
-    pub index: u64,
-    /// When the run entered the state, in nanoseconds since the Unix epoch.
-    pub time: u64,
+    /// The run's number among its task's runs (`u32::MAX` past that, the
+    /// run's name then in [`Rare::custom_name`]).
+    pub index: u32,
+    /// When the run entered the state (made a number by the writer).
+    pub time: SystemTime,
     /// The number of its task's name and key (see [`Writer::task_number`]),
-    /// or [`UNNUMBERED`].
+    /// [`UNNUMBERED`], or [`ROW_MADE`].
     pub task: u32,
     pub attempts: u32,
     pub kind: StateKind,
@@ -964,7 +970,7 @@ impl Thread {
                     id,
                     index: 0,
                     time,
-                    task: UNNUMBERED,
+                    task: ROW_MADE,
                     attempts: 1,
                     kind: StateKind::Running,
                     location: None,
@@ -1009,6 +1015,7 @@ impl Thread {
             location,
             rare,
         } = event;
+        let time = nanos(time);
         let Rare {
             task: named_task,
             custom_name,
@@ -1040,7 +1047,10 @@ impl Thread {
                 t
             }
             None => {
-                if self.done.contains_key(&id) || !self.flows.contains_key(&flow) {
+                if task == ROW_MADE
+                    || self.done.contains_key(&id)
+                    || !self.flows.contains_key(&flow)
+                {
                     return;
                 }
                 let named = match named_task {
@@ -1062,7 +1072,7 @@ impl Thread {
                     id: new_id(time_ms),
                     seq: None,
                     task,
-                    index,
+                    index: index.into(),
                     custom_name,
                     task_key,
                     attempts,

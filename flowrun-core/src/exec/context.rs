@@ -41,7 +41,8 @@ impl Context {
 
 /// The span of a task run's attempt.
 pub(crate) fn task_span(run: &RunRef) -> tracing::Span {
-    tracing::info_span!("task_run", run = %run.name())
+    // Named lazily: only a layer that records the field formats it.
+    tracing::info_span!("task_run", run = %run.0.label())
 }
 
 thread_local! {

@@ -408,13 +408,23 @@ fn log_task_finished(run: &dyn AnyRun, state: &State) {
         StateKind::Cancelled => tracing::Level::WARN,
         _ => tracing::Level::ERROR,
     };
-    // The label is built only when someone listens: this runs per task run.
-    if crate::run_event_enabled!(level) {
-        crate::run_event!(
-            level,
-            format!("Task run '{}'", run.name()),
-            "Finished in state {state}"
-        );
+    // This runs per task run: the label and the message are written only
+    // when a layer records the event (asking `tracing::enabled!` first is
+    // no help: with per-layer filters it answers yes for an event every
+    // layer then drops, as the log tap drops these).
+    crate::run_event!(
+        level,
+        tracing::field::display(TaskRunLabel(run.label())),
+        "Finished in state {state}"
+    );
+}
+
+/// `Task run '<name>'`, written on demand.
+struct TaskRunLabel<'a>(&'a crate::run::record::RunLabel);
+
+impl std::fmt::Display for TaskRunLabel<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Task run '{}'", self.0)
     }
 }
 

@@ -166,7 +166,24 @@ impl RunLabel {
     pub(crate) fn name(&self) -> String {
         match &self.run_name {
             Some(name) => name.to_string(),
-            None => format!("{}-{}", self.task_name, self.index),
+            None => {
+                // Sized once: `format!` grew the string twice on this path,
+                // which runs for most task runs.
+                let mut name = String::with_capacity(self.task_name.len() + 21);
+                let _ = fmt::Write::write_fmt(&mut name, format_args!("{self}"));
+                name
+            }
+        }
+    }
+}
+
+/// The run's name, written where it is needed (a log line's label is
+/// formatted only when a layer records it).
+impl fmt::Display for RunLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.run_name {
+            Some(name) => f.write_str(name),
+            None => write!(f, "{}-{}", self.task_name, self.index),
         }
     }
 }
