@@ -968,3 +968,28 @@ fn recording_can_be_turned_off_and_on_in_code() {
         "only the run after recording was turned on again"
     );
 }
+
+/// Runs `plain`, whose task logs a line.
+#[test]
+#[ignore = "run as a child process by the other tests"]
+fn child_plain_flow() {
+    assert_eq!(plain(5).unwrap(), 10);
+    println!("FLOW OK");
+}
+
+#[test]
+fn with_the_console_off_task_logs_are_still_recorded() {
+    let home = tempfile::tempdir().unwrap();
+    run_child(
+        "child_plain_flow",
+        &[
+            ("FLOWRUN_HOME", home.path().as_os_str()),
+            ("FLOWRUN_LOG", "off".as_ref()),
+        ],
+    );
+    let store = store(home.path());
+    let runs = store.runs(&RunsQuery::default()).unwrap();
+    let logs = store.logs(&runs[0], &LogQuery::default()).unwrap();
+    let texts: Vec<_> = logs.iter().map(|l| l.text.as_str()).collect();
+    assert!(texts.contains(&"doubling 5 with care"), "{texts:?}");
+}

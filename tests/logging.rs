@@ -101,3 +101,15 @@ fn failures_are_logged_as_errors_with_the_failed_state() {
         "{all:#?}"
     );
 }
+
+#[test]
+fn a_program_s_own_layer_sees_a_span_per_task_run() {
+    lines();
+    #[flow]
+    fn spanned() -> usize {
+        say("spans".into())
+    }
+    assert_eq!(spanned().unwrap(), 5);
+    let spans = common::task_run_spans();
+    assert!(spans.iter().any(|s| s.starts_with("say-")), "{spans:?}");
+}

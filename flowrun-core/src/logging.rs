@@ -117,7 +117,7 @@ pub fn init() {
         if tracing::dispatcher::has_been_set() {
             return;
         }
-        let tap = TapLayer::registered();
+        let tapped = inventory::iter::<LogTap>.into_iter().next().is_some();
         let directives = std::env::var(LOG_ENV).unwrap_or_else(|_| "info".to_owned());
         let console = if directives.trim().eq_ignore_ascii_case("off") {
             None
@@ -129,15 +129,24 @@ pub fn init() {
             let layer = ConsoleLayer::new(
                 std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
             );
-            Some(layer.with_filter(Fresh(filter)))
+            // Spans matter to this filter only through a span directive
+            // (`[task_run]=debug`); the console itself never reads them.
+            let spans = directives.contains('[');
+            Some(layer.with_filter(Fresh { filter, spans }))
         };
-        if console.is_none() && tap.is_none() {
-            return;
-        }
-        let _ = tracing_subscriber::registry()
-            .with(console)
-            .with(tap)
-            .try_init();
+        // Only the layers there are: an absent (`None`) layer counts as one
+        // that wants every event and span, which made the per-task lines
+        // and spans the filters turn away still be built.
+        let registry = tracing_subscriber::registry();
+        let _ = match (console, tapped) {
+            (Some(console), true) => registry
+                .with(console)
+                .with(TapLayer::registered())
+                .try_init(),
+            (Some(console), false) => registry.with(console).try_init(),
+            (None, true) => registry.with(TapLayer::registered()).try_init(),
+            (None, false) => return,
+        };
     });
 }
 
@@ -190,7 +199,11 @@ impl TapLayer {
         let filter = tracing_subscriber::filter::Targets::new()
             .with_default(Level::INFO)
             .with_target("flowrun_core::flow", Level::WARN);
-        (!taps.is_empty()).then(|| TapLayer { taps }.with_filter(Fresh(filter)))
+        let filter = Fresh {
+            filter,
+            spans: false,
+        };
+        (!taps.is_empty()).then(|| TapLayer { taps }.with_filter(filter))
     }
 }
 
@@ -203,15 +216,26 @@ impl TapLayer {
 /// after `tracing::enabled!(Level::INFO)` with a console showing WARN and
 /// up, the next warning never reached the console (tokio-rs/tracing#2519).
 /// Capping the callsite's interest at "sometimes" has every event asked.
-struct Fresh<F>(F);
+///
+/// flowrun's own layers read a line's run from the thread's run context,
+/// never from spans: unless `spans` (the filter has a span directive), the
+/// filter turns spans away, so that the span each task run opens (for the
+/// program's own subscribers) costs nothing when only these layers listen.
+struct Fresh<F> {
+    filter: F,
+    spans: bool,
+}
 
 impl<S, F: Filter<S>> Filter<S> for Fresh<F> {
     fn enabled(&self, meta: &tracing::Metadata<'_>, cx: &LayerContext<'_, S>) -> bool {
-        self.0.enabled(meta, cx)
+        (self.spans || !meta.is_span()) && self.filter.enabled(meta, cx)
     }
 
     fn callsite_enabled(&self, meta: &'static tracing::Metadata<'static>) -> Interest {
-        let interest = self.0.callsite_enabled(meta);
+        if !self.spans && meta.is_span() {
+            return Interest::never();
+        }
+        let interest = self.filter.callsite_enabled(meta);
         if interest.is_always() {
             Interest::sometimes()
         } else {
@@ -220,11 +244,11 @@ impl<S, F: Filter<S>> Filter<S> for Fresh<F> {
     }
 
     fn event_enabled(&self, event: &Event<'_>, cx: &LayerContext<'_, S>) -> bool {
-        self.0.event_enabled(event, cx)
+        self.filter.event_enabled(event, cx)
     }
 
     fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
-        self.0.max_level_hint()
+        self.filter.max_level_hint()
     }
 
     fn on_new_span(
@@ -233,7 +257,7 @@ impl<S, F: Filter<S>> Filter<S> for Fresh<F> {
         id: &tracing::span::Id,
         cx: LayerContext<'_, S>,
     ) {
-        self.0.on_new_span(attrs, id, cx)
+        self.filter.on_new_span(attrs, id, cx)
     }
 
     fn on_record(
@@ -242,19 +266,19 @@ impl<S, F: Filter<S>> Filter<S> for Fresh<F> {
         values: &tracing::span::Record<'_>,
         cx: LayerContext<'_, S>,
     ) {
-        self.0.on_record(id, values, cx)
+        self.filter.on_record(id, values, cx)
     }
 
     fn on_enter(&self, id: &tracing::span::Id, cx: LayerContext<'_, S>) {
-        self.0.on_enter(id, cx)
+        self.filter.on_enter(id, cx)
     }
 
     fn on_exit(&self, id: &tracing::span::Id, cx: LayerContext<'_, S>) {
-        self.0.on_exit(id, cx)
+        self.filter.on_exit(id, cx)
     }
 
     fn on_close(&self, id: tracing::span::Id, cx: LayerContext<'_, S>) {
-        self.0.on_close(id, cx)
+        self.filter.on_close(id, cx)
     }
 }
 

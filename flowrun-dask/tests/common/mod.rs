@@ -251,10 +251,54 @@ fn capture_console(with_tap: bool) -> std::sync::Arc<std::sync::Mutex<Vec<String
                         .with_sink(move |l| sink.lock().unwrap().push(l.to_owned())),
                 )
                 .with(tap)
+                .with(SpanNames)
                 .init();
             lines
         })
         .clone()
+}
+
+/// The `run` field of every `task_run` span opened in this process, as a
+/// program's own layer sees them (recorded once [`console_lines`] installed
+/// the capture).
+#[allow(dead_code)]
+pub(crate) fn task_run_spans() -> Vec<String> {
+    lock(span_names()).clone()
+}
+
+fn span_names() -> &'static std::sync::Mutex<Vec<String>> {
+    static NAMES: std::sync::OnceLock<std::sync::Mutex<Vec<String>>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(Default::default)
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A program's own layer: keeps the run of each `task_run` span.
+struct SpanNames;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanNames {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _id: &tracing::span::Id,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        struct Run(Option<String>);
+        impl tracing::field::Visit for Run {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "run" {
+                    self.0 = Some(format!("{value:?}"));
+                }
+            }
+        }
+        if attrs.metadata().name() == "task_run" {
+            let mut run = Run(None);
+            attrs.record(&mut run);
+            lock(span_names()).extend(run.0);
+        }
+    }
 }
 
 /// Sleeps for `hold`, then appends when it ran (start and end, in
