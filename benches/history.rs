@@ -16,6 +16,18 @@
 //! It also prints the page faults of the flow's threads: the memory a
 //! task run touches for the first time (the recording's queue blocks are
 //! most of it), a count that does not depend on the machine's load.
+//!
+//! `-- share` runs instead four flow processes (this program started again)
+//! at once on one fresh home, each a flow of 10,000 no-op tasks (a second
+//! argument sets the count) on the thread pool, with history on and, for
+//! the ratio, off (`FLOWRUN_HISTORY=off`), interleaved over 9 rounds (a
+//! third argument sets them). It prints the wall time from starting the
+//! four to the last one's exit (a process exits once its records are
+//! committed), the longest of their flow calls, the rows found in the home (flow runs,
+//! task runs of each, their state entries) and the errors: a process that
+//! failed, and any warning, error, panic or "database is locked" it
+//! printed (its console shows warnings and errors). It fails when a row
+//! is missing or there is an error.
 
 mod common;
 
@@ -201,13 +213,189 @@ fn compare(label: &str, n: u64, rounds: usize, sides: Sides, home: &Path, run: i
     println!("{label:<20} (medians of {rounds} rounds, on and off interleaved)");
 }
 
+/// Set in the flow processes of `-- share`: their task count.
+const SHARE_CHILD: &str = "FLOWRUN_BENCH_SHARE_TASKS";
+
+/// A flow process of `-- share`: one flow of `n` no-op tasks recording
+/// into `FLOWRUN_HOME` (unless `FLOWRUN_HISTORY=off`), then exit, which
+/// waits for its records to be committed.
+fn share_child(n: u64) {
+    let started = Instant::now();
+    let total = submit_and_gather(n).expect("the flow runs");
+    let flow = started.elapsed();
+    assert_eq!(total, n * n.saturating_sub(1) / 2, "every task's value");
+    println!("FLOW OK {}", flow.as_micros());
+}
+
+/// One round of `-- share`: four flow processes of `n` tasks at once on a
+/// fresh home, history on or off.
+struct ShareRound {
+    wall: Duration,
+    /// The longest flow call of the four (each process's own clock).
+    flow: Duration,
+    flow_runs: i64,
+    /// Flow runs whose task runs are all there, all Completed.
+    whole_flow_runs: i64,
+    task_runs: i64,
+    state_entries: i64,
+    errors: Vec<String>,
+}
+
+const SHARE_PROCESSES: usize = 4;
+
+fn share_round(n: u64, on: bool) -> ShareRound {
+    let home = tempfile::Builder::new()
+        .prefix("flowrun-bench-share-")
+        .tempdir()
+        .expect("a temporary home");
+    let started = Instant::now();
+    let children: Vec<_> = (0..SHARE_PROCESSES)
+        .map(|_| {
+            std::process::Command::new(std::env::current_exe().expect("this program"))
+                .env(SHARE_CHILD, n.to_string())
+                .env("FLOWRUN_HOME", home.path())
+                .env("FLOWRUN_HISTORY", if on { "on" } else { "off" })
+                .env("FLOWRUN_LOG", "warn")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("a flow process")
+        })
+        .collect();
+    let outputs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().expect("the flow process's output"))
+        .collect();
+    let wall = started.elapsed();
+    let mut errors = Vec::new();
+    let mut flow = Duration::ZERO;
+    for (i, out) in outputs.iter().enumerate() {
+        if !out.status.success() {
+            errors.push(format!("process {i} exited with {}", out.status));
+        }
+        let printed = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+        for line in printed.lines() {
+            let lower = line.to_ascii_lowercase();
+            let bad = ["warning", "error", "panicked", "locked"]
+                .iter()
+                .any(|w| lower.contains(w));
+            if bad {
+                errors.push(format!("process {i}: {line}"));
+            }
+        }
+        match printed
+            .lines()
+            .find_map(|l| l.strip_prefix("FLOW OK "))
+            .and_then(|us| us.parse().ok())
+        {
+            Some(us) => flow = flow.max(Duration::from_micros(us)),
+            None => errors.push(format!("process {i} did not finish its flow")),
+        }
+    }
+    let db_path = flowrun::history::database_path(home.path());
+    let (mut flow_runs, mut whole_flow_runs, mut task_runs, mut state_entries) = (0, 0, 0, 0);
+    if db_path.exists() {
+        let db = rusqlite::Connection::open(&db_path).expect("the database");
+        let one = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).expect(sql) };
+        flow_runs = one("SELECT count(*) FROM flow_runs");
+        whole_flow_runs = one(&format!(
+            "SELECT count(*) FROM flow_runs f WHERE f.state = 'Completed' AND \
+             (SELECT count(*) FROM task_runs t WHERE t.flow_run = f.seq AND t.state = 'Completed') = {n}"
+        ));
+        task_runs = one("SELECT count(*) FROM task_runs");
+        state_entries = one("SELECT coalesce(sum(json_array_length(history)), 0) FROM task_runs");
+    }
+    ShareRound {
+        wall,
+        flow,
+        flow_runs,
+        whole_flow_runs,
+        task_runs,
+        state_entries,
+        errors,
+    }
+}
+
+/// `-- share`: four processes on one home, history on against off.
+fn share(n: u64, rounds: usize) {
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        common::alternate(
+            round,
+            || on.push(share_round(n, true)),
+            || off.push(share_round(n, false)),
+        );
+    }
+    let procs = SHARE_PROCESSES as i64;
+    let n = n as i64;
+    let mut failed = false;
+    for (round, (a, b)) in on.iter().zip(&off).enumerate() {
+        let rows_ok = a.flow_runs == procs
+            && a.whole_flow_runs == procs
+            && a.task_runs == procs * n
+            && a.state_entries == 3 * procs * n
+            && b.flow_runs == 0;
+        let errors = a.errors.len() + b.errors.len();
+        failed |= !rows_ok || errors > 0;
+        println!(
+            "share round {round}: {procs} processes x {n} tasks  on {:>5.0} ms (flow {:>4.0})  off {:>5.0} ms (flow {:>4.0})  on/off {:.2}x  \
+             rows: {} flow runs ({} whole), {} task runs, {} state entries{}  errors: {errors}",
+            a.wall.as_secs_f64() * 1e3,
+            a.flow.as_secs_f64() * 1e3,
+            b.wall.as_secs_f64() * 1e3,
+            b.flow.as_secs_f64() * 1e3,
+            a.wall.as_secs_f64() / b.wall.as_secs_f64(),
+            a.flow_runs,
+            a.whole_flow_runs,
+            a.task_runs,
+            a.state_entries,
+            if rows_ok { " (all present)" } else { " (MISSING ROWS)" },
+        );
+        for e in a.errors.iter().chain(&b.errors) {
+            println!("  {e}");
+        }
+    }
+    let medians = |what: &str, f: fn(&ShareRound) -> Duration| {
+        let a = common::median(on.iter().map(f).collect());
+        let b = common::median(off.iter().map(f).collect());
+        println!(
+            "share: {procs} processes x {n} tasks on one home, {what:<27} on {:>6.0} ms  off {:>6.0} ms  on/off {:.2}x (medians of {rounds} rounds, interleaved)",
+            a.as_secs_f64() * 1e3,
+            b.as_secs_f64() * 1e3,
+            a.as_secs_f64() / b.as_secs_f64(),
+        );
+    };
+    medians("start to last exit", |r| r.wall);
+    medians("slowest flow call", |r| r.flow);
+    assert!(
+        !failed,
+        "rows were missing or a process had an error (above)"
+    );
+}
+
 fn main() {
     // Worker processes of the local cluster are this program started again:
     // they divert here, before making a home of their own.
     flowrun::worker::divert_if_worker();
+    if let Some(n) = std::env::var_os(SHARE_CHILD) {
+        let n = n
+            .to_str()
+            .and_then(|n| n.parse().ok())
+            .expect("a task count");
+        share_child(n);
+        return;
+    }
     std::env::set_var("FLOWRUN_LOG", "off");
     let args = common::args();
     let only = args.first().cloned();
+    if only.as_deref() == Some("share") {
+        let n = args
+            .get(1)
+            .map_or(10_000, |a| a.parse().expect("a task count"));
+        let rounds = args.get(2).map_or(9, |a| a.parse().expect("a round count"));
+        share(n, rounds);
+        return;
+    }
     let n: u64 = args
         .get(1)
         .map_or(100_000, |a| a.parse().expect("a task count"));

@@ -960,6 +960,74 @@ fn a_cache_hit_is_recorded_in_the_run_history_with_its_key() {
     assert_eq!(seen[0].1, seen[1].1, "both runs recorded the same key");
 }
 
+// ---------------------------------------------------- a temporary home
+
+/// Names no `result_storage`: its result goes under the flow run's home.
+#[task(
+    persist_result = true,
+    cache_policy = NONE,
+    result_storage_key = "homed-{flow_run.id}-{task_run.name}"
+)]
+fn homed(x: u64) -> u64 {
+    x + 1
+}
+
+/// The files `homed` wrote for a run of it.
+fn homed_file<T: Send + 'static>(f: &TaskFuture<T>) -> String {
+    f.wait();
+    format!(
+        "homed-{}-{}",
+        flowrun::current_flow_run_id().unwrap(),
+        f.name()
+    )
+}
+
+#[flow]
+fn homed_subflow(x: u64) -> String {
+    homed_file(&homed.submit(x))
+}
+
+/// Calls a subflow on a thread of the pool, which has no home of its own.
+#[task]
+fn calls_homed_subflow(x: u64) -> String {
+    homed_subflow(x).unwrap()
+}
+
+#[flow]
+fn homed_flow() -> Vec<String> {
+    let own = homed_file(&homed.submit(1));
+    let sub = calls_homed_subflow.submit(2).result().unwrap();
+    vec![own, sub]
+}
+
+#[test]
+fn a_temporary_home_holds_the_results_of_tasks_that_name_no_storage() {
+    common::console_lines();
+    // What this process uses without a temporary home: FLOWRUN_HOME's (or
+    // ~/.flowrun's) storage.
+    let process_storage = flowrun::cache::default_storage();
+    let home = flowrun::history::temp_home();
+    let storage = home.path().join("storage");
+    assert_eq!(flowrun::cache::default_storage().path(), storage);
+    let written = homed_flow().unwrap();
+    assert_eq!(written.len(), 2);
+    let values: Vec<u64> = written.iter().map(|f| persisted(&storage, f)).collect();
+    assert_eq!(values, [2, 3], "the flow's and its subflow's results");
+    for file in &written {
+        assert!(
+            !process_storage.path().join(file).exists(),
+            "{file} was also written to {}",
+            process_storage.path().display()
+        );
+    }
+    drop(home);
+    // Its home gone, this thread's flows store under the process's home again.
+    assert_eq!(
+        flowrun::cache::default_storage().path(),
+        process_storage.path()
+    );
+}
+
 // ------------------------------------------------------------ local cluster
 
 mod cluster {
@@ -983,6 +1051,31 @@ mod cluster {
         let f = my_pid.with_options(at(&dir)).submit();
         f.wait();
         f.name()
+    }
+
+    #[flow(task_runner = common::local_cluster(1, 1))]
+    fn homed_on_cluster() -> (String, u32) {
+        let f = my_pid.submit();
+        f.wait();
+        (f.name(), f.result().unwrap())
+    }
+
+    #[test]
+    fn a_worker_writes_results_under_the_flow_s_temporary_home() {
+        common::console_lines();
+        let process_storage = flowrun::cache::default_storage();
+        let home = flowrun::history::temp_home();
+        let storage = ResultStorage::new(home.path().join("storage"));
+        let (name, worker) = homed_on_cluster().unwrap();
+        let file = format!("pid-{name}");
+        assert_ne!(worker, std::process::id(), "the task ran in a worker");
+        assert_eq!(persisted::<u32>(storage.path(), &file), worker);
+        assert_eq!(storage.info(&file).unwrap().writer_pid, worker);
+        assert!(
+            !process_storage.path().join(&file).exists(),
+            "{file} was also written to {}",
+            process_storage.path().display()
+        );
     }
 
     #[test]

@@ -236,7 +236,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             if cli.json {
                 json(&lines)?;
             } else {
-                print!("{}", text::logs(&lines));
+                print!("{}", text::logs(&lines, text::terminal_width()));
             }
         }
         Command::Ui { addr } => {

@@ -5,12 +5,24 @@ use std::fmt::Write as _;
 
 use flowrun_history::{FlowRunRow, LogRow, RunDetail, TaskCounts, TaskRunRow};
 
-/// The terminal's width (`COLUMNS`), else 120.
+/// The width of the terminal standard output is, when it is one (asked of
+/// the terminal, so it follows a resized window).
+pub fn terminal_width() -> Option<usize> {
+    terminal_size::terminal_size_of(std::io::stdout())
+        .map(|(w, _)| usize::from(w.0))
+        .filter(|w| *w > 0)
+}
+
+/// The width tables are laid out in: the terminal's when standard output
+/// is one, else `COLUMNS` (for scripts that want a given width), else 120.
 pub fn width() -> usize {
-    std::env::var("COLUMNS")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .filter(|w| *w >= 40)
+    terminal_width()
+        .or_else(|| {
+            std::env::var("COLUMNS")
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .filter(|w| *w >= 40)
+        })
         .unwrap_or(120)
 }
 
@@ -258,8 +270,10 @@ pub fn show(d: &RunDetail, width: usize) -> String {
     out
 }
 
-/// `flowrun logs RUN`, in the console's format.
-pub fn logs(lines: &[LogRow]) -> String {
+/// `flowrun logs RUN`, in the console's format. With a `width` (standard
+/// output is a terminal), a line longer than that wraps, its text going on
+/// under where it began; without one (piped, for scripts) no line is cut.
+pub fn logs(lines: &[LogRow], width: Option<usize>) -> String {
     let mut out = String::new();
     for l in lines {
         let when = chrono::DateTime::from_timestamp_millis(l.time_ms)
@@ -273,10 +287,34 @@ pub fn logs(lines: &[LogRow]) -> String {
             Some(t) => format!("Task run '{t}'"),
             None => "Flow run".to_owned(),
         };
-        let _ = writeln!(out, "{when} | {:<7} | {who} - {}", l.level, l.text);
+        let line = format!("{when} | {:<7} | {who} - {}", l.level, l.text);
+        match width {
+            Some(width) => wrapped(&mut out, &line, width, when.chars().count() + 13),
+            None => {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
     }
     if lines.is_empty() {
         out.push_str("No log lines (that match).\n");
     }
     out
+}
+
+/// Appends `line` wrapped to `width`, the lines after its first indented
+/// by `indent` (where a log line's text begins) unless that leaves too
+/// little room. A line of the text that is too long for what is left is
+/// broken within a word.
+fn wrapped(out: &mut String, line: &str, width: usize, indent: usize) {
+    let indent = if width >= indent + 20 { indent } else { 0 };
+    let pad = " ".repeat(indent);
+    // Names such as `square-0` stay whole.
+    let options = textwrap::Options::new(width.max(1))
+        .subsequent_indent(&pad)
+        .word_splitter(textwrap::WordSplitter::NoHyphenation);
+    for piece in textwrap::wrap(line, options) {
+        out.push_str(&piece);
+        out.push('\n');
+    }
 }

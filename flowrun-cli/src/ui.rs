@@ -351,7 +351,7 @@ async fn run_page(
         logs.len(),
         esc(logs_query.grep.as_deref().unwrap_or("")),
         esc(logs_query.task.as_deref().unwrap_or("")),
-        esc(&text::logs(&logs))
+        esc(&text::logs(&logs, None))
     );
     let mut history = String::from(
         "<table class=\"list\" id=\"states\"><tr><th>Time</th><th>Run</th><th>State</th><th>Message</th></tr>",

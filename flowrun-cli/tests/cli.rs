@@ -253,6 +253,118 @@ fn logs_filters_by_task_text_and_level() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("'loud' is not a level"));
 }
 
+/// What `flowrun` printed with its standard output on a terminal `columns`
+/// wide (a pseudo-terminal), `COLUMNS` saying 300: the terminal wins.
+#[cfg(target_os = "linux")]
+fn on_terminal(home: &Path, args: &[&str], columns: u16) -> String {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    let (mut master, mut slave) = (0, 0);
+    let size = libc::winsize {
+        ws_row: 40,
+        ws_col: columns,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two descriptors it opened into the two ints
+    // and reads only `size`; a null name and null termios are allowed.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &size,
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just opened for us and nothing else
+    // owns them.
+    let (master, slave) = unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            OwnedFd::from_raw_fd(slave),
+        )
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flowrun"))
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env("COLUMNS", "300")
+        .stdout(Stdio::from(slave))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The child holds the only terminal end left: reading ends (EIO) when
+    // it exits.
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut master = master;
+    loop {
+        match master.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "flowrun {args:?} failed: {err}");
+    // The terminal turns each newline into CR LF.
+    String::from_utf8(out).unwrap().replace("\r\n", "\n")
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn tables_fit_the_terminal_s_own_width_over_columns() {
+    for args in [&["runs"][..], &["show", &run_id("broken")]] {
+        let out = on_terminal(home(), args, 60);
+        assert!(out.lines().count() > 2, "{out}");
+        assert!(
+            out.lines().all(|l| l.chars().count() <= 60),
+            "{args:?} on 60 columns: {out}"
+        );
+        assert!(out.contains('…'), "wide cells are cut: {out}");
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn log_lines_wrap_on_a_terminal_and_are_never_cut_when_piped() {
+    let id = run_id("broken");
+    let full = "| INFO    | Task run 'square-0' - squaring 3 in the greenhouse";
+    let out = on_terminal(home(), &["logs", &id], 50);
+    assert!(
+        out.lines().all(|l| l.chars().count() <= 50),
+        "on 50 columns: {out}"
+    );
+    let first = out.lines().position(|l| l.contains("| INFO    |")).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(!lines[first].contains("greenhouse"), "it wraps: {out}");
+    let next = lines[first + 1];
+    assert!(
+        next.starts_with(&" ".repeat(25)) && !next.trim().is_empty(),
+        "the text goes on under where it began: {out}"
+    );
+    let joined = lines[first..]
+        .iter()
+        .take_while(|l| *l == &lines[first] || l.starts_with(' '))
+        .map(|l| l.trim())
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(joined.ends_with(full), "nothing is lost: {joined}");
+
+    // Piped (a script reading it), a narrow COLUMNS cuts nothing.
+    let piped = String::from_utf8(flowrun_in(home(), &["logs", &id], 50).stdout).unwrap();
+    assert!(piped.lines().any(|l| l.ends_with(full)), "{piped}");
+}
+
 /// A copy of the shared home, for commands that change it.
 fn copy_of_home() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

@@ -32,6 +32,7 @@ mod engine;
 mod exec;
 pub mod external;
 mod flow;
+pub mod home;
 pub mod logging;
 pub mod names;
 pub mod observe;

@@ -139,27 +139,31 @@ pub fn flush(home: &Path) {
 }
 
 /// Flow runs started on this thread (and their subflows) record into a
-/// given home until the guard is dropped.
+/// given home, and keep the results of tasks that name no
+/// `result_storage` under its `storage/`, until the guard is dropped.
 pub struct HomeGuard {
     previous: Option<PathBuf>,
 }
 
-/// Makes flow runs started on this thread record into `home` (for tests
-/// and tools; programs set `FLOWRUN_HOME`).
+/// Makes flow runs started on this thread record into `home` and keep
+/// their results under `home/storage` (for tests and tools; programs set
+/// `FLOWRUN_HOME`).
 pub fn use_home(home: impl Into<PathBuf>) -> HomeGuard {
     HomeGuard {
-        previous: recorder::set_thread_home(Some(home.into())),
+        previous: flowrun_core::home::set_thread_home(Some(home.into())),
     }
 }
 
 impl Drop for HomeGuard {
     fn drop(&mut self) {
-        recorder::set_thread_home(self.previous.take());
+        flowrun_core::home::set_thread_home(self.previous.take());
     }
 }
 
 /// A temporary home for tests: flow runs started on the thread that made it
-/// (and their subflows) record into it until it is dropped, which deletes it.
+/// (and their subflows) record into it, and keep the results of tasks that
+/// name no `result_storage` under its `storage/`, until it is dropped,
+/// which deletes it.
 pub struct TempHome {
     // Dropped first: the thread stops using the folder before it goes.
     _guard: HomeGuard,

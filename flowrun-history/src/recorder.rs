@@ -1,14 +1,14 @@
 //! Recording: the observer every flow run gets (registered at link time),
 //! the log tap, and which home each flow run records into.
 //!
-//! A flow run records into the home its thread was given by
-//! [`crate::temp_home`], else its parent flow run's home, else
+//! A flow run records into the home core chose for it
+//! ([`flowrun_core::home`]: the one its thread was given by
+//! [`crate::temp_home`], else its parent flow run's home), else
 //! `FLOWRUN_HOME`, else `~/.flowrun`. Each home has one writer per process,
 //! opened at the first flow run that records there; a home that cannot be
 //! opened is reported once and then skipped, and its flows run unrecorded.
 
 use flowrun_core::plumbing::lock;
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -38,10 +38,6 @@ static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
 /// Flow runs recording now, so the log tap returns at once when none is.
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
-thread_local! {
-    static THREAD_HOME: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
-}
-
 /// Writers by home (`None`: the home failed to open and was reported).
 fn writers() -> &'static Mutex<HashMap<PathBuf, Option<Arc<Writer>>>> {
     static W: OnceLock<Mutex<HashMap<PathBuf, Option<Arc<Writer>>>>> = OnceLock::new();
@@ -56,10 +52,6 @@ fn live_flows() -> &'static Mutex<HashMap<String, Arc<Writer>>> {
 
 pub(crate) fn set_disabled(off: bool) {
     DISABLED.store(off, Ordering::Release);
-}
-
-pub(crate) fn set_thread_home(home: Option<PathBuf>) -> Option<PathBuf> {
-    THREAD_HOME.with(|h| std::mem::replace(&mut *h.borrow_mut(), home))
 }
 
 /// Whether recording is on for flow runs starting now.
@@ -168,13 +160,13 @@ fn wait_for_commit(writer: &Writer, done: &crossbeam_channel::Receiver<()>) -> b
     }
 }
 
-fn home_for_new_flow() -> Option<PathBuf> {
-    if let Some(home) = THREAD_HOME.with(|h| h.borrow().clone()) {
-        return Some(home);
-    }
-    let parent = flowrun_core::current_flow_run_id()
-        .and_then(|id| lock(live_flows()).get(&id).map(|w| w.home.clone()));
-    parent.or_else(crate::default_home)
+/// The home core chose for the flow run (its thread's, else its parent's),
+/// else the process's: the same home its results go under.
+fn home_for_new_flow(info: &FlowRunInfo) -> Option<PathBuf> {
+    info.flow
+        .home()
+        .map(Path::to_path_buf)
+        .or_else(crate::default_home)
 }
 
 struct Recorder {
@@ -281,7 +273,7 @@ fn observer_for(info: &FlowRunInfo) -> Option<Arc<dyn RunObserver>> {
     if !info.history || !enabled() || flowrun_core::worker::is_worker() {
         return None;
     }
-    let Some(home) = home_for_new_flow() else {
+    let Some(home) = home_for_new_flow(info) else {
         crate::warn_off(
             Path::new("~/.flowrun"),
             "neither FLOWRUN_HOME nor HOME is set, so there is no home to record into",

@@ -102,18 +102,39 @@ pub fn persist_results() -> bool {
 }
 
 /// Sets the storage of tasks that do not set `result_storage`, in this
-/// process (by default `$FLOWRUN_HOME/storage`, `~/.flowrun/storage`).
+/// process, over every home (by default `storage/` under the flow run's
+/// home, see [`crate::home`]).
 pub fn set_default_storage(storage: ResultStorage) {
     *crate::plumbing::lock(&DEFAULT_STORAGE) = Some(storage);
 }
 
-/// The storage of tasks that do not set `result_storage`:
-/// `$FLOWRUN_HOME/storage` (`~/.flowrun/storage` without `FLOWRUN_HOME`),
-/// unless [`set_default_storage`] chose another.
+/// The storage of tasks that do not set `result_storage`, for a flow run
+/// starting on this thread: [`set_default_storage`]'s if it chose one, else
+/// `storage/` under the home of this thread or of the flow run it works
+/// for ([`crate::home`]), else `$FLOWRUN_HOME/storage`
+/// (`~/.flowrun/storage` without `FLOWRUN_HOME`).
 pub fn default_storage() -> ResultStorage {
-    if let Some(s) = &*crate::plumbing::lock(&DEFAULT_STORAGE) {
-        return s.clone();
+    if let Some(s) = set_storage() {
+        return s;
     }
+    if let Some(home) = crate::home::thread_home() {
+        return ResultStorage::new(home.join("storage"));
+    }
+    if let Some(flow) = crate::exec::context::current_flow() {
+        if let Some(home) = &flow.home {
+            return home_storage(&flow, home);
+        }
+    }
+    process_storage()
+}
+
+fn set_storage() -> Option<ResultStorage> {
+    crate::plumbing::lock(&DEFAULT_STORAGE).clone()
+}
+
+/// `storage/` under the home the process names: `$FLOWRUN_HOME`, else
+/// `~/.flowrun`.
+fn process_storage() -> ResultStorage {
     static FROM_ENV: OnceLock<ResultStorage> = OnceLock::new();
     FROM_ENV
         .get_or_init(|| {
@@ -129,6 +150,26 @@ pub fn default_storage() -> ResultStorage {
             ResultStorage::new(home.join("storage"))
         })
         .clone()
+}
+
+fn home_storage(flow: &FlowShared, home: &std::path::Path) -> ResultStorage {
+    flow.home_storage
+        .get_or_init(|| ResultStorage::new(home.join("storage")))
+        .clone()
+}
+
+/// The storage of the task runs of `flow` that name no `result_storage`
+/// and inherit none: [`set_default_storage`]'s, else `storage/` under the
+/// flow run's home, else the default of the thread asking (the flow of
+/// task runs outside any flow has no home of its own).
+fn default_storage_of(flow: &FlowShared) -> ResultStorage {
+    if let Some(s) = set_storage() {
+        return s;
+    }
+    match &flow.home {
+        Some(home) => home_storage(flow, home),
+        None => default_storage(),
+    }
 }
 
 /// The result and cache options of a task or of one call.
@@ -258,7 +299,7 @@ pub(crate) fn plan(
     }
     let storage = match (&o.storage, inherited.and_then(|i| i.storage.as_ref())) {
         (Some(s), _) | (None, Some(s)) => s.clone(),
-        (None, None) => default_storage(),
+        (None, None) => default_storage_of(flow),
     };
     Some(Box::new(Plan {
         storage,
@@ -526,7 +567,7 @@ pub(crate) fn persist_flow<T>(
             .storage
             .clone()
             .or_else(|| inherited.and_then(|i| i.storage.clone()))
-            .unwrap_or_else(default_storage);
+            .unwrap_or_else(|| default_storage_of(flow));
         storage
             .write(&file, &bytes, None)
             .map_err(|e| e.to_string())

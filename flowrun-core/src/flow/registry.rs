@@ -94,6 +94,10 @@ pub(crate) struct FlowShared {
     /// The result options its task runs inherit (`persist_result`,
     /// `result_storage`), as in Prefect.
     pub(crate) results: OnceLock<crate::cache::Inherited>,
+    /// Its home (see [`crate::home`]); `None`: the process's.
+    pub(crate) home: Option<Arc<std::path::Path>>,
+    /// `storage/` under its home, made at the first result that needs it.
+    pub(crate) home_storage: OnceLock<crate::cache::ResultStorage>,
 }
 
 impl FlowShared {
@@ -130,6 +134,14 @@ impl FlowShared {
             history: AtomicBool::new(true),
             parameters: OnceLock::new(),
             results: OnceLock::new(),
+            // The flow of task runs outside any flow serves every thread:
+            // they use their own thread's home.
+            home: if detached {
+                None
+            } else {
+                crate::home::for_new_flow()
+            },
+            home_storage: OnceLock::new(),
         }
     }
 

@@ -33,6 +33,12 @@ impl FlowHandle {
         &self.0.id
     }
 
+    /// The home it records into and keeps its results under when one was
+    /// chosen for it (see [`crate::home`]); `None`: the process's home.
+    pub fn home(&self) -> Option<&std::path::Path> {
+        self.0.home.as_deref()
+    }
+
     /// Submits a run of the task registered as `key` with serialized
     /// arguments into this flow run, as if the flow had submitted it: it is
     /// tracked, logged, retried and counted like any other run. Its value is

@@ -514,13 +514,16 @@ fn replay_task(child: &Arc<FlowShared>, task: &ReportedTask) {
 }
 
 fn start_remote(flow: &Arc<FlowShared>, run: &RunRef, report: &SubflowReport) -> Arc<FlowShared> {
-    let child = Arc::new(FlowShared::new(
+    let mut child = FlowShared::new(
         report.id.clone(),
         report.name.clone(),
         report.flow_name.clone(),
         flow.runner.clone(),
         false,
-    ));
+    );
+    // Recorded where its parent records (this thread may have no home).
+    child.home = flow.home.clone();
+    let child = Arc::new(child);
     let history = flow.history.load(std::sync::atomic::Ordering::Relaxed);
     child
         .history
