@@ -332,13 +332,15 @@ fn a_tally_counts_task_runs_per_task_and_in_total() {
         flowrun::runner::current_flow_handle()
             .expect("inside a flow run")
             .add_observer(tally.clone());
-        let done: Vec<_> = (0..3).map(|i| quick.submit(i)).collect();
+        let mut done: Vec<_> = (0..3).map(|i| quick.submit(i)).collect();
         let failed = fails.submit(9);
+        // A run of the first task again, after another task's.
+        done.push(quick.submit(7));
         flowrun::wait(&done);
         assert!(failed.result().is_err());
         // Observers hear of a final state as the run finishes; allow for it.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while tally.totals().finished() < 4 && std::time::Instant::now() < deadline {
+        while tally.totals().finished() < 5 && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
         (tally.counts(), tally.totals())
@@ -347,5 +349,6 @@ fn a_tally_counts_task_runs_per_task_and_in_total() {
     let names: Vec<&str> = per_task.iter().map(|t| t.task.as_str()).collect();
     assert_eq!(names, ["quick", "fails"]);
     assert_eq!(totals, TaskProgress::sum(&per_task));
-    assert_eq!((totals.completed, totals.failed, totals.total()), (3, 1, 4));
+    assert_eq!((totals.completed, totals.failed, totals.total()), (4, 1, 5));
+    assert_eq!((per_task[0].completed, per_task[1].failed), (4, 1));
 }

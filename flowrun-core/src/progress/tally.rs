@@ -159,6 +159,9 @@ pub struct TaskRunTally {
 struct Inner {
     tasks: Vec<TaskProgress>,
     index: HashMap<Arc<str>, usize>,
+    /// The task of the last new run (most runs are of the task before):
+    /// its name and place in `tasks`, found without hashing the name.
+    last: Option<(Arc<str>, usize)>,
     live: RunIdMap<Live>,
 }
 
@@ -168,6 +171,28 @@ struct Live {
     bucket: Bucket,
     since: SystemTime,
     run: RunRef,
+}
+
+impl Inner {
+    /// The place of the task named `name` in `tasks`, added if new.
+    fn task_of(&mut self, name: &str) -> usize {
+        if let Some((last, i)) = &self.last {
+            if **last == *name {
+                return *i;
+            }
+        }
+        let (name, i) = match self.index.get_key_value(name) {
+            Some((known, &i)) => (known.clone(), i),
+            None => {
+                let name: Arc<str> = Arc::from(name);
+                self.tasks.push(TaskProgress::new(&*name));
+                self.index.insert(name.clone(), self.tasks.len() - 1);
+                (name, self.tasks.len() - 1)
+            }
+        };
+        self.last = Some((name, i));
+        i
+    }
 }
 
 impl TaskRunTally {
@@ -184,15 +209,7 @@ impl TaskRunTally {
         let inner = &mut *inner;
         let task = match inner.live.get(&id) {
             Some(live) => live.task,
-            None => match inner.index.get(event.run.task_name()) {
-                Some(&i) => i,
-                None => {
-                    let name: Arc<str> = Arc::from(event.run.task_name());
-                    inner.tasks.push(TaskProgress::new(&*name));
-                    inner.index.insert(name, inner.tasks.len() - 1);
-                    inner.tasks.len() - 1
-                }
-            },
+            None => inner.task_of(event.run.task_name()),
         };
         let counts = &mut inner.tasks[task];
         if bucket.is_final() {
