@@ -498,10 +498,15 @@ fn fragile_flow(dir: PathBuf, x: u64) -> (u64, String, String) {
 }
 
 #[test]
-fn a_deleted_result_file_is_recomputed_and_rewritten() {
+fn a_deleted_result_file_is_recomputed_and_rewritten_with_one_warning() {
     let d = dir();
     let (_, state, key) = fragile_flow(d.path().into(), 1).unwrap();
     assert_eq!(state, "Completed");
+    assert_eq!(
+        warnings_with("was deleted", "fragile-1"),
+        0,
+        "a key never stored is a silent miss"
+    );
     let file = d.path().join(&key);
     assert!(file.exists(), "the file is named by the cache key");
     std::fs::remove_file(&file).unwrap();
@@ -510,7 +515,22 @@ fn a_deleted_result_file_is_recomputed_and_rewritten() {
     assert_eq!(again, key);
     assert_eq!(fragile_runs(1), 2, "the result was computed again");
     assert!(file.exists(), "and written again");
+    // One warning, naming the run, the missing file and the key.
+    let deleted = format!("was deleted, so it runs again: {}", file.display());
+    assert_eq!(warnings_with(&deleted, "fragile-1"), 1);
+    assert_eq!(warnings_with(&format!("cache key {key}"), "fragile-1"), 1);
     assert_eq!(fragile_flow(d.path().into(), 1).unwrap().1, "Cached");
+
+    // Removed through the storage (as `flowrun cache clear` removes all):
+    // forgotten, so a plain miss.
+    assert!(ResultStorage::new(d.path()).remove(&key).unwrap());
+    assert_eq!(fragile_flow(d.path().into(), 1).unwrap().1, "Completed");
+    assert_eq!(fragile_runs(1), 3);
+    assert_eq!(
+        warnings_with("was deleted", "fragile-1"),
+        1,
+        "no new warning"
+    );
 }
 
 #[test]
@@ -621,6 +641,25 @@ fn an_invalid_key_template_fails_the_run_naming_it() {
     let message = bad_template(d.path().into()).unwrap();
     assert!(
         message.contains("unknown placeholder {task_run.nmae}"),
+        "{message}"
+    );
+}
+
+/// The folder of the records of stored keys is not a result's name.
+#[flow]
+fn records_template(dir: PathBuf) -> String {
+    let f = maybe_persisted
+        .with_options(at(&dir).result_storage_key(".stored-keys"))
+        .submit(1);
+    f.result().unwrap_err().message().to_owned()
+}
+
+#[test]
+fn a_key_template_cannot_name_the_records_folder() {
+    let d = dir();
+    let message = records_template(d.path().into()).unwrap();
+    assert!(
+        message.contains("gave \".stored-keys\", which is reserved"),
         "{message}"
     );
 }

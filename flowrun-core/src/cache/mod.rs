@@ -17,7 +17,8 @@
 //! a flow whose parameters cannot be) means no caching for that call, with
 //! one warning. A result file that is missing, expired or corrupt under a
 //! cached key means the task executes again (with a warning when the file
-//! is corrupt) and the file is rewritten.
+//! is corrupt, or was deleted after a result was stored under the key) and
+//! the file is rewritten.
 //!
 //! Files are written to a temporary name and renamed into place, so a
 //! process killed while writing never leaves a file that reads as a hit;
@@ -339,9 +340,16 @@ pub(crate) fn prepare(
         },
     };
     let mut hit = None;
-    if cache_key.is_some() && !plan.refresh {
-        match plan.storage.read_keyed(&file, cache_key.as_deref()) {
+    if let Some(key) = cache_key.as_deref().filter(|_| !plan.refresh) {
+        match plan.storage.read_keyed(&file, Some(key)) {
             Lookup::Hit(bytes) => hit = Some(bytes),
+            // Told from a key never stored by the record a write leaves.
+            Lookup::Missing if plan.storage.was_stored(&file, key) => crate::run_event!(
+                tracing::Level::WARN,
+                label(),
+                "Its cached result was deleted, so it runs again: {} (cache key {key}) no longer exists",
+                plan.storage.file(&file).display()
+            ),
             Lookup::Missing | Lookup::Expired | Lookup::OtherKey => {}
             Lookup::Unreadable(why) => crate::run_event!(
                 tracing::Level::WARN,

@@ -10,6 +10,10 @@
 //! not match is corrupt and never read as a hit; a file written under
 //! another cache key (one a `result_storage_key` template named) is not a
 //! hit either.
+//!
+//! A result written under a cache key also leaves a record, the key's
+//! text in `.stored-keys/<file>`, so that a lookup that finds no file can
+//! tell a result deleted under its key from one never stored.
 
 use std::fmt;
 use std::io::Write;
@@ -25,6 +29,10 @@ const WRITTEN: std::ops::Range<usize> = 12..20;
 const PID: std::ops::Range<usize> = 20..24;
 const KEY: std::ops::Range<usize> = 24..56;
 const SUM: std::ops::Range<usize> = 56..88;
+
+/// The folder (inside the storage folder) of the records of the keys
+/// results were written under.
+pub(crate) const RECORDS: &str = ".stored-keys";
 
 /// A folder that holds persisted results, one file per key.
 ///
@@ -117,6 +125,16 @@ impl ResultStorage {
         Lookup::Hit(data.split_off(HEADER))
     }
 
+    /// Whether a result was written to `file` under `cache_key` (its record
+    /// says so), whether or not the file is still there.
+    pub(crate) fn was_stored(&self, file: &str, cache_key: &str) -> bool {
+        std::fs::read(self.record(file)).is_ok_and(|k| k == cache_key.as_bytes())
+    }
+
+    fn record(&self, file: &str) -> PathBuf {
+        self.dir.join(RECORDS).join(file)
+    }
+
     /// Stores `payload` under `key`, replacing what was there; it expires
     /// `expiration` from now (never when `None`). The file appears whole
     /// or not at all.
@@ -130,7 +148,7 @@ impl ResultStorage {
     }
 
     /// [`write`](ResultStorage::write), recording the cache key the
-    /// result is stored under.
+    /// result is stored under (in the file, and in a record beside it).
     pub(crate) fn write_keyed(
         &self,
         key: &str,
@@ -175,7 +193,23 @@ impl ResultStorage {
         std::fs::rename(&tmp, &target).map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             err(e, &target)
-        })
+        })?;
+        if let Some(k) = cache_key {
+            // Written after the result: a record never names a result that
+            // was not stored. A record cut short names no key, so a missing
+            // file under it is a plain miss. The result is stored either
+            // way: a record that cannot be written only means a later
+            // deletion of the file goes without its warning.
+            let record = self.record(key);
+            if let Err(e) = std::fs::write(&record, k) {
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && std::fs::create_dir_all(self.dir.join(RECORDS)).is_ok()
+                {
+                    let _ = std::fs::write(&record, k);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// When and by which process the result under `key` was written, and
@@ -198,8 +232,21 @@ impl ResultStorage {
         })
     }
 
-    /// Deletes the result stored under `key`; `Ok(false)` if there was none.
+    /// Deletes the result stored under `key` (and the record of the cache
+    /// key it was stored under, so a later lookup is a plain miss);
+    /// `Ok(false)` if there was none.
     pub fn remove(&self, key: &str) -> Result<bool, StorageError> {
+        let record = self.record(key);
+        match std::fs::remove_file(&record) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(StorageError {
+                    path: record,
+                    source,
+                })
+            }
+        }
         let path = self.file(key);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(true),
