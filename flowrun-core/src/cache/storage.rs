@@ -14,9 +14,10 @@
 //! hit either. `FRR1` files (without the version) are still read; their
 //! payload hash stands for the version.
 //!
-//! A result written under a cache key also leaves a record, the key's
-//! text in `.stored-keys/<file>`, so that a lookup that finds no file can
-//! tell a result deleted under its key from one never stored.
+//! A result written under a cache key also leaves a record,
+//! `.stored-keys/<file>` (on Unix a symbolic link whose target is 128 bits
+//! of the key's hash), so that a lookup that finds no file can tell a result deleted
+//! under its key from one never stored.
 
 use std::fmt;
 use std::io::Write;
@@ -168,7 +169,7 @@ impl ResultStorage {
     /// Whether a result was written to `file` under `cache_key` (its record
     /// says so), whether or not the file is still there.
     pub(crate) fn was_stored(&self, file: &str, cache_key: &str) -> bool {
-        std::fs::read(self.record(file)).is_ok_and(|k| k == cache_key.as_bytes())
+        read_record(&self.record(file)).is_some_and(|k| k == record_text(cache_key))
     }
 
     fn record(&self, file: &str) -> PathBuf {
@@ -239,17 +240,19 @@ impl ResultStorage {
         })?;
         if let Some(k) = cache_key {
             // Written after the result: a record never names a result that
-            // was not stored. A record cut short names no key, so a missing
-            // file under it is a plain miss. The result is stored either
-            // way: a record that cannot be written only means a later
-            // deletion of the file goes without its warning.
+            // was not stored. The result is stored either way: a record
+            // that cannot be written only means a later deletion of the
+            // file goes without its warning.
             let record = self.record(key);
-            if let Err(e) = std::fs::write(&record, k) {
-                if e.kind() == std::io::ErrorKind::NotFound
-                    && std::fs::create_dir_all(self.dir.join(RECORDS)).is_ok()
+            let k = &record_text(k);
+            match write_record(&record, k) {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        && std::fs::create_dir_all(self.dir.join(RECORDS)).is_ok() =>
                 {
-                    let _ = std::fs::write(&record, k);
+                    let _ = write_record(&record, k);
                 }
+                _ => {}
             }
         }
         Ok(())
@@ -298,6 +301,55 @@ impl ResultStorage {
             Err(source) => Err(StorageError { path, source }),
         }
     }
+}
+
+/// What a record holds for `cache_key`: 128 bits of its hash, in 32 hex
+/// digits (short enough for a symbolic link's target to live in its inode).
+fn record_text(cache_key: &str) -> String {
+    blake3::hash(cache_key.as_bytes()).to_hex()[..32].to_owned()
+}
+
+/// Writes the record `text` at `path`. On Unix a symbolic link whose
+/// target is the text: one call, and it appears whole or not at all.
+/// Elsewhere a small file (one cut short names no key: a plain miss).
+#[cfg(unix)]
+fn write_record(path: &Path, text: &str) -> std::io::Result<()> {
+    match std::os::unix::fs::symlink(text, path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            if read_record(path).as_deref() == Some(text) {
+                return Ok(());
+            }
+            // Another key's record (a `result_storage_key` file written
+            // over): replaced. A writer in between wins; either record
+            // names a key the file was written under.
+            std::fs::remove_file(path)?;
+            match std::os::unix::fs::symlink(text, path) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                other => other,
+            }
+        }
+        other => other,
+    }
+}
+
+#[cfg(not(unix))]
+fn write_record(path: &Path, text: &str) -> std::io::Result<()> {
+    std::fs::write(path, text)
+}
+
+/// The text of the record at `path`, if there is a whole one.
+#[cfg(unix)]
+fn read_record(path: &Path) -> Option<String> {
+    std::fs::read_link(path)
+        .ok()?
+        .into_os_string()
+        .into_string()
+        .ok()
+}
+
+#[cfg(not(unix))]
+fn read_record(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).ok()
 }
 
 fn u64_at(data: &[u8], range: std::ops::Range<usize>) -> u64 {
@@ -367,6 +419,33 @@ mod tests {
         assert!(matches!(found, Lookup::Hit(b) if &b[..] == b"payload"));
         assert_eq!(read, v);
         assert_ne!(fresh_version(), v, "each computed result gets its own");
+        std::fs::remove_dir_all(s.path()).unwrap();
+    }
+
+    #[test]
+    fn the_record_names_the_last_key_a_file_was_written_under() {
+        let s = scratch("records");
+        assert!(!s.was_stored("f", "k1"), "nothing written yet");
+        s.write_keyed("f", Some("k1"), fresh_version(), b"1", None)
+            .unwrap();
+        s.write_keyed("f", Some("k1"), fresh_version(), b"1", None)
+            .unwrap();
+        assert!(s.was_stored("f", "k1"));
+        // The same file written under another key (a `result_storage_key`).
+        s.write_keyed("f", Some("k2"), fresh_version(), b"2", None)
+            .unwrap();
+        assert!(s.was_stored("f", "k2") && !s.was_stored("f", "k1"));
+        // Deleted behind flowrun's back: the record stays.
+        std::fs::remove_file(s.file("f")).unwrap();
+        assert!(s.was_stored("f", "k2"));
+        // Removed through the storage: forgotten.
+        s.write_keyed("f", Some("k2"), fresh_version(), b"2", None)
+            .unwrap();
+        assert!(s.remove("f").unwrap());
+        assert!(!s.was_stored("f", "k2"));
+        // A write with no key leaves no record.
+        s.write("g", b"3", None).unwrap();
+        assert!(!s.record("g").exists());
         std::fs::remove_dir_all(s.path()).unwrap();
     }
 
