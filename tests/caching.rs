@@ -12,7 +12,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
 use flowrun::cache::{CacheKeyContext, CachePolicy, Lookup, ResultStorage};
@@ -498,10 +498,15 @@ fn fragile_flow(dir: PathBuf, x: u64) -> (u64, String, String) {
 }
 
 #[test]
-fn a_deleted_result_file_is_recomputed_and_rewritten() {
+fn a_deleted_result_file_is_recomputed_and_rewritten_with_one_warning() {
     let d = dir();
     let (_, state, key) = fragile_flow(d.path().into(), 1).unwrap();
     assert_eq!(state, "Completed");
+    assert_eq!(
+        warnings_with("was deleted", "fragile-1"),
+        0,
+        "a key never stored is a silent miss"
+    );
     let file = d.path().join(&key);
     assert!(file.exists(), "the file is named by the cache key");
     std::fs::remove_file(&file).unwrap();
@@ -510,7 +515,22 @@ fn a_deleted_result_file_is_recomputed_and_rewritten() {
     assert_eq!(again, key);
     assert_eq!(fragile_runs(1), 2, "the result was computed again");
     assert!(file.exists(), "and written again");
+    // One warning, naming the run, the missing file and the key.
+    let deleted = format!("was deleted, so it runs again: {}", file.display());
+    assert_eq!(warnings_with(&deleted, "fragile-1"), 1);
+    assert_eq!(warnings_with(&format!("cache key {key}"), "fragile-1"), 1);
     assert_eq!(fragile_flow(d.path().into(), 1).unwrap().1, "Cached");
+
+    // Removed through the storage (as `flowrun cache clear` removes all):
+    // forgotten, so a plain miss.
+    assert!(ResultStorage::new(d.path()).remove(&key).unwrap());
+    assert_eq!(fragile_flow(d.path().into(), 1).unwrap().1, "Completed");
+    assert_eq!(fragile_runs(1), 3);
+    assert_eq!(
+        warnings_with("was deleted", "fragile-1"),
+        1,
+        "no new warning"
+    );
 }
 
 #[test]
@@ -625,6 +645,25 @@ fn an_invalid_key_template_fails_the_run_naming_it() {
     );
 }
 
+/// The folder of the records of stored keys is not a result's name.
+#[flow]
+fn records_template(dir: PathBuf) -> String {
+    let f = maybe_persisted
+        .with_options(at(&dir).result_storage_key(".stored-keys"))
+        .submit(1);
+    f.result().unwrap_err().message().to_owned()
+}
+
+#[test]
+fn a_key_template_cannot_name_the_records_folder() {
+    let d = dir();
+    let message = records_template(d.path().into()).unwrap();
+    assert!(
+        message.contains("gave \".stored-keys\", which is reserved"),
+        "{message}"
+    );
+}
+
 static UPSTREAM: AtomicUsize = AtomicUsize::new(0);
 static DOWNSTREAM: AtomicUsize = AtomicUsize::new(0);
 
@@ -663,6 +702,67 @@ fn downstream_keys_follow_upstream_keys_and_values() {
     // Another upstream value (through the uncached task too): a miss.
     assert_eq!(chained(p(), 2).unwrap(), (306, "Completed".into()));
     assert_eq!(DOWNSTREAM.load(SeqCst), 2);
+}
+
+static TICKS: AtomicU64 = AtomicU64::new(0);
+static TICKED: AtomicUsize = AtomicUsize::new(0);
+
+/// Not deterministic: a new value at each execution.
+#[task(cache_policy = INPUTS + TASK_SOURCE)]
+fn tick() -> u64 {
+    TICKS.fetch_add(1, SeqCst) + 1
+}
+
+#[task(cache_policy = INPUTS)]
+fn after_tick(t: u64) -> u64 {
+    TICKED.fetch_add(1, SeqCst);
+    t * 10
+}
+
+/// The upstream's value and state, then the downstream's.
+#[flow]
+fn ticking(dir: PathBuf, refresh: bool) -> ((u64, String), (u64, String)) {
+    let up = tick.with_options(at(&dir).refresh_cache(refresh)).submit();
+    let down = after_tick.with_options(at(&dir)).submit(&up);
+    (outcome(up), outcome(down))
+}
+
+#[test]
+fn an_upstream_computed_again_under_its_key_gives_its_downstream_a_new_key() {
+    let d = dir();
+    let p = || d.path().to_path_buf();
+    let done = |v: u64, s: &str| (v, s.to_owned());
+    assert_eq!(
+        ticking(p(), false).unwrap(),
+        (done(1, "Completed"), done(10, "Completed"))
+    );
+    assert_eq!(
+        ticking(p(), false).unwrap(),
+        (done(1, "Cached"), done(10, "Cached"))
+    );
+    // The upstream executes again under the same key and gives another
+    // value: the downstream must not hit the result made from the old one.
+    assert_eq!(
+        ticking(p(), true).unwrap(),
+        (done(2, "Completed"), done(20, "Completed"))
+    );
+    assert_eq!(TICKED.load(SeqCst), 2);
+    // The new pair is what is cached now (as after a resume).
+    assert_eq!(
+        ticking(p(), false).unwrap(),
+        (done(2, "Cached"), done(20, "Cached"))
+    );
+    // The same when the upstream's file is gone: it executes again.
+    let upstream_file = files(d.path())
+        .into_iter()
+        .find(|f| persisted::<u64>(d.path(), f.file_name().unwrap().to_str().unwrap()) == 2)
+        .expect("the upstream's result file");
+    std::fs::remove_file(upstream_file).unwrap();
+    assert_eq!(
+        ticking(p(), false).unwrap(),
+        (done(3, "Completed"), done(30, "Completed"))
+    );
+    assert_eq!((TICKS.load(SeqCst), TICKED.load(SeqCst)), (3, 3));
 }
 
 // ------------------------------------------------- parameters in key names

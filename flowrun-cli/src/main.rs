@@ -285,7 +285,14 @@ fn clear_storage_only(
             } else {
                 std::fs::remove_file(&path)?;
             }
-            files += 1;
+            // Dot entries (records of stored keys) are not results.
+            if !path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'))
+            {
+                files += 1;
+            }
         }
     }
     Ok(flowrun_history::Cleared { keys: 0, files })

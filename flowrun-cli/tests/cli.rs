@@ -433,12 +433,17 @@ fn cache_clear_forgets_keys_and_deletes_stored_results() {
 #[test]
 fn cache_clear_deletes_results_persisted_with_the_history_off() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("storage")).unwrap();
+    std::fs::create_dir_all(dir.path().join("storage/.stored-keys")).unwrap();
     std::fs::write(dir.path().join("storage/k-1"), b"result").unwrap();
+    std::fs::write(dir.path().join("storage/.stored-keys/k-1"), b"k-1").unwrap();
     let cleared = json(dir.path(), &["cache", "clear"]);
     assert_eq!(cleared["keys"], 0);
-    assert_eq!(cleared["files"], 1);
+    assert_eq!(
+        cleared["files"], 1,
+        "the record of k-1's key is not a result"
+    );
     assert!(!dir.path().join("storage/k-1").exists());
+    assert!(!dir.path().join("storage/.stored-keys").exists());
 }
 
 #[test]

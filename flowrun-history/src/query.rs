@@ -660,9 +660,19 @@ impl Store {
                 } else {
                     std::fs::remove_file(&path).map_err(io)?;
                 }
-                files += 1;
+                // Dot entries (the records of stored keys, temporary
+                // files) go too, but are not results.
+                if !entry_is_dot(&path) {
+                    files += 1;
+                }
             }
         }
         Ok(Cleared { keys, files })
     }
+}
+
+fn entry_is_dot(path: &std::path::Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'))
 }

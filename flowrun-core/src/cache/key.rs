@@ -124,7 +124,7 @@ fn check_file_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
         return Err("is empty");
     }
-    if name == "." || name == ".." || name.starts_with(".tmp-") {
+    if name == "." || name == ".." || name.starts_with(".tmp-") || name == super::storage::RECORDS {
         return Err("is reserved");
     }
     if name.contains(['/', '\\', '\0']) {

@@ -17,7 +17,11 @@
 //! a flow whose parameters cannot be) means no caching for that call, with
 //! one warning. A result file that is missing, expired or corrupt under a
 //! cached key means the task executes again (with a warning when the file
-//! is corrupt) and the file is rewritten.
+//! is corrupt, or was deleted after a result was stored under the key) and
+//! the file is rewritten. A run whose key hashes an upstream run's cached
+//! result hashes that run's key and the version of its result (chosen when
+//! the result is computed, stored with it): an upstream that executes
+//! again under the same key changes the keys downstream of it.
 //!
 //! Files are written to a temporary name and renamed into place, so a
 //! process killed while writing never leaves a file that reads as a hit;
@@ -45,6 +49,7 @@ mod storage;
 pub use key::{key_text_of_input, key_text_of_value};
 pub use key::{CacheKeyContext, CacheKeyFn, KeyTemplate, TEMPLATE_PLACEHOLDERS};
 pub use policy::CachePolicy;
+pub(crate) use storage::Version;
 pub use storage::{Lookup, ResultInfo, ResultStorage, StorageError};
 
 use std::borrow::Cow;
@@ -317,17 +322,47 @@ pub(crate) struct Target {
     pub(crate) storage: ResultStorage,
     pub(crate) cache_key: Option<String>,
     pub(crate) file: String,
+    /// The version the result is written with (see [`CacheId`]).
+    pub(crate) version: Version,
     pub(crate) expiration: Option<Duration>,
+}
+
+/// What a run whose key hashes this run's result hashes: its cache key and
+/// the version of its result (the stored one's on a hit, a new one when it
+/// executes), so that a result computed again under the same key gives
+/// its downstream runs new keys.
+#[derive(Debug)]
+pub(crate) struct CacheId {
+    pub(crate) key: Box<str>,
+    pub(crate) version: Version,
 }
 
 /// What [`prepare`] decided for a run.
 pub(crate) struct Prepared {
     /// The run's cache key, when it is cached.
     pub(crate) cache_key: Option<String>,
-    /// A stored result to complete the run with, without executing it.
-    pub(crate) hit: Option<Bytes>,
+    /// A stored result to complete the run with, without executing it,
+    /// and its version.
+    pub(crate) hit: Option<(Bytes, Version)>,
     /// Where the result is written after an execution.
     pub(crate) target: Target,
+}
+
+impl Prepared {
+    /// The run's [`CacheId`] when it is cached: completed from the cache
+    /// (`hit`), with the stored result's version, else with the version
+    /// its result is written with.
+    pub(crate) fn cache_id(&self, hit: bool) -> Option<CacheId> {
+        let key = self.cache_key.as_deref()?;
+        let version = match &self.hit {
+            Some((_, v)) if hit => *v,
+            _ => self.target.version,
+        };
+        Some(CacheId {
+            key: key.into(),
+            version,
+        })
+    }
 }
 
 /// Computes the run's cache key and storage file and looks the result up.
@@ -380,11 +415,18 @@ pub(crate) fn prepare(
         },
     };
     let mut hit = None;
-    if cache_key.is_some() && !plan.refresh {
-        match plan.storage.read_keyed(&file, cache_key.as_deref()) {
-            Lookup::Hit(bytes) => hit = Some(bytes),
-            Lookup::Missing | Lookup::Expired | Lookup::OtherKey => {}
-            Lookup::Unreadable(why) => crate::run_event!(
+    if let Some(key) = cache_key.as_deref().filter(|_| !plan.refresh) {
+        match plan.storage.read_keyed(&file, Some(key)) {
+            (Lookup::Hit(bytes), version) => hit = Some((bytes, version)),
+            // Told from a key never stored by the record a write leaves.
+            (Lookup::Missing, _) if plan.storage.was_stored(&file, key) => crate::run_event!(
+                tracing::Level::WARN,
+                label(),
+                "Its cached result was deleted, so it runs again: {} (cache key {key}) no longer exists",
+                plan.storage.file(&file).display()
+            ),
+            (Lookup::Missing | Lookup::Expired | Lookup::OtherKey, _) => {}
+            (Lookup::Unreadable(why), _) => crate::run_event!(
                 tracing::Level::WARN,
                 label(),
                 "Its cached result cannot be used, so it runs again: {why}"
@@ -398,6 +440,7 @@ pub(crate) fn prepare(
             storage: plan.storage.clone(),
             cache_key,
             file,
+            version: storage::fresh_version(),
             expiration: plan.expiration,
         },
     })
@@ -496,8 +539,13 @@ fn cache_key(
         for (i, slot) in slots.unwrap_or_default().iter().enumerate() {
             match slot {
                 ArgSlot::Bytes(b) => h.part(b"arg", b),
-                ArgSlot::Upstream(up) => match up.cache_key() {
-                    Some(k) => h.part(b"upstream", k.as_bytes()),
+                // Its key and the version of the result it has: the same
+                // key computed again may give another value.
+                ArgSlot::Upstream(up) => match up.0.cache_id() {
+                    Some(id) => {
+                        h.part(b"upstream", id.key.as_bytes());
+                        h.part(b"version", &id.version);
+                    }
                     None => {
                         let b = up.encoded_result().map_err(|e| {
                             format!(
@@ -601,6 +649,7 @@ pub(crate) fn persist(target: &Target, run_name: &str, payload: &[u8]) {
     if let Err(e) = target.storage.write_keyed(
         &target.file,
         target.cache_key.as_deref(),
+        target.version,
         payload,
         target.expiration,
     ) {

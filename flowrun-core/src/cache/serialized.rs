@@ -25,6 +25,7 @@ struct Wire {
     dir: PathBuf,
     file: String,
     cache_key: Option<String>,
+    version: [u8; 16],
     expiration_ms: Option<u64>,
 }
 
@@ -34,6 +35,7 @@ pub(crate) fn slot(target: &Target) -> Option<ArgSlot> {
         dir: target.storage.path().to_owned(),
         file: target.file.clone(),
         cache_key: target.cache_key.clone(),
+        version: target.version,
         expiration_ms: target
             .expiration
             .map(|d| d.as_millis().min(u64::MAX as u128) as u64),
@@ -72,6 +74,7 @@ fn target_of(slot: &[u8]) -> Option<Target> {
         storage: ResultStorage::new(w.dir),
         file: w.file,
         cache_key: w.cache_key,
+        version: w.version,
         expiration: w.expiration_ms.map(Duration::from_millis),
     })
 }

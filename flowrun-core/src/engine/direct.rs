@@ -146,16 +146,19 @@ impl<T: Task> DirectRun<T> {
             crate::cache::prepare(&plan, T::meta(), &run_name, &self.flow, &parameter, || {
                 encoded.unwrap_or_else(|| Ok(Vec::new()))
             })?;
-        if let Some(k) = &prepared.cache_key {
-            let _ = self.cell.cache_key.set(k.as_str().into());
-        }
-        if let Some(bytes) = &prepared.hit {
+        if let Some((bytes, _)) = &prepared.hit {
             if let Some(value) =
                 crate::cache::decode_hit(&prepared, bytes, &support.result, &run_name)
             {
+                if let Some(id) = prepared.cache_id(true) {
+                    let _ = self.cell.cache_key.set(id);
+                }
                 self.cell.complete_returned_cached();
                 return Ok(Looked::Hit(T::raw_from_output(value)));
             }
+        }
+        if let Some(id) = prepared.cache_id(false) {
+            let _ = self.cell.cache_key.set(id);
         }
         self.target = Some(prepared.target);
         Ok(Looked::Execute(args))

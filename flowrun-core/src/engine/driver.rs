@@ -154,7 +154,7 @@ pub(crate) fn submit_in<T: Task>(
     // A cached run whose key hashes an upstream's result (an upstream
     // without a cache key of its own) waits for that result here.
     let hashes_upstream_values = results.as_ref().is_some_and(|p| p.hashes_inputs())
-        && upstreams.iter().any(|up| up.cache_key().is_none());
+        && upstreams.iter().any(|up| up.0.cache_id().is_none());
     let driver = Arc::new(Driver::<T> {
         meta,
         support,
@@ -314,19 +314,22 @@ impl<T: Task> Driver<T> {
                 Err(why) => Err(TaskError::new(TaskErrorKind::Runner, why.clone())),
             },
         )?;
-        if let Some(k) = &prepared.cache_key {
-            let _ = self.cell.cache_key.set(k.as_str().into());
-        }
-        if let Some(bytes) = &prepared.hit {
+        if let Some((bytes, _)) = &prepared.hit {
             // A result that does not decode as this task's output is never
             // a hit: the task runs again and rewrites it.
             if let Some(value) =
                 crate::cache::decode_hit(&prepared, bytes, &self.support.result, &run_name)
             {
+                if let Some(id) = prepared.cache_id(true) {
+                    let _ = self.cell.cache_key.set(id);
+                }
                 let value = (self.flow.execution == Execution::InProcess).then_some(value);
                 self.cell.complete_cached(value, bytes.clone());
                 return Ok(true);
             }
+        }
+        if let Some(id) = prepared.cache_id(false) {
+            let _ = self.cell.cache_key.set(id);
         }
         *lock(&self.target) = Some(prepared.target);
         Ok(false)

@@ -196,8 +196,9 @@ pub(crate) struct RunCell<T: 'static> {
     pub(crate) fns: &'static ValueFns<T>,
     /// Its place in the graph as submitted (see [`RunRef::order`]).
     pub(crate) order: u64,
-    /// Its cache key, when its result is cached (see `crate::cache`).
-    pub(crate) cache_key: OnceLock<Box<str>>,
+    /// Its cache key and result version, when its result is cached (see
+    /// `crate::cache`).
+    pub(crate) cache_key: OnceLock<crate::cache::CacheId>,
     status: Mutex<Status<T>>,
     cond: Condvar,
     observed: AtomicBool,
@@ -705,6 +706,11 @@ pub(crate) trait AnyRun: Send + Sync + 'static {
     /// The result encoded for another process.
     fn encoded_result(&self) -> Result<Bytes, TaskError>;
     fn cache_key(&self) -> Option<&str>;
+    /// Its cache key and the version of its result, for the keys of runs
+    /// that take its result (only a run of this process has one).
+    fn cache_id(&self) -> Option<&crate::cache::CacheId> {
+        None
+    }
     fn fail_dyn(self: Arc<Self>, error: TaskError) -> bool;
     /// Empty where the flow run is not known (a hook's run on a worker).
     fn flow_run_id(&self) -> &str {
@@ -804,7 +810,10 @@ impl<T: Send + 'static> AnyRun for RunCell<T> {
         }
     }
     fn cache_key(&self) -> Option<&str> {
-        self.cache_key.get().map(|k| &**k)
+        self.cache_key.get().map(|id| &*id.key)
+    }
+    fn cache_id(&self) -> Option<&crate::cache::CacheId> {
+        self.cache_key.get()
     }
 
     fn fail_dyn(self: Arc<Self>, error: TaskError) -> bool {
