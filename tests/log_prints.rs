@@ -199,3 +199,34 @@ fn prints_of_tasks_sharing_a_worker_process_are_told_apart_on_a_local_cluster() 
         }
     }
 }
+
+/// Runs `quiet_talker` on a local cluster with the console off.
+#[test]
+#[ignore = "run as a child process by the other tests"]
+fn child_quiet_on_cluster() {
+    #[flow(task_runner = common::local_cluster(1, 1))]
+    fn quiet_flow() -> u32 {
+        quiet_talker.submit(9).result().unwrap()
+    }
+    assert_eq!(quiet_flow().unwrap(), 9);
+}
+
+#[test]
+fn with_the_console_off_a_cluster_task_s_own_prints_reach_stdout_as_on_threads() {
+    let home = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "child_quiet_on_cluster",
+            "--nocapture",
+        ])
+        .env("FLOWRUN_LOG", "off")
+        .env("FLOWRUN_HOME", home.path())
+        .env_remove("FLOWRUN_HISTORY")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("quiet talker says 9"), "{stdout}");
+}

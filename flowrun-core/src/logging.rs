@@ -196,9 +196,16 @@ impl TapLayer {
             .collect();
         // The per-task "Finished in state Completed()" lines repeat what the
         // state history holds; leaving them out keeps taps off the hot path.
+        // A worker's raw task output (prints a task does not log) is not
+        // a log line: as on the thread runner, it is shown (the console's
+        // or plain stdout), not recorded.
         let filter = tracing_subscriber::filter::Targets::new()
             .with_default(Level::INFO)
-            .with_target("flowrun_core::flow", Level::WARN);
+            .with_target("flowrun_core::flow", Level::WARN)
+            .with_target(
+                "flowrun_dask::task_output",
+                tracing::level_filters::LevelFilter::OFF,
+            );
         let filter = Fresh {
             filter,
             spans: false,
