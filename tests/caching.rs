@@ -627,10 +627,11 @@ fn persist_result_false_turns_caching_off() {
     assert!(files(d.path()).is_empty());
 }
 
+/// Why a run whose result key comes from `template` failed.
 #[flow]
-fn bad_template(dir: PathBuf) -> String {
+fn template_error(dir: PathBuf, template: String) -> String {
     let f = maybe_persisted
-        .with_options(at(&dir).result_storage_key("{task_run.nmae}"))
+        .with_options(at(&dir).result_storage_key(&template))
         .submit(1);
     f.result().unwrap_err().message().to_owned()
 }
@@ -638,7 +639,7 @@ fn bad_template(dir: PathBuf) -> String {
 #[test]
 fn an_invalid_key_template_fails_the_run_naming_it() {
     let d = dir();
-    let message = bad_template(d.path().into()).unwrap();
+    let message = template_error(d.path().into(), "{task_run.nmae}".into()).unwrap();
     assert!(
         message.contains("unknown placeholder {task_run.nmae}"),
         "{message}"
@@ -646,18 +647,10 @@ fn an_invalid_key_template_fails_the_run_naming_it() {
 }
 
 /// The folder of the records of stored keys is not a result's name.
-#[flow]
-fn records_template(dir: PathBuf) -> String {
-    let f = maybe_persisted
-        .with_options(at(&dir).result_storage_key(".stored-keys"))
-        .submit(1);
-    f.result().unwrap_err().message().to_owned()
-}
-
 #[test]
 fn a_key_template_cannot_name_the_records_folder() {
     let d = dir();
-    let message = records_template(d.path().into()).unwrap();
+    let message = template_error(d.path().into(), ".stored-keys".into()).unwrap();
     assert!(
         message.contains("gave \".stored-keys\", which is reserved"),
         "{message}"
