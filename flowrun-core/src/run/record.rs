@@ -169,8 +169,9 @@ impl RunLabel {
             None => {
                 // Sized once: `format!` grew the string twice on this path,
                 // which runs for most task runs.
+                use fmt::Write as _;
                 let mut name = String::with_capacity(self.task_name.len() + 21);
-                let _ = fmt::Write::write_fmt(&mut name, format_args!("{self}"));
+                let _ = write!(name, "{self}");
                 name
             }
         }
