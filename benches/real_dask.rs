@@ -91,9 +91,16 @@ fn length(data: String) -> usize {
     data.len()
 }
 
+/// The bytes of `x` equal to 7, counted in blocks of 255 with a byte
+/// counter each, which the compiler turns into vector instructions as
+/// numpy's `count_nonzero(x == 7)` is (`filter(..).count()` stays a byte
+/// at a time: 95 ms for 256 MiB here, where this takes 12): the chain
+/// compares how tasks pass data, not how well a loop is written.
 #[task]
 fn count_sevens(x: Vec<u8>) -> usize {
-    x.iter().filter(|&&b| b == 7).count()
+    x.chunks(255)
+        .map(|block| usize::from(block.iter().map(|&b| u8::from(b == 7)).sum::<u8>()))
+        .sum()
 }
 
 /// Times a chain of eight runs: `first`, six of `step`, each taking the
