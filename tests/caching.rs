@@ -841,10 +841,21 @@ fn a_parameter_a_key_cannot_name_fails_the_run_saying_why() {
 // ------------------------------------------------------------ direct calls
 
 /// The storage of the tasks below, named in their attributes so that a
-/// plain direct call `cube(x)` uses it.
+/// plain direct call `cube(x)` uses it: a folder of this test process in
+/// cargo's directory for test data. Not a `TempDir`: a static is never
+/// dropped, and every local-cluster worker (this program started again)
+/// builds these tasks too, so each would leave a folder in /tmp.
 fn direct_dir() -> PathBuf {
-    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    DIR.get_or_init(dir).path().to_owned()
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("caching-direct-{}", std::process::id()));
+        // Left by an earlier process that had this id: its results
+        // would be hits here.
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    })
+    .clone()
 }
 
 /// `name state-name` of each completed run of the tasks below.
