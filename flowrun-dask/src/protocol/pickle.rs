@@ -632,13 +632,22 @@ impl<'a> Machine<'a> {
     }
 }
 
-fn long_from_le(bytes: &[u8]) -> Sym {
-    if bytes.is_empty() {
-        return Sym::Int(0);
+/// Reads a little-endian two's-complement int. A writer may pad it with sign
+/// bytes, so those are dropped first: an int that fits i64 is always `Int`
+/// and a `BigInt` is always the shortest form.
+fn long_from_le(mut bytes: &[u8]) -> Sym {
+    while let [rest @ .., last, top] = bytes {
+        let redundant = (*top == 0x00 && *last & 0x80 == 0) || (*top == 0xff && *last & 0x80 != 0);
+        if !redundant {
+            break;
+        }
+        bytes = &bytes[..rest.len() + 1];
     }
+    let Some(&top) = bytes.last() else {
+        return Sym::Int(0);
+    };
     if bytes.len() <= 8 {
-        let negative = bytes[bytes.len() - 1] & 0x80 != 0;
-        let mut buf = if negative { [0xff; 8] } else { [0; 8] };
+        let mut buf = if top & 0x80 != 0 { [0xff; 8] } else { [0; 8] };
         buf[..bytes.len()].copy_from_slice(bytes);
         return Sym::Int(i64::from_le_bytes(buf));
     }
@@ -979,6 +988,23 @@ mod tests {
             loads(&hex("80058a09000000000000000001 2e")).unwrap(),
             Sym::BigInt(hex("000000000000000001"))
         );
+        // Sign-extension padding is not part of the value: 2**63 - 1 and -1
+        // padded to 9 and 12 bytes are ints, and 2**64 padded stays 9 bytes.
+        for (case, expected) in [
+            ("8a09 ffffffffffffff7f00 2e", Sym::Int(i64::MAX)),
+            ("8a0c ffffffffffffffffffffffff 2e", Sym::Int(-1)),
+            (
+                "8a0a 00000000000000000100 2e",
+                Sym::BigInt(hex("000000000000000001")),
+            ),
+            ("8a00 2e", Sym::Int(0)),
+        ] {
+            assert_eq!(
+                loads(&hex(&format!("8005 {case}"))).unwrap(),
+                expected,
+                "{case}"
+            );
+        }
     }
 
     #[test]
