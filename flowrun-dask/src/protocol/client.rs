@@ -483,8 +483,8 @@ impl DaskClient {
     /// It runs a function on the scheduler (`Client.run_on_scheduler`), so
     /// a scheduler that refuses pickled functions refuses this too.
     pub async fn remove_topic(&self, topic: &str) -> Result<(), ProtocolError> {
-        use super::pickle::{dumps, PickleValue as P};
-        let function = dumps(&P::reduce(
+        use super::pickle::{dumps, PyObject as P};
+        let function = dumps(&P::call(
             P::global("builtins", "eval"),
             vec![
                 P::str(

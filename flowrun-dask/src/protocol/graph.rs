@@ -29,7 +29,7 @@ use rmpv::Value;
 
 use super::error::ProtocolError;
 use super::msg::{self, Attachment, OutMessage};
-use super::pickle::{dumps, PickleValue as P};
+use super::pickle::{dumps, PyObject as P};
 
 /// One piece of a task's standard input.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,7 +97,7 @@ impl PythonRunner {
                 ),
             ),
         ];
-        dumps(&P::reduce(
+        dumps(&P::call(
             global("builtins", "eval"),
             vec![P::str(PLUGIN), P::Dict(globals)],
         ))
@@ -169,7 +169,7 @@ fn global(module: &str, name: &str) -> P {
 }
 
 fn task_ref(key: &str) -> P {
-    P::reduce(global("dask._task_spec", "TaskRef"), vec![P::str(key)])
+    P::call(global("dask._task_spec", "TaskRef"), vec![P::str(key)])
 }
 
 /// The stdin argument, and whether it is a nested task (needs the list form).
@@ -493,7 +493,7 @@ fn group_message(
     );
     // LLGExpr.__new__(LLGExpr, dsk, _determ_token=token): the token gives the
     // expression its name, so the scheduler does not tokenize the graph.
-    let expr = P::NewObjEx {
+    let expr = P::New {
         cls: Box::new(global("dask._expr", "LLGExpr")),
         args: vec![dsk],
         kwargs: vec![(P::str("_determ_token"), P::str(token))],
@@ -544,10 +544,10 @@ fn group_message(
 #[cfg(test)]
 mod tests {
     use super::super::msg::{encode, get, get_str, Incoming};
-    use super::super::pickle::{loads, Sym};
+    use super::super::pickle::{entry, loads, PyObject};
     use super::*;
 
-    fn decode_all(messages: Vec<OutMessage>) -> Vec<(Value, Sym, Option<Sym>)> {
+    fn decode_all(messages: Vec<OutMessage>) -> Vec<(Value, PyObject, Option<PyObject>)> {
         let frames = encode(messages, true).unwrap();
         let mut incoming = Incoming::decode(frames.clone()).unwrap();
         let ops = incoming.body.as_array().unwrap().clone();
@@ -568,11 +568,11 @@ mod tests {
             .collect()
     }
 
-    fn dsk(graph: &Sym) -> &Sym {
-        let Sym::New { args, .. } = graph else {
+    fn dsk(graph: &PyObject) -> &PyObject {
+        let PyObject::New { args, .. } = graph else {
             panic!("{graph:?}")
         };
-        &args.items().unwrap()[0]
+        &args[0]
     }
 
     #[test]
@@ -703,15 +703,10 @@ mod tests {
         let tokens: std::collections::HashSet<String> = decoded
             .iter()
             .map(|(_, graph, _)| {
-                let Sym::New { kwargs, .. } = graph else {
+                let PyObject::New { kwargs, .. } = graph else {
                     panic!()
                 };
-                kwargs
-                    .as_ref()
-                    .unwrap()
-                    .get("_determ_token")
-                    .unwrap()
-                    .repr()
+                entry(kwargs, "_determ_token").unwrap().repr()
             })
             .collect();
         assert_eq!(tokens.len(), 4);

@@ -14,7 +14,7 @@ use rmpv::Value;
 
 use super::error::ProtocolError;
 use super::msg::{get, get_str, Serialized};
-use super::pickle::{loads, Sym};
+use super::pickle::{loads, PyObject};
 
 /// A task failure as reported by a worker.
 ///
@@ -180,9 +180,9 @@ pub(crate) fn decode_exception(ser: Serialized) -> TaskException {
     }
 }
 
-fn global_name(sym: &Sym) -> Option<String> {
-    match sym {
-        Sym::Global { module, name } => Some(format!("{module}.{name}")),
+fn global_name(object: &PyObject) -> Option<String> {
+    match object {
+        PyObject::Global { module, name } => Some(format!("{module}.{name}")),
         _ => None,
     }
 }
@@ -193,51 +193,47 @@ fn global_name(sym: &Sym) -> Option<String> {
 /// `unpickle_exception_with_attrs(cls, {"__dict__": ..., "args": ...}, ...)`
 /// wrapped in a BUILD; without tblib it is the plain `cls(*args)` reduction
 /// plus BUILD with the instance `__dict__`.
-pub(crate) fn describe_exception(tree: &Sym) -> TaskException {
+pub(crate) fn describe_exception(tree: &PyObject) -> TaskException {
     let mut node = tree;
-    let mut state: Option<&Sym> = None;
-    while let Sym::Build { obj, state: s } = node {
+    let mut state: Option<&PyObject> = None;
+    while let PyObject::Build { obj, state: s } = node {
         state = state.or(Some(s));
         node = obj;
     }
     let (class, args, attrs) = match node {
-        Sym::Call { func, args } => {
-            let items = args.items().unwrap_or(&[]);
-            match global_name(func) {
-                Some(f) if f.contains("unpickle_exception") && !items.is_empty() => {
-                    let class = global_name(&items[0]).unwrap_or_else(|| items[0].repr());
-                    let packed = items.get(1);
-                    let args = packed.and_then(|p| p.get("args"));
-                    let attrs = packed.and_then(|p| p.get("__dict__")).or(state);
-                    (class, args, attrs)
-                }
-                Some(class) => (class, Some(args.as_ref()), state),
-                None => (func.repr(), Some(args.as_ref()), state),
+        PyObject::Call { func, args } => match global_name(func) {
+            Some(f) if f.contains("unpickle_exception") && !args.is_empty() => {
+                let class = global_name(&args[0]).unwrap_or_else(|| args[0].repr());
+                let packed = args.get(1);
+                let args = packed.and_then(|p| p.get("args")).and_then(PyObject::items);
+                let attrs = packed.and_then(|p| p.get("__dict__")).or(state);
+                (class, args.unwrap_or(&[]), attrs)
             }
-        }
-        Sym::New { cls, args, .. } => (
+            Some(class) => (class, args.as_slice(), state),
+            None => (func.repr(), args.as_slice(), state),
+        },
+        PyObject::New { cls, args, .. } => (
             global_name(cls).unwrap_or_else(|| cls.repr()),
-            Some(args.as_ref()),
+            args.as_slice(),
             state,
         ),
-        other => ("<unknown>".to_string(), Some(other), None),
+        other => ("<unknown>".to_string(), other.items().unwrap_or(&[]), None),
     };
     let attr = |name: &str| attrs.and_then(|a| a.get(name));
     let bytes_attr = |name: &str| match attr(name) {
-        Some(Sym::Bytes(b)) => b.clone(),
-        Some(Sym::Str(s)) => s.clone().into_bytes(),
+        Some(PyObject::Bytes(b)) => b.clone(),
+        Some(PyObject::Str(s)) => s.clone().into_bytes(),
         _ => Vec::new(),
     };
     let returncode = match attr("returncode") {
-        Some(Sym::Int(n)) => Some(*n),
+        Some(PyObject::Int(n)) => Some(*n),
         _ => None,
     };
-    let arg_items = args.and_then(Sym::items).unwrap_or(&[]);
     let message = match (class.as_str(), returncode) {
         ("subprocess.CalledProcessError", Some(code)) => {
             let cmd = attr("cmd")
-                .or(arg_items.get(1))
-                .map(Sym::repr)
+                .or(args.get(1))
+                .map(PyObject::repr)
                 .unwrap_or_default();
             if code < 0 {
                 format!("Command '{cmd}' died with signal {}.", -code)
@@ -245,11 +241,11 @@ pub(crate) fn describe_exception(tree: &Sym) -> TaskException {
                 format!("Command '{cmd}' returned non-zero exit status {code}.")
             }
         }
-        _ => match arg_items {
+        _ => match args {
             [] => String::new(),
-            [Sym::Str(text)] => text.clone(),
+            [PyObject::Str(text)] => text.clone(),
             [single] => single.repr(),
-            _ => args.map(Sym::repr).unwrap_or_default(),
+            _ => PyObject::Tuple(args.to_vec()).repr(),
         },
     };
     TaskException {

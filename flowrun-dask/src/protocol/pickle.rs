@@ -1,11 +1,18 @@
-//! Just enough of Python's pickle format.
+//! Just enough of Python's pickle format, over one object type, [`PyObject`].
 //!
-//! * [`dumps`] writes the few object shapes the scheduler must unpickle (the
-//!   task graph, annotations): builtins, globals, `REDUCE` and `NEWOBJ_EX`,
-//!   in protocol 4 without a memo. No crate writes `GLOBAL`/`REDUCE`.
-//! * [`loads`] evaluates a pickle *symbolically*: globals, calls and object
-//!   construction become nodes instead of Python objects. That is enough to
-//!   read the exception a worker sends back for a failed task, without Python.
+//! * [`dumps`] writes a [`PyObject`] in protocol 4, with the opcodes CPython
+//!   uses for each kind of object; the bytes differ only in framing and
+//!   batching (no FRAME, memo entries only for cycles, ints beyond i32 in
+//!   eight bytes, one APPENDS or SETITEMS for any number of items). The
+//!   scheduler must unpickle the task graph and annotations: builtins,
+//!   globals, `REDUCE` and `NEWOBJ_EX`. No crate writes `GLOBAL`/`REDUCE`.
+//! * [`loads`] evaluates a pickle *symbolically* into a [`PyObject`]:
+//!   globals, calls and object construction become nodes instead of Python
+//!   objects. That is enough to read the exception a worker sends back for a
+//!   failed task, without Python.
+//!
+//! What one writes the other reads back as the same value (a property test
+//! below checks it), so both share the type instead of each having its own.
 //!
 //! The reader keeps containers in an arena and refers to them by index,
 //! because pickles share objects through the memo (an exception's `cmd` list
@@ -14,48 +21,71 @@
 
 use std::collections::HashMap;
 
-/// A Python object the writer can produce.
+/// A Python object, as [`dumps`] writes it and [`loads`] reads it.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum PickleValue {
+pub(crate) enum PyObject {
     None,
+    Bool(bool),
     Int(i64),
+    /// An int beyond i64, as its shortest little-endian two's-complement
+    /// bytes (what [`loads`] returns; [`dumps`] writes the bytes as given).
+    BigInt(Vec<u8>),
     Float(f64),
     Str(String),
     Bytes(Vec<u8>),
-    Tuple(Vec<PickleValue>),
-    List(Vec<PickleValue>),
+    Tuple(Vec<PyObject>),
+    List(Vec<PyObject>),
     /// Entries in order; Python dicts keep insertion order.
-    Dict(Vec<(PickleValue, PickleValue)>),
+    Dict(Vec<(PyObject, PyObject)>),
+    Set(Vec<PyObject>),
+    FrozenSet(Vec<PyObject>),
     /// `module.qualname`, resolved by import on the unpickling side.
     Global {
         module: String,
         name: String,
     },
-    /// `func(*args)`.
-    Reduce {
-        func: Box<PickleValue>,
-        args: Vec<PickleValue>,
+    /// `func(*args)` (REDUCE, whose arguments Python requires to be a tuple).
+    Call {
+        func: Box<PyObject>,
+        args: Vec<PyObject>,
     },
-    /// `cls.__new__(cls, *args, **kwargs)`.
-    NewObjEx {
-        cls: Box<PickleValue>,
-        args: Vec<PickleValue>,
-        kwargs: Vec<(PickleValue, PickleValue)>,
+    /// `cls.__new__(cls, *args, **kwargs)`: NEWOBJ without keyword
+    /// arguments, NEWOBJ_EX with them.
+    New {
+        cls: Box<PyObject>,
+        args: Vec<PyObject>,
+        kwargs: Vec<(PyObject, PyObject)>,
     },
+    /// `obj.__setstate__(state)` or a `__dict__` update (BUILD).
+    Build {
+        obj: Box<PyObject>,
+        state: Box<PyObject>,
+    },
+    /// A reference back to an object that contains it: where [`loads`] cut
+    /// a cycle. Which of the enclosing objects it was is not kept; [`dumps`]
+    /// writes it as a reference to the nearest enclosing list, dict, set or
+    /// built object (a `Build`'s state itself does not count, since BUILD
+    /// only copies it into the object: `Build { obj, state: {"me":
+    /// Recursive} }` is `obj.me = obj`). It is written as None where it has
+    /// none of these around it, or is a `Build`'s object (BUILD would change
+    /// the object referred to); [`loads`] never returns either, since a
+    /// cycle passes through an object changed after it was made, and BUILD
+    /// changes the object every reference sees.
+    Recursive,
 }
 
-impl PickleValue {
+impl PyObject {
     /// A global such as `subprocess.check_output`.
     pub(crate) fn global(module: &str, name: &str) -> Self {
-        PickleValue::Global {
+        PyObject::Global {
             module: module.to_string(),
             name: name.to_string(),
         }
     }
 
     /// A call of `func` with positional arguments.
-    pub(crate) fn reduce(func: PickleValue, args: Vec<PickleValue>) -> Self {
-        PickleValue::Reduce {
+    pub(crate) fn call(func: PyObject, args: Vec<PyObject>) -> Self {
+        PyObject::Call {
             func: Box::new(func),
             args,
         }
@@ -63,7 +93,7 @@ impl PickleValue {
 
     /// A str.
     pub(crate) fn str(s: &str) -> Self {
-        PickleValue::Str(s.to_string())
+        PyObject::Str(s.to_string())
     }
 }
 
@@ -98,155 +128,234 @@ opcodes! {
 }
 
 /// Serialises `value` as a protocol-4 pickle.
-pub(crate) fn dumps(value: &PickleValue) -> Vec<u8> {
-    let mut out = vec![op::PROTO, 4];
-    write_value(&mut out, value);
-    out.push(op::STOP);
-    out
+pub(crate) fn dumps(value: &PyObject) -> Vec<u8> {
+    let mut writer = Writer {
+        out: vec![op::PROTO, 4],
+        memoised: 0,
+        anchors: Vec::new(),
+    };
+    writer.value(value);
+    writer.out.push(op::STOP);
+    writer.out
 }
 
-fn write_len_prefixed(out: &mut Vec<u8>, data: &[u8], short: u8, long: u8, huge: u8) {
-    if let Ok(len) = u8::try_from(data.len()) {
-        out.extend([short, len]);
-    } else if let Ok(len) = u32::try_from(data.len()) {
-        out.push(long);
-        out.extend(len.to_le_bytes());
-    } else {
-        out.push(huge);
-        out.extend((data.len() as u64).to_le_bytes());
+struct Writer {
+    out: Vec<u8>,
+    /// Memo entries so far; MEMOIZE numbers them in order. Only objects
+    /// with a cycle through them are memoised, and 2^32 of those do not fit
+    /// in memory.
+    memoised: u32,
+    /// The memo index of each enclosing object a [`PyObject::Recursive`]
+    /// refers to, innermost last.
+    anchors: Vec<u32>,
+}
+
+impl Writer {
+    fn value(&mut self, value: &PyObject) {
+        self.object(value, true);
     }
-    out.extend_from_slice(data);
+
+    /// Writes `value`; if it is a list, dict or set, only `may_anchor` lets
+    /// the `Recursive`s in it refer to it.
+    fn object(&mut self, value: &PyObject, may_anchor: bool) {
+        match value {
+            PyObject::None => self.out.push(op::NONE),
+            PyObject::Bool(b) => self.out.push(if *b { op::NEWTRUE } else { op::NEWFALSE }),
+            PyObject::Int(n) => self.int(*n),
+            PyObject::BigInt(bytes) => {
+                // Python cannot write an int of 4 GiB either (LONG4's length
+                // is 32 bits); such an int is cut to what LONG4 can say.
+                let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+                match u8::try_from(len) {
+                    Ok(short) => self.out.extend([op::LONG1, short]),
+                    Err(_) => {
+                        self.out.push(op::LONG4);
+                        self.out.extend(len.to_le_bytes());
+                    }
+                }
+                self.out.extend_from_slice(&bytes[..len as usize]);
+            }
+            PyObject::Float(f) => {
+                // The only big-endian number in the format.
+                self.out.push(op::BINFLOAT);
+                self.out.extend(f.to_be_bytes());
+            }
+            PyObject::Str(s) => self.str(s),
+            PyObject::Bytes(b) => self.sized(b, op::SHORT_BINBYTES, op::BINBYTES, op::BINBYTES8),
+            PyObject::Tuple(items) => self.tuple(items),
+            PyObject::List(items) => {
+                self.out.push(op::EMPTY_LIST);
+                let anchor = may_anchor && items.iter().any(refers_out);
+                self.within(anchor, |w| w.marked(items, op::APPENDS));
+            }
+            PyObject::Dict(entries) => self.dict(entries, may_anchor),
+            PyObject::Set(items) => {
+                self.out.push(op::EMPTY_SET);
+                let anchor = may_anchor && items.iter().any(refers_out);
+                self.within(anchor, |w| w.marked(items, op::ADDITEMS));
+            }
+            PyObject::FrozenSet(items) => {
+                self.out.push(op::MARK);
+                items.iter().for_each(|item| self.value(item));
+                self.out.push(op::FROZENSET);
+            }
+            PyObject::Global { module, name } => {
+                // STACK_GLOBAL (protocol 4) also takes dotted names such as
+                // `bytes.join`, which the text GLOBAL opcode cannot.
+                self.str(module);
+                self.str(name);
+                self.out.push(op::STACK_GLOBAL);
+            }
+            PyObject::Call { func, args } => {
+                self.value(func);
+                self.tuple(args);
+                self.out.push(op::REDUCE);
+            }
+            PyObject::New { cls, args, kwargs } => {
+                self.value(cls);
+                self.tuple(args);
+                if kwargs.is_empty() {
+                    self.out.push(op::NEWOBJ);
+                } else {
+                    self.dict(kwargs, true);
+                    self.out.push(op::NEWOBJ_EX);
+                }
+            }
+            PyObject::Build { obj, state } => {
+                match **obj {
+                    PyObject::Recursive => self.out.push(op::NONE),
+                    _ => self.value(obj),
+                }
+                self.within(state_refers_out(state), |w| w.object(state, false));
+                self.out.push(op::BUILD);
+            }
+            PyObject::Recursive => match self.anchors.last() {
+                Some(&index) => match u8::try_from(index) {
+                    Ok(short) => self.out.extend([op::BINGET, short]),
+                    Err(_) => {
+                        self.out.push(op::LONG_BINGET);
+                        self.out.extend(index.to_le_bytes());
+                    }
+                },
+                None => self.out.push(op::NONE),
+            },
+        }
+    }
+
+    fn int(&mut self, n: i64) {
+        if let Ok(small) = u8::try_from(n) {
+            self.out.extend([op::BININT1, small]);
+        } else if let Ok(mid) = u16::try_from(n) {
+            self.out.push(op::BININT2);
+            self.out.extend(mid.to_le_bytes());
+        } else if let Ok(int) = i32::try_from(n) {
+            self.out.push(op::BININT);
+            self.out.extend(int.to_le_bytes());
+        } else {
+            self.out.extend([op::LONG1, 8]);
+            self.out.extend(n.to_le_bytes());
+        }
+    }
+
+    fn str(&mut self, s: &str) {
+        let (short, long, huge) = (op::SHORT_BINUNICODE, op::BINUNICODE, op::BINUNICODE8);
+        self.sized(s.as_bytes(), short, long, huge);
+    }
+
+    fn sized(&mut self, data: &[u8], short: u8, long: u8, huge: u8) {
+        if let Ok(len) = u8::try_from(data.len()) {
+            self.out.extend([short, len]);
+        } else if let Ok(len) = u32::try_from(data.len()) {
+            self.out.push(long);
+            self.out.extend(len.to_le_bytes());
+        } else {
+            self.out.push(huge);
+            self.out.extend((data.len() as u64).to_le_bytes());
+        }
+        self.out.extend_from_slice(data);
+    }
+
+    fn tuple(&mut self, items: &[PyObject]) {
+        match items.len() {
+            0 => self.out.push(op::EMPTY_TUPLE),
+            1..=3 => {
+                items.iter().for_each(|item| self.value(item));
+                self.out
+                    .push([op::TUPLE1, op::TUPLE2, op::TUPLE3][items.len() - 1]);
+            }
+            _ => {
+                self.out.push(op::MARK);
+                items.iter().for_each(|item| self.value(item));
+                self.out.push(op::TUPLE);
+            }
+        }
+    }
+
+    fn dict(&mut self, entries: &[(PyObject, PyObject)], may_anchor: bool) {
+        self.out.push(op::EMPTY_DICT);
+        let anchor = may_anchor && entries.iter().any(|(k, v)| refers_out(k) || refers_out(v));
+        self.within(anchor, |w| {
+            if !entries.is_empty() {
+                w.out.push(op::MARK);
+                for (k, v) in entries {
+                    w.value(k);
+                    w.value(v);
+                }
+                w.out.push(op::SETITEMS);
+            }
+        });
+    }
+
+    /// Adds `items` to the list or set on the stack with `opcode`.
+    fn marked(&mut self, items: &[PyObject], opcode: u8) {
+        if !items.is_empty() {
+            self.out.push(op::MARK);
+            items.iter().for_each(|item| self.value(item));
+            self.out.push(opcode);
+        }
+    }
+
+    /// Writes the rest of the object on the stack with `write`; if `anchor`,
+    /// memoises it first, as what the `Recursive`s written meanwhile refer to.
+    fn within(&mut self, anchor: bool, write: impl FnOnce(&mut Self)) {
+        if !anchor {
+            return write(self);
+        }
+        self.out.push(op::MEMOIZE);
+        self.anchors.push(self.memoised);
+        self.memoised = self.memoised.saturating_add(1);
+        write(self);
+        self.anchors.pop();
+    }
 }
 
-fn write_value(out: &mut Vec<u8>, value: &PickleValue) {
+/// Whether `value` holds a [`PyObject::Recursive`] that refers to an object
+/// around `value`: one that no list, dict or set in it, nor the state of a
+/// `Build` in it, encloses.
+fn refers_out(value: &PyObject) -> bool {
     match value {
-        PickleValue::None => out.push(op::NONE),
-        PickleValue::Int(n) => {
-            if let Ok(small) = u8::try_from(*n) {
-                out.extend([op::BININT1, small]);
-            } else if let Ok(mid) = u16::try_from(*n) {
-                out.push(op::BININT2);
-                out.extend(mid.to_le_bytes());
-            } else if let Ok(int) = i32::try_from(*n) {
-                out.push(op::BININT);
-                out.extend(int.to_le_bytes());
-            } else {
-                out.extend([op::LONG1, 8]);
-                out.extend(n.to_le_bytes());
-            }
+        PyObject::Recursive => true,
+        PyObject::Tuple(items) | PyObject::FrozenSet(items) => items.iter().any(refers_out),
+        PyObject::Call { func, args } => refers_out(func) || args.iter().any(refers_out),
+        PyObject::New { cls, args, kwargs } => {
+            refers_out(cls)
+                || args.iter().any(refers_out)
+                || kwargs.iter().any(|(k, v)| refers_out(k) || refers_out(v))
         }
-        PickleValue::Float(f) => {
-            // The only big-endian number in the format.
-            out.push(op::BINFLOAT);
-            out.extend(f.to_be_bytes());
-        }
-        PickleValue::Str(s) => write_len_prefixed(
-            out,
-            s.as_bytes(),
-            op::SHORT_BINUNICODE,
-            op::BINUNICODE,
-            op::BINUNICODE8,
-        ),
-        PickleValue::Bytes(b) => {
-            write_len_prefixed(out, b, op::SHORT_BINBYTES, op::BINBYTES, op::BINBYTES8)
-        }
-        PickleValue::Tuple(items) => write_tuple(out, items),
-        PickleValue::List(items) => {
-            out.push(op::EMPTY_LIST);
-            if !items.is_empty() {
-                out.push(op::MARK);
-                items.iter().for_each(|v| write_value(out, v));
-                out.push(op::APPENDS);
-            }
-        }
-        PickleValue::Dict(entries) => write_dict(out, entries),
-        PickleValue::Global { module, name } => {
-            // STACK_GLOBAL (protocol 4) also takes dotted names such as
-            // `bytes.join`, which the text GLOBAL opcode cannot.
-            write_value(out, &PickleValue::Str(module.clone()));
-            write_value(out, &PickleValue::Str(name.clone()));
-            out.push(op::STACK_GLOBAL);
-        }
-        PickleValue::Reduce { func, args } => {
-            write_value(out, func);
-            write_tuple(out, args);
-            out.push(op::REDUCE);
-        }
-        PickleValue::NewObjEx { cls, args, kwargs } => {
-            write_value(out, cls);
-            write_tuple(out, args);
-            write_dict(out, kwargs);
-            out.push(op::NEWOBJ_EX);
-        }
+        PyObject::Build { obj, .. } => !matches!(**obj, PyObject::Recursive) && refers_out(obj),
+        _ => false,
     }
 }
 
-fn write_tuple(out: &mut Vec<u8>, items: &[PickleValue]) {
-    match items.len() {
-        0 => out.push(op::EMPTY_TUPLE),
-        1..=3 => {
-            items.iter().for_each(|v| write_value(out, v));
-            out.push([op::TUPLE1, op::TUPLE2, op::TUPLE3][items.len() - 1]);
-        }
-        _ => {
-            out.push(op::MARK);
-            items.iter().for_each(|v| write_value(out, v));
-            out.push(op::TUPLE);
-        }
+/// Whether a `Build`'s `state` holds a [`PyObject::Recursive`] that refers
+/// to the built object: as [`refers_out`], except that a list, dict or set
+/// that is the state itself does not take the references.
+fn state_refers_out(state: &PyObject) -> bool {
+    match state {
+        PyObject::List(items) | PyObject::Set(items) => items.iter().any(refers_out),
+        PyObject::Dict(entries) => entries.iter().any(|(k, v)| refers_out(k) || refers_out(v)),
+        other => refers_out(other),
     }
-}
-
-fn write_dict(out: &mut Vec<u8>, entries: &[(PickleValue, PickleValue)]) {
-    out.push(op::EMPTY_DICT);
-    if !entries.is_empty() {
-        out.push(op::MARK);
-        for (k, v) in entries {
-            write_value(out, k);
-            write_value(out, v);
-        }
-        out.push(op::SETITEMS);
-    }
-}
-
-/// The symbolic result of unpickling.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Sym {
-    None,
-    Bool(bool),
-    Int(i64),
-    /// An int beyond i64, as little-endian two's-complement bytes.
-    BigInt(Vec<u8>),
-    Float(f64),
-    Str(String),
-    Bytes(Vec<u8>),
-    Tuple(Vec<Sym>),
-    List(Vec<Sym>),
-    Dict(Vec<(Sym, Sym)>),
-    Set(Vec<Sym>),
-    FrozenSet(Vec<Sym>),
-    /// An importable name.
-    Global {
-        module: String,
-        name: String,
-    },
-    /// `func(*args)` (REDUCE).
-    Call {
-        func: Box<Sym>,
-        args: Box<Sym>,
-    },
-    /// `cls.__new__(cls, *args, **kwargs)` (NEWOBJ, NEWOBJ_EX).
-    New {
-        cls: Box<Sym>,
-        args: Box<Sym>,
-        kwargs: Option<Box<Sym>>,
-    },
-    /// `obj.__setstate__(state)` or a `__dict__` update (BUILD).
-    Build {
-        obj: Box<Sym>,
-        state: Box<Sym>,
-    },
-    /// A reference back to an object that contains it.
-    Recursive,
 }
 
 /// Why a pickle could not be read.
@@ -266,7 +375,7 @@ type Id = usize;
 
 #[derive(Debug, Clone)]
 enum Node {
-    Leaf(Sym),
+    Leaf(PyObject),
     Tuple(Vec<Id>),
     List(Vec<Id>),
     Dict(Vec<(Id, Id)>),
@@ -365,8 +474,8 @@ impl<'a> Machine<'a> {
         self.stack.push(self.nodes.len() - 1);
     }
 
-    fn push(&mut self, sym: Sym) {
-        self.push_node(Node::Leaf(sym));
+    fn push(&mut self, object: PyObject) {
+        self.push_node(Node::Leaf(object));
     }
 
     fn pop(&mut self) -> Result<Id, PickleError> {
@@ -400,10 +509,10 @@ impl<'a> Machine<'a> {
         Ok(items.chunks(2).map(|p| (p[0], p[1])).collect())
     }
 
-    fn text(&self, bytes: &[u8]) -> Sym {
+    fn text(&self, bytes: &[u8]) -> PyObject {
         // Python writes lone surrogates with "surrogatepass"; keep such text
         // readable instead of failing the whole pickle.
-        Sym::Str(String::from_utf8_lossy(bytes).into_owned())
+        PyObject::Str(String::from_utf8_lossy(bytes).into_owned())
     }
 
     fn extend_list(&mut self, target: Id, items: Vec<Id>) -> Result<(), PickleError> {
@@ -469,20 +578,20 @@ impl<'a> Machine<'a> {
                     let top = self.top()?;
                     self.stack.push(top);
                 }
-                op::NONE => self.push(Sym::None),
-                op::NEWTRUE => self.push(Sym::Bool(true)),
-                op::NEWFALSE => self.push(Sym::Bool(false)),
+                op::NONE => self.push(PyObject::None),
+                op::NEWTRUE => self.push(PyObject::Bool(true)),
+                op::NEWFALSE => self.push(PyObject::Bool(false)),
                 op::BININT1 => {
                     let n = self.u8()?;
-                    self.push(Sym::Int(n.into()));
+                    self.push(PyObject::Int(n.into()));
                 }
                 op::BININT2 => {
                     let n = u16::from_le_bytes(self.take_array()?);
-                    self.push(Sym::Int(n.into()));
+                    self.push(PyObject::Int(n.into()));
                 }
                 op::BININT => {
                     let n = i32::from_le_bytes(self.take_array()?);
-                    self.push(Sym::Int(n.into()));
+                    self.push(PyObject::Int(n.into()));
                 }
                 op::LONG1 | op::LONG4 => {
                     let bytes = self.sized(opcode, op::LONG1, op::LONG4)?;
@@ -490,7 +599,7 @@ impl<'a> Machine<'a> {
                 }
                 op::BINFLOAT => {
                     let f = f64::from_be_bytes(self.take_array()?);
-                    self.push(Sym::Float(f));
+                    self.push(PyObject::Float(f));
                 }
                 op::SHORT_BINUNICODE | op::BINUNICODE | op::BINUNICODE8 => {
                     let bytes = self.sized(opcode, op::SHORT_BINUNICODE, op::BINUNICODE)?;
@@ -499,12 +608,12 @@ impl<'a> Machine<'a> {
                 }
                 op::SHORT_BINBYTES | op::BINBYTES | op::BINBYTES8 | op::BYTEARRAY8 => {
                     let bytes = self.sized(opcode, op::SHORT_BINBYTES, op::BINBYTES)?;
-                    self.push(Sym::Bytes(bytes.to_vec()));
+                    self.push(PyObject::Bytes(bytes.to_vec()));
                 }
                 // Python 2 strings; only seen from very old picklers.
                 op::SHORT_BINSTRING | op::BINSTRING => {
                     let bytes = self.sized(opcode, op::SHORT_BINSTRING, op::BINSTRING)?;
-                    self.push(Sym::Bytes(bytes.to_vec()));
+                    self.push(PyObject::Bytes(bytes.to_vec()));
                 }
                 op::EMPTY_TUPLE => self.push_node(Node::Tuple(Vec::new())),
                 op::TUPLE1 | op::TUPLE2 | op::TUPLE3 => {
@@ -569,14 +678,14 @@ impl<'a> Machine<'a> {
                 op::GLOBAL => {
                     let module = self.line()?;
                     let name = self.line()?;
-                    self.push(Sym::Global { module, name });
+                    self.push(PyObject::Global { module, name });
                 }
                 op::STACK_GLOBAL => {
                     let name = self.pop()?;
                     let module = self.pop()?;
                     match (&self.nodes[module], &self.nodes[name]) {
-                        (Node::Leaf(Sym::Str(module)), Node::Leaf(Sym::Str(name))) => {
-                            let global = Sym::Global {
+                        (Node::Leaf(PyObject::Str(module)), Node::Leaf(PyObject::Str(name))) => {
+                            let global = PyObject::Global {
                                 module: module.clone(),
                                 name: name.clone(),
                             };
@@ -635,7 +744,7 @@ impl<'a> Machine<'a> {
 /// Reads a little-endian two's-complement int. A writer may pad it with sign
 /// bytes, so those are dropped first: an int that fits i64 is always `Int`
 /// and a `BigInt` is always the shortest form.
-fn long_from_le(mut bytes: &[u8]) -> Sym {
+fn long_from_le(mut bytes: &[u8]) -> PyObject {
     while let [rest @ .., last, top] = bytes {
         let redundant = (*top == 0x00 && *last & 0x80 == 0) || (*top == 0xff && *last & 0x80 != 0);
         if !redundant {
@@ -644,14 +753,14 @@ fn long_from_le(mut bytes: &[u8]) -> Sym {
         bytes = &bytes[..rest.len() + 1];
     }
     let Some(&top) = bytes.last() else {
-        return Sym::Int(0);
+        return PyObject::Int(0);
     };
     if bytes.len() <= 8 {
         let mut buf = if top & 0x80 != 0 { [0xff; 8] } else { [0; 8] };
         buf[..bytes.len()].copy_from_slice(bytes);
-        return Sym::Int(i64::from_le_bytes(buf));
+        return PyObject::Int(i64::from_le_bytes(buf));
     }
-    Sym::BigInt(bytes.to_vec())
+    PyObject::BigInt(bytes.to_vec())
 }
 
 /// Turns the arena graph into an owned tree.
@@ -661,11 +770,21 @@ struct Materializer<'a> {
     budget: usize,
 }
 
-impl Materializer<'_> {
-    fn tree(&mut self, id: Id) -> Result<Sym, String> {
+impl<'a> Materializer<'a> {
+    fn tree(&mut self, id: Id) -> Result<PyObject, String> {
         if self.on_path.contains(&id) {
-            return Ok(Sym::Recursive);
+            return Ok(PyObject::Recursive);
         }
+        self.enter(id, Self::object)
+    }
+
+    /// Runs `expand` on node `id` with `id` on the path, counted against the
+    /// depth and node limits.
+    fn enter<T>(
+        &mut self,
+        id: Id,
+        expand: impl FnOnce(&mut Self, &'a Node) -> Result<T, String>,
+    ) -> Result<T, String> {
         if self.on_path.len() >= MAX_DEPTH {
             return Err(format!("nested deeper than {MAX_DEPTH} levels"));
         }
@@ -673,49 +792,75 @@ impl Materializer<'_> {
             .budget
             .checked_sub(1)
             .ok_or_else(|| format!("more than {MAX_NODES} objects"))?;
-        let node = self.nodes.get(id).ok_or("dangling reference")?;
+        let nodes = self.nodes;
+        let node = nodes.get(id).ok_or("dangling reference")?;
         self.on_path.push(id);
-        let result = match node {
-            Node::Leaf(sym) => sym.clone(),
-            Node::Tuple(items) => Sym::Tuple(self.all(items)?),
-            Node::List(items) => Sym::List(self.all(items)?),
-            Node::Set(items) => Sym::Set(self.all(items)?),
-            Node::FrozenSet(items) => Sym::FrozenSet(self.all(items)?),
-            Node::Dict(entries) => {
-                let mut out = Vec::with_capacity(entries.len());
-                for &(k, v) in entries {
-                    out.push((self.tree(k)?, self.tree(v)?));
-                }
-                Sym::Dict(out)
-            }
-            &Node::Call(func, args) => Sym::Call {
+        let result = expand(self, node);
+        self.on_path.pop();
+        result
+    }
+
+    fn object(&mut self, node: &'a Node) -> Result<PyObject, String> {
+        Ok(match node {
+            Node::Leaf(object) => object.clone(),
+            Node::Tuple(items) => PyObject::Tuple(self.all(items)?),
+            Node::List(items) => PyObject::List(self.all(items)?),
+            Node::Set(items) => PyObject::Set(self.all(items)?),
+            Node::FrozenSet(items) => PyObject::FrozenSet(self.all(items)?),
+            Node::Dict(entries) => PyObject::Dict(self.entries(entries)?),
+            &Node::Call(func, args) => PyObject::Call {
                 func: Box::new(self.tree(func)?),
-                args: Box::new(self.tree(args)?),
+                args: self.args(args)?,
             },
-            &Node::New(cls, args, kwargs) => Sym::New {
+            &Node::New(cls, args, kwargs) => PyObject::New {
                 cls: Box::new(self.tree(cls)?),
-                args: Box::new(self.tree(args)?),
+                args: self.args(args)?,
                 kwargs: match kwargs {
-                    Some(k) => Some(Box::new(self.tree(k)?)),
-                    None => None,
+                    Some(kwargs) => self.kwargs(kwargs)?,
+                    None => Vec::new(),
                 },
             },
-            &Node::Build(obj, state) => Sym::Build {
+            &Node::Build(obj, state) => PyObject::Build {
                 obj: Box::new(self.tree(obj)?),
                 state: Box::new(self.tree(state)?),
             },
-        };
-        self.on_path.pop();
-        Ok(result)
+        })
     }
 
-    fn all(&mut self, ids: &[Id]) -> Result<Vec<Sym>, String> {
+    fn all(&mut self, ids: &[Id]) -> Result<Vec<PyObject>, String> {
         ids.iter().map(|&id| self.tree(id)).collect()
+    }
+
+    fn entries(&mut self, entries: &[(Id, Id)]) -> Result<Vec<(PyObject, PyObject)>, String> {
+        entries
+            .iter()
+            .map(|&(k, v)| Ok((self.tree(k)?, self.tree(v)?)))
+            .collect()
+    }
+
+    /// The arguments of a call, which Python requires to be a tuple. They
+    /// are expanded even if the tuple is on the path (a cycle through it),
+    /// since a call's arguments have no place for a `Recursive`; the cycle
+    /// is cut at its next object instead.
+    fn args(&mut self, id: Id) -> Result<Vec<PyObject>, String> {
+        self.enter(id, |m, node| match node {
+            Node::Tuple(items) => m.all(items),
+            _ => Err("call arguments that are not a tuple".into()),
+        })
+    }
+
+    /// The keyword arguments of NEWOBJ_EX, which Python requires to be a
+    /// dict; expanded as [`Materializer::args`] are.
+    fn kwargs(&mut self, id: Id) -> Result<Vec<(PyObject, PyObject)>, String> {
+        self.enter(id, |m, node| match node {
+            Node::Dict(entries) => m.entries(entries),
+            _ => Err("keyword arguments that are not a dict".into()),
+        })
     }
 }
 
 /// Evaluates a pickle symbolically.
-pub(crate) fn loads(data: &[u8]) -> Result<Sym, PickleError> {
+pub(crate) fn loads(data: &[u8]) -> Result<PyObject, PickleError> {
     let mut machine = Machine {
         data,
         pos: 0,
@@ -738,21 +883,19 @@ pub(crate) fn loads(data: &[u8]) -> Result<Sym, PickleError> {
     })
 }
 
-impl Sym {
+impl PyObject {
     /// The items of a tuple or list.
-    pub(crate) fn items(&self) -> Option<&[Sym]> {
+    pub(crate) fn items(&self) -> Option<&[PyObject]> {
         match self {
-            Sym::Tuple(items) | Sym::List(items) => Some(items),
+            PyObject::Tuple(items) | PyObject::List(items) => Some(items),
             _ => None,
         }
     }
 
     /// Looks up a str key in a dict.
-    pub(crate) fn get(&self, key: &str) -> Option<&Sym> {
+    pub(crate) fn get(&self, key: &str) -> Option<&PyObject> {
         match self {
-            Sym::Dict(entries) => {
-                super::dict_get(entries, |k| matches!(k, Sym::Str(s) if s == key))
-            }
+            PyObject::Dict(entries) => entry(entries, key),
             _ => None,
         }
     }
@@ -769,7 +912,7 @@ impl Sym {
             out.push_str("...");
             return;
         }
-        let seq = |out: &mut String, items: &[Sym], open: &str, close: &str| {
+        let seq = |out: &mut String, items: &[PyObject], open: &str, close: &str| {
             out.push_str(open);
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
@@ -780,14 +923,14 @@ impl Sym {
             out.push_str(close);
         };
         match self {
-            Sym::None => out.push_str("None"),
-            Sym::Bool(true) => out.push_str("True"),
-            Sym::Bool(false) => out.push_str("False"),
-            Sym::Int(n) => out.push_str(&n.to_string()),
-            Sym::BigInt(bytes) => out.push_str(&format!("<int of {} bytes>", bytes.len())),
-            Sym::Float(f) => out.push_str(&format!("{f:?}")),
-            Sym::Str(s) => out.push_str(&format!("'{}'", s.escape_debug())),
-            Sym::Bytes(b) => {
+            PyObject::None => out.push_str("None"),
+            PyObject::Bool(true) => out.push_str("True"),
+            PyObject::Bool(false) => out.push_str("False"),
+            PyObject::Int(n) => out.push_str(&n.to_string()),
+            PyObject::BigInt(bytes) => out.push_str(&format!("<int of {} bytes>", bytes.len())),
+            PyObject::Float(f) => out.push_str(&format!("{f:?}")),
+            PyObject::Str(s) => out.push_str(&format!("'{}'", s.escape_debug())),
+            PyObject::Bytes(b) => {
                 out.push_str("b'");
                 for &byte in b {
                     match byte {
@@ -802,12 +945,12 @@ impl Sym {
                 }
                 out.push('\'');
             }
-            Sym::Tuple(items) if items.len() == 1 => seq(out, items, "(", ",)"),
-            Sym::Tuple(items) => seq(out, items, "(", ")"),
-            Sym::List(items) => seq(out, items, "[", "]"),
-            Sym::Set(items) => seq(out, items, "{", "}"),
-            Sym::FrozenSet(items) => seq(out, items, "frozenset({", "})"),
-            Sym::Dict(entries) => {
+            PyObject::Tuple(items) if items.len() == 1 => seq(out, items, "(", ",)"),
+            PyObject::Tuple(items) => seq(out, items, "(", ")"),
+            PyObject::List(items) => seq(out, items, "[", "]"),
+            PyObject::Set(items) => seq(out, items, "{", "}"),
+            PyObject::FrozenSet(items) => seq(out, items, "frozenset({", "})"),
+            PyObject::Dict(entries) => {
                 out.push('{');
                 for (i, (k, v)) in entries.iter().enumerate() {
                     if i > 0 {
@@ -819,21 +962,24 @@ impl Sym {
                 }
                 out.push('}');
             }
-            Sym::Global { module, name } => out.push_str(&format!("{module}.{name}")),
-            Sym::Call { func: callee, args }
-            | Sym::New {
+            PyObject::Global { module, name } => out.push_str(&format!("{module}.{name}")),
+            PyObject::Call { func: callee, args }
+            | PyObject::New {
                 cls: callee, args, ..
             } => {
                 callee.write_repr(out, depth + 1);
-                match args.items() {
-                    Some(items) => seq(out, items, "(", ")"),
-                    None => args.write_repr(out, depth + 1),
-                }
+                seq(out, args, "(", ")");
             }
-            Sym::Build { obj, .. } => obj.write_repr(out, depth + 1),
-            Sym::Recursive => out.push_str("..."),
+            PyObject::Build { obj, .. } => obj.write_repr(out, depth + 1),
+            PyObject::Recursive => out.push_str("..."),
         }
     }
+}
+
+/// The value under the str `key` among a dict's entries (or keyword
+/// arguments).
+pub(crate) fn entry<'a>(entries: &'a [(PyObject, PyObject)], key: &str) -> Option<&'a PyObject> {
+    super::dict_get(entries, |k| matches!(k, PyObject::Str(s) if s == key))
 }
 
 #[cfg(test)]
@@ -861,39 +1007,39 @@ mod tests {
         "80048c0f6461736b2e5f7461736b5f737065638c075461736b52656693 8c036b\
         2d418552 2e";
 
-    fn s(text: &str) -> PickleValue {
-        PickleValue::str(text)
+    fn s(text: &str) -> PyObject {
+        PyObject::str(text)
     }
 
-    fn check_output() -> PickleValue {
-        PickleValue::global("subprocess", "check_output")
+    fn check_output() -> PyObject {
+        PyObject::global("subprocess", "check_output")
     }
 
     #[test]
     fn writes_the_documented_graph_pickle() {
-        let dsk = PickleValue::Dict(vec![
+        let dsk = PyObject::Dict(vec![
             (
                 s("k-A"),
-                PickleValue::Tuple(vec![
+                PyObject::Tuple(vec![
                     check_output(),
-                    PickleValue::List(vec![s("/bin/echo"), s("hi")]),
+                    PyObject::List(vec![s("/bin/echo"), s("hi")]),
                 ]),
             ),
             (
                 s("k-B"),
-                PickleValue::Tuple(vec![
-                    PickleValue::global("dask.utils", "apply"),
+                PyObject::Tuple(vec![
+                    PyObject::global("dask.utils", "apply"),
                     check_output(),
-                    PickleValue::List(vec![PickleValue::List(vec![s("/bin/cat")])]),
-                    PickleValue::Tuple(vec![
-                        PickleValue::global("builtins", "dict"),
-                        PickleValue::List(vec![PickleValue::List(vec![s("input"), s("k-A")])]),
+                    PyObject::List(vec![PyObject::List(vec![s("/bin/cat")])]),
+                    PyObject::Tuple(vec![
+                        PyObject::global("builtins", "dict"),
+                        PyObject::List(vec![PyObject::List(vec![s("input"), s("k-A")])]),
                     ]),
                 ]),
             ),
         ]);
-        let graph = PickleValue::NewObjEx {
-            cls: Box::new(PickleValue::global("dask._expr", "LLGExpr")),
+        let graph = PyObject::New {
+            cls: Box::new(PyObject::global("dask._expr", "LLGExpr")),
             args: vec![dsk],
             kwargs: vec![(s("_determ_token"), s("tok123"))],
         };
@@ -904,16 +1050,16 @@ mod tests {
 
     #[test]
     fn writes_the_documented_annotations_and_taskref() {
-        let annotations = PickleValue::Dict(vec![
+        let annotations = PyObject::Dict(vec![
             (
                 s("resources"),
-                PickleValue::Dict(vec![(s("LICENSE"), PickleValue::Int(1))]),
+                PyObject::Dict(vec![(s("LICENSE"), PyObject::Int(1))]),
             ),
-            (s("retries"), PickleValue::Int(2)),
+            (s("retries"), PyObject::Int(2)),
         ]);
         assert_eq!(dumps(&annotations), hex(ANNOTATIONS_PICKLE));
-        let task_ref = PickleValue::reduce(
-            PickleValue::global("dask._task_spec", "TaskRef"),
+        let task_ref = PyObject::call(
+            PyObject::global("dask._task_spec", "TaskRef"),
             vec![s("k-A")],
         );
         assert_eq!(dumps(&task_ref), hex(TASKREF_PICKLE));
@@ -922,18 +1068,18 @@ mod tests {
     #[test]
     fn reads_back_the_documented_pickles() {
         let graph = loads(&hex(GRAPH_PICKLE)).unwrap();
-        let Sym::New { cls, args, kwargs } = graph else {
+        let PyObject::New { cls, args, kwargs } = graph else {
             panic!("not NEWOBJ_EX: {graph:?}")
         };
         assert_eq!(cls.repr(), "dask._expr.LLGExpr");
-        let dsk = &args.items().unwrap()[0];
+        let dsk = &args[0];
         assert_eq!(
             dsk.get("k-A").unwrap().repr(),
             "(subprocess.check_output, ['/bin/echo', 'hi'])"
         );
         assert_eq!(
-            kwargs.unwrap().get("_determ_token"),
-            Some(&Sym::Str("tok123".into()))
+            entry(&kwargs, "_determ_token"),
+            Some(&PyObject::Str("tok123".into()))
         );
 
         let annotations = loads(&hex(ANNOTATIONS_PICKLE)).unwrap();
@@ -962,42 +1108,45 @@ mod tests {
             i64::MIN,
         ] {
             assert_eq!(
-                loads(&dumps(&PickleValue::Int(n))).unwrap(),
-                Sym::Int(n),
+                loads(&dumps(&PyObject::Int(n))).unwrap(),
+                PyObject::Int(n),
                 "{n}"
             );
         }
         assert_eq!(
-            loads(&dumps(&PickleValue::Float(1.5))).unwrap(),
-            Sym::Float(1.5)
+            loads(&dumps(&PyObject::Float(1.5))).unwrap(),
+            PyObject::Float(1.5)
         );
         // BINFLOAT is big-endian.
         assert_eq!(
-            dumps(&PickleValue::Float(1.0))[2..],
+            dumps(&PyObject::Float(1.0))[2..],
             hex("47 3ff0000000000000 2e")[..]
         );
         let long = "x".repeat(300);
-        assert_eq!(loads(&dumps(&s(&long))).unwrap(), Sym::Str(long.clone()));
+        assert_eq!(
+            loads(&dumps(&s(&long))).unwrap(),
+            PyObject::Str(long.clone())
+        );
         let bytes = vec![9u8; 70_000];
         assert_eq!(
-            loads(&dumps(&PickleValue::Bytes(bytes.clone()))).unwrap(),
-            Sym::Bytes(bytes)
+            loads(&dumps(&PyObject::Bytes(bytes.clone()))).unwrap(),
+            PyObject::Bytes(bytes)
         );
         // LONG1 with a 9-byte integer (2**64) stays exact.
         assert_eq!(
             loads(&hex("80058a09000000000000000001 2e")).unwrap(),
-            Sym::BigInt(hex("000000000000000001"))
+            PyObject::BigInt(hex("000000000000000001"))
         );
         // Sign-extension padding is not part of the value: 2**63 - 1 and -1
         // padded to 9 and 12 bytes are ints, and 2**64 padded stays 9 bytes.
         for (case, expected) in [
-            ("8a09 ffffffffffffff7f00 2e", Sym::Int(i64::MAX)),
-            ("8a0c ffffffffffffffffffffffff 2e", Sym::Int(-1)),
+            ("8a09 ffffffffffffff7f00 2e", PyObject::Int(i64::MAX)),
+            ("8a0c ffffffffffffffffffffffff 2e", PyObject::Int(-1)),
             (
                 "8a0a 00000000000000000100 2e",
-                Sym::BigInt(hex("000000000000000001")),
+                PyObject::BigInt(hex("000000000000000001")),
             ),
-            ("8a00 2e", Sym::Int(0)),
+            ("8a00 2e", PyObject::Int(0)),
         ] {
             assert_eq!(
                 loads(&hex(&format!("8005 {case}"))).unwrap(),
@@ -1009,27 +1158,30 @@ mod tests {
 
     #[test]
     fn every_operand_width_reads_the_same_value() {
-        let hi = || Sym::Bytes(b"hi".to_vec());
+        let hi = || PyObject::Bytes(b"hi".to_vec());
         for (case, expected) in [
-            ("8005 8a01 05 2e", Sym::Int(5)),                           // LONG1
-            ("8005 8b01000000 05 2e", Sym::Int(5)),                     // LONG4
-            ("8005 8c02 6869 2e", Sym::Str("hi".into())),               // SHORT_BINUNICODE
-            ("8005 5802000000 6869 2e", Sym::Str("hi".into())),         // BINUNICODE
-            ("8005 8d0200000000000000 6869 2e", Sym::Str("hi".into())), // BINUNICODE8
-            ("8005 4302 6869 2e", hi()),                                // SHORT_BINBYTES
-            ("8005 4202000000 6869 2e", hi()),                          // BINBYTES
-            ("8005 8e0200000000000000 6869 2e", hi()),                  // BINBYTES8
-            ("8005 960200000000000000 6869 2e", hi()),                  // BYTEARRAY8
-            ("8005 5502 6869 2e", hi()),                                // SHORT_BINSTRING
-            ("8005 5402000000 6869 2e", hi()),                          // BINSTRING
+            ("8005 8a01 05 2e", PyObject::Int(5)),             // LONG1
+            ("8005 8b01000000 05 2e", PyObject::Int(5)),       // LONG4
+            ("8005 8c02 6869 2e", PyObject::Str("hi".into())), // SHORT_BINUNICODE
+            ("8005 5802000000 6869 2e", PyObject::Str("hi".into())), // BINUNICODE
+            (
+                "8005 8d0200000000000000 6869 2e",
+                PyObject::Str("hi".into()),
+            ), // BINUNICODE8
+            ("8005 4302 6869 2e", hi()),                       // SHORT_BINBYTES
+            ("8005 4202000000 6869 2e", hi()),                 // BINBYTES
+            ("8005 8e0200000000000000 6869 2e", hi()),         // BINBYTES8
+            ("8005 960200000000000000 6869 2e", hi()),         // BYTEARRAY8
+            ("8005 5502 6869 2e", hi()),                       // SHORT_BINSTRING
+            ("8005 5402000000 6869 2e", hi()),                 // BINSTRING
             // BINPUT 3, BINGET 3 and LONG_BINPUT 9, LONG_BINGET 9.
             (
                 "8005 4b07 7103 6803 86 2e",
-                Sym::Tuple(vec![Sym::Int(7), Sym::Int(7)]),
+                PyObject::Tuple(vec![PyObject::Int(7), PyObject::Int(7)]),
             ),
             (
                 "8005 4b07 7209000000 6a09000000 86 2e",
-                Sym::Tuple(vec![Sym::Int(7), Sym::Int(7)]),
+                PyObject::Tuple(vec![PyObject::Int(7), PyObject::Int(7)]),
             ),
         ] {
             assert_eq!(loads(&hex(case)).unwrap(), expected, "{case}");
@@ -1042,21 +1194,24 @@ mod tests {
         // is memoised while empty and filled afterwards, so both tuple items
         // must show the item (as protocol 5 picklers share objects).
         let shared = hex("8005 5d94 28 4b01 65 6800 86 2e");
-        let one = Sym::List(vec![Sym::Int(1)]);
-        assert_eq!(loads(&shared).unwrap(), Sym::Tuple(vec![one.clone(), one]));
+        let one = PyObject::List(vec![PyObject::Int(1)]);
+        assert_eq!(
+            loads(&shared).unwrap(),
+            PyObject::Tuple(vec![one.clone(), one])
+        );
         // EMPTY_LIST MEMOIZE MARK BINGET 0 BININT1 1 APPENDS: a list that
         // contains itself ends the recursion with a marker.
         let cyclic = hex("8005 5d94 28 6800 4b01 65 2e");
         assert_eq!(
             loads(&cyclic).unwrap(),
-            Sym::List(vec![Sym::Recursive, Sym::Int(1)])
+            PyObject::List(vec![PyObject::Recursive, PyObject::Int(1)])
         );
         // BUILD on a memoised object is visible through the memo.
         let built = hex("8005 5d94 4b07 62 6800 86 2e");
-        let Sym::Tuple(items) = loads(&built).unwrap() else {
+        let PyObject::Tuple(items) = loads(&built).unwrap() else {
             panic!()
         };
-        assert!(matches!(&items[1], Sym::Build { .. }), "{items:?}");
+        assert!(matches!(&items[1], PyObject::Build { .. }), "{items:?}");
     }
 
     #[test]
@@ -1099,5 +1254,130 @@ mod tests {
         }
         dag.push(b'.');
         assert!(loads(&dag).is_err());
+    }
+
+    fn int(n: i64) -> PyObject {
+        PyObject::Int(n)
+    }
+
+    fn new(cls: PyObject, args: Vec<PyObject>, kwargs: Vec<(PyObject, PyObject)>) -> PyObject {
+        PyObject::New {
+            cls: Box::new(cls),
+            args,
+            kwargs,
+        }
+    }
+
+    fn build(obj: PyObject, state: PyObject) -> PyObject {
+        PyObject::Build {
+            obj: Box::new(obj),
+            state: Box::new(state),
+        }
+    }
+
+    fn namespace() -> PyObject {
+        new(PyObject::global("types", "SimpleNamespace"), vec![], vec![])
+    }
+
+    #[test]
+    fn writes_every_kind_of_object_with_the_opcodes_cpython_uses() {
+        // What `pickle.dumps(value, 4)` writes, less FRAME and the memo
+        // entries nothing refers to (`pickletools.optimize`).
+        for (value, expected) in [
+            (PyObject::Bool(true), "88"),
+            (PyObject::Bool(false), "89"),
+            // 2**64 and -2**64: LONG1 with the shortest bytes.
+            (
+                PyObject::BigInt(hex("000000000000000001")),
+                "8a09 000000000000000001",
+            ),
+            (
+                PyObject::BigInt(hex("0000000000000000ff")),
+                "8a09 0000000000000000ff",
+            ),
+            (PyObject::Set(vec![]), "8f"),
+            (PyObject::Set(vec![int(1), int(2)]), "8f 28 4b01 4b02 90"),
+            (PyObject::FrozenSet(vec![int(1), int(2)]), "28 4b01 4b02 91"),
+            // A class reduced with copyreg.__newobj__: NEWOBJ.
+            (
+                new(PyObject::global("m", "C"), vec![int(1)], vec![]),
+                "8c016d 8c0143 93 4b01 85 81",
+            ),
+            (
+                build(namespace(), PyObject::Dict(vec![(s("a"), int(1))])),
+                "8c057479706573 8c0f53696d706c654e616d657370616365 93 29 81 \
+                 7d 28 8c0161 4b01 75 62",
+            ),
+            // `l = [1]; l.append(l)`: the list is memoised while empty.
+            (
+                PyObject::List(vec![int(1), PyObject::Recursive]),
+                "5d 94 28 4b01 6800 65",
+            ),
+        ] {
+            let mut bytes = hex("8004");
+            bytes.extend(hex(expected));
+            bytes.push(op::STOP);
+            assert_eq!(dumps(&value), bytes, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn writes_a_recursive_reference_to_the_nearest_object_it_can_name() {
+        // `ns.me = ns`: the object is memoised after it is made and before
+        // its state, which refers to it (not to the state dict).
+        let ns = build(
+            namespace(),
+            PyObject::Dict(vec![(s("me"), PyObject::Recursive)]),
+        );
+        let bytes = dumps(&ns);
+        let state = hex("94 7d 28 8c026d65 6800 75 62 2e");
+        assert!(bytes.ends_with(&state), "{bytes:02x?}");
+        assert_eq!(loads(&bytes).unwrap(), ns);
+        // In a tuple in a list in a dict, it refers to the list, the nearest
+        // object made before its items.
+        let nested = PyObject::Dict(vec![(
+            s("k"),
+            PyObject::List(vec![PyObject::Tuple(vec![PyObject::Recursive])]),
+        )]);
+        assert_eq!(
+            dumps(&nested),
+            hex("8004 7d 28 8c016b 5d 94 28 6800 85 65 75 2e")
+        );
+        // With nothing around it to refer to, it is None.
+        assert_eq!(dumps(&PyObject::Recursive), hex("8004 4e 2e"));
+        assert_eq!(
+            dumps(&PyObject::Tuple(vec![PyObject::Recursive])),
+            hex("8004 4e 85 2e")
+        );
+    }
+
+    #[test]
+    fn a_cycle_through_call_arguments_is_cut_inside_them() {
+        // t = (l,) with l = [], then l.append(len(*t)): the call's arguments
+        // are the tuple that contains the call.
+        let pickle =
+            hex("8005 5d 94 85 94 6800 8c086275696c74696e73 8c036c656e 93 6801 52 61 30 2e");
+        let expected = PyObject::Tuple(vec![PyObject::List(vec![PyObject::call(
+            PyObject::global("builtins", "len"),
+            vec![PyObject::Recursive],
+        )])]);
+        let read = loads(&pickle).unwrap();
+        assert_eq!(read, expected);
+        assert_eq!(loads(&dumps(&read)).unwrap(), expected);
+    }
+
+    #[test]
+    fn call_arguments_that_python_would_refuse_are_errors() {
+        for case in [
+            "8005 4e 5d 52 2e",    // REDUCE with a list of arguments
+            "8005 4e 4b01 81 2e",  // NEWOBJ with an int of arguments
+            "8005 4e 29 5d 92 2e", // NEWOBJ_EX with a list of keyword arguments
+        ] {
+            assert!(loads(&hex(case)).is_err(), "accepted {case}");
+        }
+        // NEWOBJ_EX with an empty dict is NEWOBJ, as CPython writes it.
+        let read = loads(&hex("8005 4e 29 7d 92 2e")).unwrap();
+        assert_eq!(read, new(PyObject::None, vec![], vec![]));
+        assert_eq!(dumps(&read), hex("8004 4e 29 81 2e"));
     }
 }
