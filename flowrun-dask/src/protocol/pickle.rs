@@ -1380,4 +1380,106 @@ mod tests {
         assert_eq!(read, new(PyObject::None, vec![], vec![]));
         assert_eq!(dumps(&read), hex("8004 4e 29 81 2e"));
     }
+
+    #[test]
+    fn cpython_unpickles_what_the_writer_writes_into_the_expected_objects() {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+
+        let global = PyObject::global;
+        let cases = [
+            (PyObject::None, "None"),
+            (PyObject::Bool(true), "True"),
+            (int(-1 << 40), "-1099511627776"),
+            (int(i64::MIN), "-9223372036854775808"),
+            (
+                PyObject::BigInt(hex("000000000000000001")),
+                "18446744073709551616",
+            ),
+            (
+                PyObject::BigInt(hex("0000000000000000ff")),
+                "-18446744073709551616",
+            ),
+            (PyObject::Float(-1.5), "-1.5"),
+            (s("h\u{e9}"), "'h\u{e9}'"),
+            (PyObject::Bytes(b"\0hi".to_vec()), r"b'\x00hi'"),
+            (
+                PyObject::Tuple((1..=5).map(int).collect()),
+                "(1, 2, 3, 4, 5)",
+            ),
+            (PyObject::Set(vec![int(1), int(2)]), "{1, 2}"),
+            (
+                PyObject::FrozenSet(vec![int(1), int(2)]),
+                "frozenset({1, 2})",
+            ),
+            (
+                PyObject::Dict(vec![(s("a"), PyObject::List(vec![]))]),
+                "{'a': []}",
+            ),
+            (global("builtins", "len"), "<built-in function len>"),
+            (
+                PyObject::call(global("builtins", "complex"), vec![int(1), int(2)]),
+                "(1+2j)",
+            ),
+            (new(global("builtins", "int"), vec![int(5)], vec![]), "5"),
+            (
+                new(
+                    global("datetime", "timedelta"),
+                    vec![],
+                    vec![(s("days"), int(1))],
+                ),
+                "datetime.timedelta(days=1)",
+            ),
+            (
+                build(namespace(), PyObject::Dict(vec![(s("a"), int(1))])),
+                "namespace(a=1)",
+            ),
+            (
+                PyObject::List(vec![int(1), PyObject::Recursive]),
+                "[1, [...]]",
+            ),
+            (
+                PyObject::Dict(vec![(s("t"), PyObject::Tuple(vec![PyObject::Recursive]))]),
+                "{'t': ({...},)}",
+            ),
+            (
+                build(
+                    namespace(),
+                    PyObject::Dict(vec![(s("me"), PyObject::Recursive)]),
+                ),
+                "namespace(me=namespace(...))",
+            ),
+        ];
+        let script = "import pickle, sys\n\
+                      for line in sys.stdin:\n    \
+                      print(repr(pickle.loads(bytes.fromhex(line))))\n";
+        // Only the standard library's pickle: any python3 (3.4 or later) will
+        // do, and CI has one.
+        let mut child = Command::new("python3")
+            .args(["-c", script])
+            .env("PYTHONIOENCODING", "utf-8")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run python3: {e}"));
+        let mut input = String::new();
+        for (value, _) in &cases {
+            input.extend(dumps(value).iter().map(|b| format!("{b:02x}")));
+            input.push('\n');
+        }
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.as_bytes()).unwrap();
+        drop(stdin);
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let reprs = String::from_utf8(output.stdout).unwrap();
+        let reprs: Vec<&str> = reprs.lines().collect();
+        let expected: Vec<&str> = cases.iter().map(|(_, repr)| *repr).collect();
+        assert_eq!(reprs, expected);
+    }
 }
