@@ -984,6 +984,8 @@ pub(crate) fn entry<'a>(entries: &'a [(PyObject, PyObject)], key: &str) -> Optio
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::super::frame::tests::hex;
     use super::*;
 
@@ -1481,5 +1483,119 @@ mod tests {
         let reprs: Vec<&str> = reprs.lines().collect();
         let expected: Vec<&str> = cases.iter().map(|(_, repr)| *repr).collect();
         assert_eq!(reprs, expected);
+    }
+
+    /// An int beyond i64 in its shortest form: 9 to 40 bytes whose last
+    /// byte is not sign extension.
+    fn big_int() -> impl Strategy<Value = PyObject> {
+        (
+            prop::collection::vec(any::<u8>(), 8..40),
+            prop_oneof![1..=0x7fu8, 0x80..=0xfeu8],
+        )
+            .prop_map(|(mut bytes, top)| {
+                bytes.push(top);
+                PyObject::BigInt(bytes)
+            })
+    }
+
+    fn scalar() -> impl Strategy<Value = PyObject> {
+        let text = prop_oneof![
+            ".{0,8}".boxed(),
+            // Past SHORT_BINUNICODE's and SHORT_BINBYTES's one-byte length.
+            ".{250,300}".boxed(),
+        ];
+        prop_oneof![
+            Just(PyObject::None),
+            any::<bool>().prop_map(PyObject::Bool),
+            any::<i64>().prop_map(PyObject::Int),
+            (-70_000i64..70_000).prop_map(PyObject::Int),
+            big_int(),
+            prop::num::f64::ANY
+                .prop_filter("NaN is not equal to itself", |f| !f.is_nan())
+                .prop_map(PyObject::Float),
+            text.prop_map(PyObject::Str),
+            prop::collection::vec(any::<u8>(), 0..300).prop_map(PyObject::Bytes),
+            ("[a-z_.]{1,12}", "[A-Za-z_.]{1,12}")
+                .prop_map(|(module, name)| PyObject::Global { module, name }),
+            Just(PyObject::Recursive),
+        ]
+    }
+
+    /// Any object, a few levels deep.
+    fn object() -> impl Strategy<Value = PyObject> {
+        scalar().prop_recursive(4, 48, 5, |inner| {
+            let items = prop::collection::vec(inner.clone(), 0..5);
+            let entries = prop::collection::vec((inner.clone(), inner.clone()), 0..4);
+            let boxed = inner.clone().prop_map(Box::new);
+            prop_oneof![
+                items.clone().prop_map(PyObject::Tuple),
+                items.clone().prop_map(PyObject::List),
+                items.clone().prop_map(PyObject::Set),
+                items.clone().prop_map(PyObject::FrozenSet),
+                entries.clone().prop_map(PyObject::Dict),
+                (boxed.clone(), items.clone())
+                    .prop_map(|(func, args)| PyObject::Call { func, args }),
+                (boxed.clone(), items, entries).prop_map(|(cls, args, kwargs)| PyObject::New {
+                    cls,
+                    args,
+                    kwargs
+                }),
+                (boxed.clone(), boxed).prop_map(|(obj, state)| PyObject::Build { obj, state }),
+            ]
+        })
+    }
+
+    /// `value` with every `Recursive` that the writer writes as None (see
+    /// [`PyObject::Recursive`]) made None: what the reader can return.
+    /// `enclosed` says whether `value` has an object around it to refer to.
+    fn readable(value: PyObject, enclosed: bool) -> PyObject {
+        let all = |items: Vec<PyObject>, enclosed| {
+            items
+                .into_iter()
+                .map(|item| readable(item, enclosed))
+                .collect::<Vec<_>>()
+        };
+        let entries = |entries: Vec<(PyObject, PyObject)>| {
+            entries
+                .into_iter()
+                .map(|(k, v)| (readable(k, true), readable(v, true)))
+                .collect()
+        };
+        match value {
+            PyObject::Recursive if !enclosed => PyObject::None,
+            PyObject::Tuple(items) => PyObject::Tuple(all(items, enclosed)),
+            PyObject::FrozenSet(items) => PyObject::FrozenSet(all(items, enclosed)),
+            PyObject::List(items) => PyObject::List(all(items, true)),
+            PyObject::Set(items) => PyObject::Set(all(items, true)),
+            PyObject::Dict(items) => PyObject::Dict(entries(items)),
+            PyObject::Call { func, args } => PyObject::Call {
+                func: Box::new(readable(*func, enclosed)),
+                args: all(args, enclosed),
+            },
+            PyObject::New { cls, args, kwargs } => PyObject::New {
+                cls: Box::new(readable(*cls, enclosed)),
+                args: all(args, enclosed),
+                kwargs: entries(kwargs),
+            },
+            PyObject::Build { obj, state } => PyObject::Build {
+                obj: match *obj {
+                    PyObject::Recursive => Box::new(PyObject::None),
+                    obj => Box::new(readable(obj, enclosed)),
+                },
+                state: Box::new(readable(*state, true)),
+            },
+            other => other,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn reading_what_the_writer_wrote_gives_the_same_object(value in object()) {
+            let value = readable(value, false);
+            let bytes = dumps(&value);
+            prop_assert_eq!(loads(&bytes), Ok(value));
+        }
     }
 }
