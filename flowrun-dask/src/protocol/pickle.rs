@@ -625,15 +625,16 @@ impl<'a> Machine<'a> {
                     items.reverse();
                     self.push_node(Node::Tuple(items));
                 }
-                op::TUPLE => {
+                // Containers made whole from the items above a MARK.
+                op::TUPLE | op::LIST | op::FROZENSET => {
                     let items = self.pop_mark()?;
-                    self.push_node(Node::Tuple(items));
+                    self.push_node(match opcode {
+                        op::TUPLE => Node::Tuple(items),
+                        op::LIST => Node::List(items),
+                        _ => Node::FrozenSet(items),
+                    });
                 }
                 op::EMPTY_LIST => self.push_node(Node::List(Vec::new())),
-                op::LIST => {
-                    let items = self.pop_mark()?;
-                    self.push_node(Node::List(items));
-                }
                 op::APPEND => {
                     let item = self.pop()?;
                     let target = self.top()?;
@@ -670,10 +671,6 @@ impl<'a> Machine<'a> {
                         Some(Node::Set(set)) => set.extend(items),
                         _ => return Err(self.fail("ADDITEMS to something that is not a set")),
                     }
-                }
-                op::FROZENSET => {
-                    let items = self.pop_mark()?;
-                    self.push_node(Node::FrozenSet(items));
                 }
                 op::GLOBAL => {
                     let module = self.line()?;
