@@ -389,7 +389,7 @@ pub struct ConcurrencySlot {
 
 enum Held {
     Local(#[allow(dead_code)] Permit),
-    Remote(u64),
+    Provider(u64),
     Nothing,
 }
 
@@ -407,7 +407,7 @@ impl ConcurrencySlot {
 
 impl Drop for ConcurrencySlot {
     fn drop(&mut self) {
-        if let Held::Remote(lease) = std::mem::replace(&mut self.held, Held::Nothing) {
+        if let Held::Provider(lease) = std::mem::replace(&mut self.held, Held::Nothing) {
             if let Some(p) = PROVIDER.get() {
                 p.release(lease);
             }
@@ -444,7 +444,7 @@ fn acquire_blocking(
             name: Arc::from(name),
             occupy,
             held: match kind {
-                SlotKind::Held => Held::Remote(lease),
+                SlotKind::Held => Held::Provider(lease),
                 SlotKind::Rate => Held::Nothing,
             },
         });
@@ -541,7 +541,7 @@ pub struct SlotFuture {
 enum FutState {
     Start,
     Waiting(Ticket, Arc<Mutex<(Option<Permit>, Option<Waker>)>>),
-    Remote(
+    Provider(
         std::sync::mpsc::Receiver<Result<u64, ConcurrencyError>>,
         Arc<Mutex<Option<Waker>>>,
     ),
@@ -571,7 +571,7 @@ impl Future for SlotFuture {
                 FutState::Start => {
                     if let Some(p) = PROVIDER.get() {
                         let _ = p;
-                        // A remote request blocks: wait for it on a thread.
+                        // A request to the provider blocks: wait for it on a thread.
                         let (tx, rx) = std::sync::mpsc::channel();
                         let waker: Arc<Mutex<Option<Waker>>> =
                             Arc::new(Mutex::new(Some(cx.waker().clone())));
@@ -587,7 +587,7 @@ impl Future for SlotFuture {
                                 w.wake();
                             }
                         });
-                        this.state = FutState::Remote(rx, waker);
+                        this.state = FutState::Provider(rx, waker);
                         continue;
                     }
                     let shared: Arc<Mutex<(Option<Permit>, Option<Waker>)>> =
@@ -642,7 +642,7 @@ impl Future for SlotFuture {
                     g.1 = Some(cx.waker().clone());
                     return Poll::Pending;
                 }
-                FutState::Remote(rx, waker) => {
+                FutState::Provider(rx, waker) => {
                     *lock(waker) = Some(cx.waker().clone());
                     match rx.try_recv() {
                         Ok(r) => {
@@ -651,7 +651,7 @@ impl Future for SlotFuture {
                                 name: this.name.clone(),
                                 occupy: this.occupy,
                                 held: match this.kind {
-                                    SlotKind::Held => Held::Remote(lease),
+                                    SlotKind::Held => Held::Provider(lease),
                                     SlotKind::Rate => Held::Nothing,
                                 },
                             }));

@@ -59,7 +59,7 @@ struct Driver<T: Task> {
     watchdog: Mutex<Option<TimerHandle>>,
     hooks: Option<Arc<TaskHooks>>,
     /// The process that executes each attempt calls the task's hooks.
-    hooks_remote: bool,
+    hooks_serialized: bool,
     retry_condition: Option<RetryCondition>,
     /// Slots of the run's limited tags; `None` when no tag has a limit.
     slots: Option<Box<crate::concurrency::tags::RunSlots>>,
@@ -120,13 +120,13 @@ pub(crate) fn submit_in<T: Task>(
         ));
         return future;
     }
-    let hooks_remote = r.hooks.is_some()
+    let hooks_serialized = r.hooks.is_some()
         && !r.hooks_from_call
         && flow.execution != Execution::InProcess
         && flow.runner.runs_task_hooks();
     if let Some(hooks) = &r.hooks {
-        if hooks_remote {
-            TaskHooks::attach_remote(hooks.clone(), &cell, r.policy.retries, flow.handles_retries);
+        if hooks_serialized {
+            TaskHooks::attach_serialized(hooks.clone(), &cell, r.policy.retries, flow.handles_retries);
         } else {
             TaskHooks::attach(hooks.clone(), &cell);
         }
@@ -172,7 +172,7 @@ pub(crate) fn submit_in<T: Task>(
         source: Mutex::new(Source::Waiting(inputs)),
         watchdog: Mutex::new(None),
         hooks: r.hooks,
-        hooks_remote,
+        hooks_serialized,
         retry_condition: r.retry_condition,
         slots,
         results,
@@ -428,7 +428,7 @@ impl<T: Task> Driver<T> {
                 run_name: self.cell.label.run_name.as_deref().map(Arc::from),
                 args: slots.clone(),
                 reporter: SerializedReporter::new(attempt, self.clone()),
-                hooks: self.hooks_remote.then(|| crate::TaskHookCall {
+                hooks: self.hooks_serialized.then(|| crate::TaskHookCall {
                     run_id: self.cell.id.get(),
                     attempt,
                     last_attempt: attempt > self.policy.retries || self.flow.handles_retries,
@@ -654,7 +654,7 @@ impl<T: Task> SerializedCompletion for Driver<T> {
             self.cell.set_location(l);
         }
         self.cell.start_attempt(attempt);
-        if let Some(hooks) = self.hooks.as_ref().filter(|_| !self.hooks_remote) {
+        if let Some(hooks) = self.hooks.as_ref().filter(|_| !self.hooks_serialized) {
             hooks.running(&RunRef(self.cell.clone()));
         }
         // The attempt's clock starts when it starts, not when it was queued.
@@ -670,6 +670,6 @@ impl<T: Task> SerializedCompletion for Driver<T> {
     }
 
     fn subflow(&self, report: crate::flow::subflow::SubflowReport) {
-        crate::flow::subflow::record_remote(&self.flow, RunRef(self.cell.clone()), report);
+        crate::flow::subflow::record_reported(&self.flow, RunRef(self.cell.clone()), report);
     }
 }

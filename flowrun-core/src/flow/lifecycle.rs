@@ -38,7 +38,7 @@ struct Started {
     /// The flow run's own concurrency limits, dropped when it ends.
     _limits: crate::concurrency::ScopeGuard,
     /// Where it reports its end when its parent is in another process.
-    remote: Option<crate::flow::subflow::SubflowSink>,
+    report_to: Option<crate::flow::subflow::SubflowSink>,
     /// Its task runs as they end, for that process's run history.
     relay: Option<Arc<crate::flow::subflow::TaskRelay>>,
 }
@@ -63,8 +63,8 @@ fn begin<F: Flow>(config: &FlowConfig, args: &F::Args) -> Result<Started, Box<Fl
     // Called by a task that runs here for a flow in another process: that
     // process links it (one thread-local read, only for flows without a
     // parent here).
-    let remote = match parent {
-        None => crate::flow::subflow::remote_sink(),
+    let report_to = match parent {
+        None => crate::flow::subflow::thread_sink(),
         Some(_) => None,
     };
     // A subflow that names no runner of its own runs on its parent's, which
@@ -129,8 +129,8 @@ fn begin<F: Flow>(config: &FlowConfig, args: &F::Args) -> Result<Started, Box<Fl
             .into_iter()
             .next()
             .is_some();
-    let parameters = (recorded || remote.is_some()).then(|| parameters_json(&F::parameters(args)));
-    if let Some(sink) = &remote {
+    let parameters = (recorded || report_to.is_some()).then(|| parameters_json(&F::parameters(args)));
+    if let Some(sink) = &report_to {
         crate::flow::subflow::report_start(sink, &shared, parameters.clone(), tags.clone());
     }
     if let Some(p) = parent {
@@ -155,8 +155,8 @@ fn begin<F: Flow>(config: &FlowConfig, args: &F::Args) -> Result<Started, Box<Fl
         flow: crate::flow::scope::FlowHandle(shared.clone()),
         parameters,
         tags,
-        // The flow process records it (see `subflow::record_remote`).
-        history: history && remote.is_none(),
+        // The flow process records it (see `subflow::record_reported`).
+        history: history && report_to.is_none(),
     };
     // A runner that cannot start is the infrastructure failing: Crashed,
     // as in Prefect; an invalid option is the flow's own failure.
@@ -164,7 +164,7 @@ fn begin<F: Flow>(config: &FlowConfig, args: &F::Args) -> Result<Started, Box<Fl
         let error = FlowError::new(kind, shared.name.clone(), message.clone());
         let state = State::new(state_kind).with_message(message);
         // Observers added before the failure see the flow run end.
-        announce_end(&shared, remote.as_ref(), &label, &hooks, &info, &state);
+        announce_end(&shared, report_to.as_ref(), &label, &hooks, &info, &state);
         Box::new(FlowRun {
             id: shared.id.clone(),
             name: shared.name.clone(),
@@ -196,7 +196,7 @@ fn begin<F: Flow>(config: &FlowConfig, args: &F::Args) -> Result<Started, Box<Fl
     }
     // Its task runs go to the flow process with its end, for the run
     // history there (only flows that report to another process).
-    let relay = (history && remote.is_some()).then(|| {
+    let relay = (history && report_to.is_some()).then(|| {
         let relay = Arc::new(crate::flow::subflow::TaskRelay::default());
         shared.add_observer(relay.clone());
         relay
@@ -235,7 +235,7 @@ fn begin<F: Flow>(config: &FlowConfig, args: &F::Args) -> Result<Started, Box<Fl
     }
     hooks.call(&info, &State::new(StateKind::Running));
     Ok(Started {
-        remote,
+        report_to,
         relay,
         _limits: limits,
         shared,
@@ -351,7 +351,7 @@ impl Started {
         };
         shared.emit_flow_finished(&state);
         crate::flow::subflow::report_to_parent(shared, &state);
-        if let Some(sink) = &self.remote {
+        if let Some(sink) = &self.report_to {
             crate::flow::subflow::report_end(sink, shared, &state, self.relay.as_deref());
         }
         let subflows = shared.links.children();
@@ -563,17 +563,17 @@ async fn drive<F: Flow>(config: &FlowConfig, args: F::Args, mode: Mode) -> FlowR
 /// The end of a flow run that did not get to run its body to a result
 /// (it failed before it started, or its future was dropped), as everyone
 /// hears it, in order: its observers, the flow process when this run is a
-/// subflow relayed from a worker (`remote`), the log and its hooks.
+/// subflow relayed from a worker (`report_to`), the log and its hooks.
 fn announce_end(
     shared: &FlowShared,
-    remote: Option<&crate::flow::subflow::SubflowSink>,
+    report_to: Option<&crate::flow::subflow::SubflowSink>,
     label: &str,
     hooks: &FlowHooks,
     info: &FlowRunInfo,
     state: &State,
 ) {
     shared.emit_flow_finished(state);
-    if let Some(sink) = remote {
+    if let Some(sink) = report_to {
         crate::flow::subflow::report_end(sink, shared, state, None);
     }
     log_finished(label, state);

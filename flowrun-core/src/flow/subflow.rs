@@ -60,7 +60,7 @@ pub(crate) struct Links {
     children: Mutex<Vec<SubflowRun>>,
     /// Children running in another process (a task on a worker called
     /// them), held here until they report their end.
-    remote: Mutex<Vec<Arc<FlowShared>>>,
+    reported: Mutex<Vec<Arc<FlowShared>>>,
 }
 
 impl Links {
@@ -287,7 +287,7 @@ impl SubflowReport {
 pub type SubflowSink = Arc<dyn Fn(SubflowReport) + Send + Sync>;
 
 thread_local! {
-    static REMOTE: RefCell<Option<SubflowSink>> = const { RefCell::new(None) };
+    static SINK: RefCell<Option<SubflowSink>> = const { RefCell::new(None) };
 }
 
 /// Makes flow runs that task code on this thread calls, outside any flow
@@ -297,12 +297,12 @@ thread_local! {
 /// child to that task run. Flows called with a parent in this process are
 /// not reported.
 pub fn report_subflows_to(sink: Option<SubflowSink>) {
-    REMOTE.with(|r| *r.borrow_mut() = sink);
+    SINK.with(|r| *r.borrow_mut() = sink);
 }
 
 /// The sink of this thread, for a flow run that has no parent here.
-pub(crate) fn remote_sink() -> Option<SubflowSink> {
-    REMOTE.with(|r| r.borrow().clone())
+pub(crate) fn thread_sink() -> Option<SubflowSink> {
+    SINK.with(|r| r.borrow().clone())
 }
 
 /// Tells the flow process that `child` started.
@@ -419,14 +419,14 @@ impl crate::observe::RunObserver for TaskRelay {
 /// another process started or ended. It is linked as a child called in
 /// this process is: listed by the parent, seen by its observers (the run
 /// history records it with the parent task run) from its start to its end.
-pub(crate) fn record_remote(flow: &Arc<FlowShared>, run: RunRef, report: SubflowReport) {
+pub(crate) fn record_reported(flow: &Arc<FlowShared>, run: RunRef, report: SubflowReport) {
     let known = {
-        let remote = lock(&flow.links.remote);
-        remote.iter().find(|c| c.id == report.id).cloned()
+        let reported = lock(&flow.links.reported);
+        reported.iter().find(|c| c.id == report.id).cloned()
     };
     let child = match known {
         Some(c) => c,
-        None => start_remote(flow, &run, &report),
+        None => start_reported(flow, &run, &report),
     };
     for task in &report.tasks {
         replay_task(&child, task);
@@ -434,7 +434,7 @@ pub(crate) fn record_remote(flow: &Arc<FlowShared>, run: RunRef, report: Subflow
     let Some(state) = report.state() else {
         return;
     };
-    finish_remote(flow, &child, &state, report.counts());
+    finish_reported(flow, &child, &state, report.counts());
 }
 
 /// The name that refines `state`'s kind (`TimedOut`, `Cached`, ...), if any.
@@ -513,7 +513,7 @@ fn replay_task(child: &Arc<FlowShared>, task: &ReportedTask) {
     child.emit(event(state, task.attempts, location));
 }
 
-fn start_remote(flow: &Arc<FlowShared>, run: &RunRef, report: &SubflowReport) -> Arc<FlowShared> {
+fn start_reported(flow: &Arc<FlowShared>, run: &RunRef, report: &SubflowReport) -> Arc<FlowShared> {
     let mut child = FlowShared::new(
         report.id.clone(),
         report.name.clone(),
@@ -535,7 +535,7 @@ fn start_remote(flow: &Arc<FlowShared>, run: &RunRef, report: &SubflowReport) ->
     };
     flow.links.add_running(&child, &parent);
     child.links.set_parent(parent);
-    lock(&flow.links.remote).push(child.clone());
+    lock(&flow.links.reported).push(child.clone());
     let info = crate::runner::FlowRunInfo {
         flow_name: child.flow_name.clone(),
         flow_run_name: child.name.clone(),
@@ -567,18 +567,18 @@ fn start_remote(flow: &Arc<FlowShared>, run: &RunRef, report: &SubflowReport) ->
         };
         let state = State::new(StateKind::Crashed)
             .with_message("the task run that called it ended before it reported its end");
-        finish_remote(&flow, &child, &state, TaskRunCounts::default());
+        finish_reported(&flow, &child, &state, TaskRunCounts::default());
     }));
     child
 }
 
-fn finish_remote(flow: &FlowShared, child: &Arc<FlowShared>, state: &State, counts: TaskRunCounts) {
-    let mut remote = lock(&flow.links.remote);
-    let Some(at) = remote.iter().position(|c| Arc::ptr_eq(c, child)) else {
+fn finish_reported(flow: &FlowShared, child: &Arc<FlowShared>, state: &State, counts: TaskRunCounts) {
+    let mut reported = lock(&flow.links.reported);
+    let Some(at) = reported.iter().position(|c| Arc::ptr_eq(c, child)) else {
         return;
     };
-    remote.swap_remove(at);
-    drop(remote);
+    reported.swap_remove(at);
+    drop(reported);
     child.close();
     child.emit_flow_finished(state);
     report_counts_to_parent(child, state, counts);

@@ -12,7 +12,7 @@
 //! hooks of the task's attribute run where the task runs, as in Prefect:
 //! the worker calls `on_running` before each attempt, `on_completion`
 //! after a success and `on_failure` after the task's own failure on its
-//! last attempt (see `run::remote`). The flow process calls `on_failure`
+//! last attempt (see `run::task_hooks`). The flow process calls `on_failure`
 //! for failures decided there: a timeout, a lost worker, a failed
 //! upstream, a retry condition that declined a retry. Hooks given per call
 //! (`TaskOptions`) are closures of the flow process: a run with any of
@@ -146,11 +146,11 @@ impl TaskHooks {
     }
 
     /// Like [`attach`](TaskHooks::attach) for a run whose attempts run
-    /// with the task's hooks in another process (see `run::remote`): that
+    /// with the task's hooks in another process (see `run::task_hooks`): that
     /// process called `on_completion`, and `on_failure` when the task's
     /// own code failed on the last attempt; this calls `on_failure` for the
     /// failures decided here.
-    pub(crate) fn attach_remote<T: Send + 'static>(
+    pub(crate) fn attach_serialized<T: Send + 'static>(
         hooks: Arc<TaskHooks>,
         cell: &Arc<RunCell<T>>,
         retries: u32,

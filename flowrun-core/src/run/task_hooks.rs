@@ -40,7 +40,7 @@ pub struct TaskHookCall {
     pub last_attempt: bool,
 }
 
-/// Whether the hooks of a failed remote run already ran where it ran: the
+/// Whether the hooks of a failed serialized run already ran where it ran: the
 /// task's own code failed on an attempt that was the last one.
 pub(crate) fn failure_handled_where_it_ran(
     run: &RunRef,
@@ -131,7 +131,7 @@ pub(crate) fn with_hooks<R>(
     } else {
         StateKind::Running
     };
-    let remote = Arc::new(SerializedRun {
+    let serialized = Arc::new(SerializedRun {
         id: RunId::from_raw(call.run_id),
         label: RunLabel {
             task_name: meta.name.into(),
@@ -148,7 +148,7 @@ pub(crate) fn with_hooks<R>(
         started: Instant::now(),
         state: std::sync::Mutex::new((State::new(running), None, None)),
     });
-    let run = RunRef(remote.clone());
+    let run = RunRef(serialized.clone());
     hooks.running(&run);
     let result = attempt();
     let label = format!("Task run '{run_name}'");
@@ -166,7 +166,7 @@ pub(crate) fn with_hooks<R>(
         }
         Err(_) => return result,
     };
-    *crate::plumbing::lock(&remote.state) = (
+    *crate::plumbing::lock(&serialized.state) = (
         state.clone(),
         result.as_ref().err().cloned(),
         Some(Instant::now()),

@@ -101,11 +101,10 @@ impl<T> CodecNo<T> for &Probe<T> {
     }
 }
 
-/// Task `T` can run serialized: its serialized-call functions. (The
-/// method keeps the name generated code calls.)
+/// Task `T` can run serialized: its serialized-call functions.
 pub trait SerializedYes<T: Task> {
     /// `Some(functions)`.
-    fn remote(&self) -> Option<SerializedFns<T>>;
+    fn serialized(&self) -> Option<SerializedFns<T>>;
 }
 impl<T> SerializedYes<T> for Probe<T>
 where
@@ -113,7 +112,7 @@ where
     T::Args: SerializedArgs,
     T::Output: Serialize + DeserializeOwned,
 {
-    fn remote(&self) -> Option<SerializedFns<T>> {
+    fn serialized(&self) -> Option<SerializedFns<T>> {
         Some(SerializedFns::new())
     }
 }
@@ -121,10 +120,10 @@ where
 /// Task `T` cannot run in another process.
 pub trait SerializedNo<T: Task> {
     /// `None`.
-    fn remote(&self) -> Option<SerializedFns<T>>;
+    fn serialized(&self) -> Option<SerializedFns<T>>;
 }
 impl<T: Task> SerializedNo<T> for &Probe<T> {
-    fn remote(&self) -> Option<SerializedFns<T>> {
+    fn serialized(&self) -> Option<SerializedFns<T>> {
         None
     }
 }

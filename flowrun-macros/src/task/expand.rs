@@ -278,7 +278,7 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
                         (&#fr::Probe::<(#(#tys,)*)>::new()).cloner(),
                         (&#fr::Probe::<#output>::new()).cloner(),
                         (&#fr::Probe::<#output>::new()).codec(),
-                        (&#fr::Probe::<#ident>::new()).remote(),
+                        (&#fr::Probe::<#ident>::new()).serialized(),
                         &[
                             #(#serde_probes,)*
                             (::core::any::type_name::<#output>(), (&#fr::Probe::<#output>::new()).serde_ok()),
