@@ -755,7 +755,7 @@ fn failing() -> Vec<Seen> {
             (
                 e.kind().clone(),
                 e.message().to_owned(),
-                e.output().map(str::to_owned),
+                e.printed().map(str::to_owned),
                 f.state().kind(),
             )
         })

@@ -104,7 +104,7 @@ struct WireError {
     kind: TaskErrorKind,
     message: String,
     task_run: Option<String>,
-    output: Option<String>,
+    printed: Option<String>,
 }
 
 impl Serialize for TaskError {
@@ -113,7 +113,7 @@ impl Serialize for TaskError {
             kind: self.kind().clone(),
             message: self.message().to_owned(),
             task_run: self.task_run().map(str::to_owned),
-            output: self.output().map(str::to_owned),
+            printed: self.printed().map(str::to_owned),
         }
         .serialize(serializer)
     }
@@ -126,8 +126,8 @@ impl<'de> Deserialize<'de> for TaskError {
         if let Some(run) = w.task_run {
             e = e.in_run(run);
         }
-        if let Some(output) = w.output {
-            e = e.with_output(output);
+        if let Some(printed) = w.printed {
+            e = e.with_printed(printed);
         }
         Ok(e)
     }

@@ -57,7 +57,7 @@ struct Inner {
     kind: TaskErrorKind,
     message: String,
     task_run: Option<String>,
-    output: Option<String>,
+    printed: Option<String>,
     source: Option<Arc<dyn Any + Send + Sync>>,
 }
 
@@ -90,7 +90,7 @@ impl TaskError {
                 kind,
                 message: message.into(),
                 task_run: None,
-                output: None,
+                printed: None,
                 source: None,
             }),
         }
@@ -124,13 +124,13 @@ impl TaskError {
     }
 
     /// The same error with what the task printed before it failed.
-    pub fn with_output(self, output: impl Into<String>) -> TaskError {
+    pub fn with_printed(self, printed: impl Into<String>) -> TaskError {
         let mut inner = self.unwrap_inner();
-        let output = output.into();
-        inner.output = if output.is_empty() {
+        let printed = printed.into();
+        inner.printed = if printed.is_empty() {
             None
         } else {
-            Some(output)
+            Some(printed)
         };
         TaskError {
             inner: Arc::new(inner),
@@ -144,7 +144,7 @@ impl TaskError {
                 kind: shared.kind.clone(),
                 message: shared.message.clone(),
                 task_run: shared.task_run.clone(),
-                output: shared.output.clone(),
+                printed: shared.printed.clone(),
                 source: shared.source.clone(),
             },
         }
@@ -166,9 +166,9 @@ impl TaskError {
     }
 
     /// What the task printed before it failed, when it ran in another
-    /// process and its output was captured.
-    pub fn output(&self) -> Option<&str> {
-        self.inner.output.as_deref()
+    /// process and its printed text was captured.
+    pub fn printed(&self) -> Option<&str> {
+        self.inner.printed.as_deref()
     }
 
     /// The original `Err` value, if the task returned `Err(E)` in this process.
@@ -216,7 +216,7 @@ impl fmt::Debug for TaskError {
             .field("kind", &self.inner.kind)
             .field("task_run", &self.inner.task_run)
             .field("message", &self.inner.message)
-            .field("output", &self.inner.output)
+            .field("printed", &self.inner.printed)
             .finish()
     }
 }

@@ -887,7 +887,7 @@ fn own_failure(entry: &Entry, error: &TaskException) -> TaskError {
             format!("Dask could not run it: {other}: {}", error.message),
         ),
     };
-    failure.with_output(printed)
+    failure.with_printed(printed)
 }
 
 /// A task-mode process that ended without reporting.
@@ -973,7 +973,7 @@ mod tests {
         );
         assert_eq!(error.kind(), &TaskErrorKind::Error);
         assert_eq!(error.message(), "disk full");
-        assert_eq!(error.output(), Some("hi\n"));
+        assert_eq!(error.printed(), Some("hi\n"));
     }
 
     #[test]
