@@ -39,10 +39,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 pub use tally::{RunningRun, TaskProgress, TaskRunTally};
 
-/// The name [`TaskProgress`] had; flowrun-dask still uses it.
-#[doc(hidden)]
-pub use tally::TaskProgress as TaskCounts;
-
 use crate::observe::{ObserverRegistration, RunEvent, RunObserver};
 use crate::plumbing::lock;
 use crate::run::state::State;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flowrun_core::plumbing::lock;
-use flowrun_core::progress::{TaskCounts, TaskRunTally};
+use flowrun_core::progress::{TaskProgress, TaskRunTally};
 use flowrun_core::Resources;
 use serde_json::{json, Value};
 
@@ -197,7 +197,7 @@ fn resources_json(r: &Resources) -> Value {
     Value::Object(r.iter().map(|(k, v)| (k.to_owned(), json!(v))).collect())
 }
 
-pub(crate) fn progress_json(counts: &[TaskCounts]) -> Value {
+pub(crate) fn progress_json(counts: &[TaskProgress]) -> Value {
     Value::Array(
         counts
             .iter()
