@@ -126,7 +126,12 @@ pub(crate) fn submit_in<T: Task>(
         && flow.runner.runs_task_hooks();
     if let Some(hooks) = &r.hooks {
         if hooks_serialized {
-            TaskHooks::attach_serialized(hooks.clone(), &cell, r.policy.retries, flow.handles_retries);
+            TaskHooks::attach_serialized(
+                hooks.clone(),
+                &cell,
+                r.policy.retries,
+                flow.handles_retries,
+            );
         } else {
             TaskHooks::attach(hooks.clone(), &cell);
         }

@@ -129,7 +129,8 @@ fn begin<F: Flow>(config: &FlowConfig, args: &F::Args) -> Result<Started, Box<Fl
             .into_iter()
             .next()
             .is_some();
-    let parameters = (recorded || report_to.is_some()).then(|| parameters_json(&F::parameters(args)));
+    let parameters =
+        (recorded || report_to.is_some()).then(|| parameters_json(&F::parameters(args)));
     if let Some(sink) = &report_to {
         crate::flow::subflow::report_start(sink, &shared, parameters.clone(), tags.clone());
     }

@@ -572,7 +572,12 @@ fn start_reported(flow: &Arc<FlowShared>, run: &RunRef, report: &SubflowReport) 
     child
 }
 
-fn finish_reported(flow: &FlowShared, child: &Arc<FlowShared>, state: &State, counts: TaskRunCounts) {
+fn finish_reported(
+    flow: &FlowShared,
+    child: &Arc<FlowShared>,
+    state: &State,
+    counts: TaskRunCounts,
+) {
     let mut reported = lock(&flow.links.reported);
     let Some(at) = reported.iter().position(|c| Arc::ptr_eq(c, child)) else {
         return;
