@@ -472,10 +472,10 @@ pub use flowrun_core::concurrency;
 pub use flowrun_core::prints;
 pub use flowrun_core::{
     allow_failure, as_completed, as_completed_timeout, current_flow_run_id, current_flow_run_name,
-    current_task_run, current_task_run_name, get_run_logger, results, runtime, unmapped, wait,
-    wait_timeout, AllowFailure, AsCompleted, DoneAndNotDone, FlowError, FlowErrorKind, FlowOptions,
-    FlowRun, FlowRunInfo, HookResult, MapError, Resources, ResultFuture, RetryDelay, RetryPolicy,
-    RunId, RunLogger, RunRef, SerializingTaskRunner, State, StateKind, SubflowRun, Task, TaskError,
+    current_task_run, current_task_run_name, get_run_logger, results, unmapped, wait, wait_timeout,
+    AllowFailure, AsCompleted, DoneAndNotDone, FlowError, FlowErrorKind, FlowOptions, FlowRun,
+    FlowRunInfo, HookResult, MapError, Resources, ResultFuture, RetryDelay, RetryPolicy, RunId,
+    RunLogger, RunRef, SerializingTaskRunner, State, StateKind, SubflowRun, Task, TaskError,
     TaskErrorKind, TaskFuture, TaskOptions, TaskRunCounts, TaskRunFailure, ThreadPoolTaskRunner,
     Unmapped,
 };
@@ -495,14 +495,15 @@ pub mod runner {
     //! For authors of task runners (such as `flowrun::dask`): the
     //! [`TaskRunner`] trait, the [`TaskCall`]s it executes, serialized
     //! arguments and results, scopes that submit work outside a flow run,
-    //! run observers, and the [`plumbing`] runners share.
+    //! run observers, flowrun's own tokio [`runtime`], and the [`plumbing`]
+    //! runners share.
 
     pub use flowrun_core::plumbing;
     pub use flowrun_core::{
-        current_flow_handle, decode_value, encode_value, panic_message, set_blocking_hook,
-        with_task_run_name, AcceptsTask, ArgSlot, ArgsTuple, BlockingHook, Execution, FlowHandle,
-        FlowRunInfo, IntoInputs, LocalJob, RunnerError, Scope, SerializedArgs, SerializedJob,
-        SerializedReporter, SerializedTask, TaskCall, TaskMeta, TaskRunner, Work,
+        current_flow_handle, decode_value, encode_value, panic_message, runtime, set_blocking_hook,
+        AcceptsTask, ArgSlot, ArgsTuple, BlockingHook, Execution, FlowHandle, FlowRunInfo,
+        IntoInputs, LocalJob, RunnerError, Scope, SerializedArgs, SerializedJob, SerializedTask,
+        TaskCall, TaskMeta, TaskRunner, Work,
     };
     pub use flowrun_core::{names, observe};
 }

@@ -304,7 +304,7 @@ fn a_guard_that_waits_is_released_by_the_holder_and_a_dropped_wait_takes_nothing
 
     // An async wait dropped before it is granted takes no slot.
     let held = concurrency("handoff", 1).unwrap();
-    flowrun::runtime().block_on(async {
+    flowrun::runner::runtime().block_on(async {
         let wait = concurrency::concurrency_async("handoff", 1);
         let r = tokio::time::timeout(Duration::from_millis(50), wait).await;
         assert!(r.is_err(), "still waiting");
@@ -332,7 +332,7 @@ fn a_rate_limit_lets_calls_through_at_its_rate() {
         let allowed = 20.0 + 20.0 * t.as_secs_f64() + 1.0;
         assert!((i as f64) < allowed, "call {i} at {t:?}");
     }
-    flowrun::runtime().block_on(async {
+    flowrun::runner::runtime().block_on(async {
         concurrency::rate_limit_async("api-rate").await.unwrap();
     });
     // A rate limit is not a concurrency limit, and the other way round.

@@ -104,7 +104,7 @@ fn futures_can_be_awaited() {
         let b_ref = &b;
         a.await.unwrap() + b_ref.await.unwrap() + b.await.unwrap()
     }
-    let value = flowrun::runtime().block_on(f()).unwrap();
+    let value = flowrun::runner::runtime().block_on(f()).unwrap();
     assert_eq!(value, 16 + 25 + 25);
 }
 

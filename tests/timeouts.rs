@@ -146,7 +146,9 @@ fn an_async_flow_that_runs_too_long_is_stopped() {
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
     let started = Instant::now();
-    let error = flowrun::runtime().block_on(flow_under_test()).unwrap_err();
+    let error = flowrun::runner::runtime()
+        .block_on(flow_under_test())
+        .unwrap_err();
     assert_eq!(error.kind(), &FlowErrorKind::TimedOut);
     assert!(started.elapsed() < Duration::from_secs(2));
 }
@@ -157,7 +159,7 @@ common::serialized_runner!(
     Restarting,
     |call: flowrun::runner::TaskCall| {
         let flowrun::runner::Work::Serialized(job) = call.into_work() else {
-            panic!("a remote runner gets remote work");
+            panic!("a serializing runner gets serialized work");
         };
         std::thread::spawn(move || {
             job.started(Some("worker-0"));

@@ -50,7 +50,7 @@ pub use engine::direct::{call, call_async};
 pub use engine::driver::submit;
 pub use exec::context::{
     current_flow_handle, current_flow_run_id, current_flow_run_name, current_task_run,
-    current_task_run_name, with_task_run_name,
+    current_task_run_name,
 };
 pub use exec::pool::{set_blocking_hook, BlockingHook};
 pub use exec::runtime::runtime;
@@ -75,8 +75,7 @@ pub use run::task_hooks::TaskHookCall;
 pub use runner::serializing::SerializingTaskRunner;
 pub use runner::thread_pool::ThreadPoolTaskRunner;
 pub use runner::{
-    Execution, FlowRunInfo, LocalJob, RunnerError, SerializedJob, SerializedReporter, TaskCall,
-    TaskRunner, Work,
+    Execution, FlowRunInfo, LocalJob, RunnerError, SerializedJob, TaskCall, TaskRunner, Work,
 };
 pub use task::annotations::Annotations;
 pub use task::args::{decode_value, encode_value, ArgSlot, ArgsTuple, IntoInputs, SerializedArgs};

@@ -131,7 +131,7 @@ impl<F: Future> Future for WithContext<F> {
 /// Runs `f` as the task run named `run_name`, which executes here on
 /// behalf of another process (worker processes use it): logs written by
 /// `f` carry that name.
-pub fn with_task_run_name<R>(run_name: &str, f: impl FnOnce() -> R) -> R {
+pub(crate) fn with_task_run_name<R>(run_name: &str, f: impl FnOnce() -> R) -> R {
     let _in = enter_with_span(Context {
         flow: None,
         task_run: None,

@@ -422,18 +422,13 @@ impl SerializedJob {
     pub fn refuse(self, why: impl Into<String>) {
         self.finish(Err(TaskError::new(TaskErrorKind::Runner, why)))
     }
-
-    /// A handle that reports the outcome later, apart from the arguments.
-    pub fn into_reporter(self) -> SerializedReporter {
-        self.reporter
-    }
 }
 
-/// Reports the outcome of a [`SerializedJob`] whose arguments were sent away.
+/// Reports the outcome of a [`SerializedJob`]'s attempt.
 ///
-/// Dropped without a report (a runner lost it), it fails the attempt as
-/// `Crashed` so the flow run never waits for it.
-pub struct SerializedReporter {
+/// Dropped without a report (a runner lost the job), it fails the attempt
+/// as `Crashed` so the flow run never waits for it.
+pub(crate) struct SerializedReporter {
     attempt: u32,
     completion: Option<Arc<dyn SerializedCompletion>>,
 }
@@ -456,12 +451,12 @@ impl SerializedReporter {
     }
 
     /// Marks the run as running, at `location`.
-    pub fn started(&self, location: Option<&str>) {
+    pub(crate) fn started(&self, location: Option<&str>) {
         self.mark_started(location.map(Arc::from));
     }
 
     /// Reports the attempt's outcome.
-    pub fn finish(mut self, result: Result<Bytes, TaskError>) {
+    pub(crate) fn finish(mut self, result: Result<Bytes, TaskError>) {
         if let Some(c) = self.completion.take() {
             c.finished(self.attempt, result);
         }
@@ -469,7 +464,7 @@ impl SerializedReporter {
 
     /// Reports a completed attempt whose result is fetched when read (see
     /// [`SerializedJob::finish_deferred`]).
-    pub fn finish_deferred(
+    pub(crate) fn finish_deferred(
         mut self,
         fetch: impl Fn() -> Result<Bytes, TaskError> + Send + Sync + 'static,
     ) {
