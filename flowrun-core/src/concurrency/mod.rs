@@ -44,7 +44,7 @@
 //!
 //! # Design
 //!
-//! Every slot lives in the flow's process, in one table ([`registry`]
+//! Every slot lives in the flow's process, in one table (`registry`
 //! module): a run's slots are taken there by the engine before its attempt
 //! is handed to the runner, and released when the attempt ends however it
 //! ends (completed, failed, panicked, timed out, crashed, cancelled), so
