@@ -7,7 +7,7 @@ use flowrun_history::{FlowRunRow, LogRow, RunDetail, TaskCounts, TaskRunRow};
 
 /// The width of the terminal standard output is, when it is one (asked of
 /// the terminal, so it follows a resized window).
-pub fn terminal_width() -> Option<usize> {
+pub(crate) fn terminal_width() -> Option<usize> {
     terminal_size::terminal_size_of(std::io::stdout())
         .map(|(w, _)| usize::from(w.0))
         .filter(|w| *w > 0)
@@ -15,7 +15,7 @@ pub fn terminal_width() -> Option<usize> {
 
 /// The width tables are laid out in: the terminal's when standard output
 /// is one, else `COLUMNS` (for scripts that want a given width), else 120.
-pub fn width() -> usize {
+pub(crate) fn width() -> usize {
     terminal_width()
         .or_else(|| {
             std::env::var("COLUMNS")
@@ -27,7 +27,7 @@ pub fn width() -> usize {
 }
 
 /// A local time such as `2026-11-30 10:45`.
-pub fn time(ms: i64) -> String {
+pub(crate) fn time(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| {
             t.with_timezone(&chrono::Local)
@@ -38,7 +38,7 @@ pub fn time(ms: i64) -> String {
 }
 
 /// A duration such as `350ms`, `12.3s`, `4m05s`, `2h03m`.
-pub fn duration(ms: Option<i64>) -> String {
+pub(crate) fn duration(ms: Option<i64>) -> String {
     let Some(ms) = ms else {
         return "-".into();
     };
@@ -51,7 +51,7 @@ pub fn duration(ms: Option<i64>) -> String {
 }
 
 /// `10: 8 completed, 2 failed`, naming only the states that occur.
-pub fn counts(c: &TaskCounts) -> String {
+pub(crate) fn counts(c: &TaskCounts) -> String {
     let parts: Vec<String> = [
         (c.completed, "completed"),
         (c.failed, "failed"),
@@ -76,7 +76,7 @@ pub fn counts(c: &TaskCounts) -> String {
 /// The short form of an id: its last 12 digits, which are random (its
 /// first ones are the start time, shared by runs started together).
 /// `flowrun show` takes it, or any unique prefix of the id.
-pub fn short_id(id: &str) -> &str {
+pub(crate) fn short_id(id: &str) -> &str {
     id.get(id.len().saturating_sub(12)..).unwrap_or(id)
 }
 
@@ -166,7 +166,7 @@ fn run_table(runs: &[FlowRunRow], width: usize) -> String {
 }
 
 /// `flowrun runs`.
-pub fn runs(runs: &[FlowRunRow], width: usize) -> String {
+pub(crate) fn runs(runs: &[FlowRunRow], width: usize) -> String {
     if runs.is_empty() {
         return "No flow runs recorded (that match).\n".into();
     }
@@ -190,7 +190,7 @@ fn task_rows(tasks: &[TaskRunRow]) -> Vec<Vec<String>> {
 }
 
 /// `flowrun show RUN`.
-pub fn show(d: &RunDetail, width: usize) -> String {
+pub(crate) fn show(d: &RunDetail, width: usize) -> String {
     let r = &d.run;
     let mut out = String::new();
     let _ = writeln!(out, "Flow run  {} (flow {})", r.name, r.flow);
@@ -273,7 +273,7 @@ pub fn show(d: &RunDetail, width: usize) -> String {
 /// `flowrun logs RUN`, in the console's format. With a `width` (standard
 /// output is a terminal), a line longer than that wraps, its text going on
 /// under where it began; without one (piped, for scripts) no line is cut.
-pub fn logs(lines: &[LogRow], width: Option<usize>) -> String {
+pub(crate) fn logs(lines: &[LogRow], width: Option<usize>) -> String {
     let mut out = String::new();
     for l in lines {
         let when = chrono::DateTime::from_timestamp_millis(l.time_ms)

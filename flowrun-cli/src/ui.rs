@@ -41,7 +41,7 @@ const STREAM_LIMIT: usize = 2_000;
 type Shared = Arc<Mutex<Store>>;
 
 /// Serves the history of `home` on `addr` until the process is stopped.
-pub fn serve(home: PathBuf, addr: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) fn serve(home: PathBuf, addr: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
     let store = Arc::new(Mutex::new(Store::open(&home)?));
     let app = Router::new()
         .route("/", get(list))

@@ -235,6 +235,7 @@ pub struct Cleared {
 }
 
 /// A home's history, open for reading (and pruning).
+#[derive(Debug)]
 pub struct Store {
     conn: Connection,
     home: PathBuf,
