@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use flowrun_history::{FlowRunRow, LogRow, RunDetail, TaskCounts, TaskRunRow};
+use flowrun_history::{FlowRunRow, LogRow, RunDetail, TaskRunRow, TaskRunsByState};
 
 /// The width of the terminal standard output is, when it is one (asked of
 /// the terminal, so it follows a resized window).
@@ -51,16 +51,13 @@ pub(crate) fn duration(ms: Option<i64>) -> String {
 }
 
 /// `10: 8 completed, 2 failed`, naming only the states that occur.
-pub(crate) fn counts(c: &TaskCounts) -> String {
+pub(crate) fn counts(c: &TaskRunsByState) -> String {
     let parts: Vec<String> = [
         (c.completed, "completed"),
         (c.failed, "failed"),
         (c.crashed, "crashed"),
         (c.cancelled, "cancelled"),
-        (
-            c.total - c.completed - c.failed - c.crashed - c.cancelled,
-            "unfinished",
-        ),
+        (c.unfinished(), "unfinished"),
     ]
     .iter()
     .filter(|(n, _)| *n > 0)
@@ -237,7 +234,7 @@ pub(crate) fn show(d: &RunDetail, width: usize) -> String {
             &task_rows(&d.task_runs),
             width,
         ));
-        if (d.task_runs.len() as i64) < r.tasks.total {
+        if (d.task_runs.len() as u64) < r.tasks.total {
             let _ = writeln!(
                 out,
                 "(the first {} of {} task runs; --limit N shows more, --json all fields)",
@@ -316,5 +313,31 @@ fn wrapped(out: &mut String, line: &str, width: usize, indent: usize) {
     for piece in textwrap::wrap(line, options) {
         out.push_str(&piece);
         out.push('\n');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runs(total: u64, completed: u64, failed: u64) -> TaskRunsByState {
+        TaskRunsByState {
+            total,
+            completed,
+            failed,
+            ..TaskRunsByState::default()
+        }
+    }
+
+    #[test]
+    fn counts_name_the_states_that_occur_and_the_unfinished_rest() {
+        assert_eq!(counts(&runs(0, 0, 0)), "0");
+        assert_eq!(counts(&runs(10, 8, 2)), "10: 8 completed, 2 failed");
+        assert_eq!(counts(&runs(12, 8, 0)), "12: 8 completed, 4 unfinished");
+    }
+
+    #[test]
+    fn a_damaged_record_with_more_final_runs_than_runs_shows_no_unfinished() {
+        assert_eq!(counts(&runs(3, 4, 1)), "3: 4 completed, 1 failed");
     }
 }

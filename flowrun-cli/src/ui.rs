@@ -283,7 +283,7 @@ async fn run_page(
         body,
         "<section class=\"card wide\"><h2>Task stream <small>one bar per task run{}</small></h2>\
          <div id=\"task-stream\" class=\"chart\">{}</div></section>",
-        if (stream.len() as i64) < run.tasks.total {
+        if (stream.len() as u64) < run.tasks.total {
             format!(", the first {} of {}", stream.len(), run.tasks.total)
         } else {
             String::new()

@@ -39,7 +39,7 @@ mod writer;
 
 pub use query::{
     Cleared, FlowRunRow, LogQuery, LogRow, Pruned, RunDetail, RunsQuery, StateRow, Store,
-    TaskCounts, TaskRunRow, TaskSummary,
+    TaskRunRow, TaskRunsByState, TaskSummary,
 };
 pub use schema::{database_path, DATABASE_FILE, SCHEMA_VERSION};
 
