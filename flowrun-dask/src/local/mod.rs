@@ -126,7 +126,7 @@ impl LocalCluster {
 
         let config = worker::WorkerConfig {
             address: address.clone(),
-            secret: worker::hex(&secret),
+            secret: flowrun_core::plumbing::hex(&secret),
             worker: 0,
             name: String::new(),
             nthreads,
