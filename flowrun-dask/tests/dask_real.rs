@@ -849,13 +849,12 @@ fn logs_twice(n: u32) -> u32 {
     n
 }
 
-#[flow(task_runner = DaskTaskRunner::new())]
-fn logged() -> u32 {
-    logs_twice.submit(7).result().unwrap()
-}
-
 #[test]
 fn task_logs_reach_the_flow_at_their_level_attributed_to_the_task_run() {
+    #[flow(task_runner = DaskTaskRunner::new())]
+    fn logged() -> u32 {
+        logs_twice.submit(7).result().unwrap()
+    }
     let _t = begin("task_logs_reach_the_flow_at_their_level_attributed_to_the_task_run");
     let cluster = Cluster::start(&[WorkerSpec::threads(1)]);
     assert_eq!(
