@@ -421,7 +421,7 @@ fn main() {
     let store = flowrun::history::Store::open(home.path()).expect("the history");
     let recorded = store.runs(&Default::default()).expect("the runs");
     assert!(
-        recorded.iter().all(|r| r.tasks.completed == n as i64),
+        recorded.iter().all(|r| r.tasks.completed == n),
         "every recorded run has all its task runs"
     );
 }

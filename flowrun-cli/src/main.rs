@@ -12,6 +12,8 @@
 //! Every command takes `--home DIR` (default `FLOWRUN_HOME`, else
 //! `~/.flowrun`) and `--json` (one JSON document on stdout, for scripts).
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

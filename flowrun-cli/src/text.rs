@@ -3,11 +3,11 @@
 
 use std::fmt::Write as _;
 
-use flowrun_history::{FlowRunRow, LogRow, RunDetail, TaskCounts, TaskRunRow};
+use flowrun_history::{FlowRunRow, LogRow, RunDetail, TaskRunRow, TaskRunsByState};
 
 /// The width of the terminal standard output is, when it is one (asked of
 /// the terminal, so it follows a resized window).
-pub fn terminal_width() -> Option<usize> {
+pub(crate) fn terminal_width() -> Option<usize> {
     terminal_size::terminal_size_of(std::io::stdout())
         .map(|(w, _)| usize::from(w.0))
         .filter(|w| *w > 0)
@@ -15,7 +15,7 @@ pub fn terminal_width() -> Option<usize> {
 
 /// The width tables are laid out in: the terminal's when standard output
 /// is one, else `COLUMNS` (for scripts that want a given width), else 120.
-pub fn width() -> usize {
+pub(crate) fn width() -> usize {
     terminal_width()
         .or_else(|| {
             std::env::var("COLUMNS")
@@ -27,7 +27,7 @@ pub fn width() -> usize {
 }
 
 /// A local time such as `2026-11-30 10:45`.
-pub fn time(ms: i64) -> String {
+pub(crate) fn time(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| {
             t.with_timezone(&chrono::Local)
@@ -38,7 +38,7 @@ pub fn time(ms: i64) -> String {
 }
 
 /// A duration such as `350ms`, `12.3s`, `4m05s`, `2h03m`.
-pub fn duration(ms: Option<i64>) -> String {
+pub(crate) fn duration(ms: Option<i64>) -> String {
     let Some(ms) = ms else {
         return "-".into();
     };
@@ -51,16 +51,13 @@ pub fn duration(ms: Option<i64>) -> String {
 }
 
 /// `10: 8 completed, 2 failed`, naming only the states that occur.
-pub fn counts(c: &TaskCounts) -> String {
+pub(crate) fn counts(c: &TaskRunsByState) -> String {
     let parts: Vec<String> = [
         (c.completed, "completed"),
         (c.failed, "failed"),
         (c.crashed, "crashed"),
         (c.cancelled, "cancelled"),
-        (
-            c.total - c.completed - c.failed - c.crashed - c.cancelled,
-            "unfinished",
-        ),
+        (c.unfinished(), "unfinished"),
     ]
     .iter()
     .filter(|(n, _)| *n > 0)
@@ -76,7 +73,7 @@ pub fn counts(c: &TaskCounts) -> String {
 /// The short form of an id: its last 12 digits, which are random (its
 /// first ones are the start time, shared by runs started together).
 /// `flowrun show` takes it, or any unique prefix of the id.
-pub fn short_id(id: &str) -> &str {
+pub(crate) fn short_id(id: &str) -> &str {
     id.get(id.len().saturating_sub(12)..).unwrap_or(id)
 }
 
@@ -166,7 +163,7 @@ fn run_table(runs: &[FlowRunRow], width: usize) -> String {
 }
 
 /// `flowrun runs`.
-pub fn runs(runs: &[FlowRunRow], width: usize) -> String {
+pub(crate) fn runs(runs: &[FlowRunRow], width: usize) -> String {
     if runs.is_empty() {
         return "No flow runs recorded (that match).\n".into();
     }
@@ -190,7 +187,7 @@ fn task_rows(tasks: &[TaskRunRow]) -> Vec<Vec<String>> {
 }
 
 /// `flowrun show RUN`.
-pub fn show(d: &RunDetail, width: usize) -> String {
+pub(crate) fn show(d: &RunDetail, width: usize) -> String {
     let r = &d.run;
     let mut out = String::new();
     let _ = writeln!(out, "Flow run  {} (flow {})", r.name, r.flow);
@@ -237,7 +234,7 @@ pub fn show(d: &RunDetail, width: usize) -> String {
             &task_rows(&d.task_runs),
             width,
         ));
-        if (d.task_runs.len() as i64) < r.tasks.total {
+        if (d.task_runs.len() as u64) < r.tasks.total {
             let _ = writeln!(
                 out,
                 "(the first {} of {} task runs; --limit N shows more, --json all fields)",
@@ -273,7 +270,7 @@ pub fn show(d: &RunDetail, width: usize) -> String {
 /// `flowrun logs RUN`, in the console's format. With a `width` (standard
 /// output is a terminal), a line longer than that wraps, its text going on
 /// under where it began; without one (piped, for scripts) no line is cut.
-pub fn logs(lines: &[LogRow], width: Option<usize>) -> String {
+pub(crate) fn logs(lines: &[LogRow], width: Option<usize>) -> String {
     let mut out = String::new();
     for l in lines {
         let when = chrono::DateTime::from_timestamp_millis(l.time_ms)
@@ -316,5 +313,31 @@ fn wrapped(out: &mut String, line: &str, width: usize, indent: usize) {
     for piece in textwrap::wrap(line, options) {
         out.push_str(&piece);
         out.push('\n');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runs(total: u64, completed: u64, failed: u64) -> TaskRunsByState {
+        TaskRunsByState {
+            total,
+            completed,
+            failed,
+            ..TaskRunsByState::default()
+        }
+    }
+
+    #[test]
+    fn counts_name_the_states_that_occur_and_the_unfinished_rest() {
+        assert_eq!(counts(&runs(0, 0, 0)), "0");
+        assert_eq!(counts(&runs(10, 8, 2)), "10: 8 completed, 2 failed");
+        assert_eq!(counts(&runs(12, 8, 0)), "12: 8 completed, 4 unfinished");
+    }
+
+    #[test]
+    fn a_damaged_record_with_more_final_runs_than_runs_shows_no_unfinished() {
+        assert_eq!(counts(&runs(3, 4, 1)), "3: 4 completed, 1 failed");
     }
 }

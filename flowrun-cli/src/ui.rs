@@ -41,7 +41,7 @@ const STREAM_LIMIT: usize = 2_000;
 type Shared = Arc<Mutex<Store>>;
 
 /// Serves the history of `home` on `addr` until the process is stopped.
-pub fn serve(home: PathBuf, addr: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) fn serve(home: PathBuf, addr: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
     let store = Arc::new(Mutex::new(Store::open(&home)?));
     let app = Router::new()
         .route("/", get(list))
@@ -283,7 +283,7 @@ async fn run_page(
         body,
         "<section class=\"card wide\"><h2>Task stream <small>one bar per task run{}</small></h2>\
          <div id=\"task-stream\" class=\"chart\">{}</div></section>",
-        if (stream.len() as i64) < run.tasks.total {
+        if (stream.len() as u64) < run.tasks.total {
             format!(", the first {} of {}", stream.len(), run.tasks.total)
         } else {
             String::new()

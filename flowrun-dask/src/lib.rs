@@ -42,6 +42,7 @@ mod cluster;
 mod dashboard;
 mod distributed;
 mod local;
+mod log_shipping;
 pub mod protocol;
 mod runner;
 mod settings;

@@ -52,6 +52,7 @@ use crate::settings::{AdaptKwargs, ClientKwargs, ClusterKwargs, SettingsError};
 ///     println!("{:?}", squares().unwrap());
 /// }
 /// ```
+#[must_use]
 pub struct DaskTaskRunner {
     address: Option<String>,
     cluster_class: Option<ClusterClass>,

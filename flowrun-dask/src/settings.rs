@@ -156,6 +156,7 @@ pub fn parse_resources(spec: &str) -> Result<Resources, String> {
 /// let kwargs = ClusterKwargs::new().n_workers(4).threads_per_worker(2);
 /// assert_eq!(kwargs.shape().unwrap(), (4, 2));
 /// ```
+#[must_use]
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClusterKwargs {
     pub(crate) n_workers: Option<i64>,
@@ -396,12 +397,13 @@ pub fn default_shape(cores: usize) -> (usize, usize) {
 /// assert!(adapt.validate().is_ok());
 /// assert!(AdaptKwargs::new().minimum(5).maximum(2).validate().is_err());
 /// ```
+#[must_use]
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdaptKwargs {
-    pub(crate) minimum: i64,
-    pub(crate) maximum: Option<i64>,
+    pub(crate) minimum: u32,
+    pub(crate) maximum: Option<u32>,
     pub(crate) interval: Duration,
-    pub(crate) wait_count: i64,
+    pub(crate) wait_count: u32,
     pub(crate) target_duration: Duration,
 }
 
@@ -426,35 +428,24 @@ impl AdaptKwargs {
 
     flowrun_core::__setters! {
         /// Never fewer workers than this.
-        pub fn minimum(n: i64) => minimum = n;
+        pub fn minimum(n: u32) => minimum = n;
 
         /// Never more workers than this (`None`: no bound).
-        pub fn maximum(n: impl Into<Option<i64>>) => maximum = n.into();
+        pub fn maximum(n: impl Into<Option<u32>>) => maximum = n.into();
 
         /// How often the cluster checks whether to scale.
         pub fn interval(interval: Duration) => interval = interval;
 
         /// How many checks in a row a worker must be idle before it is removed.
-        pub fn wait_count(n: i64) => wait_count = n;
+        pub fn wait_count(n: u32) => wait_count = n;
 
         /// How long the queued work may take on the current workers before the
         /// cluster adds workers.
         pub fn target_duration(d: Duration) => target_duration = d;
     }
 
-    /// The minimum number of workers.
-    pub fn get_minimum(&self) -> usize {
-        self.minimum.max(0) as usize
-    }
-
-    /// The maximum number of workers, if bounded.
-    pub fn get_maximum(&self) -> Option<usize> {
-        self.maximum.map(|m| m.max(0) as usize)
-    }
-
     /// Checks the bounds and durations.
     pub fn validate(&self) -> Result<(), SettingsError> {
-        at_least("adapt_kwargs.minimum", self.minimum, 0)?;
         if let Some(max) = self.maximum {
             at_least("adapt_kwargs.maximum", max, 1)?;
             if max < self.minimum {
@@ -471,6 +462,7 @@ impl AdaptKwargs {
 }
 
 /// Settings of the runner's connection to its cluster.
+#[must_use]
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClientKwargs {
     pub(crate) timeout: Duration,
@@ -513,7 +505,8 @@ impl ClientKwargs {
 }
 
 /// `value`, the number the setting `setting` holds, if it is at least `min`.
-fn at_least(setting: &str, value: i64, min: i64) -> Result<i64, SettingsError> {
+fn at_least(setting: &str, value: impl Into<i64>, min: i64) -> Result<i64, SettingsError> {
+    let value = value.into();
     if value < min {
         return Err(SettingsError::new(
             setting,

@@ -15,7 +15,7 @@ fn nap(i: u32, millis: u64) -> u32 {
     i
 }
 
-fn adaptive(min: i64, max: i64) -> DaskTaskRunner {
+fn adaptive(min: u32, max: u32) -> DaskTaskRunner {
     DaskTaskRunner::new().adapt_kwargs(
         AdaptKwargs::new()
             .minimum(min)

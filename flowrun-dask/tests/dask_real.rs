@@ -838,6 +838,39 @@ fn dask_retries_a_flaky_task_until_it_succeeds() {
 }
 
 // ---------------------------------------------------------------------------
+// Logs: what a task logs in its task process reaches the flow's console at
+// its level, attributed to the task run, filtered as on the console.
+
+#[task]
+fn logs_twice(n: u32) -> u32 {
+    flowrun::get_run_logger().info(format!("logger line {n}"));
+    tracing::warn!(rows = n, "tracing line");
+    tracing::debug!("debug line {n} stays below the default level");
+    n
+}
+
+#[test]
+fn task_logs_reach_the_flow_at_their_level_attributed_to_the_task_run() {
+    #[flow(task_runner = DaskTaskRunner::new())]
+    fn logged() -> u32 {
+        logs_twice.submit(7).result().unwrap()
+    }
+    let _t = begin("task_logs_reach_the_flow_at_their_level_attributed_to_the_task_run");
+    let cluster = Cluster::start(&[WorkerSpec::threads(1)]);
+    assert_eq!(
+        cluster.or_logs(logged.with_runner(runner(&cluster)).call()),
+        7
+    );
+    assert!(console_has(
+        "| INFO    | Task run 'logs_twice-0' - logger line 7"
+    ));
+    assert!(console_has(
+        "| WARNING | Task run 'logs_twice-0' - tracing line rows=7"
+    ));
+    assert!(!console_has("debug line 7"));
+}
+
+// ---------------------------------------------------------------------------
 // Task processes: long-lived per worker (one call per task), or one per
 // attempt with isolate_tasks; one that dies is a crash, Dask retries, and a
 // new process takes over.

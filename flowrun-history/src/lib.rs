@@ -39,7 +39,7 @@ mod writer;
 
 pub use query::{
     Cleared, FlowRunRow, LogQuery, LogRow, Pruned, RunDetail, RunsQuery, StateRow, Store,
-    TaskCounts, TaskRunRow, TaskSummary,
+    TaskRunRow, TaskRunsByState, TaskSummary,
 };
 pub use schema::{database_path, DATABASE_FILE, SCHEMA_VERSION};
 
@@ -141,6 +141,8 @@ pub fn flush(home: &Path) {
 /// Flow runs started on this thread (and their subflows) record into a
 /// given home, and keep the results of tasks that name no
 /// `result_storage` under its `storage/`, until the guard is dropped.
+#[derive(Debug)]
+#[must_use = "the home applies only while the guard lives; `let _home = use_home(dir);`"]
 pub struct HomeGuard {
     previous: Option<PathBuf>,
 }
@@ -164,6 +166,8 @@ impl Drop for HomeGuard {
 /// (and their subflows) record into it, and keep the results of tasks that
 /// name no `result_storage` under its `storage/`, until it is dropped,
 /// which deletes it.
+#[derive(Debug)]
+#[must_use = "dropping the temporary home deletes it at once; `let home = temp_home();`"]
 pub struct TempHome {
     // Dropped first: the thread stops using the folder before it goes.
     _guard: HomeGuard,

@@ -12,19 +12,34 @@ use serde::Serialize;
 
 use crate::HistoryError;
 
-/// Task runs of a flow run, by final state.
+/// The recorded task runs of a flow run (or of one task in it), by final
+/// state. Unlike `flowrun::TaskRunCounts`, which counts only final runs of a
+/// finished flow, `total` also counts runs that have not finished (yet),
+/// as a record read mid-run or left by a crash holds them.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct TaskCounts {
-    /// Every task run.
-    pub total: i64,
+pub struct TaskRunsByState {
+    /// Every task run, finished or not.
+    pub total: u64,
     /// Completed.
-    pub completed: i64,
+    pub completed: u64,
     /// Failed.
-    pub failed: i64,
+    pub failed: u64,
     /// Crashed.
-    pub crashed: i64,
+    pub crashed: u64,
     /// Cancelled.
-    pub cancelled: i64,
+    pub cancelled: u64,
+}
+
+impl TaskRunsByState {
+    /// The task runs not in a final state: `total` less the four final
+    /// counts (0 if a damaged record makes them exceed it).
+    pub fn unfinished(&self) -> u64 {
+        self.total
+            .saturating_sub(self.completed)
+            .saturating_sub(self.failed)
+            .saturating_sub(self.crashed)
+            .saturating_sub(self.cancelled)
+    }
 }
 
 /// One flow run.
@@ -63,7 +78,7 @@ pub struct FlowRunRow {
     /// The process that ran it.
     pub pid: Option<i64>,
     /// Its task runs by state.
-    pub tasks: TaskCounts,
+    pub tasks: TaskRunsByState,
 }
 
 impl FlowRunRow {
@@ -147,7 +162,7 @@ pub struct TaskSummary {
     /// The task's name.
     pub task: String,
     /// Its runs by state.
-    pub counts: TaskCounts,
+    pub counts: TaskRunsByState,
     /// Mean duration of its finished runs, in milliseconds.
     pub mean_ms: Option<f64>,
 }
@@ -235,6 +250,7 @@ pub struct Cleared {
 }
 
 /// A home's history, open for reading (and pruning).
+#[derive(Debug)]
 pub struct Store {
     conn: Connection,
     home: PathBuf,
@@ -274,7 +290,7 @@ fn flow_row(r: &Row<'_>) -> rusqlite::Result<FlowRunRow> {
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default(),
         pid: r.get(13)?,
-        tasks: TaskCounts {
+        tasks: TaskRunsByState {
             total: r.get(14)?,
             completed: r.get(15)?,
             failed: r.get(16)?,
@@ -484,7 +500,7 @@ impl Store {
             |r| {
                 Ok(TaskSummary {
                     task: r.get(0)?,
-                    counts: TaskCounts {
+                    counts: TaskRunsByState {
                         total: r.get(1)?,
                         completed: r.get(2)?,
                         failed: r.get(3)?,

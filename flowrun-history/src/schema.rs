@@ -114,7 +114,7 @@ pub fn database_path(home: &Path) -> PathBuf {
 
 /// Opens (creating when missing) the database in `home`, migrated to
 /// [`SCHEMA_VERSION`].
-pub fn open(home: &Path) -> Result<Connection, HistoryError> {
+pub(crate) fn open(home: &Path) -> Result<Connection, HistoryError> {
     let path = database_path(home);
     let db_err = |source: rusqlite::Error| HistoryError::Database {
         path: path.clone(),

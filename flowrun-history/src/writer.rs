@@ -509,7 +509,7 @@ pub(crate) struct Writer {
 impl Writer {
     /// Opens the database of `home` here (so a failure is known at once)
     /// and starts the thread that writes it.
-    pub fn start(home: &Path) -> Result<Writer, HistoryError> {
+    pub(crate) fn start(home: &Path) -> Result<Writer, HistoryError> {
         let conn = crate::schema::open(home)?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let (wake, wake_rx) = crossbeam_channel::bounded(1);

@@ -84,7 +84,7 @@ use std::task::{Context, Poll, Waker};
 use registry::{registry, Admission, Permit, Ticket};
 
 use crate::flow::scope::FlowHandle;
-use crate::plumbing::lock;
+use crate::plumbing::{lock, wait};
 
 /// The name of the Pending-type state of a run waiting for a slot of a
 /// concurrency limit (as in Prefect).
@@ -464,7 +464,7 @@ fn acquire_blocking(
                 if let Some(p) = slot.take() {
                     break p;
                 }
-                slot = cell.1.wait(slot).unwrap_or_else(|e| e.into_inner());
+                slot = wait(&cell.1, slot);
             }
         }),
     };

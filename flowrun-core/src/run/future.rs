@@ -221,6 +221,7 @@ pub fn wait<'a, T: Send + 'static>(futures: impl IntoIterator<Item = &'a TaskFut
 /// The futures [`wait_timeout`] found final, and those still running when
 /// its timeout passed (Prefect's `DoneAndNotDone`).
 #[derive(Debug)]
+#[must_use]
 pub struct DoneAndNotDone<T: Send + 'static> {
     /// The futures whose runs are final, in the order given.
     pub done: Vec<TaskFuture<T>>,

@@ -42,6 +42,7 @@ impl ThreadPoolTaskRunner {
     /// serves to `slots` running at once (see [`crate::concurrency`]). A
     /// limit the flow sets for the same tag wins; a limit of 0 makes the
     /// flow run fail to start.
+    #[must_use]
     pub fn with_tag_limit(mut self, tag: impl Into<String>, slots: u32) -> Self {
         self.tag_limits.push((tag.into(), slots));
         self

@@ -24,9 +24,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use flowrun_core::plumbing::{level_code, lock, EventFields};
+use flowrun_core::plumbing::{lock, EventFields};
 use flowrun_core::registry::{ArgValue, Held};
-use tracing::level_filters::LevelFilter;
 
 use super::format::{
     self, reply, Failure, TaskHeader, FAILED_EXIT, INPUT_VERSION, SERVE_ENV, TASK_ENV,
@@ -199,7 +198,7 @@ fn task_main() -> ! {
         None => report.try_clone().ok(),
     };
     if let Some(sink) = sink {
-        install_log_forwarding(Arc::new(Mutex::new(sink)));
+        install_log_shipping(Arc::new(Mutex::new(sink)));
     }
     install_panic_hook();
     collect_subflows();
@@ -289,7 +288,7 @@ fn serve() -> ! {
         None => dup(2).ok(),
     };
     if let Some(sink) = sink {
-        install_log_forwarding(Arc::new(Mutex::new(sink)));
+        install_log_shipping(Arc::new(Mutex::new(sink)));
     }
     install_panic_hook();
     collect_subflows();
@@ -1093,43 +1092,13 @@ fn tag_lines(text: &[u8], stdout: bool, out: &mut Vec<u8>) {
     }
 }
 
-/// Sends this process's `tracing` events (the task's run logger) to the
-/// flow as tagged log lines, filtered by `FLOWRUN_LOG` as on the console.
-fn install_log_forwarding(sink: Sink) {
-    use tracing_subscriber::prelude::*;
-    let directives =
-        std::env::var(flowrun_core::logging::LOG_ENV).unwrap_or_else(|_| "info".into());
-    // A plain level needs no span registry: a small subscriber will do,
-    // and task mode starts faster without one.
-    if let Ok(level) = directives.trim().parse::<LevelFilter>() {
-        if level != LevelFilter::OFF {
-            let _ = tracing::subscriber::set_global_default(Forward { sink, level });
-        }
-        return;
-    }
-    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // The filter filters the whole subscriber, not one layer: a per-layer
-    // filter's verdict can go stale (see flowrun_core::logging).
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(Forward {
-            sink,
-            level: LevelFilter::TRACE,
-        })
-        .try_init();
-}
-
-struct Forward {
-    sink: Sink,
-    level: LevelFilter,
-}
-
-impl Forward {
-    fn write(&self, event: &tracing::Event<'_>) {
-        let fields = EventFields::of(event);
+/// Ships this process's `tracing` events (the task's run logger) to the
+/// flow as tagged log lines, filtered by `FLOWRUN_LOG` as on the console
+/// (see [`crate::log_shipping`]).
+fn install_log_shipping(sink: Sink) {
+    use tracing_subscriber::util::SubscriberInitExt;
+    let shipping = crate::log_shipping::log_shipping(move |level, fields: EventFields| {
         let text = fields.message + &fields.rest;
-        let level = level_code(*event.metadata().level());
         let mut bytes = Vec::new();
         for text in text.lines() {
             let line = match &fields.run {
@@ -1142,35 +1111,11 @@ impl Forward {
             };
             bytes.extend(output::encode(&line));
         }
-        let mut sink = lock(&self.sink);
-        let _ = sink.write_all(&bytes);
+        let _ = lock(&sink).write_all(&bytes);
+    });
+    if let Some(dispatch) = shipping {
+        let _ = dispatch.try_init();
     }
-}
-
-impl tracing::Subscriber for Forward {
-    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
-        self.level >= *metadata.level()
-    }
-
-    fn max_level_hint(&self) -> Option<LevelFilter> {
-        Some(self.level)
-    }
-
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-
-    fn event(&self, event: &tracing::Event<'_>) {
-        self.write(event);
-    }
-
-    fn enter(&self, _: &tracing::span::Id) {}
-
-    fn exit(&self, _: &tracing::span::Id) {}
 }
 
 /// The label of the task run this process runs now (`Task run 'name'`).
@@ -1179,16 +1124,6 @@ fn current_run() -> Option<String> {
 }
 
 static CURRENT_RUN: Mutex<Option<String>> = Mutex::new(None);
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Forward {
-    fn on_event(
-        &self,
-        event: &tracing::Event<'_>,
-        _ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        self.write(event);
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -87,7 +87,7 @@ impl LocalCluster {
         let (mut n_workers, nthreads) = kwargs.shape()?;
         if let (Some(a), None) = (adapt, kwargs.n_workers) {
             // An adaptive cluster starts at its minimum unless told otherwise.
-            n_workers = a.get_minimum();
+            n_workers = a.minimum as usize;
         }
         let resources = kwargs.worker_resources()?;
         let memory_limit = kwargs.memory_limit_bytes(n_workers)?;
@@ -126,7 +126,7 @@ impl LocalCluster {
 
         let config = worker::WorkerConfig {
             address: address.clone(),
-            secret: worker::hex(&secret),
+            secret: flowrun_core::plumbing::hex(&secret),
             worker: 0,
             name: String::new(),
             nthreads,
@@ -150,10 +150,10 @@ impl LocalCluster {
             startup_timeout: client.startup_timeout,
             memory_limit,
             adapt: adapt.map(|a| scheduler::Adapt {
-                minimum: a.get_minimum(),
-                maximum: a.get_maximum(),
+                minimum: a.minimum as usize,
+                maximum: a.maximum.map(|m| m as usize),
                 interval: a.interval,
-                wait_count: a.wait_count.max(1) as u32,
+                wait_count: a.wait_count,
                 target_duration: a.target_duration,
             }),
         };

@@ -12,7 +12,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use flowrun_core::plumbing::{lock, wait};
+use flowrun_core::plumbing::{lock, wait, EventFields};
 use serde::{Deserialize, Serialize};
 
 use super::output::Capture;
@@ -41,10 +41,6 @@ pub(crate) struct WorkerConfig {
     pub store_dir: std::path::PathBuf,
     /// How many bytes of stored results the worker keeps as values.
     pub keep_bytes: u64,
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn unhex(s: &str) -> Option<[u8; 32]> {
@@ -173,7 +169,7 @@ struct Executors {
     queue: Queue,
     out: Sender<Outgoing>,
     capture: Option<Capture>,
-    /// Forwards task logs to the flow; each executor thread uses it as its
+    /// Ships task logs to the flow; each executor thread uses it as its
     /// default, so a subscriber the program installed before its flow call
     /// does not swallow them.
     logs: Option<tracing::Dispatch>,
@@ -473,7 +469,7 @@ fn shorten(line: &mut String, size: usize) {
 
 /// Joins the cluster at `config.address` and runs tasks until told to stop
 /// or the scheduler goes away. `process` is false for worker threads of
-/// the flow's own process, which neither capture output nor forward logs.
+/// the flow's own process, which neither capture output nor ship logs.
 pub(crate) fn serve(
     config: WorkerConfig,
     process: bool,
@@ -508,7 +504,7 @@ pub(crate) fn serve(
         super::slots::install(out_tx.clone());
     }
     let logs = if process {
-        log_forwarding(out_tx.clone())
+        ship_logs(out_tx.clone())
     } else {
         None
     };
@@ -587,69 +583,12 @@ pub(crate) fn serve(
     outcome
 }
 
-/// A subscriber that sends `tracing` events to the flow, with the run name.
-fn log_forwarding(out: Sender<Outgoing>) -> Option<tracing::Dispatch> {
-    use tracing_subscriber::prelude::*;
-    let directives =
-        std::env::var(flowrun_core::logging::LOG_ENV).unwrap_or_else(|_| "info".into());
-    if directives.trim().eq_ignore_ascii_case("off") {
-        return None;
-    }
-    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    Some(tracing::Dispatch::new(
-        tracing_subscriber::registry()
-            .with(filter)
-            .with(Forward { out }),
-    ))
-}
-
-struct Forward {
-    out: Sender<Outgoing>,
-}
-
-#[derive(Default)]
-struct Fields {
-    message: String,
-    run: Option<String>,
-}
-
-impl tracing::field::Visit for Fields {
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        match field.name() {
-            "message" => self.message.push_str(value),
-            "flowrun.run" => self.run = Some(value.to_owned()),
-            name => {
-                use std::fmt::Write as _;
-                let _ = write!(self.message, " {name}={value}");
-            }
-        }
-    }
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        use std::fmt::Write as _;
-        match field.name() {
-            "message" => {
-                let _ = write!(self.message, "{value:?}");
-            }
-            "flowrun.run" => self.run = Some(format!("{value:?}")),
-            name if name.starts_with("log.") => {}
-            name => {
-                let _ = write!(self.message, " {name}={value:?}");
-            }
-        }
-    }
-}
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Forward {
-    fn on_event(
-        &self,
-        event: &tracing::Event<'_>,
-        _ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        let mut f = Fields::default();
-        event.record(&mut f);
+/// Ships `tracing` events to the flow as log lines with their run's name
+/// (see [`crate::log_shipping`]).
+fn ship_logs(out: Sender<Outgoing>) -> Option<tracing::Dispatch> {
+    crate::log_shipping::log_shipping(move |level, fields: EventFields| {
         // A RunLogger already wrote "Task run '...'"; keep the bare name.
-        let run = f
+        let run = fields
             .run
             .map(|r| {
                 r.trim_start_matches("Task run '")
@@ -657,17 +596,10 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Forward {
                     .to_owned()
             })
             .or_else(flowrun_core::current_task_run_name);
-        let level = match *event.metadata().level() {
-            tracing::Level::ERROR => 0,
-            tracing::Level::WARN => 1,
-            tracing::Level::INFO => 2,
-            tracing::Level::DEBUG => 3,
-            tracing::Level::TRACE => 4,
-        };
-        let _ = self.out.send(Outgoing::Log(LogLine {
+        let _ = out.send(Outgoing::Log(LogLine {
             run,
             level,
-            message: f.message,
+            message: fields.message + &fields.rest,
         }));
-    }
+    })
 }
