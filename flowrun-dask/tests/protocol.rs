@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::pid_alive;
 use flowrun_dask::protocol::{
-    ClientEvent, DaskClient, EventReceiver, EventValue, ProtocolError, PythonRunner, StdinPart,
+    ClientEvent, DaskClient, EventReceiver, EventValue, ProtocolError, PythonShim, StdinPart,
     SubprocessTask, TaskException, MIN_SUPPORTED_VERSION,
 };
 use support::{group_alive, Cluster, WorkerSpec};
@@ -784,17 +784,17 @@ async fn scheduler_going_away_closes_the_stream() {
     assert!(err.to_string().contains(&cluster.address), "{err}");
 }
 
-/// A task with a `PythonRunner` runs through it instead of `check_output`:
+/// A task with a `PythonShim` runs through it instead of `check_output`:
 /// its stdin parts arrive with dependencies replaced by their values, its
 /// return value is the result, what it raises is the error, and what it
 /// publishes on a topic reaches a subscribed client with the worker's
 /// address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_python_runner_returns_raises_and_publishes() {
-    let (cluster, client, mut tracker, ns) = setup("runner", &[WorkerSpec::threads(1)]).await;
+async fn a_python_shim_returns_raises_and_publishes() {
+    let (cluster, client, mut tracker, ns) = setup("shim", &[WorkerSpec::threads(1)]).await;
     let topic = format!("{ns}-topic");
     client.subscribe_topic(&topic).await.unwrap();
-    let runner = Arc::new(PythonRunner {
+    let shim = Arc::new(PythonShim {
         module: format!("_flowrun_test_{}", ns.replace('-', "_")),
         source: r#"
 import subprocess
@@ -811,9 +811,9 @@ def run(key, argv, stdin, env, params):
     });
     let [a, b, c] = ["a", "b", "c"].map(|s| format!("{ns}-{s}"));
     let mut joined = cat(&b, vec![lit(b"head"), dep(&a), lit(b"tail")]);
-    joined.runner = Some(runner.clone());
+    joined.shim = Some(shim.clone());
     let mut missing = SubprocessTask::new(&c, ["/nonexistent/program"]);
-    missing.runner = Some(runner);
+    missing.shim = Some(shim);
     client
         .submit(vec![
             SubprocessTask::new(&a, ["/bin/echo", "alpha"]),
@@ -841,7 +841,7 @@ def run(key, argv, stdin, env, params):
             ClientEvent::Topic(t) if t.topic == topic => Some(t.clone()),
             _ => None,
         })
-        .expect("the runner's event");
+        .expect("the shim's event");
     let message = &event.message;
     assert_eq!(
         message.get("k").and_then(EventValue::as_str),
@@ -860,16 +860,16 @@ def run(key, argv, stdin, env, params):
     client.close().await.unwrap();
 }
 
-/// A worker plugin made from a runner installs its module on every worker,
-/// also one that joins later; tasks of an installed runner leave the source
+/// A worker plugin made from a shim installs its module on every worker,
+/// also one that joins later; tasks of an installed shim leave the source
 /// out; `nbytes` reports result sizes; unregistering runs the plugin's
 /// teardown; a topic is removed with its history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_runner_plugin_installs_the_module_everywhere_and_tears_down() {
+async fn a_shim_plugin_installs_the_module_everywhere_and_tears_down() {
     let (mut cluster, client, mut tracker, ns) = setup("plugin", &[WorkerSpec::threads(1)]).await;
     let marks = cluster.dir().join(format!("{ns}-marks"));
     std::fs::create_dir(&marks).unwrap();
-    let runner = PythonRunner {
+    let shim = PythonShim {
         module: format!("_flowrun_test_{}", ns.replace('-', "_")),
         source: r#"
 import os
@@ -893,14 +893,14 @@ def run(key, argv, stdin, env, params):
     let plugin = format!("{ns}-plugin");
     cluster.or_logs(
         client
-            .register_worker_plugin(&plugin, runner.plugin_pickle("Plugin"))
+            .register_worker_plugin(&plugin, shim.plugin_pickle("Plugin"))
             .await,
     );
-    let runner = Arc::new(runner);
+    let shim = Arc::new(shim);
     let sized = |key: &str, n: usize| {
         let mut task = SubprocessTask::new(key, ["unused"]);
         task.stdin = vec![lit(n.to_string().as_bytes())];
-        task.runner = Some(runner.clone());
+        task.shim = Some(shim.clone());
         task
     };
     let [a, b] = ["a", "b"].map(|s| format!("{ns}-{s}"));

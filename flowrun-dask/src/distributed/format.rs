@@ -1,7 +1,7 @@
-//! What crosses between the flow, the Python runner on a Dask worker and
+//! What crosses between the flow, the Python shim on a Dask worker and
 //! the task-mode process: the task's input, its result, its failure.
 //!
-//! * Input (the child's stdin): the runner writes every stdin part as a
+//! * Input (the child's stdin): the shim writes every stdin part as a
 //!   little-endian u64 length and the bytes, because parts that are
 //!   dependencies only get their length on the worker. Part 0 is a
 //!   [`TaskHeader`]; the others are the arguments, each a result frame
@@ -10,7 +10,7 @@
 //! * Result (the child's stdout, and so the Dask key's value):
 //!   [`RESULT_MAGIC`] then the postcard bytes of the task's value. Anything
 //!   a program printed to stdout before it reached task mode comes before
-//!   the magic and is cut off by the runner.
+//!   the magic and is cut off by the shim.
 //! * Failure: [`ERROR_MAGIC`] then a postcard [`Failure`] on stdout, and
 //!   exit status [`FAILED_EXIT`].
 
@@ -36,14 +36,14 @@ pub(crate) mod reply {
     /// The failure frame; ends the call.
     pub(crate) const FAILURE: u8 = b'f';
     /// The path of a file holding the result frame (a large result); ends
-    /// the call. The runner deletes the file.
+    /// the call. The shim deletes the file.
     pub(crate) const RESULT_FILE: u8 = b'R';
     /// The result frame is in the spare file the request offered (see
     /// [`SPARE_FILE`](super::SPARE_FILE)); the payload names this write,
     /// as a [`RESULT_FILE`]'s file name does. Ends the call.
     pub(crate) const RESULT_IN_SPARE: u8 = b'U';
     /// (Empty.) The task has a large result and its request offered no
-    /// spare file: the runner answers on the request pipe with a u64
+    /// spare file: the shim answers on the request pipe with a u64
     /// length and the path of a result file freed while the task ran
     /// (empty: none), which the result may go over as over an offered one.
     pub(crate) const ASK_SPARE: u8 = b'A';
@@ -87,10 +87,10 @@ pub(crate) const LARGE: usize = 1 << 20;
 /// The directory for large results of a long-lived task process.
 pub(crate) const SHARED_ENV: &str = "FLOWRUN_DASK_SHARED_DIR";
 
-/// Where the Python runner tells a task-mode process its scheduler's address.
+/// Where the Python shim tells a task-mode process its scheduler's address.
 pub(crate) const SCHEDULER_ENV: &str = "FLOWRUN_DASK_SCHEDULER";
 
-/// Where the Python runner tells a task-mode process its worker's TLS
+/// Where the Python shim tells a task-mode process its worker's TLS
 /// files (CA, certificate, key), for a `tls://` scheduler.
 pub(crate) const TLS_ENV: [&str; 3] = [
     "FLOWRUN_DASK_TLS_CA",
@@ -216,7 +216,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Splits the runner's length-prefixed stdin into its parts.
+/// Splits the shim's length-prefixed stdin into its parts.
 pub(crate) fn split_input(data: &[u8]) -> Result<Vec<&[u8]>, String> {
     let mut parts = Vec::new();
     let mut rest = data;
@@ -239,7 +239,7 @@ pub(crate) fn split_input(data: &[u8]) -> Result<Vec<&[u8]>, String> {
     Ok(parts)
 }
 
-/// The input the runner writes for these parts (its Python does the same).
+/// The input the shim writes for these parts (its Python does the same).
 #[cfg(test)]
 pub(crate) fn join_input(parts: &[&[u8]]) -> Vec<u8> {
     let mut out = Vec::new();

@@ -4,7 +4,7 @@
 //!
 //! The flow's process is a Dask client (the `protocol` module). Each task
 //! attempt becomes one Dask task that stock Python workers run with a small
-//! Python runner shipped with the task (`runner.py`): it starts the flow's
+//! Python shim shipped with the task (`shim.py`): it starts the flow's
 //! own program in *task mode* (`task_mode`) as a subprocess, arguments in on
 //! stdin, result out on stdout. Results stay on the workers: a dependent
 //! task gets them from Dask, and the flow gathers one only when it reads it.
@@ -41,7 +41,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster::Cluster;
 use crate::cluster::{worker_command, ClusterStatus, WaitingTask, WorkerStatus};
-use crate::protocol::{DaskClient, PythonRunner};
+use crate::protocol::{DaskClient, PythonShim};
 use crate::settings::{AdaptKwargs, ClientKwargs, ClusterKwargs};
 use python::PythonCluster;
 use session::{Attempt, Command, Session, TaskTemplate};
@@ -104,61 +104,60 @@ fn topic(session: &str) -> String {
     format!("{session}-events")
 }
 
-/// The Python runner of a session's tasks: unless `isolate`, they are calls
+/// The Python shim of a session's tasks: unless `isolate`, they are calls
 /// into the session's long-lived task processes.
-fn python_runner(session: &str, isolate: bool) -> Arc<PythonRunner> {
-    let mut runner = PythonRunner::clone(&base_runner());
-    runner.params.insert("topic".to_owned(), topic(session));
+fn python_shim(session: &str, isolate: bool) -> Arc<PythonShim> {
+    let mut shim = PythonShim::clone(&base_shim());
+    shim.params.insert("topic".to_owned(), topic(session));
     // The session's worker plugin compiles the module on every worker.
-    runner.installed = true;
+    shim.installed = true;
     if !isolate {
-        runner.params.extend([
+        shim.params.extend([
             ("session".to_owned(), session.to_owned()),
             ("serve_env".to_owned(), format::SERVE_ENV.to_owned()),
             ("shared_env".to_owned(), format::SHARED_ENV.to_owned()),
             ("failed_exit".to_owned(), format::FAILED_EXIT.to_string()),
         ]);
     }
-    Arc::new(runner)
+    Arc::new(shim)
 }
 
-/// The Python runner's source and the parameters every session shares.
-fn base_runner() -> Arc<PythonRunner> {
-    static RUNNER: OnceLock<Arc<PythonRunner>> = OnceLock::new();
-    RUNNER
-        .get_or_init(|| {
-            let source = include_str!("runner.py").to_owned();
-            let hash = blake3::hash(source.as_bytes()).to_hex();
-            Arc::new(PythonRunner {
-                module: format!("_flowrun_runner_{}", &hash[..16]),
-                params: [
-                    ("env", format::TASK_ENV.to_owned()),
-                    ("scheduler_env", format::SCHEDULER_ENV.to_owned()),
-                    ("control_env", format::CONTROL_ENV.to_owned()),
-                    ("tls_env", format::TLS_ENV.join(",")),
-                    (
-                        "magic",
-                        format::RESULT_MAGIC
-                            .iter()
-                            .map(|&b| char::from(b))
-                            .collect(),
-                    ),
-                    ("quiet", QUIET_START.as_secs_f64().to_string()),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v))
-                .collect(),
-                source,
-                installed: false,
-            })
+/// The Python shim's source and the parameters every session shares.
+fn base_shim() -> Arc<PythonShim> {
+    static SHIM: OnceLock<Arc<PythonShim>> = OnceLock::new();
+    SHIM.get_or_init(|| {
+        let source = include_str!("shim.py").to_owned();
+        let hash = blake3::hash(source.as_bytes()).to_hex();
+        Arc::new(PythonShim {
+            module: format!("_flowrun_shim_{}", &hash[..16]),
+            params: [
+                ("env", format::TASK_ENV.to_owned()),
+                ("scheduler_env", format::SCHEDULER_ENV.to_owned()),
+                ("control_env", format::CONTROL_ENV.to_owned()),
+                ("tls_env", format::TLS_ENV.join(",")),
+                (
+                    "magic",
+                    format::RESULT_MAGIC
+                        .iter()
+                        .map(|&b| char::from(b))
+                        .collect(),
+                ),
+                ("quiet", QUIET_START.as_secs_f64().to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+            source,
+            installed: false,
         })
-        .clone()
+    })
+    .clone()
 }
 
 /// The flow's program and arguments as the workers run them.
 fn task_argv(settings: &DistributedSettings) -> Result<Vec<Vec<u8>>, String> {
     use std::os::unix::ffi::OsStrExt;
-    // The program is this one's absolute path unless the runner names the
+    // The program is this one's absolute path unless the shim names the
     // path the workers see.
     let (program, args) = worker_command(settings.task_program.as_deref())?;
     Ok(std::iter::once(program.as_os_str().as_bytes().to_vec())
@@ -196,19 +195,19 @@ impl DaskCluster {
                 let client = DaskClient::connect_with(&target, timeout, &security).await?;
                 let session = client.client_id().to_owned();
                 client.subscribe_topic(&topic(&session)).await?;
-                let runner = python_runner(&session, isolate);
-                // On every worker, also those that join later: the runner's
+                let shim = python_shim(&session, isolate);
+                // On every worker, also those that join later: the shim's
                 // module, and the session's task processes for as long as
                 // the plugin is there.
                 client
-                    .register_worker_plugin(&session, runner.plugin_pickle("Plugin"))
+                    .register_worker_plugin(&session, shim.plugin_pickle("Plugin"))
                     .await?;
-                Ok::<_, crate::protocol::ProtocolError>((client, session, runner))
+                Ok::<_, crate::protocol::ProtocolError>((client, session, shim))
             },
             timeout + Duration::from_secs(5),
         );
-        let (client, session, runner) = match connected {
-            Some(Ok((client, session, runner))) => (Arc::new(client), session, runner),
+        let (client, session, shim) = match connected {
+            Some(Ok((client, session, shim))) => (Arc::new(client), session, shim),
             Some(Err(e)) => return Err(e.to_string()),
             None => {
                 return Err(format!(
@@ -222,7 +221,7 @@ impl DaskCluster {
         let (commands, inbox) = mpsc::unbounded_channel();
         let template = TaskTemplate {
             argv,
-            runner,
+            shim,
             build: crate::build_id::current().to_owned(),
             plugin: session.clone(),
             topic: topic(&session),

@@ -3,7 +3,7 @@
 //! The task-mode process sends everything the task writes (stdout, stderr,
 //! `tracing` events) to its own stderr as tagged lines: a record separator
 //! byte, a tag (`o` stdout, `e` stderr, `0`-`4` a log event's level from
-//! error to trace), then the text. The Python runner publishes that stderr
+//! error to trace), then the text. The Python shim publishes that stderr
 //! to the flow, which re-emits each line attributed to the task run, as the
 //! local cluster does. Untagged lines (a program that crashed before task
 //! mode took over its output) are shown as stderr.

@@ -7,7 +7,7 @@
 //!   an upstream run of this session becomes a dependency on its key, so its
 //!   data moves between workers inside Dask and is only gathered by the flow
 //!   if the flow reads it (`finish_deferred`);
-//! * the Python runner publishes "started" events (for tasks that run a
+//! * the Python shim publishes "started" events (for tasks that run a
 //!   while) and "output" events (for tasks that printed) on the session's
 //!   own topic, which give the run its Running state, its worker and its
 //!   lines; the topic is removed from the scheduler when the session ends;
@@ -33,7 +33,7 @@ use super::format::{self, TaskHeader, INPUT_VERSION};
 use super::output;
 use super::reads::Reads;
 use crate::protocol::{
-    ClientEvent, DaskClient, EventReceiver, EventValue, ProtocolError, PythonRunner, StdinPart,
+    ClientEvent, DaskClient, EventReceiver, EventValue, ProtocolError, PythonShim, StdinPart,
     SubprocessTask, TaskException, TopicEvent,
 };
 
@@ -93,11 +93,11 @@ pub(crate) struct Progress {
 pub(crate) struct TaskTemplate {
     /// The task program and its arguments, as the workers run it.
     pub argv: Vec<Vec<u8>>,
-    /// The Python runner.
-    pub runner: Arc<PythonRunner>,
+    /// The Python shim.
+    pub shim: Arc<PythonShim>,
     /// The flow's build id.
     pub build: String,
-    /// The worker plugin that installs the runner and keeps the session's
+    /// The worker plugin that installs the shim and keeps the session's
     /// task processes, removed when the session closes.
     pub plugin: String,
     /// The scheduler topic the session's tasks report on.
@@ -524,7 +524,7 @@ impl Session {
         task.priority = annotations.priority.unwrap_or(0);
         task.resources = resources;
         task.retries = retries;
-        task.runner = Some(self.template.runner.clone());
+        task.shim = Some(self.template.shim.clone());
         Some(task)
     }
 
@@ -880,7 +880,7 @@ fn own_failure(entry: &Entry, error: &TaskException) -> TaskError {
                 error.message
             ),
         ),
-        // The runner could not start the task program.
+        // The shim could not start the task program.
         "builtins.RuntimeError" => TaskError::new(TaskErrorKind::Runner, error.message.clone()),
         other => TaskError::new(
             TaskErrorKind::Runner,

@@ -1,5 +1,5 @@
 //! Task mode: the flow's program started by a Dask worker (through the
-//! Python runner) to run tasks. A long-lived task process (the default,
+//! Python shim) to run tasks. A long-lived task process (the default,
 //! [`SERVE_ENV`] set) runs one task per request for the whole flow run; a
 //! one-task process (`DaskTaskRunner::isolate_tasks`) runs one attempt,
 //! arguments in on stdin, result out on stdout. See `format` for the
@@ -61,16 +61,16 @@ pub(crate) struct DaskTask {
     scheduler: Option<String>,
     /// The worker's TLS files, for a `tls://` scheduler.
     security: crate::protocol::Security,
-    /// The Python runner's end of the control pipe, until the task secedes
+    /// The Python shim's end of the control pipe, until the task secedes
     /// (a one-task process).
     control: Mutex<Option<File>>,
-    /// Where a long-lived task process answers the runner.
+    /// Where a long-lived task process answers the shim.
     replies: Option<Replies>,
     /// Whether the current task of a long-lived process has seceded.
     seceded: AtomicBool,
 }
 
-/// The runner's end of a long-lived task process's answers.
+/// The shim's end of a long-lived task process's answers.
 type Replies = Arc<Mutex<File>>;
 
 fn send_raw(replies: &Replies, bytes: &[u8]) -> std::io::Result<()> {
@@ -98,7 +98,7 @@ pub(crate) fn dask_task() -> Option<&'static DaskTask> {
 }
 
 impl DaskTask {
-    /// Takes what the Python runner passed in the environment, and removes
+    /// Takes what the Python shim passed in the environment, and removes
     /// it: programs the task starts are not task-mode processes, and a
     /// client the task makes must not divert this one again.
     fn from_env(replies: Option<Replies>) -> DaskTask {
@@ -115,7 +115,7 @@ impl DaskTask {
                     // flags (or fails if it is not open).
                     && unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == 0
             })
-            // SAFETY: the runner passed this fd to this process only; it is
+            // SAFETY: the shim passed this fd to this process only; it is
             // owned by the File from here on.
             .map(|fd| unsafe { File::from_raw_fd(fd) });
         let [ca, cert, key] =
@@ -260,12 +260,12 @@ fn subflow_lines() -> Vec<u8> {
 }
 
 /// A long-lived task process: runs the task of each request on stdin and
-/// answers on stdout, until stdin ends (the runner stopped it, or its
+/// answers on stdout, until stdin ends (the shim stopped it, or its
 /// worker is gone).
 fn serve() -> ! {
     // The requests and replies get fds of their own; the task's stdin is
     // empty and its stdout and stderr are captured, so nothing the task
-    // does can reach the runner's pipes.
+    // does can reach the shim's pipes.
     let (mut requests, replies) = match (dup(0), dup(1)) {
         (Ok(requests), Ok(replies)) => (requests, Arc::new(Mutex::new(replies))),
         (Err(e), _) | (_, Err(e)) => {
@@ -372,7 +372,7 @@ fn serve() -> ! {
             }
         })();
         if sent.is_err() {
-            // The runner stopped listening; nobody is left to tell.
+            // The shim stopped listening; nobody is left to tell.
             std::process::exit(0);
         }
     }
@@ -432,7 +432,7 @@ fn readable_within(file: &File, timeout: std::time::Duration) -> bool {
     }
 }
 
-/// Opens a spare file the runner offers for a large result, for writing.
+/// Opens a spare file the shim offers for a large result, for writing.
 fn open_spare(path: &Path) -> std::io::Result<File> {
     std::fs::OpenOptions::new()
         .read(true)
@@ -536,7 +536,7 @@ fn read_request(requests: &mut File, len: u64, kept: &mut Option<Kept>) -> std::
                 }
             }
             other => Err(std::io::Error::other(format!(
-                "a part of kind {other:#04x} is not one the runner sends"
+                "a part of kind {other:#04x} is not one the shim sends"
             ))),
         };
         match part {
@@ -598,7 +598,7 @@ fn varint(bytes: &[u8]) -> Option<(u64, usize)> {
     None
 }
 
-/// Maps a file the runner hands over (read-only, pages populated up front:
+/// Maps a file the shim hands over (read-only, pages populated up front:
 /// the task reads all of it).
 fn map_file(path: &Path) -> std::io::Result<Part> {
     let file = File::open(path).map_err(|e| {
@@ -607,14 +607,14 @@ fn map_file(path: &Path) -> std::io::Result<Part> {
     if file.metadata()?.len() == 0 {
         return Ok(Part::Bytes(Vec::new()));
     }
-    // SAFETY: the file is a value the runner wrote for this task (deleted
+    // SAFETY: the file is a value the shim wrote for this task (deleted
     // by now) or a result the worker holds in shared memory; nobody writes
     // to either while it is mapped.
     let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }?;
     Ok(Part::Mapped(map))
 }
 
-/// The freed result file a large result may go over: the one the runner
+/// The freed result file a large result may go over: the one the shim
 /// offered with the request, else one asked for once the result is ready
 /// (see [`reply::ASK_SPARE`]): in a chain, the file of the value two links
 /// back is often freed while the task runs, and a result written over it
@@ -627,15 +627,15 @@ struct Spare<'a> {
     maps: &'a mut SpareMaps,
 }
 
-/// Spare files this process wrote a result over, kept mapped: the runner
+/// Spare files this process wrote a result over, kept mapped: the shim
 /// offers the same few files again and again (in a chain, the file of the
 /// value two links back), and a copy into a mapping whose pages are there
 /// already is a plain memory copy, where `write` added the kernel's work
 /// for every 4 KiB page (for 256 MiB, about 24 ms against 60; the first
 /// write over a file, mapping it, about 45). A mapping keeps its file's
-/// pages even once the runner closed the file (the runner's spares are
+/// pages even once the shim closed the file (the shim's spares are
 /// deleted files it keeps open, so nothing here can tell), so it is kept
-/// only as the runner keeps an unused spare: one not written over for
+/// only as the shim keeps an unused spare: one not written over for
 /// [`KEEP_IDLE`] is let go at the next request or write, all of them after
 /// as long without a request; and at most [`KEEP_MAX`] bytes in all.
 #[derive(Default)]
@@ -690,7 +690,7 @@ impl SpareMaps {
                 {
                     self.maps.remove(0);
                 }
-                // SAFETY: the runner handed this spare file to this process
+                // SAFETY: the shim handed this spare file to this process
                 // alone, once no value of the worker's mapped it any more:
                 // nobody else writes to it or changes its length while this
                 // process writes, and the caller made it at least `len`
@@ -713,7 +713,7 @@ impl SpareMaps {
 }
 
 impl Spare<'_> {
-    /// The file to write a large result over, if any: asks the runner
+    /// The file to write a large result over, if any: asks the shim
     /// (once) when none was offered.
     fn take(&mut self, replies: &Replies) -> std::io::Result<Option<File>> {
         if self.file.is_none() {
@@ -722,7 +722,7 @@ impl Spare<'_> {
                 let len = read_u64(requests)?;
                 if len > 1 << 12 {
                     return Err(std::io::Error::other(format!(
-                        "the runner answered with a path of {len} bytes"
+                        "the shim answered with a path of {len} bytes"
                     )));
                 }
                 let path = read_payload(requests, len)?;
@@ -736,10 +736,10 @@ impl Spare<'_> {
     }
 }
 
-/// Sends a task's result: a large one (in `shared`, when the runner gave a
+/// Sends a task's result: a large one (in `shared`, when the shim gave a
 /// directory) as a file, written as it is encoded when its size is known
 /// (a byte vector or a string: no encoded copy in memory), else inline.
-/// A large result goes over a `spare` file when the runner has one.
+/// A large result goes over a `spare` file when the shim has one.
 /// Returns the name of the write and the file's length when the result
 /// went to a file.
 fn send_result(
@@ -780,7 +780,7 @@ fn send_result(
 }
 
 /// Writes a large result over the `spare` file if there is one, else to a
-/// new file in `dir`, and tells the runner which. `None` when neither
+/// new file in `dir`, and tells the shim which. `None` when neither
 /// write worked (the caller sends the result inline); otherwise what
 /// [`send_result`] returns.
 #[allow(clippy::type_complexity)]
@@ -847,7 +847,7 @@ fn write_spare(
     Ok((result_name().into_bytes(), len))
 }
 
-/// Writes a large result frame to a new file in `dir`, for the runner:
+/// Writes a large result frame to a new file in `dir`, for the shim:
 /// the magic, then what `write` writes. Returns its path and length.
 fn write_result_file(
     dir: &Path,
@@ -1264,7 +1264,7 @@ mod tests {
         assert_eq!(rest, b"next");
     }
 
-    /// A large request of the given parts, as the runner writes it.
+    /// A large request of the given parts, as the shim writes it.
     fn request_of(parts: &[(u8, Vec<u8>)]) -> Vec<u8> {
         let mut request = (parts.len() as u64).to_le_bytes().to_vec();
         for (kind, payload) in parts {
@@ -1406,8 +1406,8 @@ mod tests {
             write_spare(open_spare(path).unwrap(), len, &mut maps, write).unwrap();
         }
         assert_eq!(maps.maps.len(), 2);
-        // `a` was last written into longer ago than the runner keeps an
-        // unused spare: its pages may be the runner's to free by now.
+        // `a` was last written into longer ago than the shim keeps an
+        // unused spare: its pages may be the shim's to free by now.
         maps.maps[0].used -= KEEP_IDLE;
         write_spare(open_spare(&b).unwrap(), len, &mut maps, write).unwrap();
         assert_eq!(maps.maps.len(), 1, "only b's mapping is kept");
@@ -1423,7 +1423,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
         let spare = stale_spare(dir, 2 * format::LARGE);
-        // The runner's answer, waiting on the request pipe.
+        // The shim's answer, waiting on the request pipe.
         let mut answer = Vec::new();
         let path = spare.as_os_str().as_bytes();
         answer.extend((path.len() as u64).to_le_bytes());

@@ -446,7 +446,7 @@ impl DaskClient {
 
     /// Registers a Dask worker plugin under `name` on every worker, and on
     /// every worker that joins later; `plugin` is its pickle (see
-    /// [`PythonRunner::plugin_pickle`](super::PythonRunner::plugin_pickle)).
+    /// [`PythonShim::plugin_pickle`](super::PythonShim::plugin_pickle)).
     /// A worker whose plugin fails to start is named in the error.
     pub async fn register_worker_plugin(
         &self,

@@ -4,8 +4,8 @@
 //! `(dask.utils.apply, subprocess.check_output, [[argv...]], kwargs)`, i.e.
 //! `check_output(argv, input=<stdin>, stderr=PIPE[, env=...])`, which a stock
 //! Python worker runs with nothing but the standard library and `dask`.
-//! A task with a [`PythonRunner`] becomes `(builtins.eval, CALL, globals)`
-//! instead: a short expression that compiles the runner's module once per
+//! A task with a [`PythonShim`] becomes `(builtins.eval, CALL, globals)`
+//! instead: a short expression that compiles the shim's module once per
 //! worker process and calls its `run` with the task's fields.
 //!
 //! Rules that come from how the scheduler converts legacy tasks:
@@ -19,7 +19,7 @@
 //! * resources and retries are annotations, which apply to a whole message,
 //!   so tasks are grouped by annotation set, one message per group;
 //! * a `TaskRef` is only found as a *direct* value of a positional dict (not
-//!   inside a list in it), so the runner form passes each stdin part under
+//!   inside a list in it), so the shim form passes each stdin part under
 //!   its own name.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -58,7 +58,7 @@ pub enum StdinPart {
 /// name must never be reused for different source (put a hash of the
 /// source in it).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PythonRunner {
+pub struct PythonShim {
     /// The name the compiled module is cached under on the workers.
     pub module: String,
     /// The module's source.
@@ -73,9 +73,9 @@ pub struct PythonRunner {
     pub installed: bool,
 }
 
-impl PythonRunner {
+impl PythonShim {
     /// The pickle of a Dask `WorkerPlugin`: an instance of the class `class`
-    /// of the runner's module, made as `class(params)` on each worker. The
+    /// of the shim's module, made as `class(params)` on each worker. The
     /// worker unpickles it (the scheduler only passes the bytes on), so the
     /// module is compiled there the same way tasks compile it.
     pub fn plugin_pickle(&self, class: &str) -> Vec<u8> {
@@ -105,7 +105,7 @@ impl PythonRunner {
 }
 
 /// A command for a Dask worker to run with `subprocess.check_output`, or
-/// with a [`PythonRunner`].
+/// with a [`PythonShim`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct SubprocessTask {
     /// The Dask key. It must be unique for the lifetime of the cluster's
@@ -126,7 +126,7 @@ pub struct SubprocessTask {
     pub env: Option<BTreeMap<String, String>>,
     /// Runs the command through this Python code instead of
     /// `check_output`; shared, because it is usually the same for many tasks.
-    pub runner: Option<Arc<PythonRunner>>,
+    pub shim: Option<Arc<PythonShim>>,
 }
 
 impl SubprocessTask {
@@ -144,7 +144,7 @@ impl SubprocessTask {
             resources: BTreeMap::new(),
             retries: 0,
             env: None,
-            runner: None,
+            shim: None,
         }
     }
 
@@ -201,23 +201,23 @@ fn stdin_value(stdin: &[StdinPart]) -> (P, bool) {
     }
 }
 
-/// The Python expression a [`PythonRunner`] task evaluates, with the task's
+/// The Python expression a [`PythonShim`] task evaluates, with the task's
 /// fields as its globals. Python compiles it for every task, so it is kept
-/// short: it finds the runner's module in `sys.modules` and calls it;
+/// short: it finds the shim's module in `sys.modules` and calls it;
 /// only the first task of a worker process evaluates [`LOAD`] as well.
 const CALL: &str = "(__import__('sys').modules.get(m) or eval(l))._flowrun_call(globals())";
 
-/// Compiles the runner's module and registers it (`m`, `c` are globals).
+/// Compiles the shim's module and registers it (`m`, `c` are globals).
 const LOAD: &str = "(lambda sys, mod: (exec(compile(c, m, 'exec'), mod.__dict__), \
 sys.modules.setdefault(m, mod))[1])(__import__('sys'), __import__('types').ModuleType(m))";
 
-/// [`CALL`] for a runner whose module a worker plugin installed.
+/// [`CALL`] for a shim whose module a worker plugin installed.
 const CALL_INSTALLED: &str = "__import__('sys').modules[m]._flowrun_call(globals())";
 
-/// Makes a runner's worker plugin (`x` names its class, `p` holds params).
+/// Makes a shim's worker plugin (`x` names its class, `p` holds params).
 const PLUGIN: &str = "getattr(__import__('sys').modules.get(m) or eval(l), x)(p)";
 
-/// Appended to the runner's source: unpacks the task's fields for `run`.
+/// Appended to the shim's source: unpacks the task's fields for `run`.
 const ADAPTER: &str = "\n\ndef _flowrun_call(g):\n    \
 return run(g['k'], g['a'], [g['s%d' % i] for i in range(g['n'])], g['e'], g['p'])\n";
 
@@ -236,13 +236,13 @@ fn env_value(env: &BTreeMap<String, String>) -> P {
 
 /// `(builtins.eval, CALL, {...})`: a positional dict, so the scheduler
 /// turns each `TaskRef` value of it into a dependency.
-fn runner_task_value(task: &SubprocessTask, runner: &PythonRunner) -> P {
-    let mut globals = vec![(P::str("m"), P::str(&runner.module))];
-    if !runner.installed {
+fn shim_task_value(task: &SubprocessTask, shim: &PythonShim) -> P {
+    let mut globals = vec![(P::str("m"), P::str(&shim.module))];
+    if !shim.installed {
         globals.extend([
             (
                 P::Str("c".into()),
-                P::Str(format!("{}{ADAPTER}", runner.source)),
+                P::Str(format!("{}{ADAPTER}", shim.source)),
             ),
             (P::str("l"), P::str(LOAD)),
         ]);
@@ -261,8 +261,7 @@ fn runner_task_value(task: &SubprocessTask, runner: &PythonRunner) -> P {
         (
             P::str("p"),
             P::Dict(
-                runner
-                    .params
+                shim.params
                     .iter()
                     .map(|(k, v)| (P::str(k), P::str(v)))
                     .collect(),
@@ -276,11 +275,7 @@ fn runner_task_value(task: &SubprocessTask, runner: &PythonRunner) -> P {
         };
         globals.push((P::Str(format!("s{i}")), value));
     }
-    let call = if runner.installed {
-        CALL_INSTALLED
-    } else {
-        CALL
-    };
+    let call = if shim.installed { CALL_INSTALLED } else { CALL };
     P::Tuple(vec![
         global("builtins", "eval"),
         P::str(call),
@@ -290,8 +285,8 @@ fn runner_task_value(task: &SubprocessTask, runner: &PythonRunner) -> P {
 
 /// The legacy task tuple for one subprocess task.
 fn task_value(task: &SubprocessTask) -> P {
-    if let Some(runner) = &task.runner {
-        return runner_task_value(task, runner);
+    if let Some(shim) = &task.shim {
+        return shim_task_value(task, shim);
     }
     let argv = P::List(task.argv.iter().cloned().map(P::Bytes).collect());
     let (input, nested) = stdin_value(&task.stdin);
@@ -633,14 +628,14 @@ mod tests {
     }
 
     #[test]
-    fn a_runner_task_is_an_eval_of_the_loader_with_named_parts() {
+    fn a_shim_task_is_an_eval_of_the_loader_with_named_parts() {
         let mut task = SubprocessTask::new("ns-r", ["/bin/prog", "--x"]);
         task.stdin = vec![
             StdinPart::Literal(b"head".to_vec()),
             StdinPart::Dep("ns-a".into()),
         ];
         task.priority = 4;
-        task.runner = Some(Arc::new(PythonRunner {
+        task.shim = Some(Arc::new(PythonShim {
             module: "mod_1".into(),
             source: "def run(*a): pass".into(),
             params: BTreeMap::from([("topic".to_string(), "t".to_string())]),

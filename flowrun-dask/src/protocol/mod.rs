@@ -4,7 +4,7 @@
 //!
 //! A task is a command that a worker runs with
 //! `subprocess.check_output(argv, input=<stdin>, stderr=PIPE)`, or through a
-//! small Python [`PythonRunner`] shipped with the task: the worker needs only
+//! small Python [`PythonShim`] shipped with the task: the worker needs only
 //! Python, `dask` and `distributed`, and the result is bytes (the
 //! subprocess's stdout). The pieces:
 //!
@@ -65,7 +65,7 @@ pub use client::{ClusterInfo, DaskClient, WorkerInfo};
 pub(crate) use conn::Connection;
 pub use error::ProtocolError;
 pub use event::{EventValue, TopicEvent};
-pub use graph::{PythonRunner, StdinPart, SubprocessTask};
+pub use graph::{PythonShim, StdinPart, SubprocessTask};
 pub use payload::TaskException;
 pub use stream::{ClientEvent, EventReceiver};
 pub use tls::Security;

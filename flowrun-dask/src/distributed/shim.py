@@ -1,7 +1,7 @@
 """Runs one flowrun task attempt on a stock Dask worker.
 
 Shipped with every task and compiled once per worker process (see
-flowrun_dask::protocol::PythonRunner). The worker calls run() with the
+flowrun_dask::protocol::PythonShim). The worker calls run() with the
 task's key, the task program's argv, the stdin parts (dependencies already
 replaced by their values) and params from the flow:
   topic  the event topic the flow listens on
@@ -50,7 +50,7 @@ length and its path): the task process writes a large result over it and
 answers b"U" with the write's name, since overwriting pages costs less
 than faulting in fresh ones; freed files also take large inputs. A
 task process offered none asks once its large result is ready (b"A",
-empty): the runner answers on stdin with a u64 length and the path of a
+empty): the shim answers on stdin with a u64 length and the path of a
 file freed meanwhile (or nothing). The session's Plugin (a Dask WorkerPlugin the flow
 registers, so workers that join later have it too) stops them when the
 flow run ends; one that dies fails its running call and is replaced.
