@@ -4,8 +4,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use flowrun::dask::{current_cluster, AdaptKwargs, DaskTaskRunner};
 use flowrun::{flow, task};
-use flowrun_dask::{current_cluster, AdaptKwargs, DaskTaskRunner};
 
 #[task]
 fn work(i: u32) -> u32 {

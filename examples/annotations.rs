@@ -9,8 +9,8 @@
 
 use std::time::Duration;
 
+use flowrun::dask::{annotate, ClusterKwargs, DaskTaskRunner};
 use flowrun::{flow, task};
-use flowrun_dask::{annotate, ClusterKwargs, DaskTaskRunner};
 
 #[task]
 fn show(label: String, millis: u64) -> String {

@@ -2,8 +2,8 @@
 //! a client with `get_async_dask_client()` and awaits the partitions'
 //! summaries.
 
+use flowrun::dask::{get_async_dask_client, DaskTaskRunner};
 use flowrun::{flow, task};
-use flowrun_dask::{get_async_dask_client, DaskTaskRunner};
 
 // Shared with `dask_client`, which uses the parts this example does not
 // (the blocking `describe`, partition sizes, seeds).

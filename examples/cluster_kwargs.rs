@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use flowrun::dask::{current_cluster, ClusterKwargs, DaskTaskRunner};
 use flowrun::{flow, task};
-use flowrun_dask::{current_cluster, ClusterKwargs, DaskTaskRunner};
 
 #[task]
 fn where_am_i(i: u32) -> (u32, String) {

@@ -13,8 +13,8 @@
 use std::time::{Duration, Instant};
 
 use flowrun::concurrency::{self, concurrency, ConcurrencyError};
+use flowrun::dask::{ClusterKwargs, DaskTaskRunner};
 use flowrun::{flow, get_run_logger, task};
-use flowrun_dask::{ClusterKwargs, DaskTaskRunner};
 
 #[task(tags = ["db"])]
 fn query(table: u32) -> u32 {

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use flowrun::dask::DaskTaskRunner;
 use flowrun::{flow, task};
-use flowrun_dask::DaskTaskRunner;
 
 #[task]
 fn shout(number: u32) {

@@ -13,8 +13,8 @@
 
 use std::time::Duration;
 
+use flowrun::dask::{annotate, AdaptKwargs, ClusterKwargs, DaskTaskRunner};
 use flowrun::{flow, get_run_logger, task};
-use flowrun_dask::{annotate, AdaptKwargs, ClusterKwargs, DaskTaskRunner};
 
 /// Reads a part of the input: the slow step.
 #[task]
@@ -59,7 +59,7 @@ fn train(parts: u32) -> u32 {
     .performance_report_path("target/dashboard-report.html"))]
 fn watch_me(waves: u32) -> u64 {
     let logger = get_run_logger();
-    if let Some(link) = flowrun_dask::dashboard_link() {
+    if let Some(link) = flowrun::dask::dashboard_link() {
         println!("Open {link} to watch this flow run");
     }
     let gpu = annotate()

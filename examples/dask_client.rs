@@ -2,8 +2,8 @@
 //! with `get_dask_client()`, builds a year of a synthetic timeseries on the
 //! workers (one partition per 4 weeks) and summarises it with `describe()`.
 
+use flowrun::dask::{get_dask_client, DaskTaskRunner};
 use flowrun::{flow, task};
-use flowrun_dask::{get_dask_client, DaskTaskRunner};
 
 #[path = "support/timeseries.rs"]
 mod timeseries;

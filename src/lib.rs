@@ -340,10 +340,12 @@ pub use flowrun_macros::task;
 /// retries = n, retry_delay = ..., timeout = seconds,
 /// flow_run_name = "...{param}..." (or a function), on_completion = [f, ...],
 /// on_failure, on_crashed, on_cancellation, on_running, log_prints = bool,
-/// crate = path, tags = ["..."], history = false, persist_result = bool,
-/// result_storage = path, result_storage_key = "...")]`: `persist_result`
-/// writes the flow run's value to result storage when it completes (see
-/// [`cache`]). The flow's parameters are hashed for the `FLOW_PARAMETERS`
+/// concurrency_limits = [("tag", slots), ...], crate = path, tags = ["..."],
+/// history = false, persist_result = bool, result_storage = path,
+/// result_storage_key = "...")]`: `concurrency_limits` caps how many of the
+/// flow's task runs with each tag run at once (see [`concurrency`]);
+/// `persist_result` writes the flow run's value to result storage when it
+/// completes (see [`cache`]). The flow's parameters are hashed for the `FLOW_PARAMETERS`
 /// cache policy of its tasks.
 /// Prints written in the flow's body are log lines of the flow run, as in
 /// a task (see [`prints`]).

@@ -10,8 +10,8 @@
 
 use std::fmt;
 
+use flowrun::dask::Client;
 use flowrun::{task, TaskError};
-use flowrun_dask::Client;
 use serde::{Deserialize, Serialize};
 
 /// Days since 1970-01-01 of a `YYYY-MM-DD` date.
@@ -155,7 +155,7 @@ impl ColumnStats {
 
 /// Builds one partition of a [`Timeseries`] and summarises its columns `id`,
 /// `x`, `y`, on the worker that runs it.
-#[task(crate = flowrun_core)]
+#[task]
 pub(crate) fn describe_partition(
     start_s: i64,
     end_s: i64,

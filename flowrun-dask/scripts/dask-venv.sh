@@ -11,8 +11,9 @@
 #   (space-separated pip requirements, e.g. "numpy"); the marker records
 #   them, so a venv without them is installed again.
 #
-# This script ships inside the flowrun-dask crate so that its tests work from
-# the published package; the workspace's scripts/dask-venv.sh calls it.
+# This script ships inside the flowrun-dask crate, so a user of the package
+# can install the Dask version the bridge is tested against; the workspace's
+# scripts/dask-venv.sh calls it.
 #
 # The integration tests of flowrun-dask call this script, so a fresh machine
 # installs Dask on first use. Running it again is cheap: a finished venv is

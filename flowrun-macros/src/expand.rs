@@ -120,10 +120,12 @@ fn retry_delay(delay: &RetryDelay, fr: &TokenStream) -> TokenStream {
 /// and the `where` clause that the generated impls carry. The clause is
 /// written `for<'__flowrun>` so that rustc takes it as an assumption
 /// instead of rejecting it as false at once: a type that is not `Send` then
-/// gives its error at the user's type, not one per generated use.
+/// gives its error at the user's type, not one per generated use. The
+/// clause also holds the `assumed` predicates of the caller.
 pub(crate) fn send_checks(
     sig: &crate::signature::Signature,
     fr: &TokenStream,
+    assumed: &[TokenStream],
 ) -> (TokenStream, TokenStream) {
     let raw = &sig.raw;
     let spanned = sig
@@ -143,6 +145,7 @@ pub(crate) fn send_checks(
             #(#checks)*
         }
     };
+    bounds.extend(assumed.iter().cloned());
     (checks, quote!(where #(#bounds),*))
 }
 
@@ -319,6 +322,9 @@ pub(crate) struct Parts {
     pub(crate) items: TokenStream,
     /// Further items of the trait impl.
     pub(crate) impl_items: TokenStream,
+    /// Further `where` predicates of the generated impls, each checked
+    /// once elsewhere (in `items`), as the `Send + 'static` ones are.
+    pub(crate) assumed: Vec<TokenStream>,
     /// The handle's methods before `with_options`.
     pub(crate) methods: TokenStream,
     /// The handle's methods after `with_options`.
@@ -350,7 +356,7 @@ pub(crate) fn item(
     let (params, raw) = (sig.params(), &sig.raw);
     let asyncness = sig.is_async.then(|| quote!(async));
 
-    let (send_checks, bounds) = send_checks(sig, fr);
+    let (send_checks, bounds) = send_checks(sig, fr, &parts.assumed);
     let direct_items = direct_call_items(
         sig,
         &bounds,

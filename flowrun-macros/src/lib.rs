@@ -32,35 +32,15 @@ mod task;
 
 use proc_macro::TokenStream;
 
-/// Turns a function into a flowrun task (see `flowrun::task` for examples).
-///
-/// Options: `name = "..."`, `description = "..."`, `retries = n`,
-/// `retry_delay = seconds | [seconds, ...] | exponential(base, max = m)`,
-/// `retry_jitter_factor = f`, `timeout = seconds`, `tags = ["..."]`,
-/// `log_prints = bool`, `crate = path`.
-///
-/// The body's `print!`, `println!`, `eprint!` and `eprintln!` invocations
-/// become `flowrun::prints::print_to_run` calls, which log the text as
-/// lines of the current run (`log_prints = false` leaves them as written).
-/// Invocations written with a path (`std::println!`) and prints in the
-/// functions the body calls are not rewritten.
+/// Turns a function into a flowrun task. Its options, call forms and
+/// examples are documented on `flowrun::task`, the re-export users name.
 #[proc_macro_attribute]
 pub fn task(args: TokenStream, item: TokenStream) -> TokenStream {
     entry::run(&task::TASK, args.into(), item.into()).into()
 }
 
-/// Turns a function into a flowrun flow (see `flowrun::flow` for examples).
-///
-/// Options: `name = "..."`, `description = "..."`,
-/// `task_runner = <expr>` (a bare type path means its `Default`),
-/// `retries = n`, `retry_delay = ...`, `timeout = seconds`, `crate = path`,
-/// `log_prints = bool` (prints in the body are rewritten as in `#[task]`),
-/// `concurrency_limits = [("tag", slots), ...]` (tag limits for the flow's
-/// task runs, see `flowrun::concurrency`).
-/// `tags = ["..."]` (kept in the run history with the flow's parameters),
-/// `history = false` (the run history does not record this flow's runs, nor
-/// their subflows that do not say otherwise; `FlowOptions::history` sets it
-/// per call).
+/// Turns a function into a flowrun flow. Its options, call forms and
+/// examples are documented on `flowrun::flow`, the re-export users name.
 #[proc_macro_attribute]
 pub fn flow(args: TokenStream, item: TokenStream) -> TokenStream {
     entry::run(&flow::FLOW, args.into(), item.into()).into()

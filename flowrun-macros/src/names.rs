@@ -68,6 +68,46 @@ pub(crate) fn check(name: &RunName, option: &str, sig: &Signature, cx: &Ctxt) {
     }
 }
 
+/// The parameters a template names, or `None` when `check` rejects it.
+fn used(template: &LitStr, sig: &Signature) -> Option<Vec<String>> {
+    let params: Vec<String> = sig.args.iter().map(|a| a.name.to_string()).collect();
+    parameters_of(&template.value())
+        .ok()
+        .filter(|used| used.iter().all(|p| params.contains(p)))
+}
+
+/// The `Display` check of the parameters a template names (the error
+/// points at the parameter's type, with a note at the template), and the
+/// `where` predicates with which the generated impls assume it: a
+/// parameter that is not `Display` then gives this one error, not one per
+/// `format!` of the template. Nothing for a function or a rejected template.
+pub(crate) fn display_checks(name: &RunName, sig: &Signature) -> (TokenStream, Vec<TokenStream>) {
+    let RunName::Template(template) = name else {
+        return (TokenStream::new(), Vec::new());
+    };
+    let Some(used) = used(template, sig) else {
+        return (TokenStream::new(), Vec::new());
+    };
+    let tys: Vec<_> = sig
+        .args
+        .iter()
+        .filter(|a| used.contains(&a.name.to_string()))
+        .map(|a| &a.ty)
+        .collect();
+    let check = quote_spanned! {template.span()=>
+        #[allow(dead_code)]
+        fn __flowrun_run_name_parameters_are_display() {
+            fn __flowrun_display<T: ::core::fmt::Display + ?::core::marker::Sized>() {}
+            #(__flowrun_display::<#tys>();)*
+        }
+    };
+    let bounds = tys
+        .iter()
+        .map(|ty| quote!(for<'__flowrun> #ty: ::core::fmt::Display))
+        .collect();
+    (check, bounds)
+}
+
 /// `Some(name)`: a `format!` of the template with each placeholder's
 /// parameter as `value(index)`, or the function's result.
 pub(crate) fn expand(
@@ -80,12 +120,10 @@ pub(crate) fn expand(
             quote_spanned!(syn::spanned::Spanned::span(f)=> ::core::option::Option::Some(::std::string::ToString::to_string(&(#f)())))
         }
         RunName::Template(template) => {
-            let params: Vec<String> = sig.args.iter().map(|a| a.name.to_string()).collect();
             // A template `check` rejected expands to no name, so that its
             // error is the only one.
-            let used = match parameters_of(&template.value()) {
-                Ok(used) if used.iter().all(|p| params.contains(p)) => used,
-                _ => return quote!(::core::option::Option::None),
+            let Some(used) = used(template, sig) else {
+                return quote!(::core::option::Option::None);
             };
             let named = sig
                 .args

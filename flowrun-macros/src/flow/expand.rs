@@ -182,6 +182,7 @@ pub(crate) fn expand(attr: &FlowAttr, sig: &Signature, function: &ItemFn) -> Tok
             #run_name
         },
         methods,
+        assumed: Vec::new(),
         more_methods: quote! {
             /// The same flow, running its tasks on a copy of `runner` for each
             /// flow run instead of its own task runner.

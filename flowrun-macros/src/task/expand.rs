@@ -13,6 +13,7 @@ use crate::signature::Signature;
 
 pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> TokenStream {
     let fr = attr.common.private_path();
+    let krate = &attr.common.krate;
     let ident = &sig.ident;
     let fn_name = sig.fn_name();
     let display = attr.common.display_name(|| fn_name.clone());
@@ -21,6 +22,12 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
     let raw = &sig.raw;
     let output = crate::expand::output(sig, &fr);
     let body = crate::prints::body(&attr.common, &function.block, &fr);
+    let (run_name_checks, assumed) = attr
+        .common
+        .run_name
+        .as_ref()
+        .map(|n| crate::names::display_checks(n, sig))
+        .unwrap_or_default();
     let run_name = attr.common.run_name.as_ref().map(|n| {
         let from_inputs =
             crate::names::expand(n, sig, |i| quote!(#fr::InputDisplay(&__flowrun_inputs.#i)));
@@ -241,10 +248,35 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
 
             #key_display_checks
 
+            #run_name_checks
+
+            // The entry is taken through a probe, so that a handle that
+            // is not a `Task` gives no second error here: that happens only
+            // when a `where` predicate the impls assume fails (an argument
+            // or the result is not `Send + 'static`, a run-name parameter
+            // is not `Display`), and its own check has already said so at
+            // the type. The crate does not compile, so the fallback never runs.
+            trait __FlowrunEntry {
+                fn entry(&self) -> #krate::registry::RegistryEntry;
+            }
+            impl<T: #fr::Task> __FlowrunEntry for #fr::Probe<T> {
+                fn entry(&self) -> #krate::registry::RegistryEntry {
+                    T::registry_entry()
+                }
+            }
+            trait __FlowrunNoEntry {
+                fn entry(&self) -> #krate::registry::RegistryEntry;
+            }
+            impl<T> __FlowrunNoEntry for &#fr::Probe<T> {
+                fn entry(&self) -> #krate::registry::RegistryEntry {
+                    ::core::unreachable!("a task whose impls' `where` clause fails does not compile")
+                }
+            }
+
             #fr::inventory::submit! {
                 #fr::TaskRegistration {
                     key: ::core::concat!(::core::module_path!(), "::", #fn_name),
-                    entry: <#ident as #fr::Task>::registry_entry,
+                    entry: || (&#fr::Probe::<#ident>::new()).entry(),
                 }
             }
         },
@@ -305,6 +337,7 @@ pub(crate) fn expand(attr: &TaskAttr, sig: &Signature, function: &ItemFn) -> Tok
 
             #call_method
         },
+        assumed,
         more_methods: quote! {
             /// The same task, whose runs also wait for `runs` (without taking
             /// their values) before they start.

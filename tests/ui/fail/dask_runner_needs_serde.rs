@@ -1,5 +1,5 @@
+use flowrun::dask::DaskTaskRunner;
 use flowrun::{flow, task};
-use flowrun_dask::DaskTaskRunner;
 
 /// A handle that only means something in this process.
 #[derive(Clone)]

@@ -1,0 +1,6 @@
+use flowrun::flow;
+
+#[flow(concurrency_limits = ["db"])]
+fn not_pairs() {}
+
+fn main() {}
