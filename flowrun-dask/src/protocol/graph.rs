@@ -74,29 +74,29 @@ pub struct PythonShim {
 }
 
 impl PythonShim {
+    /// The globals `c` (the module's source, with the adapter) and `l`
+    /// (the loader that compiles it), for a worker that lacks the module.
+    fn source_globals(&self) -> [(P, P); 2] {
+        [
+            (P::str("c"), P::Str(format!("{}{ADAPTER}", self.source))),
+            (P::str("l"), P::str(LOAD)),
+        ]
+    }
+
+    /// The global `p`: the parameters handed to the module.
+    fn params_global(&self) -> (P, P) {
+        let params = self.params.iter().map(|(k, v)| (P::str(k), P::str(v)));
+        (P::str("p"), P::Dict(params.collect()))
+    }
+
     /// The pickle of a Dask `WorkerPlugin`: an instance of the class `class`
     /// of the shim's module, made as `class(params)` on each worker. The
     /// worker unpickles it (the scheduler only passes the bytes on), so the
     /// module is compiled there the same way tasks compile it.
     pub fn plugin_pickle(&self, class: &str) -> Vec<u8> {
-        let globals = vec![
-            (P::str("m"), P::str(&self.module)),
-            (
-                P::Str("c".into()),
-                P::Str(format!("{}{ADAPTER}", self.source)),
-            ),
-            (P::str("l"), P::str(LOAD)),
-            (P::str("x"), P::str(class)),
-            (
-                P::str("p"),
-                P::Dict(
-                    self.params
-                        .iter()
-                        .map(|(k, v)| (P::str(k), P::str(v)))
-                        .collect(),
-                ),
-            ),
-        ];
+        let mut globals = vec![(P::str("m"), P::str(&self.module))];
+        globals.extend(self.source_globals());
+        globals.extend([(P::str("x"), P::str(class)), self.params_global()]);
         dumps(&P::call(
             global("builtins", "eval"),
             vec![P::str(PLUGIN), P::Dict(globals)],
@@ -239,13 +239,7 @@ fn env_value(env: &BTreeMap<String, String>) -> P {
 fn shim_task_value(task: &SubprocessTask, shim: &PythonShim) -> P {
     let mut globals = vec![(P::str("m"), P::str(&shim.module))];
     if !shim.installed {
-        globals.extend([
-            (
-                P::Str("c".into()),
-                P::Str(format!("{}{ADAPTER}", shim.source)),
-            ),
-            (P::str("l"), P::str(LOAD)),
-        ]);
+        globals.extend(shim.source_globals());
     }
     globals.extend([
         (P::str("k"), P::str(&task.key)),
@@ -258,15 +252,7 @@ fn shim_task_value(task: &SubprocessTask, shim: &PythonShim) -> P {
             P::str("e"),
             task.env.as_ref().map(env_value).unwrap_or(P::None),
         ),
-        (
-            P::str("p"),
-            P::Dict(
-                shim.params
-                    .iter()
-                    .map(|(k, v)| (P::str(k), P::str(v)))
-                    .collect(),
-            ),
-        ),
+        shim.params_global(),
     ]);
     for (i, part) in task.stdin.iter().enumerate() {
         let value = match part {
