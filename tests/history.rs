@@ -976,3 +976,67 @@ fn recording_can_be_turned_off_and_on_in_code_and_works_with_the_console_off() {
     let texts: Vec<_> = logs.iter().map(|l| l.text.as_str()).collect();
     assert!(texts.contains(&"doubling 2 with care"), "{texts:?}");
 }
+
+/// Logs a line naming its flow's `tag`, in a worker process, while the
+/// same-named run of the other flow may be running too.
+#[task]
+fn tagged(tag: String, n: u64) -> u64 {
+    get_run_logger().info(format!("{tag} logs {n}"));
+    println!("{tag} prints {n}");
+    std::thread::sleep(Duration::from_millis(20));
+    n
+}
+
+/// One thread per worker: what a task prints is its run's only while it
+/// runs alone in its worker process (stdout is the process's).
+#[flow(task_runner = common::local_cluster(1, 1))]
+fn tagging(tag: String, n: u64) -> u64 {
+    let futures: Vec<_> = (0..n).map(|i| tagged.submit(tag.clone(), i)).collect();
+    futures.into_iter().map(|f| f.result().unwrap()).sum()
+}
+
+#[test]
+fn two_flows_at_once_on_clusters_keep_each_task_run_s_lines_to_itself() {
+    let home = temp_home();
+    let flows: Vec<_> = ["alpha", "beta"]
+        .into_iter()
+        .map(|tag| {
+            let path = home.path().to_owned();
+            // Named as the test: the cluster's workers run this binary
+            // again with the test their flow's thread is named after.
+            std::thread::Builder::new()
+                .name("two_flows_at_once_on_clusters_keep_each_task_run_s_lines_to_itself".into())
+                .spawn(move || {
+                    let _home = flowrun::history::use_home(path);
+                    tagging(tag.to_owned(), 8).unwrap()
+                })
+                .unwrap()
+        })
+        .collect();
+    for flow in flows {
+        assert_eq!(flow.join().unwrap(), 28);
+    }
+    let store = store(home.path());
+    let runs = store.runs(&RunsQuery::default()).unwrap();
+    assert_eq!(runs.len(), 2);
+    for run in &runs {
+        let tag = if run.parameters.as_deref().unwrap().contains("alpha") {
+            "alpha"
+        } else {
+            "beta"
+        };
+        let logs = store.logs(run, &LogQuery::default()).unwrap();
+        let lines: Vec<(String, String)> = logs
+            .iter()
+            .filter(|l| l.text.contains(" logs ") || l.text.contains(" prints "))
+            .map(|l| (l.task_run.clone().unwrap_or_default(), l.text.clone()))
+            .collect();
+        // Each run's two lines, each under its own run of this flow.
+        assert_eq!(lines.len(), 16, "{tag}: {lines:#?}");
+        for (task_run, text) in &lines {
+            let n = text.rsplit(' ').next().unwrap();
+            assert!(text.starts_with(tag), "{tag} holds {text:?}");
+            assert_eq!(task_run, &format!("tagged-{n}"), "{text:?}");
+        }
+    }
+}

@@ -677,4 +677,12 @@ impl<T: Task> SerializedCompletion for Driver<T> {
     fn subflow(&self, report: crate::flow::subflow::SubflowReport) {
         crate::flow::subflow::record_reported(&self.flow, RunRef(self.cell.clone()), report);
     }
+
+    fn context(&self) -> crate::exec::context::Context {
+        crate::exec::context::Context {
+            flow: Some(self.flow.clone()),
+            task_run: Some(RunRef(self.cell.clone())),
+            ..Default::default()
+        }
+    }
 }

@@ -324,6 +324,8 @@ pub(crate) trait SerializedCompletion: Send + Sync {
     /// A flow run the attempt called in the executing process started or
     /// ended (see [`SerializedJob::report_subflow`]).
     fn subflow(&self, report: crate::flow::subflow::SubflowReport);
+    /// The run context of the attempt's run, as its own code has it.
+    fn context(&self) -> crate::exec::context::Context;
 }
 
 /// An attempt to execute elsewhere: the task's registry key and its
@@ -400,6 +402,27 @@ impl SerializedJob {
         if let Some(c) = &self.reporter.completion {
             c.subflow(report);
         }
+    }
+
+    /// Runs `f` as this job's task run: the log lines `f` emits are the
+    /// run's, for the console label, the run history and every log tap,
+    /// as if the run's own code had logged them. For what the attempt
+    /// printed or logged where it executed, re-emitted in the flow's
+    /// process on another thread: a line that only names its run could be
+    /// a same-named run's of another flow run.
+    ///
+    /// ```
+    /// # fn relay(job: &flowrun_core::SerializedJob, printed: &str) {
+    /// job.in_run(|| tracing::info!("{printed}"));
+    /// # }
+    /// ```
+    pub fn in_run<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _entered = self
+            .reporter
+            .completion
+            .as_ref()
+            .map(|c| crate::exec::context::enter(c.context()));
+        f()
     }
 
     /// Reports the attempt's outcome: the serialized result, or the failure.

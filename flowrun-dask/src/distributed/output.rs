@@ -11,6 +11,7 @@
 use std::fmt::Write as _;
 
 use flowrun_core::plumbing::level_from_code;
+use flowrun_core::SerializedJob;
 
 /// Starts a tagged line.
 pub(crate) const TAG: u8 = 0x1e;
@@ -108,30 +109,45 @@ pub(crate) fn readable(lines: &[Line]) -> String {
 
 /// Re-emits a task's lines in the flow, attributed to `run` (as the local
 /// cluster does: stdout at INFO, stderr at WARN, printed directly when
-/// those levels are off).
-pub(crate) fn emit(run: &str, lines: &[Line]) {
+/// those levels are off). The run's own lines go out as `job`'s run while
+/// it has one (see [`SerializedJob::in_run`]): its name alone could be a
+/// same-named run's of another flow run. A line naming another run (one
+/// the task ran in its process) names it only.
+pub(crate) fn emit(run: &str, lines: &[Line], job: Option<&SerializedJob>) {
     let who = format!("Task run '{run}'");
     let w = who.as_str();
     for line in lines {
+        let own = |emit: &dyn Fn()| match job {
+            Some(job) => job.in_run(emit),
+            None => emit(),
+        };
         match line {
-            Line::Stdout(t) => {
-                if tracing::enabled!(target: "flowrun_dask::task_output", tracing::Level::INFO) {
-                    tracing::info!(target: "flowrun_dask::task_output", { flowrun.run = w }, "{t}");
-                } else {
-                    println!("{t}");
-                }
-            }
-            Line::Stderr(t) => {
-                if tracing::enabled!(target: "flowrun_dask::task_output", tracing::Level::WARN) {
-                    tracing::warn!(target: "flowrun_dask::task_output", { flowrun.run = w }, "{t}");
-                } else {
-                    eprintln!("{t}");
-                }
-            }
             Line::RunLog(level, run, m) => log(*level, run, m),
-            Line::Log(level, m) => log(*level, w, m),
             Line::Subflow(_) => {}
+            own_line => own(&|| emit_own(w, own_line)),
         }
+    }
+}
+
+/// One of the run's own lines, labelled `w`.
+fn emit_own(w: &str, line: &Line) {
+    match line {
+        Line::Stdout(t) => {
+            if tracing::enabled!(target: "flowrun_dask::task_output", tracing::Level::INFO) {
+                tracing::info!(target: "flowrun_dask::task_output", { flowrun.run = w }, "{t}");
+            } else {
+                println!("{t}");
+            }
+        }
+        Line::Stderr(t) => {
+            if tracing::enabled!(target: "flowrun_dask::task_output", tracing::Level::WARN) {
+                tracing::warn!(target: "flowrun_dask::task_output", { flowrun.run = w }, "{t}");
+            } else {
+                eprintln!("{t}");
+            }
+        }
+        Line::Log(level, m) => log(*level, w, m),
+        Line::RunLog(..) | Line::Subflow(_) => {}
     }
 }
 

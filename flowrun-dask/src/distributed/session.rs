@@ -663,7 +663,7 @@ impl Session {
                     }
                 }
             }
-            output::emit(&entry.run_name, &lines);
+            output::emit(&entry.run_name, &lines, entry.job.as_ref());
             entry.output.push_str(&output::readable(&lines));
         }
     }

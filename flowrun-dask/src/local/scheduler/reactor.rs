@@ -191,6 +191,37 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
         }
     }
 
+    /// The id of the attempt of the run named `run` that `worker` holds:
+    /// a line a worker sent names its run only, and another flow run (a
+    /// subflow sharing the cluster) may have a run of that name too.
+    fn running_attempt(&self, worker: u32, run: &str) -> Option<u64> {
+        let w = self.workers.get(&worker)?;
+        w.tasks.iter().copied().find(|&id| {
+            self.tasks
+                .get(id)
+                .is_some_and(|t| t.owned_by(worker) && t.is_run_named(run))
+        })
+    }
+
+    /// Calls `emit` as the attempt `id`'s run, when there is one, so that
+    /// what it logs is that run's (in the run history too), not any run of
+    /// the same name's.
+    fn as_run(&self, id: Option<u64>, emit: impl FnOnce()) {
+        let attempt = id.and_then(|id| self.tasks.get(id)?.attempt.as_ref());
+        let mut emit = Some(emit);
+        let mut call = || {
+            if let Some(emit) = emit.take() {
+                emit()
+            }
+        };
+        match attempt {
+            Some(a) => a.in_run(&mut call),
+            None => call(),
+        }
+        // An attempt's `in_run` that did not call it still emits the line.
+        call();
+    }
+
     fn on_message(&mut self, worker: u32, msg: ToScheduler) {
         match msg {
             ToScheduler::Started(starts) => self.on_started(worker, starts),
@@ -206,12 +237,20 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
                     .map(|w| w.name.clone())
                     .unwrap_or_else(|| Arc::from(""));
                 for l in lines {
-                    emit_output(&name, l);
+                    let run = match l.runs.as_slice() {
+                        [run] => self.running_attempt(worker, run),
+                        _ => None,
+                    };
+                    self.as_run(run, || emit_output(&name, l));
                 }
             }
             ToScheduler::Log(lines) => {
                 for l in lines {
-                    emit_log(l);
+                    let run = l
+                        .run
+                        .as_deref()
+                        .and_then(|r| self.running_attempt(worker, r));
+                    self.as_run(run, || emit_log(l));
                 }
             }
             ToScheduler::Secede(_) => {

@@ -45,6 +45,11 @@ pub(crate) trait Attempt: Send + 'static {
     fn started(&self, worker: Arc<str>);
     /// A flow run the attempt called on its worker started or ended.
     fn subflow(&self, _report: flowrun_core::SubflowReport) {}
+    /// Calls `f` as the attempt's run (see [`SerializedJob::in_run`]): the
+    /// lines it emits are that run's.
+    fn in_run(&self, f: &mut dyn FnMut()) {
+        f()
+    }
     /// The attempt's outcome.
     fn finish(self, result: Result<Bytes, TaskError>);
 }
@@ -94,6 +99,9 @@ impl Attempt for Call {
     }
     fn subflow(&self, report: flowrun_core::SubflowReport) {
         self.job.report_subflow(report);
+    }
+    fn in_run(&self, f: &mut dyn FnMut()) {
+        self.job.in_run(f)
     }
     fn finish(self, result: Result<Bytes, TaskError>) {
         self.job.finish(result);
@@ -148,6 +156,22 @@ pub(crate) struct Task<A> {
     /// for `NoWorker` only: reading the clock for every task cost the
     /// scheduler thread 2%).
     pub since: Option<Instant>,
+}
+
+impl<A: Attempt> Task<A> {
+    /// Whether its run is the one named `name` (`<task>-<index>`, or the
+    /// name `task_run_name` gave it).
+    pub(super) fn is_run_named(&self, name: &str) -> bool {
+        match self.attempt.as_ref().and_then(Attempt::run_name) {
+            Some(custom) => *custom == *name,
+            None => {
+                name.strip_prefix(&*self.task_name)
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .and_then(|index| index.parse::<u64>().ok())
+                    == Some(self.index)
+            }
+        }
+    }
 }
 
 impl<A> Task<A> {
