@@ -1016,27 +1016,5 @@ fn two_flows_at_once_on_clusters_keep_each_task_run_s_lines_to_itself() {
     for flow in flows {
         assert_eq!(flow.join().unwrap(), 28);
     }
-    let store = store(home.path());
-    let runs = store.runs(&RunsQuery::default()).unwrap();
-    assert_eq!(runs.len(), 2);
-    for run in &runs {
-        let tag = if run.parameters.as_deref().unwrap().contains("alpha") {
-            "alpha"
-        } else {
-            "beta"
-        };
-        let logs = store.logs(run, &LogQuery::default()).unwrap();
-        let lines: Vec<(String, String)> = logs
-            .iter()
-            .filter(|l| l.text.contains(" logs ") || l.text.contains(" prints "))
-            .map(|l| (l.task_run.clone().unwrap_or_default(), l.text.clone()))
-            .collect();
-        // Each run's two lines, each under its own run of this flow.
-        assert_eq!(lines.len(), 16, "{tag}: {lines:#?}");
-        for (task_run, text) in &lines {
-            let n = text.rsplit(' ').next().unwrap();
-            assert!(text.starts_with(tag), "{tag} holds {text:?}");
-            assert_eq!(task_run, &format!("tagged-{n}"), "{text:?}");
-        }
-    }
+    common::assert_each_flow_run_holds_its_own_tagged_lines(home.path(), 8);
 }

@@ -54,30 +54,5 @@ fn two_flows_at_once_on_one_scheduler_keep_each_task_run_s_lines_to_itself() {
     for flow in flows {
         assert_eq!(flow.join().unwrap().unwrap(), 15, "{}", cluster.logs());
     }
-    flowrun::history::flush(home.path());
-    let store = flowrun::history::Store::open(home.path()).unwrap();
-    let runs = store.runs(&flowrun::history::RunsQuery::default()).unwrap();
-    assert_eq!(runs.len(), 2);
-    for run in &runs {
-        let params = run.parameters.as_deref().unwrap();
-        let tag = if params.contains("alpha") {
-            "alpha"
-        } else {
-            "beta"
-        };
-        let logs = store
-            .logs(run, &flowrun::history::LogQuery::default())
-            .unwrap();
-        let lines: Vec<(String, String)> = logs
-            .iter()
-            .filter(|l| l.text.contains(" logs ") || l.text.contains(" prints "))
-            .map(|l| (l.task_run.clone().unwrap_or_default(), l.text.clone()))
-            .collect();
-        assert_eq!(lines.len(), 12, "{tag}: {lines:#?}");
-        for (task_run, text) in &lines {
-            let n = text.rsplit(' ').next().unwrap();
-            assert!(text.starts_with(tag), "{tag} holds {text:?}");
-            assert_eq!(task_run, &format!("tagged-{n}"), "{text:?}");
-        }
-    }
+    common::assert_each_flow_run_holds_its_own_tagged_lines(home.path(), 6);
 }

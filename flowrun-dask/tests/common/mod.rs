@@ -420,3 +420,37 @@ pub(crate) fn subflow_rows(
         })
         .collect()
 }
+
+/// Checks the run history in `home` after two flow runs at once whose
+/// `tagged` runs (`tagged-<n>`) each logged `"<tag> logs <n>"` and printed
+/// `"<tag> prints <n>"`, the tag being `alpha` in one flow run's
+/// parameters and `beta` in the other's: each flow run holds exactly its
+/// own runs' lines, each under the run that wrote it.
+#[allow(dead_code)]
+pub(crate) fn assert_each_flow_run_holds_its_own_tagged_lines(home: &std::path::Path, runs: usize) {
+    use flowrun::history::{flush, LogQuery, RunsQuery, Store};
+    flush(home);
+    let store = Store::open(home).unwrap();
+    let flow_runs = store.runs(&RunsQuery::default()).unwrap();
+    assert_eq!(flow_runs.len(), 2);
+    for run in &flow_runs {
+        let params = run.parameters.as_deref().unwrap();
+        let tag = if params.contains("alpha") {
+            "alpha"
+        } else {
+            "beta"
+        };
+        let logs = store.logs(run, &LogQuery::default()).unwrap();
+        let lines: Vec<(String, String)> = logs
+            .iter()
+            .filter(|l| l.text.contains(" logs ") || l.text.contains(" prints "))
+            .map(|l| (l.task_run.clone().unwrap_or_default(), l.text.clone()))
+            .collect();
+        assert_eq!(lines.len(), 2 * runs, "{tag}: {lines:#?}");
+        for (task_run, text) in &lines {
+            let n = text.rsplit(' ').next().unwrap();
+            assert!(text.starts_with(tag), "{tag} holds {text:?}");
+            assert_eq!(task_run, &format!("tagged-{n}"), "{text:?}");
+        }
+    }
+}
