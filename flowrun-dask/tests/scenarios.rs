@@ -919,4 +919,5 @@ fn task_hooks<R: TaskRunner + Clone>(runner: R) {
             "running checked-1 Running",
         ]
     );
+    let _ = std::fs::remove_file(hooks_log());
 }
