@@ -1,15 +1,17 @@
 //! Hooks: task and flow runs call `on_completion`, `on_failure`,
 //! `on_running` (and flows `on_crashed`, `on_cancellation`) with the run
-//! and its state; a failing hook is logged and changes nothing. Each
-//! behaviour on the thread runner and on the local cluster, where the hooks
-//! of a task's attribute run in the worker process that runs the task.
+//! and its state. Where hooks run: on the thread runner in the flow
+//! process, on the local cluster the hooks of a task's attribute in the
+//! worker process that runs the task. (The scenarios every runner must
+//! pass, hooks of retried runs, a failing hook, flow hooks:
+//! flowrun-dask/tests/scenarios.rs.)
 
 mod common;
 
 use std::sync::Mutex;
 use std::time::Duration;
 
-use flowrun::{flow, task, FlowOptions, FlowRunInfo, RunRef, State, StateKind, TaskOptions};
+use flowrun::{flow, task, FlowOptions, FlowRunInfo, RunRef, State, StateKind};
 use flowrun_dask::{ClusterKwargs, DaskTaskRunner};
 
 /// What the hooks of one test saw, as `kind name state`.
@@ -178,135 +180,6 @@ fn on_a_local_cluster_failures_of_the_task_call_on_failure_on_the_worker_and_oth
             "failed never_runs-0 Failed flow",
             "running flaky_on_worker-0 Retrying worker",
             "running flaky_on_worker-0 Running worker",
-        ]
-    );
-}
-
-static RETRY_SEEN: Seen = Mutex::new(Vec::new());
-
-#[task(retries = 2, retry_delay = 0)]
-fn always_fails() -> Result<(), String> {
-    Err("no".into())
-}
-
-#[test]
-fn on_failure_runs_once_after_the_last_retry_and_on_running_per_attempt() {
-    fn options() -> TaskOptions {
-        TaskOptions::new()
-            .on_failure(|run: &RunRef, s: &State| note(&RETRY_SEEN, "failed", &run.name(), s))
-            .on_running(|run: &RunRef, s: &State| note(&RETRY_SEEN, "running", &run.name(), s))
-    }
-    #[flow]
-    fn threads() -> u32 {
-        let f = always_fails.with_options(options()).submit();
-        f.wait();
-        assert_eq!(f.state().kind(), StateKind::Failed);
-        f.run_ref().attempts()
-    }
-    #[flow(task_runner = common::local_cluster(1, 2))]
-    fn local_cluster() -> u32 {
-        let f = always_fails.with_options(options()).submit();
-        f.wait();
-        assert_eq!(f.state().kind(), StateKind::Failed);
-        f.run_ref().attempts()
-    }
-    let expected = [
-        "failed always_fails-0 Failed",
-        // Retries run in Prefect's `Retrying`, a running state.
-        "running always_fails-0 Retrying",
-        "running always_fails-0 Retrying",
-        "running always_fails-0 Running",
-    ];
-    assert_eq!(threads().unwrap(), 3);
-    assert_eq!(sorted(&RETRY_SEEN), expected, "threads");
-    RETRY_SEEN.lock().unwrap().clear();
-    assert_eq!(local_cluster().unwrap(), 3);
-    assert_eq!(sorted(&RETRY_SEEN), expected, "local cluster");
-}
-
-static BAD_SEEN: Seen = Mutex::new(Vec::new());
-
-#[task]
-fn fine() -> u32 {
-    7
-}
-
-#[test]
-fn a_hook_that_fails_is_logged_and_does_not_change_the_state() {
-    fn options() -> TaskOptions {
-        TaskOptions::new()
-            .on_completion(|_: &RunRef, _: &State| -> Result<(), String> {
-                Err("the pager is down".into())
-            })
-            .on_completion(|_: &RunRef, _: &State| -> () { panic!("hook exploded") })
-            // Hooks after a failing one still run.
-            .on_completion(|run: &RunRef, s: &State| note(&BAD_SEEN, "after", &run.name(), s))
-    }
-    #[flow]
-    fn threads() -> (u32, StateKind) {
-        let f = fine.with_options(options()).submit();
-        (f.result().unwrap(), f.state().kind())
-    }
-    #[flow(task_runner = common::local_cluster(1, 2))]
-    fn local_cluster() -> (u32, StateKind) {
-        let f = fine.with_options(options()).submit();
-        (f.result().unwrap(), f.state().kind())
-    }
-    assert_eq!(threads().unwrap(), (7, StateKind::Completed));
-    assert_eq!(local_cluster().unwrap(), (7, StateKind::Completed));
-    assert_eq!(
-        sorted(&BAD_SEEN),
-        ["after fine-0 Completed", "after fine-0 Completed"]
-    );
-}
-
-static FLOW_SEEN: Seen = Mutex::new(Vec::new());
-
-fn flow_completed(run: &FlowRunInfo, state: &State) {
-    note(&FLOW_SEEN, "completed", &run.flow_name, state);
-}
-
-fn flow_failed(run: &FlowRunInfo, state: &State) {
-    note(&FLOW_SEEN, "failed", &run.flow_name, state);
-}
-
-fn flow_running(run: &FlowRunInfo, state: &State) {
-    note(&FLOW_SEEN, "running", &run.flow_name, state);
-}
-
-#[test]
-fn flow_hooks_run_with_the_flow_runs_final_state() {
-    #[flow(on_completion = [flow_completed], on_failure = [flow_failed], on_running = [flow_running])]
-    fn threads(fail: bool) -> Result<u32, String> {
-        if fail {
-            Err("asked to fail".into())
-        } else {
-            Ok(fine())
-        }
-    }
-    #[flow(task_runner = common::local_cluster(1, 2), on_completion = [flow_completed], on_failure = [flow_failed], on_running = [flow_running])]
-    fn local_cluster(fail: bool) -> Result<u32, String> {
-        if fail {
-            Err("asked to fail".into())
-        } else {
-            Ok(fine.submit().result().unwrap())
-        }
-    }
-    assert_eq!(threads(false).unwrap(), 7);
-    assert!(threads(true).is_err());
-    assert_eq!(local_cluster(false).unwrap(), 7);
-    assert!(local_cluster(true).is_err());
-    assert_eq!(
-        sorted(&FLOW_SEEN),
-        [
-            "completed local-cluster Completed",
-            "completed threads Completed",
-            "failed local-cluster Failed",
-            "failed threads Failed",
-            "running local-cluster Running",
-            "running local-cluster Running",
-            "running threads Running",
-            "running threads Running",
         ]
     );
 }

@@ -25,13 +25,15 @@ use called_subflows::{double, failing_child, tasks_call_flows};
 use tasks::{first_and_last, square, total};
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use flowrun::runner::TaskRunner;
 use flowrun::{
-    allow_failure, flow, task, unmapped, FlowOptions, MapError, RunRef, State, StateKind,
-    TaskError, TaskErrorKind, TaskFuture, TaskOptions, ThreadPoolTaskRunner,
+    allow_failure, as_completed_timeout, current_flow_run_name, current_task_run_name, flow, task,
+    unmapped, wait_timeout, FlowOptions, MapError, RunRef, State, StateKind, TaskError,
+    TaskErrorKind, TaskFuture, TaskOptions, ThreadPoolTaskRunner,
 };
 use flowrun_dask::{ClientKwargs, DaskTaskRunner};
 
@@ -66,6 +68,27 @@ scenarios! {
     subflows,
     subflows_in_tasks,
     task_hooks,
+    wait_timeout_splits_done_and_not_done,
+    as_completed_timeout_hands_back_the_rest,
+    task_run_names,
+    flow_run_names,
+    a_failing_hook_changes_nothing,
+    flow_hooks,
+}
+
+// Not on real Dask, where they fail: its scheduler runs the retries
+// (`DaskTaskRunner::handles_retries`), so the flow process never asks a
+// retry condition and sees one attempt.
+// - retry_condition_from_the_attribute: `[(1, Failed), (1, Failed)]`, not
+//   `[(4, Failed), (1, Failed)]` (the condition is not consulted).
+// - retry_condition_per_call: `(1, 0)`, not `(3, 3)` (the condition is
+//   never called).
+// - hooks_of_retried_runs: `attempts()` is 1, not 3.
+scenarios! {
+    on [threads, local_cluster]:
+    retry_condition_from_the_attribute,
+    retry_condition_per_call,
+    hooks_of_retried_runs,
 }
 
 // ---------------------------------------------------------------------------
@@ -920,4 +943,374 @@ fn task_hooks<R: TaskRunner + Clone>(runner: R) {
         ]
     );
     let _ = std::fs::remove_file(hooks_log());
+}
+
+// ---------------------------------------------------------------------------
+// The scenarios below note what they saw in statics of the flow process
+// (per-call hooks and retry conditions run there), so the backends take
+// turns with them.
+
+/// The backends' scenarios that note into statics take turns.
+static STATICS_TURN: Mutex<()> = Mutex::new(());
+
+fn statics_turn() -> std::sync::MutexGuard<'static, ()> {
+    STATICS_TURN.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the hooks of one scenario saw, as `kind name state`.
+type Noted = Mutex<Vec<String>>;
+
+fn note_in(seen: &Noted, kind: &str, name: &str, state: &State) {
+    seen.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(format!("{kind} {name} {}", state.kind()));
+}
+
+/// Takes what `seen` holds, sorted, and empties it.
+fn take_sorted(seen: &Noted) -> Vec<String> {
+    let mut v = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
+    v.sort();
+    v
+}
+
+// ---------------------------------------------------------------------------
+// Waiting with a timeout: `wait_timeout(&futures, timeout)` splits the
+// futures into done and not done, and `as_completed_timeout` ends at its
+// timeout, as Prefect's `wait` and `as_completed` do.
+
+/// Sleeps `ms` milliseconds and returns it.
+#[task]
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// One quick run and one that outlasts the timeout by far: the split and
+/// how long the wait took.
+#[flow(timeout = 60)]
+fn split() -> (Vec<u64>, Vec<String>, Duration) {
+    let quick = nap.submit(0);
+    quick.wait();
+    let slow = nap.submit(4_000);
+    let began = Instant::now();
+    let sets = wait_timeout(&[quick, slow], Duration::from_millis(300));
+    let waited = began.elapsed();
+    let done = sets.done.iter().map(|f| f.result().unwrap()).collect();
+    let not_done = sets.not_done.iter().map(|f| f.name()).collect();
+    for late in &sets.not_done {
+        assert_eq!(late.state().kind(), StateKind::Running);
+        late.cancel();
+    }
+    (done, not_done, waited)
+}
+
+fn wait_timeout_splits_done_and_not_done<R: TaskRunner + Clone>(runner: R) {
+    let (done, not_done, waited) = split.with_runner(runner).call().unwrap();
+    assert_eq!(done, [0]);
+    assert_eq!(not_done, ["nap-1"]);
+    // Wide margins: the machine is shared.
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+}
+
+/// Yields what finished within the timeout, then says it timed out and
+/// hands back the rest.
+#[flow(timeout = 60)]
+fn first_within_timeout() -> (Vec<u64>, bool, Vec<String>) {
+    let futures = vec![nap.submit(4_000), nap.submit(0), nap.submit(50)];
+    let mut finished = as_completed_timeout(futures, Duration::from_secs(1));
+    let values = finished.by_ref().map(|f| f.result().unwrap()).collect();
+    let timed_out = finished.timed_out();
+    let rest: Vec<String> = finished
+        .into_not_done()
+        .into_iter()
+        .map(|f| {
+            f.cancel();
+            f.name()
+        })
+        .collect();
+    (values, timed_out, rest)
+}
+
+fn as_completed_timeout_hands_back_the_rest<R: TaskRunner + Clone>(runner: R) {
+    let (values, timed_out, rest) = first_within_timeout.with_runner(runner).call().unwrap();
+    assert_eq!(values, [0, 50]);
+    assert!(timed_out);
+    assert_eq!(rest, ["nap-0"]);
+}
+
+// ---------------------------------------------------------------------------
+// Run names: `task_run_name` and `flow_run_name` templates filled with the
+// call's parameters, or a function. (Templates that name no parameter do
+// not compile: tests/ui/fail/run_name_*.rs at the root.)
+
+/// Returns the name of the run it ran as.
+#[task(task_run_name = "shout-{number}")]
+fn shout(number: u32) -> String {
+    let _ = number; // Used by the run's name only.
+    current_task_run_name().unwrap_or_default()
+}
+
+#[task(task_run_name = "{label:>4}|{{literal}}")]
+fn padded(label: String, unused: u8) -> String {
+    let _ = (label, unused);
+    current_task_run_name().unwrap_or_default()
+}
+
+fn nightly() -> String {
+    "nightly-report".to_owned()
+}
+
+#[task(task_run_name = nightly)]
+fn named_by_function() -> String {
+    current_task_run_name().unwrap_or_default()
+}
+
+#[task]
+fn seven() -> u32 {
+    7
+}
+
+/// (name seen by the run, name of its future) for each form.
+#[flow]
+fn names() -> Vec<(String, String)> {
+    let submitted = shout.submit(3);
+    let each = shout.map(vec![4, 5]).unwrap();
+    let upstream = seven.submit();
+    let from_future = shout.submit(&upstream);
+    let mut out = vec![(submitted.result().unwrap(), submitted.name())];
+    for m in each {
+        out.push((m.result().unwrap(), m.name()));
+    }
+    out.push((from_future.result().unwrap(), from_future.name()));
+    let p = padded.submit("ab", 0);
+    out.push((p.result().unwrap(), p.name()));
+    let r = named_by_function.submit();
+    out.push((r.result().unwrap(), r.name()));
+    // A direct call is named from its arguments too.
+    let direct = shout(9);
+    out.push((direct.clone(), direct));
+    out
+}
+
+fn task_run_names<R: TaskRunner + Clone>(runner: R) {
+    let got = names.with_runner(runner).call().unwrap();
+    let expected = [
+        "shout-3",
+        "shout-4",
+        "shout-5",
+        // A future shows as its run's name: the name is given at the call.
+        "shout-seven-0",
+        "  ab|{literal}",
+        "nightly-report",
+        "shout-9",
+    ];
+    let seen: Vec<&str> = got.iter().map(|(seen, _)| seen.as_str()).collect();
+    let futures: Vec<&str> = got.iter().map(|(_, f)| f.as_str()).collect();
+    assert_eq!(seen, expected, "names the runs saw");
+    assert_eq!(futures, expected, "names of the futures");
+}
+
+#[flow(flow_run_name = "daily-{day}")]
+fn daily(day: u32) -> String {
+    let _ = day; // Used by the run's name only.
+    seven.submit().result().unwrap();
+    current_flow_run_name().unwrap_or_default()
+}
+
+fn flow_run_names<R: TaskRunner + Clone>(runner: R) {
+    assert_eq!(
+        daily.with_runner(runner.clone()).call(3).unwrap(),
+        "daily-3"
+    );
+    assert_eq!(
+        daily.with_runner(runner.clone()).return_state(4).name(),
+        "daily-4"
+    );
+    // `run_name` given per call still wins.
+    let renamed = daily
+        .with_runner(runner)
+        .with_options(FlowOptions::new().run_name("by-hand"));
+    assert_eq!(renamed.call(6).unwrap(), "by-hand");
+}
+
+// ---------------------------------------------------------------------------
+// `retry_condition_fn`: a function of the run and its error decides
+// whether a failed attempt is retried, from the attribute and per call.
+
+/// Retries only errors that say they are transient.
+fn transient_only(_run: &RunRef, error: &TaskError) -> bool {
+    error.message().contains("transient")
+}
+
+#[task(retries = 3, retry_delay = 0, retry_condition_fn = transient_only)]
+fn fails_with(message: String) -> Result<(), String> {
+    Err(message)
+}
+
+#[flow]
+fn conditioned() -> Vec<(u32, StateKind)> {
+    ["transient glitch", "bad input"]
+        .into_iter()
+        .map(|message| {
+            let f = fails_with.submit(message.to_owned());
+            f.wait();
+            (f.run_ref().attempts(), f.state().kind())
+        })
+        .collect()
+}
+
+fn retry_condition_from_the_attribute<R: TaskRunner + Clone>(runner: R) {
+    assert_eq!(
+        conditioned.with_runner(runner).call().unwrap(),
+        [(4, StateKind::Failed), (1, StateKind::Failed)]
+    );
+}
+
+/// How many times the per-call condition was asked.
+static CONDITION_CALLS: AtomicU32 = AtomicU32::new(0);
+
+#[task(retries = 5, retry_delay = 0)]
+fn panics() {
+    panic!("always")
+}
+
+#[flow]
+fn per_call_condition() -> (u32, u32) {
+    // Retry panics twice, by counting in the condition.
+    let options = TaskOptions::new().retry_condition_fn(|run, error| {
+        CONDITION_CALLS.fetch_add(1, Ordering::SeqCst);
+        *error.kind() == TaskErrorKind::Panic && run.attempts() < 3
+    });
+    let f = panics.with_options(options).submit();
+    f.wait();
+    assert_eq!(f.state().kind(), StateKind::Failed);
+    (
+        f.run_ref().attempts(),
+        CONDITION_CALLS.load(Ordering::SeqCst),
+    )
+}
+
+fn retry_condition_per_call<R: TaskRunner + Clone>(runner: R) {
+    let _turn = statics_turn();
+    CONDITION_CALLS.store(0, Ordering::SeqCst);
+    assert_eq!(
+        per_call_condition.with_runner(runner).call().unwrap(),
+        (3, 3)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Hooks given per call: `on_failure` runs once, after the last retry, and
+// `on_running` once per attempt; a hook that fails is logged and changes
+// nothing, and the hooks after it still run. Flow hooks run with the flow
+// run's final state.
+
+static RETRY_SEEN: Noted = Mutex::new(Vec::new());
+
+#[task(retries = 2, retry_delay = 0)]
+fn always_fails() -> Result<(), String> {
+    Err("no".into())
+}
+
+#[flow]
+fn retried_with_hooks() -> u32 {
+    let options = TaskOptions::new()
+        .on_failure(|run: &RunRef, s: &State| note_in(&RETRY_SEEN, "failed", &run.name(), s))
+        .on_running(|run: &RunRef, s: &State| note_in(&RETRY_SEEN, "running", &run.name(), s));
+    let f = always_fails.with_options(options).submit();
+    f.wait();
+    assert_eq!(f.state().kind(), StateKind::Failed);
+    f.run_ref().attempts()
+}
+
+fn hooks_of_retried_runs<R: TaskRunner + Clone>(runner: R) {
+    let _turn = statics_turn();
+    RETRY_SEEN.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    assert_eq!(retried_with_hooks.with_runner(runner).call().unwrap(), 3);
+    assert_eq!(
+        take_sorted(&RETRY_SEEN),
+        [
+            "failed always_fails-0 Failed",
+            // Retries run in Prefect's `Retrying`, a running state.
+            "running always_fails-0 Retrying",
+            "running always_fails-0 Retrying",
+            "running always_fails-0 Running",
+        ]
+    );
+}
+
+static BAD_HOOK_SEEN: Noted = Mutex::new(Vec::new());
+
+#[task]
+fn fine() -> u32 {
+    7
+}
+
+#[flow]
+fn with_failing_hooks() -> (u32, StateKind) {
+    let options = TaskOptions::new()
+        .on_completion(|_: &RunRef, _: &State| -> Result<(), String> {
+            Err("the pager is down".into())
+        })
+        .on_completion(|_: &RunRef, _: &State| -> () { panic!("hook exploded") })
+        // Hooks after a failing one still run.
+        .on_completion(|run: &RunRef, s: &State| note_in(&BAD_HOOK_SEEN, "after", &run.name(), s));
+    let f = fine.with_options(options).submit();
+    (f.result().unwrap(), f.state().kind())
+}
+
+fn a_failing_hook_changes_nothing<R: TaskRunner + Clone>(runner: R) {
+    let _turn = statics_turn();
+    BAD_HOOK_SEEN
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clear();
+    assert_eq!(
+        with_failing_hooks.with_runner(runner).call().unwrap(),
+        (7, StateKind::Completed)
+    );
+    assert_eq!(take_sorted(&BAD_HOOK_SEEN), ["after fine-0 Completed"]);
+}
+
+static FLOW_SEEN: Noted = Mutex::new(Vec::new());
+
+fn flow_done(run: &flowrun::FlowRunInfo, state: &State) {
+    note_in(&FLOW_SEEN, "completed", &run.flow_name, state);
+}
+
+fn flow_failed(run: &flowrun::FlowRunInfo, state: &State) {
+    note_in(&FLOW_SEEN, "failed", &run.flow_name, state);
+}
+
+fn flow_running(run: &flowrun::FlowRunInfo, state: &State) {
+    note_in(&FLOW_SEEN, "running", &run.flow_name, state);
+}
+
+#[flow(on_completion = [flow_done], on_failure = [flow_failed], on_running = [flow_running])]
+fn hooked_flow(fail: bool) -> Result<u32, String> {
+    if fail {
+        Err("asked to fail".into())
+    } else {
+        Ok(fine.submit().result().unwrap())
+    }
+}
+
+fn flow_hooks<R: TaskRunner + Clone>(runner: R) {
+    let _turn = statics_turn();
+    FLOW_SEEN.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    assert_eq!(
+        hooked_flow.with_runner(runner.clone()).call(false).unwrap(),
+        7
+    );
+    assert!(hooked_flow.with_runner(runner).call(true).is_err());
+    assert_eq!(
+        take_sorted(&FLOW_SEEN),
+        [
+            "completed hooked-flow Completed",
+            "failed hooked-flow Failed",
+            "running hooked-flow Running",
+            "running hooked-flow Running",
+        ]
+    );
 }
