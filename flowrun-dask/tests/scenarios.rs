@@ -74,6 +74,7 @@ scenarios! {
     flow_run_names,
     a_failing_hook_changes_nothing,
     flow_hooks,
+    quiet_task_completions,
 }
 
 // Not on real Dask, where they fail: its scheduler runs the retries
@@ -160,6 +161,10 @@ const HANG: Duration = Duration::from_secs(300);
 /// anything; then guards against a hang.
 fn begin(test: &'static str) -> common::HangGuard {
     flowrun::worker::divert_if_worker();
+    // Before any flow: the console of this process is captured (with the
+    // run history's tap, as flowrun's own console has) for the scenarios
+    // that read it.
+    common::console_lines_and_history();
     common::HangGuard::new(test, HANG)
 }
 
@@ -1313,4 +1318,58 @@ fn flow_hooks<R: TaskRunner + Clone>(runner: R) {
             "running hooked-flow Running",
         ]
     );
+}
+
+// ---------------------------------------------------------------------------
+// `set_log_completed_task_runs(false)`: a large map's completed task runs
+// stay out of the console (their lines go to DEBUG); failed ones are
+// always shown.
+
+#[task]
+fn check(x: u32) -> Result<u32, String> {
+    common::ok_unless(x, 13, "unlucky")
+}
+
+#[flow]
+fn map_forty() -> usize {
+    let runs = check.map(0..40).unwrap();
+    runs.iter().filter(|r| r.result().is_ok()).count()
+}
+
+/// The `Finished in state` lines of `check` runs among `lines`, as
+/// (completed at INFO, failed).
+fn finished_lines(lines: &[String]) -> (usize, usize) {
+    let ours: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("Task run 'check-") && l.contains("Finished in state"))
+        .collect();
+    let completed = ours
+        .iter()
+        .filter(|l| l.contains("Completed") && !l.contains("DEBUG"))
+        .count();
+    let failed = ours
+        .iter()
+        .filter(|l| l.contains("Failed('unlucky')"))
+        .count();
+    (completed, failed)
+}
+
+/// Calls `map_forty` on `runner`: its result and the console lines of
+/// its `check` runs.
+fn map_forty_lines<R: TaskRunner + Clone>(runner: R) -> (usize, (usize, usize)) {
+    let console = common::console_lines_and_history();
+    let from = console.lock().unwrap_or_else(|p| p.into_inner()).len();
+    let ok = map_forty.with_runner(runner).call().unwrap();
+    let lines = console.lock().unwrap_or_else(|p| p.into_inner())[from..].to_vec();
+    (ok, finished_lines(&lines))
+}
+
+fn quiet_task_completions<R: TaskRunner + Clone>(runner: R) {
+    // The setting is the process's: the backends take turns with it.
+    let _turn = statics_turn();
+    flowrun::logging::set_log_completed_task_runs(false);
+    let quiet = map_forty_lines(runner.clone());
+    flowrun::logging::set_log_completed_task_runs(true);
+    assert_eq!(quiet, (39, (0, 1)));
+    assert_eq!(map_forty_lines(runner), (39, (39, 1)));
 }
