@@ -168,7 +168,7 @@ impl DaskTaskRunner {
         /// the program afresh: nothing a task leaves behind (globals, threads,
         /// memory) reaches the next task, at the cost of a process start per
         /// task. Either way a task whose process dies fails as `Crashed`, and
-        /// Dask's retries apply.
+        /// its `retries` apply.
         pub fn isolate_tasks(isolate: bool) => distributed.isolate_tasks = isolate;
 
         /// TLS settings for a `tls://` address: the cluster's CA and this
@@ -299,11 +299,6 @@ impl TaskRunner for DaskTaskRunner {
         } else {
             Execution::Serialized
         }
-    }
-
-    fn handles_retries(&self) -> bool {
-        // Retries go to Dask as annotations, so its scheduler enforces them.
-        self.uses_real_dask()
     }
 
     fn runs_task_hooks(&self) -> bool {

@@ -4,9 +4,9 @@
 //! workers from PyPI, see `tests/support`).
 //!
 //! A scenario is a function taking the runner its flows run on; it asserts
-//! only what a user may rely on whatever the runner (how many attempts a
-//! run took, for example, is the runner's business: Dask retries inside
-//! Dask). [`scenarios!`] turns the list into one test per scenario and
+//! only what a user may rely on whatever the runner (which worker or
+//! process ran a task, for example, is the runner's business).
+//! [`scenarios!`] turns the list into one test per scenario and
 //! backend: `<scenario>::threads`, `<scenario>::local_cluster` and
 //! `<scenario>::real_dask`, so `cargo test -p flowrun-dask --test scenarios
 //! retries::` runs one scenario everywhere. The real-Dask tests share one
@@ -75,18 +75,6 @@ scenarios! {
     a_failing_hook_changes_nothing,
     flow_hooks,
     quiet_task_completions,
-}
-
-// Not on real Dask, where they fail: its scheduler runs the retries
-// (`DaskTaskRunner::handles_retries`), so the flow process never asks a
-// retry condition and sees one attempt.
-// - retry_condition_from_the_attribute: `[(1, Failed), (1, Failed)]`, not
-//   `[(4, Failed), (1, Failed)]` (the condition is not consulted).
-// - retry_condition_per_call: `(1, 0)`, not `(3, 3)` (the condition is
-//   never called).
-// - hooks_of_retried_runs: `attempts()` is 1, not 3.
-scenarios! {
-    on [threads, local_cluster]:
     retry_condition_from_the_attribute,
     retry_condition_per_call,
     hooks_of_retried_runs,

@@ -125,9 +125,11 @@ pub trait TaskRunner: Send + Sync + 'static {
     /// Executes one attempt of a task run. Must not block for long.
     fn submit(&self, call: TaskCall);
 
-    /// Whether the runner retries failed attempts itself (a Dask scheduler
-    /// does, from the `retries` the call carries). flowrun then makes one
-    /// attempt and takes its outcome as final.
+    /// Whether the runner retries failed attempts itself, from the
+    /// `retries` the call carries (a runner that hands a run to another
+    /// flow process, which retries it). flowrun then makes one attempt and
+    /// takes its outcome as final, so the run's retry delay, retry
+    /// condition and per-attempt hooks are the runner's to apply.
     fn handles_retries(&self) -> bool {
         false
     }

@@ -302,7 +302,7 @@ impl Cluster for DaskCluster {
         let command = Command::Submit(Box::new(Attempt {
             key,
             run,
-            retries,
+            may_retry: attempt <= retries,
             annotations,
             job,
         }));

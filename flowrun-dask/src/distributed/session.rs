@@ -47,7 +47,11 @@ const IDENTITY_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Attempt {
     pub key: String,
     pub run: RunRef,
-    pub retries: u32,
+    /// flowrun's engine retries the run if this attempt fails (its retries
+    /// are not used up): Dask runs each attempt once, under a key of its
+    /// own, so that the delay, the retry condition and the hooks of a
+    /// retry apply as on every runner.
+    pub may_retry: bool,
     pub annotations: Annotations,
     pub job: SerializedJob,
 }
@@ -128,6 +132,8 @@ struct Entry {
     resources: BTreeMap<String, f64>,
     /// A future may still read its result.
     held: bool,
+    /// Its run is retried if this attempt fails (see [`Attempt::may_retry`]).
+    may_retry: bool,
 }
 
 pub(crate) struct Session {
@@ -422,7 +428,7 @@ impl Session {
         let Attempt {
             key,
             run,
-            retries,
+            may_retry,
             annotations,
             job,
         } = attempt;
@@ -456,40 +462,52 @@ impl Session {
                 ArgSlot::Bytes(bytes) => {
                     stdin.push(StdinPart::Literal(format::result_frame(bytes)))
                 }
-                ArgSlot::Upstream(up) => match self.by_run.get(&up.id().get()) {
-                    Some(up_key) if self.entries.contains_key(up_key) => {
-                        let upstream = &self.entries[up_key];
-                        if let Status::Failed(e) = &upstream.status {
-                            let error = TaskError::upstream_failed(&upstream.run_name, e);
-                            job.finish(Err(error));
-                            return None;
-                        }
-                        upstreams.push(up_key.clone());
-                        stdin.push(StdinPart::Dep(up_key.clone()));
-                    }
-                    // A run this session never saw (another runner's):
-                    // its value goes along as bytes once it is final.
-                    _ if up.state().is_final() => match up.encoded_result() {
-                        Ok(bytes) => stdin.push(StdinPart::Literal(format::result_frame(&bytes))),
-                        Err(e) => {
-                            job.finish(Err(TaskError::upstream_failed(&up.name(), &e)));
-                            return None;
-                        }
-                    },
-                    _ => {
+                ArgSlot::Upstream(up) => {
+                    let known = self
+                        .by_run
+                        .get(&up.id().get())
+                        .and_then(|k| Some((k, self.entries.get(k)?)));
+                    // This run waits for the outcome of an upstream this
+                    // session never saw (another runner's), and of one
+                    // whose attempt may fail and be retried under another
+                    // key (a dependent of the attempt's key would fail
+                    // with it).
+                    if !up.state().is_final() && known.is_none_or(|(_, e)| e.may_retry) {
                         self.after_final(
                             up.clone(),
                             Attempt {
                                 key,
                                 run,
-                                retries,
+                                may_retry,
                                 annotations,
                                 job,
                             },
                         );
                         return None;
                     }
-                },
+                    match known {
+                        Some((up_key, upstream)) => {
+                            if let Status::Failed(e) = &upstream.status {
+                                let error = TaskError::upstream_failed(&upstream.run_name, e);
+                                job.finish(Err(error));
+                                return None;
+                            }
+                            upstreams.push(up_key.clone());
+                            stdin.push(StdinPart::Dep(up_key.clone()));
+                        }
+                        // Final, and another runner's: its value goes
+                        // along as bytes.
+                        None => match up.encoded_result() {
+                            Ok(bytes) => {
+                                stdin.push(StdinPart::Literal(format::result_frame(&bytes)))
+                            }
+                            Err(e) => {
+                                job.finish(Err(TaskError::upstream_failed(&up.name(), &e)));
+                                return None;
+                            }
+                        },
+                    }
+                }
             }
         }
         for up in &upstreams {
@@ -517,13 +535,13 @@ impl Session {
                 output: String::new(),
                 resources: resources.clone(),
                 held: false,
+                may_retry,
             },
         );
         let mut task = SubprocessTask::new(key, self.template.argv.iter().cloned());
         task.stdin = stdin;
         task.priority = annotations.priority.unwrap_or(0);
         task.resources = resources;
-        task.retries = retries;
         task.shim = Some(self.template.shim.clone());
         Some(task)
     }
@@ -942,6 +960,7 @@ mod tests {
             output: output.into(),
             resources: BTreeMap::new(),
             held: false,
+            may_retry: false,
         }
     }
 
