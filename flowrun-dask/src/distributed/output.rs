@@ -117,14 +117,11 @@ pub(crate) fn emit(run: &str, lines: &[Line], job: Option<&SerializedJob>) {
     let who = format!("Task run '{run}'");
     let w = who.as_str();
     for line in lines {
-        let own = |emit: &dyn Fn()| match job {
-            Some(job) => job.in_run(emit),
-            None => emit(),
-        };
-        match line {
-            Line::RunLog(level, run, m) => log(*level, run, m),
-            Line::Subflow(_) => {}
-            own_line => own(&|| emit_own(w, own_line)),
+        match (line, job) {
+            (Line::RunLog(level, run, m), _) => log(*level, run, m),
+            (Line::Subflow(_), _) => {}
+            (own, Some(job)) => job.in_run(|| emit_own(w, own)),
+            (own, None) => emit_own(w, own),
         }
     }
 }

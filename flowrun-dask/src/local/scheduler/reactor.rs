@@ -207,19 +207,10 @@ impl<L: Launcher, A: Attempt> Scheduler<L, A> {
     /// what it logs is that run's (in the run history too), not any run of
     /// the same name's.
     fn as_run(&self, id: Option<u64>, emit: impl FnOnce()) {
-        let attempt = id.and_then(|id| self.tasks.get(id)?.attempt.as_ref());
-        let mut emit = Some(emit);
-        let mut call = || {
-            if let Some(emit) = emit.take() {
-                emit()
-            }
-        };
-        match attempt {
-            Some(a) => a.in_run(&mut call),
-            None => call(),
+        match id.and_then(|id| self.tasks.get(id)?.attempt.as_ref()) {
+            Some(attempt) => attempt.in_run(emit),
+            None => emit(),
         }
-        // An attempt's `in_run` that did not call it still emits the line.
-        call();
     }
 
     fn on_message(&mut self, worker: u32, msg: ToScheduler) {

@@ -47,7 +47,7 @@ pub(crate) trait Attempt: Send + 'static {
     fn subflow(&self, _report: flowrun_core::SubflowReport) {}
     /// Calls `f` as the attempt's run (see [`SerializedJob::in_run`]): the
     /// lines it emits are that run's.
-    fn in_run(&self, f: &mut dyn FnMut()) {
+    fn in_run<R>(&self, f: impl FnOnce() -> R) -> R {
         f()
     }
     /// The attempt's outcome.
@@ -100,7 +100,7 @@ impl Attempt for Call {
     fn subflow(&self, report: flowrun_core::SubflowReport) {
         self.job.report_subflow(report);
     }
-    fn in_run(&self, f: &mut dyn FnMut()) {
+    fn in_run<R>(&self, f: impl FnOnce() -> R) -> R {
         self.job.in_run(f)
     }
     fn finish(self, result: Result<Bytes, TaskError>) {
